@@ -1,0 +1,106 @@
+"""Array-API plumbing shared by the physics, the metrics and (later) the runtime.
+
+Everything here works for numpy, CuPy and torch arrays through ``array_api_compat``, and
+imports none of them eagerly: the runtime must stay importable with torch absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+from .errors import InputError
+
+__all__ = [
+    "namespace",
+    "device_of",
+    "to_numpy",
+    "like",
+    "complex_dtype_for",
+    "real_dtype_for",
+    "is_complex",
+    "check_finite",
+    "describe",
+]
+
+
+def namespace(*arrays: Any):
+    """The array-API namespace of ``arrays`` (numpy, CuPy or torch, wrapped)."""
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = ", ".join(sorted({type(a).__name__ for a in arrays}))
+        raise InputError(
+            f"expected numpy, CuPy or torch arrays, got {kinds}; convert with numpy.asarray(...)"
+        ) from exc
+
+
+def device_of(x: Any):
+    return array_api_compat.device(x)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A host numpy copy (or view) of any supported array; detaches torch tensors."""
+    if isinstance(x, np.ndarray):
+        return x
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    return np.asarray(x)
+
+
+def is_complex(x: Any) -> bool:
+    return namespace(x).isdtype(x.dtype, "complex floating")
+
+
+def complex_dtype_for(xp, dtype):
+    """complex64 for float32/complex64 input, complex128 for float64/complex128."""
+    if dtype in (xp.float32, xp.complex64):
+        return xp.complex64
+    return xp.complex128
+
+
+def real_dtype_for(xp, dtype):
+    if dtype in (xp.float32, xp.complex64):
+        return xp.float32
+    return xp.float64
+
+
+def like(value: Any, ref: Any, dtype=None):
+    """``value`` (an array of any supported kind) as an array of ``ref``'s namespace and device.
+
+    Goes through the host when the namespaces differ; callers cache the result (see
+    ``physics.base.LinearOperator._const``), so this never runs inside a sampling loop.
+    """
+    xp = namespace(ref)
+    dev = device_of(ref)
+    if not isinstance(value, np.ndarray):
+        src_xp = namespace(value)
+        if src_xp is xp and device_of(value) == dev:
+            return value if dtype is None or value.dtype == dtype else xp.astype(value, dtype)
+        value = to_numpy(value)
+    out = xp.asarray(value, device=dev)
+    return out if dtype is None or out.dtype == dtype else xp.astype(out, dtype)
+
+
+def check_finite(x: Any, what: str) -> None:
+    """Raise a clear error if ``x`` holds NaN or Inf (one reduction; a sync on GPUs)."""
+    xp = namespace(x)
+    if xp.isdtype(x.dtype, "complex floating"):
+        finite = xp.all(xp.isfinite(xp.real(x))) and xp.all(xp.isfinite(xp.imag(x)))
+    else:
+        finite = xp.all(xp.isfinite(x))
+    if not bool(finite):
+        raise InputError(
+            f"{what} contains NaN or Inf values; check the acquisition or the preprocessing "
+            "that produced it (nothing was computed)"
+        )
+
+
+def describe(x: Any) -> str:
+    """'torch float32 (2, 3, 64, 64)' for error messages."""
+    mod = type(x).__module__.split(".")[0]
+    return f"{mod} {str(x.dtype).replace('torch.', '')} {tuple(x.shape)}"

@@ -1,0 +1,207 @@
+"""The linear operator interface every forward model implements.
+
+An operator is a plain object holding a few constant arrays (kernel spectra, masks, coil
+maps). Its methods take arrays of any array-API namespace (numpy, CuPy, torch) and return
+arrays of the same kind, on the same device, at the same precision; the constants are moved
+there once and cached. Subclasses implement ``_forward``/``_adjoint``/``_pinv``; the public
+methods here add the checks, so the checks live in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from .._array import check_finite, describe, device_of, like, namespace
+from ..errors import InputError
+
+NoiseStd = float | Sequence[float] | np.ndarray
+Seed = int | Sequence[int] | None
+
+
+class LinearOperator:
+    """``y = A x`` with ``||A||_2 <= 1``; images are ``(B, C, H, W)``.
+
+    Attributes:
+        task: the short task name (``make_operator(task, **spec)`` rebuilds the operator).
+        image_shape: ``(H, W)`` of the images it acts on.
+        complex_image: True for MRI (complex images ``(B, 1, H, W)``).
+        channels: the channel count it requires, or None for any.
+        batch: the batch size its constants were built for (per-image masks or coil maps),
+            or None when the constants are shared by every image of a batch.
+    """
+
+    task: str = "operator"
+    complex_image: bool = False
+    channels: int | None = None
+
+    def __init__(self, image_shape: Sequence[int], batch: int | None = None):
+        shape = tuple(int(s) for s in image_shape)[-2:]
+        if len(shape) != 2 or min(shape) < 1:
+            raise InputError(f"image_shape must end with (H, W) positive sizes, got {image_shape!r}")
+        self.image_shape = shape
+        self.batch = batch
+        self._cache: dict[tuple, Any] = {}
+
+    # -- what subclasses provide ---------------------------------------------------------
+    def _forward(self, x):
+        raise NotImplementedError
+
+    def _adjoint(self, y):
+        raise NotImplementedError
+
+    def _pinv(self, y):
+        raise NotImplementedError
+
+    def measurement_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
+        """Shape of ``A(x)`` for an image batch of shape ``x_shape``."""
+        return tuple(x_shape)
+
+    def spec(self) -> dict:
+        """Parameters that rebuild this operator with ``make_operator``."""
+        return {}
+
+    # -- public API ------------------------------------------------------------------------
+    def A(self, x):
+        """Forward model ``A x``."""
+        self._check_image(x, "x")
+        return self._forward(x)
+
+    __call__ = A
+
+    def AT(self, y):
+        """Exact adjoint ``A^H y``."""
+        self._check_measurement(y, "y")
+        return self._adjoint(y)
+
+    def pinv(self, y):
+        """A cheap pseudo-inverse (exact where the operator allows it, see each class)."""
+        self.check_measurement(y)
+        return self._pinv(y)
+
+    def grad(self, x, y):
+        """Gradient of the data fidelity ``0.5 ||A x - y||^2``: ``A^H (A x - y)``."""
+        self._check_image(x, "x")
+        self._check_measurement(y, "y")
+        ax = self._forward(x)
+        if tuple(ax.shape) != tuple(y.shape):
+            raise InputError(
+                f"y has shape {tuple(y.shape)} but A(x) has shape {tuple(ax.shape)}; "
+                "x and y must describe the same batch"
+            )
+        if ax.dtype != y.dtype:
+            raise InputError(
+                f"y is {describe(y)} but A(x) is {describe(ax)}; give x and y the same precision"
+            )
+        return self._adjoint(ax - y)
+
+    def check_measurement(self, y) -> None:
+        """Validate a measurement: shape, dtype and finiteness (one reduction over ``y``)."""
+        self._check_measurement(y, "the measurement y")
+        check_finite(y, "the measurement y")
+
+    def measure(self, x, noise_std: NoiseStd = 0.0, seed: Seed = None):
+        """Simulate ``y = A x + e`` with Gaussian ``e`` of standard deviation ``noise_std``.
+
+        ``noise_std`` is one value or one per image. ``seed`` is an int (one generator for
+        the batch), a sequence of ints (one generator per image, so an image's noise does not
+        depend on the rest of its batch) or None (fresh entropy). For complex measurements the
+        noise is circular: real and imaginary parts each have variance ``noise_std**2 / 2``.
+        The noise is drawn on the host with numpy, so a seed gives the same noise on every
+        backend.
+        """
+        self._check_image(x, "x")
+        check_finite(x, "the image x")
+        y = self._forward(x)
+        std = np.asarray(noise_std, dtype=np.float64)
+        batch = int(y.shape[0])
+        if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != batch):
+            raise InputError(
+                f"noise_std must be a number or one value per image ({batch}), got shape {std.shape}"
+            )
+        if not np.all(np.isfinite(std)) or np.any(std < 0):
+            raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+        if not np.any(std > 0):
+            return y
+        noise = gaussian_noise(tuple(y.shape), seed, complex_=namespace(y).isdtype(y.dtype, "complex floating"))
+        noise *= std.reshape((-1,) + (1,) * (noise.ndim - 1)) if std.ndim else std
+        return y + like(noise, y, dtype=y.dtype)
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def _const(self, key: str, value, ref, dtype=None):
+        """``value`` moved to ``ref``'s namespace/device (and ``dtype``), cached per target."""
+        xp = namespace(ref)
+        cache_key = (key, xp.__name__, str(device_of(ref)), str(dtype))
+        hit = self._cache.get(cache_key)
+        if hit is None:
+            hit = like(value() if callable(value) else value, ref, dtype=dtype)
+            self._cache[cache_key] = hit
+        return hit
+
+    def _check_dtype(self, x, what: str) -> None:
+        xp = namespace(x)
+        if self.complex_image:
+            if x.dtype not in (xp.complex64, xp.complex128):
+                raise InputError(
+                    f"{what} must be complex64 or complex128 for {self.task}, got {describe(x)}; "
+                    "MRI images and k-space are complex (convert real images with x.astype(complex64))"
+                )
+        elif x.dtype not in (xp.float32, xp.float64):
+            raise InputError(
+                f"{what} must be float32 or float64 for {self.task}, got {describe(x)}; "
+                "images are real floats in [0, 1] (divide uint8 images by 255)"
+            )
+
+    def _check_batch(self, x, what: str) -> None:
+        if self.batch is not None and self.batch > 1 and int(x.shape[0]) != self.batch:
+            raise InputError(
+                f"{what} has batch size {int(x.shape[0])} but this {self.task} operator holds "
+                f"per-image masks or maps for {self.batch} images"
+            )
+
+    def _check_image(self, x, what: str) -> None:
+        if getattr(x, "ndim", None) != 4 or tuple(x.shape[-2:]) != self.image_shape:
+            got = describe(x) if hasattr(x, "shape") else type(x).__name__
+            raise InputError(
+                f"{what} must have shape (B, C, {self.image_shape[0]}, {self.image_shape[1]}) "
+                f"for this {self.task} operator, got {got}"
+            )
+        if self.channels is not None and int(x.shape[1]) != self.channels:
+            raise InputError(f"{what} must have {self.channels} channel(s) for {self.task}, got {describe(x)}")
+        self._check_dtype(x, what)
+        self._check_batch(x, what)
+
+    def _expected_measurement_hw(self) -> tuple[int, int]:
+        return self.image_shape
+
+    def _check_measurement(self, y, what: str) -> None:
+        hw = self._expected_measurement_hw()
+        if getattr(y, "ndim", None) != 4 or tuple(y.shape[-2:]) != hw:
+            got = describe(y) if hasattr(y, "shape") else type(y).__name__
+            raise InputError(
+                f"{what} must have shape (B, C, {hw[0]}, {hw[1]}) for this {self.task} "
+                f"operator, got {got}"
+            )
+        self._check_dtype(y, what)
+        self._check_batch(y, what)
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k not in ("task", "image_shape"))
+        return f"{type(self).__name__}({self.image_shape}, {params})"
+
+
+def gaussian_noise(shape: tuple[int, ...], seed: Seed, complex_: bool) -> np.ndarray:
+    """Standard normal noise (float64 or complex128 of unit variance) from a seed."""
+
+    def draw(rng: np.random.Generator, shp):
+        if complex_:
+            return (rng.standard_normal(shp) + 1j * rng.standard_normal(shp)) / np.sqrt(2.0)
+        return rng.standard_normal(shp)
+
+    if seed is None or isinstance(seed, (int, np.integer)):
+        return draw(np.random.default_rng(seed), shape)
+    seeds = list(seed)
+    if len(seeds) != shape[0]:
+        raise InputError(f"got {len(seeds)} seeds for a batch of {shape[0]} images; give one per image")
+    return np.stack([draw(np.random.default_rng(int(s)), shape[1:]) for s in seeds])
