@@ -161,6 +161,7 @@ class LinearOperator:
             )
 
     def _check_image(self, x, what: str) -> None:
+        namespace(x)  # a list or a foreign array type gets its own message first
         if getattr(x, "ndim", None) != 4 or tuple(x.shape[-2:]) != self.image_shape:
             got = describe(x) if hasattr(x, "shape") else type(x).__name__
             raise InputError(
@@ -177,6 +178,7 @@ class LinearOperator:
 
     def _check_measurement(self, y, what: str) -> None:
         hw = self._expected_measurement_hw()
+        namespace(y)
         if getattr(y, "ndim", None) != 4 or tuple(y.shape[-2:]) != hw:
             got = describe(y) if hasattr(y, "shape") else type(y).__name__
             raise InputError(

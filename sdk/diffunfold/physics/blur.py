@@ -46,6 +46,9 @@ class Convolution(LinearOperator):
         self._spectrum = np.fft.rfft2(self._kernel)
         self.pinv_eps = self.default_pinv_eps if pinv_eps is None else float(pinv_eps)
 
+    def spec(self) -> dict:
+        return {"task": "convolution", "image_shape": self.image_shape, "given": ["kernel"]}
+
     @property
     def kernel(self) -> np.ndarray:
         """The kernel centred in the image grid (for display)."""

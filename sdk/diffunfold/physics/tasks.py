@@ -104,9 +104,10 @@ def make_operator(task: str, image_shape: Sequence[int], given: Any = None, **pa
 
     ``make_operator(**op.spec())`` rebuilds ``op`` when it was built from parameters alone.
     """
-    fn = TASKS[canonical_task(task)]
     if given:
-        raise InputError(f"this {task} operator was built from given arrays ({', '.join(given)}); pass them")
+        raise InputError(f"this {task} operator was built from given arrays ({', '.join(given)}); "
+                         "rebuild it from those arrays with its class")
+    fn = TASKS[canonical_task(task)]
     allowed = list(inspect.signature(fn).parameters)[1:]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
