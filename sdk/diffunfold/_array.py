@@ -15,6 +15,7 @@ from .errors import InputError
 
 __all__ = [
     "namespace",
+    "fft_of",
     "device_of",
     "to_numpy",
     "like",
@@ -35,6 +36,19 @@ def namespace(*arrays: Any):
         raise InputError(
             f"expected numpy, CuPy or torch arrays, got {kinds}; convert with numpy.asarray(...)"
         ) from exc
+
+
+def fft_of(x: Any):
+    """The FFT module for ``x``'s namespace (array-API names: ``rfftn``, ``fftshift``, ``axes=``).
+
+    numpy arrays get ``scipy.fft``: it computes float32 natively and is several times faster
+    than ``numpy.fft`` on the strided second axis of a 2-D transform (bench/physics_ops.py).
+    """
+    if isinstance(x, np.ndarray):
+        import scipy.fft
+
+        return scipy.fft
+    return namespace(x).fft
 
 
 def device_of(x: Any):

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._array import complex_dtype_for, namespace
+from .._array import complex_dtype_for, fft_of, namespace
 from ..errors import InputError
 from .base import LinearOperator
 
@@ -57,8 +57,8 @@ class Convolution(LinearOperator):
     def _apply_spectrum(self, x, name: str, spectrum):
         xp = namespace(x)
         k = self._const(name, spectrum, x, dtype=complex_dtype_for(xp, x.dtype))
-        fx = xp.fft.rfftn(x, axes=(-2, -1))
-        return xp.fft.irfftn(fx * k, s=self.image_shape, axes=(-2, -1))
+        fft = fft_of(x)
+        return fft.irfftn(fft.rfftn(x, axes=(-2, -1)) * k, s=self.image_shape, axes=(-2, -1))
 
     def _forward(self, x):
         return self._apply_spectrum(x, "K", self._spectrum)

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._array import like, namespace, real_dtype_for, to_numpy
+from .._array import fft_of, like, namespace, real_dtype_for, to_numpy
 from ..errors import InputError
 from .base import LinearOperator
 
@@ -23,13 +23,13 @@ _AXES = (-2, -1)
 
 def fft2c(x):
     """Centred orthonormal 2-D FFT over the last two axes (image -> k-space)."""
-    fft = namespace(x).fft
+    fft = fft_of(x)
     return fft.fftshift(fft.fftn(fft.ifftshift(x, axes=_AXES), axes=_AXES, norm="ortho"), axes=_AXES)
 
 
 def ifft2c(k):
     """Inverse of :func:`fft2c` (and its adjoint: the transform is unitary)."""
-    fft = namespace(k).fft
+    fft = fft_of(k)
     return fft.fftshift(fft.ifftn(fft.ifftshift(k, axes=_AXES), axes=_AXES, norm="ortho"), axes=_AXES)
 
 

@@ -1,0 +1,28 @@
+# Two entry points a fresh machine needs: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv and install what they need; torch is pinned (2.13.0 is the local CPU wheel).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/diffunfold selfcheck
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/physics_ops.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
