@@ -53,7 +53,7 @@ def machine_slug(info: dict) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", base).strip("-").lower()
 
 
-def write_results(name: str, info: dict, settings: dict, rows: list[dict], markdown: str) -> Path:
+def write_results(name: str, info: dict, settings: dict, rows, markdown: str) -> Path:
     """Write bench/results/<name>-<machine>.md and .json; returns the Markdown path."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"{name}-{machine_slug(info)}"

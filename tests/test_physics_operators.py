@@ -51,6 +51,7 @@ def operator_zoo():
         "mri_uniform1d": MultiCoilMRI(maps, mri_mask("uniform1d", SHAPE, 4, center_fraction=0.1)),
         "mri_gaussian2d": MultiCoilMRI(maps, mri_mask("gaussian2d", SHAPE, 4)),
         "mri_per_image": MultiCoilMRI(per_image_maps, mri_mask("gaussian1d", SHAPE, 2, center_fraction=0.1)),
+        "mri_odd_grid": MultiCoilMRI(birdcage_maps(3, (31, 47)), mri_mask("gaussian2d", (31, 47), 2)),
         "mri_single_coil": MultiCoilMRI(np.ones((1,) + SHAPE), mri_mask("random1d", SHAPE, 2, center_fraction=0.1)),
     }
 
