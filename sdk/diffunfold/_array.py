@@ -131,7 +131,7 @@ def like(value: Any, ref: Any, dtype=None):
 def check_finite(x: Any, what: str) -> None:
     """Raise a clear error if ``x`` holds NaN or Inf (one reduction; a sync on GPUs)."""
     xp = namespace(x)
-    if xp.isdtype(x.dtype, "complex floating"):
+    if is_complex(x):
         finite = xp.all(xp.isfinite(xp.real(x))) and xp.all(xp.isfinite(xp.imag(x)))
     else:
         finite = xp.all(xp.isfinite(x))

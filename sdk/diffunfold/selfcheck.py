@@ -73,19 +73,12 @@ def _convert(arr: np.ndarray, backend: str):
 
 def _test_image(task: str, size: int) -> np.ndarray:
     """A held-out bundled image (natural tasks) or a phantom (MRI), as a batch of one."""
-    from .data.images import BUNDLED_HELD_OUT, bundled_image
-    from PIL import Image
+    from .data.images import BundledImages
+    from .data.phantom import random_phantom
 
-    img = bundled_image(BUNDLED_HELD_OUT[0], channels=3)
-    side = min(img.shape[-2:])
-    top, left = (img.shape[-2] - side) // 2, (img.shape[-1] - side) // 2
-    crop = img[:, top:top + side, left:left + side]
-    resized = np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BICUBIC)) for c in crop])
-    image = np.clip(resized, 0, 1)[None].astype(np.float64)
-    if task != "mri":
-        return image
-    gray = image.mean(axis=1, keepdims=True)
-    return gray * np.exp(1j * 0.5 * np.linspace(0, 1, size))[None, None, None, :]
+    if task == "mri":
+        return random_phantom((size, size), rng=0)[None, None].astype(np.complex128)
+    return BundledImages(size=size, split="val")[0][None].astype(np.float64)  # centre crop
 
 
 def _psnr(estimate, target: np.ndarray) -> float:

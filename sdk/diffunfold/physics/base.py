@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._array import check_finite, describe, device_of, like, namespace
+from .._array import check_finite, describe, device_of, is_complex, like, namespace
 from ..errors import InputError
 
 NoiseStd = float | Sequence[float] | np.ndarray
@@ -124,7 +124,7 @@ class LinearOperator:
             raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
         if not np.any(std > 0):
             return y
-        noise = gaussian_noise(tuple(y.shape), seed, complex_=namespace(y).isdtype(y.dtype, "complex floating"))
+        noise = gaussian_noise(tuple(y.shape), seed, complex_=is_complex(y))
         noise *= std.reshape((-1,) + (1,) * (noise.ndim - 1)) if std.ndim else std
         return y + like(noise, y, dtype=y.dtype)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._array import like, namespace
+from .._array import is_complex, namespace
 from .base import LinearOperator
 
 
@@ -15,7 +15,8 @@ def random_pair(op: LinearOperator, batch: int = 2, channels: int = 3, dtype=np.
     """A random image ``x`` and measurement ``y`` (numpy) of the shapes ``op`` expects."""
     rng = np.random.default_rng(seed)
     c = op.channels or channels
-    x_shape = (op.batch or batch if (op.batch or 1) > 1 else batch, c) + op.image_shape
+    b = op.batch if op.batch and op.batch > 1 else batch  # per-image constants fix the batch
+    x_shape = (b, c) + op.image_shape
     y_shape = op.measurement_shape(x_shape)
     if op.complex_image:
         y_shape = (x_shape[0], op.ncoils) + tuple(y_shape[-2:])
@@ -31,7 +32,7 @@ def random_pair(op: LinearOperator, batch: int = 2, channels: int = 3, dtype=np.
 def _vdot(a, b) -> complex:
     """<a, b> = sum(a * conj(b)), accumulated in double precision on the host."""
     xp = namespace(a)
-    wide = xp.complex128 if xp.isdtype(a.dtype, "complex floating") else xp.float64
+    wide = xp.complex128 if is_complex(a) else xp.float64
     return complex(xp.sum(xp.astype(a, wide) * xp.conj(xp.astype(b, wide))))
 
 
@@ -60,8 +61,3 @@ def pinv_consistency(op: LinearOperator, x, **pinv_kwargs) -> float:
     ax = op.A(x)
     back = op.A(op.pinv(ax, **pinv_kwargs))
     return float(xp.sqrt(xp.sum(xp.abs(back - ax) ** 2)) / xp.sqrt(xp.sum(xp.abs(ax) ** 2)))
-
-
-def to_backend(arr: np.ndarray, ref):
-    """``arr`` on the namespace/device of ``ref`` (for running the same check on every backend)."""
-    return like(arr, ref)

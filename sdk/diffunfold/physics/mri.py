@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._array import fft_of, like, namespace, real_dtype_for, to_numpy
+from .._array import fft_of, is_complex, like, namespace, real_dtype_for, to_numpy
 from ..errors import InputError
 from .base import LinearOperator
 
@@ -278,7 +278,7 @@ def estimate_coil_maps(kspace, calib_fraction: float = 0.08, threshold: float = 
     input's kind, normalised so that ``sum_c |S_c|^2 = 1`` on the object.
     """
     xp = namespace(kspace)
-    if kspace.ndim not in (3, 4) or not xp.isdtype(kspace.dtype, "complex floating"):
+    if kspace.ndim not in (3, 4) or not is_complex(kspace):
         raise InputError(f"kspace must be complex (Ncoil, H, W) or (B, Ncoil, H, W), got {kspace.dtype} {tuple(kspace.shape)}")
     h, w = int(kspace.shape[-2]), int(kspace.shape[-1])
 
