@@ -234,3 +234,30 @@ def test_mri_task_sampler():
         kinds.add(task.params["kind"])
         assert task.operator.acceleration == pytest.approx(task.params["acceleration"], rel=0.05)
     assert kinds == {"uniform1d", "gaussian1d", "gaussian2d"}
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (128, 96)])
+def test_every_sampled_training_operator_is_exact_and_bounded(shape):
+    """Training draws a fresh operator per batch: all of them, not just hand-picked ones,
+    must have an exact adjoint and ||A|| <= 1."""
+    from diffunfold.physics import adjoint_error, random_pair, spectral_norm
+
+    sampler = TaskSampler(shape, sr_kernels=("box", "bicubic"))
+    rng = np.random.default_rng(42)
+    for _ in range(25):
+        task = sampler.sample(rng)
+        x, y = random_pair(task.operator, seed=int(rng.integers(1000)))
+        assert adjoint_error(task.operator, x, y) < 1e-10, task
+        assert spectral_norm(task.operator, x, iters=20) <= 1 + 1e-9, task
+
+
+def test_every_sampled_mri_operator_is_exact_and_bounded():
+    from diffunfold.physics import adjoint_error, random_pair, spectral_norm
+
+    maps = birdcage_maps(5, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        task = MRITaskSampler().sample(rng, maps)
+        x, y = random_pair(task.operator, seed=int(rng.integers(1000)))
+        assert adjoint_error(task.operator, x, y) < 1e-10, task.params
+        assert spectral_norm(task.operator, x, iters=20) <= 1 + 1e-9, task.params
