@@ -1,0 +1,125 @@
+"""EDM (Karras et al. 2022) constants, preconditioning, noise schedule and the sampling loop.
+
+Torch-free and written against the array API, so training, the torch reference sampler and
+the runtime share one copy of every constant and of the loop itself (algorithm.md 3 and 6).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import InputError
+
+SIGMA_DATA = 0.5
+P_MEAN, P_STD = -1.2, 1.2          # training noise levels: ln(sigma) ~ N(P_MEAN, P_STD^2)
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+SAMPLERS = ("euler", "heun")
+
+
+def _log(s):
+    if isinstance(s, (int, float)):
+        return math.log(s)
+    if isinstance(s, np.ndarray) or np.isscalar(s):
+        return np.log(s)
+    return s.log()  # torch / CuPy arrays
+
+
+def c_skip(s, sigma_data: float = SIGMA_DATA):
+    return sigma_data**2 / (s**2 + sigma_data**2)
+
+
+def c_out(s, sigma_data: float = SIGMA_DATA):
+    return s * sigma_data / (s**2 + sigma_data**2) ** 0.5
+
+
+def c_in(s, sigma_data: float = SIGMA_DATA):
+    return 1.0 / (s**2 + sigma_data**2) ** 0.5
+
+
+def c_noise(s):
+    return _log(s) / 4.0
+
+
+def loss_weight(s, sigma_data: float = SIGMA_DATA):
+    """EDM's per-sample weight lambda(s) = (s^2 + sd^2) / (s sd)^2."""
+    return (s**2 + sigma_data**2) / (s * sigma_data) ** 2
+
+
+def training_sigmas(rng: np.random.Generator, n: int, p_mean: float = P_MEAN, p_std: float = P_STD) -> np.ndarray:
+    """``n`` training noise levels with ``ln(sigma) ~ N(p_mean, p_std^2)`` (float64)."""
+    return np.exp(p_mean + p_std * rng.standard_normal(n))
+
+
+def schedule(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+             rho: float = RHO) -> np.ndarray:
+    """EDM's noise levels for ``steps`` steps, float64, with the final ``sigma_N = 0`` appended."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise InputError(f"steps must be a positive integer, got {steps!r}")
+    if not 0 < sigma_min < sigma_max:
+        raise InputError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    if steps == 1:
+        return np.array([sigma_max, 0.0])
+    i = np.arange(steps, dtype=np.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sig = (hi + i / (steps - 1) * (lo - hi)) ** rho
+    return np.append(sig, 0.0)
+
+
+def check_sampler(sampler: str) -> str:
+    if sampler not in SAMPLERS:
+        raise InputError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    return sampler
+
+
+def nfe_of(steps: int, sampler: str) -> int:
+    """Calls of the denoiser D for a run: Euler ``N``; Heun ``2N - 1`` (the last step is Euler)."""
+    return steps if check_sampler(sampler) == "euler" else 2 * steps - 1
+
+
+def seeds_for(seed: int | Sequence[int] | None, batch: int) -> list[int]:
+    """One seed per image: ``seed + i`` for an int, the given list, or fresh entropy for None."""
+    if seed is None:
+        base = int(np.random.SeedSequence().generate_state(1)[0])
+        return [base + i for i in range(batch)]
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        return [int(seed) + i for i in range(batch)]
+    seeds = [int(s) for s in seed]
+    if len(seeds) != batch:
+        raise InputError(f"got {len(seeds)} seeds for a batch of {batch}; give one per image or one int")
+    return seeds
+
+
+def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma_max: float = SIGMA_MAX) -> np.ndarray:
+    """``x_0 ~ N(0, sigma_max^2 I)``, float32 ``(len(seeds), *shape)``, one generator per image:
+    an image's start does not depend on its batch, and every backend starts from the same x_0."""
+    out = np.empty((len(seeds), *shape), dtype=np.float32)
+    for i, s in enumerate(seeds):
+        out[i] = np.random.default_rng(int(s)).standard_normal(tuple(shape)) * sigma_max
+    return out
+
+
+def sample_loop(denoise: Callable[[Any, float], Any], x, sigmas: Sequence[float], sampler: str = "euler",
+                on_step: Callable[[int], None] | None = None):
+    """Integrate EDM's probability-flow ODE from ``x`` (at ``sigmas[0]``) down to ``sigmas[-1] = 0``.
+
+    ``denoise(x, sigma)`` returns ``D(x; sigma)`` for the batch. Returns ``(x_N, nfe)``.
+    The last step (to sigma = 0) is always Euler, which makes ``x_N = D(x_{N-1})``.
+    """
+    check_sampler(sampler)
+    nfe = 0
+    for i in range(len(sigmas) - 1):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        d = (x - denoise(x, s)) / s
+        nfe += 1
+        x_next = x + (s_next - s) * d
+        if sampler == "heun" and s_next > 0:
+            d_next = (x_next - denoise(x_next, s_next)) / s_next
+            nfe += 1
+            x_next = x + (s_next - s) * (0.5 * d + 0.5 * d_next)
+        x = x_next
+        if on_step is not None:
+            on_step(i)
+    return x, nfe

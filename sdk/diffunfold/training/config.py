@@ -1,0 +1,186 @@
+"""Training configuration: TOML (or YAML) files with [model], [data], [train] and [val]
+tables; shipped presets (``tiny``, ``small``, ``paper``, ``mri-small``) load by name.
+
+Every key is checked: an unknown key is an error that lists the known ones, so a typo never
+silently trains the wrong thing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .. import edm
+from ..errors import InputError, require
+from ..physics.mri import MASK_KINDS
+from ..physics.tasks import canonical_task
+from .model import ModelSettings, _from_dict
+
+PRESET_DIR = Path(__file__).with_name("presets")
+SOURCES = ("bundled", "folder", "fastmri", "phantom")
+IMAGE_TASKS = ("gaussian_blur", "anisotropic_blur", "sr", "inpainting")
+
+
+@dataclass
+class DataSettings:
+    source: str = "bundled"          # bundled | folder | fastmri | phantom
+    path: str | None = None          # image folder, or fastMRI file/folder (training)
+    val_path: str | None = None      # fastMRI file/folder for validation
+    size: int = 64                   # training crop (pixels, square)
+    tasks: tuple[str, ...] = IMAGE_TASKS
+    mri_patterns: tuple[tuple[str, float], ...] = (
+        ("uniform1d", 4), ("uniform1d", 8), ("gaussian1d", 4), ("gaussian1d", 8),
+        ("gaussian2d", 8), ("gaussian2d", 16))
+    noise_max: float = 0.1           # images: sigma_y ~ U[0, noise_max] (paper 4.1)
+    mri_noise: float = 0.01          # MRI: sigma_y ~ U[0, mri_noise * max|A x|] per image
+    ncoils: int = 15
+    workers: int = 0                 # DataLoader worker processes preparing batches
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise InputError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.source in ("folder", "fastmri") and not self.path:
+            raise InputError(f"data.source = {self.source!r} needs data.path (the {self.source} to train on)")
+        self.tasks = tuple(canonical_task(t) for t in self.tasks)
+        self.mri_patterns = tuple((str(k), float(a)) for k, a in self.mri_patterns)
+        bad = [k for k, _ in self.mri_patterns if k not in MASK_KINDS]
+        if bad:
+            raise InputError(f"unknown MRI mask kind(s) {bad}; choose from {MASK_KINDS}")
+        if not 0 <= self.noise_max or not 0 <= self.mri_noise:
+            raise InputError("noise levels must be >= 0")
+
+    @property
+    def is_mri(self) -> bool:
+        return self.source in ("fastmri", "phantom")
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 1000
+    batch_size: int = 8              # global: split over the processes of a distributed run
+    lr: float = 2e-4
+    warmup_steps: int = 0            # linear learning-rate ramp
+    grad_clip: float = 1.0           # max global gradient norm (0: off)
+    ema_halflife_images: float = 500_000.0   # EDM's EMA, half-life in training images...
+    ema_rampup: float = 0.05         # ...limited to this fraction of the images seen so far
+    amp: bool = True                 # bfloat16 autocast for the networks (CUDA only)
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda | cuda:N
+    threads: int = 0                 # torch CPU threads (0: torch's default)
+    log_every: int = 10
+    val_every: int = 500             # 0: only at the end
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+
+
+@dataclass
+class ValSettings:
+    tasks: tuple[dict, ...] = (
+        {"task": "gaussian_blur", "sigma": 2.0},
+        {"task": "sr", "factor": 4},
+        {"task": "inpainting", "missing": 0.4},
+    )
+    noise: float = 0.05              # sigma_y of the validation measurements
+    steps: int = 18
+    sampler: str = "euler"
+    images: int = 5                  # at most this many held-out images
+
+    def __post_init__(self):
+        self.tasks = tuple(dict(t) for t in self.tasks)
+        for t in self.tasks:
+            if "task" not in t:
+                raise InputError(f"each [[val.tasks]] entry needs a 'task' key, got {t}")
+            canonical_task(t["task"])
+        edm.check_sampler(self.sampler)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    val: ValSettings = field(default_factory=ValSettings)
+    out_dir: str = "runs/diffunfold"
+    name: str = "custom"
+
+    def __post_init__(self):
+        if self.data.is_mri != (self.model.data == "mri"):
+            raise InputError(f"data.source {self.data.source!r} does not fit model.data {self.model.data!r}: "
+                             "MRI sources (fastmri, phantom) need model.data = 'mri' and channels = 1")
+        if self.train.batch_size < 1 or self.train.steps < 1:
+            raise InputError("train.steps and train.batch_size must be positive")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown table(s)/key(s) {unknown} in the config; known: {sorted(known)}")
+        return cls(model=ModelSettings.from_dict(d.get("model", {})),
+                   data=_from_dict(DataSettings, d.get("data", {}), "data"),
+                   train=_from_dict(TrainSettings, d.get("train", {}), "train"),
+                   val=_from_dict(ValSettings, d.get("val", {}), "val"),
+                   out_dir=d.get("out_dir", f"runs/{name}"), name=d.get("name", name))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["model"] = self.model.to_dict()
+        d["data"]["tasks"] = list(self.data.tasks)
+        d["data"]["mri_patterns"] = [list(p) for p in self.data.mri_patterns]
+        d["val"]["tasks"] = [dict(t) for t in self.val.tasks]
+        return d
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def read_config_file(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"config {str(p)!r} not found; give a .toml/.yaml file or a preset "
+                         f"name ({', '.join(preset_names())})")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        yaml = require("yaml", "train")
+        return yaml.safe_load(text) or {}
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{p}: not valid TOML: {exc}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """``["train.steps=200", "model.unet.channels=32"]`` applied to a config dict (TOML values)."""
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"an override looks like table.key=value, got {item!r}")
+        node = d
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override {item!r}: {p!r} is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return d
+
+
+def load_config(source: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A preset name (``tiny``, ``small``, ...) or a TOML/YAML file, plus ``table.key=value``
+    overrides."""
+    src = str(source)
+    if src in preset_names():
+        path, name = PRESET_DIR / f"{src}.toml", src
+    else:
+        path, name = Path(src), Path(src).stem
+    return TrainConfig.from_dict(apply_overrides(read_config_file(path), overrides or []), name=name)

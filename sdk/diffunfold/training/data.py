@@ -1,0 +1,162 @@
+"""Training batches, fully determined by ``(seed, step, image index)``.
+
+Item ``step`` of :class:`TrainingBatches` is this process's share of the global batch of that
+training step: clean images, the step's random task (one operator per batch, paper 4.1), the
+noisy measurement, the diffusion noise levels and noise. Every random draw of image ``i`` of
+step ``t`` comes from ``default_rng([seed, t, i])`` and the task from its own stream, so
+
+* resuming at step ``t`` continues exactly (no data-loader state to save), and
+* a run on N processes sees the same global batches as a run on one.
+
+It is a map-style dataset over steps, so a DataLoader's worker processes prepare batches
+(physics included, in numpy) while the main process trains.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import edm
+from ..data.fastmri import FastMRISlices, percentile_normalize
+from ..data.images import BundledImages, ImageFolder
+from ..data.phantom import random_phantom
+from ..errors import InputError
+from ..physics.mri import birdcage_maps
+from ..physics.tasks import MRITaskSampler, TaskSampler
+from ..spaces import DataSpace
+from .config import TrainConfig
+
+_TASK_STREAM = 2**32 - 1     # the index of the per-step task stream (never an image index)
+_VAL_STREAM = 2**32 - 2
+
+
+class ImageSource:
+    """Random augmented crops from an image dataset (bundled images or a folder)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        index = int(rng.integers(len(self.dataset)))
+        self.dataset.set_epoch(int(rng.integers(2**31)))  # selects the crop/flip draws
+        return {"image": self.dataset[index]}
+
+
+class PhantomSource:
+    """Random complex phantoms (99th-percentile normalised) on simulated birdcage coils."""
+
+    def __init__(self, size: int, ncoils: int):
+        self.size = size
+        self.maps = birdcage_maps(ncoils, (size, size)).astype(np.complex64)
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image, _ = percentile_normalize(random_phantom((self.size, self.size), rng))
+        return {"image": image[None].astype(np.complex64), "coil_maps": self.maps}
+
+
+class FastMRISource:
+    """Random slices of fastMRI files (images and coil maps as :class:`FastMRISlices` gives)."""
+
+    def __init__(self, slices: FastMRISlices):
+        self.slices = slices
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        item = self.slices[int(rng.integers(len(self.slices)))]
+        return {"image": item["image"], "coil_maps": item["coil_maps"]}
+
+
+def make_source(cfg: TrainConfig, split: str = "train"):
+    d, c = cfg.data, cfg.model.channels
+    if d.source == "bundled":
+        return ImageSource(BundledImages(d.size, split=split, channels=c, seed=cfg.train.seed))
+    if d.source == "folder":
+        return ImageSource(ImageFolder(d.path, d.size, split=split, channels=c, seed=cfg.train.seed))
+    if d.source == "phantom":
+        return PhantomSource(d.size, d.ncoils)
+    path = d.path if split == "train" else d.val_path
+    if path is None:
+        return None
+    return FastMRISource(FastMRISlices(path, ncoils=d.ncoils, crop=(d.size, d.size)))
+
+
+def stack_maps(items: list[dict]) -> np.ndarray:
+    """Coil maps for a batch: shared ``(Nc, H, W)`` when every image has the same, else per image."""
+    maps = [it["coil_maps"] for it in items]
+    if all(m is maps[0] for m in maps):
+        return maps[0]
+    return np.stack(maps)
+
+
+class TrainingBatches(torch.utils.data.Dataset):
+    """Item ``step``: ``{"x", "y", "operator", "task", "params", "sigma", "noise", "sigma_y"}``
+    for this rank's images of that step (numpy; ``x``, ``noise`` in user/model space resp.)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1, start: int = 0):
+        if cfg.train.batch_size % world:
+            raise InputError(f"train.batch_size {cfg.train.batch_size} must divide by the "
+                             f"{world} processes of this run")
+        self.cfg = cfg
+        self.space = cfg.model.space
+        self.local = cfg.train.batch_size // world
+        self.first = rank * self.local
+        self.start = start
+        self.source = make_source(cfg, "train")
+        size = (cfg.data.size, cfg.data.size)
+        if cfg.data.is_mri:
+            self.tasks = MRITaskSampler(cfg.data.mri_patterns)
+        else:
+            self.tasks = TaskSampler(size, families=cfg.data.tasks)
+
+    def __len__(self) -> int:
+        return self.cfg.train.steps - self.start
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        step = self.start + int(i)
+        seed = self.cfg.train.seed
+        rngs = [np.random.default_rng([seed, step, self.first + j]) for j in range(self.local)]
+        items = [self.source.draw(g) for g in rngs]
+        x = np.stack([it["image"] for it in items])
+        task_rng = np.random.default_rng([seed, step, _TASK_STREAM])
+        if self.cfg.data.is_mri:
+            task = self.tasks.sample(task_rng, stack_maps(items))
+            # Paper 4.1: sigma_y proportional to the k-space magnitude (factor mri_noise).
+            kmax = np.abs(task.operator.A(x)).reshape(len(x), -1).max(axis=1)
+            sigma_y = np.array([g.uniform(0, 1) for g in rngs]) * self.cfg.data.mri_noise * kmax
+        else:
+            task = self.tasks.sample(task_rng)
+            sigma_y = np.array([g.uniform(0, self.cfg.data.noise_max) for g in rngs])
+        seeds = [int(g.integers(2**63)) for g in rngs]
+        y = task.operator.measure(x, sigma_y, seeds)
+        sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
+        shape = (self.space.model_channels, *x.shape[-2:])
+        noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
+        return {"step": step, "x": x, "y": y, "operator": task.operator, "task": task.task,
+                "params": task.params, "sigma": sigma, "noise": noise, "sigma_y": sigma_y}
+
+
+def keep_as_is(item):
+    """DataLoader collate for items that are already whole batches."""
+    return item
+
+
+def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Held-out clean images (user space) and, for MRI, their coil maps; None when there are none."""
+    n = cfg.val.images
+    if cfg.data.source == "phantom":
+        src = PhantomSource(cfg.data.size, cfg.data.ncoils)
+        items = [src.draw(np.random.default_rng([cfg.train.seed, _VAL_STREAM, i])) for i in range(n)]
+    else:
+        src = make_source(cfg, "val")
+        if src is None:
+            return None
+        ds = src.slices if isinstance(src, FastMRISource) else src.dataset
+        items = []
+        for i in range(min(n, len(ds))):
+            it = ds[i]
+            items.append(it if isinstance(it, dict) else {"image": it})
+    x = np.stack([it["image"] for it in items])
+    maps = stack_maps(items) if cfg.data.is_mri else None
+    return x, maps

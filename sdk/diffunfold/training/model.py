@@ -1,0 +1,214 @@
+"""The unfolded posterior denoiser of Diff-Unfolding (algorithm.md sections 3-4).
+
+``D(x_t, s; y, A)`` runs K iterations of
+``x <- x - gamma_k(s) * (grad_g(x) + tau_k(s) * (x - R_k(x; s)))`` in model space, where
+``R_k`` is an EDM-preconditioned U-Net (one per stage, or one shared network told ``k``),
+``tau_k``, ``gamma_k`` come from small weight generators of ``s``, and ``grad_g`` is the
+physics operator's own gradient (the foundation's code, on torch tensors) carried to model
+space by :class:`diffunfold.spaces.DataSpace`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import edm
+from ..errors import InputError
+from ..physics.base import LinearOperator
+from ..spaces import DataSpace
+from .unet import UNet, count_parameters
+
+
+def _from_dict(cls, values: dict, where: str):
+    """Build a settings dataclass, refusing unknown keys with the list of known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(f"unknown setting(s) {unknown} in [{where}]; known: {sorted(known)}")
+    return cls(**values)
+
+
+@dataclass
+class UNetSettings:
+    channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_blocks: int = 2
+    attention_levels: tuple[int, ...] = (3,)
+    mid_attention: bool = True
+    head_channels: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.channel_mult = tuple(int(m) for m in self.channel_mult)
+        self.attention_levels = tuple(int(a) for a in self.attention_levels)
+
+
+@dataclass
+class ModelSettings:
+    """Everything that defines the network; stored in checkpoints and model packages."""
+
+    data: str = "image"              # "image" or "mri"
+    channels: int = 3                # user-space channels (MRI: 1 complex)
+    stages: int = 6                  # K, unfolding iterations
+    shared: bool = False             # one network told k, or K separate networks
+    unet: UNetSettings = field(default_factory=UNetSettings)
+    weight_features: int = 16        # Fourier features of c_noise for tau, gamma, u
+    tau_init: float = 1.0            # gamma*tau = 1 at init: each stage starts as "denoise,
+    gamma_init: float = 1.0          # then one gradient step on the data fidelity"
+    sigma_data: float = edm.SIGMA_DATA
+
+    def __post_init__(self):
+        if isinstance(self.unet, dict):
+            self.unet = _from_dict(UNetSettings, self.unet, "model.unet")
+        if int(self.stages) < 1:
+            raise InputError(f"stages (K) must be >= 1, got {self.stages}")
+        if self.tau_init <= 0 or self.gamma_init <= 0:
+            raise InputError("tau_init and gamma_init must be positive")
+        self.space  # validates data and channels
+
+    @property
+    def space(self) -> DataSpace:
+        return DataSpace(self.data, int(self.channels))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelSettings":
+        return _from_dict(cls, dict(values), "model")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["unet"]["channel_mult"] = list(d["unet"]["channel_mult"])
+        d["unet"]["attention_levels"] = list(d["unet"]["attention_levels"])
+        return d
+
+
+def _inverse_softplus(v: float) -> float:
+    return v + math.log(-math.expm1(-v))
+
+
+class NoiseLevelMLP(nn.Module):
+    """A one-layer network of ``c_noise(s)``: fixed Fourier features -> linear -> ``out`` values.
+
+    Zero-initialised weights, so at initialisation it returns ``init`` for every ``s``.
+    ``positive=True`` applies softplus (the bias is set so that softplus gives ``init``).
+    """
+
+    def __init__(self, out: int, features: int = 16, init: float = 0.0, positive: bool = False,
+                 scale: float = 1.0):
+        super().__init__()
+        freqs = np.random.default_rng(1).standard_normal(features) * scale
+        self.register_buffer("freqs", torch.tensor(freqs, dtype=torch.float32))
+        self.linear = nn.Linear(2 * features, out)
+        self.positive = positive
+        nn.init.zeros_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, _inverse_softplus(init) if positive else init)
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(sigma.device.type, enabled=False):  # tiny: always full precision
+            phase = 2 * math.pi * edm.c_noise(sigma.to(self.freqs.dtype))[:, None] * self.freqs[None, :]
+            out = self.linear(torch.cat([phase.cos(), phase.sin()], dim=1))
+            return nn.functional.softplus(out) if self.positive else out
+
+
+class Regularizer(nn.Module):
+    """``R(x; s) = c_skip x + c_out F(c_in x; c_noise)``: EDM preconditioning around a U-Net."""
+
+    def __init__(self, unet: UNet, sigma_data: float = edm.SIGMA_DATA):
+        super().__init__()
+        self.unet = unet
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, stage: int | None = None) -> torch.Tensor:
+        s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
+        f = self.unet(edm.c_in(s, self.sigma_data) * x, edm.c_noise(sigma.to(x.dtype)), stage)
+        # The skip path stays in x's precision; only F runs under autocast.
+        return edm.c_skip(s, self.sigma_data) * x + edm.c_out(s, self.sigma_data) * f.to(x.dtype)
+
+
+class DiffUnfolding(nn.Module):
+    """K unfolding stages, the weight generators tau_k(s), gamma_k(s), and the uncertainty u(s)."""
+
+    def __init__(self, settings: ModelSettings):
+        super().__init__()
+        self.settings = settings
+        self.space = settings.space
+        u = settings.unet
+        k = int(settings.stages)
+        c = self.space.model_channels
+
+        def unet(num_stages: int) -> UNet:
+            return UNet(c, c, channels=u.channels, channel_mult=u.channel_mult, num_blocks=u.num_blocks,
+                        attention_levels=u.attention_levels, mid_attention=u.mid_attention,
+                        head_channels=u.head_channels, dropout=u.dropout, num_stages=num_stages)
+
+        nets = [unet(k)] if settings.shared else [unet(0) for _ in range(k)]
+        self.regularizers = nn.ModuleList(Regularizer(n, settings.sigma_data) for n in nets)
+        f = settings.weight_features
+        self.tau = NoiseLevelMLP(k, f, settings.tau_init, positive=True)
+        self.gamma = NoiseLevelMLP(k, f, settings.gamma_init, positive=True)
+        self.uncertainty = NoiseLevelMLP(1, f, 0.0)
+
+    @property
+    def stages(self) -> int:
+        return int(self.settings.stages)
+
+    @property
+    def size_multiple(self) -> int:
+        return 2 ** (len(self.settings.unet.channel_mult) - 1)
+
+    def regularize(self, x: torch.Tensor, sigma: torch.Tensor, k: int) -> torch.Tensor:
+        """``R_k(x; s)`` for stage ``k``."""
+        if self.settings.shared:
+            return self.regularizers[0](x, sigma, k)
+        return self.regularizers[k](x, sigma)
+
+    def weights(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tau, gamma)``, each ``(B, K)`` and positive."""
+        return self.tau(sigma), self.gamma(sigma)
+
+    def fidelity_grad(self, x: torch.Tensor, y, operator: LinearOperator) -> torch.Tensor:
+        """``grad_g`` in model space: the operator's ``A^H(A x - y)`` at the user-space image,
+        times the chain-rule factor of the data-space map. Always in float32 (FFT physics
+        does not run in half precision)."""
+        with torch.autocast(x.device.type, enabled=False):
+            g = operator.grad(self.space.to_user(x), y)
+            return self.space.grad_to_model(g)
+
+    def forward(self, x_t: torch.Tensor, sigma, y, operator: LinearOperator) -> torch.Tensor:
+        """``D(x_t, s; y, A)`` in model space. ``sigma``: a number or one value per image."""
+        sigma = self._sigma_batch(sigma, x_t)
+        tau, gamma = self.weights(sigma)
+        x = x_t
+        for k in range(self.stages):
+            r = self.regularize(x, sigma, k)
+            step = self.fidelity_grad(x, y, operator) + tau[:, k, None, None, None] * (x - r)
+            x = x - gamma[:, k, None, None, None] * step
+        return x
+
+    denoise = forward
+
+    @staticmethod
+    def _sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
+        s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if s.ndim == 0:
+            s = s.expand(x.shape[0])
+        if s.shape != (x.shape[0],):
+            raise InputError(f"sigma must be a number or one value per image ({x.shape[0]}), got {tuple(s.shape)}")
+        return s
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = {"regularizers": sum(count_parameters(r) for r in self.regularizers),
+                  "weight_generators": count_parameters(self.tau) + count_parameters(self.gamma),
+                  "uncertainty": count_parameters(self.uncertainty)}
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def check_image_size(self, hw) -> None:
+        m = self.size_multiple
+        if hw[0] % m or hw[1] % m:
+            raise InputError(f"image size {tuple(hw)} must be a multiple of {m} for this model "
+                             f"({len(self.settings.unet.channel_mult)} resolution levels); crop or pad it")

@@ -1,0 +1,64 @@
+"""The torch reference sampler: EDM's loop (shared with the runtime, ``diffunfold.edm``) around
+the unfolded denoiser. It is the ground truth the runtime is checked against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import edm
+from .._array import check_finite
+from ..errors import InputError
+from ..physics.base import LinearOperator
+from .model import DiffUnfolding
+
+
+@dataclass
+class Restoration:
+    images: torch.Tensor     # user space (B, C, H, W), clipped to the data range for images
+    nfe: int                 # calls of D (each one is K regulariser calls)
+    seeds: list[int]
+
+
+@torch.no_grad()
+def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, sampler: str = "euler",
+            seed: int | Sequence[int] | None = 0, sigma_max: float = edm.SIGMA_MAX,
+            sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False) -> Restoration:
+    """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
+
+    ``seed``: an int (image i uses ``seed + i``) or one per image; the start ``x_0`` is drawn
+    per image with numpy, so an image's result does not depend on the rest of its batch.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"the torch sampler takes y as a torch tensor, got {type(y).__name__}")
+    operator.check_measurement(y)
+    check_finite(y, "the measurement y")
+    model.check_image_size(operator.image_shape)
+    param = next(model.parameters())
+    batch = int(y.shape[0])
+    seeds = edm.seeds_for(seed, batch)
+    shape = (model.space.model_channels, *operator.image_shape)
+    x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max)).to(device=param.device, dtype=param.dtype)
+    sigmas = edm.schedule(steps, sigma_min, sigma_max, rho)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc=f"sampling ({sampler})", unit="step", leave=False)
+
+    def denoise(v, s):
+        return model(v, s, y, operator)
+
+    x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
+    if bar is not None:
+        bar.close()
+    images = model.space.clip(model.space.to_user(x))
+    return Restoration(images=images, nfe=nfe, seeds=seeds)
+
+
+def to_tensor(a, device) -> torch.Tensor:
+    """A numpy array as a torch tensor on ``device`` (no copy on the CPU)."""
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)

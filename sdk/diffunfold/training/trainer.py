@@ -1,0 +1,240 @@
+"""The training loop: random task per batch, EDM noise levels, the uncertainty-weighted loss,
+Adam, gradient clipping, EMA, bfloat16 autocast on GPUs, CSV logs, periodic validation PSNR on
+held-out images, atomic checkpoints with exact resume, and scale-out with torchrun +
+DistributedDataParallel (``torchrun --nproc_per_node=N -m diffunfold train ...``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+
+from ..errors import DiffUnfoldError, InputError
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from .config import TrainConfig
+from .data import TrainingBatches, keep_as_is, validation_set
+from .evaluate import evaluate, format_rows
+from .loss import UnfoldingObjective
+from .model import DiffUnfolding
+from .sampler import to_tensor
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Distributed":
+        """The process's place in a torchrun launch (one process when not launched by torchrun)."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                   int(os.environ.get("LOCAL_RANK", 0)))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"train.device = {name!r} but no CUDA device is visible; use 'auto' or 'cpu'")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def ema_update(batch: int, halflife_images: float, rampup: float):
+    """EDM's EMA: half-life in images, limited to ``rampup`` x the images seen so far, so
+    short runs average over their recent past instead of their random start."""
+
+    def update(averaged, current, n_averaged):
+        seen = (int(n_averaged) + 1) * batch
+        halflife = min(halflife_images, seen * rampup) if rampup > 0 else halflife_images
+        beta = 0.5 ** (batch / max(halflife, 1e-8))
+        torch._foreach_lerp_(averaged, current, 1.0 - beta)
+
+    return update
+
+
+class CSVLog:
+    """Append-only CSV (kept across resumes)."""
+
+    def __init__(self, path: Path, columns: list[str]):
+        self.path, self.columns = path, columns
+        if not path.exists():
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerow(columns)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(c, "") for c in self.columns])
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank, 7]).generate_state(1)[0])
+
+
+def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train ``cfg``; checkpoints and logs go to ``out_dir`` (default ``cfg.out_dir``).
+
+    Returns a summary: steps done, seconds, last loss, the final validation rows, the newest
+    checkpoint.
+    """
+    out = Path(out_dir or cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    ctx = Distributed.from_env()
+    if ctx.world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cfg.train.device != "cpu" and torch.cuda.is_available() else "gloo")
+    try:
+        return _train(cfg, out, ckpt_dir, ctx, resume, progress)
+    finally:
+        if ctx.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume: bool, progress: bool) -> dict:
+    t = cfg.train
+    device = pick_device(t.device, ctx.local_rank)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    previous = latest_checkpoint(ckpt_dir)
+    if previous is not None and not resume:
+        raise InputError(f"{ckpt_dir} already holds checkpoints (newest: {previous.name}); pass --resume "
+                         "to continue that run, or choose another output folder")
+    if resume and previous is None:
+        raise InputError(f"--resume: no complete checkpoint in {ckpt_dir}; start without --resume")
+
+    torch.manual_seed(t.seed)  # the same initial weights on every process
+    model = DiffUnfolding(cfg.model).to(device)
+    model.check_image_size((cfg.data.size, cfg.data.size))
+    ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
+                        use_buffers=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
+    start = 0
+    if resume:
+        start = int(load_training_state(previous, model, ema, optimizer)["step"])
+    if start >= t.steps:
+        raise InputError(f"the run is already at step {start} of {t.steps}; raise train.steps to go on")
+
+    objective = UnfoldingObjective(model)
+    if ctx.world > 1:
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = t.amp and device.type == "cuda"
+    space = model.space
+
+    counts = model.parameter_counts()
+    val = validation_set(cfg) if ctx.main else None
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        log = CSVLog(out / "log.csv", ["step", "loss", "mse", "weighted_mse", "u", "lr", "grad_norm",
+                                       "task", "images_per_s", "elapsed_s"])
+        val_log = CSVLog(out / "val.csv", ["step", "task", "psnr_model", "psnr_pinv", "psnr_baseline",
+                                           "ssim_model", "ssim_baseline"])
+        print(f"diffunfold train: {cfg.name}, {counts['total']:,} parameters "
+              f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)), K={model.stages}, "
+              f"device {device}, {ctx.world} process(es), steps {start}..{t.steps}, batch {t.batch_size}"
+              + (", bfloat16 autocast" if amp else ""), flush=True)
+
+    loader = torch.utils.data.DataLoader(
+        TrainingBatches(cfg, ctx.rank, ctx.world, start), batch_size=None, shuffle=False,
+        num_workers=cfg.data.workers, collate_fn=keep_as_is, prefetch_factor=2 if cfg.data.workers else None,
+        persistent_workers=False)
+    bar = None
+    if progress and ctx.main:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=t.steps, initial=start, desc="training", unit="step", dynamic_ncols=True)
+
+    last_rows: list[dict] = []
+    last_loss = math.nan
+    ckpt_path = previous
+    t0 = time.perf_counter()
+    tick, tick_step = t0, start
+
+    def validate(step: int) -> list[dict]:
+        if val is None:
+            return []
+        images, maps = val
+        rows = evaluate(ema.module, images, cfg.val.tasks, cfg.val.noise, cfg.val.steps, cfg.val.sampler,
+                        seed=t.seed, coil_maps=maps)
+        for r in rows:
+            val_log.write({"step": step, "task": r["task"], **{k: f"{r[k]:.4f}" for k in
+                          ("psnr_model", "psnr_pinv", "psnr_baseline", "ssim_model", "ssim_baseline")}})
+        msg = f"validation at step {step}:\n{format_rows(rows)}"
+        (bar.write if bar else print)(msg)
+        return rows
+
+    for batch in loader:
+        step = int(batch["step"])
+        lr = t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout draws depend on the step only
+        x = space.to_model(to_tensor(batch["x"], device))
+        y = to_tensor(batch["y"], device)
+        sigma = to_tensor(batch["sigma"], device)
+        noise = to_tensor(batch["noise"], device)
+        model.train()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            terms = objective(x, sigma, noise, y, batch["operator"])
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise DiffUnfoldError(f"the loss became {loss.item()} at step {step} (task {batch['task']} "
+                                  f"{batch['params']}); lower train.lr or resume from the last checkpoint")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        optimizer.step()
+        ema.update_parameters(model)
+        done = step + 1
+        last_loss = float(loss.item())
+
+        if ctx.main:
+            if done % t.log_every == 0 or done == t.steps:
+                now = time.perf_counter()
+                speed = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
+                tick, tick_step = now, done
+                log.write({"step": done, "loss": f"{last_loss:.6f}", "mse": f"{terms['mse'].mean().item():.6g}",
+                           "weighted_mse": f"{terms['weighted'].mean().item():.6g}",
+                           "u": f"{terms['u'].mean().item():.4f}", "lr": f"{lr:.3g}",
+                           "grad_norm": f"{float(grad_norm):.4g}", "task": batch["task"],
+                           "images_per_s": f"{speed:.2f}", "elapsed_s": f"{now - t0:.1f}"})
+                if bar:
+                    bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{speed:.1f}")
+            if bar:
+                bar.update(1)
+        final = done == t.steps
+        if (t.val_every and done % t.val_every == 0) or final:
+            if ctx.main:
+                last_rows = validate(done)
+            ctx.barrier()
+        if (t.checkpoint_every and done % t.checkpoint_every == 0) or final:
+            if ctx.main:
+                ckpt_path = save_checkpoint(ckpt_dir, done, model, ema, optimizer, cfg.to_dict(),
+                                            {"parameters": counts, "world_size": ctx.world},
+                                            keep=t.keep_checkpoints)
+            ctx.barrier()
+    if bar:
+        bar.close()
+    return {"steps": t.steps, "started_at": start, "seconds": time.perf_counter() - t0, "loss": last_loss,
+            "validation": last_rows, "checkpoint": str(ckpt_path) if ckpt_path else None,
+            "parameters": counts}
