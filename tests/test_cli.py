@@ -115,9 +115,40 @@ def test_physics_data_and_metrics_run_without_torch(tmp_path):
         item = FastMRISlices({str(tmp_path)!r}, ncoils=2)[0]
         op = make_operator("mri", (32, 32), coil_maps=item["coil_maps"])
         op.pinv(op.measure(item["image"][None], 0.0))
+        from diffunfold import edm, spaces, baselines
+        x_model = spaces.DataSpace("image", 3).to_model(x)
+        edm.sample_loop(lambda v, s: 0 * v, x_model, edm.schedule(3))
+        blur = make_operator("gaussian_blur", (32, 32), sigma=1.0)
+        assert np.isfinite(baselines.classical_baseline(blur, blur.A(x), 0.01)).all()
+        try:
+            import diffunfold.training
+        except ImportError as exc:
+            assert "diffunfold[train]" in str(exc), exc
+        else:
+            raise AssertionError("diffunfold.training imported without torch")
         assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
+
+
+def test_presets_and_train_help(capsys):
+    pytest.importorskip("torch", reason="the presets are training configs (the train extra)")
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "| paper | bundled | 256 | 6 | False | 46.65M |" in out and "| tiny |" in out
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for word in ("--config", "--resume", "--set", "torchrun"):
+        assert word in out
+
+
+def test_train_reports_config_errors(capsys):
+    pytest.importorskip("torch", reason="training needs the train extra")
+    assert main(["train", "--config", "no-such-preset"]) == 2
+    assert "preset" in capsys.readouterr().err
+    assert main(["train", "--config", "tiny", "--set", "train.nonsense=1"]) == 2
+    assert "unknown setting" in capsys.readouterr().err

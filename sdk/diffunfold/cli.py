@@ -156,7 +156,16 @@ def _cmd_train(args) -> int:
     if args.device is not None:
         overrides.append(f'train.device="{args.device}"')
     cfg = load_config(args.config, overrides)
-    summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    try:
+        summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        from .training.checkpoint import latest_checkpoint
+
+        out = Path(args.out or cfg.out_dir)
+        last = latest_checkpoint(out / "checkpoints")
+        print(f"\ninterrupted; newest complete checkpoint: {last or 'none'}"
+              + (f"; continue with the same command plus --resume" if last else ""), file=sys.stderr)
+        return 130
     print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s; last loss {summary['loss']:.4f}; "
           f"checkpoint {summary['checkpoint']}")
     return 0

@@ -174,6 +174,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
         if val is None:
             return []
         images, maps = val
+        ema.module.eval()
         rows = evaluate(ema.module, images, cfg.val.tasks, cfg.val.noise, cfg.val.steps, cfg.val.sampler,
                         seed=t.seed, coil_maps=maps)
         for r in rows:
