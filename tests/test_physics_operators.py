@@ -229,3 +229,21 @@ def test_operators_rebuild_from_spec():
         rebuilt = make_operator(**spec)
         x, _ = random_pair(op, seed=15)
         np.testing.assert_allclose(rebuilt.A(x), op.A(x), rtol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("task,params", [
+    ("gaussian_blur", {"sigma": 2.0}), ("anisotropic_blur", {}), ("motion_blur", {}),
+    ("sr", {"factor": 4}), ("sr", {"factor": 2, "kernel": "bicubic"}), ("inpainting", {"missing": 0.5}),
+    ("mri", {"ncoils": 4, "acceleration": 4}),
+])
+def test_lipschitz_is_the_squared_norm(task, params):
+    # The unfolding divides its fidelity step by op.lipschitz: it must be ||A||^2 (or a tight
+    # upper bound), else SR and blur get different effective step sizes.
+    from diffunfold.physics import make_operator
+    from diffunfold.physics.checks import spectral_norm
+
+    op = make_operator(task, (32, 32), **params)
+    x = np.random.default_rng(0).standard_normal((1, 1, 32, 32))
+    est = spectral_norm(op, x + 0j if op.complex_image else x, iters=300) ** 2
+    assert est <= op.lipschitz * (1 + 1e-9)
+    assert est >= 0.99 * op.lipschitz

@@ -49,6 +49,7 @@ def hand_written_denoiser(model, x_t, s, y, op):
             g = torch.cat([gu.real, gu.imag], dim=1)
         else:
             g = 0.5 * op.AT(op.A((x + 1) / 2) - y)   # chain rule of x_model = 2x - 1
+        g = g / op.lipschitz                         # the step is normalised by ||A||^2
         x = x - gamma[k] * (g + tau[k] * (x - r))
     return x
 
@@ -87,10 +88,10 @@ def test_denoiser_mri_equals_hand_written_loop():
 
 def test_fidelity_gradient_in_model_space_is_the_autograd_gradient():
     model = tiny_model()
-    op = make_operator("gaussian_blur", (16, 16), sigma=1.5)
+    op = make_operator("sr", (16, 16), factor=2)  # ||A||^2 = 1/4: the normalisation shows
     xm = (torch.rand(1, 3, 16, 16) * 2 - 1).requires_grad_(True)
-    y = torch.rand(1, 3, 16, 16)
-    g = 0.5 * ((op.A(model.space.to_user(xm)) - y) ** 2).sum()
+    y = torch.rand(1, 3, 8, 8)
+    g = 0.5 * ((op.A(model.space.to_user(xm)) - y) ** 2).sum() / op.lipschitz
     (auto,) = torch.autograd.grad(g, xm)
     torch.testing.assert_close(model.fidelity_grad(xm.detach(), y, op), auto, rtol=1e-5, atol=1e-6)
 

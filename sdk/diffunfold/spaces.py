@@ -77,6 +77,14 @@ class DataSpace:
         (Re, Im) of A^H(Ax - y), which ``_pack`` gives."""
         return self._pack(grad_user) / self.scale
 
+    def fidelity_grad(self, operator, x_model, y):
+        """The unfolding's data-fidelity step direction in model space: the gradient of
+        ``||A x - y||^2 / (2 ||A||^2)`` at ``x = to_user(x_model)``. Dividing by ``||A||^2``
+        (``operator.lipschitz``, a constant of the operator, never of the batch) makes one
+        learned step size stable for every operator: without it the SR x4 fidelity would be
+        16x weaker than a blur's. Training and the runtime both call this."""
+        return self.grad_to_model(operator.grad(self.to_user(x_model), y)) / operator.lipschitz
+
     def clip(self, x_user):
         """Clip a user-space result to the data range (images only)."""
         if self.data_range is None:

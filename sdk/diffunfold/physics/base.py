@@ -54,6 +54,13 @@ class LinearOperator:
     def _pinv(self, y):
         raise NotImplementedError
 
+    @property
+    def lipschitz(self) -> float:
+        """``||A||_2^2``, the Lipschitz constant of ``grad``: exact or a tight upper bound,
+        given by each class. The unfolded model divides its gradient step by it, so that a
+        learned step size means the same for every operator (SR x4 has ``||A||^2 = 1/16``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not define lipschitz")
+
     def measurement_shape(self, x_shape: Sequence[int]) -> tuple[int, ...]:
         """Shape of ``A(x)`` for an image batch of shape ``x_shape``."""
         return tuple(x_shape)

@@ -50,6 +50,10 @@ class Convolution(LinearOperator):
         return {"task": "convolution", "image_shape": self.image_shape, "given": ["kernel"]}
 
     @property
+    def lipschitz(self) -> float:
+        return float(np.max(np.abs(self._spectrum)) ** 2)  # 1 for a kernel summing to one
+
+    @property
     def kernel(self) -> np.ndarray:
         """The kernel centred in the image grid (for display)."""
         return np.fft.fftshift(self._kernel)

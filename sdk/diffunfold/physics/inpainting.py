@@ -37,6 +37,12 @@ class Inpainting(LinearOperator):
         self._mask_channels = int(m.shape[1])
         self._recipe = recipe
 
+    @property
+    def lipschitz(self) -> float:
+        # A binary mask is a projection: ||A||^2 = 1 (also used when nothing is observed, where
+        # the gradient is zero anyway, so no step is ever divided by zero).
+        return 1.0
+
     @classmethod
     def random(cls, image_shape: Sequence[int], missing: float, seed: int | None = None) -> "Inpainting":
         """Pixel-wise "dust-like" mask: each pixel (all channels together) is missing with

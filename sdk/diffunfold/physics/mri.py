@@ -117,6 +117,12 @@ class MultiCoilMRI(LinearOperator):
         return self._mask
 
     @property
+    def lipschitz(self) -> float:
+        # ||M F S|| <= ||M|| ||F|| ||S|| = 1 (sum_c |S_c|^2 = 1, F unitary, M a projection); with
+        # the fully sampled k-space centre the bound is tight for smooth coil maps.
+        return 1.0
+
+    @property
     def acceleration(self) -> float:
         """Realised acceleration: samples in the grid over samples taken."""
         return float(self._mask[0].size / max(self._mask[0].sum(), 1.0))

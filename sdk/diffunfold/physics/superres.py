@@ -82,6 +82,11 @@ class SuperResolution(LinearOperator):
         scale = max(1.0, float(np.linalg.norm(dh, 2) * np.linalg.norm(dw, 2))) ** 0.5
         self._dh, self._dw = dh / scale, dw / scale
 
+    @property
+    def lipschitz(self) -> float:
+        # A = D_h (.) D_w^T: ||A|| = ||D_h|| ||D_w|| (Kronecker product of the two matrices).
+        return float(np.linalg.norm(self._dh, 2) * np.linalg.norm(self._dw, 2)) ** 2
+
     def _expected_measurement_hw(self) -> tuple[int, int]:
         return (self.image_shape[0] // self.factor, self.image_shape[1] // self.factor)
 

@@ -4,8 +4,8 @@
 ``x <- x - gamma_k(s) * (grad_g(x) + tau_k(s) * (x - R_k(x; s)))`` in model space, where
 ``R_k`` is an EDM-preconditioned U-Net (one per stage, or one shared network told ``k``),
 ``tau_k``, ``gamma_k`` come from small weight generators of ``s``, and ``grad_g`` is the
-physics operator's own gradient (the foundation's code, on torch tensors) carried to model
-space by :class:`diffunfold.spaces.DataSpace`.
+physics operator's own gradient (the foundation's code, on torch tensors), divided by
+``||A||^2`` and carried to model space by :meth:`diffunfold.spaces.DataSpace.fidelity_grad`.
 """
 
 from __future__ import annotations
@@ -171,12 +171,10 @@ class DiffUnfolding(nn.Module):
         return self.tau(sigma), self.gamma(sigma)
 
     def fidelity_grad(self, x: torch.Tensor, y, operator: LinearOperator) -> torch.Tensor:
-        """``grad_g`` in model space: the operator's ``A^H(A x - y)`` at the user-space image,
-        times the chain-rule factor of the data-space map. Always in float32 (FFT physics
-        does not run in half precision)."""
+        """``grad_g`` in model space (see ``DataSpace.fidelity_grad``), always outside autocast:
+        FFT physics does not run in half precision."""
         with torch.autocast(x.device.type, enabled=False):
-            g = operator.grad(self.space.to_user(x), y)
-            return self.space.grad_to_model(g)
+            return self.space.fidelity_grad(operator, x, y)
 
     def forward(self, x_t: torch.Tensor, sigma, y, operator: LinearOperator) -> torch.Tensor:
         """``D(x_t, s; y, A)`` in model space. ``sigma``: a number or one value per image."""
