@@ -220,3 +220,19 @@ def test_sampler_refuses_bad_measurements():
         restore(model, y[:, :, :8], op, steps=2)
     with pytest.raises(InputError, match="torch tensor"):
         restore(model, y.numpy(), op, steps=2)
+
+
+def test_posterior_samples_give_mean_and_std():
+    model = tiny_model()
+    op = make_operator("inpainting", (16, 16), missing=0.5)
+    _, y = _measure(op, 2)
+    one = restore(model, y, op, steps=3, seed=[4, 5])
+    many = restore(model, y, op, steps=3, seed=[4, 5], samples=3)
+    first = restore(model, y[1:], op, steps=3, seed=[5], samples=3)
+    assert many.samples == 3 and many.std.shape == many.images.shape
+    assert (many.std > 0).any() and torch.isfinite(many.std).all()
+    assert not torch.allclose(many.images, one.images)
+    torch.testing.assert_close(first.images, many.images[1:], atol=1e-5, rtol=0)
+    assert one.std is None
+    with pytest.raises(InputError, match="samples"):
+        restore(model, y, op, steps=3, samples=0)

@@ -193,11 +193,12 @@ def _cmd_evaluate(args) -> int:
     print(f"evaluating {args.checkpoint} (step {meta['step']}, {args.weights} weights) on {len(images)} held-out "
           f"image(s) at {images.shape[-1]} px, noise {noise}, {args.steps} steps {args.sampler}")
     rows = evaluate(model, images, tasks, noise, args.steps, args.sampler, args.seed, coil_maps=maps,
-                    progress=not args.quiet)
+                    samples=args.samples, progress=not args.quiet)
     print(format_rows(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "step": meta["step"],
                                                "noise": noise, "steps": args.steps, "sampler": args.sampler,
+                                               "samples": args.samples,
                                                "images": int(len(images)), "rows": rows}, indent=2))
         print(f"wrote {args.json}")
     return 0
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, help="measurement noise std (default: the run's val.noise)")
     p.add_argument("--steps", type=int, default=18, help="sampler steps (default 18, the paper's NFE)")
     p.add_argument("--sampler", choices=["euler", "heun"], default="euler")
+    p.add_argument("--samples", type=int, default=1,
+                   help="posterior samples per image; >1 scores their mean (default 1: one sample)")
     p.add_argument("--size", type=int, help="image size (default: the training size)")
     p.add_argument("--images", type=int, default=5, help="at most this many held-out images")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")

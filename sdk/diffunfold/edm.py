@@ -92,12 +92,15 @@ def seeds_for(seed: int | Sequence[int] | None, batch: int) -> list[int]:
     return seeds
 
 
-def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma_max: float = SIGMA_MAX) -> np.ndarray:
+def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma_max: float = SIGMA_MAX,
+                  sample: int = 0) -> np.ndarray:
     """``x_0 ~ N(0, sigma_max^2 I)``, float32 ``(len(seeds), *shape)``, one generator per image:
-    an image's start does not depend on its batch, and every backend starts from the same x_0."""
+    an image's start does not depend on its batch, and every backend starts from the same x_0.
+    Posterior sample ``j > 0`` of an image with seed ``s`` uses ``default_rng([s, j])``."""
     out = np.empty((len(seeds), *shape), dtype=np.float32)
     for i, s in enumerate(seeds):
-        out[i] = np.random.default_rng(int(s)).standard_normal(tuple(shape)) * sigma_max
+        entropy = int(s) if sample == 0 else [int(s), int(sample)]
+        out[i] = np.random.default_rng(entropy).standard_normal(tuple(shape)) * sigma_max
     return out
 
 

@@ -18,20 +18,27 @@ from .model import DiffUnfolding
 
 @dataclass
 class Restoration:
-    images: torch.Tensor     # user space (B, C, H, W), clipped to the data range for images
-    nfe: int                 # calls of D (each one is K regulariser calls)
+    images: torch.Tensor     # user space (B, C, H, W), clipped to the data range for images;
+                             # with samples > 1 the mean of the posterior samples
+    nfe: int                 # calls of D per sample (each one is K regulariser calls)
     seeds: list[int]
+    std: torch.Tensor | None = None   # per-pixel std over the samples (samples > 1; magnitude for MRI)
+    samples: int = 1
 
 
 @torch.no_grad()
 def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, sampler: str = "euler",
-            seed: int | Sequence[int] | None = 0, sigma_max: float = edm.SIGMA_MAX,
+            seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_max: float = edm.SIGMA_MAX,
             sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False) -> Restoration:
     """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
 
     ``seed``: an int (image i uses ``seed + i``) or one per image; the start ``x_0`` is drawn
     per image with numpy, so an image's result does not depend on the rest of its batch.
+    ``samples > 1`` draws that many posterior samples per image (sample ``j`` starts from
+    ``edm.initial_noise(..., sample=j)``) and returns their mean and per-pixel std.
     """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InputError(f"samples must be a positive integer, got {samples!r}")
     if not isinstance(y, torch.Tensor):
         raise InputError(f"the torch sampler takes y as a torch tensor, got {type(y).__name__}")
     operator.check_measurement(y)
@@ -41,22 +48,28 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     batch = int(y.shape[0])
     seeds = edm.seeds_for(seed, batch)
     shape = (model.space.model_channels, *operator.image_shape)
-    x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max)).to(device=param.device, dtype=param.dtype)
     sigmas = edm.schedule(steps, sigma_min, sigma_max, rho)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=steps, desc=f"sampling ({sampler})", unit="step", leave=False)
+        bar = tqdm(total=steps * samples, desc=f"sampling ({sampler})", unit="step", leave=False)
 
     def denoise(v, s):
         return model(v, s, y, operator)
 
-    x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
+    draws = []
+    for j in range(samples):
+        x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
+        x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
+        draws.append(model.space.clip(model.space.to_user(x)))
     if bar is not None:
         bar.close()
-    images = model.space.clip(model.space.to_user(x))
-    return Restoration(images=images, nfe=nfe, seeds=seeds)
+    if samples == 1:
+        return Restoration(images=draws[0], nfe=nfe, seeds=seeds)
+    stack = torch.stack(draws)
+    spread = stack.abs() if model.space.complex else stack
+    return Restoration(images=stack.mean(0), nfe=nfe, seeds=seeds, std=spread.std(0), samples=samples)
 
 
 def to_tensor(a, device) -> torch.Tensor:
