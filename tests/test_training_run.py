@@ -259,3 +259,8 @@ def test_cli_evaluate_prints_the_table(short_run):
                  "--steps", "2", "--images", "1", "--quiet"])
     assert r.returncode == 0, r.stderr
     assert "sr(factor=4)" in r.stdout and "Wiener" in r.stdout and "model PSNR" in r.stdout
+
+
+def test_attention_at_high_resolution_is_flagged():
+    with pytest.warns(UserWarning, match="attention"):
+        load_config("small", ["model.unet.attention_levels=[0, 3]"])

@@ -8,6 +8,7 @@ silently trains the wrong thing.
 from __future__ import annotations
 
 import tomllib
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,12 @@ class TrainConfig:
                              "MRI sources (fastmri, phantom) need model.data = 'mri' and channels = 1")
         if self.train.batch_size < 1 or self.train.steps < 1:
             raise InputError("train.steps and train.batch_size must be positive")
+        high = [self.data.size // 2**level for level in self.model.unet.attention_levels
+                if self.data.size // 2**level > 32]
+        if high:
+            warnings.warn(f"self-attention at {high} px: above 32x32 attention dominates the cost of the "
+                          "U-Net (quadratic in pixels); consider higher model.unet.attention_levels",
+                          stacklevel=2)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "TrainConfig":
