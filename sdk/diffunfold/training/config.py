@@ -62,6 +62,8 @@ class TrainSettings:
     steps: int = 1000
     batch_size: int = 8              # global: split over the processes of a distributed run
     lr: float = 2e-4
+    weights_lr_scale: float = 1.0    # learning-rate factor for tau, gamma and u (tiny networks
+                                     # whose outputs Adam moves by about lr per step)
     warmup_steps: int = 0            # linear learning-rate ramp
     grad_clip: float = 1.0           # max global gradient norm (0: off)
     ema_halflife_images: float = 500_000.0   # EDM's EMA, half-life in training images...

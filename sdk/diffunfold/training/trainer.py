@@ -128,7 +128,12 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     model.check_image_size((cfg.data.size, cfg.data.size))
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
                         use_buffers=True)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
+    generators = [*model.tau.parameters(), *model.gamma.parameters(), *model.uncertainty.parameters()]
+    ids = {id(p) for p in generators}
+    optimizer = torch.optim.Adam(
+        [{"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": 1.0},
+         {"params": generators, "lr_scale": t.weights_lr_scale}],
+        lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
     start = 0
     if resume:
         start = int(load_training_state(previous, model, ema, optimizer)["step"])
@@ -188,7 +193,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
         step = int(batch["step"])
         lr = t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout draws depend on the step only
         x = space.to_model(to_tensor(batch["x"], device))
         y = to_tensor(batch["y"], device)
