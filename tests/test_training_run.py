@@ -139,6 +139,8 @@ def test_checkpoint_round_trip(short_run):
     assert path.name == "ckpt-00000004.json"
     meta = json.loads(path.read_text())
     assert meta["step"] == 4 and meta["sha256"] == ckpt.sha256_file(path.with_suffix(".safetensors"))
+    groups = meta["optimizer"]["param_groups"]  # networks, then the weight generators
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0] and len(groups[1]["params"]) == 6
     model, meta2 = ckpt.load_model(short_run)
     raw, _ = ckpt.load_model(path, weights="model")
     tensors = load_file(path.with_suffix(".safetensors"))
