@@ -31,12 +31,10 @@ def tiny_model(shared=True, data="image", channels=3, stages=3, seed=0) -> DiffU
 def hand_written_denoiser(model, x_t, s, y, op):
     """algorithm.md section 4 written out with no helper of the model's."""
     sd = 0.5
-    sig = torch.full((x_t.shape[0],), s)
     feats = lambda mlp: torch.cat([torch.cos(2 * math.pi * math.log(s) / 4 * mlp.freqs),
                                    torch.sin(2 * math.pi * math.log(s) / 4 * mlp.freqs)])
-    tau = torch.nn.functional.softplus(mlp_out := model.tau.linear(feats(model.tau)))
+    tau = torch.nn.functional.softplus(model.tau.linear(feats(model.tau)))
     gamma = torch.nn.functional.softplus(model.gamma.linear(feats(model.gamma)))
-    del mlp_out
     x = x_t
     for k in range(model.stages):
         net = model.regularizers[0].unet if model.settings.shared else model.regularizers[k].unet

@@ -164,7 +164,7 @@ def _cmd_train(args) -> int:
         out = Path(args.out or cfg.out_dir)
         last = latest_checkpoint(out / "checkpoints")
         print(f"\ninterrupted; newest complete checkpoint: {last or 'none'}"
-              + (f"; continue with the same command plus --resume" if last else ""), file=sys.stderr)
+              + ("; continue with the same command plus --resume" if last else ""), file=sys.stderr)
         return 130
     print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s; last loss {summary['loss']:.4f}; "
           f"checkpoint {summary['checkpoint']}")
@@ -172,8 +172,6 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    import numpy as np
-
     from .training.checkpoint import load_model
     from .training.config import TrainConfig
     from .training.data import validation_set

@@ -26,7 +26,6 @@ from ..data.phantom import random_phantom
 from ..errors import InputError
 from ..physics.mri import birdcage_maps
 from ..physics.tasks import MRITaskSampler, TaskSampler
-from ..spaces import DataSpace
 from .config import TrainConfig
 
 _TASK_STREAM = 2**32 - 1     # the index of the per-step task stream (never an image index)

@@ -8,7 +8,6 @@ import time
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..baselines import baseline_name, classical_baseline
 from ..metrics import psnr, ssim
