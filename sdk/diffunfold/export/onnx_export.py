@@ -1,0 +1,274 @@
+"""A trained DiffUnfolding (EMA weights) -> a model package of ONNX graphs and a manifest.
+
+Each regulariser is exported with the EDM preconditioning inside the graph, so the runtime
+feeds ``(x, sigma[, stage])`` in model space and gets ``R_k(x; sigma)`` back, with dynamic
+batch, height and width. The weight generators become one small graph ``sigma -> (tau,
+gamma)`` that the runtime evaluates once per schedule.
+
+FP16 safety (the known failure of diffusion U-Nets under FP16 TensorRT): the TorchScript
+exporter writes each GroupNorm as a single ``InstanceNormalization`` node between reshapes (no
+decomposed mean/variance chain that could overflow in FP16), the attention logits and softmax
+are explicitly float32 in the network, and the engine build pins normalisation and softmax
+layers to FP32 (``diffunfold.engines``). The export's self-check also records the largest
+activation anywhere in the graph, which must fit FP16's range.
+
+The package is written to a temporary folder beside the target and renamed into place at the
+end, so an interrupted export never leaves a half package behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from .. import __version__, edm
+from ..errors import InputError
+from ..package import ModelPackage, write_manifest
+from ..training.model import DiffUnfolding
+
+OPSET = 17
+FP16_MAX = 65504.0
+
+
+class RegularizerGraph(nn.Module):
+    """``(x, sigma[, stage]) -> R(x; sigma)`` for export: one stage's network, or the shared one."""
+
+    def __init__(self, model: DiffUnfolding, index: int):
+        super().__init__()
+        self.reg = model.regularizers[index]
+        self.shared = bool(model.settings.shared)
+
+    def forward(self, x, sigma, stage=None):
+        return self.reg(x, sigma, stage if self.shared else None)
+
+
+class WeightsGraph(nn.Module):
+    """``sigma (B,) -> tau (B, K), gamma (B, K)``."""
+
+    def __init__(self, model: DiffUnfolding):
+        super().__init__()
+        self.tau, self.gamma = model.tau, model.gamma
+
+    def forward(self, sigma):
+        return self.tau(sigma), self.gamma(sigma)
+
+
+@dataclass
+class ExportCheck:
+    """ONNX Runtime against torch on random inputs: relative errors ``max|ort - torch| / max|torch|``."""
+
+    sizes: list[list[int]]
+    regularizer_rel_err: float
+    weights_rel_err: float
+    tolerance: float
+    max_abs_activation: float = 0.0        # the largest |value| of any float tensor in the graph
+    max_activation_node: str = ""
+    per_file: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return max(self.regularizer_rel_err, self.weights_rel_err) <= self.tolerance
+
+    def report(self) -> str:
+        lines = [f"export check (ONNX Runtime vs torch, sizes {', '.join('x'.join(map(str, s)) for s in self.sizes)}):"]
+        lines += [f"  {name}: max relative error {err:.2e}" for name, err in self.per_file.items()]
+        lines.append(f"  weight generators: max relative error {self.weights_rel_err:.2e} (tolerance {self.tolerance:.0e})")
+        lines.append(f"  FP16 headroom: largest activation {self.max_abs_activation:.3g} at {self.max_activation_node} "
+                     f"(FP16 max {FP16_MAX:.0f})")
+        return "\n".join(lines)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            axes: dict[str, dict[int, str]], opset: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer chatter
+        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=inputs,
+                          output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+    onnx.checker.check_model(str(path))
+
+
+def _session(path: Path, all_outputs: bool = False):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not all_outputs:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    # Expose every float intermediate as an output, to measure the activations' range.
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    known = {o.name for o in model.graph.output}
+    for vi in model.graph.value_info:
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and vi.name not in known:
+            model.graph.output.append(vi)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    if not (np.all(np.isfinite(got)) and np.all(np.isfinite(want))):
+        return float("inf")  # NaN never passes
+    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
+
+
+def check_package(model: DiffUnfolding, pkg_dir: Path, names: list[str], weights_name: str,
+                  sizes: Sequence[tuple[int, int, int]], tolerance: float, seed: int = 0) -> ExportCheck:
+    """Run every exported graph in ONNX Runtime and in torch on the same random inputs."""
+    rng = np.random.default_rng(seed)
+    c = model.space.model_channels
+    per_file: dict[str, float] = {}
+    peak, peak_node = 0.0, ""
+    for index, name in enumerate(names):
+        sess = _session(pkg_dir / name, all_outputs=True)
+        out_names = [o.name for o in sess.get_outputs()]
+        errs = []
+        for b, h, w in sizes:
+            # noisy images over the whole schedule's range, sigma_min and sigma_max included
+            sigma = np.exp(rng.uniform(np.log(edm.SIGMA_MIN), np.log(edm.SIGMA_MAX), b))
+            sigma[0] = edm.SIGMA_MAX
+            if b > 1:
+                sigma[1] = edm.SIGMA_MIN
+            x = (0.5 * rng.standard_normal((b, c, h, w)) + sigma[:, None, None, None]
+                 * rng.standard_normal((b, c, h, w))).astype(np.float32)
+            feeds = {"x": x, "sigma": sigma.astype(np.float32)}
+            k = int(rng.integers(model.stages)) if model.settings.shared else index
+            if model.settings.shared:
+                feeds["stage"] = np.full(b, k, dtype=np.int64)
+            outs = dict(zip(out_names, sess.run(None, feeds)))
+            with torch.no_grad():
+                want = model.regularize(torch.from_numpy(x), torch.from_numpy(feeds["sigma"]), k).numpy()
+            errs.append(_rel_err(outs["r"], want))
+            for n, v in outs.items():
+                m = float(np.max(np.abs(v))) if v.size else 0.0
+                if m > peak:
+                    peak, peak_node = m, f"{name}:{n}"
+        per_file[name] = max(errs)
+    sigmas = np.unique(np.concatenate([edm.schedule(18)[:-1], np.exp(rng.uniform(-6.2, 4.4, 16))])).astype(np.float32)
+    tau, gamma = _session(pkg_dir / weights_name).run(None, {"sigma": sigmas})
+    with torch.no_grad():
+        t_want, g_want = model.weights(torch.from_numpy(sigmas))
+    w_err = max(_rel_err(tau, t_want.numpy()), _rel_err(gamma, g_want.numpy()))
+    return ExportCheck(sizes=[list(s) for s in sizes], regularizer_rel_err=max(per_file.values()),
+                       weights_rel_err=w_err, tolerance=tolerance, max_abs_activation=peak,
+                       max_activation_node=peak_node, per_file=per_file)
+
+
+def default_check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
+    """Two sizes, square and not, batch 1 and 2, each a multiple of the network's size step."""
+    m = max(size_multiple, 8)
+    return [(1, 2 * m, 2 * m), (2, 3 * m, 4 * m)]
+
+
+def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[str] = (),
+                 source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
+                 torch_weights: bool = True, check: bool = True, tolerance: float = 1e-4,
+                 check_sizes: Sequence[tuple[int, int, int]] | None = None, overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> ModelPackage:
+    """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
+
+    ``check``: run ONNX Runtime against torch at ``check_sizes`` and raise if the relative error
+    exceeds ``tolerance`` (the errors are logged either way and kept in the manifest).
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
+    model = model.float().cpu().eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        k, c, m = model.stages, model.space.model_channels, model.size_multiple
+        example_hw = (2 * max(m, 8), 2 * max(m, 8))
+        x = torch.randn(2, c, *example_hw)
+        sigma = torch.tensor([1.0, 0.5])
+        img_axes = {0: "batch", 2: "height", 3: "width"}
+        names = []
+        for index in range(len(model.regularizers)):
+            name = "regularizer.onnx" if model.settings.shared else f"regularizer_{index}.onnx"
+            graph = RegularizerGraph(model, index)
+            if model.settings.shared:
+                args, inputs = (x, sigma, torch.tensor([0, 1])), ["x", "sigma", "stage"]
+            else:
+                args, inputs = (x, sigma), ["x", "sigma"]
+            axes = {"x": img_axes, "r": img_axes, "sigma": {0: "batch"}, "stage": {0: "batch"}}
+            log(f"exporting {name} ...")
+            _export(graph, args, tmp / name, inputs, ["r"], {n: a for n, a in axes.items() if n in inputs + ["r"]}, opset)
+            names.append(name)
+        _export(WeightsGraph(model), (torch.tensor([1.0, 0.5]),), tmp / "weights.onnx", ["sigma"], ["tau", "gamma"],
+                {"sigma": {0: "n"}, "tau": {0: "n"}, "gamma": {0: "n"}}, opset)
+        files = names + ["weights.onnx"]
+        if torch_weights:
+            from safetensors.torch import save_file
+
+            save_file({n: t.detach().contiguous() for n, t in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            files.append("model.safetensors")
+
+        report = None
+        if check:
+            report = check_package(model, tmp, names, "weights.onnx", check_sizes or default_check_sizes(m), tolerance)
+            log(report.report())
+            if not report.passed:
+                raise InputError(f"export check failed: ONNX Runtime differs from torch by more than {tolerance:.0e} "
+                                 f"(regularisers {report.regularizer_rel_err:.2e}, weights {report.weights_rel_err:.2e}); "
+                                 "the package was not written")
+            if report.max_abs_activation > FP16_MAX:
+                log(f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
+                    "build engines in FP32 or retrain")
+
+        space = model.space
+        manifest = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "diffunfold_version": __version__,
+            "model": model.settings.to_dict(),
+            "stages": k,
+            "shared": bool(model.settings.shared),
+            "data": {"kind": space.kind, "channels": space.channels, "model_channels": c,
+                     "range": list(space.data_range) if space.data_range else None, "size_multiple": m},
+            "tasks": list(tasks),
+            "schedule": {"steps": 18, "sampler": "euler", "sigma_min": edm.SIGMA_MIN,
+                         "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data},
+            "networks": {"regularizers": names, "weights": "weights.onnx",
+                         "torch_weights": "model.safetensors" if torch_weights else None,
+                         "inputs": {"x": "float32 (B, C, H, W), model space",
+                                    "sigma": "float32 (B,)", **({"stage": "int64 (B,)"} if model.settings.shared else {})},
+                         "opset": opset},
+            "parameters": model.parameter_counts(),
+            "source": source or {},
+            "export_check": asdict(report) if report else None,
+            **(extra or {}),
+        }
+        write_manifest(tmp, manifest, files)
+        for f in tmp.iterdir():  # mkdtemp/mkstemp make owner-only files; a package is shared
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB)")
+    return ModelPackage.open(out)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str = "ema", **kwargs) -> ModelPackage:
+    """Export a training checkpoint (a ckpt-*.json, its .safetensors, or a run folder: its newest)."""
+    from ..training.checkpoint import load_model, resolve_checkpoint
+
+    path = resolve_checkpoint(checkpoint)
+    model, meta = load_model(path, weights=weights)
+    data = meta.get("config", {}).get("data", {})
+    is_mri = model.space.kind == "mri"
+    tasks = ["mri"] if is_mri else list(data.get("tasks", []))
+    extra = {"mri_patterns": data.get("mri_patterns")} if is_mri else {}
+    source = {"checkpoint": path.name, "run": path.parent.name, "step": meta["step"], "weights": weights,
+              "checkpoint_sha256": meta["sha256"], "preset": meta.get("config", {}).get("name")}
+    return export_model(model, out_dir, tasks=tasks, source=source, extra=extra, **kwargs)

@@ -1,0 +1,316 @@
+"""The torch-free runtime against the torch reference sampler, its refusals and its invariances.
+
+Tolerance: the runtime (numpy physics + ONNX Runtime) and the torch reference (torch physics +
+torch networks), both float32, from the same seed and measurement, must agree to 1e-3 in
+``max|runtime - torch| / max|torch|`` over a whole 18-step run (measured: about 1e-6).
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch reference needs torch (the train extra)")
+pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
+pytestmark = pytest.mark.torch
+
+from diffunfold import edm  # noqa: E402
+from diffunfold.errors import InputError, MissingDependencyError  # noqa: E402
+from diffunfold.export import export_model  # noqa: E402
+from diffunfold.package import ModelPackage  # noqa: E402
+from diffunfold.physics import make_operator  # noqa: E402
+from diffunfold.physics.mri import birdcage_maps  # noqa: E402
+from diffunfold.runtime import Solver, available_backends  # noqa: E402
+from diffunfold.training.sampler import restore  # noqa: E402
+from test_training_model import tiny_model  # noqa: E402
+
+SIZE = 32
+REL_TOL = 1e-3
+quiet = dict(log=lambda s: None)
+
+IMAGE_TASKS = [("gaussian_blur", {"sigma": 1.5}), ("anisotropic_blur", {"sigma": (2.0, 0.8), "angle": 0.5}),
+               ("motion_blur", {"length": 5}), ("sr", {"factor": 4}), ("sr", {"factor": 2, "kernel": "bicubic"}),
+               ("inpainting", {"missing": 0.5}), ("box_inpainting", {"size": 0.3, "seed": 1})]
+MRI_TASKS = [("mri", {"kind": "gaussian1d", "acceleration": 4}), ("mri", {"kind": "gaussian2d", "acceleration": 8})]
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("packages")
+    models = {"shared": tiny_model(shared=True, stages=2), "separate": tiny_model(shared=False, stages=2, seed=1),
+              "mri": tiny_model(shared=True, data="mri", channels=1, stages=2, seed=2)}
+    return {name: (model, export_model(model, root / name, **quiet)) for name, model in models.items()}
+
+
+def clean_images(batch=2, mri=False):
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
+    base = 0.5 + 0.3 * np.sin(6 * xx + 3 * yy)
+    if mri:
+        img = base * np.exp(1j * (xx - yy))
+        return np.stack([img[None] * (0.8 + 0.2 * i) for i in range(batch)]).astype(np.complex64)
+    return np.clip(base[None, None] + 0.1 * rng.standard_normal((batch, 3, SIZE, SIZE)), 0, 1).astype(np.float32)
+
+
+def operator_for(task, params, batch=2):
+    if task == "mri":
+        return make_operator(task, (SIZE, SIZE), coil_maps=birdcage_maps(4, (SIZE, SIZE)), **params)
+    return make_operator(task, (SIZE, SIZE), **params)
+
+
+def rel_err(a, b):
+    assert np.all(np.isfinite(a)) and np.all(np.isfinite(b))
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+@pytest.mark.parametrize("task,params", IMAGE_TASKS + MRI_TASKS, ids=lambda v: v if isinstance(v, str) else "")
+def test_runtime_matches_torch_reference(packages, task, params, sampler):
+    model, pkg = packages["mri" if task == "mri" else "shared"]
+    x = clean_images(mri=task == "mri")
+    op = operator_for(task, params)
+    y = op.measure(x, 0.01 if task == "mri" else 0.05, seed=[11, 12])
+    solver = Solver.load(pkg, backend="onnxruntime")
+    got = solver.solve(y, op, steps=18, sampler=sampler, seed=3)
+    want = restore(model, torch.from_numpy(y), op, steps=18, sampler=sampler, seed=3)
+    assert got.nfe == want.nfe == edm.nfe_of(18, sampler)
+    assert got.images.shape == tuple(want.images.shape) and got.images.dtype == want.images.numpy().dtype
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    assert got.timing.network_calls == got.nfe * pkg.stages
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_separate_networks_and_both_backends(packages, backend):
+    model, pkg = packages["separate"]
+    x = clean_images()
+    op = operator_for("gaussian_blur", {"sigma": 1.0})
+    y = op.measure(x, 0.05, seed=[1, 2])
+    got = Solver.load(pkg, backend=backend).solve(y, op, steps=10, sampler="heun", seed=[7, 9])
+    want = restore(model, torch.from_numpy(y), op, steps=10, sampler="heun", seed=[7, 9])
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+
+
+def test_posterior_samples_match_reference(packages):
+    model, pkg = packages["mri"]
+    op = operator_for("mri", {"kind": "gaussian1d", "acceleration": 4})
+    y = op.measure(clean_images(mri=True), 0.01, seed=[1, 2])
+    got = Solver.load(pkg).solve(y, op, steps=8, seed=0, samples=3)
+    want = restore(model, torch.from_numpy(y), op, steps=8, seed=0, samples=3)
+    assert got.samples == 3 and got.std.shape == (2, 1, SIZE, SIZE) and np.all(got.std > 0)
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    assert rel_err(got.std, want.std.numpy()) < 1e-2  # a difference of samples: looser, still tight
+
+
+def test_results_do_not_depend_on_batch_composition(packages):
+    _, pkg = packages["shared"]
+    solver = Solver.load(pkg)
+    x = np.concatenate([clean_images(), clean_images()[::-1]])  # 4 images
+    op = operator_for("sr", {"factor": 2})
+    y = op.measure(x, 0.05, seed=[1, 2, 3, 4])
+    together = solver.solve(y, op, steps=6, seed=[10, 11, 12, 13]).images
+    for i in range(4):
+        alone = solver.solve(y[i:i + 1], op, steps=6, seed=[10 + i]).images
+        np.testing.assert_allclose(alone[0], together[i], rtol=0, atol=1e-5)
+    again = solver.solve(y, op, steps=6, seed=[10, 11, 12, 13]).images
+    assert np.array_equal(again, together)  # the same seed gives the same output, bit for bit
+    other = solver.solve(y, op, steps=6, seed=[20, 21, 22, 23]).images
+    assert np.max(np.abs(other - together)) > 1e-3
+
+
+def test_weights_evaluated_once_per_schedule(packages, monkeypatch):
+    _, pkg = packages["shared"]
+    solver = Solver.load(pkg)
+    calls = []
+    real = solver.backend.weights
+    monkeypatch.setattr(solver.backend, "weights", lambda s: calls.append(len(s)) or real(s))
+    op = operator_for("gaussian_blur", {"sigma": 1.0})
+    y = op.measure(clean_images(), 0.05, seed=0)
+    solver.solve(y, op, steps=5)
+    solver.solve(y, op, steps=5, sampler="heun", samples=2)
+    assert calls == [5]  # one batched call for the whole schedule, then cached
+    solver.solve(y, op, steps=6)
+    assert calls == [5, 6]
+
+
+def test_sizes_that_are_not_a_multiple_are_padded(packages):
+    _, pkg = packages["shared"]
+    assert pkg.size_multiple == 2
+    op = make_operator("gaussian_blur", (31, 45), sigma=1.0)
+    x = np.random.default_rng(0).uniform(0, 1, (1, 3, 31, 45)).astype(np.float32)
+    out = Solver.load(pkg).solve(op.measure(x, 0.05, seed=0), op, steps=4)
+    assert out.images.shape == (1, 3, 31, 45) and np.all(np.isfinite(out.images))
+    assert out.images.min() >= 0 and out.images.max() <= 1
+
+
+def test_timing_breakdown(packages):
+    _, pkg = packages["shared"]
+    op = operator_for("gaussian_blur", {"sigma": 1.0})
+    out = Solver.load(pkg).solve(op.measure(clean_images(), 0.05, seed=0), op, steps=4, samples=2)
+    t = out.timing
+    assert t.network > 0 and t.physics > 0 and t.sampler >= 0
+    assert abs(t.network + t.physics + t.sampler - t.total) < 1e-6
+    assert t.network_calls == 4 * 2 * pkg.stages
+    assert "network" in str(t)
+
+
+# -- refusals -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", ["shape", "nan", "inf", "channels", "complex", "list", "torch"])
+def test_bad_measurements_refused(packages, bad):
+    _, pkg = packages["shared"]
+    solver = Solver.load(pkg)
+    op = operator_for("gaussian_blur", {"sigma": 1.0})
+    y = op.measure(clean_images(), 0.05, seed=0)
+    if bad == "shape":
+        y, match = y[:, :, :16], "must have shape"
+    elif bad in ("nan", "inf"):
+        y = y.copy()
+        y[0, 1, 3, 4] = np.nan if bad == "nan" else np.inf
+        match = "NaN|Inf|finite"
+    elif bad == "channels":
+        y, match = y[:, :1], "3-channel"
+    elif bad == "complex":
+        y, match = y.astype(np.complex64), "float32 or float64"
+    elif bad == "list":
+        y, match = y.tolist(), "numpy"
+    else:
+        y, match = torch.from_numpy(y), "numpy or CuPy"
+    with pytest.raises(InputError, match=match):
+        solver.solve(y, op, steps=2)
+
+
+def test_operator_of_another_kind_refused(packages):
+    _, image_pkg = packages["shared"]
+    _, mri_pkg = packages["mri"]
+    mri_op = operator_for("mri", {"kind": "gaussian1d", "acceleration": 4})
+    with pytest.raises(InputError, match="image model but the operator is mri"):
+        Solver.load(image_pkg).solve(mri_op.measure(clean_images(mri=True), 0.0), mri_op)
+    blur = operator_for("gaussian_blur", {"sigma": 1.0})
+    with pytest.raises(InputError, match="MRI model"):
+        Solver.load(mri_pkg).solve(blur.A(clean_images()), blur)
+    with pytest.raises(InputError, match="steps must be a positive integer"):
+        Solver.load(image_pkg).solve(blur.A(clean_images()), blur, steps=0)
+    with pytest.raises(InputError, match="samples must be a positive integer"):
+        Solver.load(image_pkg).solve(blur.A(clean_images()), blur, samples=0)
+
+
+def copy_package(pkg, dest):
+    import shutil
+
+    shutil.copytree(pkg.path, dest)
+    return dest
+
+
+@pytest.mark.parametrize("name", ["regularizer.onnx", "weights.onnx", "model.safetensors"])
+def test_changed_byte_in_any_file_refused(packages, tmp_path, name):
+    _, pkg = packages["shared"]
+    path = copy_package(pkg, tmp_path / "pkg")
+    data = bytearray((path / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (path / name).write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"{name} does not match the checksum"):
+        Solver.load(path)
+
+
+@pytest.mark.parametrize("name", ["regularizer.onnx", "weights.onnx", "model.safetensors"])
+def test_missing_file_refused(packages, tmp_path, name):
+    _, pkg = packages["shared"]
+    path = copy_package(pkg, tmp_path / "pkg")
+    (path / name).unlink()
+    with pytest.raises(InputError, match=f"missing {name}"):
+        Solver.load(path)
+
+
+def test_edited_or_broken_manifest_refused(packages, tmp_path):
+    _, pkg = packages["shared"]
+    path = copy_package(pkg, tmp_path / "pkg")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["stages"] = 3
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="edited after export"):
+        Solver.load(path)
+    (path / "manifest.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        Solver.load(path)
+    (path / "manifest.json").unlink()
+    with pytest.raises(InputError, match="no manifest.json"):
+        Solver.load(path)
+    with pytest.raises(InputError, match="not a directory"):
+        Solver.load(tmp_path / "nowhere")
+
+
+def test_backend_choice(packages, tmp_path):
+    _, pkg = packages["shared"]
+    solver = Solver.load(pkg, backend="auto")
+    assert solver.backend.name == "onnxruntime" and "auto" in solver.backend_reason
+    status = available_backends(pkg, "cpu")
+    assert status["onnxruntime"].startswith("ok") and not status["tensorrt"].startswith("ok")
+    with pytest.raises(InputError, match="backend must be one of"):
+        Solver.load(pkg, backend="tflite")
+    with pytest.raises(InputError, match="device must be"):
+        Solver.load(pkg, device="tpu")
+    if not _cuda_visible():
+        with pytest.raises(InputError, match="CUDA device"):
+            Solver.load(pkg, device="cuda")
+    lean = export_model(tiny_model(), tmp_path / "lean", torch_weights=False, **quiet)
+    with pytest.raises(InputError, match="without model.safetensors"):
+        Solver.load(lean, backend="torch")
+    assert isinstance(ModelPackage.open(lean.path), ModelPackage)
+
+
+def _cuda_visible() -> bool:
+    from diffunfold.runtime.backends import cuda_available
+
+    return cuda_available()
+
+
+def test_tensorrt_backend_refused_without_tensorrt(packages):
+    pytest.importorskip("diffunfold.runtime.tensorrt")
+    _, pkg = packages["shared"]
+    with pytest.raises((InputError, MissingDependencyError)):
+        Solver.load(pkg, backend="tensorrt", device="cpu")
+
+
+def test_runtime_solves_with_torch_unimportable(packages, tmp_path):
+    """Architecture boundary 2: `import diffunfold.runtime` and a full solve, torch blocked."""
+    image_pkg, mri_pkg = packages["shared"][1].path, packages["mri"][1].path
+    code = textwrap.dedent(f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)")
+
+        sys.meta_path.insert(0, NoTorch())
+        import numpy as np
+        import diffunfold.runtime
+        from diffunfold.runtime import Solver
+        from diffunfold.physics import make_operator
+        from diffunfold.physics.mri import birdcage_maps
+        x = np.random.default_rng(0).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
+        solver = Solver.load({str(image_pkg)!r})
+        assert solver.backend.name == "onnxruntime", solver.backend_reason
+        op = make_operator("sr", (32, 32), factor=4)
+        out = solver.solve(op.measure(x, 0.05, seed=0), op, steps=4, sampler="heun", samples=2)
+        assert out.images.shape == (2, 3, 32, 32) and np.isfinite(out.images).all()
+        mri = Solver.load({str(mri_pkg)!r})
+        op = make_operator("mri", (32, 32), coil_maps=birdcage_maps(4, (32, 32)), kind="gaussian2d", acceleration=8)
+        z = (x[:, :1] * np.exp(1j * x[:, 1:2])).astype(np.complex64)
+        out = mri.solve(op.measure(z, 0.01, seed=0), op, steps=3)
+        assert np.iscomplexobj(out.images) and np.isfinite(out.images).all()
+        try:
+            Solver.load({str(image_pkg)!r}, backend="torch")
+        except ImportError as exc:
+            assert "diffunfold[train]" in str(exc), exc
+        else:
+            raise AssertionError("the torch backend loaded without torch")
+        assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok")
