@@ -123,8 +123,10 @@ def _to_array(img: Image.Image, channels: int) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
-    """Read an image file as float32 ``(channels, H, W)`` in [0, 1] at its native size.
+def load_image(path: str | os.PathLike, channels: int = 3, size: int | None = None) -> np.ndarray:
+    """Read an image file as float32 ``(channels, H, W)`` in [0, 1] at its native size, or with
+    ``size``, its centre square resized to ``size x size`` (antialiased bicubic), the crop the
+    evaluation uses.
 
     ``channels=3`` gives RGB (grey images are replicated), ``channels=1`` gives luma
     (ITU-R 601, Pillow's "L"). Alpha is dropped; EXIF rotation is applied; 16-bit grey PNGs
@@ -132,7 +134,14 @@ def load_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     unreadable.
     """
     channels = _check_channels(channels)
-    return _to_array(_open(path, channels), channels)
+    img = _open(path, channels)
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise InputError(f"size must be a positive integer, got {size!r}")
+        side = min(img.width, img.height)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.resize((int(size), int(size)), _RESAMPLE, box=(left, top, left + side, top + side))
+    return _to_array(img, channels)
 
 
 def save_image(path: str | os.PathLike, array: Any) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -200,3 +201,34 @@ class MRITaskSampler:
         params = {"kind": kind, "acceleration": float(acc), "seed": int(rng.integers(2**31))}
         shape = tuple(coil_maps.shape[-2:])
         return SampledTask("mri", params, make_operator("mri", shape, coil_maps=coil_maps, **params))
+
+
+def parse_value(text: str) -> Any:
+    """A parameter value written on a command line, read as TOML (``2``, ``[4, 1.5]``,
+    ``"box"``), else the bare string (``box``). Used for task words and config overrides."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_task_words(words: Sequence[str]) -> tuple[str, dict]:
+    """``["sr", "factor=4"]`` -> ``("sr", {"factor": 4})``: the task name made canonical and the
+    parameter names checked against the task's (unknown ones are refused with the list)."""
+    if not words:
+        raise InputError("a task needs a name, e.g. --task gaussian_blur sigma=2")
+    name = canonical_task(words[0])  # unknown: the error lists the known tasks
+    params: dict[str, Any] = {}
+    for w in words[1:]:
+        key, sep, value = w.partition("=")
+        if not sep or not key:
+            hint = (" (give the INPUT files before --task: its words run to the next option)"
+                    if "." in w or "/" in w else "")
+            raise InputError(f"task parameters look like name=value, got {w!r}{hint}")
+        params[key.strip()] = parse_value(value.strip())
+    allowed = list(inspect.signature(TASKS[name]).parameters)[1:]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise InputError(f"unknown parameter(s) {unknown} for task {name!r}; it takes {allowed} "
+                         "(see `diffunfold tasks`)")
+    return name, params

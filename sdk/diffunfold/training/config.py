@@ -16,7 +16,7 @@ from typing import Any
 from .. import edm
 from ..errors import InputError, require
 from ..physics.mri import MASK_KINDS
-from ..physics.tasks import canonical_task
+from ..physics.tasks import canonical_task, parse_value
 from .model import ModelSettings, _from_dict
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -161,13 +161,6 @@ def read_config_file(path: str | Path) -> dict:
         raise InputError(f"{p}: not valid TOML: {exc}") from None
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare string
-
-
 def apply_overrides(d: dict, overrides: list[str]) -> dict:
     """``["train.steps=200", "model.unet.channels=32"]`` applied to a config dict (TOML values)."""
     for item in overrides or []:
@@ -180,7 +173,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise InputError(f"override {item!r}: {p!r} is not a table")
-        node[parts[-1]] = _parse_value(value.strip())
+        node[parts[-1]] = parse_value(value.strip())
     return d
 
 

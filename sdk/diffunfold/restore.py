@@ -1,0 +1,729 @@
+"""``diffunfold restore`` (image files) and ``diffunfold mri`` (fastMRI files): the command-line
+face of the torch-free runtime (:class:`diffunfold.runtime.Solver`).
+
+Nothing here imports torch, and nothing from ``diffunfold.training``: the CLI imports this module
+to build its parser, and the restore path must run where only the core extra is installed.
+Heavy imports (numpy, the runtime, PIL, h5py) happen inside the ``run_*`` functions, so that
+``diffunfold --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .physics.mri import MASK_KINDS
+from .physics.tasks import parse_task_words
+from .runtime.backends import BACKENDS
+
+# load_image reads whatever Pillow reads; these are the suffixes a folder is scanned for.
+_FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+RESTORE_DESCRIPTION = """\
+Restore images with a model package (`diffunfold export` wrote it), on the torch-free runtime:
+ONNX Runtime on a CPU, TensorRT / ONNX Runtime CUDA on a GPU (--backend auto picks the fastest
+one present and says why).
+
+Two modes:
+  simulate (default)  INPUT is a clean image. It is measured with the task's operator plus
+                      Gaussian noise of std --noise (seeded per image: image i uses --seed + i),
+                      restored, and scored (PSNR/SSIM, data range 1) against the clean image,
+                      next to the classical baseline (Wiener for blurs, pinv for SR, normalised
+                      convolution for inpainting). Use it to see what the model can do.
+  measured            INPUT is the degraded image itself (blurry photo, low-resolution image,
+                      image with holes). It is restored; there is no ground truth, so no scores.
+                      For sr the output is factor x larger than the input; for inpainting the
+                      mask of observed pixels must be given: mask=FILE.png (white = observed).
+
+The physics is outside the network, so a task (or parameter) the package was not trained on
+usually still works: it is allowed, with a note.
+"""
+
+RESTORE_EPILOG = """\
+examples:
+  simulate (INPUT is clean; measure, restore, score against it):
+    diffunfold restore models/natural photo.png --task gaussian_blur sigma=2 --noise 0.05
+    diffunfold restore models/natural photos/ --task sr factor=4 --size 256 --out sr/ --json sr.json
+    diffunfold restore models/natural photo.png --task inpainting missing=0.6 --samples 8
+                      (the mean of 8 posterior samples, and a per-pixel std map)
+    diffunfold restore models/natural photo.png --task motion_blur length=9 angle=0.5 --steps 30 --sampler heun
+  measured (INPUT is the degraded image; no scores):
+    diffunfold restore models/natural blurry.jpg --mode measured --task gaussian_blur sigma=2.5 --noise 0.02
+    diffunfold restore models/natural small.png --mode measured --task sr factor=4       (4x larger output)
+    diffunfold restore models/natural holes.png --mode measured --task inpainting mask=holes_mask.png
+
+tasks (`diffunfold tasks` lists every parameter and default):
+  gaussian_blur sigma=3            anisotropic_blur sigma=[4,1.5] angle=0.785
+  motion_blur length=9 angle=0.52  sr factor=4 kernel=box|bicubic
+  inpainting missing=0.4 seed=0    inpainting mask=FILE.png      box_inpainting size=0.4
+  Values are TOML: numbers, [lists], strings. Give the INPUTs before --task: its words run
+  to the next option.
+
+outputs (in --out, default restored/; never the inputs' folder; existing files are kept unless
+--overwrite):
+  NAME_restored.png   the restoration (the posterior mean with --samples > 1)
+  NAME_baseline.png   the classical baseline
+  NAME_measured.png   the simulated measurement (simulate mode; for sr the low-resolution image)
+  NAME_std.png        per-pixel std over the samples, scaled to its maximum (--samples > 1)
+  and a Markdown table on stdout (--json FILE: the same as JSON, with the timings).
+"""
+
+MRI_DESCRIPTION = """\
+Reconstruct multi-coil MRI slices of a fastMRI-format file (fully sampled k-space, e.g. from
+fastMRI or `diffunfold phantom`) with an MRI model package, by retrospective undersampling:
+the fully sampled slice is the reference; a k-space mask (--mask, --acceleration) is applied
+to it, and the reconstruction from the undersampled data is scored against the reference
+(PSNR/SSIM on magnitudes, fastMRI's data range: the maximum of the reference magnitude), next
+to the zero-filled SENSE baseline A^H y.
+
+Each slice is prepared as `FastMRISlices` prepares training data: --coil-maps estimate (the
+default) estimates the coil maps from the fully sampled k-space (the low-resolution ACS ratio
+method) and takes their SENSE combination as the image; --coil-maps simulate uses the file's
+reconstruction_rss as the image on simulated birdcage coils (--coils, the paper's set-up).
+The image is centre-cropped to the recon matrix (and to --size) and divided by the 99th
+percentile of its magnitude (the model's user space); the .npy output is in that scale (the
+JSON gives each slice's scale).
+"""
+
+MRI_EPILOG = """\
+examples:
+  diffunfold mri models/mri file1000001.h5 --mask gaussian1d --acceleration 4 --out recon/
+  diffunfold mri models/mri file1000001.h5 --slices 10-14 --mask uniform1d --acceleration 8 --json r.json
+  diffunfold mri models/mri file1000001.h5 --slices all --mask gaussian2d --acceleration 16 --size 256
+  diffunfold phantom data/phantoms --files 1 --slices 4 --size 128
+  diffunfold mri models/mri data/phantoms/phantom_0000.h5 --coil-maps simulate --samples 8
+
+--slices: 0,3-5 (ranges inclusive) or all; default: the middle slice. One mask (--seed) serves
+every slice, as in one acquisition; slice s uses seed + s for its noise and sampler start.
+
+outputs (in --out, default recon/), per slice FILE_sNNN_:
+  recon.png        |reconstruction| (the posterior mean with --samples > 1)
+  zero_filled.png  |zero-filled SENSE|, A^H y
+  reference.png    |fully sampled reference|      (all three on the reference's scale)
+  std.png          per-pixel std of the magnitude over the samples, scaled to its max (--samples > 1)
+  recon.npy        the complex reconstruction, complex64 (H, W), in the normalised scale
+and FILE_mask.png (white = sampled), a Markdown table on stdout (--json FILE: JSON too).
+"""
+
+
+# -- shared argument helpers ------------------------------------------------------------------
+
+def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", metavar="NAME",
+                   help=f"{', '.join(BACKENDS)} (default: auto, the fastest one usable here; the report "
+                        "says which and why)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the network (default: all)")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="sampler steps (default: the package's schedule, 18 = the paper's NFE)")
+    p.add_argument("--sampler", choices=["euler", "heun"],
+                   help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes)")
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="posterior samples per image: >1 gives their mean and a std map (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--json", metavar="FILE", help="also write the results (and timings) as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``diffunfold restore``."""
+    parser.description = RESTORE_DESCRIPTION
+    parser.epilog = RESTORE_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("package", help="a model package folder (written by `diffunfold export`)")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, or folders of images (png, jpg, tif, ...; not searched recursively)")
+    parser.add_argument("--task", nargs="+", required=True, metavar="WORD",
+                        help="the task and its parameters, e.g. --task gaussian_blur sigma=2 or --task sr factor=4")
+    parser.add_argument("--mode", choices=["simulate", "measured"], default="simulate",
+                        help="simulate: INPUT is clean, measure it and score the restoration (default); "
+                             "measured: INPUT is the degraded measurement, no scores")
+    parser.add_argument("--noise", type=float, default=0.05,
+                        help="simulate: std of the Gaussian noise added to the measurement (images in [0, 1]); "
+                             "measured: the noise level you assume in INPUT (only the Wiener baseline uses it) "
+                             "(default: 0.05)")
+    parser.add_argument("--size", type=int, metavar="N",
+                        help="simulate mode: centre-crop each image to a square and resize it to NxN first "
+                             "(default: native size; any size works, the solver pads)")
+    parser.add_argument("--out", type=Path, default=Path("restored"),
+                        help="output folder (default: restored/; never the inputs' folder)")
+    _add_runtime_arguments(parser)
+
+
+def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``diffunfold mri``."""
+    parser.description = MRI_DESCRIPTION
+    parser.epilog = MRI_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("package", help="an MRI model package folder (written by `diffunfold export`)")
+    parser.add_argument("file", type=Path, metavar="FILE.h5",
+                        help="a fastMRI multi-coil file with fully sampled k-space")
+    parser.add_argument("--slices", metavar="LIST", help="e.g. 0,3-5 or all (default: the middle slice)")
+    parser.add_argument("--mask", choices=MASK_KINDS, default="gaussian1d",
+                        help="the k-space sampling pattern (default: gaussian1d)")
+    parser.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor (default: 4)")
+    parser.add_argument("--center-fraction", type=float, metavar="F",
+                        help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)")
+    parser.add_argument("--coil-maps", choices=["estimate", "simulate"], default="estimate",
+                        help="estimate from the fully sampled k-space (default), or simulate birdcage coils "
+                             "around the file's reconstruction_rss (the paper's set-up)")
+    parser.add_argument("--coils", type=int, default=15, metavar="N",
+                        help="simulated coils for --coil-maps simulate (default: 15)")
+    parser.add_argument("--noise", type=float, default=0.0,
+                        help="extra complex Gaussian k-space noise, std as a fraction of max|k| of the slice "
+                             "(as training's data.mri_noise; default: 0, the file's own noise)")
+    parser.add_argument("--size", type=int, metavar="N",
+                        help="centre-crop the slices to NxN (default: the recon matrix, e.g. 320x320)")
+    parser.add_argument("--out", type=Path, default=Path("recon"),
+                        help="output folder (default: recon/; never the input file's folder)")
+    _add_runtime_arguments(parser)
+
+
+# -- task words -------------------------------------------------------------------------------
+
+def _task_default(name: str, param: str) -> Any:
+    import inspect
+
+    from .physics.tasks import TASKS
+
+    return inspect.signature(TASKS[name]).parameters[param].default
+
+
+def _task_label(name: str, params: dict) -> str:
+    shown = ", ".join(f"{k}={Path(v).name if k == 'mask' else v}" for k, v in params.items())
+    return f"{name}({shown})" if shown else name
+
+
+def _trained_note(name: str, trained: list[str]) -> str | None:
+    from .physics.tasks import canonical_task
+
+    known = []
+    for t in trained:
+        try:
+            known.append(canonical_task(t))
+        except InputError:
+            known.append(t)
+    if not known or name in known:
+        return None
+    return (f"note: the package was not trained on {name} (trained: {', '.join(known)}); the physics is "
+            "outside the network, so it usually works")
+
+
+# -- checks shared by both commands ------------------------------------------------------------
+
+def _check_numbers(args) -> None:
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be >= 1, got {args.steps}")
+    if args.samples < 1:
+        raise InputError(f"--samples must be >= 1, got {args.samples}")
+    if args.size is not None and args.size < 8:
+        raise InputError(f"--size must be at least 8 pixels, got {args.size}")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {args.threads}")
+    if not (math.isfinite(args.noise) and args.noise >= 0):
+        raise InputError(f"--noise must be finite and >= 0, got {args.noise}")
+
+
+def _check_outputs(out_dir: Path, planned: list[Path], inputs: list[Path], input_dirs: set[Path],
+                   json_path: str | None, overwrite: bool) -> None:
+    """Refuse to write into an input folder, over an input file, or (without --overwrite) over
+    files that already exist; all checked before any work is done."""
+    out_r = out_dir.resolve()
+    if out_r in input_dirs:
+        raise InputError(f"--out {str(out_dir)!r} is the folder of the input(s); write the outputs to "
+                         "another folder (e.g. --out restored/) so they never mix with or replace the inputs")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {str(out_dir)!r} exists and is not a folder")
+    inputs_r = {p.resolve() for p in inputs}
+    targets = list(planned) + ([Path(json_path)] if json_path else [])
+    clash = [p for p in targets if p.resolve() in inputs_r]
+    if clash:
+        raise InputError(f"{clash[0]} is an input file; it is never overwritten: choose another --out/--json")
+    if len({p.resolve() for p in targets}) != len(targets):
+        raise InputError("two outputs would have the same name (is --json inside --out with an output's name?)")
+    existing = [p for p in targets if p.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
+        raise InputError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or choose "
+                         "another --out")
+
+
+def _load_solver(pkg, args):
+    from .runtime.solver import Solver
+
+    return Solver.load(pkg, backend=args.backend, device=args.device, threads=args.threads)
+
+
+def _progress(items, desc: str, unit: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit=unit, disable=quiet, leave=False)
+
+
+def _sum_timing(timings):
+    from .runtime.solver import Timing
+
+    total = Timing()
+    for t in timings:
+        total.network += t.network
+        total.physics += t.physics
+        total.total += t.total
+        total.network_calls += t.network_calls
+    return total
+
+
+def _report_runtime(solver, count: int, unit: str, timing, wall: float, nfe: int, samples: int) -> list[str]:
+    per = timing.total / max(count, 1)
+    return [
+        f"backend: {solver.backend_name} [{solver.backend_reason}]",
+        f"{count} {unit}(s): {per:.3f} s per {unit} in the solver ({wall:.2f} s wall in all, with I/O "
+        f"and baselines); NFE {nfe} x K={solver.stages} network passes x {samples} sample(s)",
+        f"solver time {timing}",
+    ]
+
+
+def _write_json(path: str, data: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+
+def _fmt(v: float, digits: int = 2) -> str:
+    return "inf" if v == float("inf") else f"{v:.{digits}f}"
+
+
+# -- diffunfold restore -------------------------------------------------------------------------
+
+@dataclass
+class _Item:
+    path: Path
+    base: str
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def _collect_inputs(inputs: list[str]) -> tuple[list[Path], set[Path]]:
+    """Image files from files and folders (sorted, hidden files skipped), and the folders they
+    live in."""
+    files: list[Path] = []
+    dirs: set[Path] = set()
+    seen: set[Path] = set()
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
+                           and f.suffix.lower() in _FOLDER_SUFFIXES)
+            if not found:
+                raise InputError(f"folder {raw!r} holds no images ({', '.join(_FOLDER_SUFFIXES)}; subfolders "
+                                 "are not searched)")
+            dirs.add(p.resolve())
+        elif p.exists():
+            found = [p]
+        else:
+            raise InputError(f"input {raw!r} does not exist; give image files or folders of images")
+        for f in found:
+            r = f.resolve()
+            if r not in seen:
+                seen.add(r)
+                files.append(f)
+                dirs.add(r.parent)
+    return files, dirs
+
+
+def _base_names(files: list[Path]) -> list[str]:
+    """Output stems: the file stem, prefixed by its folder where two inputs share a stem."""
+    stems = [f.stem for f in files]
+    out = []
+    for f, s in zip(files, stems):
+        out.append(s if stems.count(s) == 1 else f"{f.parent.name}_{s}_{f.suffix.lstrip('.').lower()}")
+    taken: dict[str, int] = {}
+    unique = []
+    for b in out:
+        n = taken.get(b, 0)
+        taken[b] = n + 1
+        unique.append(b if n == 0 else f"{b}_{n}")
+    return unique
+
+
+def _read_header(path: Path) -> None:
+    """Fail early, naming the file, when an input is not an image at all."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018  (the header is parsed on open)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); it is not an "
+                         "image Pillow can read (png, jpg, tif, bmp, webp, ...)") from None
+
+
+def _load_clean(path: Path, channels: int, size: int | None):
+    """A clean image as float32 (C, H, W) in [0, 1]; with ``size``, the centre square resized to
+    size x size (antialiased bicubic), as the evaluation crops are made."""
+    from .data.images import load_image
+
+    return load_image(path, channels, size=size)
+
+
+def _load_mask(value: Any, shape: tuple[int, int] | None = None):
+    """``mask=FILE`` as a boolean (H, W) array: white (> 0.5) = observed."""
+    import numpy as np
+
+    from .data.images import load_image
+
+    if not isinstance(value, str):
+        raise InputError(f"mask= takes an image file (white = observed), got {value!r}")
+    path = Path(value)
+    if not path.is_file():
+        raise InputError(f"mask file {value!r} does not exist; give mask=FILE.png with white = observed pixels")
+    mask = load_image(path, channels=1)[0] > 0.5
+    if shape is not None and mask.shape != tuple(shape):
+        raise InputError(f"the mask {value!r} is {mask.shape[0]}x{mask.shape[1]} but the image is "
+                         f"{shape[0]}x{shape[1]}; they must match pixel for pixel")
+    if not mask.any():
+        raise InputError(f"the mask {value!r} marks no pixel as observed (white = observed, black = missing)")
+    return np.ascontiguousarray(mask)
+
+
+def _centre_crop_multiple(x, m: int):
+    h, w = x.shape[-2:]
+    nh, nw = h - h % m, w - w % m
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return x[..., top:top + nh, left:left + nw]
+
+
+def run_restore(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .baselines import baseline_name, classical_baseline
+    from .data.images import load_image, save_image
+    from .metrics import psnr, ssim
+    from .package import ModelPackage
+    from .physics.tasks import make_operator
+
+    _check_numbers(args)
+    pkg = ModelPackage.open(args.package)
+    space = pkg.space
+    if space.kind != "image":
+        raise InputError(f"{pkg.path} is an MRI model package ({space.kind} data); `diffunfold restore` needs "
+                         "an image package. Reconstruct MRI with `diffunfold mri PACKAGE FILE.h5`")
+    name, params = parse_task_words(args.task)
+    if name == "mri":
+        raise InputError("the mri task takes multi-coil k-space, not image files: use "
+                         "`diffunfold mri PACKAGE FILE.h5` with an MRI package")
+    measured = args.mode == "measured"
+    if measured and args.size is not None:
+        raise InputError("--size resizes the clean image in simulate mode; a measurement cannot be resized "
+                         "without changing its physics (blur width, SR factor): crop it beforehand instead")
+    mask = None
+    if "mask" in params:
+        mask = _load_mask(params["mask"])
+    if measured and name == "inpainting" and mask is None:
+        raise InputError("measured inpainting needs the mask of observed pixels: add mask=FILE.png to --task "
+                         "(white = observed, black = missing); a random mask (missing=, seed=) cannot describe "
+                         "a real measurement")
+    if name == "sr":
+        factor = params.get("factor", _task_default("sr", "factor"))
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or int(factor) != factor or factor < 2:
+            raise InputError(f"the SR factor must be an integer >= 2, got {factor!r}")
+        factor = int(factor)
+    else:
+        factor = 1
+
+    files, input_dirs = _collect_inputs(args.inputs)
+    for f in files:
+        _read_header(f)
+    out_dir = Path(args.out)
+    kinds = ["restored", "baseline"] + ([] if measured else ["measured"]) + (["std"] if args.samples > 1 else [])
+    items = [_Item(f, b, {k: out_dir / f"{b}_{k}.png" for k in kinds}) for f, b in zip(files, _base_names(files))]
+    _check_outputs(out_dir, [p for it in items for p in it.outputs.values()], files, input_dirs, args.json,
+                   args.overwrite)
+
+    label = _task_label(name, params)
+    notes_first = [n for n in [_trained_note(name, pkg.tasks)] if n]
+    for n in notes_first:
+        print(n)
+    solver = _load_solver(pkg, args)
+    channels = space.channels
+    op_params = {k: v for k, v in params.items() if k != "mask"}
+
+    rows, timings, nfe = [], [], 0
+    t_wall = time.perf_counter()
+    bar = _progress(items, "restoring", "image", args.quiet)
+    for i, it in enumerate(bar):
+        seed = args.seed + i
+        notes = []
+        if measured:
+            y = load_image(it.path, channels)[None]
+            h, w = y.shape[-2:]
+            shape = (h * factor, w * factor)
+            if mask is not None:
+                if mask.shape != (h, w):
+                    raise InputError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but {it.path} is {h}x{w}; "
+                                     "they must match pixel for pixel")
+                op = make_operator(name, shape, mask=mask, **op_params)
+                y = (y * mask).astype(np.float32)  # missing pixels carry nothing
+            else:
+                op = make_operator(name, shape, **op_params)
+            x = None
+        else:
+            x = _load_clean(it.path, channels, args.size)
+            if factor > 1 and (x.shape[-2] % factor or x.shape[-1] % factor):
+                h0, w0 = x.shape[-2:]
+                x = np.ascontiguousarray(_centre_crop_multiple(x, factor))
+                notes.append(f"{it.path.name}: centre-cropped {h0}x{w0} -> {x.shape[-2]}x{x.shape[-1]} "
+                             f"(a multiple of the SR factor {factor})")
+            x = x[None]
+            shape = tuple(x.shape[-2:])
+            if mask is not None:
+                if mask.shape != shape:
+                    raise InputError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but {it.path} is "
+                                     f"{shape[0]}x{shape[1]}" + (" after --size" if args.size else "") +
+                                     "; they must match pixel for pixel")
+                op = make_operator(name, shape, mask=mask, **op_params)
+            else:
+                op = make_operator(name, shape, **op_params)
+            y = op.measure(x, args.noise, seed=[seed]).astype(np.float32)
+        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples)
+        timings.append(sol.timing)
+        nfe = sol.nfe
+        restored = np.asarray(sol.images)
+        baseline = np.clip(np.asarray(classical_baseline(op, y, args.noise)), 0.0, 1.0)
+
+        save_image(it.outputs["restored"], restored[0])
+        save_image(it.outputs["baseline"], baseline[0])
+        if "measured" in it.outputs:
+            save_image(it.outputs["measured"], np.clip(y[0], 0.0, 1.0))
+        row: dict[str, Any] = {"input": str(it.path), "name": it.base, "size": list(shape), "seed": seed,
+                               "seconds": sol.timing.total, "timing": sol.timing.as_dict()}
+        if sol.std is not None:
+            std = np.asarray(sol.std)[0].mean(axis=0)
+            row["std_max"] = float(std.max())
+            save_image(it.outputs["std"], std / std.max() if std.max() > 0 else std)
+        if x is not None:
+            row.update(psnr=psnr(restored[0], x[0], 1.0), ssim=ssim(restored[0], x[0], 1.0),
+                       psnr_baseline=psnr(baseline[0], x[0], 1.0), ssim_baseline=ssim(baseline[0], x[0], 1.0))
+        row["outputs"] = {k: str(p) for k, p in it.outputs.items()}
+        if notes:
+            row["notes"] = notes
+        rows.append(row)
+    wall = time.perf_counter() - t_wall
+    timing = _sum_timing(timings)
+
+    base_name = baseline_name(op)
+    print(f"{pkg.summary()}\n{args.mode} {label}, noise {args.noise:g}, {len(rows)} image(s) -> {out_dir}/")
+    if measured:
+        lines = ["| image | size | restored | s |", "|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | "
+                         f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |")
+    else:
+        lines = [f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
+                 "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {_fmt(r['psnr'])} | "
+                         f"{r['ssim']:.4f} | {_fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
+                         f"{r['seconds']:.2f} |")
+        if len(rows) > 1:
+            mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_baseline",
+                                                                         "ssim_baseline", "seconds")}
+            lines.append(f"| mean | | {_fmt(mean['psnr'])} | {mean['ssim']:.4f} | {_fmt(mean['psnr_baseline'])} | "
+                         f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |")
+    print("\n".join(lines))
+    for r in rows:
+        for n in r.get("notes", []):
+            print(f"note: {n}")
+    report = _report_runtime(solver, len(rows), "image", timing, wall, nfe, args.samples)
+    print("\n".join(report))
+    if args.json:
+        _write_json(args.json, {
+            "command": "restore", "package": str(pkg.path), "mode": args.mode, "task": name, "params":
+            {k: (str(v) if k == "mask" else v) for k, v in params.items()}, "noise": args.noise,
+            "steps": args.steps or pkg.schedule["steps"], "sampler": args.sampler or pkg.schedule["sampler"],
+            "samples": args.samples, "seed": args.seed, "size": args.size, "nfe": nfe,
+            "baseline": base_name, "backend": solver.backend_name, "backend_reason": solver.backend_reason,
+            "timing": timing.as_dict(), "seconds_per_image": timing.total / max(len(rows), 1),
+            "wall_s": wall, "notes": notes_first, "rows": rows})
+        print(f"wrote {args.json}")
+    return 0
+
+
+# -- diffunfold mri -------------------------------------------------------------------------------
+
+def parse_slices(text: str | None, count: int) -> list[int]:
+    """``None`` -> the middle slice; ``"all"``; ``"0,3-5"`` (inclusive ranges, negatives from the end)."""
+    if text is None:
+        return [count // 2]
+    if text.strip().lower() == "all":
+        return list(range(count))
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        a, sep, b = part.partition("-") if not part.startswith("-") else (part, "", "")
+        try:
+            lo = int(a)
+            hi = int(b) if sep else lo
+        except ValueError:
+            raise InputError(f"--slices takes a list like 0,3-5 or 'all', got {text!r}") from None
+        lo, hi = (lo + count if lo < 0 else lo), (hi + count if hi < 0 else hi)
+        if not (0 <= lo < count and 0 <= hi < count) or hi < lo:
+            raise InputError(f"--slices {part!r} is out of range: the file has {count} slices (0..{count - 1})")
+        out.extend(s for s in range(lo, hi + 1) if s not in out)
+    if not out:
+        raise InputError(f"--slices {text!r} selects no slice")
+    return out
+
+
+def _magnitude_png(path: Path, image, scale: float) -> None:
+    import numpy as np
+
+    from .data.images import save_image
+
+    mag = np.abs(np.asarray(image)).astype(np.float64)
+    save_image(path, np.clip(mag / scale, 0.0, 1.0) if scale > 0 else mag)
+
+
+def run_mri(args) -> int:
+    import time
+
+    import numpy as np
+
+    from .baselines import classical_baseline
+    from .data.fastmri import FastMRIFile, FastMRISlices
+    from .data.images import save_image
+    from .metrics import psnr, ssim
+    from .package import ModelPackage
+    from .physics.mri import MultiCoilMRI, mri_mask
+
+    _check_numbers(args)
+    if args.coils < 1:
+        raise InputError(f"--coils must be >= 1, got {args.coils}")
+    pkg = ModelPackage.open(args.package)
+    if pkg.space.kind != "mri":
+        raise InputError(f"{pkg.path} is an image model package ({pkg.space.kind} data, {pkg.space.channels} "
+                         "channel(s)); `diffunfold mri` needs a package exported from an MRI run (data "
+                         "fastmri or phantom). Restore image files with `diffunfold restore`")
+    path = Path(args.file)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give one fastMRI .h5 file")
+    with FastMRIFile(path) as f:  # checks the layout; a missing or foreign file fails here
+        count = f.num_slices
+    slices = parse_slices(args.slices, count)
+    ds = FastMRISlices(path, ncoils=args.coils, coil_maps=args.coil_maps,
+                       crop=(args.size, args.size) if args.size else None)
+
+    out_dir = Path(args.out)
+    stem = path.stem
+    kinds = ["recon", "zero_filled", "reference"] + (["std"] if args.samples > 1 else [])
+    plan = {s: {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds},
+                "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"} for s in slices}
+    mask_png = out_dir / f"{stem}_mask.png"
+    _check_outputs(out_dir, [p for d in plan.values() for p in d.values()] + [mask_png], [path],
+                   {path.resolve().parent}, args.json, args.overwrite)
+
+    pattern = f"{args.mask} {args.acceleration:g}x"
+    trained = pkg.manifest.get("mri_patterns") or []
+    trained_names = [f"{k} {float(a):g}x" for k, a in trained if isinstance(k, str)] if trained else []
+    notes = []
+    if trained_names and pattern not in trained_names:
+        notes.append(f"note: the package was not trained on {pattern} (trained: {', '.join(trained_names)}); "
+                     "the physics is outside the network, so it usually works")
+    for n in notes:
+        print(n)
+    solver = _load_solver(pkg, args)
+
+    rows, timings, nfe, mask, ncoils = [], [], 0, None, 0
+    t_wall = time.perf_counter()
+    for s in _progress(slices, "reconstructing", "slice", args.quiet):
+        item = ds[s]  # one file: dataset index = slice index
+        x = item["image"][None]  # (1, 1, H, W) complex64, normalised
+        hw = tuple(x.shape[-2:])
+        if mask is None:
+            mask = mri_mask(args.mask, hw, args.acceleration, args.center_fraction, args.seed)
+            save_image(mask_png, mask)
+        op = MultiCoilMRI(item["coil_maps"], mask)
+        ncoils = op.ncoils
+        seed = args.seed + s
+        kmax = float(np.abs(op.A(x)).max())
+        noise_std = args.noise * kmax
+        y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
+        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples)
+        timings.append(sol.timing)
+        nfe = sol.nfe
+        recon = np.asarray(sol.images)
+        zero_filled = np.asarray(classical_baseline(op, y, noise_std))
+        ref_max = float(np.abs(x).max())
+        out = plan[s]
+        _magnitude_png(out["recon"], recon[0, 0], ref_max)
+        _magnitude_png(out["zero_filled"], zero_filled[0, 0], ref_max)
+        _magnitude_png(out["reference"], x[0, 0], ref_max)
+        row: dict[str, Any] = {"file": str(path), "slice": s, "size": list(hw), "seed": seed,
+                               "scale": float(item["scale"]), "noise_std": noise_std,
+                               # fastMRI's convention: magnitudes, data range = max of the reference
+                               "psnr": psnr(recon[0], x[0]), "ssim": ssim(recon[0], x[0]),
+                               "psnr_zero_filled": psnr(zero_filled[0], x[0]),
+                               "ssim_zero_filled": ssim(zero_filled[0], x[0]),
+                               "seconds": sol.timing.total, "timing": sol.timing.as_dict()}
+        if sol.std is not None:
+            std = np.asarray(sol.std)[0, 0]
+            row["std_max"] = float(std.max())
+            save_image(out["std"], std / std.max() if std.max() > 0 else std)
+        np.save(out["npy"], recon[0, 0].astype(np.complex64))
+        row["outputs"] = {k: str(p) for k, p in out.items()}
+        rows.append(row)
+    wall = time.perf_counter() - t_wall
+    timing = _sum_timing(timings)
+
+    realised = mask.size / mask.sum()
+    print(f"{pkg.summary()}\n{path.name}: {len(rows)} slice(s) of {count}, {hw[0]}x{hw[1]}, "
+          f"{ncoils} coils ({args.coil_maps}d maps); mask {pattern} "
+          f"(realised {realised:.2f}x), noise {args.noise:g} x max|k| -> {out_dir}/")
+    lines = ["| slice | PSNR | SSIM | zero-filled PSNR | zero-filled SSIM | s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['slice']} | {_fmt(r['psnr'])} | {r['ssim']:.4f} | {_fmt(r['psnr_zero_filled'])} | "
+                     f"{r['ssim_zero_filled']:.4f} | {r['seconds']:.2f} |")
+    if len(rows) > 1:
+        m = {k: float(np.mean([r[k] for r in rows]))
+             for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "seconds")}
+        lines.append(f"| mean | {_fmt(m['psnr'])} | {m['ssim']:.4f} | {_fmt(m['psnr_zero_filled'])} | "
+                     f"{m['ssim_zero_filled']:.4f} | {m['seconds']:.2f} |")
+    print("\n".join(lines))
+    print("\n".join(_report_runtime(solver, len(rows), "slice", timing, wall, nfe, args.samples)))
+    if args.json:
+        _write_json(args.json, {
+            "command": "mri", "package": str(pkg.path), "file": str(path), "mask": args.mask,
+            "acceleration": args.acceleration, "realised_acceleration": realised,
+            "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise,
+            "size": args.size, "steps": args.steps or pkg.schedule["steps"],
+            "sampler": args.sampler or pkg.schedule["sampler"], "samples": args.samples, "seed": args.seed,
+            "nfe": nfe, "backend": solver.backend_name, "backend_reason": solver.backend_reason,
+            "timing": timing.as_dict(), "seconds_per_slice": timing.total / max(len(rows), 1), "wall_s": wall,
+            "notes": notes, "rows": rows})
+        print(f"wrote {args.json}")
+    return 0
+
+
+__all__ = ["add_mri_arguments", "add_restore_arguments", "parse_slices", "run_mri",
+           "run_restore"]
