@@ -28,9 +28,13 @@ examples:
   diffunfold presets                        the shipped training presets and their sizes
   diffunfold train --config small --out runs/small
   diffunfold train --config small --out runs/small --resume     (continue after a stop)
-  torchrun --nproc_per_node=4 -m diffunfold train --config paper --set data.source=folder \
+  torchrun --nproc_per_node=4 -m diffunfold train --config paper --set data.source=folder \\
            --set data.path=/data/ffhq --out runs/paper         (several GPUs / nodes)
   diffunfold evaluate runs/small --task gaussian_blur sigma=2 --task sr factor=4
+  diffunfold export runs/small --out models/small      (EMA weights -> ONNX model package)
+  diffunfold build-engines models/small --target h100  (FP16 TensorRT engines, on the GPU)
+  diffunfold restore models/small photo.png --task gaussian_blur sigma=2 --noise 0.05 --out restored/
+  diffunfold mri models/mri file1000001.h5 --mask gaussian1d --acceleration 4 --out recon/
 
 Run `diffunfold COMMAND --help` for a command's options.
 """
@@ -122,15 +126,10 @@ def _cmd_info(args) -> int:
 
 def _parse_task(words: list[str]) -> dict:
     """``["sr", "factor=4"]`` -> ``{"task": "sr", "factor": 4}`` (values parsed as TOML)."""
-    from .training.config import _parse_value
+    from .physics.tasks import parse_task_words
 
-    task = {"task": words[0]}
-    for w in words[1:]:
-        key, sep, value = w.partition("=")
-        if not sep:
-            raise DiffUnfoldError(f"task parameters look like name=value, got {w!r}")
-        task[key] = _parse_value(value)
-    return task
+    name, params = parse_task_words(words)
+    return {"task": name, **params}
 
 
 def _cmd_presets(args) -> int:
@@ -200,6 +199,38 @@ def _cmd_evaluate(args) -> int:
                                                "images": int(len(images)), "rows": rows}, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _cmd_export(args) -> int:
+    from .errors import require
+
+    require("torch", "export")
+    require("onnx", "export")
+    from .export import export_checkpoint
+
+    pkg = export_checkpoint(args.checkpoint, args.out, weights=args.weights, opset=args.opset,
+                            torch_weights=not args.no_torch_weights, check=not args.no_check,
+                            tolerance=args.tolerance, overwrite=args.overwrite)
+    print(pkg.summary())
+    return 0
+
+
+def _cmd_build_engines(args) -> int:
+    from .engines import run_build_engines
+
+    return run_build_engines(args)
+
+
+def _cmd_restore(args) -> int:
+    from .restore import run_restore
+
+    return run_restore(args)
+
+
+def _cmd_mri(args) -> int:
+    from .restore import run_mri
+
+    return run_mri(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +338,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "export", help="a checkpoint -> a model package (ONNX + manifest) for the runtime",
+        description="Export a training checkpoint's EMA weights as a model package: the regulariser "
+                    "network(s) as ONNX with the EDM preconditioning inside the graph and dynamic batch, "
+                    "height and width, the weight generators as ONNX, and a manifest with the model "
+                    "settings, trained tasks, default schedule and the sha256 of every file. The export "
+                    "checks itself: ONNX Runtime against torch on random inputs at two sizes.",
+        epilog="example: diffunfold export runs/small --out models/small")
+    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a ckpt-*.json file")
+    p.add_argument("--out", required=True, help="the package folder to write (must not exist, or be empty)")
+    p.add_argument("--weights", choices=["ema", "model"], default="ema",
+                   help="which weights to export (default: ema, the ones to deploy)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest relative error ONNX Runtime vs torch accepted (default 1e-4)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
+    p.add_argument("--no-torch-weights", action="store_true",
+                   help="leave out model.safetensors (then the torch backend cannot load the package)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
+    p.set_defaults(func=_cmd_export)
+
+    from .engines import add_build_engines_arguments
+
+    p = sub.add_parser("build-engines", help="build FP16 TensorRT engines of a package for a GPU target")
+    add_build_engines_arguments(p)  # sets the description, epilog and options
+    p.set_defaults(func=_cmd_build_engines)
+
+    from .restore import add_mri_arguments, add_restore_arguments
+
+    p = sub.add_parser("restore", help="restore an image file or folder with a model package",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_restore_arguments(p)
+    p.set_defaults(func=_cmd_restore)
+
+    p = sub.add_parser("mri", help="reconstruct multi-coil MRI from a fastMRI-format file",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mri_arguments(p)
+    p.set_defaults(func=_cmd_mri)
     return parser
 
 

@@ -258,7 +258,7 @@ def _torch_cuda() -> bool:
 
 def available_backends(package: ModelPackage | None = None, device: str = "cpu") -> dict[str, str]:
     """``{backend: why it is or is not usable}`` for ``device``; usable ones say "ok ..."."""
-    kind, _ = parse_device(device)
+    kind, index = parse_device(device)
     out: dict[str, str] = {}
     providers = onnxruntime_providers()
     if kind == "cpu":
@@ -270,7 +270,7 @@ def available_backends(package: ModelPackage | None = None, device: str = "cpu")
     gpu = cuda_available()
     from .tensorrt import tensorrt_status
 
-    out["tensorrt"] = tensorrt_status(package) if gpu else "CuPy cannot see a CUDA device"
+    out["tensorrt"] = tensorrt_status(package, index) if gpu else "CuPy cannot see a CUDA device"
     out["onnxruntime"] = ("ok (CUDAExecutionProvider)" if gpu and "CUDAExecutionProvider" in providers else
                           "no CUDA device" if not gpu else
                           "the installed onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
@@ -285,9 +285,10 @@ _PREFERENCE = ("tensorrt", "onnxruntime", "torch")
 
 
 def create_backend(package: ModelPackage, backend: str = "auto", device: str = "cpu",
-                   threads: int | None = None) -> tuple[Backend, str]:
+                   threads: int | None = None, **options) -> tuple[Backend, str]:
     """``(backend, why it was chosen)``. ``auto`` takes the first usable one of
-    tensorrt > onnxruntime > torch for the device."""
+    tensorrt > onnxruntime > torch for the device. ``options`` go to the TensorRT backend
+    (``cuda_graphs=True``, ``engines=DIR``) and are refused by the others."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kind, _ = parse_device(device)
@@ -305,13 +306,15 @@ def create_backend(package: ModelPackage, backend: str = "auto", device: str = "
               "; ".join(f"{b}: {s}" for b, s in status.items()) + ")"
     else:
         why = f"{backend} (asked for)"
+    if backend != "tensorrt" and options:
+        raise InputError(f"option(s) {sorted(options)} apply to the tensorrt backend only, not {backend}")
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(package, device, threads), why
     if backend == "torch":
         return TorchBackend(package, device, threads), why
     from .tensorrt import TensorRTBackend
 
-    return TensorRTBackend(package, device), why
+    return TensorRTBackend(package, device, threads=threads, **options), why
 
 
 def default_threads() -> int:
