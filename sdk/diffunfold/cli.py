@@ -121,6 +121,12 @@ def _cmd_info(args) -> int:
         print("onnxruntime providers: " + ", ".join(onnxruntime.get_available_providers()))
     except ImportError:
         pass
+    from .runtime.backends import available_backends as runtime_backends, cuda_available
+
+    for device in ["cpu"] + (["cuda"] if cuda_available() else []):
+        print(f"runtime backends on {device}:")
+        for name, why in runtime_backends(None, device).items():
+            print(f"  {name:12s} {why}")
     return 0
 
 
