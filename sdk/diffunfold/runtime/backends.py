@@ -125,6 +125,9 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
+        # ORT's worker threads otherwise spin for a while after each run, and on a small CPU
+        # they starve the numpy physics that runs between network calls.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.device_kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise MissingDependencyError(
