@@ -46,3 +46,38 @@ def backend(request) -> Backend:
 @pytest.fixture
 def torch_backend() -> Backend:
     return _torch_backend()
+
+
+_NO_TORCH_PRELUDE = '''
+import sys
+
+class NoTorch:  # behave as if torch were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, NoTorch())
+'''
+
+_NO_TORCH_EPILOGUE = '''
+assert not [m for m in sys.modules if m.split(".")[0] == "torch"], "torch was imported"
+print("ok")
+'''
+
+
+@pytest.fixture
+def run_without_torch():
+    """``run(code) -> stdout``: run ``code`` in a fresh interpreter where torch cannot be
+    imported, check it exited cleanly without importing torch (architecture, boundary 2)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    def run(code: str, timeout: float = 120) -> str:
+        program = _NO_TORCH_PRELUDE + textwrap.dedent(code) + _NO_TORCH_EPILOGUE
+        result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.strip().endswith("ok"), result.stdout
+        return result.stdout
+
+    return run

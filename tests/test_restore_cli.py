@@ -6,9 +6,6 @@ check the plumbing (modes, outputs, refusals, reports, the torch-free path), not
 
 import hashlib
 import json
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -276,18 +273,10 @@ def test_help_teaches(capsys):
         assert all(w in out for w in words), command
 
 
-def test_restore_and_mri_run_without_torch(packages, phantom, tmp_path):
+def test_restore_and_mri_run_without_torch(packages, phantom, tmp_path, run_without_torch):
     """The CLI's restore and mri paths never import torch (architecture, boundary 2)."""
     save_image(tmp_path / "in" / "x.png", bundled_image("astronaut")[:, ::16, ::16])
-    code = textwrap.dedent(f"""
-        import sys
-
-        class NoTorch:  # behave as if torch were not installed
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "torch":
-                    raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)")
-
-        sys.meta_path.insert(0, NoTorch())
+    out = run_without_torch(f"""
         from diffunfold.cli import main
         rc = main(["restore", {packages["image"]!r}, {str(tmp_path / "in")!r}, "--task", "sr", "factor=2",
                    "--steps", "2", "--out", {str(tmp_path / "out")!r}, "--quiet"])
@@ -295,11 +284,7 @@ def test_restore_and_mri_run_without_torch(packages, phantom, tmp_path):
         rc = main(["mri", {packages["mri"]!r}, {str(phantom)!r}, "--steps", "2", "--out", {str(tmp_path / "mri")!r},
                    "--quiet"])
         assert rc == 0, rc
-        assert not [m for m in sys.modules if m.split(".")[0] == "torch"]
         assert "diffunfold.training" not in sys.modules
-        print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("ok") and "backend: onnxruntime" in result.stdout
+    assert "backend: onnxruntime" in out
     assert (tmp_path / "out" / "x_restored.png").is_file()

@@ -19,7 +19,7 @@ import hashlib
 import operator
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps

@@ -9,7 +9,6 @@ never picked up, and a checksum mismatch is refused. Never pickles.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -22,18 +21,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..package import sha256_file
 from .model import DiffUnfolding, ModelSettings
 
 FORMAT = "diffunfold-checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.json$")
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, write) -> None:
