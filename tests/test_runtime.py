@@ -297,3 +297,20 @@ def test_runtime_solves_with_torch_unimportable(packages, run_without_torch):
         else:
             raise AssertionError("the torch backend loaded without torch")
     """)
+
+
+def test_iobinding_path_matches_plain_run(packages):
+    """The GPU path binds inputs and outputs by address (IOBinding); the same code runs on the
+    CPU with numpy addresses, so its names, shapes and dtypes are checked here."""
+    from diffunfold.runtime.backends import OnnxRuntimeBackend
+
+    _, pkg = packages["shared"]
+    plain, bound = OnnxRuntimeBackend(pkg), OnnxRuntimeBackend(pkg, iobinding=True)
+    x = np.random.default_rng(0).standard_normal((3, 3, 24, 40)).astype(np.float32)
+    for k, sigma in [(0, 80.0), (1, 0.3)]:
+        np.testing.assert_array_equal(bound.regularize(x, sigma, k), plain.regularize(x, sigma, k))
+    op = operator_for("gaussian_blur", {"sigma": 1.0})
+    y = op.measure(clean_images(), 0.05, seed=0)
+    a = Solver(pkg, bound).solve(y, op, steps=4).images
+    b = Solver(pkg, plain).solve(y.astype(np.float64), op, steps=4).images  # float64 y: cast to float32
+    np.testing.assert_array_equal(a, b)

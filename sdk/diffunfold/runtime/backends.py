@@ -117,8 +117,10 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None):
+    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None,
+                 iobinding: bool | None = None):
         super().__init__(package, device)
+        self.iobinding = self.device_kind == "cuda" if iobinding is None else bool(iobinding)
         ort = require("onnxruntime", "gpu" if self.device_kind == "cuda" else "core")
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -161,22 +163,33 @@ class OnnxRuntimeBackend(Backend):
         self._check_stage(k)
         sess = self._sessions[0 if self.shared else k]
         small = self._inputs(int(x.shape[0]), sigma, k)
-        if self.device_kind == "cpu":
+        if self.device_kind == "cpu" and not self.iobinding:
             (r,) = sess.run(["r"], {"x": np.ascontiguousarray(x, dtype=np.float32), **small})
             return r
-        return self._run_cuda(sess, x, small)
+        return self._run_bound(sess, x, small)
 
-    def _run_cuda(self, sess, x, small):
-        import cupy
+    def _run_bound(self, sess, x, small):
+        """Run with IOBinding: ``x`` and the output stay where they are (CuPy on the GPU, no host
+        copies); ORT reads and writes them by address. Also usable on the CPU (tests)."""
+        if self.device_kind == "cuda":
+            import cupy
 
-        x = cupy.ascontiguousarray(x, dtype=cupy.float32)
-        out = cupy.empty_like(x)
+            x = cupy.ascontiguousarray(x, dtype=cupy.float32)
+            out = cupy.empty_like(x)
+            x_ptr, out_ptr, device = x.data.ptr, out.data.ptr, "cuda"
+        else:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            out = np.empty_like(x)
+            x_ptr, out_ptr, device = x.ctypes.data, out.ctypes.data, "cpu"
         binding = sess.io_binding()
-        binding.bind_input("x", "cuda", self.device_index, np.float32, list(x.shape), x.data.ptr)
+        binding.bind_input("x", device, self.device_index, np.float32, list(x.shape), x_ptr)
         for name, value in small.items():  # tiny host inputs; ORT copies them
             binding.bind_cpu_input(name, value)
-        binding.bind_output("r", "cuda", self.device_index, np.float32, list(out.shape), out.data.ptr)
-        cupy.cuda.get_current_stream().synchronize()  # ORT runs on its own stream: x must be ready
+        binding.bind_output("r", device, self.device_index, np.float32, list(out.shape), out_ptr)
+        if self.device_kind == "cuda":
+            import cupy
+
+            cupy.cuda.get_current_stream().synchronize()  # ORT runs on its own stream: x must be ready
         sess.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return out
