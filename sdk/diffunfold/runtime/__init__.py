@@ -1,7 +1,7 @@
 """The light runtime: restore images with a model package, without torch.
 
     from diffunfold.runtime import Solver
-    solver = Solver.load("samples/models/natural", backend="auto")
+    solver = Solver.load("models/small", backend="auto")   # a folder from `diffunfold export`
     result = solver.solve(y, operator, steps=18, seed=0)
 
 Runs on numpy + ONNX Runtime on a CPU, and on CuPy + TensorRT / ONNX Runtime CUDA on an NVIDIA
