@@ -95,8 +95,8 @@ class Solver:
         return self.backend.xp
 
     # -- the learned parts -------------------------------------------------------------------
-    def weights_for(self, sigmas: Sequence[float]) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-        """``{sigma: (tau (K,), gamma (K,))}`` for a schedule, computed once and cached."""
+    def weights_for(self, sigmas: Sequence[float]) -> dict[float, tuple[list[float], list[float]]]:
+        """``{sigma: (tau, gamma)}``, K values each, for a schedule; computed once and cached."""
         key = tuple(float(s) for s in sigmas if s > 0)
         hit = self._weights_cache.get(key)
         if hit is None:
@@ -108,7 +108,9 @@ class Solver:
             hit = (tau.astype(np.float32), gamma.astype(np.float32))
             self._weights_cache[key] = hit
         tau, gamma = hit
-        return {s: (tau[i], gamma[i]) for i, s in enumerate(key)}
+        # Python floats (exact copies of the float32 values): they scale numpy and CuPy arrays
+        # alike without changing their precision.
+        return {s: (tau[i].tolist(), gamma[i].tolist()) for i, s in enumerate(key)}
 
     def _regularize(self, x, sigma: float, k: int, timing: Timing):
         h, w = x.shape[-2:]
