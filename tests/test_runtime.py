@@ -144,7 +144,8 @@ def test_sizes_that_are_not_a_multiple_are_padded(packages):
 def test_timing_breakdown(packages):
     _, pkg = packages["shared"]
     op = operator_for("gaussian_blur", {"sigma": 1.0})
-    out = Solver.load(pkg).solve(op.measure(clean_images(), 0.05, seed=0), op, steps=4, samples=2)
+    out = Solver.load(pkg).solve(op.measure(clean_images(), 0.05, seed=0), op, steps=4, samples=2,
+                                 batch_samples=False)
     t = out.timing
     assert t.network > 0 and t.physics > 0 and t.sampler >= 0
     assert abs(t.network + t.physics + t.sampler - t.total) < 1e-6
@@ -314,3 +315,20 @@ def test_iobinding_path_matches_plain_run(packages):
     a = Solver(pkg, bound).solve(y, op, steps=4).images
     b = Solver(pkg, plain).solve(y.astype(np.float64), op, steps=4).images  # float64 y: cast to float32
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("task,params", [("sr", {"factor": 2}), ("inpainting", {"missing": 0.5})])
+def test_posterior_samples_side_by_side_match_one_at_a_time(packages, task, params):
+    """Samples batched together (shared operator constants) or drawn one after another: the
+    same posterior mean and std. Per-image inpainting masks (operator.batch > 1) take the
+    sequential path, as they must."""
+    _, pkg = packages["shared"]
+    solver = Solver.load(pkg)
+    op = operator_for(task, params)
+    y = op.measure(clean_images(), 0.05, seed=[1, 2])
+    fast = solver.solve(y, op, steps=5, seed=4, samples=3)
+    slow = solver.solve(y, op, steps=5, seed=4, samples=3, batch_samples=False)
+    assert fast.timing.network_calls == 5 * pkg.stages * (1 if op.batch in (None, 1) else 3)
+    assert slow.timing.network_calls == 5 * pkg.stages * 3
+    np.testing.assert_allclose(fast.images, slow.images, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fast.std, slow.std, rtol=0, atol=1e-5)
