@@ -125,3 +125,15 @@ def test_mri_package(tmp_path):
     assert pkg.space.kind == "mri" and pkg.space.model_channels == 2
     assert pkg.manifest["data"]["range"] is None
     json.dumps(pkg.manifest)  # plain JSON all the way down
+
+
+def test_weights_graph_keeps_the_sigma_clamp(shared_pkg):
+    import onnxruntime as ort
+
+    model, pkg = shared_pkg
+    lo, hi = model.settings.weights_sigma_range
+    sess = ort.InferenceSession(str(pkg.file("weights.onnx")), providers=["CPUExecutionProvider"])
+    tau, gamma = sess.run(None, {"sigma": np.array([80.0, hi, 1e-4, lo], dtype=np.float32)})
+    np.testing.assert_array_equal(tau[0], tau[1])
+    np.testing.assert_array_equal(gamma[2], gamma[3])
+    assert pkg.file("weights.onnx").stat().st_size < 20_000  # only the weight generators, no U-Net

@@ -234,3 +234,24 @@ def test_posterior_samples_give_mean_and_std():
     assert one.std is None
     with pytest.raises(InputError, match="samples"):
         restore(model, y, op, steps=3, samples=0)
+
+
+def test_weight_generators_see_sigma_clamped_to_the_trained_range():
+    """Outside ln s ~ N(-1.2, 1.2^2) +- 3 std the weight generators were never trained: beyond it
+    (EDM's sampler starts at s = 80) they are held at the range's ends, the networks are not."""
+    model = tiny_model(stages=2)
+    lo, hi = model.settings.weights_sigma_range
+    assert lo == pytest.approx(math.exp(-1.2 - 3.6)) and hi == pytest.approx(math.exp(-1.2 + 3.6))
+    with torch.no_grad():
+        tau, gamma = model.weights(torch.tensor([80.0, hi, 1e-4, lo, 1.0]))
+        raw_tau = model.tau(torch.tensor([80.0, 1.0]))
+    torch.testing.assert_close(tau[0], tau[1])
+    torch.testing.assert_close(gamma[0], gamma[1])
+    torch.testing.assert_close(tau[2], tau[3])
+    torch.testing.assert_close(tau[4], raw_tau[1])        # inside the range: untouched
+    assert not torch.allclose(tau[0], raw_tau[0])          # the unclamped value differs
+    d = model.settings.to_dict()
+    assert d["weights_sigma_range"] == [lo, hi]
+    assert ModelSettings.from_dict(d).to_dict() == d
+    with pytest.raises(InputError, match="weights_sigma_range"):
+        ModelSettings(weights_sigma_range=(1.0, 0.5))

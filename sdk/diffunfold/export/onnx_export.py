@@ -53,14 +53,15 @@ class RegularizerGraph(nn.Module):
 
 
 class WeightsGraph(nn.Module):
-    """``sigma (B,) -> tau (B, K), gamma (B, K)``."""
+    """``sigma (B,) -> tau (B, K), gamma (B, K)``, exactly ``DiffUnfolding.weights`` (its clamp
+    of sigma to the trained range included)."""
 
     def __init__(self, model: DiffUnfolding):
         super().__init__()
-        self.tau, self.gamma = model.tau, model.gamma
+        self.model = model
 
     def forward(self, sigma):
-        return self.tau(sigma), self.gamma(sigma)
+        return self.model.weights(sigma)
 
 
 @dataclass

@@ -61,6 +61,12 @@ class ModelSettings:
     tau_init: float = 1.0            # gamma*tau = 1 at init: each stage starts as "denoise,
     gamma_init: float = 1.0          # then one gradient step on the data fidelity"
     sigma_data: float = edm.SIGMA_DATA
+    # tau, gamma are evaluated at sigma clamped to this range: the training noise levels
+    # (ln s ~ N(P_MEAN, P_STD^2)) put 99.7 % of samples inside +-3 std, and outside it the weight
+    # generators would extrapolate their Fourier features, which EDM's sampler (sigma_max = 80)
+    # hits on its first steps. The regularisers always see the true sigma.
+    weights_sigma_range: tuple[float, float] = (math.exp(edm.P_MEAN - 3 * edm.P_STD),
+                                                math.exp(edm.P_MEAN + 3 * edm.P_STD))
 
     def __post_init__(self):
         if isinstance(self.unet, dict):
@@ -69,6 +75,10 @@ class ModelSettings:
             raise InputError(f"stages (K) must be >= 1, got {self.stages}")
         if self.tau_init <= 0 or self.gamma_init <= 0:
             raise InputError("tau_init and gamma_init must be positive")
+        lo, hi = (float(v) for v in self.weights_sigma_range)
+        if not 0 < lo < hi:
+            raise InputError(f"weights_sigma_range must be (low, high) with 0 < low < high, got {self.weights_sigma_range}")
+        self.weights_sigma_range = (lo, hi)
         self.space  # validates data and channels
 
     @property
@@ -83,6 +93,7 @@ class ModelSettings:
         d = asdict(self)
         d["unet"]["channel_mult"] = list(d["unet"]["channel_mult"])
         d["unet"]["attention_levels"] = list(d["unet"]["attention_levels"])
+        d["weights_sigma_range"] = list(d["weights_sigma_range"])
         return d
 
 
@@ -167,8 +178,11 @@ class DiffUnfolding(nn.Module):
         return self.regularizers[k](x, sigma)
 
     def weights(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(tau, gamma)``, each ``(B, K)`` and positive."""
-        return self.tau(sigma), self.gamma(sigma)
+        """``(tau, gamma)``, each ``(B, K)`` and positive, at sigma clamped to
+        ``settings.weights_sigma_range`` (the noise levels training covers)."""
+        lo, hi = self.settings.weights_sigma_range
+        s = sigma.clamp(lo, hi)
+        return self.tau(s), self.gamma(s)
 
     def fidelity_grad(self, x: torch.Tensor, y, operator: LinearOperator) -> torch.Tensor:
         """``grad_g`` in model space (see ``DataSpace.fidelity_grad``), always outside autocast:
