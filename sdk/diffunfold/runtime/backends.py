@@ -225,6 +225,9 @@ class TorchBackend(Backend):
             raise InputError(f"package {package.path} was exported without model.safetensors; export it "
                              "again without --no-torch-weights to use the torch backend")
         self.torch = torch
+        if self.device_kind == "cuda" and not torch.cuda.is_available():
+            raise MissingDependencyError(f"torch {torch.__version__} cannot use CUDA here; install a CUDA build "
+                                         "of torch, or use backend='onnxruntime' or 'tensorrt'")
         if threads:
             torch.set_num_threads(int(threads))
         self.torch_device = torch.device("cuda", self.device_index) if self.device_kind == "cuda" else torch.device("cpu")
@@ -265,11 +268,16 @@ class TorchBackend(Backend):
 # -- choosing one ---------------------------------------------------------------------------
 
 def _torch_cuda() -> bool:
+    """Whether the installed torch is a CUDA build, read from its version (``2.13.0+cpu`` is not)
+    so that choosing a backend never imports torch; TorchBackend checks the device itself."""
     if not installed("torch"):
         return False
-    import torch
+    from importlib.metadata import PackageNotFoundError, version
 
-    return torch.cuda.is_available()
+    try:
+        return "+cpu" not in version("torch")
+    except PackageNotFoundError:
+        return False
 
 
 def available_backends(package: ModelPackage | None = None, device: str = "cpu") -> dict[str, str]:
