@@ -15,7 +15,6 @@ reference (for tests and GPU machines without ONNX Runtime CUDA). TensorRT lives
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Any
 
 import numpy as np
@@ -339,7 +338,3 @@ def create_backend(package: ModelPackage, backend: str = "auto", device: str = "
     from .tensorrt import TensorRTBackend
 
     return TensorRTBackend(package, device, threads=threads, **options), why
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1
