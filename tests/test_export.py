@@ -137,3 +137,37 @@ def test_weights_graph_keeps_the_sigma_clamp(shared_pkg):
     np.testing.assert_array_equal(tau[0], tau[1])
     np.testing.assert_array_equal(gamma[2], gamma[3])
     assert pkg.file("weights.onnx").stat().st_size < 20_000  # only the weight generators, no U-Net
+
+
+def test_fp16_weights_halve_the_package_and_compute_in_float32(tmp_path, shared_pkg):
+    """--fp16-weights stores the rounded parameters as float16 behind Casts: the file halves, the
+    graph's inputs/outputs stay float32, it matches the rounded torch model exactly and the
+    unrounded one to FP16's rounding, not more."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    model, full = shared_pkg
+    half = export_model(model, tmp_path / "fp16", torch_weights=False, fp16_weights=True, **quiet)
+    assert half.manifest["networks"]["weights_dtype"] == "float16"
+    assert half.manifest["export_check"]["regularizer_rel_err"] < 1e-6
+    weight_bytes = lambda p: sum(numpy_helper.to_array(i).nbytes  # noqa: E731
+                                 for i in onnx.load(str(p.file("regularizer.onnx"))).graph.initializer)
+    assert 0.45 < weight_bytes(half) / weight_bytes(full) < 0.55
+    graph = onnx.load(str(half.file("regularizer.onnx"))).graph
+    assert sum(numpy_helper.to_array(i).dtype == np.float16 for i in graph.initializer) >= 10
+    assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in graph.input if i.name != "stage")
+
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32),
+             "sigma": np.array([0.7], np.float32), "stage": np.array([1], np.int64)}
+    run = lambda p: ort.InferenceSession(str(p.file("regularizer.onnx")),  # noqa: E731
+                                         providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    r_half, r_full = run(half), run(full)
+    assert r_half.dtype == np.float32
+    diff = np.abs(r_half - r_full).max() / np.abs(r_full).max()
+    assert 1e-7 < diff < 1e-2, diff  # rounded, yet close
+    for p in model.parameters():  # the caller's model was not rounded in place
+        if not torch.equal(p.half().float(), p):
+            break
+    else:
+        pytest.fail("export with fp16_weights rounded the caller's model")

@@ -266,3 +266,25 @@ def test_cli_evaluate_prints_the_table(short_run):
 def test_attention_at_high_resolution_is_flagged():
     with pytest.warns(UserWarning, match="attention"):
         load_config("small", ["model.unet.attention_levels=[0, 3]"])
+
+
+def test_learning_rate_warms_up_holds_then_decays_to_zero():
+    from diffunfold.training.config import TrainSettings
+    from diffunfold.training.trainer import learning_rate
+
+    t = TrainSettings(steps=100, lr=1e-3, warmup_steps=10, decay_steps=40)
+    lrs = [learning_rate(t, s) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(v == pytest.approx(1e-3) for v in lrs[10:60])
+    tail = lrs[60:]
+    assert all(a > b for a, b in zip(tail, tail[1:])) and 0 < tail[-1] < 1e-5
+    assert [learning_rate(TrainSettings(steps=100, lr=1e-3), s) for s in (0, 99)] == [1e-3, 1e-3]
+
+
+def test_decay_longer_than_the_run_is_refused():
+    from diffunfold.training.config import TrainConfig
+
+    from diffunfold.errors import InputError
+
+    with pytest.raises(InputError, match="decay_steps"):
+        TrainConfig.from_dict({"train": {"steps": 10, "decay_steps": 11}})

@@ -215,7 +215,8 @@ def _cmd_export(args) -> int:
     from .export import export_checkpoint
 
     pkg = export_checkpoint(args.checkpoint, args.out, weights=args.weights, opset=args.opset,
-                            torch_weights=not args.no_torch_weights, check=not args.no_check,
+                            torch_weights=not args.no_torch_weights, fp16_weights=args.fp16_weights,
+                            check=not args.no_check,
                             tolerance=args.tolerance, overwrite=args.overwrite)
     print(pkg.summary())
     return 0
@@ -363,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
     p.add_argument("--no-torch-weights", action="store_true",
                    help="leave out model.safetensors (then the torch backend cannot load the package)")
+    p.add_argument("--fp16-weights", action="store_true",
+                   help="round the weights to float16 and store them so: half the size, still computed in "
+                        "float32 (the bundled demo packages use it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
     p.set_defaults(func=_cmd_export)
 

@@ -18,6 +18,7 @@ end, so an interrupted export never leaves a half package behind.
 
 from __future__ import annotations
 
+import copy
 import shutil
 import tempfile
 import time
@@ -98,6 +99,34 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     onnx.checker.check_model(str(path))
 
 
+def store_fp16(path: Path, min_size: int = 16) -> int:
+    """Rewrite ``path`` with every float32 initializer of ``min_size``+ elements that float16
+    holds exactly stored as float16 behind a ``Cast`` back to float32: half the file, the same
+    float32 graph (ONNX Runtime folds the casts when it loads the model). Returns the count."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph, casts, kept, count = model.graph, [], [], 0
+    for init in graph.initializer:
+        a = numpy_helper.to_array(init)
+        if (init.data_type == onnx.TensorProto.FLOAT and a.size >= min_size
+                and np.array_equal(a.astype(np.float16).astype(np.float32), a)):
+            kept.append(numpy_helper.from_array(a.astype(np.float16), init.name + "_fp16"))
+            casts.append(helper.make_node("Cast", [init.name + "_fp16"], [init.name], to=onnx.TensorProto.FLOAT,
+                                          name=init.name + "_cast"))
+            count += 1
+        else:
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return count
+
+
 def _session(path: Path, all_outputs: bool = False):
     import onnxruntime as ort
 
@@ -171,18 +200,26 @@ def default_check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
 
 def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[str] = (),
                  source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
-                 torch_weights: bool = True, check: bool = True, tolerance: float = 1e-4,
+                 torch_weights: bool = True, fp16_weights: bool = False, check: bool = True, tolerance: float = 1e-4,
                  check_sizes: Sequence[tuple[int, int, int]] | None = None, overwrite: bool = False,
                  log: Callable[[str], None] = print) -> ModelPackage:
     """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
 
     ``check``: run ONNX Runtime against torch at ``check_sizes`` and raise if the relative error
     exceeds ``tolerance`` (the errors are logged either way and kept in the manifest).
+    ``fp16_weights``: round the parameters to float16 and store them so (half the package; the
+    graphs still compute in float32). The check then compares against the rounded model, so it
+    stays exact; the rounding's own effect is the difference between the two packages' results.
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
     model = model.float().cpu().eval()
+    if fp16_weights:
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(p.half().float())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -206,10 +243,15 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
         _export(WeightsGraph(model), (torch.tensor([1.0, 0.5]),), tmp / "weights.onnx", ["sigma"], ["tau", "gamma"],
                 {"sigma": {0: "n"}, "tau": {0: "n"}, "gamma": {0: "n"}}, opset)
         files = names + ["weights.onnx"]
+        if fp16_weights:
+            for name in files:
+                store_fp16(tmp / name)
         if torch_weights:
             from safetensors.torch import save_file
 
-            save_file({n: t.detach().contiguous() for n, t in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            params = {n for n, _ in model.named_parameters()}
+            save_file({n: (t.half() if fp16_weights and n in params else t).detach().contiguous()
+                       for n, t in model.state_dict().items()}, str(tmp / "model.safetensors"))
             files.append("model.safetensors")
 
         report = None
@@ -238,6 +280,7 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                          "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data},
             "networks": {"regularizers": names, "weights": "weights.onnx",
                          "torch_weights": "model.safetensors" if torch_weights else None,
+                         "weights_dtype": "float16" if fp16_weights else "float32",
                          "inputs": {"x": "float32 (B, C, H, W), model space",
                                     "sigma": "float32 (B,)", **({"stage": "int64 (B,)"} if model.settings.shared else {})},
                          "opset": opset},

@@ -61,6 +61,16 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def learning_rate(t, step: int) -> float:
+    """The learning rate of a step: a linear warm-up, flat, then a cosine down to 0 over the last
+    ``decay_steps`` (short runs end far better on a decayed rate than on the flat one)."""
+    lr = t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
+    start = t.steps - t.decay_steps
+    if t.decay_steps and step >= start:
+        lr *= 0.5 * (1.0 + math.cos(math.pi * (step - start + 1) / (t.decay_steps + 1)))
+    return lr
+
+
 def ema_update(batch: int, halflife_images: float, rampup: float):
     """EDM's EMA: half-life in images, limited to ``rampup`` x the images seen so far, so
     short runs average over their recent past instead of their random start."""
@@ -191,7 +201,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
 
     for batch in loader:
         step = int(batch["step"])
-        lr = t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
+        lr = learning_rate(t, step)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout draws depend on the step only
