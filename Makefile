@@ -1,4 +1,5 @@
-# Two entry points a fresh machine needs: `make demo` (the main job) and `make test` (the suite).
+# Two entry points a fresh machine needs: `make demo` (the main job: the bundled models on every
+# task -> demo/) and `make test` (the suite).
 # Both create .venv and install what they need; torch is pinned (2.13.0 is the local CPU wheel).
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/diffunfold selfcheck
+	$(VENV)/bin/diffunfold demo --out demo
 
 test: install
 	$(PY) -m pytest -q

@@ -110,6 +110,7 @@ def test_export_checkpoint_cli_takes_ema_weights(tmp_path, capsys):
     pkg = ModelPackage.open(tmp_path / "pkg")
     assert pkg.tasks == ["gaussian_blur", "inpainting"]
     assert pkg.manifest["source"]["step"] == 7 and pkg.manifest["source"]["weights"] == "ema"
+    assert pkg.manifest["source"]["run"] == "run"  # the run folder, not its checkpoints/ folder
     from safetensors.torch import load_file
 
     exported = load_file(str(pkg.file("model.safetensors")))
