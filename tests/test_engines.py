@@ -295,7 +295,7 @@ def test_find_engines_and_status(package, monkeypatch, tmp_path):
 
     root, make, pkg0 = package
     pkg = ModelPackage.open(shutil.copytree(pkg0.path, tmp_path / "pkg"))
-    assert rt.tensorrt_status(pkg).startswith("tensorrt is not installed (pip install 'diffunfold[trt]')") or \
+    assert rt.tensorrt_status(pkg).startswith("tensorrt is not installed (pip install 'diffunfold[trt,gpu]'") or \
         rt._tensorrt_version() is not None
     monkeypatch.setattr(rt, "_tensorrt_version", lambda: TRT)
     monkeypatch.setattr(rt, "cupy_gpu", lambda index=0: None)

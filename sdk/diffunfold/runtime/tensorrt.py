@@ -30,7 +30,7 @@ from ..errors import InputError, require
 from ..package import ModelPackage
 from .backends import Backend
 
-TRT_MISSING = "tensorrt is not installed (pip install 'diffunfold[trt]')"
+TRT_MISSING = "tensorrt is not installed (pip install 'diffunfold[trt,gpu]': TensorRT, Polygraphy and CuPy; needs an NVIDIA GPU)"
 
 
 def _tensorrt_version() -> str | None:
