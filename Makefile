@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest -q
 
 bench: install
-	$(PY) bench/physics_ops.py
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -12,15 +12,14 @@ the same run. Results go to bench/results/physics_ops-<machine>.md and .json.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import markdown_table, median_time  # noqa: E402
 from machine import machine_info, write_results  # noqa: E402
 
 import diffunfold._array as array_plumbing  # noqa: E402
@@ -37,25 +36,6 @@ CASES = [
     ("inpainting", {"missing": 0.4}),
     ("mri", {"kind": "gaussian1d", "acceleration": 4, "ncoils": 15}),
 ]
-
-
-def median_time(fn, repeats: int, sync=lambda: None) -> float:
-    fn()  # warm-up: caches constants on the device, plans FFTs
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + [
-        "| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |"
-        for r in rows])
 
 
 def main(argv=None) -> int:

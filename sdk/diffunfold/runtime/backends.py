@@ -303,7 +303,7 @@ def available_backends(package: ModelPackage | None = None, device: str = "cpu")
 
 
 # Fastest first: FP16 TensorRT engines, then ONNX Runtime (it fuses and runs the graph without
-# Python overhead; bench/runtime_vs_torch.py measures it against torch on this CPU), then torch.
+# Python overhead; bench/run.py measures it against torch on this CPU), then torch.
 _PREFERENCE = ("tensorrt", "onnxruntime", "torch")
 
 

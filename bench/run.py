@@ -1,0 +1,365 @@
+"""The benchmark: end-to-end speed of the runtime on every backend present, against the torch
+reference and against the floor, on the machine it runs on.
+
+What it does, in one run:
+
+1. builds a random-weight model of ``--preset`` (speed does not depend on the weights) and
+   exports it to a temporary package (or opens ``--package``); on a GPU with TensorRT it
+   builds FP16 engines for the GPU (``diffunfold.engines.build_engines``);
+2. for every backend present (``diffunfold.runtime.available_backends``; the ones absent
+   are listed with the reason), times ``Solver.solve`` on a measurement of ``--task``
+   (default a Gaussian blur), ``--steps`` Euler steps, at every ``--size`` and ``--batch``:
+   a warm-up solve, then the median of ``--repeats`` runs. Batch 1 is the latency (seconds
+   per image), larger batches the throughput (images per second). Reported per image: the
+   total and its split into network (the regulariser calls), physics (data-fidelity
+   gradients) and sampler (the rest);
+3. in the same run, the torch reference sampler (``diffunfold.training.sampler.restore``,
+   torch physics and networks) on the same measurements and seeds: ratio = reference time /
+   backend time (> 1: the backend is faster), and the largest difference of the outputs;
+4. per backend and size, the time of one regulariser call (batch 1, median of
+   ``--call-repeats``) next to its floor: its FLOPs (bench/flops.py) over the peak FLOP/s of
+   the hardware; efficiency = floor / measured. The solve rows carry the same for the network
+   time (K x NFE calls per image).
+
+Results: ``<out>/<machine>.md`` and ``.json`` (default bench/results/), with the machine, the
+versions and the settings. Timings on a busy machine are not worth recording: the JSON keeps
+the load average at the start.
+
+    python bench/run.py                                  # CPU: small preset, 64 and 128 px, batch 1 and 4
+    python bench/run.py --device cuda                    # GPU: paper preset, 256 px, batch 1 and 8
+    python bench/run.py --device cuda --preset paper --size 256 --batch 1 8
+    python bench/run.py --backends onnxruntime --size 64 --batch 1 --repeats 1 --no-write
+    python bench/run.py --package models/small --task sr factor=4
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import flops as flopcount  # noqa: E402
+from common import (fmt_number, markdown_table, median_time, prepare_engines, random_package,  # noqa: E402
+                    reference_model)
+from machine import RESULTS, machine_info, write_results  # noqa: E402
+
+from diffunfold import edm  # noqa: E402
+from diffunfold.package import ModelPackage  # noqa: E402
+from diffunfold.physics import make_operator  # noqa: E402
+from diffunfold.physics.tasks import parse_task_words  # noqa: E402
+from diffunfold.runtime import Solver, available_backends  # noqa: E402
+from diffunfold.runtime.backends import parse_device  # noqa: E402
+
+BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")
+DEFAULTS = {  # per device kind: preset, sizes, batches, repeats
+    "cpu": ("small", [64, 128], [1, 4], 3),
+    "cuda": ("paper", [256], [1, 8], 10),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    ap.add_argument("--preset", help="architecture of the random-weight model: tiny, small, paper, ... "
+                                     "(default: small on cpu, paper on cuda)")
+    ap.add_argument("--package", help="time this model package instead of a random-weight preset")
+    ap.add_argument("--size", type=int, nargs="+", help="image sizes, square (default: 64 128 on cpu, 256 on cuda)")
+    ap.add_argument("--batch", type=int, nargs="+",
+                    help="batch sizes: 1 is the latency, larger the throughput (default: 1 4 on cpu, 1 8 on cuda)")
+    ap.add_argument("--backends", nargs="+", choices=BACKEND_ORDER, default=list(BACKEND_ORDER),
+                    help="backends to time where present (default: all; absent ones are listed as skipped)")
+    ap.add_argument("--repeats", type=int, help="timed solves per case, the median is kept (default 3 on cpu, "
+                                                "10 on cuda)")
+    ap.add_argument("--call-repeats", type=int, default=20,
+                    help="timed single regulariser calls per backend and size (default 20)")
+    ap.add_argument("--steps", type=int, default=18, help="Euler steps of a solve (default 18)")
+    ap.add_argument("--task", nargs="+", default=["gaussian_blur"], metavar="WORD",
+                    help="the operator: a task name and name=value parameters, e.g. --task sr factor=4 "
+                         "(default gaussian_blur)")
+    ap.add_argument("--noise", type=float, default=0.05, help="measurement noise std (default 0.05)")
+    ap.add_argument("--no-reference", action="store_true", help="skip the torch reference sampler")
+    ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime and torch (default: theirs)")
+    ap.add_argument("--target", help="TensorRT engine target to build (default: the GPU's, from engines/targets)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay each engine call as a CUDA graph")
+    ap.add_argument("--peak-gflops", type=float, help="peak FLOP/s (in GFLOP/s) for the floor, instead of the "
+                                                      "CPU's estimate or the GPU's datasheet value")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md and .json (default bench/results)")
+    ap.add_argument("--no-write", action="store_true", help="print only; write no results")
+    args = ap.parse_args(argv)
+    kind, _ = parse_device(args.device)
+    preset, sizes, batches, repeats = DEFAULTS[kind]
+    args.preset = args.preset or preset
+    args.size = args.size or sizes
+    args.batch = args.batch or batches
+    args.repeats = args.repeats or repeats
+    args.device_kind = kind
+    return args
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# -- pieces -----------------------------------------------------------------------------------
+
+def start_backends(pkg: ModelPackage, args, tmp: Path) -> tuple[dict, dict]:
+    """``({name: Solver}, {name: status})`` for the backends asked for; the status says "ok ..." for
+    the ones started and why for the others."""
+    status = dict(available_backends(pkg, args.device))
+    options: dict[str, dict] = {name: {} for name in BACKEND_ORDER}
+    if "tensorrt" in args.backends and args.device_kind == "cuda":
+        engines, status["tensorrt"] = prepare_engines(pkg, parse_device(args.device)[1], tmp, args.target, log=say)
+        if engines is not None:
+            options["tensorrt"]["engines"] = engines
+        if args.cuda_graphs:
+            options["tensorrt"]["cuda_graphs"] = True
+    solvers = {}
+    for name in BACKEND_ORDER:
+        if name not in args.backends:
+            status[name] = "not asked for (--backends)"
+            continue
+        if not status.get(name, "").startswith("ok"):
+            say(f"skipped {name}: {status.get(name)}")
+            continue
+        try:
+            solvers[name] = Solver.load(pkg, backend=name, device=args.device, threads=args.threads, **options[name])
+            say(f"backend {name}: {solvers[name].backend_name}")
+        except Exception as exc:  # a backend that is present but does not start is reported, not fatal
+            status[name] = f"did not start: {type(exc).__name__}: {exc}"
+            say(f"skipped {name}: {status[name]}")
+    return solvers, status
+
+
+def start_reference(pkg: ModelPackage, args):
+    """``(model, torch device, reason)``: the torch reference model on the device, or None and why."""
+    if args.no_reference:
+        return None, None, "skipped (--no-reference)"
+    try:
+        import torch
+    except ImportError:
+        return None, None, "torch is not installed (the train extra)"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device_kind == "cuda":
+        if not torch.cuda.is_available():
+            return None, None, f"torch {torch.__version__} has no CUDA here"
+        device = torch.device("cuda", parse_device(args.device)[1])
+    else:
+        device = torch.device("cpu")
+    try:
+        return reference_model(pkg, device), device, f"ok (torch {torch.__version__} on {device})"
+    except Exception as exc:
+        return None, None, f"did not start: {exc}"
+
+
+def measurement(pkg: ModelPackage, op, batch: int, noise: float) -> np.ndarray:
+    """A seeded measurement of random images (a random image's restoration costs the same)."""
+    rng = np.random.default_rng(0)
+    shape = (batch, pkg.space.channels, *op.image_shape)
+    x = rng.uniform(0, 1, shape).astype(np.float32)
+    if pkg.space.complex:
+        x = (x * np.exp(2j * np.pi * rng.uniform(0, 1, shape))).astype(np.complex64)
+    return op.measure(x, noise, seed=list(range(batch)))
+
+
+def time_reference(model, device, y: np.ndarray, op, args) -> tuple[float, np.ndarray]:
+    """Median seconds of the torch reference sampler on ``y``, and its output."""
+    import torch
+
+    from diffunfold.training.sampler import restore
+
+    yt = torch.from_numpy(y).to(device)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    restore(model, yt, op, steps=2, seed=0)  # warm-up: allocators, thread pools, device constants
+    sync()
+    times, out = [], None
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        out = restore(model, yt, op, steps=args.steps, seed=0).images
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out.cpu().numpy()
+
+
+def time_solver(solver: Solver, y: np.ndarray, op, args):
+    """The median run of ``Solver.solve`` (by its total time) and the median wall time."""
+    solver.solve(y, op, steps=2, seed=0)  # warm-up: sessions, engines' profiles, FFT plans
+    runs, walls = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        runs.append(solver.solve(y, op, steps=args.steps, seed=0))
+        walls.append(time.perf_counter() - t0)
+    return sorted(runs, key=lambda r: r.timing.total)[len(runs) // 2], statistics.median(walls)
+
+
+def time_call(solver: Solver, pkg: ModelPackage, size: int, repeats: int) -> float:
+    """Median seconds of one regulariser call R_0(x; sigma=1) on one image, on the backend's device."""
+    m = pkg.size_multiple
+    hw = m * math.ceil(size / m)
+    rng = np.random.default_rng(0)
+    x = solver.xp.asarray((0.5 * rng.standard_normal((1, pkg.space.model_channels, hw, hw))).astype(np.float32))
+    be = solver.backend
+    return median_time(lambda: be.regularize(x, 1.0, 0), repeats, sync=be.synchronize, warmup=2)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    task, params = parse_task_words(args.task)
+    info = machine_info()
+    say(f"machine: {info.get('gpu') or info['cpu']}, {info['cores']} cores, load average "
+        f"{info.get('load_average_1m', '?')}")
+    if info.get("load_average_1m", 0) > 0.5 * (info["cores"] or 1):
+        say("warning: the machine is busy before the run (load average above half the cores): the timings "
+            "will be polluted; do not record them")
+    with tempfile.TemporaryDirectory(prefix="diffunfold-bench-") as tmp:
+        if args.package:
+            pkg = ModelPackage.open(args.package)
+        else:
+            say(f"exporting random weights of the {args.preset} preset ...")
+            pkg = random_package(args.preset, tmp, tasks=[task])
+        say(f"model: {pkg.manifest['parameters']['total'] / 1e6:.2f}M parameters, K = {pkg.stages}, "
+            f"{'shared' if pkg.shared else 'separate'} regularisers")
+        solvers, status = start_backends(pkg, args, Path(tmp))
+        ref_model, ref_device, ref_status = start_reference(pkg, args)
+        say(f"torch reference: {ref_status}")
+        try:
+            m = pkg.size_multiple   # the network runs on sizes padded to a multiple of this
+            flops_of = {s: flopcount.regularizer_flops(pkg.settings, m * math.ceil(s / m)) for s in args.size}
+            flops_note = flopcount.COUNTED
+        except ImportError:
+            flops_of, flops_note = {}, "not counted: torch is not installed"
+        peaks = {name: flopcount.peak_for(args.device, name, info.get("gpu"), args.peak_gflops, args.threads)
+                 for name in solvers}
+        nfe = edm.nfe_of(args.steps, "euler")
+
+        calls, solves = [], []
+        for size in args.size:
+            for name, solver in solvers.items():
+                t = time_call(solver, pkg, size, args.call_repeats)
+                row = {"size": size, "batch": 1, "backend": name, "ms_per_call": 1e3 * t}
+                f, peak = flops_of.get(size), peaks[name]
+                if f:
+                    row["gflop_per_call"] = f["flops"] / 1e9
+                if f and peak:
+                    row.update(peak_tflops=peak.flops / 1e12, peak_precision=peak.precision,
+                               floor_ms=1e3 * peak.floor(f["flops"]), efficiency=peak.floor(f["flops"]) / t)
+                calls.append(row)
+                say(f"{size}px one regulariser call, {name}: {1e3 * t:.2f} ms"
+                    + (f" (floor {row['floor_ms']:.2f} ms, efficiency {100 * row['efficiency']:.1f} %)"
+                       if "floor_ms" in row else ""))
+            op = make_operator(task, (size, size), **params)
+            for batch in args.batch:
+                y = measurement(pkg, op, batch, args.noise)
+                mode = "latency" if batch == 1 else "throughput"
+                ref_s, ref_out = (None, None)
+                if ref_model is not None:
+                    t, ref_out = time_reference(ref_model, ref_device, y, op, args)
+                    ref_s = t / batch
+                    solves.append({"size": size, "batch": batch, "mode": mode, "backend": "torch reference",
+                                   "s_per_image": ref_s, "images_per_s": 1 / ref_s, "reference_s_per_image": ref_s,
+                                   "ratio": 1.0})
+                    say(f"{size}px batch {batch} torch reference: {ref_s:.4f} s/image")
+                for name, solver in solvers.items():
+                    best, wall = time_solver(solver, y, op, args)
+                    tm = best.timing
+                    per = tm.total / batch
+                    row = {"size": size, "batch": batch, "mode": mode, "backend": name,
+                           "backend_detail": solver.backend_name, "s_per_image": per, "images_per_s": 1 / per,
+                           "network_s": tm.network / batch, "physics_s": tm.physics / batch,
+                           "sampler_s": tm.sampler / batch, "wall_s_per_image": wall / batch,
+                           "network_calls": tm.network_calls, "nfe": best.nfe}
+                    f, peak = flops_of.get(size), peaks[name]
+                    if f and peak:
+                        floor = peak.floor(flopcount.solve_flops(f["flops"], pkg.stages, args.steps))
+                        row.update(floor_network_s=floor, network_efficiency=floor / max(row["network_s"], 1e-12))
+                    if ref_s is not None:
+                        row.update(reference_s_per_image=ref_s, ratio=ref_s / per,
+                                   max_rel_diff=float(np.max(np.abs(best.images - ref_out)) /
+                                                      max(float(np.max(np.abs(ref_out))), 1e-12)))
+                    solves.append(row)
+                    say(f"{size}px batch {batch} {name}: {per:.4f} s/image, {1 / per:.2f} images/s (network "
+                        f"{row['network_s']:.4f}, physics {row['physics_s']:.4f}, sampler {row['sampler_s']:.4f})"
+                        + (f"; reference {ref_s:.4f} s/image, ratio x{row['ratio']:.2f}" if ref_s else ""))
+
+    settings = {
+        "model": args.package or f"{args.preset} preset, random weights",
+        "parameters": pkg.manifest["parameters"]["total"], "K": pkg.stages, "shared": pkg.shared,
+        "task": f"{task} {params}" if params else task, "noise": args.noise, "steps": args.steps,
+        "sampler": "euler", "nfe": nfe, "sizes": args.size, "batches": args.batch, "device": args.device,
+        "repeats": args.repeats, "call_repeats": args.call_repeats, "threads": args.threads,
+        "statistic": "median run after a warm-up; seconds per image",
+        "flops": flops_note,
+        "peaks": {name: (p.describe() if p else "unknown GPU: pass --peak-gflops") for name, p in peaks.items()},
+    }
+    return {"info": info, "settings": settings, "status": status, "reference": ref_status,
+            "calls": calls, "solves": solves}
+
+
+def cell(v, col: str = "") -> str:
+    """Table cells: efficiencies as percentages, other numbers to 3 significant digits."""
+    if "efficiency" in col and isinstance(v, float):
+        return fmt_number(100 * v) + " %"
+    return fmt_number(v)
+
+
+def table(rows: list[dict], cols: list[str], heads: list[str]) -> str:
+    shown = [{c: cell(r.get(c), c) for c in cols} for r in rows]
+    return markdown_table(shown, cols, heads, fmt=str)
+
+
+def to_markdown(res: dict) -> str:
+    status = [{"backend": n, "status": "timed: " + s if s.startswith("ok") else "skipped: " + s}
+              for n, s in res["status"].items()]
+    status.append({"backend": "torch reference sampler", "status": res["reference"]})
+    parts = ["Backends:", markdown_table(status)]
+    s = res["settings"]
+    parts += [
+        f"End-to-end solve: {s['steps']} Euler steps ({s['nfe']} denoiser calls x K = {s['K']} regulariser calls), "
+        f"task {s['task']}. Seconds per image (batch 1: latency; larger: throughput); network / physics / sampler "
+        "split the solver's time; ratio = torch reference / backend (> 1: faster than the reference); max rel diff: "
+        "largest |backend - reference| over the reference's largest value; network floor = FLOPs of the K x NFE "
+        "regulariser calls over the peak, efficiency = floor / network time.",
+        table(res["solves"], ["size", "batch", "mode", "backend", "s_per_image", "images_per_s", "network_s",
+                                       "physics_s", "sampler_s", "floor_network_s", "network_efficiency",
+                                       "reference_s_per_image", "ratio", "max_rel_diff"],
+                       ["size", "batch", "mode", "backend", "s/image", "images/s", "network", "physics", "sampler",
+                        "network floor", "efficiency", "torch reference s/image", "ratio", "max rel diff"]),
+        "One regulariser call R_k(x; sigma), batch 1 (U-Net with the EDM preconditioning), median of "
+        f"{s['call_repeats']}; floor = its FLOPs ({s['flops']}) over the peak; efficiency = floor / measured.",
+        table(res["calls"], ["size", "backend", "ms_per_call", "gflop_per_call", "floor_ms", "efficiency",
+                             "peak_tflops", "peak_precision"],
+              ["size", "backend", "ms / call", "GFLOP / call", "floor ms", "efficiency", "peak TFLOP/s", "precision"]),
+        "Peaks: " + "; ".join(f"{n}: {p}" for n, p in s["peaks"].items()) + ".",
+    ]
+    return "\n\n".join(parts)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    res = run(args)
+    md = to_markdown(res)
+    print()
+    print(md)
+    if not res["solves"]:
+        print(f"\nnothing could be timed on {args.device} (see the reasons above); no results written")
+        return 1
+    if not args.no_write:
+        payload = {"backends": res["status"], "reference": res["reference"], "solve": res["solves"],
+                   "regularizer_call": res["calls"]}
+        path = write_results(None, res["info"], res["settings"], payload, md, out_dir=args.out,
+                             title="Diff-Unfolding runtime benchmark")
+        print(f"\nwrote {path} and {path.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

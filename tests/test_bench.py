@@ -1,0 +1,196 @@
+"""The benchmarks (bench/): FLOP counts and floors, the end-to-end entry point, the Polygraphy check."""
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the benchmarks build models with torch (the train extra)")
+pytest.importorskip("onnx", reason="the benchmarks export packages (the export extra)")
+pytestmark = pytest.mark.torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import flops  # noqa: E402
+import machine  # noqa: E402
+import polygraphy_compare  # noqa: E402
+import run as bench_run  # noqa: E402
+
+from diffunfold.engines import GPUInfo  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_pkg(tmp_path_factory):
+    return common.random_package("tiny", tmp_path_factory.mktemp("bench"))
+
+
+# -- FLOPs and the floor ----------------------------------------------------------------------
+
+def test_flops_are_positive_and_scale_with_pixels():
+    f64 = flops.regularizer_flops("small", 64)
+    f128 = flops.regularizer_flops("small", 128)
+    assert f64["flops"] > 1e9 and f64["stages"] == 4 and f64["shared"] is True
+    # convolutions are linear in the pixels, attention quadratic: a bit over 4x
+    assert 4.0 <= f128["flops"] / f64["flops"] < 5.0
+    assert f64["by_op"]["aten.convolution"] > 0.8 * f64["flops"]   # a convolutional network
+    assert sum(f64["by_op"].values()) == f64["flops"]
+    paper = flops.regularizer_flops("paper", 256)
+    assert paper["flops"] > 5 * f128["flops"]   # each preset at its own size
+    # (small at 256 would cost as much: its attention at 64x64 is quadratic in the pixels)
+    assert paper["stages"] == 6 and not paper["shared"]
+    assert paper["regularizer_parameters"] * 6 <= paper["parameters"]
+    # FLOPs per image do not depend on the batch
+    assert flops.regularizer_flops("tiny", 32, batch=3)["flops"] == 3 * flops.regularizer_flops("tiny", 32)["flops"]
+
+
+def test_floor_is_flops_over_peak():
+    peak = flops.Peak("test", "FP32", 2e12, "given")
+    assert peak.floor(5e9) == pytest.approx(2.5e-3)
+    assert flops.solve_flops(1e9, stages=4, steps=18, sampler="euler") == 72e9
+    assert flops.solve_flops(1e9, stages=2, steps=18, sampler="heun") == 2 * 35e9
+    rows = flops.case_rows(["tiny:32"], peak=peak)
+    (row,) = rows
+    assert row["gflop_per_solve"] == pytest.approx(row["gflop_per_call"] * row["K"] * 18)
+    assert row["floor_s_per_solve"] == pytest.approx(row["gflop_per_solve"] * 1e9 / 2e12)
+    given = flops.peak_for("cpu", override_gflops=500)
+    assert given.flops == 500e9
+
+
+def test_cpu_peak_from_lscpu_flags():
+    cores = min(2, len(os.sched_getaffinity(0)))
+    base = {"Core(s) per socket": "2", "Socket(s)": "1", "CPU max MHz": "3000.0"}
+    assert flops.cpu_peak({**base, "Flags": "sse fma avx2 avx512f"}).flops == cores * 3e9 * 64
+    assert flops.cpu_peak({**base, "Flags": "sse fma avx2"}).flops == cores * 3e9 * 32
+    p = flops.cpu_peak({**base, "Flags": "sse sse2"})
+    assert p.flops == cores * 3e9 * 8 and "8 FP32 FLOPs per cycle assumed" in p.source
+    here = flops.cpu_peak()
+    assert here.flops > 0 and "FLOP/cycle" in here.source
+
+
+def test_gpu_peaks_from_the_table():
+    assert flops.gpu_peak("NVIDIA H100 80GB HBM3", "fp16").flops == pytest.approx(989.4e12)
+    assert flops.gpu_peak("NVIDIA H100 PCIe", "fp16").flops == pytest.approx(756.5e12)
+    assert flops.gpu_peak("NVIDIA H200", "fp32").flops == pytest.approx(66.9e12)
+    assert flops.gpu_peak("NVIDIA L4", "fp16").flops == pytest.approx(121e12)
+    assert flops.gpu_peak("NVIDIA L40S", "fp16") is None   # not the L4
+    assert flops.peak_for("cuda", "tensorrt", "NVIDIA A100-SXM4-80GB").precision == "FP16"
+    assert flops.peak_for("cuda", "onnxruntime", "NVIDIA A100-SXM4-80GB").flops == pytest.approx(19.5e12)
+    assert flops.peak_for("cuda", "onnxruntime", "Some Future GPU") is None
+
+
+def test_engine_target_for_a_gpu():
+    assert common.target_for_gpu(GPUInfo("NVIDIA H100 80GB HBM3", "9.0")).name == "h100"
+    assert common.target_for_gpu(GPUInfo("NVIDIA H200", "9.0")).name == "h200"
+    assert common.target_for_gpu(GPUInfo("NVIDIA GeForce RTX 4090", "8.9")).name == "rtx4090"
+    assert common.target_for_gpu(GPUInfo("Orin (nvgpu)", "8.7")).name == "jetson-orin"
+    assert common.target_for_gpu(GPUInfo("Tesla T4", "7.5")) is None
+
+
+# -- bench/run.py -----------------------------------------------------------------------------
+
+def test_run_help_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        bench_run.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for option in ("--preset", "--size", "--batch", "--backends", "--device", "--repeats", "--task", "--out"):
+        assert option in text
+    cpu = bench_run.parse_args([])
+    assert (cpu.preset, cpu.size, cpu.batch) == ("small", [64, 128], [1, 4])
+    gpu = bench_run.parse_args(["--device", "cuda"])
+    assert (gpu.preset, gpu.size, gpu.batch) == ("paper", [256], [1, 8])
+
+
+def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
+    """The tiny preset's random-weight package (exported by the fixture, as run.py does for
+    --preset), 4 steps, 1 repeat: the JSON and Markdown hold the machine, the settings and a
+    row per backend present with its ratio to the torch reference."""
+    threads = torch.get_num_threads()
+    try:  # one thread: torch's thread pool stalls badly when another process holds the other cores
+        assert bench_run.main(["--package", str(tiny_pkg.path), "--size", "32", "--batch", "1", "2", "--repeats", "1",
+                               "--call-repeats", "1", "--steps", "4", "--threads", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (md,) = tmp_path.glob("*.md")
+    (js,) = tmp_path.glob("*.json")
+    assert md.stem == js.stem == machine.machine_slug(machine.machine_info())
+    data = json.loads(js.read_text())
+    m = data["machine"]
+    assert m["cores"] == os.cpu_count() and m["cpu"] and m["python"] and m["numpy"] and m["onnxruntime"]
+    s = data["settings"]
+    assert s["model"] == str(tiny_pkg.path) and s["K"] == 2 and s["steps"] == 4 and s["sizes"] == [32]
+    assert s["batches"] == [1, 2] and s["device"] == "cpu" and s["threads"] == 1
+    assert "FP32" in s["peaks"]["onnxruntime"] and "(1 core)" in s["peaks"]["onnxruntime"]   # the floor of 1 core
+    res = data["results"]
+    assert res["backends"]["tensorrt"] == "needs a CUDA device"   # absent here, with the reason
+    present = [b for b in ("onnxruntime", "torch") if res["backends"][b].startswith("ok")]
+    assert "onnxruntime" in present
+    for batch in (1, 2):
+        rows = {r["backend"]: r for r in res["solve"] if r["batch"] == batch}
+        assert set(rows) == {"torch reference", *present}
+        ref = rows["torch reference"]["s_per_image"]
+        for name in present:
+            r = rows[name]
+            assert r["mode"] == ("latency" if batch == 1 else "throughput")
+            assert r["s_per_image"] > 0 and r["images_per_s"] == pytest.approx(1 / r["s_per_image"])
+            assert r["network_s"] + r["physics_s"] + r["sampler_s"] == pytest.approx(r["s_per_image"], rel=1e-6)
+            assert r["ratio"] == pytest.approx(ref / r["s_per_image"])
+            assert r["max_rel_diff"] < 1e-3   # the same restoration as the reference
+            assert r["nfe"] == 4 and r["network_calls"] == 4 * 2   # NFE x K, the batch in one call
+            assert 0 < r["network_efficiency"] and r["floor_network_s"] > 0
+    for name in present:
+        (call,) = [r for r in res["regularizer_call"] if r["backend"] == name]
+        f = flops.regularizer_flops("tiny", 32)["flops"]
+        assert call["gflop_per_call"] == pytest.approx(f / 1e9)
+        assert call["floor_ms"] == pytest.approx(1e3 * f / (call["peak_tflops"] * 1e12))
+        assert call["efficiency"] == pytest.approx(call["floor_ms"] / call["ms_per_call"])
+    text = md.read_text()
+    assert "torch reference" in text and "onnxruntime" in text and "needs a CUDA device" in text
+    assert "| size | batch | mode | backend | s/image |" in text
+
+
+def test_run_without_anything_to_time_writes_nothing(tiny_pkg, tmp_path, capsys):
+    from diffunfold.runtime.backends import cuda_available
+
+    if cuda_available():
+        pytest.skip("a CUDA device is visible: this test covers machines without one")
+    assert bench_run.main(["--package", str(tiny_pkg.path), "--device", "cuda", "--size", "32", "--batch", "1",
+                           "--out", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "skipped onnxruntime: no CUDA device" in out and "nothing could be timed on cuda" in out
+    assert not list(tmp_path.iterdir())
+
+
+# -- bench/polygraphy_compare.py --------------------------------------------------------------
+
+def test_polygraphy_inputs(tiny_pkg):
+    feeds = polygraphy_compare.feeds_for(tiny_pkg, batch=3, size=32, count=4)
+    assert len(feeds) == 4
+    assert np.all(feeds[0]["sigma"] == np.float32(80.0)) and np.all(feeds[1]["sigma"] == np.float32(0.002))
+    for f in feeds:
+        assert f["x"].shape == (3, 3, 32, 32) and f["x"].dtype == np.float32
+        assert np.all((f["sigma"] >= np.float32(0.002)) & (f["sigma"] <= np.float32(80)))
+        assert f["stage"].dtype == np.int64 and np.all((0 <= f["stage"]) & (f["stage"] < tiny_pkg.stages))
+    assert 0.3 < float(np.std(feeds[1]["x"])) < 0.7   # at sigma_min: the image part, N(0, 0.5^2)
+
+
+def test_polygraphy_runs_onnxruntime_alone_here(tiny_pkg, tmp_path):
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed (the dev extra)")
+    if common.tensorrt_version() is not None:
+        pytest.skip("TensorRT is installed here: this test covers the machines without it")
+    out = tmp_path / "pg.json"
+    rc = polygraphy_compare.main([str(tiny_pkg.path), "--size", "32", "--batch", "1", "2", "--inputs", "2",
+                                  "--iterations", "1", "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["passed"] and data["settings"]["compared"] == "onnxrt alone"
+    assert "TensorRT is not installed" in data["settings"]["tensorrt"]
+    assert [(r["batch"], r["size"]) for r in data["rows"]] == [(1, 32), (2, 32)]
+    for r in data["rows"]:
+        assert r["onnxrt_finite"] and 0 < r["onnxrt_max_abs_output"] < 1e3 and r["onnxrt_ms"] > 0
+        assert "trt_fp16_ms" not in r and math.isfinite(r["onnxrt_ms"])
