@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from diffunfold.figures import colormap
-from diffunfold.data.images import BUNDLED_HELD_OUT, BundledImages, load_image, save_image
+from diffunfold.data.images import BUNDLED_HELD_OUT, BUNDLED_NAMES, bundled_image, load_image, save_image
 from diffunfold.metrics import psnr
 from diffunfold.physics import make_operator
 from diffunfold.physics.inpainting import Inpainting
@@ -40,10 +40,10 @@ def colour_map(values: np.ndarray) -> np.ndarray:
 
 
 def clean_image(image: str, size: int) -> np.ndarray:
-    """A held-out bundled image by name, or an image file: (1, 3, size, size) float32 in [0, 1]."""
-    if image in BUNDLED_HELD_OUT:
-        held_out = BundledImages(size=size, split="val")
-        return held_out[held_out.names.index(image)][None]
+    """A bundled image by name (the held-out ones were never trained on), or an image file:
+    its centre square at ``size``, ``(1, 3, size, size)`` float32 in [0, 1]."""
+    if image in BUNDLED_NAMES:
+        return bundled_image(image, size=size)[None]
     return load_image(image, channels=3, size=size)[None]
 
 

@@ -317,3 +317,13 @@ def test_bundled_image_native():
     np.testing.assert_array_equal(grey3[0], grey3[1])
     with pytest.raises(InputError, match="unknown bundled image"):
         bundled_image("lena")
+
+
+def test_bundled_image_at_a_size_is_the_validation_image():
+    from diffunfold.data.images import BundledImages, bundled_image
+
+    val = BundledImages(size=48, split="val")
+    assert np.array_equal(bundled_image("camera", size=48), val[val.names.index("camera")])
+    assert bundled_image("camera").shape[-1] == 512  # native without a size
+    with pytest.raises(InputError):
+        bundled_image("camera", size=0)

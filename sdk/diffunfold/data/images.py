@@ -134,14 +134,17 @@ def load_image(path: str | os.PathLike, channels: int = 3, size: int | None = No
     unreadable.
     """
     channels = _check_channels(channels)
-    img = _open(path, channels)
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise InputError(f"size must be a positive integer, got {size!r}")
-        side = min(img.width, img.height)
-        left, top = (img.width - side) // 2, (img.height - side) // 2
-        img = img.resize((int(size), int(size)), _RESAMPLE, box=(left, top, left + side, top + side))
-    return _to_array(img, channels)
+    return _to_array(_centre_square(_open(path, channels), size), channels)
+
+
+def _centre_square(img: Image.Image, size: int | None) -> Image.Image:
+    if size is None:
+        return img
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise InputError(f"size must be a positive integer, got {size!r}")
+    side = min(img.width, img.height)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return img.resize((int(size), int(size)), _RESAMPLE, box=(left, top, left + side, top + side))
 
 
 def save_image(path: str | os.PathLike, array: Any) -> Path:
@@ -212,12 +215,13 @@ def _bundled_pil(name: str, channels: int) -> Image.Image:
     return _normalise_mode(Image.fromarray(raw), channels)
 
 
-def bundled_image(name: str, channels: int = 3) -> np.ndarray:
+def bundled_image(name: str, channels: int = 3, size: int | None = None) -> np.ndarray:
     """A natural image shipped with scikit-image as float32 ``(channels, H, W)`` in [0, 1],
-    at its native resolution. ``name`` is one of :data:`BUNDLED_NAMES`; nothing is
-    downloaded."""
+    at its native resolution, or with ``size`` its centre square resized as :func:`load_image`
+    does (for a held-out name, exactly the validation image). ``name`` is one of
+    :data:`BUNDLED_NAMES`; nothing is downloaded."""
     channels = _check_channels(channels)
-    return _to_array(_bundled_pil(name, channels), channels)
+    return _to_array(_centre_square(_bundled_pil(name, channels), size), channels)
 
 
 # --------------------------------------------------------------------------------- datasets
