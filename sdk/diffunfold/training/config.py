@@ -38,7 +38,6 @@ class DataSettings:
     mri_noise: float = 0.01          # MRI: sigma_y ~ U[0, mri_noise * max|A x|] per image
     ncoils: int = 15
     workers: int = 0                 # DataLoader worker processes preparing batches
-    synthetic: float = 0.0           # images: fraction of training draws that are dead-leaves images
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -52,8 +51,6 @@ class DataSettings:
             raise InputError(f"unknown MRI mask kind(s) {bad}; choose from {MASK_KINDS}")
         if not 0 <= self.noise_max or not 0 <= self.mri_noise:
             raise InputError("noise levels must be >= 0")
-        if not 0.0 <= self.synthetic <= 1.0:
-            raise InputError(f"data.synthetic is a fraction of the training images, in [0, 1]; got {self.synthetic}")
 
     @property
     def is_mri(self) -> bool:

@@ -33,25 +33,12 @@ _VAL_STREAM = 2**32 - 2
 
 
 class ImageSource:
-    """Random augmented crops from an image dataset (bundled images or a folder), and with
-    probability ``synthetic`` a dead-leaves image coloured from the dataset's own pixels."""
+    """Random augmented crops from an image dataset (bundled images or a folder)."""
 
-    def __init__(self, dataset, synthetic: float = 0.0):
+    def __init__(self, dataset):
         self.dataset = dataset
-        self.synthetic = float(synthetic)
-        self.palette = None
-        if self.synthetic > 0:
-            from ..data.deadleaves import palette_from
-
-            n = min(len(dataset), 64)
-            dataset.set_epoch(0)
-            self.palette = palette_from([dataset[i] for i in range(n)])
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        if self.synthetic > 0 and rng.uniform() < self.synthetic:
-            from ..data.deadleaves import dead_leaves
-
-            return {"image": dead_leaves(self.dataset.size, rng, self.dataset.channels, self.palette)}
         index = int(rng.integers(len(self.dataset)))
         self.dataset.set_epoch(int(rng.integers(2**31)))  # selects the crop/flip draws
         return {"image": self.dataset[index]}
@@ -83,11 +70,9 @@ class FastMRISource:
 def make_source(cfg: TrainConfig, split: str = "train"):
     d, c = cfg.data, cfg.model.channels
     if d.source == "bundled":
-        return ImageSource(BundledImages(d.size, split=split, channels=c, seed=cfg.train.seed),
-                           d.synthetic if split == "train" else 0.0)
+        return ImageSource(BundledImages(d.size, split=split, channels=c, seed=cfg.train.seed))
     if d.source == "folder":
-        return ImageSource(ImageFolder(d.path, d.size, split=split, channels=c, seed=cfg.train.seed),
-                           d.synthetic if split == "train" else 0.0)
+        return ImageSource(ImageFolder(d.path, d.size, split=split, channels=c, seed=cfg.train.seed))
     if d.source == "phantom":
         return PhantomSource(d.size, d.ncoils)
     path = d.path if split == "train" else d.val_path
