@@ -2,7 +2,7 @@
 
     python samples/swap_operator.py --out out/swap_operator
 
-The bundled image package was trained on Gaussian and anisotropic blurs, box-kernel SR x4-x16
+The bundled image package was trained on Gaussian and anisotropic blurs, box-kernel SR x4 and x8
 and random-pixel ("dust") inpainting. Here the same package, loaded once, restores a held-out
 image measured by a trained operator and by three it never saw: a linear motion blur, SR x2
 with a bicubic kernel, and one missing box. For each, a table row compares the measurement
@@ -41,7 +41,7 @@ IMAGE_PACKAGE = REPO / "samples" / "models" / "image-small"
 OPERATORS = [
     ("Gaussian blur, sigma 2", "gaussian_blur", {"sigma": 2.0}, True),
     ("motion blur, length 9", "motion_blur", {"length": 9.0, "angle": 0.5}, False),  # a new kernel shape
-    ("SR x2, bicubic", "sr", {"factor": 2, "kernel": "bicubic"}, False),  # trained: x4-x16, box kernel
+    ("SR x2, bicubic", "sr", {"factor": 2, "kernel": "bicubic"}, False),  # trained: x4 and x8, box kernel
     ("box inpainting, 30 %", "box_inpainting", {"size": 0.3}, False),  # trained: random missing pixels
 ]
 

@@ -281,10 +281,13 @@ def test_learning_rate_warms_up_holds_then_decays_to_zero():
     assert [learning_rate(TrainSettings(steps=100, lr=1e-3), s) for s in (0, 99)] == [1e-3, 1e-3]
 
 
-def test_decay_longer_than_the_run_is_refused():
-    from diffunfold.training.config import TrainConfig
-
+def test_decay_longer_than_the_run_covers_the_run_and_negative_is_refused():
     from diffunfold.errors import InputError
+    from diffunfold.training.config import TrainConfig, TrainSettings
+    from diffunfold.training.trainer import learning_rate
 
+    t = TrainSettings(steps=10, lr=1.0, decay_steps=1500)  # e.g. --steps 10 on the small preset
+    lrs = [learning_rate(t, s) for s in range(10)]
+    assert 0.95 < lrs[0] < 1 and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.05
     with pytest.raises(InputError, match="decay_steps"):
-        TrainConfig.from_dict({"train": {"steps": 10, "decay_steps": 11}})
+        TrainConfig.from_dict({"train": {"steps": 10, "decay_steps": -1}})

@@ -66,6 +66,7 @@ class TrainSettings:
                                      # whose outputs Adam moves by about lr per step)
     warmup_steps: int = 0            # linear learning-rate ramp
     decay_steps: int = 0             # cosine decay of the learning rate to 0 over the last N steps
+                                     # (all of them in a run shorter than N)
     grad_clip: float = 1.0           # max global gradient norm (0: off)
     ema_halflife_images: float = 500_000.0   # EDM's EMA, half-life in training images...
     ema_rampup: float = 0.05         # ...limited to this fraction of the images seen so far
@@ -115,9 +116,8 @@ class TrainConfig:
                              "MRI sources (fastmri, phantom) need model.data = 'mri' and channels = 1")
         if self.train.batch_size < 1 or self.train.steps < 1:
             raise InputError("train.steps and train.batch_size must be positive")
-        if not 0 <= self.train.decay_steps <= self.train.steps:
-            raise InputError(f"train.decay_steps ({self.train.decay_steps}) must be between 0 and "
-                             f"train.steps ({self.train.steps})")
+        if self.train.decay_steps < 0:
+            raise InputError(f"train.decay_steps must be >= 0, got {self.train.decay_steps}")
         high = [self.data.size // 2**level for level in self.model.unet.attention_levels
                 if self.data.size // 2**level > 32]
         if high:

@@ -65,9 +65,10 @@ def learning_rate(t, step: int) -> float:
     """The learning rate of a step: a linear warm-up, flat, then a cosine down to 0 over the last
     ``decay_steps`` (short runs end far better on a decayed rate than on the flat one)."""
     lr = t.lr * min(1.0, (step + 1) / t.warmup_steps) if t.warmup_steps else t.lr
-    start = t.steps - t.decay_steps
-    if t.decay_steps and step >= start:
-        lr *= 0.5 * (1.0 + math.cos(math.pi * (step - start + 1) / (t.decay_steps + 1)))
+    decay = min(t.decay_steps, t.steps)
+    start = t.steps - decay
+    if decay and step >= start:
+        lr *= 0.5 * (1.0 + math.cos(math.pi * (step - start + 1) / (decay + 1)))
     return lr
 
 
