@@ -237,11 +237,12 @@ def test_posterior_samples_give_mean_and_std():
 
 
 def test_weight_generators_see_sigma_clamped_to_the_trained_range():
-    """Outside ln s ~ N(-1.2, 1.2^2) +- 3 std the weight generators were never trained: beyond it
-    (EDM's sampler starts at s = 80) they are held at the range's ends, the networks are not."""
+    """Above ln s ~ N(-1.2, 1.2^2) + 3 std the weight generators were never trained (EDM's
+    sampler starts at s = 80): they are held at the range's ends (below: EDM's sigma_min), the
+    networks are not."""
     model = tiny_model(stages=2)
     lo, hi = model.settings.weights_sigma_range
-    assert lo == pytest.approx(math.exp(-1.2 - 3.6)) and hi == pytest.approx(math.exp(-1.2 + 3.6))
+    assert lo == pytest.approx(0.002) and hi == pytest.approx(math.exp(-1.2 + 3.6))
     with torch.no_grad():
         tau, gamma = model.weights(torch.tensor([80.0, hi, 1e-4, lo, 1.0]))
         raw_tau = model.tau(torch.tensor([80.0, 1.0]))
