@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "runtime: Gaussian and anisotropic deblurring, SR x4, inpainting, motion blur (never "
                     "trained on) and MRI (Gaussian 1-D 4x, Gaussian 2-D 8x). Writes one figure per task "
                     "(measurement, classical baseline, Diff-Unfolding, uncertainty, ground truth, with "
-                    "PSNR/SSIM) and results.md / results.json. About two minutes on 2 CPU cores.",
+                    "PSNR/SSIM) and results.md / results.json. About 1.5 minutes on 2 CPU cores.",
         epilog="examples:\n  diffunfold demo\n  diffunfold demo --task sr_x4 --samples 8 --out demo-sr\n"
                "  diffunfold demo --device cuda:0   (ONNX Runtime on the GPU: needs onnxruntime-gpu and CuPy)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
