@@ -91,7 +91,7 @@ def tensorrt_engines(pkg: ModelPackage, args, tmp: Path) -> tuple[dict[str, tupl
     and why TensorRT is not used."""
     version = tensorrt_version()
     if version is None:
-        return None, "TensorRT is not installed here (pip install 'diffunfold[trt]' on a GPU machine)"
+        return None, "TensorRT is not installed here (pip install 'diffunfold[trt,gpu]' on a GPU machine)"
     from diffunfold.engines import cupy_gpu
     from diffunfold.runtime.tensorrt import find_engines
 
