@@ -11,22 +11,13 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
+from diffunfold.hardware import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # Modules whose versions a result records when they are installed (read from the installed
 # distributions, so nothing heavy is imported just to name its version).
 VERSIONED = ("onnxruntime", "torch", "cupy", "tensorrt", "polygraphy", "onnx", "scipy")
-
-
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        match = re.search(r"model name\s*:\s*(.+)", text)
-        if match:
-            return match.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def module_version(module: str) -> str | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +72,9 @@ def held_out_phantoms(size: int, count: int) -> tuple[list[str], np.ndarray]:
     return [f"phantom {i}" for i in range(count)], np.stack(images)[:, None].astype(np.complex64)
 
 
-def _measurement_view(task: DemoTask, op, y, x) -> tuple[np.ndarray, str, float | None]:
-    """What the measurement looks like as a picture, and its PSNR where it is an image of x."""
+def _measurement_view(task: DemoTask, op, y, x) -> tuple[np.ndarray, str]:
+    """What the measurement looks like as a picture, and a caption (its PSNR where it is an
+    image of x)."""
     from .figures import to_rgb8
     from .metrics import psnr
 
@@ -82,11 +82,11 @@ def _measurement_view(task: DemoTask, op, y, x) -> tuple[np.ndarray, str, float 
         # root-sum-of-squares over coils of the sampled k-space, log-compressed
         k = np.sqrt((np.abs(np.asarray(y[0])) ** 2).sum(axis=0))
         k = np.log1p(k / (k.max() / 1e3 + 1e-30))
-        return to_rgb8(k / k.max()), f"k-space, {op.mask.size / op.mask.sum():.1f}x", None
+        return to_rgb8(k / k.max()), f"k-space, {op.mask.size / op.mask.sum():.1f}x"
     y0 = np.asarray(y[0])
     if y0.shape != x.shape:
-        return to_rgb8(y0), f"{y0.shape[-2]}x{y0.shape[-1]} input", None
-    return to_rgb8(y0), "", psnr(y0, x, 1.0)
+        return to_rgb8(y0), f"{y0.shape[-2]}x{y0.shape[-1]} input"
+    return to_rgb8(y0), f"PSNR {psnr(y0, x, 1.0):.2f}"
 
 
 def _scores(estimate, x, mri: bool) -> tuple[float, float]:
@@ -138,9 +138,7 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
         std = None if sol.std is None else np.asarray(sol.std)[0].mean(axis=0)
         stds.append(std)
         scale = float(np.abs(x).max()) if task.is_mri else 1.0
-        meas, meas_caption, meas_psnr = _measurement_view(task, op, y, x)
-        if meas_psnr is not None:
-            meas_caption = f"PSNR {meas_psnr:.2f}"
+        meas, meas_caption = _measurement_view(task, op, y, x)
         panels.append([
             Panel(meas, f"{name}\n{meas_caption}"),
             Panel(_view(base, task.is_mri, scale), f"{baseline_name(op)}\nPSNR {psnr_b:.2f}  SSIM {ssim_b:.3f}"),
@@ -188,22 +186,11 @@ def _markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _machine() -> str:
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
 def run_demo(args) -> int:
     from tqdm.auto import tqdm
 
     from .figures import grid
+    from .hardware import describe_cpu
     from .package import ModelPackage
     from .runtime import Solver
 
@@ -248,7 +235,7 @@ def run_demo(args) -> int:
 
     any_solver = next(iter(solvers.values()))
     meta = {"command": "diffunfold demo" + (f" --out {args.out}" if args.out != "demo" else ""),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(), "images": args.images,
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": describe_cpu(), "images": args.images,
             "size": args.size, "samples": args.samples, "steps": args.steps or any_solver.package.schedule["steps"],
             "sampler": any_solver.package.schedule["sampler"], "nfe": results[0]["rows"][0]["nfe"],
             "noise": args.noise, "mri_noise": args.mri_noise, "backend": any_solver.backend_name,
