@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import math
 import os
 import shlex
@@ -51,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_number, markdown_table, random_model  # noqa: E402
 from machine import RESULTS, machine_info, write_results  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
@@ -101,7 +103,8 @@ def real_batches(cfg, n: int) -> list[dict]:
         b = data[i]
         out.append({"x": space.to_model(to_tensor(b["x"], "cpu")).contiguous(), "y": to_tensor(b["y"], "cpu"),
                     "sigma": to_tensor(b["sigma"], "cpu"), "noise": to_tensor(b["noise"], "cpu").contiguous(),
-                    "operator": b["operator"], "task": b["task"]})
+                    "operator": b["operator"], "task": b["task"],
+                    "sigma_y": torch.as_tensor(np.asarray(b["sigma_y"], dtype=np.float32))})
     return out
 
 
@@ -122,11 +125,17 @@ def prepare_model(base, v: Variant):
     return model
 
 
+# The measurement noise level goes to the loss where it takes one (noise-aware models), as the
+# trainer passes it.
+_NOISE_STD = "noise_std" in inspect.signature(unfolding_loss).parameters
+
+
 def loss_of(model, batch: dict, v: Variant) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.bf16):
         if not v.denoiser:
+            extra = {"noise_std": batch["sigma_y"]} if _NOISE_STD else {}
             return unfolding_loss(model, batch["x"], batch["sigma"], batch["noise"], batch["y"],
-                                  batch["operator"]).loss
+                                  batch["operator"], **extra).loss
         x, sigma = batch["x"], batch["sigma"]
         d = model.regularize(x + sigma.reshape(-1, 1, 1, 1) * batch["noise"], sigma, 0)
         mse = ((d.float() - x) ** 2).flatten(1).mean(dim=1)
