@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .._array import complex_dtype_for, fft_of, namespace
+from .._array import complex_dtype_for, fft_of, namespace, real_dtype_for
 from ..errors import InputError
 from .base import LinearOperator
 
@@ -69,6 +69,17 @@ class Convolution(LinearOperator):
 
     def _adjoint(self, y):
         return self._apply_spectrum(y, "K*", lambda: np.conj(self._spectrum))
+
+    def _prox(self, v, y, weight):
+        # Diagonal in Fourier: X = (conj(K) Y / L + w V) / (|K|^2 / L + w), exactly.
+        xp = namespace(v)
+        lip = self.lipschitz
+        real_t = real_dtype_for(xp, v.dtype)
+        conj_k = self._const("prox:K*/L", lambda: np.conj(self._spectrum) / lip, v, dtype=complex_dtype_for(xp, v.dtype))
+        power = self._const("prox:|K|^2/L", lambda: np.abs(self._spectrum) ** 2 / lip, v, dtype=real_t)
+        fft = fft_of(v)
+        spec = (conj_k * fft.rfftn(y, axes=(-2, -1)) + weight * fft.rfftn(v, axes=(-2, -1))) / (power + weight)
+        return fft.irfftn(spec, s=self.image_shape, axes=(-2, -1))
 
     def pinv(self, y, eps: float | None = None):
         """Tikhonov-regularised inverse ``K* / (|K|^2 + eps)``; ``eps=0`` gives the exact

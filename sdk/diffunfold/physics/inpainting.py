@@ -96,6 +96,11 @@ class Inpainting(LinearOperator):
 
     _forward = _adjoint = _pinv = _apply
 
+    def _prox(self, v, y, weight):
+        # Diagonal: observed pixels move to (y + w v) / (1 + w), missing ones keep v.
+        m = self._const("mask", self._mask, v, dtype=v.dtype)
+        return (m * y + weight * v) / (m + weight)
+
     def spec(self) -> dict:
         """The recipe it was built from; for an explicit mask, ``given`` names the mask (which
         ``make_operator`` then needs as an argument)."""
