@@ -27,6 +27,7 @@ from typing import Any
 from . import edm
 from .errors import InputError
 from .spaces import DataSpace
+from .unfolding import NOISE_FLOOR
 
 FORMAT = "diffunfold-package/1"
 MANIFEST = "manifest.json"
@@ -127,6 +128,20 @@ class ModelPackage:
     @property
     def settings(self) -> dict:
         return self.manifest["model"]
+
+    @property
+    def data_step(self) -> str:
+        """``gradient`` (the paper's; packages exported before the setting existed) or
+        ``proximal`` (see :mod:`diffunfold.unfolding`)."""
+        return str(self.settings.get("data_step", "gradient"))
+
+    @property
+    def noise_aware(self) -> bool:
+        return bool(self.settings.get("noise_aware", False))
+
+    @property
+    def noise_floor(self) -> float:
+        return float(self.settings.get("noise_floor", NOISE_FLOOR))
 
     @property
     def stages(self) -> int:

@@ -1,11 +1,10 @@
 """The torch-free solver: EDM's loop around the unfolded denoiser, on any backend.
 
-``D(x_t, s; y, A)`` runs K iterations of
-``x <- x - gamma_k(s) * (grad_g(x) + tau_k(s) * (x - R_k(x; s)))`` in model space, exactly as
-the training side's ``DiffUnfolding.forward``: the same ``edm.sample_loop``, the same
-``edm.initial_noise`` per image and the same ``DataSpace.fidelity_grad`` (the foundation's
-operators on numpy or CuPy arrays). Only ``R_k`` and ``(tau, gamma)`` come from the backend;
-``(tau, gamma)`` are evaluated once per schedule and cached.
+``D(x_t, s; y, A)`` runs K stages in model space exactly as the training side's
+``DiffUnfolding.forward``: the same ``edm.sample_loop``, the same ``edm.initial_noise`` per
+image and the same stage update (``diffunfold.unfolding.stage``: the package's gradient or
+proximal data step, on the operators' numpy or CuPy code). Only ``R_k`` and ``(tau, gamma)``
+come from the backend; ``(tau, gamma)`` are evaluated once per schedule and cached.
 """
 
 from __future__ import annotations
@@ -20,7 +19,9 @@ import numpy as np
 from .. import edm
 from .._array import check_finite, describe, is_complex, to_numpy
 from ..errors import InputError
+from ..noise import resolve_noise_std
 from ..package import ModelPackage
+from ..unfolding import stage
 from ..physics.base import LinearOperator
 from .backends import Backend, create_backend
 
@@ -129,23 +130,26 @@ class Solver:
         timing.network_calls += 1
         return r
 
-    def denoise(self, x, sigma: float, y, operator: LinearOperator, weights: dict, timing: Timing):
-        """``D(x; sigma, y, A)`` in model space (one schedule point)."""
+    def denoise(self, x, sigma: float, y, operator: LinearOperator, weights: dict, timing: Timing,
+                noise_var=None):
+        """``D(x; sigma, y, A)`` in model space (one schedule point). ``noise_var``: sigma_y^2
+        per image ``(B,)``, for a noise-aware package."""
         tau, gamma = weights[float(sigma)]
+        pkg = self.package
         for k in range(self.stages):
             r = self._regularize(x, sigma, k, timing)
             t0 = time.perf_counter()
-            g = self.space.fidelity_grad(operator, x, y)
+            x = stage(x, r, y, operator, self.space, tau[k], gamma[k], pkg.data_step, sigma=float(sigma),
+                      noise_var=noise_var, noise_floor=pkg.noise_floor)
             self.backend.synchronize()
             timing.physics += time.perf_counter() - t0
-            x = x - gamma[k] * (g + tau[k] * (x - r))
         return x
 
     # -- the public entry point ----------------------------------------------------------------
     def solve(self, y, operator: LinearOperator, steps: int | None = None, sampler: str | None = None,
               seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_min: float | None = None,
               sigma_max: float | None = None, rho: float | None = None, progress: bool = False,
-              batch_samples: bool = True) -> Solution:
+              batch_samples: bool = True, noise_std=None) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
         ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
@@ -153,6 +157,10 @@ class Solver:
         the rest of its batch. ``samples > 1`` draws that many posterior samples per image and
         returns their mean and per-pixel standard deviation; with ``batch_samples`` they run
         side by side in one batch where the operator allows it (faster, same results).
+        ``noise_std``: the measurement noise sigma_y (a number or one per image) that a
+        noise-aware package weighs the data step by; None estimates it from ``y``
+        (``diffunfold.noise``), and ``solution.extra`` records the value used and whether it
+        was estimated. Packages that are not noise-aware ignore it.
         """
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
@@ -168,6 +176,12 @@ class Solver:
         shape = (self.space.model_channels, *operator.image_shape)
         weights = self.weights_for(sigmas)
         timing = Timing()
+        extra: dict = {}
+        noise_var = None
+        if self.package.noise_aware:
+            std = resolve_noise_std(noise_std, operator, y, batch)
+            extra = {"noise_std": std.tolist(), "noise_std_estimated": noise_std is None}
+            noise_var = self.xp.asarray(std**2, dtype=self.xp.float32)  # on the device once
 
         # Posterior samples run side by side in the batch when the operator's constants are
         # shared by every image (blur, SR, one mask, one set of coil maps): one network call per
@@ -187,16 +201,18 @@ class Solver:
         try:
             if together:
                 y_all = xp.concatenate([y_dev] * int(samples), axis=0)
+                var_all = None if noise_var is None else xp.concatenate([noise_var] * int(samples))
                 x = xp.asarray(np.concatenate([edm.initial_noise(seeds, shape, float(sigmas[0]), sample=j)
                                                for j in range(int(samples))]))
-                x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, operator, weights, timing), x,
+                x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, operator, weights, timing, var_all), x,
                                          sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
                 x = self.space.clip(self.space.to_user(x))
                 draws = [x[j * batch:(j + 1) * batch] for j in range(int(samples))]
             else:
                 for j in range(int(samples)):
                     x = xp.asarray(edm.initial_noise(seeds, shape, float(sigmas[0]), sample=j))
-                    x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_dev, operator, weights, timing), x,
+                    x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_dev, operator, weights, timing,
+                                                                       noise_var), x,
                                              sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
                     draws.append(self.space.clip(self.space.to_user(x)))
             self.backend.synchronize()
@@ -218,7 +234,7 @@ class Solver:
             images = to_numpy(images)
             std = None if std is None else to_numpy(std)
         return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=int(samples), timing=timing,
-                        backend=self.backend_name)
+                        backend=self.backend_name, extra=extra)
 
     def _prepare(self, y, operator: LinearOperator):
         """Check ``y`` against the operator and the model, and move it to the working precision

@@ -45,7 +45,8 @@ def evaluate(model: DiffUnfolding, images: np.ndarray, tasks: Sequence[dict], no
             op = make_operator(name, hw, **params)
         y = op.measure(images, noise, seeds)
         start = time.perf_counter()
-        out = restore(model, to_tensor(y, device), op, steps, sampler, seeds, samples=samples, progress=progress)
+        out = restore(model, to_tensor(y, device), op, steps, sampler, seeds, samples=samples, progress=progress,
+                      noise_std=noise)
         seconds = (time.perf_counter() - start) / len(images)
         est = out.images.detach().cpu().numpy()
         candidates = {"model": est, "pinv": op.pinv(y), "baseline": classical_baseline(op, y, noise)}

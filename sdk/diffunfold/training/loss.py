@@ -20,13 +20,14 @@ class LossTerms:
 
 
 def unfolding_loss(model: DiffUnfolding, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
-                   y, operator: LinearOperator) -> LossTerms:
+                   y, operator: LinearOperator, noise_std: torch.Tensor | None = None) -> LossTerms:
     """``mean_b [exp(-u(s)) lambda(s) ||D(x + s n, s; y, A) - x||^2 / numel + u(s)]``.
 
-    ``x`` and ``noise`` are model-space ``(B, C', H, W)``, ``sigma`` is ``(B,)``.
+    ``x`` and ``noise`` are model-space ``(B, C', H, W)``, ``sigma`` and ``noise_std`` (the
+    measurement's sigma_y, for noise-aware models) are ``(B,)``.
     """
     s = sigma.reshape(-1, 1, 1, 1)
-    d = model(x + s * noise, sigma, y, operator)
+    d = model(x + s * noise, sigma, y, operator, noise_std=noise_std)
     mse = ((d.float() - x) ** 2).flatten(1).mean(dim=1)
     weighted = edm.loss_weight(sigma, model.settings.sigma_data) * mse
     u = model.uncertainty(sigma)[:, 0]
@@ -42,6 +43,6 @@ class UnfoldingObjective(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x, sigma, noise, y, operator) -> dict[str, torch.Tensor]:
-        t = unfolding_loss(self.model, x, sigma, noise, y, operator)
+    def forward(self, x, sigma, noise, y, operator, noise_std=None) -> dict[str, torch.Tensor]:
+        t = unfolding_loss(self.model, x, sigma, noise, y, operator, noise_std)
         return {"loss": t.loss, "mse": t.mse, "weighted": t.weighted, "u": t.u}

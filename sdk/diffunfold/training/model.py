@@ -1,11 +1,11 @@
 """The unfolded posterior denoiser of Diff-Unfolding (algorithm.md sections 3-4).
 
-``D(x_t, s; y, A)`` runs K iterations of
-``x <- x - gamma_k(s) * (grad_g(x) + tau_k(s) * (x - R_k(x; s)))`` in model space, where
-``R_k`` is an EDM-preconditioned U-Net (one per stage, or one shared network told ``k``),
-``tau_k``, ``gamma_k`` come from small weight generators of ``s``, and ``grad_g`` is the
-physics operator's own gradient (the foundation's code, on torch tensors), divided by
-``||A||^2`` and carried to model space by :meth:`diffunfold.spaces.DataSpace.fidelity_grad`.
+``D(x_t, s; y, A)`` runs K stages, each one call of ``R_k``, an EDM-preconditioned U-Net (one
+per stage, or one shared network told ``k``), and one data step with weights ``tau_k``,
+``gamma_k`` from small generators of ``s``: the paper's gradient step
+``x <- x - gamma_k(s) * (grad_g(x) + tau_k(s) * (x - R_k(x; s)))`` or a proximal step (the
+model setting ``data_step``; :mod:`diffunfold.unfolding` holds the one copy of both that the
+runtime shares).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .. import edm
 from ..errors import InputError
 from ..physics.base import LinearOperator
 from ..spaces import DataSpace
+from ..unfolding import NOISE_FLOOR, check_data_step, stage
 from .unet import UNet, count_parameters
 
 
@@ -69,6 +70,13 @@ class ModelSettings:
     # inpainting (held-out, one sample) and changed MRI by 0.14 dB. The regularisers always see
     # the true sigma.
     weights_sigma_range: tuple[float, float] = (edm.SIGMA_MIN, math.exp(edm.P_MEAN + 3 * edm.P_STD))
+    # "gradient": the paper's eq. 9 (packages without the key are this). "proximal": relax
+    # towards R_k by tau_k in (0, 2), then an exact data-consistency step (diffunfold.unfolding).
+    data_step: str = "gradient"
+    # proximal only: the data step's weight follows the measurement noise sigma_y (given, or
+    # estimated from y), so a clean y is matched and a noisy one trusted as its noise allows.
+    noise_aware: bool = False
+    noise_floor: float = NOISE_FLOOR  # sigma_y below this counts as this
 
     def __post_init__(self):
         if isinstance(self.unet, dict):
@@ -81,6 +89,13 @@ class ModelSettings:
         if not 0 < lo < hi:
             raise InputError(f"weights_sigma_range must be (low, high) with 0 < low < high, got {self.weights_sigma_range}")
         self.weights_sigma_range = (lo, hi)
+        check_data_step(self.data_step)
+        if self.noise_aware and self.data_step != "proximal":
+            raise InputError("noise_aware needs data_step = 'proximal' (the gradient step has no noise model)")
+        if not self.noise_floor > 0:
+            raise InputError(f"noise_floor must be > 0, got {self.noise_floor}")
+        if self.data_step == "proximal" and not 0 < self.tau_init < 2:
+            raise InputError(f"with the proximal step tau lies in (0, 2); tau_init {self.tau_init} is outside")
         self.space  # validates data and channels
 
     @property
@@ -107,23 +122,31 @@ class NoiseLevelMLP(nn.Module):
     """A one-layer network of ``c_noise(s)``: fixed Fourier features -> linear -> ``out`` values.
 
     Zero-initialised weights, so at initialisation it returns ``init`` for every ``s``.
-    ``positive=True`` applies softplus (the bias is set so that softplus gives ``init``).
+    ``positive=True`` applies softplus (the bias is set so that softplus gives ``init``);
+    ``upper`` instead bounds the output to ``(0, upper)`` with a scaled sigmoid.
     """
 
     def __init__(self, out: int, features: int = 16, init: float = 0.0, positive: bool = False,
-                 scale: float = 1.0):
+                 scale: float = 1.0, upper: float | None = None):
         super().__init__()
         freqs = np.random.default_rng(1).standard_normal(features) * scale
         self.register_buffer("freqs", torch.tensor(freqs, dtype=torch.float32))
         self.linear = nn.Linear(2 * features, out)
         self.positive = positive
+        self.upper = upper
         nn.init.zeros_(self.linear.weight)
-        nn.init.constant_(self.linear.bias, _inverse_softplus(init) if positive else init)
+        if upper is not None:
+            bias = math.log(init / (upper - init))  # sigmoid(bias) * upper = init
+        else:
+            bias = _inverse_softplus(init) if positive else init
+        nn.init.constant_(self.linear.bias, bias)
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
         with torch.autocast(sigma.device.type, enabled=False):  # tiny: always full precision
             phase = 2 * math.pi * edm.c_noise(sigma.to(self.freqs.dtype))[:, None] * self.freqs[None, :]
             out = self.linear(torch.cat([phase.cos(), phase.sin()], dim=1))
+            if self.upper is not None:
+                return self.upper * torch.sigmoid(out)
             return nn.functional.softplus(out) if self.positive else out
 
 
@@ -161,7 +184,9 @@ class DiffUnfolding(nn.Module):
         nets = [unet(k)] if settings.shared else [unet(0) for _ in range(k)]
         self.regularizers = nn.ModuleList(Regularizer(n, settings.sigma_data) for n in nets)
         f = settings.weight_features
-        self.tau = NoiseLevelMLP(k, f, settings.tau_init, positive=True)
+        # proximal: z = x - tau (x - r) with tau in (0, 2) is non-expansive in x
+        tau_upper = 2.0 if settings.data_step == "proximal" else None
+        self.tau = NoiseLevelMLP(k, f, settings.tau_init, positive=True, upper=tau_upper)
         self.gamma = NoiseLevelMLP(k, f, settings.gamma_init, positive=True)
         self.uncertainty = NoiseLevelMLP(1, f, 0.0)
 
@@ -187,20 +212,31 @@ class DiffUnfolding(nn.Module):
         return self.tau(s), self.gamma(s)
 
     def fidelity_grad(self, x: torch.Tensor, y, operator: LinearOperator) -> torch.Tensor:
-        """``grad_g`` in model space (see ``DataSpace.fidelity_grad``), always outside autocast:
-        FFT physics does not run in half precision."""
+        """``grad_g`` in model space (see ``DataSpace.fidelity_grad``), outside autocast."""
         with torch.autocast(x.device.type, enabled=False):
             return self.space.fidelity_grad(operator, x, y)
 
-    def forward(self, x_t: torch.Tensor, sigma, y, operator: LinearOperator) -> torch.Tensor:
-        """``D(x_t, s; y, A)`` in model space. ``sigma``: a number or one value per image."""
+    def forward(self, x_t: torch.Tensor, sigma, y, operator: LinearOperator, noise_std=None) -> torch.Tensor:
+        """``D(x_t, s; y, A)`` in model space. ``sigma``: a number or one value per image.
+        ``noise_std``: the measurement noise sigma_y, a number or one per image (needed by a
+        noise-aware model, ignored otherwise)."""
         sigma = self._sigma_batch(sigma, x_t)
         tau, gamma = self.weights(sigma)
+        s = self.settings
+        noise_var = None
+        if s.noise_aware:
+            if noise_std is None:
+                raise InputError("this model is noise-aware: give noise_std (sigma_y), or estimate it with "
+                                 "diffunfold.noise.estimate_noise_std(operator, y)")
+            noise_var = self._sigma_batch(noise_std, x_t) ** 2
         x = x_t
         for k in range(self.stages):
             r = self.regularize(x, sigma, k)
-            step = self.fidelity_grad(x, y, operator) + tau[:, k, None, None, None] * (x - r)
-            x = x - gamma[:, k, None, None, None] * step
+            # The physics runs outside autocast: FFTs do not run in half precision.
+            with torch.autocast(x.device.type, enabled=False):
+                x = stage(x, r, y, operator, self.space, tau[:, k, None, None, None],
+                          gamma[:, k] if s.data_step == "proximal" else gamma[:, k, None, None, None],
+                          s.data_step, sigma=sigma, noise_var=noise_var, noise_floor=s.noise_floor)
         return x
 
     denoise = forward

@@ -12,6 +12,7 @@ import torch
 from .. import edm
 from .._array import check_finite
 from ..errors import InputError
+from ..noise import resolve_noise_std
 from ..physics.base import LinearOperator
 from .model import DiffUnfolding
 
@@ -29,7 +30,8 @@ class Restoration:
 @torch.no_grad()
 def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, sampler: str = "euler",
             seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_max: float = edm.SIGMA_MAX,
-            sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False) -> Restoration:
+            sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False,
+            noise_std=None) -> Restoration:
     """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
 
     ``seed``: an int (image i uses ``seed + i``) or one per image; the start ``x_0`` is drawn
@@ -55,8 +57,13 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
         from tqdm.auto import tqdm
         bar = tqdm(total=steps * samples, desc=f"sampling ({sampler})", unit="step", leave=False)
 
+    noise = None
+    if model.settings.noise_aware:
+        noise = resolve_noise_std(noise_std, operator, y, batch)
+        noise = torch.as_tensor(noise, dtype=param.dtype, device=param.device)
+
     def denoise(v, s):
-        return model(v, s, y, operator)
+        return model(v, s, y, operator, noise_std=noise)
 
     draws = []
     for j in range(samples):

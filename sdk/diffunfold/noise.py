@@ -1,0 +1,85 @@
+"""Estimate the measurement noise ``sigma_y`` from ``y`` alone, for when the user does not know it.
+
+Robust (median-based) estimates, one per image, from the part of ``y`` where the signal is
+weakest: the finest wavelet detail of an image measurement (blur, SR: scikit-image's
+``estimate_sigma``), differences of neighbouring observed pixels for inpainting, and the
+outermost sampled k-space for MRI. Signal can only add to them, so they err on the high side
+(a model then trusts ``y`` a little less than it could). Torch-free: the runtime uses it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._array import to_numpy
+from .errors import InputError
+from .physics.base import LinearOperator
+from .physics.inpainting import Inpainting
+from .physics.mri import MultiCoilMRI
+
+_MAD = 1.4826  # median absolute deviation -> standard deviation, Gaussian noise
+
+
+def _inpainting(op: Inpainting, y: np.ndarray) -> np.ndarray:
+    """Noise of observed pixels from second differences of three observed neighbours in a row
+    or column: ``y[i-1] - 2 y[i] + y[i+1]`` has variance ``6 sigma^2`` plus the local curvature,
+    which is small on most of a natural image."""
+    m = np.broadcast_to(op.mask, y.shape) > 0
+    out = []
+    for yi, mi in zip(y, m):
+        d = [(yi[..., :, :-2] - 2 * yi[..., :, 1:-1] + yi[..., :, 2:])[mi[..., :, :-2] & mi[..., :, 1:-1] & mi[..., :, 2:]],
+             (yi[..., :-2, :] - 2 * yi[..., 1:-1, :] + yi[..., 2:, :])[mi[..., :-2, :] & mi[..., 1:-1, :] & mi[..., 2:, :]]]
+        d = np.concatenate(d)
+        out.append(_MAD * np.median(np.abs(d)) / np.sqrt(6) if d.size else 0.0)
+    return np.asarray(out)
+
+
+def _mri(op: MultiCoilMRI, y: np.ndarray) -> np.ndarray:
+    """Complex circular noise of std sigma has real and imaginary parts of std sigma / sqrt(2);
+    measured on the sampled points in the outer quarter of k-space radius, where the signal of
+    an MR image is weakest."""
+    h, w = y.shape[-2:]
+    ky = (np.arange(h) - h // 2)[:, None] / (h / 2)
+    kx = (np.arange(w) - w // 2)[None, :] / (w / 2)
+    outer = np.hypot(ky, kx) > 0.75
+    mask = np.broadcast_to(op.mask, (y.shape[0], 1, h, w))[:, 0] > 0
+    out = []
+    for yi, mi in zip(y, mask):
+        sel = yi[:, mi & outer] if np.any(mi & outer) else yi[:, mi]
+        parts = np.concatenate([sel.real.ravel(), sel.imag.ravel()])
+        out.append(_MAD * np.median(np.abs(parts)) * np.sqrt(2) if parts.size else 0.0)
+    return np.asarray(out)
+
+
+def _image(y: np.ndarray) -> np.ndarray:
+    from skimage.restoration import estimate_sigma
+
+    return np.asarray([float(np.mean(estimate_sigma(yi, channel_axis=0))) for yi in y])
+
+
+def estimate_noise_std(operator: LinearOperator, y) -> np.ndarray:
+    """One estimate of the measurement noise standard deviation per image of ``y``
+    (numpy, CuPy or torch), as float64 ``(B,)``."""
+    operator.check_measurement(y)
+    y = np.asarray(to_numpy(y), dtype=np.complex128 if operator.complex_image else np.float64)
+    if isinstance(operator, MultiCoilMRI):
+        return _mri(operator, y)
+    if isinstance(operator, Inpainting):
+        return _inpainting(operator, y)
+    return _image(y)
+
+
+def resolve_noise_std(noise_std, operator: LinearOperator, y, batch: int) -> np.ndarray:
+    """``noise_std`` as float64 ``(batch,)``: checked when given (a number or one per image,
+    finite, >= 0), estimated from ``y`` when None."""
+    if noise_std is None:
+        return estimate_noise_std(operator, y)
+    try:
+        std = np.asarray(noise_std, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"noise_std must be a number or one number per image, got {noise_std!r}") from None
+    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != batch):
+        raise InputError(f"noise_std must be a number or one value per image ({batch}), got shape {std.shape}")
+    if not np.all(np.isfinite(std)) or np.any(std < 0):
+        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+    return np.broadcast_to(std, (batch,)).copy()

@@ -1,0 +1,156 @@
+"""The proximal, noise-aware data step (diffunfold.unfolding): the model's settings, its use of
+the measurement noise, training's noise draws, and the runtime against the torch reference.
+
+Parity tolerance as for the paper's step (test_runtime.py): ``max|runtime - torch| / max|torch|``
+below 1e-3 over a whole 18-step run, from the same seed and measurement.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch reference needs torch (the train extra)")
+pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
+pytestmark = pytest.mark.torch
+
+from diffunfold.errors import InputError  # noqa: E402
+from diffunfold.export import export_model  # noqa: E402
+from diffunfold.noise import estimate_noise_std  # noqa: E402
+from diffunfold.runtime import Solver  # noqa: E402
+from diffunfold.training.config import load_config  # noqa: E402
+from diffunfold.training.data import TrainingBatches  # noqa: E402
+from diffunfold.training.model import DiffUnfolding, ModelSettings  # noqa: E402
+from diffunfold.training.sampler import restore  # noqa: E402
+from test_runtime import IMAGE_TASKS, MRI_TASKS, clean_images, operator_for, rel_err  # noqa: E402
+from test_training_model import TINY_UNET  # noqa: E402
+
+REL_TOL = 1e-3
+
+
+def proximal_model(noise_aware=True, data="image", channels=3, seed=0) -> DiffUnfolding:
+    torch.manual_seed(seed)
+    settings = ModelSettings(data=data, channels=channels, stages=2, shared=True, unet=dict(TINY_UNET),
+                             data_step="proximal", noise_aware=noise_aware, tau_init=1.0, gamma_init=1.0)
+    model = DiffUnfolding(settings)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("proximal")
+    models = {"image": proximal_model(), "plain": proximal_model(noise_aware=False, seed=1),
+              "mri": proximal_model(data="mri", channels=1, seed=2)}
+    return {k: (m, export_model(m, root / k, log=lambda s: None)) for k, m in models.items()}
+
+
+def test_settings_refuse_a_noise_model_without_the_proximal_step():
+    with pytest.raises(InputError, match="noise_aware needs data_step = 'proximal'"):
+        ModelSettings(noise_aware=True)
+    with pytest.raises(InputError, match="data_step must be one of"):
+        ModelSettings(data_step="newton")
+    with pytest.raises(InputError, match="tau lies in"):
+        ModelSettings(data_step="proximal", tau_init=2.5)
+
+
+def test_proximal_weights_stay_in_their_stable_range():
+    model = proximal_model()
+    with torch.no_grad():
+        model.tau.linear.bias.fill_(50.0)  # however far training pushes it
+        tau, gamma = model.weights(torch.logspace(-3, 2, 20))
+    assert torch.all(tau > 0) and torch.all(tau <= 2.0) and torch.all(gamma > 0)
+
+
+def test_noise_aware_model_needs_the_noise_level():
+    model = proximal_model()
+    op = operator_for("gaussian_blur", {"sigma": 1.5})
+    x = torch.from_numpy(clean_images())
+    with pytest.raises(InputError, match="noise-aware: give noise_std"):
+        model(2 * x - 1, 1.0, op.A(x), op)
+
+
+def test_noise_free_inpainting_keeps_the_observed_pixels():
+    """With sigma_y = 0 the restoration matches y where the mask observes, whatever the prior."""
+    model = proximal_model()
+    op = operator_for("inpainting", {"missing": 0.5})
+    x = clean_images()
+    y = op.measure(x, 0.0)
+    out = restore(model, torch.from_numpy(y), op, steps=18, seed=0, noise_std=0.0).images.numpy()
+    observed = np.broadcast_to(op.mask, out.shape) > 0
+    assert np.max(np.abs(out - x)[observed]) < 2e-3     # the noise floor (1e-4) times a few
+    # the paper's gradient step does not: it stays a fraction of the way to y
+    rel = np.linalg.norm(op.A(out) - y) / np.linalg.norm(y)
+    assert rel < 2e-3
+
+
+def test_cleaner_measurements_give_better_restorations():
+    model = proximal_model()
+    op = operator_for("gaussian_blur", {"sigma": 1.5})
+    x = clean_images()
+    errs = []
+    for s in (0.0, 0.05):
+        y = op.measure(x, s, seed=[1, 2])
+        out = restore(model, torch.from_numpy(y), op, steps=18, seed=0, noise_std=s).images.numpy()
+        errs.append(np.mean((out - x) ** 2))
+    assert errs[0] < errs[1]
+
+
+@pytest.mark.parametrize("task,params", IMAGE_TASKS + MRI_TASKS, ids=lambda v: v if isinstance(v, str) else "")
+@pytest.mark.parametrize("noise", [0.0, 0.05])
+def test_runtime_matches_torch_reference(packages, task, params, noise):
+    model, pkg = packages["mri" if task == "mri" else "image"]
+    x = clean_images(mri=task == "mri")
+    op = operator_for(task, params)
+    y = op.measure(x, noise, seed=[11, 12])
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=18, seed=3, noise_std=noise)
+    want = restore(model, torch.from_numpy(y), op, steps=18, seed=3, noise_std=noise)
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    assert got.extra == {"noise_std": [noise, noise], "noise_std_estimated": False}
+
+
+def test_runtime_matches_torch_without_noise_awareness(packages):
+    model, pkg = packages["plain"]
+    x = clean_images()
+    op = operator_for("sr", {"factor": 4})
+    y = op.measure(x, 0.02, seed=[1, 2])
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=18, sampler="heun", seed=3)
+    want = restore(model, torch.from_numpy(y), op, steps=18, sampler="heun", seed=3)
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL and got.extra == {}
+
+
+def test_runtime_estimates_the_noise_when_not_given_and_says_so(packages):
+    model, pkg = packages["image"]
+    x = clean_images()
+    op = operator_for("gaussian_blur", {"sigma": 1.5})
+    y = op.measure(x, 0.05, seed=[1, 2])
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=6, seed=3)
+    assert got.extra["noise_std_estimated"] is True
+    assert np.allclose(got.extra["noise_std"], estimate_noise_std(op, y))
+    assert np.allclose(got.extra["noise_std"], 0.05, rtol=0.25)
+    want = restore(model, torch.from_numpy(y), op, steps=6, seed=3)   # the reference estimates alike
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+
+
+def test_posterior_samples_side_by_side_match_one_at_a_time(packages):
+    _, pkg = packages["image"]
+    x = clean_images(batch=1)
+    op = operator_for("gaussian_blur", {"sigma": 1.5})
+    y = op.measure(x, 0.01, seed=[1])
+    solver = Solver.load(pkg, backend="onnxruntime")
+    a = solver.solve(y, op, steps=6, seed=3, samples=3, noise_std=0.01)
+    b = solver.solve(y, op, steps=6, seed=3, samples=3, noise_std=0.01, batch_samples=False)
+    assert rel_err(a.images, b.images) < 1e-5
+
+
+def test_training_draws_exact_zeros_and_low_noise_as_configured():
+    cfg = load_config("tiny", ["data.noise_zero_fraction=0.25", "data.noise_log_fraction=0.25",
+                               "train.batch_size=16", "train.steps=40"])
+    levels = np.concatenate([TrainingBatches(cfg)[i]["sigma_y"] for i in range(20)])
+    assert 0.12 < np.mean(levels == 0) < 0.4
+    assert 0.1 < np.mean((levels > 0) & (levels < 0.01)) < 0.45   # log-uniform share below 0.01
+    assert np.all(levels <= cfg.data.noise_max) and np.all(levels >= 0)
+    again = np.concatenate([TrainingBatches(cfg)[i]["sigma_y"] for i in range(20)])
+    assert np.array_equal(levels, again)    # batches depend only on seed and step
+    paper = load_config("tiny", ["train.batch_size=16", "train.steps=40"])
+    assert not np.any(np.concatenate([TrainingBatches(paper)[i]["sigma_y"] for i in range(5)]) == 0)
