@@ -36,6 +36,10 @@ class DataSettings:
         ("gaussian2d", 8), ("gaussian2d", 16))
     noise_max: float = 0.1           # images: sigma_y ~ U[0, noise_max] (paper 4.1)
     mri_noise: float = 0.01          # MRI: sigma_y ~ U[0, mri_noise * max|A x|] per image
+    # Of the draws, this fraction is exactly noise-free and this one log-uniform over
+    # [1e-3, 1] x the maximum (low noise); the rest uniform as above (0 and 0: the paper's).
+    noise_zero_fraction: float = 0.0
+    noise_log_fraction: float = 0.0
     ncoils: int = 15
     workers: int = 0                 # DataLoader worker processes preparing batches
 
@@ -51,6 +55,10 @@ class DataSettings:
             raise InputError(f"unknown MRI mask kind(s) {bad}; choose from {MASK_KINDS}")
         if not 0 <= self.noise_max or not 0 <= self.mri_noise:
             raise InputError("noise levels must be >= 0")
+        z, g = self.noise_zero_fraction, self.noise_log_fraction
+        if not (0 <= z and 0 <= g and z + g <= 1):
+            raise InputError(f"noise_zero_fraction ({z}) and noise_log_fraction ({g}) must be >= 0 "
+                             "and sum to at most 1")
 
     @property
     def is_mri(self) -> bool:
@@ -78,6 +86,9 @@ class TrainSettings:
     val_every: int = 500             # 0: only at the end
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    # Start the regularisers (and u) from a model package or checkpoint, e.g. one trained with
+    # another data step; tau and gamma start fresh. Ignored on --resume.
+    init_from: str | None = None
 
 
 @dataclass

@@ -112,6 +112,20 @@ class TrainingBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.cfg.train.steps - self.start
 
+    def _noise_fraction(self, g: np.random.Generator) -> float:
+        """sigma_y as a fraction of its maximum: uniform (the paper), or with the configured
+        shares exactly 0 and log-uniform in [1e-3, 1]."""
+        u = g.uniform(0, 1)
+        d = self.cfg.data
+        if d.noise_zero_fraction == 0 and d.noise_log_fraction == 0:
+            return u  # the paper's draw, and the same random stream as before these options
+        c = g.uniform(0, 1)
+        if c < d.noise_zero_fraction:
+            return 0.0
+        if c < d.noise_zero_fraction + d.noise_log_fraction:
+            return float(10.0 ** (-3.0 * u))
+        return u
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         step = self.start + int(i)
         seed = self.cfg.train.seed
@@ -123,10 +137,10 @@ class TrainingBatches(torch.utils.data.Dataset):
             task = self.tasks.sample(task_rng, stack_maps(items))
             # Paper 4.1: sigma_y proportional to the k-space magnitude (factor mri_noise).
             kmax = np.abs(task.operator.A(x)).reshape(len(x), -1).max(axis=1)
-            sigma_y = np.array([g.uniform(0, 1) for g in rngs]) * self.cfg.data.mri_noise * kmax
+            sigma_y = np.array([self._noise_fraction(g) for g in rngs]) * self.cfg.data.mri_noise * kmax
         else:
             task = self.tasks.sample(task_rng)
-            sigma_y = np.array([g.uniform(0, self.cfg.data.noise_max) for g in rngs])
+            sigma_y = np.array([self._noise_fraction(g) for g in rngs]) * self.cfg.data.noise_max
         seeds = [int(g.integers(2**63)) for g in rngs]
         y = task.operator.measure(x, sigma_y, seeds)
         sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)

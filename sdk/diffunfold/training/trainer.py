@@ -61,6 +61,35 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
+def initialise_from(model: DiffUnfolding, source: str) -> None:
+    """Copy the regularisers and u from a model package (its model.safetensors) or a
+    checkpoint (EMA weights) into ``model``; tau and gamma keep their initial values, since
+    they mean different things for another data step. The networks must have the same shape."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import load_model
+
+    path = Path(source)
+    if (path / "manifest.json").exists():
+        from ..package import ModelPackage
+
+        pkg = ModelPackage.open(path)
+        if pkg.torch_weights_file is None:  # exported without them: read the ONNX graphs back
+            from .package_weights import package_state
+
+            state = package_state(pkg)
+        else:
+            state = {k: v.float() for k, v in load_file(str(pkg.file(pkg.torch_weights_file))).items()}
+    else:
+        state = load_model(path)[0].state_dict()
+    keep = {k: v for k, v in state.items() if k.startswith(("regularizers.", "uncertainty."))}
+    missing, unexpected = model.load_state_dict(keep, strict=False)
+    wrong = [k for k in missing if k.startswith("regularizers.")]  # u is absent from packages
+    if wrong or unexpected:
+        raise InputError(f"train.init_from {source}: the networks do not match this config "
+                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]})")
+
+
 def learning_rate(t, step: int) -> float:
     """The learning rate of a step: a linear warm-up, flat, then a cosine down to 0 over the last
     ``decay_steps`` (short runs end far better on a decayed rate than on the flat one)."""
@@ -137,6 +166,8 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     torch.manual_seed(t.seed)  # the same initial weights on every process
     model = DiffUnfolding(cfg.model).to(device)
     model.check_image_size((cfg.data.size, cfg.data.size))
+    if t.init_from and not resume:
+        initialise_from(model, t.init_from)
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
                         use_buffers=True)
     generators = [*model.tau.parameters(), *model.gamma.parameters(), *model.uncertainty.parameters()]
@@ -210,9 +241,10 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
         y = to_tensor(batch["y"], device)
         sigma = to_tensor(batch["sigma"], device)
         noise = to_tensor(batch["noise"], device)
+        noise_std = to_tensor(np.asarray(batch["sigma_y"], dtype=np.float32), device)
         model.train()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            terms = objective(x, sigma, noise, y, batch["operator"])
+            terms = objective(x, sigma, noise, y, batch["operator"], noise_std)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise DiffUnfoldError(f"the loss became {loss.item()} at step {step} (task {batch['task']} "

@@ -1,0 +1,95 @@
+"""Torch weights of an exported model package, read back from its ONNX graphs.
+
+Packages keep their weights in ``model.safetensors`` unless exported with
+``--no-torch-weights`` (the bundled ones are, to stay small). This recovers the same state
+from the ONNX initialisers so such a package can still be fine-tuned
+(``train.init_from``). Parameters keep their torch names in the graph, except the GroupNorm
+affines, which export as anonymous Mul/Add constants and are named here by the node that
+uses them, and the U-Net's Fourier frequencies, folded into ``2 pi freqs``. The result is
+checked against the graph by the caller's use, and here against the model's own buffers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..errors import InputError, require
+from ..package import ModelPackage
+from .model import DiffUnfolding, ModelSettings
+
+
+def _initialisers(path) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    onnx = require("onnx", "export")
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    values = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in graph.initializer}
+    users: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    # fp16-stored packages keep "<name>_fp16" behind a Cast: look through it
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+            users[node.output[0]] = users.get(node.output[0], [])
+    return values, users
+
+
+def _module_of(node_name: str) -> tuple[str, str]:
+    """'/reg/unet/enc.2/enc.2.0/norm1/Mul' -> ('unet.enc.2.0.norm1', 'Mul')."""
+    parts = node_name.split("/")[2:]
+    op, parts = parts[-1], parts[:-1]
+    parts = [p for i, p in enumerate(parts) if not (i + 1 < len(parts) and parts[i + 1].startswith(p + "."))]
+    return ".".join(parts), op
+
+
+def _regularizer_state(path, prefix: str, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    values, users = _initialisers(path)
+    state = {}
+    for key, ref in expected.items():
+        name = "reg." + key[len(prefix):]
+        if name in values:
+            state[key] = values[name]
+        elif name + "_fp16" in values:
+            state[key] = values[name + "_fp16"]
+    for const in [n for n in values if n.startswith("onnx::")]:
+        nodes = [u for u in users.get(const, []) if u.op_type != "Cast"]
+        nodes += [u for c in users.get(const, []) if c.op_type == "Cast" for u in users.get(c.output[0], [])]
+        if len(nodes) != 1 or nodes[0].op_type not in ("Mul", "Add"):
+            continue
+        module, op = _module_of(nodes[0].name)
+        if module.endswith("unet") and op == "Mul":
+            state[prefix + module + ".freqs"] = values[const] / (2 * math.pi)
+        else:
+            state[prefix + module + (".weight" if op == "Mul" else ".bias")] = values[const]
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise InputError(f"{path}: cannot recover {missing[:3]} from the graph; fine-tune from a checkpoint instead")
+    return {k: torch.from_numpy(np.ascontiguousarray(state[k]).reshape(expected[k].shape)) for k in expected}
+
+
+def package_state(pkg: ModelPackage) -> dict[str, torch.Tensor]:
+    """The package's regulariser and weight-generator tensors as a ``DiffUnfolding`` state
+    dict (u, never exported, is absent)."""
+    model = DiffUnfolding(ModelSettings.from_dict(pkg.settings))
+    expected = model.state_dict()
+    state = {}
+    for i, name in enumerate(pkg.regularizer_files):
+        prefix = f"regularizers.{i}."
+        state.update(_regularizer_state(pkg.file(name), prefix,
+                                        {k: v for k, v in expected.items() if k.startswith(prefix)}))
+    values, _ = _initialisers(pkg.file(pkg.weights_file))
+    for gen in ("tau", "gamma"):
+        for p in ("weight", "bias"):
+            name = f"model.{gen}.linear.{p}"
+            v = values.get(name, values.get(name + "_fp16"))
+            if v is not None:
+                state[f"{gen}.linear.{p}"] = torch.from_numpy(v.reshape(expected[f"{gen}.linear.{p}"].shape))
+    freqs = [k for k in state if k.endswith("unet.freqs")]
+    if any(not torch.allclose(state[k], expected[k], rtol=1e-5) for k in freqs):
+        raise InputError(f"{pkg.path}: the recovered Fourier frequencies differ from the model's")
+    return state
