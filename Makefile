@@ -6,12 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[train,export,dev]"
+	$(PY) -m pip install --quiet -e ".[train,export,dev,eval]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +24,11 @@ test: install
 
 bench: install
 	$(PY) bench/run.py
+
+# The bundled packages against strong classical baselines on held-out data (~10 min a package on
+# 2 cores) -> bench/results/quality-*.md, .json, .png
+quality: install
+	$(PY) bench/quality.py samples/models/image-small samples/models/mri-small
 
 clean:
 	rm -rf $(VENV) .pytest_cache
