@@ -154,3 +154,25 @@ def test_training_draws_exact_zeros_and_low_noise_as_configured():
     assert np.array_equal(levels, again)    # batches depend only on seed and step
     paper = load_config("tiny", ["train.batch_size=16", "train.steps=40"])
     assert not np.any(np.concatenate([TrainingBatches(paper)[i]["sigma_y"] for i in range(5)]) == 0)
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_init_from_a_package_without_torch_weights_recovers_its_networks(tmp_path, fp16):
+    """train.init_from reads the regularisers back from the ONNX graphs (names, GroupNorm
+    affines, the folded Fourier frequencies) and they compute what the package computes."""
+    import onnxruntime as ort
+
+    from diffunfold.package import ModelPackage
+    from diffunfold.training.trainer import initialise_from
+
+    source = proximal_model(seed=4)
+    pkg = export_model(source, tmp_path / "pkg", torch_weights=False, fp16_weights=fp16, log=lambda s: None)
+    target = proximal_model(seed=9)
+    initialise_from(target, str(pkg.path))
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    sess = ort.InferenceSession(str(pkg.file(pkg.regularizer_files[0])))
+    want = sess.run(None, {"x": x, "sigma": np.full(2, 0.7, np.float32), "stage": np.ones(2, np.int64)})[0]
+    with torch.no_grad():
+        got = target.regularize(torch.from_numpy(x), torch.full((2,), 0.7), 1).numpy()
+    assert rel_err(got, want) < 1e-5
+    assert ModelPackage.open(pkg.path).torch_weights_file is None
