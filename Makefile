@@ -25,8 +25,8 @@ test: install
 bench: install
 	$(PY) bench/run.py
 
-# The bundled packages against strong classical baselines on held-out data (~10 min a package on
-# 2 cores) -> bench/results/quality-*.md, .json, .png
+# The bundled packages against strong classical baselines on held-out data (~25 min on 2 cores)
+# -> bench/results/quality-*.md, .json, .png
 quality: install
 	$(PY) bench/quality.py samples/models/image-small samples/models/mri-small
 

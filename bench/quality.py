@@ -672,8 +672,7 @@ def run(args) -> int:
                             bar.update(1)
         wall = time.perf_counter() - t_start
 
-        meta = {"command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-                if args.command is None else args.command,
+        meta = {"command": " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
                 "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": describe_cpu(), "seed": args.seed,
                 "wall_seconds": wall,
                 "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
@@ -733,7 +732,8 @@ Score model packages side by side against strong classical baselines on held-out
 Each PACKAGE is a model package folder (with manifest.json) or a training run folder /
 checkpoint, which is exported to a temporary package first (needs torch: the train and export
 extras). Packages are scored on the tasks of their data kind; packages of one kind share the
-data, measurements and baselines.
+data, measurements and baselines. Give the packages before options that take several values
+(--noise, --mri-noise).
 
 Reading the tables:
   oracle          a baseline marked "(oracle)" chooses its regularisation weight per image by
@@ -748,9 +748,9 @@ Reading the tables:
   best baseline   the baseline with the highest mean PSNR for that task and noise level.
   gain            PSNR of the posterior mean minus the best baseline's.
 
-A full run (64 px, 5 images, 4 samples, 18 steps) is about 10 minutes per package on 2 cores;
---quick (1 image, 2 tasks and 2 noise levels per kind, 4 steps, 2 samples, small grids) takes
-seconds and is what the tests run.
+A full run (64 px, 5 images, 4 samples, 18 steps) takes about 14 minutes for an image package
+and 10 for an MRI package on 2 busy cores (bench/README.md); --quick (1 image, 2 tasks and 2
+noise levels per kind, 4 steps, 2 samples, small grids) takes ~15 s and is what the tests run.
 """
 
 
@@ -776,7 +776,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the backend (0: all cores)")
     p.add_argument("--out", default=str(RESULTS), help="folder for the results (default bench/results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no tables on stdout")
-    p.add_argument("--command", help=argparse.SUPPRESS)  # the command line to record (tests, make)
     return p
 
 
