@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     y = op.measure(x).astype(np.complex64)  # (1, coils, H, W); noise-free, as the paper's MRI table
 
     solver = Solver.load(args.package)
-    solution = solver.solve(y, op, steps=args.steps, seed=args.seed)
+    solution = solver.solve(y, op, steps=args.steps, seed=args.seed, noise_std=0.0)  # we added none
     recon = np.asarray(solution.images)  # complex (1, 1, H, W)
     zero_filled = np.asarray(classical_baseline(op, y, 0.0))
 

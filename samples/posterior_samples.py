@@ -72,7 +72,8 @@ def main(argv=None) -> dict:
     op = make_operator(task, x.shape[-2:], **params)
     y = op.measure(x, noise_std=args.noise, seed=args.seed).astype(np.float32)
 
-    solution = solver.solve(y, op, steps=args.steps, seed=args.seed, samples=args.samples)
+    solution = solver.solve(y, op, steps=args.steps, seed=args.seed, samples=args.samples,
+                            noise_std=args.noise)  # sigma_y: how much the model may trust y
     mean, std = np.asarray(solution.images)[0], np.asarray(solution.std)[0]  # (3, H, W) each
     # One number per pixel: average the colour channels of |error| and of the std.
     error = np.abs(mean - x[0]).mean(axis=0)

@@ -7,8 +7,10 @@
    backend present: TensorRT > ONNX Runtime > torch (on a CPU: ONNX Runtime).
 2. A clean image (a held-out bundled image never used in training, or your own file, centre-
    cropped and resized to ``--size``) is measured with a Gaussian blur plus Gaussian noise.
-3. ``solver.solve(y, op)`` runs 18 EDM steps, each a call of the unfolded denoiser: K steps of
-   ``x <- x - gamma (A^T(Ax - y) + tau (x - R(x; sigma)))`` with ``A`` the blur operator.
+3. ``solver.solve(y, op, noise_std=...)`` runs 18 EDM steps, each a call of the unfolded
+   denoiser: K stages of "move towards the learned prior R(x; sigma), then solve the data term
+   ||A x - y||^2 exactly, trusted as far as the noise level allows" (the bundled model's
+   proximal step; the paper's gradient step is a model setting).
 4. Scores (PSNR/SSIM against the clean image) for the restoration, the classical Wiener
    filter (natural-image prior), the plain ``pinv`` (Tikhonov inverse) and the blurred
    measurement itself; restored/baseline/measured/clean PNGs are written to ``--out``.
@@ -73,9 +75,10 @@ def main(argv=None) -> dict:
     # The same seed gives the same noise on every machine and backend (drawn on the host).
     y = op.measure(x, noise_std=args.noise, seed=args.seed).astype(np.float32)
 
-    solution = solver.solve(y, op, steps=args.steps, seed=args.seed, progress=False)
+    # noise_std: the measurement's noise level, which the model weighs y by (None: estimated from y)
+    solution = solver.solve(y, op, steps=args.steps, seed=args.seed, noise_std=args.noise, progress=False)
     restored = np.asarray(solution.images)  # (1, 3, H, W) in [0, 1]: one posterior sample
-    # Wiener needs the noise level; the learned solver does not (it sees only y and A).
+    # Wiener needs the noise level too (the same one).
     wiener = np.asarray(classical_baseline(op, y, args.noise))
     pinv = np.clip(op.pinv(y), 0.0, 1.0)  # Tikhonov inverse: sharp, but it amplifies the noise
     measured = np.clip(y, 0.0, 1.0)  # a blur keeps the image size: y can be shown and scored as is

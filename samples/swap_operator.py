@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     for label, task, params, trained in OPERATORS:
         op = make_operator(task, shape, **params)  # a new A: nothing else changes
         y = op.measure(x, noise_std=args.noise, seed=args.seed).astype(np.float32)
-        restored = np.asarray(solver.solve(y, op, steps=args.steps, seed=args.seed).images)
+        restored = np.asarray(solver.solve(y, op, steps=args.steps, seed=args.seed, noise_std=args.noise).images)
         baseline = np.asarray(classical_baseline(op, y, args.noise))
         measured = at_image_size(y, shape)
         results[label] = {

@@ -122,7 +122,7 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
             noise = args.noise
         y = op.measure(x[None], noise, seed=[seed])
         y = y.astype(np.complex64 if task.is_mri else np.float32)
-        sol = solver.solve(y, op, seed=seed, samples=args.samples, steps=args.steps)
+        sol = solver.solve(y, op, seed=seed, samples=args.samples, steps=args.steps, noise_std=noise)
         est = np.asarray(sol.images)[0]
         base = np.asarray(classical_baseline(op, y, noise))[0]
         if not task.is_mri:

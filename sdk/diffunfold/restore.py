@@ -144,10 +144,10 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["simulate", "measured"], default="simulate",
                         help="simulate: INPUT is clean, measure it and score the restoration (default); "
                              "measured: INPUT is the degraded measurement, no scores")
-    parser.add_argument("--noise", type=float, default=0.05,
-                        help="simulate: std of the Gaussian noise added to the measurement (images in [0, 1]); "
-                             "measured: the noise level you assume in INPUT (only the Wiener baseline uses it) "
-                             "(default: 0.05)")
+    parser.add_argument("--noise", type=float, default=None, metavar="STD",
+                        help="simulate: std of the Gaussian noise added to the measurement (images in [0, 1]; "
+                             "default 0.05); measured: the noise std in INPUT, which a noise-aware model and "
+                             "the Wiener baseline weigh the data by (default: estimated from INPUT, and said so)")
     parser.add_argument("--size", type=int, metavar="N",
                         help="simulate mode: centre-crop each image to a square and resize it to NxN first "
                              "(default: native size; any size works, the solver pads)")
@@ -226,8 +226,10 @@ def _check_numbers(args) -> None:
         raise InputError(f"--size must be at least 8 pixels, got {args.size}")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads must be >= 1, got {args.threads}")
-    if not (math.isfinite(args.noise) and args.noise >= 0):
+    if args.noise is not None and not (math.isfinite(args.noise) and args.noise >= 0):
         raise InputError(f"--noise must be finite and >= 0, got {args.noise}")
+    if getattr(args, "mode", None) == "simulate" and args.noise is None:
+        args.noise = 0.05
 
 
 def _check_outputs(out_dir: Path, planned: list[Path], inputs: list[Path], input_dirs: set[Path],
@@ -420,6 +422,7 @@ def run_restore(args) -> int:
     from .baselines import baseline_name, classical_baseline
     from .data.images import load_image, save_image
     from .metrics import psnr, ssim
+    from .noise import estimate_noise_std
     from .package import ModelPackage
     from .physics.tasks import make_operator
 
@@ -506,11 +509,15 @@ def run_restore(args) -> int:
             else:
                 op = make_operator(name, shape, **op_params)
             y = op.measure(x, args.noise, seed=[seed]).astype(np.float32)
-        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples)
+        noise_std = args.noise if args.noise is not None else float(estimate_noise_std(op, y)[0])
+        if args.noise is None:
+            notes.append(f"{it.path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
+        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
+                           noise_std=noise_std)
         timings.append(sol.timing)
         nfe = sol.nfe
         restored = np.asarray(sol.images)
-        baseline = np.clip(np.asarray(classical_baseline(op, y, args.noise)), 0.0, 1.0)
+        baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
 
         save_image(it.outputs["restored"], restored[0])
         save_image(it.outputs["baseline"], baseline[0])
@@ -533,7 +540,8 @@ def run_restore(args) -> int:
     timing = _sum_timing(timings)
 
     base_name = baseline_name(op)
-    print(f"{pkg.summary()}\n{args.mode} {label}, noise {args.noise:g}, {len(rows)} image(s) -> {out_dir}/")
+    noise_label = "estimated per image" if args.noise is None else f"{args.noise:g}"
+    print(f"{pkg.summary()}\n{args.mode} {label}, noise {noise_label}, {len(rows)} image(s) -> {out_dir}/")
     if measured:
         lines = ["| image | size | restored | s |", "|---|---|---|---|"]
         for r in rows:
@@ -669,7 +677,9 @@ def run_mri(args) -> int:
         kmax = float(np.abs(op.A(x)).max())
         noise_std = args.noise * kmax
         y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
-        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples)
+        # the file's own k-space noise adds to what --noise adds: the solver estimates the total
+        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
+                           noise_std=None)
         timings.append(sol.timing)
         nfe = sol.nfe
         recon = np.asarray(sol.images)
