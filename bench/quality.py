@@ -28,7 +28,6 @@ than one package ``quality-compare.md``. See ``--help`` for how to read them.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import re
@@ -396,31 +395,15 @@ def open_inputs(paths: list[str], workdir: Path, log: Callable[[str], None]) -> 
     return out
 
 
-def solve_kwargs(solver, noise_std: list[float]) -> dict:
-    """``noise_std=`` for solvers that take it (one value per image); older ones estimate nothing."""
-    return {"noise_std": list(noise_std)} if "noise_std" in inspect.signature(solver.solve).parameters else {}
-
 
 def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
-    """The posterior mean of ``s.samples`` draws and one draw. Draw 0 of an N-sample solve
-    starts from the same noise as a 1-sample solve with the same seeds (``edm.initial_noise``),
-    so when the solution does not expose its draws, ``samples=1`` gives draw 0."""
-    kwargs = solve_kwargs(sc.solver, case.noise_std)
+    """The posterior mean of ``s.samples`` draws and one draw (draw 0, from the same solve)."""
     t0 = time.perf_counter()
-    sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps, **kwargs)
+    sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps,
+                          noise_std=list(case.noise_std))
     t_mean = time.perf_counter() - t0
-    draws = getattr(sol, "draws", None)
-    if draws is None:
-        draws = (getattr(sol, "extra", None) or {}).get("draws")
-    if s.samples == 1:
-        single, t_single, extra = np.asarray(sol.images), t_mean, 0.0
-    elif draws is not None:
-        single, t_single, extra = np.asarray(draws[0]), t_mean / s.samples, 0.0
-    else:
-        t0 = time.perf_counter()
-        single = np.asarray(sc.solver.solve(case.y, case.op, seed=case.seeds, samples=1, steps=s.steps,
-                                            **kwargs).images)
-        t_single = extra = time.perf_counter() - t0
+    single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
+    t_single, extra = t_mean / s.samples, 0.0
     sc.model_seconds += t_mean + extra
     return {"model_mean": Estimate(np.asarray(sol.images), t_mean),
             "model_sample": Estimate(single, t_single)}
@@ -467,8 +450,8 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
              f"- package: `{sc.path}` ({sc.source}); manifest source: run {src.get('run', '?')}, step "
              f"{src.get('step', '?')}, {src.get('weights', '?')} weights, checkpoint {src.get('checkpoint', '?')}",
              f"- backend: {sc.solver.backend_name}; {s.samples} posterior samples, "
-             f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps; noise level given to the solver: "
-             f"{'yes' if meta['noise_std_given'] else 'no (this runtime estimates nothing: it takes no noise_std)'}",
+             f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps; the true noise level is given to the "
+             f"solver ({'it weighs y by it' if sc.package.noise_aware else 'this package does not use it'})",
              f"- data: {s.images} held-out {'phantoms' if sc.kind == 'mri' else 'photos'} per task at "
              f"{s.size}x{s.size} px, seeds {meta['seed']} + i; noise: "
              + ("complex Gaussian k-space noise of std level x max|A x| of each image ('x peak')" if sc.kind == "mri"
@@ -677,7 +660,6 @@ def run(args) -> int:
                 "wall_seconds": wall,
                 "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
                 "sampler": {sc.name: sc.package.schedule["sampler"] for sc in scored},
-                "noise_std_given": all(solve_kwargs(sc.solver, [0.0]) for sc in scored),
                 "sigpy": module_version("sigpy"), "sigpy_skipped": sigpy_reason,
                 "sigpy_forward_check_rel_err": sigpy_check,
                 "versions": {m: module_version(m) for m in ("numpy", "scipy", "skimage", "onnxruntime", "sigpy")}}

@@ -61,6 +61,7 @@ class Solution:
     timing: Timing
     backend: str
     extra: dict = field(default_factory=dict)
+    draws: Any | None = None       # the individual posterior samples (samples, B, C, H, W) when samples > 1
 
 
 class Solver:
@@ -220,6 +221,7 @@ class Solver:
             if bar is not None:
                 bar.close()
         timing.total = time.perf_counter() - t_start
+        stack = None
         if samples == 1:
             images, std = draws[0], None
         else:
@@ -233,8 +235,9 @@ class Solver:
         if return_numpy:
             images = to_numpy(images)
             std = None if std is None else to_numpy(std)
+            stack = None if stack is None else to_numpy(stack)
         return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=int(samples), timing=timing,
-                        backend=self.backend_name, extra=extra)
+                        backend=self.backend_name, extra=extra, draws=stack)
 
     def _prepare(self, y, operator: LinearOperator):
         """Check ``y`` against the operator and the model, and move it to the working precision
