@@ -74,3 +74,23 @@ def test_demo_runs_without_torch(run_without_torch, tmp_path):
         assert main(["demo", "--out", {str(tmp_path)!r}, "--images", "1", "--samples", "1", "--steps", "4",
                      "--quiet", "--task", "gaussian_blur"]) == 0
     """)
+
+
+@pytest.mark.parametrize("path", [DEFAULT_IMAGE_PACKAGE, DEFAULT_MRI_PACKAGE], ids=["image", "mri"])
+def test_bundled_packages_take_stable_data_steps(path):
+    """Over the whole default schedule (and beyond it, where the weights are clamped) the learned
+    steps stay where the data step cannot amplify an error: the proximal step's relaxation in
+    (0, 2) and a positive prox weight; the paper's gradient step below 2."""
+    from diffunfold import edm
+    from diffunfold.runtime import Solver
+
+    solver = Solver.load(path, backend="onnxruntime", threads=1)
+    sigmas = np.concatenate([edm.schedule(18)[:-1], np.geomspace(1e-3, 200, 40)])
+    weights = solver.weights_for(sigmas)
+    tau = np.array([w[0] for w in weights.values()])
+    gamma = np.array([w[1] for w in weights.values()])
+    assert np.all(np.isfinite(tau)) and np.all(np.isfinite(gamma))
+    if solver.package.data_step == "proximal":
+        assert np.all((tau > 0) & (tau < 2)) and np.all(gamma > 0)
+    else:
+        assert np.all(gamma < 2), f"gradient steps up to {gamma.max():.2f} (> 2 amplifies errors)"

@@ -192,5 +192,6 @@ class ModelPackage:
         m = self.manifest
         src = m.get("source", {})
         return (f"{self.path.name}: {m['data']['kind']} model, K={self.stages} "
-                f"({'shared' if self.shared else 'separate'} networks), trained on {', '.join(self.tasks) or '?'}"
+                f"({'shared' if self.shared else 'separate'} networks), {self.data_step} data step"
+                f"{' (noise-aware)' if self.noise_aware else ''}, trained on {', '.join(self.tasks) or '?'}"
                 f"; step {src.get('step', '?')} ({src.get('weights', '?')} weights)")
