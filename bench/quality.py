@@ -22,7 +22,7 @@ and one MRI mask per task, so the images and the posterior samples run in one ba
 
 Writes ``<out>/quality-<package>.md`` and ``.json`` per package (its rows and the baselines'),
 ``quality-<package>.png`` (PSNR against the noise level, one panel per task), and with more
-than one package ``quality-compare.md``. See ``--help`` for how to read them.
+than one package ``quality-compare-<kinds>.md`` (``-image``, ``-mri`` or ``-image-mri``). See ``--help`` for how to read them.
 """
 
 from __future__ import annotations
@@ -648,7 +648,8 @@ def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dic
 
 def write_outputs(scored: list[Scored], baseline_rows: dict, meta: dict, s: Settings, out: Path,
                   log: Callable[[str], None], quiet: bool) -> list[Path]:
-    """quality-<package>.md/.json/.png per package, and quality-compare.md for several."""
+    """quality-<package>.md/.json/.png per package, and quality-compare-<kinds>.md for several
+    (named by the data kinds in it, so an image run and an MRI run can share a folder)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for sc in scored:
@@ -673,8 +674,10 @@ def write_outputs(scored: list[Scored], baseline_rows: dict, meta: dict, s: Sett
         if not quiet:
             print(md.split("## Every method")[0])
     if len(scored) > 1:
-        (out / "quality-compare.md").write_text(markdown_compare(scored, baseline_rows, meta, s))
-        written.append(out / "quality-compare.md")
+        kinds = "-".join(k for k in ("image", "mri") if any(sc.kind == k for sc in scored))
+        compare = out / f"quality-compare-{kinds}.md"
+        compare.write_text(markdown_compare(scored, baseline_rows, meta, s))
+        written.append(compare)
     return written
 
 
