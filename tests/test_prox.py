@@ -51,9 +51,10 @@ def test_mri_prox_converges_with_cg_and_keeps_the_null_space():
     op = operator(*MRI)
     v, y = pair(op, np.random.default_rng(1))
     start = normal_residual(op, v, y, 0.1, v)
-    assert normal_residual(op, v, y, 0.1, op.prox(v, y, 0.1)) < start / 30   # the default 8 steps
-    op.prox_iterations = 60
-    assert normal_residual(op, v, y, 0.1, op.prox(v, y, 0.1)) < 1e-6
+    assert normal_residual(op, v, y, 0.1, op.prox(v, y, 0.1, iterations=8)) < start / 30
+    assert normal_residual(op, v, y, 0.1, op.prox(v, y, 0.1, iterations=60)) < 1e-6
+    with pytest.raises(InputError, match="iterations must be >= 1"):
+        op.prox(v, y, 0.1, iterations=0)
 
 
 @pytest.mark.parametrize("task,params", CLOSED_FORM + [MRI], ids=lambda v: v if isinstance(v, str) else "")

@@ -27,7 +27,7 @@ from typing import Any
 from . import edm
 from .errors import InputError
 from .spaces import DataSpace
-from .unfolding import NOISE_FLOOR
+from .unfolding import NOISE_FLOOR, PROX_ITERATIONS
 
 FORMAT = "diffunfold-package/1"
 MANIFEST = "manifest.json"
@@ -142,6 +142,10 @@ class ModelPackage:
     @property
     def noise_floor(self) -> float:
         return float(self.settings.get("noise_floor", NOISE_FLOOR))
+
+    @property
+    def prox_iterations(self) -> int:
+        return int(self.settings.get("prox_iterations", PROX_ITERATIONS))
 
     @property
     def stages(self) -> int:

@@ -27,6 +27,11 @@ DATA_STEPS = ("gradient", "proximal")
 # must not divide by a zero variance. 8-bit images carry ~1e-3 of quantisation noise, which
 # the estimate (diffunfold.noise) or the user's noise_std then gives.
 NOISE_FLOOR = 1e-4
+# CG steps of a proximal step without a closed form (MRI). On the bundled MRI model, 8 -> 16 -> 30
+# took held-out phantoms (noise-free, Gaussian 1-D 4x / uniform 1-D 8x / Gaussian 2-D 8x) from
+# 42.8 / 28.6 / 37.2 to 43.6 / 31.1 / 38.1 to 44.2 / 32.4 / 38.6 dB, the residual ||A x - y|| / ||y||
+# from 3e-4 / 1e-3 / 3e-4 to 0.9e-4 / 1.6e-4 / 0.7e-4, at about twice the time per solve on a CPU.
+PROX_ITERATIONS = 30
 
 
 def check_data_step(data_step: str) -> str:
@@ -44,13 +49,14 @@ def prox_weight(gamma_k, sigma, noise_var, lipschitz: float, scale: float, noise
 
 
 def stage(x, r, y, operator, space, tau_k, gamma_k, data_step: str, sigma=None, noise_var=None,
-          noise_floor: float = NOISE_FLOOR):
+          noise_floor: float = NOISE_FLOOR, prox_iterations: int = PROX_ITERATIONS):
     """One stage in model space: ``x`` the current iterate, ``r = R_k(x; s)`` the regulariser's
     output. ``tau_k``, ``gamma_k``: floats, or per-image arrays broadcastable against ``x``
     (``tau_k``) and shaped ``(B,)`` (``gamma_k``, proximal). ``sigma`` and ``noise_var`` (the
-    measurement noise variance ``sigma_y^2``) are needed by the noise-aware proximal step."""
+    measurement noise variance ``sigma_y^2``) are needed by the noise-aware proximal step;
+    ``prox_iterations``: CG steps where the operator has no closed form (MRI)."""
     if data_step == "gradient":
         return x - gamma_k * (space.fidelity_grad(operator, x, y) + tau_k * (x - r))
     z = x - tau_k * (x - r)
     w = prox_weight(gamma_k, sigma, noise_var, operator.lipschitz, space.scale, noise_floor)
-    return space.to_model(operator.prox(space.to_user(z), y, w))
+    return space.to_model(operator.prox(space.to_user(z), y, w, prox_iterations))

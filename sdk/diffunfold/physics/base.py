@@ -104,10 +104,10 @@ class LinearOperator:
             )
         return self._adjoint(ax - y)
 
-    # CG steps of the default ``prox``; classes with a closed form override ``_prox``.
-    prox_iterations: int = 8
+    # CG steps of the default ``prox`` when the caller gives none; closed forms ignore it.
+    prox_iterations: int = 30
 
-    def prox(self, v, y, weight):
+    def prox(self, v, y, weight, iterations: int | None = None):
         """The data-consistency (proximal) step of the normalised fidelity at ``v``:
 
         ``argmin_x ||A x - y||^2 / (2 L) + weight / 2 ||x - v||^2`` with ``L = ||A||^2``, the
@@ -115,18 +115,22 @@ class LinearOperator:
         value or one per image) is the trust in ``v``: small trusts ``y`` (a noise-free ``y`` is
         then matched exactly where ``A`` sees), large keeps ``v``. Unlike a gradient step it is
         stable for every weight. Exact where the operator has a closed form (blur, inpainting,
-        SR); otherwise ``prox_iterations`` CG steps started from ``v`` (MRI)."""
+        SR); otherwise ``iterations`` (default ``prox_iterations``) CG steps started from ``v``
+        (MRI)."""
         self._check_image(v, "v")
         self._check_measurement(y, "y")
-        return self._prox(v, y, self._per_image(weight, v))
+        steps = self.prox_iterations if iterations is None else int(iterations)
+        if steps < 1:
+            raise InputError(f"iterations must be >= 1, got {iterations}")
+        return self._prox(v, y, self._per_image(weight, v), steps)
 
-    def _prox(self, v, y, weight):
+    def _prox(self, v, y, weight, iterations: int):
         lip = self.lipschitz
 
         def normal(u):
             return self._adjoint(self._forward(u)) / lip + weight * u
 
-        return conjugate_gradient(normal, self._adjoint(y) / lip + weight * v, v, self.prox_iterations)
+        return conjugate_gradient(normal, self._adjoint(y) / lip + weight * v, v, iterations)
 
     @staticmethod
     def _per_image(weight, ref):

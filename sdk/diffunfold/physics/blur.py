@@ -70,7 +70,7 @@ class Convolution(LinearOperator):
     def _adjoint(self, y):
         return self._apply_spectrum(y, "K*", lambda: np.conj(self._spectrum))
 
-    def _prox(self, v, y, weight):
+    def _prox(self, v, y, weight, iterations: int):
         # Diagonal in Fourier: X = (conj(K) Y / L + w V) / (|K|^2 / L + w), exactly.
         xp = namespace(v)
         lip = self.lipschitz

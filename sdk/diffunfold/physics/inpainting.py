@@ -96,7 +96,7 @@ class Inpainting(LinearOperator):
 
     _forward = _adjoint = _pinv = _apply
 
-    def _prox(self, v, y, weight):
+    def _prox(self, v, y, weight, iterations: int):
         # Diagonal: observed pixels move to (y + w v) / (1 + w), missing ones keep v.
         m = self._const("mask", self._mask, v, dtype=v.dtype)
         return (m * y + weight * v) / (m + weight)

@@ -117,7 +117,7 @@ class SuperResolution(LinearOperator):
             self._eig = (u_h, u_w, np.clip(np.outer(lam_h, lam_w), 0.0, None) / self.lipschitz)
         return self._eig
 
-    def _prox(self, v, y, weight):
+    def _prox(self, v, y, weight, iterations: int):
         # Exact: v plus the correction A^H (y - A v) / L rotated into the eigenbasis of A^H A
         # and divided by (lam + w). The correction lies in A's range, so its null-space part is
         # zero: it is set so, not divided by a tiny w (float32 rounding of the rotation would

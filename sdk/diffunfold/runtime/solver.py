@@ -141,7 +141,7 @@ class Solver:
             r = self._regularize(x, sigma, k, timing)
             t0 = time.perf_counter()
             x = stage(x, r, y, operator, self.space, tau[k], gamma[k], pkg.data_step, sigma=float(sigma),
-                      noise_var=noise_var, noise_floor=pkg.noise_floor)
+                      noise_var=noise_var, noise_floor=pkg.noise_floor, prox_iterations=pkg.prox_iterations)
             self.backend.synchronize()
             timing.physics += time.perf_counter() - t0
         return x

@@ -21,7 +21,7 @@ from .. import edm
 from ..errors import InputError
 from ..physics.base import LinearOperator
 from ..spaces import DataSpace
-from ..unfolding import NOISE_FLOOR, check_data_step, stage
+from ..unfolding import NOISE_FLOOR, PROX_ITERATIONS, check_data_step, stage
 from .unet import UNet, count_parameters
 
 
@@ -77,6 +77,7 @@ class ModelSettings:
     # estimated from y), so a clean y is matched and a noisy one trusted as its noise allows.
     noise_aware: bool = False
     noise_floor: float = NOISE_FLOOR  # sigma_y below this counts as this
+    prox_iterations: int = PROX_ITERATIONS  # CG steps of a proximal step with no closed form (MRI)
 
     def __post_init__(self):
         if isinstance(self.unet, dict):
@@ -92,6 +93,8 @@ class ModelSettings:
         check_data_step(self.data_step)
         if self.noise_aware and self.data_step != "proximal":
             raise InputError("noise_aware needs data_step = 'proximal' (the gradient step has no noise model)")
+        if int(self.prox_iterations) < 1:
+            raise InputError(f"prox_iterations must be >= 1, got {self.prox_iterations}")
         if not self.noise_floor > 0:
             raise InputError(f"noise_floor must be > 0, got {self.noise_floor}")
         if self.data_step == "proximal" and not 0 < self.tau_init < 2:
@@ -236,7 +239,8 @@ class DiffUnfolding(nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 x = stage(x, r, y, operator, self.space, tau[:, k, None, None, None],
                           gamma[:, k] if s.data_step == "proximal" else gamma[:, k, None, None, None],
-                          s.data_step, sigma=sigma, noise_var=noise_var, noise_floor=s.noise_floor)
+                          s.data_step, sigma=sigma, noise_var=noise_var, noise_floor=s.noise_floor,
+                          prox_iterations=int(s.prox_iterations))
         return x
 
     denoise = forward
