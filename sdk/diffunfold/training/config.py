@@ -89,6 +89,9 @@ class TrainSettings:
     # Start the regularisers (and u) from a model package or checkpoint, e.g. one trained with
     # another data step; tau and gamma start fresh. Ignored on --resume.
     init_from: str | None = None
+    # Train only the weight generators (tau, gamma, u), the regularisers fixed: with few
+    # training images, fine-tuning the networks memorises them (README, "Which data step").
+    freeze_regularizers: bool = False
 
 
 @dataclass

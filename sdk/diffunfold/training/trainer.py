@@ -168,14 +168,19 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     model.check_image_size((cfg.data.size, cfg.data.size))
     if t.init_from and not resume:
         initialise_from(model, t.init_from)
+    counts = model.parameter_counts()  # before any freezing: the model's size
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
                         use_buffers=True)
     generators = [*model.tau.parameters(), *model.gamma.parameters(), *model.uncertainty.parameters()]
     ids = {id(p) for p in generators}
-    optimizer = torch.optim.Adam(
-        [{"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": 1.0},
-         {"params": generators, "lr_scale": t.weights_lr_scale}],
-        lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
+    networks = [p for p in model.parameters() if id(p) not in ids]
+    if t.freeze_regularizers:  # learn only tau, gamma and u around fixed (e.g. init_from) networks
+        for p in networks:
+            p.requires_grad_(False)
+    groups = [{"params": generators, "lr_scale": t.weights_lr_scale}]
+    if not t.freeze_regularizers:
+        groups.insert(0, {"params": networks, "lr_scale": 1.0})
+    optimizer = torch.optim.Adam(groups, lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
     start = 0
     if resume:
         start = int(load_training_state(previous, model, ema, optimizer)["step"])
@@ -188,7 +193,6 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     amp = t.amp and device.type == "cuda"
     space = model.space
 
-    counts = model.parameter_counts()
     val = validation_set(cfg) if ctx.main else None
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +202,8 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
         val_log = CSVLog(out / "val.csv", ["step", "task", "psnr_model", "psnr_pinv", "psnr_baseline",
                                            "ssim_model", "ssim_baseline"])
         print(f"diffunfold train: {cfg.name}, {counts['total']:,} parameters "
-              f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)), K={model.stages}, "
+              f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)"
+              + (", frozen" if t.freeze_regularizers else "") + f"), K={model.stages}, "
               f"device {device}, {ctx.world} process(es), steps {start}..{t.steps}, batch {t.batch_size}"
               + (", bfloat16 autocast" if amp else ""), flush=True)
 

@@ -1,0 +1,166 @@
+"""Controlled comparison of unfolding variants at an equal training budget.
+
+Every variant starts from the same weights (the regularisers and u of ``--init``, a model
+package or checkpoint; tau and gamma fresh), trains the same ``--steps`` on the same batches
+(batches depend only on seed and step) with the same learning-rate schedule, and is scored on
+the same held-out images, measurements and sampler seeds. Only the model settings differ:
+
+  paper           the paper's eq. 9: gradient data step, weights f(s, k)
+  proximal        relax towards R_k, then an exact data-consistency step of learned weight f(s, k)
+  proximal-noise  the same with the weight set by the measurement noise sigma_y (MAP weight)
+  proximal-noise-weights  the same, training only tau, gamma and u (the networks stay --init's)
+
+Each variant is also scored before training (step 0: --init's networks, tau and gamma at their
+initial values) with --at-init. Scores are kept in each run folder (scores.json) and reused
+when the run, its steps and the noise levels are unchanged.
+
+Example (the comparison in the README, about 25 minutes on 2 cores):
+  python bench/variants.py --init samples/models/image-small --steps 300
+
+Writes bench/results/variants-<preset>.md/.json. Training runs go to --runs (git-ignored);
+a finished variant is not trained again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VARIANTS = {
+    "paper": ['model.data_step="gradient"', "model.noise_aware=false", "model.tau_init=0.5", "model.gamma_init=2.0"],
+    "proximal": ['model.data_step="proximal"', "model.noise_aware=false", "model.tau_init=1.0", "model.gamma_init=1.0"],
+    "proximal-noise": ['model.data_step="proximal"', "model.noise_aware=true", "model.tau_init=1.0",
+                       "model.gamma_init=1.0"],
+    # the same, learning only tau, gamma and u: the regularisers stay those of --init
+    "proximal-noise-weights": ['model.data_step="proximal"', "model.noise_aware=true", "model.tau_init=1.0",
+                               "model.gamma_init=1.0", "train.freeze_regularizers=true"],
+}
+# Data shared by every variant: a quarter of the measurements noise-free, a quarter at low noise.
+COMMON = ["data.noise_zero_fraction=0.25", "data.noise_log_fraction=0.25"]
+IMAGE_TASKS = [{"task": "gaussian_blur", "sigma": 2.0}, {"task": "sr", "factor": 4}, {"task": "inpainting", "missing": 0.4}]
+MRI_TASKS = [{"task": "mri", "kind": "gaussian1d", "acceleration": 4}, {"task": "mri", "kind": "gaussian2d", "acceleration": 8}]
+
+
+def variant_config(args, name: str):
+    from diffunfold.training.config import load_config
+
+    steps = args.steps
+    overrides = VARIANTS[name] + COMMON + [
+        f'train.init_from="{args.init}"', f"train.steps={steps}", f"train.decay_steps={steps}",
+        f"train.warmup_steps={min(50, steps // 4)}", "train.val_every=0", f"train.checkpoint_every={steps}",
+        f"train.threads={args.threads}", f'out_dir="{Path(args.runs) / name}"'] + (args.set or [])
+    return load_config(args.preset, overrides), overrides
+
+
+def train_variant(args, name: str) -> tuple[Path, float]:
+    from diffunfold.training.checkpoint import latest_checkpoint
+    from diffunfold.training.trainer import train
+
+    cfg, _ = variant_config(args, name)
+    ckpt = latest_checkpoint(Path(cfg.out_dir) / "checkpoints")
+    if ckpt is not None and ckpt.name.endswith(f"{args.steps:08d}.safetensors"):
+        return ckpt, float("nan")  # already trained
+    t0 = time.perf_counter()
+    summary = train(cfg, resume=ckpt is not None, progress=not args.quiet)
+    return Path(summary["checkpoint"]), time.perf_counter() - t0
+
+
+def score(args, model, cfg) -> list[dict]:
+    from diffunfold.training.data import validation_set
+    from diffunfold.training.evaluate import evaluate
+
+    images, maps = validation_set(cfg)
+    rows = []
+    tasks = MRI_TASKS if cfg.data.is_mri else IMAGE_TASKS
+    for noise in args.noise:  # absolute sigma_y (for MRI, in k-space units)
+        for r in evaluate(model, images, tasks, noise, args.sample_steps, "euler", seed=args.seed,
+                          coil_maps=maps, samples=1, progress=False):
+            rows.append({"noise": noise, **r})
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--init", required=True, help="model package or checkpoint whose regularisers every variant starts from")
+    p.add_argument("--preset", default="small", help="training preset (default: small)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--steps", type=int, default=300, help="training steps per variant (default: 300)")
+    p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.01, 0.05], help="held-out sigma_y levels")
+    p.add_argument("--sample-steps", type=int, default=18, help="sampler steps for scoring (default: 18)")
+    p.add_argument("--at-init", action="store_true", help="also score each variant before training (step 0)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", help="extra table.key=value override for every variant")
+    p.add_argument("--runs", default="runs/variants", help="where the training runs go (default: runs/variants)")
+    p.add_argument("--out", default="bench/results", help="where the table goes")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    import torch
+
+    from diffunfold.training.checkpoint import load_model
+    from diffunfold.training.model import DiffUnfolding
+    from diffunfold.training.trainer import initialise_from
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = {}
+    for name in args.variants:
+        cfg, overrides = variant_config(args, name)
+        cache = Path(cfg.out_dir) / "scores.json"
+        key = {"steps": args.steps, "noise": args.noise, "init": args.init, "at_init": args.at_init}
+        if cache.exists() and json.loads(cache.read_text()).get("key") == key:
+            results[name] = json.loads(cache.read_text())["entry"]
+            continue
+        entry = {"overrides": overrides, "command": f"diffunfold train --config {args.preset} "
+                 + " ".join(f"--set '{o}'" for o in overrides)}
+        if args.at_init:
+            model = DiffUnfolding(cfg.model)
+            initialise_from(model, args.init)
+            entry["at_init"] = score(args, model.eval(), cfg)
+        ckpt, seconds = train_variant(args, name)
+        model, _ = load_model(ckpt)
+        entry.update(checkpoint=str(ckpt), train_seconds=seconds, rows=score(args, model.eval(), cfg))
+        results[name] = entry
+        cache.write_text(json.dumps({"key": key, "entry": entry}, indent=1))
+        print(name, "done", flush=True)
+    write(args, results)
+    return 0
+
+
+def write(args, results: dict) -> None:
+    from machine import machine_info  # bench/machine.py
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"variants-{args.preset}"
+    meta = {"command": "python bench/variants.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{machine_info()['cpu']}, {machine_info()['cores']} cores", "init": args.init, "steps": args.steps, "results": results}
+    stem.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    first = next(iter(results.values()))
+    keys = [(r["noise"], r["task"]) for r in first["rows"]]
+    head = "| variant | " + " | ".join(f"{t} @ {n}" for n, t in keys) + " |"
+    lines = [f"# Unfolding variants at an equal budget ({args.steps} steps from {args.init})", "",
+             f"`{meta['command']}` on {meta['machine']}, {meta['date']}. PSNR (dB) on the held-out images, "
+             "one posterior sample, 18 Euler steps; columns are task @ sigma_y.", "", head,
+             "|" + "---|" * (len(keys) + 1)]
+    for name, e in results.items():
+        for label, rows in (("", e["rows"]), (" (step 0)", e.get("at_init"))):
+            if rows:
+                lines.append(f"| {name}{label} | " + " | ".join(f"{r['psnr_model']:.2f}" for r in rows) + " |")
+    lines.append("| classical baseline | " + " | ".join(f"{r['psnr_baseline']:.2f} ({r['baseline_name']})"
+                                                    for r in first["rows"]) + " |")
+    lines += ["", "Commands (each run's training):", ""] + [f"- {n}: `{e['command']}`" for n, e in results.items()]
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
