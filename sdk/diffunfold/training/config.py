@@ -78,7 +78,10 @@ class TrainSettings:
     grad_clip: float = 1.0           # max global gradient norm (0: off)
     ema_halflife_images: float = 500_000.0   # EDM's EMA, half-life in training images...
     ema_rampup: float = 0.05         # ...limited to this fraction of the images seen so far
-    amp: bool = True                 # bfloat16 autocast for the networks (CUDA only)
+    amp: bool = True                 # bfloat16 autocast for the networks on CUDA...
+    # ...and on the CPU with this: 0.68x the time per step of float32 on the 2-core Zen 4 (AVX-512
+    # BF16), gradients within 2 % (bench/results/train_step-*.md); off until a whole run is compared
+    cpu_bf16: bool = False
     seed: int = 0
     device: str = "auto"             # auto | cpu | cuda | cuda:N
     threads: int = 0                 # torch CPU threads (0: torch's default)

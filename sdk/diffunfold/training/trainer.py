@@ -190,7 +190,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     objective = UnfoldingObjective(model)
     if ctx.world > 1:
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = t.amp and device.type == "cuda"
+    amp = t.amp and (device.type == "cuda" or (device.type == "cpu" and t.cpu_bf16))
     space = model.space
 
     val = validation_set(cfg) if ctx.main else None
