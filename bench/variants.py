@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     from diffunfold.training.checkpoint import load_model
     from diffunfold.training.model import DiffUnfolding
-    from diffunfold.training.trainer import initialise_from
+    from diffunfold.training.package_weights import initialise_from
 
     if args.threads:
         torch.set_num_threads(args.threads)

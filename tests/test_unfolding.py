@@ -163,7 +163,7 @@ def test_init_from_a_package_without_torch_weights_recovers_its_networks(tmp_pat
     import onnxruntime as ort
 
     from diffunfold.package import ModelPackage
-    from diffunfold.training.trainer import initialise_from
+    from diffunfold.training.package_weights import initialise_from
 
     source = proximal_model(seed=4)
     pkg = export_model(source, tmp_path / "pkg", torch_weights=False, fp16_weights=fp16, log=lambda s: None)

@@ -177,12 +177,7 @@ class Solver:
         shape = (self.space.model_channels, *operator.image_shape)
         weights = self.weights_for(sigmas)
         timing = Timing()
-        extra: dict = {}
-        noise_var = None
-        if self.package.noise_aware:
-            std = resolve_noise_std(noise_std, operator, y, batch)
-            extra = {"noise_std": std.tolist(), "noise_std_estimated": noise_std is None}
-            noise_var = self.xp.asarray(std**2, dtype=self.xp.float32)  # on the device once
+        noise_var, extra = self._noise_variance(noise_std, operator, y, batch)
 
         # Posterior samples run side by side in the batch when the operator's constants are
         # shared by every image (blur, SR, one mask, one set of coil maps): one network call per
@@ -238,6 +233,15 @@ class Solver:
             stack = None if stack is None else to_numpy(stack)
         return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=int(samples), timing=timing,
                         backend=self.backend_name, extra=extra, draws=stack)
+
+    def _noise_variance(self, noise_std, operator: LinearOperator, y, batch: int) -> tuple[Any, dict]:
+        """sigma_y^2 per image on the device, and what to report of it, for a noise-aware
+        package (given, or estimated from ``y``); ``(None, {})`` for the others."""
+        if not self.package.noise_aware:
+            return None, {}
+        std = resolve_noise_std(noise_std, operator, y, batch)
+        extra = {"noise_std": std.tolist(), "noise_std_estimated": noise_std is None}
+        return self.xp.asarray(std**2, dtype=self.xp.float32), extra
 
     def _prepare(self, y, operator: LinearOperator):
         """Check ``y`` against the operator and the model, and move it to the working precision

@@ -1,4 +1,5 @@
-"""Torch weights of an exported model package, read back from its ONNX graphs.
+"""Where a training run starts from (``train.init_from``): another package or checkpoint, and
+the torch weights of an exported model package read back from its ONNX graphs.
 
 Packages keep their weights in ``model.safetensors`` unless exported with
 ``--no-torch-weights`` (the bundled ones are, to stay small). This recovers the same state
@@ -12,6 +13,7 @@ checked against the graph by the caller's use, and here against the model's own 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,3 +95,28 @@ def package_state(pkg: ModelPackage) -> dict[str, torch.Tensor]:
     if any(not torch.allclose(state[k], expected[k], rtol=1e-5) for k in freqs):
         raise InputError(f"{pkg.path}: the recovered Fourier frequencies differ from the model's")
     return state
+
+
+def initialise_from(model: DiffUnfolding, source: str) -> None:
+    """Copy the regularisers and u from a model package (its model.safetensors) or a
+    checkpoint (EMA weights) into ``model``; tau and gamma keep their initial values, since
+    they mean different things for another data step. The networks must have the same shape."""
+    from safetensors.torch import load_file
+
+    from .checkpoint import load_model
+
+    path = Path(source)
+    if (path / "manifest.json").exists():
+        pkg = ModelPackage.open(path)
+        if pkg.torch_weights_file is None:  # exported without them: read the ONNX graphs back
+            state = package_state(pkg)
+        else:
+            state = {k: v.float() for k, v in load_file(str(pkg.file(pkg.torch_weights_file))).items()}
+    else:
+        state = load_model(path)[0].state_dict()
+    keep = {k: v for k, v in state.items() if k.startswith(("regularizers.", "uncertainty."))}
+    missing, unexpected = model.load_state_dict(keep, strict=False)
+    wrong = [k for k in missing if k.startswith("regularizers.")]  # u is absent from packages
+    if wrong or unexpected:
+        raise InputError(f"train.init_from {source}: the networks do not match this config "
+                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]})")

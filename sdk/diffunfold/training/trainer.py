@@ -26,6 +26,7 @@ from .data import TrainingBatches, keep_as_is, validation_set
 from .evaluate import evaluate, format_rows
 from .loss import UnfoldingObjective
 from .model import DiffUnfolding
+from .package_weights import initialise_from
 from .sampler import to_tensor
 
 
@@ -61,33 +62,19 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     return dev
 
 
-def initialise_from(model: DiffUnfolding, source: str) -> None:
-    """Copy the regularisers and u from a model package (its model.safetensors) or a
-    checkpoint (EMA weights) into ``model``; tau and gamma keep their initial values, since
-    they mean different things for another data step. The networks must have the same shape."""
-    from safetensors.torch import load_file
-
-    from .checkpoint import load_model
-
-    path = Path(source)
-    if (path / "manifest.json").exists():
-        from ..package import ModelPackage
-
-        pkg = ModelPackage.open(path)
-        if pkg.torch_weights_file is None:  # exported without them: read the ONNX graphs back
-            from .package_weights import package_state
-
-            state = package_state(pkg)
-        else:
-            state = {k: v.float() for k, v in load_file(str(pkg.file(pkg.torch_weights_file))).items()}
-    else:
-        state = load_model(path)[0].state_dict()
-    keep = {k: v for k, v in state.items() if k.startswith(("regularizers.", "uncertainty."))}
-    missing, unexpected = model.load_state_dict(keep, strict=False)
-    wrong = [k for k in missing if k.startswith("regularizers.")]  # u is absent from packages
-    if wrong or unexpected:
-        raise InputError(f"train.init_from {source}: the networks do not match this config "
-                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]})")
+def make_optimizer(model: DiffUnfolding, t) -> torch.optim.Adam:
+    """Adam over the networks and, at ``weights_lr_scale`` x the rate, the weight generators
+    (tau, gamma, u); with ``freeze_regularizers`` over the generators only."""
+    generators = [*model.tau.parameters(), *model.gamma.parameters(), *model.uncertainty.parameters()]
+    ids = {id(p) for p in generators}
+    networks = [p for p in model.parameters() if id(p) not in ids]
+    if t.freeze_regularizers:  # learn only tau, gamma and u around fixed (e.g. init_from) networks
+        for p in networks:
+            p.requires_grad_(False)
+    groups = [{"params": generators, "lr_scale": t.weights_lr_scale}]
+    if not t.freeze_regularizers:
+        groups.insert(0, {"params": networks, "lr_scale": 1.0})
+    return torch.optim.Adam(groups, lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
 
 
 def learning_rate(t, step: int) -> float:
@@ -171,16 +158,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     counts = model.parameter_counts()  # before any freezing: the model's size
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
                         use_buffers=True)
-    generators = [*model.tau.parameters(), *model.gamma.parameters(), *model.uncertainty.parameters()]
-    ids = {id(p) for p in generators}
-    networks = [p for p in model.parameters() if id(p) not in ids]
-    if t.freeze_regularizers:  # learn only tau, gamma and u around fixed (e.g. init_from) networks
-        for p in networks:
-            p.requires_grad_(False)
-    groups = [{"params": generators, "lr_scale": t.weights_lr_scale}]
-    if not t.freeze_regularizers:
-        groups.insert(0, {"params": networks, "lr_scale": 1.0})
-    optimizer = torch.optim.Adam(groups, lr=t.lr, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = make_optimizer(model, t)
     start = 0
     if resume:
         start = int(load_training_state(previous, model, ema, optimizer)["step"])
