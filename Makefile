@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[train,export,dev,eval]"
+	$(PY) -m pip install --quiet -e ".[train,export,dev,eval,mrd,openvino]"
 	touch $(STAMP)
 
 install: $(STAMP)
