@@ -93,7 +93,7 @@ def test_posterior_samples_match_reference(packages):
     model, pkg = packages["mri"]
     op = operator_for("mri", {"kind": "gaussian1d", "acceleration": 4})
     y = op.measure(clean_images(mri=True), 0.01, seed=[1, 2])
-    got = Solver.load(pkg).solve(y, op, steps=8, seed=0, samples=3)
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=8, seed=0, samples=3)
     want = restore(model, torch.from_numpy(y), op, steps=8, seed=0, samples=3)
     assert got.samples == 3 and got.std.shape == (2, 1, SIZE, SIZE) and np.all(got.std > 0)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
@@ -242,7 +242,8 @@ def test_edited_or_broken_manifest_refused(packages, tmp_path):
 def test_backend_choice(packages, tmp_path):
     _, pkg = packages["shared"]
     solver = Solver.load(pkg, backend="auto")
-    assert solver.backend.name == "onnxruntime" and "auto" in solver.backend_reason
+    best = "openvino" if available_backends(pkg)["openvino"].startswith("ok") else "onnxruntime"
+    assert solver.backend.name == best and "auto" in solver.backend_reason  # more in test_openvino.py
     status = available_backends(pkg, "cpu")
     assert status["onnxruntime"].startswith("ok") and not status["tensorrt"].startswith("ok")
     with pytest.raises(InputError, match="backend must be one of"):
@@ -281,7 +282,7 @@ def test_runtime_solves_with_torch_unimportable(packages, run_without_torch):
         from diffunfold.physics import make_operator
         from diffunfold.physics.mri import birdcage_maps
         x = np.random.default_rng(0).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
-        solver = Solver.load({str(image_pkg)!r})
+        solver = Solver.load({str(image_pkg)!r}, backend="onnxruntime")  # openvino: test_openvino.py
         assert solver.backend.name == "onnxruntime", solver.backend_reason
         op = make_operator("sr", (32, 32), factor=4)
         out = solver.solve(op.measure(x, 0.05, seed=0), op, steps=4, sampler="heun", samples=2)

@@ -19,9 +19,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's ISA flags (/proc/cpuinfo's "flags": ``avx512f``, ``avx512_bf16``, ``amx_bf16``,
+    ...); empty where they cannot be read."""
+    try:
+        match = re.search(r"^flags\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.MULTILINE)
+    except OSError:
+        return set()
+    return set(match.group(1).split()) if match else set()
+
+
+def has_native_bf16(flags: set[str] | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (AVX-512 BF16 or AMX), where bf16 inference
+    pays; elsewhere it is emulated and slower than float32."""
+    f = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & f)
+
+
 def describe_cpu() -> str:
     """``"AMD EPYC, 2 cores"``."""
     return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
-__all__ = ["cpu_model", "describe_cpu"]
+__all__ = ["cpu_flags", "cpu_model", "describe_cpu", "has_native_bf16"]

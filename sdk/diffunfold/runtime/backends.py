@@ -9,7 +9,8 @@ A backend runs the two learned parts of a package:
 
 Backends here: ONNX Runtime (CPU, or CUDA with IOBinding on CuPy arrays) and the torch
 reference (for tests and GPU machines without ONNX Runtime CUDA). TensorRT lives in
-``runtime/tensorrt.py``. No module here imports torch at import time.
+``runtime/tensorrt.py``, OpenVINO (CPU, bf16 where the CPU has it) in
+``runtime/openvino_backend.py``. No module here imports torch at import time.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from ..errors import InputError, MissingDependencyError, require
 from ..package import ModelPackage
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "openvino", "onnxruntime", "torch")
 
 
 def parse_device(device: str | None) -> tuple[str, int]:
@@ -100,6 +101,12 @@ class Backend:
 
 # -- ONNX Runtime ---------------------------------------------------------------------------
 
+# ORT's intra-op threads spin for a while after each call when allowed: the next call starts
+# sooner, but the spinning threads take the cores from the numpy physics between calls and from
+# any other process. Measured end to end (bench/run.py --spinning, README "Spinning"): see there.
+SPINNING_DEFAULT = False
+
+
 def onnxruntime_providers() -> list[str]:
     try:
         import onnxruntime as ort
@@ -112,12 +119,14 @@ class OnnxRuntimeBackend(Backend):
     """ONNX Runtime: the CPU execution provider on numpy arrays, or the CUDA execution provider
     with IOBinding on CuPy arrays (inputs and outputs stay on the GPU, no host copies).
 
-    The weight generators always run on the CPU: they are evaluated once per schedule."""
+    The weight generators always run on the CPU: they are evaluated once per schedule.
+    ``spinning``: whether ORT's intra-op threads spin for work after each call (default
+    :data:`SPINNING_DEFAULT`, see there)."""
 
     name = "onnxruntime"
 
     def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None,
-                 iobinding: bool | None = None):
+                 iobinding: bool | None = None, spinning: bool | None = None):
         super().__init__(package, device)
         self.iobinding = self.device_kind == "cuda" if iobinding is None else bool(iobinding)
         ort = require("onnxruntime", "gpu" if self.device_kind == "cuda" else "core")
@@ -126,9 +135,8 @@ class OnnxRuntimeBackend(Backend):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = int(threads)
-        # ORT's worker threads otherwise spin for a while after each run, and on a small CPU
-        # they starve the numpy physics that runs between network calls.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.spinning = SPINNING_DEFAULT if spinning is None else bool(spinning)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         if self.device_kind == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise MissingDependencyError(
@@ -286,6 +294,7 @@ def available_backends(package: ModelPackage | None = None, device: str = "cpu")
     providers = onnxruntime_providers()
     if kind == "cpu":
         out["tensorrt"] = "needs a CUDA device"
+        out["openvino"] = openvino_status()
         out["onnxruntime"] = "ok (CPUExecutionProvider)" if providers else "onnxruntime is not installed"
         out["torch"] = ("ok (CPU)" if installed("torch") else
                         "torch is not installed (pip install 'diffunfold[train]')")
@@ -294,6 +303,7 @@ def available_backends(package: ModelPackage | None = None, device: str = "cpu")
     from .tensorrt import tensorrt_status
 
     out["tensorrt"] = tensorrt_status(package, index) if gpu else "CuPy cannot see a CUDA device"
+    out["openvino"] = "runs on the CPU only"
     out["onnxruntime"] = ("ok (CUDAExecutionProvider)" if gpu and "CUDAExecutionProvider" in providers else
                           "no CUDA device" if not gpu else
                           "the installed onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
@@ -302,16 +312,31 @@ def available_backends(package: ModelPackage | None = None, device: str = "cpu")
     return out
 
 
-# Fastest first: FP16 TensorRT engines, then ONNX Runtime (it fuses and runs the graph without
-# Python overhead; bench/run.py measures it against torch on this CPU), then torch.
-_PREFERENCE = ("tensorrt", "onnxruntime", "torch")
+def openvino_status() -> str:
+    """Whether the openvino backend can run here, and in which precision."""
+    if not installed("openvino"):
+        return "openvino is not installed (pip install 'diffunfold[openvino]')"
+    from ..hardware import has_native_bf16
+
+    return ("ok (CPU, bf16: the CPU has AVX-512 BF16 or AMX)" if has_native_bf16() else
+            "ok (CPU, f32: no native bf16 on this CPU)")
+
+
+# Fastest first: FP16 TensorRT engines; on a CPU OpenVINO (bf16 where the CPU computes it, about
+# half ONNX Runtime's time per call; bench/run.py), then ONNX Runtime (it fuses and runs the graph
+# without Python overhead), then torch.
+_PREFERENCE = ("tensorrt", "openvino", "onnxruntime", "torch")
+# Options each backend takes besides device and threads.
+_OPTIONS = {"tensorrt": {"cuda_graphs", "engines"}, "openvino": {"precision", "cache_dir"},
+            "onnxruntime": {"spinning"}, "torch": set()}
 
 
 def create_backend(package: ModelPackage, backend: str = "auto", device: str = "cpu",
                    threads: int | None = None, **options) -> tuple[Backend, str]:
     """``(backend, why it was chosen)``. ``auto`` takes the first usable one of
-    tensorrt > onnxruntime > torch for the device. ``options`` go to the TensorRT backend
-    (``cuda_graphs=True``, ``engines=DIR``) and are refused by the others."""
+    tensorrt > openvino > onnxruntime > torch for the device. ``options``: TensorRT's
+    ``cuda_graphs=True``, ``engines=DIR``; OpenVINO's ``precision="bf16"|"f32"``,
+    ``cache_dir=DIR``; ONNX Runtime's ``spinning=True|False``; others are refused."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kind, _ = parse_device(device)
@@ -329,10 +354,17 @@ def create_backend(package: ModelPackage, backend: str = "auto", device: str = "
               "; ".join(f"{b}: {s}" for b, s in status.items()) + ")"
     else:
         why = f"{backend} (asked for)"
-    if backend != "tensorrt" and options:
-        raise InputError(f"option(s) {sorted(options)} apply to the tensorrt backend only, not {backend}")
+    foreign = sorted(set(options) - _OPTIONS[backend])
+    if foreign:
+        owners = {o: b for b, names in _OPTIONS.items() for o in names}
+        raise InputError(f"option(s) {foreign} do not apply to the {backend} backend (they belong to "
+                         + ", ".join(sorted({owners.get(o, '?') for o in foreign})) + ")")
+    if backend == "openvino":
+        from .openvino_backend import OpenVinoBackend
+
+        return OpenVinoBackend(package, device, threads, **options), why
     if backend == "onnxruntime":
-        return OnnxRuntimeBackend(package, device, threads), why
+        return OnnxRuntimeBackend(package, device, threads, **options), why
     if backend == "torch":
         return TorchBackend(package, device, threads), why
     from .tensorrt import TensorRTBackend

@@ -1,0 +1,140 @@
+"""The OpenVINO backend against the torch reference, its compile cache, and ``auto``'s choice.
+
+Tolerances, ``max|openvino - torch| / max|torch|`` on random inputs and random weights:
+
+* float32 (``precision="f32"``): one regulariser call 1e-4, a whole 18-step solve 1e-3, as the
+  ONNX Runtime path (``test_runtime.py``; measured ~1e-6);
+* bfloat16 (the default on a CPU with AVX-512 BF16 or AMX): one call 3e-2, a whole solve 5e-2.
+  bf16 keeps 8 significant bits (a rounding is up to 2^-8 = 3.9e-3 relative); through the
+  U-Net's layers that measured up to 9e-3 per call at sigma <= 1 and 1.6e-2 per solve on the
+  random-weight test model. At large sigma that model's output is ~1e-3 of its input, a
+  cancellation bf16 cannot resolve (6e-2 at sigma = 80), so the calls at every sigma from 0.002
+  to 80 are checked on the bundled trained packages instead, against ONNX Runtime in float32
+  (itself torch to 1e-4, the export check): 2e-2 (measured up to 1.1e-2).
+
+The precision actually used is read back from the compiled model and reported in the test's
+properties (``pytest -rA`` / the JUnit XML) and its output.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the torch reference needs torch (the train extra)")
+pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+pytestmark = pytest.mark.torch
+
+from diffunfold.errors import InputError  # noqa: E402
+from diffunfold.package import ModelPackage  # noqa: E402
+from diffunfold.export import export_model  # noqa: E402
+from diffunfold.physics import make_operator  # noqa: E402
+from diffunfold.runtime import Solver, available_backends  # noqa: E402
+from diffunfold.runtime import backends as backends_module  # noqa: E402
+from diffunfold.runtime.backends import OnnxRuntimeBackend  # noqa: E402
+from diffunfold.runtime.openvino_backend import OpenVinoBackend, default_precision  # noqa: E402
+from diffunfold.training.sampler import restore  # noqa: E402
+from test_training_model import tiny_model  # noqa: E402
+
+SIZE = 32
+TOL = {"f32": (1e-4, 1e-3), "bf16": (3e-2, 5e-2)}  # (one call, one solve)
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    model = tiny_model(shared=True, stages=2)
+    return model, export_model(model, tmp_path_factory.mktemp("ov") / "pkg", log=lambda s: None)
+
+
+def rel_err(a, b):
+    assert np.all(np.isfinite(a)) and np.all(np.isfinite(b))  # NaN never passes
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("precision", ["f32", "default"])
+def test_openvino_matches_torch(package, tmp_path, precision, record_property):
+    model, pkg = package
+    prec = default_precision() if precision == "default" else precision
+    solver = Solver.load(pkg, backend="openvino", precision=prec, cache_dir=tmp_path)
+    used = solver.backend.inference_precision(SIZE)
+    record_property("inference_precision", used)
+    print(f"openvino computes in {used} (asked for {prec})")
+    assert used == prec
+    call_tol, solve_tol = TOL[prec]
+    rng = np.random.default_rng(0)
+    for k, sigma in ((0, 1.0), (1, 0.3), (0, 0.002)):  # a noisy image as the sampler sees it
+        x = (0.5 * rng.standard_normal((2, 3, SIZE, SIZE)) + sigma * rng.standard_normal((2, 3, SIZE, SIZE)))
+        x = x.astype(np.float32)
+        with torch.no_grad():
+            want = model.regularize(torch.from_numpy(x), torch.full((2,), sigma), k).numpy()
+        assert rel_err(solver.backend.regularize(x, sigma, k), want) < call_tol
+    op = make_operator("gaussian_blur", (SIZE, SIZE), sigma=1.5)
+    y = op.measure(np.random.default_rng(1).uniform(0, 1, (2, 3, SIZE, SIZE)).astype(np.float32), 0.05, seed=[1, 2])
+    got = solver.solve(y, op, steps=18, seed=3).images
+    want = restore(model, torch.from_numpy(y), op, steps=18, seed=3).images.numpy()
+    assert rel_err(got, want) < solve_tol
+
+
+@pytest.mark.parametrize("name", ["image-small", "mri-small"])
+def test_bundled_packages_in_bf16(name, tmp_path, record_property):
+    pkg = ModelPackage.open(Path(__file__).resolve().parents[1] / "samples" / "models" / name)
+    ov_be = OpenVinoBackend(pkg, cache_dir=tmp_path)
+    record_property("inference_precision", ov_be.inference_precision(64))
+    ref = OnnxRuntimeBackend(pkg)
+    rng = np.random.default_rng(2)
+    shape = (2, pkg.space.model_channels, 64, 64)
+    for k, sigma in enumerate((80.0, 10.0, 1.0, 0.3, 0.05, 0.002)):
+        x = (0.5 * rng.standard_normal(shape) + sigma * rng.standard_normal(shape)).astype(np.float32)
+        k %= pkg.stages
+        assert rel_err(ov_be.regularize(x, sigma, k), ref.regularize(x, sigma, k)) < 2e-2
+
+
+def test_compiled_models_are_cached(package, tmp_path):
+    _, pkg = package
+    be = OpenVinoBackend(pkg, precision="f32", cache_dir=tmp_path / "cache")
+    x = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    first = be.regularize(x, 1.0, 0)
+    be.regularize(x, 2.0, 1)                       # same shape, another sigma and stage: no compile
+    assert be.compiles == 1
+    be.regularize(np.zeros((2, 3, SIZE, SIZE), np.float32), 1.0, 0)
+    assert be.compiles == 2                        # a new batch size is a new static model
+    assert any((tmp_path / "cache").iterdir())     # the blobs a second process loads instead
+    again = OpenVinoBackend(pkg, precision="f32", cache_dir=tmp_path / "cache").regularize(x, 1.0, 0)
+    assert np.array_equal(again, first)
+
+
+def test_auto_picks_openvino_only_where_installed(package, monkeypatch):
+    _, pkg = package
+    solver = Solver.load(pkg)
+    assert solver.backend.name == "openvino"
+    assert "auto: openvino" in solver.backend_reason and default_precision() in solver.backend_reason
+    real = backends_module.installed
+    monkeypatch.setattr(backends_module, "installed", lambda m: m != "openvino" and real(m))
+    assert available_backends(pkg)["openvino"].startswith("openvino is not installed")
+    solver = Solver.load(pkg)
+    assert solver.backend.name == "onnxruntime" and "openvino is not installed" in solver.backend_reason
+
+
+def test_options_go_to_their_backend(package):
+    _, pkg = package
+    with pytest.raises(InputError, match="precision must be"):
+        Solver.load(pkg, backend="openvino", precision="int4")
+    with pytest.raises(InputError, match="do not apply to the onnxruntime backend"):
+        Solver.load(pkg, backend="onnxruntime", precision="bf16")
+    with pytest.raises(InputError, match="runs on the CPU"):
+        OpenVinoBackend(pkg, device="cuda")
+
+
+def test_openvino_runs_without_torch(package, run_without_torch):
+    _, pkg = package
+    out = run_without_torch(f"""
+        import numpy as np
+        from diffunfold.runtime import Solver
+        from diffunfold.physics import make_operator
+        s = Solver.load({str(pkg.path)!r}, backend="openvino")
+        op = make_operator("sr", ({SIZE}, {SIZE}), factor=2)
+        y = op.measure(np.full((1, 3, {SIZE}, {SIZE}), 0.5, np.float32), 0.05, seed=0)
+        print(s.backend_name, float(np.mean(s.solve(y, op, steps=4).images)))
+    """)
+    assert "openvino" in out
