@@ -1,0 +1,210 @@
+"""The MRD commands: ``diffunfold serve``, ``send`` and ``mrd-phantom``, and ``diffunfold mri``
+on raw MRD files (:func:`run_mri_raw`, called from :func:`diffunfold.restore.run_mri`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["add_parsers", "run_mri_raw"]
+
+SERVE_EPILOG = """\
+examples:
+  diffunfold serve samples/models/mri-small                      (127.0.0.1:9002)
+  diffunfold serve samples/models/mri-small --port 9020 --samples 4 --coil-maps espirit
+  diffunfold serve samples/models/mri-small --host 10.0.0.5 --savedata raw/   (the scanner-side interface)
+
+Per connection, a CONFIG_TEXT message holding a JSON object overrides the settings, e.g.
+{"samples": 4, "steps": 12, "coil_maps": "espirit", "seed": 0, "bits": 12}.
+Logs are JSON lines on stderr; the first says where it listens ("event": "listening").
+SIGTERM or Ctrl-C: stop accepting, finish the slice in flight, close every connection.
+"""
+
+SEND_EPILOG = """\
+examples:
+  diffunfold mrd-phantom scan.h5 --slices 4 --size 64
+  diffunfold send scan.h5 --port 9002 --out received/
+  diffunfold send scan.h5 --config-text '{"samples": 4}' --formats mrd,dicom
+
+outputs (in --out; only when the server finished without error; existing ones need --overwrite):
+  FILE_images.h5          the MRD images (series 1: magnitude, series 2: std when samples > 1)
+  reconstructions/FILE.h5 fastMRI's layout: 'reconstruction' (slices, H, W) float32
+  FILE_dicom/             DICOM MR images (DERIVED), one file per image
+  FILE_png/               PNGs for a quick look
+"""
+
+
+def _add_recon_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, metavar="N", help="sampler steps (default: the package's schedule)")
+    p.add_argument("--samples", type=int, default=1, metavar="N",
+                   help="posterior samples per slice: > 1 also returns a std map as series 2 (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; slice s uses seed + s (default: 0)")
+    p.add_argument("--coil-maps", choices=["calibration", "espirit"], default="calibration",
+                   help="coil maps from the calibration region (default) or by ESPIRiT (SigPy)")
+    p.add_argument("--bits", type=int, default=12, help="stored bits of the uint16 images (default: 12)")
+    p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the network (default: all)")
+
+
+def add_parsers(sub) -> None:
+    """Register ``serve``, ``send`` and ``mrd-phantom`` on the CLI's subparsers."""
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("serve", help="an MRD (ISMRMRD) streaming reconstruction server", formatter_class=fmt,
+                       description="Receive MRD acquisitions over TCP (the ismrmrd streaming protocol), "
+                                   "reconstruct each slice with an MRI model package and send MRD images back.",
+                       epilog=SERVE_EPILOG)
+    p.add_argument("package", help="an MRI model package folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on, and only there (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9002, help="TCP port; 0 picks a free one (default: 9002)")
+    p.add_argument("--savedata", type=Path, metavar="DIR", help="also save each complete stream as an MRD file")
+    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a silent connection is kept (300)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_recon_options(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("send", help="stream a raw MRD file to a server and save the images",
+                       formatter_class=fmt, epilog=SEND_EPILOG,
+                       description="Stream a raw MRD (ISMRMRD HDF5) file to `diffunfold serve` (or any MRD "
+                                   "server) and save the images it sends back.")
+    p.add_argument("file", type=Path, metavar="FILE.h5")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9002)
+    p.add_argument("--config", default="diffunfold", help="the CONFIG_FILE name sent first (default: diffunfold)")
+    p.add_argument("--config-text", metavar="JSON", help="a CONFIG_TEXT message, e.g. '{\"samples\": 4}'")
+    p.add_argument("--out", type=Path, default=Path("received"), help="output folder (default: received/)")
+    p.add_argument("--formats", default="mrd,fastmri,dicom,png", help="which outputs (default: all four)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (600)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_cmd_send)
+
+    p = sub.add_parser("mrd-phantom", help="write a raw MRD file of simulated multi-coil phantoms (or a fastMRI volume)",
+                       description="Simulate phantoms on birdcage coils (or take a fastMRI volume) and write a raw "
+                                   "MRD file: a full ISMRMRD header, noise scans, an oversampled readout and the "
+                                   "lines of a 1-D mask, flagged as a scanner does.")
+    p.add_argument("out", type=Path, metavar="OUT.h5")
+    p.add_argument("--from-fastmri", type=Path, metavar="FILE.h5", help="convert this fastMRI volume instead")
+    p.add_argument("--slices", type=int, default=4)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--coils", type=int, default=8)
+    p.add_argument("--mask", default="gaussian1d", choices=["uniform1d", "random1d", "gaussian1d"])
+    p.add_argument("--acceleration", type=float, default=4.0, help="1 writes every line (default: 4)")
+    p.add_argument("--noise", type=float, default=0.0, help="k-space noise std of the simulation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _settings(args):
+    from .recon import ReconSettings
+
+    return ReconSettings(steps=args.steps, samples=args.samples, seed=args.seed, coil_maps=args.coil_maps,
+                         bits=args.bits).checked()
+
+
+def _solver(args):
+    from ..package import ModelPackage
+    from ..runtime.solver import Solver
+
+    pkg = ModelPackage.open(args.package)
+    if pkg.space.kind != "mri":
+        raise InputError(f"{pkg.path} is not an MRI model package ({pkg.space.kind} data)")
+    return Solver.load(pkg, backend=args.backend, device=args.device, threads=args.threads or None)
+
+
+def _cmd_serve(args) -> int:
+    from .server import MRDServer, configure_logging, log_event
+
+    configure_logging(args.log_level)
+    settings = _settings(args)
+    solver = _solver(args)
+    server = MRDServer(solver, settings, args.host, args.port, savedata=args.savedata,
+                       idle_timeout=args.idle_timeout, package_name=Path(args.package).name)
+    server.install_signal_handlers()
+    log_event("ready", package=str(args.package), settings=vars(settings))
+    server.serve_forever()
+    return 0
+
+
+def _cmd_send(args) -> int:
+    from .client import send_file
+    from .outputs import planned_outputs, refuse_existing, write_outputs
+
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    refuse_existing(planned_outputs(args.out, args.file.stem, formats).values(), args.overwrite)
+    reply = send_file(args.file, args.host, args.port, config=args.config, config_text=args.config_text,
+                      timeout=args.timeout).check()
+    paths = write_outputs(reply.images, reply.header_xml, args.out, args.file.stem, formats, args.overwrite)
+    lat = sorted(reply.latencies.values())
+    print(f"{len(reply.images)} image(s) from {args.host}:{args.port} in {reply.finished - reply.started:.2f} s"
+          + (f"; per-slice latency median {lat[len(lat) // 2]:.2f} s" if lat else ""))
+    for text in reply.texts:
+        print(f"server: {text}")
+    for kind, path in paths.items():
+        print(f"wrote {path} ({kind})")
+    return 0
+
+
+def _cmd_phantom(args) -> int:
+    from .writer import fastmri_to_mrd, write_phantom_mrd
+
+    if args.from_fastmri:
+        path = fastmri_to_mrd(args.from_fastmri, args.out, args.mask, args.acceleration, args.seed,
+                              overwrite=args.overwrite)
+    else:
+        path = write_phantom_mrd(args.out, args.slices, args.size, args.coils, args.mask, args.acceleration,
+                                 noise_std=args.noise, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def _raw_settings(args):
+    """``diffunfold mri`` options as reconstruction settings; options that only make sense for
+    retrospective undersampling of a fastMRI file are refused rather than ignored."""
+    from .recon import ReconSettings
+
+    if args.coil_maps == "simulate":
+        raise InputError("--coil-maps simulate needs the fastMRI reconstruction_rss; an MRD raw file uses "
+                         "--coil-maps estimate (its calibration region) or espirit")
+    if args.size is not None:
+        raise InputError("--size crops fastMRI slices; an MRD raw file is reconstructed on its recon matrix")
+    maps = "espirit" if args.coil_maps == "espirit" else "calibration"
+    return ReconSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
+                         coil_maps=maps).checked()
+
+
+def run_mri_raw(args) -> int:
+    """``diffunfold mri PACKAGE FILE.h5`` where FILE is a raw MRD file: reconstruct the slices as
+    acquired (the acquired lines are the mask), exactly as the server would."""
+    from .outputs import planned_outputs, refuse_existing, write_outputs
+    from .rawfile import read_raw
+    from .recon import reconstruct_slice, to_images
+    from ..restore import parse_slices
+
+    settings = _raw_settings(args)
+    plan = planned_outputs(args.out, Path(args.file).stem)
+    refuse_existing(list(plan.values()) + ([Path(args.json)] if args.json else []), args.overwrite)
+    solver = _solver(args)
+    scan = read_raw(args.file)
+    chosen = parse_slices(args.slices or "all", len(scan.slices))
+    print(f"{Path(args.file).name}: MRD raw data, {len(scan.slices)} slice(s), grid {scan.encoding.grid}, "
+          f"{scan.slices[0].kspace.shape[0]} coils; skipped {scan.skipped or 'nothing'}; the acquired lines are "
+          "the mask (--mask/--acceleration apply to fastMRI files)")
+    images, rows = [], []
+    for i in chosen:
+        data = scan.slices[i]
+        rec = reconstruct_slice(solver, data, scan.encoding, settings)
+        images += to_images(rec, data, scan.encoding, settings, Path(args.package).name)
+        rows.append({"slice": data.slice, "acceleration": data.acceleration, "noise_std": rec.noise_std,
+                     "seconds": rec.seconds})
+        print(f"| slice {data.slice} | {data.acceleration:.2f}x | {rec.seconds:.2f} s |")
+    paths = write_outputs(images, scan.header_xml, args.out, Path(args.file).stem, overwrite=args.overwrite)
+    for kind, path in paths.items():
+        print(f"wrote {path} ({kind})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": "mri", "file": str(args.file), "format": "mrd",
+                                               "backend": solver.backend_name, "rows": rows}, indent=2))
+    return 0
