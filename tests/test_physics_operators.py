@@ -247,3 +247,16 @@ def test_lipschitz_is_the_squared_norm(task, params):
     est = spectral_norm(op, x + 0j if op.complex_image else x, iters=300) ** 2
     assert est <= op.lipschitz * (1 + 1e-9)
     assert est >= 0.99 * op.lipschitz
+
+
+def test_noise_goes_only_where_something_is_measured():
+    """Missing pixels and unsampled k-space stay exactly 0 in a noisy measurement (the operator
+    returns 0 there; a detector or coil never records them)."""
+    from diffunfold.physics import make_operator
+
+    rng = np.random.default_rng(0)
+    op = make_operator("inpainting", (3, 32, 32), missing=0.4, seed=1)
+    x = rng.uniform(size=(2, 3, 32, 32))
+    e = op.measure(x, 0.1, seed=[1, 2]) - op.A(x)
+    m = np.broadcast_to(np.asarray(op.mask) > 0, e.shape)
+    assert np.all(e[~m] == 0) and abs(np.std(e[m]) - 0.1) < 0.01

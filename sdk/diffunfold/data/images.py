@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import operator
 import os
 from pathlib import Path
@@ -240,7 +241,9 @@ class ImageDataset:
     With ``augment=True`` each item is a random square crop whose side is a uniform fraction
     in ``[min_scale, 1]`` of the image's shorter side, at a uniform position, resized to
     ``size`` (antialiased bicubic), flipped left-right with probability 0.5 (and up-down
-    with probability 0.5 when ``vflip=True``). With ``augment=False`` it is the centre square
+    with probability 0.5 when ``vflip=True``). With ``native=True`` the side is instead
+    log-uniform between ``size`` pixels and the shorter side, so crops range from a piece at
+    the photo's own resolution to the whole photo shrunk. With ``augment=False`` it is the centre square
     of the full shorter side, resized: deterministic, for evaluation.
 
     The random draws come from ``np.random.default_rng((seed, epoch, index))`` only.
@@ -249,7 +252,7 @@ class ImageDataset:
     """
 
     def __init__(self, size: int = 64, channels: int = 3, seed: int = 0, min_scale: float = 0.5,
-                 augment: bool = True, vflip: bool = False):
+                 augment: bool = True, vflip: bool = False, native: bool = False):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise InputError(f"size must be a positive integer (pixels), got {size!r}")
         if not 0.0 < float(min_scale) <= 1.0:
@@ -261,6 +264,7 @@ class ImageDataset:
         self.min_scale = float(min_scale)
         self.augment = bool(augment)
         self.vflip = bool(vflip)
+        self.native = bool(native)
         self.epoch = 0
 
     @staticmethod
@@ -292,8 +296,14 @@ class ImageDataset:
             left, top = (width - side_max) // 2, (height - side_max) // 2
             return (left, top, left + side_max, top + side_max), False, False
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        side = max(1, int(round(side_max * rng.uniform(self.min_scale, 1.0))))
-        side = min(side, side_max)
+        if self.native:
+            # Log-uniform from `size` pixels (a piece at the photo's own resolution) to the
+            # whole shorter side, so crops look like parts of photos, not only shrunk photos.
+            low = math.log(min(self.size, side_max))
+            side = int(round(math.exp(rng.uniform(low, math.log(side_max)))))
+        else:
+            side = max(1, int(round(side_max * rng.uniform(self.min_scale, 1.0))))
+        side = min(max(side, 1), side_max)
         top = int(rng.integers(0, height - side + 1))
         left = int(rng.integers(0, width - side + 1))
         hflip = bool(rng.random() < 0.5)
@@ -343,12 +353,13 @@ class ImageFolder(ImageDataset):
     def __init__(self, root: str | os.PathLike, size: int = 64, split: str = "train",
                  channels: int = 3, val_fraction: float = 0.1, seed: int = 0,
                  min_scale: float = 0.5, recursive: bool = True, *, vflip: bool = False,
-                 augment: bool | None = None):
+                 augment: bool | None = None, native: bool = False):
         split = _check_split(split)
         if not 0.0 <= float(val_fraction) <= 1.0:
             raise InputError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
         super().__init__(size=size, channels=channels, seed=seed, min_scale=min_scale,
-                         augment=(split != "val") if augment is None else augment, vflip=vflip)
+                         augment=(split != "val") if augment is None else augment, vflip=vflip,
+                         native=native)
         self.root = Path(root)
         self.split = split
         self.val_fraction = float(val_fraction)
@@ -410,10 +421,12 @@ class BundledImages(ImageDataset):
     """
 
     def __init__(self, size: int = 64, split: str = "train", channels: int = 3, seed: int = 0,
-                 min_scale: float = 0.5, *, vflip: bool = False, augment: bool | None = None):
+                 min_scale: float = 0.5, *, vflip: bool = False, augment: bool | None = None,
+                 native: bool = False):
         split = _check_split(split)
         super().__init__(size=size, channels=channels, seed=seed, min_scale=min_scale,
-                         augment=(split != "val") if augment is None else augment, vflip=vflip)
+                         augment=(split != "val") if augment is None else augment, vflip=vflip,
+                         native=native)
         self.split = split
         self.names: tuple[str, ...] = {
             "train": BUNDLED_TRAIN, "val": BUNDLED_HELD_OUT, "all": BUNDLED_NAMES,

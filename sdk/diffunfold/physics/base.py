@@ -171,7 +171,15 @@ class LinearOperator:
             return y
         noise = gaussian_noise(tuple(y.shape), seed, complex_=is_complex(y))
         noise *= std.reshape((-1,) + (1,) * (noise.ndim - 1)) if std.ndim else std
-        return y + like(noise, y, dtype=y.dtype)
+        noise = like(noise, y, dtype=y.dtype)
+        support = self._measured(y)
+        return y + (noise if support is None else noise * support)
+
+    def _measured(self, y):
+        """Where ``y`` holds measurements (1) and where the operator always returns 0, such as
+        missing pixels or unsampled k-space; None when every entry is measured. Noise goes only
+        where something is measured."""
+        return None
 
     # -- helpers for subclasses -------------------------------------------------------------
     def _const(self, key: str, value, ref, dtype=None):

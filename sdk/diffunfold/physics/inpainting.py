@@ -96,6 +96,9 @@ class Inpainting(LinearOperator):
 
     _forward = _adjoint = _pinv = _apply
 
+    def _measured(self, y):
+        return self._const("mask", self._mask, y, dtype=y.dtype)
+
     def _prox(self, v, y, weight, iterations: int):
         # Diagonal: observed pixels move to (y + w v) / (1 + w), missing ones keep v.
         m = self._const("mask", self._mask, v, dtype=v.dtype)

@@ -135,6 +135,9 @@ class MultiCoilMRI(LinearOperator):
     def _mask_for(self, v):
         return self._const("M", self._mask_k, v, dtype=real_dtype_for(namespace(v), v.dtype))
 
+    def _measured(self, y):
+        return self._mask_for(y)
+
     def _forward(self, x):
         s = self._const("S", self._maps_k, x, dtype=x.dtype)
         if self._folded:
@@ -254,12 +257,14 @@ def mri_mask(kind: str, shape: Sequence[int], acceleration: float, center_fracti
 
 # -- coil sensitivities -----------------------------------------------------------------------
 
-def birdcage_maps(ncoils: int, shape: Sequence[int], radius: float = 1.5) -> np.ndarray:
+def birdcage_maps(ncoils: int, shape: Sequence[int], radius: float = 1.5,
+                  rotation: float = 0.0) -> np.ndarray:
     """Simulated sensitivities of ``ncoils`` coils on a ring (complex128, ``(ncoils, H, W)``).
 
     Each coil is a wire parallel to the bore at ``radius`` (in units of the half field of
     view) around the image centre; its field magnitude falls off as 1/distance and its phase
-    turns around the wire, as for a birdcage/array coil. The maps are normalised so that
+    turns around the wire, as for a birdcage/array coil; ``rotation`` (radians) turns the
+    ring. The maps are normalised so that
     ``sum_c |S_c|^2 = 1``. 15 coils is the paper's set-up.
     """
     if int(ncoils) < 1:
@@ -269,7 +274,7 @@ def birdcage_maps(ncoils: int, shape: Sequence[int], radius: float = 1.5) -> np.
     x = (np.arange(w) - w / 2 + 0.5)[None, :] / (w / 2)
     maps = np.empty((int(ncoils), h, w), dtype=np.complex128)
     for c in range(int(ncoils)):
-        phi = 2 * math.pi * c / ncoils
+        phi = 2 * math.pi * c / ncoils + rotation
         dx, dy = x - radius * math.cos(phi), y - radius * math.sin(phi)
         maps[c] = np.exp(1j * (phi + np.arctan2(dy, dx))) / np.hypot(dx, dy)
     return normalize_coil_maps(maps)

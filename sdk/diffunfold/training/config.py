@@ -20,15 +20,16 @@ from ..physics.tasks import canonical_task, parse_value
 from .model import ModelSettings, _from_dict
 
 PRESET_DIR = Path(__file__).with_name("presets")
-SOURCES = ("bundled", "folder", "fastmri", "phantom")
+SOURCES = ("bundled", "folder", "fastmri", "phantom", "volumes")
 IMAGE_TASKS = ("gaussian_blur", "anisotropic_blur", "sr", "inpainting")
 
 
 @dataclass
 class DataSettings:
-    source: str = "bundled"          # bundled | folder | fastmri | phantom
-    path: str | None = None          # image folder, or fastMRI file/folder (training)
-    val_path: str | None = None      # fastMRI file/folder for validation
+    source: str = "bundled"          # bundled | folder | fastmri | phantom | volumes
+    path: str | None = None          # image folder, fastMRI file/folder, or volumes folder (training)
+    val_path: str | None = None      # fastMRI file/folder, or image folder, for validation
+    native_crops: bool = False       # folder: crops from native resolution to the whole photo
     size: int = 64                   # training crop (pixels, square)
     tasks: tuple[str, ...] = IMAGE_TASKS
     mri_patterns: tuple[tuple[str, float], ...] = (
@@ -46,6 +47,9 @@ class DataSettings:
     def __post_init__(self):
         if self.source not in SOURCES:
             raise InputError(f"data.source must be one of {SOURCES}, got {self.source!r}")
+        if self.source == "volumes" and not (self.path and self.val_path):
+            raise InputError("data.source = 'volumes' needs data.path and data.val_path (the "
+                             "train/ and held-out/ folders of `diffunfold data mri-volumes`)")
         if self.source in ("folder", "fastmri") and not self.path:
             raise InputError(f"data.source = {self.source!r} needs data.path (the {self.source} to train on)")
         self.tasks = tuple(canonical_task(t) for t in self.tasks)
@@ -62,7 +66,7 @@ class DataSettings:
 
     @property
     def is_mri(self) -> bool:
-        return self.source in ("fastmri", "phantom")
+        return self.source in ("fastmri", "phantom", "volumes")
 
 
 @dataclass

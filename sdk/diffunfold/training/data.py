@@ -22,6 +22,7 @@ import torch
 from .. import edm
 from ..data.fastmri import FastMRISlices, percentile_normalize
 from ..data.images import BundledImages, ImageFolder
+from ..data.mri_slices import COIL_COUNTS, VolumeSlices
 from ..data.phantom import random_phantom
 from ..errors import InputError
 from ..physics.mri import birdcage_maps
@@ -30,6 +31,7 @@ from .config import TrainConfig
 
 _TASK_STREAM = 2**32 - 1     # the index of the per-step task stream (never an image index)
 _VAL_STREAM = 2**32 - 2
+_COIL_STREAM = 2**32 - 3
 
 
 class ImageSource:
@@ -67,18 +69,43 @@ class FastMRISource:
         return {"image": item["image"], "coil_maps": item["coil_maps"]}
 
 
+class VolumeSliceSource:
+    """Random slices of real head volumes (:class:`VolumeSlices`) on simulated coils; the coil
+    count is drawn once per step (the batch shares the operator's shape)."""
+
+    def __init__(self, slices: VolumeSlices):
+        self.slices = slices
+
+    def draw_batch(self, rngs: list[np.random.Generator], step_rng: np.random.Generator) -> list[dict]:
+        ncoils = int(step_rng.choice(COIL_COUNTS))
+        return [self.slices.random(g, ncoils) for g in rngs]
+
+
 def make_source(cfg: TrainConfig, split: str = "train"):
     d, c = cfg.data, cfg.model.channels
     if d.source == "bundled":
         return ImageSource(BundledImages(d.size, split=split, channels=c, seed=cfg.train.seed))
     if d.source == "folder":
-        return ImageSource(ImageFolder(d.path, d.size, split=split, channels=c, seed=cfg.train.seed))
+        return ImageSource(_image_folder(d, c, split, cfg.train.seed))
     if d.source == "phantom":
         return PhantomSource(d.size, d.ncoils)
+    if d.source == "volumes":
+        return VolumeSliceSource(VolumeSlices(d.path if split == "train" else d.val_path, d.size))
     path = d.path if split == "train" else d.val_path
     if path is None:
         return None
     return FastMRISource(FastMRISlices(path, ncoils=d.ncoils, crop=(d.size, d.size)))
+
+
+def _image_folder(d, channels: int, split: str, seed: int) -> ImageFolder:
+    """With ``data.val_path`` the two folders are the split (``diffunfold data photos`` writes
+    ``train/`` and ``held-out/``); without, one folder is split by a hash of each path."""
+    if d.val_path is None:
+        return ImageFolder(d.path, d.size, split=split, channels=channels, seed=seed,
+                           native=d.native_crops)
+    path = d.path if split == "train" else d.val_path
+    return ImageFolder(path, d.size, split="all", channels=channels, seed=seed,
+                       augment=split == "train", native=d.native_crops)
 
 
 def stack_maps(items: list[dict]) -> np.ndarray:
@@ -130,7 +157,10 @@ class TrainingBatches(torch.utils.data.Dataset):
         step = self.start + int(i)
         seed = self.cfg.train.seed
         rngs = [np.random.default_rng([seed, step, self.first + j]) for j in range(self.local)]
-        items = [self.source.draw(g) for g in rngs]
+        if hasattr(self.source, "draw_batch"):
+            items = self.source.draw_batch(rngs, np.random.default_rng([seed, step, _COIL_STREAM]))
+        else:
+            items = [self.source.draw(g) for g in rngs]
         x = np.stack([it["image"] for it in items])
         task_rng = np.random.default_rng([seed, step, _TASK_STREAM])
         if self.cfg.data.is_mri:
@@ -161,6 +191,8 @@ def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | N
     if cfg.data.source == "phantom":
         src = PhantomSource(cfg.data.size, cfg.data.ncoils)
         items = [src.draw(np.random.default_rng([cfg.train.seed, _VAL_STREAM, i])) for i in range(n)]
+    elif cfg.data.source == "volumes":
+        items = VolumeSlices(cfg.data.val_path, cfg.data.size).fixed(n, cfg.data.ncoils)
     else:
         src = make_source(cfg, "val")
         if src is None:
