@@ -56,7 +56,7 @@ def test_regulariser_graph_is_preconditioned_and_dynamic(shared_pkg):
     dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
     assert dims["x"] == ["batch", 3, "height", "width"] and dims["sigma"] == ["batch"]
     ops = {n.op_type for n in graph.graph.node}
-    assert "InstanceNormalization" in ops and "Softmax" in ops
+    assert "InstanceNormalization" in ops and "MultiHeadAttention" in ops  # fused attention: test_attention.py
     assert not ops & {"ReduceMean", "ReduceSumSquare", "ReduceL2"}  # GroupNorm was not decomposed
     sess = ort.InferenceSession(str(pkg.file("regularizer.onnx")), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(3)

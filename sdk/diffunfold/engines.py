@@ -584,7 +584,7 @@ def _trt_logger(trt, verbose: bool):
 def _parse_onnx(trt, builder, logger, onnx_path: Path):
     network = builder.create_network(0)   # TensorRT 10: every network is explicit-batch
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse(_tensorrt_onnx(onnx_path), str(onnx_path)):
         errors = []
         for i in range(parser.num_errors):
             e = parser.get_error(i)
@@ -594,6 +594,19 @@ def _parse_onnx(trt, builder, logger, onnx_path: Path):
         raise InputError(f"TensorRT's ONNX parser cannot read {onnx_path} ({parser.num_errors} error(s)):\n"
                          + "\n".join(errors) + "\nexport the package again with this diffunfold, or report it")
     return network, parser
+
+
+def _tensorrt_onnx(onnx_path: Path) -> bytes:
+    """The graph's bytes as TensorRT's parser can read them: fused attention nodes (which it
+    does not read, ``attention_graph.py``) spelled out as MatMul-Softmax-MatMul, which it fuses
+    itself; a graph without them as it is."""
+    data = onnx_path.read_bytes()
+    if b"MultiHeadAttention" not in data:
+        return data
+    onnx = require("onnx", "export")
+    from .attention_graph import spell_out
+
+    return spell_out(onnx.load_from_string(data)).SerializeToString()
 
 
 def _is_float(trt, tensor) -> bool:

@@ -18,6 +18,7 @@ end, so an interrupted export never leaves a half package behind.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -39,6 +40,25 @@ from ..training.model import DiffUnfolding
 
 OPSET = 17
 FP16_MAX = 65504.0
+ATTENTION_FORMS = ("fused", "spelled")  # diffunfold/attention_graph.py says why fused
+
+
+@contextlib.contextmanager
+def attention_form(model: nn.Module, form: str) -> Iterator[None]:
+    """Export every ``SelfAttention`` of ``model`` in ``form`` inside the block: ``fused`` (one
+    ``com.microsoft::MultiHeadAttention`` node) or ``spelled`` (MatMul-Softmax-MatMul)."""
+    from ..training.unet import SelfAttention
+
+    if form not in ATTENTION_FORMS:
+        raise InputError(f"attention must be one of {ATTENTION_FORMS}, got {form!r}")
+    layers = [m for m in model.modules() if isinstance(m, SelfAttention)]
+    for m in layers:
+        m.fused_export = form == "fused"
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.fused_export = False
 
 
 class RegularizerGraph(nn.Module):
@@ -202,13 +222,14 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                  source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
                  torch_weights: bool = True, fp16_weights: bool = False, check: bool = True, tolerance: float = 1e-4,
                  check_sizes: Sequence[tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 log: Callable[[str], None] = print) -> ModelPackage:
+                 attention: str = "fused", log: Callable[[str], None] = print) -> ModelPackage:
     """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
 
     ``check``: run ONNX Runtime against torch at ``check_sizes`` and raise if the relative error
     exceeds ``tolerance`` (the errors are logged either way and kept in the manifest).
     ``fp16_weights``: round the parameters to float16 and store them so (half the package; the
-    graphs still compute in float32). The check then compares against the rounded model, so it
+    graphs still compute in float32). ``attention``: ``fused`` (one node per attention layer,
+    ``export/attention.py``) or ``spelled`` (MatMul-Softmax-MatMul, as packages before it). The check then compares against the rounded model, so it
     stays exact; the rounding's own effect is the difference between the two packages' results.
     """
     out = Path(out_dir)
@@ -238,7 +259,9 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                 args, inputs = (x, sigma), ["x", "sigma"]
             axes = {"x": img_axes, "r": img_axes, "sigma": {0: "batch"}, "stage": {0: "batch"}}
             log(f"exporting {name} ...")
-            _export(graph, args, tmp / name, inputs, ["r"], {n: a for n, a in axes.items() if n in inputs + ["r"]}, opset)
+            with attention_form(model, attention):
+                _export(graph, args, tmp / name, inputs, ["r"], {n: a for n, a in axes.items() if n in inputs + ["r"]},
+                        opset)
             names.append(name)
         _export(WeightsGraph(model), (torch.tensor([1.0, 0.5]),), tmp / "weights.onnx", ["sigma"], ["tau", "gamma"],
                 {"sigma": {0: "n"}, "tau": {0: "n"}, "gamma": {0: "n"}}, opset)
@@ -283,7 +306,7 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                          "weights_dtype": "float16" if fp16_weights else "float32",
                          "inputs": {"x": "float32 (B, C, H, W), model space",
                                     "sigma": "float32 (B,)", **({"stage": "int64 (B,)"} if model.settings.shared else {})},
-                         "opset": opset},
+                         "opset": opset, "attention": attention},
             "parameters": model.parameter_counts(),
             "source": source or {},
             "export_check": asdict(report) if report else None,

@@ -91,12 +91,32 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+class _FusedAttention(torch.autograd.Function):
+    """Attention of ``(B, N, C)`` queries, keys and values in ``heads`` heads (channel
+    ``h * head_dim + d``), exported as ONE ONNX node, ``com.microsoft::MultiHeadAttention``
+    (see ``diffunfold/export/attention.py`` for why that operator). Used only while exporting."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, heads: int, scale: float):
+        b, n, c = q.shape
+        split = lambda t: t.float().reshape(b, n, heads, c // heads).transpose(1, 2)  # (B, heads, N, d)
+        w = torch.softmax(split(q) @ split(k).transpose(-1, -2) * scale, dim=-1)
+        return (w @ split(v)).transpose(1, 2).reshape(b, n, c).to(v.dtype)
+
+    @staticmethod
+    def symbolic(g, q, k, v, heads: int, scale: float):
+        return g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=heads, scale_f=scale)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over all pixels, residual, output projection zero-init.
 
     The logits and the softmax are computed in float32 whatever the input dtype, so an FP16
-    export cannot overflow in q.k (N = H*W terms) or in exp.
+    export cannot overflow in q.k (N = H*W terms) or in exp. With ``fused_export`` (set by the
+    exporter) the ONNX graph gets one fused attention node instead of MatMul-Softmax-MatMul.
     """
+
+    fused_export = False
 
     def __init__(self, channels: int, head_channels: int = 64):
         super().__init__()
@@ -111,6 +131,11 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
+        if self.fused_export and torch.onnx.is_in_onnx_export():
+            qkv = self.qkv(self.norm(x)).flatten(2).transpose(1, 2)  # (B, N, 3C)
+            q, k, v = qkv.chunk(3, dim=-1)
+            out = _FusedAttention.apply(q, k, v, self.heads, 1.0 / math.sqrt(self.head_dim))  # (B, N, C)
+            return x + self.proj(out.transpose(1, 2).reshape(x.shape))
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, self.head_dim, -1)
         q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # each (B, heads, head_dim, N)
         logits = torch.matmul(q.float().transpose(-1, -2), k.float())  # (B, heads, N, N)
