@@ -2,6 +2,7 @@
 kill, and a two-process DistributedDataParallel run on gloo."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -291,3 +292,31 @@ def test_decay_longer_than_the_run_covers_the_run_and_negative_is_refused():
     assert 0.95 < lrs[0] < 1 and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.05
     with pytest.raises(InputError, match="decay_steps"):
         TrainConfig.from_dict({"train": {"steps": 10, "decay_steps": -1}})
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped_and_many_stop_the_run(tmp_path, monkeypatch):
+    """One bad batch makes no update (logged in skipped_steps.csv); five in a row end the run
+    with a message, since then the model itself has gone bad."""
+    import diffunfold.training.loss as loss_module
+    from diffunfold.errors import DiffUnfoldError
+
+    real = loss_module.unfolding_loss
+    bad_steps = {2}
+
+    def flaky(model, x, sigma, *args, **kwargs):
+        terms = real(model, x, sigma, *args, **kwargs)
+        if flaky.calls in bad_steps:
+            terms.loss = terms.loss * float("nan")
+        flaky.calls += 1
+        return terms
+
+    flaky.calls = 0
+    monkeypatch.setattr(loss_module, "unfolding_loss", flaky)
+    summary = train(fast_config("train.steps=4"), out_dir=tmp_path / "one", progress=False)
+    assert summary["steps"] == 4 and math.isfinite(summary["loss"])
+    assert (tmp_path / "one" / "skipped_steps.csv").read_text().startswith("2,nan")
+
+    flaky.calls, bad_steps = 0, set(range(100))
+    monkeypatch.setattr(loss_module, "unfolding_loss", flaky)
+    with pytest.raises(DiffUnfoldError, match="not finite at 5 steps in a row"):
+        train(fast_config("train.steps=8"), out_dir=tmp_path / "all", progress=False)

@@ -115,6 +115,29 @@ class CSVLog:
             csv.writer(f).writerow([row.get(c, "") for c in self.columns])
 
 
+class _SkippedSteps:
+    """A step whose loss or gradient is not finite makes no update, and is logged; several in a
+    row stop the run (the model itself has gone bad, not one batch)."""
+
+    LIMIT = 5
+
+    def __init__(self, path: Path):
+        self.path, self.run = path, 0
+
+    def check(self, loss: torch.Tensor, grad_norm: torch.Tensor, step: int, batch: dict) -> bool:
+        if torch.isfinite(loss) and torch.isfinite(grad_norm):
+            self.run = 0
+            return False
+        self.run += 1
+        with open(self.path, "a") as f:
+            f.write(f"{step},{loss.item()},{float(grad_norm)},{batch['task']},\"{batch['params']}\"\n")
+        if self.run >= self.LIMIT:
+            raise DiffUnfoldError(f"the loss or its gradient was not finite at {self.run} steps in a row "
+                                  f"(last: step {step}, task {batch['task']} {batch['params']}); lower "
+                                  "train.lr or resume from the last checkpoint")
+        return True
+
+
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank, 7]).generate_state(1)[0])
 
@@ -196,6 +219,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
 
     last_rows: list[dict] = []
     last_loss = math.nan
+    skips = _SkippedSteps(out / "skipped_steps.csv")
     ckpt_path = previous
     t0 = time.perf_counter()
     tick, tick_step = t0, start
@@ -229,13 +253,13 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             terms = objective(x, sigma, noise, y, batch["operator"], noise_std)
         loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise DiffUnfoldError(f"the loss became {loss.item()} at step {step} (task {batch['task']} "
-                                  f"{batch['params']}); lower train.lr or resume from the last checkpoint")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        optimizer.step()
+        grad_norm = torch.tensor(math.nan)
+        if torch.isfinite(loss):
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
+        if not skips.check(loss, grad_norm, step, batch):
+            optimizer.step()
         ema.update_parameters(model)
         done = step + 1
         last_loss = float(loss.item())
