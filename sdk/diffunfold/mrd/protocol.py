@@ -11,6 +11,7 @@ truncated message, and a writer that several threads may share.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from typing import Iterator
 
@@ -37,6 +38,7 @@ class SocketReader:
         self._sock = sock
         self.at_boundary = True   # set before each message; the first read of one is its ID
         self.bytes_read = 0
+        self.message_id: int | None = None
 
     def read(self, n: int) -> bytes:
         chunks, got = [], 0
@@ -51,6 +53,8 @@ class SocketReader:
         boundary, self.at_boundary = self.at_boundary, False
         if got < n and not (boundary and got == 0):
             raise TruncatedMessage(f"the stream ended inside a message ({got} of {n} bytes)")
+        if boundary and got == 2:
+            self.message_id = struct.unpack("<H", data)[0]
         return data
 
 
@@ -70,15 +74,19 @@ def messages(sock: socket.socket) -> Iterator[tuple[int, object]]:
             return
         except (EOFError, TruncatedMessage, OSError):
             raise
-        except ValueError as exc:
-            raise ProtocolError(str(exc)) from None
-        except Exception as exc:  # a payload ismrmrd could not parse (bad XML, impossible sizes)
-            module = type(exc).__module__.split(".")[0]
-            what = "the HEADER is not a valid ISMRMRD XML header" if module in ("xsdata", "xml") else \
-                "malformed message"
-            first = (str(exc).splitlines() or [""])[0]
-            raise ProtocolError(f"{what} ({type(exc).__name__}: {first})") from None
+        except Exception as exc:  # an unknown ID, or a payload ismrmrd could not parse
+            raise ProtocolError(_describe(reader.message_id, exc)) from None
         yield _message_id(obj), obj
+
+
+def _describe(message_id: int | None, exc: Exception) -> str:
+    first = (str(exc).splitlines() or [""])[0]
+    if message_id not in set(MessageID):
+        return f"{first} (not an MRD message ID; is the peer speaking the MRD protocol?)"
+    name = MessageID(message_id).name
+    if message_id == MessageID.HEADER:
+        return f"the HEADER is not a valid ISMRMRD XML header ({first})"
+    return f"a malformed {name} message ({type(exc).__name__}: {first})"
 
 
 def _message_id(obj) -> int:

@@ -9,6 +9,7 @@ read the same way, and assemble into slices with the server's own
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,6 +20,9 @@ from .header import Encoding, encoding_of, parse_header
 
 __all__ = ["is_mrd_file", "mrd_group", "RawScan", "read_raw", "iter_acquisitions"]
 
+# h5py objects used from several threads (clients, server sessions) go through this lock
+HDF5_LOCK = threading.RLock()
+
 
 def mrd_group(path: str | os.PathLike) -> str | None:
     """The name of the MRD dataset group in an HDF5 file (usually ``dataset``), or None."""
@@ -28,7 +32,7 @@ def mrd_group(path: str | os.PathLike) -> str | None:
     if not p.is_file() or not h5py.is_hdf5(p):
         return None
     try:
-        with h5py.File(p, "r") as f:
+        with HDF5_LOCK, h5py.File(p, "r") as f:
             for name, node in f.items():
                 if isinstance(node, h5py.Group) and "xml" in node and "data" in node:
                     return name
@@ -55,15 +59,22 @@ def _open(path: str | os.PathLike):
 
 
 def iter_acquisitions(path: str | os.PathLike) -> Iterator:
-    """The header XML (bytes) first, then every ``ismrmrd.Acquisition`` of the file in order."""
-    dset = _open(path)
+    """The header XML (bytes) first, then every ``ismrmrd.Acquisition`` of the file in order.
+
+    HDF5 reads are serialised over threads (reading variable-length acquisitions from several
+    threads at once crashed the process in testing), so concurrent clients may each read a file."""
+    with HDF5_LOCK:
+        dset = _open(path)
+        xml, count = dset.read_xml_header(), dset.number_of_acquisitions()
     try:
-        xml = dset.read_xml_header()
         yield xml if isinstance(xml, bytes) else str(xml).encode("utf-8")
-        for i in range(dset.number_of_acquisitions()):
-            yield dset.read_acquisition(i)
+        for i in range(count):
+            with HDF5_LOCK:
+                acq = dset.read_acquisition(i)
+            yield acq
     finally:
-        dset.close()
+        with HDF5_LOCK:
+            dset.close()
 
 
 @dataclass

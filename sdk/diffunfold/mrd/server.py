@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from .protocol import MessageID, ProtocolError, SocketWriter, TruncatedMessage, messages
+from .rawfile import HDF5_LOCK
 from .recon import ReconSettings, reconstruct_slice, to_images
 
 __all__ = ["MRDServer", "configure_logging", "log_event"]
@@ -62,14 +63,17 @@ class _SaveData:
 
         self.final = folder / name
         self.tmp = folder / f".{name}.tmp"
-        self._dset = ismrmrd.Dataset(str(self.tmp), "dataset", mode="w")
-        self._dset.write_xml_header(header_xml)
+        with HDF5_LOCK:
+            self._dset = ismrmrd.Dataset(str(self.tmp), "dataset", mode="w")
+            self._dset.write_xml_header(header_xml)
 
     def append(self, acq) -> None:
-        self._dset.append_acquisition(acq)
+        with HDF5_LOCK:
+            self._dset.append_acquisition(acq)
 
     def finish(self, keep: bool) -> Path | None:
-        self._dset.close()
+        with HDF5_LOCK:
+            self._dset.close()
         if keep:
             os.replace(self.tmp, self.final)
             return self.final
@@ -91,6 +95,7 @@ class _Session:
     header_xml: bytes = b""
     errors: list = field(default_factory=list)
     lost: list = field(default_factory=list)
+    notices: list = field(default_factory=list)
     sent: int = 0
     closed_by_client: bool = False
     save: _SaveData | None = None
@@ -185,6 +190,9 @@ class _Session:
     def _submit(self, data) -> None:
         settings, encoding = self.settings, self.encoding
         future = self.server.submit(self._reconstruct, data, encoding, settings)
+        if future is None:  # the server is shutting down
+            self.lost.append(data.slice)
+            return
         self.pending.append(future)
         self.outbox.put((data, future))
 
@@ -210,9 +218,7 @@ class _Session:
                 LOG.exception("reconstruction failed", extra={"fields": {"conn": self.conn_id}})
                 self.fail(f"the reconstruction of slice {data.slice} failed: {type(exc).__name__}: {exc}")
                 continue
-            if self.errors:
-                continue
-            try:
+            try:  # a slice reconstructed before an error still goes out
                 for img in images:
                     self.writer.send(img)
                     self.sent += 1
@@ -234,14 +240,14 @@ class _Session:
     def _ended_without_close(self) -> None:
         if self.errors:  # the reading was stopped on purpose after an error
             return
-        if self.server.stopping.is_set():
-            self.errors.append(("the server is shutting down; the stream was not finished", True))
+        if self.server.stopping.is_set():  # images already reconstructed still go out
+            self.notices.append("the server is shutting down; the stream was not finished")
             log_event("interrupted by shutdown", conn=self.conn_id)
         else:
             self.fail("the client disconnected without CLOSE", tell=False)
 
     def _close(self) -> None:
-        tell = [m for m, t in self.errors if t]
+        tell = [m for m, t in self.errors if t] + self.notices
         if self.lost:
             tell.append(f"slices not reconstructed (server shutting down): {sorted(set(self.lost))}")
         try:
@@ -254,8 +260,9 @@ class _Session:
             self.sock.close()
         except OSError:
             pass
-        saved = self.save.finish(keep=not self.errors and self.closed_by_client) if self.save else None
-        log_event("closed", conn=self.conn_id, peer=self.peer, images=self.sent, ok=not self.errors,
+        ok = not (self.errors or self.notices or self.lost)
+        saved = self.save.finish(keep=ok and self.closed_by_client) if self.save else None
+        log_event("closed", conn=self.conn_id, peer=self.peer, images=self.sent, ok=ok,
                   saved=str(saved) if saved else None)
 
 
@@ -287,10 +294,10 @@ class MRDServer:
         self._ids = itertools.count(1)
 
     def submit(self, fn, *args):
-        """Queue work for the one backend (FIFO over all connections)."""
+        """Queue work for the one backend (FIFO over all connections); None once stopping."""
         with self._submit_lock:
             if self.stopping.is_set():
-                raise InputError("the server is shutting down; the slice was not reconstructed")
+                return None
             return self._backend.submit(fn, *args)
 
     def install_signal_handlers(self) -> None:
