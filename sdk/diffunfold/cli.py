@@ -409,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
+    from .mrd.cli import add_parsers as add_mrd_parsers  # serve, send, mrd-phantom
+    add_mrd_parsers(sub)
     return parser
 
 

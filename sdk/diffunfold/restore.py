@@ -170,9 +170,10 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor (default: 4)")
     parser.add_argument("--center-fraction", type=float, metavar="F",
                         help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)")
-    parser.add_argument("--coil-maps", choices=["estimate", "simulate"], default="estimate",
+    parser.add_argument("--coil-maps", choices=["estimate", "simulate", "espirit"], default="estimate",
                         help="estimate from the fully sampled k-space (default), or simulate birdcage coils "
-                             "around the file's reconstruction_rss (the paper's set-up)")
+                             "around the file's reconstruction_rss (the paper's set-up); for MRD raw files: "
+                             "estimate (the calibration region) or espirit")
     parser.add_argument("--coils", type=int, default=15, metavar="N",
                         help="simulated coils for --coil-maps simulate (default: 15)")
     parser.add_argument("--noise", type=float, default=0.0,
@@ -636,6 +637,10 @@ def run_mri(args) -> int:
     path = Path(args.file)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give one fastMRI .h5 file")
+    from .mrd.rawfile import is_mrd_file  # raw MRD (ISMRMRD) data: reconstructed as acquired
+    if is_mrd_file(path):
+        from .mrd.cli import run_mri_raw
+        return run_mri_raw(args)
     with FastMRIFile(path) as f:  # checks the layout; a missing or foreign file fails here
         count = f.num_slices
     slices = parse_slices(args.slices, count)
