@@ -5,9 +5,7 @@ the server goes on serving; a kill leaves no partial output; SIGTERM finishes th
 from __future__ import annotations
 
 import io
-import json
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -25,6 +23,7 @@ pytest.importorskip("pydicom", reason="the mrd extra is not installed")
 from diffunfold.mrd.client import send_file, stream  # noqa: E402
 from diffunfold.mrd.protocol import MessageID, messages  # noqa: E402
 from diffunfold.mrd.rawfile import iter_acquisitions  # noqa: E402
+from diffunfold.mrd.spawn import ServerProcess  # noqa: E402
 from diffunfold.mrd.writer import write_phantom_mrd  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[1] / "samples" / "models" / "mri-small"
@@ -32,44 +31,8 @@ SOLVE = ["--steps", "3", "--threads", "1", "--backend", "onnxruntime"]
 TIMEOUT = 120
 
 
-class Server:
-    """``diffunfold serve`` in a subprocess on an OS-assigned port, its JSON log collected."""
-
-    def __init__(self, *extra: str):
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "diffunfold", "serve", str(PACKAGE), "--port", "0",
-                                      *SOLVE, *extra], stderr=subprocess.PIPE, text=True, env=env)
-        self.events: list[dict] = []
-        self._listening = threading.Event()
-        threading.Thread(target=self._collect, daemon=True).start()
-        if not self._listening.wait(60):
-            self.proc.kill()
-            raise RuntimeError(f"the server did not start: {self.events}")
-        self.port = next(e["port"] for e in self.events if e.get("event") == "listening")
-
-    def _collect(self) -> None:
-        for line in self.proc.stderr:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                event = {"event": "unstructured", "line": line}
-            self.events.append(event)
-            if event.get("event") == "listening":
-                self._listening.set()
-
-    def wait_for(self, name: str, timeout: float = 60) -> dict:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for e in list(self.events):
-                if e.get("event") == name:
-                    return e
-            time.sleep(0.05)
-        raise AssertionError(f"no {name!r} event in {self.events}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
+def Server(*extra: str) -> ServerProcess:
+    return ServerProcess(PACKAGE, *SOLVE, *extra)
 
 
 @pytest.fixture(scope="module")
