@@ -98,3 +98,17 @@ def test_prox_refuses_mismatched_inputs():
     v, y = pair(op, np.random.default_rng(5))
     with pytest.raises(InputError, match="must have shape"):
         op.prox(v[..., :16], y, 1.0)
+
+
+def test_cg_backward_stays_finite_after_convergence():
+    """Once a CG has converged, later iterations must not divide by a residual that underflows:
+    in float32 the backward pass of rr_new / rr would hold 1/rr^2 and turn into NaN."""
+    torch = pytest.importorskip("torch")
+    from diffunfold.physics.cg import conjugate_gradient
+
+    rhs = torch.randn(3, 1, 8, 8, dtype=torch.float32, requires_grad=True)
+    w = torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1, 1, 1).requires_grad_()
+    x = conjugate_gradient(lambda u: w * u, rhs, torch.zeros_like(rhs), iterations=30)
+    torch.testing.assert_close(x, rhs / w)
+    (x ** 2).sum().backward()
+    assert torch.isfinite(rhs.grad).all() and torch.isfinite(w.grad).all()

@@ -29,15 +29,21 @@ def conjugate_gradient(normal: Callable, rhs, x0, iterations: int):
     r = rhs - normal(x)
     p = r
     rr = _dot(r, r)
+    # An image is converged once its squared residual falls eps^2 below the start (the
+    # dtype's resolution) or near the smallest normal number: it then keeps its x. Stopping
+    # there also keeps the backward pass finite, whose 1/rr^2 terms would overflow.
+    info = xp.finfo(rr.dtype)
+    floor = rr * float(info.eps) ** 2 + 1e4 * float(info.tiny) ** 0.5
+    one, zero = xp.ones_like(rr), xp.zeros_like(rr)
     for _ in range(int(iterations)):
         q = normal(p)
         pq = _dot(p, q)
-        # A converged image (rr = 0, hence pq = 0) keeps its x: its step length is 0.
-        alpha = xp.where(pq > 0, rr / xp.where(pq > 0, pq, xp.ones_like(pq)), xp.zeros_like(pq))
+        live = (rr > floor) & (pq > floor)
+        alpha = xp.where(live, rr / xp.where(live, pq, one), zero)
         x = x + alpha * p
         r = r - alpha * q
         rr_new = _dot(r, r)
-        beta = xp.where(rr > 0, rr_new / xp.where(rr > 0, rr, xp.ones_like(rr)), xp.zeros_like(rr))
+        beta = xp.where(live, rr_new / xp.where(live, rr, one), zero)
         p = r + beta * p
-        rr = rr_new
+        rr = xp.where(live, rr_new, rr)
     return x
