@@ -120,6 +120,10 @@ def write_phantom_mrd(path: str | os.PathLike, slices: int = 4, size: int = 64, 
     from ..data.phantom import random_phantom, simulate_multicoil
     from .header import make_header
 
+    for name, value, low in (("slices", slices, 1), ("size", size, 16), ("coils", coils, 1),
+                             ("oversampling", oversampling, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
     rng = np.random.default_rng(seed)
     if images is None:
         images = np.stack([random_phantom((size, size), rng) for _ in range(int(slices))])
