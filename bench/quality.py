@@ -10,10 +10,12 @@ Each package is scored on the tasks of its data kind (the manifest's ``data.kind
 * image: Gaussian blur (sigma 2), anisotropic blur (sigma 3 x 1, angle 0.6 rad), motion blur
   (length 7; no package has trained on it), SR x4 and x8 (box), inpainting with 20 / 40 / 60 %
   of the pixels missing; each at measurement noise sigma_y in {0, 0.01, 0.05, 0.1} (images in
-  [0, 1]). Data: the held-out scikit-image photos (``diffunfold.demo.held_out_images``).
+  [0, 1]). Data: the held-out photos of ``diffunfold data photos`` (``--photos DIR/held-out``),
+  or by default the held-out scikit-image photos (``diffunfold.demo.held_out_images``).
 * mri: 15 simulated coils, uniform 1-D 4x and 8x, Gaussian 1-D 4x and Gaussian 2-D 8x masks,
-  noise-free and at the paper's noise, 0.01 x max|A x| per image. Data: the held-out synthetic
-  phantoms (``diffunfold.demo.held_out_phantoms``).
+  noise-free and at the paper's noise, 0.01 x max|A x| per image. Data: slices of the held-out
+  real head of ``diffunfold data mri-volumes`` (``--mri-volumes DIR/held-out``), or by default
+  synthetic phantoms (``diffunfold.demo.held_out_phantoms``).
 
 Packages of the same kind share the data, the operators, the measurements and the baselines,
 computed once. Image i's measurement noise and sampler start are seeded with ``seed + i``.
@@ -452,7 +454,7 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
              f"- backend: {sc.solver.backend_name}; {s.samples} posterior samples, "
              f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps; the true noise level is given to the "
              f"solver ({'it weighs y by it' if sc.package.noise_aware else 'this package does not use it'})",
-             f"- data: {s.images} held-out {'phantoms' if sc.kind == 'mri' else 'photos'} per task at "
+             f"- data: {s.images} held-out {meta['data'][sc.kind]} per task at "
              f"{s.size}x{s.size} px, seeds {meta['seed']} + i; noise: "
              + ("complex Gaussian k-space noise of std level x max|A x| of each image ('x peak')" if sc.kind == "mri"
                 else "Gaussian noise of std sigma_y, images in [0, 1]"),
@@ -597,13 +599,31 @@ def settings_from(args) -> Settings:
     return s
 
 
+def held_out_data(args, s: Settings) -> dict[str, Callable[[], tuple[list[str], np.ndarray]]]:
+    """Per kind, a loader of the held-out names and images: ``--photos`` / ``--mri-volumes``
+    folders (``diffunfold data``) when given, else scikit-image's photos and synthetic phantoms."""
+    from diffunfold.data import held_out as ho
+    from diffunfold.demo import held_out_images, held_out_phantoms
+
+    image = (lambda: ho.held_out_photos(ho.check_folder(args.photos, "photo"), s.size, s.images)) \
+        if args.photos else (lambda: held_out_images(s.size, s.images))
+    mri = (lambda: ho.held_out_slices(ho.check_folder(args.mri_volumes, "MRI volume"), s.size, s.images)) \
+        if args.mri_volumes else (lambda: held_out_phantoms(s.size, s.images))
+    return {"image": image, "mri": mri}
+
+
+def data_label(args, kind: str) -> str:
+    if kind == "mri":
+        return f"slices of the held-out volume(s) in {args.mri_volumes}" if args.mri_volumes else "synthetic phantoms"
+    return f"photos from {args.photos}" if args.photos else "scikit-image photos"
+
+
 def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dict, str | None, float | None]:
     """Every task x noise level of every kind present: the baselines once, then each package.
     Returns the baselines' rows per kind, why SigPy was skipped (or None) and its forward check."""
     from tqdm.auto import tqdm
 
     from diffunfold import quality_baselines as qb
-    from diffunfold.demo import held_out_images, held_out_phantoms
 
     kinds = [k for k in ("image", "mri") if any(sc.kind == k for sc in scored)]
     tasks = {k: [TASK_BY_KEY[key] for key in s.tasks if TASK_BY_KEY[key].kind == k] for k in kinds}
@@ -614,7 +634,7 @@ def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dic
     levels = {"image": s.image_noise, "mri": s.mri_noise}
     sigpy_reason = qb.sigpy_status() if "mri" in kinds else None
     sigpy_check = None
-    data = {"image": lambda: held_out_images(s.size, s.images), "mri": lambda: held_out_phantoms(s.size, s.images)}
+    data = held_out_data(args, s)
     total = sum(len(tasks[k]) * len(levels[k]) * (1 + sum(sc.kind == k for sc in scored)) for k in kinds)
     baseline_rows: dict[str, list[dict]] = {k: [] for k in kinds}
     with tqdm(total=total, desc="quality", unit="step", disable=quiet, dynamic_ncols=True) as bar:
@@ -696,7 +716,7 @@ def run(args) -> int:
         wall = time.perf_counter() - t_start
         meta = {"command": " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
                 "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": describe_cpu(), "seed": args.seed,
-                "wall_seconds": wall,
+                "wall_seconds": wall, "data": {k: data_label(args, k) for k in ("image", "mri")},
                 "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
                 "sampler": {sc.name: sc.package.schedule["sampler"] for sc in scored},
                 "sigpy": module_version("sigpy"), "sigpy_skipped": sigpy_reason,
@@ -765,6 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mri-noise", type=float, nargs="+",
                    help=f"MRI noise levels as fractions of max|A x| per image (default {MRI_NOISE})")
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (the tests' setting)")
+    p.add_argument("--photos", metavar="DIR", help="held-out photos: DIR/held-out of `diffunfold data photos` "
+                                                  "(default: the scikit-image photos)")
+    p.add_argument("--mri-volumes", metavar="DIR", help="held-out MRI volume(s): DIR/held-out of `diffunfold data "
+                                                       "mri-volumes` (default: synthetic phantoms)")
     p.add_argument("--coils", type=int, default=15, help="simulated receive coils for MRI (default 15)")
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i (default 0)")
     p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
