@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/diffunfold demo --out demo
+	$(VENV)/bin/diffunfold demo --out demo --overwrite
 
 test: install
 	$(PY) -m pytest -q

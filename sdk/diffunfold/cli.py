@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import DiffUnfoldError
+from . import cli_values as V
+from .errors import DiffUnfoldError, InputError
+from .safe_io import refuse_existing, refuse_nonempty_folder, write_json
 
 DESCRIPTION = """\
 diffunfold: Diff-Unfolding for imaging inverse problems.
@@ -44,6 +46,7 @@ Run `diffunfold COMMAND --help` for a command's options.
 def _cmd_selfcheck(args) -> int:
     from .selfcheck import available_backends, format_rows, rows_as_dicts, run_selfcheck
 
+    refuse_existing([args.json] if args.json else [], args.overwrite, "choose another --json")
     backends = args.backends.split(",") if args.backends else available_backends()
     unknown = set(backends) - {"numpy", "torch", "cupy"}
     if unknown:
@@ -52,7 +55,7 @@ def _cmd_selfcheck(args) -> int:
     rows = run_selfcheck(args.size, backends, with_images=not args.no_images, progress=not args.quiet)
     print(format_rows(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps(rows_as_dicts(rows), indent=2, default=str))
+        write_json(args.json, rows_as_dicts(rows), default=str)
         print(f"wrote {args.json}")
     failed = [r for r in rows if not r.ok]
     if failed:
@@ -76,15 +79,22 @@ def _cmd_mask(args) -> int:
 
     from .physics import mri_mask
 
+    out = None
+    if args.out:
+        out = Path(args.out) if Path(args.out).suffix else Path(args.out).with_suffix(".png")
+        refuse_existing([out], args.overwrite, "choose another --out")
     mask = mri_mask(args.kind, tuple(args.shape), args.acceleration, args.center_fraction, args.seed)
+    if not mask.any():
+        raise InputError(f"a {args.shape[0]}x{args.shape[1]} {args.kind} mask at {args.acceleration:g}x samples "
+                         "nothing; use a larger --shape or a lower --acceleration")
     realised = mask.size / mask.sum()
     print(f"{args.kind} mask {mask.shape[0]}x{mask.shape[1]}: requested {args.acceleration:g}x, "
           f"realised {realised:.3f}x ({int(mask.sum())} samples)")
-    if args.out:
+    if out:
         from .data.images import save_image
 
-        save_image(args.out, mask.astype(np.float32))
-        print(f"wrote {args.out}")
+        save_image(out, mask.astype(np.float32))
+        print(f"wrote {out}")
     return 0
 
 
@@ -93,7 +103,7 @@ def _cmd_phantom(args) -> int:
 
     paths = write_phantom_dataset(args.out_dir, num_files=args.files, slices_per_file=args.slices,
                                   shape=(args.size, args.size), ncoils=args.coils, noise_std=args.noise,
-                                  seed=args.seed, progress=not args.quiet)
+                                  seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
     print(f"wrote {len(paths)} fastMRI-format file(s) to {args.out_dir}")
     return 0
 
@@ -131,14 +141,6 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _parse_task(words: list[str]) -> dict:
-    """``["sr", "factor=4"]`` -> ``{"task": "sr", "factor": 4}`` (values parsed as TOML)."""
-    from .physics.tasks import parse_task_words
-
-    name, params = parse_task_words(words)
-    return {"task": name, **params}
-
-
 def _cmd_presets(args) -> int:
     from .training.config import load_config, preset_names
     from .training.model import DiffUnfolding
@@ -162,6 +164,7 @@ def _cmd_train(args) -> int:
     if args.device is not None:
         overrides.append(f'train.device="{args.device}"')
     cfg = load_config(args.config, overrides)
+    _check_train_folder(Path(args.out or cfg.out_dir), args.resume, args.overwrite)
     try:
         summary = train(cfg, out_dir=args.out, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -177,12 +180,30 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _check_train_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A new run needs an empty folder; --overwrite starts afresh over the logs of a run that
+    never reached a checkpoint (a run with checkpoints is continued with --resume, never erased)."""
+    if resume or int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 owns the folder
+        return
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")
+    ckpts = out / "checkpoints"
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        raise InputError(f"{ckpts} already holds checkpoints; pass --resume to continue that run, or choose "
+                         "another --out (diffunfold never deletes a trained run)")
+    refuse_nonempty_folder(out, overwrite, how="pass --resume to continue a run there, --overwrite to start a "
+                       "new one over its logs, or choose another --out")
+    for name in ("log.csv", "val.csv"):  # appended to: an earlier attempt's rows would mix in
+        (out / name).unlink(missing_ok=True)
+
+
 def _cmd_evaluate(args) -> int:
     from .training.checkpoint import load_model
     from .training.config import TrainConfig
     from .training.data import validation_set
     from .training.evaluate import evaluate, format_rows
 
+    refuse_existing([args.json] if args.json else [], args.overwrite, "choose another --json")
     model, meta = load_model(args.checkpoint, weights=args.weights, device=args.device)
     cfg = TrainConfig.from_dict(meta["config"])
     if args.size:
@@ -192,7 +213,7 @@ def _cmd_evaluate(args) -> int:
     if held_out is None:
         raise DiffUnfoldError("this run has no held-out images (fastMRI without data.val_path)")
     images, maps = held_out
-    tasks = [_parse_task(t) for t in args.task] if args.task else list(cfg.val.tasks)
+    tasks = args.task or list(cfg.val.tasks)
     noise = cfg.val.noise if args.noise is None else args.noise
     print(f"evaluating {args.checkpoint} (step {meta['step']}, {args.weights} weights) on {len(images)} held-out "
           f"image(s) at {images.shape[-1]} px, noise {noise}, {args.steps} steps {args.sampler}")
@@ -200,10 +221,9 @@ def _cmd_evaluate(args) -> int:
                     samples=args.samples, progress=not args.quiet)
     print(format_rows(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "step": meta["step"],
-                                               "noise": noise, "steps": args.steps, "sampler": args.sampler,
-                                               "samples": args.samples,
-                                               "images": int(len(images)), "rows": rows}, indent=2))
+        write_json(args.json, {"checkpoint": str(args.checkpoint), "step": meta["step"], "noise": noise,
+                               "steps": args.steps, "sampler": args.sampler, "samples": args.samples,
+                               "images": int(len(images)), "rows": rows})
         print(f"wrote {args.json}")
     return 0
 
@@ -214,6 +234,8 @@ def _cmd_export(args) -> int:
     require("torch", "export")
     require("onnx", "export")
     from .export import export_checkpoint
+
+    refuse_nonempty_folder(args.out, args.overwrite)
 
     pkg = export_checkpoint(args.checkpoint, args.out, weights=args.weights, opset=args.opset,
                             torch_weights=not args.no_torch_weights, fp16_weights=args.fp16_weights,
@@ -247,10 +269,25 @@ def _cmd_demo(args) -> int:
     return run_demo(args)
 
 
+class UsageError(InputError):
+    """A malformed command line; the message is argparse's, on one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument raises (one line, exit status 2 from ``main``) instead of
+    printing the usage and exiting, so every error reaches the user the same way."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffunfold", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="diffunfold", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"diffunfold {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (also: DIFFUNFOLD_DEBUG=1; accepted "
+                             "anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("selfcheck", help="check every operator: adjoint, norm, backend agreement",
@@ -258,10 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(float64 and float32), that ||A|| <= 1 (power iteration) and that "
                                    "every array backend present (numpy, torch, CuPy) gives the same "
                                    "numbers; report the PSNR of the classical pinv on a held-out image.")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default: 64)")
+    p.add_argument("--size", type=V.image_side(16, 1024), default=64, help="image side in pixels (default: 64)")
     p.add_argument("--backends", help="comma-separated subset of numpy,torch,cupy (default: all present)")
     p.add_argument("--no-images", action="store_true", help="skip the pinv PSNR on a bundled image")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_selfcheck)
 
@@ -274,12 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Make a k-space sampling mask (phase encodes along the last axis, "
                                    "fastMRI's convention) and print the realised acceleration.")
     p.add_argument("kind", choices=["uniform1d", "random1d", "gaussian1d", "gaussian2d"])
-    p.add_argument("--shape", type=int, nargs=2, default=[320, 320], metavar=("H", "W"))
-    p.add_argument("--acceleration", type=float, default=4.0)
-    p.add_argument("--center-fraction", type=float, default=None,
+    p.add_argument("--shape", type=V.MASK_SIDE, nargs=2, default=[320, 320], metavar=("H", "W"))
+    p.add_argument("--acceleration", type=V.ACCELERATION, default=4.0)
+    p.add_argument("--center-fraction", type=V.CENTER_FRACTION, default=None,
                    help="fully sampled centre fraction (default: 0.32 / acceleration)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--out", metavar="PNG", help="save the mask as an image")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_mask)
 
     p = sub.add_parser("phantom", help="write synthetic multi-coil MRI data in the fastMRI format",
@@ -287,12 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "birdcage coils, as fastMRI multi-coil HDF5 files (kspace, "
                                    "reconstruction_rss, ismrmrd_header) that `FastMRISlices` reads.")
     p.add_argument("out_dir", type=Path)
-    p.add_argument("--files", type=int, default=4)
-    p.add_argument("--slices", type=int, default=8, help="slices per file")
-    p.add_argument("--size", type=int, default=128, help="image side in pixels")
-    p.add_argument("--coils", type=int, default=15, help="simulated coils (the paper uses 15)")
-    p.add_argument("--noise", type=float, default=0.0, help="k-space noise std")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--files", type=V.Bounded(1, 10_000, integer=True), default=4)
+    p.add_argument("--slices", type=V.Bounded(1, 1000, integer=True), default=8, help="slices per file")
+    p.add_argument("--size", type=V.Bounded(16, 2048, integer=True, meaning="pixels, even"), default=128,
+                   help="image side in pixels, even")
+    p.add_argument("--coils", type=V.COILS, default=15, help="simulated coils (the paper uses 15)")
+    p.add_argument("--noise", type=V.Bounded(0, 1e6), default=0.0, help="k-space noise std")
+    p.add_argument("--seed", type=V.SEED, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace existing phantom_NNNN.h5 files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantom)
 
@@ -322,34 +363,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override one setting, TOML value syntax, e.g. --set train.steps=2000 "
                         "--set data.source='\"folder\"' --set data.path=/data/imgs (repeatable)")
     p.add_argument("--out", help="output folder (default: the config's out_dir, runs/<preset>)")
-    p.add_argument("--steps", type=int, help="shortcut for --set train.steps=N")
+    p.add_argument("--steps", type=V.Bounded(1, 10**9, integer=True), help="shortcut for --set train.steps=N")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the config's, auto)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in the output folder (exactly: same "
                         "batches, optimizer and EMA state)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a folder that holds files but no checkpoint (its logs are replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
         "evaluate", help="score a checkpoint on held-out images against pinv and a classical baseline",
-        description="Restore the run's held-out images (bundled: astronaut, camera, chelsea, cat, coffee) "
+        description="Restore the run's held-out images (bundled: astronaut, camera, chelsea, coffee) "
                     "for each task with the torch reference sampler, and print PSNR/SSIM for the model, the "
                     "operator's pinv and the classical baseline (Wiener for blur).")
     p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a ckpt-*.json file")
-    p.add_argument("--task", action="append", nargs="+", metavar="WORD",
+    p.add_argument("--task", action=V.TaskAction, append=True, nargs="+", metavar="WORD",
                    help="a task and its parameters, e.g. --task sr factor=4 (repeatable; default: the "
                         "run's validation tasks)")
-    p.add_argument("--noise", type=float, help="measurement noise std (default: the run's val.noise)")
-    p.add_argument("--steps", type=int, default=18, help="sampler steps (default 18, the paper's NFE)")
+    p.add_argument("--noise", type=V.NOISE, help="measurement noise std (default: the run's val.noise)")
+    p.add_argument("--steps", type=V.STEPS, default=18, help="sampler steps (default 18, the paper's NFE)")
     p.add_argument("--sampler", choices=["euler", "heun"], default="euler")
-    p.add_argument("--samples", type=int, default=1,
+    p.add_argument("--samples", type=V.SAMPLES, default=1,
                    help="posterior samples per image; >1 scores their mean (default 1: one sample)")
-    p.add_argument("--size", type=int, help="image size (default: the training size)")
-    p.add_argument("--images", type=int, default=5, help="at most this many held-out images")
+    p.add_argument("--size", type=V.image_side(16), help="image size (default: the training size)")
+    p.add_argument("--images", type=V.COUNT, default=5, help="at most this many held-out images")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -365,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the package folder to write (must not exist, or be empty)")
     p.add_argument("--weights", choices=["ema", "model"], default="ema",
                    help="which weights to export (default: ema, the ones to deploy)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--tolerance", type=float, default=1e-4,
+    p.add_argument("--opset", type=V.Bounded(13, 30, integer=True), default=17, help="ONNX opset (default 17)")
+    p.add_argument("--tolerance", type=V.Bounded(0, 1, lo_open=True), default=1e-4,
                    help="largest relative error ONNX Runtime vs torch accepted (default 1e-4)")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
     p.add_argument("--no-torch-weights", action="store_true",
@@ -409,22 +453,50 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
+
     from .mrd.cli import add_parsers as add_mrd_parsers  # serve, send, mrd-phantom
     add_mrd_parsers(sub)
     return parser
 
 
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+def _say(message: str) -> None:
+    """One line on stderr, whatever the message holds."""
+    print("; ".join(line.strip() for line in message.splitlines() if line.strip()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
+    """Run one command. Exit status: 0 done; 1 some inputs failed (the rest written) or an
+    unexpected error; 2 a bad value or input, nothing done; 130 interrupted. No traceback
+    reaches the user unless --debug or DIFFUNFOLD_DEBUG=1 asks for it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("DIFFUNFOLD_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        _say(str(exc))
+        return EXIT_USAGE
     except DiffUnfoldError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        _say(f"error: {exc}")
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # commands that write say what they completed
+        _say(f"interrupted: {exc}" if str(exc) else
+             "interrupted; every output written so far is complete (each file is written whole or not at all)")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the last guard: one line, not a traceback
+        if debug:
+            raise
+        _say(f"error: unexpected {type(exc).__name__}: {exc or 'no message'} (rerun with --debug or "
+             "DIFFUNFOLD_DEBUG=1 for the traceback, and report it if the input looks right)")
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ uncertainty map.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from . import cli_values as V
 from .errors import InputError
+from .safe_io import refuse_nonempty_folder, write_json, write_text
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE_PACKAGE = REPO / "samples" / "models" / "image-small"
@@ -194,8 +195,6 @@ def run_demo(args) -> int:
     from .package import ModelPackage
     from .runtime import Solver
 
-    if args.samples < 1 or args.images < 1 or args.size < 16 or args.noise < 0 or args.mri_noise < 0:
-        raise InputError("--samples and --images must be >= 1, --size >= 16, the noise levels >= 0")
     chosen = [t for t in TASKS if not args.tasks or t.key in args.tasks]
     unknown = sorted(set(args.tasks or []) - {t.key for t in TASKS})
     if unknown:
@@ -209,7 +208,7 @@ def run_demo(args) -> int:
                                  f"--{kind}-package")
             packages[kind] = ModelPackage.open(path)  # verifies every file's sha256
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    _clear_out(out, args.overwrite)
 
     data = {}
     if "image" in packages:
@@ -222,15 +221,19 @@ def run_demo(args) -> int:
     results = []
     t0 = time.perf_counter()
     with tqdm(total=total, desc="demo", unit="image", disable=args.quiet, dynamic_ncols=True) as bar:
-        for task in chosen:
-            kind = "mri" if task.is_mri else "image"
-            names, clean = data[kind]
-            r = run_task(task, solvers[kind], names, clean, args, bar)
-            grid(r.pop("panels"), ["measurement", "classical baseline", "Diff-Unfolding",
-                                   f"uncertainty ({args.samples} samples)", "ground truth"],
-                 title=f"{r['label']}: {r['mean']['psnr']:.2f} dB vs {r['mean']['psnr_baseline']:.2f} dB "
-                       f"({r['baseline']}), mean of {len(names)}", path=out / f"{task.key}.png")
-            results.append(r)
+        try:
+            for task in chosen:
+                kind = "mri" if task.is_mri else "image"
+                names, clean = data[kind]
+                r = run_task(task, solvers[kind], names, clean, args, bar)
+                grid(r.pop("panels"), ["measurement", "classical baseline", "Diff-Unfolding",
+                                       f"uncertainty ({args.samples} samples)", "ground truth"],
+                     title=f"{r['label']}: {r['mean']['psnr']:.2f} dB vs {r['mean']['psnr_baseline']:.2f} dB "
+                           f"({r['baseline']}), mean of {len(names)}", path=out / f"{task.key}.png")
+                results.append(r)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{len(results)} of {len(chosen)} task figure(s) written whole to {out}/; "
+                                    "the tables (results.md, .json) come at the end: rerun with --overwrite") from None
     wall = time.perf_counter() - t0
 
     any_solver = next(iter(solvers.values()))
@@ -242,8 +245,8 @@ def run_demo(args) -> int:
             "packages": {k: {"path": str(p.path), "manifest_sha256": p.manifest.get("manifest_sha256"),
                              "source": p.manifest.get("source")} for k, p in packages.items()},
             "wall_seconds": wall}
-    (out / "results.md").write_text(_markdown(results, meta))
-    (out / "results.json").write_text(json.dumps({**meta, "tasks": results}, indent=2) + "\n")
+    write_text(out / "results.md", _markdown(results, meta))
+    write_json(out / "results.json", {**meta, "tasks": results})
 
     print(_markdown(results, meta))
     lost = [r["label"] for r in results if r["trained"] and r["mean"]["psnr"] <= r["mean"]["psnr_baseline"]]
@@ -253,28 +256,41 @@ def run_demo(args) -> int:
     return 0
 
 
+def _clear_out(out: Path, overwrite: bool) -> None:
+    """Refuse a folder that holds anything unless --overwrite; then remove the earlier demo's
+    figures and tables (and only those), so old results never mix with the new ones."""
+    refuse_nonempty_folder(out, overwrite)
+    for name in [f"{t.key}.png" for t in TASKS] + ["results.md", "results.json"]:
+        (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo", help="folder for the figures and tables (default: demo/)")
+    p.add_argument("--out", default="demo", help="folder for the figures and tables (default: demo/; must be "
+                                                 "empty unless --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a folder that holds files: the figures and tables of an earlier demo there "
+                        "are removed first, other files are left alone")
     p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
                    help=f"run only this task (repeatable): {', '.join(t.key for t in TASKS)}")
-    p.add_argument("--images", type=int, default=5, help="held-out images per task (default 5, all of them)")
-    p.add_argument("--size", type=int, default=64, help="image size in px (default 64, the training size)")
-    p.add_argument("--samples", type=int, default=4,
+    p.add_argument("--images", type=V.Bounded(1, 100, integer=True), default=5, help="held-out images per task (default 5, all of them)")
+    p.add_argument("--size", type=V.image_side(16, 1024), default=64, help="image size in px (default 64, the training size)")
+    p.add_argument("--samples", type=V.SAMPLES, default=4,
                    help="posterior samples per image: their mean is the result, their std the uncertainty "
                         "map (default 4)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the package's, 18)")
-    p.add_argument("--noise", type=float, default=0.05,
+    p.add_argument("--steps", type=V.STEPS, default=None, help="sampler steps (default: the package's, 18)")
+    p.add_argument("--noise", type=V.NOISE, default=0.05,
                    help="measurement noise std for the image tasks, images in [0, 1] (default 0.05)")
-    p.add_argument("--mri-noise", type=float, default=0.0,
+    p.add_argument("--mri-noise", type=V.KSPACE_NOISE, default=0.0,
                    help="k-space noise std as a fraction of max|k| (default 0, the paper's fastMRI protocol; "
                         "training saw 0-0.01)")
-    p.add_argument("--coils", type=int, default=15, help="simulated receive coils for MRI (default 15)")
-    p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i (default 0)")
+    p.add_argument("--coils", type=V.COILS, default=15, help="simulated receive coils for MRI (default 15)")
+    p.add_argument("--seed", type=V.SEED, default=0, help="first seed; image i uses seed + i (default 0)")
     p.add_argument("--image-package", default=str(DEFAULT_IMAGE_PACKAGE), help="natural-image model package")
     p.add_argument("--mri-package", default=str(DEFAULT_MRI_PACKAGE), help="MRI model package")
     p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for the backend (0: all cores)")
+    p.add_argument("--threads", type=V.THREADS, default=0, help="CPU threads for the backend (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

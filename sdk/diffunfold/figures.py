@@ -82,8 +82,9 @@ def grid(rows: Sequence[Sequence[Panel]], columns: Sequence[str], title: str = "
             fig.paste(img, (left, top))
             draw.multiline_text((left, top + tile + 2), panel.caption, fill="black", font=small, spacing=2)
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.save(path)
+        from .data.images import save_image  # written whole or not at all
+
+        save_image(path, np.moveaxis(np.asarray(fig), -1, 0))
     return fig
 
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import edm
 from .errors import InputError
+from .safe_io import write_json
 from .spaces import DataSpace
 from .unfolding import NOISE_FLOOR, PROX_ITERATIONS
 
@@ -48,16 +47,7 @@ def _manifest_digest(manifest: dict) -> str:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, data, indent=1)  # whole or not at all (safe_io)
 
 
 def write_manifest(directory: str | Path, manifest: dict, files: list[str]) -> dict:

@@ -10,16 +10,16 @@ Heavy imports (numpy, the runtime, PIL, h5py) happen inside the ``run_*`` functi
 from __future__ import annotations
 
 import argparse
-import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import cli_values as V
+from .batch import Unit, check_outputs, earlier_rows, finish, refuse_if_nothing_done, run_units
 from .errors import InputError
 from .physics.mri import MASK_KINDS
-from .physics.tasks import parse_task_words
 from .runtime.backends import BACKENDS
+from .safe_io import write_json
 
 # load_image reads whatever Pillow reads; these are the suffixes a folder is scanned for.
 _FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -118,15 +118,19 @@ def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"{', '.join(BACKENDS)} (default: auto, the fastest one usable here; the report "
                         "says which and why)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the network (default: all)")
-    p.add_argument("--steps", type=int, metavar="N",
+    p.add_argument("--threads", type=V.THREADS, default=0, metavar="N",
+                   help="CPU threads for the network (default 0: all cores)")
+    p.add_argument("--steps", type=V.STEPS, metavar="N",
                    help="sampler steps (default: the package's schedule, 18 = the paper's NFE)")
     p.add_argument("--sampler", choices=["euler", "heun"],
                    help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes)")
-    p.add_argument("--samples", type=int, default=1, metavar="N",
+    p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
                    help="posterior samples per image: >1 gives their mean and a std map (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default: 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--seed", type=V.SEED, default=0, help="base seed (default: 0)")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    again.add_argument("--resume", action="store_true",
+                       help="keep the outputs a stopped or partly failed run finished and do only the rest")
     p.add_argument("--json", metavar="FILE", help="also write the results (and timings) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -139,16 +143,16 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", help="a model package folder (written by `diffunfold export`)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="image files, or folders of images (png, jpg, tif, ...; not searched recursively)")
-    parser.add_argument("--task", nargs="+", required=True, metavar="WORD",
+    parser.add_argument("--task", action=V.TaskAction, nargs="+", required=True, metavar="WORD",
                         help="the task and its parameters, e.g. --task gaussian_blur sigma=2 or --task sr factor=4")
     parser.add_argument("--mode", choices=["simulate", "measured"], default="simulate",
                         help="simulate: INPUT is clean, measure it and score the restoration (default); "
                              "measured: INPUT is the degraded measurement, no scores")
-    parser.add_argument("--noise", type=float, default=None, metavar="STD",
+    parser.add_argument("--noise", type=V.NOISE, default=None, metavar="STD",
                         help="simulate: std of the Gaussian noise added to the measurement (images in [0, 1]; "
                              "default 0.05); measured: the noise std in INPUT, which a noise-aware model and "
                              "the Wiener baseline weigh the data by (default: estimated from INPUT, and said so)")
-    parser.add_argument("--size", type=int, metavar="N",
+    parser.add_argument("--size", type=V.image_side(8), metavar="N",
                         help="simulate mode: centre-crop each image to a square and resize it to NxN first "
                              "(default: native size; any size works, the solver pads)")
     parser.add_argument("--out", type=Path, default=Path("restored"),
@@ -164,22 +168,23 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", help="an MRI model package folder (written by `diffunfold export`)")
     parser.add_argument("file", type=Path, metavar="FILE.h5",
                         help="a fastMRI multi-coil file with fully sampled k-space")
-    parser.add_argument("--slices", metavar="LIST", help="e.g. 0,3-5 or all (default: the middle slice)")
+    parser.add_argument("--slices", type=V.slice_ranges, metavar="LIST",
+                        help="e.g. 0,3-5 or all (default: the middle slice)")
     parser.add_argument("--mask", choices=MASK_KINDS, default="gaussian1d",
                         help="the k-space sampling pattern (default: gaussian1d)")
-    parser.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor (default: 4)")
-    parser.add_argument("--center-fraction", type=float, metavar="F",
+    parser.add_argument("--acceleration", type=V.ACCELERATION, default=4.0, help="undersampling factor (default: 4)")
+    parser.add_argument("--center-fraction", type=V.CENTER_FRACTION, metavar="F",
                         help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)")
     parser.add_argument("--coil-maps", choices=["estimate", "simulate", "espirit"], default="estimate",
                         help="estimate from the fully sampled k-space (default), or simulate birdcage coils "
                              "around the file's reconstruction_rss (the paper's set-up); for MRD raw files: "
                              "estimate (the calibration region) or espirit")
-    parser.add_argument("--coils", type=int, default=15, metavar="N",
+    parser.add_argument("--coils", type=V.COILS, default=15, metavar="N",
                         help="simulated coils for --coil-maps simulate (default: 15)")
-    parser.add_argument("--noise", type=float, default=0.0,
+    parser.add_argument("--noise", type=V.KSPACE_NOISE, default=0.0,
                         help="extra complex Gaussian k-space noise, std as a fraction of max|k| of the slice "
                              "(as training's data.mri_noise; default: 0, the file's own noise)")
-    parser.add_argument("--size", type=int, metavar="N",
+    parser.add_argument("--size", type=V.image_side(8), metavar="N",
                         help="centre-crop the slices to NxN (default: the recon matrix, e.g. 320x320)")
     parser.add_argument("--out", type=Path, default=Path("recon"),
                         help="output folder (default: recon/; never the input file's folder)")
@@ -216,46 +221,7 @@ def _trained_note(name: str, trained: list[str]) -> str | None:
             "outside the network, so it usually works")
 
 
-# -- checks shared by both commands ------------------------------------------------------------
-
-def _check_numbers(args) -> None:
-    if args.steps is not None and args.steps < 1:
-        raise InputError(f"--steps must be >= 1, got {args.steps}")
-    if args.samples < 1:
-        raise InputError(f"--samples must be >= 1, got {args.samples}")
-    if args.size is not None and args.size < 8:
-        raise InputError(f"--size must be at least 8 pixels, got {args.size}")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads must be >= 1, got {args.threads}")
-    if args.noise is not None and not (math.isfinite(args.noise) and args.noise >= 0):
-        raise InputError(f"--noise must be finite and >= 0, got {args.noise}")
-    if getattr(args, "mode", None) == "simulate" and args.noise is None:
-        args.noise = 0.05
-
-
-def _check_outputs(out_dir: Path, planned: list[Path], inputs: list[Path], input_dirs: set[Path],
-                   json_path: str | None, overwrite: bool) -> None:
-    """Refuse to write into an input folder, over an input file, or (without --overwrite) over
-    files that already exist; all checked before any work is done."""
-    out_r = out_dir.resolve()
-    if out_r in input_dirs:
-        raise InputError(f"--out {str(out_dir)!r} is the folder of the input(s); write the outputs to "
-                         "another folder (e.g. --out restored/) so they never mix with or replace the inputs")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {str(out_dir)!r} exists and is not a folder")
-    inputs_r = {p.resolve() for p in inputs}
-    targets = list(planned) + ([Path(json_path)] if json_path else [])
-    clash = [p for p in targets if p.resolve() in inputs_r]
-    if clash:
-        raise InputError(f"{clash[0]} is an input file; it is never overwritten: choose another --out/--json")
-    if len({p.resolve() for p in targets}) != len(targets):
-        raise InputError("two outputs would have the same name (is --json inside --out with an output's name?)")
-    existing = [p for p in targets if p.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
-        raise InputError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or choose "
-                         "another --out")
-
+# -- shared by both commands -----------------------------------------------------------------
 
 def _load_solver(pkg, args):
     from .runtime.solver import Solver
@@ -263,38 +229,51 @@ def _load_solver(pkg, args):
     return Solver.load(pkg, backend=args.backend, device=args.device, threads=args.threads)
 
 
-def _progress(items, desc: str, unit: str, quiet: bool):
+def _progress(desc: str, unit: str, quiet: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(items, desc=desc, unit=unit, disable=quiet, leave=False)
+    return lambda items: tqdm(items, desc=desc, unit=unit, disable=quiet, leave=False)
 
 
-def _sum_timing(timings):
+def _sum_timing(rows: list[dict]):
     from .runtime.solver import Timing
 
     total = Timing()
-    for t in timings:
-        total.network += t.network
-        total.physics += t.physics
-        total.total += t.total
-        total.network_calls += t.network_calls
+    for r in rows:
+        t = r["timing"]
+        total.network += t["network_s"]
+        total.physics += t["physics_s"]
+        total.total += t["total_s"]
+        total.network_calls += t["network_calls"]
     return total
 
 
-def _report_runtime(solver, count: int, unit: str, timing, wall: float, nfe: int, samples: int) -> list[str]:
-    per = timing.total / max(count, 1)
+def _report_runtime(solver, rows: list[dict], unit: str, wall: float, samples: int) -> list[str]:
+    if not rows:
+        return [f"backend: {solver.backend_name} [{solver.backend_reason}]"]
+    timing = _sum_timing(rows)
+    per = timing.total / len(rows)
     return [
         f"backend: {solver.backend_name} [{solver.backend_reason}]",
-        f"{count} {unit}(s): {per:.3f} s per {unit} in the solver ({wall:.2f} s wall in all, with I/O "
-        f"and baselines); NFE {nfe} x K={solver.stages} network passes x {samples} sample(s)",
+        f"{len(rows)} {unit}(s): {per:.3f} s per {unit} in the solver ({wall:.2f} s wall in all, with I/O "
+        f"and baselines); NFE {rows[-1]['nfe']} x K={solver.stages} network passes x {samples} sample(s)",
         f"solver time {timing}",
     ]
 
 
-def _write_json(path: str, data: dict) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2, default=_json_default))
+def _skipped_note(batch, what: str, out_dir: Path) -> list[str]:
+    if not batch.skipped:
+        return []
+    return [f"--resume: {len(batch.skipped)} {what}(s) already finished in {out_dir}/ were kept, not redone"]
+
+
+def _write_report(path: str, data: dict, batch, key: str) -> None:
+    """The JSON report: this run's rows, the earlier run's rows of what --resume skipped, and
+    the failures."""
+    rows = earlier_rows(path, batch.skipped, key) + batch.rows
+    write_json(path, {**data, "rows": rows, "skipped": batch.skipped,
+                      "failures": [{"name": n, "reason": r} for n, r in batch.failures]}, default=_json_default)
+    print(f"wrote {path}")
 
 
 def _json_default(o):
@@ -317,13 +296,6 @@ def _fmt(v: float, digits: int = 2) -> str:
 
 
 # -- diffunfold restore -------------------------------------------------------------------------
-
-@dataclass
-class _Item:
-    path: Path
-    base: str
-    outputs: dict[str, Path] = field(default_factory=dict)
-
 
 def _collect_inputs(inputs: list[str]) -> tuple[list[Path], set[Path]]:
     """Image files from files and folders (sorted, hidden files skipped), and the folders they
@@ -368,16 +340,18 @@ def _base_names(files: list[Path]) -> list[str]:
     return unique
 
 
-def _read_header(path: Path) -> None:
-    """Fail early, naming the file, when an input is not an image at all."""
+def _read_header(path: Path) -> tuple[int, int]:
+    """The image's (H, W) from its header; an InputError naming the file when it is not an
+    image at all."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            img.size  # noqa: B018  (the header is parsed on open)
+            w, h = img.size
     except (OSError, ValueError, SyntaxError) as exc:
         raise InputError(f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); it is not an "
                          "image Pillow can read (png, jpg, tif, bmp, webp, ...)") from None
+    return h, w
 
 
 def _load_clean(path: Path, channels: int, size: int | None):
@@ -388,24 +362,25 @@ def _load_clean(path: Path, channels: int, size: int | None):
     return load_image(path, channels, size=size)
 
 
-def _load_mask(value: Any, shape: tuple[int, int] | None = None):
+def _load_mask(value: Any):
     """``mask=FILE`` as a boolean (H, W) array: white (> 0.5) = observed."""
     import numpy as np
 
     from .data.images import load_image
 
-    if not isinstance(value, str):
-        raise InputError(f"mask= takes an image file (white = observed), got {value!r}")
     path = Path(value)
     if not path.is_file():
         raise InputError(f"mask file {value!r} does not exist; give mask=FILE.png with white = observed pixels")
     mask = load_image(path, channels=1)[0] > 0.5
-    if shape is not None and mask.shape != tuple(shape):
-        raise InputError(f"the mask {value!r} is {mask.shape[0]}x{mask.shape[1]} but the image is "
-                         f"{shape[0]}x{shape[1]}; they must match pixel for pixel")
     if not mask.any():
         raise InputError(f"the mask {value!r} marks no pixel as observed (white = observed, black = missing)")
     return np.ascontiguousarray(mask)
+
+
+def _check_mask_shape(mask, shape: tuple[int, int], path: Path, after: str = "") -> None:
+    if mask is not None and mask.shape != tuple(shape):
+        raise InputError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but {path} is {shape[0]}x{shape[1]}{after}; "
+                         "they must match pixel for pixel")
 
 
 def _centre_crop_multiple(x, m: int):
@@ -415,25 +390,10 @@ def _centre_crop_multiple(x, m: int):
     return x[..., top:top + nh, left:left + nw]
 
 
-def run_restore(args) -> int:
-    import time
-
-    import numpy as np
-
-    from .baselines import baseline_name, classical_baseline
-    from .data.images import load_image, save_image
-    from .metrics import psnr, ssim
-    from .noise import estimate_noise_std
-    from .package import ModelPackage
-    from .physics.tasks import make_operator
-
-    _check_numbers(args)
-    pkg = ModelPackage.open(args.package)
-    space = pkg.space
-    if space.kind != "image":
-        raise InputError(f"{pkg.path} is an MRI model package ({space.kind} data); `diffunfold restore` needs "
-                         "an image package. Reconstruct MRI with `diffunfold mri PACKAGE FILE.h5`")
-    name, params = parse_task_words(args.task)
+def _restore_task(args) -> tuple[str, dict, Any, int]:
+    """The task (checked as --task was parsed), what the mode allows of it, its mask and SR factor."""
+    params = {k: v for k, v in args.task.items() if k != "task"}
+    name = args.task["task"]
     if name == "mri":
         raise InputError("the mri task takes multi-coil k-space, not image files: use "
                          "`diffunfold mri PACKAGE FILE.h5` with an MRI package")
@@ -441,142 +401,215 @@ def run_restore(args) -> int:
     if measured and args.size is not None:
         raise InputError("--size resizes the clean image in simulate mode; a measurement cannot be resized "
                          "without changing its physics (blur width, SR factor): crop it beforehand instead")
-    mask = None
-    if "mask" in params:
-        mask = _load_mask(params["mask"])
+    if measured and name == "box_inpainting":
+        raise InputError("measured box inpainting would invent where the hole is and replace the real pixels "
+                         "there: give the mask of observed pixels with --task inpainting mask=FILE.png "
+                         "(white = observed, black = missing)")
+    mask = _load_mask(params["mask"]) if "mask" in params else None
     if measured and name == "inpainting" and mask is None:
         raise InputError("measured inpainting needs the mask of observed pixels: add mask=FILE.png to --task "
                          "(white = observed, black = missing); a random mask (missing=, seed=) cannot describe "
                          "a real measurement")
-    if name == "sr":
-        factor = params.get("factor", _task_default("sr", "factor"))
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or int(factor) != factor or factor < 2:
-            raise InputError(f"the SR factor must be an integer >= 2, got {factor!r}")
-        factor = int(factor)
-    else:
-        factor = 1
+    factor = int(params.get("factor", _task_default("sr", "factor"))) if name == "sr" else 1
+    return name, params, mask, factor
 
+
+def _readable_inputs(args, factor: int):
+    """The inputs whose header reads, with their index (image i uses seed + i), their folders,
+    (file, reason) of those that do not, and the first one's operator grid. All unreadable, or
+    a factor too large: refused."""
     files, input_dirs = _collect_inputs(args.inputs)
-    for f in files:
-        _read_header(f)
-    out_dir = Path(args.out)
-    kinds = ["restored", "baseline"] + ([] if measured else ["measured"]) + (["std"] if args.samples > 1 else [])
-    items = [_Item(f, b, {k: out_dir / f"{b}_{k}.png" for k in kinds}) for f, b in zip(files, _base_names(files))]
-    _check_outputs(out_dir, [p for it in items for p in it.outputs.values()], files, input_dirs, args.json,
-                   args.overwrite)
+    readable, unreadable, first_shape = [], [], None
+    for i, f in enumerate(files):
+        try:
+            h, w = _read_header(f)
+        except InputError as exc:
+            unreadable.append((str(f), str(exc)))
+            continue
+        side = args.size or min(h, w)
+        if args.mode == "simulate" and factor > side:
+            raise InputError(f"the SR factor {factor} is too large for {f} ({h}x{w}"
+                             f"{f', --size {args.size}' if args.size else ''}): at most {side} here, so that "
+                             "the low-resolution image keeps at least one pixel per side")
+        readable.append((i, f))
+        first_shape = first_shape or _operator_shape(args, (h, w), factor)
+    if not readable:
+        more = f" (and {len(unreadable) - 1} more unreadable inputs)" if len(unreadable) > 1 else ""
+        raise InputError(unreadable[0][1] + more)
+    return readable, input_dirs, unreadable, first_shape
 
-    label = _task_label(name, params)
+
+def _operator_shape(args, hw: tuple[int, int], factor: int) -> tuple[int, int]:
+    """The image grid the task's operator acts on for an input of size ``hw``."""
+    if args.mode == "measured":
+        return hw[0] * factor, hw[1] * factor
+    h, w = (args.size, args.size) if args.size else hw
+    return h - h % factor, w - w % factor
+
+
+@dataclass
+class _Job:
+    """What every image of one restore run shares."""
+    args: Any
+    name: str
+    op_params: dict
+    mask: Any
+    factor: int
+    channels: int
+    solver: Any = None
+
+
+def _operator(job: _Job, shape):
+    from .physics.tasks import make_operator
+
+    extra = {} if job.mask is None else {"mask": job.mask}
+    return make_operator(job.name, shape, **extra, **job.op_params)
+
+
+def _measure(path: Path, job: _Job, seed: int):
+    """(clean image or None, measurement, operator, notes) for one input."""
+    import numpy as np
+
+    from .data.images import load_image
+
+    args, notes = job.args, []
+    if args.mode == "measured":
+        y = load_image(path, job.channels)[None]
+        h, w = y.shape[-2:]
+        _check_mask_shape(job.mask, (h, w), path)
+        if job.mask is not None:
+            y = (y * job.mask).astype(np.float32)  # missing pixels carry nothing
+        return None, y, _operator(job, (h * job.factor, w * job.factor)), notes
+    x = _load_clean(path, job.channels, args.size)
+    if job.factor > 1 and (x.shape[-2] % job.factor or x.shape[-1] % job.factor):
+        h0, w0 = x.shape[-2:]
+        x = np.ascontiguousarray(_centre_crop_multiple(x, job.factor))
+        notes.append(f"{path.name}: centre-cropped {h0}x{w0} -> {x.shape[-2]}x{x.shape[-1]} "
+                     f"(a multiple of the SR factor {job.factor})")
+    x = x[None]
+    _check_mask_shape(job.mask, x.shape[-2:], path, " after --size" if args.size else "")
+    op = _operator(job, x.shape[-2:])
+    return x, op.measure(x, args.noise, seed=[seed]).astype(np.float32), op, notes
+
+
+def _restore_item(unit: Unit, job: _Job) -> dict:
+    """Restore one image and write its outputs (after everything that can fail on the input)."""
+    import numpy as np
+
+    from .baselines import baseline_name, classical_baseline
+    from .data.images import save_image
+    from .metrics import psnr, ssim
+    from .noise import estimate_noise_std
+
+    args = job.args
+    index, path = unit.payload
+    seed = args.seed + index
+    x, y, op, notes = _measure(path, job, seed)
+    noise_std = args.noise if args.noise is not None else float(estimate_noise_std(op, y)[0])
+    if args.noise is None:
+        notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
+    sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
+                           noise_std=noise_std)
+    restored = np.asarray(sol.images)
+    baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
+    row: dict[str, Any] = {"input": str(path), "name": unit.name, "size": list(op.image_shape[-2:]), "seed": seed,
+                           "seconds": sol.timing.total, "timing": sol.timing.as_dict(), "nfe": sol.nfe,
+                           "baseline": baseline_name(op)}
+    std = None if sol.std is None else np.asarray(sol.std)[0].mean(axis=0)
+    if x is not None:
+        row.update(psnr=psnr(restored[0], x[0], 1.0), ssim=ssim(restored[0], x[0], 1.0),
+                   psnr_baseline=psnr(baseline[0], x[0], 1.0), ssim_baseline=ssim(baseline[0], x[0], 1.0))
+    save_image(unit.outputs["restored"], restored[0])
+    save_image(unit.outputs["baseline"], baseline[0])
+    if "measured" in unit.outputs:
+        save_image(unit.outputs["measured"], np.clip(y[0], 0.0, 1.0))
+    if std is not None:
+        row["std_max"] = float(std.max())
+        save_image(unit.outputs["std"], std / std.max() if std.max() > 0 else std)
+    row["outputs"] = {k: str(p) for k, p in unit.outputs.items()}
+    if notes:
+        row["notes"] = notes
+    return row
+
+
+def _restore_table(rows: list[dict], measured: bool, base_name: str) -> list[str]:
+    import numpy as np
+
+    if measured:
+        return ["| image | size | restored | s |", "|---|---|---|---|"] + [
+            f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | "
+            f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |" for r in rows]
+    lines = [f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {_fmt(r['psnr'])} | "
+                     f"{r['ssim']:.4f} | {_fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
+                     f"{r['seconds']:.2f} |")
+    if len(rows) > 1:
+        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_baseline",
+                                                                     "ssim_baseline", "seconds")}
+        lines.append(f"| mean | | {_fmt(mean['psnr'])} | {mean['ssim']:.4f} | {_fmt(mean['psnr_baseline'])} | "
+                     f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |")
+    return lines
+
+
+def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_first: list[str]) -> None:
+    rows, out_dir = batch.rows, Path(args.out)
+    base_name = rows[-1]["baseline"] if rows else "baseline"
+    noise_label = "estimated per image" if args.noise is None else f"{args.noise:g}"
+    print(f"{pkg.summary()}\n{args.mode} {label}, noise {noise_label}, {len(rows)} image(s) -> {out_dir}/")
+    if rows:
+        print("\n".join(_restore_table(rows, args.mode == "measured", base_name)))
+    for n in [n for r in rows for n in r.get("notes", [])] + _skipped_note(batch, "image", out_dir):
+        print(f"note: {n}")
+    print("\n".join(_report_runtime(job.solver, rows, "image", wall, args.samples)))
+    if args.json:
+        timing = _sum_timing(rows)
+        _write_report(args.json, {
+            "command": "restore", "package": str(pkg.path), "mode": args.mode, "task": job.name, "params":
+            {k: v for k, v in args.task.items() if k != "task"}, "noise": args.noise,
+            "steps": args.steps or pkg.schedule["steps"], "sampler": args.sampler or pkg.schedule["sampler"],
+            "samples": args.samples, "seed": args.seed, "size": args.size, "nfe": rows[-1]["nfe"] if rows else None,
+            "baseline": base_name, "backend": job.solver.backend_name, "backend_reason": job.solver.backend_reason,
+            "timing": timing.as_dict(), "seconds_per_image": timing.total / max(len(rows), 1),
+            "wall_s": wall, "notes": notes_first}, batch, "name")
+
+
+def run_restore(args) -> int:
+    import time
+
+    from .package import ModelPackage
+
+    if args.mode == "simulate" and args.noise is None:
+        args.noise = 0.05
+    name, params, mask, factor = _restore_task(args)
+    readable, input_dirs, unreadable, first_shape = _readable_inputs(args, factor)
+    pkg = ModelPackage.open(args.package)
+    if pkg.space.kind != "image":
+        raise InputError(f"{pkg.path} is an MRI model package ({pkg.space.kind} data); `diffunfold restore` needs "
+                         "an image package. Reconstruct MRI with `diffunfold mri PACKAGE FILE.h5`")
+    out_dir = Path(args.out)
+    kinds = ["restored", "baseline"] + ([] if args.mode == "measured" else ["measured"]) + (
+        ["std"] if args.samples > 1 else [])
+    names = _base_names([f for _, f in readable])
+    units = [Unit(b, {k: out_dir / f"{b}_{k}.png" for k in kinds}, (i, f), str(f))
+             for (i, f), b in zip(readable, names)]
+    check_outputs(out_dir, units, [f for _, f in readable], input_dirs, [Path(args.json)] if args.json else [],
+                  args.overwrite, args.resume)
     notes_first = [n for n in [_trained_note(name, pkg.tasks)] if n]
     for n in notes_first:
         print(n)
-    solver = _load_solver(pkg, args)
-    channels = space.channels
-    op_params = {k: v for k, v in params.items() if k != "mask"}
-
-    rows, timings, nfe = [], [], 0
-    t_wall = time.perf_counter()
-    bar = _progress(items, "restoring", "image", args.quiet)
-    for i, it in enumerate(bar):
-        seed = args.seed + i
-        notes = []
-        if measured:
-            y = load_image(it.path, channels)[None]
-            h, w = y.shape[-2:]
-            shape = (h * factor, w * factor)
-            if mask is not None:
-                if mask.shape != (h, w):
-                    raise InputError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but {it.path} is {h}x{w}; "
-                                     "they must match pixel for pixel")
-                op = make_operator(name, shape, mask=mask, **op_params)
-                y = (y * mask).astype(np.float32)  # missing pixels carry nothing
-            else:
-                op = make_operator(name, shape, **op_params)
-            x = None
-        else:
-            x = _load_clean(it.path, channels, args.size)
-            if factor > 1 and (x.shape[-2] % factor or x.shape[-1] % factor):
-                h0, w0 = x.shape[-2:]
-                x = np.ascontiguousarray(_centre_crop_multiple(x, factor))
-                notes.append(f"{it.path.name}: centre-cropped {h0}x{w0} -> {x.shape[-2]}x{x.shape[-1]} "
-                             f"(a multiple of the SR factor {factor})")
-            x = x[None]
-            shape = tuple(x.shape[-2:])
-            if mask is not None:
-                if mask.shape != shape:
-                    raise InputError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but {it.path} is "
-                                     f"{shape[0]}x{shape[1]}" + (" after --size" if args.size else "") +
-                                     "; they must match pixel for pixel")
-                op = make_operator(name, shape, mask=mask, **op_params)
-            else:
-                op = make_operator(name, shape, **op_params)
-            y = op.measure(x, args.noise, seed=[seed]).astype(np.float32)
-        noise_std = args.noise if args.noise is not None else float(estimate_noise_std(op, y)[0])
-        if args.noise is None:
-            notes.append(f"{it.path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
-        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=noise_std)
-        timings.append(sol.timing)
-        nfe = sol.nfe
-        restored = np.asarray(sol.images)
-        baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
-
-        save_image(it.outputs["restored"], restored[0])
-        save_image(it.outputs["baseline"], baseline[0])
-        if "measured" in it.outputs:
-            save_image(it.outputs["measured"], np.clip(y[0], 0.0, 1.0))
-        row: dict[str, Any] = {"input": str(it.path), "name": it.base, "size": list(shape), "seed": seed,
-                               "seconds": sol.timing.total, "timing": sol.timing.as_dict()}
-        if sol.std is not None:
-            std = np.asarray(sol.std)[0].mean(axis=0)
-            row["std_max"] = float(std.max())
-            save_image(it.outputs["std"], std / std.max() if std.max() > 0 else std)
-        if x is not None:
-            row.update(psnr=psnr(restored[0], x[0], 1.0), ssim=ssim(restored[0], x[0], 1.0),
-                       psnr_baseline=psnr(baseline[0], x[0], 1.0), ssim_baseline=ssim(baseline[0], x[0], 1.0))
-        row["outputs"] = {k: str(p) for k, p in it.outputs.items()}
-        if notes:
-            row["notes"] = notes
-        rows.append(row)
-    wall = time.perf_counter() - t_wall
-    timing = _sum_timing(timings)
-
-    base_name = baseline_name(op)
-    noise_label = "estimated per image" if args.noise is None else f"{args.noise:g}"
-    print(f"{pkg.summary()}\n{args.mode} {label}, noise {noise_label}, {len(rows)} image(s) -> {out_dir}/")
-    if measured:
-        lines = ["| image | size | restored | s |", "|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | "
-                         f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |")
-    else:
-        lines = [f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
-                 "|---|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {_fmt(r['psnr'])} | "
-                         f"{r['ssim']:.4f} | {_fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
-                         f"{r['seconds']:.2f} |")
-        if len(rows) > 1:
-            mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_baseline",
-                                                                         "ssim_baseline", "seconds")}
-            lines.append(f"| mean | | {_fmt(mean['psnr'])} | {mean['ssim']:.4f} | {_fmt(mean['psnr_baseline'])} | "
-                         f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |")
-    print("\n".join(lines))
-    for r in rows:
-        for n in r.get("notes", []):
-            print(f"note: {n}")
-    report = _report_runtime(solver, len(rows), "image", timing, wall, nfe, args.samples)
-    print("\n".join(report))
-    if args.json:
-        _write_json(args.json, {
-            "command": "restore", "package": str(pkg.path), "mode": args.mode, "task": name, "params":
-            {k: (str(v) if k == "mask" else v) for k, v in params.items()}, "noise": args.noise,
-            "steps": args.steps or pkg.schedule["steps"], "sampler": args.sampler or pkg.schedule["sampler"],
-            "samples": args.samples, "seed": args.seed, "size": args.size, "nfe": nfe,
-            "baseline": base_name, "backend": solver.backend_name, "backend_reason": solver.backend_reason,
-            "timing": timing.as_dict(), "seconds_per_image": timing.total / max(len(rows), 1),
-            "wall_s": wall, "notes": notes_first, "rows": rows})
-        print(f"wrote {args.json}")
-    return 0
+    job = _Job(args, name, {k: v for k, v in params.items() if k != "mask"}, mask, factor, pkg.space.channels)
+    if mask is None:  # parameters that depend on the image (a blur longer than it) fail here, not per image
+        _operator(job, first_shape)
+    job.solver = _load_solver(pkg, args)
+    t0 = time.perf_counter()
+    batch = run_units(units, lambda u: _restore_item(u, job), args.resume,
+                      _progress("restoring", "image", args.quiet), "image", out_dir)
+    batch.failures[:0] = unreadable
+    refuse_if_nothing_done(batch, "input")
+    _restore_report(args, pkg, job, _task_label(name, params), batch, time.perf_counter() - t0, notes_first)
+    return finish(batch, "input")
 
 
 # -- diffunfold mri -------------------------------------------------------------------------------
@@ -585,23 +618,17 @@ def parse_slices(text: str | None, count: int) -> list[int]:
     """``None`` -> the middle slice; ``"all"``; ``"0,3-5"`` (inclusive ranges, negatives from the end)."""
     if text is None:
         return [count // 2]
-    if text.strip().lower() == "all":
+    ranges = V.split_slice_ranges(text)
+    if ranges is None:
         return list(range(count))
     out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        a, sep, b = part.partition("-") if not part.startswith("-") else (part, "", "")
-        try:
-            lo = int(a)
-            hi = int(b) if sep else lo
-        except ValueError:
-            raise InputError(f"--slices takes a list like 0,3-5 or 'all', got {text!r}") from None
+    for lo, hi in ranges:
         lo, hi = (lo + count if lo < 0 else lo), (hi + count if hi < 0 else hi)
-        if not (0 <= lo < count and 0 <= hi < count) or hi < lo:
-            raise InputError(f"--slices {part!r} is out of range: the file has {count} slices (0..{count - 1})")
+        if not (0 <= lo < count and 0 <= hi < count):
+            raise InputError(f"--slices {text!r} is out of range: the file has {count} slices (0..{count - 1})")
+        if hi < lo:
+            raise InputError(f"--slices {text!r} holds a reversed range ({lo} after {hi}); write ranges low-high")
         out.extend(s for s in range(lo, hi + 1) if s not in out)
-    if not out:
-        raise InputError(f"--slices {text!r} selects no slice")
     return out
 
 
@@ -614,21 +641,130 @@ def _magnitude_png(path: Path, image, scale: float) -> None:
     save_image(path, np.clip(mag / scale, 0.0, 1.0) if scale > 0 else mag)
 
 
-def run_mri(args) -> int:
-    import time
+@dataclass
+class _MRIJob:
+    """What every slice of one mri run shares; the mask is made at the first slice's size."""
+    args: Any
+    path: Path
+    ds: Any
+    mask_png: Path
+    solver: Any = None
+    mask: Any = None
 
+
+def _mri_mask(job: _MRIJob, hw: tuple[int, int]):
+    from .data.images import save_image
+    from .physics.mri import mri_mask
+
+    if job.mask is None:
+        job.mask = mri_mask(job.args.mask, hw, job.args.acceleration, job.args.center_fraction, job.args.seed)
+        if job.args.overwrite or not job.mask_png.exists():  # --resume keeps the (same) mask
+            save_image(job.mask_png, job.mask)
+    return job.mask
+
+
+def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
+    """Reconstruct one slice and write its outputs."""
     import numpy as np
 
     from .baselines import classical_baseline
-    from .data.fastmri import FastMRIFile, FastMRISlices
     from .data.images import save_image
     from .metrics import psnr, ssim
-    from .package import ModelPackage
-    from .physics.mri import MultiCoilMRI, mri_mask
+    from .physics.mri import MultiCoilMRI
+    from .safe_io import open_atomic
 
-    _check_numbers(args)
-    if args.coils < 1:
-        raise InputError(f"--coils must be >= 1, got {args.coils}")
+    args, s = job.args, unit.payload
+    item = job.ds[s]  # one file: dataset index = slice index
+    x = item["image"][None]  # (1, 1, H, W) complex64, normalised
+    op = MultiCoilMRI(item["coil_maps"], _mri_mask(job, tuple(x.shape[-2:])))
+    seed = args.seed + s
+    noise_std = args.noise * float(np.abs(op.A(x)).max())
+    y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
+    # the file's own k-space noise adds to what --noise adds: the solver estimates the total
+    sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
+                           noise_std=None)
+    recon = np.asarray(sol.images)
+    zero_filled = np.asarray(classical_baseline(op, y, noise_std))
+    ref_max = float(np.abs(x).max())
+    out = unit.outputs
+    _magnitude_png(out["recon"], recon[0, 0], ref_max)
+    _magnitude_png(out["zero_filled"], zero_filled[0, 0], ref_max)
+    _magnitude_png(out["reference"], x[0, 0], ref_max)
+    row: dict[str, Any] = {"name": unit.name, "file": str(job.path), "slice": s, "size": list(x.shape[-2:]),
+                           "seed": seed, "scale": float(item["scale"]), "noise_std": noise_std, "nfe": sol.nfe,
+                           "ncoils": op.ncoils,
+                           # fastMRI's convention: magnitudes, data range = max of the reference
+                           "psnr": psnr(recon[0], x[0]), "ssim": ssim(recon[0], x[0]),
+                           "psnr_zero_filled": psnr(zero_filled[0], x[0]),
+                           "ssim_zero_filled": ssim(zero_filled[0], x[0]),
+                           "seconds": sol.timing.total, "timing": sol.timing.as_dict()}
+    if sol.std is not None:
+        std = np.asarray(sol.std)[0, 0]
+        row["std_max"] = float(std.max())
+        save_image(out["std"], std / std.max() if std.max() > 0 else std)
+    with open_atomic(out["npy"]) as f:  # np.save on a file object: the name gets no second .npy
+        np.save(f, recon[0, 0].astype(np.complex64))
+    row["outputs"] = {k: str(p) for k, p in out.items()}
+    return row
+
+
+def _mri_table(rows: list[dict]) -> list[str]:
+    import numpy as np
+
+    lines = ["| slice | PSNR | SSIM | zero-filled PSNR | zero-filled SSIM | s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['slice']} | {_fmt(r['psnr'])} | {r['ssim']:.4f} | {_fmt(r['psnr_zero_filled'])} | "
+                     f"{r['ssim_zero_filled']:.4f} | {r['seconds']:.2f} |")
+    if len(rows) > 1:
+        m = {k: float(np.mean([r[k] for r in rows]))
+             for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "seconds")}
+        lines.append(f"| mean | {_fmt(m['psnr'])} | {m['ssim']:.4f} | {_fmt(m['psnr_zero_filled'])} | "
+                     f"{m['ssim_zero_filled']:.4f} | {m['seconds']:.2f} |")
+    return lines
+
+
+def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: list[str]) -> None:
+    rows, out_dir = batch.rows, Path(args.out)
+    pattern = f"{args.mask} {args.acceleration:g}x"
+    realised = job.mask.size / job.mask.sum() if job.mask is not None else None
+    shape = f"{rows[-1]['size'][0]}x{rows[-1]['size'][1]}, {rows[-1]['ncoils']} coils" if rows else "-"
+    print(f"{pkg.summary()}\n{job.path.name}: {len(rows)} slice(s) of {count}, {shape} ({args.coil_maps}d maps); "
+          f"mask {pattern}" + (f" (realised {realised:.2f}x)" if realised else "") +
+          f", noise {args.noise:g} x max|k| -> {out_dir}/")
+    if rows:
+        print("\n".join(_mri_table(rows)))
+    for n in _skipped_note(batch, "slice", out_dir):
+        print(f"note: {n}")
+    print("\n".join(_report_runtime(job.solver, rows, "slice", wall, args.samples)))
+    if args.json:
+        timing = _sum_timing(rows)
+        _write_report(args.json, {
+            "command": "mri", "package": str(pkg.path), "file": str(job.path), "mask": args.mask,
+            "acceleration": args.acceleration, "realised_acceleration": realised,
+            "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise,
+            "size": args.size, "steps": args.steps or pkg.schedule["steps"],
+            "sampler": args.sampler or pkg.schedule["sampler"], "samples": args.samples, "seed": args.seed,
+            "nfe": rows[-1]["nfe"] if rows else None, "backend": job.solver.backend_name,
+            "backend_reason": job.solver.backend_reason, "timing": timing.as_dict(),
+            "seconds_per_slice": timing.total / max(len(rows), 1), "wall_s": wall, "notes": notes}, batch, "name")
+
+
+def _untrained_pattern_note(pkg, args) -> list[str]:
+    pattern = f"{args.mask} {args.acceleration:g}x"
+    trained = pkg.manifest.get("mri_patterns") or []
+    names = [f"{k} {float(a):g}x" for k, a in trained if isinstance(k, str)] if trained else []
+    if names and pattern not in names:
+        return [f"note: the package was not trained on {pattern} (trained: {', '.join(names)}); "
+                "the physics is outside the network, so it usually works"]
+    return []
+
+
+def run_mri(args) -> int:
+    import time
+
+    from .data.fastmri import FastMRIFile, FastMRISlices
+    from .package import ModelPackage
+
     pkg = ModelPackage.open(args.package)
     if pkg.space.kind != "mri":
         raise InputError(f"{pkg.path} is an image model package ({pkg.space.kind} data, {pkg.space.channels} "
@@ -646,98 +782,23 @@ def run_mri(args) -> int:
     slices = parse_slices(args.slices, count)
     ds = FastMRISlices(path, ncoils=args.coils, coil_maps=args.coil_maps,
                        crop=(args.size, args.size) if args.size else None)
-
-    out_dir = Path(args.out)
-    stem = path.stem
+    out_dir, stem = Path(args.out), path.stem
     kinds = ["recon", "zero_filled", "reference"] + (["std"] if args.samples > 1 else [])
-    plan = {s: {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds},
-                "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"} for s in slices}
-    mask_png = out_dir / f"{stem}_mask.png"
-    _check_outputs(out_dir, [p for d in plan.values() for p in d.values()] + [mask_png], [path],
-                   {path.resolve().parent}, args.json, args.overwrite)
-
-    pattern = f"{args.mask} {args.acceleration:g}x"
-    trained = pkg.manifest.get("mri_patterns") or []
-    trained_names = [f"{k} {float(a):g}x" for k, a in trained if isinstance(k, str)] if trained else []
-    notes = []
-    if trained_names and pattern not in trained_names:
-        notes.append(f"note: the package was not trained on {pattern} (trained: {', '.join(trained_names)}); "
-                     "the physics is outside the network, so it usually works")
+    units = [Unit(f"{path.name} slice {s}", {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds},
+                                            "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"}, s) for s in slices]
+    job = _MRIJob(args, path, ds, out_dir / f"{stem}_mask.png")
+    check_outputs(out_dir, units, [path], {path.resolve().parent},
+                  [job.mask_png] + ([Path(args.json)] if args.json else []), args.overwrite, args.resume)
+    notes = _untrained_pattern_note(pkg, args)
     for n in notes:
         print(n)
-    solver = _load_solver(pkg, args)
-
-    rows, timings, nfe, mask, ncoils = [], [], 0, None, 0
-    t_wall = time.perf_counter()
-    for s in _progress(slices, "reconstructing", "slice", args.quiet):
-        item = ds[s]  # one file: dataset index = slice index
-        x = item["image"][None]  # (1, 1, H, W) complex64, normalised
-        hw = tuple(x.shape[-2:])
-        if mask is None:
-            mask = mri_mask(args.mask, hw, args.acceleration, args.center_fraction, args.seed)
-            save_image(mask_png, mask)
-        op = MultiCoilMRI(item["coil_maps"], mask)
-        ncoils = op.ncoils
-        seed = args.seed + s
-        kmax = float(np.abs(op.A(x)).max())
-        noise_std = args.noise * kmax
-        y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
-        # the file's own k-space noise adds to what --noise adds: the solver estimates the total
-        sol = solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=None)
-        timings.append(sol.timing)
-        nfe = sol.nfe
-        recon = np.asarray(sol.images)
-        zero_filled = np.asarray(classical_baseline(op, y, noise_std))
-        ref_max = float(np.abs(x).max())
-        out = plan[s]
-        _magnitude_png(out["recon"], recon[0, 0], ref_max)
-        _magnitude_png(out["zero_filled"], zero_filled[0, 0], ref_max)
-        _magnitude_png(out["reference"], x[0, 0], ref_max)
-        row: dict[str, Any] = {"file": str(path), "slice": s, "size": list(hw), "seed": seed,
-                               "scale": float(item["scale"]), "noise_std": noise_std,
-                               # fastMRI's convention: magnitudes, data range = max of the reference
-                               "psnr": psnr(recon[0], x[0]), "ssim": ssim(recon[0], x[0]),
-                               "psnr_zero_filled": psnr(zero_filled[0], x[0]),
-                               "ssim_zero_filled": ssim(zero_filled[0], x[0]),
-                               "seconds": sol.timing.total, "timing": sol.timing.as_dict()}
-        if sol.std is not None:
-            std = np.asarray(sol.std)[0, 0]
-            row["std_max"] = float(std.max())
-            save_image(out["std"], std / std.max() if std.max() > 0 else std)
-        np.save(out["npy"], recon[0, 0].astype(np.complex64))
-        row["outputs"] = {k: str(p) for k, p in out.items()}
-        rows.append(row)
-    wall = time.perf_counter() - t_wall
-    timing = _sum_timing(timings)
-
-    realised = mask.size / mask.sum()
-    print(f"{pkg.summary()}\n{path.name}: {len(rows)} slice(s) of {count}, {hw[0]}x{hw[1]}, "
-          f"{ncoils} coils ({args.coil_maps}d maps); mask {pattern} "
-          f"(realised {realised:.2f}x), noise {args.noise:g} x max|k| -> {out_dir}/")
-    lines = ["| slice | PSNR | SSIM | zero-filled PSNR | zero-filled SSIM | s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['slice']} | {_fmt(r['psnr'])} | {r['ssim']:.4f} | {_fmt(r['psnr_zero_filled'])} | "
-                     f"{r['ssim_zero_filled']:.4f} | {r['seconds']:.2f} |")
-    if len(rows) > 1:
-        m = {k: float(np.mean([r[k] for r in rows]))
-             for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "seconds")}
-        lines.append(f"| mean | {_fmt(m['psnr'])} | {m['ssim']:.4f} | {_fmt(m['psnr_zero_filled'])} | "
-                     f"{m['ssim_zero_filled']:.4f} | {m['seconds']:.2f} |")
-    print("\n".join(lines))
-    print("\n".join(_report_runtime(solver, len(rows), "slice", timing, wall, nfe, args.samples)))
-    if args.json:
-        _write_json(args.json, {
-            "command": "mri", "package": str(pkg.path), "file": str(path), "mask": args.mask,
-            "acceleration": args.acceleration, "realised_acceleration": realised,
-            "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise,
-            "size": args.size, "steps": args.steps or pkg.schedule["steps"],
-            "sampler": args.sampler or pkg.schedule["sampler"], "samples": args.samples, "seed": args.seed,
-            "nfe": nfe, "backend": solver.backend_name, "backend_reason": solver.backend_reason,
-            "timing": timing.as_dict(), "seconds_per_slice": timing.total / max(len(rows), 1), "wall_s": wall,
-            "notes": notes, "rows": rows})
-        print(f"wrote {args.json}")
-    return 0
+    job.solver = _load_solver(pkg, args)
+    t0 = time.perf_counter()
+    batch = run_units(units, lambda u: _mri_slice(u, job), args.resume,
+                      _progress("reconstructing", "slice", args.quiet), "slice", out_dir)
+    refuse_if_nothing_done(batch, "slice")
+    _mri_report(args, pkg, job, count, batch, time.perf_counter() - t0, notes)
+    return finish(batch, "slice")
 
 
 __all__ = ["add_mri_arguments", "add_restore_arguments", "parse_slices", "run_mri",

@@ -20,7 +20,6 @@ from __future__ import annotations
 import bisect
 import math
 import os
-import secrets
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from ..safe_io import atomic_write
 from ..physics.mri import birdcage_maps, estimate_coil_maps, ifft2c, rss as rss_combine
 
 __all__ = [
@@ -521,10 +521,7 @@ def write_fastmri_file(path: str | os.PathLike, kspace: np.ndarray, rss: np.ndar
     }
     meta.update(attrs or {})
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique hidden name in the same directory: os.replace is atomic only within a filesystem.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             # One chunk per slice, so FastMRIFile.kspace(i) reads exactly one slice.
             f.create_dataset("kspace", data=ks, chunks=(1,) + ks.shape[1:])
@@ -538,12 +535,8 @@ def write_fastmri_file(path: str | os.PathLike, kspace: np.ndarray, rss: np.ndar
                         f"attribute {key!r} = {value!r} cannot be stored in HDF5 ({exc}); use a "
                         "number, a string or a numpy array"
                     ) from None
-        with open(tmp, "rb+") as fh:  # flush to disk before the rename makes it visible
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
     return path
 
 

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 
 from .._array import to_numpy
 from ..errors import InputError
+from ..safe_io import atomic_write
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -179,9 +180,12 @@ def save_image(path: str | os.PathLike, array: Any) -> Path:
     path = Path(path)
     if path.suffix == "":
         path = path.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
     try:
-        Image.fromarray(np.ascontiguousarray(data)).save(path)
+        if fmt is None:
+            raise KeyError(path.suffix)
+        image = Image.fromarray(np.ascontiguousarray(data))
+        atomic_write(path, lambda tmp: image.save(tmp, format=fmt))  # never half a file
     except (ValueError, KeyError) as exc:  # unknown suffix
         raise InputError(
             f"cannot save {str(path)!r}: unknown image format {path.suffix!r}; use .png"

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
+from ..safe_io import refuse_existing
 from ..physics.mri import birdcage_maps, fft2c, ifft2c
 from .fastmri import make_ismrmrd_header, write_fastmri_file
 
@@ -158,7 +159,7 @@ def simulate_multicoil(image: np.ndarray, ncoils: int = 15, noise_std: float = 0
 def write_phantom_dataset(out_dir: str | os.PathLike, num_files: int = 4, slices_per_file: int = 8,
                           shape: Sequence[int] = (128, 128), ncoils: int = 15, noise_std: float = 0.0,
                           seed: int = 0, recon_shape: Sequence[int] | None = None,
-                          progress: bool = True) -> list[Path]:
+                          progress: bool = True, overwrite: bool = False) -> list[Path]:
     """Write ``num_files`` fastMRI-format phantom volumes ``phantom_{i:04d}.h5`` to ``out_dir``.
 
     Each volume holds ``slices_per_file`` independent random phantoms of size ``shape``
@@ -166,7 +167,8 @@ def write_phantom_dataset(out_dir: str | os.PathLike, num_files: int = 4, slices
     cropped to ``recon_shape`` (default ``shape``), and a header with encoded matrix ``shape``
     and recon matrix ``recon_shape``. File ``i`` is drawn from ``default_rng([seed, i])``, so a
     seed gives identical arrays on every run, and a file does not depend on how many are
-    written. Existing files of the same names are replaced (atomically). Returns the paths.
+    written. Existing files of the same names are refused unless ``overwrite`` (then replaced
+    atomically); every file is written whole or not at all. Returns the paths.
     """
     num_files = _positive_int(num_files, "num_files")
     slices_per_file = _positive_int(slices_per_file, "slices_per_file")
@@ -182,18 +184,33 @@ def write_phantom_dataset(out_dir: str | os.PathLike, num_files: int = 4, slices
         raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{str(out)!r} is a file, not a folder; give a folder for the phantom files")
+    targets = [out / f"phantom_{i:04d}.h5" for i in range(num_files)]
+    refuse_existing(targets, overwrite, "choose another folder")
     out.mkdir(parents=True, exist_ok=True)
     header = make_ismrmrd_header((h, w), (rh, rw))
     paths: list[Path] = []
     with tqdm(total=num_files * slices_per_file, desc="phantoms", unit="slice", disable=not progress) as bar:
-        for i in range(num_files):
-            g = np.random.default_rng([int(seed), i])
-            kspace = np.empty((slices_per_file, ncoils, h, w), dtype=np.complex64)
-            for s in range(slices_per_file):
-                kspace[s] = simulate_multicoil(random_phantom((h, w), g), ncoils, noise_std, g)
-                bar.update(1)
-            paths.append(write_fastmri_file(
-                out / f"phantom_{i:04d}.h5", kspace, header=header,
-                attrs={"acquisition": "PHANTOM", "patient_id": f"phantom-{int(seed)}-{i:04d}"},
-            ))
+        try:
+            _write_files(targets, slices_per_file, ncoils, (h, w), noise_std, seed, header, bar, paths)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{len(paths)} of {num_files} phantom file(s) written whole to {out}/ "
+                                    "before the stop") from None
     return paths
+
+
+def _write_files(targets: list[Path], slices_per_file: int, ncoils: int, shape: tuple[int, int],
+                 noise_std: float, seed: int, header: str, bar, paths: list[Path]) -> None:
+    """Simulate and write each file (appended to ``paths`` once it is whole)."""
+    h, w = shape
+    for i, target in enumerate(targets):
+        g = np.random.default_rng([int(seed), i])
+        kspace = np.empty((slices_per_file, ncoils, h, w), dtype=np.complex64)
+        for s in range(slices_per_file):
+            kspace[s] = simulate_multicoil(random_phantom((h, w), g), ncoils, noise_std, g)
+            bar.update(1)
+        paths.append(write_fastmri_file(
+            target, kspace, header=header,
+            attrs={"acquisition": "PHANTOM", "patient_id": f"phantom-{int(seed)}-{i:04d}"},
+        ))

@@ -10,9 +10,7 @@ never picked up, and a checksum mismatch is refused. Never pickles.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -21,30 +19,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..safe_io import atomic_write, write_json
 from ..package import sha256_file
 from .model import DiffUnfolding, ModelSettings
 
 FORMAT = "diffunfold-checkpoint/1"
 _NAME = re.compile(r"^ckpt-(\d{8})\.json$")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then fsync and rename over ``path``: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -76,12 +56,12 @@ def save_checkpoint(directory: str | Path, step: int, model: DiffUnfolding, ema:
     tensors.update(opt_tensors)
     stem = f"ckpt-{int(step):08d}"
     weights = directory / f"{stem}.safetensors"
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "step": str(step)}))
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "step": str(step)}))
     meta = {"format": FORMAT, "step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "weights": weights.name, "sha256": sha256_file(weights), "model": model.settings.to_dict(),
             "config": config, "optimizer": opt_meta, **(extra or {})}
     json_path = directory / f"{stem}.json"
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=1)))
+    write_json(json_path, meta, indent=1)
     if keep > 0:
         for old in list_checkpoints(directory)[:-keep]:
             old.unlink(missing_ok=True)

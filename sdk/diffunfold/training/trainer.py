@@ -6,7 +6,6 @@ DistributedDataParallel (``torchrun --nproc_per_node=N -m diffunfold train ...``
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import time
@@ -20,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from ..errors import DiffUnfoldError, InputError
+from ..safe_io import write_json
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
 from .data import TrainingBatches, keep_as_is, validation_set
@@ -197,7 +197,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     val = validation_set(cfg) if ctx.main else None
     if ctx.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        write_json(out / "config.json", cfg.to_dict(), indent=1)
         log = CSVLog(out / "log.csv", ["step", "loss", "mse", "weighted_mse", "u", "lr", "grad_norm",
                                        "task", "images_per_s", "elapsed_s"])
         val_log = CSVLog(out / "val.csv", ["step", "task", "psnr_model", "psnr_pinv", "psnr_baseline",

@@ -1,0 +1,118 @@
+"""Writing outputs safely: never over what the user did not ask to replace, never half a file.
+
+Every output goes to a hidden temporary name in its own folder and is renamed into place
+(``os.replace``, atomic within a filesystem), so an interrupted run (Ctrl-C, a crash, a full
+disk) leaves either the previous file or the complete new one, never a truncated one. The
+temporary name ends in ``.tmp``, so no reader's ``*.png`` or ``*.h5`` scan picks one up: a
+writer that picks its format by the suffix (Pillow, numpy) is given the format instead.
+
+The ``refuse_*`` checks run before any work: they name what exists and how to go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Iterator
+
+from .errors import InputError
+
+__all__ = ["atomic_write", "open_atomic", "write_bytes", "write_json", "write_text", "refuse_existing",
+           "refuse_nonempty_folder", "temporary_name"]
+
+
+def temporary_name(path: Path) -> Path:
+    """A unique hidden sibling of ``path``: ``.NAME.<pid>.<hex>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some systems cannot open a folder; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _replacing(path: Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success flush it to disk and rename
+    it over ``path``, on any failure or interrupt remove it (``path`` untouched)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], mode: int | None = None) -> Path:
+    """``write(tmp)`` writes a temporary file, which then replaces ``path`` whole (see the module
+    docstring); parent folders are created. ``mode``: the final file's permissions. Returns
+    ``path``."""
+    path = Path(path)
+    with _replacing(path, mode) as tmp:
+        write(tmp)
+    return path
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """``with open_atomic(path) as f:`` a file object whose content replaces ``path`` whole
+    when the block ends without an error."""
+    with _replacing(Path(path)) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview, mode: int | None = None) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), mode)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, data: Any, indent: int = 2, default: Callable | None = None) -> Path:
+    return write_text(path, json.dumps(data, indent=indent, default=default) + "\n")
+
+
+def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool, how: str = "choose another --out") -> None:
+    """Refuse (InputError) when any of ``paths`` exists and ``overwrite`` is false; the message
+    names the first one, counts the others and says what to do (``how``: the alternative)."""
+    if overwrite:
+        return
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    if existing:
+        more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
+        raise InputError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or {how}")
+
+
+def refuse_nonempty_folder(folder: str | os.PathLike, overwrite: bool, option: str = "--out",
+                           how: str = "") -> None:
+    """``folder`` must be a folder (or not exist yet) and, unless ``overwrite``, be empty.
+    ``how``: what to do instead, when it is more than --overwrite or another folder."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{option} {str(folder)!r} is a file, not a folder; give a folder to write into")
+    if overwrite or not folder.exists():
+        return
+    names = sorted(p.name for p in folder.iterdir())
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        how = how or f"pass --overwrite to replace them, or choose another {option}"
+        raise InputError(f"{option} {str(folder)!r} already holds files ({shown}); {how}")
