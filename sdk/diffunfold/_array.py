@@ -38,8 +38,17 @@ def namespace(*arrays: Any):
         ) from exc
 
 
+# Arrays from this many elements on are transformed with every core; smaller ones with one.
+# bench/fft_threads.py (forward + inverse complex64 FFTs of B x 15 coil images, 2-D and 1-D): on
+# the 2-core development machine, threads were 1.1-1.4x slower up to 245 760 elements (64 px,
+# batch 4: the start-up of the threads outweighs the work), in a run where other processes used
+# both cores; above that the result depended on the contention (bench/results/fft_threads-*.md).
+FFT_THREADS_FROM = 1 << 20
+
+
 class _ScipyFFT:
-    """``scipy.fft`` with array-API names, using every core (``workers=-1``).
+    """``scipy.fft`` with array-API names, using every core (``workers=-1``) for arrays of
+    :data:`FFT_THREADS_FROM` elements or more and one below.
 
     For numpy arrays it beats ``numpy.fft`` several times over: float32 stays float32, the
     strided second axis of a 2-D transform is fast, and the batch of transforms is threaded
@@ -52,17 +61,21 @@ class _ScipyFFT:
         self._fft = scipy.fft
         self.fftshift, self.ifftshift = scipy.fft.fftshift, scipy.fft.ifftshift
 
+    @staticmethod
+    def workers(x) -> int:
+        return -1 if x.size >= FFT_THREADS_FROM else 1
+
     def fftn(self, x, axes=None, norm=None):
-        return self._fft.fftn(x, axes=axes, norm=norm, workers=-1)
+        return self._fft.fftn(x, axes=axes, norm=norm, workers=self.workers(x))
 
     def ifftn(self, x, axes=None, norm=None):
-        return self._fft.ifftn(x, axes=axes, norm=norm, workers=-1)
+        return self._fft.ifftn(x, axes=axes, norm=norm, workers=self.workers(x))
 
     def rfftn(self, x, axes=None, norm=None):
-        return self._fft.rfftn(x, axes=axes, norm=norm, workers=-1)
+        return self._fft.rfftn(x, axes=axes, norm=norm, workers=self.workers(x))
 
     def irfftn(self, x, s=None, axes=None, norm=None):
-        return self._fft.irfftn(x, s=s, axes=axes, norm=norm, workers=-1)
+        return self._fft.irfftn(x, s=s, axes=axes, norm=norm, workers=self.workers(x))
 
 
 _SCIPY_FFT: _ScipyFFT | None = None

@@ -36,6 +36,9 @@ class LinearOperator:
     task: str = "operator"
     complex_image: bool = False
     channels: int | None = None
+    # True where ``_normal`` (``A^H A``) is cheaper than ``_adjoint(_forward(.))`` (MRI): the
+    # gradient is then ``A^H A x - A^H y`` with ``A^H y`` kept between calls.
+    fast_normal: bool = False
 
     def __init__(self, image_shape: Sequence[int], batch: int | None = None):
         shape = tuple(int(s) for s in image_shape)[-2:]
@@ -44,6 +47,7 @@ class LinearOperator:
         self.image_shape = shape
         self.batch = batch
         self._cache: dict[tuple, Any] = {}
+        self._aty_memo: tuple | None = None  # (a copy of the last y, A^H y)
 
     # -- what subclasses provide ---------------------------------------------------------
     def _forward(self, x):
@@ -54,6 +58,10 @@ class LinearOperator:
 
     def _pinv(self, y):
         raise NotImplementedError
+
+    def _normal(self, x):
+        """``A^H A x``; subclasses with a cheaper form override it (and set ``fast_normal``)."""
+        return self._adjoint(self._forward(x))
 
     @property
     def lipschitz(self) -> float:
@@ -88,10 +96,22 @@ class LinearOperator:
         self.check_measurement(y)
         return self._pinv(y)
 
+    def normal(self, x):
+        """The normal operator ``A^H A x``."""
+        self._check_image(x, "x")
+        return self._normal(x)
+
     def grad(self, x, y):
-        """Gradient of the data fidelity ``0.5 ||A x - y||^2``: ``A^H (A x - y)``."""
+        """Gradient of the data fidelity ``0.5 ||A x - y||^2``: ``A^H (A x - y)``, computed as
+        ``A^H A x - A^H y`` where the operator has a fast normal operator (``A^H y`` once per
+        measurement, see :meth:`_adjoint_y`)."""
         self._check_image(x, "x")
         self._check_measurement(y, "y")
+        if self.fast_normal:
+            if int(y.shape[0]) != int(x.shape[0]) or y.dtype != x.dtype:
+                raise InputError(f"y is {describe(y)} but x is {describe(x)}; x and y must describe the same batch, "
+                                 "in the same precision")
+            return self._normal(x) - self._adjoint_y(y)
         ax = self._forward(x)
         if tuple(ax.shape) != tuple(y.shape):
             raise InputError(
@@ -128,9 +148,27 @@ class LinearOperator:
         lip = self.lipschitz
 
         def normal(u):
-            return self._adjoint(self._forward(u)) / lip + weight * u
+            return self._normal(u) / lip + weight * u
 
-        return conjugate_gradient(normal, self._adjoint(y) / lip + weight * v, v, iterations)
+        return conjugate_gradient(normal, self._adjoint_y(y) / lip + weight * v, v, iterations)
+
+    def _adjoint_y(self, y):
+        """``A^H y``, kept for the last ``y`` seen: a solve calls the data step K x NFE times with
+        the same measurement. The memo holds a copy of that ``y`` and is used only while the
+        ``y`` given is equal to it by value (one comparison, much cheaper than ``A^H``), so a
+        measurement changed in place is never served a stale result. Tensors that carry a
+        gradient are not memoised."""
+        if getattr(y, "requires_grad", False):
+            return self._adjoint(y)
+        memo = self._aty_memo
+        if memo is not None:
+            seen, aty = memo
+            if (type(seen) is type(y) and seen.shape == y.shape and seen.dtype == y.dtype
+                    and device_of(seen) == device_of(y) and bool(namespace(y).all(seen == y))):
+                return aty
+        aty = self._adjoint(y)
+        self._aty_memo = (namespace(y).asarray(y, copy=True), aty)
+        return aty
 
     @staticmethod
     def _per_image(weight, ref):

@@ -8,6 +8,7 @@ encodes along W, so 1-D masks sample whole columns. ``F`` is the centred, orthon
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -151,6 +152,32 @@ class MultiCoilMRI(LinearOperator):
         return namespace(y).sum(s_conj * coil_images, axis=1, keepdims=True)
 
     _pinv = _adjoint
+
+    fast_normal = True
+
+    def _normal(self, x):
+        """``A^H A x = S^H F^H M' F S x``, ``M' = ifftshift(M)``: the centring shifts of ``F`` cancel
+        (they are circular shifts, which commute with ``F^H M' F``, a circular convolution), and
+        ``M^2 = M``. For a 1-D mask (whole columns) ``M'`` is constant along H, so the H
+        transforms cancel too and only the W axis, the sampled one, is transformed."""
+        fft, xp = fft_of(x), namespace(x)
+        s = self._const("S0", self._maps, x, dtype=x.dtype)
+        s_conj = self._const("S0*", lambda: np.conj(self._maps), x, dtype=x.dtype)
+        axes = (-1,) if self._is_1d else _AXES
+        m = self._const(f"M'{len(axes)}", self._unshifted_mask, x, dtype=real_dtype_for(xp, x.dtype))
+        coil_images = fft.ifftn(m * fft.fftn(s * x, axes=axes, norm="ortho"), axes=axes, norm="ortho")
+        return xp.sum(s_conj * coil_images, axis=1, keepdims=True)
+
+    @functools.cached_property
+    def _is_1d(self) -> bool:
+        """Whether the mask samples whole columns (constant along H) for every image."""
+        return bool(np.all(self._mask == self._mask[..., :1, :]))
+
+    def _unshifted_mask(self) -> np.ndarray:
+        """``ifftshift(M)``: ``(B, 1, 1, W)`` for a 1-D mask, ``(B, 1, H, W)`` otherwise."""
+        if self._is_1d:
+            return np.fft.ifftshift(self._mask[..., :1, :], axes=-1)
+        return np.fft.ifftshift(self._mask, axes=_AXES)
 
     def spec(self) -> dict:
         """The recipe it was built from; ``given`` names arrays passed explicitly."""
