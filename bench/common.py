@@ -137,6 +137,33 @@ def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None]
     return statistics.median(times)
 
 
+def _status_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (the high-water mark) of this process in MB; 0 where
+    /proc is missing."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def reset_peak_memory() -> float:
+    """Reset this process's peak resident memory to the current one (Linux: ``clear_refs``),
+    so :func:`peak_memory_mb` then tells what came after. Returns the current RSS in MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+    return _status_mb("VmRSS")
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory in MB, since the start or :func:`reset_peak_memory`."""
+    return _status_mb("VmHWM")
+
+
 def fmt_number(v, digits: int = 3) -> str:
     """A table cell: floats to ``digits`` significant digits (no exponent between 1e-4 and 1e6)."""
     if isinstance(v, bool) or not isinstance(v, float):

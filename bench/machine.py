@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import socket
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -89,6 +90,93 @@ def machine_info() -> dict:
     return info
 
 
+# -- was the machine quiet? -------------------------------------------------------------------
+
+# A run is quiet when the 1-minute load average at its start is at most half the cores and the
+# other processes used at most a quarter of a core on average while it ran (the load average at
+# its end counts the benchmark's own threads, so it cannot be the test).
+QUIET_START_LOAD = 0.5     # per core
+QUIET_OTHERS_CORES = 0.25
+
+
+def _cpu_busy_s() -> float | None:
+    """Seconds of CPU all processes used since boot (user, nice, system, irq, softirq and the
+    hypervisor's steal, which other guests take), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+class LoadWatch:
+    """The load around a benchmark: the load average at the start and the end, and how many
+    cores other processes used meanwhile (all CPU time in /proc/stat minus this process's and
+    its children's, over the wall time)."""
+
+    def __init__(self):
+        self.start_load, self.t0 = _load(), time.perf_counter()
+        self.busy0, self.own0 = _cpu_busy_s(), _own_cpu_s()
+
+    def finish(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        busy1, own1 = _cpu_busy_s(), _own_cpu_s()
+        others = None
+        if self.busy0 is not None and busy1 is not None and wall > 0:
+            others = round(max(0.0, (busy1 - self.busy0) - (own1 - self.own0)) / wall, 2)
+        cores = os.cpu_count() or 1
+        quiet = (self.start_load is not None and self.start_load <= QUIET_START_LOAD * cores
+                 and others is not None and others <= QUIET_OTHERS_CORES)
+        return {"load_average_start": self.start_load, "load_average_end": _load(),
+                "other_processes_cores": others, "quiet": quiet}
+
+
+def describe_load(load: dict) -> str:
+    return (f"load average {load['load_average_start']} at the start, {load['load_average_end']} at the end; "
+            f"other processes used {load['other_processes_cores']} cores on average during the run: "
+            + ("quiet" if load["quiet"] else "BUSY"))
+
+
+def may_write(load: dict, allow_busy: bool, say=print) -> bool:
+    """Whether results may be written: a quiet run, or a busy one with ``--allow-busy`` (then
+    marked so in the results). Says which."""
+    say(describe_load(load))
+    if load["quiet"]:
+        return True
+    if allow_busy:
+        load["recorded_busy"] = True
+        say("the machine was busy: writing anyway (--allow-busy); the results are marked as measured on a busy "
+            "machine")
+        return True
+    say(f"the machine was busy (start load above {QUIET_START_LOAD} per core, or other processes above "
+        f"{QUIET_OTHERS_CORES} cores): no results written; rerun on a quiet machine, or pass --allow-busy to "
+        "record them marked as busy")
+    return False
+
+
+def busy_banner(load: dict | None) -> str:
+    """A warning line for the top of a results file measured on a busy machine; '' when quiet."""
+    if not load or load.get("quiet"):
+        return ""
+    return (f"**Measured on a busy machine, recorded with --allow-busy: {describe_load(load)}. Trust the ratios "
+            "between rows measured in this run, not the absolute times.**\n\n")
+
+
 def versions() -> dict:
     """``{module: version}`` for the runtime's optional parts that are installed."""
     return {m: v for m in VERSIONED if (v := module_version(m)) is not None}
@@ -111,6 +199,7 @@ def write_results(name: str | None, info: dict, settings: dict, rows, markdown: 
     payload = {"benchmark": name or "run", "machine": info, "settings": settings, "results": rows}
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     header = "\n".join(f"- {k}: {v}" for k, v in info.items())
+    markdown = busy_banner(info.get("load")) + markdown
     settings_md = "\n".join(f"- {k}: {v}" for k, v in settings.items())
     stem.with_suffix(".md").write_text(f"# {title or name or slug}\n\nMachine:\n{header}\n\nSettings:\n{settings_md}"
                                        f"\n\n{markdown}\n")

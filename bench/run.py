@@ -46,9 +46,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops as flopcount  # noqa: E402
-from common import (fmt_number, markdown_table, median_time, prepare_engines, random_package,  # noqa: E402
-                    reference_model)
-from machine import RESULTS, machine_info, write_results  # noqa: E402
+from common import (fmt_number, markdown_table, median_time, peak_memory_mb, prepare_engines,  # noqa: E402
+                    random_package, reference_model, reset_peak_memory)
+from machine import RESULTS, LoadWatch, machine_info, may_write, write_results  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
 from diffunfold.package import ModelPackage  # noqa: E402
@@ -57,9 +57,9 @@ from diffunfold.physics.tasks import parse_task_words  # noqa: E402
 from diffunfold.runtime import Solver, available_backends  # noqa: E402
 from diffunfold.runtime.backends import parse_device  # noqa: E402
 
-BACKEND_ORDER = ("tensorrt", "onnxruntime", "torch")
+BACKEND_ORDER = ("tensorrt", "openvino", "onnxruntime", "torch")
 DEFAULTS = {  # per device kind: preset, sizes, batches, repeats
-    "cpu": ("small", [64, 128], [1, 4], 3),
+    "cpu": ("small", [64, 128, 256], [1, 4], 3),
     "cuda": ("paper", [256], [1, 8], 10),
 }
 
@@ -93,6 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                       "CPU's estimate or the GPU's datasheet value")
     ap.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md and .json (default bench/results)")
     ap.add_argument("--no-write", action="store_true", help="print only; write no results")
+    ap.add_argument("--allow-busy", action="store_true",
+                    help="write results even when the machine was busy (marked so in them); by default a busy run "
+                         "writes nothing")
     args = ap.parse_args(argv)
     kind, _ = parse_device(args.device)
     preset, sizes, batches, repeats = DEFAULTS[kind]
@@ -110,31 +113,59 @@ def say(msg: str) -> None:
 
 # -- pieces -----------------------------------------------------------------------------------
 
+# What is timed: (label, backend, options). OpenVINO in both precisions, ONNX Runtime with its
+# intra-op threads spinning and not (the backend option's default is measured here).
+VARIANTS = (
+    ("tensorrt", "tensorrt", {}),
+    ("openvino bf16", "openvino", {"precision": "bf16"}),
+    ("openvino f32", "openvino", {"precision": "f32"}),
+    ("onnxruntime", "onnxruntime", {"spinning": False}),
+    ("onnxruntime spinning", "onnxruntime", {"spinning": True}),
+    ("torch", "torch", {}),
+)
+BASELINE = "onnxruntime"  # the runtime's path before the openvino backend: "vs ORT" ratios are against it
+
+
+def _tensorrt_options(pkg: ModelPackage, args, tmp: Path, status: dict) -> dict:
+    if "tensorrt" not in args.backends or args.device_kind != "cuda":
+        return {}
+    engines, status["tensorrt"] = prepare_engines(pkg, parse_device(args.device)[1], tmp, args.target, log=say)
+    return {**({"engines": engines} if engines is not None else {}), **({"cuda_graphs": True} if args.cuda_graphs else {})}
+
+
+def ort_openvino_ep_status() -> str:
+    """ONNX Runtime's own OpenVINO execution provider, for the comparison the backend's choice
+    rests on (the plain onnxruntime wheel has none: it comes with onnxruntime-openvino)."""
+    from diffunfold.runtime.backends import onnxruntime_providers
+
+    if "OpenVINOExecutionProvider" in onnxruntime_providers():
+        return "present, but not timed: the runtime has no backend on it (OpenVINO's own API is used)"
+    return "not available: this onnxruntime has no OpenVINOExecutionProvider (it comes with onnxruntime-openvino)"
+
+
 def start_backends(pkg: ModelPackage, args, tmp: Path) -> tuple[dict, dict]:
-    """``({name: Solver}, {name: status})`` for the backends asked for; the status says "ok ..." for
-    the ones started and why for the others."""
-    status = dict(available_backends(pkg, args.device))
-    options: dict[str, dict] = {name: {} for name in BACKEND_ORDER}
-    if "tensorrt" in args.backends and args.device_kind == "cuda":
-        engines, status["tensorrt"] = prepare_engines(pkg, parse_device(args.device)[1], tmp, args.target, log=say)
-        if engines is not None:
-            options["tensorrt"]["engines"] = engines
-        if args.cuda_graphs:
-            options["tensorrt"]["cuda_graphs"] = True
+    """``({label: Solver}, {label: status})`` for the variants asked for; the status says "ok ..."
+    for the ones started and why for the others."""
+    base = dict(available_backends(pkg, args.device))
+    trt = _tensorrt_options(pkg, args, tmp, base)
+    status = {"onnxruntime OpenVINO EP": ort_openvino_ep_status()} if args.device_kind == "cpu" else {}
     solvers = {}
-    for name in BACKEND_ORDER:
+    for label, name, options in VARIANTS:
         if name not in args.backends:
-            status[name] = "not asked for (--backends)"
+            status[label] = "not asked for (--backends)"
             continue
-        if not status.get(name, "").startswith("ok"):
-            say(f"skipped {name}: {status.get(name)}")
+        status[label] = base.get(name, "unknown backend")
+        if not status[label].startswith("ok"):
+            say(f"skipped {label}: {status[label]}")
             continue
         try:
-            solvers[name] = Solver.load(pkg, backend=name, device=args.device, threads=args.threads, **options[name])
-            say(f"backend {name}: {solvers[name].backend_name}")
+            solvers[label] = Solver.load(pkg, backend=name, device=args.device, threads=args.threads,
+                                         **(trt if name == "tensorrt" else options))
+            status[label] = f"ok: {solvers[label].backend_name}"
+            say(f"backend {label}: {solvers[label].backend_name}")
         except Exception as exc:  # a backend that is present but does not start is reported, not fatal
-            status[name] = f"did not start: {type(exc).__name__}: {exc}"
-            say(f"skipped {name}: {status[name]}")
+            status[label] = f"did not start: {type(exc).__name__}: {exc}"
+            say(f"skipped {label}: {status[label]}")
     return solvers, status
 
 
@@ -212,14 +243,95 @@ def time_call(solver: Solver, pkg: ModelPackage, size: int, repeats: int) -> flo
 
 # -- the run ----------------------------------------------------------------------------------
 
+def floors(args, pkg: ModelPackage, solvers: dict, info: dict) -> tuple[dict, dict, str, dict]:
+    """``(FLOPs per size, {label: Peak}, what was counted, the matmul measurement)``. On a CPU the
+    floor is the matrix-multiply rate measured now (``flops.matmul_rate``), the nominal peak of
+    the detected microarchitecture only printed beside it; on a GPU the datasheet peak."""
+    try:
+        m = pkg.size_multiple   # the network runs on sizes padded to a multiple of this
+        flops_of = {s: flopcount.regularizer_flops(pkg.settings, m * math.ceil(s / m)) for s in args.size}
+        note = flopcount.COUNTED
+    except ImportError:
+        flops_of, note = {}, "not counted: torch is not installed"
+    if args.device_kind == "cuda" or args.peak_gflops:
+        return flops_of, {n: flopcount.peak_for(args.device, b, info.get("gpu"), args.peak_gflops, args.threads)
+                          for n, b in _bases(solvers)}, note, {}
+    mm = flopcount.matmul_rate()
+    nominal = flopcount.cpu_peak(threads=args.threads)
+    say(f"measured FP32 matmul rate: {mm['gflops']:.0f} GFLOP/s (numpy sgemm, best of sizes "
+        f"{', '.join(map(str, mm['per_size']))}); nominal peak {nominal.flops / 1e9:.0f} GFLOP/s ({nominal.source}), "
+        "not used as a floor")
+    measured = flopcount.Peak(nominal.device, "FP32 sgemm, measured", mm["gflops"] * 1e9,
+                              "numpy sgemm in this run, best of sizes")
+    mm["nominal"] = nominal.describe()
+    return flops_of, {n: measured for n in solvers}, note, mm
+
+
+def _bases(solvers: dict):
+    names = {label: name for label, name, _ in VARIANTS}
+    return [(label, names.get(label, label)) for label in solvers]
+
+
+def call_row(solver: Solver, name: str, pkg: ModelPackage, size: int, args, flops_of: dict, peak) -> dict:
+    t = time_call(solver, pkg, size, args.call_repeats)
+    row = {"size": size, "batch": 1, "backend": name, "ms_per_call": 1e3 * t}
+    f = flops_of.get(size)
+    if f:
+        row["gflop_per_call"] = f["flops"] / 1e9
+    if f and peak:
+        row.update(peak_tflops=peak.flops / 1e12, peak_precision=peak.precision,
+                   floor_ms=1e3 * peak.floor(f["flops"]), efficiency=peak.floor(f["flops"]) / t)
+    say(f"{size}px one regulariser call, {name}: {1e3 * t:.2f} ms"
+        + (f" (floor {row['floor_ms']:.2f} ms, efficiency {100 * row['efficiency']:.1f} %)" if "floor_ms" in row else ""))
+    return row
+
+
+def solve_row(solver: Solver, name: str, pkg: ModelPackage, case: dict, args, ref: tuple, f, peak) -> dict:
+    """Time ``Solver.solve`` on one case; the row with the split, the peak memory and the ratios."""
+    y, op, batch = case["y"], case["op"], case["batch"]
+    before = reset_peak_memory()
+    best, wall = time_solver(solver, y, op, args)
+    tm, per = best.timing, best.timing.total / batch
+    row = {"size": case["size"], "batch": batch, "mode": case["mode"], "backend": name,
+           "backend_detail": solver.backend_name, "s_per_image": per, "images_per_s": 1 / per,
+           "network_s": tm.network / batch, "physics_s": tm.physics / batch, "sampler_s": tm.sampler / batch,
+           "wall_s_per_image": wall / batch, "network_calls": tm.network_calls, "nfe": best.nfe,
+           "peak_mb": peak_memory_mb(), "peak_above_mb": peak_memory_mb() - before}
+    if f and peak:
+        floor = peak.floor(flopcount.solve_flops(f["flops"], pkg.stages, args.steps))
+        row.update(floor_network_s=floor, network_efficiency=floor / max(row["network_s"], 1e-12))
+    ref_s, ref_out = ref
+    if ref_s is not None:
+        row.update(reference_s_per_image=ref_s, ratio=ref_s / per,
+                   max_rel_diff=float(np.max(np.abs(best.images - ref_out)) / max(float(np.max(np.abs(ref_out))), 1e-12)))
+    say(f"{case['size']}px batch {batch} {name}: {per:.4f} s/image (network {row['network_s']:.4f}, physics "
+        f"{row['physics_s']:.4f}, sampler {row['sampler_s']:.4f}), peak +{row['peak_above_mb']:.0f} MB"
+        + (f"; reference {ref_s:.4f} s/image, ratio x{row['ratio']:.2f}" if ref_s else ""))
+    return row
+
+
+def reference_row(model, device, case: dict, args) -> tuple[dict, tuple]:
+    t, out = time_reference(model, device, case["y"], case["op"], args)
+    ref_s = t / case["batch"]
+    say(f"{case['size']}px batch {case['batch']} torch reference: {ref_s:.4f} s/image")
+    return ({"size": case["size"], "batch": case["batch"], "mode": case["mode"], "backend": "torch reference",
+             "s_per_image": ref_s, "images_per_s": 1 / ref_s, "reference_s_per_image": ref_s, "ratio": 1.0},
+            (ref_s, out))
+
+
+def against_baseline(rows: list[dict]) -> None:
+    """``vs_ort``: each row's time per image over ONNX Runtime's (spinning off) in the same case."""
+    base = {(r["size"], r["batch"]): r["s_per_image"] for r in rows if r["backend"] == BASELINE}
+    for r in rows:
+        b = base.get((r["size"], r["batch"]))
+        if b:
+            r["vs_ort"] = r["s_per_image"] / b
+
+
 def run(args) -> dict:
     task, params = parse_task_words(args.task)
-    info = machine_info()
-    say(f"machine: {info.get('gpu') or info['cpu']}, {info['cores']} cores, load average "
-        f"{info.get('load_average_1m', '?')}")
-    if info.get("load_average_1m", 0) > 0.5 * (info["cores"] or 1):
-        say("warning: the machine is busy before the run (load average above half the cores): the timings "
-            "will be polluted; do not record them")
+    watch, info = LoadWatch(), machine_info()
+    say(f"machine: {info.get('gpu') or info['cpu']}, {info['cores']} cores, load average {watch.start_load}")
     with tempfile.TemporaryDirectory(prefix="diffunfold-bench-") as tmp:
         if args.package:
             pkg = ModelPackage.open(args.package)
@@ -231,73 +343,31 @@ def run(args) -> dict:
         solvers, status = start_backends(pkg, args, Path(tmp))
         ref_model, ref_device, ref_status = start_reference(pkg, args)
         say(f"torch reference: {ref_status}")
-        try:
-            m = pkg.size_multiple   # the network runs on sizes padded to a multiple of this
-            flops_of = {s: flopcount.regularizer_flops(pkg.settings, m * math.ceil(s / m)) for s in args.size}
-            flops_note = flopcount.COUNTED
-        except ImportError:
-            flops_of, flops_note = {}, "not counted: torch is not installed"
-        peaks = {name: flopcount.peak_for(args.device, name, info.get("gpu"), args.peak_gflops, args.threads)
-                 for name in solvers}
-        nfe = edm.nfe_of(args.steps, "euler")
-
+        flops_of, peaks, flops_note, mm = floors(args, pkg, solvers, info)
         calls, solves = [], []
         for size in args.size:
-            for name, solver in solvers.items():
-                t = time_call(solver, pkg, size, args.call_repeats)
-                row = {"size": size, "batch": 1, "backend": name, "ms_per_call": 1e3 * t}
-                f, peak = flops_of.get(size), peaks[name]
-                if f:
-                    row["gflop_per_call"] = f["flops"] / 1e9
-                if f and peak:
-                    row.update(peak_tflops=peak.flops / 1e12, peak_precision=peak.precision,
-                               floor_ms=1e3 * peak.floor(f["flops"]), efficiency=peak.floor(f["flops"]) / t)
-                calls.append(row)
-                say(f"{size}px one regulariser call, {name}: {1e3 * t:.2f} ms"
-                    + (f" (floor {row['floor_ms']:.2f} ms, efficiency {100 * row['efficiency']:.1f} %)"
-                       if "floor_ms" in row else ""))
+            calls += [call_row(sv, n, pkg, size, args, flops_of, peaks[n]) for n, sv in solvers.items()]
             op = make_operator(task, (size, size), **params)
             for batch in args.batch:
-                y = measurement(pkg, op, batch, args.noise)
-                mode = "latency" if batch == 1 else "throughput"
-                ref_s, ref_out = (None, None)
+                case = {"size": size, "batch": batch, "op": op, "y": measurement(pkg, op, batch, args.noise),
+                        "mode": "latency" if batch == 1 else "throughput"}
+                ref = (None, None)
                 if ref_model is not None:
-                    t, ref_out = time_reference(ref_model, ref_device, y, op, args)
-                    ref_s = t / batch
-                    solves.append({"size": size, "batch": batch, "mode": mode, "backend": "torch reference",
-                                   "s_per_image": ref_s, "images_per_s": 1 / ref_s, "reference_s_per_image": ref_s,
-                                   "ratio": 1.0})
-                    say(f"{size}px batch {batch} torch reference: {ref_s:.4f} s/image")
-                for name, solver in solvers.items():
-                    best, wall = time_solver(solver, y, op, args)
-                    tm = best.timing
-                    per = tm.total / batch
-                    row = {"size": size, "batch": batch, "mode": mode, "backend": name,
-                           "backend_detail": solver.backend_name, "s_per_image": per, "images_per_s": 1 / per,
-                           "network_s": tm.network / batch, "physics_s": tm.physics / batch,
-                           "sampler_s": tm.sampler / batch, "wall_s_per_image": wall / batch,
-                           "network_calls": tm.network_calls, "nfe": best.nfe}
-                    f, peak = flops_of.get(size), peaks[name]
-                    if f and peak:
-                        floor = peak.floor(flopcount.solve_flops(f["flops"], pkg.stages, args.steps))
-                        row.update(floor_network_s=floor, network_efficiency=floor / max(row["network_s"], 1e-12))
-                    if ref_s is not None:
-                        row.update(reference_s_per_image=ref_s, ratio=ref_s / per,
-                                   max_rel_diff=float(np.max(np.abs(best.images - ref_out)) /
-                                                      max(float(np.max(np.abs(ref_out))), 1e-12)))
+                    row, ref = reference_row(ref_model, ref_device, case, args)
                     solves.append(row)
-                    say(f"{size}px batch {batch} {name}: {per:.4f} s/image, {1 / per:.2f} images/s (network "
-                        f"{row['network_s']:.4f}, physics {row['physics_s']:.4f}, sampler {row['sampler_s']:.4f})"
-                        + (f"; reference {ref_s:.4f} s/image, ratio x{row['ratio']:.2f}" if ref_s else ""))
-
+                solves += [solve_row(sv, n, pkg, case, args, ref, flops_of.get(size), peaks[n])
+                           for n, sv in solvers.items()]
+    against_baseline(solves)
+    info["load"] = watch.finish()
     settings = {
         "model": args.package or f"{args.preset} preset, random weights",
         "parameters": pkg.manifest["parameters"]["total"], "K": pkg.stages, "shared": pkg.shared,
+        "attention": pkg.manifest["networks"].get("attention", "spelled"),
         "task": f"{task} {params}" if params else task, "noise": args.noise, "steps": args.steps,
-        "sampler": "euler", "nfe": nfe, "sizes": args.size, "batches": args.batch, "device": args.device,
-        "repeats": args.repeats, "call_repeats": args.call_repeats, "threads": args.threads,
+        "sampler": "euler", "nfe": edm.nfe_of(args.steps, "euler"), "sizes": args.size, "batches": args.batch,
+        "device": args.device, "repeats": args.repeats, "call_repeats": args.call_repeats, "threads": args.threads,
         "statistic": "median run after a warm-up; seconds per image",
-        "flops": flops_note,
+        "flops": flops_note, "matmul": mm,
         "peaks": {name: (p.describe() if p else "unknown GPU: pass --peak-gflops") for name, p in peaks.items()},
     }
     return {"info": info, "settings": settings, "status": status, "reference": ref_status,
@@ -325,22 +395,35 @@ def to_markdown(res: dict) -> str:
     parts += [
         f"End-to-end solve: {s['steps']} Euler steps ({s['nfe']} denoiser calls x K = {s['K']} regulariser calls), "
         f"task {s['task']}. Seconds per image (batch 1: latency; larger: throughput); network / physics / sampler "
-        "split the solver's time; ratio = torch reference / backend (> 1: faster than the reference); max rel diff: "
-        "largest |backend - reference| over the reference's largest value; network floor = FLOPs of the K x NFE "
-        "regulariser calls over the peak, efficiency = floor / network time.",
-        table(res["solves"], ["size", "batch", "mode", "backend", "s_per_image", "images_per_s", "network_s",
-                                       "physics_s", "sampler_s", "floor_network_s", "network_efficiency",
-                                       "reference_s_per_image", "ratio", "max_rel_diff"],
-                       ["size", "batch", "mode", "backend", "s/image", "images/s", "network", "physics", "sampler",
-                        "network floor", "efficiency", "torch reference s/image", "ratio", "max rel diff"]),
+        "split the solver's time; vs ORT = s/image over ONNX Runtime's (spinning off: the runtime's path before "
+        "OpenVINO) in the same case (< 1: faster); peak MB = the process's peak resident memory, + MB = above "
+        "what it held before the case; ratio = torch reference / backend (> 1: faster than the reference); max rel "
+        "diff: largest |backend - reference| over the reference's largest value; network floor = FLOPs of the "
+        "K x NFE regulariser calls over the floor rate (below), efficiency = floor / network time.",
+        table(res["solves"], ["size", "batch", "mode", "backend", "s_per_image", "vs_ort", "images_per_s",
+                              "network_s", "physics_s", "sampler_s", "peak_mb", "peak_above_mb", "floor_network_s",
+                              "network_efficiency", "reference_s_per_image", "ratio", "max_rel_diff"],
+              ["size", "batch", "mode", "backend", "s/image", "vs ORT", "images/s", "network", "physics", "sampler",
+               "peak MB", "+ MB", "network floor", "efficiency", "torch reference s/image", "ratio",
+               "max rel diff"]),
         "One regulariser call R_k(x; sigma), batch 1 (U-Net with the EDM preconditioning), median of "
         f"{s['call_repeats']}; floor = its FLOPs ({s['flops']}) over the peak; efficiency = floor / measured.",
         table(res["calls"], ["size", "backend", "ms_per_call", "gflop_per_call", "floor_ms", "efficiency",
                              "peak_tflops", "peak_precision"],
               ["size", "backend", "ms / call", "GFLOP / call", "floor ms", "efficiency", "peak TFLOP/s", "precision"]),
-        "Peaks: " + "; ".join(f"{n}: {p}" for n, p in s["peaks"].items()) + ".",
+        floor_note(s),
     ]
     return "\n\n".join(parts)
+
+
+def floor_note(s: dict) -> str:
+    mm = s.get("matmul")
+    if not mm:
+        return "Peaks: " + "; ".join(f"{n}: {p}" for n, p in s["peaks"].items()) + "."
+    sizes = ", ".join(f"{n}: {fmt_number(g)}" for n, g in mm["per_size"].items())
+    return (f"Floor rate: the FP32 matrix multiply this machine achieved in this run, numpy sgemm "
+            f"{fmt_number(mm['gflops'])} GFLOP/s (best; GFLOP/s per size {sizes}). For comparison only, never "
+            f"as 'perfect': the nominal peak, {mm['nominal']}. bf16 rows can pass 100 %: the floor is FP32's.")
 
 
 def main(argv=None) -> int:
@@ -352,7 +435,7 @@ def main(argv=None) -> int:
     if not res["solves"]:
         print(f"\nnothing could be timed on {args.device} (see the reasons above); no results written")
         return 1
-    if not args.no_write:
+    if not args.no_write and may_write(res["info"]["load"], args.allow_busy, say=say):
         payload = {"backends": res["status"], "reference": res["reference"], "solve": res["solves"],
                    "regularizer_call": res["calls"]}
         path = write_results(None, res["info"], res["settings"], payload, md, out_dir=args.out,
