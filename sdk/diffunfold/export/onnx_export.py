@@ -336,6 +336,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
     is_mri = model.space.kind == "mri"
     tasks = ["mri"] if is_mri else list(data.get("tasks", []))
     extra = {"mri_patterns": data.get("mri_patterns")} if is_mri else {}
+    if data.get("size"):  # the runtime sizes its regulariser tiles from the training crop
+        extra["train_size"] = int(data["size"])
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     source = {"checkpoint": path.name, "run": run_dir.name, "step": meta["step"], "weights": weights,
               "checkpoint_sha256": meta["sha256"], "preset": meta.get("config", {}).get("name")}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -23,7 +23,9 @@ from ..noise import resolve_noise_std
 from ..package import ModelPackage
 from ..unfolding import stage
 from ..physics.base import LinearOperator
+from . import tiling
 from .backends import Backend, create_backend
+from .tiling import TilePlan
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Solution:
     backend: str
     extra: dict = field(default_factory=dict)
     draws: Any | None = None       # the individual posterior samples (samples, B, C, H, W) when samples > 1
+    tiling: str = "untiled"        # how the regulariser ran (TilePlan.describe())
 
 
 class Solver:
@@ -114,31 +117,34 @@ class Solver:
         # alike without changing their precision.
         return {s: (tau[i].tolist(), gamma[i].tolist()) for i, s in enumerate(key)}
 
-    def _regularize(self, x, sigma: float, k: int, timing: Timing):
-        h, w = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = -h % m, -w % m
+    def _regularize(self, x, sigma: float, k: int, timing: Timing, plan: TilePlan | None = None):
         t0 = time.perf_counter()
-        if ph or pw:  # the U-Net needs multiples of 2^(levels-1): reflect-pad, run, crop
-            mode = "reflect" if ph < h and pw < w else "edge"
-            xp = self.xp
-            r = self.backend.regularize(xp.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode), sigma, k)
-            r = r[:, :, :h, :w]
-        else:
-            r = self.backend.regularize(x, sigma, k)
+        r = tiling.regularize(lambda v: self.backend.regularize(v, sigma, k), x, plan or TilePlan(None),
+                              self.size_multiple, self.xp)
         self.backend.synchronize()
         timing.network += time.perf_counter() - t0
         timing.network_calls += 1
         return r
 
+    def plan(self, shape: tuple[int, int], rows: int = 1, tile: Any = "auto") -> TilePlan:
+        """How ``R_k`` will run on ``rows`` images of ``shape`` (``tile``: ``"auto"``, a side in
+        pixels, or None/0 for untiled), after checking that the solve fits in memory: an
+        :class:`InputError` with the reason where it cannot."""
+        budget = tiling.available_memory(self.backend.device_kind)
+        settings, m = self.package.settings, self.size_multiple
+        plan = tiling.plan_tiles(settings, self.package.manifest, tile, tuple(shape), m, self.backend.device_kind,
+                                 budget)
+        tiling.check_memory(settings, plan, rows, self.space.model_channels, tuple(shape), m, budget)
+        return plan
+
     def denoise(self, x, sigma: float, y, operator: LinearOperator, weights: dict, timing: Timing,
-                noise_var=None):
+                noise_var=None, plan: TilePlan | None = None):
         """``D(x; sigma, y, A)`` in model space (one schedule point). ``noise_var``: sigma_y^2
-        per image ``(B,)``, for a noise-aware package."""
+        per image ``(B,)``, for a noise-aware package; ``plan``: the regulariser's tiles."""
         tau, gamma = weights[float(sigma)]
         pkg = self.package
         for k in range(self.stages):
-            r = self._regularize(x, sigma, k, timing)
+            r = self._regularize(x, sigma, k, timing, plan)
             t0 = time.perf_counter()
             x = stage(x, r, y, operator, self.space, tau[k], gamma[k], pkg.data_step, sigma=float(sigma),
                       noise_var=noise_var, noise_floor=pkg.noise_floor, prox_iterations=pkg.prox_iterations)
@@ -149,8 +155,9 @@ class Solver:
     # -- the public entry point ----------------------------------------------------------------
     def solve(self, y, operator: LinearOperator, steps: int | None = None, sampler: str | None = None,
               seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_min: float | None = None,
-              sigma_max: float | None = None, rho: float | None = None, progress: bool = False,
-              batch_samples: bool = True, noise_std=None) -> Solution:
+              sigma_max: float | None = None, rho: float | None = None,
+              progress: bool | Callable[[int, int], None] = False, batch_samples: bool = True,
+              noise_std=None, tile: Any = "auto") -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
         ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
@@ -162,6 +169,12 @@ class Solver:
         noise-aware package weighs the data step by; None estimates it from ``y``
         (``diffunfold.noise``), and ``solution.extra`` records the value used and whether it
         was estimated. Packages that are not noise-aware ignore it.
+        ``progress``: True for a progress bar over the sampler steps, or a callable
+        ``progress(done, total)`` called after each step. ``tile``: how the regulariser meets
+        a large image (``diffunfold.runtime.tiling``): ``"auto"`` (tiles sized from the
+        package's training size and the memory available; images no larger than a tile run
+        whole), a tile side in pixels, or None/0 for the whole image at once. The expected
+        memory is checked first, and a solve that cannot fit is refused with the reason.
         """
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
@@ -174,49 +187,59 @@ class Solver:
         y_dev, return_numpy = self._prepare(y, operator)
         batch = int(y_dev.shape[0])
         seeds = edm.seeds_for(seed, batch)
-        shape = (self.space.model_channels, *operator.image_shape)
         weights = self.weights_for(sigmas)
-        timing = Timing()
         noise_var, extra = self._noise_variance(noise_std, operator, y, batch)
-
         # Posterior samples run side by side in the batch when the operator's constants are
         # shared by every image (blur, SR, one mask, one set of coil maps): one network call per
         # stage instead of one per sample. Each image's start is still its own (seed, sample)
         # draw, and results do not depend on batch composition, so this changes only the speed.
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
-        rounds = 1 if together else int(samples)
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=steps * rounds, desc=f"restoring ({sampler}, {self.backend.name})", unit="step",
-                       leave=False)
-
-        xp = self.xp
-        draws, nfe = [], 0
+        plan = self.plan(operator.image_shape, batch * (int(samples) if together else 1), tile)
+        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, Timing())
+        step, close = _progress_hook(progress, (len(sigmas) - 1) * (1 if together else int(samples)),
+                                     f"restoring ({sampler}, {self.backend.name})")
         t_start = time.perf_counter()
         try:
-            if together:
-                y_all = xp.concatenate([y_dev] * int(samples), axis=0)
-                var_all = None if noise_var is None else xp.concatenate([noise_var] * int(samples))
-                x = xp.asarray(np.concatenate([edm.initial_noise(seeds, shape, float(sigmas[0]), sample=j)
-                                               for j in range(int(samples))]))
-                x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, operator, weights, timing, var_all), x,
-                                         sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
-                x = self.space.clip(self.space.to_user(x))
-                draws = [x[j * batch:(j + 1) * batch] for j in range(int(samples))]
-            else:
-                for j in range(int(samples)):
-                    x = xp.asarray(edm.initial_noise(seeds, shape, float(sigmas[0]), sample=j))
-                    x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_dev, operator, weights, timing,
-                                                                       noise_var), x,
-                                             sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
-                    draws.append(self.space.clip(self.space.to_user(x)))
+            draws, nfe = self._sample_together(run, int(samples), step) if together else \
+                self._sample_rounds(run, int(samples), step)
             self.backend.synchronize()
         finally:
-            if bar is not None:
-                bar.close()
-        timing.total = time.perf_counter() - t_start
-        stack = None
+            close()
+        run.timing.total = time.perf_counter() - t_start
+        sol = self._finish(draws, return_numpy, nfe, seeds, int(samples), run.timing, extra)
+        sol.tiling = plan.describe()
+        return sol
+
+    def _sample_together(self, run: "_Run", samples: int, step) -> tuple[list, int]:
+        """Every posterior sample side by side in one batch."""
+        xp, batch = self.xp, len(run.seeds)
+        y_all = xp.concatenate([run.y] * samples, axis=0)
+        var_all = None if run.noise_var is None else xp.concatenate([run.noise_var] * samples)
+        x = xp.asarray(np.concatenate([edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j)
+                                       for j in range(samples)]))
+        x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, run.operator, run.weights, run.timing,
+                                                           var_all, run.plan), x, run.sigmas, run.sampler, step)
+        x = self.space.clip(self.space.to_user(x))
+        return [x[j * batch:(j + 1) * batch] for j in range(samples)], nfe
+
+    def _sample_rounds(self, run: "_Run", samples: int, step) -> tuple[list, int]:
+        """One posterior sample after the other."""
+        draws, nfe = [], 0
+        for j in range(samples):
+            x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j))
+            x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, run.y, run.operator, run.weights, run.timing,
+                                                               run.noise_var, run.plan), x, run.sigmas,
+                                     run.sampler, step)
+            draws.append(self.space.clip(self.space.to_user(x)))
+        return draws, nfe
+
+    def _shape(self, run: "_Run") -> tuple[int, ...]:
+        return (self.space.model_channels, *run.operator.image_shape)
+
+    def _finish(self, draws: list, return_numpy: bool, nfe: int, seeds: list[int], samples: int,
+                timing: Timing, extra: dict) -> Solution:
+        """The posterior mean (and std over the samples), checked finite, in the input's kind."""
+        xp, stack = self.xp, None
         if samples == 1:
             images, std = draws[0], None
         else:
@@ -231,7 +254,7 @@ class Solver:
             images = to_numpy(images)
             std = None if std is None else to_numpy(std)
             stack = None if stack is None else to_numpy(stack)
-        return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=int(samples), timing=timing,
+        return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=samples, timing=timing,
                         backend=self.backend_name, extra=extra, draws=stack)
 
     def _noise_variance(self, noise_std, operator: LinearOperator, y, batch: int) -> tuple[Any, dict]:
@@ -269,3 +292,37 @@ class Solver:
             if hw < 8:
                 raise InputError(f"images of {operator.image_shape} are too small (at least 8x8)")
         return y_dev, was_numpy
+
+
+@dataclass
+class _Run:
+    """What one solve's sampling loops share."""
+
+    y: Any
+    operator: LinearOperator
+    weights: dict
+    noise_var: Any
+    plan: TilePlan
+    seeds: list[int]
+    sigmas: Any
+    sampler: str
+    timing: Timing
+
+
+def _progress_hook(progress, total: int, desc: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
+    """``(on_step, close)`` for ``edm.sample_loop``: nothing, a tqdm bar (``progress=True``), or
+    the caller's ``progress(done, total)``."""
+    if not progress:
+        return None, lambda: None
+    if callable(progress):
+        done = [0]
+
+        def step(_i: int) -> None:
+            done[0] += 1
+            progress(done[0], total)
+
+        return step, lambda: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+    return (lambda _i: bar.update(1)), bar.close
