@@ -179,6 +179,11 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (["export", "nowhere", "--out", "new", "--opset", "5"], ("--opset",)),
     (["export", "nowhere", "--out", "new", "--tolerance", "nan"], ("--tolerance",)),
     (["build-engines"], ("--target",)),
+    # the MRD commands
+    (["serve", MRI_PKG, "--port", "abc"], ("--port", "'abc'")),
+    (["send", "nowhere.h5"], ("nowhere.h5",)),
+    (["mrd-phantom", "afile"], ("afile", "already exists")),
+    (["mrd-phantom", "new.h5", "--slices", "0"], ("slices",)),
 ]
 
 
@@ -254,11 +259,11 @@ CASES = len(TABLE) + EXAMPLES * len(NUMERIC)
 
 
 def test_the_harness_is_as_large_as_stated():
-    """103 table cases + 12 x 14 generated ones = 271 malformed command lines."""
-    assert (len(TABLE), len(NUMERIC), CASES) == (103, 14, 271)
+    """107 table cases + 12 x 14 generated ones = 275 malformed command lines."""
+    assert (len(TABLE), len(NUMERIC), CASES) == (107, 14, 275)
     commands = {argv[0] for argv, _ in TABLE}
     assert {"mask", "phantom", "restore", "mri", "demo", "selfcheck", "evaluate", "train", "export",
-            "build-engines"} <= commands
+            "build-engines", "serve", "send", "mrd-phantom"} <= commands
 
 
 @pytest.mark.parametrize("argv", [

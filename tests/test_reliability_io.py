@@ -206,13 +206,6 @@ def test_threads_0_means_all_cores_on_every_command(tmp_path, capsys):
     assert main(["mri", MRI_PKG, str(path), "--out", str(tmp_path / "r"), "--threads", "0", *fast]) == 0
 
 
-def test_a_float_tiff_is_not_called_unreadable(tmp_path, capsys):
-    Image.fromarray(np.random.default_rng(0).random((32, 32)).astype(np.float32), "F").save(tmp_path / "f.tif")
-    main(["restore", IMAGE_PKG, str(tmp_path / "f.tif"), "--task", "sr", "factor=2", "--out",
-          str(tmp_path / "o"), *FAST])
-    assert "not an image Pillow can read" not in capsys.readouterr().err
-
-
 # -- the last guard ------------------------------------------------------------------------------
 
 def test_an_unexpected_error_is_one_line_with_a_hint_and_debug_shows_it(monkeypatch, capsys):
