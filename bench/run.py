@@ -155,7 +155,7 @@ def start_backends(pkg: ModelPackage, args, tmp: Path) -> tuple[dict, dict]:
             status[label] = "not asked for (--backends)"
             continue
         status[label] = base.get(name, "unknown backend")
-        if not status[label].startswith("ok"):
+        if not status[label].startswith(("ok", "usable")):
             say(f"skipped {label}: {status[label]}")
             continue
         try:

@@ -116,6 +116,21 @@ def test_auto_picks_openvino_only_where_installed(package, monkeypatch):
     assert solver.backend.name == "onnxruntime" and "openvino is not installed" in solver.backend_reason
 
 
+def test_auto_passes_openvino_by_without_native_bf16(package, monkeypatch):
+    """Where OpenVINO could only run float32 it is no faster than ONNX Runtime: auto keeps ONNX
+    Runtime, and OpenVINO runs in f32 when asked for."""
+    _, pkg = package
+    import diffunfold.hardware as hw
+    import diffunfold.runtime.openvino_backend as ovb
+
+    monkeypatch.setattr(hw, "has_native_bf16", lambda flags=None: False)
+    monkeypatch.setattr(ovb, "has_native_bf16", lambda flags=None: False)
+    assert available_backends(pkg)["openvino"].startswith("usable (CPU, f32")
+    solver = Solver.load(pkg)
+    assert solver.backend.name == "onnxruntime" and "no native bf16" in solver.backend_reason
+    assert Solver.load(pkg, backend="openvino").backend.precision == "f32"
+
+
 def test_options_go_to_their_backend(package):
     _, pkg = package
     with pytest.raises(InputError, match="precision must be"):
