@@ -289,7 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show the traceback of an unexpected error (also: DIFFUNFOLD_DEBUG=1; accepted "
                              "anywhere on the line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_tool_commands(sub)
+    _add_training_commands(sub)
+    _add_export_commands(sub)
+    _add_runtime_commands(sub)
+    from .mrd.cli import add_parsers as add_mrd_parsers  # serve, send, mrd-phantom
+    add_mrd_parsers(sub)
+    return parser
 
+
+def _add_tool_commands(sub) -> None:
+    """selfcheck, tasks, mask, phantom, info, presets."""
     p = sub.add_parser("selfcheck", help="check every operator: adjoint, norm, backend agreement",
                        description="Build every task's operator and check that its adjoint is exact "
                                    "(float64 and float32), that ||A|| <= 1 (power iteration) and that "
@@ -347,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "data, image size, K, and parameter count.")
     p.set_defaults(func=_cmd_presets)
 
+
+def _add_training_commands(sub) -> None:
+    """train, evaluate."""
     p = sub.add_parser(
         "train", help="train a Diff-Unfolding model (needs the train extra)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -397,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_export_commands(sub) -> None:
+    """export, build-engines: from a checkpoint to what the runtime loads."""
     p = sub.add_parser(
         "export", help="a checkpoint -> a model package (ONNX + manifest) for the runtime",
         description="Export a training checkpoint's EMA weights as a model package: the regulariser "
@@ -427,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_build_engines_arguments(p)  # sets the description, epilog and options
     p.set_defaults(func=_cmd_build_engines)
 
+
+def _add_runtime_commands(sub) -> None:
+    """restore, mri, demo: the runtime on the user's files and on the bundled data."""
     from .restore import add_mri_arguments, add_restore_arguments
 
     p = sub.add_parser("restore", help="restore an image file or folder with a model package",
@@ -453,10 +472,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
-
-    from .mrd.cli import add_parsers as add_mrd_parsers  # serve, send, mrd-phantom
-    add_mrd_parsers(sub)
-    return parser
 
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130

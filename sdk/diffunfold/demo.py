@@ -187,10 +187,31 @@ def _markdown(results: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_demo(args) -> int:
+def _run_tasks(chosen, data, solvers, args, out: Path, total: int) -> list[dict]:
+    """Run each task and write its figure (whole, or not at all); Ctrl-C says how far it got."""
     from tqdm.auto import tqdm
 
     from .figures import grid
+
+    results = []
+    with tqdm(total=total, desc="demo", unit="image", disable=args.quiet, dynamic_ncols=True) as bar:
+        try:
+            for task in chosen:
+                kind = "mri" if task.is_mri else "image"
+                names, clean = data[kind]
+                r = run_task(task, solvers[kind], names, clean, args, bar)
+                grid(r.pop("panels"), ["measurement", "classical baseline", "Diff-Unfolding",
+                                       f"uncertainty ({args.samples} samples)", "ground truth"],
+                     title=f"{r['label']}: {r['mean']['psnr']:.2f} dB vs {r['mean']['psnr_baseline']:.2f} dB "
+                           f"({r['baseline']}), mean of {len(names)}", path=out / f"{task.key}.png")
+                results.append(r)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"{len(results)} of {len(chosen)} task figure(s) written whole to {out}/; "
+                                    "the tables (results.md, .json) come at the end: rerun with --overwrite") from None
+    return results
+
+
+def run_demo(args) -> int:
     from .hardware import describe_cpu
     from .package import ModelPackage
     from .runtime import Solver
@@ -218,22 +239,8 @@ def run_demo(args) -> int:
     solvers = {k: Solver.load(p, backend=args.backend, device=args.device, threads=args.threads)
                for k, p in packages.items()}
     total = sum(len(data["mri" if t.is_mri else "image"][0]) for t in chosen)
-    results = []
     t0 = time.perf_counter()
-    with tqdm(total=total, desc="demo", unit="image", disable=args.quiet, dynamic_ncols=True) as bar:
-        try:
-            for task in chosen:
-                kind = "mri" if task.is_mri else "image"
-                names, clean = data[kind]
-                r = run_task(task, solvers[kind], names, clean, args, bar)
-                grid(r.pop("panels"), ["measurement", "classical baseline", "Diff-Unfolding",
-                                       f"uncertainty ({args.samples} samples)", "ground truth"],
-                     title=f"{r['label']}: {r['mean']['psnr']:.2f} dB vs {r['mean']['psnr_baseline']:.2f} dB "
-                           f"({r['baseline']}), mean of {len(names)}", path=out / f"{task.key}.png")
-                results.append(r)
-        except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"{len(results)} of {len(chosen)} task figure(s) written whole to {out}/; "
-                                    "the tables (results.md, .json) come at the end: rerun with --overwrite") from None
+    results = _run_tasks(chosen, data, solvers, args, out, total)
     wall = time.perf_counter() - t0
 
     any_solver = next(iter(solvers.values()))
