@@ -56,12 +56,13 @@ def save_checkpoint(directory: str | Path, step: int, model: DiffUnfolding, ema:
     tensors.update(opt_tensors)
     stem = f"ckpt-{int(step):08d}"
     weights = directory / f"{stem}.safetensors"
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "step": str(step)}))
+    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "step": str(step)}),
+                 durable=True)
     meta = {"format": FORMAT, "step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "weights": weights.name, "sha256": sha256_file(weights), "model": model.settings.to_dict(),
             "config": config, "optimizer": opt_meta, **(extra or {})}
     json_path = directory / f"{stem}.json"
-    write_json(json_path, meta, indent=1)
+    write_json(json_path, meta, indent=1, durable=True)  # last: its presence marks a complete checkpoint
     if keep > 0:
         for old in list_checkpoints(directory)[:-keep]:
             old.unlink(missing_ok=True)
