@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_number, markdown_table, peak_memory_mb, reset_peak_memory  # noqa: E402
-from machine import LoadWatch, RESULTS, machine_info, may_write, write_results  # noqa: E402
+from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
 
 FORMS = ("spelled", "fused")
 
@@ -125,9 +125,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino"], choices=["onnxruntime", "openvino"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--timeout", type=float, default=600, help="seconds per case (default 600)")
-    ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--allow-busy", action="store_true", help="write results measured on a busy machine, marked so")
+    add_output_arguments(ap)
     return ap.parse_args(argv)
 
 
@@ -140,13 +138,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     watch, info = LoadWatch(), machine_info()
     rows = run(args)
-    md = to_markdown(rows, args)
-    print("\n" + md)
-    info["load"] = watch.finish()
-    if not args.no_write and may_write(info["load"], args.allow_busy):
-        path = write_results("attention", info, vars(args), rows, md, out_dir=args.out,
-                             title="Attention: spelled out against fused")
-        print(f"wrote {path}")
+    record("attention", watch, info, args, rows, to_markdown(rows, args), "Attention: spelled out against fused")
     return 0
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_number, markdown_table  # noqa: E402
-from machine import LoadWatch, RESULTS, machine_info, may_write, write_results  # noqa: E402
+from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
 
 from diffunfold.demo import DEFAULT_IMAGE_PACKAGE, DEFAULT_MRI_PACKAGE, TASKS, held_out_images, held_out_phantoms  # noqa: E402
 from diffunfold.metrics import psnr  # noqa: E402
@@ -81,9 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.05, help="image noise std (default 0.05, the demo's)")
     ap.add_argument("--mri-noise", type=float, default=0.0, help="k-space noise over max|A x| (default 0)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--allow-busy", action="store_true", help="write results measured on a busy machine, marked so")
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
     watch, info = LoadWatch(), machine_info()
     rows = run(args)
@@ -92,12 +90,8 @@ def main(argv=None) -> int:
           f"seed {args.seed}): mean PSNR, and its difference to ONNX Runtime float32 per image (mean, largest).\n\n"
           + markdown_table([{c: fmt_number(r[c]) for c in cols} for r in rows], cols,
                            ["task", "backend", "PSNR dB", "mean diff dB", "max |diff| dB", "seconds"], fmt=str))
-    print("\n" + md)
-    info["load"] = watch.finish()  # quality does not depend on the load; the seconds do
-    if not args.no_write and may_write(info["load"], True):
-        path = write_results("backend_quality", info, vars(args), rows, md, out_dir=args.out,
-                             title="Backends: quality on the bundled packages")
-        print(f"wrote {path}")
+    # quality does not depend on the load (the seconds do): written either way, marked when busy
+    record("backend_quality", watch, info, args, rows, md, "Backends: quality on the bundled packages", True)
     return 0
 
 

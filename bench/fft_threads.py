@@ -21,7 +21,7 @@ import scipy.fft
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_number, markdown_table  # noqa: E402
-from machine import LoadWatch, RESULTS, machine_info, may_write, write_results  # noqa: E402
+from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
 
 
 def time_pair(x: np.ndarray, axes: tuple[int, ...], rounds: int) -> tuple[float, float]:
@@ -66,9 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--coils", type=int, default=15)
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--out", default=str(RESULTS))
-    ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--allow-busy", action="store_true", help="write results measured on a busy machine, marked so")
+    add_output_arguments(ap)
     args = ap.parse_args(argv)
     watch, info = LoadWatch(), machine_info()
     rows = run(args)
@@ -77,12 +75,8 @@ def main(argv=None) -> int:
     md = (f"Forward + inverse complex64 FFT of (batch x {args.coils} coils, size, size), median of {args.rounds} "
           "interleaved rounds; ratio = all cores / one worker.\n\n"
           + markdown_table([{c: fmt_number(r[c]) for c in cols} for r in rows], cols, fmt=str)
-          + f"\n\nThreads pay from {t} elements on" if t else "\n\nThreads paid at no size here")
-    print("\n" + md)
-    info["load"] = watch.finish()
-    if not args.no_write and may_write(info["load"], args.allow_busy):
-        path = write_results("fft_threads", info, vars(args), rows, md, out_dir=args.out, title="FFT threads")
-        print(f"wrote {path}")
+          + (f"\n\nThreads pay from {t} elements on." if t else "\n\nThreads paid at no size here."))
+    record("fft_threads", watch, info, args, rows, md, "FFT threads")
     return 0
 
 

@@ -169,6 +169,31 @@ def may_write(load: dict, allow_busy: bool, say=print) -> bool:
     return False
 
 
+def add_output_arguments(ap) -> None:
+    """``--out``, ``--no-write`` and ``--allow-busy``, as the benchmarks that record take them."""
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the results (default bench/results)")
+    ap.add_argument("--no-write", action="store_true", help="print only; write no results")
+    ap.add_argument("--allow-busy", action="store_true", help="write results measured on a busy machine, marked so")
+
+
+def record(name: str, watch: "LoadWatch", info: dict, args, rows, markdown: str, title: str,
+           allow_busy: bool | None = None) -> Path | None:
+    """Print ``markdown``, then write ``<name>-<machine>.md/.json`` under ``args.out`` unless
+    ``args.no_write`` or the machine was busy (see :func:`may_write`). Returns the path written."""
+    print("\n" + markdown)
+    info["load"] = watch.finish()
+    busy_ok = args.allow_busy if allow_busy is None else allow_busy
+    if args.no_write:
+        print(describe_load(info["load"]))
+        return None
+    if not may_write(info["load"], busy_ok):
+        return None
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "no_write")}
+    path = write_results(name, info, settings, rows, markdown, out_dir=args.out, title=title)
+    print(f"wrote {path}")
+    return path
+
+
 def busy_banner(load: dict | None) -> str:
     """A warning line for the top of a results file measured on a busy machine; '' when quiet."""
     if not load or load.get("quiet"):

@@ -39,10 +39,10 @@ def namespace(*arrays: Any):
 
 
 # Arrays from this many elements on are transformed with every core; smaller ones with one.
-# bench/fft_threads.py (forward + inverse complex64 FFTs of B x 15 coil images, 2-D and 1-D): on
-# the 2-core development machine, threads were 1.1-1.4x slower up to 245 760 elements (64 px,
-# batch 4: the start-up of the threads outweighs the work), in a run where other processes used
-# both cores; above that the result depended on the contention (bench/results/fft_threads-*.md).
+# bench/fft_threads.py (forward + inverse complex64 FFTs of B x 15 coil images, 2-D and 1-D), on
+# the 2-core development machine while other processes held 1.7 cores: threads were 1.1-4.8x
+# slower up to 245 760 elements (64 px batch 4, 128 px batch 1), 0.95-1.5x at 983 040, and paid
+# from 3 932 160 (256 px batch 4: 0.79-0.89x); bench/results/fft_threads-amd-epyc-2cores.md.
 FFT_THREADS_FROM = 1 << 20
 
 
