@@ -83,10 +83,12 @@ class Solver:
     def load(cls, package: str | Path | ModelPackage, backend: str = "auto", device: str = "cpu",
              threads: int | None = None, **options) -> "Solver":
         """Open (and verify) a package and start a backend: ``auto`` (the fastest one really
-        present: tensorrt > onnxruntime > torch; see ``solver.backend_reason``), ``tensorrt``,
-        ``onnxruntime`` or ``torch``. ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``options``
-        for TensorRT: ``cuda_graphs=True`` (replay each engine call as a CUDA graph),
-        ``engines=DIR`` (engines built with ``--out`` elsewhere)."""
+        present: tensorrt > openvino (CPUs with native bf16) > onnxruntime > torch; see
+        ``solver.backend_reason``), ``tensorrt``, ``openvino``, ``onnxruntime`` or ``torch``.
+        ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``options`` for TensorRT:
+        ``cuda_graphs=True`` (replay each engine call as a CUDA graph), ``engines=DIR`` (engines
+        built with ``--out`` elsewhere); for OpenVINO: ``precision="bf16"|"f32"``,
+        ``cache_dir=DIR``; for ONNX Runtime: ``spinning=True|False``."""
         pkg = package if isinstance(package, ModelPackage) else ModelPackage.open(package)
         be, why = create_backend(pkg, backend, device, threads, **options)
         return cls(pkg, be, why)
