@@ -17,10 +17,12 @@ denoiser 18 times (Heun: 2 x 18 - 1). Per image:
 
 Peaks. CPU (FP32): physical cores x clock x FLOPs per cycle per core, from ``lscpu``: the
 "CPU max MHz" when it is reported, else the current clock from /proc/cpuinfo (virtual
-machines often report no maximum: the nominal clock then stands in, boost clocks run faster,
-the floor is too high and an efficiency can pass 100 %; give ``--peak-gflops``); FLOPs per
-cycle from the ISA flags: avx512f -> 64 (16 FP32 lanes x 2 for the FMA x 2 FMA units),
-avx2 + fma -> 32 (8 x 2 x 2), otherwise 8. GPUs: datasheet peaks without sparsity, from
+machines often report no maximum: the nominal clock then stands in and boost clocks run
+faster); FLOPs per cycle of the detected microarchitecture (``flops_per_cycle``: Zen 4 runs
+AVX-512 as two 256-bit halves, 32; Zen 5 server/desktop and two-unit AVX-512 cores 64; AVX2 +
+FMA 32; otherwise 8). That nominal peak is printed, never used as "perfect": ``bench/run.py``
+measures the machine's FP32 matrix-multiply rate in the same run (``matmul_rate``) and
+reports efficiency against it. GPUs: datasheet peaks without sparsity, from
 the table below, keyed by the GPU's name: dense FP16 tensor-core peak for TensorRT FP16
 engines, FP32 (non-tensor) peak for ONNX Runtime CUDA and torch (TF32 would allow more).
 
