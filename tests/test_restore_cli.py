@@ -79,10 +79,10 @@ def test_simulate_writes_outputs_and_scores(packages, photos, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| image | size | PSNR | SSIM | Wiener PSNR |" in text and "| mean |" in text
     assert AUTO_CPU in text and "network" in text and "s per image" in text
-    for name, size in (("astro", (32, 32)), ("camera", (40, 32)), ("alpha", (32, 32))):
+    for name, size, mode in (("astro", (32, 32), "RGB"), ("camera", (40, 32), "L"), ("alpha", (32, 32), "RGBA")):
         for kind in ("restored", "baseline", "measured", "std"):
             assert (out / f"{name}_{kind}.png").is_file(), (name, kind)
-        assert png_size(out / f"{name}_restored.png") == (size, "RGB")   # grey -> 3 channels, alpha dropped
+        assert png_size(out / f"{name}_restored.png") == (size, mode)   # grey stays grey, alpha is put back
     data = json.loads(report.read_text())
     assert data["mode"] == "simulate" and data["task"] == "gaussian_blur" and data["params"] == {"sigma": 1.5}
     assert data["backend"].startswith(AUTO_CPU.split()[1]) and data["nfe"] == 4 and data["samples"] == 2

@@ -130,12 +130,12 @@ def test_what_cannot_fit_is_refused_before_any_work(solver, monkeypatch):
 def test_progress_callback_sees_every_step(solver):
     _, op, y = blurred(64)
     seen = []
-    solver.solve(y, op, steps=3, samples=2, noise_std=0.05, progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(i, 3) for i in range(1, 4)]
+    solver.solve(y, op, steps=2, samples=2, noise_std=0.05, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2), (2, 2)]
     seen.clear()
-    solver.solve(y, op, steps=2, samples=2, batch_samples=False, noise_std=0.05,
+    solver.solve(y, op, steps=1, samples=2, batch_samples=False, noise_std=0.05,
                  progress=lambda done, total: seen.append((done, total)))
-    assert seen == [(i, 4) for i in range(1, 5)]
+    assert seen == [(1, 2), (2, 2)]
 
 
 def test_a_recorded_training_size_sets_the_tiles(solver):

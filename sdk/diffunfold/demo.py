@@ -109,6 +109,7 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
     from .baselines import baseline_name, classical_baseline
     from .figures import Panel, colormap
     from .physics.tasks import make_operator
+    from .progress import step_bar
 
     rows, panels, stds = [], [], []
     for i, (name, x) in enumerate(zip(names, clean)):
@@ -123,7 +124,8 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
             noise = args.noise
         y = op.measure(x[None], noise, seed=[seed])
         y = y.astype(np.complex64 if task.is_mri else np.float32)
-        sol = solver.solve(y, op, seed=seed, samples=args.samples, steps=args.steps, noise_std=noise)
+        sol = solver.solve(y, op, seed=seed, samples=args.samples, steps=args.steps, noise_std=noise,
+                           progress=step_bar(f"{task.key}: {name}", args.quiet))
         est = np.asarray(sol.images)[0]
         base = np.asarray(classical_baseline(op, y, noise))[0]
         if not task.is_mri:

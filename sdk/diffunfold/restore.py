@@ -113,6 +113,17 @@ and FILE_mask.png (white = sampled), a Markdown table on stdout (--json FILE: JS
 
 # -- shared argument helpers ------------------------------------------------------------------
 
+def _tile_value(text: str):
+    """--tile: auto, none/0, or a side in pixels, a multiple of 8 (every U-Net here downsamples
+    by 8; the solver checks the package's own multiple); refused before any work."""
+    from .runtime.tiling import parse_tile
+
+    try:
+        return parse_tile(text, 8)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", metavar="NAME",
                    help=f"{', '.join(BACKENDS)} (default: auto, the fastest one usable here; the report "
@@ -127,6 +138,10 @@ def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
                    help="posterior samples per image: >1 gives their mean and a std map (default: 1)")
     p.add_argument("--seed", type=V.SEED, default=0, help="base seed (default: 0)")
+    p.add_argument("--tile", type=_tile_value, default="auto", metavar="N|auto|none",
+                   help="run the network on overlapping NxN tiles, blended (the physics stays on the whole "
+                        "image): auto (default) sizes them from the package's training size and the memory; "
+                        "none or 0: the whole image at once")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true", help="replace existing output files")
     again.add_argument("--resume", action="store_true",
@@ -343,23 +358,9 @@ def _base_names(files: list[Path]) -> list[str]:
 def _read_header(path: Path) -> tuple[int, int]:
     """The image's (H, W) from its header; an InputError naming the file when it is not an
     image at all."""
-    from PIL import Image
+    from .data.image_io import image_size
 
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); it is not an "
-                         "image Pillow can read (png, jpg, tif, bmp, webp, ...)") from None
-    return h, w
-
-
-def _load_clean(path: Path, channels: int, size: int | None):
-    """A clean image as float32 (C, H, W) in [0, 1]; with ``size``, the centre square resized to
-    size x size (antialiased bicubic), as the evaluation crops are made."""
-    from .data.images import load_image
-
-    return load_image(path, channels, size=size)
+    return image_size(path)
 
 
 def _load_mask(value: Any):
@@ -439,6 +440,13 @@ def _readable_inputs(args, factor: int):
     return readable, input_dirs, unreadable, first_shape
 
 
+def _output_suffix(path: Path, kind: str) -> str:
+    """The images keep a TIFF input's format (its depth, or its float values); the rest is PNG."""
+    from .data.image_io import TIFF_SUFFIXES
+
+    return ".tif" if kind != "std" and path.suffix.lower() in TIFF_SUFFIXES else ".png"
+
+
 def _operator_shape(args, hw: tuple[int, int], factor: int) -> tuple[int, int]:
     """The image grid the task's operator acts on for an input of size ``hw``."""
     if args.mode == "measured":
@@ -467,29 +475,32 @@ def _operator(job: _Job, shape):
 
 
 def _measure(path: Path, job: _Job, seed: int):
-    """(clean image or None, measurement, operator, notes) for one input."""
+    """(clean image or None, measurement, operator, notes, the file as read) for one input."""
     import numpy as np
 
-    from .data.images import load_image
+    from .data.image_io import read_image
 
-    args, notes = job.args, []
+    args = job.args
+    src = read_image(path, job.channels, None if args.mode == "measured" else args.size)
+    notes = list(src.notes)
     if args.mode == "measured":
-        y = load_image(path, job.channels)[None]
+        y = src.array[None]
         h, w = y.shape[-2:]
         _check_mask_shape(job.mask, (h, w), path)
         if job.mask is not None:
             y = (y * job.mask).astype(np.float32)  # missing pixels carry nothing
-        return None, y, _operator(job, (h * job.factor, w * job.factor)), notes
-    x = _load_clean(path, job.channels, args.size)
+        return None, y, _operator(job, (h * job.factor, w * job.factor)), notes, src
+    x = src.array
     if job.factor > 1 and (x.shape[-2] % job.factor or x.shape[-1] % job.factor):
         h0, w0 = x.shape[-2:]
         x = np.ascontiguousarray(_centre_crop_multiple(x, job.factor))
+        src.alpha = None if src.alpha is None else _centre_crop_multiple(src.alpha, job.factor)
         notes.append(f"{path.name}: centre-cropped {h0}x{w0} -> {x.shape[-2]}x{x.shape[-1]} "
                      f"(a multiple of the SR factor {job.factor})")
     x = x[None]
     _check_mask_shape(job.mask, x.shape[-2:], path, " after --size" if args.size else "")
     op = _operator(job, x.shape[-2:])
-    return x, op.measure(x, args.noise, seed=[seed]).astype(np.float32), op, notes
+    return x, op.measure(x, args.noise, seed=[seed]).astype(np.float32), op, notes, src
 
 
 def _restore_item(unit: Unit, job: _Job) -> dict:
@@ -497,19 +508,21 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     import numpy as np
 
     from .baselines import baseline_name, classical_baseline
+    from .data.image_io import write_image
     from .data.images import save_image
     from .metrics import psnr, ssim
     from .noise import estimate_noise_std
+    from .progress import step_bar
 
     args = job.args
     index, path = unit.payload
     seed = args.seed + index
-    x, y, op, notes = _measure(path, job, seed)
+    x, y, op, notes, src = _measure(path, job, seed)
     noise_std = args.noise if args.noise is not None else float(estimate_noise_std(op, y)[0])
     if args.noise is None:
         notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=noise_std)
+                           noise_std=noise_std, tile=args.tile, progress=step_bar(path.name, args.quiet))
     restored = np.asarray(sol.images)
     baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
     row: dict[str, Any] = {"input": str(path), "name": unit.name, "size": list(op.image_shape[-2:]), "seed": seed,
@@ -519,10 +532,10 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     if x is not None:
         row.update(psnr=psnr(restored[0], x[0], 1.0), ssim=ssim(restored[0], x[0], 1.0),
                    psnr_baseline=psnr(baseline[0], x[0], 1.0), ssim_baseline=ssim(baseline[0], x[0], 1.0))
-    save_image(unit.outputs["restored"], restored[0])
-    save_image(unit.outputs["baseline"], baseline[0])
+    write_image(unit.outputs["restored"], restored[0], like=src)  # grey, depth and alpha as read
+    write_image(unit.outputs["baseline"], baseline[0], like=src)
     if "measured" in unit.outputs:
-        save_image(unit.outputs["measured"], np.clip(y[0], 0.0, 1.0))
+        write_image(unit.outputs["measured"], np.clip(y[0], 0.0, 1.0), like=src)
     if std is not None:
         row["std_max"] = float(std.max())
         save_image(unit.outputs["std"], std / std.max() if std.max() > 0 else std)
@@ -592,7 +605,7 @@ def run_restore(args) -> int:
     kinds = ["restored", "baseline"] + ([] if args.mode == "measured" else ["measured"]) + (
         ["std"] if args.samples > 1 else [])
     names = _base_names([f for _, f in readable])
-    units = [Unit(b, {k: out_dir / f"{b}_{k}.png" for k in kinds}, (i, f), str(f))
+    units = [Unit(b, {k: out_dir / f"{b}_{k}{_output_suffix(f, k)}" for k in kinds}, (i, f), str(f))
              for (i, f), b in zip(readable, names)]
     check_outputs(out_dir, units, [f for _, f in readable], input_dirs, [Path(args.json)] if args.json else [],
                   args.overwrite, args.resume)
@@ -671,6 +684,7 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     from .data.images import save_image
     from .metrics import psnr, ssim
     from .physics.mri import MultiCoilMRI
+    from .progress import step_bar
     from .safe_io import open_atomic
 
     args, s = job.args, unit.payload
@@ -682,7 +696,7 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
     # the file's own k-space noise adds to what --noise adds: the solver estimates the total
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=None)
+                           noise_std=None, tile=args.tile, progress=step_bar(unit.name, args.quiet))
     recon = np.asarray(sol.images)
     zero_filled = np.asarray(classical_baseline(op, y, noise_std))
     ref_max = float(np.abs(x).max())

@@ -131,12 +131,13 @@ def load_image(path: str | os.PathLike, channels: int = 3, size: int | None = No
     evaluation uses.
 
     ``channels=3`` gives RGB (grey images are replicated), ``channels=1`` gives luma
-    (ITU-R 601, Pillow's "L"). Alpha is dropped; EXIF rotation is applied; 16-bit grey PNGs
-    keep their precision. Raises :class:`InputError` naming the file if it is missing or
-    unreadable.
+    (ITU-R 601). Alpha is dropped (``image_io.read_image`` keeps it aside); EXIF rotation is
+    applied; 16-bit PNG and TIFF keep their precision, float TIFF is read. Raises
+    :class:`InputError` naming the file if it is missing or unreadable.
     """
-    channels = _check_channels(channels)
-    return _to_array(_centre_square(_open(path, channels), size), channels)
+    from .image_io import read_image
+
+    return read_image(path, _check_channels(channels), size).array
 
 
 def _centre_square(img: Image.Image, size: int | None) -> Image.Image:
