@@ -107,8 +107,9 @@ def test_compiled_models_are_cached(package, tmp_path):
 def test_auto_picks_openvino_only_where_installed(package, monkeypatch):
     _, pkg = package
     solver = Solver.load(pkg)
-    assert solver.backend.name == "openvino"
-    assert "auto: openvino" in solver.backend_reason and default_precision() in solver.backend_reason
+    if default_precision() == "bf16":  # elsewhere: test_auto_passes_openvino_by_without_native_bf16
+        assert solver.backend.name == "openvino"
+        assert "auto: openvino" in solver.backend_reason and "bf16" in solver.backend_reason
     real = backends_module.installed
     monkeypatch.setattr(backends_module, "installed", lambda m: m != "openvino" and real(m))
     assert available_backends(pkg)["openvino"].startswith("openvino is not installed")
