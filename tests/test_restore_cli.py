@@ -5,7 +5,6 @@ check the plumbing (modes, outputs, refusals, reports, the torch-free path), not
 """
 
 import hashlib
-import importlib.util
 import json
 
 import numpy as np
@@ -18,6 +17,7 @@ pytestmark = pytest.mark.torch
 from PIL import Image  # noqa: E402
 
 from diffunfold.cli import main  # noqa: E402
+from diffunfold.runtime.backends import openvino_status  # noqa: E402
 from diffunfold.data.images import bundled_image, save_image  # noqa: E402
 from diffunfold.data.phantom import write_phantom_dataset  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
@@ -58,8 +58,8 @@ def photos(tmp_path):
     return folder
 
 
-# what backend auto picks on a CPU: OpenVINO where it is installed, else ONNX Runtime
-AUTO_CPU = "backend: openvino" if importlib.util.find_spec("openvino") else "backend: onnxruntime"
+# what backend auto picks on a CPU: OpenVINO where it is installed and the CPU has native bf16
+AUTO_CPU = "backend: openvino" if openvino_status().startswith("ok") else "backend: onnxruntime"
 
 
 def digests(folder):
