@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_training_commands(sub)
     _add_export_commands(sub)
     _add_runtime_commands(sub)
+    from .data.cli import add_parser as add_data_parser
+    add_data_parser(sub)
     from .mrd.cli import add_parsers as add_mrd_parsers  # serve, send, mrd-phantom
     add_mrd_parsers(sub)
     return parser
