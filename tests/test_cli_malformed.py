@@ -184,6 +184,11 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (["send", "nowhere.h5"], ("nowhere.h5",)),
     (["mrd-phantom", "afile"], ("afile", "already exists")),
     (["mrd-phantom", "new.h5", "--slices", "0"], ("slices",)),
+    # the data command
+    (["data", "photos", "afile"], ("afile", "is a file")),
+    (["data", "pictures", "new"], ("'pictures'",)),
+    (["data", "photos", "new", "--max-side", "abc"], ("--max-side", "'abc'")),
+    (["data", "mri-volumes", "new", "--max-side", "10"], ("--max-side",)),
 ]
 
 
@@ -259,11 +264,11 @@ CASES = len(TABLE) + EXAMPLES * len(NUMERIC)
 
 
 def test_the_harness_is_as_large_as_stated():
-    """107 table cases + 12 x 14 generated ones = 275 malformed command lines."""
-    assert (len(TABLE), len(NUMERIC), CASES) == (107, 14, 275)
+    """111 table cases + 12 x 14 generated ones = 279 malformed command lines."""
+    assert (len(TABLE), len(NUMERIC), CASES) == (111, 14, 279)
     commands = {argv[0] for argv, _ in TABLE}
     assert {"mask", "phantom", "restore", "mri", "demo", "selfcheck", "evaluate", "train", "export",
-            "build-engines", "serve", "send", "mrd-phantom"} <= commands
+            "build-engines", "serve", "send", "mrd-phantom", "data"} <= commands
 
 
 @pytest.mark.parametrize("argv", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import cli_values as V
 from ..errors import InputError
 
 _DESCRIPTION = """\
@@ -36,7 +37,7 @@ def add_parser(sub) -> None:
                    help="where the .deb/.whl archives are, or go when downloaded (default: OUT_DIR/packages)")
     p.add_argument("--offline", action="store_true",
                    help="download nothing: every archive must already be in --packages")
-    p.add_argument("--max-side", type=int, default=1600, metavar="PX",
+    p.add_argument("--max-side", type=V.Bounded(64, 16384, integer=True), default=1600, metavar="PX",
                    help="photos: store larger ones downscaled to this longer side (default: 1600)")
     p.add_argument("--overwrite", action="store_true", help="write into a folder that already has data")
     p.set_defaults(func=run_data)
@@ -49,8 +50,6 @@ def run_data(args) -> int:
     if (out / "manifest.json").exists() and not args.overwrite:
         raise InputError(f"{out} already holds a data set (manifest.json); pass --overwrite to "
                          "write it again, or choose another OUT_DIR")
-    if not 64 <= args.max_side <= 16384:
-        raise InputError(f"--max-side must be between 64 and 16384 pixels, got {args.max_side}")
     out.mkdir(parents=True, exist_ok=True)
     packages = Path(args.packages) if args.packages else out / "packages"
     if args.what == "photos":
