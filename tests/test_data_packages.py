@@ -252,3 +252,23 @@ def test_mri_volumes_command_and_the_slices_it_trains_on(tmp_path):
     assert np.array_equal(batches[1]["x"], TrainingBatches(cfg)[1]["x"])        # fixed by (seed, step)
     held, maps = validation_set(cfg)
     assert held.shape == (cfg.val.images, 1, 32, 32) and maps.shape == (15, 32, 32)
+
+
+def test_demo_restores_the_held_out_photos_and_credits_them(tmp_path, capsys):
+    photo_packages(tmp_path / "pk")
+    data = tmp_path / "data"
+    assert main(["data", "photos", str(data / "photos"), "--packages", str(tmp_path / "pk"), "--offline"]) == 0
+    held = [p for p in json.loads((data / "photos" / "manifest.json").read_text())["photos"] if p["split"] == "held-out"]
+    assert held  # the fixture's content hashes put one photo on the held-out side
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(data), "--out", str(out), "--task", "gaussian_blur", "--images", "1",
+                 "--samples", "1", "--steps", "2", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "held-out photographs" in results["data"]["image"]["source"]
+    credit = results["data"]["image"]["credits"][0]
+    assert held[0]["package"] in credit and held[0]["licence"] in credit
+    assert held[0]["path"] in (out / "results.md").read_text()
+    # without the folder the demo says what it uses instead, and how to get the real data
+    assert main(["demo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "d2"), "--task",
+                 "gaussian_blur", "--images", "1", "--samples", "1", "--steps", "2", "--quiet"]) == 0
+    assert "diffunfold data photos" in json.loads((tmp_path / "d2" / "results.json").read_text())["data"]["image"]["source"]

@@ -185,7 +185,12 @@ def _markdown(results: list[dict], meta: dict) -> str:
               "training photos; pinv = the exact pseudo-inverse (for SR the best a linear method can do from "
               "the samples alone); normalised convolution = Gaussian-weighted interpolation of the observed "
               "pixels; zero-filled SENSE = the coil-combined inverse FFT of the sampled k-space.",
-              "", f"Written by `{meta['command']}` on {meta['date']}; figures: `<task>.png` beside this file."]
+              ""]
+    for kind, d in meta.get("data", {}).items():
+        lines.append(f"Data ({kind}): {d['source']}.")
+        lines += [f"- {c}" for c in d["credits"]]
+        lines.append("")
+    lines.append(f"Written by `{meta['command']}` on {meta['date']}; figures: `<task>.png` beside this file.")
     return "\n".join(lines) + "\n"
 
 
@@ -214,6 +219,7 @@ def _run_tasks(chosen, data, solvers, args, out: Path, total: int) -> list[dict]
 
 
 def run_demo(args) -> int:
+    from .demo_data import load_demo_data
     from .hardware import describe_cpu
     from .package import ModelPackage
     from .runtime import Solver
@@ -233,11 +239,8 @@ def run_demo(args) -> int:
     out = Path(args.out)
     _clear_out(out, args.overwrite)
 
-    data = {}
-    if "image" in packages:
-        data["image"] = held_out_images(args.size, args.images)
-    if "mri" in packages:
-        data["mri"] = held_out_phantoms(args.size, args.images)
+    loaded = {kind: load_demo_data(kind, args.data, args.size, args.images) for kind in packages}
+    data = {kind: (d["names"], d["images"]) for kind, d in loaded.items()}
     solvers = {k: Solver.load(p, backend=args.backend, device=args.device, threads=args.threads)
                for k, p in packages.items()}
     total = sum(len(data["mri" if t.is_mri else "image"][0]) for t in chosen)
@@ -253,7 +256,8 @@ def run_demo(args) -> int:
             "noise": args.noise, "mri_noise": args.mri_noise, "backend": any_solver.backend_name,
             "packages": {k: {"path": str(p.path), "manifest_sha256": p.manifest.get("manifest_sha256"),
                              "source": p.manifest.get("source")} for k, p in packages.items()},
-            "wall_seconds": wall}
+            "wall_seconds": wall,
+            "data": {k: {"source": d["source"], "credits": d["credits"]} for k, d in loaded.items()}}
     write_text(out / "results.md", _markdown(results, meta))
     write_json(out / "results.json", {**meta, "tasks": results})
 
@@ -295,6 +299,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                         "training saw 0-0.01)")
     p.add_argument("--coils", type=V.COILS, default=15, help="simulated receive coils for MRI (default 15)")
     p.add_argument("--seed", type=V.SEED, default=0, help="first seed; image i uses seed + i (default 0)")
+    p.add_argument("--data", default="data", metavar="DIR",
+                   help="where `diffunfold data` wrote DIR/photos and DIR/mri: their held-out photographs and "
+                        "head slices are restored (default: data/; without them, scikit-image's photos and "
+                        "synthetic phantoms)")
     p.add_argument("--image-package", default=str(DEFAULT_IMAGE_PACKAGE), help="natural-image model package")
     p.add_argument("--mri-package", default=str(DEFAULT_MRI_PACKAGE), help="MRI model package")
     p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
