@@ -7,25 +7,29 @@ What it does, in one run:
    exports it to a temporary package (or opens ``--package``); on a GPU with TensorRT it
    builds FP16 engines for the GPU (``diffunfold.engines.build_engines``);
 2. for every backend present (``diffunfold.runtime.available_backends``; the ones absent
-   are listed with the reason), times ``Solver.solve`` on a measurement of ``--task``
+   are listed with the reason; OpenVINO in bf16 and f32, ONNX Runtime with its threads
+   spinning and not: ``VARIANTS``), times ``Solver.solve`` on a measurement of ``--task``
    (default a Gaussian blur), ``--steps`` Euler steps, at every ``--size`` and ``--batch``:
    a warm-up solve, then the median of ``--repeats`` runs. Batch 1 is the latency (seconds
    per image), larger batches the throughput (images per second). Reported per image: the
    total and its split into network (the regulariser calls), physics (data-fidelity
-   gradients) and sampler (the rest);
+   gradients) and sampler (the rest), the process's peak memory during the case, and the
+   time over ONNX Runtime's (spinning off) in the same case;
 3. in the same run, the torch reference sampler (``diffunfold.training.sampler.restore``,
    torch physics and networks) on the same measurements and seeds: ratio = reference time /
    backend time (> 1: the backend is faster), and the largest difference of the outputs;
 4. per backend and size, the time of one regulariser call (batch 1, median of
-   ``--call-repeats``) next to its floor: its FLOPs (bench/flops.py) over the peak FLOP/s of
-   the hardware; efficiency = floor / measured. The solve rows carry the same for the network
-   time (K x NFE calls per image).
+   ``--call-repeats``) next to its floor: its FLOPs (bench/flops.py) over the FP32 matrix-
+   multiply rate this machine reached in this run (numpy sgemm; the nominal peak of the
+   detected microarchitecture printed beside it, never used as "perfect"; on a GPU the
+   datasheet peak); efficiency = floor / measured. The solve rows carry the same for the
+   network time (K x NFE calls per image).
 
 Results: ``<out>/<machine>.md`` and ``.json`` (default bench/results/), with the machine, the
-versions and the settings. Timings on a busy machine are not worth recording: the JSON keeps
-the load average at the start.
+versions, the settings and the load (average at the start and the end, the cores other
+processes used meanwhile). A busy run writes nothing unless ``--allow-busy``, which marks it.
 
-    python bench/run.py                                  # CPU: small preset, 64 and 128 px, batch 1 and 4
+    python bench/run.py                                  # CPU: small preset, 64, 128, 256 px, batch 1 and 4
     python bench/run.py --device cuda                    # GPU: paper preset, 256 px, batch 1 and 8
     python bench/run.py --device cuda --preset paper --size 256 --batch 1 8
     python bench/run.py --backends onnxruntime --size 64 --batch 1 --repeats 1 --no-write
