@@ -4,8 +4,8 @@ per-step progress callback, on the bundled image package (ONNX Runtime, no torch
 Agreement tolerance: on a 96x96 photo with tiles of 64 (4 tiles, overlap 16; the untiled
 network sees the whole image), 6 Euler steps of Gaussian-blur restoration, tiled and untiled
 agree to PSNR 33.4 dB (astronaut; coffee 34.4 dB, measured); the test asks for 30 dB. Full
-18-step runs at 192x192 with the automatic tiles (128) agree to 27.5-36.7 dB over three tasks
-and two photos (bench/results/tiling-*.md). The agreement is not exact even on a constant
+18-step runs at 192x192 with the automatic tiles (128) agree to 29.1-33.3 dB over three tasks
+(bench/results/tiling-agreement-*.md). The agreement is not exact even on a constant
 image (36 dB there, max difference 0.12 at 6 steps): the U-Net's zero padding makes its
 output near a tile's border differ from the same pixels inside a larger image. What is exact
 is the blending: a regulariser that acts pixel by pixel comes out of the tiling unchanged (to
