@@ -187,3 +187,13 @@ def test_outputs_dicom_fastmri_mrd_png(raw, solver, tmp_path):
         write_outputs(images, scan.header_xml, tmp_path, "scan")
     assert paths["mrd"].stat().st_mtime_ns == before
     assert not [p for p in tmp_path.rglob(".*")]                          # no temporaries left
+
+
+def test_the_solver_reads_a_raw_mrd_file_as_the_slice_path_does(raw, solver):
+    """``Solver.solve_raw`` gives each slice of the file, equal to reconstructing it by hand."""
+    scan = read_raw(raw["under"])
+    recs = solver.solve_raw(raw["under"], steps=3, seed=5)
+    assert len(recs) == len(scan.slices)
+    by_hand = reconstruct_slice(solver, scan.slices[1], scan.encoding, ReconSettings(steps=3, seed=5))
+    np.testing.assert_allclose(recs[1].image, by_hand.image, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(recs[0].image)) and recs[0].std is None
