@@ -161,32 +161,97 @@ def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = Fa
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume: bool, progress: bool) -> dict:
-    t = cfg.train
-    device = pick_device(t.device, ctx.local_rank)
-    if t.threads:
-        torch.set_num_threads(t.threads)
+def _previous_checkpoint(ckpt_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from; a run never writes over another's checkpoints."""
     previous = latest_checkpoint(ckpt_dir)
     if previous is not None and not resume:
         raise InputError(f"{ckpt_dir} already holds checkpoints (newest: {previous.name}); pass --resume "
                          "to continue that run, or choose another output folder")
     if resume and previous is None:
         raise InputError(f"--resume: no complete checkpoint in {ckpt_dir}; start without --resume")
+    return previous
 
+
+def _build(cfg: TrainConfig, device, previous: Path | None):
+    """Model, EMA, optimizer, the first step and the parameter counts: fresh (or from ``train.init_from``), or the
+    state of checkpoint ``previous`` when resuming."""
+    t = cfg.train
     torch.manual_seed(t.seed)  # the same initial weights on every process
     model = DiffUnfolding(cfg.model).to(device)
     model.check_image_size((cfg.data.size, cfg.data.size))
-    if t.init_from and not resume:
+    if t.init_from and previous is None:
         initialise_from(model, t.init_from)
     counts = model.parameter_counts()  # before any freezing: the model's size
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
                         use_buffers=True)
     optimizer = make_optimizer(model, t)
-    start = 0
-    if resume:
-        start = int(load_training_state(previous, model, ema, optimizer)["step"])
+    start = 0 if previous is None else int(load_training_state(previous, model, ema, optimizer)["step"])
     if start >= t.steps:
         raise InputError(f"the run is already at step {start} of {t.steps}; raise train.steps to go on")
+    return model, ema, optimizer, start, counts
+
+
+def _open_logs(out: Path, cfg: TrainConfig) -> tuple[CSVLog, CSVLog]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", cfg.to_dict(), indent=1)
+    log = CSVLog(out / "log.csv", ["step", "loss", "mse", "weighted_mse", "u", "lr", "grad_norm",
+                                   "task", "images_per_s", "elapsed_s"])
+    val_log = CSVLog(out / "val.csv", ["step", "task", "psnr_model", "psnr_pinv", "psnr_baseline",
+                                       "ssim_model", "ssim_baseline"])
+    return log, val_log
+
+
+def _validate(module, val, cfg: TrainConfig, val_log: CSVLog, bar, step: int) -> list[dict]:
+    """The EMA model on the held-out images; rows to val.csv and a table to the console."""
+    images, maps = val
+    module.eval()
+    rows = evaluate(module, images, cfg.val.tasks, cfg.val.noise, cfg.val.steps, cfg.val.sampler,
+                    seed=cfg.train.seed, coil_maps=maps)
+    for r in rows:
+        val_log.write({"step": step, "task": r["task"], **{k: f"{r[k]:.4f}" for k in
+                      ("psnr_model", "psnr_pinv", "psnr_baseline", "ssim_model", "ssim_baseline")}})
+    (bar.write if bar else print)(f"validation at step {step}:\n{format_rows(rows)}")
+    return rows
+
+
+def _log_step(log: CSVLog, bar, done: int, terms: dict, lr: float, grad_norm, task: str, speed: float,
+              elapsed: float) -> None:
+    loss = float(terms["loss"].item())
+    log.write({"step": done, "loss": f"{loss:.6f}", "mse": f"{terms['mse'].mean().item():.6g}",
+               "weighted_mse": f"{terms['weighted'].mean().item():.6g}",
+               "u": f"{terms['u'].mean().item():.4f}", "lr": f"{lr:.3g}",
+               "grad_norm": f"{float(grad_norm):.4g}", "task": task,
+               "images_per_s": f"{speed:.2f}", "elapsed_s": f"{elapsed:.1f}"})
+    if bar:
+        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
+
+
+def _gradient(objective, model, batch: dict, space, device, amp: bool, grad_clip: float):
+    """The loss terms of one batch and, when the loss is finite, its (clipped) gradient in the
+    parameters' ``.grad`` and their norm; NaN when it is not."""
+    x = space.to_model(to_tensor(batch["x"], device))
+    y = to_tensor(batch["y"], device)
+    sigma = to_tensor(batch["sigma"], device)
+    noise = to_tensor(batch["noise"], device)
+    noise_std = to_tensor(np.asarray(batch["sigma_y"], dtype=np.float32), device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        terms = objective(x, sigma, noise, y, batch["operator"], noise_std)
+    for p in model.parameters():
+        p.grad = None
+    grad_norm = torch.tensor(math.nan)
+    if torch.isfinite(terms["loss"]):
+        terms["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    return terms, grad_norm
+
+
+def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume: bool, progress: bool) -> dict:
+    t = cfg.train
+    device = pick_device(t.device, ctx.local_rank)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    previous = _previous_checkpoint(ckpt_dir, resume)
+    model, ema, optimizer, start, counts = _build(cfg, device, previous if resume else None)
 
     objective = UnfoldingObjective(model)
     if ctx.world > 1:
@@ -196,12 +261,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
 
     val = validation_set(cfg) if ctx.main else None
     if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", cfg.to_dict(), indent=1)
-        log = CSVLog(out / "log.csv", ["step", "loss", "mse", "weighted_mse", "u", "lr", "grad_norm",
-                                       "task", "images_per_s", "elapsed_s"])
-        val_log = CSVLog(out / "val.csv", ["step", "task", "psnr_model", "psnr_pinv", "psnr_baseline",
-                                           "ssim_model", "ssim_baseline"])
+        log, val_log = _open_logs(out, cfg)
         print(f"diffunfold train: {cfg.name}, {counts['total']:,} parameters "
               f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)"
               + (", frozen" if t.freeze_regularizers else "") + f"), K={model.stages}, "
@@ -225,18 +285,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     tick, tick_step = t0, start
 
     def validate(step: int) -> list[dict]:
-        if val is None:
-            return []
-        images, maps = val
-        ema.module.eval()
-        rows = evaluate(ema.module, images, cfg.val.tasks, cfg.val.noise, cfg.val.steps, cfg.val.sampler,
-                        seed=t.seed, coil_maps=maps)
-        for r in rows:
-            val_log.write({"step": step, "task": r["task"], **{k: f"{r[k]:.4f}" for k in
-                          ("psnr_model", "psnr_pinv", "psnr_baseline", "ssim_model", "ssim_baseline")}})
-        msg = f"validation at step {step}:\n{format_rows(rows)}"
-        (bar.write if bar else print)(msg)
-        return rows
+        return _validate(ema.module, val, cfg, val_log, bar, step) if val is not None else []
 
     for batch in loader:
         step = int(batch["step"])
@@ -244,38 +293,20 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
         torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout draws depend on the step only
-        x = space.to_model(to_tensor(batch["x"], device))
-        y = to_tensor(batch["y"], device)
-        sigma = to_tensor(batch["sigma"], device)
-        noise = to_tensor(batch["noise"], device)
-        noise_std = to_tensor(np.asarray(batch["sigma_y"], dtype=np.float32), device)
         model.train()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            terms = objective(x, sigma, noise, y, batch["operator"], noise_std)
-        loss = terms["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        grad_norm = torch.tensor(math.nan)
-        if torch.isfinite(loss):
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip if t.grad_clip > 0 else math.inf)
-        if not skips.check(loss, grad_norm, step, batch):
+        terms, grad_norm = _gradient(objective, model, batch, space, device, amp, t.grad_clip)
+        if not skips.check(terms["loss"], grad_norm, step, batch):
             optimizer.step()
         ema.update_parameters(model)
         done = step + 1
-        last_loss = float(loss.item())
+        last_loss = float(terms["loss"].item())
 
         if ctx.main:
             if done % t.log_every == 0 or done == t.steps:
                 now = time.perf_counter()
                 speed = (done - tick_step) * t.batch_size / max(now - tick, 1e-9)
                 tick, tick_step = now, done
-                log.write({"step": done, "loss": f"{last_loss:.6f}", "mse": f"{terms['mse'].mean().item():.6g}",
-                           "weighted_mse": f"{terms['weighted'].mean().item():.6g}",
-                           "u": f"{terms['u'].mean().item():.4f}", "lr": f"{lr:.3g}",
-                           "grad_norm": f"{float(grad_norm):.4g}", "task": batch["task"],
-                           "images_per_s": f"{speed:.2f}", "elapsed_s": f"{now - t0:.1f}"})
-                if bar:
-                    bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{speed:.1f}")
+                _log_step(log, bar, done, terms, lr, grad_norm, batch["task"], speed, now - t0)
             if bar:
                 bar.update(1)
         final = done == t.steps
