@@ -184,6 +184,9 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (["send", "nowhere.h5"], ("nowhere.h5",)),
     (["mrd-phantom", "afile"], ("afile", "already exists")),
     (["mrd-phantom", "new.h5", "--slices", "0"], ("slices",)),
+    (["mrd-phantom", "new.h5", "--size", "5"], ("--size", "'5'")),
+    (["serve", MRI_PKG, "--port", "-1"], ("--port", "'-1'")),
+    (["build-engines", MRI_PKG, "--target", "h100", "--gpu", "-1"], ("--gpu", "'-1'")),
     # the data command
     (["data", "photos", "afile"], ("afile", "is a file")),
     (["data", "pictures", "new"], ("'pictures'",)),
@@ -264,8 +267,8 @@ CASES = len(TABLE) + EXAMPLES * len(NUMERIC)
 
 
 def test_the_harness_is_as_large_as_stated():
-    """111 table cases + 12 x 14 generated ones = 279 malformed command lines."""
-    assert (len(TABLE), len(NUMERIC), CASES) == (111, 14, 279)
+    """114 table cases + 12 x 14 generated ones = 282 malformed command lines."""
+    assert (len(TABLE), len(NUMERIC), CASES) == (114, 14, 282)
     commands = {argv[0] for argv, _ in TABLE}
     assert {"mask", "phantom", "restore", "mri", "demo", "selfcheck", "evaluate", "train", "export",
             "build-engines", "serve", "send", "mrd-phantom", "data"} <= commands

@@ -33,6 +33,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from . import cli_values as V
 from .errors import InputError, require
 from .package import ModelPackage, sha256_file, write_json_atomic
 
@@ -798,7 +799,8 @@ def add_build_engines_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing-cache", metavar="PATH",
                         help="TensorRT timing cache to read and update (default engines/built/<target>.timing.cache)")
     parser.add_argument("--out", metavar="DIR", help="where to write the engines (default PACKAGE/engines/<target>)")
-    parser.add_argument("--gpu", type=int, default=0, help="CUDA device index to build on (default 0)")
+    parser.add_argument("--gpu", type=V.Bounded(0, 63, integer=True), default=0,
+                        help="CUDA device index to build on (default 0)")
     parser.add_argument("--verbose", action="store_true", help="show TensorRT's own INFO messages")
 
 

@@ -7,9 +7,12 @@ import argparse
 import json
 from pathlib import Path
 
+from .. import cli_values as V
 from ..errors import InputError
 
 __all__ = ["add_parsers", "run_mri_raw"]
+
+PORT = V.Bounded(0, 65535, integer=True, meaning="0: a free one")
 
 SERVE_EPILOG = """\
 examples:
@@ -38,16 +41,16 @@ outputs (in --out; only when the server finished without error; existing ones ne
 
 
 def _add_recon_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, metavar="N", help="sampler steps (default: the package's schedule)")
-    p.add_argument("--samples", type=int, default=1, metavar="N",
+    p.add_argument("--steps", type=V.STEPS, metavar="N", help="sampler steps (default: the package's schedule)")
+    p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
                    help="posterior samples per slice: > 1 also returns a std map as series 2 (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; slice s uses seed + s (default: 0)")
+    p.add_argument("--seed", type=V.SEED, default=0, help="base seed; slice s uses seed + s (default: 0)")
     p.add_argument("--coil-maps", choices=["calibration", "espirit"], default="calibration",
                    help="coil maps from the calibration region (default) or by ESPIRiT (SigPy)")
-    p.add_argument("--bits", type=int, default=12, help="stored bits of the uint16 images (default: 12)")
+    p.add_argument("--bits", type=V.Bounded(8, 16, integer=True), default=12, help="stored bits of the uint16 images (default: 12)")
     p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads for the network (default: all)")
+    p.add_argument("--threads", type=V.THREADS, metavar="N", help="CPU threads for the network (default: all)")
 
 
 def add_parsers(sub) -> None:
@@ -59,7 +62,7 @@ def add_parsers(sub) -> None:
                        epilog=SERVE_EPILOG)
     p.add_argument("package", help="an MRI model package folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on, and only there (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9002, help="TCP port; 0 picks a free one (default: 9002)")
+    p.add_argument("--port", type=PORT, default=9002, help="TCP port; 0 picks a free one (default: 9002)")
     p.add_argument("--savedata", type=Path, metavar="DIR", help="also save each complete stream as an MRD file")
     p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a silent connection is kept (300)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -72,7 +75,7 @@ def add_parsers(sub) -> None:
                                    "server) and save the images it sends back.")
     p.add_argument("file", type=Path, metavar="FILE.h5")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=9002)
+    p.add_argument("--port", type=PORT, default=9002)
     p.add_argument("--config", default="diffunfold", help="the CONFIG_FILE name sent first (default: diffunfold)")
     p.add_argument("--config-text", metavar="JSON", help="a CONFIG_TEXT message, e.g. '{\"samples\": 4}'")
     p.add_argument("--out", type=Path, default=Path("received"), help="output folder (default: received/)")
@@ -87,13 +90,13 @@ def add_parsers(sub) -> None:
                                    "lines of a 1-D mask, flagged as a scanner does.")
     p.add_argument("out", type=Path, metavar="OUT.h5")
     p.add_argument("--from-fastmri", type=Path, metavar="FILE.h5", help="convert this fastMRI volume instead")
-    p.add_argument("--slices", type=int, default=4)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--coils", type=int, default=8)
+    p.add_argument("--slices", type=V.COUNT, default=4)
+    p.add_argument("--size", type=V.image_side(16, 4096), default=64)
+    p.add_argument("--coils", type=V.COILS, default=8)
     p.add_argument("--mask", default="gaussian1d", choices=["uniform1d", "random1d", "gaussian1d"])
     p.add_argument("--acceleration", type=float, default=4.0, help="1 writes every line (default: 4)")
     p.add_argument("--noise", type=float, default=0.0, help="k-space noise std of the simulation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_phantom)
 
