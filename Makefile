@@ -8,10 +8,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo data test install bench quality clean
 
+# Not the openvino extra: with OpenVINO 2026.4 loaded, the test process died of a segmentation
+# fault in about one full run in two (without it, never); its tests skip when it is absent.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[train,export,dev,eval,mrd,openvino]"
+	$(PY) -m pip install --quiet -e ".[train,export,dev,eval,mrd]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -112,7 +112,12 @@ def send_file(path: str | os.PathLike, host: str = "127.0.0.1", port: int = 9002
 
     items = iter_acquisitions(path)
     try:
-        header_xml = next(items)
-    except StopIteration:  # pragma: no cover - iter_acquisitions always yields the header
-        raise InputError(f"{path} has no header") from None
-    return stream(host, port, header_xml, items, **options)
+        try:
+            header_xml = next(items)
+        except StopIteration:  # pragma: no cover - iter_acquisitions always yields the header
+            raise InputError(f"{path} has no header") from None
+        return stream(host, port, header_xml, items, **options)
+    finally:
+        # Close the file here, in this thread: left to the garbage collector, an unfinished
+        # reader would close its HDF5 file in whichever thread happens to collect it.
+        items.close()
