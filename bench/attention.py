@@ -1,12 +1,15 @@
 """Attention before and after: one regulariser call with the spelled-out attention
 (MatMul-Softmax-MatMul, the packages before) and with the fused node (``com.microsoft::
-MultiHeadAttention``, new exports), on ONNX Runtime and OpenVINO, at several sizes.
+MultiHeadAttention``, new exports), on ONNX Runtime and OpenVINO, at several sizes; and the
+fused form without attention at the H/4 level (``fused-h8``), the cost side of whether that
+level earns its place (the quality side: ``bench/variants.py --from-scratch``).
 
-The same random weights of ``--preset`` are exported in both forms. Each case runs in a fresh
+The same random weights of ``--preset`` are exported in both forms (``fused-h8``: the preset
+without the H/4 attention blocks, its own random weights). Each case runs in a fresh
 process (so its peak memory is its own): it loads the backend, runs one warm-up call and then
 ``--repeats`` timed calls of a batch at one size, and reports the median time per call and the
 process's peak resident memory (``ru_maxrss``), absolute and above the memory after loading.
-Cases are interleaved (for each size and backend: spelled, then fused), so the ratios compare
+Cases are interleaved (for each size and backend: spelled, fused, fused-h8), so the ratios compare
 neighbours in time.
 
     python bench/attention.py                                  # 64 128 256 512 px, batch 1; 256 px batch 8
@@ -28,7 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_number, markdown_table, peak_memory_mb, reset_peak_memory  # noqa: E402
 from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
 
-FORMS = ("spelled", "fused")
+# name: (how attention is exported, model overrides). "fused-h8" is the question of issue 16:
+# does attention at the H/4 level earn its cost? The same preset without it (H/8 and the middle
+# only), fused. Its quality at an equal training budget: bench/variants.py --from-scratch.
+FORMS = {"spelled": ("spelled", ()), "fused": ("fused", ()),
+         "fused-h8": ("fused", ("model.unet.attention_levels=[3]",))}
 
 
 def child(pkg_path: str, backend: str, size: int, batch: int, repeats: int) -> dict:
@@ -80,9 +87,9 @@ def run(args) -> list[dict]:
 
     with tempfile.TemporaryDirectory(prefix="diffunfold-attention-") as tmp:
         pkgs = {}
-        for form in FORMS:
-            pkgs[form] = export_model(random_model(args.preset), Path(tmp) / form, attention=form,
-                                      log=lambda s: None).path
+        for form, (attention, overrides) in FORMS.items():
+            pkgs[form] = export_model(random_model(args.preset, overrides=overrides), Path(tmp) / form,
+                                      attention=attention, log=lambda s: None).path
         for size, batch in cases(args):
             for backend in args.backends:
                 pair = {}
@@ -93,11 +100,18 @@ def run(args) -> list[dict]:
                     rows.append(row)
                     print(" ".join(f"{k}={fmt_number(v) if isinstance(v, float) else v}" for k, v in row.items()),
                           flush=True)
-                a, b = pair["spelled"], pair["fused"]
-                if "ms_per_call" in a and "ms_per_call" in b:
-                    b["time_ratio"] = b["ms_per_call"] / a["ms_per_call"]
-                    b["peak_ratio"] = (b["peak_mb"] - b["loaded_mb"]) / max(a["peak_mb"] - a["loaded_mb"], 1e-9)
+                ratios(pair)
     return rows
+
+
+def ratios(pair: dict) -> None:
+    """Time and memory above loaded of each form over the spelled-out form's, in place."""
+    a = pair["spelled"]
+    for form in FORMS:
+        b = pair[form]
+        if form != "spelled" and "ms_per_call" in a and "ms_per_call" in b:
+            b["time_ratio"] = b["ms_per_call"] / a["ms_per_call"]
+            b["peak_ratio"] = (b["peak_mb"] - b["loaded_mb"]) / max(a["peak_mb"] - a["loaded_mb"], 1e-9)
 
 
 def to_markdown(rows: list[dict], args) -> str:
@@ -107,11 +121,13 @@ def to_markdown(rows: list[dict], args) -> str:
     cols = ["size", "batch", "backend", "attention", "ms_per_call", "peak_mb", "above_loaded_mb", "time_ratio",
             "peak_ratio", "error"]
     heads = ["px", "batch", "backend", "attention", "ms / call", "peak RSS MB", "peak above loaded MB",
-             "time fused / spelled", "memory above loaded, fused / spelled", "error"]
+             "time / spelled", "memory above loaded / spelled", "error"]
     shown = [{c: fmt_number(r.get(c)) for c in cols} for r in rows]
     return (f"One regulariser call of the `{args.preset}` preset (random weights), median of {args.repeats} after a "
             "warm-up, each case in a fresh process; peak RSS = the process's high-water mark from the first call on "
-            "(Python, the libraries, the weights and the calls), 'above loaded' = minus the RSS once the backend was loaded. OpenVINO in bf16.\n\n"
+            "(Python, the libraries, the weights and the calls), 'above loaded' = minus the RSS once the backend was loaded. OpenVINO in bf16. "
+            "Forms: `spelled` MatMul-Softmax-MatMul, `fused` one MultiHeadAttention node, `fused-h8` the fused form "
+            "without attention at the H/4 level (H/8 and the middle only).\n\n"
             + markdown_table(shown, cols, heads, fmt=str))
 
 

@@ -20,15 +20,16 @@ from diffunfold.package import ModelPackage
 
 # -- models ---------------------------------------------------------------------------------
 
-def random_model(preset: str, seed: int = 0):
-    """The ``DiffUnfolding`` model of ``preset`` with random weights (torch, eval mode)."""
+def random_model(preset: str, seed: int = 0, overrides: Sequence[str] = ()):
+    """The ``DiffUnfolding`` model of ``preset`` (with ``table.key=value`` ``overrides``) with
+    random weights (torch, eval mode)."""
     import torch
 
     from diffunfold.training.config import load_config
     from diffunfold.training.model import DiffUnfolding
 
     torch.manual_seed(seed)
-    model = DiffUnfolding(load_config(preset).model)
+    model = DiffUnfolding(load_config(preset, list(overrides)).model)
     with torch.no_grad():  # zero-initialised layers would make parts of the network trivial
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))

@@ -51,10 +51,14 @@ def run(args) -> list[dict]:
 
 
 def threshold(rows: list[dict], margin: float = 0.95) -> int | None:
-    """The smallest element count from which threads are faster by ``1 - margin`` in every row."""
-    counts = sorted({r["elements"] for r in rows})
+    """The smallest element count from which threads are faster by ``1 - margin`` at every count
+    on, judged by the median ratio of the rows (transforms, batches) with that count."""
+    by_count: dict[int, list[float]] = {}
+    for r in rows:
+        by_count.setdefault(r["elements"], []).append(r["ratio"])
+    counts = sorted(by_count)
     for c in counts:
-        if all(r["ratio"] < margin for r in rows if r["elements"] >= c):
+        if all(statistics.median(by_count[k]) < margin for k in counts if k >= c):
             return c
     return None
 

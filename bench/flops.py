@@ -21,8 +21,8 @@ machines often report no maximum: the nominal clock then stands in and boost clo
 faster); FLOPs per cycle of the detected microarchitecture (``flops_per_cycle``: Zen 4 runs
 AVX-512 as two 256-bit halves, 32; Zen 5 server/desktop and two-unit AVX-512 cores 64; AVX2 +
 FMA 32; otherwise 8). That nominal peak is printed, never used as "perfect": ``bench/run.py``
-measures the machine's FP32 matrix-multiply rate in the same run (``matmul_rate``) and
-reports efficiency against it. GPUs: datasheet peaks without sparsity, from
+measures the machine's matrix-multiply rate in the same run (``bench/matmul_rate.py``: the
+best GEMM of the libraries at hand, in FP32 and bf16) and reports efficiency against it. GPUs: datasheet peaks without sparsity, from
 the table below, keyed by the GPU's name: dense FP16 tensor-core peak for TensorRT FP16
 engines, FP32 (non-tensor) peak for ONNX Runtime CUDA and torch (TF32 would allow more).
 
@@ -148,30 +148,6 @@ def _cpu_id(f: dict[str, str]) -> dict:
             return 0
     return {"vendor": f.get("Vendor ID", ""), "family": num("CPU family"), "model": num("Model"),
             "name": f.get("Model name", "")}
-
-
-def matmul_rate(sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
-    """The machine's achievable FP32 matrix-multiply rate, measured now: numpy's sgemm (its BLAS,
-    all the cores it uses) on square matrices of ``sizes``, the best of ``repeats`` each.
-    ``{"gflops": best over sizes, "per_size": {n: GFLOP/s}}``."""
-    import time
-
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    per = {}
-    for n in sizes:
-        a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
-        a @ b  # warm-up: threads, pages
-        best = min(_timed(lambda: a @ b, time.perf_counter) for _ in range(repeats))
-        per[n] = 2 * n**3 / best / 1e9
-    return {"gflops": max(per.values()), "per_size": per}
-
-
-def _timed(fn, clock) -> float:
-    t0 = clock()
-    fn()
-    return clock() - t0
 
 
 def cpu_peak(lscpu: dict[str, str] | None = None, threads: int | None = None) -> Peak:

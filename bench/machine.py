@@ -92,11 +92,15 @@ def machine_info() -> dict:
 
 # -- was the machine quiet? -------------------------------------------------------------------
 
-# A run is quiet when the 1-minute load average at its start is at most half the cores and the
-# other processes used at most a quarter of a core on average while it ran (the load average at
-# its end counts the benchmark's own threads, so it cannot be the test).
-QUIET_START_LOAD = 0.5     # per core
+# A run is quiet when other processes used at most a quarter of a core, on average, in a short
+# window before it and while it ran. The load averages at the start and the end are reported
+# beside it (the end's counts the benchmark's own threads).
+QUIET_START_LOAD = 0.5     # per core; only where /proc/stat cannot tell what other processes use
 QUIET_OTHERS_CORES = 0.25
+# The load average is a decaying mean over a minute: right after another benchmark it still
+# reads ~2 on an idle machine. So quiet is judged by what other processes use, measured: over
+# this window before the run, and over the whole run.
+START_SAMPLE_S = 2.0
 
 
 def _cpu_busy_s() -> float | None:
@@ -124,32 +128,48 @@ def _load() -> float | None:
         return None
 
 
-class LoadWatch:
-    """The load around a benchmark: the load average at the start and the end, and how many
-    cores other processes used meanwhile (all CPU time in /proc/stat minus this process's and
-    its children's, over the wall time)."""
+class _OthersMeter:
+    """Cores that other processes used since it was started: all CPU time in /proc/stat minus
+    this process's and its children's, over the wall time (None without /proc/stat)."""
 
     def __init__(self):
-        self.start_load, self.t0 = _load(), time.perf_counter()
-        self.busy0, self.own0 = _cpu_busy_s(), _own_cpu_s()
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _cpu_busy_s(), _own_cpu_s()
+
+    def cores(self) -> float | None:
+        wall, busy1, own1 = time.perf_counter() - self.t0, _cpu_busy_s(), _own_cpu_s()
+        if self.busy0 is None or busy1 is None or wall <= 0:
+            return None
+        return round(max(0.0, (busy1 - self.busy0) - (own1 - self.own0)) / wall, 2)
+
+
+class LoadWatch:
+    """The load around a benchmark: the load average at the start and the end (reported), and
+    the cores other processes used in a short window before the run and during it (judged)."""
+
+    def __init__(self, sample_s: float = START_SAMPLE_S):
+        self.start_load = _load()
+        before = _OthersMeter()
+        time.sleep(sample_s)
+        self.start_others = before.cores()
+        self.during = _OthersMeter()
 
     def finish(self) -> dict:
-        wall = time.perf_counter() - self.t0
-        busy1, own1 = _cpu_busy_s(), _own_cpu_s()
-        others = None
-        if self.busy0 is not None and busy1 is not None and wall > 0:
-            others = round(max(0.0, (busy1 - self.busy0) - (own1 - self.own0)) / wall, 2)
-        cores = os.cpu_count() or 1
-        quiet = (self.start_load is not None and self.start_load <= QUIET_START_LOAD * cores
-                 and others is not None and others <= QUIET_OTHERS_CORES)
+        others = self.during.cores()
+        if others is None or self.start_others is None:  # no /proc/stat: the load average alone
+            cores = os.cpu_count() or 1
+            quiet = self.start_load is not None and self.start_load <= QUIET_START_LOAD * cores
+        else:
+            quiet = max(others, self.start_others) <= QUIET_OTHERS_CORES
         return {"load_average_start": self.start_load, "load_average_end": _load(),
-                "other_processes_cores": others, "quiet": quiet}
+                "other_processes_cores_before": self.start_others, "other_processes_cores": others, "quiet": quiet}
 
 
 def describe_load(load: dict) -> str:
+    before = load.get("other_processes_cores_before")
     return (f"load average {load['load_average_start']} at the start, {load['load_average_end']} at the end; "
-            f"other processes used {load['other_processes_cores']} cores on average during the run: "
-            + ("quiet" if load["quiet"] else "BUSY"))
+            + (f"other processes used {before} cores just before the run and " if before is not None else
+               "other processes used ")
+            + f"{load['other_processes_cores']} cores on average during it: " + ("quiet" if load["quiet"] else "BUSY"))
 
 
 def may_write(load: dict, allow_busy: bool, say=print) -> bool:
@@ -163,8 +183,8 @@ def may_write(load: dict, allow_busy: bool, say=print) -> bool:
         say("the machine was busy: writing anyway (--allow-busy); the results are marked as measured on a busy "
             "machine")
         return True
-    say(f"the machine was busy (start load above {QUIET_START_LOAD} per core, or other processes above "
-        f"{QUIET_OTHERS_CORES} cores): no results written; rerun on a quiet machine, or pass --allow-busy to "
+    say(f"the machine was busy (other processes above {QUIET_OTHERS_CORES} cores before or during the run): "
+        "no results written; rerun on a quiet machine, or pass --allow-busy to "
         "record them marked as busy")
     return False
 

@@ -19,8 +19,9 @@ What it does, in one run:
    torch physics and networks) on the same measurements and seeds: ratio = reference time /
    backend time (> 1: the backend is faster), and the largest difference of the outputs;
 4. per backend and size, the time of one regulariser call (batch 1, median of
-   ``--call-repeats``) next to its floor: its FLOPs (bench/flops.py) over the FP32 matrix-
-   multiply rate this machine reached in this run (numpy sgemm; the nominal peak of the
+   ``--call-repeats``) next to its floor: its FLOPs (bench/flops.py) over the matrix-multiply
+   rate this machine reached in this run in the row's precision (bench/matmul_rate.py: the best
+   GEMM of numpy, torch, ONNX Runtime and OpenVINO; the nominal peak of the
    detected microarchitecture printed beside it, never used as "perfect"; on a GPU the
    datasheet peak); efficiency = floor / measured. The solve rows carry the same for the
    network time (K x NFE calls per image).
@@ -50,6 +51,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops as flopcount  # noqa: E402
+import matmul_rate  # noqa: E402
 from common import (fmt_number, markdown_table, median_time, peak_memory_mb, prepare_engines,  # noqa: E402
                     random_package, reference_model, reset_peak_memory)
 from machine import RESULTS, LoadWatch, machine_info, may_write, write_results  # noqa: E402
@@ -89,6 +91,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="the operator: a task name and name=value parameters, e.g. --task sr factor=4 "
                          "(default gaussian_blur)")
     ap.add_argument("--noise", type=float, default=0.05, help="measurement noise std (default 0.05)")
+    ap.add_argument("--tile", default="auto", type=lambda v: None if v in ("none", "0") else (v if v == "auto" else int(v)),
+                    help="the regulariser's tiles, as Solver.solve takes them: auto (default, the runtime's "
+                         "choice: images over twice the training size run in tiles), a side in px, or none "
+                         "(whole, as the torch reference runs)")
     ap.add_argument("--no-reference", action="store_true", help="skip the torch reference sampler")
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime and torch (default: theirs)")
     ap.add_argument("--target", help="TensorRT engine target to build (default: the GPU's, from engines/targets)")
@@ -226,11 +232,11 @@ def time_reference(model, device, y: np.ndarray, op, args) -> tuple[float, np.nd
 
 def time_solver(solver: Solver, y: np.ndarray, op, args):
     """The median run of ``Solver.solve`` (by its total time) and the median wall time."""
-    solver.solve(y, op, steps=2, seed=0)  # warm-up: sessions, engines' profiles, FFT plans
+    solver.solve(y, op, steps=2, seed=0, tile=args.tile)  # warm-up: sessions, engines' profiles, FFT plans
     runs, walls = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        runs.append(solver.solve(y, op, steps=args.steps, seed=0))
+        runs.append(solver.solve(y, op, steps=args.steps, seed=0, tile=args.tile))
         walls.append(time.perf_counter() - t0)
     return sorted(runs, key=lambda r: r.timing.total)[len(runs) // 2], statistics.median(walls)
 
@@ -249,7 +255,7 @@ def time_call(solver: Solver, pkg: ModelPackage, size: int, repeats: int) -> flo
 
 def floors(args, pkg: ModelPackage, solvers: dict, info: dict) -> tuple[dict, dict, str, dict]:
     """``(FLOPs per size, {label: Peak}, what was counted, the matmul measurement)``. On a CPU the
-    floor is the matrix-multiply rate measured now (``flops.matmul_rate``), the nominal peak of
+    floor is the matrix-multiply rate measured now (``matmul_rate.measure``, per precision), the nominal peak of
     the detected microarchitecture only printed beside it; on a GPU the datasheet peak."""
     try:
         m = pkg.size_multiple   # the network runs on sizes padded to a multiple of this
@@ -260,15 +266,16 @@ def floors(args, pkg: ModelPackage, solvers: dict, info: dict) -> tuple[dict, di
     if args.device_kind == "cuda" or args.peak_gflops:
         return flops_of, {n: flopcount.peak_for(args.device, b, info.get("gpu"), args.peak_gflops, args.threads)
                           for n, b in _bases(solvers)}, note, {}
-    mm = flopcount.matmul_rate()
     nominal = flopcount.cpu_peak(threads=args.threads)
-    say(f"measured FP32 matmul rate: {mm['gflops']:.0f} GFLOP/s (numpy sgemm, best of sizes "
-        f"{', '.join(map(str, mm['per_size']))}); nominal peak {nominal.flops / 1e9:.0f} GFLOP/s ({nominal.source}), "
-        "not used as a floor")
-    measured = flopcount.Peak(nominal.device, "FP32 sgemm, measured", mm["gflops"] * 1e9,
-                              "numpy sgemm in this run, best of sizes")
-    mm["nominal"] = nominal.describe()
-    return flops_of, {n: measured for n in solvers}, note, mm
+    precisions = {label: ("bf16" if "bf16" in label else "fp32") for label in solvers}
+    mm = {p: matmul_rate.measure(p) for p in sorted(set(precisions.values()))}
+    for p, m in mm.items():
+        say(f"measured {p} matmul rate: {matmul_rate.describe(m)}")
+    say(f"nominal FP32 peak {nominal.flops / 1e9:.0f} GFLOP/s ({nominal.source}), not used as a floor")
+    peaks = {p: flopcount.Peak(nominal.device, f"{p.upper()} GEMM, measured", m["gflops"] * 1e9,
+                               f"{m['library']} GEMM in this run, the best of the libraries at hand")
+             for p, m in mm.items()}
+    return flops_of, {n: peaks[p] for n, p in precisions.items()}, note, {"rates": mm, "nominal": nominal.describe()}
 
 
 def _bases(solvers: dict):
@@ -300,7 +307,7 @@ def solve_row(solver: Solver, name: str, pkg: ModelPackage, case: dict, args, re
            "backend_detail": solver.backend_name, "s_per_image": per, "images_per_s": 1 / per,
            "network_s": tm.network / batch, "physics_s": tm.physics / batch, "sampler_s": tm.sampler / batch,
            "wall_s_per_image": wall / batch, "network_calls": tm.network_calls, "nfe": best.nfe,
-           "peak_mb": peak_memory_mb(), "peak_above_mb": peak_memory_mb() - before}
+           "peak_mb": peak_memory_mb(), "peak_above_mb": peak_memory_mb() - before, "tiling": best.tiling}
     if f and peak:
         floor = peak.floor(flopcount.solve_flops(f["flops"], pkg.stages, args.steps))
         row.update(floor_network_s=floor, network_efficiency=floor / max(row["network_s"], 1e-12))
@@ -403,11 +410,14 @@ def to_markdown(res: dict) -> str:
         "OpenVINO) in the same case (< 1: faster); peak MB = the process's peak resident memory, + MB = above "
         "what it held before the case; ratio = torch reference / backend (> 1: faster than the reference); max rel "
         "diff: largest |backend - reference| over the reference's largest value; network floor = FLOPs of the "
-        "K x NFE regulariser calls over the floor rate (below), efficiency = floor / network time.",
-        table(res["solves"], ["size", "batch", "mode", "backend", "s_per_image", "vs_ort", "images_per_s",
+        "K x NFE regulariser calls over the floor rate (below), efficiency = floor / network time. regulariser: "
+        "how the runtime ran R_k (`--tile`; by default in tiles above twice the training size); the reference "
+        "always runs it whole, so where the runtime tiles, max rel diff measures the tiling, not the backend, and the "
+        "floor (whole-image FLOPs) understates the tiled work.",
+        table(res["solves"], ["size", "batch", "mode", "backend", "tiling", "s_per_image", "vs_ort", "images_per_s",
                               "network_s", "physics_s", "sampler_s", "peak_mb", "peak_above_mb", "floor_network_s",
                               "network_efficiency", "reference_s_per_image", "ratio", "max_rel_diff"],
-              ["size", "batch", "mode", "backend", "s/image", "vs ORT", "images/s", "network", "physics", "sampler",
+              ["size", "batch", "mode", "backend", "regulariser", "s/image", "vs ORT", "images/s", "network", "physics", "sampler",
                "peak MB", "+ MB", "network floor", "efficiency", "torch reference s/image", "ratio",
                "max rel diff"]),
         "One regulariser call R_k(x; sigma), batch 1 (U-Net with the EDM preconditioning), median of "
@@ -424,10 +434,10 @@ def floor_note(s: dict) -> str:
     mm = s.get("matmul")
     if not mm:
         return "Peaks: " + "; ".join(f"{n}: {p}" for n, p in s["peaks"].items()) + "."
-    sizes = ", ".join(f"{n}: {fmt_number(g)}" for n, g in mm["per_size"].items())
-    return (f"Floor rate: the FP32 matrix multiply this machine achieved in this run, numpy sgemm "
-            f"{fmt_number(mm['gflops'])} GFLOP/s (best; GFLOP/s per size {sizes}). For comparison only, never "
-            f"as 'perfect': the nominal peak, {mm['nominal']}. bf16 rows can pass 100 %: the floor is FP32's.")
+    rates = "; ".join(f"{p}: {matmul_rate.describe(m)}" for p, m in mm["rates"].items())
+    return (f"Floor rate: the best matrix multiply this machine achieved in this run, per precision, over "
+            f"the libraries at hand ({rates}). bf16 rows are held to the bf16 rate, the rest to FP32's. "
+            f"For comparison only, never as 'perfect': the nominal peak, {mm['nominal']}.")
 
 
 def main(argv=None) -> int:

@@ -10,14 +10,25 @@ the same held-out images, measurements and sampler seeds. Only the model setting
   proximal-noise  the same with the weight set by the measurement noise sigma_y (MAP weight)
   proximal-noise-weights  the same, training only tau, gamma and u (the networks stay --init's)
 
+Architecture variants (issue 16: does attention at the H/4 level earn its cost?) start from
+scratch instead (``--from-scratch``: fresh weights of the same seed, no --init), since their
+networks differ in shape:
+
+  attention-h4    the preset's U-Net, attention at H/4, H/8 and the middle (proximal-noise)
+  attention-h8    the same without the H/4 attention blocks
+
 Each variant is also scored before training (step 0: --init's networks, tau and gamma at their
 initial values) with --at-init. Scores are kept in each run folder (scores.json) and reused
 when the run, its steps and the noise levels are unchanged.
 
-Example (the comparison in the README, about 25 minutes on 2 cores):
+Examples (the comparison in the README, about 25 minutes on 2 cores; the attention levels on
+the real photos of `diffunfold data photos data/photos`):
   python bench/variants.py --init samples/models/image-small --steps 300
+  python bench/variants.py --from-scratch --variants attention-h4 attention-h8 --steps 1500 \
+      --name attention-levels-small --set 'data.source="folder"' --set 'data.path="data/photos/train"' \
+      --set 'data.val_path="data/photos/held-out"' --set data.native_crops=true
 
-Writes bench/results/variants-<preset>.md/.json. Training runs go to --runs (git-ignored);
+Writes bench/results/variants-<preset>.md/.json (or ``--name``). Training runs go to --runs (git-ignored);
 a finished variant is not trained again.
 """
 
@@ -41,6 +52,9 @@ VARIANTS = {
     # the same, learning only tau, gamma and u: the regularisers stay those of --init
     "proximal-noise-weights": ['model.data_step="proximal"', "model.noise_aware=true", "model.tau_init=1.0",
                                "model.gamma_init=1.0", "train.freeze_regularizers=true"],
+    # architecture, from scratch (--from-scratch): attention at H/4 or not
+    "attention-h4": ['model.data_step="proximal"', "model.noise_aware=true", "model.unet.attention_levels=[2, 3]"],
+    "attention-h8": ['model.data_step="proximal"', "model.noise_aware=true", "model.unet.attention_levels=[3]"],
 }
 # Data shared by every variant: a quarter of the measurements noise-free, a quarter at low noise.
 COMMON = ["data.noise_zero_fraction=0.25", "data.noise_log_fraction=0.25"]
@@ -52,8 +66,9 @@ def variant_config(args, name: str):
     from diffunfold.training.config import load_config
 
     steps = args.steps
-    overrides = VARIANTS[name] + COMMON + [
-        f'train.init_from="{args.init}"', f"train.steps={steps}", f"train.decay_steps={steps}",
+    start = [] if args.from_scratch else [f'train.init_from="{args.init}"']
+    overrides = VARIANTS[name] + COMMON + start + [
+        f"train.steps={steps}", f"train.decay_steps={steps}",
         f"train.warmup_steps={min(50, steps // 4)}", "train.val_every=0", f"train.checkpoint_every={steps}",
         f"train.threads={args.threads}", f'out_dir="{Path(args.runs) / name}"'] + (args.set or [])
     return load_config(args.preset, overrides), overrides
@@ -88,7 +103,9 @@ def score(args, model, cfg) -> list[dict]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--init", required=True, help="model package or checkpoint whose regularisers every variant starts from")
+    p.add_argument("--init", help="model package or checkpoint whose regularisers every variant starts from")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="every variant starts from fresh weights (same seed) instead of --init")
     p.add_argument("--preset", default="small", help="training preset (default: small)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=300, help="training steps per variant (default: 300)")
@@ -100,8 +117,11 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", help="extra table.key=value override for every variant")
     p.add_argument("--runs", default="runs/variants", help="where the training runs go (default: runs/variants)")
     p.add_argument("--out", default="bench/results", help="where the table goes")
+    p.add_argument("--name", help="file name of the table (default: variants-<preset>)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if bool(args.init) == args.from_scratch:
+        p.error("give either --init (a package or checkpoint to start from) or --from-scratch")
 
     import torch
 
@@ -123,7 +143,8 @@ def main(argv=None) -> int:
                  + " ".join(f"--set '{o}'" for o in overrides)}
         if args.at_init:
             model = DiffUnfolding(cfg.model)
-            initialise_from(model, args.init)
+            if args.init:
+                initialise_from(model, args.init)
             entry["at_init"] = score(args, model.eval(), cfg)
         ckpt, seconds = train_variant(args, name)
         model, _ = load_model(ckpt)
@@ -140,14 +161,16 @@ def write(args, results: dict) -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"variants-{args.preset}"
+    stem = out / (args.name or f"variants-{args.preset}")
     meta = {"command": "python bench/variants.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{machine_info()['cpu']}, {machine_info()['cores']} cores", "init": args.init, "steps": args.steps, "results": results}
+            "machine": f"{machine_info()['cpu']}, {machine_info()['cores']} cores", "init": args.init or "from scratch",
+            "steps": args.steps, "results": results}
     stem.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     first = next(iter(results.values()))
     keys = [(r["noise"], r["task"]) for r in first["rows"]]
     head = "| variant | " + " | ".join(f"{t} @ {n}" for n, t in keys) + " |"
-    lines = [f"# Unfolding variants at an equal budget ({args.steps} steps from {args.init})", "",
+    start = f"from {args.init}" if args.init else "from scratch"
+    lines = [f"# Unfolding variants at an equal budget ({args.steps} steps {start})", "",
              f"`{meta['command']}` on {meta['machine']}, {meta['date']}. PSNR (dB) on the held-out images, "
              "one posterior sample, 18 Euler steps; columns are task @ sigma_y.", "", head,
              "|" + "---|" * (len(keys) + 1)]
@@ -157,7 +180,8 @@ def write(args, results: dict) -> None:
                 lines.append(f"| {name}{label} | " + " | ".join(f"{r['psnr_model']:.2f}" for r in rows) + " |")
     lines.append("| classical baseline | " + " | ".join(f"{r['psnr_baseline']:.2f} ({r['baseline_name']})"
                                                     for r in first["rows"]) + " |")
-    lines += ["", "Commands (each run's training):", ""] + [f"- {n}: `{e['command']}`" for n, e in results.items()]
+    lines += ["", "Commands (each run's training; its wall time on this machine):", ""]
+    lines += [f"- {n}: `{e['command']}` ({e['train_seconds']:.0f} s)" for n, e in results.items()]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
 import flops  # noqa: E402
+import matmul_rate  # noqa: E402
 import machine  # noqa: E402
 import polygraphy_compare  # noqa: E402
 import run as bench_run  # noqa: E402
@@ -81,8 +82,18 @@ def test_cpu_peak_from_the_microarchitecture():
     intel = flops.flops_per_cycle({"avx2", "fma", "avx512f"}, "GenuineIntel", 6, 143, "Intel Xeon")
     assert (zen4[0], zen3[0], zen5[0], intel[0]) == (32, 32, 64, 64)
     assert "two 256-bit halves" in zen4[1]
-    rate = flops.matmul_rate(sizes=(128,), repeats=1)
-    assert rate["gflops"] > 0 and set(rate["per_size"]) == {128}
+
+
+def test_matmul_rate_is_the_best_library_per_precision():
+    """The floor's rate is the fastest GEMM at hand, not numpy's alone; bf16 skips ONNX Runtime."""
+    fp32 = matmul_rate.measure("fp32", sizes=(128,), repeats=1)
+    assert {"numpy", "torch", "onnxruntime"} <= set(fp32["per_library"])
+    assert fp32["gflops"] == max(r[128] for r in fp32["per_library"].values()) > 0
+    assert fp32["library"] in fp32["per_library"] and fp32["size"] == 128
+    bf16 = matmul_rate.measure("bf16", sizes=(128,), repeats=1)
+    assert "numpy" not in bf16["per_library"] and "onnxruntime" not in bf16["per_library"]
+    assert bf16["skipped"]["onnxruntime"] == "no bf16 GEMM" and bf16["gflops"] > 0
+    assert f"{fp32['gflops']:.0f} GFLOP/s ({fp32['library']}" in matmul_rate.describe(fp32)
 
 
 def test_busy_runs_write_only_when_told_and_say_so(capsys):
@@ -96,6 +107,23 @@ def test_busy_runs_write_only_when_told_and_say_so(capsys):
     assert machine.may_write(marked, allow_busy=True) and marked["recorded_busy"]
     assert machine.busy_banner(marked).startswith("**Measured on a busy machine")
     assert machine.busy_banner({**load, "quiet": True}) == ""
+
+
+def test_quiet_is_judged_by_what_other_processes_use(monkeypatch):
+    """A high load average left by an earlier run does not make an idle machine busy; one other
+    process holding a core does, whatever the load average says."""
+    import time
+
+    monkeypatch.setattr(machine, "_own_cpu_s", lambda: 1.0)   # this process: fixed, so the fakes are exact
+    monkeypatch.setattr(machine, "_load", lambda: 9.0)
+    monkeypatch.setattr(machine, "_cpu_busy_s", lambda: 5.0)   # nobody else
+    load = machine.LoadWatch(sample_s=0.05).finish()
+    assert load["quiet"] and load["load_average_start"] == 9.0 and load["other_processes_cores"] == 0
+    monkeypatch.setattr(machine, "_load", lambda: 0.0)
+    monkeypatch.setattr(machine, "_cpu_busy_s", lambda: time.perf_counter())   # one core, all the time
+    load = machine.LoadWatch(sample_s=0.05).finish()
+    assert not load["quiet"] and load["other_processes_cores_before"] > 0.5
+    assert "just before the run" in machine.describe_load(load)
 
 
 def test_gpu_peaks_from_the_table():
@@ -151,7 +179,9 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
     s = data["settings"]
     assert s["model"] == str(tiny_pkg.path) and s["K"] == 2 and s["steps"] == 4 and s["sizes"] == [32]
     assert s["batches"] == [1, 2] and s["device"] == "cpu" and s["threads"] == 1
-    assert "FP32 sgemm, measured" in s["peaks"]["onnxruntime"] and s["matmul"]["gflops"] > 0   # the measured floor
+    assert "FP32 GEMM, measured" in s["peaks"]["onnxruntime"] and s["matmul"]["rates"]["fp32"]["gflops"] > 0
+    if "openvino bf16" in s["peaks"]:   # bf16 rows are held to the bf16 rate
+        assert "BF16 GEMM, measured" in s["peaks"]["openvino bf16"]
     assert "(1 core)" in s["matmul"]["nominal"] and "FLOP/cycle" in s["matmul"]["nominal"]   # printed beside it
     load = m["load"]
     assert {"load_average_start", "load_average_end", "other_processes_cores", "quiet"} <= set(load)
@@ -173,6 +203,7 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
             assert r["max_rel_diff"] < (5e-2 if "bf16" in name else 1e-3)   # the same restoration (test_openvino.py)
             assert r["vs_ort"] == pytest.approx(r["s_per_image"] / rows["onnxruntime"]["s_per_image"])
             assert r["peak_mb"] > 0 and r["peak_above_mb"] >= 0
+            assert r["tiling"] == "untiled"   # 32 px: within one tile, as the reference runs
             assert r["nfe"] == 4 and r["network_calls"] == 4 * 2   # NFE x K, the batch in one call
             assert 0 < r["network_efficiency"] and r["floor_network_s"] > 0
     for name in present:
@@ -183,7 +214,7 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
         assert call["efficiency"] == pytest.approx(call["floor_ms"] / call["ms_per_call"])
     text = md.read_text()
     assert "torch reference" in text and "onnxruntime" in text and "needs a CUDA device" in text
-    assert "| size | batch | mode | backend | s/image |" in text
+    assert "| size | batch | mode | backend | regulariser | s/image |" in text
 
 
 def test_run_without_anything_to_time_writes_nothing(tiny_pkg, tmp_path, capsys):
@@ -226,3 +257,38 @@ def test_polygraphy_runs_onnxruntime_alone_here(tiny_pkg, tmp_path):
     for r in data["rows"]:
         assert r["onnxrt_finite"] and 0 < r["onnxrt_max_abs_output"] < 1e3 and r["onnxrt_ms"] > 0
         assert "trt_fp16_ms" not in r and math.isfinite(r["onnxrt_ms"])
+
+
+def test_variants_from_scratch_compare_attention_levels(tmp_path):
+    """Architecture variants train from fresh weights at an equal budget and land in one table."""
+    import variants
+
+    argv = ["--from-scratch", "--preset", "tiny", "--variants", "attention-h4", "attention-h8", "--steps", "2",
+            "--noise", "0.0", "--sample-steps", "2", "--threads", "1", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path), "--name", "levels", "--quiet",
+            "--set", "model.unet.channel_mult=[1, 1, 1, 1]", "--set", "val.images=1"]
+    assert variants.main(argv) == 0
+    data = json.loads((tmp_path / "levels.json").read_text())
+    assert data["init"] == "from scratch" and set(data["results"]) == {"attention-h4", "attention-h8"}
+    for name, levels in (("attention-h4", "[2, 3]"), ("attention-h8", "[3]")):
+        entry = data["results"][name]
+        assert f"model.unet.attention_levels={levels}" in entry["command"] and "init_from" not in entry["command"]
+        assert entry["rows"] and all(math.isfinite(r["psnr_model"]) for r in entry["rows"])
+    text = (tmp_path / "levels.md").read_text()
+    assert "steps from scratch" in text and "| attention-h8 |" in text
+    with pytest.raises(SystemExit):   # neither --init nor --from-scratch
+        variants.main(["--variants", "attention-h4"])
+
+
+def test_physics_ops_times_the_mri_normal_operator_against_the_literal(tmp_path, capsys):
+    import physics_ops
+
+    assert physics_ops.main(["--size", "32", "--batch", "1", "--repeats", "1", "--mri-sizes", "32", "--rounds", "1",
+                             "--out", str(tmp_path), "--allow-busy"]) == 0
+    (js,) = tmp_path.glob("physics_ops-*.json")
+    mri = json.loads(js.read_text())["results"]["mri_normal"]
+    assert {r["mask"] for r in mri} == {"gaussian1d 4x", "uniform1d 8x", "gaussian2d 8x"}
+    for r in mri:
+        assert r["grad_ratio"] > 0 and r["prox_ratio"] > 0
+        assert math.isclose(r["prox_ratio"], r["prox_normal_ms"] / r["prox_literal_ms"], rel_tol=1e-6)
+    assert "MRI normal operator" in capsys.readouterr().out

@@ -140,6 +140,20 @@ def test_options_go_to_their_backend(package):
         Solver.load(pkg, backend="onnxruntime", precision="bf16")
     with pytest.raises(InputError, match="runs on the CPU"):
         OpenVinoBackend(pkg, device="cuda")
+    with pytest.raises(InputError, match="attention must be one of"):
+        Solver.load(pkg, backend="openvino", attention="flash")
+
+
+def test_spelled_attention_matches_fused(package, tmp_path):
+    """The package's fused attention nodes, spelled out before OpenVINO reads them, compute the
+    same (float32, 1e-5 relative: the same arithmetic, fused or not)."""
+    _, pkg = package
+    assert pkg.manifest["networks"]["attention"] == "fused"
+    forms = {a: OpenVinoBackend(pkg, precision="f32", cache_dir=tmp_path, attention=a) for a in ("fused", "spelled")}
+    assert "attention spelled" in forms["spelled"].describe()
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    got = {a: be.regularize(x, 0.5, 1) for a, be in forms.items()}
+    assert rel_err(got["spelled"], got["fused"]) < 1e-5
 
 
 def test_openvino_runs_without_torch(package, run_without_torch):

@@ -39,11 +39,12 @@ def namespace(*arrays: Any):
 
 
 # Arrays from this many elements on are transformed with every core; smaller ones with one.
-# bench/fft_threads.py (forward + inverse complex64 FFTs of B x 15 coil images, 2-D and 1-D), on
-# the 2-core development machine while other processes held 1.7 cores: threads were 1.1-4.8x
-# slower up to 245 760 elements (64 px batch 4, 128 px batch 1), 0.95-1.5x at 983 040, and paid
-# from 3 932 160 (256 px batch 4: 0.79-0.89x); bench/results/fft_threads-amd-epyc-2cores.md.
-FFT_THREADS_FROM = 1 << 20
+# bench/fft_threads.py (forward + inverse complex64 FFTs of B x 15 coil images, 2-D and 1-D) on
+# the quiet 2-core development machine: at 245 760 elements (64 px batch 4, 128 px batch 1)
+# threads were 0.64-1.12x (median 1.08: no gain), at 983 040 (128 px batch 4, 256 px batch 1)
+# 0.56-0.77x, at 3 932 160 0.58-1.21x (median 0.89); bench/results/fft_threads-amd-epyc-2cores.md.
+# So the switch sits between the two smaller counts.
+FFT_THREADS_FROM = 1 << 19
 
 
 class _ScipyFFT:

@@ -11,6 +11,10 @@ about half the time per call (``bench/run.py``). Elsewhere it runs float32.
   kept in an in-process cache keyed by (network, shape, precision), and OpenVINO's
   ``CACHE_DIR`` keeps the compiled blobs on disk, so another process skips the compile too.
 * the weight generators run once per schedule, in float32.
+* attention: a package's fused ``MultiHeadAttention`` nodes are read as they are
+  (``attention="fused"``), or first spelled out as MatMul-Softmax-MatMul (``"spelled"``, needs
+  ``onnx``), which OpenVINO fuses into its own kernel. ``ATTENTION_DEFAULT`` is the measured
+  choice (``bench/attention.py``; the README's *CPU backends*).
 
 Nothing here imports torch; ``openvino`` is the optional extra ``diffunfold[openvino]``.
 """
@@ -29,6 +33,8 @@ from ..package import ModelPackage
 from .backends import Backend
 
 PRECISIONS = ("bf16", "f32")
+ATTENTION_FORMS = ("fused", "spelled")
+ATTENTION_DEFAULT = "fused"
 COMPILED_KEPT = 16  # compiled (network, shape, precision) models kept in memory, least recent dropped
 
 
@@ -49,7 +55,7 @@ class OpenVinoBackend(Backend):
     name = "openvino"
 
     def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None,
-                 precision: str | None = None, cache_dir: str | Path | None = None):
+                 precision: str | None = None, cache_dir: str | Path | None = None, attention: str | None = None):
         super().__init__(package, device)
         if self.device_kind != "cpu":
             raise InputError("the openvino backend runs on the CPU; use device='cpu', or tensorrt / "
@@ -58,6 +64,9 @@ class OpenVinoBackend(Backend):
         self.precision = precision or default_precision()
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.attention = attention or ATTENTION_DEFAULT
+        if self.attention not in ATTENTION_FORMS:
+            raise InputError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
         self.core = ov.Core()
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         try:
@@ -68,12 +77,21 @@ class OpenVinoBackend(Backend):
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
-        self._models = [self.core.read_model(str(package.file(f))) for f in package.regularizer_files]
+        self._models = [self._read(package.file(f)) for f in package.regularizer_files]
         weights = self.core.compile_model(self.core.read_model(str(package.file(package.weights_file))), "CPU",
                                           {"INFERENCE_PRECISION_HINT": "f32"})
         self._weights = weights.create_infer_request()
         self._compiled: OrderedDict[tuple, object] = OrderedDict()
         self.compiles = 0  # compiles done by this backend (a disk-cache hit counts: it is a load)
+
+    def _read(self, path: Path):
+        """The regulariser graph at ``path`` as an OpenVINO model, in this backend's attention form."""
+        if self.attention == "fused" or not self.package.manifest.get("networks", {}).get("attention") == "fused":
+            return self.core.read_model(str(path))
+        onnx = require("onnx", "openvino")
+        from ..attention_graph import spell_out
+
+        return self.core.read_model(spell_out(onnx.load(str(path))).SerializeToString())
 
     def _request(self, index: int, shape: tuple[int, ...]):
         """The infer request of network ``index`` compiled for ``x`` of ``shape`` (cached)."""
@@ -117,4 +135,4 @@ class OpenVinoBackend(Backend):
         return req.get_compiled_model().get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def describe(self) -> str:
-        return f"openvino (CPU, {self.precision})"
+        return f"openvino (CPU, {self.precision}, attention {self.attention})"

@@ -88,7 +88,7 @@ class Solver:
         ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``options`` for TensorRT:
         ``cuda_graphs=True`` (replay each engine call as a CUDA graph), ``engines=DIR`` (engines
         built with ``--out`` elsewhere); for OpenVINO: ``precision="bf16"|"f32"``,
-        ``cache_dir=DIR``; for ONNX Runtime: ``spinning=True|False``."""
+        ``cache_dir=DIR``, ``attention="fused"|"spelled"``; for ONNX Runtime: ``spinning=True|False``."""
         pkg = package if isinstance(package, ModelPackage) else ModelPackage.open(package)
         be, why = create_backend(pkg, backend, device, threads, **options)
         return cls(pkg, be, why)
