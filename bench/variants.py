@@ -62,11 +62,23 @@ IMAGE_TASKS = [{"task": "gaussian_blur", "sigma": 2.0}, {"task": "sr", "factor":
 MRI_TASKS = [{"task": "mri", "kind": "gaussian1d", "acceleration": 4}, {"task": "mri", "kind": "gaussian2d", "acceleration": 8}]
 
 
+def init_architecture(init: str) -> list[str]:
+    """Overrides that give a variant the U-Net of ``init`` (a package or a checkpoint), which
+    ``train.init_from`` needs: the preset may have changed since ``init`` was trained (the small
+    preset dropped attention at H/4 after the bundled models were trained with it)."""
+    path = Path(init)
+    if (path / "manifest.json").exists():
+        unet = json.loads((path / "manifest.json").read_text())["model"]["unet"]
+    else:
+        unet = json.loads(path.with_suffix(".json").read_text())["config"]["model"]["unet"]
+    return [f"model.unet.{k}={json.dumps(v)}" for k, v in unet.items()]
+
+
 def variant_config(args, name: str):
     from diffunfold.training.config import load_config
 
     steps = args.steps
-    start = [] if args.from_scratch else [f'train.init_from="{args.init}"']
+    start = [] if args.from_scratch else init_architecture(args.init) + [f'train.init_from="{args.init}"']
     overrides = VARIANTS[name] + COMMON + start + [
         f"train.steps={steps}", f"train.decay_steps={steps}",
         f"train.warmup_steps={min(50, steps // 4)}", "train.val_every=0", f"train.checkpoint_every={steps}",

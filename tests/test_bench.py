@@ -292,3 +292,20 @@ def test_physics_ops_times_the_mri_normal_operator_against_the_literal(tmp_path,
         assert r["grad_ratio"] > 0 and r["prox_ratio"] > 0
         assert math.isclose(r["prox_ratio"], r["prox_normal_ms"] / r["prox_literal_ms"], rel_tol=1e-6)
     assert "MRI normal operator" in capsys.readouterr().out
+
+
+def test_trajectory_scores_every_step_both_ways(tiny_pkg):
+    """One row per sampler step, sigma falling, both PSNRs finite (random weights: values only)."""
+    import trajectory
+
+    from diffunfold.physics import make_operator
+    from diffunfold.runtime import Solver
+
+    solver = Solver.load(tiny_pkg.path, backend="onnxruntime")
+    x = np.random.default_rng(0).uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    op = make_operator("gaussian_blur", (32, 32), sigma=2.0)
+    y = np.asarray(op.measure(x, [0.05, 0.05], seed=[0, 1])).astype(np.float32)
+    rows = trajectory.trajectory(solver, x, y, op, 0.05, steps=4, seed=0)
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert all(a["sigma"] > b["sigma"] for a, b in zip(rows, rows[1:]))
+    assert all(math.isfinite(r["psnr_trajectory"]) and math.isfinite(r["psnr_one_shot"]) for r in rows)

@@ -12,6 +12,8 @@ checked against the graph by the caller's use, and here against the model's own 
 
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -106,8 +108,10 @@ def initialise_from(model: DiffUnfolding, source: str) -> None:
     from .checkpoint import load_model
 
     path = Path(source)
+    unet = None  # the source's U-Net settings, to say what to set when they differ
     if (path / "manifest.json").exists():
         pkg = ModelPackage.open(path)
+        unet = pkg.manifest.get("model", {}).get("unet")
         if pkg.torch_weights_file is None:  # exported without them: read the ONNX graphs back
             state = package_state(pkg)
         else:
@@ -118,5 +122,7 @@ def initialise_from(model: DiffUnfolding, source: str) -> None:
     missing, unexpected = model.load_state_dict(keep, strict=False)
     wrong = [k for k in missing if k.startswith("regularizers.")]  # u is absent from packages
     if wrong or unexpected:
+        hint = ("; give the config its U-Net: " + " ".join(f"--set model.unet.{k}={json.dumps(v)}"
+                                                           for k, v in unet.items())) if unet else ""
         raise InputError(f"train.init_from {source}: the networks do not match this config "
-                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]})")
+                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]}){hint}")
