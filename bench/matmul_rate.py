@@ -71,9 +71,11 @@ def _onnxruntime(n, a, b, precision, tmp):
 
 
 def _openvino(n, a, b, precision, tmp):
-    import openvino as ov
+    import openvino  # noqa: F401  (ImportError: skipped)
 
-    core = ov.Core()
+    from diffunfold.runtime.openvino_backend import shared_core
+
+    core = shared_core()  # a Core of its own would leave this thread a dangling signal stack when freed
     hint = "bf16" if precision == "bf16" else "f32"
     compiled = core.compile_model(str(_matmul_onnx(tmp / f"mm{n}.onnx", n)), "CPU",
                                   {"INFERENCE_PRECISION_HINT": hint})

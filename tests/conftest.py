@@ -13,6 +13,35 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _signal_stack_is_dangling() -> bool:
+    """Whether this thread's alternate signal stack points at unmapped memory (Linux).
+
+    A library that unmaps a thread's signal stack without unregistering it (OpenVINO's CPU plugin
+    freed on another thread did: openvino_backend.shared_core) kills the process with SIGSEGV at
+    the next Python signal handler, tests later; checked after each test, it fails where it began.
+    """
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    ss = StackT()
+    if ctypes.CDLL(None).sigaltstack(None, ctypes.byref(ss)) != 0 or not ss.ss_sp or ss.ss_flags & 2:  # SS_DISABLE
+        return False
+    with open("/proc/self/maps") as maps:
+        spans = [line.split()[0].split("-") for line in maps]
+    return not any(int(a, 16) <= ss.ss_sp < int(b, 16) for a, b in spans)
+
+
+@pytest.fixture(autouse=True)
+def _signal_stack_stays_mapped():
+    yield
+    if os.path.exists("/proc/self/maps"):
+        assert not _signal_stack_is_dangling(), (
+            "this test left the main thread's signal stack unmapped: the next signal handler would "
+            "crash the process (SIGSEGV); an openvino.Core was freed on another thread?")
+
+
 @dataclass
 class Backend:
     name: str

@@ -168,3 +168,26 @@ def test_openvino_runs_without_torch(package, run_without_torch):
         print(s.backend_name, float(np.mean(s.solve(y, op, steps=4).images)))
     """)
     assert "openvino" in out
+
+
+def test_a_backend_released_on_another_thread_leaves_signals_working(package, run_without_torch):
+    """OpenVINO's CPU plugin gives the compiling thread a signal stack and unmaps it when the
+    plugin unloads. Released on another thread, that left the main thread's next Python signal
+    handler (SIGCHLD of a DataLoader worker or subprocess, SIGTERM to the MRD server) to die
+    of SIGSEGV; the shared Core keeps the plugin loaded (openvino_backend.shared_core)."""
+    _, pkg = package
+    out = run_without_torch(f"""
+        import gc, os, signal, threading
+        import numpy as np
+        from diffunfold.package import ModelPackage
+        from diffunfold.runtime.openvino_backend import OpenVinoBackend
+        held = [OpenVinoBackend(ModelPackage.open({str(pkg.path)!r}), precision="f32")]
+        held[0].regularize(np.zeros((1, 3, {SIZE}, {SIZE}), np.float32), 1.0, 0)  # compiles on this thread
+        t = threading.Thread(target=lambda: (held.clear(), gc.collect()))
+        t.start(); t.join()
+        got = []
+        signal.signal(signal.SIGUSR1, lambda *a: got.append(1))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        print("handled", got)
+    """)
+    assert "handled [1]" in out

@@ -176,3 +176,43 @@ def test_init_from_a_package_without_torch_weights_recovers_its_networks(tmp_pat
         got = target.regularize(torch.from_numpy(x), torch.full((2,), 0.7), 1).numpy()
     assert rel_err(got, want) < 1e-5
     assert ModelPackage.open(pkg.path).torch_weights_file is None
+
+
+def _unet_with_attention(levels, seed) -> DiffUnfolding:
+    torch.manual_seed(seed)
+    model = DiffUnfolding(ModelSettings(data="image", channels=3, stages=2, shared=True, data_step="proximal",
+                                        unet={**TINY_UNET, "attention_levels": levels, "mid_attention": False}))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _regularize(model, x):
+    with torch.no_grad():
+        return model.regularize(x, torch.full((x.shape[0],), 0.7), 1).numpy()
+
+
+def test_init_adapt_attention_drops_and_adds_attention_layers(tmp_path):
+    """train.init_adapt_attention: a U-Net without the source's attention layer gets every other
+    layer, renumbered (the decoder's upsampling follows the attention); one with a new layer
+    starts it as the identity, so it computes what its source computes."""
+    from diffunfold.training.package_weights import initialise_from
+    from diffunfold.training.unet import SelfAttention
+
+    source = _unet_with_attention([1], seed=4)
+    pkg = export_model(source, tmp_path / "with", log=lambda s: None)
+    without = _unet_with_attention([], seed=9)
+    with pytest.raises(InputError, match="attention_levels.*init_adapt_attention"):
+        initialise_from(without, str(pkg.path))
+    initialise_from(without, str(pkg.path), adapt_attention=True)
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32))
+    with torch.no_grad():    # the source with its (only) attention layers turned into the identity
+        for m in source.modules():
+            if isinstance(m, SelfAttention):
+                m.proj.weight.zero_(), m.proj.bias.zero_()
+    assert rel_err(_regularize(without, x), _regularize(source, x)) < 1e-6
+    back = _unet_with_attention([1], seed=11)
+    initialise_from(back, str(export_model(without, tmp_path / "without", log=lambda s: None).path),
+                    adapt_attention=True)
+    assert rel_err(_regularize(back, x), _regularize(without, x)) < 1e-6

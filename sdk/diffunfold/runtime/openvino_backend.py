@@ -36,6 +36,23 @@ PRECISIONS = ("bf16", "f32")
 ATTENTION_FORMS = ("fused", "spelled")
 ATTENTION_DEFAULT = "fused"
 COMPILED_KEPT = 16  # compiled (network, shape, precision) models kept in memory, least recent dropped
+_CORE = None
+
+
+def shared_core():
+    """The process's one ``openvino.Core``, never released.
+
+    Why one: OpenVINO's CPU plugin gives the thread that compiles an alternate signal stack
+    (``sigaltstack``) and unmaps it when the plugin unloads, which happens when the last Core
+    goes. Released on another thread (the MRD server's, the garbage collector's), it left the
+    compiling thread with a dangling signal stack, and that thread's next Python signal handler
+    (SIGCHLD from a DataLoader worker or a subprocess, SIGTERM) killed the process with SIGSEGV.
+    A Core that lives as long as the process keeps the plugin, and the stack, loaded.
+    """
+    global _CORE
+    if _CORE is None:
+        _CORE = require("openvino", "openvino").Core()
+    return _CORE
 
 
 def default_precision() -> str:
@@ -60,21 +77,21 @@ class OpenVinoBackend(Backend):
         if self.device_kind != "cpu":
             raise InputError("the openvino backend runs on the CPU; use device='cpu', or tensorrt / "
                              "onnxruntime on a GPU")
-        ov = require("openvino", "openvino")
         self.precision = precision or default_precision()
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.attention = attention or ATTENTION_DEFAULT
         if self.attention not in ATTENTION_FORMS:
             raise InputError(f"attention must be one of {ATTENTION_FORMS}, got {attention!r}")
-        self.core = ov.Core()
+        self.core = shared_core()
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
         except OSError:  # a read-only home: compile every process, still cached in memory
             self.cache_dir = None
         self.config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": self.precision}
+        if self.cache_dir is not None:  # per compile: the Core is shared by backends with other folders
+            self.config["CACHE_DIR"] = str(self.cache_dir)
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self._models = [self._read(package.file(f)) for f in package.regularizer_files]

@@ -96,6 +96,9 @@ class TrainSettings:
     # Start the regularisers (and u) from a model package or checkpoint, e.g. one trained with
     # another data step; tau and gamma start fresh. Ignored on --resume.
     init_from: str | None = None
+    # Let init_from's U-Net differ from this config's in its attention layers only: those it
+    # lacks start as the identity, those this config lacks are dropped (training/attention_layout.py)
+    init_adapt_attention: bool = False
     # Train only the weight generators (tau, gamma, u), the regularisers fixed: with few
     # training images, fine-tuning the networks memorises them (README, "Which data step").
     freeze_regularizers: bool = False

@@ -12,8 +12,8 @@ checked against the graph by the caller's use, and here against the model's own 
 
 from __future__ import annotations
 
+import dataclasses
 import json
-
 import math
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import torch
 from ..errors import InputError, require
 from ..package import ModelPackage
 from .model import DiffUnfolding, ModelSettings
+from .unet import SelfAttention
 
 
 def _initialisers(path) -> tuple[dict[str, np.ndarray], dict[str, list]]:
@@ -99,30 +100,55 @@ def package_state(pkg: ModelPackage) -> dict[str, torch.Tensor]:
     return state
 
 
-def initialise_from(model: DiffUnfolding, source: str) -> None:
+def initialise_from(model: DiffUnfolding, source: str, adapt_attention: bool = False) -> None:
     """Copy the regularisers and u from a model package (its model.safetensors) or a
     checkpoint (EMA weights) into ``model``; tau and gamma keep their initial values, since
-    they mean different things for another data step. The networks must have the same shape."""
+    they mean different things for another data step. The networks must have the same shape,
+    except, with ``adapt_attention``, in their attention layers (``attention_layout``)."""
+    source_model, state = _source_state(Path(source))
+    if adapt_attention:
+        from .attention_layout import remap_attention
+
+        state = remap_attention(state, source_model, model)
+    keep = {k: v for k, v in state.items() if k.startswith(("regularizers.", "uncertainty."))}
+    missing, unexpected = model.load_state_dict(keep, strict=False)
+    new_attention = _start_as_identity(model, missing) if adapt_attention else set()
+    wrong = [k for k in missing if k.startswith("regularizers.")   # u is absent from packages
+             and k.rsplit(".", 2)[0] not in new_attention]
+    if wrong or unexpected:
+        unet = dataclasses.asdict(source_model.settings.unet)
+        hint = "; give the config its U-Net: " + " ".join(f"--set model.unet.{k}={json.dumps(v)}"
+                                                          for k, v in unet.items())
+        raise InputError(f"train.init_from {source}: the networks do not match this config "
+                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]}){hint}"
+                         + ("" if adapt_attention else ", or set train.init_adapt_attention=true "
+                            "if only the attention layers differ"))
+
+
+def _start_as_identity(model: DiffUnfolding, missing: list[str]) -> set[str]:
+    """Zero the output projection of the attention layers the source did not have, so the
+    network starts as the source's; their names."""
+    new = {n for n, m in model.named_modules() if isinstance(m, SelfAttention)
+           and any(k.startswith(n + ".") for k in missing)}
+    with torch.no_grad():
+        for n in new:
+            proj = model.get_submodule(n).proj
+            proj.weight.zero_(), proj.bias.zero_()
+    return new
+
+
+def _source_state(path: Path) -> tuple[DiffUnfolding, dict[str, torch.Tensor]]:
+    """The model an init_from source describes (its layout) and its weights."""
     from safetensors.torch import load_file
 
     from .checkpoint import load_model
 
-    path = Path(source)
-    unet = None  # the source's U-Net settings, to say what to set when they differ
-    if (path / "manifest.json").exists():
-        pkg = ModelPackage.open(path)
-        unet = pkg.manifest.get("model", {}).get("unet")
-        if pkg.torch_weights_file is None:  # exported without them: read the ONNX graphs back
-            state = package_state(pkg)
-        else:
-            state = {k: v.float() for k, v in load_file(str(pkg.file(pkg.torch_weights_file))).items()}
+    if not (path / "manifest.json").exists():
+        model = load_model(path)[0]
+        return model, model.state_dict()
+    pkg = ModelPackage.open(path)
+    if pkg.torch_weights_file is None:  # exported without them: read the ONNX graphs back
+        state = package_state(pkg)
     else:
-        state = load_model(path)[0].state_dict()
-    keep = {k: v for k, v in state.items() if k.startswith(("regularizers.", "uncertainty."))}
-    missing, unexpected = model.load_state_dict(keep, strict=False)
-    wrong = [k for k in missing if k.startswith("regularizers.")]  # u is absent from packages
-    if wrong or unexpected:
-        hint = ("; give the config its U-Net: " + " ".join(f"--set model.unet.{k}={json.dumps(v)}"
-                                                           for k, v in unet.items())) if unet else ""
-        raise InputError(f"train.init_from {source}: the networks do not match this config "
-                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]}){hint}")
+        state = {k: v.float() for k, v in load_file(str(pkg.file(pkg.torch_weights_file))).items()}
+    return DiffUnfolding(ModelSettings.from_dict(pkg.settings)), state

@@ -180,7 +180,7 @@ def _build(cfg: TrainConfig, device, previous: Path | None):
     model = DiffUnfolding(cfg.model).to(device)
     model.check_image_size((cfg.data.size, cfg.data.size))
     if t.init_from and previous is None:
-        initialise_from(model, t.init_from)
+        initialise_from(model, t.init_from, adapt_attention=t.init_adapt_attention)
     counts = model.parameter_counts()  # before any freezing: the model's size
     ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
                         use_buffers=True)
