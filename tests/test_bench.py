@@ -22,6 +22,7 @@ import matmul_rate  # noqa: E402
 import machine  # noqa: E402
 import polygraphy_compare  # noqa: E402
 import run as bench_run  # noqa: E402
+import weight_generators  # noqa: E402
 
 from diffunfold.engines import GPUInfo  # noqa: E402
 
@@ -309,3 +310,14 @@ def test_trajectory_scores_every_step_both_ways(tiny_pkg):
     assert [r["step"] for r in rows] == [0, 1, 2, 3]
     assert all(a["sigma"] > b["sigma"] for a, b in zip(rows, rows[1:]))
     assert all(math.isfinite(r["psnr_trajectory"]) and math.isfinite(r["psnr_one_shot"]) for r in rows)
+
+
+def test_weight_generator_variants_replace_only_what_they_say(tmp_path):
+    """bench/weight_generators.py: the fixed table is tau = gamma = 1 at every sigma and stage,
+    the scaled ones change gamma only."""
+    learned = {80.0: ([0.5, 0.7], [2.0, 0.1]), 0.5: ([1.2, 0.3], [0.04, 8.0])}
+    v = weight_generators.variants(learned)
+    assert v["learned"] == learned
+    assert all(t == [1.0, 1.0] and g == [1.0, 1.0] for t, g in v["tau = gamma = 1"].values())
+    assert v["learned, gamma x 4"][0.5] == ([1.2, 0.3], [0.16, 32.0])
+    assert v["learned, gamma / 4"][80.0] == ([0.5, 0.7], [0.5, 0.025])
