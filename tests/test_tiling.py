@@ -95,8 +95,9 @@ def test_tile_choice_follows_training_size_and_memory(solver):
     tight = tiling.plan_tiles(*args, budget=int(per_128 / tiling.NETWORK_SHARE) - 1)
     assert tight.tile == tiling.TRAIN_SIZE_DEFAULT and tight.batch >= 1
     assert tiling.plan_tiles(*args, budget=2**40).batch == tiling.MAX_TILE_BATCH["cpu"]
-    # the attention makes the whole image quadratic, a tile constant
-    assert tiling.network_bytes(pkg.settings, 256, 256) > 8 * tiling.network_bytes(pkg.settings, 128, 128)
+    # attention makes the whole image grow faster than its pixels (4x here; its own share 16x),
+    # a tile constant
+    assert tiling.network_bytes(pkg.settings, 256, 256) > 5 * tiling.network_bytes(pkg.settings, 128, 128)
 
 
 @pytest.mark.parametrize("bad", ["big", 12, 100, -8, 1.5, True])
