@@ -443,6 +443,11 @@ def _pair(r: dict | None) -> str:
     return "-" if r is None or "psnr" not in r else f"{r['psnr']:.2f} / {r['ssim']:.3f}"
 
 
+def images_used(rows: list[dict], s: Settings) -> int:
+    """How many held-out images each case really had (a source may hold fewer than ``--images``)."""
+    return max((len(r["per_image"]) for r in rows if "per_image" in r), default=s.images)
+
+
 def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Settings) -> str:
     rows = sc.rows
     src = sc.package.manifest.get("source", {})
@@ -454,7 +459,7 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
              f"- backend: {sc.solver.backend_name}; {s.samples} posterior samples, "
              f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps; the true noise level is given to the "
              f"solver ({'it weighs y by it' if sc.package.noise_aware else 'this package does not use it'})",
-             f"- data: {s.images} held-out {meta['data'][sc.kind]} per task at "
+             f"- data: {images_used(baseline_rows, s)} held-out {meta['data'][sc.kind]} per task at "
              f"{s.size}x{s.size} px, seeds {meta['seed']} + i; noise: "
              + ("complex Gaussian k-space noise of std level x max|A x| of each image ('x peak')" if sc.kind == "mri"
                 else "Gaussian noise of std sigma_y, images in [0, 1]"),
@@ -507,7 +512,8 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
 def markdown_compare(scored: list[Scored], baseline_rows: dict[str, list[dict]], meta: dict, s: Settings) -> str:
     lines = ["# Quality: packages side by side", "", f"- command: `{meta['command']}`",
              f"- date: {meta['date']}; machine: {meta['machine']}; wall time {meta['wall_seconds']:.0f} s",
-             f"- PSNR / SSIM of the posterior mean of {s.samples} samples, mean over {s.images} held-out "
+             f"- PSNR / SSIM of the posterior mean of {s.samples} samples, mean over "
+             f"{' and '.join(str(images_used(r, s)) for r in baseline_rows.values() if r)} held-out "
              f"images per task at {s.size} px; MRI noise 'x peak' = its std as a fraction of max|A x| per image", ""]
     for kind in ("image", "mri"):
         group = [sc for sc in scored if sc.kind == kind]

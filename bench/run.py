@@ -10,11 +10,13 @@ What it does, in one run:
    are listed with the reason; OpenVINO in bf16 and f32, ONNX Runtime with its threads
    spinning and not: ``VARIANTS``), times ``Solver.solve`` on a measurement of ``--task``
    (default a Gaussian blur), ``--steps`` Euler steps, at every ``--size`` and ``--batch``:
-   a warm-up solve, then the median of ``--repeats`` runs. Batch 1 is the latency (seconds
+   a warm-up solve each, then ``--repeats`` interleaved rounds (each backend solves once per
+   round, so a drift of the machine touches all alike), the median run kept. Batch 1 is the latency (seconds
    per image), larger batches the throughput (images per second). Reported per image: the
    total and its split into network (the regulariser calls), physics (data-fidelity
    gradients) and sampler (the rest), the process's peak memory during the case, and the
-   time over ONNX Runtime's (spinning off) in the same case;
+   time over ONNX Runtime's (spinning off) in the same case; with ``--baseline-package`` also
+   over ONNX Runtime's on that package (e.g. the model that shipped before), in the same rounds;
 3. in the same run, the torch reference sampler (``diffunfold.training.sampler.restore``,
    torch physics and networks) on the same measurements and seeds: ratio = reference time /
    backend time (> 1: the backend is faster), and the largest difference of the outputs;
@@ -96,6 +98,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "choice: images over twice the training size run in tiles), a side in px, or none "
                          "(whole, as the torch reference runs)")
     ap.add_argument("--no-reference", action="store_true", help="skip the torch reference sampler")
+    ap.add_argument("--baseline-package", metavar="PACKAGE",
+                    help="also time ONNX Runtime (spinning off) on this package in the same run, e.g. the model "
+                         "that shipped before, and report every row's time over it (vs base pkg)")
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime and torch (default: theirs)")
     ap.add_argument("--target", help="TensorRT engine target to build (default: the GPU's, from engines/targets)")
     ap.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay each engine call as a CUDA graph")
@@ -134,6 +139,7 @@ VARIANTS = (
     ("torch", "torch", {}),
 )
 BASELINE = "onnxruntime"  # the runtime's path before the openvino backend: "vs ORT" ratios are against it
+BASELINE_PACKAGE = "onnxruntime, baseline package"  # --baseline-package: "vs base pkg" ratios are against it
 
 
 def _tensorrt_options(pkg: ModelPackage, args, tmp: Path, status: dict) -> dict:
@@ -176,6 +182,11 @@ def start_backends(pkg: ModelPackage, args, tmp: Path) -> tuple[dict, dict]:
         except Exception as exc:  # a backend that is present but does not start is reported, not fatal
             status[label] = f"did not start: {type(exc).__name__}: {exc}"
             say(f"skipped {label}: {status[label]}")
+    if args.baseline_package:
+        solvers[BASELINE_PACKAGE] = Solver.load(args.baseline_package, backend="onnxruntime", device=args.device,
+                                                threads=args.threads, spinning=False)
+        status[BASELINE_PACKAGE] = f"ok: {solvers[BASELINE_PACKAGE].backend_name} on {args.baseline_package}"
+        say(f"baseline package: {status[BASELINE_PACKAGE]}")
     return solvers, status
 
 
@@ -230,19 +241,30 @@ def time_reference(model, device, y: np.ndarray, op, args) -> tuple[float, np.nd
     return statistics.median(times), out.cpu().numpy()
 
 
-def time_solver(solver: Solver, y: np.ndarray, op, args):
-    """The median run of ``Solver.solve`` (by its total time) and the median wall time."""
-    solver.solve(y, op, steps=2, seed=0, tile=args.tile)  # warm-up: sessions, engines' profiles, FFT plans
-    runs, walls = [], []
+def time_solvers(solvers: dict, y: np.ndarray, op, args) -> dict:
+    """Every solver on one case in interleaved rounds (each round runs each solver once, so a
+    drift of the machine's speed touches them alike): ``{label: (median run by total time,
+    median wall seconds, peak MB, peak MB above the start)}``, after a warm-up solve each."""
+    for sv in solvers.values():  # warm-up: sessions, engines' profiles, FFT plans
+        sv.solve(y, op, steps=2, seed=0, tile=args.tile)
+    runs = {n: [] for n in solvers}
+    walls = {n: [] for n in solvers}
+    peaks = {n: (0.0, 0.0) for n in solvers}
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        runs.append(solver.solve(y, op, steps=args.steps, seed=0, tile=args.tile))
-        walls.append(time.perf_counter() - t0)
-    return sorted(runs, key=lambda r: r.timing.total)[len(runs) // 2], statistics.median(walls)
+        for n, sv in solvers.items():
+            before = reset_peak_memory()
+            t0 = time.perf_counter()
+            runs[n].append(sv.solve(y, op, steps=args.steps, seed=0, tile=args.tile))
+            walls[n].append(time.perf_counter() - t0)
+            peak = peak_memory_mb()
+            peaks[n] = (max(peaks[n][0], peak), max(peaks[n][1], peak - before))
+    return {n: (sorted(runs[n], key=lambda r: r.timing.total)[len(runs[n]) // 2], statistics.median(walls[n]),
+                *peaks[n]) for n in solvers}
 
 
-def time_call(solver: Solver, pkg: ModelPackage, size: int, repeats: int) -> float:
+def time_call(solver: Solver, size: int, repeats: int) -> float:
     """Median seconds of one regulariser call R_0(x; sigma=1) on one image, on the backend's device."""
+    pkg = solver.package
     m = pkg.size_multiple
     hw = m * math.ceil(size / m)
     rng = np.random.default_rng(0)
@@ -253,16 +275,26 @@ def time_call(solver: Solver, pkg: ModelPackage, size: int, repeats: int) -> flo
 
 # -- the run ----------------------------------------------------------------------------------
 
-def floors(args, pkg: ModelPackage, solvers: dict, info: dict) -> tuple[dict, dict, str, dict]:
-    """``(FLOPs per size, {label: Peak}, what was counted, the matmul measurement)``. On a CPU the
+def regularizer_flops(solvers: dict, sizes: list[int]) -> tuple[dict, str]:
+    """``({label: {size: FLOPs of one regulariser call}}, what was counted)``, each on its solver's own
+    package (a ``--baseline-package`` may be another network)."""
+    try:
+        per_package = {}
+        for sv in solvers.values():
+            pkg, m = sv.package, sv.package.size_multiple   # the network runs on sizes padded to a multiple of m
+            if pkg.path not in per_package:
+                per_package[pkg.path] = {s: flopcount.regularizer_flops(pkg.settings, m * math.ceil(s / m))
+                                         for s in sizes}
+        return {n: per_package[sv.package.path] for n, sv in solvers.items()}, flopcount.COUNTED
+    except ImportError:
+        return {n: {} for n in solvers}, "not counted: torch is not installed"
+
+
+def floors(args, solvers: dict, info: dict) -> tuple[dict, dict, str, dict]:
+    """``({label: FLOPs per size}, {label: Peak}, what was counted, the matmul measurement)``. On a CPU the
     floor is the matrix-multiply rate measured now (``matmul_rate.measure``, per precision), the nominal peak of
     the detected microarchitecture only printed beside it; on a GPU the datasheet peak."""
-    try:
-        m = pkg.size_multiple   # the network runs on sizes padded to a multiple of this
-        flops_of = {s: flopcount.regularizer_flops(pkg.settings, m * math.ceil(s / m)) for s in args.size}
-        note = flopcount.COUNTED
-    except ImportError:
-        flops_of, note = {}, "not counted: torch is not installed"
+    flops_of, note = regularizer_flops(solvers, args.size)
     if args.device_kind == "cuda" or args.peak_gflops:
         return flops_of, {n: flopcount.peak_for(args.device, b, info.get("gpu"), args.peak_gflops, args.threads)
                           for n, b in _bases(solvers)}, note, {}
@@ -279,12 +311,12 @@ def floors(args, pkg: ModelPackage, solvers: dict, info: dict) -> tuple[dict, di
 
 
 def _bases(solvers: dict):
-    names = {label: name for label, name, _ in VARIANTS}
+    names = {label: name for label, name, _ in VARIANTS} | {BASELINE_PACKAGE: "onnxruntime"}
     return [(label, names.get(label, label)) for label in solvers]
 
 
-def call_row(solver: Solver, name: str, pkg: ModelPackage, size: int, args, flops_of: dict, peak) -> dict:
-    t = time_call(solver, pkg, size, args.call_repeats)
+def call_row(solver: Solver, name: str, size: int, args, flops_of: dict, peak) -> dict:
+    t = time_call(solver, size, args.call_repeats)
     row = {"size": size, "batch": 1, "backend": name, "ms_per_call": 1e3 * t}
     f = flops_of.get(size)
     if f:
@@ -297,19 +329,18 @@ def call_row(solver: Solver, name: str, pkg: ModelPackage, size: int, args, flop
     return row
 
 
-def solve_row(solver: Solver, name: str, pkg: ModelPackage, case: dict, args, ref: tuple, f, peak) -> dict:
-    """Time ``Solver.solve`` on one case; the row with the split, the peak memory and the ratios."""
-    y, op, batch = case["y"], case["op"], case["batch"]
-    before = reset_peak_memory()
-    best, wall = time_solver(solver, y, op, args)
+def solve_row(timed: tuple, solver: Solver, name: str, case: dict, args, ref: tuple, f, peak) -> dict:
+    """One timed case of ``time_solvers`` as a row: the split, the peak memory and the ratios."""
+    batch = case["batch"]
+    best, wall, peak_mb, peak_above = timed
     tm, per = best.timing, best.timing.total / batch
     row = {"size": case["size"], "batch": batch, "mode": case["mode"], "backend": name,
            "backend_detail": solver.backend_name, "s_per_image": per, "images_per_s": 1 / per,
            "network_s": tm.network / batch, "physics_s": tm.physics / batch, "sampler_s": tm.sampler / batch,
            "wall_s_per_image": wall / batch, "network_calls": tm.network_calls, "nfe": best.nfe,
-           "peak_mb": peak_memory_mb(), "peak_above_mb": peak_memory_mb() - before, "tiling": best.tiling}
+           "peak_mb": peak_mb, "peak_above_mb": peak_above, "tiling": best.tiling}
     if f and peak:
-        floor = peak.floor(flopcount.solve_flops(f["flops"], pkg.stages, args.steps))
+        floor = peak.floor(flopcount.solve_flops(f["flops"], solver.package.stages, args.steps))
         row.update(floor_network_s=floor, network_efficiency=floor / max(row["network_s"], 1e-12))
     ref_s, ref_out = ref
     if ref_s is not None:
@@ -331,12 +362,14 @@ def reference_row(model, device, case: dict, args) -> tuple[dict, tuple]:
 
 
 def against_baseline(rows: list[dict]) -> None:
-    """``vs_ort``: each row's time per image over ONNX Runtime's (spinning off) in the same case."""
-    base = {(r["size"], r["batch"]): r["s_per_image"] for r in rows if r["backend"] == BASELINE}
-    for r in rows:
-        b = base.get((r["size"], r["batch"]))
-        if b:
-            r["vs_ort"] = r["s_per_image"] / b
+    """``vs_ort``: each row's time per image over ONNX Runtime's (spinning off) in the same case;
+    ``vs_base_pkg``: over ONNX Runtime's on the ``--baseline-package``, where it was timed."""
+    for key, label in (("vs_ort", BASELINE), ("vs_base_pkg", BASELINE_PACKAGE)):
+        base = {(r["size"], r["batch"]): r["s_per_image"] for r in rows if r["backend"] == label}
+        for r in rows:
+            b = base.get((r["size"], r["batch"]))
+            if b:
+                r[key] = r["s_per_image"] / b
 
 
 def run(args) -> dict:
@@ -354,10 +387,10 @@ def run(args) -> dict:
         solvers, status = start_backends(pkg, args, Path(tmp))
         ref_model, ref_device, ref_status = start_reference(pkg, args)
         say(f"torch reference: {ref_status}")
-        flops_of, peaks, flops_note, mm = floors(args, pkg, solvers, info)
+        flops_of, peaks, flops_note, mm = floors(args, solvers, info)
         calls, solves = [], []
         for size in args.size:
-            calls += [call_row(sv, n, pkg, size, args, flops_of, peaks[n]) for n, sv in solvers.items()]
+            calls += [call_row(sv, n, size, args, flops_of[n], peaks[n]) for n, sv in solvers.items()]
             op = make_operator(task, (size, size), **params)
             for batch in args.batch:
                 case = {"size": size, "batch": batch, "op": op, "y": measurement(pkg, op, batch, args.noise),
@@ -366,12 +399,13 @@ def run(args) -> dict:
                 if ref_model is not None:
                     row, ref = reference_row(ref_model, ref_device, case, args)
                     solves.append(row)
-                solves += [solve_row(sv, n, pkg, case, args, ref, flops_of.get(size), peaks[n])
-                           for n, sv in solvers.items()]
+                timed = time_solvers(solvers, case["y"], op, args)
+                solves += [solve_row(timed[n], sv, n, case, args, (None, None) if n == BASELINE_PACKAGE else ref,
+                                     flops_of[n].get(size), peaks[n]) for n, sv in solvers.items()]
     against_baseline(solves)
     info["load"] = watch.finish()
     settings = {
-        "model": args.package or f"{args.preset} preset, random weights",
+        "model": args.package or f"{args.preset} preset, random weights", "baseline_package": args.baseline_package,
         "parameters": pkg.manifest["parameters"]["total"], "K": pkg.stages, "shared": pkg.shared,
         "attention": pkg.manifest["networks"].get("attention", "spelled"),
         "task": f"{task} {params}" if params else task, "noise": args.noise, "steps": args.steps,
@@ -413,13 +447,11 @@ def to_markdown(res: dict) -> str:
         "K x NFE regulariser calls over the floor rate (below), efficiency = floor / network time. regulariser: "
         "how the runtime ran R_k (`--tile`; by default in tiles above twice the training size); the reference "
         "always runs it whole, so where the runtime tiles, max rel diff measures the tiling, not the backend, and the "
-        "floor (whole-image FLOPs) understates the tiled work.",
-        table(res["solves"], ["size", "batch", "mode", "backend", "tiling", "s_per_image", "vs_ort", "images_per_s",
-                              "network_s", "physics_s", "sampler_s", "peak_mb", "peak_above_mb", "floor_network_s",
-                              "network_efficiency", "reference_s_per_image", "ratio", "max_rel_diff"],
-              ["size", "batch", "mode", "backend", "regulariser", "s/image", "vs ORT", "images/s", "network", "physics", "sampler",
-               "peak MB", "+ MB", "network floor", "efficiency", "torch reference s/image", "ratio",
-               "max rel diff"]),
+        "floor (whole-image FLOPs) understates the tiled work. Every backend runs each case in interleaved "
+        f"rounds (one solve each per round, {s['repeats']} rounds after a warm-up solve each), the median run kept."
+        + (f" vs base pkg = s/image over ONNX Runtime's (spinning off) on `{s['baseline_package']}`, timed in the "
+           "same rounds: the runtime before this model and the OpenVINO backend." if s.get("baseline_package") else ""),
+        solve_table(res["solves"], bool(s.get("baseline_package"))),
         "One regulariser call R_k(x; sigma), batch 1 (U-Net with the EDM preconditioning), median of "
         f"{s['call_repeats']}; floor = its FLOPs ({s['flops']}) over the peak; efficiency = floor / measured.",
         table(res["calls"], ["size", "backend", "ms_per_call", "gflop_per_call", "floor_ms", "efficiency",
@@ -428,6 +460,19 @@ def to_markdown(res: dict) -> str:
         floor_note(s),
     ]
     return "\n\n".join(parts)
+
+
+def solve_table(rows: list[dict], with_base_pkg: bool) -> str:
+    cols = ["size", "batch", "mode", "backend", "tiling", "s_per_image", "vs_ort", "images_per_s", "network_s",
+            "physics_s", "sampler_s", "peak_mb", "peak_above_mb", "floor_network_s", "network_efficiency",
+            "reference_s_per_image", "ratio", "max_rel_diff"]
+    heads = ["size", "batch", "mode", "backend", "regulariser", "s/image", "vs ORT", "images/s", "network", "physics",
+             "sampler", "peak MB", "+ MB", "network floor", "efficiency", "torch reference s/image", "ratio",
+             "max rel diff"]
+    if with_base_pkg:
+        cols.insert(7, "vs_base_pkg")
+        heads.insert(7, "vs base pkg")
+    return table(rows, cols, heads)
 
 
 def floor_note(s: dict) -> str:

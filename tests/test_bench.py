@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -162,17 +163,21 @@ def test_run_help_and_defaults(capsys):
 
 def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
     """The tiny preset's random-weight package (exported by the fixture, as run.py does for
-    --preset), 4 steps, 1 repeat: the JSON and Markdown hold the machine, the settings and a
-    row per backend present with its ratio to the torch reference."""
+    --preset), 4 steps, 2 interleaved rounds: the JSON and Markdown hold the machine, the
+    settings and a row per backend present with its ratio to the torch reference; a baseline
+    package (here a copy of the same one) gets its own row and every row its ratio to it."""
+    base = tmp_path / "before"
+    shutil.copytree(tiny_pkg.path, base)
     threads = torch.get_num_threads()
     try:  # one thread: torch's thread pool stalls badly when another process holds the other cores
-        assert bench_run.main(["--package", str(tiny_pkg.path), "--size", "32", "--batch", "1", "2", "--repeats", "1",
-                               "--call-repeats", "1", "--steps", "4", "--threads", "1", "--out", str(tmp_path),
+        assert bench_run.main(["--package", str(tiny_pkg.path), "--size", "32", "--batch", "1", "2", "--repeats", "2",
+                               "--call-repeats", "1", "--steps", "4", "--threads", "1", "--out", str(tmp_path / "out"),
+                               "--baseline-package", str(base),
                                "--allow-busy"]) == 0
     finally:
         torch.set_num_threads(threads)
-    (md,) = tmp_path.glob("*.md")
-    (js,) = tmp_path.glob("*.json")
+    (md,) = (tmp_path / "out").glob("*.md")
+    (js,) = (tmp_path / "out").glob("*.json")
     assert md.stem == js.stem == machine.machine_slug(machine.machine_info())
     data = json.loads(js.read_text())
     m = data["machine"]
@@ -193,7 +198,10 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
     assert "onnxruntime" in present and "onnxruntime OpenVINO EP" in res["backends"]
     for batch in (1, 2):
         rows = {r["backend"]: r for r in res["solve"] if r["batch"] == batch}
-        assert set(rows) == {"torch reference", *present}
+        assert set(rows) == {"torch reference", bench_run.BASELINE_PACKAGE, *present}
+        before = rows[bench_run.BASELINE_PACKAGE]
+        assert before["vs_base_pkg"] == 1.0 and "max_rel_diff" not in before   # another network: no output check
+        assert before["backend_detail"].startswith("onnxruntime")
         ref = rows["torch reference"]["s_per_image"]
         for name in present:
             r = rows[name]
@@ -203,6 +211,7 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
             assert r["ratio"] == pytest.approx(ref / r["s_per_image"])
             assert r["max_rel_diff"] < (5e-2 if "bf16" in name else 1e-3)   # the same restoration (test_openvino.py)
             assert r["vs_ort"] == pytest.approx(r["s_per_image"] / rows["onnxruntime"]["s_per_image"])
+            assert r["vs_base_pkg"] == pytest.approx(r["s_per_image"] / before["s_per_image"])
             assert r["peak_mb"] > 0 and r["peak_above_mb"] >= 0
             assert r["tiling"] == "untiled"   # 32 px: within one tile, as the reference runs
             assert r["nfe"] == 4 and r["network_calls"] == 4 * 2   # NFE x K, the batch in one call
@@ -215,7 +224,8 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
         assert call["efficiency"] == pytest.approx(call["floor_ms"] / call["ms_per_call"])
     text = md.read_text()
     assert "torch reference" in text and "onnxruntime" in text and "needs a CUDA device" in text
-    assert "| size | batch | mode | backend | regulariser | s/image |" in text
+    assert "| size | batch | mode | backend | regulariser | s/image | vs ORT | vs base pkg |" in text
+    assert f"on `{base}`" in text and "interleaved rounds" in text and s["baseline_package"] == str(base)
 
 
 def test_run_without_anything_to_time_writes_nothing(tiny_pkg, tmp_path, capsys):

@@ -273,3 +273,12 @@ def test_sigpy_sense_matches_our_operator():
     for kind in ("gaussian1d", "gaussian2d"):
         op = make_operator("mri", (32, 24), kind=kind, acceleration=4.0, ncoils=4, seed=1)
         assert qb.check_sigpy_forward(op) < 1e-12
+
+
+def test_reports_count_the_images_each_case_really_had():
+    """``--images 5`` on a source of 4 photos scores 4: the report says 4, not the request."""
+    from types import SimpleNamespace
+
+    rows = [{"task": "sr", "per_image": [{}] * 4}, {"task": "sr", "note": "skipped"}]
+    assert quality.images_used(rows, SimpleNamespace(images=5)) == 4
+    assert quality.images_used([], SimpleNamespace(images=5)) == 5
