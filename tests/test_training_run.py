@@ -65,6 +65,26 @@ def test_config_errors_name_the_problem(tmp_path):
         load_config(bad)
 
 
+def test_task_mix_settings_reach_the_sampler():
+    """Inpainting's missing range and the SR factors are settings; a task or factor named twice
+    is drawn about twice as often; a range outside (0, 1) is refused with the setting's name."""
+    cfg = fast_config("data.size=64", 'data.tasks=["sr", "inpainting", "inpainting"]',
+                      "data.inpainting_missing=[0.5, 0.8]", "data.sr_factors=[4, 8, 8]")
+    sampler = TrainingBatches(cfg).tasks
+    assert sampler.sr_factors_in_use == (4, 8, 8)
+    rng = np.random.default_rng(0)
+    draws = [sampler.sample(rng) for _ in range(600)]
+    inpaint = [d.params["missing"] for d in draws if d.task == "inpainting"]
+    factors = [d.params["factor"] for d in draws if d.task == "sr"]
+    assert 340 < len(inpaint) < 460 and 0.5 <= min(inpaint) and max(inpaint) <= 0.8
+    assert 0.55 < factors.count(8) / len(factors) < 0.78
+    assert cfg.to_dict()["data"]["inpainting_missing"] == (0.5, 0.8)
+    with pytest.raises(InputError, match="data.inpainting_missing"):
+        fast_config("data.inpainting_missing=[0.5, 1.0]")
+    with pytest.raises(InputError, match="data.sr_factors"):
+        fast_config("data.sr_factors=[1]")
+
+
 def test_yaml_config(tmp_path):
     pytest.importorskip("yaml")
     p = tmp_path / "run.yaml"

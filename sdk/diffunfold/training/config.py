@@ -31,7 +31,9 @@ class DataSettings:
     val_path: str | None = None      # fastMRI file/folder, or image folder, for validation
     native_crops: bool = False       # folder: crops from native resolution to the whole photo
     size: int = 64                   # training crop (pixels, square)
-    tasks: tuple[str, ...] = IMAGE_TASKS
+    tasks: tuple[str, ...] = IMAGE_TASKS  # a task named twice is drawn twice as often
+    inpainting_missing: tuple[float, float] = (0.2, 0.6)  # fraction of pixels missing, uniform (paper 4.1)
+    sr_factors: tuple[int, ...] = (4, 8, 16)  # those the crop size allows, drawn alike (a repeat: twice as often)
     mri_patterns: tuple[tuple[str, float], ...] = (
         ("uniform1d", 4), ("uniform1d", 8), ("gaussian1d", 4), ("gaussian1d", 8),
         ("gaussian2d", 8), ("gaussian2d", 16))
@@ -54,6 +56,12 @@ class DataSettings:
             raise InputError(f"data.source = {self.source!r} needs data.path (the {self.source} to train on)")
         self.tasks = tuple(canonical_task(t) for t in self.tasks)
         self.mri_patterns = tuple((str(k), float(a)) for k, a in self.mri_patterns)
+        lo, hi = self.inpainting_missing = tuple(float(v) for v in self.inpainting_missing)
+        if not 0 < lo <= hi < 1:
+            raise InputError(f"data.inpainting_missing must be [low, high] with 0 < low <= high < 1, got {[lo, hi]}")
+        self.sr_factors = tuple(int(f) for f in self.sr_factors)
+        if not self.sr_factors or min(self.sr_factors) < 2:
+            raise InputError(f"data.sr_factors must be integers >= 2, got {list(self.sr_factors)}")
         bad = [k for k, _ in self.mri_patterns if k not in MASK_KINDS]
         if bad:
             raise InputError(f"unknown MRI mask kind(s) {bad}; choose from {MASK_KINDS}")

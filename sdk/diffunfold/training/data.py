@@ -134,7 +134,8 @@ class TrainingBatches(torch.utils.data.Dataset):
         if cfg.data.is_mri:
             self.tasks = MRITaskSampler(cfg.data.mri_patterns)
         else:
-            self.tasks = TaskSampler(size, families=cfg.data.tasks)
+            self.tasks = TaskSampler(size, families=cfg.data.tasks, missing=cfg.data.inpainting_missing,
+                                     sr_factors=cfg.data.sr_factors)
 
     def __len__(self) -> int:
         return self.cfg.train.steps - self.start
