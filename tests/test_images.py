@@ -113,6 +113,31 @@ def test_crop_params_respect_min_scale_and_bounds(folder):
     assert 0 < sum(hflips) < 40
 
 
+
+def _crop_sides(ds, width: int, height: int, epochs: int = 400) -> np.ndarray:
+    sides = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        (left, top, right, bottom), _, _ = ds.crop_params(0, width, height)
+        assert right - left == bottom - top and 0 <= left and right <= width and bottom <= height
+        sides.append(right - left)
+    return np.array(sides)
+
+
+def test_native_crops_span_scales_and_whole_fraction_shifts_them(folder):
+    """Native crops run log-uniformly from the output size to the shorter side (most of them
+    smaller than half of it); whole_fraction=0.5 turns about half of them into min_scale..1
+    crops; whole_fraction=0 draws exactly the crops of before; out-of-range values are refused."""
+    native = _crop_sides(ImageFolder(folder, size=SIZE, split="all", native=True), 2000, 1000)
+    assert native.min() >= SIZE and native.max() <= 1000
+    assert 0.6 < np.mean(native < 500) < 0.9  # log-uniform: P(side < 500) = log(500/S) / log(1000/S)
+    mixed = _crop_sides(ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=0.5), 2000, 1000)
+    assert 0.35 < np.mean(mixed >= 500) - np.mean(native >= 500) < 0.65
+    same = _crop_sides(ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=0.0), 2000, 1000)
+    np.testing.assert_array_equal(same, native)
+    with pytest.raises(InputError, match="whole_fraction"):
+        ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=1.5)
+
 def test_full_crop_is_image_or_its_mirror(tmp_path):
     """min_scale=1 on a square image of the output size: the crop is the whole image, so each
     item is the image itself or its left-right mirror, and both occur."""

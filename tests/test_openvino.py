@@ -142,6 +142,8 @@ def test_options_go_to_their_backend(package):
         OpenVinoBackend(pkg, device="cuda")
     with pytest.raises(InputError, match="attention must be one of"):
         Solver.load(pkg, backend="openvino", attention="flash")
+    with pytest.raises(InputError, match="group_norm must be one of"):
+        Solver.load(pkg, backend="openvino", group_norm="layer")
 
 
 def test_spelled_attention_matches_fused(package, tmp_path):
@@ -154,6 +156,19 @@ def test_spelled_attention_matches_fused(package, tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     got = {a: be.regularize(x, 0.5, 1) for a, be in forms.items()}
     assert rel_err(got["spelled"], got["fused"]) < 1e-5
+
+
+def test_group_norms_in_reduce_form_match_the_exported_form(package, tmp_path):
+    """The default reads every group norm from per-channel statistics (no reshape of the
+    activation); in float32 that computes what the exported Reshape-InstanceNorm-Reshape form
+    does (1e-5 relative, float rounding only)."""
+    _, pkg = package
+    forms = {g: OpenVinoBackend(pkg, precision="f32", cache_dir=tmp_path, group_norm=g) for g in ("reduce", "exported")}
+    assert "group norms reduce" in forms["reduce"].describe()
+    assert "group norms exported" in forms["exported"].describe()
+    x = np.random.default_rng(1).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
+    got = {g: be.regularize(x + 3.0, 0.5, 1) for g, be in forms.items()}  # an offset: the mean matters
+    assert rel_err(got["reduce"], got["exported"]) < 1e-5
 
 
 def test_openvino_runs_without_torch(package, run_without_torch):

@@ -83,6 +83,8 @@ def test_task_mix_settings_reach_the_sampler():
         fast_config("data.inpainting_missing=[0.5, 1.0]")
     with pytest.raises(InputError, match="data.sr_factors"):
         fast_config("data.sr_factors=[1]")
+    with pytest.raises(InputError, match="data.whole_fraction"):
+        fast_config("data.whole_fraction=-0.1")
 
 
 def test_yaml_config(tmp_path):

@@ -248,7 +248,9 @@ class ImageDataset:
     ``size`` (antialiased bicubic), flipped left-right with probability 0.5 (and up-down
     with probability 0.5 when ``vflip=True``). With ``native=True`` the side is instead
     log-uniform between ``size`` pixels and the shorter side, so crops range from a piece at
-    the photo's own resolution to the whole photo shrunk. With ``augment=False`` it is the centre square
+    the photo's own resolution to the whole photo shrunk; ``whole_fraction`` of those crops are
+    drawn the first way instead (``min_scale`` to 1 of the shorter side: a photo shrunk whole,
+    as thumbnails and the 64 px evaluation see it). With ``augment=False`` it is the centre square
     of the full shorter side, resized: deterministic, for evaluation.
 
     The random draws come from ``np.random.default_rng((seed, epoch, index))`` only.
@@ -257,7 +259,7 @@ class ImageDataset:
     """
 
     def __init__(self, size: int = 64, channels: int = 3, seed: int = 0, min_scale: float = 0.5,
-                 augment: bool = True, vflip: bool = False, native: bool = False):
+                 augment: bool = True, vflip: bool = False, native: bool = False, whole_fraction: float = 0.0):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise InputError(f"size must be a positive integer (pixels), got {size!r}")
         if not 0.0 < float(min_scale) <= 1.0:
@@ -270,6 +272,9 @@ class ImageDataset:
         self.augment = bool(augment)
         self.vflip = bool(vflip)
         self.native = bool(native)
+        if not 0.0 <= float(whole_fraction) <= 1.0:
+            raise InputError(f"whole_fraction must be in [0, 1], got {whole_fraction!r}")
+        self.whole_fraction = float(whole_fraction)
         self.epoch = 0
 
     @staticmethod
@@ -301,7 +306,9 @@ class ImageDataset:
             left, top = (width - side_max) // 2, (height - side_max) // 2
             return (left, top, left + side_max, top + side_max), False, False
         rng = np.random.default_rng((self.seed, self.epoch, index))
-        if self.native:
+        # The extra draw only where asked, so crops without it stay those of earlier runs.
+        whole = self.whole_fraction > 0 and rng.random() < self.whole_fraction
+        if self.native and not whole:
             # Log-uniform from `size` pixels (a piece at the photo's own resolution) to the
             # whole shorter side, so crops look like parts of photos, not only shrunk photos.
             low = math.log(min(self.size, side_max))
@@ -358,13 +365,13 @@ class ImageFolder(ImageDataset):
     def __init__(self, root: str | os.PathLike, size: int = 64, split: str = "train",
                  channels: int = 3, val_fraction: float = 0.1, seed: int = 0,
                  min_scale: float = 0.5, recursive: bool = True, *, vflip: bool = False,
-                 augment: bool | None = None, native: bool = False):
+                 augment: bool | None = None, native: bool = False, whole_fraction: float = 0.0):
         split = _check_split(split)
         if not 0.0 <= float(val_fraction) <= 1.0:
             raise InputError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
         super().__init__(size=size, channels=channels, seed=seed, min_scale=min_scale,
                          augment=(split != "val") if augment is None else augment, vflip=vflip,
-                         native=native)
+                         native=native, whole_fraction=whole_fraction)
         self.root = Path(root)
         self.split = split
         self.val_fraction = float(val_fraction)
@@ -427,11 +434,11 @@ class BundledImages(ImageDataset):
 
     def __init__(self, size: int = 64, split: str = "train", channels: int = 3, seed: int = 0,
                  min_scale: float = 0.5, *, vflip: bool = False, augment: bool | None = None,
-                 native: bool = False):
+                 native: bool = False, whole_fraction: float = 0.0):
         split = _check_split(split)
         super().__init__(size=size, channels=channels, seed=seed, min_scale=min_scale,
                          augment=(split != "val") if augment is None else augment, vflip=vflip,
-                         native=native)
+                         native=native, whole_fraction=whole_fraction)
         self.split = split
         self.names: tuple[str, ...] = {
             "train": BUNDLED_TRAIN, "val": BUNDLED_HELD_OUT, "all": BUNDLED_NAMES,

@@ -331,7 +331,8 @@ def openvino_status() -> str:
 # without Python overhead), then torch.
 _PREFERENCE = ("tensorrt", "openvino", "onnxruntime", "torch")
 # Options each backend takes besides device and threads.
-_OPTIONS = {"tensorrt": {"cuda_graphs", "engines"}, "openvino": {"precision", "cache_dir", "attention"},
+_OPTIONS = {"tensorrt": {"cuda_graphs", "engines"}, "openvino": {"precision", "cache_dir", "attention",
+                                                                         "group_norm"},
             "onnxruntime": {"spinning"}, "torch": set()}
 
 
@@ -340,7 +341,7 @@ def create_backend(package: ModelPackage, backend: str = "auto", device: str = "
     """``(backend, why it was chosen)``. ``auto`` takes the first usable one of
     tensorrt > openvino > onnxruntime > torch for the device. ``options``: TensorRT's
     ``cuda_graphs=True``, ``engines=DIR``; OpenVINO's ``precision="bf16"|"f32"``,
-    ``cache_dir=DIR``, ``attention="fused"|"spelled"``; ONNX Runtime's ``spinning=True|False``; others are refused."""
+    ``cache_dir=DIR``, ``attention="fused"|"spelled"``, ``group_norm="reduce"|"exported"``; ONNX Runtime's ``spinning=True|False``; others are refused."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kind, _ = parse_device(device)

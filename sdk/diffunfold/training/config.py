@@ -30,6 +30,7 @@ class DataSettings:
     path: str | None = None          # image folder, fastMRI file/folder, or volumes folder (training)
     val_path: str | None = None      # fastMRI file/folder, or image folder, for validation
     native_crops: bool = False       # folder: crops from native resolution to the whole photo
+    whole_fraction: float = 0.0      # folder, with native_crops: this share of crops a photo shrunk whole
     size: int = 64                   # training crop (pixels, square)
     tasks: tuple[str, ...] = IMAGE_TASKS  # a task named twice is drawn twice as often
     inpainting_missing: tuple[float, float] = (0.2, 0.6)  # fraction of pixels missing, uniform (paper 4.1)
@@ -59,6 +60,8 @@ class DataSettings:
         lo, hi = self.inpainting_missing = tuple(float(v) for v in self.inpainting_missing)
         if not 0 < lo <= hi < 1:
             raise InputError(f"data.inpainting_missing must be [low, high] with 0 < low <= high < 1, got {[lo, hi]}")
+        if not 0.0 <= float(self.whole_fraction) <= 1.0:
+            raise InputError(f"data.whole_fraction must be in [0, 1], got {self.whole_fraction!r}")
         self.sr_factors = tuple(int(f) for f in self.sr_factors)
         if not self.sr_factors or min(self.sr_factors) < 2:
             raise InputError(f"data.sr_factors must be integers >= 2, got {list(self.sr_factors)}")
