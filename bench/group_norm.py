@@ -103,7 +103,7 @@ def to_markdown(rows: list[dict], args) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="bench/group_norm.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--package", type=Path, default=ROOT / "samples" / "models" / "image-small")
+    ap.add_argument("--package", default=str(ROOT / "samples" / "models" / "image-small"))
     ap.add_argument("--size", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--calls", type=int, default=10, help="calls per round (default 10)")

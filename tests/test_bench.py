@@ -331,3 +331,19 @@ def test_weight_generator_variants_replace_only_what_they_say(tmp_path):
     assert all(t == [1.0, 1.0] and g == [1.0, 1.0] for t, g in v["tau = gamma = 1"].values())
     assert v["learned, gamma x 4"][0.5] == ([1.2, 0.3], [0.16, 32.0])
     assert v["learned, gamma / 4"][80.0] == ([0.5, 0.7], [0.5, 0.025])
+
+
+def test_group_norm_bench_times_both_forms_and_checks_them(tiny_pkg, tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    import group_norm
+
+    assert group_norm.main(["--package", str(tiny_pkg.path), "--size", "32", "--rounds", "1", "--calls", "1",
+                            "--out", str(tmp_path), "--allow-busy"]) == 0
+    (js,) = tmp_path.glob("group_norm-*.json")
+    rows = json.loads(js.read_text())["results"]
+    assert {(r["backend"], r["group_norm"]) for r in rows} == {
+        (b, f) for b in ("openvino bf16", "openvino f32", "onnxruntime") for f in ("exported", "reduce")}
+    for r in rows:
+        assert r["ms_per_call"] > 0 and math.isfinite(r["max_rel_diff"])
+        if r["backend"] != "openvino bf16":  # float32: the same function
+            assert r["max_rel_diff"] < 1e-5
