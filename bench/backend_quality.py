@@ -1,8 +1,11 @@
-"""Does a faster backend cost quality? The bundled packages restore the demo's held-out data with
+"""Does a faster backend cost quality? The bundled packages restore the demo's held-out data (the
+held-out photos and head slices of ``diffunfold data`` under ``--data``, else scikit-image's photos
+and synthetic phantoms) with
 ONNX Runtime (float32, the reference path) and with OpenVINO (bf16 where the CPU has it, and
 float32), same measurements and seeds; PSNR of each against the truth, and the difference.
 
     python bench/backend_quality.py                        # both bundled packages, 5 images per task
+    python bench/backend_quality.py --data data            # on what `diffunfold data` wrote to data/
     python bench/backend_quality.py --images 2 --steps 8 --no-write
 
 The target (issue 16): bf16 within 0.05 dB of the float32 path on every task.
@@ -21,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fmt_number, markdown_table  # noqa: E402
 from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
 
-from diffunfold.demo import DEFAULT_IMAGE_PACKAGE, DEFAULT_MRI_PACKAGE, TASKS, held_out_images, held_out_phantoms  # noqa: E402
+from diffunfold.demo import DEFAULT_IMAGE_PACKAGE, DEFAULT_MRI_PACKAGE, TASKS  # noqa: E402
+from diffunfold.demo_data import load_demo_data  # noqa: E402
 from diffunfold.metrics import psnr  # noqa: E402
 from diffunfold.physics.tasks import make_operator  # noqa: E402
 from diffunfold.runtime import Solver  # noqa: E402
@@ -59,15 +63,18 @@ def score_task(task, solvers: dict, clean: np.ndarray, args) -> list[dict]:
     return rows
 
 
-def run(args) -> list[dict]:
-    rows = []
+def run(args) -> tuple[list[dict], list[str]]:
+    """The rows, and where each kind's held-out data came from."""
+    rows, sources = [], []
     for path, mri in ((args.image_package, False), (args.mri_package, True)):
         solvers = {label: Solver.load(path, backend=b, **opts) for label, b, opts in VARIANTS}
-        _, clean = (held_out_phantoms if mri else held_out_images)(args.size, args.images)
+        data = load_demo_data("mri" if mri else "image", args.data, args.size, args.images)
+        clean = np.asarray(data["images"])
+        sources.append(data["source"])
         for task in TASKS:
             if task.is_mri == mri:
                 rows += score_task(task, solvers, clean, args)
-    return rows
+    return rows, sources
 
 
 def main(argv=None) -> int:
@@ -81,13 +88,16 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.05, help="image noise std (default 0.05, the demo's)")
     ap.add_argument("--mri-noise", type=float, default=0.0, help="k-space noise over max|A x| (default 0)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default="data", help="where `diffunfold data` wrote photos/ and mri/ (default data/; "
+                    "without them: scikit-image's photos and synthetic phantoms)")
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     watch, info = LoadWatch(), machine_info()
-    rows = run(args)
+    rows, sources = run(args)
     cols = ["task", "backend", "psnr", "mean_diff_db", "max_abs_diff_db", "s"]
     md = (f"Held-out data of the demo ({args.images} per task, {args.size} px, {args.steps} Euler steps, one sample, "
-          f"seed {args.seed}): mean PSNR, and its difference to ONNX Runtime float32 per image (mean, largest).\n\n"
+          f"seed {args.seed}; images: {sources[0]}; MRI: {sources[1]}): mean PSNR, and its difference to ONNX Runtime "
+          "float32 per image (mean, largest).\n\n"
           + markdown_table([{c: fmt_number(r[c]) for c in cols} for r in rows], cols,
                            ["task", "backend", "PSNR dB", "mean diff dB", "max |diff| dB", "seconds"], fmt=str))
     # quality does not depend on the load (the seconds do): written either way, marked when busy

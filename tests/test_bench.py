@@ -347,3 +347,19 @@ def test_group_norm_bench_times_both_forms_and_checks_them(tiny_pkg, tmp_path):
         assert r["ms_per_call"] > 0 and math.isfinite(r["max_rel_diff"])
         if r["backend"] != "openvino bf16":  # float32: the same function
             assert r["max_rel_diff"] < 1e-5
+
+
+def test_backend_quality_scores_every_backend_and_names_its_data(tmp_path):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    import argparse
+
+    import backend_quality as bq
+
+    args = argparse.Namespace(image_package=str(bq.DEFAULT_IMAGE_PACKAGE), mri_package=str(bq.DEFAULT_MRI_PACKAGE),
+                              images=1, size=32, steps=2, noise=0.05, mri_noise=0.0, seed=0, data=str(tmp_path / "none"))
+    rows, sources = bq.run(args)
+    assert {r["backend"] for r in rows} == {"onnxruntime f32", "openvino bf16", "openvino f32"}
+    assert {r["task"] for r in rows} == {t.key for t in bq.TASKS}
+    assert all(math.isfinite(r["psnr"]) and r["max_abs_diff_db"] >= 0 for r in rows)
+    assert all(r["mean_diff_db"] == 0 for r in rows if r["backend"] == "onnxruntime f32")  # the reference
+    assert "scikit-image" in sources[0] and "phantoms" in sources[1]  # no `diffunfold data` there: the fallbacks
