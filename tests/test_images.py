@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -137,6 +138,21 @@ def test_native_crops_span_scales_and_whole_fraction_shifts_them(folder):
     np.testing.assert_array_equal(same, native)
     with pytest.raises(InputError, match="whole_fraction"):
         ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=1.5)
+
+def test_cache_decodes_each_file_once_and_gives_the_same_items(folder, monkeypatch):
+    """cache=True: the same crops over several epochs, each file decoded once (not once per item)."""
+    plain = ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=0.5)
+    cached = ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=0.5, cache=True)
+    opened = []
+    real_open = im._open
+    monkeypatch.setattr(im, "_open", lambda path, channels: opened.append(path) or real_open(path, channels))
+    for epoch in range(3):
+        plain.set_epoch(epoch), cached.set_epoch(epoch)
+        for a, b in zip(_items(plain), _items(cached)):
+            np.testing.assert_array_equal(a, b)
+    counts = Counter(map(str, opened))  # plain: once per epoch; cached: once in all
+    assert len(counts) == len(plain) and set(counts.values()) == {3 + 1}
+
 
 def test_full_crop_is_image_or_its_mirror(tmp_path):
     """min_scale=1 on a square image of the output size: the crop is the whole image, so each

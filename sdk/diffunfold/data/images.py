@@ -360,12 +360,18 @@ class ImageFolder(ImageDataset):
     The "train" and "all" splits are augmented (random crop + flips), "val" uses the
     deterministic centre crop; pass ``augment`` to override. Hidden files and folders (name
     starting with ".", e.g. macOS "._x.png" resource forks) are skipped.
+
+    With ``cache=True`` each photo is decoded once per process and kept in memory (about
+    3 bytes a pixel: 0.38 GB for the 214 training photos of ``diffunfold data photos``, in each
+    DataLoader worker). Decoding is about 90 % of the CPU time of a training batch, which is
+    what feeds a GPU; the items are the same either way.
     """
 
     def __init__(self, root: str | os.PathLike, size: int = 64, split: str = "train",
                  channels: int = 3, val_fraction: float = 0.1, seed: int = 0,
                  min_scale: float = 0.5, recursive: bool = True, *, vflip: bool = False,
-                 augment: bool | None = None, native: bool = False, whole_fraction: float = 0.0):
+                 augment: bool | None = None, native: bool = False, whole_fraction: float = 0.0,
+                 cache: bool = False):
         split = _check_split(split)
         if not 0.0 <= float(val_fraction) <= 1.0:
             raise InputError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
@@ -401,6 +407,8 @@ class ImageFolder(ImageDataset):
             )
         self.relpaths: list[str] = chosen
         self.paths: list[Path] = [self.root / p for p in chosen]
+        self.cache = bool(cache)
+        self._decoded: dict[int, Image.Image] = {}
 
     def _scan(self) -> list[str]:
         found = []
@@ -416,7 +424,11 @@ class ImageFolder(ImageDataset):
         return len(self.paths)
 
     def _native(self, index: int) -> Image.Image:
-        return _open(self.paths[index], self.channels)
+        if not self.cache:
+            return _open(self.paths[index], self.channels)
+        if index not in self._decoded:  # per process: each DataLoader worker fills its own
+            self._decoded[index] = _open(self.paths[index], self.channels)
+        return self._decoded[index]
 
     def __repr__(self) -> str:
         return (f"ImageFolder({str(self.root)!r}, split={self.split!r}, n={len(self)}, "

@@ -31,6 +31,7 @@ class DataSettings:
     val_path: str | None = None      # fastMRI file/folder, or image folder, for validation
     native_crops: bool = False       # folder: crops from native resolution to the whole photo
     whole_fraction: float = 0.0      # folder, with native_crops: this share of crops a photo shrunk whole
+    cache_images: bool = False       # folder: decode each photo once per worker (~90 % of a batch's CPU time)
     size: int = 64                   # training crop (pixels, square)
     tasks: tuple[str, ...] = IMAGE_TASKS  # a task named twice is drawn twice as often
     inpainting_missing: tuple[float, float] = (0.2, 0.6)  # fraction of pixels missing, uniform (paper 4.1)

@@ -102,10 +102,11 @@ def _image_folder(d, channels: int, split: str, seed: int) -> ImageFolder:
     ``train/`` and ``held-out/``); without, one folder is split by a hash of each path."""
     if d.val_path is None:
         return ImageFolder(d.path, d.size, split=split, channels=channels, seed=seed,
-                           native=d.native_crops, whole_fraction=d.whole_fraction)
+                           native=d.native_crops, whole_fraction=d.whole_fraction, cache=d.cache_images)
     path = d.path if split == "train" else d.val_path
     return ImageFolder(path, d.size, split="all", channels=channels, seed=seed,
-                       augment=split == "train", native=d.native_crops, whole_fraction=d.whole_fraction)
+                       augment=split == "train", native=d.native_crops, whole_fraction=d.whole_fraction,
+                       cache=d.cache_images)
 
 
 def stack_maps(items: list[dict]) -> np.ndarray:

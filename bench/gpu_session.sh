@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The one command of a lent GPU machine (the `device` tool): it must fit in one call of at most
+# 10 minutes, so it does, in this order and on a fixed time budget:
+#   1. versions and the GPU (fails fast when torch sees no CUDA device or a module is missing);
+#   2. in the background, the CuPy/CUDA parity tests (pytest -k "cupy or cuda"), which skip on
+#      machines without a GPU;
+#   3. image-small fine-tuned on the GPU from the bundled package, two variants at once (the
+#      runs 5-6 recipe at batch 32 / lr 1e-4, and batch 64 / lr 2e-4), both for the same number
+#      of steps: a 60-step calibration of the two side by side sets how many fit in TRAIN_S.
+# What comes back (at most 8 files): the EMA weights of each variant as a slim checkpoint
+# (ckpt-*.safetensors + .json; the export script in samples/models/image-small/TRAINING.md
+# turns one into a package), and logs.tar.gz with every log, config and CSV.
+#
+#   bash bench/gpu_session.sh                      # on the GPU machine; photos in .gpu/photos
+#   PHOTOS=/data/photos/train TRAIN_S=60 OUT=/tmp/o DEVICE=cpu bash bench/gpu_session.sh   # a dry run
+set -u
+OUT=${OUT:-/tmp/gpu_session}
+PHOTOS=${PHOTOS:-.gpu/photos}
+HELD_OUT=${HELD_OUT:-.gpu/held-out}   # only the final validation (5 photos) reads it
+TRAIN_S=${TRAIN_S:-390}          # seconds of training after the calibration
+CAL_STEPS=${CAL_STEPS:-60}
+DEVICE=${DEVICE:-auto}
+WORKERS=${WORKERS:-6}            # DataLoader workers per variant (decoded photos cached in each)
+PY=${PY:-python3}
+BATCH_A=${BATCH_A:-32}; BATCH_B=${BATCH_B:-64}   # the variants' batches (lr 1e-4 and 2e-4)
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/sdk${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+LOGS=$(mktemp -d)
+T0=$(date +%s)
+say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+
+say "1. machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$LOGS/gpu.txt"
+$PY - <<'EOF' 2>&1 | tee "$LOGS/versions.txt"; [ "${PIPESTATUS[0]}" = 0 ] || exit 1
+import sys, PIL.features, torch, numpy, safetensors, onnx
+print("python", sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__,
+      "onnx", onnx.__version__, "webp", PIL.features.check("webp"))
+print("cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
+try:
+    import cupy
+    print("cupy", cupy.__version__, "devices", cupy.cuda.runtime.getDeviceCount())
+except Exception as exc:
+    print("cupy: not usable:", exc)
+import diffunfold.training.trainer  # noqa: F401  (every import the training needs)
+EOF
+
+say "2. parity tests (background)"
+( timeout 300 $PY -m pytest -q -p no:cacheprovider -k "cupy or cuda" tests/ >"$LOGS/parity.log" 2>&1
+  echo "exit $?" >>"$LOGS/parity.log" ) &
+PARITY=$!
+
+train() {  # train NAME BATCH LR STEPS OUTDIR [CHECKPOINT_EVERY]; stopped TRAIN_S + 120 s on
+  timeout $(( TRAIN_S + 120 )) $PY -m diffunfold train --config small --set 'model.unet.attention_levels=[3]' \
+    --set data.source='"folder"' --set data.path="\"$PHOTOS\"" --set data.val_path="\"$HELD_OUT\"" \
+    --set data.native_crops=true --set data.whole_fraction=0.5 --set data.cache_images=true \
+    --set 'data.tasks=["gaussian_blur","anisotropic_blur","sr","sr","inpainting","inpainting","inpainting"]' \
+    --set 'data.inpainting_missing=[0.3, 0.8]' --set 'data.sr_factors=[4, 8, 8]' \
+    --set data.workers="$WORKERS" --set train.device="\"$DEVICE\"" --set train.threads=2 \
+    --set train.init_from='"samples/models/image-small"' --set train.batch_size="$2" --set train.lr="$3" \
+    --steps "$4" --set train.decay_steps="$4" --set train.warmup_steps=50 --set train.val_every=0 \
+    --set train.log_every=20 --set train.checkpoint_every="${6:-0}" --set train.keep_checkpoints=1 --out "$5"
+}
+
+say "3a. calibration: $CAL_STEPS steps of both variants side by side"
+train b32 "$BATCH_A" 0.0001 "$CAL_STEPS" "$LOGS/cal-b32" >"$LOGS/cal-b32.txt" 2>&1 &
+A=$!
+train b64 "$BATCH_B" 0.0002 "$CAL_STEPS" "$LOGS/cal-b64" >"$LOGS/cal-b64.txt" 2>&1
+wait $A || { tail -20 "$LOGS/cal-b32.txt"; exit 1; }
+STEPS=$($PY - "$LOGS" "$TRAIN_S" <<'EOF'
+import csv, sys
+logs, budget = sys.argv[1], float(sys.argv[2])
+rates = []
+for name in ("cal-b32", "cal-b64"):
+    rows = list(csv.DictReader(open(f"{logs}/{name}/log.csv")))
+    a, b = rows[0], rows[-1]  # the first 20 steps hold the start-up: rate from there on
+    rates.append((int(b["step"]) - int(a["step"])) / (float(b["elapsed_s"]) - float(a["elapsed_s"])))
+    print(f"{name}: {rates[-1]:.2f} steps/s side by side", file=sys.stderr)
+print(max(100, int(min(rates) * budget * 0.92) // 50 * 50))
+EOF
+) || { tail -20 "$LOGS/cal-b64.txt"; exit 1; }
+say "3b. training both variants for $STEPS steps"
+EVERY=$(( STEPS / 5 ))  # a checkpoint to fall back on if a run overruns
+train b32 "$BATCH_A" 0.0001 "$STEPS" "$LOGS/b32" "$EVERY" >"$LOGS/b32.txt" 2>&1 &
+A=$!
+train b64 "$BATCH_B" 0.0002 "$STEPS" "$LOGS/b64" "$EVERY" >"$LOGS/b64.txt" 2>&1
+wait $A
+say "trained"; tail -n 3 "$LOGS/b32/log.csv" "$LOGS/b64/log.csv"; cat "$LOGS"/b*/val.csv
+
+say "4. slim checkpoints (EMA weights only)"
+for v in b32 b64; do
+  $PY - "$LOGS/$v/checkpoints" "$OUT/$v" <<'EOF'
+import json, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from diffunfold.package import sha256_file
+from diffunfold.training.checkpoint import latest_checkpoint, read_checkpoint
+meta, tensors = read_checkpoint(latest_checkpoint(sys.argv[1]))
+out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+weights = out / meta["weights"]
+save_file({k: v for k, v in tensors.items() if k.startswith("ema/")}, str(weights))
+meta.update(sha256=sha256_file(weights), optimizer=None, slim="EMA weights only (bench/gpu_session.sh)")
+(out / weights.with_suffix(".json").name).write_text(json.dumps(meta, indent=1))
+print(out, meta["step"])
+EOF
+done
+wait $PARITY
+say "parity tests:"; tail -5 "$LOGS/parity.log"
+tar -czf "$OUT/logs.tar.gz" -C "$LOGS" --exclude='checkpoints' .
+say "done"
