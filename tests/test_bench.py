@@ -363,3 +363,25 @@ def test_backend_quality_scores_every_backend_and_names_its_data(tmp_path):
     assert all(math.isfinite(r["psnr"]) and r["max_abs_diff_db"] >= 0 for r in rows)
     assert all(r["mean_diff_db"] == 0 for r in rows if r["backend"] == "onnxruntime f32")  # the reference
     assert "scikit-image" in sources[0] and "phantoms" in sources[1]  # no `diffunfold data` there: the fallbacks
+
+
+def test_data_pipeline_times_both_variants_on_the_same_batches(tmp_path):
+    import data_pipeline
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(90, 120), (80, 80), (150, 100)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    # the two variants draw identical batches: only the decoding differs
+    plain, cached = (data_pipeline.batches(str(photos), 2, cache) for cache in (False, True))
+    for step in (0, 3):
+        np.testing.assert_array_equal(plain[step]["x"], cached[step]["x"])
+    out = tmp_path / "results"
+    assert data_pipeline.main([str(photos), "--batch", "2", "--rounds", "2", "--steps", "1",
+                               "--out", str(out), "--allow-busy"]) == 0
+    (js,) = out.glob("data_pipeline-*.json")
+    rows = json.loads(js.read_text())["results"]
+    assert [r["variant"] for r in rows] == list(data_pipeline.VARIANTS)
+    assert all(r["s_per_image"] > 0 for r in rows) and rows[0]["ratio"] == 1.0
