@@ -101,6 +101,7 @@ class Settings:
     images: int = 5
     samples: int = 4
     steps: int | None = None                         # None: the package's (18)
+    sigma_min: float | None = None                   # None: the package's (0.002); the last D's noise level
     tasks: tuple[str, ...] = tuple(t.key for t in TASKS)
     image_noise: tuple[float, ...] = IMAGE_NOISE
     mri_noise: tuple[float, ...] = MRI_NOISE
@@ -402,7 +403,7 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
     """The posterior mean of ``s.samples`` draws and one draw (draw 0, from the same solve)."""
     t0 = time.perf_counter()
     sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps,
-                          noise_std=list(case.noise_std))
+                          sigma_min=s.sigma_min, noise_std=list(case.noise_std))
     t_mean = time.perf_counter() - t0
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
     t_single, extra = t_mean / s.samples, 0.0
@@ -457,7 +458,8 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
              f"- package: `{sc.path}` ({sc.source}); manifest source: run {src.get('run', '?')}, step "
              f"{src.get('step', '?')}, {src.get('weights', '?')} weights, checkpoint {src.get('checkpoint', '?')}",
              f"- backend: {sc.solver.backend_name}; {s.samples} posterior samples, "
-             f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps; the true noise level is given to the "
+             f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps"
+             f"{'' if s.sigma_min is None else f' ending at sigma {s.sigma_min:g}'}; the true noise level is given to the "
              f"solver ({'it weighs y by it' if sc.package.noise_aware else 'this package does not use it'})",
              f"- data: {images_used(baseline_rows, s)} held-out {meta['data'][sc.kind]} per task at "
              f"{s.size}x{s.size} px, seeds {meta['seed']} + i; noise: "
@@ -587,7 +589,7 @@ def figure(sc: Scored, others: list[Scored], baseline_rows: list[dict], s: Setti
 def settings_from(args) -> Settings:
     base = QUICK if args.quick else Settings()
     over = {k: v for k, v in (("size", args.size), ("images", args.images), ("samples", args.samples),
-                              ("steps", args.steps)) if v is not None}
+                              ("steps", args.steps), ("sigma_min", args.sigma_min)) if v is not None}
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(TASK_BY_KEY))
         if unknown:
@@ -600,6 +602,8 @@ def settings_from(args) -> Settings:
     s = Settings(**{**base.__dict__, **over})
     if s.samples < 1 or s.images < 1 or s.size < 16 or (s.steps is not None and s.steps < 1):
         raise InputError("--samples, --images and --steps must be >= 1, --size >= 16")
+    if s.sigma_min is not None and not s.sigma_min > 0:
+        raise InputError(f"--sigma-min must be > 0, got {s.sigma_min}")
     if any(v < 0 for v in s.image_noise + s.mri_noise):
         raise InputError("noise levels must be >= 0")
     return s
@@ -724,6 +728,7 @@ def run(args) -> int:
                 "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": describe_cpu(), "seed": args.seed,
                 "wall_seconds": wall, "data": {k: data_label(args, k) for k in ("image", "mri")},
                 "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
+                "sigma_min": s.sigma_min,
                 "sampler": {sc.name: sc.package.schedule["sampler"] for sc in scored},
                 "sigpy": module_version("sigpy"), "sigpy_skipped": sigpy_reason,
                 "sigpy_forward_check_rel_err": sigpy_check,
@@ -785,6 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, help="held-out images per task (default 5; --quick 1)")
     p.add_argument("--size", type=int, help="image size in px (default 64, the training size)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the package's, 18; --quick 4)")
+    p.add_argument("--sigma-min", type=float, help="the sampler's last noise level, where the final denoiser "
+                                                   "call is made (default: the package's, 0.002)")
     p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
                    help=f"score only this task (repeatable): {', '.join(TASK_BY_KEY)}")
     p.add_argument("--noise", type=float, nargs="+", help=f"image noise levels sigma_y (default {IMAGE_NOISE})")

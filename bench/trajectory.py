@@ -9,6 +9,7 @@ off the noise statistics it learned (exposure), rather than denoising badly.
 
     python bench/trajectory.py samples/models/image-small runs/pkg/other --photos data/photos/held-out \\
         --size 256 --noise 0.05
+    python bench/trajectory.py samples/models/image-small --photos data/photos/held-out --task sr_x8 --size 64
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table  # noqa: E402
+from quality import TASK_BY_KEY  # noqa: E402
 from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
@@ -64,7 +66,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--noise", type=float, default=0.05, help="sigma_y (default 0.05)")
-    ap.add_argument("--blur", type=float, default=2.0, help="Gaussian blur sigma in px (default 2)")
+    ap.add_argument("--task", default="gaussian_blur", choices=[k for k, t in TASK_BY_KEY.items() if t.kind == "image"],
+                    help="the measurement, as bench/quality.py makes it (default gaussian_blur)")
+    ap.add_argument("--blur", type=float, default=2.0, help="the Gaussian blur's sigma in px (default 2)")
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--seed", type=int, default=0)
     add_output_arguments(ap)
@@ -73,7 +77,11 @@ def main(argv=None) -> int:
 
     watch, info = LoadWatch(), machine_info()
     names, x = ho.held_out_photos(ho.check_folder(args.photos, "photo"), args.size, args.images)
-    op = make_operator("gaussian_blur", (args.size, args.size), sigma=args.blur)
+    task = TASK_BY_KEY[args.task]
+    params = {**task.params, **({"sigma": args.blur} if args.task == "gaussian_blur" else {})}
+    label = f"Gaussian blur (sigma {args.blur})" if args.task == "gaussian_blur" else task.label
+    op = make_operator(task.task, (args.size, args.size), **({"seed": args.seed} if task.task == "inpainting" else {}),
+                       **params)
     y = np.asarray(op.measure(x, [args.noise] * len(x), seed=list(range(len(x))))).astype(np.float32)
     rows = []
     for path in args.packages:
@@ -81,7 +89,7 @@ def main(argv=None) -> int:
         for r in trajectory(solver, x, y, op, args.noise, args.steps, args.seed):
             rows.append({"package": Path(path).name, **r})
             print(rows[-1], flush=True)
-    text = (f"Gaussian blur (sigma {args.blur}) at sigma_y = {args.noise}, {len(x)} held-out photos at {args.size} "
+    text = (f"{label} at sigma_y = {args.noise}, {len(x)} held-out photos at {args.size} "
             f"px ({', '.join(names)}), one draw each, {args.steps} Euler steps: mean PSNR (dB) of the denoised "
             "estimate D at each step's sigma, along the sampler's own trajectory and on the truth plus exactly "
             "sigma of noise (one shot).\n\n" + markdown_table(rows))

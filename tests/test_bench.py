@@ -322,6 +322,25 @@ def test_trajectory_scores_every_step_both_ways(tiny_pkg):
     assert all(math.isfinite(r["psnr_trajectory"]) and math.isfinite(r["psnr_one_shot"]) for r in rows)
 
 
+def test_trajectory_takes_any_image_task_of_the_harness(tiny_pkg, tmp_path, capsys):
+    """--task builds the measurement as bench/quality.py does and names it in the table."""
+    import trajectory
+    from PIL import Image
+
+    photos = tmp_path / "held-out"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    assert trajectory.main([str(tiny_pkg.path), "--photos", str(photos), "--task", "sr_x8", "--size", "32",
+                            "--images", "2", "--steps", "3", "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "SR x8 (box) at sigma_y = 0.05, 2 held-out photos at 32 px" in out
+    assert out.count(f"| {Path(tiny_pkg.path).name} | ") == 3       # one row per step
+    with pytest.raises(SystemExit):
+        trajectory.main([str(tiny_pkg.path), "--photos", str(photos), "--task", "mri_uniform1d_4x", "--no-write"])
+
+
 def test_weight_generator_variants_replace_only_what_they_say(tmp_path):
     """bench/weight_generators.py: the fixed table is tau = gamma = 1 at every sigma and stage,
     the scaled ones change gamma only."""

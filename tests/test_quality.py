@@ -165,6 +165,21 @@ def test_bad_input_is_refused_with_a_message(tmp_path, capsys):
     assert "unknown task" in capsys.readouterr().err
 
 
+def test_sigma_min_sets_where_the_sampler_stops(tmp_path, capsys):
+    """--sigma-min is the last denoiser call's noise level: recorded, printed, and it changes the
+    estimate (at sigma 5 the last D sees mostly noise); zero is refused."""
+    args = [str(IMAGE_PKG), "--quick", "--quiet", "--task", "sr_x8", "--noise", "0", "--steps", "2", "--samples", "1"]
+    assert quality.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert quality.main(args + ["--sigma-min", "5", "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "quality-image-small.json").read_text()) for d in "ab")
+    assert a["settings"]["sigma_min"] is None and b["settings"]["sigma_min"] == 5.0
+    assert rows_of(a, "sr_x8", 0.0, "model_mean")["psnr"] != rows_of(b, "sr_x8", 0.0, "model_mean")["psnr"]
+    assert "ending at sigma 5;" in (tmp_path / "b" / "quality-image-small.md").read_text()
+    assert "ending at sigma" not in (tmp_path / "a" / "quality-image-small.md").read_text()
+    assert quality.main(args + ["--sigma-min", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "--sigma-min must be > 0" in capsys.readouterr().err
+
+
 @pytest.mark.torch
 def test_a_training_run_is_exported_and_scored(tmp_path):
     torch = pytest.importorskip("torch", reason="exporting a run needs torch (the train extra)")
