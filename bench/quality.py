@@ -46,6 +46,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import module_version  # noqa: E402
 
+from diffunfold import edm  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -102,6 +103,7 @@ class Settings:
     samples: int = 4
     steps: int | None = None                         # None: the package's (18)
     sigma_min: float | None = None                   # None: the package's (0.002); the last D's noise level
+    churn: float | None = None                       # None: the package's; EDM's S_churn (0: the ODE)
     tasks: tuple[str, ...] = tuple(t.key for t in TASKS)
     image_noise: tuple[float, ...] = IMAGE_NOISE
     mri_noise: tuple[float, ...] = MRI_NOISE
@@ -403,7 +405,7 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
     """The posterior mean of ``s.samples`` draws and one draw (draw 0, from the same solve)."""
     t0 = time.perf_counter()
     sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps,
-                          sigma_min=s.sigma_min, noise_std=list(case.noise_std))
+                          sigma_min=s.sigma_min, noise_std=list(case.noise_std), churn=s.churn)
     t_mean = time.perf_counter() - t0
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
     t_single, extra = t_mean / s.samples, 0.0
@@ -444,6 +446,14 @@ def _pair(r: dict | None) -> str:
     return "-" if r is None or "psnr" not in r else f"{r['psnr']:.2f} / {r['ssim']:.3f}"
 
 
+def churn_label(churn: dict) -> str:
+    """How the header names a stochastic sampler (nothing for the ODE)."""
+    if not churn["s_churn"] > 0:
+        return ""
+    return (f", stochastic (EDM S_churn {churn['s_churn']:g} for sigma in [{churn['s_min']:g}, "
+            f"{churn['s_max']:g}], S_noise {churn['s_noise']:g})")
+
+
 def images_used(rows: list[dict], s: Settings) -> int:
     """How many held-out images each case really had (a source may hold fewer than ``--images``)."""
     return max((len(r["per_image"]) for r in rows if "per_image" in r), default=s.images)
@@ -458,7 +468,7 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
              f"- package: `{sc.path}` ({sc.source}); manifest source: run {src.get('run', '?')}, step "
              f"{src.get('step', '?')}, {src.get('weights', '?')} weights, checkpoint {src.get('checkpoint', '?')}",
              f"- backend: {sc.solver.backend_name}; {s.samples} posterior samples, "
-             f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps"
+             f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps{churn_label(meta['churn'][sc.name])}"
              f"{'' if s.sigma_min is None else f' ending at sigma {s.sigma_min:g}'}; the true noise level is given to the "
              f"solver ({'it weighs y by it' if sc.package.noise_aware else 'this package does not use it'})",
              f"- data: {images_used(baseline_rows, s)} held-out {meta['data'][sc.kind]} per task at "
@@ -589,7 +599,8 @@ def figure(sc: Scored, others: list[Scored], baseline_rows: list[dict], s: Setti
 def settings_from(args) -> Settings:
     base = QUICK if args.quick else Settings()
     over = {k: v for k, v in (("size", args.size), ("images", args.images), ("samples", args.samples),
-                              ("steps", args.steps), ("sigma_min", args.sigma_min)) if v is not None}
+                              ("steps", args.steps), ("sigma_min", args.sigma_min),
+                              ("churn", args.churn)) if v is not None}
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(TASK_BY_KEY))
         if unknown:
@@ -604,6 +615,8 @@ def settings_from(args) -> Settings:
         raise InputError("--samples, --images and --steps must be >= 1, --size >= 16")
     if s.sigma_min is not None and not s.sigma_min > 0:
         raise InputError(f"--sigma-min must be > 0, got {s.sigma_min}")
+    if s.churn is not None and not s.churn >= 0:
+        raise InputError(f"--churn must be >= 0, got {s.churn}")
     if any(v < 0 for v in s.image_noise + s.mri_noise):
         raise InputError("noise levels must be >= 0")
     return s
@@ -730,6 +743,8 @@ def run(args) -> int:
                 "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
                 "sigma_min": s.sigma_min,
                 "sampler": {sc.name: sc.package.schedule["sampler"] for sc in scored},
+                "churn": {sc.name: (sc.package.churn if s.churn is None else edm.Churn.of(s.churn)).as_dict()
+                          for sc in scored},
                 "sigpy": module_version("sigpy"), "sigpy_skipped": sigpy_reason,
                 "sigpy_forward_check_rel_err": sigpy_check,
                 "versions": {m: module_version(m) for m in ("numpy", "scipy", "skimage", "onnxruntime", "sigpy")}}
@@ -792,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="sampler steps (default: the package's, 18; --quick 4)")
     p.add_argument("--sigma-min", type=float, help="the sampler's last noise level, where the final denoiser "
                                                    "call is made (default: the package's, 0.002)")
+    p.add_argument("--churn", type=float, metavar="S_CHURN",
+                   help="EDM's stochastic sampler with this S_churn for every package (default: each "
+                        "package's own, see its manifest; 0: the deterministic ODE)")
     p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
                    help=f"score only this task (repeatable): {', '.join(TASK_BY_KEY)}")
     p.add_argument("--noise", type=float, nargs="+", help=f"image noise levels sigma_y (default {IMAGE_NOISE})")

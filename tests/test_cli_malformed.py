@@ -114,6 +114,11 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (R + ["sr", "--threads", "-1"], ("--threads", "0: all cores")),
     (R + ["sr", "--steps", "0"], ("--steps", "[1, 1000]")),
     (R + ["sr", "--samples", "0"], ("--samples",)),
+    (R + ["sr", "--churn", "-1"], ("--churn", "'-1'")),
+    (R + ["sr", "--churn-range", "1", "2"], ("--churn-range", "needs --churn")),
+    (R + ["sr", "--churn", "1", "--churn-range", "5", "1"], ("--churn-range", "above")),
+    (M + ["--churn", "nan"], ("--churn", "'nan'")),
+    (["export", "runs/x", "--out", "p", "--churn", "inf"], ("--churn", "'inf'")),
     (R + ["sr", "--noise", "nan"], ("--noise", "'nan'")),
     (R + ["sr", "--size", "4"], ("--size", "[8, 16384]")),
     (R + ["sr", "--mode", "guess"], ("--mode", "invalid choice")),
@@ -267,8 +272,8 @@ CASES = len(TABLE) + EXAMPLES * len(NUMERIC)
 
 
 def test_the_harness_is_as_large_as_stated():
-    """114 table cases + 12 x 14 generated ones = 282 malformed command lines."""
-    assert (len(TABLE), len(NUMERIC), CASES) == (114, 14, 282)
+    """119 table cases + 12 x 14 generated ones = 287 malformed command lines."""
+    assert (len(TABLE), len(NUMERIC), CASES) == (119, 14, 287)
     commands = {argv[0] for argv, _ in TABLE}
     assert {"mask", "phantom", "restore", "mri", "demo", "selfcheck", "evaluate", "train", "export",
             "build-engines", "serve", "send", "mrd-phantom", "data"} <= commands

@@ -140,3 +140,54 @@ def test_grad_to_model_matches_finite_differences(kind):
         e[idx] = h
         fd = (g(xm + e) - g(xm - e)) / (2 * h)
         assert grad[idx] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+def test_churn_samples_a_gaussian_and_off_is_the_ode():
+    # Data ~ N(mu, c^2) per pixel: D(x; s) = mu + c^2 / (c^2 + s^2) (x - mu). EDM's stochastic
+    # Heun sampler, re-noising at every level, must still end on that distribution.
+    mu, c, n = 0.3, 0.5, 100_000
+    rng = np.random.default_rng(0)
+
+    def denoise(x, s):
+        return mu + c**2 / (c**2 + s**2) * (x - mu)
+
+    x0 = rng.standard_normal(n) * 80
+    churn = edm.Churn(s_churn=1000.0, s_min=0.0, s_max=80.0)
+    x, nfe = edm.sample_loop(denoise, x0, edm.schedule(200), "heun", churn=churn,
+                             noise=lambda i: rng.standard_normal(n))
+    assert nfe == edm.nfe_of(200, "heun")
+    assert abs(x.mean() - mu) < 0.01 and abs(x.std() - c) < 0.02 * c
+    ode = edm.sample_loop(denoise, x0, edm.schedule(18))[0]
+    # churn 0, or a range the schedule never enters, is the deterministic ODE exactly
+    for off in (edm.Churn(), edm.Churn(s_churn=5.0, s_min=100.0, s_max=200.0)):
+        np.testing.assert_array_equal(edm.sample_loop(denoise, x0, edm.schedule(18), churn=off)[0], ode)
+    with pytest.raises(InputError, match="noise source"):
+        edm.sample_loop(denoise, x0, edm.schedule(18), churn=edm.Churn(1.0))
+
+
+def test_churn_levels_and_settings():
+    sig = edm.schedule(18)
+    hats = edm.Churn(s_churn=7.2).sigma_hats(sig)
+    assert len(hats) == 18
+    for s, h in zip(sig[:-1], hats):
+        assert h == pytest.approx(s * 1.4) if 0.05 <= s <= 50 else h == s
+    capped = edm.Churn(s_churn=1000.0).sigma_hat(1.0, 18)
+    assert capped == pytest.approx(np.sqrt(2.0))  # gamma is capped at sqrt(2) - 1
+    assert edm.Churn.of(None) == edm.Churn() and not edm.Churn.of(0).active
+    assert edm.Churn.of({"s_churn": 3, "s_max": 10}) == edm.Churn(3.0, 0.05, 10.0)
+    for bad in (-1.0, float("nan"), True, "7", {"churn": 1}, {"s_churn": 1, "s_min": 5, "s_max": 1},
+                {"s_churn": 1, "s_noise": 0}):
+        with pytest.raises(InputError):
+            edm.Churn.of(bad)
+
+
+def test_churn_noise_is_per_image_sample_and_step():
+    a = edm.churn_noise([3, 4, 5], (2, 8, 8), step=2, sample=1)
+    b = edm.churn_noise([4], (2, 8, 8), step=2, sample=1)
+    assert a.dtype == np.float32 and a.shape == (3, 2, 8, 8)
+    np.testing.assert_array_equal(a[1], b[0])
+    assert a[0].std() == pytest.approx(1.0, rel=0.2)
+    others = [edm.churn_noise([4], (2, 8, 8), step=3, sample=1), edm.churn_noise([4], (2, 8, 8), step=2, sample=0),
+              edm.initial_noise([4], (2, 8, 8), 1.0, sample=1)]
+    for other in others:
+        assert np.abs(other[0] - b[0]).max() > 0.1

@@ -333,3 +333,50 @@ def test_posterior_samples_side_by_side_match_one_at_a_time(packages, task, para
     assert slow.timing.network_calls == 5 * pkg.stages * 3
     np.testing.assert_allclose(fast.images, slow.images, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast.std, slow.std, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun"])
+@pytest.mark.parametrize("task,params", [IMAGE_TASKS[0], MRI_TASKS[0]], ids=["gaussian_blur", "mri"])
+def test_stochastic_sampler_matches_torch_reference(packages, task, params, sampler):
+    """EDM's stochastic sampler: the runtime and the torch reference add the same noise at the
+    same levels (per image seed, sample and step), so they agree as tightly as the ODE does."""
+    model, pkg = packages["mri" if task == "mri" else "shared"]
+    op = operator_for(task, params)
+    y = op.measure(clean_images(mri=task == "mri"), 0.01 if task == "mri" else 0.05, seed=[11, 12])
+    churn = edm.Churn(s_churn=7.2)
+    solver = Solver.load(pkg, backend="onnxruntime")
+    got = solver.solve(y, op, steps=10, sampler=sampler, seed=3, samples=2, churn=churn)
+    want = restore(model, torch.from_numpy(y), op, steps=10, sampler=sampler, seed=3, samples=2, churn=churn)
+    assert got.nfe == want.nfe == edm.nfe_of(10, sampler)
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    ode = solver.solve(y, op, steps=10, sampler=sampler, seed=3, samples=2, churn=0)
+    assert np.max(np.abs(got.images - ode.images)) > 1e-3  # the re-noising did change the result
+
+
+def test_stochastic_sampler_does_not_depend_on_batch_or_sample_order(packages):
+    _, pkg = packages["shared"]
+    solver = Solver.load(pkg)
+    x = np.concatenate([clean_images(), clean_images()[::-1]])
+    op = operator_for("sr", {"factor": 2})
+    y = op.measure(x, 0.05, seed=[1, 2, 3, 4])
+    together = solver.solve(y, op, steps=6, seed=[10, 11, 12, 13], samples=2, churn=5.0)
+    rounds = solver.solve(y, op, steps=6, seed=[10, 11, 12, 13], samples=2, churn=5.0, batch_samples=False)
+    np.testing.assert_allclose(together.images, rounds.images, rtol=0, atol=1e-5)
+    alone = solver.solve(y[2:3], op, steps=6, seed=[12], samples=2, churn=5.0)
+    np.testing.assert_allclose(alone.images[0], together.images[2], rtol=0, atol=1e-5)
+
+
+def test_package_churn_is_the_default_and_can_be_overridden(packages, tmp_path):
+    model, plain = packages["shared"]
+    noisy = export_model(model, tmp_path / "churn", churn=edm.Churn(s_churn=7.2), check=False, **quiet)
+    assert ModelPackage.open(noisy.path).churn == edm.Churn(s_churn=7.2) and not plain.churn.active
+    op = operator_for("gaussian_blur", {"sigma": 1.0})
+    y = op.measure(clean_images(), 0.05, seed=[1, 2])
+    by_package = Solver.load(noisy).solve(y, op, steps=6, seed=1).images
+    by_call = Solver.load(plain).solve(y, op, steps=6, seed=1, churn=7.2).images
+    np.testing.assert_allclose(by_package, by_call, rtol=0, atol=1e-6)
+    ode = Solver.load(plain).solve(y, op, steps=6, seed=1).images
+    np.testing.assert_allclose(Solver.load(noisy).solve(y, op, steps=6, seed=1, churn=0).images, ode, rtol=0, atol=1e-6)
+    assert np.max(np.abs(by_package - ode)) > 1e-3
+    with pytest.raises(InputError, match="S_churn|churn"):
+        Solver.load(plain).solve(y, op, steps=6, churn=-1.0)

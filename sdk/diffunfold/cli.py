@@ -240,7 +240,8 @@ def _cmd_export(args) -> int:
     pkg = export_checkpoint(args.checkpoint, args.out, weights=args.weights, opset=args.opset,
                             torch_weights=not args.no_torch_weights, fp16_weights=args.fp16_weights,
                             check=not args.no_check,
-                            tolerance=args.tolerance, overwrite=args.overwrite)
+                            tolerance=args.tolerance, overwrite=args.overwrite,
+                            churn=V.churn_setting(args.churn, args.churn_range))
     print(pkg.summary())
     return 0
 
@@ -437,6 +438,8 @@ def _add_export_commands(sub) -> None:
                    help="round the weights to float16 and store them so: half the size, still computed in "
                         "float32 (the bundled demo packages use it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
+    V.add_churn_arguments(p, "the sampler the package asks for: EDM's stochastic sampler with this S_churn "
+                           "(default 0, the deterministic ODE); the runtime uses it unless told otherwise")
     p.set_defaults(func=_cmd_export)
 
     from .engines import add_build_engines_arguments

@@ -212,3 +212,24 @@ def split_slice_ranges(text: str) -> list[tuple[int, int]] | None:
 
 
 __all__ = ["Bounded", "SEED", "THREADS", "TaskAction", "parse_task", "slice_ranges", "split_slice_ranges"]
+
+
+def add_churn_arguments(parser: argparse.ArgumentParser, churn_help: str) -> None:
+    """``--churn S_CHURN`` and ``--churn-range S_MIN S_MAX``: EDM's stochastic sampler."""
+    parser.add_argument("--churn", type=Bounded(0), metavar="S_CHURN", help=churn_help)
+    parser.add_argument("--churn-range", type=Bounded(0), nargs=2, metavar=("S_MIN", "S_MAX"),
+                        help="the noise levels where --churn re-noises (default 0.05 50, EDM's)")
+
+
+def churn_setting(s_churn: float | None, churn_range: list[float] | None):
+    """The ``edm.Churn`` the two options ask for; None where neither is given (the package's)."""
+    from .edm import Churn
+
+    if s_churn is None and churn_range is None:
+        return None
+    if s_churn is None:
+        raise InputError("--churn-range needs --churn S_CHURN (the amount of re-noising)")
+    lo, hi = churn_range or (Churn.s_min, Churn.s_max)
+    if lo > hi:
+        raise InputError(f"--churn-range: S_MIN {lo:g} is above S_MAX {hi:g}")
+    return Churn(s_churn=float(s_churn), s_min=float(lo), s_max=float(hi))

@@ -7,6 +7,7 @@ the runtime share one copy of every constant and of the loop itself (algorithm.m
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -104,24 +105,105 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma_max: float =
     return out
 
 
+@dataclass(frozen=True)
+class Churn:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2). Before step ``i`` with
+    ``s_min <= sigma_i <= s_max``, ``x`` is lifted from ``sigma_i`` to ``sigma_hat = sigma_i (1 +
+    gamma)``, ``gamma = min(s_churn / N, sqrt(2) - 1)``, by adding fresh white noise of std
+    ``s_noise sqrt(sigma_hat^2 - sigma_i^2)``; the step then starts from ``sigma_hat``.
+    ``s_churn = 0`` is the deterministic probability-flow ODE.
+
+    Why a restoration wants it: the data step puts deconvolved measurement noise into ``x``
+    mid-trajectory, which is not the white noise of level sigma that the denoiser removes;
+    re-noising drowns it in white noise the denoiser does remove.
+    """
+
+    s_churn: float = 0.0
+    s_min: float = 0.05
+    s_max: float = 50.0
+    s_noise: float = 1.0
+
+    def __post_init__(self):
+        vals = (self.s_churn, self.s_min, self.s_max, self.s_noise)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vals):
+            raise InputError(f"churn settings must be finite numbers, got {self}")
+        if self.s_churn < 0 or self.s_min < 0 or self.s_min > self.s_max or self.s_noise <= 0:
+            raise InputError(f"churn needs s_churn >= 0, 0 <= s_min <= s_max and s_noise > 0, got {self}")
+
+    @classmethod
+    def of(cls, value) -> "Churn":
+        """A :class:`Churn` from None (off), a number (``s_churn`` with the default range), a
+        dict of its fields (as a package manifest stores it) or a :class:`Churn`."""
+        if value is None:
+            return cls()
+        if isinstance(value, Churn):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"s_churn", "s_min", "s_max", "s_noise"}
+            if unknown:
+                raise InputError(f"unknown churn settings {sorted(unknown)}; use s_churn, s_min, s_max, s_noise")
+            return cls(**{k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                          for k, v in value.items()})
+        if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
+            return cls(s_churn=float(value))
+        raise InputError(f"churn must be a number (EDM's S_churn), a dict or None, got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.s_churn > 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def sigma_hat(self, sigma: float, steps: int) -> float:
+        """Where the step from ``sigma`` starts in a schedule of ``steps`` steps."""
+        if not (self.active and self.s_min <= sigma <= self.s_max):
+            return float(sigma)
+        return float(sigma * (1.0 + min(self.s_churn / steps, math.sqrt(2.0) - 1.0)))
+
+    def sigma_hats(self, sigmas: Sequence[float]) -> list[float]:
+        """The noise levels the denoiser is called at besides the schedule's own."""
+        steps = len(sigmas) - 1
+        return [self.sigma_hat(float(s), steps) for s in sigmas[:-1]]
+
+
+def churn_noise(seeds: Sequence[int], shape: Sequence[int], step: int, sample: int = 0) -> np.ndarray:
+    """The standard white noise that :class:`Churn` adds before ``step``: float32
+    ``(len(seeds), *shape)``, one generator per (image seed, posterior sample, step), so that
+    an image's result does not depend on its batch and every backend adds the same noise."""
+    out = np.empty((len(seeds), *shape), dtype=np.float32)
+    for i, s in enumerate(seeds):
+        out[i] = np.random.default_rng([int(s), int(sample), 1 + int(step)]).standard_normal(tuple(shape))
+    return out
+
+
 def sample_loop(denoise: Callable[[Any, float], Any], x, sigmas: Sequence[float], sampler: str = "euler",
-                on_step: Callable[[int], None] | None = None):
+                on_step: Callable[[int], None] | None = None, churn: Churn | None = None,
+                noise: Callable[[int], Any] | None = None):
     """Integrate EDM's probability-flow ODE from ``x`` (at ``sigmas[0]``) down to ``sigmas[-1] = 0``.
 
     ``denoise(x, sigma)`` returns ``D(x; sigma)`` for the batch. Returns ``(x_N, nfe)``.
     The last step (to sigma = 0) is always Euler, which makes ``x_N = D(x_{N-1})``.
+    With an active ``churn`` it is EDM's stochastic sampler instead, and ``noise(i)`` gives the
+    standard white noise (shaped and typed like ``x``) added before step ``i``.
     """
     check_sampler(sampler)
-    nfe = 0
-    for i in range(len(sigmas) - 1):
+    churn = Churn() if churn is None else churn
+    if noise is None and any(h > s for h, s in zip(churn.sigma_hats(sigmas), sigmas)):
+        raise InputError("a stochastic sampler (churn > 0) needs its noise source")
+    nfe, steps = 0, len(sigmas) - 1
+    for i in range(steps):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - denoise(x, s)) / s
+        s_hat = churn.sigma_hat(s, steps)
+        if s_hat > s:
+            x = x + (churn.s_noise * math.sqrt(s_hat**2 - s**2)) * noise(i)
+        d = (x - denoise(x, s_hat)) / s_hat
         nfe += 1
-        x_next = x + (s_next - s) * d
+        x_next = x + (s_next - s_hat) * d
         if sampler == "heun" and s_next > 0:
             d_next = (x_next - denoise(x_next, s_next)) / s_next
             nfe += 1
-            x_next = x + (s_next - s) * (0.5 * d + 0.5 * d_next)
+            x_next = x + (s_next - s_hat) * (0.5 * d + 0.5 * d_next)
         x = x_next
         if on_step is not None:
             on_step(i)

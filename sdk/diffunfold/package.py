@@ -165,6 +165,15 @@ class ModelPackage:
         return s
 
     @property
+    def churn(self) -> edm.Churn:
+        """The package's stochastic-sampler setting (``schedule.churn``; absent: the ODE)."""
+        try:
+            return edm.Churn.of(self.manifest.get("schedule", {}).get("churn"))
+        except InputError as e:
+            raise InputError(f"{self.path}: the manifest's schedule.churn is invalid ({e}); export the "
+                             "package again") from None
+
+    @property
     def regularizer_files(self) -> list[str]:
         return list(self.manifest["networks"]["regularizers"])
 

@@ -135,6 +135,8 @@ def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampler steps (default: the package's schedule, 18 = the paper's NFE)")
     p.add_argument("--sampler", choices=["euler", "heun"],
                    help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes)")
+    V.add_churn_arguments(p, "EDM's stochastic sampler: re-noise by this S_churn before each step (default: "
+                             "the package's, see its manifest's schedule; 0: the deterministic ODE)")
     p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
                    help="posterior samples per image: >1 gives their mean and a std map (default: 1)")
     p.add_argument("--seed", type=V.SEED, default=0, help="base seed (default: 0)")
@@ -522,7 +524,7 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     if args.noise is None:
         notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=noise_std, tile=args.tile, progress=step_bar(path.name, args.quiet))
+                           noise_std=noise_std, tile=args.tile, churn=args.churn_setting, progress=step_bar(path.name, args.quiet))
     restored = np.asarray(sol.images)
     baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
     row: dict[str, Any] = {"input": str(path), "name": unit.name, "size": list(op.image_shape[-2:]), "seed": seed,
@@ -582,6 +584,7 @@ def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_
             "command": "restore", "package": str(pkg.path), "mode": args.mode, "task": job.name, "params":
             {k: v for k, v in args.task.items() if k != "task"}, "noise": args.noise,
             "steps": args.steps or pkg.schedule["steps"], "sampler": args.sampler or pkg.schedule["sampler"],
+            "churn": (args.churn_setting or pkg.churn).as_dict(),
             "samples": args.samples, "seed": args.seed, "size": args.size, "nfe": rows[-1]["nfe"] if rows else None,
             "baseline": base_name, "backend": job.solver.backend_name, "backend_reason": job.solver.backend_reason,
             "timing": timing.as_dict(), "seconds_per_image": timing.total / max(len(rows), 1),
@@ -595,6 +598,7 @@ def run_restore(args) -> int:
 
     if args.mode == "simulate" and args.noise is None:
         args.noise = 0.05
+    args.churn_setting = V.churn_setting(args.churn, args.churn_range)  # None: the package's
     name, params, mask, factor = _restore_task(args)
     readable, input_dirs, unreadable, first_shape = _readable_inputs(args, factor)
     pkg = ModelPackage.open(args.package)
@@ -696,7 +700,7 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
     # the file's own k-space noise adds to what --noise adds: the solver estimates the total
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=None, tile=args.tile, progress=step_bar(unit.name, args.quiet))
+                           noise_std=None, tile=args.tile, churn=args.churn_setting, progress=step_bar(unit.name, args.quiet))
     recon = np.asarray(sol.images)
     zero_filled = np.asarray(classical_baseline(op, y, noise_std))
     ref_max = float(np.abs(x).max())
@@ -757,7 +761,8 @@ def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: 
             "acceleration": args.acceleration, "realised_acceleration": realised,
             "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise,
             "size": args.size, "steps": args.steps or pkg.schedule["steps"],
-            "sampler": args.sampler or pkg.schedule["sampler"], "samples": args.samples, "seed": args.seed,
+            "sampler": args.sampler or pkg.schedule["sampler"],
+            "churn": (args.churn_setting or pkg.churn).as_dict(), "samples": args.samples, "seed": args.seed,
             "nfe": rows[-1]["nfe"] if rows else None, "backend": job.solver.backend_name,
             "backend_reason": job.solver.backend_reason, "timing": timing.as_dict(),
             "seconds_per_slice": timing.total / max(len(rows), 1), "wall_s": wall, "notes": notes}, batch, "name")
@@ -779,6 +784,7 @@ def run_mri(args) -> int:
     from .data.fastmri import FastMRIFile, FastMRISlices
     from .package import ModelPackage
 
+    args.churn_setting = V.churn_setting(args.churn, args.churn_range)  # None: the package's
     pkg = ModelPackage.open(args.package)
     if pkg.space.kind != "mri":
         raise InputError(f"{pkg.path} is an image model package ({pkg.space.kind} data, {pkg.space.channels} "

@@ -222,7 +222,7 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                  source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
                  torch_weights: bool = True, fp16_weights: bool = False, check: bool = True, tolerance: float = 1e-4,
                  check_sizes: Sequence[tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 attention: str = "fused", log: Callable[[str], None] = print) -> ModelPackage:
+                 attention: str = "fused", churn=None, log: Callable[[str], None] = print) -> ModelPackage:
     """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
 
     ``check``: run ONNX Runtime against torch at ``check_sizes`` and raise if the relative error
@@ -231,7 +231,10 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
     graphs still compute in float32). ``attention``: ``fused`` (one node per attention layer,
     ``export/attention.py``) or ``spelled`` (MatMul-Softmax-MatMul, as packages before it). The check then compares against the rounded model, so it
     stays exact; the rounding's own effect is the difference between the two packages' results.
+    ``churn``: the stochastic-sampler setting the package's schedule asks for (``edm.Churn.of``;
+    None or 0: the deterministic ODE), what the runtime then uses unless told otherwise.
     """
+    churn = edm.Churn.of(churn)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
@@ -300,7 +303,8 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                      "range": list(space.data_range) if space.data_range else None, "size_multiple": m},
             "tasks": list(tasks),
             "schedule": {"steps": 18, "sampler": "euler", "sigma_min": edm.SIGMA_MIN,
-                         "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data},
+                         "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data,
+                         **({"churn": churn.as_dict()} if churn.active else {})},
             "networks": {"regularizers": names, "weights": "weights.onnx",
                          "torch_weights": "model.safetensors" if torch_weights else None,
                          "weights_dtype": "float16" if fp16_weights else "float32",

@@ -159,7 +159,7 @@ class Solver:
               seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_min: float | None = None,
               sigma_max: float | None = None, rho: float | None = None,
               progress: bool | Callable[[int, int], None] = False, batch_samples: bool = True,
-              noise_std=None, tile: Any = "auto") -> Solution:
+              noise_std=None, tile: Any = "auto", churn=None) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
         ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
@@ -177,6 +177,9 @@ class Solver:
         package's training size and the memory available; images no larger than a tile run
         whole), a tile side in pixels, or None/0 for the whole image at once. The expected
         memory is checked first, and a solve that cannot fit is refused with the reason.
+        ``churn``: EDM's stochastic sampler (:class:`diffunfold.edm.Churn`, a number for its
+        ``S_churn``, or 0 for the deterministic ODE); None: the package's (off unless its
+        schedule says otherwise). Its noise is drawn per (image seed, sample, step).
         """
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
@@ -189,7 +192,9 @@ class Solver:
         y_dev, return_numpy = self._prepare(y, operator)
         batch = int(y_dev.shape[0])
         seeds = edm.seeds_for(seed, batch)
-        weights = self.weights_for(sigmas)
+        churn = self.package.churn if churn is None else edm.Churn.of(churn)
+        # the denoiser runs at the re-noised levels too: one weight evaluation covers both
+        weights = self.weights_for(np.unique(np.concatenate([sigmas, churn.sigma_hats(sigmas)])))
         noise_var, extra = self._noise_variance(noise_std, operator, y, batch)
         # Posterior samples run side by side in the batch when the operator's constants are
         # shared by every image (blur, SR, one mask, one set of coil maps): one network call per
@@ -197,7 +202,7 @@ class Solver:
         # draw, and results do not depend on batch composition, so this changes only the speed.
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         plan = self.plan(operator.image_shape, batch * (int(samples) if together else 1), tile)
-        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, Timing())
+        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, churn, Timing())
         step, close = _progress_hook(progress, (len(sigmas) - 1) * (1 if together else int(samples)),
                                      f"restoring ({sampler}, {self.backend.name})")
         t_start = time.perf_counter()
@@ -232,7 +237,9 @@ class Solver:
         x = xp.asarray(np.concatenate([edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j)
                                        for j in range(samples)]))
         x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, run.operator, run.weights, run.timing,
-                                                           var_all, run.plan), x, run.sigmas, run.sampler, step)
+                                                           var_all, run.plan), x, run.sigmas, run.sampler, step,
+                                 run.churn, lambda i: self.xp.asarray(np.concatenate(
+                                     [edm.churn_noise(run.seeds, self._shape(run), i, j) for j in range(samples)])))
         x = self.space.clip(self.space.to_user(x))
         return [x[j * batch:(j + 1) * batch] for j in range(samples)], nfe
 
@@ -243,7 +250,8 @@ class Solver:
             x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j))
             x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, run.y, run.operator, run.weights, run.timing,
                                                                run.noise_var, run.plan), x, run.sigmas,
-                                     run.sampler, step)
+                                     run.sampler, step, run.churn,
+                                     lambda i, j=j: self.xp.asarray(edm.churn_noise(run.seeds, self._shape(run), i, j)))
             draws.append(self.space.clip(self.space.to_user(x)))
         return draws, nfe
 
@@ -320,6 +328,7 @@ class _Run:
     seeds: list[int]
     sigmas: Any
     sampler: str
+    churn: edm.Churn
     timing: Timing
 
 

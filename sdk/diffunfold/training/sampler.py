@@ -31,13 +31,15 @@ class Restoration:
 def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, sampler: str = "euler",
             seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_max: float = edm.SIGMA_MAX,
             sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False,
-            noise_std=None) -> Restoration:
+            noise_std=None, churn=None) -> Restoration:
     """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
 
     ``seed``: an int (image i uses ``seed + i``) or one per image; the start ``x_0`` is drawn
     per image with numpy, so an image's result does not depend on the rest of its batch.
     ``samples > 1`` draws that many posterior samples per image (sample ``j`` starts from
     ``edm.initial_noise(..., sample=j)``) and returns their mean and per-pixel std.
+    ``churn``: EDM's stochastic sampler (``edm.Churn.of``; None or 0: the ODE), its noise drawn
+    per (image seed, sample, step) as the runtime draws it.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise InputError(f"samples must be a positive integer, got {samples!r}")
@@ -51,6 +53,7 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     seeds = edm.seeds_for(seed, batch)
     shape = (model.space.model_channels, *operator.image_shape)
     sigmas = edm.schedule(steps, sigma_min, sigma_max, rho)
+    churn = edm.Churn.of(churn)
 
     bar = None
     if progress:
@@ -68,7 +71,9 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     draws = []
     for j in range(samples):
         x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
-        x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None)
+        noise = lambda i, j=j: torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)  # noqa: E731
+        x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None,
+                                 churn=churn, noise=noise)
         draws.append(model.space.clip(model.space.to_user(x)))
     if bar is not None:
         bar.close()
