@@ -218,6 +218,75 @@ def default_check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
     return [(1, 2 * m, 2 * m), (2, 3 * m, 4 * m)]
 
 
+def _write_networks(model: DiffUnfolding, tmp: Path, opset: int, attention: str, fp16_weights: bool,
+                    torch_weights: bool, log: Callable[[str], None]) -> tuple[list[str], list[str]]:
+    """The regulariser graph(s), the weight generators and (optionally) the torch weights in
+    ``tmp``; returns ``(regulariser file names, every file written)``."""
+    c, m = model.space.model_channels, model.size_multiple
+    example_hw = (2 * max(m, 8), 2 * max(m, 8))
+    x = torch.randn(2, c, *example_hw)
+    sigma = torch.tensor([1.0, 0.5])
+    img_axes = {0: "batch", 2: "height", 3: "width"}
+    names = []
+    for index in range(len(model.regularizers)):
+        name = "regularizer.onnx" if model.settings.shared else f"regularizer_{index}.onnx"
+        graph = RegularizerGraph(model, index)
+        if model.settings.shared:
+            args, inputs = (x, sigma, torch.tensor([0, 1])), ["x", "sigma", "stage"]
+        else:
+            args, inputs = (x, sigma), ["x", "sigma"]
+        axes = {"x": img_axes, "r": img_axes, "sigma": {0: "batch"}, "stage": {0: "batch"}}
+        log(f"exporting {name} ...")
+        with attention_form(model, attention):
+            _export(graph, args, tmp / name, inputs, ["r"], {n: a for n, a in axes.items() if n in inputs + ["r"]},
+                    opset)
+        names.append(name)
+    _export(WeightsGraph(model), (torch.tensor([1.0, 0.5]),), tmp / "weights.onnx", ["sigma"], ["tau", "gamma"],
+            {"sigma": {0: "n"}, "tau": {0: "n"}, "gamma": {0: "n"}}, opset)
+    files = names + ["weights.onnx"]
+    if fp16_weights:
+        for name in files:
+            store_fp16(tmp / name)
+    if torch_weights:
+        from safetensors.torch import save_file
+
+        params = {n for n, _ in model.named_parameters()}
+        save_file({n: (t.half() if fp16_weights and n in params else t).detach().contiguous()
+                   for n, t in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        files.append("model.safetensors")
+    return names, files
+
+
+def _manifest(model: DiffUnfolding, names: list[str], tasks: Sequence[str], churn: edm.Churn, opset: int,
+              attention: str, fp16_weights: bool, torch_weights: bool, source: dict | None, report,
+              extra: dict | None) -> dict:
+    """What the runtime reads about a package (the file checksums are added on writing)."""
+    space, shared = model.space, bool(model.settings.shared)
+    return {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "diffunfold_version": __version__,
+        "model": model.settings.to_dict(),
+        "stages": model.stages,
+        "shared": shared,
+        "data": {"kind": space.kind, "channels": space.channels, "model_channels": space.model_channels,
+                 "range": list(space.data_range) if space.data_range else None, "size_multiple": model.size_multiple},
+        "tasks": list(tasks),
+        "schedule": {"steps": 18, "sampler": "euler", "sigma_min": edm.SIGMA_MIN,
+                     "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data,
+                     **({"churn": churn.as_dict()} if churn.active else {})},
+        "networks": {"regularizers": names, "weights": "weights.onnx",
+                     "torch_weights": "model.safetensors" if torch_weights else None,
+                     "weights_dtype": "float16" if fp16_weights else "float32",
+                     "inputs": {"x": "float32 (B, C, H, W), model space",
+                                "sigma": "float32 (B,)", **({"stage": "int64 (B,)"} if shared else {})},
+                     "opset": opset, "attention": attention},
+        "parameters": model.parameter_counts(),
+        "source": source or {},
+        "export_check": asdict(report) if report else None,
+        **(extra or {}),
+    }
+
+
 def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[str] = (),
                  source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
                  torch_weights: bool = True, fp16_weights: bool = False, check: bool = True, tolerance: float = 1e-4,
@@ -228,9 +297,10 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
     ``check``: run ONNX Runtime against torch at ``check_sizes`` and raise if the relative error
     exceeds ``tolerance`` (the errors are logged either way and kept in the manifest).
     ``fp16_weights``: round the parameters to float16 and store them so (half the package; the
-    graphs still compute in float32). ``attention``: ``fused`` (one node per attention layer,
-    ``export/attention.py``) or ``spelled`` (MatMul-Softmax-MatMul, as packages before it). The check then compares against the rounded model, so it
+    graphs still compute in float32). The check then compares against the rounded model, so it
     stays exact; the rounding's own effect is the difference between the two packages' results.
+    ``attention``: ``fused`` (one node per attention layer, ``export/attention.py``) or
+    ``spelled`` (MatMul-Softmax-MatMul, as packages before it).
     ``churn``: the stochastic-sampler setting the package's schedule asks for (``edm.Churn.of``;
     None or 0: the deterministic ODE), what the runtime then uses unless told otherwise.
     """
@@ -247,42 +317,11 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        k, c, m = model.stages, model.space.model_channels, model.size_multiple
-        example_hw = (2 * max(m, 8), 2 * max(m, 8))
-        x = torch.randn(2, c, *example_hw)
-        sigma = torch.tensor([1.0, 0.5])
-        img_axes = {0: "batch", 2: "height", 3: "width"}
-        names = []
-        for index in range(len(model.regularizers)):
-            name = "regularizer.onnx" if model.settings.shared else f"regularizer_{index}.onnx"
-            graph = RegularizerGraph(model, index)
-            if model.settings.shared:
-                args, inputs = (x, sigma, torch.tensor([0, 1])), ["x", "sigma", "stage"]
-            else:
-                args, inputs = (x, sigma), ["x", "sigma"]
-            axes = {"x": img_axes, "r": img_axes, "sigma": {0: "batch"}, "stage": {0: "batch"}}
-            log(f"exporting {name} ...")
-            with attention_form(model, attention):
-                _export(graph, args, tmp / name, inputs, ["r"], {n: a for n, a in axes.items() if n in inputs + ["r"]},
-                        opset)
-            names.append(name)
-        _export(WeightsGraph(model), (torch.tensor([1.0, 0.5]),), tmp / "weights.onnx", ["sigma"], ["tau", "gamma"],
-                {"sigma": {0: "n"}, "tau": {0: "n"}, "gamma": {0: "n"}}, opset)
-        files = names + ["weights.onnx"]
-        if fp16_weights:
-            for name in files:
-                store_fp16(tmp / name)
-        if torch_weights:
-            from safetensors.torch import save_file
-
-            params = {n for n, _ in model.named_parameters()}
-            save_file({n: (t.half() if fp16_weights and n in params else t).detach().contiguous()
-                       for n, t in model.state_dict().items()}, str(tmp / "model.safetensors"))
-            files.append("model.safetensors")
-
+        names, files = _write_networks(model, tmp, opset, attention, fp16_weights, torch_weights, log)
         report = None
         if check:
-            report = check_package(model, tmp, names, "weights.onnx", check_sizes or default_check_sizes(m), tolerance)
+            sizes = check_sizes or default_check_sizes(model.size_multiple)
+            report = check_package(model, tmp, names, "weights.onnx", sizes, tolerance)
             log(report.report())
             if not report.passed:
                 raise InputError(f"export check failed: ONNX Runtime differs from torch by more than {tolerance:.0e} "
@@ -291,32 +330,8 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
             if report.max_abs_activation > FP16_MAX:
                 log(f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
                     "build engines in FP32 or retrain")
-
-        space = model.space
-        manifest = {
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "diffunfold_version": __version__,
-            "model": model.settings.to_dict(),
-            "stages": k,
-            "shared": bool(model.settings.shared),
-            "data": {"kind": space.kind, "channels": space.channels, "model_channels": c,
-                     "range": list(space.data_range) if space.data_range else None, "size_multiple": m},
-            "tasks": list(tasks),
-            "schedule": {"steps": 18, "sampler": "euler", "sigma_min": edm.SIGMA_MIN,
-                         "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data,
-                         **({"churn": churn.as_dict()} if churn.active else {})},
-            "networks": {"regularizers": names, "weights": "weights.onnx",
-                         "torch_weights": "model.safetensors" if torch_weights else None,
-                         "weights_dtype": "float16" if fp16_weights else "float32",
-                         "inputs": {"x": "float32 (B, C, H, W), model space",
-                                    "sigma": "float32 (B,)", **({"stage": "int64 (B,)"} if model.settings.shared else {})},
-                         "opset": opset, "attention": attention},
-            "parameters": model.parameter_counts(),
-            "source": source or {},
-            "export_check": asdict(report) if report else None,
-            **(extra or {}),
-        }
-        write_manifest(tmp, manifest, files)
+        write_manifest(tmp, _manifest(model, names, tasks, churn, opset, attention, fp16_weights, torch_weights,
+                                      source, report, extra), files)
         for f in tmp.iterdir():  # mkdtemp/mkstemp make owner-only files; a package is shared
             f.chmod(0o644)
         tmp.chmod(0o755)
