@@ -104,6 +104,7 @@ class Settings:
     steps: int | None = None                         # None: the package's (18)
     sigma_min: float | None = None                   # None: the package's (0.002); the last D's noise level
     churn: float | None = None                       # None: the package's; EDM's S_churn (0: the ODE)
+    ensemble: str | None = None                      # None: the package's; "none" or "flips"
     tasks: tuple[str, ...] = tuple(t.key for t in TASKS)
     image_noise: tuple[float, ...] = IMAGE_NOISE
     mri_noise: tuple[float, ...] = MRI_NOISE
@@ -405,7 +406,8 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
     """The posterior mean of ``s.samples`` draws and one draw (draw 0, from the same solve)."""
     t0 = time.perf_counter()
     sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps,
-                          sigma_min=s.sigma_min, noise_std=list(case.noise_std), churn=s.churn)
+                          sigma_min=s.sigma_min, noise_std=list(case.noise_std), churn=s.churn,
+                          ensemble=s.ensemble)
     t_mean = time.perf_counter() - t0
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
     t_single, extra = t_mean / s.samples, 0.0
@@ -469,6 +471,7 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
              f"{src.get('step', '?')}, {src.get('weights', '?')} weights, checkpoint {src.get('checkpoint', '?')}",
              f"- backend: {sc.solver.backend_name}; {s.samples} posterior samples, "
              f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps{churn_label(meta['churn'][sc.name])}"
+             f"{', flip self-ensemble' if meta['ensemble'][sc.name] == 'flips' else ''}"
              f"{'' if s.sigma_min is None else f' ending at sigma {s.sigma_min:g}'}; the true noise level is given to the "
              f"solver ({'it weighs y by it' if sc.package.noise_aware else 'this package does not use it'})",
              f"- data: {images_used(baseline_rows, s)} held-out {meta['data'][sc.kind]} per task at "
@@ -600,7 +603,7 @@ def settings_from(args) -> Settings:
     base = QUICK if args.quick else Settings()
     over = {k: v for k, v in (("size", args.size), ("images", args.images), ("samples", args.samples),
                               ("steps", args.steps), ("sigma_min", args.sigma_min),
-                              ("churn", args.churn)) if v is not None}
+                              ("churn", args.churn), ("ensemble", args.ensemble)) if v is not None}
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(TASK_BY_KEY))
         if unknown:
@@ -745,6 +748,7 @@ def run(args) -> int:
                 "sampler": {sc.name: sc.package.schedule["sampler"] for sc in scored},
                 "churn": {sc.name: (sc.package.churn if s.churn is None else edm.Churn.of(s.churn)).as_dict()
                           for sc in scored},
+                "ensemble": {sc.name: s.ensemble or sc.package.ensemble for sc in scored},
                 "sigpy": module_version("sigpy"), "sigpy_skipped": sigpy_reason,
                 "sigpy_forward_check_rel_err": sigpy_check,
                 "versions": {m: module_version(m) for m in ("numpy", "scipy", "skimage", "onnxruntime", "sigpy")}}
@@ -810,6 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--churn", type=float, metavar="S_CHURN",
                    help="EDM's stochastic sampler with this S_churn for every package (default: each "
                         "package's own, see its manifest; 0: the deterministic ODE)")
+    p.add_argument("--ensemble", choices=["none", "flips"],
+                   help="self-ensemble of the posterior samples for every package: flips gives sample j's "
+                        "network the j-th of four flips of the image (default: each package's own)")
     p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
                    help=f"score only this task (repeatable): {', '.join(TASK_BY_KEY)}")
     p.add_argument("--noise", type=float, nargs="+", help=f"image noise levels sigma_y (default {IMAGE_NOISE})")

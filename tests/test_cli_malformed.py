@@ -118,6 +118,7 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (R + ["sr", "--churn-range", "1", "2"], ("--churn-range", "needs --churn")),
     (R + ["sr", "--churn", "1", "--churn-range", "5", "1"], ("--churn-range", "above")),
     (M + ["--churn", "nan"], ("--churn", "'nan'")),
+    (R + ["sr", "--ensemble", "rotations"], ("--ensemble", "invalid choice")),
     (["export", "runs/x", "--out", "p", "--churn", "inf"], ("--churn", "'inf'")),
     (R + ["sr", "--noise", "nan"], ("--noise", "'nan'")),
     (R + ["sr", "--size", "4"], ("--size", "[8, 16384]")),
@@ -272,8 +273,8 @@ CASES = len(TABLE) + EXAMPLES * len(NUMERIC)
 
 
 def test_the_harness_is_as_large_as_stated():
-    """119 table cases + 12 x 14 generated ones = 287 malformed command lines."""
-    assert (len(TABLE), len(NUMERIC), CASES) == (119, 14, 287)
+    """120 table cases + 12 x 14 generated ones = 288 malformed command lines."""
+    assert (len(TABLE), len(NUMERIC), CASES) == (120, 14, 288)
     commands = {argv[0] for argv, _ in TABLE}
     assert {"mask", "phantom", "restore", "mri", "demo", "selfcheck", "evaluate", "train", "export",
             "build-engines", "serve", "send", "mrd-phantom", "data"} <= commands

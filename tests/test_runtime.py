@@ -380,3 +380,34 @@ def test_package_churn_is_the_default_and_can_be_overridden(packages, tmp_path):
     assert np.max(np.abs(by_package - ode)) > 1e-3
     with pytest.raises(InputError, match="S_churn|churn"):
         Solver.load(plain).solve(y, op, steps=6, churn=-1.0)
+
+
+@pytest.mark.parametrize("batch_samples", [True, False])
+def test_flip_ensemble_matches_torch_reference(packages, batch_samples):
+    """Posterior sample j's regulariser sees the j-th flip in the runtime (side by side or one
+    sample after the other) and in the torch reference alike; sample 0 is the plain solve."""
+    model, pkg = packages["shared"]
+    op = operator_for("sr", {"factor": 4})
+    y = op.measure(clean_images(), 0.05, seed=[11, 12])
+    solver = Solver.load(pkg, backend="onnxruntime")
+    got = solver.solve(y, op, steps=6, seed=3, samples=4, ensemble="flips", batch_samples=batch_samples)
+    want = restore(model, torch.from_numpy(y), op, steps=6, seed=3, samples=4, ensemble="flips")
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    plain = solver.solve(y, op, steps=6, seed=3, samples=4, ensemble="none")
+    np.testing.assert_allclose(got.draws[0], plain.draws[0], rtol=0, atol=1e-5)
+    assert np.max(np.abs(got.draws[1] - plain.draws[1])) > 1e-4  # a flipped sample differs
+
+
+def test_package_ensemble_is_the_default(packages, tmp_path):
+    model, plain = packages["shared"]
+    flipped = export_model(model, tmp_path / "flips", ensemble="flips", check=False, **quiet)
+    assert ModelPackage.open(flipped.path).ensemble == "flips" and plain.ensemble == "none"
+    op = operator_for("inpainting", {"missing": 0.5})
+    y = op.measure(clean_images(), 0.05, seed=[1, 2])
+    by_package = Solver.load(flipped).solve(y, op, steps=5, seed=1, samples=2).images
+    by_call = Solver.load(plain).solve(y, op, steps=5, seed=1, samples=2, ensemble="flips").images
+    np.testing.assert_allclose(by_package, by_call, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="ensemble"):
+        Solver.load(plain).solve(y, op, steps=5, ensemble="rotations")
+    with pytest.raises(InputError, match="ensemble"):
+        export_model(model, tmp_path / "bad", ensemble="rotations", check=False, **quiet)

@@ -241,7 +241,8 @@ def _cmd_export(args) -> int:
                             torch_weights=not args.no_torch_weights, fp16_weights=args.fp16_weights,
                             check=not args.no_check,
                             tolerance=args.tolerance, overwrite=args.overwrite,
-                            churn=V.churn_setting(args.churn, args.churn_range))
+                            churn=V.churn_setting(args.churn, args.churn_range),
+                            ensemble=args.ensemble or "none")
     print(pkg.summary())
     return 0
 
@@ -440,6 +441,9 @@ def _add_export_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
     V.add_churn_arguments(p, "the sampler the package asks for: EDM's stochastic sampler with this S_churn "
                            "(default 0, the deterministic ODE); the runtime uses it unless told otherwise")
+    V.add_ensemble_argument(p, "the self-ensemble the package asks for: flips gives posterior sample j's "
+                               "regulariser the j-th of four flips of the image (free with --samples > 1); "
+                               "default none")
     p.set_defaults(func=_cmd_export)
 
     from .engines import add_build_engines_arguments

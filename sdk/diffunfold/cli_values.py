@@ -233,3 +233,10 @@ def churn_setting(s_churn: float | None, churn_range: list[float] | None):
     if lo > hi:
         raise InputError(f"--churn-range: S_MIN {lo:g} is above S_MAX {hi:g}")
     return Churn(s_churn=float(s_churn), s_min=float(lo), s_max=float(hi))
+
+
+def add_ensemble_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--ensemble none|flips``: the self-ensemble of posterior samples (``diffunfold.ensemble``)."""
+    from .ensemble import ENSEMBLES
+
+    parser.add_argument("--ensemble", choices=ENSEMBLES, help=help_text)

@@ -173,7 +173,9 @@ def _markdown(results: list[dict], meta: dict) -> str:
              f"Image noise sigma_y = {meta['noise']:g} (range [0, 1]); MRI noise {meta['mri_noise']:g} x max|k|."
              + "".join(f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "
                        f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
-                       for k, p in meta["packages"].items() if p["churn"]["s_churn"] > 0),
+                       for k, p in meta["packages"].items() if p["churn"]["s_churn"] > 0)
+             + "".join(f" The {k} package's samples see the image in four flips (self-ensemble)."
+                       for k, p in meta["packages"].items() if p["ensemble"] == "flips"),
              "",
              "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
              "| pinv PSNR | s / image |",
@@ -258,7 +260,8 @@ def run_demo(args) -> int:
             "sampler": any_solver.package.schedule["sampler"], "nfe": results[0]["rows"][0]["nfe"],
             "noise": args.noise, "mri_noise": args.mri_noise, "backend": any_solver.backend_name,
             "packages": {k: {"path": str(p.path), "manifest_sha256": p.manifest.get("manifest_sha256"),
-                             "source": p.manifest.get("source"), "churn": p.churn.as_dict()}
+                             "source": p.manifest.get("source"), "churn": p.churn.as_dict(),
+                             "ensemble": p.ensemble}
                          for k, p in packages.items()},
             "wall_seconds": wall,
             "data": {k: {"source": d["source"], "credits": d["credits"]} for k, d in loaded.items()}}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import edm
+from .ensemble import check_ensemble
 from .errors import InputError
 from .safe_io import write_json
 from .spaces import DataSpace
@@ -171,6 +172,15 @@ class ModelPackage:
             return edm.Churn.of(self.manifest.get("schedule", {}).get("churn"))
         except InputError as e:
             raise InputError(f"{self.path}: the manifest's schedule.churn is invalid ({e}); export the "
+                             "package again") from None
+
+    @property
+    def ensemble(self) -> str:
+        """The package's self-ensemble of posterior samples (``schedule.ensemble``; absent: none)."""
+        try:
+            return check_ensemble(self.manifest.get("schedule", {}).get("ensemble", "none"))
+        except InputError as e:
+            raise InputError(f"{self.path}: the manifest's schedule.ensemble is invalid ({e}); export the "
                              "package again") from None
 
     @property

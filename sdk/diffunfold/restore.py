@@ -139,6 +139,9 @@ def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                              "the package's, see its manifest's schedule; 0: the deterministic ODE)")
     p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
                    help="posterior samples per image: >1 gives their mean and a std map (default: 1)")
+    V.add_ensemble_argument(p, "flips: posterior sample j's network sees the j-th of four flips of the image, "
+                               "so the mean averages out the network's orientation errors at no cost; none: "
+                               "every sample as it is (default: the package's)")
     p.add_argument("--seed", type=V.SEED, default=0, help="base seed (default: 0)")
     p.add_argument("--tile", type=_tile_value, default="auto", metavar="N|auto|none",
                    help="run the network on overlapping NxN tiles, blended (the physics stays on the whole "
@@ -524,7 +527,8 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     if args.noise is None:
         notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=noise_std, tile=args.tile, churn=args.churn_setting, progress=step_bar(path.name, args.quiet))
+                           noise_std=noise_std, tile=args.tile, churn=args.churn_setting,
+                           ensemble=args.ensemble, progress=step_bar(path.name, args.quiet))
     restored = np.asarray(sol.images)
     baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
     row: dict[str, Any] = {"input": str(path), "name": unit.name, "size": list(op.image_shape[-2:]), "seed": seed,
@@ -585,6 +589,7 @@ def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_
             {k: v for k, v in args.task.items() if k != "task"}, "noise": args.noise,
             "steps": args.steps or pkg.schedule["steps"], "sampler": args.sampler or pkg.schedule["sampler"],
             "churn": (args.churn_setting or pkg.churn).as_dict(),
+            "ensemble": args.ensemble or pkg.ensemble,
             "samples": args.samples, "seed": args.seed, "size": args.size, "nfe": rows[-1]["nfe"] if rows else None,
             "baseline": base_name, "backend": job.solver.backend_name, "backend_reason": job.solver.backend_reason,
             "timing": timing.as_dict(), "seconds_per_image": timing.total / max(len(rows), 1),
@@ -700,7 +705,8 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
     # the file's own k-space noise adds to what --noise adds: the solver estimates the total
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=None, tile=args.tile, churn=args.churn_setting, progress=step_bar(unit.name, args.quiet))
+                           noise_std=None, tile=args.tile, churn=args.churn_setting,
+                           ensemble=args.ensemble, progress=step_bar(unit.name, args.quiet))
     recon = np.asarray(sol.images)
     zero_filled = np.asarray(classical_baseline(op, y, noise_std))
     ref_max = float(np.abs(x).max())
@@ -762,7 +768,8 @@ def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: 
             "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise,
             "size": args.size, "steps": args.steps or pkg.schedule["steps"],
             "sampler": args.sampler or pkg.schedule["sampler"],
-            "churn": (args.churn_setting or pkg.churn).as_dict(), "samples": args.samples, "seed": args.seed,
+            "churn": (args.churn_setting or pkg.churn).as_dict(),
+            "ensemble": args.ensemble or pkg.ensemble, "samples": args.samples, "seed": args.seed,
             "nfe": rows[-1]["nfe"] if rows else None, "backend": job.solver.backend_name,
             "backend_reason": job.solver.backend_reason, "timing": timing.as_dict(),
             "seconds_per_slice": timing.total / max(len(rows), 1), "wall_s": wall, "notes": notes}, batch, "name")

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .. import __version__, edm
+from ..ensemble import check_ensemble
 from ..errors import InputError
 from ..package import ModelPackage, write_manifest
 from ..training.model import DiffUnfolding
@@ -257,10 +258,11 @@ def _write_networks(model: DiffUnfolding, tmp: Path, opset: int, attention: str,
     return names, files
 
 
-def _manifest(model: DiffUnfolding, names: list[str], tasks: Sequence[str], churn: edm.Churn, opset: int,
+def _manifest(model: DiffUnfolding, names: list[str], tasks: Sequence[str], sampling: dict, opset: int,
               attention: str, fp16_weights: bool, torch_weights: bool, source: dict | None, report,
               extra: dict | None) -> dict:
-    """What the runtime reads about a package (the file checksums are added on writing)."""
+    """What the runtime reads about a package (the file checksums are added on writing);
+    ``sampling``: the schedule's churn and ensemble, where not the defaults."""
     space, shared = model.space, bool(model.settings.shared)
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -273,7 +275,7 @@ def _manifest(model: DiffUnfolding, names: list[str], tasks: Sequence[str], chur
         "tasks": list(tasks),
         "schedule": {"steps": 18, "sampler": "euler", "sigma_min": edm.SIGMA_MIN,
                      "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data,
-                     **({"churn": churn.as_dict()} if churn.active else {})},
+                     **sampling},
         "networks": {"regularizers": names, "weights": "weights.onnx",
                      "torch_weights": "model.safetensors" if torch_weights else None,
                      "weights_dtype": "float16" if fp16_weights else "float32",
@@ -291,7 +293,8 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                  source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
                  torch_weights: bool = True, fp16_weights: bool = False, check: bool = True, tolerance: float = 1e-4,
                  check_sizes: Sequence[tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 attention: str = "fused", churn=None, log: Callable[[str], None] = print) -> ModelPackage:
+                 attention: str = "fused", churn=None, ensemble: str = "none",
+                 log: Callable[[str], None] = print) -> ModelPackage:
     """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
 
     ``check``: run ONNX Runtime against torch at ``check_sizes`` and raise if the relative error
@@ -302,9 +305,11 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
     ``attention``: ``fused`` (one node per attention layer, ``export/attention.py``) or
     ``spelled`` (MatMul-Softmax-MatMul, as packages before it).
     ``churn``: the stochastic-sampler setting the package's schedule asks for (``edm.Churn.of``;
-    None or 0: the deterministic ODE), what the runtime then uses unless told otherwise.
+    None or 0: the deterministic ODE), and ``ensemble`` the self-ensemble of posterior samples
+    (``diffunfold.ensemble``): what the runtime then uses unless told otherwise.
     """
     churn = edm.Churn.of(churn)
+    check_ensemble(ensemble)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
@@ -330,7 +335,9 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
             if report.max_abs_activation > FP16_MAX:
                 log(f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
                     "build engines in FP32 or retrain")
-        write_manifest(tmp, _manifest(model, names, tasks, churn, opset, attention, fp16_weights, torch_weights,
+        sampling = {**({"churn": churn.as_dict()} if churn.active else {}),
+                    **({"ensemble": ensemble} if ensemble != "none" else {})}
+        write_manifest(tmp, _manifest(model, names, tasks, sampling, opset, attention, fp16_weights, torch_weights,
                                       source, report, extra), files)
         for f in tmp.iterdir():  # mkdtemp/mkstemp make owner-only files; a package is shared
             f.chmod(0o644)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import edm
+from ..ensemble import check_ensemble, flip_axes, oriented
 from .._array import check_finite, describe, is_complex, to_numpy
 from ..errors import InputError
 from ..noise import resolve_noise_std
@@ -119,10 +120,13 @@ class Solver:
         # alike without changing their precision.
         return {s: (tau[i].tolist(), gamma[i].tolist()) for i, s in enumerate(key)}
 
-    def _regularize(self, x, sigma: float, k: int, timing: Timing, plan: TilePlan | None = None):
+    def _regularize(self, x, sigma: float, k: int, timing: Timing, plan: TilePlan | None = None,
+                    groups: list | None = None):
+        """``R_k(x; sigma)``; ``groups``: row ranges and the flips their samples see
+        (``diffunfold.ensemble``), None for all rows as they are."""
         t0 = time.perf_counter()
-        r = tiling.regularize(lambda v: self.backend.regularize(v, sigma, k), x, plan or TilePlan(None),
-                              self.size_multiple, self.xp)
+        r = oriented(lambda u: tiling.regularize(lambda v: self.backend.regularize(v, sigma, k), u,
+                                                 plan or TilePlan(None), self.size_multiple, self.xp), x, groups or [])
         self.backend.synchronize()
         timing.network += time.perf_counter() - t0
         timing.network_calls += 1
@@ -140,13 +144,14 @@ class Solver:
         return plan
 
     def denoise(self, x, sigma: float, y, operator: LinearOperator, weights: dict, timing: Timing,
-                noise_var=None, plan: TilePlan | None = None):
+                noise_var=None, plan: TilePlan | None = None, groups: list | None = None):
         """``D(x; sigma, y, A)`` in model space (one schedule point). ``noise_var``: sigma_y^2
-        per image ``(B,)``, for a noise-aware package; ``plan``: the regulariser's tiles."""
+        per image ``(B,)``, for a noise-aware package; ``plan``: the regulariser's tiles;
+        ``groups``: the self-ensemble's orientations (``_regularize``)."""
         tau, gamma = weights[float(sigma)]
         pkg = self.package
         for k in range(self.stages):
-            r = self._regularize(x, sigma, k, timing, plan)
+            r = self._regularize(x, sigma, k, timing, plan, groups)
             t0 = time.perf_counter()
             x = stage(x, r, y, operator, self.space, tau[k], gamma[k], pkg.data_step, sigma=float(sigma),
                       noise_var=noise_var, noise_floor=pkg.noise_floor, prox_iterations=pkg.prox_iterations)
@@ -159,7 +164,7 @@ class Solver:
               seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_min: float | None = None,
               sigma_max: float | None = None, rho: float | None = None,
               progress: bool | Callable[[int, int], None] = False, batch_samples: bool = True,
-              noise_std=None, tile: Any = "auto", churn=None) -> Solution:
+              noise_std=None, tile: Any = "auto", churn=None, ensemble: str | None = None) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
         ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
@@ -180,6 +185,8 @@ class Solver:
         ``churn``: EDM's stochastic sampler (:class:`diffunfold.edm.Churn`, a number for its
         ``S_churn``, or 0 for the deterministic ODE); None: the package's (off unless its
         schedule says otherwise). Its noise is drawn per (image seed, sample, step).
+        ``ensemble``: ``"flips"`` gives posterior sample j's regulariser the j-th of four flips of
+        the image (``diffunfold.ensemble``), ``"none"`` not; None: the package's.
         """
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
@@ -193,6 +200,7 @@ class Solver:
         batch = int(y_dev.shape[0])
         seeds = edm.seeds_for(seed, batch)
         churn = self.package.churn if churn is None else edm.Churn.of(churn)
+        ensemble = self.package.ensemble if ensemble is None else check_ensemble(ensemble)
         # the denoiser runs at the re-noised levels too: one weight evaluation covers both
         weights = self.weights_for(np.unique(np.concatenate([sigmas, churn.sigma_hats(sigmas)])))
         noise_var, extra = self._noise_variance(noise_std, operator, y, batch)
@@ -202,7 +210,7 @@ class Solver:
         # draw, and results do not depend on batch composition, so this changes only the speed.
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         plan = self.plan(operator.image_shape, batch * (int(samples) if together else 1), tile)
-        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, churn, Timing())
+        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, churn, ensemble, Timing())
         step, close = _progress_hook(progress, (len(sigmas) - 1) * (1 if together else int(samples)),
                                      f"restoring ({sampler}, {self.backend.name})")
         t_start = time.perf_counter()
@@ -236,8 +244,9 @@ class Solver:
         var_all = None if run.noise_var is None else xp.concatenate([run.noise_var] * samples)
         x = xp.asarray(np.concatenate([edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j)
                                        for j in range(samples)]))
+        groups = [(j * batch, (j + 1) * batch, flip_axes(run.ensemble, j)) for j in range(samples)]
         x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, run.operator, run.weights, run.timing,
-                                                           var_all, run.plan), x, run.sigmas, run.sampler, step,
+                                                           var_all, run.plan, groups), x, run.sigmas, run.sampler, step,
                                  run.churn, lambda i: self.xp.asarray(np.concatenate(
                                      [edm.churn_noise(run.seeds, self._shape(run), i, j) for j in range(samples)])))
         x = self.space.clip(self.space.to_user(x))
@@ -248,8 +257,9 @@ class Solver:
         draws, nfe = [], 0
         for j in range(samples):
             x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j))
+            groups = [(0, len(run.seeds), flip_axes(run.ensemble, j))]
             x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, run.y, run.operator, run.weights, run.timing,
-                                                               run.noise_var, run.plan), x, run.sigmas,
+                                                               run.noise_var, run.plan, groups), x, run.sigmas,
                                      run.sampler, step, run.churn,
                                      lambda i, j=j: self.xp.asarray(edm.churn_noise(run.seeds, self._shape(run), i, j)))
             draws.append(self.space.clip(self.space.to_user(x)))
@@ -329,6 +339,7 @@ class _Run:
     sigmas: Any
     sampler: str
     churn: edm.Churn
+    ensemble: str
     timing: Timing
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import edm
+from ..ensemble import flip
 from ..errors import InputError
 from ..physics.base import LinearOperator
 from ..spaces import DataSpace
@@ -219,10 +220,12 @@ class DiffUnfolding(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return self.space.fidelity_grad(operator, x, y)
 
-    def forward(self, x_t: torch.Tensor, sigma, y, operator: LinearOperator, noise_std=None) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, sigma, y, operator: LinearOperator, noise_std=None,
+                flip_axes: tuple[int, ...] = ()) -> torch.Tensor:
         """``D(x_t, s; y, A)`` in model space. ``sigma``: a number or one value per image.
         ``noise_std``: the measurement noise sigma_y, a number or one per image (needed by a
-        noise-aware model, ignored otherwise)."""
+        noise-aware model, ignored otherwise). ``flip_axes``: the regularisers see ``x`` flipped
+        along these axes and their output is flipped back (``diffunfold.ensemble``)."""
         sigma = self._sigma_batch(sigma, x_t)
         tau, gamma = self.weights(sigma)
         s = self.settings
@@ -234,7 +237,7 @@ class DiffUnfolding(nn.Module):
             noise_var = self._sigma_batch(noise_std, x_t) ** 2
         x = x_t
         for k in range(self.stages):
-            r = self.regularize(x, sigma, k)
+            r = flip(self.regularize(flip(x, flip_axes), sigma, k), flip_axes)
             # The physics runs outside autocast: FFTs do not run in half precision.
             with torch.autocast(x.device.type, enabled=False):
                 x = stage(x, r, y, operator, self.space, tau[:, k, None, None, None],

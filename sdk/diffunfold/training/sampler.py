@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import edm
+from ..ensemble import check_ensemble, flip_axes
 from .._array import check_finite
 from ..errors import InputError
 from ..noise import resolve_noise_std
@@ -31,7 +32,7 @@ class Restoration:
 def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, sampler: str = "euler",
             seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_max: float = edm.SIGMA_MAX,
             sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False,
-            noise_std=None, churn=None) -> Restoration:
+            noise_std=None, churn=None, ensemble: str = "none") -> Restoration:
     """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
 
     ``seed``: an int (image i uses ``seed + i``) or one per image; the start ``x_0`` is drawn
@@ -39,7 +40,8 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     ``samples > 1`` draws that many posterior samples per image (sample ``j`` starts from
     ``edm.initial_noise(..., sample=j)``) and returns their mean and per-pixel std.
     ``churn``: EDM's stochastic sampler (``edm.Churn.of``; None or 0: the ODE), its noise drawn
-    per (image seed, sample, step) as the runtime draws it.
+    per (image seed, sample, step) as the runtime draws it. ``ensemble="flips"``: sample j's
+    regulariser sees the j-th of four flips of the image (``diffunfold.ensemble``).
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise InputError(f"samples must be a positive integer, got {samples!r}")
@@ -54,6 +56,7 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     shape = (model.space.model_channels, *operator.image_shape)
     sigmas = edm.schedule(steps, sigma_min, sigma_max, rho)
     churn = edm.Churn.of(churn)
+    check_ensemble(ensemble)
 
     bar = None
     if progress:
@@ -65,11 +68,12 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
         noise = resolve_noise_std(noise_std, operator, y, batch)
         noise = torch.as_tensor(noise, dtype=param.dtype, device=param.device)
 
-    def denoise(v, s):
-        return model(v, s, y, operator, noise_std=noise)
 
     draws = []
     for j in range(samples):
+        def denoise(v, s, axes=flip_axes(ensemble, j)):
+            return model(v, s, y, operator, noise_std=noise, flip_axes=axes)
+
         x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
         noise = lambda i, j=j: torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)  # noqa: E731
         x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None,
