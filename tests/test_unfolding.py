@@ -109,6 +109,19 @@ def test_runtime_matches_torch_reference(packages, task, params, noise):
     assert got.extra == {"noise_std": [noise, noise], "noise_std_estimated": False}
 
 
+@pytest.mark.parametrize("task,params", [IMAGE_TASKS[0], MRI_TASKS[0]], ids=["gaussian_blur", "mri"])
+def test_noise_aware_runtime_matches_torch_with_churn_and_flips(packages, task, params):
+    """The stochastic sampler and the flip self-ensemble on a noise-aware model: the runtime
+    and the torch reference weigh y by the same sigma_y and add the same re-noising."""
+    model, pkg = packages["mri" if task == "mri" else "image"]
+    op = operator_for(task, params)
+    y = op.measure(clean_images(mri=task == "mri"), 0.05, seed=[11, 12])
+    kw = dict(steps=10, seed=3, noise_std=0.05, samples=2, churn=7.2, ensemble="flips")
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, **kw)
+    want = restore(model, torch.from_numpy(y), op, **kw)
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+
+
 def test_runtime_matches_torch_without_noise_awareness(packages):
     model, pkg = packages["plain"]
     x = clean_images()

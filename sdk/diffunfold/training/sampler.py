@@ -63,21 +63,22 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
         from tqdm.auto import tqdm
         bar = tqdm(total=steps * samples, desc=f"sampling ({sampler})", unit="step", leave=False)
 
-    noise = None
+    sigma_y = None
     if model.settings.noise_aware:
-        noise = resolve_noise_std(noise_std, operator, y, batch)
-        noise = torch.as_tensor(noise, dtype=param.dtype, device=param.device)
-
+        sigma_y = resolve_noise_std(noise_std, operator, y, batch)
+        sigma_y = torch.as_tensor(sigma_y, dtype=param.dtype, device=param.device)
 
     draws = []
     for j in range(samples):
         def denoise(v, s, axes=flip_axes(ensemble, j)):
-            return model(v, s, y, operator, noise_std=noise, flip_axes=axes)
+            return model(v, s, y, operator, noise_std=sigma_y, flip_axes=axes)
+
+        def churn_noise(i, j=j):
+            return torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)
 
         x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
-        noise = lambda i, j=j: torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)  # noqa: E731
         x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None,
-                                 churn=churn, noise=noise)
+                                 churn=churn, noise=churn_noise)
         draws.append(model.space.clip(model.space.to_user(x)))
     if bar is not None:
         bar.close()
