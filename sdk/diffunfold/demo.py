@@ -165,6 +165,14 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
             else f"{args.mri_noise:g} x max|k|", "mean": mean, "rows": rows, "panels": panels}
 
 
+def _flips_sentence(kinds: list[str]) -> str:
+    """The header's word on the self-ensemble (nothing when no package uses it)."""
+    if not kinds:
+        return ""
+    return (f" The {' and '.join(kinds)} package{'s' if len(kinds) > 1 else ''}' posterior samples see "
+            "the image in four flips (self-ensemble).")
+
+
 def _markdown(results: list[dict], meta: dict) -> str:
     lines = [f"# diffunfold demo: {meta['images']} held-out images per task, {meta['size']}x{meta['size']} px",
              "",
@@ -174,8 +182,7 @@ def _markdown(results: list[dict], meta: dict) -> str:
              + "".join(f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "
                        f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
                        for k, p in meta["packages"].items() if p["churn"]["s_churn"] > 0)
-             + "".join(f" The {k} package's samples see the image in four flips (self-ensemble)."
-                       for k, p in meta["packages"].items() if p["ensemble"] == "flips"),
+             + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"]),
              "",
              "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
              "| pinv PSNR | s / image |",
