@@ -102,6 +102,7 @@ class Settings:
     images: int = 5
     samples: int = 4
     steps: int | None = None                         # None: the package's (18)
+    sampler: str | None = None                       # None: the package's; "euler" or "heun"
     sigma_min: float | None = None                   # None: the package's (0.002); the last D's noise level
     churn: float | None = None                       # None: the package's; EDM's S_churn (0: the ODE)
     ensemble: str | None = None                      # None: the package's; "none" or "flips"
@@ -406,7 +407,7 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
     """The posterior mean of ``s.samples`` draws and one draw (draw 0, from the same solve)."""
     t0 = time.perf_counter()
     sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps,
-                          sigma_min=s.sigma_min, noise_std=list(case.noise_std), churn=s.churn,
+                          sampler=s.sampler, sigma_min=s.sigma_min, noise_std=list(case.noise_std), churn=s.churn,
                           ensemble=s.ensemble)
     t_mean = time.perf_counter() - t0
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
@@ -602,7 +603,7 @@ def figure(sc: Scored, others: list[Scored], baseline_rows: list[dict], s: Setti
 def settings_from(args) -> Settings:
     base = QUICK if args.quick else Settings()
     over = {k: v for k, v in (("size", args.size), ("images", args.images), ("samples", args.samples),
-                              ("steps", args.steps), ("sigma_min", args.sigma_min),
+                              ("steps", args.steps), ("sampler", args.sampler), ("sigma_min", args.sigma_min),
                               ("churn", args.churn), ("ensemble", args.ensemble)) if v is not None}
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(TASK_BY_KEY))
@@ -745,7 +746,7 @@ def run(args) -> int:
                 "wall_seconds": wall, "data": {k: data_label(args, k) for k in ("image", "mri")},
                 "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
                 "sigma_min": s.sigma_min,
-                "sampler": {sc.name: sc.package.schedule["sampler"] for sc in scored},
+                "sampler": {sc.name: s.sampler or sc.package.schedule["sampler"] for sc in scored},
                 "churn": {sc.name: (sc.package.churn if s.churn is None else edm.Churn.of(s.churn)).as_dict()
                           for sc in scored},
                 "ensemble": {sc.name: s.ensemble or sc.package.ensemble for sc in scored},
@@ -809,6 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, help="held-out images per task (default 5; --quick 1)")
     p.add_argument("--size", type=int, help="image size in px (default 64, the training size)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the package's, 18; --quick 4)")
+    p.add_argument("--sampler", choices=["euler", "heun"],
+                   help="sampler for every package (default: each package's own, see its manifest); heun "
+                        "makes two network calls per step but the last, so compare at equal calls "
+                        "(e.g. heun --steps 10 against euler 18)")
     p.add_argument("--sigma-min", type=float, help="the sampler's last noise level, where the final denoiser "
                                                    "call is made (default: the package's, 0.002)")
     p.add_argument("--churn", type=float, metavar="S_CHURN",

@@ -102,7 +102,8 @@ def test_export_checkpoint_cli_takes_ema_weights(tmp_path, capsys):
     with torch.no_grad():  # make the EMA differ from the raw weights
         for p in ema.module.parameters():
             p.mul_(0.5)
-    cfg = {"name": "tiny", "data": {"tasks": ["gaussian_blur", "inpainting"]}}
+    # a task repeated to draw it more often is named once in the package
+    cfg = {"name": "tiny", "data": {"tasks": ["gaussian_blur", "inpainting", "gaussian_blur", "inpainting"]}}
     save_checkpoint(tmp_path / "run" / "checkpoints", 7, model, ema, torch.optim.Adam(model.parameters()), cfg)
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "pkg")]) == 0
     out = capsys.readouterr().out

@@ -180,6 +180,21 @@ def test_sigma_min_sets_where_the_sampler_stops(tmp_path, capsys):
     assert "--sigma-min must be > 0" in capsys.readouterr().err
 
 
+def test_sampler_option_overrides_the_packages_and_is_recorded(tmp_path, capsys):
+    """--sampler heun runs Heun's method instead of the package's Euler: recorded in the JSON and
+    the header, and a different estimate at the same steps; a sampler that does not exist is refused."""
+    args = [str(IMAGE_PKG), "--quick", "--quiet", "--task", "sr_x8", "--noise", "0", "--steps", "2", "--samples", "1"]
+    assert quality.main(args + ["--out", str(tmp_path / "a")]) == 0
+    assert quality.main(args + ["--sampler", "heun", "--out", str(tmp_path / "b")]) == 0
+    a, b = (json.loads((tmp_path / d / "quality-image-small.json").read_text()) for d in "ab")
+    assert a["meta"]["sampler"] == {"image-small": "euler"} and b["meta"]["sampler"] == {"image-small": "heun"}
+    assert rows_of(a, "sr_x8", 0.0, "model_mean")["psnr"] != rows_of(b, "sr_x8", 0.0, "model_mean")["psnr"]
+    assert "2 heun steps" in (tmp_path / "b" / "quality-image-small.md").read_text()
+    with pytest.raises(SystemExit):
+        quality.main(args + ["--sampler", "rk4", "--out", str(tmp_path / "c")])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 @pytest.mark.torch
 def test_a_training_run_is_exported_and_scored(tmp_path):
     torch = pytest.importorskip("torch", reason="exporting a run needs torch (the train extra)")

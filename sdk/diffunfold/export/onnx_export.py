@@ -360,7 +360,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
     model, meta = load_model(path, weights=weights)
     data = meta.get("config", {}).get("data", {})
     is_mri = model.space.kind == "mri"
-    tasks = ["mri"] if is_mri else list(data.get("tasks", []))
+    # a config repeats a task to draw it more often; the package names each task once
+    tasks = ["mri"] if is_mri else list(dict.fromkeys(data.get("tasks", [])))
     extra = {"mri_patterns": data.get("mri_patterns")} if is_mri else {}
     if data.get("size"):  # the runtime sizes its regulariser tiles from the training crop
         extra["train_size"] = int(data["size"])
