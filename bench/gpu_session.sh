@@ -4,9 +4,12 @@
 #   1. versions and the GPU (fails fast when torch sees no CUDA device or a module is missing);
 #   2. in the background, the CuPy/CUDA parity tests (pytest -k "cupy or cuda"), which skip on
 #      machines without a GPU;
-#   3. image-small fine-tuned on the GPU from the bundled package, two variants at once (the
-#      runs 5-6 recipe at batch 32 / lr 1e-4, and batch 64 / lr 2e-4), both for the same number
-#      of steps: a 60-step calibration of the two side by side sets how many fit in TRAIN_S.
+#   3. image-small fine-tuned on the GPU from the bundled package, two variants at once (batch 32
+#      / lr 1e-4 and batch 64 / lr 2e-4), both for the same number of steps: a 60-step
+#      calibration of the two side by side sets how many fit in TRAIN_S. RECIPE=matched (the
+#      default) holds tau = gamma = 1, the step weights the package runs with, and the noise
+#      floor 1e-6 (the G-series of bench/results/real-data/image-small-validation, sections 3-6);
+#      RECIPE=learned trains the weight generators too (runs 1-7).
 # What comes back (at most 8 files): the EMA weights of each variant as a slim checkpoint
 # (ckpt-*.safetensors + .json; the export script in samples/models/image-small/TRAINING.md
 # turns one into a package), and logs.tar.gz with every log, config and CSV.
@@ -23,13 +26,19 @@ DEVICE=${DEVICE:-auto}
 WORKERS=${WORKERS:-6}            # DataLoader workers per variant (decoded photos cached in each)
 PY=${PY:-python3}
 BATCH_A=${BATCH_A:-32}; BATCH_B=${BATCH_B:-64}   # the variants' batches (lr 1e-4 and 2e-4)
+RECIPE=${RECIPE:-matched}
+case "$RECIPE" in
+  matched) RECIPE_ARGS=(--set train.weights_lr_scale=0 --set model.noise_floor=1e-6) ;;
+  learned) RECIPE_ARGS=() ;;
+  *) echo "RECIPE must be matched or learned, not '$RECIPE'" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/sdk${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 LOGS=$(mktemp -d)
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
-say "1. machine"
+say "1. machine (recipe: $RECIPE)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$LOGS/gpu.txt"
 $PY - <<'EOF' 2>&1 | tee "$LOGS/versions.txt"; [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 import sys, PIL.features, torch, numpy, safetensors, onnx
@@ -58,7 +67,8 @@ train() {  # train NAME BATCH LR STEPS OUTDIR [CHECKPOINT_EVERY]; stopped TRAIN_
     --set data.workers="$WORKERS" --set train.device="\"$DEVICE\"" --set train.threads=2 \
     --set train.init_from='"samples/models/image-small"' --set train.batch_size="$2" --set train.lr="$3" \
     --steps "$4" --set train.decay_steps="$4" --set train.warmup_steps=50 --set train.val_every=0 \
-    --set train.log_every=20 --set train.checkpoint_every="${6:-0}" --set train.keep_checkpoints=1 --out "$5"
+    --set train.log_every=20 --set train.checkpoint_every="${6:-0}" --set train.keep_checkpoints=1 \
+    "${RECIPE_ARGS[@]}" --out "$5"
 }
 
 say "3a. calibration: $CAL_STEPS steps of both variants side by side"
