@@ -238,6 +238,85 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def accuracy_against_fp32(base, variants, batches) -> tuple[dict, list, float | None]:
+    """Loss and gradient of each unfolding variant against FP32 on the same initial weights.
+    Returns the accuracies, FP32's (loss, gradient) per batch and, for scale, the minibatch
+    noise of SGD (FP32 gradients of two different batches)."""
+    accuracy: dict[str, dict] = {}
+    ref = [loss_and_grad(prepare_model(base, VARIANTS[0]), b, VARIANTS[0]) for b in batches]
+    noise_ref = None
+    if len(ref) > 1:
+        noise_ref = max(float((ref[i][1] - ref[0][1]).norm() / ref[0][1].norm()) for i in range(1, len(ref)))
+        say(f"for scale: FP32 gradient of another batch vs batch 0, rel. L2 difference {noise_ref:.2f}")
+    for v in variants:
+        if v.denoiser or v.name == "fp32":
+            continue
+        accuracy[v.name] = compare(prepare_model(base, v), batches, ref, v)
+        say(f"accuracy {v.name}: loss rel diff {accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err "
+            f"{accuracy[v.name]['grad_rel_err']:.2e} (max over batches)")
+    return accuracy, ref, noise_ref
+
+
+def timed_compile(base, cfg, batches, ref, args, accuracy, trainers, inputs, skipped) -> tuple:
+    """torch.compile within --compile-budget, then timed in rounds of its own against fp32.
+    Adds to ``accuracy``, ``trainers``, ``inputs``, or the reason to ``skipped``. Returns the
+    compile seconds and the rounds (None, None when skipped)."""
+    v = next(v for v in VARIANTS if v.compile)
+    t0 = time.perf_counter()
+    compile_s, compile_rounds = None, None
+
+    def on_alarm(signum, frame):
+        raise CompileTimeout()
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max(1, int(args.compile_budget)))
+    try:
+        tr = Trainer(base, cfg, v)
+        accuracy[v.name] = compare(tr.model, batches, ref, v)   # compiles forward and backward
+        inputs[v.name] = [for_variant(b, v) for b in batches]
+        for i in range(max(args.warmup, 2)):
+            tr.step(inputs[v.name][i % len(batches)])
+        signal.alarm(0)
+        compile_s = time.perf_counter() - t0
+        say(f"compile: compiled and warmed up in {compile_s:.1f} s; accuracy: loss rel diff "
+            f"{accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err {accuracy[v.name]['grad_rel_err']:.2e}")
+        trainers[v.name] = tr
+        compile_rounds = timed_rounds(trainers, [VARIANTS[0], v], inputs, args.rounds, tag="compile vs fp32: ")
+    except CompileTimeout:
+        skipped[v.name] = (f"compiling (forward + backward of the U-Net, {torch.get_num_threads()} threads) "
+                           f"took over --compile-budget {args.compile_budget:.0f} s")
+    except Exception as exc:  # no compiler, or a failing one: skipped with the reason
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        skipped[v.name] = f"{type(exc).__name__}: {first}"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    if v.name in skipped:
+        accuracy.pop(v.name, None)
+        say(f"compile: skipped ({skipped[v.name]})")
+        return None, None
+    return compile_s, compile_rounds
+
+
+def result_rows(cfg, variants, per_round, compile_rounds, accuracy, trainers) -> list[dict]:
+    """One row per timed variant: median seconds per step and its ratio to fp32 of the same phase."""
+    base_s = statistics.median(per_round["fp32"])
+    rows = []
+    timed = [(v, per_round[v.name], base_s) for v in variants]
+    if compile_rounds:
+        timed.append((VARIANTS[-1], compile_rounds["compile"], statistics.median(compile_rounds["fp32"])))
+    for v, times, ref_s in timed:
+        s = statistics.median(times)
+        acc = accuracy.get(v.name, {})
+        finite = all(math.isfinite(x) for x in trainers[v.name].losses)
+        rows.append({"variant": v.name, "s_per_step": s, "min_s_per_step": min(times),
+                     "ratio_vs_fp32": s / ref_s, "speedup_vs_fp32": ref_s / s, "fp32_s_per_step_same_phase": ref_s,
+                     "images_per_s": cfg.train.batch_size / s,
+                     "loss_rel_diff": acc.get("loss_rel_diff"), "grad_rel_err": acc.get("grad_rel_err"),
+                     "losses_finite": finite, "round_s_per_step": times})
+    return rows
+
+
 def run(args) -> dict:
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
@@ -257,19 +336,7 @@ def run(args) -> dict:
     variants = [v for v in VARIANTS if not v.compile]
     skipped: dict[str, str] = {}
 
-    # Accuracy first, on the initial weights (the same for every variant).
-    accuracy: dict[str, dict] = {}
-    ref = [loss_and_grad(prepare_model(base, VARIANTS[0]), b, VARIANTS[0]) for b in batches]
-    noise_ref = None
-    if len(ref) > 1:  # the minibatch noise of SGD, for scale: FP32 gradients of two different batches
-        noise_ref = max(float((ref[i][1] - ref[0][1]).norm() / ref[0][1].norm()) for i in range(1, len(ref)))
-        say(f"for scale: FP32 gradient of another batch vs batch 0, rel. L2 difference {noise_ref:.2f}")
-    for v in variants:
-        if v.denoiser or v.name == "fp32":
-            continue
-        accuracy[v.name] = compare(prepare_model(base, v), batches, ref, v)
-        say(f"accuracy {v.name}: loss rel diff {accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err "
-            f"{accuracy[v.name]['grad_rel_err']:.2e} (max over batches)")
+    accuracy, ref, noise_ref = accuracy_against_fp32(base, variants, batches)
 
     # Warm-up, then the timed rounds.
     trainers = {v.name: Trainer(base, cfg, v) for v in variants}
@@ -286,54 +353,9 @@ def run(args) -> dict:
     if args.no_compile:
         skipped["compile"] = "--no-compile"
     else:
-        v = next(v for v in VARIANTS if v.compile)
-        t0 = time.perf_counter()
+        compile_s, compile_rounds = timed_compile(base, cfg, batches, ref, args, accuracy, trainers, inputs, skipped)
 
-        def on_alarm(signum, frame):
-            raise CompileTimeout()
-
-        old = signal.signal(signal.SIGALRM, on_alarm)
-        signal.alarm(max(1, int(args.compile_budget)))
-        try:
-            tr = Trainer(base, cfg, v)
-            accuracy[v.name] = compare(tr.model, batches, ref, v)   # compiles forward and backward
-            inputs[v.name] = [for_variant(b, v) for b in batches]
-            for i in range(max(args.warmup, 2)):
-                tr.step(inputs[v.name][i % len(batches)])
-            signal.alarm(0)
-            compile_s = time.perf_counter() - t0
-            say(f"compile: compiled and warmed up in {compile_s:.1f} s; accuracy: loss rel diff "
-                f"{accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err {accuracy[v.name]['grad_rel_err']:.2e}")
-            trainers[v.name] = tr
-            pair = [VARIANTS[0], v]
-            compile_rounds = timed_rounds(trainers, pair, inputs, args.rounds, tag="compile vs fp32: ")
-        except CompileTimeout:
-            skipped[v.name] = (f"compiling (forward + backward of the U-Net, {torch.get_num_threads()} threads) "
-                               f"took over --compile-budget {args.compile_budget:.0f} s")
-        except Exception as exc:  # no compiler, or a failing one: skipped with the reason
-            first = str(exc).splitlines()[0][:200] if str(exc) else ""
-            skipped[v.name] = f"{type(exc).__name__}: {first}"
-        finally:
-            signal.alarm(0)
-            signal.signal(signal.SIGALRM, old)
-        if v.name in skipped:
-            accuracy.pop(v.name, None)
-            say(f"compile: skipped ({skipped[v.name]})")
-
-    base_s = statistics.median(per_round["fp32"])
-    rows = []
-    timed = [(v, per_round[v.name], base_s) for v in variants]
-    if compile_rounds:
-        timed.append((VARIANTS[-1], compile_rounds["compile"], statistics.median(compile_rounds["fp32"])))
-    for v, times, ref_s in timed:
-        s = statistics.median(times)
-        acc = accuracy.get(v.name, {})
-        finite = all(math.isfinite(x) for x in trainers[v.name].losses)
-        rows.append({"variant": v.name, "s_per_step": s, "min_s_per_step": min(times),
-                     "ratio_vs_fp32": s / ref_s, "speedup_vs_fp32": ref_s / s, "fp32_s_per_step_same_phase": ref_s,
-                     "images_per_s": cfg.train.batch_size / s,
-                     "loss_rel_diff": acc.get("loss_rel_diff"), "grad_rel_err": acc.get("grad_rel_err"),
-                     "losses_finite": finite, "round_s_per_step": times})
+    rows = result_rows(cfg, variants, per_round, compile_rounds, accuracy, trainers)
     for name, why in skipped.items():
         rows.append({"variant": name, "skipped": why})
     return {"info": info, "cfg": cfg, "rows": rows, "compile_s": compile_s, "batches": [b["task"] for b in batches],

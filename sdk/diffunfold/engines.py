@@ -677,6 +677,47 @@ def _add_profiles(trt, builder, config, network, target: EngineTarget, channels:
     return names
 
 
+def _use_device(device: int) -> None:
+    """Make GPU ``device`` current: TensorRT builds on the current CUDA device."""
+    try:
+        import cupy
+
+        cupy.cuda.Device(device).use()
+    except ImportError:
+        if device != 0:
+            raise InputError("building on a GPU other than 0 needs CuPy (or set CUDA_VISIBLE_DEVICES)") from None
+
+
+def _set_timing_cache(config, cache, blob: bytes, cache_path: Path, log: Callable[[str], None]):
+    """Give ``config`` the run's one timing cache: ``cache`` once made, else one from ``blob`` (the
+    saved cache) when it fits this TensorRT and GPU, else a new one. Returns the cache."""
+    if cache is not None:
+        config.set_timing_cache(cache, ignore_mismatch=False)
+        return cache
+    cache = config.create_timing_cache(blob) if blob else None
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        if blob:
+            log(f"  timing cache {cache_path} does not fit this TensorRT/GPU; starting a new one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def _engine_record(pkg: ModelPackage, tgt: EngineTarget, onnx_name: str, engine_path: Path, trt_version: str,
+                   gpu, seconds: float, fp32_layers: int, inputs) -> EngineRecord:
+    """What an engine was built from, for what and how: checked before it is ever loaded."""
+    from . import __version__
+
+    return EngineRecord(target=tgt.name, onnx=onnx_name, onnx_sha256=pkg.manifest["files"][onnx_name]["sha256"],
+                        engine=engine_path.name, engine_sha256=sha256_file(engine_path),
+                        engine_bytes=engine_path.stat().st_size, tensorrt_version=trt_version,
+                        gpu_name=gpu.name, compute_capability=gpu.compute_capability,
+                        hardware_compatibility=tgt.hardware_compatibility, precision=tgt.precision,
+                        profiles=[p.to_dict() for p in tgt.profiles],
+                        built=time.strftime("%Y-%m-%dT%H:%M:%S"), build_seconds=round(seconds, 2),
+                        fp32_layers=fp32_layers, inputs=inputs, diffunfold_version=__version__)
+
+
 def build_engines(package: str | Path | ModelPackage, target: str | Path | EngineTarget,
                   out_dir: str | Path | None = None, timing_cache: str | Path | None = None,
                   progress: bool = True, log: Callable[[str], None] = print, device: int = 0,
@@ -698,15 +739,7 @@ def build_engines(package: str | Path | ModelPackage, target: str | Path | Engin
     warning = check_gpu_for_target(tgt, gpu)
     if warning:
         log(warning)
-    try:
-        import cupy
-
-        cupy.cuda.Device(device).use()   # TensorRT builds on the current CUDA device
-    except ImportError:
-        if device != 0:
-            raise InputError("building on a GPU other than 0 needs CuPy (or set CUDA_VISIBLE_DEVICES)") from None
-    from . import __version__
-
+    _use_device(device)
     out = Path(out_dir) if out_dir else pkg.engine_dir(tgt.name)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(tgt)
@@ -728,15 +761,7 @@ def build_engines(package: str | Path | ModelPackage, target: str | Path | Engin
         # the parser owns the weights the network points to: keep it alive until the build is done
         network, _parser = _parse_onnx(trt, builder, logger, pkg.file(onnx_name))
         config = _builder_config(trt, builder, tgt)
-        if cache is None:   # one cache object for all the engines of this run
-            cache = config.create_timing_cache(blob) if blob else None
-            if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
-                if blob:
-                    log(f"  timing cache {cache_path} does not fit this TensorRT/GPU; starting a new one")
-                cache = config.create_timing_cache(b"")
-                config.set_timing_cache(cache, ignore_mismatch=False)
-        else:
-            config.set_timing_cache(cache, ignore_mismatch=False)
+        cache = _set_timing_cache(config, cache, blob, cache_path, log)
         inputs = _add_profiles(trt, builder, config, network, tgt, channels)
         pinned = _pin_fp32(trt, network) if tgt.precision != "fp32" else []
         engine_path, record_path = engine_paths(out, onnx_name)
@@ -752,14 +777,7 @@ def build_engines(package: str | Path | ModelPackage, target: str | Path | Engin
         _write_bytes_atomic(engine_path, data)
         _write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
         seconds = time.perf_counter() - t0
-        rec = EngineRecord(target=tgt.name, onnx=onnx_name, onnx_sha256=pkg.manifest["files"][onnx_name]["sha256"],
-                           engine=engine_path.name, engine_sha256=sha256_file(engine_path),
-                           engine_bytes=engine_path.stat().st_size, tensorrt_version=str(trt.__version__),
-                           gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                           hardware_compatibility=tgt.hardware_compatibility, precision=tgt.precision,
-                           profiles=[p.to_dict() for p in tgt.profiles],
-                           built=time.strftime("%Y-%m-%dT%H:%M:%S"), build_seconds=round(seconds, 2),
-                           fp32_layers=len(pinned), inputs=inputs, diffunfold_version=__version__)
+        rec = _engine_record(pkg, tgt, onnx_name, engine_path, str(trt.__version__), gpu, seconds, len(pinned), inputs)
         write_json_atomic(record_path, rec.to_dict())   # the record last: its presence means "complete"
         os.chmod(record_path, 0o644)
         records.append(rec)

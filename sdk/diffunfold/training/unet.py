@@ -68,6 +68,21 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def _check_config(in_channels, out_channels, channels, head_channels, emb_channels, channel_mult, num_blocks,
+                  num_stages, fourier_features, attention_levels) -> None:
+    if min(in_channels, out_channels, channels, head_channels, emb_channels) < 1:
+        raise InputError("in_channels, out_channels, channels, head_channels and "
+                         "emb_channels must all be >= 1")
+    if not channel_mult or min(channel_mult) < 1:
+        raise InputError(f"channel_mult must be a non-empty sequence of ints >= 1, got {channel_mult}")
+    if num_blocks < 0 or num_stages < 0 or fourier_features < 1:
+        raise InputError("num_blocks and num_stages must be >= 0, fourier_features >= 1")
+    bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
+    if bad:
+        raise InputError(f"attention_levels {bad} out of range: there are "
+                         f"{len(channel_mult)} levels (0..{len(channel_mult) - 1})")
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3 -> GroupNorm -> (1 + scale), shift from the embedding ->
     SiLU -> dropout -> conv3x3 (zero-init), plus a 1x1 skip when the width changes."""
@@ -226,18 +241,8 @@ class UNet(nn.Module):
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_levels = tuple(sorted({int(i) for i in attention_levels}))
         emb_channels = 4 * channels if emb_channels is None else int(emb_channels)
-        if min(in_channels, out_channels, channels, head_channels, emb_channels) < 1:
-            raise InputError("in_channels, out_channels, channels, head_channels and "
-                             "emb_channels must all be >= 1")
-        if not channel_mult or min(channel_mult) < 1:
-            raise InputError(f"channel_mult must be a non-empty sequence of ints >= 1, "
-                             f"got {channel_mult}")
-        if num_blocks < 0 or num_stages < 0 or fourier_features < 1:
-            raise InputError("num_blocks and num_stages must be >= 0, fourier_features >= 1")
-        bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
-        if bad:
-            raise InputError(f"attention_levels {bad} out of range: there are "
-                             f"{len(channel_mult)} levels (0..{len(channel_mult) - 1})")
+        _check_config(in_channels, out_channels, channels, head_channels, emb_channels, channel_mult,
+                      num_blocks, num_stages, fourier_features, attention_levels)
         # Kept so a checkpoint can rebuild the same network.
         self.config = dict(
             in_channels=in_channels, out_channels=out_channels, channels=channels,
@@ -265,12 +270,24 @@ class UNet(nn.Module):
         else:
             self.stage_embed = None
 
-        def attn(ch: int) -> SelfAttention:
-            return SelfAttention(ch, head_channels)
+        # Built in this order so that a seeded initialisation draws the same weights as before.
+        ch, skip_chs = self._build_encoder(channels, channel_mult, num_blocks, attention_levels, head_channels,
+                                           emb_channels, dropout)
+        self.mid = _Stack([ResBlock(ch, ch, emb_channels, dropout)])
+        if mid_attention:
+            self.mid.append(SelfAttention(ch, head_channels))
+        self.mid.append(ResBlock(ch, ch, emb_channels, dropout))
+        ch = self._build_decoder(ch, skip_chs, channels, channel_mult, num_blocks, attention_levels, head_channels,
+                                 emb_channels, dropout)
+        self.out_norm = _norm(ch)
+        self.out_conv = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
 
-        # Encoder: every stack's output is a skip connection for the decoder.
+    def _build_encoder(self, channels, channel_mult, num_blocks, attention_levels, head_channels, emb_channels,
+                       dropout) -> tuple[int, list[int]]:
+        """Input conv and encoder stacks; every stack's output is a skip connection for the decoder.
+        Returns the last width and the skip widths."""
         ch = channels * channel_mult[0]
-        self.input_conv = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.input_conv = nn.Conv2d(self.in_channels, ch, 3, padding=1)
         skip_chs = [ch]
         self.enc = nn.ModuleList()
         for level, mult in enumerate(channel_mult):
@@ -278,35 +295,30 @@ class UNet(nn.Module):
                 stack = _Stack([ResBlock(ch, channels * mult, emb_channels, dropout)])
                 ch = channels * mult
                 if level in attention_levels:
-                    stack.append(attn(ch))
+                    stack.append(SelfAttention(ch, head_channels))
                 self.enc.append(stack)
                 skip_chs.append(ch)
             if level < self.num_levels - 1:
                 self.enc.append(_Stack([Downsample()]))
                 skip_chs.append(ch)
+        return ch, skip_chs
 
-        self.mid = _Stack([ResBlock(ch, ch, emb_channels, dropout)])
-        if mid_attention:
-            self.mid.append(attn(ch))
-        self.mid.append(ResBlock(ch, ch, emb_channels, dropout))
-
-        # Decoder: num_blocks + 1 blocks per level, each eats one skip (ADM).
+    def _build_decoder(self, ch, skip_chs, channels, channel_mult, num_blocks, attention_levels, head_channels,
+                       emb_channels, dropout) -> int:
+        """Decoder: num_blocks + 1 blocks per level, each eats one skip (ADM). Returns the last width."""
         self.dec = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
             mult = channel_mult[level]
             for i in range(num_blocks + 1):
-                stack = _Stack([ResBlock(ch + skip_chs.pop(), channels * mult, emb_channels,
-                                         dropout)])
+                stack = _Stack([ResBlock(ch + skip_chs.pop(), channels * mult, emb_channels, dropout)])
                 ch = channels * mult
                 if level in attention_levels:
-                    stack.append(attn(ch))
+                    stack.append(SelfAttention(ch, head_channels))
                 if level > 0 and i == num_blocks:
                     stack.append(Upsample(ch))
                 self.dec.append(stack)
         assert not skip_chs
-
-        self.out_norm = _norm(ch)
-        self.out_conv = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
+        return ch
 
     @property
     def size_multiple(self) -> int:
