@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import module_version  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
+from diffunfold.contrast import Contrast  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -106,6 +107,7 @@ class Settings:
     sigma_min: float | None = None                   # None: the package's (0.002); the last D's noise level
     churn: float | None = None                       # None: the package's; EDM's S_churn (0: the ODE)
     ensemble: str | None = None                      # None: the package's; "none" or "flips"
+    contrast: str | None = None                      # None: the package's; "none" or "stretch" (images)
     tasks: tuple[str, ...] = tuple(t.key for t in TASKS)
     image_noise: tuple[float, ...] = IMAGE_NOISE
     mri_noise: tuple[float, ...] = MRI_NOISE
@@ -408,13 +410,26 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
     t0 = time.perf_counter()
     sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps,
                           sampler=s.sampler, sigma_min=s.sigma_min, noise_std=list(case.noise_std), churn=s.churn,
-                          ensemble=s.ensemble)
+                          ensemble=s.ensemble, contrast=None if case.mri else s.contrast)
     t_mean = time.perf_counter() - t0
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
     t_single, extra = t_mean / s.samples, 0.0
     sc.model_seconds += t_mean + extra
     return {"model_mean": Estimate(np.asarray(sol.images), t_mean),
             "model_sample": Estimate(single, t_single)}
+
+
+def contrast_label(sc: Scored, s: Settings) -> dict | None:
+    """The contrast stretch a package ran with (None: off; MRI packages never)."""
+    if sc.kind == "mri":
+        return None
+    chosen = sc.package.contrast if s.contrast is None else Contrast.of(s.contrast)
+    return None if chosen is None else chosen.as_dict()
+
+
+def stretch_label(contrast: dict | None) -> str:
+    return "" if not contrast else (f", contrast stretch (target std {contrast['target_std']:g}, "
+                                    f"gain <= {contrast['max_gain']:g})")
 
 
 def model_method_name(key: str, samples: int) -> str:
@@ -473,6 +488,7 @@ def markdown_package(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setti
              f"- backend: {sc.solver.backend_name}; {s.samples} posterior samples, "
              f"{meta['steps'][sc.name]} {meta['sampler'][sc.name]} steps{churn_label(meta['churn'][sc.name])}"
              f"{', flip self-ensemble' if meta['ensemble'][sc.name] == 'flips' else ''}"
+             f"{stretch_label(meta['contrast'][sc.name])}"
              f"{'' if s.sigma_min is None else f' ending at sigma {s.sigma_min:g}'}; the true noise level is given to the "
              f"solver ({'it weighs y by it' if sc.package.noise_aware else 'this package does not use it'})",
              f"- data: {images_used(baseline_rows, s)} held-out {meta['data'][sc.kind]} per task at "
@@ -604,7 +620,8 @@ def settings_from(args) -> Settings:
     base = QUICK if args.quick else Settings()
     over = {k: v for k, v in (("size", args.size), ("images", args.images), ("samples", args.samples),
                               ("steps", args.steps), ("sampler", args.sampler), ("sigma_min", args.sigma_min),
-                              ("churn", args.churn), ("ensemble", args.ensemble)) if v is not None}
+                              ("churn", args.churn), ("ensemble", args.ensemble), ("contrast", args.contrast))
+            if v is not None}
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(TASK_BY_KEY))
         if unknown:
@@ -750,6 +767,7 @@ def run(args) -> int:
                 "churn": {sc.name: (sc.package.churn if s.churn is None else edm.Churn.of(s.churn)).as_dict()
                           for sc in scored},
                 "ensemble": {sc.name: s.ensemble or sc.package.ensemble for sc in scored},
+                "contrast": {sc.name: contrast_label(sc, s) for sc in scored},
                 "sigpy": module_version("sigpy"), "sigpy_skipped": sigpy_reason,
                 "sigpy_forward_check_rel_err": sigpy_check,
                 "versions": {m: module_version(m) for m in ("numpy", "scipy", "skimage", "onnxruntime", "sigpy")}}
@@ -822,6 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", choices=["none", "flips"],
                    help="self-ensemble of the posterior samples for every package: flips gives sample j's "
                         "network the j-th of four flips of the image (default: each package's own)")
+    p.add_argument("--contrast", choices=["none", "stretch"],
+                   help="contrast stretch of flat images for every image package: restored at a photo's "
+                        "contrast and mapped back, exactly through the physics (default: each package's own)")
     p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
                    help=f"score only this task (repeatable): {', '.join(TASK_BY_KEY)}")
     p.add_argument("--noise", type=float, nargs="+", help=f"image noise levels sigma_y (default {IMAGE_NOISE})")

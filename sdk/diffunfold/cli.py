@@ -242,7 +242,7 @@ def _cmd_export(args) -> int:
                             check=not args.no_check,
                             tolerance=args.tolerance, overwrite=args.overwrite,
                             churn=V.churn_setting(args.churn, args.churn_range),
-                            ensemble=args.ensemble or "none")
+                            ensemble=args.ensemble or "none", contrast=args.contrast)
     print(pkg.summary())
     return 0
 
@@ -444,6 +444,9 @@ def _add_export_commands(sub) -> None:
     V.add_ensemble_argument(p, "the self-ensemble the package asks for: flips gives posterior sample j's "
                                "regulariser the j-th of four flips of the image (free with --samples > 1); "
                                "default none")
+    V.add_contrast_argument(p, "the contrast handling the package asks for (image models): stretch restores "
+                               "images flatter than a typical photo (std < 0.15) at that contrast and maps the "
+                               "result back, exactly through the physics; default none")
     p.set_defaults(func=_cmd_export)
 
     from .engines import add_build_engines_arguments

@@ -235,6 +235,13 @@ def churn_setting(s_churn: float | None, churn_range: list[float] | None):
     return Churn(s_churn=float(s_churn), s_min=float(lo), s_max=float(hi))
 
 
+def add_contrast_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--contrast none|stretch``: the contrast stretch of flat images (``diffunfold.contrast``)."""
+    from .contrast import CONTRASTS
+
+    parser.add_argument("--contrast", choices=CONTRASTS, help=help_text)
+
+
 def add_ensemble_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     """``--ensemble none|flips``: the self-ensemble of posterior samples (``diffunfold.ensemble``)."""
     from .ensemble import ENSEMBLES

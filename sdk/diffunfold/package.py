@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import edm
+from .contrast import Contrast
 from .ensemble import check_ensemble
 from .errors import InputError
 from .safe_io import write_json
@@ -182,6 +183,19 @@ class ModelPackage:
         except InputError as e:
             raise InputError(f"{self.path}: the manifest's schedule.ensemble is invalid ({e}); export the "
                              "package again") from None
+
+    @property
+    def contrast(self) -> Contrast | None:
+        """The package's contrast stretch of flat images (``schedule.contrast``; absent: none)."""
+        try:
+            contrast = Contrast.of(self.manifest.get("schedule", {}).get("contrast"))
+        except InputError as e:
+            raise InputError(f"{self.path}: the manifest's schedule.contrast is invalid ({e}); export the "
+                             "package again") from None
+        if contrast is not None and self.space.complex:
+            raise InputError(f"{self.path}: an MRI package cannot ask for the contrast stretch (images only); "
+                             "export the package again")
+        return contrast
 
     @property
     def regularizer_files(self) -> list[str]:

@@ -178,6 +178,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("restored"),
                         help="output folder (default: restored/; never the inputs' folder)")
     _add_runtime_arguments(parser)
+    V.add_contrast_argument(parser, "stretch: an image flatter than a typical photo (std < 0.15, estimated from the "
+                                    "measurement) is restored at that contrast and mapped back, exactly through "
+                                    "the physics; none: as it is (default: the package's)")
 
 
 def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
@@ -528,12 +531,15 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
         notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
                            noise_std=noise_std, tile=args.tile, churn=args.churn_setting,
-                           ensemble=args.ensemble, progress=step_bar(path.name, args.quiet))
+                           ensemble=args.ensemble, contrast=args.contrast,
+                           progress=step_bar(path.name, args.quiet))
     restored = np.asarray(sol.images)
     baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
     row: dict[str, Any] = {"input": str(path), "name": unit.name, "size": list(op.image_shape[-2:]), "seed": seed,
                            "seconds": sol.timing.total, "timing": sol.timing.as_dict(), "nfe": sol.nfe,
                            "baseline": baseline_name(op)}
+    if "contrast_gain" in sol.extra:
+        row["contrast_gain"] = sol.extra["contrast_gain"][0]
     std = None if sol.std is None else np.asarray(sol.std)[0].mean(axis=0)
     if x is not None:
         row.update(psnr=psnr(restored[0], x[0], 1.0), ssim=ssim(restored[0], x[0], 1.0),
@@ -590,10 +596,19 @@ def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_
             "steps": args.steps or pkg.schedule["steps"], "sampler": args.sampler or pkg.schedule["sampler"],
             "churn": (args.churn_setting or pkg.churn).as_dict(),
             "ensemble": args.ensemble or pkg.ensemble,
+            "contrast": _contrast_of(args.contrast, pkg),
             "samples": args.samples, "seed": args.seed, "size": args.size, "nfe": rows[-1]["nfe"] if rows else None,
             "baseline": base_name, "backend": job.solver.backend_name, "backend_reason": job.solver.backend_reason,
             "timing": timing.as_dict(), "seconds_per_image": timing.total / max(len(rows), 1),
             "wall_s": wall, "notes": notes_first}, batch, "name")
+
+
+def _contrast_of(chosen: str | None, pkg) -> dict | None:
+    """The contrast stretch a restore ran with, for its report (None: off)."""
+    from .contrast import Contrast
+
+    contrast = pkg.contrast if chosen is None else Contrast.of(chosen)
+    return None if contrast is None else contrast.as_dict()
 
 
 def run_restore(args) -> int:

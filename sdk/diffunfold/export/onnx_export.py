@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .. import __version__, edm
+from ..contrast import Contrast
 from ..ensemble import check_ensemble
 from ..errors import InputError
 from ..package import ModelPackage, write_manifest
@@ -293,7 +294,7 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                  source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
                  torch_weights: bool = True, fp16_weights: bool = False, check: bool = True, tolerance: float = 1e-4,
                  check_sizes: Sequence[tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 attention: str = "fused", churn=None, ensemble: str = "none",
+                 attention: str = "fused", churn=None, ensemble: str = "none", contrast=None,
                  log: Callable[[str], None] = print) -> ModelPackage:
     """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
 
@@ -306,10 +307,14 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
     ``spelled`` (MatMul-Softmax-MatMul, as packages before it).
     ``churn``: the stochastic-sampler setting the package's schedule asks for (``edm.Churn.of``;
     None or 0: the deterministic ODE), and ``ensemble`` the self-ensemble of posterior samples
-    (``diffunfold.ensemble``): what the runtime then uses unless told otherwise.
+    (``diffunfold.ensemble``), and ``contrast`` the stretch of flat images (``diffunfold.contrast``;
+    images only): what the runtime then uses unless told otherwise.
     """
     churn = edm.Churn.of(churn)
     check_ensemble(ensemble)
+    contrast = Contrast.of(contrast)
+    if contrast is not None and model.space.complex:
+        raise InputError("the contrast stretch is for image models; an MRI package cannot ask for it")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
@@ -336,7 +341,8 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
                 log(f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
                     "build engines in FP32 or retrain")
         sampling = {**({"churn": churn.as_dict()} if churn.active else {}),
-                    **({"ensemble": ensemble} if ensemble != "none" else {})}
+                    **({"ensemble": ensemble} if ensemble != "none" else {}),
+                    **({"contrast": contrast.as_dict()} if contrast is not None else {})}
         write_manifest(tmp, _manifest(model, names, tasks, sampling, opset, attention, fp16_weights, torch_weights,
                                       source, report, extra), files)
         for f in tmp.iterdir():  # mkdtemp/mkstemp make owner-only files; a package is shared

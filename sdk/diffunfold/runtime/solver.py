@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import edm
+from ..contrast import Contrast, Stretch, estimate as estimate_stretch
 from ..ensemble import check_ensemble, flip_axes, oriented
 from .._array import check_finite, describe, is_complex, to_numpy
 from ..errors import InputError
@@ -164,7 +165,8 @@ class Solver:
               seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_min: float | None = None,
               sigma_max: float | None = None, rho: float | None = None,
               progress: bool | Callable[[int, int], None] = False, batch_samples: bool = True,
-              noise_std=None, tile: Any = "auto", churn=None, ensemble: str | None = None) -> Solution:
+              noise_std=None, tile: Any = "auto", churn=None, ensemble: str | None = None,
+              contrast=None) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
         ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
@@ -187,6 +189,9 @@ class Solver:
         schedule says otherwise). Its noise is drawn per (image seed, sample, step).
         ``ensemble``: ``"flips"`` gives posterior sample j's regulariser the j-th of four flips of
         the image (``diffunfold.ensemble``), ``"none"`` not; None: the package's.
+        ``contrast``: ``"stretch"`` (or a :class:`diffunfold.contrast.Contrast`) restores flat
+        images at a photo's contrast and maps the result back, exactly through the physics;
+        ``"none"`` not; None: the package's. ``solution.extra["contrast_gain"]`` has each gain.
         """
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
@@ -203,14 +208,21 @@ class Solver:
         ensemble = self.package.ensemble if ensemble is None else check_ensemble(ensemble)
         # the denoiser runs at the re-noised levels too: one weight evaluation covers both
         weights = self.weights_for(np.unique(np.concatenate([sigmas, churn.sigma_hats(sigmas)])))
-        noise_var, extra = self._noise_variance(noise_std, operator, y, batch)
+        contrast = self.package.contrast if contrast is None else Contrast.of(contrast)
+        stretch, std = self._stretch(contrast, y_dev, operator, noise_std, y, batch)
+        noise_var, extra = self._noise_variance(std, operator, y, batch, stretch)
+        if stretch is not None and stretch.identity:
+            stretch = None  # no image is flat: the plain solve, exactly
+        if stretch is not None:
+            y_dev = stretch.measurement(y_dev, self._a_ones(operator, batch))
         # Posterior samples run side by side in the batch when the operator's constants are
         # shared by every image (blur, SR, one mask, one set of coil maps): one network call per
         # stage instead of one per sample. Each image's start is still its own (seed, sample)
         # draw, and results do not depend on batch composition, so this changes only the speed.
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         plan = self.plan(operator.image_shape, batch * (int(samples) if together else 1), tile)
-        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, churn, ensemble, Timing())
+        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, churn, ensemble, Timing(),
+                   stretch)
         step, close = _progress_hook(progress, (len(sigmas) - 1) * (1 if together else int(samples)),
                                      f"restoring ({sampler}, {self.backend.name})")
         t_start = time.perf_counter()
@@ -249,8 +261,7 @@ class Solver:
                                                            var_all, run.plan, groups), x, run.sigmas, run.sampler, step,
                                  run.churn, lambda i: self.xp.asarray(np.concatenate(
                                      [edm.churn_noise(run.seeds, self._shape(run), i, j) for j in range(samples)])))
-        x = self.space.clip(self.space.to_user(x))
-        return [x[j * batch:(j + 1) * batch] for j in range(samples)], nfe
+        return [self._user(run, x[j * batch:(j + 1) * batch]) for j in range(samples)], nfe
 
     def _sample_rounds(self, run: "_Run", samples: int, step) -> tuple[list, int]:
         """One posterior sample after the other."""
@@ -262,8 +273,13 @@ class Solver:
                                                                run.noise_var, run.plan, groups), x, run.sigmas,
                                      run.sampler, step, run.churn,
                                      lambda i, j=j: self.xp.asarray(edm.churn_noise(run.seeds, self._shape(run), i, j)))
-            draws.append(self.space.clip(self.space.to_user(x)))
+            draws.append(self._user(run, x))
         return draws, nfe
+
+    def _user(self, run: "_Run", x):
+        """A sample in user space: back at the image's own contrast when stretched, then clipped."""
+        x = self.space.to_user(x)
+        return self.space.clip(x if run.stretch is None else run.stretch.image(x))
 
     def _shape(self, run: "_Run") -> tuple[int, ...]:
         return (self.space.model_channels, *run.operator.image_shape)
@@ -289,14 +305,38 @@ class Solver:
         return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=samples, timing=timing,
                         backend=self.backend_name, extra=extra, draws=stack)
 
-    def _noise_variance(self, noise_std, operator: LinearOperator, y, batch: int) -> tuple[Any, dict]:
-        """sigma_y^2 per image on the device, and what to report of it, for a noise-aware
-        package (given, or estimated from ``y``); ``(None, {})`` for the others."""
+    def _noise_variance(self, noise_std, operator: LinearOperator, y, batch: int,
+                        stretch: Stretch | None) -> tuple[Any, dict]:
+        """sigma_y^2 per image on the device (of the stretched measurement, when stretched), and
+        what to report, for a noise-aware package (given, or estimated from ``y``); ``(None,
+        extra)`` for the others."""
+        extra = {} if stretch is None else {"contrast_gain": stretch.gain.tolist()}
         if not self.package.noise_aware:
-            return None, {}
+            return None, extra
         std = resolve_noise_std(noise_std, operator, y, batch)
-        extra = {"noise_std": std.tolist(), "noise_std_estimated": noise_std is None}
+        extra.update(noise_std=std.tolist(), noise_std_estimated=noise_std is None)
+        if stretch is not None:
+            std = stretch.noise_std(std)
         return self.xp.asarray(std**2, dtype=self.xp.float32), extra
+
+    def _stretch(self, contrast: Contrast | None, y_dev, operator: LinearOperator, noise_std, y,
+                 batch: int) -> tuple[Stretch | None, Any]:
+        """The contrast stretch of each image (None when off), and the noise std to use from
+        here on (resolved once when the stretch needed it)."""
+        if contrast is None:
+            return None, noise_std
+        if self.space.complex:
+            raise InputError("the contrast stretch is for image packages; MRI data is normalised by its 99th "
+                             "percentile instead (use contrast 'none')")
+        std = resolve_noise_std(noise_std, operator, y, batch)
+        stretch = estimate_stretch(y_dev, self._a_ones(operator, batch), std, contrast)
+        # the std goes on as given (None stays None, so the solution still says "estimated")
+        return stretch, (std if noise_std is not None else None)
+
+    def _a_ones(self, operator: LinearOperator, batch: int):
+        """``A`` of the all-ones image: one row for shared physics, one per image otherwise."""
+        rows = 1 if operator.batch is None or operator.batch <= 1 else batch
+        return operator.A(self.xp.ones((rows, self.space.channels, *operator.image_shape), dtype=self.xp.float32))
 
     def _prepare(self, y, operator: LinearOperator):
         """Check ``y`` against the operator and the model, and move it to the working precision
@@ -341,6 +381,7 @@ class _Run:
     churn: edm.Churn
     ensemble: str
     timing: Timing
+    stretch: Stretch | None = None
 
 
 def _progress_hook(progress, total: int, desc: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import edm
+from ..contrast import Contrast, estimate as estimate_stretch
 from ..ensemble import check_ensemble, flip_axes
 from .._array import check_finite
 from ..errors import InputError
@@ -32,7 +33,7 @@ class Restoration:
 def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, sampler: str = "euler",
             seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_max: float = edm.SIGMA_MAX,
             sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False,
-            noise_std=None, churn=None, ensemble: str = "none") -> Restoration:
+            noise_std=None, churn=None, ensemble: str = "none", contrast=None) -> Restoration:
     """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
 
     ``seed``: an int (image i uses ``seed + i``) or one per image; the start ``x_0`` is drawn
@@ -42,6 +43,8 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     ``churn``: EDM's stochastic sampler (``edm.Churn.of``; None or 0: the ODE), its noise drawn
     per (image seed, sample, step) as the runtime draws it. ``ensemble="flips"``: sample j's
     regulariser sees the j-th of four flips of the image (``diffunfold.ensemble``).
+    ``contrast="stretch"`` (or a ``Contrast``): flat images are restored at a photo's contrast
+    and mapped back (``diffunfold.contrast``), as the runtime does.
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise InputError(f"samples must be a positive integer, got {samples!r}")
@@ -63,10 +66,14 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
         from tqdm.auto import tqdm
         bar = tqdm(total=steps * samples, desc=f"sampling ({sampler})", unit="step", leave=False)
 
+    stretch = _stretch(Contrast.of(contrast), model, y, operator, noise_std, batch)
     sigma_y = None
     if model.settings.noise_aware:
         sigma_y = resolve_noise_std(noise_std, operator, y, batch)
+        sigma_y = sigma_y if stretch is None else stretch.noise_std(sigma_y)
         sigma_y = torch.as_tensor(sigma_y, dtype=param.dtype, device=param.device)
+    if stretch is not None:
+        y = stretch.measurement(y, _a_ones(model, operator, y))
 
     draws = []
     for j in range(samples):
@@ -79,7 +86,8 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
         x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
         x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None,
                                  churn=churn, noise=churn_noise)
-        draws.append(model.space.clip(model.space.to_user(x)))
+        x = model.space.to_user(x)
+        draws.append(model.space.clip(x if stretch is None else stretch.image(x)))
     if bar is not None:
         bar.close()
     if samples == 1:
@@ -87,6 +95,22 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     stack = torch.stack(draws)
     spread = stack.abs() if model.space.complex else stack
     return Restoration(images=stack.mean(0), nfe=nfe, seeds=seeds, std=spread.std(0), samples=samples)
+
+
+def _a_ones(model: DiffUnfolding, operator: LinearOperator, y: torch.Tensor) -> torch.Tensor:
+    rows = 1 if operator.batch is None or operator.batch <= 1 else int(y.shape[0])
+    return operator.A(torch.ones((rows, model.space.channels, *operator.image_shape), dtype=y.dtype, device=y.device))
+
+
+def _stretch(contrast: Contrast | None, model: DiffUnfolding, y, operator: LinearOperator, noise_std, batch: int):
+    """The runtime's contrast stretch (``Solver._stretch``), or None when off or the identity."""
+    if contrast is None:
+        return None
+    if model.space.complex:
+        raise InputError("the contrast stretch is for image models; MRI data is normalised by its 99th percentile")
+    stretch = estimate_stretch(y, _a_ones(model, operator, y), resolve_noise_std(noise_std, operator, y, batch),
+                               contrast)
+    return None if stretch.identity else stretch
 
 
 def to_tensor(a, device) -> torch.Tensor:
