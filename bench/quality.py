@@ -428,8 +428,8 @@ def contrast_label(sc: Scored, s: Settings) -> dict | None:
 
 
 def stretch_label(contrast: dict | None) -> str:
-    return "" if not contrast else (f", contrast stretch (target std {contrast['target_std']:g}, "
-                                    f"gain <= {contrast['max_gain']:g})")
+    return "" if not contrast else (f", contrast stretch (std < {contrast['flat_std']:g} to "
+                                    f"{contrast['target_std']:g}, gain <= {contrast['max_gain']:g})")
 
 
 def model_method_name(key: str, samples: int) -> str:

@@ -119,6 +119,9 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (R + ["sr", "--churn", "1", "--churn-range", "5", "1"], ("--churn-range", "above")),
     (M + ["--churn", "nan"], ("--churn", "'nan'")),
     (R + ["sr", "--ensemble", "rotations"], ("--ensemble", "invalid choice")),
+    (R + ["sr", "--contrast", "gamma"], ("--contrast", "invalid choice")),
+    (M + ["--contrast", "stretch"], ("unrecognized arguments", "--contrast")),
+    (["export", "runs/x", "--out", "p", "--contrast", "auto"], ("--contrast", "invalid choice")),
     (["export", "runs/x", "--out", "p", "--churn", "inf"], ("--churn", "'inf'")),
     (R + ["sr", "--noise", "nan"], ("--noise", "'nan'")),
     (R + ["sr", "--size", "4"], ("--size", "[8, 16384]")),
@@ -273,8 +276,8 @@ CASES = len(TABLE) + EXAMPLES * len(NUMERIC)
 
 
 def test_the_harness_is_as_large_as_stated():
-    """120 table cases + 12 x 14 generated ones = 288 malformed command lines."""
-    assert (len(TABLE), len(NUMERIC), CASES) == (120, 14, 288)
+    """123 table cases + 12 x 14 generated ones = 291 malformed command lines."""
+    assert (len(TABLE), len(NUMERIC), CASES) == (123, 14, 291)
     commands = {argv[0] for argv, _ in TABLE}
     assert {"mask", "phantom", "restore", "mri", "demo", "selfcheck", "evaluate", "train", "export",
             "build-engines", "serve", "send", "mrd-phantom", "data"} <= commands

@@ -44,6 +44,8 @@ def test_ordinary_photos_are_left_alone_and_flat_ones_stretched_to_the_target(ta
     assert busy.identity and np.all(busy.gain == 1.0) and np.all(busy.offset == 0.0)
     flat = images(0.04)
     s = estimate(op.A(flat), a_ones(op), np.zeros(2), Contrast(target_std=0.15, max_gain=10))
+    # between flat_std and target_std: still ordinary, untouched
+    assert estimate(op.A(images(0.13)), a_ones(op), np.zeros(2), Contrast()).identity
     assert np.all(s.gain > 1.5) and np.all(s.gain <= 10)
     stretched = s.gain[:, None, None, None] * flat + s.offset[:, None, None, None]
     # the stretched image has about the target's spread (y sees a smoothed image: std a little
@@ -57,8 +59,8 @@ def test_the_noise_spread_is_not_counted_as_contrast_and_scales_with_the_gain():
     op = make_operator("gaussian_blur", (SIZE, SIZE), sigma=1.0)
     x = images(0.12)
     y = op.measure(x, 0.1, seed=[1, 2])
-    naive = estimate(y, a_ones(op), np.zeros(2), Contrast())
-    aware = estimate(y, a_ones(op), np.full(2, 0.1), Contrast())
+    naive = estimate(y, a_ones(op), np.zeros(2), Contrast(flat_std=0.15))
+    aware = estimate(y, a_ones(op), np.full(2, 0.1), Contrast(flat_std=0.15))
     assert np.all(naive.gain == 1.0) and np.all(aware.gain > 1.0)   # noise alone made it look busy
     np.testing.assert_allclose(aware.noise_std(np.full(2, 0.1)), 0.1 * aware.gain)
 
@@ -74,8 +76,10 @@ def test_settings_are_checked():
     assert Contrast.of(None) is None and Contrast.of("none") is None and Contrast.of(False) is None
     assert Contrast.of("stretch") == Contrast() == Contrast.of(True)
     assert Contrast.of({"target_std": 0.2}) == Contrast(target_std=0.2)
+    assert Contrast().as_dict() == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0}
     assert Contrast.of(Contrast().as_dict()) == Contrast()
-    for bad in ("rgb", 3, {"target": 0.1}, {"target_std": -1}, {"max_gain": 0.5}, {"target_std": float("nan")}):
+    for bad in ("rgb", 3, {"target": 0.1}, {"target_std": -1}, {"max_gain": 0.5}, {"target_std": float("nan")},
+                {"flat_std": 0.2}, {"flat_std": 0}):
         with pytest.raises(InputError, match="contrast"):
             Contrast.of(bad)
 

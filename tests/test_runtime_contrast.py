@@ -57,7 +57,7 @@ def test_package_contrast_is_the_default_and_mri_refuses_it(packages, tmp_path):
     model, plain = packages["shared"]
     stretched = export_model(model, tmp_path / "stretch", contrast="stretch", check=False, **quiet)
     assert ModelPackage.open(stretched.path).contrast == Contrast() and plain.contrast is None
-    assert stretched.manifest["schedule"]["contrast"] == {"target_std": 0.15, "max_gain": 4.0}
+    assert stretched.manifest["schedule"]["contrast"] == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0}
     op = operator_for("inpainting", {"missing": 0.5})
     y = op.measure(flat_and_busy(), 0.0, seed=[1, 2])
     by_package = Solver.load(stretched).solve(y, op, steps=4, seed=1, noise_std=0.0)

@@ -445,8 +445,8 @@ def _add_export_commands(sub) -> None:
                                "regulariser the j-th of four flips of the image (free with --samples > 1); "
                                "default none")
     V.add_contrast_argument(p, "the contrast handling the package asks for (image models): stretch restores "
-                               "images flatter than a typical photo (std < 0.15) at that contrast and maps the "
-                               "result back, exactly through the physics; default none")
+                               "a flat image (std below 0.09, estimated from the measurement) at a photo's contrast "
+                               "(0.15) and maps the result back, exactly through the physics; default none")
     p.set_defaults(func=_cmd_export)
 
     from .engines import add_build_engines_arguments

@@ -178,9 +178,9 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("restored"),
                         help="output folder (default: restored/; never the inputs' folder)")
     _add_runtime_arguments(parser)
-    V.add_contrast_argument(parser, "stretch: an image flatter than a typical photo (std < 0.15, estimated from the "
-                                    "measurement) is restored at that contrast and mapped back, exactly through "
-                                    "the physics; none: as it is (default: the package's)")
+    V.add_contrast_argument(parser, "stretch: a flat image (std below 0.09, estimated from the measurement) is "
+                                    "restored at a photo's contrast (0.15) and mapped back, exactly through the "
+                                    "physics; none: as it is (default: the package's)")
 
 
 def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
