@@ -95,6 +95,25 @@ def test_simulate_writes_outputs_and_scores(packages, photos, tmp_path, capsys):
     assert digests(photos) == before
 
 
+def test_contrast_stretch_reports_each_gain(packages, tmp_path, capsys):
+    """--contrast stretch: a flat photo gets a gain above 1, an ordinary one 1; both are in the
+    JSON with the setting, and the default (the tiny package asks for none) records none."""
+    folder = tmp_path / "in"
+    astro = bundled_image("astronaut")[:, ::16, ::16]
+    save_image(folder / "astro.png", astro)
+    save_image(folder / "fog.png", 0.8 + 0.08 * (astro - astro.mean()))
+    for contrast, report in (("stretch", tmp_path / "on.json"), (None, tmp_path / "off.json")):
+        args = ["restore", packages["image"], str(folder), "--task", "sr", "factor=2", "--noise", "0.01",
+                "--out", str(tmp_path / f"out-{contrast}"), "--json", str(report), *FAST]
+        assert main(args + (["--contrast", contrast] if contrast else [])) == 0
+    on, off = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("on", "off"))
+    assert on["contrast"] == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0} and off["contrast"] is None
+    gains = {row["name"]: row["contrast_gain"] for row in on["rows"]}
+    assert gains["astro"] == 1.0 and gains["fog"] > 1.5
+    assert all("contrast_gain" not in row for row in off["rows"])
+    capsys.readouterr()
+
+
 def test_simulate_sr_size_and_crop_to_the_factor(packages, photos, tmp_path, capsys):
     out = tmp_path / "sr"
     # camera.png is 32x40: --size makes it 32x32 (centre square, resized)
