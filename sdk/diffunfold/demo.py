@@ -182,7 +182,10 @@ def _markdown(results: list[dict], meta: dict) -> str:
              + "".join(f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "
                        f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
                        for k, p in meta["packages"].items() if p["churn"]["s_churn"] > 0)
-             + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"]),
+             + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"])
+             + "".join(f" The {k} package restores a flat image (std below {p['contrast']['flat_std']:g}) at a "
+                       f"photo's contrast and maps it back (contrast stretch)."
+                       for k, p in meta["packages"].items() if p.get("contrast")),
              "",
              "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
              "| pinv PSNR | s / image |",
@@ -268,7 +271,8 @@ def run_demo(args) -> int:
             "noise": args.noise, "mri_noise": args.mri_noise, "backend": any_solver.backend_name,
             "packages": {k: {"path": str(p.path), "manifest_sha256": p.manifest.get("manifest_sha256"),
                              "source": p.manifest.get("source"), "churn": p.churn.as_dict(),
-                             "ensemble": p.ensemble}
+                             "ensemble": p.ensemble,
+                             "contrast": None if p.contrast is None else p.contrast.as_dict()}
                          for k, p in packages.items()},
             "wall_seconds": wall,
             "data": {k: {"source": d["source"], "credits": d["credits"]} for k, d in loaded.items()}}
