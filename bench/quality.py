@@ -429,7 +429,8 @@ def contrast_label(sc: Scored, s: Settings) -> dict | None:
 
 def stretch_label(contrast: dict | None) -> str:
     return "" if not contrast else (f", contrast stretch (std < {contrast['flat_std']:g} to "
-                                    f"{contrast['target_std']:g}, gain <= {contrast['max_gain']:g})")
+                                    f"{contrast['target_std']:g}, gain <= {contrast['max_gain']:g})"
+                                    + (", colour channels centred" if contrast.get("colour") else ""))
 
 
 def model_method_name(key: str, samples: int) -> str:
@@ -840,9 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", choices=["none", "flips"],
                    help="self-ensemble of the posterior samples for every package: flips gives sample j's "
                         "network the j-th of four flips of the image (default: each package's own)")
-    p.add_argument("--contrast", choices=["none", "stretch"],
+    p.add_argument("--contrast", choices=["none", "stretch", "colour"],
                    help="contrast stretch of flat images for every image package: restored at a photo's "
-                        "contrast and mapped back, exactly through the physics (default: each package's own)")
+                        "contrast and mapped back, exactly through the physics; colour: also each colour "
+                        "channel's level to mid-grey (default: each package's own)")
     p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
                    help=f"score only this task (repeatable): {', '.join(TASK_BY_KEY)}")
     p.add_argument("--noise", type=float, nargs="+", help=f"image noise levels sigma_y (default {IMAGE_NOISE})")

@@ -72,14 +72,14 @@ def test_the_gain_is_capped_and_a_constant_image_does_not_divide_by_zero():
 
 
 def test_settings_are_checked():
-    assert CONTRASTS == ("none", "stretch")
     assert Contrast.of(None) is None and Contrast.of("none") is None and Contrast.of(False) is None
     assert Contrast.of("stretch") == Contrast() == Contrast.of(True)
     assert Contrast.of({"target_std": 0.2}) == Contrast(target_std=0.2)
-    assert Contrast().as_dict() == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0}
+    assert Contrast().as_dict() == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0, "colour": False}
+    assert CONTRASTS == ("none", "stretch", "colour") and Contrast.of("colour") == Contrast(colour=True)
     assert Contrast.of(Contrast().as_dict()) == Contrast()
     for bad in ("rgb", 3, {"target": 0.1}, {"target_std": -1}, {"max_gain": 0.5}, {"target_std": float("nan")},
-                {"flat_std": 0.2}, {"flat_std": 0}):
+                {"flat_std": 0.2}, {"flat_std": 0}, {"colour": "yes"}):
         with pytest.raises(InputError, match="contrast"):
             Contrast.of(bad)
 
@@ -88,3 +88,18 @@ def test_an_operator_that_loses_constants_is_refused():
     zero = np.zeros((1, 3, 8, 8), np.float32)
     with pytest.raises(InputError, match="constant image"):
         estimate(np.ones((2, 3, 8, 8), np.float32), zero, np.zeros(2), Contrast())
+
+
+@pytest.mark.parametrize("task,params", OPERATORS, ids=lambda v: v if isinstance(v, str) else "")
+def test_colour_centring_moves_each_channel_to_mid_grey_exactly_through_the_physics(task, params):
+    op = make_operator(task, (SIZE, SIZE), **params)
+    x = images(0.3)
+    x[:, 0] *= 0.3   # a blue-green cast: little red
+    x[:, 2] = 0.2 + 0.8 * x[:, 2]
+    x = np.clip(x, 0, 1).astype(np.float32)
+    s = estimate(op.A(x), a_ones(op), np.zeros(2), Contrast(colour=True))
+    assert s.offset.shape == (2, 3) and np.all(s.gain == 1.0) and not s.identity
+    centred = x + s.offset[:, :, None, None]
+    np.testing.assert_allclose(centred.mean(axis=(2, 3)), 0.5, atol=0.06)   # y's level is x's, nearly
+    np.testing.assert_allclose(s.measurement(op.A(x), a_ones(op)), op.A(centred.astype(np.float32)), atol=2e-6)
+    np.testing.assert_allclose(s.image(centred), x, atol=2e-6)

@@ -107,7 +107,8 @@ def test_contrast_stretch_reports_each_gain(packages, tmp_path, capsys):
                 "--out", str(tmp_path / f"out-{contrast}"), "--json", str(report), *FAST]
         assert main(args + (["--contrast", contrast] if contrast else [])) == 0
     on, off = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("on", "off"))
-    assert on["contrast"] == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0} and off["contrast"] is None
+    assert on["contrast"] == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0,
+                              "colour": False} and off["contrast"] is None
     gains = {row["name"]: row["contrast_gain"] for row in on["rows"]}
     assert gains["astro"] == 1.0 and gains["fog"] > 1.5
     assert all("contrast_gain" not in row for row in off["rows"])

@@ -57,7 +57,7 @@ def test_package_contrast_is_the_default_and_mri_refuses_it(packages, tmp_path):
     model, plain = packages["shared"]
     stretched = export_model(model, tmp_path / "stretch", contrast="stretch", check=False, **quiet)
     assert ModelPackage.open(stretched.path).contrast == Contrast() and plain.contrast is None
-    assert stretched.manifest["schedule"]["contrast"] == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0}
+    assert stretched.manifest["schedule"]["contrast"] == Contrast().as_dict()
     op = operator_for("inpainting", {"missing": 0.5})
     y = op.measure(flat_and_busy(), 0.0, seed=[1, 2])
     by_package = Solver.load(stretched).solve(y, op, steps=4, seed=1, noise_std=0.0)
@@ -76,8 +76,9 @@ def test_package_contrast_is_the_default_and_mri_refuses_it(packages, tmp_path):
         Solver.load(mri_pkg).solve(mri_y, mri_op, steps=2, contrast="stretch")
 
 
+@pytest.mark.parametrize("contrast", ["stretch", "colour"])
 @pytest.mark.parametrize("noise_std", [0.03, None], ids=["given", "estimated"])
-def test_noise_aware_model_weighs_the_stretched_noise_as_torch_does(tmp_path, noise_std):
+def test_noise_aware_model_weighs_the_stretched_noise_as_torch_does(tmp_path, noise_std, contrast):
     """A noise-aware model weighs the stretched y by the stretched noise (gain x sigma_y), in the
     runtime and the torch reference alike; the solution reports sigma_y of the y it was given."""
     from test_unfolding import proximal_model
@@ -86,7 +87,7 @@ def test_noise_aware_model_weighs_the_stretched_noise_as_torch_does(tmp_path, no
     pkg = export_model(model, tmp_path / "prox", check=False, **quiet)
     op = operator_for("sr", {"factor": 4})
     y = op.measure(flat_and_busy(), 0.03, seed=[5, 6])
-    kw = dict(steps=8, seed=1, samples=2, noise_std=noise_std, contrast="stretch", ensemble="flips")
+    kw = dict(steps=8, seed=1, samples=2, noise_std=noise_std, contrast=contrast, ensemble="flips")
     got = Solver.load(pkg, backend="onnxruntime").solve(y, op, **kw)
     want = restore(model, torch.from_numpy(y), op, **kw)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL

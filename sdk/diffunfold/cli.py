@@ -446,7 +446,8 @@ def _add_export_commands(sub) -> None:
                                "default none")
     V.add_contrast_argument(p, "the contrast handling the package asks for (image models): stretch restores "
                                "a flat image (std below 0.09, estimated from the measurement) at a photo's contrast "
-                               "(0.15) and maps the result back, exactly through the physics; default none")
+                               "(0.15) and maps the result back, exactly through the physics; colour: also each "
+                               "colour channel's level to mid-grey and back; default none")
     p.set_defaults(func=_cmd_export)
 
     from .engines import add_build_engines_arguments

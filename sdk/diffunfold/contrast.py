@@ -32,17 +32,20 @@ import numpy as np
 from ._array import like, to_numpy
 from .errors import InputError
 
-CONTRASTS = ("none", "stretch")
+CONTRASTS = ("none", "stretch", "colour")
 
 
 @dataclass(frozen=True)
 class Contrast:
     """The stretch's settings: an image whose estimated std is below ``flat_std`` is stretched to
-    ``target_std``, by at most ``max_gain``."""
+    ``target_std``, by at most ``max_gain``. ``colour``: also move each colour channel's level to
+    mid-grey, every image (grey-world; it removes a colour cast the prior does not know, exact
+    for operators that act on each channel alike, as every image operator here does)."""
 
     target_std: float = 0.15
     flat_std: float = 0.09
     max_gain: float = 4.0
+    colour: bool = False
 
     def __post_init__(self):
         if not (np.isfinite(self.target_std) and self.target_std > 0):
@@ -57,26 +60,31 @@ class Contrast:
 
     @staticmethod
     def of(value: Any) -> "Contrast | None":
-        """None for ``None``/``"none"``/``False``; the default stretch for ``"stretch"``/``True``;
-        a :class:`Contrast` or a dict of its fields as given."""
+        """None for ``None``/``"none"``/``False``; the default stretch for ``"stretch"``/``True``,
+        with the colour centring for ``"colour"``; a :class:`Contrast` or a dict of its fields."""
         if value is None or value is False or value == "none":
             return None
         if value is True or value == "stretch":
             return Contrast()
+        if value == "colour":
+            return Contrast(colour=True)
         if isinstance(value, Contrast):
             return value
         if isinstance(value, dict):
-            unknown = set(value) - {"target_std", "flat_std", "max_gain"}
+            unknown = set(value) - {"target_std", "flat_std", "max_gain", "colour"}
             if unknown:
-                raise InputError(f"unknown contrast setting(s) {sorted(unknown)}; use target_std, flat_std and "
-                                 "max_gain")
-            return Contrast(**{k: float(v) for k, v in value.items()})
+                raise InputError(f"unknown contrast setting(s) {sorted(unknown)}; use target_std, flat_std, "
+                                 "max_gain and colour")
+            if not isinstance(value.get("colour", False), bool):
+                raise InputError(f"contrast colour must be true or false, got {value['colour']!r}")
+            return Contrast(**{k: (v if k == "colour" else float(v)) for k, v in value.items()})
         raise InputError(f"contrast must be one of {CONTRASTS}, a Contrast or a dict, got {value!r}")
 
 
 @dataclass(frozen=True)
 class Stretch:
-    """Per image gain ``g`` and offset ``o`` of ``x' = g x + o`` (float64 numpy, ``(B,)``)."""
+    """Per image gain ``g`` (``(B,)``) and offset ``o`` (``(B,)``, or ``(B, C)`` per channel) of
+    ``x' = g x + o`` (float64 numpy)."""
 
     gain: np.ndarray
     offset: np.ndarray
@@ -87,8 +95,9 @@ class Stretch:
 
     @staticmethod
     def _per_image(values: np.ndarray, ref):
-        """``values`` shaped to broadcast over ``ref``'s rows, in its namespace and on its device."""
-        return like(values.reshape((-1,) + (1,) * (ref.ndim - 1)).astype(np.float32), ref)
+        """``values`` (per image, or per image and channel) shaped to broadcast over ``ref``, in its
+        namespace and on its device."""
+        return like(values.reshape(values.shape + (1,) * (ref.ndim - values.ndim)).astype(np.float32), ref)
 
     def measurement(self, y, a_ones):
         """``y' = g y + o A 1`` (``a_ones``: ``A`` of the all-ones image, broadcastable to ``y``)."""
@@ -116,6 +125,16 @@ def estimate(y, a_ones, noise_std, contrast: Contrast) -> Stretch:
     spread = ((y64 - mean[:, None] * c) ** 2).sum(axis=1) / energy - np.asarray(noise_std, np.float64) ** 2
     std = np.sqrt(np.maximum(spread, 1e-12))
     gain = np.where(std < contrast.flat_std, np.clip(contrast.target_std / std, 1.0, contrast.max_gain), 1.0)
+    if contrast.colour:   # each channel's level to mid-grey
+        return Stretch(gain=gain, offset=0.5 - gain[:, None] * _channel_levels(y, a_ones))
     centre = mean + (0.5 - mean) * (1.0 - 1.0 / gain)
     offset = np.where(gain > 1.0, centre - gain * mean, 0.0)
     return Stretch(gain=gain, offset=offset)
+
+
+def _channel_levels(y, a_ones) -> np.ndarray:
+    """Each channel's least-squares level in ``y`` (``(B, C, ...)``): ``(B, C)``."""
+    y64 = to_numpy(y).astype(np.float64)
+    c = np.broadcast_to(to_numpy(a_ones).astype(np.float64), y64.shape)
+    axes = tuple(range(2, y64.ndim))
+    return (c * y64).sum(axis=axes) / np.maximum((c * c).sum(axis=axes), 1e-12)

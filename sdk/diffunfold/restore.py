@@ -180,7 +180,8 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     _add_runtime_arguments(parser)
     V.add_contrast_argument(parser, "stretch: a flat image (std below 0.09, estimated from the measurement) is "
                                     "restored at a photo's contrast (0.15) and mapped back, exactly through the "
-                                    "physics; none: as it is (default: the package's)")
+                                    "physics; colour: also each colour channel's level moved to mid-grey and back "
+                                    "(removes a colour cast); none: as it is (default: the package's)")
 
 
 def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
