@@ -98,6 +98,20 @@ def test_matmul_rate_is_the_best_library_per_precision():
     assert f"{fp32['gflops']:.0f} GFLOP/s ({fp32['library']}" in matmul_rate.describe(fp32)
 
 
+def test_emulated_bf16_is_measured_at_the_smallest_size_only(monkeypatch):
+    """Without native bf16, torch emulates it at ~1 GFLOP/s: n = 2048 would take minutes (it
+    once timed the suite out), so only the first size is measured, and the result says why."""
+    import diffunfold.hardware as hw
+
+    monkeypatch.setattr(hw, "has_native_bf16", lambda flags=None: False)
+    bf16 = matmul_rate.measure("bf16", sizes=(64, 4096), repeats=1)
+    assert bf16["emulated"] and all(set(r) == {64} for r in bf16["per_library"].values())
+    assert "emulated: this CPU has no native bf16" in matmul_rate.describe(bf16)
+    monkeypatch.setattr(hw, "has_native_bf16", lambda flags=None: True)
+    native = matmul_rate.measure("bf16", sizes=(64, 96), repeats=1)
+    assert not native["emulated"] and {64, 96} == set(native["per_library"]["torch"])
+
+
 def test_busy_runs_write_only_when_told_and_say_so(capsys):
     watch = machine.LoadWatch()
     load = watch.finish()
