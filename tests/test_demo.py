@@ -46,7 +46,10 @@ def test_demo_writes_figures_and_tables_and_beats_the_baselines(tmp_path, capsys
     table = (out / "results.md").read_text()
     assert "super-resolution x4" in table and "zero-filled SENSE" in table
     assert "The image package restores a flat image (std below 0.09)" in table   # it asks for the stretch
-    assert results["packages"]["image"]["contrast"]["flat_std"] == 0.09 and results["packages"]["mri"]["contrast"] is None
+    assert "each colour channel's level to mid-grey and back (colour centring)" in table   # and the centring
+    image_contrast = results["packages"]["image"]["contrast"]
+    assert image_contrast["flat_std"] == 0.09 and image_contrast["colour"] is True
+    assert results["packages"]["mri"]["contrast"] is None
     assert "| task |" in capsys.readouterr().out
 
 

@@ -173,6 +173,14 @@ def _flips_sentence(kinds: list[str]) -> str:
             "the image in four flips (self-ensemble).")
 
 
+def _contrast_sentence(kind: str, contrast: dict) -> str:
+    text = (f" The {kind} package restores a flat image (std below {contrast['flat_std']:g}) at a photo's "
+            "contrast and maps it back (contrast stretch)")
+    if contrast.get("colour"):
+        text += "; it also moves each colour channel's level to mid-grey and back (colour centring)"
+    return text + "."
+
+
 def _markdown(results: list[dict], meta: dict) -> str:
     lines = [f"# diffunfold demo: {meta['images']} held-out images per task, {meta['size']}x{meta['size']} px",
              "",
@@ -183,9 +191,7 @@ def _markdown(results: list[dict], meta: dict) -> str:
                        f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
                        for k, p in meta["packages"].items() if p["churn"]["s_churn"] > 0)
              + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"])
-             + "".join(f" The {k} package restores a flat image (std below {p['contrast']['flat_std']:g}) at a "
-                       f"photo's contrast and maps it back (contrast stretch)."
-                       for k, p in meta["packages"].items() if p.get("contrast")),
+             + "".join(_contrast_sentence(k, p["contrast"]) for k, p in meta["packages"].items() if p.get("contrast")),
              "",
              "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
              "| pinv PSNR | s / image |",

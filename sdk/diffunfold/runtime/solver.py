@@ -191,7 +191,8 @@ class Solver:
         the image (``diffunfold.ensemble``), ``"none"`` not; None: the package's.
         ``contrast``: ``"stretch"`` (or a :class:`diffunfold.contrast.Contrast`) restores flat
         images at a photo's contrast and maps the result back, exactly through the physics;
-        ``"none"`` not; None: the package's. ``solution.extra["contrast_gain"]`` has each gain.
+        ``"colour"`` also moves each colour channel's level to mid-grey and back; ``"none"``
+        neither; None: the package's. ``solution.extra["contrast_gain"]`` has each gain.
         """
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
