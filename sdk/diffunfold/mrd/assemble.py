@@ -5,7 +5,9 @@ file and its stream reconstruct identically. It keeps imaging lines of 2-D Carte
 puts calibration lines aside for the coil maps, skips noise, navigator, phase-correction and
 other non-imaging scans by their flags, removes the readout oversampling and hands a slice
 over on its last-in-slice (or the last-in-measurement) flag. Every acquisition is checked
-against the header; a mismatch is an :class:`InputError` that names the acquisition.
+against the header (its sizes, channels and every index that keeps k-spaces apart); a mismatch
+is an :class:`InputError` that names the acquisition. Given an ``account`` (the server's
+:class:`~diffunfold.mrd.limits.Account`), each buffer is charged to it before it is allocated.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError
-from .header import Encoding
+from .header import COUNTERS, Encoding
 
 __all__ = ["SliceData", "SliceAssembler", "SKIPPED_FLAGS"]
 
@@ -44,6 +46,7 @@ class SliceData:
     calibrated: np.ndarray                    # bool (W,): lines in `calibration`
     reference: object                         # ismrmrd.AcquisitionHeader of the centre line
     acquisitions: int = 0
+    nbytes: int = 0                           # bytes charged to the assembler's account
 
     @property
     def slice(self) -> int:
@@ -64,11 +67,12 @@ class SliceData:
 class _Buffer:
     kspace: np.ndarray
     counts: np.ndarray
-    calibration: np.ndarray
     calib_counts: np.ndarray
+    calibration: np.ndarray | None = None     # allocated with the first calibration line
     reference: object = None
     reference_distance: int = 1 << 30
     acquisitions: int = 0
+    nbytes: int = 0
 
 
 def remove_readout_oversampling(data: np.ndarray, samples: int) -> np.ndarray:
@@ -88,6 +92,7 @@ class SliceAssembler:
     """Feed acquisitions with :meth:`add`; it returns the slices they complete."""
 
     encoding: Encoding
+    account: object = None                        # a limits.Account, or None: no accounting
     skipped: dict = field(default_factory=dict)   # reason -> count
     coils: int | None = None
     _buffers: dict = field(default_factory=dict)
@@ -107,6 +112,8 @@ class SliceAssembler:
         buf = self._buffers.get(key) or self._new_buffer(key, line.shape[0])
         calibration = _flag(acq, _CALIB) or _flag(acq, _CALIB_AND_IMAGING)
         if calibration:
+            if buf.calibration is None:
+                buf.calibration = self._allocate(buf, key, line.shape[0], "calibration")
             buf.calibration[:, :, column] += line
             buf.calib_counts[column] += 1
         if not _flag(acq, _CALIB):  # calibration-only lines are not part of the image
@@ -132,24 +139,41 @@ class SliceAssembler:
         return []
 
     def _new_buffer(self, key, coils: int) -> _Buffer:
-        h, w = self.encoding.grid
-        if 2 * coils * h * w * 8 > _MAX_BUFFER_BYTES:
-            raise InputError(f"a slice of {coils} coils x {h} x {w} needs more than 1 GiB; too large to reconstruct")
-        buf = _Buffer(kspace=np.zeros((coils, h, w), np.complex64), counts=np.zeros(w, np.int32),
-                      calibration=np.zeros((coils, h, w), np.complex64), calib_counts=np.zeros(w, np.int32))
+        w = self.encoding.grid[1]
+        buf = _Buffer(kspace=np.empty(0, np.complex64), counts=np.zeros(w, np.int32),
+                      calib_counts=np.zeros(w, np.int32))
+        buf.kspace = self._allocate(buf, key, coils, "k-space")
         self._buffers[key] = buf
         return buf
+
+    def _allocate(self, buf: _Buffer, key, coils: int, what: str) -> np.ndarray:
+        """A zeroed ``(coils, H, W)`` buffer, charged to the account (or checked against the
+        per-slice bound) first."""
+        h, w = self.encoding.grid
+        nbytes = coils * h * w * np.dtype(np.complex64).itemsize
+        if self.account is not None:
+            self.account.charge(nbytes, f"the {what} of slice {key[0]} (index {key[1:]}, {coils} coils x {h} x {w})")
+        elif 2 * nbytes > _MAX_BUFFER_BYTES:
+            raise InputError(f"a slice of {coils} coils x {h} x {w} needs more than 1 GiB; too large to reconstruct")
+        buf.nbytes += nbytes
+        return np.zeros((coils, h, w), np.complex64)
 
     def _emit(self, key) -> SliceData:
         buf = self._buffers.pop(key)
         sampled = buf.counts > 0
         if not sampled.any():
+            if self.account is not None:
+                self.account.release(buf.nbytes)
             raise InputError(f"slice {key[0]} ended without imaging lines (only calibration or skipped scans)")
-        kspace = buf.kspace / np.maximum(buf.counts, 1)[None, None, :]  # averages are averaged
-        calibration = buf.calibration / np.maximum(buf.calib_counts, 1)[None, None, :]
-        return SliceData(key=key, kspace=kspace.astype(np.complex64), sampled=sampled,
-                         calibration=calibration.astype(np.complex64), calibrated=buf.calib_counts > 0,
-                         reference=buf.reference, acquisitions=buf.acquisitions)
+        buf.kspace /= np.maximum(buf.counts, 1)[None, None, :]  # averages are averaged (in place)
+        calibration = buf.calibration
+        if calibration is None:  # calloc'd: no memory is touched
+            calibration = np.zeros_like(buf.kspace)
+        else:
+            calibration /= np.maximum(buf.calib_counts, 1)[None, None, :]
+        return SliceData(key=key, kspace=buf.kspace, sampled=sampled, calibration=calibration,
+                         calibrated=buf.calib_counts > 0, reference=buf.reference, acquisitions=buf.acquisitions,
+                         nbytes=buf.nbytes)
 
     def _check(self, acq, number: int) -> tuple[int, np.ndarray]:
         """The acquisition's column on the grid and its line ``(coils, H)``, after the checks."""
@@ -178,6 +202,11 @@ class SliceAssembler:
                              f"{enc.encoded[1]} phase encodes, 2-D only)")
         if not 0 <= int(acq.idx.slice) < enc.slices:
             raise InputError(f"{where}: slice {int(acq.idx.slice)} is beyond the header's {enc.slices} slice(s)")
+        for name in COUNTERS:
+            value, top = int(getattr(acq.idx, name)), enc.counters.get(name, 0)
+            if value > top:
+                raise InputError(f"{where}: {name} {value} is beyond the header's encoding limits ({name} "
+                                 f"up to {top}); the header must declare every index the stream uses")
         data = np.asarray(acq.data)[:, pre:pre + kept]
         if not np.all(np.isfinite(data)):
             raise InputError(f"{where} holds NaN or Inf k-space samples")

@@ -18,10 +18,14 @@ SERVE_EPILOG = """\
 examples:
   diffunfold serve samples/models/mri-small                      (127.0.0.1:9002)
   diffunfold serve samples/models/mri-small --port 9020 --samples 4 --coil-maps espirit
-  diffunfold serve samples/models/mri-small --host 10.0.0.5 --savedata raw/   (the scanner-side interface)
+  diffunfold serve samples/models/mri-small --host 10.0.0.5 --token-file token.txt --savedata raw/
+      (the scanner-side interface; clients send the token: diffunfold send --token-file token.txt)
 
 Per connection, a CONFIG_TEXT message holding a JSON object overrides the settings, e.g.
-{"samples": 4, "steps": 12, "coil_maps": "espirit", "seed": 0, "bits": 12}.
+{"samples": 4, "steps": 12, "coil_maps": "espirit", "seed": 0, "bits": 12}, up to the limits.
+A client that crosses a limit gets an error message and a closed connection; the others go on.
+Beyond loopback (--host other than 127.0.0.1/::1/localhost) a token is required, or
+--insecure-no-auth. See docs/security.md.
 Logs are JSON lines on stderr; the first says where it listens ("event": "listening").
 SIGTERM or Ctrl-C: stop accepting, finish the slice in flight, close every connection.
 """
@@ -53,6 +57,51 @@ def _add_recon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=V.THREADS, metavar="N", help="CPU threads for the network (default: all)")
 
 
+POSITIVE_SECONDS = V.Bounded(0, 86400, lo_open=True)
+MIB = V.Bounded(1, 1 << 20, integer=True)
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
+    from .limits import MiB, ServerLimits
+
+    d = ServerLimits()
+    g = p.add_argument_group("limits (what one client can make the server spend)")
+    g.add_argument("--max-message-mib", type=MIB, default=d.max_message // MiB, metavar="MIB",
+                   help=f"largest message a client may send, MiB, checked before it is read; HEADER/TEXT "
+                        f"messages at most 1 MiB (default: {d.max_message // MiB})")
+    g.add_argument("--max-buffer-mib", type=MIB, default=d.max_buffer_per_connection // MiB, metavar="MIB",
+                   help="k-space and messages held for one connection, MiB "
+                        f"(default: {d.max_buffer_per_connection // MiB})")
+    g.add_argument("--max-total-buffer-mib", type=MIB, default=d.max_buffer_total // MiB, metavar="MIB",
+                   help="... for all connections together, MiB (default: 4096 or half this machine's memory, "
+                        f"whichever is less: {d.max_buffer_total // MiB} here)")
+    g.add_argument("--max-connections", type=V.Bounded(1, 10000, integer=True), default=d.max_connections,
+                   metavar="N", help=f"connections at once; more are told so and closed (default: {d.max_connections})")
+    g.add_argument("--idle-timeout", type=POSITIVE_SECONDS, default=d.idle_timeout, metavar="S",
+                   help=f"seconds a connection may send nothing (default: {d.idle_timeout:g})")
+    g.add_argument("--message-timeout", type=POSITIVE_SECONDS, default=d.message_timeout, metavar="S",
+                   help=f"seconds one message may take to arrive once begun (default: {d.message_timeout:g})")
+    g.add_argument("--start-timeout", type=POSITIVE_SECONDS, default=d.start_timeout, metavar="S",
+                   help=f"seconds a new connection has to send its token and header (default: {d.start_timeout:g})")
+    g.add_argument("--max-samples", type=V.SAMPLES, metavar="N",
+                   help=f"most samples a connection's CONFIG_TEXT may ask for (default: {d.max_samples}, or "
+                        "--samples where higher)")
+    g.add_argument("--max-steps", type=V.STEPS, metavar="N",
+                   help=f"most steps a connection's CONFIG_TEXT may ask for (default: {d.max_steps}, or "
+                        "--steps where higher)")
+    g.add_argument("--queue", type=V.Bounded(1, 1000, integer=True), default=d.queue_per_connection, metavar="N",
+                   help="slices of one connection waiting for a worker; beyond, its reading waits "
+                        f"(default: {d.queue_per_connection})")
+    g.add_argument("--workers", type=V.Bounded(1, 64, integer=True), default=d.workers, metavar="N",
+                   help="reconstructions at once, each with its own copy of the model and cores/N threads "
+                        f"(default: {d.workers}); connections take turns in any case")
+    g = p.add_argument_group("access")
+    g.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="clients must send this file's token (a TEXT message 'token ...' before the header)")
+    g.add_argument("--insecure-no-auth", action="store_true",
+                   help="listen beyond loopback without a token: any host that can reach the port can use it")
+
+
 def add_parsers(sub) -> None:
     """Register ``serve``, ``send`` and ``mrd-phantom`` on the CLI's subparsers."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -64,9 +113,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on, and only there (default: 127.0.0.1)")
     p.add_argument("--port", type=PORT, default=9002, help="TCP port; 0 picks a free one (default: 9002)")
     p.add_argument("--savedata", type=Path, metavar="DIR", help="also save each complete stream as an MRD file")
-    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds a silent connection is kept (300)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_recon_options(p)
+    _add_limit_options(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("send", help="stream a raw MRD file to a server and save the images",
@@ -82,6 +131,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--formats", default="mrd,fastmri,dicom,png", help="which outputs (default: all four)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (600)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--token-file", type=Path, metavar="FILE", help="send this file's token (a server with --token-file)")
     p.set_defaults(func=_cmd_send)
 
     p = sub.add_parser("mrd-phantom", help="write a raw MRD file of simulated multi-coil phantoms (or a fastMRI volume)",
@@ -108,24 +158,45 @@ def _settings(args):
                          bits=args.bits).checked()
 
 
-def _solver(args):
+def _solver(args, threads: int | None = None):
     from ..package import ModelPackage
     from ..runtime.solver import Solver
 
     pkg = ModelPackage.open(args.package)
     if pkg.space.kind != "mri":
         raise InputError(f"{pkg.path} is not an MRI model package ({pkg.space.kind} data)")
-    return Solver.load(pkg, backend=args.backend, device=args.device, threads=args.threads or None)
+    return Solver.load(pkg, backend=args.backend, device=args.device, threads=threads or args.threads or None)
+
+
+def _limits(args):
+    from .limits import MiB, ServerLimits
+
+    return ServerLimits(
+        max_message=args.max_message_mib * MiB, max_buffer_per_connection=args.max_buffer_mib * MiB,
+        max_buffer_total=args.max_total_buffer_mib * MiB, max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout, message_timeout=args.message_timeout, start_timeout=args.start_timeout,
+        max_samples=args.max_samples or max(ServerLimits.max_samples, args.samples),
+        max_steps=args.max_steps or max(ServerLimits.max_steps, args.steps or 0),
+        queue_per_connection=args.queue, workers=args.workers).checked()
 
 
 def _cmd_serve(args) -> int:
+    import os
+
+    from .auth import read_token, require_access
     from .server import MRDServer, configure_logging, log_event
 
     configure_logging(args.log_level)
-    settings = _settings(args)
-    solver = _solver(args)
-    server = MRDServer(solver, settings, args.host, args.port, savedata=args.savedata,
-                       idle_timeout=args.idle_timeout, package_name=Path(args.package).name)
+    settings, limits = _settings(args), _limits(args)
+    token = read_token(args.token_file) if args.token_file else None
+    warning = require_access(args.host, token, args.insecure_no_auth)
+    # several workers share the cores unless --threads says otherwise
+    threads = None if limits.workers == 1 else max(1, (os.cpu_count() or 1) // limits.workers)
+    solvers = [_solver(args, threads) for _ in range(limits.workers)]
+    server = MRDServer(solvers, settings, args.host, args.port, savedata=args.savedata, limits=limits,
+                       token=token, package_name=Path(args.package).name)
+    if warning:
+        log_event("insecure", 30, warning=warning)
     server.install_signal_handlers()
     log_event("ready", package=str(args.package), settings=vars(settings))
     server.serve_forever()
@@ -138,8 +209,13 @@ def _cmd_send(args) -> int:
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     refuse_existing(planned_outputs(args.out, args.file.stem, formats).values(), args.overwrite)
+    token = None
+    if args.token_file:
+        from .auth import read_token
+
+        token = read_token(args.token_file)
     reply = send_file(args.file, args.host, args.port, config=args.config, config_text=args.config_text,
-                      timeout=args.timeout).check()
+                      timeout=args.timeout, token=token).check()
     paths = write_outputs(reply.images, reply.header_xml, args.out, args.file.stem, formats, args.overwrite)
     lat = sorted(reply.latencies.values())
     print(f"{len(reply.images)} image(s) from {args.host}:{args.port} in {reply.finished - reply.started:.2f} s"

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import DiffUnfoldError, InputError
+from .auth import token_message
+from .limits import CLIENT_MESSAGE_MAX, TEXT_MESSAGE_MAX
 from .protocol import MessageID, ProtocolError, SocketWriter, messages
 
 __all__ = ["Reply", "StreamError", "stream", "send_file"]
@@ -57,7 +59,7 @@ class Reply:
 
 def _receive(sock: socket.socket, reply: Reply) -> None:
     try:
-        for mid, obj in messages(sock):
+        for mid, obj in messages(sock, max_message=CLIENT_MESSAGE_MAX, max_text=TEXT_MESSAGE_MAX):
             if mid == MessageID.CLOSE:
                 reply.closed = True
                 return
@@ -71,9 +73,9 @@ def _receive(sock: socket.socket, reply: Reply) -> None:
 
 
 def stream(host: str, port: int, header_xml: bytes, acquisitions, config: str = "diffunfold",
-           config_text: str | None = None, timeout: float = 600.0) -> Reply:
+           config_text: str | None = None, timeout: float = 600.0, token: str | None = None) -> Reply:
     """Send a header and acquisitions, then CLOSE; wait for the server's CLOSE and return the
-    reply (check it with :meth:`Reply.check`)."""
+    reply (check it with :meth:`Reply.check`). ``token``: for a server that asks for one."""
     from ismrmrd.serialization import ConfigFile, ConfigText
 
     from .header import parse_header
@@ -90,6 +92,8 @@ def stream(host: str, port: int, header_xml: bytes, acquisitions, config: str = 
     writer = SocketWriter(sock)
     try:
         writer.send(ConfigFile(config))
+        if token is not None:
+            writer.send(token_message(token))
         if config_text:
             writer.send(ConfigText(config_text))
         writer.send(header)

@@ -9,7 +9,7 @@ parts a 2-D Cartesian reconstruction relies on and turns them into plain numbers
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InputError
 
@@ -23,6 +23,8 @@ class Encoding:
     ``encoded``/``recon``: matrix ``(x, y, z)``; x is the readout, y the phase encodes.
     ``step1``: ``(minimum, maximum, center)`` of ``kspace_encoding_step_1``. ``slices``: the
     count from the slice limit (1 when absent). ``coils``: ``receiverChannels`` or None.
+    ``counters``: the highest contrast, phase, repetition and set index the encoding limits
+    allow (0 where a limit is absent: that counter is not used).
     """
 
     encoded: tuple[int, int, int]
@@ -33,6 +35,7 @@ class Encoding:
     slices: int
     coils: int | None
     trajectory: str
+    counters: dict = field(default_factory=dict)
 
     @property
     def readout_oversampling(self) -> float:
@@ -84,6 +87,19 @@ def _triple(node, what: str, kind) -> tuple:
     return tuple(kind(v) for v in values)
 
 
+COUNTERS = ("contrast", "phase", "repetition", "set")  # with the slice, what tells one k-space apart
+
+
+def _counter_maximum(limits, name: str) -> int:
+    limit = getattr(limits, name, None) if limits is not None else None
+    if limit is None or limit.maximum is None:
+        return 0
+    maximum = int(limit.maximum)
+    if not 0 <= maximum < 1 << 16:
+        raise InputError(f"the MRD header's {name} limit maximum {maximum} is not a 16-bit counter")
+    return maximum
+
+
 def encoding_of(header) -> Encoding:
     """Check the header's first encoding and return it as an :class:`Encoding`."""
     if not header.encoding:
@@ -109,6 +125,7 @@ def encoding_of(header) -> Encoding:
             raise InputError(f"the MRD header's kspace_encoding_step_1 limits {lim} do not fit the "
                              f"{encoded[1]} phase encodes of the encoded matrix")
     slice_lim = limits.slice if limits is not None else None
+    counters = {name: _counter_maximum(limits, name) for name in COUNTERS}
     system = header.acquisitionSystemInformation
     enc_out = Encoding(
         encoded=encoded, recon=recon,
@@ -116,7 +133,7 @@ def encoding_of(header) -> Encoding:
         recon_fov=_triple(enc.reconSpace.fieldOfView_mm, "reconSpace fieldOfView_mm", float),
         step1=lim, slices=int(slice_lim.maximum) + 1 if slice_lim is not None else 1,
         coils=getattr(system, "receiverChannels", None) if system is not None else None,
-        trajectory=trajectory)
+        trajectory=trajectory, counters=counters)
     if enc_out.readout_oversampling < 1 - 1e-6:
         raise InputError(f"the encoded readout field of view ({enc_out.encoded_fov[0]} mm) is smaller than "
                          f"the recon one ({enc_out.recon_fov[0]} mm); the header is inconsistent")

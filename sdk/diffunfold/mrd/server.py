@@ -2,15 +2,22 @@
 
 One thread accepts connections (and only on the address it is given); each connection gets a
 session thread that reads messages and assembles slices, and a sender thread that returns
-images in slice order. Reconstructions go to one backend through a single-worker queue, so
-any number of connections share one model without blocking the accept loop or each other's
-reading. Errors go back as TEXT messages, and every connection ends with CLOSE. SIGTERM (or
-SIGINT) stops accepting, finishes the slice being reconstructed, tells the clients what was
-not reconstructed, closes them and exits. Logs are JSON lines on stderr.
+images in slice order. Reconstructions go to a few workers (:mod:`.scheduler`), each with its
+own copy of the model, which take the connections' slices in turn. Errors go back as TEXT
+messages, and every connection ends with CLOSE. SIGTERM (or SIGINT) stops accepting, finishes
+the slices being reconstructed, tells the clients what was not reconstructed, closes them and
+exits. Logs are JSON lines on stderr.
+
+Nothing a client sends is trusted: every limit in :class:`~.limits.ServerLimits` (message
+sizes, bytes held, connections, timeouts, samples and steps) is checked before the server
+spends what it bounds, a client that crosses one gets an error and a closed connection, and
+the server goes on serving the others. Beyond loopback a token is required (:mod:`.auth`).
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import itertools
 import json
 import logging
@@ -20,14 +27,17 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .protocol import MessageID, ProtocolError, SocketWriter, TruncatedMessage, messages
+from .auth import TOKEN_PREFIX, token_matches
+from .limits import START_MESSAGE_MAX, TEXT_MESSAGE_MAX, MemoryLedger, ServerLimits
+from .protocol import MessageID, ProtocolError, SocketReader, SocketWriter, reader_messages
 from .rawfile import HDF5_LOCK
 from .recon import ReconSettings, reconstruct_slice, to_images
+from .scheduler import FairScheduler
 
 __all__ = ["MRDServer", "configure_logging", "log_event"]
 
@@ -101,9 +111,18 @@ class _Session:
     save: _SaveData | None = None
 
     def __post_init__(self):
+        limits = self.server.limits
         self.writer = SocketWriter(self.sock)
         self.outbox: queue.Queue = queue.Queue()
         self.pending: list = []
+        self.account = self.server.ledger.account(limits.max_buffer_per_connection)
+        self.authenticated = self.server.token is None
+        self.start_deadline = time.monotonic() + limits.start_timeout
+        # until its header has come, a connection may send only small messages, and soon
+        text_max = TEXT_MESSAGE_MAX if self.authenticated else START_MESSAGE_MAX
+        self.reader = SocketReader(self.sock, max_message=START_MESSAGE_MAX, max_text=text_max,
+                                   idle_timeout=limits.start_timeout, message_timeout=limits.start_timeout,
+                                   account=self.account)
 
     # -- reading ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -113,7 +132,7 @@ class _Session:
             self._read()
         except EOFError:
             self._ended_without_close()
-        except (TruncatedMessage, ProtocolError, InputError) as exc:
+        except (ProtocolError, InputError) as exc:
             self.fail(str(exc))
         except OSError as exc:
             if self.server.stopping.is_set():
@@ -132,9 +151,12 @@ class _Session:
         handlers = {MessageID.CONFIG_FILE: self._config_file, MessageID.CONFIG_TEXT: self._config_text,
                     MessageID.HEADER: self._header, MessageID.ACQUISITION: self._acquisition,
                     MessageID.TEXT: self._text}
-        for mid, obj in messages(self.sock):
+        for mid, obj in reader_messages(self.reader):
             if self.errors:
                 return
+            if not self.authenticated and mid not in (MessageID.CONFIG_FILE, MessageID.TEXT):
+                raise InputError("this server needs a token: send a TEXT message 'token <the token>' before the "
+                                 "header (diffunfold send --token-file FILE)")
             if mid == MessageID.CLOSE:
                 self.closed_by_client = True
                 for data in (self.assembler.finish() if self.assembler else []):
@@ -145,9 +167,24 @@ class _Session:
                 log_event("ignored", conn=self.conn_id, message=MessageID(mid).name)
             else:
                 handler(obj)
+            self._set_bounds()
+
+    def _set_bounds(self) -> None:
+        """The reader's bounds for the next message: small and soon until the header has come."""
+        limits, reader = self.server.limits, self.reader
+        if self.encoding is not None:
+            reader.max_message, reader.max_text = limits.max_message, TEXT_MESSAGE_MAX
+            reader.idle_timeout, reader.message_timeout = limits.idle_timeout, limits.message_timeout
+            return
+        left = self.start_deadline - time.monotonic()
+        if left <= 0:
+            raise InputError(f"no header within {limits.start_timeout:g} s of connecting; the connection is closed")
+        reader.idle_timeout = reader.message_timeout = left
+        if self.authenticated:
+            reader.max_text = TEXT_MESSAGE_MAX
 
     def _config_file(self, name) -> None:
-        log_event("config", conn=self.conn_id, config_file=str(name))
+        log_event("config", conn=self.conn_id, config_file=str(name)[:200])
 
     def _config_text(self, text) -> None:
         text = str(text).strip()
@@ -160,44 +197,60 @@ class _Session:
             raise InputError(f"CONFIG_TEXT is not valid JSON ({exc})") from None
         if not isinstance(changes, dict):
             raise InputError("CONFIG_TEXT must be a JSON object of settings, e.g. {\"samples\": 4}")
-        self.settings = self.settings.updated(changes)
+        settings = self.settings.updated(changes)
+        self.server.limits.check_settings(settings)
+        self.settings = settings
         log_event("config", conn=self.conn_id, settings=changes)
 
     def _header(self, header) -> None:
         from .assemble import SliceAssembler
         from .header import encoding_of
 
+        if self.encoding is not None:
+            raise InputError("a second HEADER in one stream; open a new connection for each measurement")
         self.encoding = encoding_of(header)
-        self.assembler = SliceAssembler(self.encoding)
+        self.assembler = SliceAssembler(self.encoding, account=self.account)
         self.header_xml = header.toXML().encode("utf-8")
-        if self.server.savedata is not None:
-            name = f"meas_{time.strftime('%Y%m%d-%H%M%S')}_{self.conn_id:04d}.h5"
-            self.save = _SaveData(self.server.savedata, name, self.header_xml)
         log_event("header", conn=self.conn_id, grid=self.encoding.grid, slices=self.encoding.slices,
                   coils=self.encoding.coils)
 
     def _acquisition(self, acq) -> None:
         if self.assembler is None:
             raise InputError("an ACQUISITION came before the HEADER; send the ISMRMRD XML header first")
+        if self.save is None and self.server.savedata is not None:  # a stream with acquisitions only
+            name = f"meas_{time.strftime('%Y%m%d-%H%M%S')}_{self.conn_id:04d}.h5"
+            self.save = _SaveData(self.server.savedata, name, self.header_xml)
         if self.save is not None:
             self.save.append(acq)
         for data in self.assembler.add(acq):
             self._submit(data)
 
     def _text(self, text) -> None:
-        log_event("client text", conn=self.conn_id, text=str(text)[:500])
+        text = str(text)
+        if self.authenticated:
+            if not text.startswith(TOKEN_PREFIX):  # never log a token
+                log_event("client text", conn=self.conn_id, text=text[:500])
+            return
+        if not token_matches(text, self.server.token):
+            raise InputError("wrong token; the connection is closed")
+        self.authenticated = True
+        log_event("authenticated", conn=self.conn_id, peer=self.peer)
 
     def _submit(self, data) -> None:
         settings, encoding = self.settings, self.encoding
-        future = self.server.submit(self._reconstruct, data, encoding, settings)
-        if future is None:  # the server is shutting down
-            self.lost.append(data.slice)
+        future = self.server.scheduler.submit(
+            self.conn_id, self._reconstruct, data, encoding, settings,
+            give_up=lambda: bool(self.errors) or self.server.stopping.is_set())
+        if future is None:  # the server is shutting down, or this connection failed
+            if not self.errors:
+                self.lost.append(data.slice)
+            self.account.release(data.nbytes)
             return
         self.pending.append(future)
         self.outbox.put((data, future))
 
-    def _reconstruct(self, data, encoding, settings) -> list:
-        rec = reconstruct_slice(self.server.solver, data, encoding, settings)
+    def _reconstruct(self, solver, data, encoding, settings) -> list:
+        rec = reconstruct_slice(solver, data, encoding, settings)
         log_event("reconstructed", conn=self.conn_id, slice=data.slice, seconds=round(rec.seconds, 3),
                   acceleration=round(data.acceleration, 2), samples=settings.samples)
         return to_images(rec, data, encoding, settings, self.server.package_name)
@@ -207,28 +260,34 @@ class _Session:
         while (item := self.outbox.get()) is not None:
             data, future = item
             try:
-                images = future.result()
-            except CancelledError:
-                self.lost.append(data.slice)
-                continue
-            except InputError as exc:
-                self.fail(str(exc))
-                continue
-            except Exception as exc:
-                LOG.exception("reconstruction failed", extra={"fields": {"conn": self.conn_id}})
-                self.fail(f"the reconstruction of slice {data.slice} failed: {type(exc).__name__}: {exc}")
-                continue
-            try:  # a slice reconstructed before an error still goes out
-                for img in images:
-                    self.writer.send(img)
-                    self.sent += 1
-            except OSError as exc:
-                self.fail(f"cannot send images: {exc}", tell=False)
+                self._send_result(data, future)
+            finally:
+                self.account.release(data.nbytes)  # the slice's k-space is no longer needed
+
+    def _send_result(self, data, future) -> None:
+        try:
+            images = future.result()
+        except CancelledError:
+            self.lost.append(data.slice)
+            return
+        except InputError as exc:
+            self.fail(str(exc))
+            return
+        except Exception as exc:
+            LOG.exception("reconstruction failed", extra={"fields": {"conn": self.conn_id}})
+            self.fail(f"the reconstruction of slice {data.slice} failed: {type(exc).__name__}: {exc}")
+            return
+        try:  # a slice reconstructed before an error still goes out
+            for img in images:
+                self.writer.send(img)
+                self.sent += 1
+        except OSError as exc:
+            self.fail(f"cannot send images: {exc}", tell=False)
 
     def fail(self, message: str, tell: bool = True) -> None:
         """Record an error, stop queued work of this connection and stop reading."""
         if not self.errors:
-            log_event("error", logging.WARNING, conn=self.conn_id, error=message)
+            log_event("error", logging.WARNING, conn=self.conn_id, peer=self.peer, error=message)
         self.errors.append((message, tell))
         for future in self.pending:
             future.cancel()
@@ -247,6 +306,7 @@ class _Session:
             self.fail("the client disconnected without CLOSE", tell=False)
 
     def _close(self) -> None:
+        self.server.scheduler.forget(self.conn_id)
         tell = [m for m, t in self.errors if t] + self.notices
         if self.lost:
             tell.append(f"slices not reconstructed (server shutting down): {sorted(set(self.lost))}")
@@ -260,22 +320,34 @@ class _Session:
             self.sock.close()
         except OSError:
             pass
+        self.account.close()
         ok = not (self.errors or self.notices or self.lost)
         saved = self.save.finish(keep=ok and self.closed_by_client) if self.save else None
         log_event("closed", conn=self.conn_id, peer=self.peer, images=self.sent, ok=ok,
                   saved=str(saved) if saved else None)
 
 
+# accept() errors that mean "no descriptors or buffers now": wait and go on serving
+_SCARCE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# accept() errors about the one connection being accepted (it went away first)
+_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EAGAIN, errno.ENETDOWN, errno.EHOSTUNREACH}
+
+
 class MRDServer:
     """Listen on ``host:port`` (port 0: any free one, see :attr:`port`) and reconstruct MRD
-    streams with ``solver``."""
+    streams with ``solvers`` (one per worker; a single solver is one worker). ``token``: the
+    shared secret clients must send (None: none needed; :func:`.auth.require_access` decides
+    whether that is allowed)."""
 
-    def __init__(self, solver, settings: ReconSettings, host: str = "127.0.0.1", port: int = 9002,
-                 savedata: str | os.PathLike | None = None, idle_timeout: float = 300.0, package_name: str = ""):
-        self.solver = solver
+    def __init__(self, solvers, settings: ReconSettings, host: str = "127.0.0.1", port: int = 9002,
+                 savedata: str | os.PathLike | None = None, limits: ServerLimits | None = None,
+                 token: str | None = None, package_name: str = ""):
+        self.solvers = list(solvers) if isinstance(solvers, (list, tuple)) else [solvers]
+        self.limits = (limits or ServerLimits()).checked()
         self.settings = settings.checked()
+        self.limits.check_settings(self.settings)
+        self.token = token
         self.package_name = package_name
-        self.idle_timeout = float(idle_timeout)
         self.savedata = Path(savedata) if savedata else None
         if self.savedata is not None:
             self.savedata.mkdir(parents=True, exist_ok=True)
@@ -288,17 +360,12 @@ class MRDServer:
                              "or --host") from None
         self.host, self.port = self.listener.getsockname()[:2]
         self.stopping = threading.Event()
-        self._backend = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recon")
-        self._submit_lock = threading.Lock()
+        self.ledger = MemoryLedger(self.limits.max_buffer_total)
+        self.scheduler = FairScheduler(self.solvers, self.limits.queue_per_connection)
         self._sessions: dict[int, tuple[_Session, threading.Thread]] = {}
         self._ids = itertools.count(1)
-
-    def submit(self, fn, *args):
-        """Queue work for the one backend (FIFO over all connections); None once stopping."""
-        with self._submit_lock:
-            if self.stopping.is_set():
-                return None
-            return self._backend.submit(fn, *args)
+        self._reserve = _spare_descriptor()  # given up to refuse a connection when none are left
+        self._scarce_since: float | None = None
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -309,28 +376,66 @@ class MRDServer:
 
     def serve_forever(self) -> None:
         log_event("listening", host=self.host, port=self.port, pid=os.getpid(),
-                  backend=getattr(self.solver, "backend_name", "?"))
+                  backend=getattr(self.solvers[0], "backend_name", "?"), workers=len(self.solvers),
+                  token=self.token is not None, limits=self.limits.describe())
         self.listener.settimeout(0.2)
         while not self.stopping.is_set():
-            try:
-                sock, addr = self.listener.accept()
-            except (socket.timeout, InterruptedError):
-                continue
-            except OSError:
-                if self.stopping.is_set():
-                    break
-                raise
-            self._start_session(sock, f"{addr[0]}:{addr[1]}")
+            self._accept_one()
         self._shutdown()
 
-    def _start_session(self, sock: socket.socket, peer: str) -> None:
-        sock.settimeout(self.idle_timeout)
+    def _accept_one(self) -> None:
+        try:
+            sock, addr = self.listener.accept()
+        except (socket.timeout, InterruptedError):
+            return
+        except OSError as exc:
+            if self.stopping.is_set():
+                return
+            if exc.errno in _SCARCE:
+                self._scarce(exc)
+            elif exc.errno not in _TRANSIENT:
+                log_event("accept failed", logging.WARNING, error=str(exc))
+                time.sleep(0.1)
+            return
+        if self._scarce_since is not None:
+            log_event("accepting again", seconds=round(time.monotonic() - self._scarce_since, 1))
+            self._scarce_since = None
+        self._admit(sock, f"{addr[0]}:{addr[1]}")
+
+    def _scarce(self, exc: OSError) -> None:
+        """Out of descriptors (or buffers): refuse the waiting connection with the spare
+        descriptor, then wait a little for others to close."""
+        if self._scarce_since is None:
+            self._scarce_since = time.monotonic()
+            log_event("out of descriptors", logging.WARNING, error=exc.strerror or str(exc),
+                      active=len(self._sessions))
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
+            try:
+                sock, addr = self.listener.accept()
+                _refuse(sock, f"{addr[0]}:{addr[1]}", "the server has run out of file descriptors; try again later")
+            except OSError:
+                pass
+            self._reserve = _spare_descriptor()
+        time.sleep(0.1)
+
+    def _admit(self, sock: socket.socket, peer: str) -> None:
+        limit = self.limits.max_connections
+        if len(self._sessions) >= limit:
+            _refuse(sock, peer, f"the server is serving its limit of {limit} connections; try again later")
+            return
         conn_id = next(self._ids)
         session = _Session(self, sock, conn_id, peer, self.settings)
         thread = threading.Thread(target=self._run_session, args=(session,), name=f"conn-{conn_id}", daemon=True)
         self._sessions[conn_id] = (session, thread)
+        try:
+            thread.start()
+        except RuntimeError:  # no more threads
+            self._sessions.pop(conn_id, None)
+            _refuse(sock, peer, "the server cannot start another connection now; try again later")
+            return
         log_event("connection", conn=conn_id, peer=peer, active=len(self._sessions))
-        thread.start()
 
     def _run_session(self, session: _Session) -> None:
         try:
@@ -341,14 +446,43 @@ class MRDServer:
     def _shutdown(self) -> None:
         log_event("stopping", active=len(self._sessions))
         self.listener.close()
-        with self._submit_lock:
-            self._backend.shutdown(wait=False, cancel_futures=True)  # the slice in flight goes on
+        self.scheduler.shutdown(timeout=0)  # waiting slices are cancelled; the ones in flight go on
         for session, _ in list(self._sessions.values()):
             try:
                 session.sock.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
-        self._backend.shutdown(wait=True)
+        self.scheduler.shutdown()
         for _, thread in list(self._sessions.values()):
             thread.join(timeout=30)
-        log_event("stopped")
+        if self._reserve is not None:
+            os.close(self._reserve)
+        log_event("stopped", peak_buffered_mib=round(self.ledger.peak / (1 << 20), 1))
+
+
+def _spare_descriptor() -> int | None:
+    try:
+        return os.open(os.devnull, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _refuse(sock: socket.socket, peer: str, reason: str) -> None:
+    """Tell a connection why it is not served (a TEXT and CLOSE), and close it."""
+    from ismrmrd.serialization import ProtocolSerializer
+
+    log_event("refused", logging.WARNING, peer=peer, reason=reason)
+    buf = io.BytesIO()
+    out = ProtocolSerializer(buf)
+    out.serialize(f"error: {reason}")
+    out.close()
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(buf.getvalue())
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(0.0)
+        sock.recv(1 << 16)  # what it already sent, so that closing does not reset the connection
+    except OSError:
+        pass
+    finally:
+        sock.close()
