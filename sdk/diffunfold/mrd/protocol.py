@@ -104,8 +104,8 @@ class SocketReader:
         total = self._message_bytes + n
         limit = self.max_text if self.message_id in _TEXT_IDS and self.max_text is not None else self.max_message
         if limit is not None and total > limit:
-            raise MessageTooLarge(f"a {self._name()} message declares {total} bytes; this server takes at most "
-                                  f"{limit} bytes per message")
+            raise MessageTooLarge(f"a {self._name()} message declares {n} bytes ({total} in all); this server takes "
+                                  f"at most {limit} bytes per message")
         if self.account is not None:
             self.account.charge(n, f"a {self._name()} message of {total} bytes")
         self._message_bytes = total

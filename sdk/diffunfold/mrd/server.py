@@ -34,7 +34,7 @@ from pathlib import Path
 from ..errors import InputError
 from .auth import TOKEN_PREFIX, token_matches
 from .limits import START_MESSAGE_MAX, TEXT_MESSAGE_MAX, MemoryLedger, ServerLimits
-from .protocol import MessageID, ProtocolError, SocketReader, SocketWriter, reader_messages
+from .protocol import MessageID, ProtocolError, ReadTimeout, SocketReader, SocketWriter, reader_messages
 from .rawfile import HDF5_LOCK
 from .recon import ReconSettings, reconstruct_slice, to_images
 from .scheduler import FairScheduler
@@ -132,6 +132,9 @@ class _Session:
             self._read()
         except EOFError:
             self._ended_without_close()
+        except ReadTimeout as exc:
+            self.fail(str(exc) if self.encoding is not None else
+                      f"no header within {self.server.limits.start_timeout:g} s of connecting; the connection is closed")
         except (ProtocolError, InputError) as exc:
             self.fail(str(exc))
         except OSError as exc:
