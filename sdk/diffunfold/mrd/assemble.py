@@ -65,6 +65,9 @@ class SliceData:
 
 @dataclass
 class _Buffer:
+    """A slice being assembled, line-major ``(W, coils, H)``: a line touches only its own pages
+    of the zeroed buffer, so memory becomes resident as lines arrive, not all at the first."""
+
     kspace: np.ndarray
     counts: np.ndarray
     calib_counts: np.ndarray
@@ -73,6 +76,12 @@ class _Buffer:
     reference_distance: int = 1 << 30
     acquisitions: int = 0
     nbytes: int = 0
+
+
+def _averaged(lines: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(W, coils, H)`` sums -> ``(coils, H, W)`` means (lines acquired more than once are averaged)."""
+    lines /= np.maximum(counts, 1)[:, None, None]
+    return np.ascontiguousarray(np.moveaxis(lines, 0, -1))
 
 
 def remove_readout_oversampling(data: np.ndarray, samples: int) -> np.ndarray:
@@ -114,10 +123,10 @@ class SliceAssembler:
         if calibration:
             if buf.calibration is None:
                 buf.calibration = self._allocate(buf, key, line.shape[0], "calibration")
-            buf.calibration[:, :, column] += line
+            buf.calibration[column] += line
             buf.calib_counts[column] += 1
         if not _flag(acq, _CALIB):  # calibration-only lines are not part of the image
-            buf.kspace[:, :, column] += line
+            buf.kspace[column] += line
             buf.counts[column] += 1
             distance = abs(column - self.encoding.encoded[1] // 2)
             if distance < buf.reference_distance:
@@ -147,7 +156,7 @@ class SliceAssembler:
         return buf
 
     def _allocate(self, buf: _Buffer, key, coils: int, what: str) -> np.ndarray:
-        """A zeroed ``(coils, H, W)`` buffer, charged to the account (or checked against the
+        """A zeroed ``(W, coils, H)`` buffer, charged to the account (or checked against the
         per-slice bound) first."""
         h, w = self.encoding.grid
         nbytes = coils * h * w * np.dtype(np.complex64).itemsize
@@ -156,7 +165,7 @@ class SliceAssembler:
         elif 2 * nbytes > _MAX_BUFFER_BYTES:
             raise InputError(f"a slice of {coils} coils x {h} x {w} needs more than 1 GiB; too large to reconstruct")
         buf.nbytes += nbytes
-        return np.zeros((coils, h, w), np.complex64)
+        return np.zeros((w, coils, h), np.complex64)
 
     def _emit(self, key) -> SliceData:
         buf = self._buffers.pop(key)
@@ -165,13 +174,10 @@ class SliceAssembler:
             if self.account is not None:
                 self.account.release(buf.nbytes)
             raise InputError(f"slice {key[0]} ended without imaging lines (only calibration or skipped scans)")
-        buf.kspace /= np.maximum(buf.counts, 1)[None, None, :]  # averages are averaged (in place)
-        calibration = buf.calibration
-        if calibration is None:  # calloc'd: no memory is touched
-            calibration = np.zeros_like(buf.kspace)
-        else:
-            calibration /= np.maximum(buf.calib_counts, 1)[None, None, :]
-        return SliceData(key=key, kspace=buf.kspace, sampled=sampled, calibration=calibration,
+        kspace = _averaged(buf.kspace, buf.counts)
+        calibration = np.zeros_like(kspace) if buf.calibration is None else _averaged(buf.calibration,
+                                                                                      buf.calib_counts)
+        return SliceData(key=key, kspace=kspace, sampled=sampled, calibration=calibration,
                          calibrated=buf.calib_counts > 0, reference=buf.reference, acquisitions=buf.acquisitions,
                          nbytes=buf.nbytes)
 

@@ -82,7 +82,7 @@ class ServerLimits:
 
     def describe(self) -> dict:
         """For the log: sizes in MiB, the rest as they are."""
-        return {k: (round(v / MiB, 1) if k.startswith("max_message") or k.startswith("max_buffer") else v)
+        return {k: (round(v / MiB, 1) if k.startswith(("max_message", "max_buffer")) else v)
                 for k, v in asdict(self).items()}
 
 

@@ -123,7 +123,7 @@ class SocketReader:
             self._sock.settimeout(timeout)
         try:
             return self._sock.recv(n)
-        except socket.timeout:
+        except TimeoutError:
             if first:
                 raise ReadTimeout(f"no message for {self.idle_timeout:g} s; the connection is closed") from None
             raise ReadTimeout(f"a {self._name()} message did not arrive whole within {self.message_timeout:g} s") \

@@ -389,7 +389,7 @@ class MRDServer:
     def _accept_one(self) -> None:
         try:
             sock, addr = self.listener.accept()
-        except (socket.timeout, InterruptedError):
+        except (TimeoutError, InterruptedError):
             return
         except OSError as exc:
             if self.stopping.is_set():
