@@ -368,7 +368,7 @@ def test_the_protocol_reader_under_fuzzing():
 def test_a_token_is_required_and_checked(scan, tmp_path):
     token = "s3cret-token-0123456789abcdef"
     (tmp_path / "token").write_text(token + "\n")
-    srv = ServerProcess(PACKAGE, *SOLVE, "--token-file", str(tmp_path / "token"))
+    srv = ServerProcess(PACKAGE, *SOLVE, "--token-file", str(tmp_path / "token"), "--workers", "2")
     try:
         from diffunfold.mrd.client import StreamError
 
@@ -376,7 +376,8 @@ def test_a_token_is_required_and_checked(scan, tmp_path):
             _honest(scan, srv.port)
         with pytest.raises(StreamError, match="wrong token"):
             _honest(scan, srv.port, token="s3cret-token-0123456789abcdeF")
-        _honest(scan, srv.port, token=token)
+        _honest(scan, srv.port, token=token)                         # on two workers
+        assert srv.named("listening")[0]["workers"] == 2
         assert not any(token in str(e) for e in srv.events)          # never logged
     finally:
         assert srv.stop() == 0

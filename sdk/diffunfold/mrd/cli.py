@@ -191,7 +191,7 @@ def _cmd_serve(args) -> int:
     token = read_token(args.token_file) if args.token_file else None
     warning = require_access(args.host, token, args.insecure_no_auth)
     # several workers share the cores unless --threads says otherwise
-    threads = None if limits.workers == 1 else max(1, (os.cpu_count() or 1) // limits.workers)
+    threads = args.threads or (None if limits.workers == 1 else max(1, (os.cpu_count() or 1) // limits.workers))
     solvers = [_solver(args, threads) for _ in range(limits.workers)]
     server = MRDServer(solvers, settings, args.host, args.port, savedata=args.savedata, limits=limits,
                        token=token, package_name=Path(args.package).name)
