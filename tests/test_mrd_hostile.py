@@ -214,12 +214,15 @@ def test_out_of_descriptors_the_server_goes_on(scan):
 @pytest.mark.parametrize("config, words", [
     ('{"samples": 2000, "steps": 2}', ("samples 2000", "limit of 16")),
     ('{"steps": 5000}', ("steps 5000", "limit of 100")),
+    ('{"seed": 1' + "0" * 5000 + "}", ("not valid JSON",)),
+    ('{"coil_maps": "' + "x" * 100_000 + '"}', ("coil maps must be one of",)),
 ])
 def test_a_connection_cannot_ask_for_unbounded_work(server, scan, config, words):
     t0 = time.monotonic()
     reply = send_file(scan, "127.0.0.1", server.port, config_text=config, timeout=20)
     assert any(all(w in t for w in words) for t in reply.errors), (reply.errors, reply.failure)
     assert time.monotonic() - t0 < 10 and not reply.images
+    assert all(len(t) < 1000 for t in reply.errors)               # what the client sent is not echoed whole
 
 
 def _stream_bytes(scan: Path, config_text: str | None = None, slices: int | None = None) -> bytes:

@@ -79,10 +79,13 @@ class ServerLimits:
             if value is not None and value > cap:
                 raise InputError(f"{name} {value} is above this server's limit of {cap} ({flag}); ask for "
                                  f"at most {cap}")
+        if settings.seed > V.SEED.hi:
+            raise InputError(f"seed must be at most {int(V.SEED.hi)}, got {settings.seed}")
 
     def describe(self) -> dict:
         """For the log: sizes in MiB, the rest as they are."""
-        return {k: (round(v / MiB, 1) if k.startswith(("max_message", "max_buffer")) else v)
+        sized = ("max_message", "max_buffer")
+        return {(f"{k}_mib" if k.startswith(sized) else k): (round(v / MiB, 1) if k.startswith(sized) else v)
                 for k, v in asdict(self).items()}
 
 

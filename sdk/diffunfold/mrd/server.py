@@ -196,7 +196,7 @@ class _Session:
             return
         try:
             changes = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or an integer of thousands of digits
             raise InputError(f"CONFIG_TEXT is not valid JSON ({exc})") from None
         if not isinstance(changes, dict):
             raise InputError("CONFIG_TEXT must be a JSON object of settings, e.g. {\"samples\": 4}")
@@ -289,6 +289,8 @@ class _Session:
 
     def fail(self, message: str, tell: bool = True) -> None:
         """Record an error, stop queued work of this connection and stop reading."""
+        if len(message) > 500:  # it may quote what the client sent
+            message = message[:500] + " [...]"
         if not self.errors:
             log_event("error", logging.WARNING, conn=self.conn_id, peer=self.peer, error=message)
         self.errors.append((message, tell))
