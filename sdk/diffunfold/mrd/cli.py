@@ -181,9 +181,11 @@ def _limits(args):
 
 
 def _cmd_serve(args) -> int:
+    import logging
     import os
 
     from .auth import read_token, require_access
+    from .limits import descriptor_warning
     from .server import MRDServer, configure_logging, log_event
 
     configure_logging(args.log_level)
@@ -196,7 +198,9 @@ def _cmd_serve(args) -> int:
     server = MRDServer(solvers, settings, args.host, args.port, savedata=args.savedata, limits=limits,
                        token=token, package_name=Path(args.package).name)
     if warning:
-        log_event("insecure", 30, warning=warning)
+        log_event("insecure", logging.WARNING, warning=warning)
+    if fds := descriptor_warning(limits.max_connections):
+        log_event("descriptors", logging.WARNING, warning=fds)
     server.install_signal_handlers()
     log_event("ready", package=str(args.package), settings=vars(settings))
     server.serve_forever()

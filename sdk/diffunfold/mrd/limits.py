@@ -17,7 +17,7 @@ from .. import cli_values as V
 from ..errors import InputError
 
 __all__ = ["MiB", "ServerLimits", "LimitExceeded", "MemoryLedger", "Account", "TEXT_MESSAGE_MAX",
-           "START_MESSAGE_MAX", "CLIENT_MESSAGE_MAX", "default_total_buffer"]
+           "START_MESSAGE_MAX", "CLIENT_MESSAGE_MAX", "default_total_buffer", "descriptor_warning"]
 
 MiB = 1 << 20
 # HEADER, TEXT and CONFIG_TEXT hold XML or JSON of kilobytes; a parser needs many times the
@@ -87,6 +87,21 @@ class ServerLimits:
         sized = ("max_message", "max_buffer")
         return {(f"{k}_mib" if k.startswith(sized) else k): (round(v / MiB, 1) if k.startswith(sized) else v)
                 for k, v in asdict(self).items()}
+
+
+def descriptor_warning(max_connections: int) -> str | None:
+    """A warning when the process may run out of file descriptors before reaching
+    ``max_connections`` (the server survives that, but refuses connections it could serve)."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return None
+    if soft == resource.RLIM_INFINITY or soft >= max_connections + 32:
+        return None
+    return (f"the descriptor limit ({soft}, ulimit -n) is close to --max-connections {max_connections}: raise "
+            "it, or lower --max-connections")
 
 
 class LimitExceeded(InputError):
