@@ -12,6 +12,9 @@ A package is a directory::
 
 Every ONNX regulariser has the EDM preconditioning inside the graph: it maps ``(x, sigma)`` to
 ``R(x; sigma) = c_skip x + c_out F(c_in x; c_noise)``. Torch-free: the runtime reads this.
+
+The checksums catch damage, not forgery: the loader checks the manifest's structure and keeps
+every file inside the folder (:mod:`.package_schema`; docs/packages-and-trust.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from . import edm
 from .contrast import Contrast
 from .ensemble import check_ensemble
 from .errors import InputError
+from .package_schema import manifest_problems, member_path
 from .safe_io import write_json
 from .spaces import DataSpace
 from .unfolding import NOISE_FLOOR, PROX_ITERATIONS
@@ -92,6 +96,10 @@ class ModelPackage:
             got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
             raise InputError(f"{mpath} has format {got!r}, expected {FORMAT!r}; export the checkpoint again "
                              "with this version of diffunfold")
+        problems = manifest_problems(manifest)  # before any field is used: the manifest may be hostile
+        if problems:
+            raise InputError(f"{mpath} is not a valid package manifest ({len(problems)} problem(s); export the "
+                             "package again):\n" + "\n".join(problems))
         pkg = cls(path, manifest)
         if verify:
             pkg.verify()
@@ -103,11 +111,15 @@ class ModelPackage:
         if m.get("manifest_sha256") != _manifest_digest(m):
             raise InputError(f"{self.path / MANIFEST} was edited after export (its digest does not match); "
                              "the settings in it cannot be trusted: export the package again")
-        for name, rec in m.get("files", {}).items():
-            f = self.path / name
+        for name, rec in m["files"].items():
+            f = member_path(self.path, name)  # inside the package, links resolved
             if not f.is_file():
                 raise InputError(f"model package {str(self.path)!r} is missing {name}; copy the whole "
                                  "package folder or export it again")
+            size = f.stat().st_size
+            if size != rec["bytes"]:  # checked before reading it
+                raise InputError(f"{f} has {size:,} bytes, {MANIFEST} says {rec['bytes']:,}: the file was changed "
+                                 "or damaged; export it again")
             digest = sha256_file(f)
             if digest != rec["sha256"]:
                 raise InputError(f"{f} does not match the checksum in {MANIFEST} ({digest[:12]} != "
@@ -210,7 +222,7 @@ class ModelPackage:
         return self.manifest["networks"].get("torch_weights")
 
     def file(self, name: str) -> Path:
-        return self.path / name
+        return member_path(self.path, name)
 
     def engine_dir(self, target: str) -> Path:
         return self.path / "engines" / target

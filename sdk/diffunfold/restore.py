@@ -526,6 +526,8 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     args = job.args
     index, path = unit.payload
     seed = args.seed + index
+    # the solve's memory from the header (as solve checks it): too large is refused before decoding
+    job.solver.plan(_operator_shape(args, _read_header(path), job.factor), args.samples, args.tile)
     x, y, op, notes, src = _measure(path, job, seed)
     noise_std = args.noise if args.noise is not None else float(estimate_noise_std(op, y)[0])
     if args.noise is None:

@@ -15,13 +15,15 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from .errors import InputError
 
 __all__ = ["atomic_write", "open_atomic", "write_bytes", "write_json", "write_text", "refuse_existing",
-           "refuse_nonempty_folder", "temporary_name"]
+           "refuse_nonempty_folder", "staged_outputs", "temporary_name"]
 
 
 def temporary_name(path: Path) -> Path:
@@ -101,7 +103,7 @@ def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool, how: st
     names the first one, counts the others and says what to do (``how``: the alternative)."""
     if overwrite:
         return
-    existing = [Path(p) for p in paths if Path(p).exists()]
+    existing = [Path(p) for p in paths if os.path.lexists(p)]  # a symlink counts, dangling or not
     if existing:
         more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
         raise InputError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or {how}")
@@ -121,3 +123,33 @@ def refuse_nonempty_folder(folder: str | os.PathLike, overwrite: bool, option: s
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         how = how or f"pass --overwrite to replace them, or choose another {option}"
         raise InputError(f"{option} {str(folder)!r} already holds files ({shown}); {how}")
+
+
+@contextlib.contextmanager
+def staged_outputs(folder: str | os.PathLike, names: Iterable[str]) -> Iterator[Path]:
+    """Yield a new private folder inside ``folder`` to write ``names`` (files or folders) into;
+    when the block succeeds each one written there replaces ``folder/NAME`` (the old one, even a
+    symlink, is moved aside and removed, never written through; in the order given, so put the
+    one that marks a complete set last). On any error the staging folder is removed, and
+    ``folder`` too when this call created it and it is still empty: nothing half-made is left.
+    Check ``refuse_existing`` first: this replaces whatever is at ``folder/NAME``."""
+    folder = Path(folder)
+    created = not os.path.lexists(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", suffix=".tmp", dir=folder))
+    try:
+        yield stage
+        old = stage / ".replaced"
+        old.mkdir()
+        for name in names:
+            if not os.path.lexists(stage / name):
+                continue
+            if os.path.lexists(folder / name):
+                os.replace(folder / name, old / name)  # renames the link itself, not its target
+            os.replace(stage / name, folder / name)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    shutil.rmtree(stage, ignore_errors=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import cli_values as V
 from ..errors import InputError
+from ..safe_io import refuse_existing, staged_outputs
 
 _DESCRIPTION = """\
 Fetch packages that ship real, freely licensed data (with `apt-get download` or
@@ -39,29 +40,37 @@ def add_parser(sub) -> None:
                    help="download nothing: every archive must already be in --packages")
     p.add_argument("--max-side", type=V.Bounded(64, 16384, integer=True), default=1600, metavar="PX",
                    help="photos: store larger ones downscaled to this longer side (default: 1600)")
-    p.add_argument("--overwrite", action="store_true", help="write into a folder that already has data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR's train/, held-out/ and manifest.json (written whole at the end)")
     p.set_defaults(func=run_data)
+
+
+# What a data set is made of in OUT_DIR (the manifest last: it marks a complete set).
+OUTPUTS = ("train", "held-out", "manifest.json")
 
 
 def run_data(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"OUT_DIR {str(out)!r} is a file; give a folder")
-    if (out / "manifest.json").exists() and not args.overwrite:
-        raise InputError(f"{out} already holds a data set (manifest.json); pass --overwrite to "
-                         "write it again, or choose another OUT_DIR")
-    out.mkdir(parents=True, exist_ok=True)
+    refuse_existing([out / name for name in OUTPUTS], args.overwrite, "choose another OUT_DIR")
     packages = Path(args.packages) if args.packages else out / "packages"
+    # Written into a private folder inside OUT_DIR and moved into place at the end: nothing is
+    # written through a link planted in OUT_DIR, and a failed run leaves no data behind (the
+    # archives downloaded into --packages stay, so a rerun does not fetch them again).
+    with staged_outputs(out, OUTPUTS) as stage:
+        if args.what == "photos":
+            from .photos import PhotoCollector
+            m = PhotoCollector(stage, packages, offline=args.offline, max_side=args.max_side).run()
+        else:
+            from .mri_volumes import collect_volumes
+            m = collect_volumes(stage, packages, offline=args.offline)
     if args.what == "photos":
-        from .photos import PhotoCollector
-        m = PhotoCollector(out, packages, offline=args.offline, max_side=args.max_side).run()
         held = sum(p["split"] == "held-out" for p in m["photos"])
         print(f"{len(m['photos'])} photographs ({len(m['photos']) - held} train, {held} held-out) "
               f"from {len(m['packages'])} packages; {len(m['dropped'])} files dropped (reasons in "
               f"{out / 'manifest.json'})")
     else:
-        from .mri_volumes import collect_volumes
-        m = collect_volumes(out, packages, offline=args.offline)
         for v in m["volumes"]:
             print(f"{v['split']:9s} {v['name']:14s} {v['shape']} at {v['spacing_mm']} mm  "
                   f"{v['package']} {v['version']} ({v['licence']})")

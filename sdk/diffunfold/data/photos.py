@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import InputError
+from ..safe_io import write_bytes, write_json
+from .image_io import check_pixels
 from .licences import licence_of, parse_copyright
 from .packages import obtain, read_members
 from .photo_sources import IMAGE_SUFFIXES, PHOTO_SOURCES, PhotoSource
@@ -97,7 +99,7 @@ def _store(image: Image.Image, blob: bytes, name: str, folder: Path, max_side: i
         buf = io.BytesIO()
         image.save(buf, format="PNG")
         path, data = folder / (name.rsplit(".", 1)[0] + ".png"), buf.getvalue()
-    path.write_bytes(data)
+    write_bytes(path, data)
     return path, hashlib.sha256(data).hexdigest()
 
 
@@ -123,7 +125,7 @@ class PhotoCollector:
                     "split_rule": "held-out when int(sha256[:8], 16) / 2**32 < fraction",
                     "max_side": self.max_side, "packages": self.archives,
                     "photos": self.kept, "dropped": self.dropped}
-        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        write_json(self.out / "manifest.json", manifest, indent=1)
         return manifest
 
     def _collect(self, source: PhotoSource) -> None:
@@ -140,8 +142,11 @@ class PhotoCollector:
         record = {"package": source.package, "version": version, "path": upstream,
                   "sha256": hashlib.sha256(blob).hexdigest()}
         try:
-            image = Image.open(io.BytesIO(blob))
-            image.load()
+            with warnings.catch_warnings():  # Pillow's bomb warning refuses the image too
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(blob))
+                check_pixels(image.height, image.width, "it")  # from the header, before decoding
+                image.load()
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "not usable"
             self.dropped.append({**record, "reason": f"unreadable ({exc})"})
             return

@@ -11,73 +11,123 @@ its payload. Payloads are stored raw, zlib-compressed behind a 4-byte length (Qt
 from __future__ import annotations
 
 import struct
-import zlib
 from pathlib import Path
 
 from ..errors import InputError
+from . import limits
 
 _COMPRESSED, _DIRECTORY, _ZSTD = 0x01, 0x02, 0x04
 
 
+MAX_DEPTH = 64  # folders inside folders; real bundles nest a handful
+
+
 class QtResource:
-    """``QtResource(path).files()`` -> ``{"dir/name.webp": bytes}`` for every file entry."""
+    """``QtResource(path).files()`` -> ``{"dir/name.webp": bytes}`` for every file entry.
+
+    The bundle may be hostile: every offset is checked against the bundle, the tree walk
+    visits each entry at most once (no cycles, no shared children, so no exponential fan-out)
+    within :data:`MAX_DEPTH` and :data:`limits.MAX_MEMBERS`, and payloads inflate within
+    :mod:`.limits`; anything malformed is an :class:`InputError` naming the bundle."""
 
     def __init__(self, path: str | Path, raw: bytes | None = None):
         self.path = Path(path)
         self.raw = self.path.read_bytes() if raw is None else raw
         if self.raw[:4] != b"qres":
             raise InputError(f"{self.path} is not a compiled Qt resource (no 'qres' header)")
-        self.version, self.tree, self.data, self.names = struct.unpack(">4I", self.raw[4:20])
+        self.version, self.tree, self.data, self.names = self._unpack(">4I", 4)
         if self.version not in (1, 2, 3):
             raise InputError(f"{self.path}: Qt resource format {self.version} is not supported")
         self.entry_size = 14 if self.version == 1 else 22
+        self.left = limits.expansion_limit(len(self.raw))  # what the payloads may still inflate to
 
     @classmethod
     def from_bytes(cls, raw: bytes, name: str = "<bytes>") -> "QtResource":
         """A bundle already in memory (``name`` is used in messages)."""
         return cls(name, raw)
 
+    def _unpack(self, fmt: str, at: int) -> tuple:
+        size = struct.calcsize(fmt)
+        if at < 0 or at + size > len(self.raw):
+            raise InputError(f"{self.path} is truncated or damaged: it ends at byte {len(self.raw):,}, "
+                             f"an entry points to byte {at:,}")
+        return struct.unpack(fmt, self.raw[at:at + size])
+
+    def _bytes(self, at: int, size: int) -> bytes:
+        if at + size > len(self.raw):
+            raise InputError(f"{self.path} is truncated: a {size:,}-byte payload at byte {at:,} runs past "
+                             f"its end ({len(self.raw):,} bytes)")
+        return self.raw[at:at + size]
+
     def _name(self, offset: int) -> str:
         at = self.names + offset
-        (length,) = struct.unpack(">H", self.raw[at:at + 2])
-        return self.raw[at + 6:at + 6 + 2 * length].decode("utf-16-be")
+        (length,) = self._unpack(">H", at)
+        try:
+            return self._bytes(at + 6, 2 * length).decode("utf-16-be")
+        except UnicodeDecodeError:
+            raise InputError(f"{self.path}: an entry name is not valid UTF-16") from None
 
-    def _payload(self, offset: int, flags: int) -> bytes:
+    def _payload(self, offset: int, flags: int, what: str) -> bytes:
         at = self.data + offset
-        (size,) = struct.unpack(">I", self.raw[at:at + 4])
-        blob = self.raw[at + 4:at + 4 + size]
-        if flags & _COMPRESSED:
-            return zlib.decompress(blob[4:])  # qCompress: 4-byte expected length, then zlib
-        if flags & _ZSTD:
+        (size,) = self._unpack(">I", at)
+        blob = self._bytes(at + 4, size)
+        cap = min(limits.MAX_MEMBER_BYTES, self.left)
+        if flags & _COMPRESSED:  # qCompress: the length it expands to (4 bytes), then zlib
+            (declared,) = struct.unpack(">I", blob[:4]) if len(blob) >= 4 else (0,)
+            if declared > cap:
+                raise limits.too_large(what, cap)
+            out = limits.inflate(blob[4:], declared, what)
+        elif flags & _ZSTD:
             try:
                 import zstandard
             except ImportError:
                 raise InputError(f"{self.path} holds zstd-compressed entries: "
                                  "pip install zstandard") from None
-            return zstandard.ZstdDecompressor().decompress(blob)
-        return blob
-
-    def _walk(self, index: int, prefix: str):
-        at = self.tree + index * self.entry_size
-        name_offset, flags = struct.unpack(">IH", self.raw[at:at + 6])
-        name = self._name(name_offset) if index else ""
-        path = f"{prefix}/{name}" if prefix else name
-        if flags & _DIRECTORY:
-            count, first = struct.unpack(">II", self.raw[at + 6:at + 14])
-            for child in range(first, first + count):
-                yield from self._walk(child, path)
+            try:
+                with zstandard.ZstdDecompressor().stream_reader(blob) as stream:
+                    out = limits.read_capped(stream, cap, what)
+            except zstandard.ZstdError as exc:
+                raise InputError(f"{what}: damaged compressed data ({exc})") from None
         else:
-            (data_offset,) = struct.unpack(">I", self.raw[at + 10:at + 14])
-            yield path, data_offset, flags
+            out = blob
+        self.left -= len(out)
+        return out
+
+    def _walk(self):
+        """``(path, data offset, flags)`` of every file entry, depth first."""
+        end = min(o for o in (self.data, self.names, len(self.raw)) if o > self.tree) \
+            if self.tree < len(self.raw) else self.tree
+        count = (end - self.tree) // self.entry_size  # entries the tree region can hold
+        seen, stack = {0}, [(0, "", 0)]
+        while stack:
+            index, prefix, depth = stack.pop()
+            at = self.tree + index * self.entry_size
+            name_offset, flags = self._unpack(">IH", at)
+            name = self._name(name_offset) if index else ""
+            path = f"{prefix}/{name}" if prefix else name
+            if not flags & _DIRECTORY:
+                (data_offset,) = self._unpack(">I", at + 10)
+                yield path, data_offset, flags
+                continue
+            children, first = self._unpack(">II", at + 6)
+            if depth >= MAX_DEPTH or first + children > min(count, limits.MAX_MEMBERS):
+                raise InputError(f"{self.path}: the folder {path or '/'!r} lists entries outside the tree "
+                                 f"(or nests deeper than {MAX_DEPTH}); the bundle is damaged")
+            for child in range(first + children - 1, first - 1, -1):
+                if child in seen:
+                    raise InputError(f"{self.path}: the entry tree loops back on itself (entry {child} is "
+                                     "listed twice); the bundle is damaged")
+                seen.add(child)
+                stack.append((child, path, depth + 1))
 
     def entries(self) -> list[str]:
         """The paths of every file entry, without reading the payloads."""
-        return [path for path, _, _ in self._walk(0, "")]
+        return [path for path, _, _ in self._walk()]
 
     def files(self, suffixes: tuple[str, ...] | None = None) -> dict[str, bytes]:
         """Every file entry (those whose name ends in one of ``suffixes``, any case)."""
         out = {}
-        for path, offset, flags in self._walk(0, ""):
+        for path, offset, flags in self._walk():
             if suffixes is None or path.lower().endswith(suffixes):
-                out[path] = self._payload(offset, flags)
+                out[path] = self._payload(offset, flags, f"{self.path}: {path}")
         return out

@@ -4,7 +4,6 @@ on raw MRD files (:func:`run_mri_raw`, called from :func:`diffunfold.restore.run
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .. import cli_values as V
@@ -288,6 +287,8 @@ def run_mri_raw(args) -> int:
     for kind, path in paths.items():
         print(f"wrote {path} ({kind})")
     if args.json:
-        Path(args.json).write_text(json.dumps({"command": "mri", "file": str(args.file), "format": "mrd",
-                                               "backend": solver.backend_name, "rows": rows}, indent=2))
+        from ..safe_io import write_json  # whole, and never through a link at that path
+
+        write_json(args.json, {"command": "mri", "file": str(args.file), "format": "mrd",
+                               "backend": solver.backend_name, "rows": rows})
     return 0
