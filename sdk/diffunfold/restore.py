@@ -512,6 +512,20 @@ def _measure(path: Path, job: _Job, seed: int):
     return x, op.measure(x, args.noise, seed=[seed]).astype(np.float32), op, notes, src
 
 
+def _check_memory(job: _Job, shape: tuple[int, int]) -> None:
+    """The solve's memory for an image of ``shape`` (operator grid), checked as the solve will
+    check it but from the header alone: a too-large image is refused before it is decoded."""
+    job.solver.plan(shape, job.args.samples, job.args.tile)
+
+
+def _fits(job: _Job, shape: tuple[int, int]) -> bool:
+    try:
+        _check_memory(job, shape)
+    except InputError:  # reported for that image when its turn comes
+        return False
+    return True
+
+
 def _restore_item(unit: Unit, job: _Job) -> dict:
     """Restore one image and write its outputs (after everything that can fail on the input)."""
     import numpy as np
@@ -526,8 +540,7 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     args = job.args
     index, path = unit.payload
     seed = args.seed + index
-    # the solve's memory from the header (as solve checks it): too large is refused before decoding
-    job.solver.plan(_operator_shape(args, _read_header(path), job.factor), args.samples, args.tile)
+    _check_memory(job, _operator_shape(args, _read_header(path), job.factor))
     x, y, op, notes, src = _measure(path, job, seed)
     noise_std = args.noise if args.noise is not None else float(estimate_noise_std(op, y)[0])
     if args.noise is None:
@@ -640,9 +653,9 @@ def run_restore(args) -> int:
     for n in notes_first:
         print(n)
     job = _Job(args, name, {k: v for k, v in params.items() if k != "mask"}, mask, factor, pkg.space.channels)
-    if mask is None:  # parameters that depend on the image (a blur longer than it) fail here, not per image
-        _operator(job, first_shape)
     job.solver = _load_solver(pkg, args)
+    if mask is None and _fits(job, first_shape):  # parameters that depend on the image (a blur longer
+        _operator(job, first_shape)               # than it) fail here, not per image
     t0 = time.perf_counter()
     batch = run_units(units, lambda u: _restore_item(u, job), args.resume,
                       _progress("restoring", "image", args.quiet), "image", out_dir)
