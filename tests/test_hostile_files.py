@@ -91,6 +91,19 @@ def test_pillows_bomb_warning_range_is_refused_too(tmp_path, no_decoding):
         read_image(bomb)
 
 
+@pytest.mark.timeout(30)
+def test_a_bomb_given_as_a_mask_or_training_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    from diffunfold.data.images import load_image
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
+    bomb = tmp_path / "mask.png"
+    bomb.write_bytes(png_header(10000, 10000))
+    with pytest.raises(InputError, match="bomb"):
+        load_image(bomb, channels=1)
+
+
 # -- case 6: `diffunfold data` outputs -------------------------------------------------------------
 
 def _photo_packages(folder: Path) -> None:

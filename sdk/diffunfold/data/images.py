@@ -19,6 +19,7 @@ import hashlib
 import math
 import operator
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from PIL import Image, ImageOps
 from .._array import to_numpy
 from ..errors import InputError
 from ..safe_io import atomic_write
+from .image_io import check_pixels
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -95,7 +97,11 @@ def _open(path: str | os.PathLike, channels: int) -> Image.Image:
     """Decode ``path`` fully (so the file is closed) into a mode-normalised PIL image."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow's bomb warning refuses the file too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            check_pixels(img.height, img.width, f"image file {str(path)!r}")  # before decoding
             img.load()
             # Camera JPEGs store their rotation in EXIF; apply it so crops are upright (the
             # check skips exif_transpose's full copy for the usual upright image).
@@ -106,7 +112,9 @@ def _open(path: str | os.PathLike, channels: int) -> Image.Image:
         raise InputError(f"image file {str(path)!r} does not exist") from exc
     except IsADirectoryError as exc:
         raise InputError(f"{str(path)!r} is a directory, not an image file") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except InputError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InputError(
             f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); the file is "
             "corrupt, truncated or not an image: re-download it or remove it from the folder"
