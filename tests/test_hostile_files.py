@@ -38,7 +38,7 @@ BOMB = 100 << 20  # what each archive bomb expands to: above the 64 MiB a small 
 
 def one_line(err: str) -> str:
     """The one line a refusal prints (progress bars aside)."""
-    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not line.strip().endswith("/s]")]
+    lines = [line for line in re.split(r"[\r\n]", err) if line.strip() and not re.search(r"\d+%\|", line)]
     assert len(lines) == 1, err
     return lines[0]
 

@@ -157,8 +157,9 @@ def _decompressed(name: str, raw, path: Path):
 
 
 # What a damaged archive raises on the way through its decompressors and tar or zip reader.
+# (zipfile: NotImplementedError for an unknown compression method, RuntimeError for encryption)
 _DAMAGED = (tarfile.TarError, zipfile.BadZipFile, lzma.LZMAError, zlib.error, EOFError, OSError,
-            UnicodeDecodeError, ValueError)
+            UnicodeDecodeError, ValueError, NotImplementedError, RuntimeError)
 
 
 def _deb_members(path: Path, wanted) -> dict[str, bytes]:
@@ -187,6 +188,8 @@ def _wheel_members(path: Path, wanted) -> dict[str, bytes]:
     """The wanted files of a wheel, each read to its declared size within the archive's budget."""
     out, left = {}, limits.expansion_limit(path.stat().st_size)
     with zipfile.ZipFile(path) as z:
+        if len(z.infolist()) > limits.MAX_MEMBERS:
+            raise InputError(f"{path}: more than {limits.MAX_MEMBERS:,} entries; not read")
         for info in z.infolist():
             if not wanted(info.filename) or info.is_dir():
                 continue
