@@ -19,11 +19,11 @@ import tempfile
 import tracemalloc
 import zipfile
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from diffunfold.cli import main
 from diffunfold.data.packages import Package, read_members
 from diffunfold.data.qt_rcc import QtResource
@@ -93,9 +93,8 @@ def test_pillows_bomb_warning_range_is_refused_too(tmp_path, no_decoding):
 
 @pytest.mark.timeout(30)
 def test_a_bomb_given_as_a_mask_or_training_image_is_refused_before_decoding(tmp_path, monkeypatch):
-    from PIL import ImageFile
-
     from diffunfold.data.images import load_image
+    from PIL import ImageFile
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
     bomb = tmp_path / "mask.png"
@@ -358,7 +357,7 @@ def test_package_file_names_stay_inside_the_package(tmp_path):
     shutil.copy(tmp_path / "ok" / "weights.onnx", outside / "w.onnx")
     for name in ("../outside/w.onnx", str(outside / "w.onnx"), "sub/../../outside/w.onnx"):
         pkg = fake_package(tmp_path / "p")
-        rewrite(pkg, lambda m: _rename_weights(m, name))
+        rewrite(pkg, partial(_rename_weights, name=name))
         with pytest.raises(InputError, match="leaves the package|absolute"):
             ModelPackage.open(pkg)
     linked = fake_package(tmp_path / "linked")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import h5py
@@ -88,8 +89,8 @@ def collect_volumes(out: Path, packages: Path, offline: bool = False,
             raise InputError(f"{package.path.name} has no {src.member}")
         volume, spacing = load_nifti(blob, Path(src.member).name)
         path = out / src.split / f"{src.name}.h5"
-        atomic_write(path, lambda tmp: _write_volume(tmp, volume, spacing, f"{package.name} {package.version}: "
-                                                                        f"{src.member}"))
+        source = f"{package.name} {package.version}: {src.member}"
+        atomic_write(path, partial(_write_volume, volume=volume, spacing=spacing, source=source))
         records.append({"name": src.name, "split": src.split, "file": path.relative_to(out).as_posix(),
                         "package": package.name, "version": package.version, "kind": src.kind,
                         "archive_sha256": package.sha256, "path": src.member,

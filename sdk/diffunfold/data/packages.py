@@ -77,7 +77,7 @@ def download(kind: str, name: str, folder: Path) -> Package:
     else:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", "-d", str(folder), name]
-    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
     package = find_package(folder, kind, name)
     if done.returncode != 0 or package is None:
         raise InputError(f"could not fetch {kind} package {name!r}: {_failure(kind, done, folder)}")
