@@ -320,6 +320,25 @@ def test_truncated_and_bomb_rcc_payloads_are_refused(declared):
             QtResource.from_bytes(bundle[:cut], "cut.rcc").files()
 
 
+@pytest.mark.timeout(30)
+def test_a_nifti_declaring_a_huge_volume_is_refused_before_reading(monkeypatch):
+    nibabel = pytest.importorskip("nibabel")
+    import gzip
+
+    from diffunfold.data.mri_volumes import load_nifti
+
+    monkeypatch.setattr(nibabel.arrayproxy.ArrayProxy, "__array__",
+                        lambda self, *a, **k: pytest.fail("the voxels were read"))
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.int16)
+    blob = gzip.compress(header.binaryblock + bytes(4) + bytes(1000))  # 16 GiB declared, 1 KB held
+    with pytest.raises(InputError, match="declares a volume"):
+        load_nifti(blob, "head.nii.gz")
+    with pytest.raises(InputError, match="not a readable NIfTI"):
+        load_nifti(blob[:40], "cut.nii.gz")
+
+
 # -- cases 9 and 10: model packages ---------------------------------------------------------------
 
 def fake_package(folder: Path, **changes) -> Path:

@@ -11,7 +11,9 @@ volume's package, version, path inside it, licence, and SHA-256 of the original 
 from __future__ import annotations
 
 import hashlib
+import math
 import tempfile
+import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,6 +23,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..safe_io import atomic_write, write_json
+from . import limits
 from .licences import licence_of, parse_copyright
 from .packages import Package, obtain, read_members
 
@@ -60,6 +63,16 @@ def _licence(package: Package, member: str) -> str:
     return "unknown"
 
 
+def _check_declared_size(image, name: str) -> None:
+    """Refuse a volume whose header declares more voxels than :data:`limits.MAX_MEMBER_BYTES`
+    holds as float32 (a compressed NIfTI can declare any size)."""
+    shape = tuple(int(n) for n in image.shape)
+    need = math.prod(shape) * max(image.get_data_dtype().itemsize, 4)
+    if need > limits.MAX_MEMBER_BYTES:
+        raise InputError(f"{name} declares a volume of {shape} voxels ({need:,} bytes), more than the "
+                         f"{limits.MAX_MEMBER_BYTES:,} a volume may have here; it was not read")
+
+
 def load_nifti(blob: bytes, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
     """A NIfTI file's bytes -> (float32 volume in RAS+ orientation, voxel spacing in mm)."""
     try:
@@ -70,9 +83,16 @@ def load_nifti(blob: bytes, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(blob)
-        image = nibabel.as_closest_canonical(nibabel.load(path))
-        volume = np.asarray(image.dataobj, dtype=np.float32)
-        spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+        try:
+            image = nibabel.load(path)
+            _check_declared_size(image, name)  # from the header, before the voxels are read
+            image = nibabel.as_closest_canonical(image)
+            volume = np.asarray(image.dataobj, dtype=np.float32)
+            spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+        except InputError:
+            raise
+        except (nibabel.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+            raise InputError(f"{name} is not a readable NIfTI volume ({type(exc).__name__}: {exc})") from None
     if volume.ndim != 3 or not np.all(np.isfinite(volume)):
         raise InputError(f"{name}: expected a finite 3-D volume, got shape {volume.shape}")
     return volume, spacing
