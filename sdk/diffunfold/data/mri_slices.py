@@ -24,6 +24,8 @@ from .fastmri import percentile_normalize
 from .mri_volumes import read_volume
 
 COIL_COUNTS = (8, 12, 15, 16, 20)
+# Pixel sizes of native-resolution training windows (mm): a 320 px brain scan to a 64 px survey.
+NATIVE_MM = (0.8, 4.5)
 
 
 def usable_slices(volume: np.ndarray, axis: int, min_fraction: float = 0.2) -> np.ndarray:
@@ -81,17 +83,32 @@ class VolumeSlices:
         self.volumes = [read_volume(p) for p in paths]
         self.slices = [[usable_slices(v, a) for a in range(3)] for v, _ in self.volumes]
 
-    def random(self, rng: np.random.Generator, ncoils: int) -> dict:
-        """A random slice (orientation, position, rotation, zoom, shift, phase) on random coils."""
+    def random(self, rng: np.random.Generator, ncoils: int, native: bool = False) -> dict:
+        """A random slice (orientation, position, rotation, zoom, shift, phase) on random coils.
+        ``native``: a window at a scanner's pixel size (``NATIVE_MM`` per pixel, log-uniform)
+        anywhere over the head, instead of the whole head; the coils' ring stays where it would
+        be around the whole field of view, so their maps are as smooth as a scan's."""
         v = int(rng.integers(len(self.volumes)))
         axis = int(rng.integers(3))
         volume, spacing = self.volumes[v]
         index = int(rng.choice(self.slices[v][axis]))
         plane, sp = _plane(volume, spacing, axis, index)
-        mag = render_slice(plane, sp, self.size, angle=rng.uniform(-math.pi, math.pi),
-                           zoom=rng.uniform(1.0, 1.3), shift=rng.uniform(-0.05, 0.05, size=2))
-        maps = birdcage_maps(ncoils, (self.size, self.size), radius=rng.uniform(1.5, 2.2),
-                             rotation=rng.uniform(0, 2 * math.pi))
+        angle = rng.uniform(-math.pi, math.pi)
+        radius = rng.uniform(1.5, 2.2)
+        if native:
+            extent = max(plane.shape[0] * sp[0], plane.shape[1] * sp[1])
+            zoom = self.size * math.exp(rng.uniform(*np.log(NATIVE_MM))) / extent
+            room = max(0.0, 0.5 * (1.1 - zoom)) / zoom  # the window's centre stays over the head
+            head = 0.1 * float(np.percentile(plane, 99))
+            for _ in range(8):  # a window that is mostly background is drawn again
+                mag = render_slice(plane, sp, self.size, angle=angle, zoom=zoom, shift=rng.uniform(-room, room, size=2))
+                if np.mean(mag > head) >= 0.25:
+                    break
+            radius *= max(1.0, 1.1 / zoom)
+        else:
+            mag = render_slice(plane, sp, self.size, angle=angle, zoom=rng.uniform(1.0, 1.3),
+                               shift=rng.uniform(-0.05, 0.05, size=2))
+        maps = birdcage_maps(ncoils, (self.size, self.size), radius=radius, rotation=rng.uniform(0, 2 * math.pi))
         return {"image": _finish(mag, smooth_phase(self.size, rng)), "coil_maps": maps.astype(np.complex64)}
 
     def fixed(self, count: int, ncoils: int = 15, seed: int = 0) -> list[dict]:

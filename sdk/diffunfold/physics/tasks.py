@@ -15,7 +15,7 @@ from ..errors import InputError
 from .base import LinearOperator
 from .blur import GaussianBlur, MotionBlur
 from .inpainting import Inpainting
-from .mri import MASK_KINDS, MultiCoilMRI, birdcage_maps, mri_mask
+from .mri import MASK_KINDS, MultiCoilMRI, birdcage_maps, default_center_fraction, mri_mask
 from .superres import SR_KERNELS, SuperResolution
 
 
@@ -196,9 +196,13 @@ class MRITaskSampler:
         if bad:
             raise InputError(f"unknown mask kinds {bad}; choose from {MASK_KINDS}")
 
+    center_floor: float = 0.0  # the fully sampled centre's fraction at least this
+
     def sample(self, rng: np.random.Generator, coil_maps) -> SampledTask:
         kind, acc = self.patterns[int(rng.integers(len(self.patterns)))]
         params = {"kind": kind, "acceleration": float(acc), "seed": int(rng.integers(2**31))}
+        if self.center_floor > default_center_fraction(acc):
+            params["center_fraction"] = float(self.center_floor)
         shape = tuple(coil_maps.shape[-2:])
         return SampledTask("mri", params, make_operator("mri", shape, coil_maps=coil_maps, **params))
 

@@ -27,11 +27,14 @@ from ..data.phantom import random_phantom
 from ..errors import InputError
 from ..physics.mri import birdcage_maps
 from ..physics.tasks import MRITaskSampler, TaskSampler
+from ..scanner import ScannerSettings
 from .config import TrainConfig
+from .scanner_batches import scan_batch
 
 _TASK_STREAM = 2**32 - 1     # the index of the per-step task stream (never an image index)
 _VAL_STREAM = 2**32 - 2
 _COIL_STREAM = 2**32 - 3
+MIN_CALIBRATION = 8  # scanner batches: calibration lines (1-D) or side (2-D) at least
 
 
 class ImageSource:
@@ -73,12 +76,13 @@ class VolumeSliceSource:
     """Random slices of real head volumes (:class:`VolumeSlices`) on simulated coils; the coil
     count is drawn once per step (the batch shares the operator's shape)."""
 
-    def __init__(self, slices: VolumeSlices):
+    def __init__(self, slices: VolumeSlices, native: bool = False):
         self.slices = slices
+        self.native = native
 
     def draw_batch(self, rngs: list[np.random.Generator], step_rng: np.random.Generator) -> list[dict]:
         ncoils = int(step_rng.choice(COIL_COUNTS))
-        return [self.slices.random(g, ncoils) for g in rngs]
+        return [self.slices.random(g, ncoils, native=self.native) for g in rngs]
 
 
 def make_source(cfg: TrainConfig, split: str = "train"):
@@ -90,7 +94,7 @@ def make_source(cfg: TrainConfig, split: str = "train"):
     if d.source == "phantom":
         return PhantomSource(d.size, d.ncoils)
     if d.source == "volumes":
-        return VolumeSliceSource(VolumeSlices(d.path if split == "train" else d.val_path, d.size))
+        return VolumeSliceSource(VolumeSlices(d.path if split == "train" else d.val_path, d.size), d.native_crops)
     path = d.path if split == "train" else d.val_path
     if path is None:
         return None
@@ -133,7 +137,9 @@ class TrainingBatches(torch.utils.data.Dataset):
         self.source = make_source(cfg, "train")
         size = (cfg.data.size, cfg.data.size)
         if cfg.data.is_mri:
-            self.tasks = MRITaskSampler(cfg.data.mri_patterns)
+            # a scan's maps come from its calibration region: ESPIRiT needs a few lines of it
+            floor = MIN_CALIBRATION / cfg.data.size if cfg.data.scanner else 0.0
+            self.tasks = MRITaskSampler(cfg.data.mri_patterns, center_floor=floor)
         else:
             self.tasks = TaskSampler(size, families=cfg.data.tasks, missing=cfg.data.inpainting_missing,
                                      sr_factors=cfg.data.sr_factors)
@@ -170,6 +176,8 @@ class TrainingBatches(torch.utils.data.Dataset):
             # Paper 4.1: sigma_y proportional to the k-space magnitude (factor mri_noise).
             kmax = np.abs(task.operator.A(x)).reshape(len(x), -1).max(axis=1)
             sigma_y = np.array([self._noise_fraction(g) for g in rngs]) * self.cfg.data.mri_noise * kmax
+            if self.cfg.data.scanner:
+                return self._scanner_item(step, x, task, sigma_y, rngs)
         else:
             task = self.tasks.sample(task_rng)
             sigma_y = np.array([self._noise_fraction(g) for g in rngs]) * self.cfg.data.noise_max
@@ -180,6 +188,16 @@ class TrainingBatches(torch.utils.data.Dataset):
         noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
         return {"step": step, "x": x, "y": y, "operator": task.operator, "task": task.task,
                 "params": task.params, "sigma": sigma, "noise": noise, "sigma_y": sigma_y}
+
+
+    def _scanner_item(self, step: int, x, task, sigma_y, rngs) -> dict[str, Any]:
+        """The batch as a scanner delivers it (:mod:`.scanner_batches`); the diffusion draws
+        come after the scan's, from the same per-image streams."""
+        scan = scan_batch(x, task.operator, sigma_y, rngs, ScannerSettings(map_floor=self.cfg.data.map_floor))
+        sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
+        shape = (self.space.model_channels, *x.shape[-2:])
+        noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
+        return {"step": step, **scan, "task": task.task, "params": task.params, "sigma": sigma, "noise": noise}
 
 
 def keep_as_is(item):

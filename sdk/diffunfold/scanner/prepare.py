@@ -1,0 +1,130 @@
+"""Measured multi-coil k-space -> what the solver needs, the same way everywhere.
+
+``prepare_kspace`` is the pipeline of ``diffunfold mri``, the MRD server, the Python API and
+the MRI training data (which simulates a scan and then runs it, so that the model learns from
+the maps and noise levels it will be given):
+
+1. prewhiten with the coil noise covariance, when noise-scan lines gave one;
+2. the noise level: 1 after prewhitening, else given, else estimated from the calibration
+   region (:func:`~.noise.estimate_kspace_noise`);
+3. coil compression to ``virtual_coils`` (SVD over the calibration region);
+4. coil maps: ESPIRiT from the calibration region (or the low-resolution ratio maps);
+5. the maps' residual on the calibration data, a floor under the noise level the data step
+   is given (``map_floor`` times it), since no image matches data through estimated maps;
+6. the scale: the 99th percentile of the zero-filled SENSE magnitude maps to 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import InputError
+from ..physics.mri import MultiCoilMRI, estimate_coil_maps
+from .coils import calibration_region, calibration_width, compression_matrix, espirit_maps, map_residual
+from .noise import estimate_kspace_noise, prewhiten, whitening_matrix
+
+COIL_MAP_METHODS = ("espirit", "calibration")
+
+
+@dataclass(frozen=True)
+class ScannerSettings:
+    """How measured k-space is turned into a reconstruction problem (see the module)."""
+
+    coil_maps: str = "espirit"       # espirit | calibration (low-resolution ratio maps)
+    virtual_coils: int | None = 8    # SVD coil compression; None keeps every coil
+    espirit_crop: float = 0.0        # ESPIRiT support threshold (0: maps everywhere, as trained)
+    espirit_kernel: int = 6
+    map_floor: float = 0.3           # weight of the maps' residual in the data step's noise level
+
+    def checked(self) -> "ScannerSettings":
+        if self.coil_maps not in COIL_MAP_METHODS:
+            raise InputError(f"coil maps must be one of {COIL_MAP_METHODS}, got {self.coil_maps!r}")
+        v = self.virtual_coils
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise InputError(f"virtual_coils must be a positive integer or None, got {v!r}")
+        if not 0.0 <= float(self.espirit_crop) < 1.0:
+            raise InputError(f"espirit_crop must be in [0, 1), got {self.espirit_crop!r}")
+        if not (np.isfinite(self.map_floor) and self.map_floor >= 0):
+            raise InputError(f"map_floor must be finite and >= 0, got {self.map_floor!r}")
+        return self
+
+
+@dataclass
+class Prepared:
+    """A scan ready for ``Solver.solve(prepared.y, prepared.operator, noise_std=prepared.data_std)``.
+    Levels are k-space standard deviations in the model's units (the data's over ``scale``)."""
+
+    operator: MultiCoilMRI
+    y: np.ndarray                    # (1, Nv, H, W) complex64, scaled
+    scale: float                     # the data's units per model unit
+    noise_std: float                 # the measurement noise (estimated, given, or 1 / scale whitened)
+    map_std: float                   # what the coil maps cannot explain
+    data_std: float                  # what the data step is told: sqrt(noise^2 + (map_floor map)^2)
+    info: dict = field(default_factory=dict)
+
+
+def _check(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
+    k = np.asarray(kspace)
+    if k.ndim != 3 or not np.iscomplexobj(k):
+        raise InputError(f"k-space must be complex (coils, H, W), got {k.dtype} {k.shape}")
+    m = np.asarray(mask, dtype=np.float32)
+    if m.shape != k.shape[-2:]:
+        raise InputError(f"the mask is {m.shape} but the k-space is {k.shape[-2:]}; they must match")
+    if not np.all(np.isfinite(k)):
+        raise InputError("the k-space contains NaN or Inf")
+    return k.astype(np.complex64) * m, m
+
+
+def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_covariance=None,
+                   noise_std: float | None = None, coil_maps=None) -> Prepared:
+    """Measured k-space ``(Nc, H, W)`` (zeros where not sampled) and its mask ``(H, W)`` -> a
+    :class:`Prepared` problem. ``noise_covariance``: ``(Nc, Nc)`` from noise-scan lines
+    (prewhitening); ``noise_std``: the k-space noise level in the data's units, when known;
+    ``coil_maps``: given maps ``(Nc, H, W)`` (no estimation, no compression)."""
+    s = (settings or ScannerSettings()).checked()
+    k, m = _check(kspace, mask)
+    info: dict = {"coils": int(k.shape[0])}
+    if noise_covariance is not None:
+        k = prewhiten(k, whitening_matrix(noise_covariance))
+        noise_std, info["noise"] = 1.0, "prewhitened (noise scan)"
+    region = calibration_region(m)
+    info["calibration_width"] = calibration_width(region)
+    if noise_std is None:
+        noise_std, how = estimate_kspace_noise(k, m)
+        info["noise"] = f"estimated: {how}"
+    elif "noise" not in info:
+        info["noise"] = "given"
+    if coil_maps is None:
+        k, maps = _estimate_maps(k, region, s, info)
+    else:
+        maps = np.asarray(coil_maps)
+        info["coil_maps"] = "given"
+    map_std = map_residual(k, maps, region, float(noise_std)) if coil_maps is None else 0.0
+    op = MultiCoilMRI(maps, m)
+    scale = float(np.percentile(np.abs(np.asarray(op.pinv(k[None]))), 99))
+    if not np.isfinite(scale) or scale <= 0:
+        raise InputError("the k-space is all zero; nothing to reconstruct")
+    data_std = float(np.hypot(noise_std, s.map_floor * map_std))
+    info.update(asdict(s))
+    return Prepared(operator=op, y=(k[None] / scale).astype(np.complex64), scale=scale,
+                    noise_std=float(noise_std) / scale, map_std=map_std / scale, data_std=data_std / scale,
+                    info=info)
+
+
+def _estimate_maps(k: np.ndarray, region, s: ScannerSettings, info: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Compressed k-space and the coil maps estimated from it."""
+    if s.virtual_coils is not None and s.virtual_coils < k.shape[0]:
+        matrix, kept = compression_matrix(k[:, region[0], region[1]], s.virtual_coils)
+        k = np.einsum("vc,chw->vhw", matrix, k, optimize=True).astype(np.complex64)
+        info.update(virtual_coils=int(matrix.shape[0]), calibration_energy_kept=kept)
+    if s.coil_maps == "espirit":
+        maps = espirit_maps(k, region, kernel_width=s.espirit_kernel, crop=s.espirit_crop)
+    else:
+        calib = np.zeros_like(k)
+        calib[:, region[0], region[1]] = k[:, region[0], region[1]]
+        fraction = min(calibration_width(region) / max(k.shape[-2:]), 0.08)
+        maps = np.asarray(estimate_coil_maps(calib, calib_fraction=fraction), np.complex64)
+    info["coil_maps"] = s.coil_maps
+    return k, maps
