@@ -17,6 +17,7 @@ import numpy as np
 from .._array import fft_of, is_complex, like, namespace, real_dtype_for, to_numpy
 from ..errors import InputError
 from .base import LinearOperator
+from .mri_rows import exact_prox, row_eigensystems
 
 MASK_KINDS = ("uniform1d", "random1d", "gaussian1d", "gaussian2d")
 _AXES = (-2, -1)
@@ -97,6 +98,7 @@ class MultiCoilMRI(LinearOperator):
         self._mask = m.astype(np.float64)
         self.ncoils = int(maps.shape[1])
         self._recipe = recipe
+        self._eig: tuple[np.ndarray, np.ndarray] | None = None
         # On an even grid the centring shifts fold into the constants:
         # fftshift(F(ifftshift(v))) = (-1)^(H/2 + W/2) * C * F(C * v), C the (-1)^(i+j)
         # checkerboard; this saves four full copies of the coil images per gradient.
@@ -167,6 +169,24 @@ class MultiCoilMRI(LinearOperator):
         m = self._const(f"M'{len(axes)}", self._unshifted_mask, x, dtype=real_dtype_for(xp, x.dtype))
         coil_images = fft.ifftn(m * fft.fftn(s * x, axes=axes, norm="ortho"), axes=axes, norm="ortho")
         return xp.sum(s_conj * coil_images, axis=1, keepdims=True)
+
+    def _prox(self, v, y, weight, iterations: int):
+        """Exact for a 1-D mask (:mod:`.mri_rows`: one eigendecomposition per slice, then two
+        matrix products per step, whatever ``iterations`` says); CG otherwise."""
+        if not self._is_1d:
+            return super()._prox(v, y, weight, iterations)
+        xp = namespace(v)
+        real = real_dtype_for(xp, v.dtype)
+        vectors = self._const("V", lambda: self._rows()[0], v, dtype=v.dtype)
+        vectors_h = self._const("V^H", lambda: np.conj(np.swapaxes(self._rows()[0], -1, -2)), v, dtype=v.dtype)
+        values = self._const("lam", lambda: self._rows()[1], v, dtype=real)
+        return exact_prox(xp, vectors, vectors_h, values, self._adjoint_y(y), v, weight)
+
+    def _rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """The per-row eigensystems of ``A^H A`` (computed once per operator)."""
+        if self._eig is None:
+            self._eig = row_eigensystems(self._maps, self._unshifted_mask())
+        return self._eig
 
     @functools.cached_property
     def _is_1d(self) -> bool:
