@@ -2,7 +2,8 @@
 
 The same :class:`SliceAssembler` serves the streaming server and the MRD file reader, so a
 file and its stream reconstruct identically. It keeps imaging lines of 2-D Cartesian scans,
-puts calibration lines aside for the coil maps, skips noise, navigator, phase-correction and
+puts calibration lines aside for the coil maps, collects noise-scan lines (for prewhitening)
+and skips them as imaging data, as it skips navigator, phase-correction and
 other non-imaging scans by their flags, removes the readout oversampling and hands a slice
 over on its last-in-slice (or the last-in-measurement) flag. Every acquisition is checked
 against the header (its sizes, channels and every index that keeps k-spaces apart); a mismatch
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from .header import COUNTERS, Encoding
+from .noise_scan import NoiseScan
 
 __all__ = ["SliceData", "SliceAssembler", "SKIPPED_FLAGS"]
 
@@ -47,6 +49,7 @@ class SliceData:
     reference: object                         # ismrmrd.AcquisitionHeader of the centre line
     acquisitions: int = 0
     nbytes: int = 0                           # bytes charged to the assembler's account
+    noise_covariance: np.ndarray | None = None  # (coils, coils) from the stream's noise scan, if any
 
     @property
     def slice(self) -> int:
@@ -106,11 +109,15 @@ class SliceAssembler:
     coils: int | None = None
     _buffers: dict = field(default_factory=dict)
     _count: int = 0
+    noise: NoiseScan = field(default_factory=NoiseScan)
+    _dwell_us: float | None = None
 
     def add(self, acq) -> list[SliceData]:
         """Take one ``ismrmrd.Acquisition``; return the slices it completes (usually none)."""
         self._count += 1
         number = self._count
+        if _flag(acq, _NOISE):
+            self.noise.add(acq)
         for bit, reason in SKIPPED_FLAGS.items():
             if _flag(acq, bit):
                 self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -179,7 +186,7 @@ class SliceAssembler:
                                                                                       buf.calib_counts)
         return SliceData(key=key, kspace=kspace, sampled=sampled, calibration=calibration,
                          calibrated=buf.calib_counts > 0, reference=buf.reference, acquisitions=buf.acquisitions,
-                         nbytes=buf.nbytes)
+                         nbytes=buf.nbytes, noise_covariance=self.noise.covariance(self._dwell_us))
 
     def _check(self, acq, number: int) -> tuple[int, np.ndarray]:
         """The acquisition's column on the grid and its line ``(coils, H)``, after the checks."""
@@ -213,6 +220,8 @@ class SliceAssembler:
             if value > top:
                 raise InputError(f"{where}: {name} {value} is beyond the header's encoding limits ({name} "
                                  f"up to {top}); the header must declare every index the stream uses")
+        if float(acq.sample_time_us) > 0:
+            self._dwell_us = float(acq.sample_time_us)
         data = np.asarray(acq.data)[:, pre:pre + kept]
         if not np.all(np.isfinite(data)):
             raise InputError(f"{where} holds NaN or Inf k-space samples")

@@ -1,11 +1,12 @@
 """One slice of MRD k-space -> Diff-Unfolding reconstruction -> MRD images.
 
 Shared by the streaming server and by ``diffunfold mri`` on raw MRD files, so both give the
-same images. The acquired lines are the sampling mask (nothing is undersampled again); coil
-maps come from the calibration region (the low-resolution ratio method of
-:func:`~diffunfold.physics.mri.estimate_coil_maps`) or from ESPIRiT (SigPy); the slice is
-scaled to the model's space (99th percentile of the zero-filled SENSE magnitude at 1), solved
-through the runtime with the slice's seed, and scaled back.
+same images. The acquired lines are the sampling mask (nothing is undersampled again). The
+slice goes through the scanner pipeline (:mod:`diffunfold.scanner`): prewhitened with the
+noise scan's coil covariance when the stream had noise lines (else its noise level is
+estimated from the data), coil-compressed, ESPIRiT maps (or the low-resolution ratio maps)
+from the calibration region, scaled to the model's space, solved with the slice's seed and
+scaled back.
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ from ..errors import InputError
 from .assemble import SliceData
 from .header import Encoding
 
-__all__ = ["COIL_MAP_METHODS", "ReconSettings", "Reconstruction", "calibration_lines", "coil_maps",
-           "reconstruct_slice", "to_images"]
+__all__ = ["COIL_MAP_METHODS", "ReconSettings", "Reconstruction", "calibration_lines", "reconstruct_slice",
+           "to_images"]
 
-COIL_MAP_METHODS = ("calibration", "espirit")
+COIL_MAP_METHODS = ("espirit", "calibration")
 RECON_NAME = "DIFFUNFOLD"
-_MAX_CALIB_FRACTION = 0.08  # as estimate_coil_maps' default on fully sampled data
 
 
 @dataclass
@@ -34,7 +34,7 @@ class ReconSettings:
     sampler: str | None = None
     samples: int = 1
     seed: int = 0
-    coil_maps: str = "calibration"
+    coil_maps: str = "espirit"
     bits: int = 12
 
     def checked(self) -> "ReconSettings":
@@ -64,51 +64,18 @@ class Reconstruction:
     image: np.ndarray          # complex64 (H, W) on the output matrix, in the data's units
     std: np.ndarray | None     # float32 (H, W) per-pixel std of the magnitude (samples > 1)
     scale: float               # the data's units per unit of the model's space
-    noise_std: float | None    # sigma_y the solver used (model space)
+    noise_std: float | None    # the k-space noise level, model space (1 / scale when prewhitened)
     seconds: float
+    map_std: float = 0.0       # what the coil maps cannot explain, model space
+    info: dict | None = None   # how the noise and maps were found (diffunfold.scanner.prepare)
 
 
 def calibration_lines(data: SliceData) -> tuple[np.ndarray, np.ndarray]:
-    """Calibration k-space and its lines: the contiguous run of sampled imaging lines around the
-    k-space centre, or the flagged calibration lines where they cover more."""
-    w = data.sampled.size
-    if data.calibrated.any() and not data.sampled[w // 2]:
-        return data.calibration, data.calibrated
-    lo = hi = w // 2
-    if not data.sampled[lo]:
-        raise InputError(f"slice {data.slice}: the k-space centre line was not acquired and no calibration lines "
-                         "were flagged; coil maps cannot be estimated")
-    while lo > 0 and data.sampled[lo - 1]:
-        lo -= 1
-    while hi < w - 1 and data.sampled[hi + 1]:
-        hi += 1
-    lines = np.zeros(w, bool)
-    lines[lo:hi + 1] = True
-    if data.calibrated.sum() > lines.sum():  # separate calibration lines cover more
-        return data.calibration, data.calibrated
-    return data.kspace * lines[None, None, :], lines
-
-
-def coil_maps(data: SliceData, method: str) -> np.ndarray:
-    """Coil sensitivities ``(coils, H, W)`` from the calibration region."""
-    calib, lines = calibration_lines(data)
-    width = int(lines.sum())
-    if method == "espirit":
-        from ..errors import require
-
-        require("sigpy", "eval")
-        import sigpy.mri
-
-        if width < 8:
-            raise InputError(f"slice {data.slice}: ESPIRiT needs at least 8 calibration lines, the scan has "
-                             f"{width}; use the calibration coil maps")
-        maps = sigpy.mri.app.EspiritCalib(calib, calib_width=width, kernel_width=min(6, width // 2),
-                                          show_pbar=False).run()
-        return np.nan_to_num(np.asarray(maps, dtype=np.complex64))
-    from ..physics.mri import estimate_coil_maps
-
-    fraction = min(width / lines.size, _MAX_CALIB_FRACTION)
-    return np.asarray(estimate_coil_maps(calib.astype(np.complex64), calib_fraction=fraction), np.complex64)
+    """Separately flagged calibration lines as ``(k-space, mask)``, or None without them."""
+    if not data.calibrated.any():
+        return None
+    h = data.kspace.shape[-2]
+    return data.calibration, np.broadcast_to(data.calibrated[None, :], (h, data.calibrated.size)).astype(np.float32)
 
 
 def _crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -119,25 +86,20 @@ def _crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def reconstruct_slice(solver, data: SliceData, encoding: Encoding, settings: ReconSettings) -> Reconstruction:
     """Reconstruct one assembled slice with ``solver`` (a :class:`~diffunfold.runtime.Solver`)."""
-    import time
+    from ..scanner import ScannerSettings
+    from ..scanner.reconstruct import reconstruct_kspace
 
-    from ..physics.mri import MultiCoilMRI
-
-    t0 = time.perf_counter()
-    op = MultiCoilMRI(coil_maps(data, settings.coil_maps), data.mask)
-    y = data.kspace[None]
-    scale = float(np.percentile(np.abs(op.pinv(y)), 99))
-    if not np.isfinite(scale) or scale <= 0:
-        raise InputError(f"slice {data.slice}: the k-space is all zero; nothing to reconstruct")
-    y = (y / scale).astype(np.complex64)
-    sol = solver.solve(y, op, steps=settings.steps, sampler=settings.sampler, seed=settings.seed + data.slice,
-                       samples=settings.samples, noise_std=None)
-    noise = sol.extra.get("noise_std")
-    image = _crop(np.asarray(sol.images)[0, 0] * scale, encoding.image_shape).astype(np.complex64)
-    std = None if sol.std is None else _crop(np.asarray(sol.std)[0, 0] * scale, encoding.image_shape)
-    return Reconstruction(image=image, std=None if std is None else std.astype(np.float32), scale=scale,
-                          noise_std=None if noise is None else float(noise[0]),
-                          seconds=time.perf_counter() - t0)
+    try:
+        res = reconstruct_kspace(solver, data.kspace, data.mask, ScannerSettings(coil_maps=settings.coil_maps),
+                                 noise_covariance=data.noise_covariance, calibration=calibration_lines(data),
+                                 steps=settings.steps, sampler=settings.sampler, seed=settings.seed + data.slice,
+                                 samples=settings.samples)
+    except InputError as exc:
+        raise InputError(f"slice {data.slice}: {exc}") from None
+    image = _crop(res.image, encoding.image_shape).astype(np.complex64)
+    std = None if res.std is None else _crop(res.std, encoding.image_shape).astype(np.float32)
+    return Reconstruction(image=image, std=std, scale=res.scale, noise_std=res.noise_std / res.scale,
+                          seconds=res.seconds["total"], map_std=res.map_std / res.scale, info=res.info)
 
 
 def _image(values: np.ndarray, data: SliceData, encoding: Encoding, series: int, meta: dict):

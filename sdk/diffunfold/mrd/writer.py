@@ -64,14 +64,20 @@ def _geometry(slice_index: int, slices: int, thickness: float) -> dict:
             "slice_dir": (0.0, 0.0, 1.0), "patient_table_position": (0.0, 0.0, 0.0)}
 
 
-def _acquisitions(kspace: np.ndarray, sampled, calibration, thickness: float, noise_scans: int, rng):
-    """Every acquisition of the scan, in order: noise scans, then each slice's lines."""
+def _acquisitions(kspace: np.ndarray, sampled, calibration, thickness: float, noise_scans: int, rng,
+                  noise_model=None):
+    """Every acquisition of the scan, in order: noise scans, then each slice's lines.
+    ``noise_model``: ``(std, covariance)`` of the receive chain for the noise scans (default:
+    white at 1e-6)."""
     import ismrmrd.constants as C
 
+    from ..scanner.simulate import correlated_noise
+
     slices, coils, n, _ = kspace.shape
+    std, psi = noise_model if noise_model is not None else (1e-6, np.eye(coils))
     counter = 0
     for _ in range(noise_scans):
-        noise = (rng.standard_normal((coils, n)) + 1j * rng.standard_normal((coils, n))) * 1e-6
+        noise = std * correlated_noise((coils, n), psi, rng)
         counter += 1
         yield _acquisition(noise, 0, 0, counter, _geometry(0, slices, thickness), [C.ACQ_IS_NOISE_MEASUREMENT])
     columns = np.flatnonzero(sampled)
@@ -87,7 +93,8 @@ def _acquisitions(kspace: np.ndarray, sampled, calibration, thickness: float, no
 
 
 def write_mrd_file(path: str | os.PathLike, kspace: np.ndarray, header, sampled: np.ndarray,
-                   calibration: np.ndarray, noise_scans: int = 0, seed: int = 0, overwrite: bool = False) -> Path:
+                   calibration: np.ndarray, noise_scans: int = 0, seed: int = 0, overwrite: bool = False,
+                   noise_model=None) -> Path:
     """Write k-space ``(slices, coils, Hx, W)`` (Hx the oversampled readout) as an MRD file
     with ``header`` (an ``ismrmrd.xsd.ismrmrdHeader``), keeping the ``sampled`` lines."""
     import ismrmrd
@@ -103,7 +110,7 @@ def write_mrd_file(path: str | os.PathLike, kspace: np.ndarray, header, sampled:
         dset = ismrmrd.Dataset(str(tmp), "dataset", mode="w")
         try:
             dset.write_xml_header(header.toXML().encode("utf-8"))
-            for acq in _acquisitions(ks, sampled, calibration, thickness, noise_scans, rng):
+            for acq in _acquisitions(ks, sampled, calibration, thickness, noise_scans, rng, noise_model):
                 dset.append_acquisition(acq)
         finally:
             dset.close()
@@ -114,9 +121,11 @@ def write_mrd_file(path: str | os.PathLike, kspace: np.ndarray, header, sampled:
 def write_phantom_mrd(path: str | os.PathLike, slices: int = 4, size: int = 64, coils: int = 8,
                       mask: str = "gaussian1d", acceleration: float = 4.0, oversampling: int = 2,
                       noise_std: float = 0.0, noise_scans: int = 4, seed: int = 0, images: np.ndarray | None = None,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, noise_covariance: np.ndarray | None = None) -> Path:
     """Random phantoms (or ``images``, complex ``(slices, H, W)``) simulated on ``coils``
-    birdcage coils, written as an MRD scan with the readout oversampled ``oversampling`` times."""
+    birdcage coils, written as an MRD scan with the readout oversampled ``oversampling`` times.
+    ``noise_covariance``: the coils' noise covariance ``(coils, coils)``: the imaging lines and
+    the noise scans then carry noise of ``noise_std`` times it (else white imaging noise)."""
     from ..data.phantom import random_phantom, simulate_multicoil
     from .header import make_header
 
@@ -132,12 +141,20 @@ def write_phantom_mrd(path: str | os.PathLike, slices: int = 4, size: int = 64, 
         raise InputError(f"images must be (slices, H, W), got shape {images.shape}")
     n, h, w = images.shape
     pad = (h * oversampling - h) // 2
+    white = noise_std if noise_covariance is None else 0.0
     kspace = np.stack([simulate_multicoil(np.pad(x, ((pad, h * oversampling - h - pad), (0, 0))), coils,
-                                          noise_std, rng) for x in images])
+                                          white, rng) for x in images])
+    noise_model = None
+    if noise_covariance is not None:
+        from ..scanner.simulate import correlated_noise
+
+        psi = np.asarray(noise_covariance)
+        kspace = kspace + noise_std * np.stack([correlated_noise(k.shape, psi, rng) for k in kspace])
+        noise_model = (max(float(noise_std), 1e-6), psi)
     sampled, calibration = sampling_lines(w, mask, acceleration, seed)
     header = make_header((h, w), coils, n, oversampling=oversampling, acceleration=max(1, round(acceleration)),
                          patient_id=Path(path).stem)
-    return write_mrd_file(path, kspace, header, sampled, calibration, noise_scans, seed, overwrite)
+    return write_mrd_file(path, kspace, header, sampled, calibration, noise_scans, seed, overwrite, noise_model)
 
 
 def fastmri_to_mrd(source: str | os.PathLike, path: str | os.PathLike, mask: str = "gaussian1d",

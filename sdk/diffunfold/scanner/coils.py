@@ -8,9 +8,9 @@
   maps are smooth (their bandwidth is the calibration width plus the kernel), so they are
   computed on a coarse grid over the same field of view and interpolated: at 256 px this is
   ~16 times cheaper and changes the maps by far less than their own error.
-* :func:`map_residual`: how much of the calibration data the maps cannot explain, as a k-space
+* :func:`map_residual`: how much of the calibration data the maps do not explain, as a k-space
   standard deviation: the floor under the data-consistency weight, since no image can match
-  data through maps that are only estimates.
+  data exactly through maps that are only estimates.
 """
 
 from __future__ import annotations
@@ -121,10 +121,15 @@ def espirit_maps(kspace: np.ndarray, region: tuple[slice, slice], kernel_width: 
 
 
 def map_residual(kspace: np.ndarray, maps: np.ndarray, region: tuple[slice, slice], noise_std: float = 0.0) -> float:
-    """The k-space standard deviation of the calibration data that ``maps`` cannot explain:
+    """The k-space standard deviation of the calibration data that ``maps`` do not explain:
     the calibration block's coil images less their projection onto the maps, back in k-space
     on the block. White noise of ``noise_std`` leaves ``(Nc - 1) / Nc`` of its variance in that
-    residual; it is taken out, so the value is the maps' error alone."""
+    residual; it is taken out. What remains is the maps' error plus the truncation of the
+    calibration window (a low-pass of ``S x`` is not ``S`` times a low-pass of ``x``), which
+    grows with the signal: for the true maps of a 64 px phantom it is about what ESPIRiT's
+    maps leave. It is a measure of how exactly data can be matched through maps, not of their
+    error alone; the data step's floor is a fraction of it (``ScannerSettings.map_floor``), the
+    same in training and at inference."""
     k = np.asarray(kspace)
     calib = np.zeros_like(k)
     calib[..., region[0], region[1]] = k[..., region[0], region[1]]

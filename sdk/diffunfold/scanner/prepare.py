@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..physics.mri import MultiCoilMRI, estimate_coil_maps
-from .coils import calibration_region, calibration_width, compression_matrix, espirit_maps, map_residual
+from .coils import ESPIRIT_GRID, calibration_region, calibration_width, compression_matrix, espirit_maps, map_residual
 from .noise import estimate_kspace_noise, prewhiten, whitening_matrix
 
 COIL_MAP_METHODS = ("espirit", "calibration")
@@ -36,6 +36,7 @@ class ScannerSettings:
     virtual_coils: int | None = 8    # SVD coil compression; None keeps every coil
     espirit_crop: float = 0.0        # ESPIRiT support threshold (0: maps everywhere, as trained)
     espirit_kernel: int = 6
+    espirit_grid: int = ESPIRIT_GRID  # ESPIRiT's coarse grid side (>= the image: the full grid)
     map_floor: float = 0.3           # weight of the maps' residual in the data step's noise level
 
     def checked(self) -> "ScannerSettings":
@@ -78,18 +79,22 @@ def _check(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_covariance=None,
-                   noise_std: float | None = None, coil_maps=None) -> Prepared:
+                   noise_std: float | None = None, coil_maps=None, calibration=None) -> Prepared:
     """Measured k-space ``(Nc, H, W)`` (zeros where not sampled) and its mask ``(H, W)`` -> a
     :class:`Prepared` problem. ``noise_covariance``: ``(Nc, Nc)`` from noise-scan lines
     (prewhitening); ``noise_std``: the k-space noise level in the data's units, when known;
-    ``coil_maps``: given maps ``(Nc, H, W)`` (no estimation, no compression)."""
+    ``coil_maps``: given maps ``(Nc, H, W)`` (no estimation, no compression);
+    ``calibration``: ``(k-space, mask)`` of separately acquired calibration lines, for the
+    maps when they cover more than the imaging data's own fully sampled centre."""
     s = (settings or ScannerSettings()).checked()
     k, m = _check(kspace, mask)
+    calib_k, calib_m = _calibration(k, m, calibration)
     info: dict = {"coils": int(k.shape[0])}
     if noise_covariance is not None:
-        k = prewhiten(k, whitening_matrix(noise_covariance))
+        whitener = whitening_matrix(noise_covariance)
+        k, calib_k = prewhiten(k, whitener), prewhiten(calib_k, whitener)
         noise_std, info["noise"] = 1.0, "prewhitened (noise scan)"
-    region = calibration_region(m)
+    region = calibration_region(calib_m)
     info["calibration_width"] = calibration_width(region)
     if noise_std is None:
         noise_std, how = estimate_kspace_noise(k, m)
@@ -97,11 +102,11 @@ def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_
     elif "noise" not in info:
         info["noise"] = "given"
     if coil_maps is None:
-        k, maps = _estimate_maps(k, region, s, info)
+        k, calib_k, maps = _estimate_maps(k, calib_k, region, s, info)
+        map_std = map_residual(calib_k, maps, region, float(noise_std))
     else:
-        maps = np.asarray(coil_maps)
+        maps, map_std = np.asarray(coil_maps), 0.0
         info["coil_maps"] = "given"
-    map_std = map_residual(k, maps, region, float(noise_std)) if coil_maps is None else 0.0
     op = MultiCoilMRI(maps, m)
     scale = float(np.percentile(np.abs(np.asarray(op.pinv(k[None]))), 99))
     if not np.isfinite(scale) or scale <= 0:
@@ -113,18 +118,34 @@ def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_
                     info=info)
 
 
-def _estimate_maps(k: np.ndarray, region, s: ScannerSettings, info: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Compressed k-space and the coil maps estimated from it."""
+def _calibration(k: np.ndarray, m: np.ndarray, calibration) -> tuple[np.ndarray, np.ndarray]:
+    """The k-space and mask the maps come from: separate calibration lines where their fully
+    sampled centre is wider than the imaging data's, else the imaging data."""
+    if calibration is None:
+        return k, m
+    ck, cm = _check(*calibration)
+    if ck.shape != k.shape:
+        raise InputError(f"the calibration k-space is {ck.shape} but the imaging k-space is {k.shape}")
+    try:
+        own = calibration_width(calibration_region(m))
+    except InputError:
+        own = 0
+    return (ck, cm) if calibration_width(calibration_region(cm)) > own else (k, m)
+
+
+def _estimate_maps(k: np.ndarray, calib_k: np.ndarray, region, s: ScannerSettings,
+                   info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compressed k-space (imaging and calibration) and the coil maps estimated from it."""
     if s.virtual_coils is not None and s.virtual_coils < k.shape[0]:
-        matrix, kept = compression_matrix(k[:, region[0], region[1]], s.virtual_coils)
-        k = np.einsum("vc,chw->vhw", matrix, k, optimize=True).astype(np.complex64)
+        matrix, kept = compression_matrix(calib_k[:, region[0], region[1]], s.virtual_coils)
+        k, calib_k = (np.einsum("vc,chw->vhw", matrix, a, optimize=True).astype(np.complex64) for a in (k, calib_k))
         info.update(virtual_coils=int(matrix.shape[0]), calibration_energy_kept=kept)
     if s.coil_maps == "espirit":
-        maps = espirit_maps(k, region, kernel_width=s.espirit_kernel, crop=s.espirit_crop)
+        maps = espirit_maps(calib_k, region, kernel_width=s.espirit_kernel, crop=s.espirit_crop, grid=s.espirit_grid)
     else:
-        calib = np.zeros_like(k)
-        calib[:, region[0], region[1]] = k[:, region[0], region[1]]
+        calib = np.zeros_like(calib_k)
+        calib[:, region[0], region[1]] = calib_k[:, region[0], region[1]]
         fraction = min(calibration_width(region) / max(k.shape[-2:]), 0.08)
         maps = np.asarray(estimate_coil_maps(calib, calib_fraction=fraction), np.complex64)
     info["coil_maps"] = s.coil_maps
-    return k, maps
+    return k, calib_k, maps
