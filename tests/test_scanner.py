@@ -150,3 +150,36 @@ def test_exact_row_prox_torch_matches_numpy_and_differentiates():
     np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-4, atol=1e-5)
     out.abs().sum().backward()
     assert torch.isfinite(xt.grad).all() and xt.grad.abs().sum() > 0
+
+
+def _volume_folder(folder):
+    """One small synthetic head-like volume written as `diffunfold data mri-volumes` writes them."""
+    import h5py
+
+    g = np.mgrid[-1:1:40j, -1:1:40j, -1:1:30j]
+    head = (g[0] ** 2 + g[1] ** 2 + (g[2] / 0.8) ** 2 < 0.8).astype(np.float32)
+    head *= 1 + 0.3 * np.sin(6 * g[0]) * np.cos(5 * g[1])
+    folder.mkdir()
+    with h5py.File(folder / "blob.h5", "w") as f:
+        f.create_dataset("volume", data=head)
+        f.attrs["spacing_mm"] = [4.0, 4.0, 5.0]
+    return folder
+
+
+def test_scanner_training_batches_are_fixed_by_the_seed(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sigpy", reason="ESPIRiT needs sigpy")
+    from diffunfold.training.config import load_config
+    from diffunfold.training.data import TrainingBatches
+
+    train = _volume_folder(tmp_path / "train")
+    over = [f'data.source="volumes"', f'data.path="{train}"', f'data.val_path="{train}"', "data.scanner=true",
+            "data.native_crops=true", "data.size=32", "train.batch_size=2"]
+    a, b = TrainingBatches(load_config("mri-small", overrides=over))[3], TrainingBatches(load_config("mri-small", overrides=over))[3]
+    np.testing.assert_array_equal(a["y"], b["y"])
+    np.testing.assert_array_equal(a["operator"].coil_maps, b["operator"].coil_maps)  # the estimated maps
+    np.testing.assert_array_equal(a["sigma_y"], b["sigma_y"])
+    assert a["operator"].ncoils <= 8  # compressed to the virtual coils
+    assert np.all(np.isfinite(a["sigma_y"])) and np.all(a["sigma_y"] >= 0)
+    other = TrainingBatches(load_config("mri-small", overrides=[*over, "train.seed=5"]))[3]
+    assert not np.array_equal(other["y"], a["y"])

@@ -199,10 +199,11 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--acceleration", type=V.ACCELERATION, default=4.0, help="undersampling factor (default: 4)")
     parser.add_argument("--center-fraction", type=V.CENTER_FRACTION, metavar="F",
                         help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)")
-    parser.add_argument("--coil-maps", choices=["estimate", "simulate", "espirit"], default="estimate",
-                        help="estimate from the fully sampled k-space (default), or simulate birdcage coils "
-                             "around the file's reconstruction_rss (the paper's set-up); for MRD raw files: "
-                             "estimate (the calibration region) or espirit")
+    parser.add_argument("--coil-maps", choices=["estimate", "simulate", "espirit"], default=None,
+                        help="fastMRI files: estimate from the fully sampled k-space (default), or simulate "
+                             "birdcage coils around the file's reconstruction_rss (the paper's set-up); MRD raw "
+                             "files: espirit (default; from the calibration region) or estimate (the "
+                             "low-resolution ratio maps)")
     parser.add_argument("--coils", type=V.COILS, default=15, metavar="N",
                         help="simulated coils for --coil-maps simulate (default: 15)")
     parser.add_argument("--noise", type=V.KSPACE_NOISE, default=0.0,
@@ -835,6 +836,7 @@ def run_mri(args) -> int:
     if is_mrd_file(path):
         from .mrd.cli import run_mri_raw
         return run_mri_raw(args)
+    args.coil_maps = args.coil_maps or "estimate"  # a fastMRI file is fully sampled: maps from all of it
     with FastMRIFile(path) as f:  # checks the layout; a missing or foreign file fails here
         count = f.num_slices
     slices = parse_slices(args.slices, count)

@@ -48,8 +48,10 @@ def _add_recon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
                    help="posterior samples per slice: > 1 also returns a std map as series 2 (default: 1)")
     p.add_argument("--seed", type=V.SEED, default=0, help="base seed; slice s uses seed + s (default: 0)")
-    p.add_argument("--coil-maps", choices=["calibration", "espirit"], default="calibration",
-                   help="coil maps from the calibration region (default) or by ESPIRiT (SigPy)")
+    p.add_argument("--coil-maps", choices=["espirit", "calibration"], default="espirit",
+                   help="coil maps by ESPIRiT from the calibration region (default; SigPy) or the "
+                        "low-resolution ratio maps (calibration). Noise-scan lines in the stream prewhiten "
+                        "the coils; without them the noise level is estimated from the data")
     p.add_argument("--bits", type=V.Bounded(8, 16, integer=True), default=12, help="stored bits of the uint16 images (default: 12)")
     p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -253,7 +255,7 @@ def _raw_settings(args):
                          "--coil-maps estimate (its calibration region) or espirit")
     if args.size is not None:
         raise InputError("--size crops fastMRI slices; an MRD raw file is reconstructed on its recon matrix")
-    maps = "espirit" if args.coil_maps == "espirit" else "calibration"
+    maps = "calibration" if args.coil_maps == "estimate" else "espirit"  # None: the default, ESPIRiT
     return ReconSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
                          coil_maps=maps).checked()
 
@@ -280,9 +282,11 @@ def run_mri_raw(args) -> int:
         data = scan.slices[i]
         rec = reconstruct_slice(solver, data, scan.encoding, settings)
         images += to_images(rec, data, scan.encoding, settings, Path(args.package).name)
-        rows.append({"slice": data.slice, "acceleration": data.acceleration, "noise_std": rec.noise_std,
-                     "seconds": rec.seconds})
-        print(f"| slice {data.slice} | {data.acceleration:.2f}x | {rec.seconds:.2f} s |")
+        noise = (rec.info or {}).get("noise", "")
+        rows.append({"slice": data.slice, "acceleration": data.acceleration, "noise_std": rec.noise_std * rec.scale,
+                     "noise": noise, "map_std": rec.map_std * rec.scale, "seconds": rec.seconds})
+        print(f"| slice {data.slice} | {data.acceleration:.2f}x | noise {rec.noise_std * rec.scale:.3g} ({noise}) | "
+              f"{rec.seconds:.2f} s |")
     paths = write_outputs(images, scan.header_xml, args.out, Path(args.file).stem, overwrite=args.overwrite)
     for kind, path in paths.items():
         print(f"wrote {path} ({kind})")
