@@ -129,6 +129,7 @@ def to_images(rec: Reconstruction, data: SliceData, encoding: Encoding, settings
               "DiffUnfoldSteps": settings.steps or "package", "DiffUnfoldSamples": settings.samples,
               "DiffUnfoldSeed": settings.seed + data.slice, "DiffUnfoldCoilMaps": settings.coil_maps,
               "DiffUnfoldScale": repr(per_count), "DiffUnfoldBitsStored": settings.bits,
+              "DiffUnfoldNoise": f"{(rec.noise_std or 0.0) * rec.scale:.6g} ({(rec.info or {}).get('noise', '')})",
               "DiffUnfoldAcceleration": f"{data.acceleration:.3f}", "WindowCenter": top // 2, "WindowWidth": top}
     counts = np.clip(np.rint(mag / per_count), 0, top).astype(np.uint16)
     images = [_image(counts, data, encoding, 1, {**common, "DataRole": "Image", "ImageComment": "diffunfold",
