@@ -86,7 +86,8 @@ def oracle_l1(op, y, truth) -> tuple[float, dict]:
     return best
 
 
-def quality_rows(solver: Solver, items: list[dict], levels, seed: int) -> list[dict]:
+def quality_rows(solvers: dict[str, Solver], items: list[dict], levels, seed: int) -> list[dict]:
+    """Every package on the same scans and prepared problems; the baselines once per scan."""
     rows = []
     for kind, acc in MASKS:
         for level in levels:
@@ -95,34 +96,36 @@ def quality_rows(solver: Solver, items: list[dict], levels, seed: int) -> list[d
                     y, mask = scan(item, kind, acc, level, seed + i)
                     given = item["coil_maps"] if maps == "true" else None
                     p = prepare_kspace(y, mask, coil_maps=given)
-                    t = time.perf_counter()
-                    sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i)
-                    seconds = time.perf_counter() - t
                     truth = item["image"][0]
-                    ours = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
-                    sense, sense_at = oracle_sense(p.operator, p.y, truth)
-                    l1, l1_at = oracle_l1(p.operator, p.y, truth)
-                    rows.append({"mask": f"{kind} {acc:g}x", "noise": level, "maps": maps, "slice": item["name"],
-                                 "diffunfold": ours, "cg_sense": sense, "l1_wavelet": l1,
-                                 "margin": ours - max(sense, l1), "noise_true": level,
-                                 "noise_estimated": p.noise_std * p.scale, "map_std": p.map_std * p.scale,
-                                 "seconds": seconds, "sense_at": sense_at, "l1_at": l1_at})
-                    print(f"{rows[-1]['mask']} noise {level:g} {maps}: {item['name']}: ours {ours:.2f}, "
-                          f"CG-SENSE {sense:.2f}, L1 {l1:.2f} ({seconds:.1f} s)", flush=True)
+                    row = {"mask": f"{kind} {acc:g}x", "noise": level, "maps": maps, "slice": item["name"],
+                           "noise_estimated": p.noise_std * p.scale, "map_std": p.map_std * p.scale}
+                    for name, solver in solvers.items():
+                        sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i)
+                        row[name] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
+                        row[f"{name} s"] = sol.timing.total
+                    row["cg_sense"], row["sense_at"] = oracle_sense(p.operator, p.y, truth)
+                    row["l1_wavelet"], row["l1_at"] = oracle_l1(p.operator, p.y, truth)
+                    rows.append(row)
+                    print({k: v for k, v in row.items() if not k.endswith("_at")}, flush=True)
     return rows
 
 
-def quality_markdown(rows: list[dict]) -> str:
+def quality_markdown(rows: list[dict], names: list[str]) -> str:
     cells = {}
     for r in rows:
         cells.setdefault((r["mask"], r["noise"], r["maps"]), []).append(r)
-    table = [{"mask": m, "noise": f"{n:g}", "maps": maps, "slices": len(rs),
-              "Diff-Unfolding": np.mean([r["diffunfold"] for r in rs]),
-              "CG-SENSE (oracle)": np.mean([r["cg_sense"] for r in rs]),
-              "L1-wavelet (oracle)": np.mean([r["l1_wavelet"] for r in rs]),
-              "margin": np.mean([r["diffunfold"] - max(r["cg_sense"], r["l1_wavelet"]) for r in rs]),
-              "noise estimated": np.mean([r["noise_estimated"] for r in rs])}
-             for (m, n, maps), rs in cells.items()]
+    table = []
+    for (m, n, maps), rs in cells.items():
+        best = [max(r["cg_sense"], r["l1_wavelet"]) for r in rs]
+        row = {"mask": m, "noise": f"{n:g}", "maps": maps, "slices": len(rs)}
+        for name in names:
+            row[name] = np.mean([r[name] for r in rs])
+        row.update({"CG-SENSE (oracle)": np.mean([r["cg_sense"] for r in rs]),
+                    "L1-wavelet (oracle)": np.mean([r["l1_wavelet"] for r in rs])})
+        for name in names:
+            row[f"margin {name}"] = np.mean([r[name] - b for r, b in zip(rs, best)])
+        row["noise estimated"] = np.mean([r["noise_estimated"] for r in rs])
+        table.append(row)
     return ("Magnitude PSNR (dB) after a least-squares scale, mean over the slices; margin: Diff-Unfolding "
             "less the better baseline, per slice, then averaged.\n\n" + markdown_table(table))
 
@@ -229,7 +232,8 @@ def mrd_rows(package: str, items: list[dict], level: float, seed: int) -> list[d
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["quality", "speed", "noise", "mrd"], required=True)
-    ap.add_argument("--package", default=str(ROOT / "samples" / "models" / "mri-small"))
+    ap.add_argument("--package", nargs="+", default=[str(ROOT / "samples" / "models" / "mri-small")],
+                    help="model package(s); quality compares several on the same scans")
     ap.add_argument("--before", help="speed: the package of the slow path (default: --package)")
     ap.add_argument("--volumes", default=str(ROOT / "data" / "mri" / "held-out"),
                     help="held-out head volumes (`diffunfold data mri-volumes DIR`: DIR/held-out)")
@@ -247,23 +251,26 @@ def main(argv=None) -> int:
     for size in args.size:
         items = VolumeSlices(args.volumes, size=size).fixed(args.slices)
         if args.part == "mrd":
-            found = mrd_rows(args.package, items, max(args.noise), args.seed)
+            found = mrd_rows(args.package[0], items, max(args.noise), args.seed)
             rows += found
             parts.append(f"## {size} px, {len(items)} slices, noise {max(args.noise):g}\n\n" + markdown_table(found))
         elif args.part == "noise":
             rows += noise_rows(items, sorted({0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, *args.noise}))
         elif args.part == "quality":
-            found = quality_rows(Solver.load(args.package, backend=args.backend), items, args.noise, args.seed)
+            names = [Path(p).name for p in args.package]
+            names = names if len(set(names)) == len(names) else list(args.package)
+            solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
+            found = quality_rows(solvers, items, args.noise, args.seed)
             rows += found
-            parts.append(f"## {size} px\n\n" + quality_markdown(found))
+            parts.append(f"## {size} px\n\n" + quality_markdown(found, list(solvers)))
         else:
-            fast = Solver.load(args.package, backend=args.backend)
-            slow = Solver.load(args.before or args.package, backend=args.backend)
+            fast = Solver.load(args.package[0], backend=args.backend)
+            slow = Solver.load(args.before or args.package[0], backend=args.backend)
             found = speed_rows(fast, slow, items[0], args.repeats, args.seed)
             rows += found
             parts.append(f"## {size} px, {items[0]['name']}\n\n" + speed_markdown(found))
     markdown = noise_markdown(rows) if args.part == "noise" else "\n\n".join(parts)
-    settings_note = f"\n\nPackage: {args.package}" + (f"; slow path: {args.before}" if args.before else "")
+    settings_note = f"\n\nPackage(s): {', '.join(args.package)}" + (f"; slow path: {args.before}" if args.before else "")
     record(f"scanner-{args.part}", watch, info, args, rows, markdown + settings_note,
            f"MRI as a scanner delivers it: {args.part}")
     return 0

@@ -64,6 +64,7 @@ class Prepared:
     map_std: float                   # what the coil maps cannot explain
     data_std: float                  # what the data step is told: sqrt(noise^2 + (map_floor map)^2)
     info: dict = field(default_factory=dict)
+    coil_transform: np.ndarray | None = None  # (Nv, Nc): the coils the operator has, from the measured ones
 
 
 def _check(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
@@ -90,9 +91,11 @@ def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_
     k, m = _check(kspace, mask)
     calib_k, calib_m = _calibration(k, m, calibration)
     info: dict = {"coils": int(k.shape[0])}
+    transform = np.eye(k.shape[0], dtype=np.complex128)
     if noise_covariance is not None:
         whitener = whitening_matrix(noise_covariance)
         k, calib_k = prewhiten(k, whitener), prewhiten(calib_k, whitener)
+        transform = whitener
         noise_std, info["noise"] = 1.0, "prewhitened (noise scan)"
     region = calibration_region(calib_m)
     info["calibration_width"] = calibration_width(region)
@@ -102,7 +105,8 @@ def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_
     elif "noise" not in info:
         info["noise"] = "given"
     if coil_maps is None:
-        k, calib_k, maps = _estimate_maps(k, calib_k, region, s, info)
+        k, calib_k, maps, compression = _estimate_maps(k, calib_k, region, s, info)
+        transform = compression @ transform
         map_std = map_residual(calib_k, maps, region, float(noise_std))
     else:
         maps, map_std = np.asarray(coil_maps), 0.0
@@ -115,7 +119,7 @@ def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_
     info.update(asdict(s))
     return Prepared(operator=op, y=(k[None] / scale).astype(np.complex64), scale=scale,
                     noise_std=float(noise_std) / scale, map_std=map_std / scale, data_std=data_std / scale,
-                    info=info)
+                    info=info, coil_transform=transform)
 
 
 def _calibration(k: np.ndarray, m: np.ndarray, calibration) -> tuple[np.ndarray, np.ndarray]:
@@ -134,8 +138,10 @@ def _calibration(k: np.ndarray, m: np.ndarray, calibration) -> tuple[np.ndarray,
 
 
 def _estimate_maps(k: np.ndarray, calib_k: np.ndarray, region, s: ScannerSettings,
-                   info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compressed k-space (imaging and calibration) and the coil maps estimated from it."""
+                   info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Compressed k-space (imaging and calibration), the coil maps estimated from it, and the
+    compression matrix (the identity without compression)."""
+    matrix = np.eye(k.shape[0], dtype=np.complex128)
     if s.virtual_coils is not None and s.virtual_coils < k.shape[0]:
         matrix, kept = compression_matrix(calib_k[:, region[0], region[1]], s.virtual_coils)
         k, calib_k = (np.einsum("vc,chw->vhw", matrix, a, optimize=True).astype(np.complex64) for a in (k, calib_k))
@@ -148,4 +154,4 @@ def _estimate_maps(k: np.ndarray, calib_k: np.ndarray, region, s: ScannerSetting
         fraction = min(calibration_width(region) / max(k.shape[-2:]), 0.08)
         maps = np.asarray(estimate_coil_maps(calib, calib_fraction=fraction), np.complex64)
     info["coil_maps"] = s.coil_maps
-    return k, calib_k, maps
+    return k, calib_k, maps, matrix

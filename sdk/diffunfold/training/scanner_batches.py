@@ -7,7 +7,8 @@ region, coil compression, ESPIRiT maps from the calibration region (uncropped, a
 them by default: at 64 px the few calibration lines leave ESPIRiT's eigenvalues under any
 useful crop threshold, so a cropped support would be empty), the maps' residual as a floor under the noise level, and the scale
 from the zero-filled image. The model is trained on the operator with the *estimated* maps,
-the scaled measurement and the estimated noise level: what it will be given at inference.
+the scaled measurement and the estimated noise level: what it will be given at inference; its
+target is the clean image as those maps see it (the true coil images combined with them).
 Every draw comes from the step's per-image streams, so a batch is fixed by its seed.
 """
 
@@ -31,7 +32,12 @@ def scan_batch(x: np.ndarray, true_op: MultiCoilMRI, noise_std: np.ndarray, rngs
         psi = random_noise_covariance(y_clean.shape[1], g)
         y = y_clean[i] + float(noise_std[i]) * correlated_noise(y_clean.shape[1:], psi, g) * mask
         p = prepare_kspace(y, mask, settings)
-        xs.append(x[i] / p.scale)
+        # The target in the estimated maps' convention: ESPIRiT fixes the image only up to a
+        # smooth phase (and |S_est^H S_true| <= 1), so the image the data imply through them is
+        # the true coil images combined with the estimated maps, not x itself.
+        true_maps = np.einsum("vc,chw->vhw", p.coil_transform, true_op.coil_maps[min(i, true_op.coil_maps.shape[0] - 1)])
+        combined = np.sum(np.conj(p.operator.coil_maps[0]) * true_maps, axis=0)
+        xs.append(x[i] * combined / p.scale)
         ys.append(p.y[0])
         maps.append(p.operator.coil_maps[0])
         stds.append(p.data_std)
