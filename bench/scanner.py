@@ -11,7 +11,8 @@ Three parts (``--part``), each written to bench/results/scanner-<part>-<machine>
 * ``speed``: seconds per slice, split into preparation (noise, compression, maps), network,
   physics and the rest, for a slow path (every coil, ESPIRiT on the full grid, CG data steps,
   tiled) and the fast one (8 virtual coils, ESPIRiT on a 64 px grid, exact row-wise data steps
-  for 1-D masks, whole slices), interleaved in one run, with their PSNR.
+  for 1-D masks, whole slices) of the same package, and ``--before``: an earlier package on
+  the slow path; interleaved in one run, with their PSNR.
 * ``noise``: the noise estimate against the true level, 0 included.
 * ``mrd``: a multi-slice raw MRD file with noise-scan lines streamed to ``diffunfold serve``:
   the images back, the noise level each slice reports (prewhitened), PSNR, time per slice.
@@ -130,9 +131,14 @@ def quality_markdown(rows: list[dict], names: list[str]) -> str:
             "less the better baseline, per slice, then averaged.\n\n" + markdown_table(table))
 
 
-def speed_rows(fast: Solver, slow: Solver, item: dict, repeats: int, seed: int) -> list[dict]:
-    paths = {"slow": (slow, ScannerSettings(virtual_coils=None, espirit_grid=1 << 16), False, "auto"),
-             "fast": (fast, ScannerSettings(), True, None)}
+SLOW = ScannerSettings(virtual_coils=None, espirit_grid=1 << 16)
+
+
+def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, seed: int) -> list[dict]:
+    """The package on the slow and the fast path, and (``before``) an earlier package on the slow one."""
+    paths = {"slow": (solver, SLOW, False, "auto"), "fast": (solver, ScannerSettings(), True, None)}
+    if before is not None:
+        paths = {"before": (before, SLOW, False, "auto"), **paths}
     rows = []
     for kind, acc in MASKS:
         y, mask = scan(item, kind, acc, 0.0, seed)
@@ -158,13 +164,15 @@ def speed_markdown(rows: list[dict]) -> str:
     table = []
     for mask in dict.fromkeys(r["mask"] for r in rows):
         med = {}
-        for path in ("slow", "fast"):
+        for path in dict.fromkeys(r["path"] for r in rows):
             rs = [r for r in rows if r["mask"] == mask and r["path"] == path]
             med[path] = {k: float(np.median([r[k] for r in rs])) for k in
                          ("total_s", "prepare_s", "network_s", "physics_s", "other_s", "psnr")}
             table.append({"mask": mask, "path": path, **med[path], "coils": rs[0]["coils"], "tiling": rs[0]["tiling"]})
-        table.append({"mask": mask, "path": "fast / slow", "total_s": med["fast"]["total_s"] / med["slow"]["total_s"],
-                      "psnr": med["fast"]["psnr"] - med["slow"]["psnr"]})
+        for ref in ("slow", "before"):
+            if ref in med:
+                table.append({"mask": mask, "path": f"fast / {ref}", "total_s": med["fast"]["total_s"] / med[ref]["total_s"],
+                              "psnr": med["fast"]["psnr"] - med[ref]["psnr"]})
     return ("Seconds per slice (median of the rounds, interleaved), one posterior sample; psnr: magnitude PSNR; "
             "the ratio row: time fast/slow and the PSNR difference.\n\n" + markdown_table(table))
 
@@ -234,7 +242,7 @@ def main(argv=None) -> int:
     ap.add_argument("--part", choices=["quality", "speed", "noise", "mrd"], required=True)
     ap.add_argument("--package", nargs="+", default=[str(ROOT / "samples" / "models" / "mri-small")],
                     help="model package(s); quality compares several on the same scans")
-    ap.add_argument("--before", help="speed: the package of the slow path (default: --package)")
+    ap.add_argument("--before", help="speed: an earlier package, timed on the slow path too")
     ap.add_argument("--volumes", default=str(ROOT / "data" / "mri" / "held-out"),
                     help="held-out head volumes (`diffunfold data mri-volumes DIR`: DIR/held-out)")
     ap.add_argument("--size", type=int, nargs="+", default=[256], help="slice sizes (px)")
@@ -264,9 +272,9 @@ def main(argv=None) -> int:
             rows += found
             parts.append(f"## {size} px\n\n" + quality_markdown(found, list(solvers)))
         else:
-            fast = Solver.load(args.package[0], backend=args.backend)
-            slow = Solver.load(args.before or args.package[0], backend=args.backend)
-            found = speed_rows(fast, slow, items[0], args.repeats, args.seed)
+            solver = Solver.load(args.package[0], backend=args.backend)
+            before = Solver.load(args.before, backend=args.backend) if args.before else None
+            found = speed_rows(solver, before, items[0], args.repeats, args.seed)
             rows += found
             parts.append(f"## {size} px, {items[0]['name']}\n\n" + speed_markdown(found))
     markdown = noise_markdown(rows) if args.part == "noise" else "\n\n".join(parts)

@@ -183,3 +183,26 @@ def test_scanner_training_batches_are_fixed_by_the_seed(tmp_path):
     assert np.all(np.isfinite(a["sigma_y"])) and np.all(a["sigma_y"] >= 0)
     other = TrainingBatches(load_config("mri-small", overrides=[*over, "train.seed=5"]))[3]
     assert not np.array_equal(other["y"], a["y"])
+
+
+def test_mrd_noise_scan_lines_give_the_covariance_and_prewhiten(tmp_path):
+    pytest.importorskip("ismrmrd", reason="the mrd extra is not installed")
+    from diffunfold.mrd.rawfile import read_raw
+    from diffunfold.mrd.writer import write_phantom_mrd
+
+    rng = np.random.default_rng(5)
+    psi = random_noise_covariance(6, rng)
+    images = np.stack([random_phantom((32, 32), rng) for _ in range(2)])
+    path = write_phantom_mrd(tmp_path / "scan.h5", images=images, coils=6, noise_std=0.05, noise_scans=64,
+                             noise_covariance=psi, acceleration=2.0)
+    scan = read_raw(path)
+    assert scan.skipped.get("noise") == 64
+    for data in scan.slices:
+        cov = data.noise_covariance
+        assert cov is not None and cov.shape == (6, 6)
+        assert np.abs(cov - 0.05**2 * psi).max() < 0.15 * 0.05**2 * np.abs(psi).max()
+        p = prepare_kspace(data.kspace, data.mask, noise_covariance=cov)
+        assert p.info["noise"].startswith("prewhitened") and p.noise_std * p.scale == pytest.approx(1.0)
+        # the whitened data's noise, read from the data alone, is white at unit level
+        white = prewhiten(data.kspace, whitening_matrix(cov))
+        assert estimate_kspace_noise(white, data.mask)[0] == pytest.approx(1.0, rel=0.2)
