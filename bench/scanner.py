@@ -10,9 +10,9 @@ Three parts (``--part``), each written to bench/results/scanner-<part>-<machine>
   image's regularisation weight and iteration count are picked by its PSNR against the truth.
 * ``speed``: seconds per slice, split into preparation (noise, compression, maps), network,
   physics and the rest, for a slow path (every coil, ESPIRiT on the full grid, CG data steps,
-  tiled) and the fast one (8 virtual coils, ESPIRiT on a 64 px grid, exact row-wise data steps
-  for 1-D masks, whole slices) of the same package, and ``--before``: an earlier package on
-  the slow path; interleaved in one run, with their PSNR.
+  tiled), the default one (ESPIRiT on a 64 px grid, exact row-wise data steps for 1-D masks)
+  and a fast one (the default with 8 virtual coils and whole slices) of the same package, and
+  ``--before``: an earlier package on the slow path; interleaved in one run, with their PSNR.
 * ``noise``: the noise estimate against the true level, 0 included.
 * ``mrd``: a multi-slice raw MRD file with noise-scan lines streamed to ``diffunfold serve``:
   the images back, the noise level each slice reports (prewhitened), PSNR, time per slice.
@@ -136,7 +136,8 @@ SLOW = ScannerSettings(virtual_coils=None, espirit_grid=1 << 16)
 
 def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, seed: int) -> list[dict]:
     """The package on the slow and the fast path, and (``before``) an earlier package on the slow one."""
-    paths = {"slow": (solver, SLOW, False, "auto"), "fast": (solver, ScannerSettings(), True, None)}
+    paths = {"slow": (solver, SLOW, False, "auto"), "default": (solver, ScannerSettings(), True, "auto"),
+             "fast": (solver, ScannerSettings(virtual_coils=8), True, None)}
     if before is not None:
         paths = {"before": (before, SLOW, False, "auto"), **paths}
     rows = []
