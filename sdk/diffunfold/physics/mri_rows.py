@@ -10,12 +10,12 @@ proximal step for every weight ``w`` in two matrix products per row:
     x = V [(V^H A^H y + w V^H v) / (lam + w)]
 
 with no CG iterations and no FFTs (the CG it replaces took 60 iterations of 2 x coils FFTs).
-Directions with ``lam`` below ``NULL_FRACTION`` of the largest are treated as the null space
-(``A`` does not see them; the step keeps ``v`` there, as CG started from ``v`` does): in
-float32 their ``1 / lam`` would amplify rounding, not information.
+Directions where ``lam + w`` is below ``NULL_FRACTION`` of the largest eigenvalue are treated
+as the null space (``A`` does not see them and the weight does not fix them; the step keeps
+``v`` there, as CG started from ``v`` does): their ``1 / (lam + w)`` would amplify rounding,
+not information.
 
-The decomposition is computed once per operator in complex64 (numpy; its rounding, ~1e-7 of
-the largest eigenvalue, is far below the null-space threshold), and its factors are moved
+The decomposition is computed once per operator in float64 (numpy), and its factors are moved
 to the array namespace of the first call (numpy, CuPy or torch: the products are
 differentiable in torch, the factors are constants of the operator).
 """
@@ -35,11 +35,10 @@ def row_eigensystems(maps: np.ndarray, unshifted_mask: np.ndarray) -> tuple[np.n
     w = p.shape[-1]
     diff = (np.arange(w)[:, None] - np.arange(w)[None, :]) % w
     circulant = p[:, diff][:, None]  # (Bk, 1, W, W)
-    s = maps.astype(np.complex64)
-    circulant = circulant.astype(np.complex64)
+    s = maps.astype(np.complex128)
     batch = max(s.shape[0], circulant.shape[0])
-    vectors = np.empty((batch, s.shape[2], w, w), dtype=np.complex64)
-    values = np.empty((batch, s.shape[2], w), dtype=np.float32)
+    vectors = np.empty((batch, s.shape[2], w, w), dtype=np.complex128)
+    values = np.empty((batch, s.shape[2], w))
     for b in range(batch):  # one image at a time bounds the memory to one (H, W, W) stack
         sb = s[b if s.shape[0] > 1 else 0]
         gram = np.einsum("chi,chj->hij", sb.conj(), sb, optimize=True)
@@ -53,7 +52,7 @@ def exact_prox(xp, vectors, vectors_h, values, aty, v, weight):
     ``(B|1, H, W)`` and ``weight`` a number or ``(B, 1, 1, 1)``."""
     w = weight[..., 0] if hasattr(weight, "shape") and getattr(weight, "ndim", 0) == 4 else weight
     top = xp.max(values, axis=-1, keepdims=True)
-    null = values < NULL_FRACTION * top
+    null = values + w < NULL_FRACTION * top
     coef_v = xp.matmul(vectors_h, v[:, 0, :, :, None])[..., 0]
     coef_y = xp.matmul(vectors_h, aty[:, 0, :, :, None])[..., 0]
     solved = (coef_y + w * coef_v) / (values + w)

@@ -35,6 +35,7 @@ _TASK_STREAM = 2**32 - 1     # the index of the per-step task stream (never an i
 _VAL_STREAM = 2**32 - 2
 _COIL_STREAM = 2**32 - 3
 MIN_CALIBRATION = 8  # scanner batches: calibration lines (1-D) or side (2-D) at least
+TRAINING_VIRTUAL_COILS = 8  # scanner batches: compressed coils (cheaper batches; the network never sees coils)
 
 
 class ImageSource:
@@ -193,7 +194,8 @@ class TrainingBatches(torch.utils.data.Dataset):
     def _scanner_item(self, step: int, x, task, sigma_y, rngs) -> dict[str, Any]:
         """The batch as a scanner delivers it (:mod:`.scanner_batches`); the diffusion draws
         come after the scan's, from the same per-image streams."""
-        scan = scan_batch(x, task.operator, sigma_y, rngs, ScannerSettings(map_floor=self.cfg.data.map_floor))
+        settings = ScannerSettings(map_floor=self.cfg.data.map_floor, virtual_coils=TRAINING_VIRTUAL_COILS)
+        scan = scan_batch(x, task.operator, sigma_y, rngs, settings)
         sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
         shape = (self.space.model_channels, *x.shape[-2:])
         noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
