@@ -1,10 +1,11 @@
 """Estimate the measurement noise ``sigma_y`` from ``y`` alone, for when the user does not know it.
 
-Robust (median-based) estimates, one per image, from the part of ``y`` where the signal is
-weakest: the finest wavelet detail of an image measurement (blur, SR: scikit-image's
-``estimate_sigma``), differences of neighbouring observed pixels for inpainting, and the
-outermost sampled k-space for MRI. Signal can only add to them, so they err on the high side
-(a model then trusts ``y`` a little less than it could). Torch-free: the runtime uses it.
+Robust estimates, one per image: from the part of ``y`` where the signal is weakest for images
+(the finest wavelet detail for blur and SR: scikit-image's ``estimate_sigma``; differences of
+neighbouring observed pixels for inpainting), where signal can only add to them, so they err
+on the high side (a model then trusts ``y`` a little less than it could); for MRI the scanner
+pipeline's estimate from the coils' redundancy (``diffunfold.scanner.noise``: 0 on noise-free
+k-space, a few per cent low on noisy). Torch-free: the runtime uses it.
 """
 
 from __future__ import annotations
@@ -35,20 +36,13 @@ def _inpainting(op: Inpainting, y: np.ndarray) -> np.ndarray:
 
 
 def _mri(op: MultiCoilMRI, y: np.ndarray) -> np.ndarray:
-    """Complex circular noise of std sigma has real and imaginary parts of std sigma / sqrt(2);
-    measured on the sampled points in the outer quarter of k-space radius, where the signal of
-    an MR image is weakest."""
-    h, w = y.shape[-2:]
-    ky = (np.arange(h) - h // 2)[:, None] / (h / 2)
-    kx = (np.arange(w) - w // 2)[None, :] / (w / 2)
-    outer = np.hypot(ky, kx) > 0.75
-    mask = np.broadcast_to(op.mask, (y.shape[0], 1, h, w))[:, 0] > 0
-    out = []
-    for yi, mi in zip(y, mask):
-        sel = yi[:, mi & outer] if np.any(mi & outer) else yi[:, mi]
-        parts = np.concatenate([sel.real.ravel(), sel.imag.ravel()])
-        out.append(_MAD * np.median(np.abs(parts)) * np.sqrt(2) if parts.size else 0.0)
-    return np.asarray(out)
+    """Per image, the scanner pipeline's estimate (:func:`diffunfold.scanner.noise.estimate_kspace_noise`):
+    the Hankel tail of fully sampled k-space patches, 0 on noise-free data, or the outer
+    k-space where the mask has too few fully sampled patches."""
+    from .scanner.noise import estimate_kspace_noise
+
+    masks = np.broadcast_to(op.mask, (y.shape[0], 1, *y.shape[-2:]))[:, 0]
+    return np.asarray([estimate_kspace_noise(yi, mi)[0] for yi, mi in zip(y, masks)])
 
 
 def _image(y: np.ndarray) -> np.ndarray:
