@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 # The openvino extra too: its backend is what `auto` picks on a CPU, and CI runs its tests. (It
 # once crashed the suite: a freed OpenVINO Core left a dangling signal stack; see
-# openvino_backend.shared_core and the guard in tests/conftest.py.)
+# backend_openvino.shared_core and the guard in tests/conftest.py.)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0

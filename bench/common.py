@@ -97,7 +97,7 @@ def prepare_engines(pkg: ModelPackage, device_index: int, directory: str | Path,
     ``directory/engines/<target>`` (the target from ``target`` or the GPU's name). The status
     starts with "ok" when the tensorrt backend can run; otherwise it says why not."""
     from diffunfold.engines import build_engines, cupy_gpu, load_target
-    from diffunfold.runtime.tensorrt import find_engines, tensorrt_status
+    from diffunfold.runtime.backend_tensorrt import find_engines, tensorrt_status
 
     status = tensorrt_status(pkg, device_index)
     version = tensorrt_version()

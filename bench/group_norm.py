@@ -37,7 +37,7 @@ def callers(pkg_path: Path, threads: int | None) -> dict[tuple[str, str], object
 
     from diffunfold.group_norm_graph import reduce_form
     from diffunfold.package import ModelPackage
-    from diffunfold.runtime.openvino_backend import OpenVinoBackend
+    from diffunfold.runtime.backend_openvino import OpenVinoBackend
 
     pkg = ModelPackage.open(pkg_path)
     out = {}

@@ -75,7 +75,7 @@ def _onnxruntime(n, a, b, precision, tmp):
 def _openvino(n, a, b, precision, tmp):
     import openvino  # noqa: F401  (ImportError: skipped)
 
-    from diffunfold.runtime.openvino_backend import shared_core
+    from diffunfold.runtime.backend_openvino import shared_core
 
     core = shared_core()  # a Core of its own would leave this thread a dangling signal stack when freed
     hint = "bf16" if precision == "bf16" else "f32"

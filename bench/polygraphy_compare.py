@@ -93,7 +93,7 @@ def tensorrt_engines(pkg: ModelPackage, args, tmp: Path) -> tuple[dict[str, tupl
     if version is None:
         return None, "TensorRT is not installed here (pip install 'diffunfold[trt,gpu]' on a GPU machine)"
     from diffunfold.engines import cupy_gpu
-    from diffunfold.runtime.tensorrt import find_engines
+    from diffunfold.runtime.backend_tensorrt import find_engines
 
     try:
         gpu = cupy_gpu(args.gpu)

@@ -11,11 +11,11 @@ Each package is scored on the tasks of its data kind (the manifest's ``data.kind
   (length 7; no package has trained on it), SR x4 and x8 (box), inpainting with 20 / 40 / 60 %
   of the pixels missing; each at measurement noise sigma_y in {0, 0.01, 0.05, 0.1} (images in
   [0, 1]). Data: the held-out photos of ``diffunfold data photos`` (``--photos DIR/held-out``),
-  or by default the held-out scikit-image photos (``diffunfold.demo.held_out_images``).
+  or by default the held-out scikit-image photos (``diffunfold.demo_data.held_out_images``).
 * mri: 15 simulated coils, uniform 1-D 4x and 8x, Gaussian 1-D 4x and Gaussian 2-D 8x masks,
   noise-free and at the paper's noise, 0.01 x max|A x| per image. Data: slices of the held-out
   real head of ``diffunfold data mri-volumes`` (``--mri-volumes DIR/held-out``), or by default
-  synthetic phantoms (``diffunfold.demo.held_out_phantoms``).
+  synthetic phantoms (``diffunfold.demo_data.held_out_phantoms``).
 
 Packages of the same kind share the data, the operators, the measurements and the baselines,
 computed once. Image i's measurement noise and sampler start are seeded with ``seed + i``.
@@ -648,7 +648,7 @@ def held_out_data(args, s: Settings) -> dict[str, Callable[[], tuple[list[str], 
     """Per kind, a loader of the held-out names and images: ``--photos`` / ``--mri-volumes``
     folders (``diffunfold data``) when given, else scikit-image's photos and synthetic phantoms."""
     from diffunfold.data import held_out as ho
-    from diffunfold.demo import held_out_images, held_out_phantoms
+    from diffunfold.demo_data import held_out_images, held_out_phantoms
 
     image = (lambda: ho.held_out_photos(ho.check_folder(args.photos, "photo"), s.size, s.images)) \
         if args.photos else (lambda: held_out_images(s.size, s.images))

@@ -41,7 +41,7 @@ from diffunfold.physics import make_operator
 from diffunfold.package import ModelPackage
 from diffunfold.runtime import Solver
 from diffunfold.runtime.backends import parse_device
-from diffunfold.runtime.tensorrt import find_engines
+from diffunfold.runtime.backend_tensorrt import find_engines
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_PACKAGE = REPO / "samples" / "models" / "image-small"

@@ -17,7 +17,7 @@ def _signal_stack_is_dangling() -> bool:
     """Whether this thread's alternate signal stack points at unmapped memory (Linux).
 
     A library that unmaps a thread's signal stack without unregistering it (OpenVINO's CPU plugin
-    freed on another thread did: openvino_backend.shared_core) kills the process with SIGSEGV at
+    freed on another thread did: backend_openvino.shared_core) kills the process with SIGSEGV at
     the next Python signal handler, tests later; checked after each test, it fails where it began.
     """
     import ctypes

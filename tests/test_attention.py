@@ -79,7 +79,7 @@ def test_spell_out_gives_standard_ops(packages):
 
 def test_openvino_runs_the_fused_graph(packages, tmp_path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from diffunfold.runtime.openvino_backend import OpenVinoBackend
+    from diffunfold.runtime.backend_openvino import OpenVinoBackend
 
     feeds = feeds_for()
     want = run_ort(packages["spelled"].file("regularizer.onnx"), feeds)

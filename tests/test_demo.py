@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from diffunfold.cli import main
-from diffunfold.demo import DEFAULT_IMAGE_PACKAGE, DEFAULT_MRI_PACKAGE, TASKS, held_out_phantoms
+from diffunfold.demo import DEFAULT_IMAGE_PACKAGE, DEFAULT_MRI_PACKAGE, TASKS
+from diffunfold.demo_data import held_out_phantoms
 from diffunfold.package import ModelPackage
 
 

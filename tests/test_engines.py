@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffunfold import engine_targets as ET
 from diffunfold import engines as E
 from diffunfold.engines import (EngineRecord, GPUInfo, build_engines, check_gpu_for_target, check_record,
                                 choose_profile, fp32_layer_policy, list_targets, load_target, parse_target,
                                 preview_fp32_layers)
 from diffunfold.errors import InputError, MissingDependencyError
 from diffunfold.package import ModelPackage
-from diffunfold.runtime import tensorrt as rt
+from diffunfold.runtime import backend_tensorrt as rt
 
 SHIPPED = ("h100", "h200", "a100", "l4", "rtx4090", "jetson-orin")
 H100 = GPUInfo("NVIDIA H100 80GB HBM3", "9.0")
@@ -42,7 +43,7 @@ def test_every_shipped_target_parses():
         assert t == replace(load_target(path), path=t.path) and t.name == path.stem
         assert t.precision in E.PRECISIONS and t.hardware_compatibility in E.HARDWARE_COMPATIBILITY
         assert t.workspace_gib > 0 and t.profiles and t.description
-        assert E._CC.match(t.compute_capability)
+        assert ET._CC.match(t.compute_capability)
         t.check_sizes(16)    # every shipped size fits a U-Net that halves the image four times
         for p in t.profiles:
             for r in (p.batch, p.height, p.width):
@@ -384,7 +385,7 @@ def test_cli_list_and_usage(capsys):
 
 def test_engines_and_tensorrt_runtime_are_torch_free(run_without_torch):
     run_without_torch("""
-        import diffunfold.engines, diffunfold.runtime.tensorrt
+        import diffunfold.engines, diffunfold.runtime.backend_tensorrt
         assert diffunfold.engines.load_target("h100").name == "h100"
         assert "tensorrt" not in sys.modules
     """, timeout=60)

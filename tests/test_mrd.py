@@ -16,7 +16,7 @@ from diffunfold.mrd.assemble import SliceAssembler, remove_readout_oversampling 
 from diffunfold.mrd.header import encoding_of, parse_header  # noqa: E402
 from diffunfold.mrd.outputs import image_values, write_outputs  # noqa: E402
 from diffunfold.mrd.rawfile import is_mrd_file, iter_acquisitions, read_raw  # noqa: E402
-from diffunfold.mrd.recon import ReconSettings, reconstruct_slice, to_images  # noqa: E402
+from diffunfold.mrd.recon import ReconSettings, reconstruct_file, reconstruct_slice, to_images  # noqa: E402
 from diffunfold.mrd.writer import sampling_lines, write_phantom_mrd  # noqa: E402
 from diffunfold.physics.mri import ifft2c, rss  # noqa: E402
 
@@ -190,9 +190,9 @@ def test_outputs_dicom_fastmri_mrd_png(raw, solver, tmp_path):
 
 
 def test_the_solver_reads_a_raw_mrd_file_as_the_slice_path_does(raw, solver):
-    """``Solver.solve_raw`` gives each slice of the file, equal to reconstructing it by hand."""
+    """``reconstruct_file`` gives each slice of the file, equal to reconstructing it by hand."""
     scan = read_raw(raw["under"])
-    recs = solver.solve_raw(raw["under"], steps=3, seed=5)
+    recs = reconstruct_file(solver, raw["under"], steps=3, seed=5)
     assert len(recs) == len(scan.slices)
     by_hand = reconstruct_slice(solver, scan.slices[1], scan.encoding, ReconSettings(steps=3, seed=5))
     np.testing.assert_allclose(recs[1].image, by_hand.image, rtol=1e-5, atol=1e-6)

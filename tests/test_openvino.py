@@ -33,7 +33,7 @@ from diffunfold.physics import make_operator  # noqa: E402
 from diffunfold.runtime import Solver, available_backends  # noqa: E402
 from diffunfold.runtime import backends as backends_module  # noqa: E402
 from diffunfold.runtime.backends import OnnxRuntimeBackend  # noqa: E402
-from diffunfold.runtime.openvino_backend import OpenVinoBackend, default_precision  # noqa: E402
+from diffunfold.runtime.backend_openvino import OpenVinoBackend, default_precision  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
 from test_training_model import tiny_model  # noqa: E402
 
@@ -127,7 +127,7 @@ def test_auto_passes_openvino_by_without_native_bf16(package, monkeypatch):
     Runtime, and OpenVINO runs in f32 when asked for."""
     _, pkg = package
     import diffunfold.hardware as hw
-    import diffunfold.runtime.openvino_backend as ovb
+    import diffunfold.runtime.backend_openvino as ovb
 
     monkeypatch.setattr(hw, "has_native_bf16", lambda flags=None: False)
     monkeypatch.setattr(ovb, "has_native_bf16", lambda flags=None: False)
@@ -194,13 +194,13 @@ def test_a_backend_released_on_another_thread_leaves_signals_working(package, ru
     """OpenVINO's CPU plugin gives the compiling thread a signal stack and unmaps it when the
     plugin unloads. Released on another thread, that left the main thread's next Python signal
     handler (SIGCHLD of a DataLoader worker or subprocess, SIGTERM to the MRD server) to die
-    of SIGSEGV; the shared Core keeps the plugin loaded (openvino_backend.shared_core)."""
+    of SIGSEGV; the shared Core keeps the plugin loaded (backend_openvino.shared_core)."""
     _, pkg = package
     out = run_without_torch(f"""
         import gc, os, signal, threading
         import numpy as np
         from diffunfold.package import ModelPackage
-        from diffunfold.runtime.openvino_backend import OpenVinoBackend
+        from diffunfold.runtime.backend_openvino import OpenVinoBackend
         held = [OpenVinoBackend(ModelPackage.open({str(pkg.path)!r}), precision="f32")]
         held[0].regularize(np.zeros((1, 3, {SIZE}, {SIZE}), np.float32), 1.0, 0)  # compiles on this thread
         t = threading.Thread(target=lambda: (held.clear(), gc.collect()))

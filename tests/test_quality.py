@@ -275,7 +275,7 @@ def test_tikhonov_cg_solves_the_normal_equations_with_border_differences(task, p
 
 
 def test_oracle_picks_the_best_grid_value_per_image():
-    from diffunfold.demo import held_out_images
+    from diffunfold.demo_data import held_out_images
     from diffunfold.metrics import psnr
 
     _, x = held_out_images(32, 2)

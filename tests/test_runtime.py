@@ -266,7 +266,7 @@ def _cuda_visible() -> bool:
 
 
 def test_tensorrt_backend_refused_without_tensorrt(packages):
-    pytest.importorskip("diffunfold.runtime.tensorrt")
+    pytest.importorskip("diffunfold.runtime.backend_tensorrt")
     _, pkg = packages["shared"]
     with pytest.raises((InputError, MissingDependencyError)):
         Solver.load(pkg, backend="tensorrt", device="cpu")

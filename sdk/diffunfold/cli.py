@@ -260,7 +260,7 @@ def _cmd_restore(args) -> int:
 
 
 def _cmd_mri(args) -> int:
-    from .restore import run_mri
+    from .mri import run_mri
 
     return run_mri(args)
 
@@ -459,7 +459,8 @@ def _add_export_commands(sub) -> None:
 
 def _add_runtime_commands(sub) -> None:
     """restore, mri, demo: the runtime on the user's files and on the bundled data."""
-    from .restore import add_mri_arguments, add_restore_arguments
+    from .mri import add_mri_arguments
+    from .restore import add_restore_arguments
 
     p = sub.add_parser("restore", help="restore an image file or folder with a model package",
                        formatter_class=argparse.RawDescriptionHelpFormatter)

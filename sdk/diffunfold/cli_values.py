@@ -183,7 +183,7 @@ class TaskAction(argparse.Action):
 def slice_ranges(text: str) -> str:
     """``--slices``: ``all`` or ``0,3-5`` (inclusive ranges; a negative number counts from the
     end). The syntax and the order of each range are checked here; the file's slice count
-    later, by ``restore.parse_slices``. Returns the text unchanged."""
+    later, by :func:`parse_slices`. Returns the text unchanged."""
     try:
         split_slice_ranges(text)
     except InputError as exc:
@@ -211,7 +211,26 @@ def split_slice_ranges(text: str) -> list[tuple[int, int]] | None:
     return ranges
 
 
-__all__ = ["Bounded", "SEED", "THREADS", "TaskAction", "parse_task", "slice_ranges", "split_slice_ranges"]
+def parse_slices(text: str | None, count: int) -> list[int]:
+    """``None`` -> the middle slice; ``"all"``; ``"0,3-5"`` (inclusive ranges, negatives from the end)."""
+    if text is None:
+        return [count // 2]
+    ranges = split_slice_ranges(text)
+    if ranges is None:
+        return list(range(count))
+    out: list[int] = []
+    for lo, hi in ranges:
+        lo, hi = (lo + count if lo < 0 else lo), (hi + count if hi < 0 else hi)
+        if not (0 <= lo < count and 0 <= hi < count):
+            raise InputError(f"--slices {text!r} is out of range: the file has {count} slices (0..{count - 1})")
+        if hi < lo:
+            raise InputError(f"--slices {text!r} holds a reversed range ({lo} after {hi}); write ranges low-high")
+        out.extend(s for s in range(lo, hi + 1) if s not in out)
+    return out
+
+
+__all__ = ["Bounded", "SEED", "THREADS", "TaskAction", "parse_slices", "parse_task", "slice_ranges",
+           "split_slice_ranges"]
 
 
 def add_churn_arguments(parser: argparse.ArgumentParser, churn_help: str) -> None:

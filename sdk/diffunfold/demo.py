@@ -25,7 +25,6 @@ from .safe_io import refuse_nonempty_folder, write_json, write_text
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_IMAGE_PACKAGE = REPO / "samples" / "models" / "image-small"
 DEFAULT_MRI_PACKAGE = REPO / "samples" / "models" / "mri-small"
-PHANTOM_STREAM = 20261122  # MRI demo phantoms: default_rng([PHANTOM_STREAM, i]), not a training stream
 
 
 @dataclass(frozen=True)
@@ -52,25 +51,6 @@ TASKS = (
     DemoTask("mri_gaussian1d_4x", "MRI, Gaussian 1-D mask, 4x", "mri", {"kind": "gaussian1d", "acceleration": 4.0}),
     DemoTask("mri_gaussian2d_8x", "MRI, Gaussian 2-D mask, 8x", "mri", {"kind": "gaussian2d", "acceleration": 8.0}),
 )
-
-
-def held_out_images(size: int, count: int) -> tuple[list[str], np.ndarray]:
-    """The held-out scikit-image photos, centre squares at ``size`` px: names, ``(N, 3, H, W)``."""
-    from .data.images import BundledImages
-
-    ds = BundledImages(size=size, split="val")
-    count = min(count, len(ds))
-    return list(ds.names[:count]), np.stack([ds[i] for i in range(count)]).astype(np.float32)
-
-
-def held_out_phantoms(size: int, count: int) -> tuple[list[str], np.ndarray]:
-    """Synthetic complex phantoms (99th-percentile normalised, as in training): ``(N, 1, H, W)``."""
-    from .data.fastmri import percentile_normalize
-    from .data.phantom import random_phantom
-
-    images = [percentile_normalize(random_phantom((size, size), np.random.default_rng([PHANTOM_STREAM, i])))[0]
-              for i in range(count)]
-    return [f"phantom {i}" for i in range(count)], np.stack(images)[:, None].astype(np.complex64)
 
 
 def _measurement_view(task: DemoTask, op, y, x) -> tuple[np.ndarray, str]:
@@ -347,4 +327,4 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-__all__ = ["TASKS", "DemoTask", "add_demo_arguments", "held_out_images", "held_out_phantoms", "run_demo"]
+__all__ = ["TASKS", "DemoTask", "add_demo_arguments", "run_demo"]

@@ -14,6 +14,27 @@ import numpy as np
 
 from .data import held_out as ho
 
+PHANTOM_STREAM = 20261122  # MRI demo phantoms: default_rng([PHANTOM_STREAM, i]), not a training stream
+
+
+def held_out_images(size: int, count: int) -> tuple[list[str], np.ndarray]:
+    """The held-out scikit-image photos, centre squares at ``size`` px: names, ``(N, 3, H, W)``."""
+    from .data.images import BundledImages
+
+    ds = BundledImages(size=size, split="val")
+    count = min(count, len(ds))
+    return list(ds.names[:count]), np.stack([ds[i] for i in range(count)]).astype(np.float32)
+
+
+def held_out_phantoms(size: int, count: int) -> tuple[list[str], np.ndarray]:
+    """Synthetic complex phantoms (99th-percentile normalised, as in training): ``(N, 1, H, W)``."""
+    from .data.fastmri import percentile_normalize
+    from .data.phantom import random_phantom
+
+    images = [percentile_normalize(random_phantom((size, size), np.random.default_rng([PHANTOM_STREAM, i])))[0]
+              for i in range(count)]
+    return [f"phantom {i}" for i in range(count)], np.stack(images)[:, None].astype(np.complex64)
+
 
 def _holder(text: str) -> str:
     """The first copyright holder, with "et al." when the package names many."""
@@ -41,8 +62,6 @@ def _credits(folder: Path, names: list[str], volume: bool) -> tuple[list[str], l
 
 def load_demo_data(kind: str, root: str | Path, size: int, count: int) -> dict:
     """``{"names", "images", "source", "credits"}`` for the "image" or "mri" tasks."""
-    from .demo import held_out_images, held_out_phantoms
-
     folder = Path(root) / ("photos" if kind == "image" else "mri") / "held-out"
     if folder.is_dir() and any(folder.iterdir()):
         load = ho.held_out_photos if kind == "image" else ho.held_out_slices

@@ -1,5 +1,5 @@
-"""The MRD commands: ``diffunfold serve``, ``send`` and ``mrd-phantom``, and ``diffunfold mri``
-on raw MRD files (:func:`run_mri_raw`, called from :func:`diffunfold.restore.run_mri`)."""
+"""The MRD commands: ``diffunfold serve``, ``send`` and ``mrd-phantom``. (``diffunfold mri`` on a
+raw MRD file lives with the rest of that command, in :mod:`diffunfold.mri`.)"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import cli_values as V
 from ..errors import InputError
 
-__all__ = ["add_parsers", "run_mri_raw"]
+__all__ = ["add_parsers"]
 
 PORT = V.Bounded(0, 65535, integer=True, meaning="0: a free one")
 
@@ -242,57 +242,4 @@ def _cmd_phantom(args) -> int:
         path = write_phantom_mrd(args.out, args.slices, args.size, args.coils, args.mask, args.acceleration,
                                  noise_std=args.noise, seed=args.seed, overwrite=args.overwrite)
     print(f"wrote {path}")
-    return 0
-
-
-def _raw_settings(args):
-    """``diffunfold mri`` options as reconstruction settings; options that only make sense for
-    retrospective undersampling of a fastMRI file are refused rather than ignored."""
-    from .recon import ReconSettings
-
-    if args.coil_maps == "simulate":
-        raise InputError("--coil-maps simulate needs the fastMRI reconstruction_rss; an MRD raw file uses "
-                         "--coil-maps estimate (its calibration region) or espirit")
-    if args.size is not None:
-        raise InputError("--size crops fastMRI slices; an MRD raw file is reconstructed on its recon matrix")
-    maps = "calibration" if args.coil_maps == "estimate" else "espirit"  # None: the default, ESPIRiT
-    return ReconSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
-                         coil_maps=maps).checked()
-
-
-def run_mri_raw(args) -> int:
-    """``diffunfold mri PACKAGE FILE.h5`` where FILE is a raw MRD file: reconstruct the slices as
-    acquired (the acquired lines are the mask), exactly as the server would."""
-    from .outputs import planned_outputs, refuse_existing, write_outputs
-    from .rawfile import read_raw
-    from .recon import reconstruct_slice, to_images
-    from ..restore import parse_slices
-
-    settings = _raw_settings(args)
-    plan = planned_outputs(args.out, Path(args.file).stem)
-    refuse_existing(list(plan.values()) + ([Path(args.json)] if args.json else []), args.overwrite)
-    solver = _solver(args)
-    scan = read_raw(args.file)
-    chosen = parse_slices(args.slices or "all", len(scan.slices))
-    print(f"{Path(args.file).name}: MRD raw data, {len(scan.slices)} slice(s), grid {scan.encoding.grid}, "
-          f"{scan.slices[0].kspace.shape[0]} coils; skipped {scan.skipped or 'nothing'}; the acquired lines are "
-          "the mask (--mask/--acceleration apply to fastMRI files)")
-    images, rows = [], []
-    for i in chosen:
-        data = scan.slices[i]
-        rec = reconstruct_slice(solver, data, scan.encoding, settings)
-        images += to_images(rec, data, scan.encoding, settings, Path(args.package).name)
-        noise = (rec.info or {}).get("noise", "")
-        rows.append({"slice": data.slice, "acceleration": data.acceleration, "noise_std": rec.noise_std * rec.scale,
-                     "noise": noise, "map_std": rec.map_std * rec.scale, "seconds": rec.seconds})
-        print(f"| slice {data.slice} | {data.acceleration:.2f}x | noise {rec.noise_std * rec.scale:.3g} ({noise}) | "
-              f"{rec.seconds:.2f} s |")
-    paths = write_outputs(images, scan.header_xml, args.out, Path(args.file).stem, overwrite=args.overwrite)
-    for kind, path in paths.items():
-        print(f"wrote {path} ({kind})")
-    if args.json:
-        from ..safe_io import write_json  # whole, and never through a link at that path
-
-        write_json(args.json, {"command": "mri", "file": str(args.file), "format": "mrd",
-                               "backend": solver.backend_name, "rows": rows})
     return 0

@@ -12,15 +12,17 @@ scaled back.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError
 from .assemble import SliceData
 from .header import Encoding
+from .rawfile import read_raw
 
-__all__ = ["COIL_MAP_METHODS", "ReconSettings", "Reconstruction", "calibration_lines", "reconstruct_slice",
-           "to_images"]
+__all__ = ["COIL_MAP_METHODS", "ReconSettings", "Reconstruction", "calibration_lines", "reconstruct_file",
+           "reconstruct_slice", "to_images"]
 
 COIL_MAP_METHODS = ("espirit", "calibration")
 RECON_NAME = "DIFFUNFOLD"
@@ -100,6 +102,16 @@ def reconstruct_slice(solver, data: SliceData, encoding: Encoding, settings: Rec
     std = None if res.std is None else _crop(res.std, encoding.image_shape).astype(np.float32)
     return Reconstruction(image=image, std=std, scale=res.scale, noise_std=res.noise_std / res.scale,
                           seconds=res.seconds["total"], map_std=res.map_std / res.scale, info=res.info)
+
+
+def reconstruct_file(solver, path: str | Path, **settings) -> list[Reconstruction]:
+    """Reconstruct every slice of a raw MRD (ISMRMRD) HDF5 file with a
+    :class:`~diffunfold.runtime.Solver`, as ``diffunfold mri`` and the MRD server do: one
+    :class:`Reconstruction` per slice, in the order the slices completed. ``settings`` are those
+    of :class:`ReconSettings` (steps, samples, seed, coil_maps, ...)."""
+    chosen = ReconSettings(**settings).checked()
+    scan = read_raw(path)
+    return [reconstruct_slice(solver, data, scan.encoding, chosen) for data in scan.slices]
 
 
 def _image(values: np.ndarray, data: SliceData, encoding: Encoding, series: int, meta: dict):

@@ -238,18 +238,6 @@ class Solver:
         sol.tiling = plan.describe()
         return sol
 
-    def solve_raw(self, path: str | Path, **settings) -> list:
-        """Reconstruct every slice of a raw MRD (ISMRMRD) HDF5 file, as ``diffunfold mri`` and
-        the MRD server do: one :class:`diffunfold.mrd.recon.Reconstruction` per slice, in the
-        order the slices completed. ``settings`` are those of
-        :class:`~diffunfold.mrd.recon.ReconSettings` (steps, samples, seed, coil_maps, ...)."""
-        from ..mrd.rawfile import read_raw
-        from ..mrd.recon import ReconSettings, reconstruct_slice
-
-        chosen = ReconSettings(**settings).checked()
-        scan = read_raw(path)
-        return [reconstruct_slice(self, data, scan.encoding, chosen) for data in scan.slices]
-
     def _sample_together(self, run: "_Run", samples: int, step) -> tuple[list, int]:
         """Every posterior sample side by side in one batch."""
         xp, batch = self.xp, len(run.seeds)

@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import InputError, require
 from ..hardware import has_native_bf16
 from ..package import ModelPackage
-from .backends import Backend
+from .backend_base import Backend
 
 PRECISIONS = ("bf16", "f32")
 ATTENTION_FORMS = ("fused", "spelled")

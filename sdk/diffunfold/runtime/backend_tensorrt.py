@@ -2,7 +2,7 @@
 
 Engines are built per GPU target with ``diffunfold build-engines`` (``diffunfold.engines``) into
 ``<package>/engines/<target>/``; each has a record, and nothing is deserialised before
-:func:`diffunfold.engines.check_record` accepted it (same ONNX, same TensorRT, same GPU).
+:func:`diffunfold.engine_targets.check_record` accepted it (same ONNX, same TensorRT, same GPU).
 
 Execution follows TensorRT 10's name-based API: ``set_input_shape`` then ``set_tensor_address``
 for every I/O tensor, then ``execute_async_v3`` on a CUDA stream. The small per-sample inputs
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ..engines import (DimRange, EngineRecord, GPUInfo, Profile, check_record, choose_profile, cupy_gpu,
-                       engine_paths, rebuild_hint)
+from ..engine_targets import (DimRange, EngineRecord, GPUInfo, Profile, check_record, choose_profile, cupy_gpu,
+                             engine_paths, rebuild_hint)
 from ..errors import InputError, require
 from ..package import ModelPackage
-from .backends import Backend
+from .backend_base import Backend
 
 TRT_MISSING = "tensorrt is not installed (pip install 'diffunfold[trt,gpu]': TensorRT, Polygraphy and CuPy; needs an NVIDIA GPU)"
 

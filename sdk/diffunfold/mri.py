@@ -1,0 +1,337 @@
+"""``diffunfold mri``: multi-coil MRI reconstructed with an MRI model package, on the torch-free
+runtime. Two inputs, one command:
+
+* a fastMRI-format file (fully sampled k-space): retrospectively undersampled with --mask and
+  --acceleration, reconstructed and scored against the fully sampled reference;
+* a raw MRD (ISMRMRD) file: reconstructed as acquired (the acquired lines are the mask), slice
+  by slice exactly as the MRD server does (:mod:`diffunfold.mrd.recon`).
+
+Nothing here imports torch; heavy imports happen inside the ``run_*`` functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import cli_values as V
+from .batch import Unit, check_outputs, finish, refuse_if_nothing_done, run_units
+from .command_common import (add_runtime_arguments, fmt, load_solver, progress_bar, report_runtime, skipped_note,
+                             sum_timing, write_report)
+from .errors import InputError
+from .physics.mri import MASK_KINDS
+
+MRI_DESCRIPTION = """\
+Reconstruct multi-coil MRI slices of a fastMRI-format file (fully sampled k-space, e.g. from
+fastMRI or `diffunfold phantom`) with an MRI model package, by retrospective undersampling:
+the fully sampled slice is the reference; a k-space mask (--mask, --acceleration) is applied
+to it, and the reconstruction from the undersampled data is scored against the reference
+(PSNR/SSIM on magnitudes, fastMRI's data range: the maximum of the reference magnitude), next
+to the zero-filled SENSE baseline A^H y.
+
+Each slice is prepared as `FastMRISlices` prepares training data: --coil-maps estimate (the
+default) estimates the coil maps from the fully sampled k-space (the low-resolution ACS ratio
+method) and takes their SENSE combination as the image; --coil-maps simulate uses the file's
+reconstruction_rss as the image on simulated birdcage coils (--coils, the paper's set-up).
+The image is centre-cropped to the recon matrix (and to --size) and divided by the 99th
+percentile of its magnitude (the model's user space); the .npy output is in that scale (the
+JSON gives each slice's scale).
+"""
+
+MRI_EPILOG = """\
+examples:
+  diffunfold mri models/mri file1000001.h5 --mask gaussian1d --acceleration 4 --out recon/
+  diffunfold mri models/mri file1000001.h5 --slices 10-14 --mask uniform1d --acceleration 8 --json r.json
+  diffunfold mri models/mri file1000001.h5 --slices all --mask gaussian2d --acceleration 16 --size 256
+  diffunfold phantom data/phantoms --files 1 --slices 4 --size 128
+  diffunfold mri models/mri data/phantoms/phantom_0000.h5 --coil-maps simulate --samples 8
+
+--slices: 0,3-5 (ranges inclusive) or all; default: the middle slice. One mask (--seed) serves
+every slice, as in one acquisition; slice s uses seed + s for its noise and sampler start.
+
+outputs (in --out, default recon/), per slice FILE_sNNN_:
+  recon.png        |reconstruction| (the posterior mean with --samples > 1)
+  zero_filled.png  |zero-filled SENSE|, A^H y
+  reference.png    |fully sampled reference|      (all three on the reference's scale)
+  std.png          per-pixel std of the magnitude over the samples, scaled to its max (--samples > 1)
+  recon.npy        the complex reconstruction, complex64 (H, W), in the normalised scale
+and FILE_mask.png (white = sampled), a Markdown table on stdout (--json FILE: JSON too).
+"""
+
+
+def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``diffunfold mri``."""
+    parser.description = MRI_DESCRIPTION
+    parser.epilog = MRI_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("package", help="an MRI model package folder (written by `diffunfold export`)")
+    parser.add_argument("file", type=Path, metavar="FILE.h5",
+                        help="a fastMRI multi-coil file with fully sampled k-space")
+    parser.add_argument("--slices", type=V.slice_ranges, metavar="LIST",
+                        help="e.g. 0,3-5 or all (default: the middle slice)")
+    parser.add_argument("--mask", choices=MASK_KINDS, default="gaussian1d",
+                        help="the k-space sampling pattern (default: gaussian1d)")
+    parser.add_argument("--acceleration", type=V.ACCELERATION, default=4.0, help="undersampling factor (default: 4)")
+    parser.add_argument("--center-fraction", type=V.CENTER_FRACTION, metavar="F",
+                        help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)")
+    parser.add_argument("--coil-maps", choices=["estimate", "simulate", "espirit"], default=None,
+                        help="fastMRI files: estimate from the fully sampled k-space (default), or simulate "
+                             "birdcage coils around the file's reconstruction_rss (the paper's set-up); MRD raw "
+                             "files: espirit (default; from the calibration region) or estimate (the "
+                             "low-resolution ratio maps)")
+    parser.add_argument("--coils", type=V.COILS, default=15, metavar="N",
+                        help="simulated coils for --coil-maps simulate (default: 15)")
+    parser.add_argument("--noise", type=V.KSPACE_NOISE, default=0.0,
+                        help="extra complex Gaussian k-space noise, std as a fraction of max|k| of the slice "
+                             "(as training's data.mri_noise; default: 0, the file's own noise)")
+    parser.add_argument("--size", type=V.image_side(8), metavar="N",
+                        help="centre-crop the slices to NxN (default: the recon matrix, e.g. 320x320)")
+    parser.add_argument("--out", type=Path, default=Path("recon"),
+                        help="output folder (default: recon/; never the input file's folder)")
+    add_runtime_arguments(parser)
+
+
+# -- fastMRI files ---------------------------------------------------------------------------
+
+def _magnitude_png(path: Path, image, scale: float) -> None:
+    import numpy as np
+
+    from .data.images import save_image
+
+    mag = np.abs(np.asarray(image)).astype(np.float64)
+    save_image(path, np.clip(mag / scale, 0.0, 1.0) if scale > 0 else mag)
+
+
+@dataclass
+class _MRIJob:
+    """What every slice of one mri run shares; the mask is made at the first slice's size."""
+    args: Any
+    path: Path
+    ds: Any
+    mask_png: Path
+    solver: Any = None
+    mask: Any = None
+
+
+def _mri_mask(job: _MRIJob, hw: tuple[int, int]):
+    from .data.images import save_image
+    from .physics.mri import mri_mask
+
+    if job.mask is None:
+        job.mask = mri_mask(job.args.mask, hw, job.args.acceleration, job.args.center_fraction, job.args.seed)
+        if job.args.overwrite or not job.mask_png.exists():  # --resume keeps the (same) mask
+            save_image(job.mask_png, job.mask)
+    return job.mask
+
+
+def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
+    """Reconstruct one slice and write its outputs."""
+    import numpy as np
+
+    from .baselines import classical_baseline
+    from .data.images import save_image
+    from .metrics import psnr, ssim
+    from .physics.mri import MultiCoilMRI
+    from .progress import step_bar
+    from .safe_io import open_atomic
+
+    args, s = job.args, unit.payload
+    item = job.ds[s]  # one file: dataset index = slice index
+    x = item["image"][None]  # (1, 1, H, W) complex64, normalised
+    op = MultiCoilMRI(item["coil_maps"], _mri_mask(job, tuple(x.shape[-2:])))
+    seed = args.seed + s
+    noise_std = args.noise * float(np.abs(op.A(x)).max())
+    y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
+    # the file's own k-space noise adds to what --noise adds: the solver estimates the total
+    sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
+                           noise_std=None, tile=args.tile, churn=args.churn_setting,
+                           ensemble=args.ensemble, progress=step_bar(unit.name, args.quiet))
+    recon = np.asarray(sol.images)
+    zero_filled = np.asarray(classical_baseline(op, y, noise_std))
+    ref_max = float(np.abs(x).max())
+    out = unit.outputs
+    _magnitude_png(out["recon"], recon[0, 0], ref_max)
+    _magnitude_png(out["zero_filled"], zero_filled[0, 0], ref_max)
+    _magnitude_png(out["reference"], x[0, 0], ref_max)
+    row: dict[str, Any] = {"name": unit.name, "file": str(job.path), "slice": s, "size": list(x.shape[-2:]),
+                           "seed": seed, "scale": float(item["scale"]), "noise_std": noise_std, "nfe": sol.nfe,
+                           "ncoils": op.ncoils,
+                           # fastMRI's convention: magnitudes, data range = max of the reference
+                           "psnr": psnr(recon[0], x[0]), "ssim": ssim(recon[0], x[0]),
+                           "psnr_zero_filled": psnr(zero_filled[0], x[0]),
+                           "ssim_zero_filled": ssim(zero_filled[0], x[0]),
+                           "seconds": sol.timing.total, "timing": sol.timing.as_dict()}
+    if sol.std is not None:
+        std = np.asarray(sol.std)[0, 0]
+        row["std_max"] = float(std.max())
+        save_image(out["std"], std / std.max() if std.max() > 0 else std)
+    with open_atomic(out["npy"]) as f:  # np.save on a file object: the name gets no second .npy
+        np.save(f, recon[0, 0].astype(np.complex64))
+    row["outputs"] = {k: str(p) for k, p in out.items()}
+    return row
+
+
+def _mri_table(rows: list[dict]) -> list[str]:
+    import numpy as np
+
+    lines = ["| slice | PSNR | SSIM | zero-filled PSNR | zero-filled SSIM | s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['slice']} | {fmt(r['psnr'])} | {r['ssim']:.4f} | {fmt(r['psnr_zero_filled'])} | "
+                     f"{r['ssim_zero_filled']:.4f} | {r['seconds']:.2f} |")
+    if len(rows) > 1:
+        m = {k: float(np.mean([r[k] for r in rows]))
+             for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "seconds")}
+        lines.append(f"| mean | {fmt(m['psnr'])} | {m['ssim']:.4f} | {fmt(m['psnr_zero_filled'])} | "
+                     f"{m['ssim_zero_filled']:.4f} | {m['seconds']:.2f} |")
+    return lines
+
+
+def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: list[str]) -> None:
+    rows, out_dir = batch.rows, Path(args.out)
+    pattern = f"{args.mask} {args.acceleration:g}x"
+    realised = job.mask.size / job.mask.sum() if job.mask is not None else None
+    shape = f"{rows[-1]['size'][0]}x{rows[-1]['size'][1]}, {rows[-1]['ncoils']} coils" if rows else "-"
+    print(f"{pkg.summary()}\n{job.path.name}: {len(rows)} slice(s) of {count}, {shape} ({args.coil_maps}d maps); "
+          f"mask {pattern}" + (f" (realised {realised:.2f}x)" if realised else "") +
+          f", noise {args.noise:g} x max|k| -> {out_dir}/")
+    if rows:
+        print("\n".join(_mri_table(rows)))
+    for n in skipped_note(batch, "slice", out_dir):
+        print(f"note: {n}")
+    print("\n".join(report_runtime(job.solver, rows, "slice", wall, args.samples)))
+    if args.json:
+        timing = sum_timing(rows)
+        write_report(args.json, {
+            "command": "mri", "package": str(pkg.path), "file": str(job.path), "mask": args.mask,
+            "acceleration": args.acceleration, "realised_acceleration": realised,
+            "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise,
+            "size": args.size, "steps": args.steps or pkg.schedule["steps"],
+            "sampler": args.sampler or pkg.schedule["sampler"],
+            "churn": (args.churn_setting or pkg.churn).as_dict(),
+            "ensemble": args.ensemble or pkg.ensemble, "samples": args.samples, "seed": args.seed,
+            "nfe": rows[-1]["nfe"] if rows else None, "backend": job.solver.backend_name,
+            "backend_reason": job.solver.backend_reason, "timing": timing.as_dict(),
+            "seconds_per_slice": timing.total / max(len(rows), 1), "wall_s": wall, "notes": notes}, batch, "name")
+
+
+def _untrained_pattern_note(pkg, args) -> list[str]:
+    pattern = f"{args.mask} {args.acceleration:g}x"
+    trained = pkg.manifest.get("mri_patterns") or []
+    names = [f"{k} {float(a):g}x" for k, a in trained if isinstance(k, str)] if trained else []
+    if names and pattern not in names:
+        return [f"note: the package was not trained on {pattern} (trained: {', '.join(names)}); "
+                "the physics is outside the network, so it usually works"]
+    return []
+
+
+def run_mri(args) -> int:
+    import time
+
+    from .data.fastmri import FastMRIFile, FastMRISlices
+    from .package import ModelPackage
+
+    args.churn_setting = V.churn_setting(args.churn, args.churn_range)  # None: the package's
+    pkg = ModelPackage.open(args.package)
+    if pkg.space.kind != "mri":
+        raise InputError(f"{pkg.path} is an image model package ({pkg.space.kind} data, {pkg.space.channels} "
+                         "channel(s)); `diffunfold mri` needs a package exported from an MRI run (data "
+                         "fastmri or phantom). Restore image files with `diffunfold restore`")
+    path = Path(args.file)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give one fastMRI .h5 file")
+    from .mrd.rawfile import is_mrd_file  # raw MRD (ISMRMRD) data: reconstructed as acquired
+    if is_mrd_file(path):
+        return run_mri_raw(args)
+    args.coil_maps = args.coil_maps or "estimate"  # a fastMRI file is fully sampled: maps from all of it
+    with FastMRIFile(path) as f:  # checks the layout; a missing or foreign file fails here
+        count = f.num_slices
+    slices = V.parse_slices(args.slices, count)
+    ds = FastMRISlices(path, ncoils=args.coils, coil_maps=args.coil_maps,
+                       crop=(args.size, args.size) if args.size else None)
+    out_dir, stem = Path(args.out), path.stem
+    kinds = ["recon", "zero_filled", "reference"] + (["std"] if args.samples > 1 else [])
+    units = [Unit(f"{path.name} slice {s}", {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds},
+                                            "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"}, s) for s in slices]
+    job = _MRIJob(args, path, ds, out_dir / f"{stem}_mask.png")
+    check_outputs(out_dir, units, [path], {path.resolve().parent},
+                  [job.mask_png] + ([Path(args.json)] if args.json else []), args.overwrite, args.resume)
+    notes = _untrained_pattern_note(pkg, args)
+    for n in notes:
+        print(n)
+    job.solver = load_solver(pkg, args)
+    t0 = time.perf_counter()
+    batch = run_units(units, lambda u: _mri_slice(u, job), args.resume,
+                      progress_bar("reconstructing", "slice", args.quiet), "slice", out_dir)
+    refuse_if_nothing_done(batch, "slice")
+    _mri_report(args, pkg, job, count, batch, time.perf_counter() - t0, notes)
+    return finish(batch, "slice")
+
+
+# -- raw MRD files ---------------------------------------------------------------------------
+
+def _raw_solver(args):
+    """The solver for a raw MRD file, loaded as the MRD server loads it."""
+    from .package import ModelPackage
+    from .runtime.solver import Solver
+
+    pkg = ModelPackage.open(args.package)
+    if pkg.space.kind != "mri":
+        raise InputError(f"{pkg.path} is not an MRI model package ({pkg.space.kind} data)")
+    return Solver.load(pkg, backend=args.backend, device=args.device, threads=args.threads or None)
+
+
+def _raw_settings(args):
+    """``diffunfold mri`` options as reconstruction settings; options that only make sense for
+    retrospective undersampling of a fastMRI file are refused rather than ignored."""
+    from .mrd.recon import ReconSettings
+
+    if args.coil_maps == "simulate":
+        raise InputError("--coil-maps simulate needs the fastMRI reconstruction_rss; an MRD raw file uses "
+                         "--coil-maps estimate (its calibration region) or espirit")
+    if args.size is not None:
+        raise InputError("--size crops fastMRI slices; an MRD raw file is reconstructed on its recon matrix")
+    maps = "calibration" if args.coil_maps == "estimate" else "espirit"  # None: the default, ESPIRiT
+    return ReconSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
+                         coil_maps=maps).checked()
+
+
+def run_mri_raw(args) -> int:
+    """``diffunfold mri PACKAGE FILE.h5`` where FILE is a raw MRD file: reconstruct the slices as
+    acquired (the acquired lines are the mask), exactly as the server would."""
+    from .mrd.outputs import planned_outputs, refuse_existing, write_outputs
+    from .mrd.rawfile import read_raw
+    from .mrd.recon import reconstruct_slice, to_images
+
+    settings = _raw_settings(args)
+    plan = planned_outputs(args.out, Path(args.file).stem)
+    refuse_existing(list(plan.values()) + ([Path(args.json)] if args.json else []), args.overwrite)
+    solver = _raw_solver(args)
+    scan = read_raw(args.file)
+    chosen = V.parse_slices(args.slices or "all", len(scan.slices))
+    print(f"{Path(args.file).name}: MRD raw data, {len(scan.slices)} slice(s), grid {scan.encoding.grid}, "
+          f"{scan.slices[0].kspace.shape[0]} coils; skipped {scan.skipped or 'nothing'}; the acquired lines are "
+          "the mask (--mask/--acceleration apply to fastMRI files)")
+    images, rows = [], []
+    for i in chosen:
+        data = scan.slices[i]
+        rec = reconstruct_slice(solver, data, scan.encoding, settings)
+        images += to_images(rec, data, scan.encoding, settings, Path(args.package).name)
+        noise = (rec.info or {}).get("noise", "")
+        rows.append({"slice": data.slice, "acceleration": data.acceleration, "noise_std": rec.noise_std * rec.scale,
+                     "noise": noise, "map_std": rec.map_std * rec.scale, "seconds": rec.seconds})
+        print(f"| slice {data.slice} | {data.acceleration:.2f}x | noise {rec.noise_std * rec.scale:.3g} ({noise}) | "
+              f"{rec.seconds:.2f} s |")
+    paths = write_outputs(images, scan.header_xml, args.out, Path(args.file).stem, overwrite=args.overwrite)
+    for kind, path in paths.items():
+        print(f"wrote {path} ({kind})")
+    if args.json:
+        from .safe_io import write_json  # whole, and never through a link at that path
+
+        write_json(args.json, {"command": "mri", "file": str(args.file), "format": "mrd",
+                               "backend": solver.backend_name, "rows": rows})
+    return 0
+
+
+__all__ = ["add_mri_arguments", "run_mri", "run_mri_raw"]
