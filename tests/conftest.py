@@ -1,4 +1,5 @@
-"""Shared fixtures: the array backends the physics must agree on."""
+"""Shared fixtures: the array backends the physics must agree on, the tiny exported packages the
+runtime tests share. Plain helper functions live in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Callable
 
 import numpy as np
 import pytest
+
+from helpers import quiet, tiny_model
 
 # The suite must never reach the network (scikit-image data, hubs).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -110,3 +113,17 @@ def run_without_torch():
         return result.stdout
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_packages(tmp_path_factory):
+    """``{"shared" | "separate" | "mri": (model, package)}``: three tiny models and their exported
+    packages, exported once for the whole session (test_runtime.py, test_runtime_contrast.py)."""
+    pytest.importorskip("torch", reason="the tiny models need torch (the train extra)")
+    pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
+    from diffunfold.export import export_model
+
+    root = tmp_path_factory.mktemp("packages")
+    models = {"shared": tiny_model(shared=True, stages=2), "separate": tiny_model(shared=False, stages=2, seed=1),
+              "mri": tiny_model(shared=True, data="mri", channels=1, stages=2, seed=2)}
+    return {name: (model, export_model(model, root / name, **quiet)) for name, model in models.items()}

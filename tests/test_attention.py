@@ -20,7 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 from diffunfold.attention_graph import count_fused, spell_out  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
-from test_training_model import tiny_model  # noqa: E402
+from helpers import tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -235,7 +235,7 @@ def test_record_json_roundtrip_and_damage(tmp_path):
 def package(tmp_path_factory):
     pytest.importorskip("torch", reason="exporting a package needs the export extra")
     pytest.importorskip("onnx", reason="exporting a package needs the export extra")
-    from test_training_model import tiny_model
+    from helpers import tiny_model
 
     from diffunfold.export import export_model
 

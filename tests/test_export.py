@@ -17,7 +17,7 @@ from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_checkpoint, export_model  # noqa: E402
 from diffunfold.package import FORMAT, ModelPackage, sha256_file  # noqa: E402
 from diffunfold.training.checkpoint import save_checkpoint  # noqa: E402
-from test_training_model import tiny_model  # noqa: E402
+from helpers import tiny_model  # noqa: E402
 
 quiet = dict(log=lambda s: None)
 

@@ -29,6 +29,7 @@ from diffunfold.data.packages import Package, read_members
 from diffunfold.data.qt_rcc import QtResource
 from diffunfold.errors import InputError
 from diffunfold.package import ModelPackage, _manifest_digest, write_manifest
+from helpers import photo_packages, volume_packages
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_PKG = str(REPO / "samples" / "models" / "image-small")
@@ -105,16 +106,10 @@ def test_a_bomb_given_as_a_mask_or_training_image_is_refused_before_decoding(tmp
 
 # -- case 6: `diffunfold data` outputs -------------------------------------------------------------
 
-def _photo_packages(folder: Path) -> None:
-    from test_data_packages import photo_packages
-
-    photo_packages(folder)
-
-
 @pytest.mark.timeout(120)
 def test_data_photos_never_writes_through_a_planted_link_nor_over_files(tmp_path, capsys):
     pk = tmp_path / "pk"
-    _photo_packages(pk)
+    photo_packages(pk)
     ref = tmp_path / "ref"
     assert main(["data", "photos", str(ref), "--packages", str(pk), "--offline"]) == 0
     victim = tmp_path / "victim.txt"
@@ -137,7 +132,7 @@ def test_data_photos_never_writes_through_a_planted_link_nor_over_files(tmp_path
 @pytest.mark.timeout(120)
 def test_a_failed_data_run_leaves_nothing_behind(tmp_path, capsys):
     pk = tmp_path / "pk"
-    _photo_packages(pk)
+    photo_packages(pk)
     last = pk / "mate-backgrounds_1.26_all.deb"  # the last source: the others are read first
     last.write_bytes(last.read_bytes()[:-2000])
     out = tmp_path / "out"
@@ -149,8 +144,6 @@ def test_a_failed_data_run_leaves_nothing_behind(tmp_path, capsys):
 @pytest.mark.timeout(120)
 def test_data_mri_volumes_never_writes_through_a_planted_link(tmp_path, capsys):
     pytest.importorskip("nibabel")
-    from test_data_packages import volume_packages
-
     volume_packages(tmp_path / "pk")
     victim = tmp_path / "victim.h5"
     victim.write_text("mine")
@@ -236,8 +229,6 @@ def test_ar_sizes_that_are_negative_not_numbers_or_too_long_are_refused(tmp_path
 
 @pytest.mark.timeout(20)
 def test_truncated_deb_is_a_clean_error_from_the_cli(tmp_path, capsys):
-    from test_data_packages import photo_packages
-
     pk = tmp_path / "pk"
     photo_packages(pk)
     first = pk / "gcompris-qt-data_3.1-2_all.deb"

@@ -135,3 +135,49 @@ def test_no_upward_arrows(lower):
         and (m, t) not in ALLOWED_UP
     )
     assert upward == []
+
+
+# -- the test suite's own layout ------------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+
+
+def imported_modules(source: str) -> set[str]:
+    """Every module an ``import`` or ``from ... import`` in ``source`` names, also inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+    return found
+
+
+def _is_test_module(name: str) -> bool:
+    top = name.split(".")[0]
+    return top.startswith("test_") or top == "conftest"
+
+
+def test_the_test_import_checker_sees_lazy_imports():
+    source = "import numpy\nfrom helpers import tiny_model\n\ndef f():\n    from test_runtime import packages\n"
+    assert imported_modules(source) == {"numpy", "helpers", "test_runtime"}
+    assert [m for m in sorted(imported_modules(source)) if _is_test_module(m)] == ["test_runtime"]
+
+
+def test_no_test_module_imports_another():
+    """Shared fixtures live in conftest.py and shared functions in helpers.py. Importing a test
+    module runs it again under the importer and re-creates its fixtures there: a module-scoped
+    fixture imported that way (an export of test packages) ran once per importing module."""
+    modules = sorted(TESTS.glob("*.py"))
+    assert TESTS / "helpers.py" in modules and len(modules) > 10
+    found = sorted(f"{path.name} imports {name}" for path in modules
+                   for name in imported_modules(path.read_text()) if _is_test_module(name))
+    assert found == []
+
+
+def test_helpers_hold_no_tests_and_no_fixtures():
+    tree = ast.parse((TESTS / "helpers.py").read_text())
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    assert functions and not [f.name for f in functions if f.name.startswith("test")]
+    decorated = [f.name for f in functions for d in f.decorator_list if "fixture" in ast.dump(d)]
+    assert decorated == []

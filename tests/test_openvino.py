@@ -35,7 +35,7 @@ from diffunfold.runtime import backends as backends_module  # noqa: E402
 from diffunfold.runtime.backends import OnnxRuntimeBackend  # noqa: E402
 from diffunfold.runtime.backend_openvino import OpenVinoBackend, default_precision  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from test_training_model import tiny_model  # noqa: E402
+from helpers import tiny_model  # noqa: E402
 
 SIZE = 32
 TOL = {"f32": (1e-4, 1e-3), "bf16": (3e-2, 5e-2)}  # (one call, one solve)

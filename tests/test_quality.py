@@ -202,7 +202,7 @@ def test_a_training_run_is_exported_and_scored(tmp_path):
     from torch.optim.swa_utils import AveragedModel
 
     from diffunfold.training.checkpoint import save_checkpoint
-    from test_training_model import tiny_model
+    from helpers import tiny_model
 
     model = tiny_model(shared=True, stages=2)
     save_checkpoint(tmp_path / "myrun" / "checkpoints", 5, model, AveragedModel(model),

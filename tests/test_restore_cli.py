@@ -24,7 +24,7 @@ from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
 from diffunfold.physics.tasks import parse_task_words  # noqa: E402
 from diffunfold.cli_values import parse_slices  # noqa: E402
-from test_training_model import tiny_model  # noqa: E402
+from helpers import tiny_model  # noqa: E402
 
 FAST = ["--steps", "4", "--quiet"]
 

@@ -18,54 +18,16 @@ from diffunfold.errors import InputError, MissingDependencyError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
 from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.physics import make_operator  # noqa: E402
-from diffunfold.physics.mri import birdcage_maps  # noqa: E402
 from diffunfold.runtime import Solver, available_backends  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from test_training_model import tiny_model  # noqa: E402
-
-SIZE = 32
-REL_TOL = 1e-3
-quiet = dict(log=lambda s: None)
-
-IMAGE_TASKS = [("gaussian_blur", {"sigma": 1.5}), ("anisotropic_blur", {"sigma": (2.0, 0.8), "angle": 0.5}),
-               ("motion_blur", {"length": 5}), ("sr", {"factor": 4}), ("sr", {"factor": 2, "kernel": "bicubic"}),
-               ("inpainting", {"missing": 0.5}), ("box_inpainting", {"size": 0.3, "seed": 1})]
-MRI_TASKS = [("mri", {"kind": "gaussian1d", "acceleration": 4}), ("mri", {"kind": "gaussian2d", "acceleration": 8})]
-
-
-@pytest.fixture(scope="module")
-def packages(tmp_path_factory):
-    root = tmp_path_factory.mktemp("packages")
-    models = {"shared": tiny_model(shared=True, stages=2), "separate": tiny_model(shared=False, stages=2, seed=1),
-              "mri": tiny_model(shared=True, data="mri", channels=1, stages=2, seed=2)}
-    return {name: (model, export_model(model, root / name, **quiet)) for name, model in models.items()}
-
-
-def clean_images(batch=2, mri=False):
-    rng = np.random.default_rng(5)
-    yy, xx = np.mgrid[:SIZE, :SIZE] / SIZE
-    base = 0.5 + 0.3 * np.sin(6 * xx + 3 * yy)
-    if mri:
-        img = base * np.exp(1j * (xx - yy))
-        return np.stack([img[None] * (0.8 + 0.2 * i) for i in range(batch)]).astype(np.complex64)
-    return np.clip(base[None, None] + 0.1 * rng.standard_normal((batch, 3, SIZE, SIZE)), 0, 1).astype(np.float32)
-
-
-def operator_for(task, params, batch=2):
-    if task == "mri":
-        return make_operator(task, (SIZE, SIZE), coil_maps=birdcage_maps(4, (SIZE, SIZE)), **params)
-    return make_operator(task, (SIZE, SIZE), **params)
-
-
-def rel_err(a, b):
-    assert np.all(np.isfinite(a)) and np.all(np.isfinite(b))
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+from helpers import (IMAGE_TASKS, MRI_TASKS, REL_TOL, SIZE, clean_images, operator_for, quiet,  # noqa: E402
+                     rel_err, tiny_model)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 @pytest.mark.parametrize("task,params", IMAGE_TASKS + MRI_TASKS, ids=lambda v: v if isinstance(v, str) else "")
-def test_runtime_matches_torch_reference(packages, task, params, sampler):
-    model, pkg = packages["mri" if task == "mri" else "shared"]
+def test_runtime_matches_torch_reference(tiny_packages, task, params, sampler):
+    model, pkg = tiny_packages["mri" if task == "mri" else "shared"]
     x = clean_images(mri=task == "mri")
     op = operator_for(task, params)
     y = op.measure(x, 0.01 if task == "mri" else 0.05, seed=[11, 12])
@@ -79,8 +41,8 @@ def test_runtime_matches_torch_reference(packages, task, params, sampler):
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
-def test_separate_networks_and_both_backends(packages, backend):
-    model, pkg = packages["separate"]
+def test_separate_networks_and_both_backends(tiny_packages, backend):
+    model, pkg = tiny_packages["separate"]
     x = clean_images()
     op = operator_for("gaussian_blur", {"sigma": 1.0})
     y = op.measure(x, 0.05, seed=[1, 2])
@@ -89,8 +51,8 @@ def test_separate_networks_and_both_backends(packages, backend):
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
 
 
-def test_posterior_samples_match_reference(packages):
-    model, pkg = packages["mri"]
+def test_posterior_samples_match_reference(tiny_packages):
+    model, pkg = tiny_packages["mri"]
     op = operator_for("mri", {"kind": "gaussian1d", "acceleration": 4})
     y = op.measure(clean_images(mri=True), 0.01, seed=[1, 2])
     got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=8, seed=0, samples=3)
@@ -100,8 +62,8 @@ def test_posterior_samples_match_reference(packages):
     assert rel_err(got.std, want.std.numpy()) < 1e-2  # a difference of samples: looser, still tight
 
 
-def test_results_do_not_depend_on_batch_composition(packages):
-    _, pkg = packages["shared"]
+def test_results_do_not_depend_on_batch_composition(tiny_packages):
+    _, pkg = tiny_packages["shared"]
     solver = Solver.load(pkg)
     x = np.concatenate([clean_images(), clean_images()[::-1]])  # 4 images
     op = operator_for("sr", {"factor": 2})
@@ -116,8 +78,8 @@ def test_results_do_not_depend_on_batch_composition(packages):
     assert np.max(np.abs(other - together)) > 1e-3
 
 
-def test_weights_evaluated_once_per_schedule(packages, monkeypatch):
-    _, pkg = packages["shared"]
+def test_weights_evaluated_once_per_schedule(tiny_packages, monkeypatch):
+    _, pkg = tiny_packages["shared"]
     solver = Solver.load(pkg)
     calls = []
     real = solver.backend.weights
@@ -131,8 +93,8 @@ def test_weights_evaluated_once_per_schedule(packages, monkeypatch):
     assert calls == [5, 6]
 
 
-def test_sizes_that_are_not_a_multiple_are_padded(packages):
-    _, pkg = packages["shared"]
+def test_sizes_that_are_not_a_multiple_are_padded(tiny_packages):
+    _, pkg = tiny_packages["shared"]
     assert pkg.size_multiple == 2
     op = make_operator("gaussian_blur", (31, 45), sigma=1.0)
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 31, 45)).astype(np.float32)
@@ -141,8 +103,8 @@ def test_sizes_that_are_not_a_multiple_are_padded(packages):
     assert out.images.min() >= 0 and out.images.max() <= 1
 
 
-def test_timing_breakdown(packages):
-    _, pkg = packages["shared"]
+def test_timing_breakdown(tiny_packages):
+    _, pkg = tiny_packages["shared"]
     op = operator_for("gaussian_blur", {"sigma": 1.0})
     out = Solver.load(pkg).solve(op.measure(clean_images(), 0.05, seed=0), op, steps=4, samples=2,
                                  batch_samples=False)
@@ -156,8 +118,8 @@ def test_timing_breakdown(packages):
 # -- refusals -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", ["shape", "nan", "inf", "channels", "complex", "list", "torch"])
-def test_bad_measurements_refused(packages, bad):
-    _, pkg = packages["shared"]
+def test_bad_measurements_refused(tiny_packages, bad):
+    _, pkg = tiny_packages["shared"]
     solver = Solver.load(pkg)
     op = operator_for("gaussian_blur", {"sigma": 1.0})
     y = op.measure(clean_images(), 0.05, seed=0)
@@ -179,9 +141,9 @@ def test_bad_measurements_refused(packages, bad):
         solver.solve(y, op, steps=2)
 
 
-def test_operator_of_another_kind_refused(packages):
-    _, image_pkg = packages["shared"]
-    _, mri_pkg = packages["mri"]
+def test_operator_of_another_kind_refused(tiny_packages):
+    _, image_pkg = tiny_packages["shared"]
+    _, mri_pkg = tiny_packages["mri"]
     mri_op = operator_for("mri", {"kind": "gaussian1d", "acceleration": 4})
     with pytest.raises(InputError, match="image model but the operator is mri"):
         Solver.load(image_pkg).solve(mri_op.measure(clean_images(mri=True), 0.0), mri_op)
@@ -202,8 +164,8 @@ def copy_package(pkg, dest):
 
 
 @pytest.mark.parametrize("name", ["regularizer.onnx", "weights.onnx", "model.safetensors"])
-def test_changed_byte_in_any_file_refused(packages, tmp_path, name):
-    _, pkg = packages["shared"]
+def test_changed_byte_in_any_file_refused(tiny_packages, tmp_path, name):
+    _, pkg = tiny_packages["shared"]
     path = copy_package(pkg, tmp_path / "pkg")
     data = bytearray((path / name).read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -213,16 +175,16 @@ def test_changed_byte_in_any_file_refused(packages, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["regularizer.onnx", "weights.onnx", "model.safetensors"])
-def test_missing_file_refused(packages, tmp_path, name):
-    _, pkg = packages["shared"]
+def test_missing_file_refused(tiny_packages, tmp_path, name):
+    _, pkg = tiny_packages["shared"]
     path = copy_package(pkg, tmp_path / "pkg")
     (path / name).unlink()
     with pytest.raises(InputError, match=f"missing {name}"):
         Solver.load(path)
 
 
-def test_edited_or_broken_manifest_refused(packages, tmp_path):
-    _, pkg = packages["shared"]
+def test_edited_or_broken_manifest_refused(tiny_packages, tmp_path):
+    _, pkg = tiny_packages["shared"]
     path = copy_package(pkg, tmp_path / "pkg")
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["stages"] = 3
@@ -239,8 +201,8 @@ def test_edited_or_broken_manifest_refused(packages, tmp_path):
         Solver.load(tmp_path / "nowhere")
 
 
-def test_backend_choice(packages, tmp_path):
-    _, pkg = packages["shared"]
+def test_backend_choice(tiny_packages, tmp_path):
+    _, pkg = tiny_packages["shared"]
     solver = Solver.load(pkg, backend="auto")
     best = "openvino" if available_backends(pkg)["openvino"].startswith("ok") else "onnxruntime"
     assert solver.backend.name == best and "auto" in solver.backend_reason  # more in test_openvino.py
@@ -265,16 +227,16 @@ def _cuda_visible() -> bool:
     return cuda_available()
 
 
-def test_tensorrt_backend_refused_without_tensorrt(packages):
+def test_tensorrt_backend_refused_without_tensorrt(tiny_packages):
     pytest.importorskip("diffunfold.runtime.backend_tensorrt")
-    _, pkg = packages["shared"]
+    _, pkg = tiny_packages["shared"]
     with pytest.raises((InputError, MissingDependencyError)):
         Solver.load(pkg, backend="tensorrt", device="cpu")
 
 
-def test_runtime_solves_with_torch_unimportable(packages, run_without_torch):
+def test_runtime_solves_with_torch_unimportable(tiny_packages, run_without_torch):
     """Architecture boundary 2: `import diffunfold.runtime` and a full solve, torch blocked."""
-    image_pkg, mri_pkg = packages["shared"][1].path, packages["mri"][1].path
+    image_pkg, mri_pkg = tiny_packages["shared"][1].path, tiny_packages["mri"][1].path
     run_without_torch(f"""
         import numpy as np
         import diffunfold.runtime
@@ -301,12 +263,12 @@ def test_runtime_solves_with_torch_unimportable(packages, run_without_torch):
     """)
 
 
-def test_iobinding_path_matches_plain_run(packages):
+def test_iobinding_path_matches_plain_run(tiny_packages):
     """The GPU path binds inputs and outputs by address (IOBinding); the same code runs on the
     CPU with numpy addresses, so its names, shapes and dtypes are checked here."""
     from diffunfold.runtime.backends import OnnxRuntimeBackend
 
-    _, pkg = packages["shared"]
+    _, pkg = tiny_packages["shared"]
     plain, bound = OnnxRuntimeBackend(pkg), OnnxRuntimeBackend(pkg, iobinding=True)
     x = np.random.default_rng(0).standard_normal((3, 3, 24, 40)).astype(np.float32)
     for k, sigma in [(0, 80.0), (1, 0.3)]:
@@ -319,11 +281,11 @@ def test_iobinding_path_matches_plain_run(packages):
 
 
 @pytest.mark.parametrize("task,params", [("sr", {"factor": 2}), ("inpainting", {"missing": 0.5})])
-def test_posterior_samples_side_by_side_match_one_at_a_time(packages, task, params):
+def test_posterior_samples_side_by_side_match_one_at_a_time(tiny_packages, task, params):
     """Samples batched together (shared operator constants) or drawn one after another: the
     same posterior mean and std. Per-image inpainting masks (operator.batch > 1) take the
     sequential path, as they must."""
-    _, pkg = packages["shared"]
+    _, pkg = tiny_packages["shared"]
     solver = Solver.load(pkg)
     op = operator_for(task, params)
     y = op.measure(clean_images(), 0.05, seed=[1, 2])
@@ -337,10 +299,10 @@ def test_posterior_samples_side_by_side_match_one_at_a_time(packages, task, para
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
 @pytest.mark.parametrize("task,params", [IMAGE_TASKS[0], MRI_TASKS[0]], ids=["gaussian_blur", "mri"])
-def test_stochastic_sampler_matches_torch_reference(packages, task, params, sampler):
+def test_stochastic_sampler_matches_torch_reference(tiny_packages, task, params, sampler):
     """EDM's stochastic sampler: the runtime and the torch reference add the same noise at the
     same levels (per image seed, sample and step), so they agree as tightly as the ODE does."""
-    model, pkg = packages["mri" if task == "mri" else "shared"]
+    model, pkg = tiny_packages["mri" if task == "mri" else "shared"]
     op = operator_for(task, params)
     y = op.measure(clean_images(mri=task == "mri"), 0.01 if task == "mri" else 0.05, seed=[11, 12])
     churn = edm.Churn(s_churn=7.2)
@@ -353,8 +315,8 @@ def test_stochastic_sampler_matches_torch_reference(packages, task, params, samp
     assert np.max(np.abs(got.images - ode.images)) > 1e-3  # the re-noising did change the result
 
 
-def test_stochastic_sampler_does_not_depend_on_batch_or_sample_order(packages):
-    _, pkg = packages["shared"]
+def test_stochastic_sampler_does_not_depend_on_batch_or_sample_order(tiny_packages):
+    _, pkg = tiny_packages["shared"]
     solver = Solver.load(pkg)
     x = np.concatenate([clean_images(), clean_images()[::-1]])
     op = operator_for("sr", {"factor": 2})
@@ -366,8 +328,8 @@ def test_stochastic_sampler_does_not_depend_on_batch_or_sample_order(packages):
     np.testing.assert_allclose(alone.images[0], together.images[2], rtol=0, atol=1e-5)
 
 
-def test_package_churn_is_the_default_and_can_be_overridden(packages, tmp_path):
-    model, plain = packages["shared"]
+def test_package_churn_is_the_default_and_can_be_overridden(tiny_packages, tmp_path):
+    model, plain = tiny_packages["shared"]
     noisy = export_model(model, tmp_path / "churn", churn=edm.Churn(s_churn=7.2), check=False, **quiet)
     assert ModelPackage.open(noisy.path).churn == edm.Churn(s_churn=7.2) and not plain.churn.active
     op = operator_for("gaussian_blur", {"sigma": 1.0})
@@ -383,10 +345,10 @@ def test_package_churn_is_the_default_and_can_be_overridden(packages, tmp_path):
 
 
 @pytest.mark.parametrize("batch_samples", [True, False])
-def test_flip_ensemble_matches_torch_reference(packages, batch_samples):
+def test_flip_ensemble_matches_torch_reference(tiny_packages, batch_samples):
     """Posterior sample j's regulariser sees the j-th flip in the runtime (side by side or one
     sample after the other) and in the torch reference alike; sample 0 is the plain solve."""
-    model, pkg = packages["shared"]
+    model, pkg = tiny_packages["shared"]
     op = operator_for("sr", {"factor": 4})
     y = op.measure(clean_images(), 0.05, seed=[11, 12])
     solver = Solver.load(pkg, backend="onnxruntime")
@@ -398,8 +360,8 @@ def test_flip_ensemble_matches_torch_reference(packages, batch_samples):
     assert np.max(np.abs(got.draws[1] - plain.draws[1])) > 1e-4  # a flipped sample differs
 
 
-def test_package_ensemble_is_the_default(packages, tmp_path):
-    model, plain = packages["shared"]
+def test_package_ensemble_is_the_default(tiny_packages, tmp_path):
+    model, plain = tiny_packages["shared"]
     flipped = export_model(model, tmp_path / "flips", ensemble="flips", check=False, **quiet)
     assert ModelPackage.open(flipped.path).ensemble == "flips" and plain.ensemble == "none"
     op = operator_for("inpainting", {"missing": 0.5})

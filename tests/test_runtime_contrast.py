@@ -14,7 +14,7 @@ from diffunfold.export import export_model  # noqa: E402
 from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.runtime import Solver  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from test_runtime import REL_TOL, clean_images, operator_for, packages, quiet, rel_err  # noqa: E402,F401
+from helpers import REL_TOL, clean_images, operator_for, proximal_model, quiet, rel_err  # noqa: E402
 
 
 def flat_and_busy():
@@ -26,8 +26,8 @@ def flat_and_busy():
 
 @pytest.mark.parametrize("task,params", [("sr", {"factor": 4}), ("inpainting", {"missing": 0.5}),
                                          ("gaussian_blur", {"sigma": 1.5})], ids=["sr", "inpainting", "blur"])
-def test_stretch_matches_torch_reference_and_touches_only_the_flat_image(packages, task, params):
-    model, pkg = packages["shared"]
+def test_stretch_matches_torch_reference_and_touches_only_the_flat_image(tiny_packages, task, params):
+    model, pkg = tiny_packages["shared"]
     op = operator_for(task, params)
     y = op.measure(flat_and_busy(), 0.01, seed=[3, 4])
     solver = Solver.load(pkg, backend="onnxruntime")
@@ -42,8 +42,8 @@ def test_stretch_matches_torch_reference_and_touches_only_the_flat_image(package
     assert rel_err(plain.images, want.images.numpy()) > 10 * REL_TOL   # so the match above is the stretch
 
 
-def test_no_flat_image_gives_the_plain_solve_exactly(packages):
-    _, pkg = packages["shared"]
+def test_no_flat_image_gives_the_plain_solve_exactly(tiny_packages):
+    _, pkg = tiny_packages["shared"]
     op = operator_for("sr", {"factor": 4})
     y = op.measure(clean_images(), 0.02, seed=[1, 2])
     solver = Solver.load(pkg)
@@ -53,8 +53,8 @@ def test_no_flat_image_gives_the_plain_solve_exactly(packages):
     assert on.extra["contrast_gain"] == [1.0, 1.0]
 
 
-def test_package_contrast_is_the_default_and_mri_refuses_it(packages, tmp_path):
-    model, plain = packages["shared"]
+def test_package_contrast_is_the_default_and_mri_refuses_it(tiny_packages, tmp_path):
+    model, plain = tiny_packages["shared"]
     stretched = export_model(model, tmp_path / "stretch", contrast="stretch", check=False, **quiet)
     assert ModelPackage.open(stretched.path).contrast == Contrast() and plain.contrast is None
     assert stretched.manifest["schedule"]["contrast"] == Contrast().as_dict()
@@ -67,7 +67,7 @@ def test_package_contrast_is_the_default_and_mri_refuses_it(packages, tmp_path):
     assert "contrast_gain" not in off.extra
     with pytest.raises(InputError, match="contrast"):
         Solver.load(plain).solve(y, op, steps=4, contrast="gamma")
-    mri_model, mri_pkg = packages["mri"]
+    mri_model, mri_pkg = tiny_packages["mri"]
     with pytest.raises(InputError, match="contrast stretch is for image"):
         export_model(mri_model, tmp_path / "mri", contrast="stretch", check=False, **quiet)
     mri_op = operator_for("mri", {"kind": "gaussian1d", "acceleration": 4})
@@ -81,8 +81,6 @@ def test_package_contrast_is_the_default_and_mri_refuses_it(packages, tmp_path):
 def test_noise_aware_model_weighs_the_stretched_noise_as_torch_does(tmp_path, noise_std, contrast):
     """A noise-aware model weighs the stretched y by the stretched noise (gain x sigma_y), in the
     runtime and the torch reference alike; the solution reports sigma_y of the y it was given."""
-    from test_unfolding import proximal_model
-
     model = proximal_model()
     pkg = export_model(model, tmp_path / "prox", check=False, **quiet)
     op = operator_for("sr", {"factor": 4})

@@ -15,17 +15,7 @@ from diffunfold.training.config import load_config  # noqa: E402
 from diffunfold.training.loss import unfolding_loss  # noqa: E402
 from diffunfold.training.model import DiffUnfolding, ModelSettings  # noqa: E402
 from diffunfold.training.sampler import restore, to_tensor  # noqa: E402
-
-TINY_UNET = {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attention_levels": [1], "head_channels": 8}
-
-
-def tiny_model(shared=True, data="image", channels=3, stages=3, seed=0) -> DiffUnfolding:
-    torch.manual_seed(seed)
-    model = DiffUnfolding(ModelSettings(data=data, channels=channels, stages=stages, shared=shared, unet=dict(TINY_UNET)))
-    with torch.no_grad():  # leave the zero initialisation so every part contributes
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+from helpers import TINY_UNET, tiny_model  # noqa: E402
 
 
 def hand_written_denoiser(model, x_t, s, y, op):

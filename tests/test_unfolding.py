@@ -20,21 +20,10 @@ from diffunfold.training.config import load_config  # noqa: E402
 from diffunfold.training.data import TrainingBatches  # noqa: E402
 from diffunfold.training.model import DiffUnfolding, ModelSettings  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from test_runtime import IMAGE_TASKS, MRI_TASKS, clean_images, operator_for, rel_err  # noqa: E402
-from test_training_model import TINY_UNET  # noqa: E402
+from helpers import (IMAGE_TASKS, MRI_TASKS, TINY_UNET, clean_images, operator_for, proximal_model,  # noqa: E402
+                     rel_err)
 
 REL_TOL = 1e-3
-
-
-def proximal_model(noise_aware=True, data="image", channels=3, seed=0) -> DiffUnfolding:
-    torch.manual_seed(seed)
-    settings = ModelSettings(data=data, channels=channels, stages=2, shared=True, unet=dict(TINY_UNET),
-                             data_step="proximal", noise_aware=noise_aware, tau_init=1.0, gamma_init=1.0)
-    model = DiffUnfolding(settings)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
