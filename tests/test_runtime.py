@@ -93,14 +93,39 @@ def test_weights_evaluated_once_per_schedule(tiny_packages, monkeypatch):
     assert calls == [5, 6]
 
 
-def test_sizes_that_are_not_a_multiple_are_padded(tiny_packages):
+def test_sizes_that_are_not_a_multiple_are_padded(tiny_packages, monkeypatch):
+    """A 31 x 45 image with a U-Net that needs multiples of 2: each regulariser call sees the
+    image reflect-padded at its bottom and right to 32 x 46 and its result is cropped back (the
+    physics stay at 31 x 45). The solve equals, to 1e-6, a solve whose regulariser does that by
+    hand (np.pad, crop) with the solver's own padding off; padding the border any other way (edge)
+    moves the result by far more (about 0.09), so the match checks the padding, not just a shape.
+    (Its range needs no check: the solver clips every image result to [0, 1].)"""
     _, pkg = tiny_packages["shared"]
     assert pkg.size_multiple == 2
     op = make_operator("gaussian_blur", (31, 45), sigma=1.0)
     x = np.random.default_rng(0).uniform(0, 1, (1, 3, 31, 45)).astype(np.float32)
-    out = Solver.load(pkg).solve(op.measure(x, 0.05, seed=0), op, steps=4)
+    y = op.measure(x, 0.05, seed=0)
+    solver = Solver.load(pkg)
+    seen, network = [], solver.backend.regularize
+    monkeypatch.setattr(solver.backend, "regularize", lambda v, sigma, k: seen.append(v.shape) or network(v, sigma, k))
+    out = solver.solve(y, op, steps=4)
     assert out.images.shape == (1, 3, 31, 45) and np.all(np.isfinite(out.images))
-    assert out.images.min() >= 0 and out.images.max() <= 1
+    assert out.tiling == "untiled" and len(seen) == out.nfe * pkg.stages and set(seen) == {(1, 3, 32, 46)}
+
+    def padded_by_hand(mode):
+        ref = Solver.load(pkg)
+        ref.size_multiple = 1  # the solver pads nothing: the regulariser below pads and crops
+        inner = ref.backend.regularize
+
+        def regularize(v, sigma, k):
+            h, w = v.shape[-2:]
+            return inner(np.pad(v, ((0, 0), (0, 0), (0, -h % 2), (0, -w % 2)), mode=mode), sigma, k)[:, :, :h, :w]
+
+        monkeypatch.setattr(ref.backend, "regularize", regularize)
+        return ref.solve(y, op, steps=4).images
+
+    np.testing.assert_allclose(out.images, padded_by_hand("reflect"), rtol=0, atol=1e-6)
+    assert np.max(np.abs(out.images - padded_by_hand("edge"))) > 1e-2  # the border's content matters
 
 
 def test_timing_breakdown(tiny_packages):
