@@ -177,6 +177,13 @@ def test_normalised_convolution_large_holes_and_edge_cases():
     op = Inpainting.box(SHAPE, 0.6)
     out = normalised_convolution(op, op.A(x))
     assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+    # [0, 1] above is the clip's. Unclipped, the fill of images in [0.3, 0.7] stays within each
+    # image's (and channel's) observed range: a weighted average, no overshoot, no zeros in the hole.
+    narrow = 0.3 + 0.4 * x
+    raw = normalised_convolution(op, op.A(narrow), clip=False)
+    observed = narrow[:, :, op.mask[0, 0] == 1]  # (B, C, observed pixels)
+    assert np.all(raw.min(axis=(-2, -1)) >= observed.min(axis=-1) - 1e-9)
+    assert np.all(raw.max(axis=(-2, -1)) <= observed.max(axis=-1) + 1e-9)
     hole = op.mask[0, 0] == 0
     assert np.ptp(out[:, :, hole]) > 0  # not one flat value
     # A constant image is filled with that constant (the weights are normalised).

@@ -97,6 +97,7 @@ def test_image_space_round_trip_and_chain_rule():
     x = np.random.default_rng(0).uniform(size=(2, 3, 8, 8))
     xm = space.to_model(x)
     assert xm.min() >= -1 and xm.max() <= 1
+    np.testing.assert_allclose(xm, 2 * x - 1)  # x_model = 2 x - 1 (diffunfold.spaces), not just any map into [-1, 1]
     np.testing.assert_allclose(space.to_user(xm), x)
     np.testing.assert_allclose(space.grad_to_model(np.ones_like(x)), 0.5)
 

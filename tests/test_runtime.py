@@ -243,7 +243,10 @@ def test_backend_choice(tiny_packages, tmp_path):
     lean = export_model(tiny_model(), tmp_path / "lean", torch_weights=False, **quiet)
     with pytest.raises(InputError, match="without model.safetensors"):
         Solver.load(lean, backend="torch")
-    assert isinstance(ModelPackage.open(lean.path), ModelPackage)
+    opened = ModelPackage.open(lean.path)  # every file it lists is there and matches its checksum
+    assert isinstance(opened, ModelPackage) and opened.torch_weights_file is None
+    assert "model.safetensors" not in opened.manifest["files"] and not (lean.path / "model.safetensors").exists()
+    assert pkg.torch_weights_file == "model.safetensors" and "model.safetensors" in pkg.manifest["files"]
 
 
 def _cuda_visible() -> bool:
