@@ -41,7 +41,8 @@ from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
 from diffunfold.metrics import psnr  # noqa: E402
 from diffunfold.physics.mri import MultiCoilMRI, mri_mask  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
-from diffunfold.scanner import ScannerSettings, estimate_kspace_noise, prepare_kspace  # noqa: E402
+from diffunfold.scanner import ScannerSettings, StartSettings, estimate_kspace_noise, prepare_kspace  # noqa: E402
+from diffunfold.scanner.start import sense_start  # noqa: E402
 from diffunfold.scanner.simulate import correlated_noise, random_noise_covariance  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +88,10 @@ def oracle_l1(op, y, truth) -> tuple[float, dict]:
     return best
 
 
-def quality_rows(solvers: dict[str, Solver], items: list[dict], levels, seed: int) -> list[dict]:
-    """Every package on the same scans and prepared problems; the baselines once per scan."""
+def quality_rows(solvers: dict[str, Solver], items: list[dict], levels, seed: int,
+                 starts: tuple[str, ...] = ("sense",)) -> list[dict]:
+    """Every package (and every start: ``sense`` the default, ``noise`` the full schedule) on the
+    same scans and prepared problems; the baselines once per scan."""
     rows = []
     for kind, acc in MASKS:
         for level in levels:
@@ -101,9 +104,13 @@ def quality_rows(solvers: dict[str, Solver], items: list[dict], levels, seed: in
                     row = {"mask": f"{kind} {acc:g}x", "noise": level, "maps": maps, "slice": item["name"],
                            "noise_estimated": p.noise_std * p.scale, "map_std": p.map_std * p.scale}
                     for name, solver in solvers.items():
-                        sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i)
-                        row[name] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
-                        row[f"{name} s"] = sol.timing.total
+                        for start in starts:
+                            key = name if len(starts) == 1 else f"{name} ({start} start)"
+                            t0 = time.perf_counter()
+                            begin = sense_start(p, StartSettings(method=start))
+                            sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i, **begin)
+                            row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
+                            row[f"{key} s"] = time.perf_counter() - t0
                     row["cg_sense"], row["sense_at"] = oracle_sense(p.operator, p.y, truth)
                     row["l1_wavelet"], row["l1_at"] = oracle_l1(p.operator, p.y, truth)
                     rows.append(row)
@@ -251,6 +258,9 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, nargs="+", default=[256], help="slice sizes (px)")
     ap.add_argument("--slices", type=int, default=3, help="slices per cell (orientations in turn)")
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02], help="k-space noise std levels")
+    ap.add_argument("--start", nargs="+", choices=["sense", "noise"], default=["sense"],
+                    help="quality: where sampling starts (sense: the SENSE estimate plus noise, the default; "
+                         "noise: the full schedule from pure noise); several are compared in one run")
     ap.add_argument("--repeats", type=int, default=2, help="speed: interleaved rounds")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -271,9 +281,10 @@ def main(argv=None) -> int:
             names = [Path(p).name for p in args.package]
             names = names if len(set(names)) == len(names) else list(args.package)
             solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
-            found = quality_rows(solvers, items, args.noise, args.seed)
+            found = quality_rows(solvers, items, args.noise, args.seed, tuple(args.start))
             rows += found
-            parts.append(f"## {size} px\n\n" + quality_markdown(found, list(solvers)))
+            keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
+            parts.append(f"## {size} px\n\n" + quality_markdown(found, keys))
         else:
             solver = Solver.load(args.package[0], backend=args.backend)
             before = Solver.load(args.before, backend=args.backend) if args.before else None

@@ -106,6 +106,10 @@ class Stretch:
     def noise_std(self, std: np.ndarray) -> np.ndarray:
         return np.asarray(std, dtype=np.float64) * self.gain
 
+    def stretched(self, x):
+        """An image at the stretched contrast, ``g x + o`` (a solve's starting estimate)."""
+        return self._per_image(self.gain, x) * x + self._per_image(self.offset, x)
+
     def image(self, x_stretched):
         """The restoration back at the image's own contrast: ``(x' - o) / g``."""
         return (x_stretched - self._per_image(self.offset, x_stretched)) / self._per_image(self.gain, x_stretched)

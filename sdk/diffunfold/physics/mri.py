@@ -190,6 +190,11 @@ class MultiCoilMRI(LinearOperator):
             self._eig = row_eigensystems(self._maps, self._unshifted_mask())
         return self._eig
 
+    @property
+    def samples_lines(self) -> bool:
+        """Whether the mask samples whole lines (a 1-D pattern, the same in every row)."""
+        return self._is_1d
+
     @functools.cached_property
     def _is_1d(self) -> bool:
         """Whether the mask samples whole columns (constant along H) for every image."""

@@ -166,7 +166,7 @@ class Solver:
               sigma_max: float | None = None, rho: float | None = None,
               progress: bool | Callable[[int, int], None] = False, batch_samples: bool = True,
               noise_std=None, tile: Any = "auto", churn=None, ensemble: str | None = None,
-              contrast=None) -> Solution:
+              contrast=None, init=None, init_sigma: float | None = None) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
         ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
@@ -193,16 +193,53 @@ class Solver:
         images at a photo's contrast and maps the result back, exactly through the physics;
         ``"colour"`` also moves each colour channel's level to mid-grey and back; ``"none"``
         neither; None: the package's. ``solution.extra["contrast_gain"]`` has each gain.
+        ``init``: an estimate of the images (user space, shaped like them; e.g. a classical
+        reconstruction) to start from instead of pure noise: the solve adds noise of level
+        ``init_sigma`` (model units, as the schedule's) to it and runs only the schedule's
+        steps at or below that level, so fewer network calls; the estimate's errors must be
+        small against ``init_sigma`` for the result to lose nothing (``diffunfold.scanner``
+        picks both for MRI).
         """
+        sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init, init_sigma)
+        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+            raise InputError(f"samples must be a positive integer, got {samples!r}")
+        y_dev, return_numpy = self._prepare(y, operator)
+        run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
+        run.init = self._start_estimate(init, run)
+        together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
+        run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
+        step, close = _progress_hook(progress, (len(sigmas) - 1) * (1 if together else int(samples)),
+                                     f"restoring ({sampler}, {self.backend.name})")
+        t_start = time.perf_counter()
+        try:
+            draws, nfe = self._sample_together(run, int(samples), step) if together else \
+                self._sample_rounds(run, int(samples), step)
+            self.backend.synchronize()
+        finally:
+            close()
+        run.timing.total = time.perf_counter() - t_start
+        sol = self._finish(draws, return_numpy, nfe, run.seeds, int(samples), run.timing, extra)
+        sol.tiling = run.plan.describe()
+        return sol
+
+    def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init, init_sigma) -> tuple[np.ndarray, str]:
+        """The noise levels of a solve (the package's schedule unless overridden; its tail from
+        ``init_sigma`` when it starts from an estimate) and the sampler."""
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
         sampler = edm.check_sampler(sched["sampler"] if sampler is None else sampler)
         sigmas = edm.schedule(steps, sched["sigma_min"] if sigma_min is None else sigma_min,
                               sched["sigma_max"] if sigma_max is None else sigma_max,
                               sched["rho"] if rho is None else rho)
-        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-            raise InputError(f"samples must be a positive integer, got {samples!r}")
-        y_dev, return_numpy = self._prepare(y, operator)
+        if (init is None) != (init_sigma is None):
+            raise InputError("init and init_sigma go together: an estimate to start from and the noise level "
+                             "(model units) the solve adds to it")
+        return (sigmas if init is None else edm.start_at(sigmas, init_sigma)), sampler
+
+    def _setup(self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble,
+               contrast) -> tuple["_Run", dict]:
+        """What the sampling loops share: seeds, sampler settings, the (tau, gamma) table, the
+        contrast stretch and the noise level, resolved once."""
         batch = int(y_dev.shape[0])
         seeds = edm.seeds_for(seed, batch)
         churn = self.package.churn if churn is None else edm.Churn.of(churn)
@@ -216,35 +253,37 @@ class Solver:
             stretch = None  # no image is flat: the plain solve, exactly
         if stretch is not None:
             y_dev = stretch.measurement(y_dev, self._a_ones(operator, batch))
-        # Posterior samples run side by side in the batch when the operator's constants are
-        # shared by every image (blur, SR, one mask, one set of coil maps): one network call per
-        # stage instead of one per sample. Each image's start is still its own (seed, sample)
-        # draw, and results do not depend on batch composition, so this changes only the speed.
-        together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
-        plan = self.plan(operator.image_shape, batch * (int(samples) if together else 1), tile)
-        run = _Run(y_dev, operator, weights, noise_var, plan, seeds, sigmas, sampler, churn, ensemble, Timing(),
-                   stretch)
-        step, close = _progress_hook(progress, (len(sigmas) - 1) * (1 if together else int(samples)),
-                                     f"restoring ({sampler}, {self.backend.name})")
-        t_start = time.perf_counter()
-        try:
-            draws, nfe = self._sample_together(run, int(samples), step) if together else \
-                self._sample_rounds(run, int(samples), step)
-            self.backend.synchronize()
-        finally:
-            close()
-        run.timing.total = time.perf_counter() - t_start
-        sol = self._finish(draws, return_numpy, nfe, seeds, int(samples), run.timing, extra)
-        sol.tiling = plan.describe()
-        return sol
+        run = _Run(y_dev, operator, weights, noise_var, TilePlan(None), seeds, sigmas, sampler, churn, ensemble,
+                   Timing(), stretch)
+        return run, extra
+
+    def _start_estimate(self, init, run: "_Run"):
+        """``init`` checked against the images and moved to model space (at the stretched
+        contrast, when stretched); None stays None."""
+        if init is None:
+            return None
+        shape = (len(run.seeds), self.space.channels, *run.operator.image_shape)
+        if not hasattr(init, "shape") or tuple(init.shape) != shape:
+            raise InputError(f"init must be the images' estimate, shaped {shape}, got {describe(init)}")
+        if is_complex(init) != self.space.complex:
+            raise InputError(f"init must be {'complex' if self.space.complex else 'real'} like the images, "
+                             f"got {describe(init)}")
+        check_finite(init, "the starting estimate init")
+        x = self.xp.asarray(init).astype(self.xp.complex64 if self.space.complex else self.xp.float32, copy=False)
+        return self.space.to_model(x if run.stretch is None else run.stretch.stretched(x))
+
+    def _start(self, run: "_Run", sample: int):
+        """Where posterior sample ``sample`` starts: noise at the first level, on the estimate
+        when there is one."""
+        x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=sample))
+        return x if run.init is None else x + run.init
 
     def _sample_together(self, run: "_Run", samples: int, step) -> tuple[list, int]:
         """Every posterior sample side by side in one batch."""
         xp, batch = self.xp, len(run.seeds)
         y_all = xp.concatenate([run.y] * samples, axis=0)
         var_all = None if run.noise_var is None else xp.concatenate([run.noise_var] * samples)
-        x = xp.asarray(np.concatenate([edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j)
-                                       for j in range(samples)]))
+        x = xp.concatenate([self._start(run, j) for j in range(samples)])
         groups = [(j * batch, (j + 1) * batch, flip_axes(run.ensemble, j)) for j in range(samples)]
         x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, run.operator, run.weights, run.timing,
                                                            var_all, run.plan, groups), x, run.sigmas, run.sampler, step,
@@ -256,7 +295,7 @@ class Solver:
         """One posterior sample after the other."""
         draws, nfe = [], 0
         for j in range(samples):
-            x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=j))
+            x = self._start(run, j)
             groups = [(0, len(run.seeds), flip_axes(run.ensemble, j))]
             x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, run.y, run.operator, run.weights, run.timing,
                                                                run.noise_var, run.plan, groups), x, run.sigmas,
@@ -371,6 +410,7 @@ class _Run:
     ensemble: str
     timing: Timing
     stretch: Stretch | None = None
+    init: Any = None               # the starting estimate in model space (None: pure noise)
 
 
 def _progress_hook(progress, total: int, desc: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .prepare import Prepared, ScannerSettings, prepare_kspace
+from .start import StartSettings, sense_start
 
 
 @dataclass
@@ -31,15 +32,20 @@ class ScanResult:
 
 
 def reconstruct_kspace(solver, kspace, mask, settings: ScannerSettings | None = None, noise_covariance=None,
-                       noise_std: float | None = None, coil_maps=None, calibration=None, **solve) -> ScanResult:
+                       noise_std: float | None = None, coil_maps=None, calibration=None,
+                       start: StartSettings | None = None, **solve) -> ScanResult:
     """``kspace`` ``(Nc, H, W)`` (zeros where not sampled), ``mask`` ``(H, W)``; the rest as
-    :func:`~.prepare.prepare_kspace`; ``solve``: options of ``Solver.solve`` (steps, samples,
+    :func:`~.prepare.prepare_kspace`; ``start``: where sampling starts (:mod:`.start`; default:
+    the SENSE estimate plus noise); ``solve``: options of ``Solver.solve`` (steps, samples,
     seed, ...). ``noise_std`` is in the data's units."""
     t0 = time.perf_counter()
     p: Prepared = prepare_kspace(kspace, mask, settings, noise_covariance=noise_covariance, noise_std=noise_std,
                                  coil_maps=coil_maps, calibration=calibration)
+    begin = sense_start(p, start) if "init" not in solve else {}
+    p.info["start"] = f"SENSE estimate + noise {begin['init_sigma']:g}" if begin else \
+        ("the caller's estimate" if "init" in solve else "noise")
     t1 = time.perf_counter()
-    sol = solver.solve(p.y, p.operator, noise_std=p.data_std, **solve)
+    sol = solver.solve(p.y, p.operator, noise_std=p.data_std, **begin, **solve)
     t2 = time.perf_counter()
     std = None if sol.std is None else (np.asarray(sol.std)[0, 0] * p.scale).astype(np.float32)
     seconds = {"prepare": t1 - t0, "solve": t2 - t1, "network": sol.timing.network,
