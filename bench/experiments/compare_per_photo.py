@@ -1,11 +1,16 @@
 """Per-photo view of a quality run on many photos: write its per-photo.json and, given the
 per-photo.json of an earlier run on the same photos, a table of the two per cell.
 
-    python compare_per_photo.py RUN/quality-image-small.json OUT.json [EARLIER per-photo.json]
+    python bench/experiments/compare_per_photo.py RUN/quality-image-small.json OUT.json [EARLIER per-photo.json]
 
 For each task and noise level: the mean against the best baseline, how many photos are ahead,
 the median photo's gain and the three worst photos; with an earlier run, its mean beside.
+The results: bench/results/real-data/image-small-all-held-out/README.md.
 """
+
+from __future__ import annotations
+
+import argparse
 import json
 import sys
 
@@ -46,13 +51,28 @@ def table(now: dict, before: dict | None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
-    now = per_photo(json.load(open(argv[0])))
-    with open(argv[1], "w") as f:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/experiments/compare_per_photo.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a quality-<package>.json of bench/quality.py")
+    p.add_argument("out", help="the per-photo JSON to write")
+    p.add_argument("earlier", nargs="?", help="the per-photo JSON of an earlier run on the same photos")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    with open(a.run) as f:
+        now = per_photo(json.load(f))
+    with open(a.out, "w") as f:
         json.dump(now, f)
-    before = json.load(open(argv[2])) if len(argv) > 2 else None
+    before = None
+    if a.earlier:
+        with open(a.earlier) as f:
+            before = json.load(f)
     print(table(now, before))
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main())
