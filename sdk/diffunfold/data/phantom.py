@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..safe_io import refuse_existing
+from ..physics.base import check_noise_std
 from ..physics.mri import birdcage_maps, fft2c, ifft2c
 from .fastmri import make_ismrmrd_header, write_fastmri_file
 
@@ -146,8 +147,7 @@ def simulate_multicoil(image: np.ndarray, ncoils: int = 15, noise_std: float = 0
         raise InputError("image contains NaN or Inf")
     ncoils = _positive_int(ncoils, "ncoils")
     noise_std = float(noise_std)
-    if not (math.isfinite(noise_std) and noise_std >= 0):
-        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+    check_noise_std(noise_std, 1)
     kspace = fft2c(birdcage_maps(ncoils, x.shape) * x.astype(np.complex128))
     if noise_std > 0:
         g = _generator(rng)
@@ -180,8 +180,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike, num_files: int = 4, slices
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     noise_std = float(noise_std)
-    if not (math.isfinite(noise_std) and noise_std >= 0):
-        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+    check_noise_std(noise_std, 1)
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
