@@ -345,7 +345,9 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--size", type=V.Bounded(16, 2048, integer=True, meaning="pixels, even"), default=128,
                    help="image side in pixels, even")
     p.add_argument("--coils", type=V.COILS, default=15, help="simulated coils (the paper uses 15)")
-    p.add_argument("--noise", type=V.Bounded(0, 1e6), default=0.0, help="k-space noise std")
+    p.add_argument("--noise", type=V.Bounded(0, 1e6), default=0.0, metavar="STD",
+                   help="std of the complex Gaussian noise added to each k-space sample, in the k-space's units "
+                        "(phantom magnitudes in [0, 1], orthonormal FFT; default 0)")
     p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing phantom_NNNN.h5 files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -399,7 +401,9 @@ def _add_training_commands(sub) -> None:
     p.add_argument("--task", action=V.TaskAction, append=True, nargs="+", metavar="WORD",
                    help="a task and its parameters, e.g. --task sr factor=4 (repeatable; default: the "
                         "run's validation tasks)")
-    p.add_argument("--noise", type=V.NOISE, help="measurement noise std (default: the run's val.noise)")
+    p.add_argument("--noise", type=V.NOISE, metavar="STD",
+                   help="std of the Gaussian noise added to the measurements, in the data's units (images in "
+                        "[0, 1]; MRI runs: the k-space of the normalised slices; default: the run's val.noise)")
     p.add_argument("--steps", type=V.STEPS, default=18, help="sampler steps (default 18, the paper's NFE)")
     p.add_argument("--sampler", choices=["euler", "heun"], default="euler")
     p.add_argument("--samples", type=V.SAMPLES, default=1,
