@@ -20,7 +20,8 @@ from ..errors import InputError
 from ..safe_io import refuse_existing
 from ..physics.base import check_noise_std
 from ..physics.mri import birdcage_maps, fft2c, ifft2c
-from .fastmri import make_ismrmrd_header, write_fastmri_file
+from .fastmri_header import make_ismrmrd_header
+from .fastmri_write import write_fastmri_file
 
 __all__ = ["random_phantom", "simulate_multicoil", "write_phantom_dataset"]
 
