@@ -147,7 +147,7 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (M + ["--acceleration", "0"], ("--acceleration",)),
     (M + ["--center-fraction", "2"], ("--center-fraction",)),
     (M + ["--coils", "0"], ("--coils",)),
-    (M + ["--noise", "-0.1"], ("--noise", "max|k|")),
+    (M + ["--noise-rel", "-0.1"], ("--noise-rel", "max|k|")),
     (M + ["--seed", "-1"], ("--seed", "'-1'")),
     (M + ["--threads", "x"], ("--threads", "'x'")),
     (M + ["--size", "2"], ("--size",)),
@@ -162,7 +162,7 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (["demo", "--samples", "0"], ("--samples",)),
     (["demo", "--size", "8"], ("--size", "[16, 1024]")),
     (["demo", "--noise", "-1"], ("--noise",)),
-    (["demo", "--mri-noise", "inf"], ("--mri-noise", "'inf'")),
+    (["demo", "--mri-noise-rel", "inf"], ("--mri-noise-rel", "'inf'")),
     (["demo", "--seed", "-1"], ("--seed",)),
     (["demo", "--threads", "-3"], ("--threads",)),
     (["demo", "--steps", "0"], ("--steps",)),
@@ -242,7 +242,7 @@ NUMERIC = [
     (M, "--acceleration", False, 1, 1024),
     (M, "--coils", True, 1, 128),
     (["demo"], "--samples", True, 1, 256),
-    (["demo"], "--mri-noise", False, 0, 1),
+    (["demo"], "--mri-noise-rel", False, 0, 1),
     (["selfcheck"], "--size", True, 16, 1024),
 ]
 
@@ -294,3 +294,34 @@ def test_a_real_process_prints_one_line_and_exits_2(argv, scratch):
                           text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr and fingerprint(scratch) == before
+
+
+# -- --noise means one thing: the measurement's noise std in the data's units ------------------
+
+def test_mri_old_noise_spelling_is_refused_and_names_noise_rel(scratch, capsys, monkeypatch):
+    """mri's --noise was a fraction of max|k|; it is now --noise-rel, and the old spelling is
+    refused (never read as a std) with the new flag in the message."""
+    line = refused(M + ["--noise", "0.01"], scratch, capsys, monkeypatch)
+    assert "--noise" in line and "--noise-rel" in line and "max|k|" in line, line
+
+
+def test_flags_state_the_noise_unit_in_help():
+    from diffunfold.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.choices and "mri" in a.choices).choices
+    helps = {cmd: {o: a.help for a in sub[cmd]._actions for o in a.option_strings}
+             for cmd in ("restore", "mri", "demo", "phantom", "evaluate", "mrd-phantom")}
+    for cmd in ("restore", "demo", "phantom", "evaluate", "mrd-phantom"):
+        text = helps[cmd]["--noise"]
+        assert "std" in text and ("units" in text or "[0, 1]" in text), (cmd, text)
+    assert "max|k|" in helps["mri"]["--noise-rel"] and "max|k|" in helps["demo"]["--mri-noise-rel"]
+    assert helps["mri"]["--noise"] == "==SUPPRESS==" and helps["demo"]["--mri-noise"] == "==SUPPRESS=="
+
+
+def test_demo_old_mri_noise_spelling_keeps_its_meaning():
+    from diffunfold.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["demo", "--mri-noise", "0.01"]).mri_noise == 0.01
+    assert parser.parse_args(["demo", "--mri-noise-rel", "0.01"]).mri_noise == 0.01
+    assert parser.parse_args(["demo"]).mri_noise == 0.0

@@ -34,7 +34,7 @@ import numpy as np
 
 from ._array import complex_dtype_for, fft_of, like, namespace, real_dtype_for
 from .errors import InputError
-from .physics.base import LinearOperator, NoiseStd
+from .physics.base import LinearOperator, NoiseStd, check_noise_std
 from .physics.blur import Convolution
 from .physics.inpainting import Inpainting
 from .physics.mri import MultiCoilMRI
@@ -71,26 +71,6 @@ MIN_NOISE_STD = {"float32": 1e-4, "float64": 1e-6}
 # tried in each case.
 _NC_SIGMA0 = 0.5
 _NC_CERTAINTY = 0.1
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-def _noise_levels(noise_std: NoiseStd, batch: int) -> np.ndarray:
-    """``noise_std`` as float64, shape ``()`` or ``(batch,)``, finite and >= 0."""
-    try:
-        std = np.asarray(noise_std, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"noise_std must be a number or one number per image, got {noise_std!r}"
-        ) from None
-    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != batch):
-        raise InputError(
-            f"noise_std must be a number or one value per image ({batch}), got shape {std.shape}"
-        )
-    if not np.all(np.isfinite(std)) or np.any(std < 0):
-        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
-    return std
 
 
 def _clip01(x):
@@ -149,7 +129,7 @@ def wiener_deconvolution(op: Convolution, y, noise_std: NoiseStd, prior: str = "
     xp = namespace(y)
     real_t, complex_t = real_dtype_for(xp, y.dtype), complex_dtype_for(xp, y.dtype)
     floor = MIN_NOISE_STD["float32" if real_t == xp.float32 else "float64"]
-    var = np.maximum(_noise_levels(noise_std, int(y.shape[0])), floor) ** 2
+    var = np.maximum(check_noise_std(noise_std, int(y.shape[0])), floor) ** 2
 
     conj_k = op._const("wiener:K*", lambda: np.conj(op._spectrum), y, dtype=complex_t)
     power = op._const("wiener:|K|^2", lambda: np.abs(op._spectrum) ** 2, y, dtype=real_t)
@@ -310,5 +290,5 @@ def classical_baseline(op: LinearOperator, y, noise_std: NoiseStd):
     """
     _, fn = _lookup(op)
     batch = int(y.shape[0]) if getattr(y, "ndim", 0) >= 1 else 1
-    _noise_levels(noise_std, batch)
+    check_noise_std(noise_std, batch)
     return fn(op, y, noise_std)

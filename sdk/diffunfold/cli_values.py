@@ -82,11 +82,28 @@ STEPS = Bounded(1, 1000, integer=True)
 SAMPLES = Bounded(1, 256, integer=True)
 COUNT = Bounded(1, 100_000, integer=True)
 COILS = Bounded(1, 128, integer=True)
+# --noise is everywhere the measurement's noise std in the units of the data; a level relative
+# to the data has its own flag ending in -rel (mri --noise-rel, demo --mri-noise-rel).
 NOISE = Bounded(0, 1, meaning="a standard deviation, images in [0, 1]")
 KSPACE_NOISE = Bounded(0, 1, meaning="a fraction of max|k|")
 ACCELERATION = Bounded(1, 1024)
 CENTER_FRACTION = Bounded(0, 1, lo_open=True, hi_open=True)
 MASK_SIDE = Bounded(2, 16384, integer=True)
+
+
+class Renamed(argparse.Action):
+    """An old spelling whose meaning now has another name (``add_argument("--noise",
+    action=Renamed, now="--noise-rel F, a fraction of max|k|")``): refused with one line naming
+    the new flag, never read as it, so an old command line cannot silently mean something else.
+    Hidden from ``--help``."""
+
+    def __init__(self, option_strings, dest, now: str = "", **kwargs):
+        self.now = now
+        kwargs.update(help=argparse.SUPPRESS, default=argparse.SUPPRESS)
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise argparse.ArgumentError(self, f"is not an option of this command; use {self.now}")
 
 
 def image_side(lo: int, hi: int = 16384) -> Bounded:

@@ -307,11 +307,14 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
                    help="posterior samples per image: their mean is the result, their std the uncertainty "
                         "map (default 4)")
     p.add_argument("--steps", type=V.STEPS, default=None, help="sampler steps (default: the package's, 18)")
-    p.add_argument("--noise", type=V.NOISE, default=0.05,
-                   help="measurement noise std for the image tasks, images in [0, 1] (default 0.05)")
-    p.add_argument("--mri-noise", type=V.KSPACE_NOISE, default=0.0,
-                   help="k-space noise std as a fraction of max|k| (default 0, the paper's fastMRI protocol; "
-                        "training saw 0-0.01)")
+    p.add_argument("--noise", type=V.NOISE, default=0.05, metavar="STD",
+                   help="measurement noise std for the image tasks, in the images' units ([0, 1]; default 0.05)")
+    p.add_argument("--mri-noise-rel", dest="mri_noise", type=V.KSPACE_NOISE, default=0.0, metavar="F",
+                   help="k-space noise std for the MRI tasks as a fraction F of max|k| (default 0, the paper's "
+                        "fastMRI protocol; training saw 0-0.01)")
+    # its earlier spelling, the same fraction (hidden): old command lines keep their meaning
+    p.add_argument("--mri-noise", dest="mri_noise", type=V.KSPACE_NOISE, default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)
     p.add_argument("--coils", type=V.COILS, default=15, help="simulated receive coils for MRI (default 15)")
     p.add_argument("--seed", type=V.SEED, default=0, help="first seed; image i uses seed + i (default 0)")
     p.add_argument("--data", default="data", metavar="DIR",

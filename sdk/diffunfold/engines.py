@@ -292,25 +292,14 @@ def build_engines(package: str | Path | ModelPackage, target: str | Path | Engin
     tgt = load_target(target)
     tgt.check_sizes(pkg.size_multiple)
     trt = require("tensorrt", "trt")
-    gpu = current_gpu(device)
-    if gpu is None:
-        raise InputError("no CUDA GPU is visible (neither CuPy nor nvidia-smi sees one): engines are built on the "
-                         "GPU they will run on")
-    warning = check_gpu_for_target(tgt, gpu)
-    if warning:
-        log(warning)
-    _use_device(device)
+    gpu = _build_gpu(tgt, device, log)
     out = Path(out_dir) if out_dir else pkg.engine_dir(tgt.name)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = Path(timing_cache) if timing_cache else default_timing_cache(tgt)
     channels = int(pkg.manifest["data"]["model_channels"])
     logger = _trt_logger(trt, verbose)
     builder = trt.Builder(logger)
-    log(f"building {len(pkg.regularizer_files)} engine(s) of {pkg.path} for target {tgt.name} "
-        f"({tgt.precision}, {len(tgt.profiles)} profile(s)) on {gpu} with TensorRT {trt.__version__}")
-    if progress:
-        for i, p in enumerate(tgt.profiles):
-            log(f"  profile {i}: {p.describe()}")
+    _log_plan(pkg, tgt, gpu, str(trt.__version__), progress, log)
 
     blob = cache_path.read_bytes() if cache_path.is_file() else b""
     cache = None
@@ -344,6 +333,29 @@ def build_engines(package: str | Path | ModelPackage, target: str | Path | Engin
         log(f"  wrote {engine_path} ({rec.engine_bytes / 1e6:.1f} MB) in {seconds:.1f} s")
     log(f"built {len(records)} engine(s) in {time.perf_counter() - t_all:.1f} s; timing cache {cache_path}")
     return records
+
+
+def _build_gpu(tgt: EngineTarget, device: int, log: Callable[[str], None]) -> GPUInfo:
+    """The GPU the engines are built on (made current), after saying where it differs from
+    the target's; an InputError where none is visible."""
+    gpu = current_gpu(device)
+    if gpu is None:
+        raise InputError("no CUDA GPU is visible (neither CuPy nor nvidia-smi sees one): engines are built on the "
+                         "GPU they will run on")
+    warning = check_gpu_for_target(tgt, gpu)
+    if warning:
+        log(warning)
+    _use_device(device)
+    return gpu
+
+
+def _log_plan(pkg: ModelPackage, tgt: EngineTarget, gpu: GPUInfo, trt_version: str, progress: bool,
+              log: Callable[[str], None]) -> None:
+    log(f"building {len(pkg.regularizer_files)} engine(s) of {pkg.path} for target {tgt.name} "
+        f"({tgt.precision}, {len(tgt.profiles)} profile(s)) on {gpu} with TensorRT {trt_version}")
+    if progress:
+        for i, p in enumerate(tgt.profiles):
+            log(f"  profile {i}: {p.describe()}")
 
 
 # -- command line ---------------------------------------------------------------------------

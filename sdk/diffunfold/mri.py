@@ -83,9 +83,12 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
                              "low-resolution ratio maps)")
     parser.add_argument("--coils", type=V.COILS, default=15, metavar="N",
                         help="simulated coils for --coil-maps simulate (default: 15)")
-    parser.add_argument("--noise", type=V.KSPACE_NOISE, default=0.0,
-                        help="extra complex Gaussian k-space noise, std as a fraction of max|k| of the slice "
+    parser.add_argument("--noise-rel", type=V.KSPACE_NOISE, default=0.0, metavar="F",
+                        help="extra complex Gaussian k-space noise, its std a fraction F of max|k| of the slice "
                              "(as training's data.mri_noise; default: 0, the file's own noise)")
+    # before --noise-rel, mri's --noise was this fraction; elsewhere --noise is a std in the data's units
+    parser.add_argument("--noise", action=V.Renamed, now="--noise-rel F (the k-space noise std as a fraction "
+                                                         "of max|k|)")
     parser.add_argument("--size", type=V.image_side(8), metavar="N",
                         help="centre-crop the slices to NxN (default: the recon matrix, e.g. 320x320)")
     parser.add_argument("--out", type=Path, default=Path("recon"),
@@ -142,9 +145,9 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     x = item["image"][None]  # (1, 1, H, W) complex64, normalised
     op = MultiCoilMRI(item["coil_maps"], _mri_mask(job, tuple(x.shape[-2:])))
     seed = args.seed + s
-    noise_std = args.noise * float(np.abs(op.A(x)).max())
+    noise_std = args.noise_rel * float(np.abs(op.A(x)).max())
     y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
-    # the file's own k-space noise adds to what --noise adds: the solver estimates the total
+    # the file's own k-space noise adds to what --noise-rel adds: the solver estimates the total
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
                            noise_std=None, tile=args.tile, churn=args.churn_setting,
                            ensemble=args.ensemble, progress=step_bar(unit.name, args.quiet))
@@ -195,7 +198,7 @@ def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: 
     shape = f"{rows[-1]['size'][0]}x{rows[-1]['size'][1]}, {rows[-1]['ncoils']} coils" if rows else "-"
     print(f"{pkg.summary()}\n{job.path.name}: {len(rows)} slice(s) of {count}, {shape} ({args.coil_maps}d maps); "
           f"mask {pattern}" + (f" (realised {realised:.2f}x)" if realised else "") +
-          f", noise {args.noise:g} x max|k| -> {out_dir}/")
+          f", noise {args.noise_rel:g} x max|k| -> {out_dir}/")
     if rows:
         print("\n".join(_mri_table(rows)))
     for n in skipped_note(batch, "slice", out_dir):
@@ -206,7 +209,7 @@ def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: 
         write_report(args.json, {
             "command": "mri", "package": str(pkg.path), "file": str(job.path), "mask": args.mask,
             "acceleration": args.acceleration, "realised_acceleration": realised,
-            "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise,
+            "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise_rel,
             "size": args.size, "steps": args.steps or pkg.schedule["steps"],
             "sampler": args.sampler or pkg.schedule["sampler"],
             "churn": (args.churn_setting or pkg.churn).as_dict(),

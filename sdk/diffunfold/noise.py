@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._array import to_numpy
-from .errors import InputError
-from .physics.base import LinearOperator
+from .physics.base import LinearOperator, check_noise_std
 from .physics.inpainting import Inpainting
 from .physics.mri import MultiCoilMRI
 
@@ -64,16 +63,9 @@ def estimate_noise_std(operator: LinearOperator, y) -> np.ndarray:
 
 
 def resolve_noise_std(noise_std, operator: LinearOperator, y, batch: int) -> np.ndarray:
-    """``noise_std`` as float64 ``(batch,)``: checked when given (a number or one per image,
-    finite, >= 0), estimated from ``y`` when None."""
+    """The noise level of a solve, resolved once: ``noise_std`` as float64 ``(batch,)``, checked
+    when given (a number or one per image, finite, >= 0: ``physics.base.check_noise_std``),
+    estimated from ``y`` when None (:func:`estimate_noise_std`)."""
     if noise_std is None:
         return estimate_noise_std(operator, y)
-    try:
-        std = np.asarray(noise_std, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise InputError(f"noise_std must be a number or one number per image, got {noise_std!r}") from None
-    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != batch):
-        raise InputError(f"noise_std must be a number or one value per image ({batch}), got shape {std.shape}")
-    if not np.all(np.isfinite(std)) or np.any(std < 0):
-        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
-    return np.broadcast_to(std, (batch,)).copy()
+    return np.broadcast_to(check_noise_std(noise_std, batch), (batch,)).copy()

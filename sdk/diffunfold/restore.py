@@ -348,7 +348,7 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     from .data.image_io import write_image
     from .data.images import save_image
     from .metrics import psnr, ssim
-    from .noise import estimate_noise_std
+    from .noise import resolve_noise_std
     from .progress import step_bar
 
     args = job.args
@@ -356,7 +356,8 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     seed = args.seed + index
     _check_memory(job, _operator_shape(args, _read_header(path), job.factor))
     x, y, op, notes, src = _measure(path, job, seed)
-    noise_std = args.noise if args.noise is not None else float(estimate_noise_std(op, y)[0])
+    # sigma_y resolved once (given, or estimated from the input) for the model and the baseline alike
+    noise_std = float(resolve_noise_std(args.noise, op, y, 1)[0])
     if args.noise is None:
         notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
     sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,

@@ -13,15 +13,15 @@ The layout (one file per volume, as distributed by fastMRI):
 
 Everything here is numpy + h5py (no torch): the dataset returns numpy arrays, which a torch
 ``DataLoader`` collates as it does any numpy array.
+
+The reading and the dataset live here; the header in ``fastmri_header``, writing in
+``fastmri_write``, the crop and normalisation in ``fastmri_arrays`` (all re-exported here).
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 import os
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -29,8 +29,10 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
-from ..safe_io import atomic_write
-from ..physics.mri import birdcage_maps, estimate_coil_maps, ifft2c, rss as rss_combine
+from ..physics.mri import birdcage_maps, estimate_coil_maps, ifft2c
+from .fastmri_arrays import center_crop, fit_crop, percentile_normalize
+from .fastmri_header import ISMRMRD_NAMESPACE, FastMRIHeader, make_ismrmrd_header, parse_ismrmrd_header
+from .fastmri_write import write_fastmri_file
 
 __all__ = [
     "ISMRMRD_NAMESPACE",
@@ -45,234 +47,12 @@ __all__ = [
     "FastMRISlices",
 ]
 
-ISMRMRD_NAMESPACE = "http://www.ismrm.org/ISMRMRD"
 COIL_MAP_MODES = ("simulate", "estimate")
 
 
 class _SliceOutOfRange(InputError, IndexError):
     """An out-of-range slice: an InputError for users, an IndexError for Python's sequence
     protocol (so ``for item in dataset`` stops at the end)."""
-
-
-# -- ISMRMRD header -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FastMRIHeader:
-    """The parts of an ISMRMRD header that fastMRI processing needs.
-
-    Matrices are ``(x, y, z)`` in samples and fields of view ``(x, y, z)`` in mm; x is the
-    readout (k-space H), y the phase encodes (k-space W). ``encoding_step1`` is
-    ``(minimum, maximum, center)`` of ``kspace_encoding_step_1`` (the phase-encode lines).
-    """
-
-    encoded_matrix: tuple[int, int, int]
-    recon_matrix: tuple[int, int, int]
-    encoded_fov: tuple[float, float, float]
-    recon_fov: tuple[float, float, float]
-    encoding_step1: tuple[int, int, int]
-
-    @property
-    def encoded_shape(self) -> tuple[int, int]:
-        """``(H, W)`` of the encoded k-space grid."""
-        return (self.encoded_matrix[0], self.encoded_matrix[1])
-
-    @property
-    def recon_shape(self) -> tuple[int, int]:
-        """``(Hr, Wr)`` of the reconstructed image (the crop of ``reconstruction_rss``)."""
-        return (self.recon_matrix[0], self.recon_matrix[1])
-
-    def to_xml(self) -> str:
-        """This header as an ISMRMRD XML document (see :func:`make_ismrmrd_header`)."""
-        return make_ismrmrd_header(self.encoded_matrix, self.recon_matrix, self.encoded_fov,
-                                   self.recon_fov, self.encoding_step1)
-
-
-def _int_triple(value: Any, name: str, default_z: int = 1) -> tuple[int, int, int]:
-    vals = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else None
-    if vals is None or len(vals) not in (2, 3):
-        raise InputError(f"{name} must be (x, y) or (x, y, z), got {value!r}")
-    if len(vals) == 2:
-        vals = vals + (default_z,)
-    out = []
-    for v in vals:
-        try:
-            ok = not isinstance(v, (bool, np.bool_)) and float(v).is_integer() and int(v) >= 1
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise InputError(f"{name} must hold positive integers, got {value!r}")
-        out.append(int(v))
-    return (out[0], out[1], out[2])
-
-
-def _float_triple(value: Any, name: str, default_z: float) -> tuple[float, float, float]:
-    vals = tuple(value) if isinstance(value, (tuple, list, np.ndarray)) else None
-    if vals is None or len(vals) not in (2, 3):
-        raise InputError(f"{name} must be (x, y) or (x, y, z) in mm, got {value!r}")
-    if len(vals) == 2:
-        vals = vals + (default_z,)
-    try:
-        out = tuple(float(v) for v in vals)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must hold numbers (mm), got {value!r}") from None
-    if not all(math.isfinite(v) and v > 0 for v in out):
-        raise InputError(f"{name} must hold positive finite sizes in mm, got {value!r}")
-    return (out[0], out[1], out[2])
-
-
-def make_ismrmrd_header(encoded_matrix: Sequence[int], recon_matrix: Sequence[int] | None = None,
-                        encoded_fov: Sequence[float] | None = None,
-                        recon_fov: Sequence[float] | None = None,
-                        encoding_step1: Sequence[int] | None = None) -> str:
-    """A minimal ISMRMRD XML header holding the fields :class:`FastMRIHeader` reads.
-
-    ``encoded_matrix``/``recon_matrix``: ``(x, y)`` or ``(x, y, z)`` (z defaults to 1);
-    ``recon_matrix`` defaults to ``encoded_matrix``. Fields of view default to 1 mm per
-    sample of each matrix. ``encoding_step1`` = ``(minimum, maximum, center)`` defaults to
-    ``(0, y - 1, y // 2)``, the fully sampled phase-encode range. The document also carries
-    the elements the ISMRMRD schema requires (experimental conditions, trajectory), so other
-    ISMRMRD readers accept it.
-    """
-    enc = _int_triple(encoded_matrix, "encoded_matrix")
-    rec = enc if recon_matrix is None else _int_triple(recon_matrix, "recon_matrix")
-    enc_fov = (tuple(float(v) for v in enc) if encoded_fov is None
-               else _float_triple(encoded_fov, "encoded_fov", float(enc[2])))
-    rec_fov = (tuple(float(v) for v in rec) if recon_fov is None
-               else _float_triple(recon_fov, "recon_fov", float(rec[2])))
-    if encoding_step1 is None:
-        lim = (0, enc[1] - 1, enc[1] // 2)
-    else:
-        try:
-            lim = tuple(int(v) for v in encoding_step1)
-        except (TypeError, ValueError):
-            lim = ()
-        if len(lim) != 3 or not 0 <= lim[0] <= lim[2] <= lim[1]:
-            raise InputError(
-                f"encoding_step1 must be (minimum, maximum, center) with 0 <= minimum <= center "
-                f"<= maximum, got {encoding_step1!r}"
-            )
-
-    def xyz(parent: ET.Element, tag: str, values, fmt) -> None:
-        node = ET.SubElement(parent, tag)
-        for axis, v in zip("xyz", values):
-            ET.SubElement(node, axis).text = fmt(v)
-
-    root = ET.Element("ismrmrdHeader", {"xmlns": ISMRMRD_NAMESPACE})
-    conditions = ET.SubElement(root, "experimentalConditions")
-    ET.SubElement(conditions, "H1resonanceFrequency_Hz").text = "127728000"  # 3 T, schema-required
-    encoding = ET.SubElement(root, "encoding")
-    for tag, matrix, fov in (("encodedSpace", enc, enc_fov), ("reconSpace", rec, rec_fov)):
-        space = ET.SubElement(encoding, tag)
-        xyz(space, "matrixSize", matrix, str)
-        xyz(space, "fieldOfView_mm", fov, repr)
-    limits = ET.SubElement(ET.SubElement(encoding, "encodingLimits"), "kspace_encoding_step_1")
-    for tag, v in zip(("minimum", "maximum", "center"), lim):
-        ET.SubElement(limits, tag).text = str(v)
-    ET.SubElement(encoding, "trajectory").text = "cartesian"
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
-
-
-def parse_ismrmrd_header(xml: bytes | str, source: str = "ismrmrd_header") -> FastMRIHeader:
-    """Parse the fields of :class:`FastMRIHeader` from an ISMRMRD XML document.
-
-    ``source`` names where the document came from (a file) in error messages. Documents with
-    or without the ISMRMRD namespace are accepted; the first ``encoding`` element is used.
-    """
-    if isinstance(xml, np.ndarray):  # a 0-d array from an HDF5 scalar dataset
-        xml = xml.item()
-    if not isinstance(xml, (bytes, bytearray, str)):
-        raise InputError(f"{source}: the ISMRMRD header must be XML text (bytes or str), got {type(xml).__name__}")
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as exc:
-        raise InputError(
-            f"{source}: the ISMRMRD header is not valid XML ({exc}); the file may be corrupt — "
-            "re-download it, or rewrite it with write_fastmri_file(..., header=make_ismrmrd_header(...))"
-        ) from None
-    for node in root.iter():  # drop namespaces: fastMRI files use the ISMRMRD one, others none
-        if isinstance(node.tag, str):
-            node.tag = node.tag.rsplit("}", 1)[-1]
-    if root.tag != "ismrmrdHeader":
-        raise InputError(f"{source}: the XML root is <{root.tag}>, not <ismrmrdHeader>; this is not an ISMRMRD header")
-
-    def field(path: str, kind):
-        node = root.find(path)
-        if node is None or node.text is None or not node.text.strip():
-            raise InputError(
-                f"{source}: the ISMRMRD header has no {path}; fastMRI processing needs the encoded "
-                "and recon matrix sizes, fields of view and encoding limits (rewrite the header "
-                "with make_ismrmrd_header)"
-            )
-        text = node.text.strip()
-        try:
-            value = float(text)
-        except ValueError:
-            raise InputError(f"{source}: {path} = {text!r} in the ISMRMRD header is not a number") from None
-        if kind is int:
-            if not value.is_integer():
-                raise InputError(f"{source}: {path} = {text!r} in the ISMRMRD header must be an integer")
-            return int(value)
-        return value
-
-    def triple(space: str, what: str, kind):
-        return tuple(field(f"encoding/{space}/{what}/{a}", kind) for a in "xyz")
-
-    lim = "encoding/encodingLimits/kspace_encoding_step_1"
-    return FastMRIHeader(
-        encoded_matrix=triple("encodedSpace", "matrixSize", int),
-        recon_matrix=triple("reconSpace", "matrixSize", int),
-        encoded_fov=triple("encodedSpace", "fieldOfView_mm", float),
-        recon_fov=triple("reconSpace", "fieldOfView_mm", float),
-        encoding_step1=tuple(field(f"{lim}/{t}", int) for t in ("minimum", "maximum", "center")),
-    )
-
-
-# -- array helpers --------------------------------------------------------------------------------
-
-def center_crop(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """The centre ``(h, w)`` of the last two axes of ``x`` (a view, not a copy).
-
-    The crop starts at ``(H - h) // 2``, which keeps the k-space/FFT centre pixel ``H // 2``
-    at ``h // 2`` when sizes are even.
-    """
-    if getattr(x, "ndim", 0) < 2:
-        raise InputError(f"center_crop needs an array with at least 2 dimensions, got {type(x).__name__} {getattr(x, 'shape', '')}")
-    try:
-        h, w = (int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise InputError(f"the crop shape must be (h, w), got {shape!r}") from None
-    H, W = int(x.shape[-2]), int(x.shape[-1])
-    if h < 1 or w < 1:
-        raise InputError(f"the crop shape must be positive, got {(h, w)}")
-    if h > H or w > W:
-        raise InputError(
-            f"cannot crop {(H, W)} to {(h, w)}: the crop is larger than the image; pick a crop "
-            f"of at most {(H, W)}"
-        )
-    top, left = (H - h) // 2, (W - w) // 2
-    return x[..., top:top + h, left:left + w]
-
-
-def percentile_normalize(image: np.ndarray, q: float = 99.0) -> tuple[np.ndarray, float]:
-    """``(image / s, s)`` with ``s`` the ``q``-th percentile of ``|image|``.
-
-    The paper normalises each fastMRI slice by its 99th-percentile magnitude, so a handful of
-    bright pixels (fat, vessels) do not set the scale. The dtype is kept.
-    """
-    image = np.asarray(image)
-    if not (0 < float(q) <= 100):
-        raise InputError(f"q must be a percentile in (0, 100], got {q!r}")
-    mag = np.abs(image)
-    if mag.size == 0 or not np.all(np.isfinite(mag)):
-        raise InputError("the image is empty or contains NaN/Inf; it cannot be normalised")
-    scale = float(np.percentile(mag, q))
-    if not scale > 0:
-        raise InputError(
-            f"the {q:g}th percentile of |image| is 0 (the image is blank or mostly background), "
-            "so it cannot be normalised; check the slice, or use a larger q"
-        )
-    return (image / np.asarray(scale, dtype=mag.dtype)).astype(image.dtype, copy=False), scale
 
 
 def _plain(value: Any) -> Any:
@@ -282,12 +62,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def _fit_crop(recon: Sequence[int], hw: Sequence[int]) -> tuple[int, int]:
-    # Some fastMRI brain volumes have fewer phase encodes than the 320-wide recon matrix;
-    # like fastMRI itself, crop to what the image has rather than fail.
-    return (min(int(recon[0]), int(hw[0])), min(int(recon[1]), int(hw[1])))
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -405,7 +179,7 @@ class FastMRIFile:
         else the k-space grid; never larger than the k-space grid."""
         hw = self.kspace_shape[-2:]
         if "ismrmrd_header" in self._file:
-            return _fit_crop(self.header.recon_shape, hw)
+            return fit_crop(self.header.recon_shape, hw)
         return self.rss_shape or (hw[0], hw[1])
 
     @property
@@ -455,89 +229,6 @@ class FastMRIFile:
     def __repr__(self) -> str:
         state = f"{self.kspace_shape}" if self._h5.id.valid else "closed"
         return f"FastMRIFile({str(self.path)!r}, kspace={state})"
-
-
-# -- writing ---------------------------------------------------------------------------------------
-
-def write_fastmri_file(path: str | os.PathLike, kspace: np.ndarray, rss: np.ndarray | None = None,
-                       header: FastMRIHeader | str | bytes | None = None,
-                       attrs: dict[str, Any] | None = None) -> Path:
-    """Write fully sampled multi-coil k-space in the fastMRI layout; returns the path.
-
-    ``kspace``: complex ``(slices, coils, H, W)`` (or ``(coils, H, W)`` for one slice), stored
-    as complex64. ``rss``: ``(slices, Hr, Wr)``; by default ``rss(ifft2c(kspace))`` cropped to
-    the header's recon matrix. ``header``: a :class:`FastMRIHeader` or XML; by default one with
-    encoded matrix ``(H, W)`` and recon matrix the shape of ``rss`` (or ``(H, W)``). ``attrs``
-    override the defaults ``max``/``norm`` (of the RSS volume), ``acquisition``
-    (``"UNKNOWN"``) and ``patient_id`` (the file stem).
-
-    The file is written to a hidden temporary file in the same directory and moved into place
-    with ``os.replace``, so readers never see a half-written file and an interrupted write
-    leaves any previous file intact. The parent directory is created if needed.
-    """
-    path = Path(path)
-    ks = np.asarray(kspace)
-    if ks.ndim == 3:
-        ks = ks[None]
-    if ks.ndim != 4 or not np.iscomplexobj(ks):
-        raise InputError(
-            f"kspace must be complex (slices, coils, H, W) or (coils, H, W), got {ks.dtype} {ks.shape}"
-        )
-    ks = ks.astype(np.complex64, copy=False)
-    if not np.all(np.isfinite(ks)):
-        raise InputError("kspace contains NaN or Inf; nothing was written")
-
-    if header is None:
-        recon = tuple(np.shape(rss)[-2:]) if rss is not None else ks.shape[-2:]
-        head = parse_ismrmrd_header(make_ismrmrd_header(ks.shape[-2:], recon))
-    elif isinstance(header, FastMRIHeader):
-        head = header
-    else:
-        head = parse_ismrmrd_header(header, source="the header given to write_fastmri_file")
-    xml = head.to_xml()
-
-    if rss is None:
-        # Computed slice by slice: a whole fastMRI volume of coil images would be several GB.
-        crop = _fit_crop(head.recon_shape, ks.shape[-2:])
-        target = np.stack([center_crop(rss_combine(ifft2c(k)), crop) for k in ks]).astype(np.float32)
-    else:
-        target = np.asarray(rss)
-        if target.ndim == 2:
-            target = target[None]
-        if target.ndim != 3 or target.shape[0] != ks.shape[0] or np.iscomplexobj(target):
-            raise InputError(
-                f"rss must be real (slices, Hr, Wr) with {ks.shape[0]} slices like kspace, got "
-                f"{target.dtype} {target.shape}"
-            )
-        target = target.astype(np.float32, copy=False)
-        if not np.all(np.isfinite(target)):
-            raise InputError("rss contains NaN or Inf; nothing was written")
-
-    meta: dict[str, Any] = {
-        "acquisition": "UNKNOWN",
-        "max": float(target.max()),
-        "norm": float(np.linalg.norm(target)),
-        "patient_id": path.stem,
-    }
-    meta.update(attrs or {})
-
-    def write(tmp: Path) -> None:
-        with h5py.File(tmp, "w") as f:
-            # One chunk per slice, so FastMRIFile.kspace(i) reads exactly one slice.
-            f.create_dataset("kspace", data=ks, chunks=(1,) + ks.shape[1:])
-            f.create_dataset("reconstruction_rss", data=target, chunks=(1,) + target.shape[1:])
-            f.create_dataset("ismrmrd_header", data=xml.encode("utf-8"))
-            for key, value in meta.items():
-                try:
-                    f.attrs[key] = value
-                except (TypeError, ValueError) as exc:
-                    raise InputError(
-                        f"attribute {key!r} = {value!r} cannot be stored in HDF5 ({exc}); use a "
-                        "number, a string or a numpy array"
-                    ) from None
-
-    atomic_write(path, write)
-    return path
 
 
 # -- dataset -----------------------------------------------------------------------------------------

@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 
 from ..errors import InputError
 from ..safe_io import refuse_existing
+from ..physics.base import check_noise_std
 from ..physics.mri import birdcage_maps, fft2c, ifft2c
-from .fastmri import make_ismrmrd_header, write_fastmri_file
+from .fastmri_header import make_ismrmrd_header
+from .fastmri_write import write_fastmri_file
 
 __all__ = ["random_phantom", "simulate_multicoil", "write_phantom_dataset"]
 
@@ -111,22 +113,29 @@ def random_phantom(shape: Sequence[int], rng: RNGLike = None, texture: float = 0
         mag[lesion & interior] = g.uniform(0.85, 1.0) if g.random() < 0.5 else g.uniform(0.0, 0.12)
 
     if texture > 0:
-        # Low-pass filtered white noise (a Gaussian window in k-space): a smooth tissue texture.
-        ky = (np.arange(h) - h // 2)[:, None] / h
-        kx = (np.arange(w) - w // 2)[None, :] / w
-        window = np.exp(-0.5 * (ky**2 + kx**2) / 0.04**2)
-        field = ifft2c(fft2c(g.standard_normal((h, w)).astype(np.complex128)) * window).real
-        field /= max(float(field.std()), 1e-12)
-        mag *= 1.0 + texture * field
+        mag *= 1.0 + texture * _texture_field(g, h, w)
     mag = np.clip(np.where(body, mag, 0.0), 0.0, 1.0)
+    return (mag * np.exp(1j * _random_phase(g, yy, xx))).astype(np.complex64)
 
-    # Phase: a random offset, a linear ramp of at least 0.8 rad per half field of view (so the
-    # phase always varies across the object) and small quadratic terms.
+
+def _texture_field(g: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Low-pass filtered white noise (a Gaussian window in k-space) of unit std: a smooth tissue
+    texture."""
+    ky = (np.arange(h) - h // 2)[:, None] / h
+    kx = (np.arange(w) - w // 2)[None, :] / w
+    window = np.exp(-0.5 * (ky**2 + kx**2) / 0.04**2)
+    field = ifft2c(fft2c(g.standard_normal((h, w)).astype(np.complex128)) * window).real
+    field /= max(float(field.std()), 1e-12)
+    return field
+
+
+def _random_phase(g: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """A random offset, a linear ramp of at least 0.8 rad per half field of view (so the phase
+    always varies across the object) and small quadratic terms."""
     ramp, direction = g.uniform(0.8, 2.0), g.uniform(0, 2 * math.pi)
     q = g.uniform(-0.6, 0.6, size=3)
-    phase = (g.uniform(-math.pi, math.pi) + ramp * (math.cos(direction) * xx + math.sin(direction) * yy)
-             + q[0] * xx**2 + q[1] * xx * yy + q[2] * yy**2)
-    return (mag * np.exp(1j * phase)).astype(np.complex64)
+    return (g.uniform(-math.pi, math.pi) + ramp * (math.cos(direction) * xx + math.sin(direction) * yy)
+            + q[0] * xx**2 + q[1] * xx * yy + q[2] * yy**2)
 
 
 def simulate_multicoil(image: np.ndarray, ncoils: int = 15, noise_std: float = 0.0,
@@ -146,8 +155,7 @@ def simulate_multicoil(image: np.ndarray, ncoils: int = 15, noise_std: float = 0
         raise InputError("image contains NaN or Inf")
     ncoils = _positive_int(ncoils, "ncoils")
     noise_std = float(noise_std)
-    if not (math.isfinite(noise_std) and noise_std >= 0):
-        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+    check_noise_std(noise_std, 1)
     kspace = fft2c(birdcage_maps(ncoils, x.shape) * x.astype(np.complex128))
     if noise_std > 0:
         g = _generator(rng)
@@ -180,8 +188,7 @@ def write_phantom_dataset(out_dir: str | os.PathLike, num_files: int = 4, slices
     if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     noise_std = float(noise_std)
-    if not (math.isfinite(noise_std) and noise_std >= 0):
-        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+    check_noise_std(noise_std, 1)
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

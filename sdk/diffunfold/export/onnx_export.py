@@ -320,26 +320,12 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
         raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
     model = model.float().cpu().eval()
     if fp16_weights:
-        model = copy.deepcopy(model)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.copy_(p.half().float())
+        model = _rounded_to_fp16(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         names, files = _write_networks(model, tmp, opset, attention, fp16_weights, torch_weights, log)
-        report = None
-        if check:
-            sizes = check_sizes or default_check_sizes(model.size_multiple)
-            report = check_package(model, tmp, names, "weights.onnx", sizes, tolerance)
-            log(report.report())
-            if not report.passed:
-                raise InputError(f"export check failed: ONNX Runtime differs from torch by more than {tolerance:.0e} "
-                                 f"(regularisers {report.regularizer_rel_err:.2e}, weights {report.weights_rel_err:.2e}); "
-                                 "the package was not written")
-            if report.max_abs_activation > FP16_MAX:
-                log(f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
-                    "build engines in FP32 or retrain")
+        report = _check_export(model, tmp, names, check_sizes, tolerance, log) if check else None
         sampling = {**({"churn": churn.as_dict()} if churn.active else {}),
                     **({"ensemble": ensemble} if ensemble != "none" else {}),
                     **({"contrast": contrast.as_dict()} if contrast is not None else {})}
@@ -356,6 +342,32 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
         raise
     log(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB)")
     return ModelPackage.open(out)
+
+
+def _rounded_to_fp16(model: DiffUnfolding) -> DiffUnfolding:
+    """A copy of ``model`` with every parameter rounded to float16 (kept in float32)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+    return model
+
+
+def _check_export(model: DiffUnfolding, tmp: Path, names, check_sizes, tolerance: float,
+                  log: Callable[[str], None]):
+    """ONNX Runtime against torch on the package written in ``tmp`` (logged); an InputError
+    beyond ``tolerance``, a warning where an activation exceeds the FP16 range."""
+    sizes = check_sizes or default_check_sizes(model.size_multiple)
+    report = check_package(model, tmp, names, "weights.onnx", sizes, tolerance)
+    log(report.report())
+    if not report.passed:
+        raise InputError(f"export check failed: ONNX Runtime differs from torch by more than {tolerance:.0e} "
+                         f"(regularisers {report.regularizer_rel_err:.2e}, weights {report.weights_rel_err:.2e}); "
+                         "the package was not written")
+    if report.max_abs_activation > FP16_MAX:
+        log(f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
+            "build engines in FP32 or retrain")
+    return report
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str = "ema", **kwargs) -> ModelPackage:

@@ -146,7 +146,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--coils", type=V.COILS, default=8)
     p.add_argument("--mask", default="gaussian1d", choices=["uniform1d", "random1d", "gaussian1d"])
     p.add_argument("--acceleration", type=float, default=4.0, help="1 writes every line (default: 4)")
-    p.add_argument("--noise", type=float, default=0.0, help="k-space noise std of the simulation")
+    p.add_argument("--noise", type=float, default=0.0, metavar="STD",
+                   help="std of the complex Gaussian noise the simulation adds to each k-space sample, in the "
+                        "k-space's units (phantom magnitudes in [0, 1], orthonormal FFT; default 0)")
     p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_phantom)

@@ -197,14 +197,7 @@ class LinearOperator:
         self._check_image(x, "x")
         check_finite(x, "the image x")
         y = self._forward(x)
-        std = np.asarray(noise_std, dtype=np.float64)
-        batch = int(y.shape[0])
-        if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != batch):
-            raise InputError(
-                f"noise_std must be a number or one value per image ({batch}), got shape {std.shape}"
-            )
-        if not np.all(np.isfinite(std)) or np.any(std < 0):
-            raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+        std = check_noise_std(noise_std, int(y.shape[0]))
         if not np.any(std > 0):
             return y
         noise = gaussian_noise(tuple(y.shape), seed, complex_=is_complex(y))
@@ -282,6 +275,21 @@ class LinearOperator:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k not in ("task", "image_shape"))
         return f"{type(self).__name__}({self.image_shape}, {params})"
+
+
+def check_noise_std(noise_std: NoiseStd, batch: int) -> np.ndarray:
+    """The one check of a noise level (``measure``, the baselines, the solvers): ``noise_std``, a
+    number or one per image of ``batch``, as float64 of shape ``()`` or ``(batch,)``, finite and
+    >= 0. Raises :class:`InputError` otherwise."""
+    try:
+        std = np.asarray(noise_std, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"noise_std must be a number or one number per image, got {noise_std!r}") from None
+    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != batch):
+        raise InputError(f"noise_std must be a number or one value per image ({batch}), got shape {std.shape}")
+    if not np.all(np.isfinite(std)) or np.any(std < 0):
+        raise InputError(f"noise_std must be finite and >= 0, got {noise_std!r}")
+    return std
 
 
 def gaussian_noise(shape: tuple[int, ...], seed: Seed, complex_: bool) -> np.ndarray:

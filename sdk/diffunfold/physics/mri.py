@@ -259,45 +259,9 @@ def mri_mask(kind: str, shape: Sequence[int], acceleration: float, center_fracti
     rng = np.random.default_rng(seed)
 
     if kind == "gaussian2d":
-        n_total = int(round(h * w / acc))
-        ch, cw = max(1, int(round(h * cf))), max(1, int(round(w * cf)))
-        center = np.zeros((h, w), dtype=bool)
-        center[h // 2 - ch // 2: h // 2 - ch // 2 + ch, w // 2 - cw // 2: w // 2 - cw // 2 + cw] = True
-        dy = (np.arange(h) - h // 2)[:, None] / (std_fraction * h)
-        dx = (np.arange(w) - w // 2)[None, :] / (std_fraction * w)
-        density = np.exp(-0.5 * (dy**2 + dx**2))
-        flat_center = center.ravel()
-        k = n_total - int(flat_center.sum())
-        if k < 0:
-            raise InputError(f"the centre ({ch}x{cw}) alone exceeds the {acc}x budget; lower center_fraction")
-        candidates = np.flatnonzero(~flat_center)
-        chosen = candidates[_top_k_weighted(rng, density.ravel()[candidates], k)]
-        mask = flat_center.copy()
-        mask[chosen] = True
-        mask = mask.reshape(h, w)
+        mask = _gaussian2d_mask(h, w, acc, cf, std_fraction, rng)
     else:
-        n_total = int(round(w / acc))
-        nc = max(1, int(round(w * cf)))
-        if nc > n_total:
-            raise InputError(
-                f"{nc} centre lines exceed the {n_total} lines of {acc}x on {w} phase encodes; "
-                "lower center_fraction or the acceleration"
-            )
-        lines = np.zeros(w, dtype=bool)
-        lines[w // 2 - nc // 2: w // 2 - nc // 2 + nc] = True
-        candidates = np.flatnonzero(~lines)
-        k = n_total - nc
-        if kind == "uniform1d":
-            step = len(candidates) / max(k, 1)
-            picks = (rng.uniform(0, step) + step * np.arange(k)).astype(int)
-            chosen = candidates[np.minimum(picks, len(candidates) - 1)]
-        elif kind == "random1d":
-            chosen = rng.choice(candidates, size=k, replace=False)
-        else:  # gaussian1d
-            density = np.exp(-0.5 * ((candidates - w // 2) / (std_fraction * w)) ** 2)
-            chosen = candidates[_top_k_weighted(rng, density, k)]
-        lines[chosen] = True
-        mask = np.broadcast_to(lines[None, :], (h, w))
+        mask = np.broadcast_to(_line_mask(kind, w, acc, cf, std_fraction, rng)[None, :], (h, w))
 
     mask = mask.astype(np.float32)
     realised = mask.size / mask.sum()
@@ -307,6 +271,54 @@ def mri_mask(kind: str, shape: Sequence[int], acceleration: float, center_fracti
             "image or another acceleration"
         )
     return mask
+
+
+def _gaussian2d_mask(h: int, w: int, acc: float, cf: float, std_fraction: float,
+                     rng: np.random.Generator) -> np.ndarray:
+    """``gaussian2d``: a centre square plus points drawn with a 2-D Gaussian density, bool ``(H, W)``."""
+    n_total = int(round(h * w / acc))
+    ch, cw = max(1, int(round(h * cf))), max(1, int(round(w * cf)))
+    center = np.zeros((h, w), dtype=bool)
+    center[h // 2 - ch // 2: h // 2 - ch // 2 + ch, w // 2 - cw // 2: w // 2 - cw // 2 + cw] = True
+    dy = (np.arange(h) - h // 2)[:, None] / (std_fraction * h)
+    dx = (np.arange(w) - w // 2)[None, :] / (std_fraction * w)
+    density = np.exp(-0.5 * (dy**2 + dx**2))
+    flat_center = center.ravel()
+    k = n_total - int(flat_center.sum())
+    if k < 0:
+        raise InputError(f"the centre ({ch}x{cw}) alone exceeds the {acc}x budget; lower center_fraction")
+    candidates = np.flatnonzero(~flat_center)
+    chosen = candidates[_top_k_weighted(rng, density.ravel()[candidates], k)]
+    mask = flat_center.copy()
+    mask[chosen] = True
+    return mask.reshape(h, w)
+
+
+def _line_mask(kind: str, w: int, acc: float, cf: float, std_fraction: float,
+               rng: np.random.Generator) -> np.ndarray:
+    """The 1-D kinds: the centre lines plus the drawn ones, bool ``(W,)`` over the phase encodes."""
+    n_total = int(round(w / acc))
+    nc = max(1, int(round(w * cf)))
+    if nc > n_total:
+        raise InputError(
+            f"{nc} centre lines exceed the {n_total} lines of {acc}x on {w} phase encodes; "
+            "lower center_fraction or the acceleration"
+        )
+    lines = np.zeros(w, dtype=bool)
+    lines[w // 2 - nc // 2: w // 2 - nc // 2 + nc] = True
+    candidates = np.flatnonzero(~lines)
+    k = n_total - nc
+    if kind == "uniform1d":
+        step = len(candidates) / max(k, 1)
+        picks = (rng.uniform(0, step) + step * np.arange(k)).astype(int)
+        chosen = candidates[np.minimum(picks, len(candidates) - 1)]
+    elif kind == "random1d":
+        chosen = rng.choice(candidates, size=k, replace=False)
+    else:  # gaussian1d
+        density = np.exp(-0.5 * ((candidates - w // 2) / (std_fraction * w)) ** 2)
+        chosen = candidates[_top_k_weighted(rng, density, k)]
+    lines[chosen] = True
+    return lines
 
 
 # -- coil sensitivities -----------------------------------------------------------------------

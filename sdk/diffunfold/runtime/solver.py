@@ -247,8 +247,9 @@ class Solver:
         # the denoiser runs at the re-noised levels too: one weight evaluation covers both
         weights = self.weights_for(np.unique(np.concatenate([sigmas, churn.sigma_hats(sigmas)])))
         contrast = self.package.contrast if contrast is None else Contrast.of(contrast)
-        stretch, std = self._stretch(contrast, y_dev, operator, noise_std, y, batch)
-        noise_var, extra = self._noise_variance(std, operator, y, batch, stretch)
+        std = self._noise_level(noise_std, contrast, operator, y, batch)  # the one resolution of sigma_y
+        stretch = self._stretch(contrast, y_dev, operator, std, batch)
+        noise_var, extra = self._noise_variance(std, noise_std is None, stretch)
         if stretch is not None and stretch.identity:
             stretch = None  # no image is flat: the plain solve, exactly
         if stretch is not None:
@@ -333,33 +334,37 @@ class Solver:
         return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=samples, timing=timing,
                         backend=self.backend_name, extra=extra, draws=stack)
 
-    def _noise_variance(self, noise_std, operator: LinearOperator, y, batch: int,
+    def _noise_level(self, noise_std, contrast: Contrast | None, operator: LinearOperator, y,
+                     batch: int) -> np.ndarray | None:
+        """sigma_y per image, float64 ``(B,)``, resolved once per solve (given and checked, or
+        estimated from ``y``: ``diffunfold.noise.resolve_noise_std``) where something uses it:
+        a noise-aware package's data step or the contrast stretch; None elsewhere."""
+        if contrast is not None and self.space.complex:
+            raise InputError("the contrast stretch is for image packages; MRI data is normalised by its 99th "
+                             "percentile instead (use contrast 'none')")
+        if not self.package.noise_aware and contrast is None:
+            return None
+        return resolve_noise_std(noise_std, operator, y, batch)
+
+    def _noise_variance(self, std: np.ndarray | None, estimated: bool,
                         stretch: Stretch | None) -> tuple[Any, dict]:
         """sigma_y^2 per image on the device (of the stretched measurement, when stretched), and
-        what to report, for a noise-aware package (given, or estimated from ``y``); ``(None,
-        extra)`` for the others."""
+        what to report (the std used and whether it was ``estimated``), for a noise-aware
+        package; ``(None, extra)`` for the others."""
         extra = {} if stretch is None else {"contrast_gain": stretch.gain.tolist()}
         if not self.package.noise_aware:
             return None, extra
-        std = resolve_noise_std(noise_std, operator, y, batch)
-        extra.update(noise_std=std.tolist(), noise_std_estimated=noise_std is None)
+        extra.update(noise_std=std.tolist(), noise_std_estimated=estimated)
         if stretch is not None:
             std = stretch.noise_std(std)
         return self.xp.asarray(std**2, dtype=self.xp.float32), extra
 
-    def _stretch(self, contrast: Contrast | None, y_dev, operator: LinearOperator, noise_std, y,
-                 batch: int) -> tuple[Stretch | None, Any]:
-        """The contrast stretch of each image (None when off), and the noise std to use from
-        here on (resolved once when the stretch needed it)."""
+    def _stretch(self, contrast: Contrast | None, y_dev, operator: LinearOperator, std: np.ndarray | None,
+                 batch: int) -> Stretch | None:
+        """The contrast stretch of each image (None when off), from the resolved noise std."""
         if contrast is None:
-            return None, noise_std
-        if self.space.complex:
-            raise InputError("the contrast stretch is for image packages; MRI data is normalised by its 99th "
-                             "percentile instead (use contrast 'none')")
-        std = resolve_noise_std(noise_std, operator, y, batch)
-        stretch = estimate_stretch(y_dev, self._a_ones(operator, batch), std, contrast)
-        # the std goes on as given (None stays None, so the solution still says "estimated")
-        return stretch, (std if noise_std is not None else None)
+            return None
+        return estimate_stretch(y_dev, self._a_ones(operator, batch), std, contrast)
 
     def _a_ones(self, operator: LinearOperator, batch: int):
         """``A`` of the all-ones image: one row for shared physics, one per image otherwise."""

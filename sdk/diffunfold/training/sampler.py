@@ -46,13 +46,7 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     ``contrast="stretch"`` (or a ``Contrast``): flat images are restored at a photo's contrast
     and mapped back (``diffunfold.contrast``), as the runtime does.
     """
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise InputError(f"samples must be a positive integer, got {samples!r}")
-    if not isinstance(y, torch.Tensor):
-        raise InputError(f"the torch sampler takes y as a torch tensor, got {type(y).__name__}")
-    operator.check_measurement(y)
-    check_finite(y, "the measurement y")
-    model.check_image_size(operator.image_shape)
+    _check_inputs(model, y, operator, samples)
     param = next(model.parameters())
     batch = int(y.shape[0])
     seeds = edm.seeds_for(seed, batch)
@@ -66,12 +60,10 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
         from tqdm.auto import tqdm
         bar = tqdm(total=steps * samples, desc=f"sampling ({sampler})", unit="step", leave=False)
 
-    stretch = _stretch(Contrast.of(contrast), model, y, operator, noise_std, batch)
-    sigma_y = None
-    if model.settings.noise_aware:
-        sigma_y = resolve_noise_std(noise_std, operator, y, batch)
-        sigma_y = sigma_y if stretch is None else stretch.noise_std(sigma_y)
-        sigma_y = torch.as_tensor(sigma_y, dtype=param.dtype, device=param.device)
+    contrast = Contrast.of(contrast)
+    std = _noise_level(model, contrast, noise_std, operator, y, batch)  # the one resolution of sigma_y
+    stretch = _stretch(contrast, model, y, operator, std)
+    sigma_y = _sigma_y(model, std, stretch, param)
     if stretch is not None:
         y = stretch.measurement(y, _a_ones(model, operator, y))
 
@@ -90,11 +82,26 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
         draws.append(model.space.clip(x if stretch is None else stretch.image(x)))
     if bar is not None:
         bar.close()
-    if samples == 1:
+    return _restoration(model, draws, nfe, seeds)
+
+
+def _restoration(model: DiffUnfolding, draws: list, nfe: int, seeds: list[int]) -> Restoration:
+    """The one sample, or the mean of the posterior samples and their per-pixel std."""
+    if len(draws) == 1:
         return Restoration(images=draws[0], nfe=nfe, seeds=seeds)
     stack = torch.stack(draws)
     spread = stack.abs() if model.space.complex else stack
-    return Restoration(images=stack.mean(0), nfe=nfe, seeds=seeds, std=spread.std(0), samples=samples)
+    return Restoration(images=stack.mean(0), nfe=nfe, seeds=seeds, std=spread.std(0), samples=len(draws))
+
+
+def _check_inputs(model: DiffUnfolding, y, operator: LinearOperator, samples) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise InputError(f"samples must be a positive integer, got {samples!r}")
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"the torch sampler takes y as a torch tensor, got {type(y).__name__}")
+    operator.check_measurement(y)
+    check_finite(y, "the measurement y")
+    model.check_image_size(operator.image_shape)
 
 
 def _a_ones(model: DiffUnfolding, operator: LinearOperator, y: torch.Tensor) -> torch.Tensor:
@@ -102,15 +109,32 @@ def _a_ones(model: DiffUnfolding, operator: LinearOperator, y: torch.Tensor) -> 
     return operator.A(torch.ones((rows, model.space.channels, *operator.image_shape), dtype=y.dtype, device=y.device))
 
 
-def _stretch(contrast: Contrast | None, model: DiffUnfolding, y, operator: LinearOperator, noise_std, batch: int):
+def _noise_level(model: DiffUnfolding, contrast: Contrast | None, noise_std, operator: LinearOperator, y,
+                 batch: int) -> np.ndarray | None:
+    """sigma_y per image, resolved once (given and checked, or estimated from ``y``) where the
+    data step or the contrast stretch uses it, as the runtime's ``Solver._noise_level``."""
+    if contrast is not None and model.space.complex:
+        raise InputError("the contrast stretch is for image models; MRI data is normalised by its 99th percentile")
+    if not model.settings.noise_aware and contrast is None:
+        return None
+    return resolve_noise_std(noise_std, operator, y, batch)
+
+
+def _stretch(contrast: Contrast | None, model: DiffUnfolding, y, operator: LinearOperator, std):
     """The runtime's contrast stretch (``Solver._stretch``), or None when off or the identity."""
     if contrast is None:
         return None
-    if model.space.complex:
-        raise InputError("the contrast stretch is for image models; MRI data is normalised by its 99th percentile")
-    stretch = estimate_stretch(y, _a_ones(model, operator, y), resolve_noise_std(noise_std, operator, y, batch),
-                               contrast)
+    stretch = estimate_stretch(y, _a_ones(model, operator, y), std, contrast)
     return None if stretch.identity else stretch
+
+
+def _sigma_y(model: DiffUnfolding, std, stretch, param: torch.Tensor) -> torch.Tensor | None:
+    """sigma_y per image for a noise-aware model's data step (of the stretched measurement, when
+    stretched), on the model's device; None for the others."""
+    if not model.settings.noise_aware:
+        return None
+    std = std if stretch is None else stretch.noise_std(std)
+    return torch.as_tensor(std, dtype=param.dtype, device=param.device)
 
 
 def to_tensor(a, device) -> torch.Tensor:

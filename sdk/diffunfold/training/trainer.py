@@ -245,6 +245,47 @@ def _gradient(objective, model, batch: dict, space, device, amp: bool, grad_clip
     return terms, grad_norm
 
 
+def _announce(cfg: TrainConfig, model, counts: dict, device: torch.device, ctx: Distributed, start: int,
+              amp: bool) -> None:
+    t = cfg.train
+    print(f"diffunfold train: {cfg.name}, {counts['total']:,} parameters "
+          f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)"
+          + (", frozen" if t.freeze_regularizers else "") + f"), K={model.stages}, "
+          f"device {device}, {ctx.world} process(es), steps {start}..{t.steps}, batch {t.batch_size}"
+          + (", bfloat16 autocast" if amp else ""), flush=True)
+
+
+def _loader(cfg: TrainConfig, ctx: Distributed, start: int) -> torch.utils.data.DataLoader:
+    """This process's batches from step ``start`` on (``TrainingBatches`` makes them whole)."""
+    return torch.utils.data.DataLoader(
+        TrainingBatches(cfg, ctx.rank, ctx.world, start), batch_size=None, shuffle=False,
+        num_workers=cfg.data.workers, collate_fn=keep_as_is, prefetch_factor=2 if cfg.data.workers else None,
+        persistent_workers=False)
+
+
+def _progress_bar(t, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=t.steps, initial=start, desc="training", unit="step", dynamic_ncols=True)
+
+
+def _step(objective, model, ema, optimizer, skips: "_SkippedSteps", batch: dict, space, device: torch.device,
+          amp: bool, t, rank: int) -> tuple[dict, torch.Tensor, float]:
+    """One optimiser step on ``batch`` (skipped where the loss or gradient is not finite), then
+    the EMA; returns the loss terms, the gradient norm and the learning rate."""
+    step = int(batch["step"])
+    lr = learning_rate(t, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+    torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout draws depend on the step only
+    model.train()
+    terms, grad_norm = _gradient(objective, model, batch, space, device, amp, t.grad_clip)
+    if not skips.check(terms["loss"], grad_norm, step, batch):
+        optimizer.step()
+    ema.update_parameters(model)
+    return terms, grad_norm, lr
+
+
 def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume: bool, progress: bool) -> dict:
     t = cfg.train
     device = pick_device(t.device, ctx.local_rank)
@@ -262,20 +303,9 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     val = validation_set(cfg) if ctx.main else None
     if ctx.main:
         log, val_log = _open_logs(out, cfg)
-        print(f"diffunfold train: {cfg.name}, {counts['total']:,} parameters "
-              f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)"
-              + (", frozen" if t.freeze_regularizers else "") + f"), K={model.stages}, "
-              f"device {device}, {ctx.world} process(es), steps {start}..{t.steps}, batch {t.batch_size}"
-              + (", bfloat16 autocast" if amp else ""), flush=True)
-
-    loader = torch.utils.data.DataLoader(
-        TrainingBatches(cfg, ctx.rank, ctx.world, start), batch_size=None, shuffle=False,
-        num_workers=cfg.data.workers, collate_fn=keep_as_is, prefetch_factor=2 if cfg.data.workers else None,
-        persistent_workers=False)
-    bar = None
-    if progress and ctx.main:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=t.steps, initial=start, desc="training", unit="step", dynamic_ncols=True)
+        _announce(cfg, model, counts, device, ctx, start, amp)
+    loader = _loader(cfg, ctx, start)
+    bar = _progress_bar(t, start) if progress and ctx.main else None
 
     last_rows: list[dict] = []
     last_loss = math.nan
@@ -288,17 +318,8 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
         return _validate(ema.module, val, cfg, val_log, bar, step) if val is not None else []
 
     for batch in loader:
-        step = int(batch["step"])
-        lr = learning_rate(t, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        torch.manual_seed(_step_seed(t.seed, step, ctx.rank))  # dropout draws depend on the step only
-        model.train()
-        terms, grad_norm = _gradient(objective, model, batch, space, device, amp, t.grad_clip)
-        if not skips.check(terms["loss"], grad_norm, step, batch):
-            optimizer.step()
-        ema.update_parameters(model)
-        done = step + 1
+        terms, grad_norm, lr = _step(objective, model, ema, optimizer, skips, batch, space, device, amp, t, ctx.rank)
+        done = int(batch["step"]) + 1
         last_loss = float(terms["loss"].item())
 
         if ctx.main:
