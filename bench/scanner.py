@@ -6,13 +6,17 @@ Three parts (``--part``), each written to bench/results/scanner-<part>-<machine>
 
 * ``quality``: PSNR of the magnitude after a least-squares scale (estimated maps fix the image
   only up to scale and phase; the same for every method), per mask, noise level and maps
-  (ESPIRiT estimated, or the true ones), one posterior sample. The baselines are oracles: each
-  image's regularisation weight and iteration count are picked by its PSNR against the truth.
-* ``speed``: seconds per slice, split into preparation (noise, compression, maps), network,
-  physics and the rest, for a slow path (every coil, ESPIRiT on the full grid, CG data steps,
-  tiled), the default one (ESPIRiT on a 64 px grid, exact row-wise data steps for 1-D masks)
-  and a fast one (the default with 8 virtual coils and whole slices) of the same package, and
-  ``--before``: an earlier package on the slow path; interleaved in one run, with their PSNR.
+  (ESPIRiT estimated, or the true ones), one posterior sample; ``--start sense noise`` compares
+  the default start (the SENSE estimate plus noise) with the full schedule from pure noise. The
+  baselines are oracles: each image's regularisation weight and iteration count are picked by
+  its PSNR against the truth.
+* ``speed``: seconds per slice, split into preparation (noise, compression, maps, the start),
+  network, physics and the rest, for a slow path (every coil, ESPIRiT on the full grid, CG data
+  steps, tiled, the full schedule from noise), the default one from noise (ESPIRiT on a 64 px
+  grid, exact row-wise data steps for 1-D masks), the default (that, started from the SENSE
+  estimate: ``diffunfold.scanner.start``) and a fast one (the default with 8 virtual coils and
+  whole slices) of the same package, and ``--before``: an earlier package on the slow path;
+  interleaved in one run, with their PSNR.
 * ``noise``: the noise estimate against the true level, 0 included.
 * ``mrd``: a multi-slice raw MRD file with noise-scan lines streamed to ``diffunfold serve``:
   the images back, the noise level each slice reports (prewhitened), PSNR, time per slice.
@@ -142,26 +146,33 @@ SLOW = ScannerSettings(virtual_coils=None, espirit_grid=1 << 16)
 
 
 def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, seed: int) -> list[dict]:
-    """The package on the slow and the fast path, and (``before``) an earlier package on the slow one."""
-    paths = {"slow": (solver, SLOW, False, "auto"), "default": (solver, ScannerSettings(), True, "auto"),
-             "fast": (solver, ScannerSettings(virtual_coils=8), True, None)}
+    """The package on the slow path (every coil, ESPIRiT on the full grid, CG data steps, the
+    full schedule from noise), the default one from noise (``noise start``), the default (from
+    the SENSE estimate) and a fast one (8 virtual coils, whole slices); ``before``: an earlier
+    package on the slow path."""
+    noise, sense = StartSettings(method="noise"), StartSettings()
+    paths = {"slow": (solver, SLOW, False, "auto", noise),
+             "noise start": (solver, ScannerSettings(), True, "auto", noise),
+             "default": (solver, ScannerSettings(), True, "auto", sense),
+             "fast": (solver, ScannerSettings(virtual_coils=8), True, None, sense)}
     if before is not None:
-        paths = {"before": (before, SLOW, False, "auto"), **paths}
+        paths = {"before": (before, SLOW, False, "auto", noise), **paths}
     rows = []
     for kind, acc in MASKS:
         y, mask = scan(item, kind, acc, 0.0, seed)
         for rep in range(repeats):
-            for name, (solver, settings, rows_exact, tile) in paths.items():  # interleaved
+            for name, (solver, settings, rows_exact, tile, start) in paths.items():  # interleaved
                 t0 = time.perf_counter()
                 p = prepare_kspace(y, mask, settings)
                 p.operator.row_prox = rows_exact
+                begin = sense_start(p, start)
                 t1 = time.perf_counter()
-                sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed, tile=tile)
+                sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed, tile=tile, **begin)
                 total = time.perf_counter() - t0
                 tm = sol.timing
                 rows.append({"mask": f"{kind} {acc:g}x", "path": name, "round": rep, "total_s": total,
                              "prepare_s": t1 - t0, "network_s": tm.network, "physics_s": tm.physics,
-                             "other_s": total - (t1 - t0) - tm.network - tm.physics,
+                             "other_s": total - (t1 - t0) - tm.network - tm.physics, "network_calls": tm.network_calls,
                              "coils": p.operator.ncoils, "tiling": sol.tiling, "backend": solver.backend_name,
                              "psnr": magnitude_psnr(np.asarray(sol.images)[0, 0], item["image"][0])})
                 print(rows[-1], flush=True)
@@ -176,9 +187,10 @@ def speed_markdown(rows: list[dict]) -> str:
             rs = [r for r in rows if r["mask"] == mask and r["path"] == path]
             med[path] = {k: float(np.median([r[k] for r in rs])) for k in
                          ("total_s", "prepare_s", "network_s", "physics_s", "other_s", "psnr")}
-            table.append({"mask": mask, "path": path, **med[path], "coils": rs[0]["coils"], "tiling": rs[0]["tiling"]})
+            table.append({"mask": mask, "path": path, **med[path], "network_calls": rs[0]["network_calls"],
+                          "coils": rs[0]["coils"], "tiling": rs[0]["tiling"]})
         for path in ("default", "fast"):
-            for ref in ("slow", "before"):
+            for ref in ("slow", "before", "noise start"):
                 if ref in med:
                     table.append({"mask": mask, "path": f"{path} / {ref}",
                                   "total_s": med[path]["total_s"] / med[ref]["total_s"],

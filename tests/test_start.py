@@ -113,3 +113,17 @@ def test_reconstruct_kspace_starts_from_sense_by_default_and_says_so(mri_solver)
     assert full.info["start"] == "noise" and full.solution.nfe == 18
     for r in (res, full):
         assert np.all(np.isfinite(r.image))
+
+
+def test_the_start_drowns_the_noise_the_sense_estimate_carries():
+    from dataclasses import replace
+
+    from diffunfold.scanner.start import NOISE_MARGIN, estimate_noise
+
+    x, maps, mask, y = _scan("gaussian2d")
+    clean = prepare_kspace(y, mask, coil_maps=maps, noise_std=0.0)
+    assert estimate_noise(clean, StartSettings()) == 0.0 and sense_start(clean)["init_sigma"] == POINT_SIGMA
+    noisy = replace(clean, noise_std=0.05)
+    level = estimate_noise(noisy, StartSettings())
+    assert level > 0 and np.isclose(estimate_noise(replace(clean, noise_std=0.1), StartSettings()), 2 * level)
+    assert sense_start(noisy)["init_sigma"] == max(POINT_SIGMA, NOISE_MARGIN * level) > POINT_SIGMA

@@ -1,17 +1,21 @@
 """Where a scan's reconstruction starts: a SENSE estimate plus noise, not pure noise.
 
 Sampling from pure noise draws one posterior sample, and a sample's error is about twice the
-posterior mean's (its own spread adds to the mean's error). Where the measurement nearly fixes
-the image (a 2-D pattern seen by many coils) that spread is what is left: on held-out 256 px
-slices one sample lost 2.5 dB against CG-SENSE while the mean of four won by 1.3 dB. Starting
-from a regularised SENSE reconstruction plus noise of a small level ``sigma`` and running only
-the schedule's steps below it (Chung et al. 2022, "come closer, diffuse faster") keeps the
-sample near the data and needs 3-6 instead of 18 network calls per stage. Where the
-measurement leaves more open (whole lines missing: coherent aliasing), the start must be
-noisier so that the network, not the aliasing, fills the gaps.
+posterior mean's (its own spread adds to the mean's). Where the measurement nearly fixes the
+image (a 2-D pattern seen by 15 coils) that spread is what is left: on a held-out 256 px slice
+(Gaussian 2-D 8x, true maps, no noise) each of four samples scored 43.2-43.5 dB against
+CG-SENSE's 45.6, their mean 46.9. Starting from a regularised SENSE estimate plus noise of a
+small level and running only the schedule's steps below it (Chung et al. 2022, "come closer,
+diffuse faster") keeps the sample near what the data fix, with 3-7 instead of 18 steps: 47.8 dB
+in 3. Where whole lines are missing (1-D patterns: coherent aliasing) the start must be
+noisier, so that the network and not the aliasing fills the gaps; and where the data are noisy
+it must drown the noise the SENSE estimate carries, whose level is found by passing white
+noise of the measurement's level through the same (linear) estimate.
 
-The levels are model units (the scan scaled to a 99th percentile of 1) and were chosen on
-slices of the training volumes, not the held-out head (``bench/scanner.py --part start``).
+The levels are model units (the scan scaled to a 99th percentile of 1). They were chosen on
+256 px slices of the training volumes, not the held-out head (docs/mri-and-scanner.md):
+1-D 4x within 0.2 dB of the full schedule from 0.5 up, 2-D 8x best at 0.05 without noise and
+flat from 2x the estimate's noise up with it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from ..errors import InputError
 from .prepare import Prepared
 
 START_METHODS = ("sense", "noise")
-# Start levels by sampling pattern: whole lines (1-D) and points (2-D).
-LINE_SIGMA = 0.5
+# Start levels by sampling pattern: whole lines (1-D) and points (2-D); and the least multiple
+# of the noise in the SENSE estimate.
+LINE_SIGMA = 1.0
 POINT_SIGMA = 0.05
+NOISE_MARGIN = 2.0
 # The SENSE estimate: Tikhonov weight (relative to ||A||^2) and CG iterations (2-D patterns;
 # 1-D ones are solved exactly row by row).
 SENSE_WEIGHT = 1e-3
@@ -57,10 +63,27 @@ class StartSettings:
 
 
 def start_sigma(prepared: Prepared, settings: StartSettings) -> float:
-    """The start's noise level: the setting, or the sampling pattern's own."""
+    """The start's noise level: the setting, or the sampling pattern's own, raised to twice the
+    noise the SENSE estimate carries."""
     if settings.sigma is not None:
         return float(settings.sigma)
-    return LINE_SIGMA if prepared.operator.samples_lines else POINT_SIGMA
+    pattern = LINE_SIGMA if prepared.operator.samples_lines else POINT_SIGMA
+    return max(pattern, NOISE_MARGIN * estimate_noise(prepared, settings))
+
+
+def estimate_noise(prepared: Prepared, settings: StartSettings) -> float:
+    """The rms noise of the SENSE estimate: white k-space noise of the measurement's level (not
+    the maps' residual), sampled by the mask, through the same (linear) estimate."""
+    if prepared.noise_std <= 0:
+        return 0.0
+    op = prepared.operator
+    rng = np.random.default_rng(0)
+    shape = prepared.y.shape
+    white = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * (prepared.noise_std / np.sqrt(2.0))
+    sampled = (white * np.asarray(op.mask)).astype(np.complex64)
+    zeros = np.zeros((1, 1, *op.image_shape), dtype=np.complex64)
+    out = np.asarray(op.prox(zeros, sampled, settings.sense_weight, settings.sense_iterations))
+    return float(np.sqrt(np.mean(np.abs(out) ** 2)))
 
 
 def sense_start(prepared: Prepared, settings: StartSettings | None = None) -> dict:
