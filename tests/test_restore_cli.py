@@ -258,9 +258,16 @@ def test_mri_reconstructs_a_phantom(packages, phantom, tmp_path, capsys):
     mask = np.asarray(Image.open(out / "phantom_0000_mask.png"))
     assert mask.shape == (32, 32) and abs(mask.size / (mask > 127).sum() - 4) < 0.2
     data = json.loads(report.read_text())
-    assert data["coil_maps"] == "estimate" and len(data["rows"]) == 2
+    # as a scanner delivers it: the file's own coil k-space, ESPIRiT maps and noise from the data
+    assert data["coil_maps"] == "espirit" and len(data["rows"]) == 2
     for row in data["rows"]:
-        assert all(np.isfinite(row[k]) for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "scale"))
+        assert all(np.isfinite(row[k]) for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "scale",
+                                                  "noise_estimated"))
+        assert row["start"].startswith("SENSE estimate") and row["noise"].startswith("estimated")
+    # the lab set-up: the reference through its own maps
+    assert main(["mri", packages["mri"], str(phantom), "--coil-maps", "estimate", "--out", str(tmp_path / "lab"),
+                 "--json", str(tmp_path / "lab.json"), *FAST]) == 0
+    assert json.loads((tmp_path / "lab.json").read_text())["coil_maps"] == "estimate"
     # the paper's set-up: the file's RSS image on simulated coils; default slice: the middle one
     assert main(["mri", packages["mri"], str(phantom), "--coil-maps", "simulate", "--coils", "4", "--mask",
                  "gaussian2d", "--acceleration", "8", "--out", str(tmp_path / "sim"), *FAST]) == 0

@@ -31,13 +31,16 @@ to it, and the reconstruction from the undersampled data is scored against the r
 (PSNR/SSIM on magnitudes, fastMRI's data range: the maximum of the reference magnitude), next
 to the zero-filled SENSE baseline A^H y.
 
-Each slice is prepared as `FastMRISlices` prepares training data: --coil-maps estimate (the
-default) estimates the coil maps from the fully sampled k-space (the low-resolution ACS ratio
-method) and takes their SENSE combination as the image; --coil-maps simulate uses the file's
-reconstruction_rss as the image on simulated birdcage coils (--coils, the paper's set-up).
-The image is centre-cropped to the recon matrix (and to --size) and divided by the 99th
-percentile of its magnitude (the model's user space); the .npy output is in that scale (the
-JSON gives each slice's scale).
+The reference is the SENSE combination of the fully sampled coil images with coil maps
+estimated from all of k-space, centre-cropped to the recon matrix (and to --size) and divided
+by the 99th percentile of its magnitude (the model's user space); the .npy output is in that
+scale (the JSON gives each slice's scale). By default (--coil-maps espirit) the file's own
+coil k-space on that grid is undersampled and reconstructed as a scanner delivers it: the
+noise level and ESPIRiT coil maps come from the undersampled data alone, and sampling starts
+from a SENSE estimate (diffunfold.scanner). --coil-maps estimate instead simulates the
+measurement through the reference's own maps (a lab set-up: the maps are exact), and
+--coil-maps simulate uses the file's reconstruction_rss on simulated birdcage coils (--coils,
+the paper's set-up).
 """
 
 MRI_EPILOG = """\
@@ -53,12 +56,15 @@ every slice, as in one acquisition; slice s uses seed + s for its noise and samp
 
 outputs (in --out, default recon/), per slice FILE_sNNN_:
   recon.png        |reconstruction| (the posterior mean with --samples > 1)
-  zero_filled.png  |zero-filled SENSE|, A^H y
+  zero_filled.png  |zero-filled|: root sum of squares (espirit), SENSE A^H y (estimate, simulate)
   reference.png    |fully sampled reference|      (all three on the reference's scale)
   std.png          per-pixel std of the magnitude over the samples, scaled to its max (--samples > 1)
   recon.npy        the complex reconstruction, complex64 (H, W), in the normalised scale
 and FILE_mask.png (white = sampled), a Markdown table on stdout (--json FILE: JSON too).
 """
+
+
+MAPS_SAID = {"espirit": "ESPIRiT maps from the data", "estimate": "estimated maps", "simulate": "simulated maps"}
 
 
 def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,10 +83,12 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--center-fraction", type=V.CENTER_FRACTION, metavar="F",
                         help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)")
     parser.add_argument("--coil-maps", choices=["estimate", "simulate", "espirit"], default=None,
-                        help="fastMRI files: estimate from the fully sampled k-space (default), or simulate "
-                             "birdcage coils around the file's reconstruction_rss (the paper's set-up); MRD raw "
-                             "files: espirit (default; from the calibration region) or estimate (the "
-                             "low-resolution ratio maps)")
+                        help="espirit (default): the file's own coil k-space, undersampled, reconstructed "
+                             "as a scan: ESPIRiT maps from the calibration region and the noise level from "
+                             "the data. fastMRI files also: estimate (maps from the fully sampled k-space, "
+                             "the image simulated through them: a lab set-up) or simulate (birdcage coils "
+                             "around the file's reconstruction_rss, the paper's set-up); MRD raw files: "
+                             "estimate is the low-resolution ratio maps")
     parser.add_argument("--coils", type=V.COILS, default=15, metavar="N",
                         help="simulated coils for --coil-maps simulate (default: 15)")
     parser.add_argument("--noise-rel", type=V.KSPACE_NOISE, default=0.0, metavar="F",
@@ -129,30 +137,61 @@ def _mri_mask(job: _MRIJob, hw: tuple[int, int]):
     return job.mask
 
 
+def _solve_options(job: _MRIJob, name: str) -> dict:
+    from .progress import step_bar
+
+    args = job.args
+    return {"steps": args.steps, "sampler": args.sampler, "samples": args.samples, "tile": args.tile,
+            "churn": args.churn_setting, "ensemble": args.ensemble, "progress": step_bar(name, args.quiet)}
+
+
+def _simulated(job: _MRIJob, item: dict, seed: int, name: str):
+    """The reference through the dataset's coil maps (--coil-maps estimate / simulate)."""
+    import numpy as np
+
+    from .baselines import classical_baseline
+    from .physics.mri import MultiCoilMRI
+
+    x = item["image"][None]
+    op = MultiCoilMRI(item["coil_maps"], _mri_mask(job, tuple(x.shape[-2:])))
+    noise_std = job.args.noise_rel * float(np.abs(op.A(x)).max())
+    y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
+    # the file's own k-space noise adds to what --noise-rel adds: the solver estimates the total
+    sol = job.solver.solve(y, op, seed=seed, noise_std=None, **_solve_options(job, name))
+    zero_filled = np.asarray(classical_baseline(op, y, noise_std))
+    return np.asarray(sol.images), zero_filled, noise_std, sol, {"ncoils": op.ncoils}
+
+
+def _measured(job: _MRIJob, item: dict, s: int, seed: int, name: str):
+    """The file's own coil k-space, undersampled, as a scan (--coil-maps espirit)."""
+    from .mri_measured import coil_kspace, reconstruct_measured
+
+    crop = (job.args.size, job.args.size) if job.args.size else None
+    k = coil_kspace(job.path, s, float(item["scale"]), crop)
+    res, zero_filled, noise_std = reconstruct_measured(job.solver, k, _mri_mask(job, tuple(k.shape[-2:])),
+                                                       job.args.noise_rel, seed, **_solve_options(job, name))
+    sol = res.solution
+    extra = {"ncoils": int(k.shape[0]), "noise_estimated": res.noise_std, "noise": res.info.get("noise"),
+             "start": res.info.get("start"), "prepare_s": res.seconds["prepare"]}
+    return res.image[None, None], zero_filled[None, None], noise_std, sol, extra
+
+
 def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     """Reconstruct one slice and write its outputs."""
     import numpy as np
 
-    from .baselines import classical_baseline
     from .data.images import save_image
     from .metrics import psnr, ssim
-    from .physics.mri import MultiCoilMRI
-    from .progress import step_bar
     from .safe_io import open_atomic
 
     args, s = job.args, unit.payload
     item = job.ds[s]  # one file: dataset index = slice index
     x = item["image"][None]  # (1, 1, H, W) complex64, normalised
-    op = MultiCoilMRI(item["coil_maps"], _mri_mask(job, tuple(x.shape[-2:])))
     seed = args.seed + s
-    noise_std = args.noise_rel * float(np.abs(op.A(x)).max())
-    y = op.measure(x, noise_std, seed=[seed]).astype(np.complex64)
-    # the file's own k-space noise adds to what --noise-rel adds: the solver estimates the total
-    sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=None, tile=args.tile, churn=args.churn_setting,
-                           ensemble=args.ensemble, progress=step_bar(unit.name, args.quiet))
-    recon = np.asarray(sol.images)
-    zero_filled = np.asarray(classical_baseline(op, y, noise_std))
+    if args.coil_maps == "espirit":
+        recon, zero_filled, noise_std, sol, extra = _measured(job, item, s, seed, unit.name)
+    else:
+        recon, zero_filled, noise_std, sol, extra = _simulated(job, item, seed, unit.name)
     ref_max = float(np.abs(x).max())
     out = unit.outputs
     _magnitude_png(out["recon"], recon[0, 0], ref_max)
@@ -160,7 +199,7 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     _magnitude_png(out["reference"], x[0, 0], ref_max)
     row: dict[str, Any] = {"name": unit.name, "file": str(job.path), "slice": s, "size": list(x.shape[-2:]),
                            "seed": seed, "scale": float(item["scale"]), "noise_std": noise_std, "nfe": sol.nfe,
-                           "ncoils": op.ncoils,
+                           **extra,
                            # fastMRI's convention: magnitudes, data range = max of the reference
                            "psnr": psnr(recon[0], x[0]), "ssim": ssim(recon[0], x[0]),
                            "psnr_zero_filled": psnr(zero_filled[0], x[0]),
@@ -196,7 +235,7 @@ def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: 
     pattern = f"{args.mask} {args.acceleration:g}x"
     realised = job.mask.size / job.mask.sum() if job.mask is not None else None
     shape = f"{rows[-1]['size'][0]}x{rows[-1]['size'][1]}, {rows[-1]['ncoils']} coils" if rows else "-"
-    print(f"{pkg.summary()}\n{job.path.name}: {len(rows)} slice(s) of {count}, {shape} ({args.coil_maps}d maps); "
+    print(f"{pkg.summary()}\n{job.path.name}: {len(rows)} slice(s) of {count}, {shape} ({MAPS_SAID[args.coil_maps]}); "
           f"mask {pattern}" + (f" (realised {realised:.2f}x)" if realised else "") +
           f", noise {args.noise_rel:g} x max|k| -> {out_dir}/")
     if rows:
@@ -247,11 +286,13 @@ def run_mri(args) -> int:
     from .mrd.rawfile import is_mrd_file  # raw MRD (ISMRMRD) data: reconstructed as acquired
     if is_mrd_file(path):
         return run_mri_raw(args)
-    args.coil_maps = args.coil_maps or "estimate"  # a fastMRI file is fully sampled: maps from all of it
+    args.coil_maps = args.coil_maps or "espirit"  # as a scanner delivers it: maps from the calibration region
     with FastMRIFile(path) as f:  # checks the layout; a missing or foreign file fails here
         count = f.num_slices
     slices = V.parse_slices(args.slices, count)
-    ds = FastMRISlices(path, ncoils=args.coils, coil_maps=args.coil_maps,
+    # the reference: the fully sampled SENSE image (its maps from all of k-space) unless simulated
+    reference = "simulate" if args.coil_maps == "simulate" else "estimate"
+    ds = FastMRISlices(path, ncoils=args.coils, coil_maps=reference,
                        crop=(args.size, args.size) if args.size else None)
     out_dir, stem = Path(args.out), path.stem
     kinds = ["recon", "zero_filled", "reference"] + (["std"] if args.samples > 1 else [])
