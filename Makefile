@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo data test install bench quality clean
+.PHONY: demo data test lint install bench quality clean
 
 # The openvino extra too: its backend is what `auto` picks on a CPU, and CI runs its tests. (It
 # once crashed the suite: a freed OpenVINO Core left a dangling signal stack; see
@@ -35,7 +35,12 @@ data: install
 		$(VENV)/bin/diffunfold data mri-volumes data/mri 2>data/mri.log || \
 		echo "make data: no real head MRI ($$(tr '\r' '\n' < data/mri.log | grep -o 'error: .*' | tail -n 1); all messages in data/mri.log); the demo uses synthetic phantoms"; }
 
-test: install
+# The formatter and the linter (settings in pyproject.toml), then the suite.
+lint: install
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	$(PY) -m pytest -q
 
 bench: install

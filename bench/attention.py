@@ -34,8 +34,11 @@ from machine import LoadWatch, add_output_arguments, machine_info, record  # noq
 # name: (how attention is exported, model overrides). "fused-h8" is the question of issue 16:
 # does attention at the H/4 level earn its cost? The same preset without it (H/8 and the middle
 # only), fused. Its quality at an equal training budget: bench/variants.py --from-scratch.
-FORMS = {"spelled": ("spelled", ()), "fused": ("fused", ()),
-         "fused-h8": ("fused", ("model.unet.attention_levels=[3]",))}
+FORMS = {
+    "spelled": ("spelled", ()),
+    "fused": ("fused", ()),
+    "fused-h8": ("fused", ("model.unet.attention_levels=[3]",)),
+}
 
 
 def child(pkg_path: str, backend: str, size: int, batch: int, repeats: int) -> dict:
@@ -48,7 +51,7 @@ def child(pkg_path: str, backend: str, size: int, batch: int, repeats: int) -> d
 
     options = {"precision": "bf16"} if backend == "openvino" else {}
     be = Solver.load(pkg_path, backend=backend.split(":")[0], **options).backend
-    x = (0.5 * np.random.default_rng(0).standard_normal((batch, be.package.space.model_channels, size, size)))
+    x = 0.5 * np.random.default_rng(0).standard_normal((batch, be.package.space.model_channels, size, size))
     x = x.astype(np.float32)
     loaded = reset_peak_memory()
     be.regularize(x, 1.0, 0)  # warm-up: the compile (OpenVINO), allocations
@@ -88,8 +91,12 @@ def run(args) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="diffunfold-attention-") as tmp:
         pkgs = {}
         for form, (attention, overrides) in FORMS.items():
-            pkgs[form] = export_model(random_model(args.preset, overrides=overrides), Path(tmp) / form,
-                                      attention=attention, log=lambda s: None).path
+            pkgs[form] = export_model(
+                random_model(args.preset, overrides=overrides),
+                Path(tmp) / form,
+                attention=attention,
+                log=lambda s: None,
+            ).path
         for size, batch in cases(args):
             for backend in args.backends:
                 pair = {}
@@ -98,8 +105,10 @@ def run(args) -> list[dict]:
                     row = {"size": size, "batch": batch, "backend": backend, "attention": form, **res}
                     pair[form] = row
                     rows.append(row)
-                    print(" ".join(f"{k}={fmt_number(v) if isinstance(v, float) else v}" for k, v in row.items()),
-                          flush=True)
+                    print(
+                        " ".join(f"{k}={fmt_number(v) if isinstance(v, float) else v}" for k, v in row.items()),
+                        flush=True,
+                    )
                 ratios(pair)
     return rows
 
@@ -118,22 +127,46 @@ def to_markdown(rows: list[dict], args) -> str:
     for r in rows:
         if "peak_mb" in r:
             r["above_loaded_mb"] = r["peak_mb"] - r["loaded_mb"]
-    cols = ["size", "batch", "backend", "attention", "ms_per_call", "peak_mb", "above_loaded_mb", "time_ratio",
-            "peak_ratio", "error"]
-    heads = ["px", "batch", "backend", "attention", "ms / call", "peak RSS MB", "peak above loaded MB",
-             "time / spelled", "memory above loaded / spelled", "error"]
+    cols = [
+        "size",
+        "batch",
+        "backend",
+        "attention",
+        "ms_per_call",
+        "peak_mb",
+        "above_loaded_mb",
+        "time_ratio",
+        "peak_ratio",
+        "error",
+    ]
+    heads = [
+        "px",
+        "batch",
+        "backend",
+        "attention",
+        "ms / call",
+        "peak RSS MB",
+        "peak above loaded MB",
+        "time / spelled",
+        "memory above loaded / spelled",
+        "error",
+    ]
     shown = [{c: fmt_number(r.get(c)) for c in cols} for r in rows]
-    return (f"One regulariser call of the `{args.preset}` preset (random weights), median of {args.repeats} after a "
-            "warm-up, each case in a fresh process; peak RSS = the process's high-water mark from the first call on "
-            "(Python, the libraries, the weights and the calls), 'above loaded' = minus the RSS once the backend was loaded. OpenVINO in bf16. "
-            "Forms: `spelled` MatMul-Softmax-MatMul, `fused` one MultiHeadAttention node, `fused-h8` the fused form "
-            "without attention at the H/4 level (H/8 and the middle only).\n\n"
-            + markdown_table(shown, cols, heads, fmt=str))
+    return (
+        f"One regulariser call of the `{args.preset}` preset (random weights), median of {args.repeats} after a "
+        "warm-up, each case in a fresh process; peak RSS = the process's high-water mark from the first call on "
+        "(Python, the libraries, the weights and the calls), 'above loaded' = minus the RSS once the backend "
+        "was loaded. OpenVINO in bf16. "
+        "Forms: `spelled` MatMul-Softmax-MatMul, `fused` one MultiHeadAttention node, `fused-h8` the fused form "
+        "without attention at the H/4 level (H/8 and the middle only).\n\n"
+        + markdown_table(shown, cols, heads, fmt=str)
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="bench/attention.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench/attention.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--preset", default="small")
     ap.add_argument("--size", type=int, nargs="+", default=[64, 128, 256, 512], help="sizes at batch 1")
     ap.add_argument("--big-size", type=int, default=256, help="the size of the larger batches (default 256)")

@@ -30,8 +30,11 @@ from diffunfold.metrics import psnr  # noqa: E402
 from diffunfold.physics.tasks import make_operator  # noqa: E402
 from diffunfold.runtime import Solver  # noqa: E402
 
-VARIANTS = (("onnxruntime f32", "onnxruntime", {}), ("openvino bf16", "openvino", {"precision": "bf16"}),
-            ("openvino f32", "openvino", {"precision": "f32"}))
+VARIANTS = (
+    ("onnxruntime f32", "onnxruntime", {}),
+    ("openvino bf16", "openvino", {"precision": "bf16"}),
+    ("openvino f32", "openvino", {"precision": "f32"}),
+)
 
 
 def measurements(task, clean: np.ndarray, seed: int, mri_noise: float, noise: float):
@@ -56,9 +59,16 @@ def score_task(task, solvers: dict, clean: np.ndarray, args) -> list[dict]:
         scores = [float(psnr(e, x, None if task.is_mri else 1.0)) for e, x in zip(est, clean)]
         ref = scores if ref is None else ref
         diff = [a - b for a, b in zip(scores, ref)]
-        rows.append({"task": task.key, "backend": label, "psnr": float(np.mean(scores)),
-                     "mean_diff_db": float(np.mean(diff)), "max_abs_diff_db": float(np.max(np.abs(diff))),
-                     "s": time.perf_counter() - t0})
+        rows.append(
+            {
+                "task": task.key,
+                "backend": label,
+                "psnr": float(np.mean(scores)),
+                "mean_diff_db": float(np.mean(diff)),
+                "max_abs_diff_db": float(np.max(np.abs(diff))),
+                "s": time.perf_counter() - t0,
+            }
+        )
         print(" ".join(f"{k}={fmt_number(v)}" for k, v in rows[-1].items()), flush=True)
     return rows
 
@@ -78,8 +88,9 @@ def run(args) -> tuple[list[dict], list[str]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench/backend_quality.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench/backend_quality.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--image-package", default=str(DEFAULT_IMAGE_PACKAGE))
     ap.add_argument("--mri-package", default=str(DEFAULT_MRI_PACKAGE))
     ap.add_argument("--images", type=int, default=5)
@@ -88,18 +99,28 @@ def main(argv=None) -> int:
     ap.add_argument("--noise", type=float, default=0.05, help="image noise std (default 0.05, the demo's)")
     ap.add_argument("--mri-noise", type=float, default=0.0, help="k-space noise over max|A x| (default 0)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--data", default="data", help="where `diffunfold data` wrote photos/ and mri/ (default data/; "
-                    "without them: scikit-image's photos and synthetic phantoms)")
+    ap.add_argument(
+        "--data",
+        default="data",
+        help="where `diffunfold data` wrote photos/ and mri/ (default data/; "
+        "without them: scikit-image's photos and synthetic phantoms)",
+    )
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     watch, info = LoadWatch(), machine_info()
     rows, sources = run(args)
     cols = ["task", "backend", "psnr", "mean_diff_db", "max_abs_diff_db", "s"]
-    md = (f"Held-out data of the demo ({args.images} per task, {args.size} px, {args.steps} Euler steps, one sample, "
-          f"seed {args.seed}; images: {sources[0]}; MRI: {sources[1]}): mean PSNR, and its difference to ONNX Runtime "
-          "float32 per image (mean, largest).\n\n"
-          + markdown_table([{c: fmt_number(r[c]) for c in cols} for r in rows], cols,
-                           ["task", "backend", "PSNR dB", "mean diff dB", "max |diff| dB", "seconds"], fmt=str))
+    md = (
+        f"Held-out data of the demo ({args.images} per task, {args.size} px, {args.steps} Euler steps, one sample, "
+        f"seed {args.seed}; images: {sources[0]}; MRI: {sources[1]}): mean PSNR, and its difference to ONNX Runtime "
+        "float32 per image (mean, largest).\n\n"
+        + markdown_table(
+            [{c: fmt_number(r[c]) for c in cols} for r in rows],
+            cols,
+            ["task", "backend", "PSNR dB", "mean diff dB", "max |diff| dB", "seconds"],
+            fmt=str,
+        )
+    )
     # quality does not depend on the load (the seconds do): written either way, marked when busy
     record("backend_quality", watch, info, args, rows, md, "Backends: quality on the bundled packages", True)
     return 0

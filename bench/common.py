@@ -11,14 +11,14 @@ import importlib.util
 import re
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from diffunfold.errors import InputError
 from diffunfold.package import ModelPackage
 
-
 # -- models ---------------------------------------------------------------------------------
+
 
 def random_model(preset: str, seed: int = 0, overrides: Sequence[str] = ()):
     """The ``DiffUnfolding`` model of ``preset`` (with ``table.key=value`` ``overrides``) with
@@ -36,8 +36,12 @@ def random_model(preset: str, seed: int = 0, overrides: Sequence[str] = ()):
     return model.eval()
 
 
-def random_package(preset: str, directory: str | Path, tasks: Sequence[str] = ("gaussian_blur",),
-                   log: Callable[[str], None] = lambda s: None) -> ModelPackage:
+def random_package(
+    preset: str,
+    directory: str | Path,
+    tasks: Sequence[str] = ("gaussian_blur",),
+    log: Callable[[str], None] = lambda s: None,
+) -> ModelPackage:
     """``random_model(preset)`` exported (and checked) as a package in ``directory/preset``."""
     from diffunfold.export import export_model
 
@@ -58,6 +62,7 @@ def reference_model(pkg: ModelPackage, device: str = "cpu"):
 
 
 # -- TensorRT engines -----------------------------------------------------------------------
+
 
 def tensorrt_version() -> str | None:
     """TensorRT's version when it imports here, else None (without it nothing is built)."""
@@ -88,8 +93,13 @@ def target_for_gpu(gpu):
     return same_cc[0] if same_cc else None
 
 
-def prepare_engines(pkg: ModelPackage, device_index: int, directory: str | Path, target: str | None = None,
-                    log: Callable[[str], None] = print) -> tuple[Path | None, str]:
+def prepare_engines(
+    pkg: ModelPackage,
+    device_index: int,
+    directory: str | Path,
+    target: str | None = None,
+    log: Callable[[str], None] = print,
+) -> tuple[Path | None, str]:
     """FP16 TensorRT engines of ``pkg`` for the GPU here: ``(engines folder, status)``.
 
     The package's own engines when they fit (folder None: the backend finds them); otherwise,
@@ -109,8 +119,7 @@ def prepare_engines(pkg: ModelPackage, device_index: int, directory: str | Path,
     try:
         tgt = load_target(target) if target else target_for_gpu(gpu)
         if tgt is None:
-            return None, (f"no engine target in engines/targets/ fits {gpu}; write one and pass --target "
-                          "FILE.toml")
+            return None, (f"no engine target in engines/targets/ fits {gpu}; write one and pass --target FILE.toml")
         out = Path(directory) / "engines" / tgt.name
         log(f"building TensorRT engines of {pkg.path.name} for target {tgt.name} on {gpu} (minutes) ...")
         build_engines(pkg, tgt, out_dir=out, log=log, device=device_index)
@@ -122,8 +131,10 @@ def prepare_engines(pkg: ModelPackage, device_index: int, directory: str | Path,
 
 # -- timing and tables ----------------------------------------------------------------------
 
-def median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None,
-                warmup: int = 1) -> float:
+
+def median_time(
+    fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None, warmup: int = 1
+) -> float:
     """Median seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs (allocators, FFT
     plans, thread pools, device constants); ``sync`` waits for queued device work."""
     for _ in range(warmup):
@@ -177,13 +188,19 @@ def fmt_number(v, digits: int = 3) -> str:
     return f"{v:.{digits - 1}e}"
 
 
-def markdown_table(rows: list[dict], cols: Sequence[str] | None = None, headers: Sequence[str] | None = None,
-                   fmt: Callable[[object], str] = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)) -> str:
+def markdown_table(
+    rows: list[dict],
+    cols: Sequence[str] | None = None,
+    headers: Sequence[str] | None = None,
+    fmt: Callable[[object], str] = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v),
+) -> str:
     """Rows of dicts as a Markdown table: ``cols`` (default: the first row's keys) under
     ``headers`` (default: the column names), each cell through ``fmt``."""
     if not rows:
         return "(no rows)"
     cols = list(cols or rows[0])
     heads = list(headers or cols)
-    return "\n".join(["| " + " | ".join(heads) + " |", "|" + "---|" * len(cols)] + [
-        "| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows])
+    return "\n".join(
+        ["| " + " | ".join(heads) + " |", "|" + "---|" * len(cols)]
+        + ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    )

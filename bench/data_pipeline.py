@@ -73,10 +73,20 @@ def main(argv: list[str] | None = None) -> int:
     t = measure(args.folder, args.batch, args.rounds, args.steps)
     base = t[VARIANTS[0]]
     rows = [{"variant": name, "s_per_image": t[name], "ratio": t[name] / base} for name in VARIANTS]
-    md = "\n".join(["| variant | ms per image | ms per batch | ratio |", "|---|---|---|---|",
-                    *(f"| {r['variant']} | {r['s_per_image'] * 1e3:.2f} | {r['s_per_image'] * args.batch * 1e3:.0f} "
-                      f"| {r['ratio']:.3f} |" for r in rows)])
-    record("data_pipeline", watch, info, args, rows, md, f"Data pipeline: a training batch of photos, batch {args.batch}")
+    md = "\n".join(
+        [
+            "| variant | ms per image | ms per batch | ratio |",
+            "|---|---|---|---|",
+            *(
+                f"| {r['variant']} | {r['s_per_image'] * 1e3:.2f} | {r['s_per_image'] * args.batch * 1e3:.0f} "
+                f"| {r['ratio']:.3f} |"
+                for r in rows
+            ),
+        ]
+    )
+    record(
+        "data_pipeline", watch, info, args, rows, md, f"Data pipeline: a training batch of photos, batch {args.batch}"
+    )
     return 0
 
 

@@ -44,8 +44,17 @@ def run(args) -> list[dict]:
             x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
             for name, axes in (("2-D", (-2, -1)), ("1-D (W)", (-1,))):
                 single, threaded = time_pair(x, axes, args.rounds)
-                rows.append({"size": size, "batch": batch, "transform": name, "elements": x.size,
-                             "single_ms": 1e3 * single, "threaded_ms": 1e3 * threaded, "ratio": threaded / single})
+                rows.append(
+                    {
+                        "size": size,
+                        "batch": batch,
+                        "transform": name,
+                        "elements": x.size,
+                        "single_ms": 1e3 * single,
+                        "threaded_ms": 1e3 * threaded,
+                        "ratio": threaded / single,
+                    }
+                )
                 print(" ".join(f"{k}={fmt_number(v)}" for k, v in rows[-1].items()), flush=True)
     return rows
 
@@ -64,8 +73,9 @@ def threshold(rows: list[dict], margin: float = 0.95) -> int | None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench/fft_threads.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench/fft_threads.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, nargs="+", default=[32, 64, 128, 256])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--coils", type=int, default=15)
@@ -76,10 +86,12 @@ def main(argv=None) -> int:
     rows = run(args)
     t = threshold(rows)
     cols = ["size", "batch", "transform", "elements", "single_ms", "threaded_ms", "ratio"]
-    md = (f"Forward + inverse complex64 FFT of (batch x {args.coils} coils, size, size), median of {args.rounds} "
-          "interleaved rounds; ratio = all cores / one worker.\n\n"
-          + markdown_table([{c: fmt_number(r[c]) for c in cols} for r in rows], cols, fmt=str)
-          + (f"\n\nThreads pay from {t} elements on." if t else "\n\nThreads paid at no size here."))
+    md = (
+        f"Forward + inverse complex64 FFT of (batch x {args.coils} coils, size, size), median of {args.rounds} "
+        "interleaved rounds; ratio = all cores / one worker.\n\n"
+        + markdown_table([{c: fmt_number(r[c]) for c in cols} for r in rows], cols, fmt=str)
+        + (f"\n\nThreads pay from {t} elements on." if t else "\n\nThreads paid at no size here.")
+    )
     record("fft_threads", watch, info, args, rows, md, "FFT threads")
     return 0
 

@@ -22,7 +22,8 @@ faster); FLOPs per cycle of the detected microarchitecture (``flops_per_cycle``:
 AVX-512 as two 256-bit halves, 32; Zen 5 server/desktop and two-unit AVX-512 cores 64; AVX2 +
 FMA 32; otherwise 8). That nominal peak is printed, never used as "perfect": ``bench/run.py``
 measures the machine's matrix-multiply rate in the same run (``bench/matmul_rate.py``: the
-best GEMM of the libraries at hand, in FP32 and bf16) and reports efficiency against it. GPUs: datasheet peaks without sparsity, from
+best GEMM of the libraries at hand, in FP32 and bf16) and reports efficiency against it. GPUs: datasheet peaks
+without sparsity, from
 the table below, keyed by the GPU's name: dense FP16 tensor-core peak for TensorRT FP16
 engines, FP32 (non-tensor) peak for ONNX Runtime CUDA and torch (TF32 would allow more).
 
@@ -83,6 +84,7 @@ class Peak:
 
 # -- peaks ----------------------------------------------------------------------------------
 
+
 def _lscpu() -> dict[str, str]:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=True).stdout
@@ -115,8 +117,9 @@ def _amd_core(family: int, model: int) -> str | None:
     return None
 
 
-def flops_per_cycle(flags: set[str], vendor: str = "", family: int = 0, model: int = 0,
-                    name: str = "") -> tuple[int, str]:
+def flops_per_cycle(
+    flags: set[str], vendor: str = "", family: int = 0, model: int = 0, name: str = ""
+) -> tuple[int, str]:
     """FP32 FLOPs per cycle per core of the detected microarchitecture (FMA = 2 FLOPs), and why.
 
     AVX-512 does not mean 64: Zen 4 executes it as two 256-bit halves (32, as AVX2 with two FMA
@@ -141,13 +144,19 @@ def flops_per_cycle(flags: set[str], vendor: str = "", family: int = 0, model: i
 
 def _cpu_id(f: dict[str, str]) -> dict:
     """Vendor, family, model and name from lscpu's fields."""
+
     def num(key):
         try:
             return int(f.get(key, "0"), 0)
         except ValueError:
             return 0
-    return {"vendor": f.get("Vendor ID", ""), "family": num("CPU family"), "model": num("Model"),
-            "name": f.get("Model name", "")}
+
+    return {
+        "vendor": f.get("Vendor ID", ""),
+        "family": num("CPU family"),
+        "model": num("Model"),
+        "name": f.get("Model name", ""),
+    }
 
 
 def cpu_peak(lscpu: dict[str, str] | None = None, threads: int | None = None) -> Peak:
@@ -172,8 +181,12 @@ def cpu_peak(lscpu: dict[str, str] | None = None, threads: int | None = None) ->
     per_cycle, isa = flops_per_cycle(set(f.get("Flags", "").split()), **_cpu_id(f))
     name = f.get("Model name") or "CPU"
     n = f"{cores} core{'s' if cores != 1 else ''}"
-    return Peak(f"{name} ({n})", "FP32 nominal", cores * mhz * 1e6 * per_cycle,
-                f"{n} x {mhz:.0f} MHz ({clock}) x {per_cycle} FLOP/cycle ({isa})")
+    return Peak(
+        f"{name} ({n})",
+        "FP32 nominal",
+        cores * mhz * 1e6 * per_cycle,
+        f"{n} x {mhz:.0f} MHz ({clock}) x {per_cycle} FLOP/cycle ({isa})",
+    )
 
 
 def gpu_peak(name: str, precision: str = "fp16") -> Peak | None:
@@ -187,8 +200,13 @@ def gpu_peak(name: str, precision: str = "fp16") -> Peak | None:
     return None
 
 
-def peak_for(device: str, backend: str = "onnxruntime", gpu_name: str | None = None,
-             override_gflops: float | None = None, threads: int | None = None) -> Peak | None:
+def peak_for(
+    device: str,
+    backend: str = "onnxruntime",
+    gpu_name: str | None = None,
+    override_gflops: float | None = None,
+    threads: int | None = None,
+) -> Peak | None:
     """The peak a backend's floor is measured against: the CPU's FP32 peak (of ``threads`` cores
     when given); on a GPU, FP16 tensor cores for TensorRT (FP16 engines), FP32 for ONNX Runtime
     and torch. ``override_gflops`` replaces it (``--peak-gflops``). None for a GPU missing from
@@ -241,11 +259,14 @@ def regularizer_flops(model, size: int | tuple[int, int], batch: int = 1) -> dic
         with counter, torch.no_grad():
             net.regularize(x, sigma, 0)
         counts = net.parameter_counts()
-        _CACHE[key] = {"flops": int(counter.get_total_flops()),
-                       "by_op": {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()},
-                       "parameters": int(counts["total"]),
-                       "regularizer_parameters": int(counts["regularizers"]) // len(net.regularizers),
-                       "stages": int(settings.stages), "shared": bool(settings.shared)}
+        _CACHE[key] = {
+            "flops": int(counter.get_total_flops()),
+            "by_op": {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()},
+            "parameters": int(counts["total"]),
+            "regularizer_parameters": int(counts["regularizers"]) // len(net.regularizers),
+            "stages": int(settings.stages),
+            "shared": bool(settings.shared),
+        }
     return dict(_CACHE[key])
 
 
@@ -264,18 +285,34 @@ def case_rows(cases, steps: int = 18, sampler: str = "euler", peak: Peak | None 
         preset, _, size = str(case).partition(":")
         f = regularizer_flops(preset, int(size or 64))
         per_solve = solve_flops(f["flops"], f["stages"], steps, sampler)
-        rows.append({"preset": preset, "size": int(size or 64), "parameters_M": f["parameters"] / 1e6,
-                     "K": f["stages"], "shared": f["shared"], "gflop_per_call": f["flops"] / 1e9,
-                     "gflop_per_denoiser_call": f["flops"] * f["stages"] / 1e9, "nfe": nfe,
-                     "gflop_per_solve": per_solve / 1e9, "floor_ms_per_call": 1e3 * peak.floor(f["flops"]),
-                     "floor_s_per_solve": peak.floor(per_solve), "by_op": f["by_op"]})
+        rows.append(
+            {
+                "preset": preset,
+                "size": int(size or 64),
+                "parameters_M": f["parameters"] / 1e6,
+                "K": f["stages"],
+                "shared": f["shared"],
+                "gflop_per_call": f["flops"] / 1e9,
+                "gflop_per_denoiser_call": f["flops"] * f["stages"] / 1e9,
+                "nfe": nfe,
+                "gflop_per_solve": per_solve / 1e9,
+                "floor_ms_per_call": 1e3 * peak.floor(f["flops"]),
+                "floor_s_per_solve": peak.floor(per_solve),
+                "by_op": f["by_op"],
+            }
+        )
     return rows
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", nargs="+", default=list(DEFAULT_CASES), metavar="PRESET:SIZE",
-                    help=f"presets and image sizes (default {' '.join(DEFAULT_CASES)})")
+    ap.add_argument(
+        "--case",
+        nargs="+",
+        default=list(DEFAULT_CASES),
+        metavar="PRESET:SIZE",
+        help=f"presets and image sizes (default {' '.join(DEFAULT_CASES)})",
+    )
     ap.add_argument("--steps", type=int, default=18, help="sampler steps of a solve (default 18)")
     ap.add_argument("--sampler", default="euler", choices=["euler", "heun"])
     ap.add_argument("--peak-gflops", type=float, help="use this peak (GFLOP/s) instead of the CPU's")
@@ -286,12 +323,32 @@ def main(argv=None) -> int:
     rows = case_rows(args.case, args.steps, args.sampler, peak)
     print(f"FLOPs counted: {COUNTED}.")
     print(f"Peak here: {peak.describe()}")
-    print(f"Solve: K regulariser calls x {rows[0]['nfe'] if rows else '?'} denoiser calls ({args.steps} "
-          f"{args.sampler} steps), per image.\n")
-    cols = ["preset", "size", "parameters_M", "K", "gflop_per_call", "gflop_per_denoiser_call", "gflop_per_solve",
-            "floor_ms_per_call", "floor_s_per_solve"]
-    heads = ["preset", "size", "params (M)", "K", "GFLOP / call", "GFLOP / denoiser call", "GFLOP / solve",
-             "floor / call (ms, here)", "floor / solve (s, here)"]
+    print(
+        f"Solve: K regulariser calls x {rows[0]['nfe'] if rows else '?'} denoiser calls ({args.steps} "
+        f"{args.sampler} steps), per image.\n"
+    )
+    cols = [
+        "preset",
+        "size",
+        "parameters_M",
+        "K",
+        "gflop_per_call",
+        "gflop_per_denoiser_call",
+        "gflop_per_solve",
+        "floor_ms_per_call",
+        "floor_s_per_solve",
+    ]
+    heads = [
+        "preset",
+        "size",
+        "params (M)",
+        "K",
+        "GFLOP / call",
+        "GFLOP / denoiser call",
+        "GFLOP / solve",
+        "floor / call (ms, here)",
+        "floor / solve (s, here)",
+    ]
     print(markdown_table(rows, cols, heads, fmt=fmt_number))
     gpu_rows = []
     for _, label, fp16, fp32 in GPU_PEAKS:
@@ -302,8 +359,13 @@ def main(argv=None) -> int:
     print("\nFloor per solve (ms per image) on GPUs at their dense FP16 tensor-core peak (datasheet):\n")
     print(markdown_table(gpu_rows, fmt=fmt_number))
     if args.json:
-        Path(args.json).write_text(json.dumps({"counted": COUNTED, "peak": asdict(peak), "cases": rows,
-                                               "gpu_floors_ms_per_solve_fp16": gpu_rows}, indent=2) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                {"counted": COUNTED, "peak": asdict(peak), "cases": rows, "gpu_floors_ms_per_solve_fp16": gpu_rows},
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"wrote {args.json}")
     return 0
 

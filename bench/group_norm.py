@@ -83,8 +83,16 @@ def run_size(calls: dict, channels: int, size: int, rounds: int, per_round: int)
     for (backend, form), ts in times.items():
         ms = 1e3 * statistics.median(ts)
         base = 1e3 * statistics.median(times[(backend, "exported")])
-        rows.append({"size": size, "backend": backend, "group_norm": form, "ms_per_call": ms,
-                     "vs_exported": ms / base, "max_rel_diff": diff[(backend, form)]})
+        rows.append(
+            {
+                "size": size,
+                "backend": backend,
+                "group_norm": form,
+                "ms_per_call": ms,
+                "vs_exported": ms / base,
+                "max_rel_diff": diff[(backend, form)],
+            }
+        )
         print(" ".join(f"{k}={fmt_number(v) if isinstance(v, float) else v}" for k, v in rows[-1].items()), flush=True)
     return rows
 
@@ -93,16 +101,19 @@ def to_markdown(rows: list[dict], args) -> str:
     cols = ["size", "backend", "group_norm", "ms_per_call", "vs_exported", "max_rel_diff"]
     heads = ["px", "backend", "group norms", "ms / call", "/ exported form", "max rel diff vs ORT f32 exported"]
     shown = [{c: fmt_number(r.get(c)) for c in cols} for r in rows]
-    return (f"One regulariser call of `{args.package}` at batch 1, in one process: {args.rounds} interleaved rounds "
-            f"of {args.calls} calls per (backend, form), the median round kept. `exported`: Reshape-"
-            "InstanceNormalization-Reshape as torch exports it; `reduce`: from per-channel statistics "
-            "(`diffunfold.group_norm_graph`). The max rel diff is against ONNX Runtime in float32 on the exported "
-            "graph (bf16 rows: the bf16 rounding, ~1e-2).\n\n" + markdown_table(shown, cols, heads, fmt=str))
+    return (
+        f"One regulariser call of `{args.package}` at batch 1, in one process: {args.rounds} interleaved rounds "
+        f"of {args.calls} calls per (backend, form), the median round kept. `exported`: Reshape-"
+        "InstanceNormalization-Reshape as torch exports it; `reduce`: from per-channel statistics "
+        "(`diffunfold.group_norm_graph`). The max rel diff is against ONNX Runtime in float32 on the exported "
+        "graph (bf16 rows: the bf16 rounding, ~1e-2).\n\n" + markdown_table(shown, cols, heads, fmt=str)
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="bench/group_norm.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench/group_norm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--package", default=str(ROOT / "samples" / "models" / "image-small"))
     ap.add_argument("--size", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--rounds", type=int, default=8)

@@ -52,18 +52,30 @@ def run(args) -> list[dict]:
 
 
 def summary(rows: list[dict], args) -> tuple[str, dict]:
-    after = [r["rss_mb"] for r in rows[args.warmup - 1:]] if len(rows) >= args.warmup else [r["rss_mb"] for r in rows]
+    after = [r["rss_mb"] for r in rows[args.warmup - 1 :]] if len(rows) >= args.warmup else [r["rss_mb"] for r in rows]
     growth = max(after) - after[0]
-    verdict = {"backend": args.backend, "rss_after_warmup_mb": after[0], "rss_max_mb": max(after),
-               "rss_final_mb": rows[-1]["rss_mb"], "growth_after_warmup_mb": growth, "bound_mb": args.bound_mb,
-               "within_bound": growth < args.bound_mb, "seconds": rows[-1]["seconds"]}
+    verdict = {
+        "backend": args.backend,
+        "rss_after_warmup_mb": after[0],
+        "rss_max_mb": max(after),
+        "rss_final_mb": rows[-1]["rss_mb"],
+        "growth_after_warmup_mb": growth,
+        "bound_mb": args.bound_mb,
+        "within_bound": growth < args.bound_mb,
+        "seconds": rows[-1]["seconds"],
+    }
     marks = sorted({0, args.warmup - 1, len(rows) // 4, len(rows) // 2, 3 * len(rows) // 4, len(rows) - 1})
     lines = ["| solves | resident MB | s |", "|---|---|---|"]
-    lines += [f"| {rows[i]['solve']} | {rows[i]['rss_mb']:.1f} | {rows[i]['seconds']:.0f} |" for i in marks if i < len(rows)]
-    lines += ["", f"{len(rows)} solves ({rows[0]['tiling']} and {rows[1]['tiling'] if len(rows) > 1 else '-'}, "
-              f"alternating): resident memory {after[0]:.1f} MB after {args.warmup} solves, at most {max(after):.1f} MB "
-              f"after that, {rows[-1]['rss_mb']:.1f} MB at the end: growth {growth:.1f} MB against a bound of "
-              f"{args.bound_mb:g} MB: {'within' if verdict['within_bound'] else 'OVER'} the bound."]
+    lines += [
+        f"| {rows[i]['solve']} | {rows[i]['rss_mb']:.1f} | {rows[i]['seconds']:.0f} |" for i in marks if i < len(rows)
+    ]
+    lines += [
+        "",
+        f"{len(rows)} solves ({rows[0]['tiling']} and {rows[1]['tiling'] if len(rows) > 1 else '-'}, "
+        f"alternating): resident memory {after[0]:.1f} MB after {args.warmup} solves, at most {max(after):.1f} MB "
+        f"after that, {rows[-1]['rss_mb']:.1f} MB at the end: growth {growth:.1f} MB against a bound of "
+        f"{args.bound_mb:g} MB: {'within' if verdict['within_bound'] else 'OVER'} the bound.",
+    ]
     return "\n".join(lines), verdict
 
 
@@ -86,8 +98,17 @@ def main(argv=None) -> int:
     md, verdict = summary(rows, args)
     print(md)
     if not args.no_write:
-        print("wrote", write_results("long_run", info, {k: str(v) for k, v in vars(args).items()},
-                                     {"summary": verdict, "rss": rows}, md, title="1,000 back-to-back solves"))
+        print(
+            "wrote",
+            write_results(
+                "long_run",
+                info,
+                {k: str(v) for k, v in vars(args).items()},
+                {"summary": verdict, "rss": rows},
+                md,
+                title="1,000 back-to-back solves",
+            ),
+        )
     return 0 if verdict["within_bound"] else 1
 
 

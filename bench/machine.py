@@ -9,7 +9,7 @@ import platform
 import re
 import socket
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from diffunfold.hardware import cpu_model
@@ -71,7 +71,7 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": numpy.__version__,
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
         info["load_average_1m"] = round(os.getloadavg()[0], 2)  # > 0 before the run: something else is busy
@@ -95,7 +95,7 @@ def machine_info() -> dict:
 # A run is quiet when other processes used at most a quarter of a core, on average, in a short
 # window before it and while it ran. The load averages at the start and the end are reported
 # beside it (the end's counts the benchmark's own threads).
-QUIET_START_LOAD = 0.5     # per core; only where /proc/stat cannot tell what other processes use
+QUIET_START_LOAD = 0.5  # per core; only where /proc/stat cannot tell what other processes use
 QUIET_OTHERS_CORES = 0.25
 # The load average is a decaying mean over a minute: right after another benchmark it still
 # reads ~2 on an idle machine. So quiet is judged by what other processes use, measured: over
@@ -160,16 +160,27 @@ class LoadWatch:
             quiet = self.start_load is not None and self.start_load <= QUIET_START_LOAD * cores
         else:
             quiet = max(others, self.start_others) <= QUIET_OTHERS_CORES
-        return {"load_average_start": self.start_load, "load_average_end": _load(),
-                "other_processes_cores_before": self.start_others, "other_processes_cores": others, "quiet": quiet}
+        return {
+            "load_average_start": self.start_load,
+            "load_average_end": _load(),
+            "other_processes_cores_before": self.start_others,
+            "other_processes_cores": others,
+            "quiet": quiet,
+        }
 
 
 def describe_load(load: dict) -> str:
     before = load.get("other_processes_cores_before")
-    return (f"load average {load['load_average_start']} at the start, {load['load_average_end']} at the end; "
-            + (f"other processes used {before} cores just before the run and " if before is not None else
-               "other processes used ")
-            + f"{load['other_processes_cores']} cores on average during it: " + ("quiet" if load["quiet"] else "BUSY"))
+    return (
+        f"load average {load['load_average_start']} at the start, {load['load_average_end']} at the end; "
+        + (
+            f"other processes used {before} cores just before the run and "
+            if before is not None
+            else "other processes used "
+        )
+        + f"{load['other_processes_cores']} cores on average during it: "
+        + ("quiet" if load["quiet"] else "BUSY")
+    )
 
 
 def may_write(load: dict, allow_busy: bool, say=print) -> bool:
@@ -180,12 +191,13 @@ def may_write(load: dict, allow_busy: bool, say=print) -> bool:
         return True
     if allow_busy:
         load["recorded_busy"] = True
-        say("the machine was busy: writing anyway (--allow-busy); the results are marked as measured on a busy "
-            "machine")
+        say("the machine was busy: writing anyway (--allow-busy); the results are marked as measured on a busy machine")
         return True
-    say(f"the machine was busy (other processes above {QUIET_OTHERS_CORES} cores before or during the run): "
+    say(
+        f"the machine was busy (other processes above {QUIET_OTHERS_CORES} cores before or during the run): "
         "no results written; rerun on a quiet machine, or pass --allow-busy to "
-        "record them marked as busy")
+        "record them marked as busy"
+    )
     return False
 
 
@@ -196,8 +208,9 @@ def add_output_arguments(ap) -> None:
     ap.add_argument("--allow-busy", action="store_true", help="write results measured on a busy machine, marked so")
 
 
-def record(name: str, watch: "LoadWatch", info: dict, args, rows, markdown: str, title: str,
-           allow_busy: bool | None = None) -> Path | None:
+def record(
+    name: str, watch: LoadWatch, info: dict, args, rows, markdown: str, title: str, allow_busy: bool | None = None
+) -> Path | None:
     """Print ``markdown``, then write ``<name>-<machine>.md/.json`` under ``args.out`` unless
     ``args.no_write`` or the machine was busy (see :func:`may_write`). Returns the path written."""
     print("\n" + markdown)
@@ -218,8 +231,10 @@ def busy_banner(load: dict | None) -> str:
     """A warning line for the top of a results file measured on a busy machine; '' when quiet."""
     if not load or load.get("quiet"):
         return ""
-    return (f"**Measured on a busy machine, recorded with --allow-busy: {describe_load(load)}. Trust the ratios "
-            "between rows measured in this run, not the absolute times.**\n\n")
+    return (
+        f"**Measured on a busy machine, recorded with --allow-busy: {describe_load(load)}. Trust the ratios "
+        "between rows measured in this run, not the absolute times.**\n\n"
+    )
 
 
 def versions() -> dict:
@@ -233,8 +248,15 @@ def machine_slug(info: dict) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", base).strip("-").lower()
 
 
-def write_results(name: str | None, info: dict, settings: dict, rows, markdown: str,
-                  out_dir: str | Path | None = None, title: str | None = None) -> Path:
+def write_results(
+    name: str | None,
+    info: dict,
+    settings: dict,
+    rows,
+    markdown: str,
+    out_dir: str | Path | None = None,
+    title: str | None = None,
+) -> Path:
     """Write ``<out_dir>/<name>-<machine>.md`` and ``.json`` (``<machine>.md`` when ``name`` is
     None; ``out_dir`` defaults to bench/results). Returns the Markdown path."""
     out = Path(out_dir) if out_dir else RESULTS
@@ -246,6 +268,7 @@ def write_results(name: str | None, info: dict, settings: dict, rows, markdown: 
     header = "\n".join(f"- {k}: {v}" for k, v in info.items())
     markdown = busy_banner(info.get("load")) + markdown
     settings_md = "\n".join(f"- {k}: {v}" for k, v in settings.items())
-    stem.with_suffix(".md").write_text(f"# {title or name or slug}\n\nMachine:\n{header}\n\nSettings:\n{settings_md}"
-                                       f"\n\n{markdown}\n")
+    stem.with_suffix(".md").write_text(
+        f"# {title or name or slug}\n\nMachine:\n{header}\n\nSettings:\n{settings_md}\n\n{markdown}\n"
+    )
     return stem.with_suffix(".md")

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -79,8 +79,7 @@ def _openvino(n, a, b, precision, tmp):
 
     core = shared_core()  # a Core of its own would leave this thread a dangling signal stack when freed
     hint = "bf16" if precision == "bf16" else "f32"
-    compiled = core.compile_model(str(_matmul_onnx(tmp / f"mm{n}.onnx", n)), "CPU",
-                                  {"INFERENCE_PRECISION_HINT": hint})
+    compiled = core.compile_model(str(_matmul_onnx(tmp / f"mm{n}.onnx", n)), "CPU", {"INFERENCE_PRECISION_HINT": hint})
     request = compiled.create_infer_request()
     return lambda: request.infer({"a": a, "b": b})
 
@@ -113,12 +112,19 @@ def measure(precision: str = "fp32", sizes=SIZES, repeats: int = REPEATS) -> dic
                     break
                 per.setdefault(lib, {})[n] = _best_rate(run, n, repeats)
     lib, n = max(((lib, n) for lib, r in per.items() for n in r), key=lambda k: per[k[0]][k[1]])
-    return {"gflops": per[lib][n], "library": lib, "size": n, "per_library": per, "skipped": skipped,
-            "emulated": emulated}
+    return {
+        "gflops": per[lib][n],
+        "library": lib,
+        "size": n,
+        "per_library": per,
+        "skipped": skipped,
+        "emulated": emulated,
+    }
 
 
 def describe(m: dict) -> str:
-    rates = "; ".join(f"{lib} " + ", ".join(f"{n}: {g:.0f}" for n, g in r.items()) for lib, r in m["per_library"].items())
+    rates = "; ".join(
+        f"{lib} " + ", ".join(f"{n}: {g:.0f}" for n, g in r.items()) for lib, r in m["per_library"].items()
+    )
     emulated = ", emulated: this CPU has no native bf16" if m.get("emulated") else ""
-    return (f"{m['gflops']:.0f} GFLOP/s ({m['library']}, n = {m['size']}{emulated}; "
-            f"GFLOP/s per library and n: {rates})")
+    return f"{m['gflops']:.0f} GFLOP/s ({m['library']}, n = {m['size']}{emulated}; GFLOP/s per library and n: {rates})"

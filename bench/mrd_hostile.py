@@ -64,8 +64,13 @@ def attacks() -> dict[str, list[bytes]]:
         "huge header": [struct.pack("<HI", int(MessageID.HEADER), 1 << 31)] + [b" " * MB] * 32,
         "undeclared indices": _index_bomb(False),
         "indices past the budget": _index_bomb(True),
-        "2000 samples": [_serialize(ConfigFile("hostile"), ConfigText('{"samples": 2000, "steps": 2}'),
-                                    make_header((32, 32), coils=4, slices=1))],
+        "2000 samples": [
+            _serialize(
+                ConfigFile("hostile"),
+                ConfigText('{"samples": 2000, "steps": 2}'),
+                make_header((32, 32), coils=4, slices=1),
+            )
+        ],
     }
 
 
@@ -106,7 +111,7 @@ class HostileClient:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def start(self) -> "HostileClient":
+    def start(self) -> HostileClient:
         self._thread.start()
         return self
 

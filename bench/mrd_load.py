@@ -30,11 +30,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table  # noqa: E402
 from machine import LoadWatch, machine_info, may_write, write_results  # noqa: E402
+from mrd_hostile import HostileClient, PeakRSS  # noqa: E402
 
 from diffunfold.mrd.client import send_file  # noqa: E402
 from diffunfold.mrd.spawn import ServerProcess  # noqa: E402
 from diffunfold.mrd.writer import write_phantom_mrd  # noqa: E402
-from mrd_hostile import HostileClient, PeakRSS  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[1] / "samples" / "models" / "mri-small"
 
@@ -53,8 +53,12 @@ def parse_args(argv):
     ap.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole run (600)")
     ap.add_argument("--hostile", action="store_true", help="a hostile client attacks the server during the run")
     ap.add_argument("--buffer-mib", type=int, default=256, help="the server's --max-buffer-mib with --hostile (256)")
-    ap.add_argument("--rss-bound-mib", type=float, default=1024.0,
-                    help="with --hostile: the server's resident memory must stay below this, MiB (1024)")
+    ap.add_argument(
+        "--rss-bound-mib",
+        type=float,
+        default=1024.0,
+        help="with --hostile: the server's resident memory must stay below this, MiB (1024)",
+    )
     ap.add_argument("--out", help="results folder (default: bench/results)")
     ap.add_argument("--allow-busy", action="store_true", help="write results measured on a busy machine, marked so")
     ap.add_argument("--no-write", action="store_true")
@@ -62,8 +66,12 @@ def parse_args(argv):
 
 
 def scans(folder: Path, args) -> list[Path]:
-    return [write_phantom_mrd(folder / f"client{i}.h5", slices=args.slices, size=args.size, coils=args.coils,
-                              acceleration=4, seed=100 + i) for i in range(args.clients)]
+    return [
+        write_phantom_mrd(
+            folder / f"client{i}.h5", slices=args.slices, size=args.size, coils=args.coils, acceleration=4, seed=100 + i
+        )
+        for i in range(args.clients)
+    ]
 
 
 def stream_all(port: int, files: list[Path], limit: float) -> tuple[list, float]:
@@ -105,11 +113,17 @@ def summarise(replies: list, wall: float, server: ServerProcess, args) -> dict:
     lat = np.asarray([v for r in replies if r for v in r.latencies.values()])
     recon = np.asarray([e["seconds"] for e in server.named("reconstructed")])
     slices = args.clients * args.slices
-    return {"clients": args.clients, "slices": slices, "wall_s": round(wall, 2),
-            "throughput_slices_per_s": round(slices / wall, 3),
-            "latency_median_s": round(float(np.median(lat)), 2), "latency_p90_s": round(float(np.percentile(lat, 90)), 2),
-            "latency_max_s": round(float(lat.max()), 2), "server_s_per_slice_median": round(float(np.median(recon)), 3),
-            "images_received": sum(len(r.images) for r in replies if r)}
+    return {
+        "clients": args.clients,
+        "slices": slices,
+        "wall_s": round(wall, 2),
+        "throughput_slices_per_s": round(slices / wall, 3),
+        "latency_median_s": round(float(np.median(lat)), 2),
+        "latency_p90_s": round(float(np.percentile(lat, 90)), 2),
+        "latency_max_s": round(float(lat.max()), 2),
+        "server_s_per_slice_median": round(float(np.median(recon)), 3),
+        "images_received": sum(len(r.images) for r in replies if r),
+    }
 
 
 def run_hostile(server: ServerProcess, files: list[Path], args) -> tuple[list, float, dict]:
@@ -122,8 +136,16 @@ def run_hostile(server: ServerProcess, files: list[Path], args) -> tuple[list, f
     finally:
         counts = hostile.stop()
         peak = rss.stop()
-    return replies, wall, {"rss_start_mib": round(rss.start), "rss_peak_mib": round(peak),
-                           "rss_bound_mib": args.rss_bound_mib, "attacks": counts}
+    return (
+        replies,
+        wall,
+        {
+            "rss_start_mib": round(rss.start),
+            "rss_peak_mib": round(peak),
+            "rss_bound_mib": args.rss_bound_mib,
+            "attacks": counts,
+        },
+    )
 
 
 def hostile_problems(result: dict) -> list[str]:
@@ -134,26 +156,48 @@ def hostile_problems(result: dict) -> list[str]:
 
 
 def describe(args, rows: list[dict], problems: list[str], hostile: dict | None) -> str:
-    md = (f"{args.clients} clients at once, each streaming {args.slices} slices ({args.size}x{args.size}, "
-          f"{args.coils} coils, Gaussian 1-D 4x) to one server (one backend, {args.steps} steps, "
-          f"{args.samples} sample(s)). Latency: a slice's last acquisition sent -> its first image back.\n\n")
+    md = (
+        f"{args.clients} clients at once, each streaming {args.slices} slices ({args.size}x{args.size}, "
+        f"{args.coils} coils, Gaussian 1-D 4x) to one server (one backend, {args.steps} steps, "
+        f"{args.samples} sample(s)). Latency: a slice's last acquisition sent -> its first image back.\n\n"
+    )
     if hostile:
-        md += (f"First the honest clients alone, then again (a fresh server) with a hostile client attacking "
-               f"throughout from the same machine (`mrd_hostile.py`); both servers started with "
-               f"`--max-buffer-mib {args.buffer_mib} --start-timeout 5`, other limits at their defaults. Server "
-               f"resident memory during the attack: {hostile['rss_start_mib']} MiB before the clients, peak "
-               f"{hostile['rss_peak_mib']} MiB, bound {hostile['rss_bound_mib']:g} MiB.\n\n"
-               + markdown_table([{"attack": k, "refused": r, "tried": n} for k, (r, n) in hostile["attacks"].items()])
-               + "\n\n")
-    return md + markdown_table(rows) + ("\n\nProblems:\n" + "\n".join(f"- {p}" for p in problems) if problems
-                                        else "\n\nEvery image came back exactly once.")
+        md += (
+            f"First the honest clients alone, then again (a fresh server) with a hostile client attacking "
+            f"throughout from the same machine (`mrd_hostile.py`); both servers started with "
+            f"`--max-buffer-mib {args.buffer_mib} --start-timeout 5`, other limits at their defaults. Server "
+            f"resident memory during the attack: {hostile['rss_start_mib']} MiB before the clients, peak "
+            f"{hostile['rss_peak_mib']} MiB, bound {hostile['rss_bound_mib']:g} MiB.\n\n"
+            + markdown_table([{"attack": k, "refused": r, "tried": n} for k, (r, n) in hostile["attacks"].items()])
+            + "\n\n"
+        )
+    return (
+        md
+        + markdown_table(rows)
+        + (
+            "\n\nProblems:\n" + "\n".join(f"- {p}" for p in problems)
+            if problems
+            else "\n\nEvery image came back exactly once."
+        )
+    )
 
 
 def one_pass(files: list[Path], args, attacked: bool) -> tuple[dict, list[str], dict | None]:
     """One server, the honest clients (and the hostile one): the row, the problems, the attack."""
     extra = ["--max-buffer-mib", str(args.buffer_mib), "--start-timeout", "5"] if args.hostile else []
-    server = ServerProcess(args.package, "--steps", str(args.steps), "--samples", str(args.samples),
-                           "--backend", args.backend, "--device", args.device, *extra, omp_threads=None)
+    server = ServerProcess(
+        args.package,
+        "--steps",
+        str(args.steps),
+        "--samples",
+        str(args.samples),
+        "--backend",
+        args.backend,
+        "--device",
+        args.device,
+        *extra,
+        omp_threads=None,
+    )
     hostile = None
     try:
         if attacked:
@@ -178,7 +222,7 @@ def main(argv=None) -> int:
     rows, problems, hostile = [], [], None
     with tempfile.TemporaryDirectory() as tmp:
         files = scans(Path(tmp), args)
-        for attacked in ([False, True] if args.hostile else [False]):
+        for attacked in [False, True] if args.hostile else [False]:
             row, found, result = one_pass(files, args, attacked)
             rows.append(row)
             problems += found
@@ -190,8 +234,15 @@ def main(argv=None) -> int:
         settings = {k: v for k, v in vars(args).items() if k not in ("out", "no_write")}
         if hostile:
             rows[-1]["attacks"] = hostile["attacks"]
-        path = write_results("mrd_load_hostile" if args.hostile else "mrd_load", info, settings, rows, md,
-                             out_dir=args.out, title="MRD server under load" + (" and attack" if args.hostile else ""))
+        path = write_results(
+            "mrd_load_hostile" if args.hostile else "mrd_load",
+            info,
+            settings,
+            rows,
+            md,
+            out_dir=args.out,
+            title="MRD server under load" + (" and attack" if args.hostile else ""),
+        )
         print(f"wrote {path}")
     return 0 if not problems else 1
 

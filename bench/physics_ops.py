@@ -30,8 +30,14 @@ import diffunfold._array as array_plumbing  # noqa: E402
 from diffunfold.physics import make_operator, random_pair  # noqa: E402
 from diffunfold.physics.cg import conjugate_gradient  # noqa: E402
 
-NUMPY_FFT = SimpleNamespace(fftn=np.fft.fftn, ifftn=np.fft.ifftn, rfftn=np.fft.rfftn, irfftn=np.fft.irfftn,
-                            fftshift=np.fft.fftshift, ifftshift=np.fft.ifftshift)
+NUMPY_FFT = SimpleNamespace(
+    fftn=np.fft.fftn,
+    ifftn=np.fft.ifftn,
+    rfftn=np.fft.rfftn,
+    irfftn=np.fft.irfftn,
+    fftshift=np.fft.fftshift,
+    ifftshift=np.fft.ifftshift,
+)
 
 CASES = [
     ("gaussian_blur", {"sigma": 3.0}),
@@ -42,7 +48,7 @@ CASES = [
     ("mri", {"kind": "gaussian1d", "acceleration": 4, "ncoils": 15}),
 ]
 MRI_MASKS = (("gaussian1d", 4), ("uniform1d", 8), ("gaussian2d", 8))
-CG_STEPS = 10   # the proximal step's CG iterations in this comparison
+CG_STEPS = 10  # the proximal step's CG iterations in this comparison
 
 
 def backend_rows(args) -> list[dict]:
@@ -59,8 +65,12 @@ def backend_rows(args) -> list[dict]:
         for batch in args.batch:
             x, _ = random_pair(op, batch=batch, dtype=np.float32, seed=0)
             y = op.A(x)
-            row = {"task": task, "params": str(params), "batch": batch,
-                   "numpy_ms": 1e3 * median_time(lambda: op.grad(x, y), args.repeats)}
+            row = {
+                "task": task,
+                "params": str(params),
+                "batch": batch,
+                "numpy_ms": 1e3 * median_time(lambda: op.grad(x, y), args.repeats),
+            }
             if torch is not None:
                 xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
                 with torch.no_grad():
@@ -113,14 +123,21 @@ def mri_rows(args) -> list[dict]:
                 x, _ = random_pair(op, batch=batch, dtype=np.complex64, seed=0)
                 y = op.A(x)
                 literal_normal = lambda u: op._adjoint(op._forward(u)) + u  # noqa: E731 (w = 1, L = 1)
-                fns = {"grad_literal": lambda: op._adjoint(op._forward(x) - y), "grad_normal": lambda: op.grad(x, y),
-                       "prox_literal": lambda: conjugate_gradient(literal_normal, op._adjoint(y) + x, x, CG_STEPS),
-                       "prox_normal": lambda: op.prox(x, y, 1.0, CG_STEPS)}
+                fns = {
+                    "grad_literal": lambda: op._adjoint(op._forward(x) - y),
+                    "grad_normal": lambda: op.grad(x, y),
+                    "prox_literal": lambda: conjugate_gradient(literal_normal, op._adjoint(y) + x, x, CG_STEPS),
+                    "prox_normal": lambda: op.prox(x, y, 1.0, CG_STEPS),
+                }
                 t = _interleaved(fns, args.rounds)
-                row = {"size": n, "mask": f"{kind} {acc}x", "batch": batch,
-                       **{f"{k}_ms": 1e3 * v for k, v in t.items()},
-                       "grad_ratio": t["grad_normal"] / t["grad_literal"],
-                       "prox_ratio": t["prox_normal"] / t["prox_literal"]}
+                row = {
+                    "size": n,
+                    "mask": f"{kind} {acc}x",
+                    "batch": batch,
+                    **{f"{k}_ms": 1e3 * v for k, v in t.items()},
+                    "grad_ratio": t["grad_normal"] / t["grad_literal"],
+                    "prox_ratio": t["prox_normal"] / t["prox_literal"],
+                }
                 rows.append(row)
                 print(row, flush=True)
     return rows
@@ -131,24 +148,42 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--mri-sizes", type=int, nargs="+", default=[64, 128, 256],
-                        help="sizes of the MRI normal-operator comparison (default 64 128 256)")
+    parser.add_argument(
+        "--mri-sizes",
+        type=int,
+        nargs="+",
+        default=[64, 128, 256],
+        help="sizes of the MRI normal-operator comparison (default 64 128 256)",
+    )
     parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds of that comparison (default 9)")
     add_output_arguments(parser)
     args = parser.parse_args(argv)
     watch, info = LoadWatch(), machine_info()
     rows, ffts, mri = backend_rows(args), fft_rows(args), mri_rows(args)
-    note = ("Time of one `grad(x, y) = A^T(A x - y)` call, float32, median of "
-            f"{args.repeats} after a warm-up. numpy_over_torch > 1 means numpy is slower.")
-    fft_note = ("FFT used for numpy arrays, same run: `numpy.fft` against `scipy.fft` with "
-                "`workers=-1` (the default). A ratio > 1 means numpy.fft is slower.")
-    mri_note = ("MRI normal operator, complex64, 15 coils, same run, median of "
-                f"{args.rounds} interleaved rounds: `grad` = `A^H A x - A^H y` (A^H y kept) against the literal "
-                f"`A^H(A x - y)`; `prox` = {CG_STEPS} CG steps on `A^H A + w` against the same CG on "
-                "`A^H(A .) + w`. ratio = new / literal (below 1: faster).")
+    note = (
+        "Time of one `grad(x, y) = A^T(A x - y)` call, float32, median of "
+        f"{args.repeats} after a warm-up. numpy_over_torch > 1 means numpy is slower."
+    )
+    fft_note = (
+        "FFT used for numpy arrays, same run: `numpy.fft` against `scipy.fft` with "
+        "`workers=-1` (the default). A ratio > 1 means numpy.fft is slower."
+    )
+    mri_note = (
+        "MRI normal operator, complex64, 15 coils, same run, median of "
+        f"{args.rounds} interleaved rounds: `grad` = `A^H A x - A^H y` (A^H y kept) against the literal "
+        f"`A^H(A x - y)`; `prox` = {CG_STEPS} CG steps on `A^H A + w` against the same CG on "
+        "`A^H(A .) + w`. ratio = new / literal (below 1: faster)."
+    )
     markdown = "\n\n".join([note, markdown_table(rows), fft_note, markdown_table(ffts), mri_note, markdown_table(mri)])
-    record("physics_ops", watch, info, args, {"backends": rows, "numpy_fft_choice": ffts, "mri_normal": mri},
-           markdown, "Physics operators")
+    record(
+        "physics_ops",
+        watch,
+        info,
+        args,
+        {"backends": rows, "numpy_fft_choice": ffts, "mri_normal": mri},
+        markdown,
+        "Physics operators",
+    )
     return 0
 
 

@@ -78,7 +78,8 @@ def feeds_for(pkg: ModelPackage, batch: int, size: int, count: int, seed: int = 
         elif i == 1:
             sigma[:] = edm.SIGMA_MIN
         x = 0.5 * rng.standard_normal((batch, c, hw, hw)) + sigma[:, None, None, None] * rng.standard_normal(
-            (batch, c, hw, hw))
+            (batch, c, hw, hw)
+        )
         feed = {"x": x.astype(np.float32), "sigma": sigma.astype(np.float32)}
         if pkg.shared:
             feed["stage"] = rng.integers(0, pkg.stages, batch).astype(np.int64)
@@ -160,32 +161,49 @@ def compare_file(pkg: ModelPackage, onnx_name: str, feeds: list[dict], engine, a
         engine_path, record = engine
         b, _, h, w = feeds[0]["x"].shape
         profile = choose_profile(record.profile_ranges(), b, h, w)
+
         class CastingTrtRunner(TrtRunner):
             """Feeds cast to the engine's input types (an engine may take ``stage`` as int32)."""
 
             def infer(self, feed_dict, *a, **kw):
                 meta = self.get_input_metadata()
-                feed = {n: (v.astype(np.int32) if n in meta and "int32" in str(meta[n].dtype).lower()
-                            and v.dtype == np.int64 else v) for n, v in feed_dict.items()}
+                feed = {
+                    n: (
+                        v.astype(np.int32)
+                        if n in meta and "int32" in str(meta[n].dtype).lower() and v.dtype == np.int64
+                        else v
+                    )
+                    for n, v in feed_dict.items()
+                }
                 return super().infer(feed, *a, **kw)
 
-        runners.append(CastingTrtRunner(EngineFromBytes(BytesFromPath(str(engine_path))), name="trt-fp16",
-                                        optimization_profile=profile))
+        runners.append(
+            CastingTrtRunner(
+                EngineFromBytes(BytesFromPath(str(engine_path))), name="trt-fp16", optimization_profile=profile
+            )
+        )
     results = Comparator.run(runners, data_loader=feeds)
     outs = {name: [np.asarray(it["r"], dtype=np.float32) for it in iters] for name, iters in results}
     names = [name for name, _ in results]
     ref = outs[names[0]]
-    row = {"file": onnx_name, "batch": int(feeds[0]["x"].shape[0]), "size": int(feeds[0]["x"].shape[-1]),
-           "inputs": len(feeds), "onnxrt_finite": all(bool(np.isfinite(o).all()) for o in ref),
-           "onnxrt_max_abs_output": max(float(np.abs(o).max()) for o in ref)}
+    row = {
+        "file": onnx_name,
+        "batch": int(feeds[0]["x"].shape[0]),
+        "size": int(feeds[0]["x"].shape[-1]),
+        "inputs": len(feeds),
+        "onnxrt_finite": all(bool(np.isfinite(o).all()) for o in ref),
+        "onnxrt_max_abs_output": max(float(np.abs(o).max()) for o in ref),
+    }
     if len(names) == 2:
         trt = outs[names[1]]
         accuracy = Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=args.atol, rtol=args.rtol))
         pairs = list(zip(trt, ref, strict=True))
-        row.update(trt_finite=all(bool(np.isfinite(o).all()) for o in trt),
-                   max_abs_diff=max(float(np.abs(a - r).max()) for a, r in pairs),
-                   max_rel_diff=max(float(np.abs(a - r).max() / max(np.abs(r).max(), 1e-12)) for a, r in pairs),
-                   passed=bool(accuracy))
+        row.update(
+            trt_finite=all(bool(np.isfinite(o).all()) for o in trt),
+            max_abs_diff=max(float(np.abs(a - r).max()) for a, r in pairs),
+            max_rel_diff=max(float(np.abs(a - r).max() / max(np.abs(r).max(), 1e-12)) for a, r in pairs),
+            passed=bool(accuracy),
+        )
     row["onnxrt_ms"] = 1e3 * median_runtime(runners[0], feeds[0], args.iterations)
     if len(runners) == 2:
         row["trt_fp16_ms"] = 1e3 * median_runtime(runners[1], feeds[0], args.iterations)
@@ -194,11 +212,13 @@ def compare_file(pkg: ModelPackage, onnx_name: str, feeds: list[dict], engine, a
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench/polygraphy_compare.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench/polygraphy_compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("package", nargs="?", help="a model package (default: --preset with random weights)")
-    ap.add_argument("--preset", default="small", help="preset exported with random weights when no package is "
-                                                      "given (default small)")
+    ap.add_argument(
+        "--preset", default="small", help="preset exported with random weights when no package is given (default small)"
+    )
     ap.add_argument("--size", type=int, nargs="+", default=[64], help="image sizes (default 64)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1], help="batch sizes (default 1)")
     ap.add_argument("--stage", type=int, help="separate networks: compare only regularizer_<stage>.onnx")
@@ -230,8 +250,11 @@ def main(argv=None) -> int:
             say(f"exporting random weights of the {args.preset} preset ...")
             pkg = random_package(args.preset, tmp)
         engines, trt_status = tensorrt_engines(pkg, args, Path(tmp))
-        say(("comparing ONNX Runtime (FP32) with TensorRT: " if engines else
-             "ONNX Runtime alone (TensorRT absent: ") + trt_status + ("" if engines else ")"))
+        say(
+            ("comparing ONNX Runtime (FP32) with TensorRT: " if engines else "ONNX Runtime alone (TensorRT absent: ")
+            + trt_status
+            + ("" if engines else ")")
+        )
         files = pkg.regularizer_files
         if args.stage is not None and not pkg.shared:
             files = [files[args.stage]]
@@ -244,15 +267,22 @@ def main(argv=None) -> int:
                     rows.append(row)
                     say(", ".join(f"{k} {fmt_number(v) if isinstance(v, float) else v}" for k, v in row.items()))
 
-    ok = all(r["onnxrt_finite"] for r in rows) and all(r.get("passed", True) and r.get("trt_finite", True)
-                                                       for r in rows)
-    settings = {"package": args.package or f"{args.preset} preset, random weights", "tensorrt": trt_status,
-                "compared": "onnxrt vs trt-fp16" if engines else "onnxrt alone", "atol": args.atol,
-                "rtol": args.rtol, "rule": "|trt - ort| <= atol + rtol |ort| per element (CompareFunc.simple)",
-                "inputs_per_case": args.inputs, "iterations": args.iterations, "seed": args.seed,
-                "polygraphy": polygraphy.__version__,
-                "data": "x ~ N(0, 0.5^2) + sigma N(0, 1); sigma in [0.002, 80] (80, 0.002, then log-uniform); "
-                        "stage in [0, K)"}
+    ok = all(r["onnxrt_finite"] for r in rows) and all(
+        r.get("passed", True) and r.get("trt_finite", True) for r in rows
+    )
+    settings = {
+        "package": args.package or f"{args.preset} preset, random weights",
+        "tensorrt": trt_status,
+        "compared": "onnxrt vs trt-fp16" if engines else "onnxrt alone",
+        "atol": args.atol,
+        "rtol": args.rtol,
+        "rule": "|trt - ort| <= atol + rtol |ort| per element (CompareFunc.simple)",
+        "inputs_per_case": args.inputs,
+        "iterations": args.iterations,
+        "seed": args.seed,
+        "polygraphy": polygraphy.__version__,
+        "data": "x ~ N(0, 0.5^2) + sigma N(0, 1); sigma in [0.002, 80] (80, 0.002, then log-uniform); stage in [0, K)",
+    }
     md = markdown_table(rows, fmt=fmt_number)
     print()
     print(md)

@@ -24,7 +24,8 @@ and one MRI mask per task, so the images and the posterior samples run in one ba
 
 Writes ``<out>/quality-<package>.md`` and ``.json`` per package (its rows and the baselines'),
 ``quality-<package>.png`` (PSNR against the noise level, one panel per task), and with more
-than one package ``quality-compare-<kinds>.md`` (``-image``, ``-mri`` or ``-image-mri``). See ``--help`` for how to read them.
+than one package ``quality-compare-<kinds>.md`` (``-image``, ``-mri`` or ``-image-mri``). See ``--help`` for how to
+read them.
 
 The code is the package ``bench/quality_harness/``; this file is its entry point and keeps the
 names the tests and ``trajectory.py`` import (``import quality``).
@@ -37,8 +38,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality_harness import (  # noqa: E402,F401  (the harness's names, as `import quality` gave them)
-    IMAGE_NOISE, METHODS, MRI_NOISE, QUICK, RESULTS, SIGPY_METHODS, TASK_BY_KEY, TASKS, Case, Estimate, Method,
-    QualityTask, Settings, build_parser, images_used, main, make_case, run, score)
+    IMAGE_NOISE,
+    METHODS,
+    MRI_NOISE,
+    QUICK,
+    RESULTS,
+    SIGPY_METHODS,
+    TASK_BY_KEY,
+    TASKS,
+    Case,
+    Estimate,
+    Method,
+    QualityTask,
+    Settings,
+    build_parser,
+    images_used,
+    main,
+    make_case,
+    run,
+    score,
+)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -54,8 +54,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops as flopcount  # noqa: E402
 import matmul_rate  # noqa: E402
-from common import (fmt_number, markdown_table, median_time, peak_memory_mb, prepare_engines,  # noqa: E402
-                    random_package, reference_model, reset_peak_memory)
+from common import (
+    fmt_number,
+    markdown_table,
+    median_time,
+    peak_memory_mb,
+    prepare_engines,  # noqa: E402
+    random_package,
+    reference_model,
+    reset_peak_memory,
+)
 from machine import RESULTS, LoadWatch, machine_info, may_write, write_results  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
@@ -73,44 +81,74 @@ DEFAULTS = {  # per device kind: preset, sizes, batches, repeats
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    ap.add_argument("--preset", help="architecture of the random-weight model: tiny, small, paper, ... "
-                                     "(default: small on cpu, paper on cuda)")
+    ap.add_argument(
+        "--preset",
+        help="architecture of the random-weight model: tiny, small, paper, ... (default: small on cpu, paper on cuda)",
+    )
     ap.add_argument("--package", help="time this model package instead of a random-weight preset")
     ap.add_argument("--size", type=int, nargs="+", help="image sizes, square (default: 64 128 on cpu, 256 on cuda)")
-    ap.add_argument("--batch", type=int, nargs="+",
-                    help="batch sizes: 1 is the latency, larger the throughput (default: 1 4 on cpu, 1 8 on cuda)")
-    ap.add_argument("--backends", nargs="+", choices=BACKEND_ORDER, default=list(BACKEND_ORDER),
-                    help="backends to time where present (default: all; absent ones are listed as skipped)")
-    ap.add_argument("--repeats", type=int, help="timed solves per case, the median is kept (default 3 on cpu, "
-                                                "10 on cuda)")
-    ap.add_argument("--call-repeats", type=int, default=20,
-                    help="timed single regulariser calls per backend and size (default 20)")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        help="batch sizes: 1 is the latency, larger the throughput (default: 1 4 on cpu, 1 8 on cuda)",
+    )
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKEND_ORDER,
+        default=list(BACKEND_ORDER),
+        help="backends to time where present (default: all; absent ones are listed as skipped)",
+    )
+    ap.add_argument(
+        "--repeats", type=int, help="timed solves per case, the median is kept (default 3 on cpu, 10 on cuda)"
+    )
+    ap.add_argument(
+        "--call-repeats", type=int, default=20, help="timed single regulariser calls per backend and size (default 20)"
+    )
     ap.add_argument("--steps", type=int, default=18, help="Euler steps of a solve (default 18)")
-    ap.add_argument("--task", nargs="+", default=["gaussian_blur"], metavar="WORD",
-                    help="the operator: a task name and name=value parameters, e.g. --task sr factor=4 "
-                         "(default gaussian_blur)")
+    ap.add_argument(
+        "--task",
+        nargs="+",
+        default=["gaussian_blur"],
+        metavar="WORD",
+        help="the operator: a task name and name=value parameters, e.g. --task sr factor=4 (default gaussian_blur)",
+    )
     ap.add_argument("--noise", type=float, default=0.05, help="measurement noise std (default 0.05)")
-    ap.add_argument("--tile", default="auto", type=lambda v: None if v in ("none", "0") else (v if v == "auto" else int(v)),
-                    help="the regulariser's tiles, as Solver.solve takes them: auto (default, the runtime's "
-                         "choice: images over twice the training size run in tiles), a side in px, or none "
-                         "(whole, as the torch reference runs)")
+    ap.add_argument(
+        "--tile",
+        default="auto",
+        type=lambda v: None if v in ("none", "0") else (v if v == "auto" else int(v)),
+        help="the regulariser's tiles, as Solver.solve takes them: auto (default, the runtime's "
+        "choice: images over twice the training size run in tiles), a side in px, or none "
+        "(whole, as the torch reference runs)",
+    )
     ap.add_argument("--no-reference", action="store_true", help="skip the torch reference sampler")
-    ap.add_argument("--baseline-package", metavar="PACKAGE",
-                    help="also time ONNX Runtime (spinning off) on this package in the same run, e.g. the model "
-                         "that shipped before, and report every row's time over it (vs base pkg)")
+    ap.add_argument(
+        "--baseline-package",
+        metavar="PACKAGE",
+        help="also time ONNX Runtime (spinning off) on this package in the same run, e.g. the model "
+        "that shipped before, and report every row's time over it (vs base pkg)",
+    )
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime and torch (default: theirs)")
     ap.add_argument("--target", help="TensorRT engine target to build (default: the GPU's, from engines/targets)")
     ap.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay each engine call as a CUDA graph")
-    ap.add_argument("--peak-gflops", type=float, help="peak FLOP/s (in GFLOP/s) for the floor, instead of the "
-                                                      "CPU's estimate or the GPU's datasheet value")
+    ap.add_argument(
+        "--peak-gflops",
+        type=float,
+        help="peak FLOP/s (in GFLOP/s) for the floor, instead of the CPU's estimate or the GPU's datasheet value",
+    )
     ap.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md and .json (default bench/results)")
     ap.add_argument("--no-write", action="store_true", help="print only; write no results")
-    ap.add_argument("--allow-busy", action="store_true",
-                    help="write results even when the machine was busy (marked so in them); by default a busy run "
-                         "writes nothing")
+    ap.add_argument(
+        "--allow-busy",
+        action="store_true",
+        help="write results even when the machine was busy (marked so in them); by default a busy run writes nothing",
+    )
     args = ap.parse_args(argv)
     kind, _ = parse_device(args.device)
     preset, sizes, batches, repeats = DEFAULTS[kind]
@@ -146,7 +184,10 @@ def _tensorrt_options(pkg: ModelPackage, args, tmp: Path, status: dict) -> dict:
     if "tensorrt" not in args.backends or args.device_kind != "cuda":
         return {}
     engines, status["tensorrt"] = prepare_engines(pkg, parse_device(args.device)[1], tmp, args.target, log=say)
-    return {**({"engines": engines} if engines is not None else {}), **({"cuda_graphs": True} if args.cuda_graphs else {})}
+    return {
+        **({"engines": engines} if engines is not None else {}),
+        **({"cuda_graphs": True} if args.cuda_graphs else {}),
+    }
 
 
 def ort_openvino_ep_status() -> str:
@@ -175,16 +216,18 @@ def start_backends(pkg: ModelPackage, args, tmp: Path) -> tuple[dict, dict]:
             say(f"skipped {label}: {status[label]}")
             continue
         try:
-            solvers[label] = Solver.load(pkg, backend=name, device=args.device, threads=args.threads,
-                                         **(trt if name == "tensorrt" else options))
+            solvers[label] = Solver.load(
+                pkg, backend=name, device=args.device, threads=args.threads, **(trt if name == "tensorrt" else options)
+            )
             status[label] = f"ok: {solvers[label].backend_name}"
             say(f"backend {label}: {solvers[label].backend_name}")
         except Exception as exc:  # a backend that is present but does not start is reported, not fatal
             status[label] = f"did not start: {type(exc).__name__}: {exc}"
             say(f"skipped {label}: {status[label]}")
     if args.baseline_package:
-        solvers[BASELINE_PACKAGE] = Solver.load(args.baseline_package, backend="onnxruntime", device=args.device,
-                                                threads=args.threads, spinning=False)
+        solvers[BASELINE_PACKAGE] = Solver.load(
+            args.baseline_package, backend="onnxruntime", device=args.device, threads=args.threads, spinning=False
+        )
         status[BASELINE_PACKAGE] = f"ok: {solvers[BASELINE_PACKAGE].backend_name} on {args.baseline_package}"
         say(f"baseline package: {status[BASELINE_PACKAGE]}")
     return solvers, status
@@ -258,8 +301,10 @@ def time_solvers(solvers: dict, y: np.ndarray, op, args) -> dict:
             walls[n].append(time.perf_counter() - t0)
             peak = peak_memory_mb()
             peaks[n] = (max(peaks[n][0], peak), max(peaks[n][1], peak - before))
-    return {n: (sorted(runs[n], key=lambda r: r.timing.total)[len(runs[n]) // 2], statistics.median(walls[n]),
-                *peaks[n]) for n in solvers}
+    return {
+        n: (sorted(runs[n], key=lambda r: r.timing.total)[len(runs[n]) // 2], statistics.median(walls[n]), *peaks[n])
+        for n in solvers
+    }
 
 
 def time_call(solver: Solver, size: int, repeats: int) -> float:
@@ -275,16 +320,18 @@ def time_call(solver: Solver, size: int, repeats: int) -> float:
 
 # -- the run ----------------------------------------------------------------------------------
 
+
 def regularizer_flops(solvers: dict, sizes: list[int]) -> tuple[dict, str]:
     """``({label: {size: FLOPs of one regulariser call}}, what was counted)``, each on its solver's own
     package (a ``--baseline-package`` may be another network)."""
     try:
         per_package = {}
         for sv in solvers.values():
-            pkg, m = sv.package, sv.package.size_multiple   # the network runs on sizes padded to a multiple of m
+            pkg, m = sv.package, sv.package.size_multiple  # the network runs on sizes padded to a multiple of m
             if pkg.path not in per_package:
-                per_package[pkg.path] = {s: flopcount.regularizer_flops(pkg.settings, m * math.ceil(s / m))
-                                         for s in sizes}
+                per_package[pkg.path] = {
+                    s: flopcount.regularizer_flops(pkg.settings, m * math.ceil(s / m)) for s in sizes
+                }
         return {n: per_package[sv.package.path] for n, sv in solvers.items()}, flopcount.COUNTED
     except ImportError:
         return {n: {} for n in solvers}, "not counted: torch is not installed"
@@ -296,17 +343,30 @@ def floors(args, solvers: dict, info: dict) -> tuple[dict, dict, str, dict]:
     the detected microarchitecture only printed beside it; on a GPU the datasheet peak."""
     flops_of, note = regularizer_flops(solvers, args.size)
     if args.device_kind == "cuda" or args.peak_gflops:
-        return flops_of, {n: flopcount.peak_for(args.device, b, info.get("gpu"), args.peak_gflops, args.threads)
-                          for n, b in _bases(solvers)}, note, {}
+        return (
+            flops_of,
+            {
+                n: flopcount.peak_for(args.device, b, info.get("gpu"), args.peak_gflops, args.threads)
+                for n, b in _bases(solvers)
+            },
+            note,
+            {},
+        )
     nominal = flopcount.cpu_peak(threads=args.threads)
     precisions = {label: ("bf16" if "bf16" in label else "fp32") for label in solvers}
     mm = {p: matmul_rate.measure(p) for p in sorted(set(precisions.values()))}
     for p, m in mm.items():
         say(f"measured {p} matmul rate: {matmul_rate.describe(m)}")
     say(f"nominal FP32 peak {nominal.flops / 1e9:.0f} GFLOP/s ({nominal.source}), not used as a floor")
-    peaks = {p: flopcount.Peak(nominal.device, f"{p.upper()} GEMM, measured", m["gflops"] * 1e9,
-                               f"{m['library']} GEMM in this run, the best of the libraries at hand")
-             for p, m in mm.items()}
+    peaks = {
+        p: flopcount.Peak(
+            nominal.device,
+            f"{p.upper()} GEMM, measured",
+            m["gflops"] * 1e9,
+            f"{m['library']} GEMM in this run, the best of the libraries at hand",
+        )
+        for p, m in mm.items()
+    }
     return flops_of, {n: peaks[p] for n, p in precisions.items()}, note, {"rates": mm, "nominal": nominal.describe()}
 
 
@@ -322,10 +382,20 @@ def call_row(solver: Solver, name: str, size: int, args, flops_of: dict, peak) -
     if f:
         row["gflop_per_call"] = f["flops"] / 1e9
     if f and peak:
-        row.update(peak_tflops=peak.flops / 1e12, peak_precision=peak.precision,
-                   floor_ms=1e3 * peak.floor(f["flops"]), efficiency=peak.floor(f["flops"]) / t)
-    say(f"{size}px one regulariser call, {name}: {1e3 * t:.2f} ms"
-        + (f" (floor {row['floor_ms']:.2f} ms, efficiency {100 * row['efficiency']:.1f} %)" if "floor_ms" in row else ""))
+        row.update(
+            peak_tflops=peak.flops / 1e12,
+            peak_precision=peak.precision,
+            floor_ms=1e3 * peak.floor(f["flops"]),
+            efficiency=peak.floor(f["flops"]) / t,
+        )
+    say(
+        f"{size}px one regulariser call, {name}: {1e3 * t:.2f} ms"
+        + (
+            f" (floor {row['floor_ms']:.2f} ms, efficiency {100 * row['efficiency']:.1f} %)"
+            if "floor_ms" in row
+            else ""
+        )
+    )
     return row
 
 
@@ -334,21 +404,39 @@ def solve_row(timed: tuple, solver: Solver, name: str, case: dict, args, ref: tu
     batch = case["batch"]
     best, wall, peak_mb, peak_above = timed
     tm, per = best.timing, best.timing.total / batch
-    row = {"size": case["size"], "batch": batch, "mode": case["mode"], "backend": name,
-           "backend_detail": solver.backend_name, "s_per_image": per, "images_per_s": 1 / per,
-           "network_s": tm.network / batch, "physics_s": tm.physics / batch, "sampler_s": tm.sampler / batch,
-           "wall_s_per_image": wall / batch, "network_calls": tm.network_calls, "nfe": best.nfe,
-           "peak_mb": peak_mb, "peak_above_mb": peak_above, "tiling": best.tiling}
+    row = {
+        "size": case["size"],
+        "batch": batch,
+        "mode": case["mode"],
+        "backend": name,
+        "backend_detail": solver.backend_name,
+        "s_per_image": per,
+        "images_per_s": 1 / per,
+        "network_s": tm.network / batch,
+        "physics_s": tm.physics / batch,
+        "sampler_s": tm.sampler / batch,
+        "wall_s_per_image": wall / batch,
+        "network_calls": tm.network_calls,
+        "nfe": best.nfe,
+        "peak_mb": peak_mb,
+        "peak_above_mb": peak_above,
+        "tiling": best.tiling,
+    }
     if f and peak:
         floor = peak.floor(flopcount.solve_flops(f["flops"], solver.package.stages, args.steps))
         row.update(floor_network_s=floor, network_efficiency=floor / max(row["network_s"], 1e-12))
     ref_s, ref_out = ref
     if ref_s is not None:
-        row.update(reference_s_per_image=ref_s, ratio=ref_s / per,
-                   max_rel_diff=float(np.max(np.abs(best.images - ref_out)) / max(float(np.max(np.abs(ref_out))), 1e-12)))
-    say(f"{case['size']}px batch {batch} {name}: {per:.4f} s/image (network {row['network_s']:.4f}, physics "
+        row.update(
+            reference_s_per_image=ref_s,
+            ratio=ref_s / per,
+            max_rel_diff=float(np.max(np.abs(best.images - ref_out)) / max(float(np.max(np.abs(ref_out))), 1e-12)),
+        )
+    say(
+        f"{case['size']}px batch {batch} {name}: {per:.4f} s/image (network {row['network_s']:.4f}, physics "
         f"{row['physics_s']:.4f}, sampler {row['sampler_s']:.4f}), peak +{row['peak_above_mb']:.0f} MB"
-        + (f"; reference {ref_s:.4f} s/image, ratio x{row['ratio']:.2f}" if ref_s else ""))
+        + (f"; reference {ref_s:.4f} s/image, ratio x{row['ratio']:.2f}" if ref_s else "")
+    )
     return row
 
 
@@ -356,9 +444,19 @@ def reference_row(model, device, case: dict, args) -> tuple[dict, tuple]:
     t, out = time_reference(model, device, case["y"], case["op"], args)
     ref_s = t / case["batch"]
     say(f"{case['size']}px batch {case['batch']} torch reference: {ref_s:.4f} s/image")
-    return ({"size": case["size"], "batch": case["batch"], "mode": case["mode"], "backend": "torch reference",
-             "s_per_image": ref_s, "images_per_s": 1 / ref_s, "reference_s_per_image": ref_s, "ratio": 1.0},
-            (ref_s, out))
+    return (
+        {
+            "size": case["size"],
+            "batch": case["batch"],
+            "mode": case["mode"],
+            "backend": "torch reference",
+            "s_per_image": ref_s,
+            "images_per_s": 1 / ref_s,
+            "reference_s_per_image": ref_s,
+            "ratio": 1.0,
+        },
+        (ref_s, out),
+    )
 
 
 def against_baseline(rows: list[dict]) -> None:
@@ -382,8 +480,10 @@ def run(args) -> dict:
         else:
             say(f"exporting random weights of the {args.preset} preset ...")
             pkg = random_package(args.preset, tmp, tasks=[task])
-        say(f"model: {pkg.manifest['parameters']['total'] / 1e6:.2f}M parameters, K = {pkg.stages}, "
-            f"{'shared' if pkg.shared else 'separate'} regularisers")
+        say(
+            f"model: {pkg.manifest['parameters']['total'] / 1e6:.2f}M parameters, K = {pkg.stages}, "
+            f"{'shared' if pkg.shared else 'separate'} regularisers"
+        )
         solvers, status = start_backends(pkg, args, Path(tmp))
         ref_model, ref_device, ref_status = start_reference(pkg, args)
         say(f"torch reference: {ref_status}")
@@ -393,30 +493,64 @@ def run(args) -> dict:
             calls += [call_row(sv, n, size, args, flops_of[n], peaks[n]) for n, sv in solvers.items()]
             op = make_operator(task, (size, size), **params)
             for batch in args.batch:
-                case = {"size": size, "batch": batch, "op": op, "y": measurement(pkg, op, batch, args.noise),
-                        "mode": "latency" if batch == 1 else "throughput"}
+                case = {
+                    "size": size,
+                    "batch": batch,
+                    "op": op,
+                    "y": measurement(pkg, op, batch, args.noise),
+                    "mode": "latency" if batch == 1 else "throughput",
+                }
                 ref = (None, None)
                 if ref_model is not None:
                     row, ref = reference_row(ref_model, ref_device, case, args)
                     solves.append(row)
                 timed = time_solvers(solvers, case["y"], op, args)
-                solves += [solve_row(timed[n], sv, n, case, args, (None, None) if n == BASELINE_PACKAGE else ref,
-                                     flops_of[n].get(size), peaks[n]) for n, sv in solvers.items()]
+                solves += [
+                    solve_row(
+                        timed[n],
+                        sv,
+                        n,
+                        case,
+                        args,
+                        (None, None) if n == BASELINE_PACKAGE else ref,
+                        flops_of[n].get(size),
+                        peaks[n],
+                    )
+                    for n, sv in solvers.items()
+                ]
     against_baseline(solves)
     info["load"] = watch.finish()
     settings = {
-        "model": args.package or f"{args.preset} preset, random weights", "baseline_package": args.baseline_package,
-        "parameters": pkg.manifest["parameters"]["total"], "K": pkg.stages, "shared": pkg.shared,
+        "model": args.package or f"{args.preset} preset, random weights",
+        "baseline_package": args.baseline_package,
+        "parameters": pkg.manifest["parameters"]["total"],
+        "K": pkg.stages,
+        "shared": pkg.shared,
         "attention": pkg.manifest["networks"].get("attention", "spelled"),
-        "task": f"{task} {params}" if params else task, "noise": args.noise, "steps": args.steps,
-        "sampler": "euler", "nfe": edm.nfe_of(args.steps, "euler"), "sizes": args.size, "batches": args.batch,
-        "device": args.device, "repeats": args.repeats, "call_repeats": args.call_repeats, "threads": args.threads,
+        "task": f"{task} {params}" if params else task,
+        "noise": args.noise,
+        "steps": args.steps,
+        "sampler": "euler",
+        "nfe": edm.nfe_of(args.steps, "euler"),
+        "sizes": args.size,
+        "batches": args.batch,
+        "device": args.device,
+        "repeats": args.repeats,
+        "call_repeats": args.call_repeats,
+        "threads": args.threads,
         "statistic": "median run after a warm-up; seconds per image",
-        "flops": flops_note, "matmul": mm,
+        "flops": flops_note,
+        "matmul": mm,
         "peaks": {name: (p.describe() if p else "unknown GPU: pass --peak-gflops") for name, p in peaks.items()},
     }
-    return {"info": info, "settings": settings, "status": status, "reference": ref_status,
-            "calls": calls, "solves": solves}
+    return {
+        "info": info,
+        "settings": settings,
+        "status": status,
+        "reference": ref_status,
+        "calls": calls,
+        "solves": solves,
+    }
 
 
 def cell(v, col: str = "") -> str:
@@ -432,8 +566,10 @@ def table(rows: list[dict], cols: list[str], heads: list[str]) -> str:
 
 
 def to_markdown(res: dict) -> str:
-    status = [{"backend": n, "status": "timed: " + s if s.startswith("ok") else "skipped: " + s}
-              for n, s in res["status"].items()]
+    status = [
+        {"backend": n, "status": "timed: " + s if s.startswith("ok") else "skipped: " + s}
+        for n, s in res["status"].items()
+    ]
     status.append({"backend": "torch reference sampler", "status": res["reference"]})
     parts = ["Backends:", markdown_table(status)]
     s = res["settings"]
@@ -449,26 +585,75 @@ def to_markdown(res: dict) -> str:
         "always runs it whole, so where the runtime tiles, max rel diff measures the tiling, not the backend, and the "
         "floor (whole-image FLOPs) understates the tiled work. Every backend runs each case in interleaved "
         f"rounds (one solve each per round, {s['repeats']} rounds after a warm-up solve each), the median run kept."
-        + (f" vs base pkg = s/image over ONNX Runtime's (spinning off) on `{s['baseline_package']}`, timed in the "
-           "same rounds: the runtime before this model and the OpenVINO backend." if s.get("baseline_package") else ""),
+        + (
+            f" vs base pkg = s/image over ONNX Runtime's (spinning off) on `{s['baseline_package']}`, timed in the "
+            "same rounds: the runtime before this model and the OpenVINO backend."
+            if s.get("baseline_package")
+            else ""
+        ),
         solve_table(res["solves"], bool(s.get("baseline_package"))),
         "One regulariser call R_k(x; sigma), batch 1 (U-Net with the EDM preconditioning), median of "
         f"{s['call_repeats']}; floor = its FLOPs ({s['flops']}) over the peak; efficiency = floor / measured.",
-        table(res["calls"], ["size", "backend", "ms_per_call", "gflop_per_call", "floor_ms", "efficiency",
-                             "peak_tflops", "peak_precision"],
-              ["size", "backend", "ms / call", "GFLOP / call", "floor ms", "efficiency", "peak TFLOP/s", "precision"]),
+        table(
+            res["calls"],
+            [
+                "size",
+                "backend",
+                "ms_per_call",
+                "gflop_per_call",
+                "floor_ms",
+                "efficiency",
+                "peak_tflops",
+                "peak_precision",
+            ],
+            ["size", "backend", "ms / call", "GFLOP / call", "floor ms", "efficiency", "peak TFLOP/s", "precision"],
+        ),
         floor_note(s),
     ]
     return "\n\n".join(parts)
 
 
 def solve_table(rows: list[dict], with_base_pkg: bool) -> str:
-    cols = ["size", "batch", "mode", "backend", "tiling", "s_per_image", "vs_ort", "images_per_s", "network_s",
-            "physics_s", "sampler_s", "peak_mb", "peak_above_mb", "floor_network_s", "network_efficiency",
-            "reference_s_per_image", "ratio", "max_rel_diff"]
-    heads = ["size", "batch", "mode", "backend", "regulariser", "s/image", "vs ORT", "images/s", "network", "physics",
-             "sampler", "peak MB", "+ MB", "network floor", "efficiency", "torch reference s/image", "ratio",
-             "max rel diff"]
+    cols = [
+        "size",
+        "batch",
+        "mode",
+        "backend",
+        "tiling",
+        "s_per_image",
+        "vs_ort",
+        "images_per_s",
+        "network_s",
+        "physics_s",
+        "sampler_s",
+        "peak_mb",
+        "peak_above_mb",
+        "floor_network_s",
+        "network_efficiency",
+        "reference_s_per_image",
+        "ratio",
+        "max_rel_diff",
+    ]
+    heads = [
+        "size",
+        "batch",
+        "mode",
+        "backend",
+        "regulariser",
+        "s/image",
+        "vs ORT",
+        "images/s",
+        "network",
+        "physics",
+        "sampler",
+        "peak MB",
+        "+ MB",
+        "network floor",
+        "efficiency",
+        "torch reference s/image",
+        "ratio",
+        "max rel diff",
+    ]
     if with_base_pkg:
         cols.insert(7, "vs_base_pkg")
         heads.insert(7, "vs base pkg")
@@ -480,9 +665,11 @@ def floor_note(s: dict) -> str:
     if not mm:
         return "Peaks: " + "; ".join(f"{n}: {p}" for n, p in s["peaks"].items()) + "."
     rates = "; ".join(f"{p}: {matmul_rate.describe(m)}" for p, m in mm["rates"].items())
-    return (f"Floor rate: the best matrix multiply this machine achieved in this run, per precision, over "
-            f"the libraries at hand ({rates}). bf16 rows are held to the bf16 rate, the rest to FP32's. "
-            f"For comparison only, never as 'perfect': the nominal peak, {mm['nominal']}.")
+    return (
+        f"Floor rate: the best matrix multiply this machine achieved in this run, per precision, over "
+        f"the libraries at hand ({rates}). bf16 rows are held to the bf16 rate, the rest to FP32's. "
+        f"For comparison only, never as 'perfect': the nominal peak, {mm['nominal']}."
+    )
 
 
 def main(argv=None) -> int:
@@ -495,10 +682,15 @@ def main(argv=None) -> int:
         print(f"\nnothing could be timed on {args.device} (see the reasons above); no results written")
         return 1
     if not args.no_write and may_write(res["info"]["load"], args.allow_busy, say=say):
-        payload = {"backends": res["status"], "reference": res["reference"], "solve": res["solves"],
-                   "regularizer_call": res["calls"]}
-        path = write_results(None, res["info"], res["settings"], payload, md, out_dir=args.out,
-                             title="Diff-Unfolding runtime benchmark")
+        payload = {
+            "backends": res["status"],
+            "reference": res["reference"],
+            "solve": res["solves"],
+            "regularizer_call": res["calls"],
+        }
+        path = write_results(
+            None, res["info"], res["settings"], payload, md, out_dir=args.out, title="Diff-Unfolding runtime benchmark"
+        )
         print(f"\nwrote {path} and {path.with_suffix('.json')}")
     return 0
 

@@ -46,8 +46,8 @@ from diffunfold.metrics import psnr  # noqa: E402
 from diffunfold.physics.mri import MultiCoilMRI, mri_mask  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
 from diffunfold.scanner import ScannerSettings, StartSettings, estimate_kspace_noise, prepare_kspace  # noqa: E402
-from diffunfold.scanner.start import sense_start  # noqa: E402
 from diffunfold.scanner.simulate import correlated_noise, random_noise_covariance  # noqa: E402
+from diffunfold.scanner.start import sense_start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MASKS = (("gaussian1d", 4.0), ("gaussian2d", 8.0))
@@ -92,10 +92,28 @@ def oracle_l1(op, y, truth) -> tuple[float, dict]:
     return best
 
 
-def quality_rows(solvers: dict[str, Solver], items: list[dict], levels, seed: int,
-                 starts: tuple[str, ...] = ("sense",)) -> list[dict]:
+def known_baselines(path: str | None) -> dict:
+    """The oracle baselines of an earlier quality run (its JSON), by (mask, noise, maps, slice):
+    they depend only on the scan, which the seed fixes, and cost most of a run's time."""
+    if not path:
+        return {}
+    import json
+
+    rows = json.loads(Path(path).read_text())["results"]
+    keys = ("cg_sense", "sense_at", "l1_wavelet", "l1_at")
+    return {(r["mask"], r["noise"], r["maps"], r["slice"]): {k: r[k] for k in keys} for r in rows}
+
+
+def quality_rows(
+    solvers: dict[str, Solver],
+    items: list[dict],
+    levels,
+    seed: int,
+    starts: tuple[str, ...] = ("sense",),
+    known: dict | None = None,
+) -> list[dict]:
     """Every package (and every start: ``sense`` the default, ``noise`` the full schedule) on the
-    same scans and prepared problems; the baselines once per scan."""
+    same scans and prepared problems; the baselines once per scan (or from ``known``)."""
     rows = []
     for kind, acc in MASKS:
         for level in levels:
@@ -105,8 +123,14 @@ def quality_rows(solvers: dict[str, Solver], items: list[dict], levels, seed: in
                     given = item["coil_maps"] if maps == "true" else None
                     p = prepare_kspace(y, mask, coil_maps=given)
                     truth = item["image"][0]
-                    row = {"mask": f"{kind} {acc:g}x", "noise": level, "maps": maps, "slice": item["name"],
-                           "noise_estimated": p.noise_std * p.scale, "map_std": p.map_std * p.scale}
+                    row = {
+                        "mask": f"{kind} {acc:g}x",
+                        "noise": level,
+                        "maps": maps,
+                        "slice": item["name"],
+                        "noise_estimated": p.noise_std * p.scale,
+                        "map_std": p.map_std * p.scale,
+                    }
                     for name, solver in solvers.items():
                         for start in starts:
                             key = name if len(starts) == 1 else f"{name} ({start} start)"
@@ -115,8 +139,12 @@ def quality_rows(solvers: dict[str, Solver], items: list[dict], levels, seed: in
                             sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i, **begin)
                             row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} s"] = time.perf_counter() - t0
-                    row["cg_sense"], row["sense_at"] = oracle_sense(p.operator, p.y, truth)
-                    row["l1_wavelet"], row["l1_at"] = oracle_l1(p.operator, p.y, truth)
+                    reused = (known or {}).get((row["mask"], row["noise"], row["maps"], row["slice"]))
+                    if reused is not None:
+                        row.update(reused, baselines="reused")
+                    else:
+                        row["cg_sense"], row["sense_at"] = oracle_sense(p.operator, p.y, truth)
+                        row["l1_wavelet"], row["l1_at"] = oracle_l1(p.operator, p.y, truth)
                     rows.append(row)
                     print({k: v for k, v in row.items() if not k.endswith("_at")}, flush=True)
     return rows
@@ -132,14 +160,20 @@ def quality_markdown(rows: list[dict], names: list[str]) -> str:
         row = {"mask": m, "noise": f"{n:g}", "maps": maps, "slices": len(rs)}
         for name in names:
             row[name] = np.mean([r[name] for r in rs])
-        row.update({"CG-SENSE (oracle)": np.mean([r["cg_sense"] for r in rs]),
-                    "L1-wavelet (oracle)": np.mean([r["l1_wavelet"] for r in rs])})
+        row.update(
+            {
+                "CG-SENSE (oracle)": np.mean([r["cg_sense"] for r in rs]),
+                "L1-wavelet (oracle)": np.mean([r["l1_wavelet"] for r in rs]),
+            }
+        )
         for name in names:
             row[f"margin {name}"] = np.mean([r[name] - b for r, b in zip(rs, best)])
         row["noise estimated"] = np.mean([r["noise_estimated"] for r in rs])
         table.append(row)
-    return ("Magnitude PSNR (dB) after a least-squares scale, mean over the slices; margin: Diff-Unfolding "
-            "less the better baseline, per slice, then averaged.\n\n" + markdown_table(table))
+    return (
+        "Magnitude PSNR (dB) after a least-squares scale, mean over the slices; margin: Diff-Unfolding "
+        "less the better baseline, per slice, then averaged.\n\n" + markdown_table(table)
+    )
 
 
 SLOW = ScannerSettings(virtual_coils=None, espirit_grid=1 << 16)
@@ -151,10 +185,12 @@ def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, 
     the SENSE estimate) and a fast one (8 virtual coils, whole slices); ``before``: an earlier
     package on the slow path."""
     noise, sense = StartSettings(method="noise"), StartSettings()
-    paths = {"slow": (solver, SLOW, False, "auto", noise),
-             "noise start": (solver, ScannerSettings(), True, "auto", noise),
-             "default": (solver, ScannerSettings(), True, "auto", sense),
-             "fast": (solver, ScannerSettings(virtual_coils=8), True, None, sense)}
+    paths = {
+        "slow": (solver, SLOW, False, "auto", noise),
+        "noise start": (solver, ScannerSettings(), True, "auto", noise),
+        "default": (solver, ScannerSettings(), True, "auto", sense),
+        "fast": (solver, ScannerSettings(virtual_coils=8), True, None, sense),
+    }
     if before is not None:
         paths = {"before": (before, SLOW, False, "auto", noise), **paths}
     rows = []
@@ -170,11 +206,23 @@ def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, 
                 sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed, tile=tile, **begin)
                 total = time.perf_counter() - t0
                 tm = sol.timing
-                rows.append({"mask": f"{kind} {acc:g}x", "path": name, "round": rep, "total_s": total,
-                             "prepare_s": t1 - t0, "network_s": tm.network, "physics_s": tm.physics,
-                             "other_s": total - (t1 - t0) - tm.network - tm.physics, "network_calls": tm.network_calls,
-                             "coils": p.operator.ncoils, "tiling": sol.tiling, "backend": solver.backend_name,
-                             "psnr": magnitude_psnr(np.asarray(sol.images)[0, 0], item["image"][0])})
+                rows.append(
+                    {
+                        "mask": f"{kind} {acc:g}x",
+                        "path": name,
+                        "round": rep,
+                        "total_s": total,
+                        "prepare_s": t1 - t0,
+                        "network_s": tm.network,
+                        "physics_s": tm.physics,
+                        "other_s": total - (t1 - t0) - tm.network - tm.physics,
+                        "network_calls": tm.network_calls,
+                        "coils": p.operator.ncoils,
+                        "tiling": sol.tiling,
+                        "backend": solver.backend_name,
+                        "psnr": magnitude_psnr(np.asarray(sol.images)[0, 0], item["image"][0]),
+                    }
+                )
                 print(rows[-1], flush=True)
     return rows
 
@@ -185,18 +233,35 @@ def speed_markdown(rows: list[dict]) -> str:
         med = {}
         for path in dict.fromkeys(r["path"] for r in rows):
             rs = [r for r in rows if r["mask"] == mask and r["path"] == path]
-            med[path] = {k: float(np.median([r[k] for r in rs])) for k in
-                         ("total_s", "prepare_s", "network_s", "physics_s", "other_s", "psnr")}
-            table.append({"mask": mask, "path": path, **med[path], "network_calls": rs[0]["network_calls"],
-                          "coils": rs[0]["coils"], "tiling": rs[0]["tiling"]})
+            med[path] = {
+                k: float(np.median([r[k] for r in rs]))
+                for k in ("total_s", "prepare_s", "network_s", "physics_s", "other_s", "psnr")
+            }
+            table.append(
+                {
+                    "mask": mask,
+                    "path": path,
+                    **med[path],
+                    "network_calls": rs[0]["network_calls"],
+                    "coils": rs[0]["coils"],
+                    "tiling": rs[0]["tiling"],
+                }
+            )
         for path in ("default", "fast"):
             for ref in ("slow", "before", "noise start"):
                 if ref in med:
-                    table.append({"mask": mask, "path": f"{path} / {ref}",
-                                  "total_s": med[path]["total_s"] / med[ref]["total_s"],
-                                  "psnr": med[path]["psnr"] - med[ref]["psnr"]})
-    return ("Seconds per slice (median of the rounds, interleaved), one posterior sample; psnr: magnitude PSNR; "
-            "the ratio rows: the time ratio and the PSNR difference.\n\n" + markdown_table(table))
+                    table.append(
+                        {
+                            "mask": mask,
+                            "path": f"{path} / {ref}",
+                            "total_s": med[path]["total_s"] / med[ref]["total_s"],
+                            "psnr": med[path]["psnr"] - med[ref]["psnr"],
+                        }
+                    )
+    return (
+        "Seconds per slice (median of the rounds, interleaved), one posterior sample; psnr: magnitude PSNR; "
+        "the ratio rows: the time ratio and the PSNR difference.\n\n" + markdown_table(table)
+    )
 
 
 def noise_rows(items: list[dict], levels) -> list[dict]:
@@ -206,9 +271,17 @@ def noise_rows(items: list[dict], levels) -> list[dict]:
             for i, item in enumerate(items):
                 y, mask = scan(item, kind, acc, level, 100 + i)
                 est, how = estimate_kspace_noise(y, mask)
-                rows.append({"mask": f"{kind} {acc:g}x", "size": item["image"].shape[-1], "true": level,
-                             "estimated": est, "error_%": 100 * (est - level) / level if level else None,
-                             "slice": item["name"], "method": how})
+                rows.append(
+                    {
+                        "mask": f"{kind} {acc:g}x",
+                        "size": item["image"].shape[-1],
+                        "true": level,
+                        "estimated": est,
+                        "error_%": 100 * (est - level) / level if level else None,
+                        "slice": item["name"],
+                        "method": how,
+                    }
+                )
     return rows
 
 
@@ -216,12 +289,22 @@ def noise_markdown(rows: list[dict]) -> str:
     cells = {}
     for r in rows:
         cells.setdefault((r["mask"], r["size"], r["true"]), []).append(r["estimated"])
-    table = [{"mask": m, "size": s, "true level": t, "estimated (mean)": float(np.mean(v)),
-              "min": float(np.min(v)), "max": float(np.max(v)),
-              "error of the mean %": 100 * (np.mean(v) - t) / t if t else None}
-             for (m, s, t), v in cells.items()]
-    return ("Complex k-space noise std (the image's 99th percentile is 1), correlated between 15 coils, "
-            "estimated from the data alone (`diffunfold.scanner.estimate_kspace_noise`).\n\n" + markdown_table(table))
+    table = [
+        {
+            "mask": m,
+            "size": s,
+            "true level": t,
+            "estimated (mean)": float(np.mean(v)),
+            "min": float(np.min(v)),
+            "max": float(np.max(v)),
+            "error of the mean %": 100 * (np.mean(v) - t) / t if t else None,
+        }
+        for (m, s, t), v in cells.items()
+    ]
+    return (
+        "Complex k-space noise std (the image's 99th percentile is 1), correlated between 15 coils, "
+        "estimated from the data alone (`diffunfold.scanner.estimate_kspace_noise`).\n\n" + markdown_table(table)
+    )
 
 
 def mrd_rows(package: str, items: list[dict], level: float, seed: int) -> list[dict]:
@@ -236,8 +319,17 @@ def mrd_rows(package: str, items: list[dict], level: float, seed: int) -> list[d
     images = np.stack([it["image"][0] for it in items])
     psi = random_noise_covariance(15, np.random.default_rng(seed))
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_phantom_mrd(Path(tmp) / "head.h5", images=images, coils=15, mask="gaussian1d",
-                                 acceleration=4.0, noise_std=level, noise_scans=16, seed=seed, noise_covariance=psi)
+        path = write_phantom_mrd(
+            Path(tmp) / "head.h5",
+            images=images,
+            coils=15,
+            mask="gaussian1d",
+            acceleration=4.0,
+            noise_std=level,
+            noise_scans=16,
+            seed=seed,
+            noise_covariance=psi,
+        )
         server = ServerProcess(package, omp_threads=None)
         try:
             reply = send_file(path, port=server.port)
@@ -251,10 +343,17 @@ def mrd_rows(package: str, items: list[dict], level: float, seed: int) -> list[d
         s = int(img.slice)
         values = np.asarray(img.data, dtype=np.float64)[0, 0].T  # MRD images are (phase, readout)
         meta = img.meta
-        rows.append({"slice": items[s]["name"], "size": values.shape[-1], "noise_true": level,
-                     "noise_reported": meta.get("DiffUnfoldNoise"), "coil_maps": meta.get("DiffUnfoldCoilMaps"),
-                     "psnr": magnitude_psnr(values, items[s]["image"][0]),
-                     "latency_s": reply.received_at[s] - reply.sent_at[s]})
+        rows.append(
+            {
+                "slice": items[s]["name"],
+                "size": values.shape[-1],
+                "noise_true": level,
+                "noise_reported": meta.get("DiffUnfoldNoise"),
+                "coil_maps": meta.get("DiffUnfoldCoilMaps"),
+                "psnr": magnitude_psnr(values, items[s]["image"][0]),
+                "latency_s": reply.received_at[s] - reply.sent_at[s],
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -262,17 +361,35 @@ def mrd_rows(package: str, items: list[dict], level: float, seed: int) -> list[d
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["quality", "speed", "noise", "mrd"], required=True)
-    ap.add_argument("--package", nargs="+", default=[str(ROOT / "samples" / "models" / "mri-small")],
-                    help="model package(s); quality compares several on the same scans")
+    ap.add_argument(
+        "--package",
+        nargs="+",
+        default=[str(ROOT / "samples" / "models" / "mri-small")],
+        help="model package(s); quality compares several on the same scans",
+    )
     ap.add_argument("--before", help="speed: an earlier package, timed on the slow path too")
-    ap.add_argument("--volumes", default=str(ROOT / "data" / "mri" / "held-out"),
-                    help="held-out head volumes (`diffunfold data mri-volumes DIR`: DIR/held-out)")
+    ap.add_argument(
+        "--volumes",
+        default=str(ROOT / "data" / "mri" / "held-out"),
+        help="held-out head volumes (`diffunfold data mri-volumes DIR`: DIR/held-out)",
+    )
     ap.add_argument("--size", type=int, nargs="+", default=[256], help="slice sizes (px)")
     ap.add_argument("--slices", type=int, default=3, help="slices per cell (orientations in turn)")
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02], help="k-space noise std levels")
-    ap.add_argument("--start", nargs="+", choices=["sense", "noise"], default=["sense"],
-                    help="quality: where sampling starts (sense: the SENSE estimate plus noise, the default; "
-                         "noise: the full schedule from pure noise); several are compared in one run")
+    ap.add_argument(
+        "--start",
+        nargs="+",
+        choices=["sense", "noise"],
+        default=["sense"],
+        help="quality: where sampling starts (sense: the SENSE estimate plus noise, the default; "
+        "noise: the full schedule from pure noise); several are compared in one run",
+    )
+    ap.add_argument(
+        "--baselines",
+        metavar="JSON",
+        help="quality: reuse the oracle baselines of an earlier run's JSON on the same scans "
+        "(same volumes, sizes, slices, noise levels and seed); the rest are computed",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="speed: interleaved rounds")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -293,7 +410,9 @@ def main(argv=None) -> int:
             names = [Path(p).name for p in args.package]
             names = names if len(set(names)) == len(names) else list(args.package)
             solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
-            found = quality_rows(solvers, items, args.noise, args.seed, tuple(args.start))
+            found = quality_rows(
+                solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines)
+            )
             rows += found
             keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
             parts.append(f"## {size} px\n\n" + quality_markdown(found, keys))
@@ -304,9 +423,20 @@ def main(argv=None) -> int:
             rows += found
             parts.append(f"## {size} px, {items[0]['name']}\n\n" + speed_markdown(found))
     markdown = noise_markdown(rows) if args.part == "noise" else "\n\n".join(parts)
-    settings_note = f"\n\nPackage(s): {', '.join(args.package)}" + (f"; slow path: {args.before}" if args.before else "")
-    record(f"scanner-{args.part}", watch, info, args, rows, markdown + settings_note,
-           f"MRI as a scanner delivers it: {args.part}")
+    settings_note = f"\n\nPackage(s): {', '.join(args.package)}" + (
+        f"; slow path: {args.before}" if args.before else ""
+    )
+    if args.baselines:
+        settings_note += f"\n\nOracle baselines reused from {args.baselines} where the scan matched."
+    record(
+        f"scanner-{args.part}",
+        watch,
+        info,
+        args,
+        rows,
+        markdown + settings_note,
+        f"MRI as a scanner delivers it: {args.part}",
+    )
     return 0
 
 

@@ -60,8 +60,13 @@ def agreement(args) -> list[dict]:
                 t0 = time.perf_counter()
                 sol = solver.solve(y, op, steps=args.steps, seed=0, noise_std=0.05, tile=tile)
                 seconds[str(tile)], out[str(tile)], how[str(tile)] = time.perf_counter() - t0, sol.images, sol.tiling
-            row = {"image": name, "task": task, "size": args.size, "untiled_psnr_truth": psnr(out["None"][0], x[0], 1.0),
-                   "untiled_s": seconds["None"]}
+            row = {
+                "image": name,
+                "task": task,
+                "size": args.size,
+                "untiled_psnr_truth": psnr(out["None"][0], x[0], 1.0),
+                "untiled_s": seconds["None"],
+            }
             for key, label in (("auto", "auto"), (str(small), "train")):
                 row[f"{label}_tiling"] = how[key]
                 row[f"{label}_psnr_vs_untiled"] = psnr(out[key][0], out["None"][0], 1.0)
@@ -88,8 +93,15 @@ def overhead(args) -> list[dict]:
                 t0 = time.perf_counter()
                 tiling.regularize(lambda v: solver.backend.regularize(v, 1.0, 0), x, plan, 8, np)
                 best[key] = min(best[key], time.perf_counter() - t0)
-        rows.append({"size": n, "untiled_s": best["untiled"], "tiled_s": best["auto"],
-                     "ratio": best["auto"] / best["untiled"], "tiling": plans["auto"].describe()})
+        rows.append(
+            {
+                "size": n,
+                "untiled_s": best["untiled"],
+                "tiled_s": best["auto"],
+                "ratio": best["auto"] / best["untiled"],
+                "tiling": plans["auto"].describe(),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -108,23 +120,48 @@ def peak_memory(args) -> list[dict]:
         for n in args.memory_sizes:
             src = Path(tmp) / f"photo{n}.png"
             base.resize((n, n), Image.Resampling.BICUBIC).save(src)
-            cmd = [sys.executable, "-m", "diffunfold", "restore", str(args.package), str(src), "--task",
-                   "gaussian_blur", "sigma=2", "--steps", "1", "--out", str(Path(tmp) / f"out{n}"), "--quiet"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "diffunfold",
+                "restore",
+                str(args.package),
+                str(src),
+                "--task",
+                "gaussian_blur",
+                "sigma=2",
+                "--steps",
+                "1",
+                "--out",
+                str(Path(tmp) / f"out{n}"),
+                "--quiet",
+            ]
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd + ["--threads", str(args.threads)], env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                cmd + ["--threads", str(args.threads)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             out = proc.stdout.read()
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
             plan = tiling.plan_tiles(pkg.settings, pkg.manifest, "auto", (n, n), pkg.size_multiple, "cpu", None)
-            estimate = tiling.check_memory(pkg.settings, plan, 1, pkg.space.model_channels, (n, n),
-                                           pkg.size_multiple, None)
+            estimate = tiling.check_memory(
+                pkg.settings, plan, 1, pkg.space.model_channels, (n, n), pkg.size_multiple, None
+            )
             backend = next((line for line in out.splitlines() if line.startswith("backend: ")), "backend: ?")
-            row = {"size": n, "exit": proc.returncode, "peak_rss_mb": usage.ru_maxrss / 1024,
-                   "backend": backend.split(" [")[0][len("backend: "):],
-                   "estimate_mb": estimate / 2**20, "tiling": plan.describe(),
-                   "seconds": time.perf_counter() - t0}
+            row = {
+                "size": n,
+                "exit": proc.returncode,
+                "peak_rss_mb": usage.ru_maxrss / 1024,
+                "backend": backend.split(" [")[0][len("backend: ") :],
+                "estimate_mb": estimate / 2**20,
+                "tiling": plan.describe(),
+                "seconds": time.perf_counter() - t0,
+            }
             if proc.returncode != 0:
                 row["output"] = out[-2000:]
             rows.append(row)
@@ -135,27 +172,50 @@ def peak_memory(args) -> list[dict]:
 def markdown(agree: list[dict], memory: list[dict], cost: list[dict] = ()) -> str:
     lines = []
     if cost:
-        lines += ["## Time of one regulariser call (ONNX Runtime, fastest of the repeats)", "",
-                  "| size | untiled | tiled | tiled / untiled | tiling |", "|---|---|---|---|---|"]
-        lines += [f"| {r['size']}x{r['size']} | {r['untiled_s']:.3f} s | {r['tiled_s']:.3f} s | {r['ratio']:.2f}x | "
-                  f"{r['tiling']} |" for r in cost] + [""]
+        lines += [
+            "## Time of one regulariser call (ONNX Runtime, fastest of the repeats)",
+            "",
+            "| size | untiled | tiled | tiled / untiled | tiling |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['size']}x{r['size']} | {r['untiled_s']:.3f} s | {r['tiled_s']:.3f} s | {r['ratio']:.2f}x | "
+            f"{r['tiling']} |"
+            for r in cost
+        ] + [""]
     if agree:
-        lines += ["## Tiled against untiled", "",
-                  "| image | task | untiled PSNR | auto: vs untiled | auto PSNR | auto time | train-size tiles: "
-                  "vs untiled | their PSNR | their time |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Tiled against untiled",
+            "",
+            "| image | task | untiled PSNR | auto: vs untiled | auto PSNR | auto time | train-size tiles: "
+            "vs untiled | their PSNR | their time |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in agree:
-            lines.append(f"| {r['image']} | {r['task']} | {r['untiled_psnr_truth']:.2f} | {r['auto_psnr_vs_untiled']:.2f} | "
-                         f"{r['auto_psnr_truth']:.2f} | {r['auto_time_ratio']:.2f}x | {r['train_psnr_vs_untiled']:.2f} | "
-                         f"{r['train_psnr_truth']:.2f} | {r['train_time_ratio']:.2f}x |")
-        lines += ["", f"auto: {agree[0]['auto_tiling']}; train-size: {agree[0]['train_tiling']}. PSNR in dB (data "
-                  "range 1); 'vs untiled' compares the two restorations, the others the ground truth; time: "
-                  "seconds of the tiled solve over the untiled one, run back to back.", ""]
+            lines.append(
+                f"| {r['image']} | {r['task']} | {r['untiled_psnr_truth']:.2f} | {r['auto_psnr_vs_untiled']:.2f} | "
+                f"{r['auto_psnr_truth']:.2f} | {r['auto_time_ratio']:.2f}x | {r['train_psnr_vs_untiled']:.2f} | "
+                f"{r['train_psnr_truth']:.2f} | {r['train_time_ratio']:.2f}x |"
+            )
+        lines += [
+            "",
+            f"auto: {agree[0]['auto_tiling']}; train-size: {agree[0]['train_tiling']}. PSNR in dB (data "
+            "range 1); 'vs untiled' compares the two restorations, the others the ground truth; time: "
+            "seconds of the tiled solve over the untiled one, run back to back.",
+            "",
+        ]
     if memory:
-        lines += ["## Peak memory of `diffunfold restore` (CPU, --steps 1)", "",
-                  "| size | peak RSS | solver's estimate | tiling | backend | exit | s |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "## Peak memory of `diffunfold restore` (CPU, --steps 1)",
+            "",
+            "| size | peak RSS | solver's estimate | tiling | backend | exit | s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in memory:
-            lines.append(f"| {r['size']}x{r['size']} | {r['peak_rss_mb']:.0f} MB | {r['estimate_mb']:.0f} MB | "
-                         f"{r['tiling']} | {r['backend']} | {r['exit']} | {r['seconds']:.0f} |")
+            lines.append(
+                f"| {r['size']}x{r['size']} | {r['peak_rss_mb']:.0f} MB | {r['estimate_mb']:.0f} MB | "
+                f"{r['tiling']} | {r['backend']} | {r['exit']} | {r['seconds']:.0f} |"
+            )
         big = [r for r in memory if r["size"] == 2048]
         if big:
             ok = big[0]["exit"] == 0 and big[0]["peak_rss_mb"] * 2**20 < LIMIT_2048
@@ -185,9 +245,17 @@ def main(argv=None) -> int:
     print(md)
     if not args.no_write:
         name = "tiling" if args.part == "all" else f"tiling-{args.part}"
-        print("wrote", write_results(name, info, {k: str(v) for k, v in vars(args).items()},
-                                     {"agreement": agree, "overhead": cost, "memory": memory}, md,
-                                     title="Tiled regulariser"))
+        print(
+            "wrote",
+            write_results(
+                name,
+                info,
+                {k: str(v) for k, v in vars(args).items()},
+                {"agreement": agree, "overhead": cost, "memory": memory},
+                md,
+                title="Tiled regulariser",
+            ),
+        )
     return 0
 
 

@@ -49,11 +49,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt_number, markdown_table, random_model  # noqa: E402
-from machine import RESULTS, machine_info, write_results  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import fmt_number, markdown_table, random_model  # noqa: E402
+from machine import RESULTS, machine_info, write_results  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
@@ -71,13 +70,18 @@ class Variant:
     name: str
     bf16: bool = False
     channels_last: bool = False
-    denoiser: bool = False       # one R_0 call, EDM's denoising loss
+    denoiser: bool = False  # one R_0 call, EDM's denoising loss
     compile: bool = False
 
 
-VARIANTS = [Variant("fp32"), Variant("bf16", bf16=True), Variant("channels_last", channels_last=True),
-            Variant("bf16+channels_last", bf16=True, channels_last=True),
-            Variant("edm_denoiser", denoiser=True), Variant("compile", compile=True)]
+VARIANTS = [
+    Variant("fp32"),
+    Variant("bf16", bf16=True),
+    Variant("channels_last", channels_last=True),
+    Variant("bf16+channels_last", bf16=True, channels_last=True),
+    Variant("edm_denoiser", denoiser=True),
+    Variant("compile", compile=True),
+]
 
 
 def say(msg: str) -> None:
@@ -93,6 +97,7 @@ def load_avg() -> float | None:
 
 # -- batches, models, the step ----------------------------------------------------------------
 
+
 def real_batches(cfg, n: int) -> list[dict]:
     """Training steps 0..n-1 of ``TrainingBatches`` as torch tensors (model space), prepared
     before any timing (the trainer prepares them in a DataLoader worker)."""
@@ -101,18 +106,24 @@ def real_batches(cfg, n: int) -> list[dict]:
     out = []
     for i in range(n):
         b = data[i]
-        out.append({"x": space.to_model(to_tensor(b["x"], "cpu")).contiguous(), "y": to_tensor(b["y"], "cpu"),
-                    "sigma": to_tensor(b["sigma"], "cpu"), "noise": to_tensor(b["noise"], "cpu").contiguous(),
-                    "operator": b["operator"], "task": b["task"],
-                    "sigma_y": torch.as_tensor(np.asarray(b["sigma_y"], dtype=np.float32))})
+        out.append(
+            {
+                "x": space.to_model(to_tensor(b["x"], "cpu")).contiguous(),
+                "y": to_tensor(b["y"], "cpu"),
+                "sigma": to_tensor(b["sigma"], "cpu"),
+                "noise": to_tensor(b["noise"], "cpu").contiguous(),
+                "operator": b["operator"],
+                "task": b["task"],
+                "sigma_y": torch.as_tensor(np.asarray(b["sigma_y"], dtype=np.float32)),
+            }
+        )
     return out
 
 
 def for_variant(batch: dict, v: Variant) -> dict:
     if not v.channels_last:
         return batch
-    return {**batch, "x": batch["x"].contiguous(memory_format=CL),
-            "noise": batch["noise"].contiguous(memory_format=CL)}
+    return {**batch, "x": batch["x"].contiguous(memory_format=CL), "noise": batch["noise"].contiguous(memory_format=CL)}
 
 
 def prepare_model(base, v: Variant):
@@ -121,7 +132,7 @@ def prepare_model(base, v: Variant):
         model = model.to(memory_format=CL)
     if v.compile:
         for r in model.regularizers:
-            r.unet.compile()       # in place: parameters and state_dict keys unchanged
+            r.unet.compile()  # in place: parameters and state_dict keys unchanged
     return model
 
 
@@ -134,8 +145,9 @@ def loss_of(model, batch: dict, v: Variant) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=v.bf16):
         if not v.denoiser:
             extra = {"noise_std": batch["sigma_y"]} if _NOISE_STD else {}
-            return unfolding_loss(model, batch["x"], batch["sigma"], batch["noise"], batch["y"],
-                                  batch["operator"], **extra).loss
+            return unfolding_loss(
+                model, batch["x"], batch["sigma"], batch["noise"], batch["y"], batch["operator"], **extra
+            ).loss
         x, sigma = batch["x"], batch["sigma"]
         d = model.regularize(x + sigma.reshape(-1, 1, 1, 1) * batch["noise"], sigma, 0)
         mse = ((d.float() - x) ** 2).flatten(1).mean(dim=1)
@@ -154,10 +166,16 @@ class Trainer:
         ids = {id(p) for p in generators}
         # The preset's flat rate (no warm-up ramp: the rate does not change the cost).
         self.optimizer = torch.optim.Adam(
-            [{"params": [p for p in m.parameters() if id(p) not in ids], "lr": t.lr},
-             {"params": generators, "lr": t.lr * t.weights_lr_scale}], betas=(0.9, 0.999), eps=1e-8)
-        self.ema = AveragedModel(m, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
-                                 use_buffers=True)
+            [
+                {"params": [p for p in m.parameters() if id(p) not in ids], "lr": t.lr},
+                {"params": generators, "lr": t.lr * t.weights_lr_scale},
+            ],
+            betas=(0.9, 0.999),
+            eps=1e-8,
+        )
+        self.ema = AveragedModel(
+            m, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup), use_buffers=True
+        )
         self.losses: list[float] = []
 
     def step(self, batch: dict) -> float:
@@ -177,8 +195,9 @@ def loss_and_grad(model, batch: dict, v: Variant) -> tuple[float, torch.Tensor]:
     model.zero_grad(set_to_none=True)
     loss = loss_of(model, for_variant(batch, v), v)
     loss.backward()
-    grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).float().reshape(-1)
-                      for p in model.parameters()])
+    grad = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).float().reshape(-1) for p in model.parameters()]
+    )
     model.zero_grad(set_to_none=True)
     return float(loss.item()), grad
 
@@ -197,7 +216,7 @@ def timed_rounds(trainers: dict, variants: list[Variant], inputs: dict, rounds: 
     """``{name: [mean s/step of each round]}``: the variants interleaved, their order rotated each round."""
     per_round: dict[str, list[float]] = {v.name: [] for v in variants}
     for r in range(rounds):
-        order = variants[r % len(variants):] + variants[:r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             tr = trainers[v.name]
             t0 = time.perf_counter()
@@ -210,27 +229,38 @@ def timed_rounds(trainers: dict, variants: list[Variant], inputs: dict, rounds: 
 
 # -- the run ----------------------------------------------------------------------------------
 
+
 class CompileTimeout(Exception):
     pass
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="bench/train_step.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="small", help="a preset name or a config file, as `diffunfold train "
-                                                      "--config` takes it (default: small)")
-    ap.add_argument("--steps", type=int, default=3, help="steps per variant and round, on batches 0..steps-1 "
-                                                         "(default 3)")
+    ap = argparse.ArgumentParser(
+        prog="bench/train_step.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--config",
+        default="small",
+        help="a preset name or a config file, as `diffunfold train --config` takes it (default: small)",
+    )
+    ap.add_argument(
+        "--steps", type=int, default=3, help="steps per variant and round, on batches 0..steps-1 (default 3)"
+    )
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps per variant first (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    ap.add_argument("--compile-budget", type=float, default=150.0,
-                    help="seconds the torch.compile variant may spend compiling (its warm-up steps) before "
-                         "it is skipped (default 150)")
+    ap.add_argument(
+        "--compile-budget",
+        type=float,
+        default=150.0,
+        help="seconds the torch.compile variant may spend compiling (its warm-up steps) before "
+        "it is skipped (default 150)",
+    )
     ap.add_argument("--seed", type=int, default=0, help="random weights' seed (default 0)")
-    ap.add_argument("--out", default=str(RESULTS), help="folder for train_step-<machine>.md/.json "
-                                                        "(default bench/results)")
+    ap.add_argument(
+        "--out", default=str(RESULTS), help="folder for train_step-<machine>.md/.json (default bench/results)"
+    )
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
@@ -252,8 +282,10 @@ def accuracy_against_fp32(base, variants, batches) -> tuple[dict, list, float | 
         if v.denoiser or v.name == "fp32":
             continue
         accuracy[v.name] = compare(prepare_model(base, v), batches, ref, v)
-        say(f"accuracy {v.name}: loss rel diff {accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err "
-            f"{accuracy[v.name]['grad_rel_err']:.2e} (max over batches)")
+        say(
+            f"accuracy {v.name}: loss rel diff {accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err "
+            f"{accuracy[v.name]['grad_rel_err']:.2e} (max over batches)"
+        )
     return accuracy, ref, noise_ref
 
 
@@ -272,19 +304,23 @@ def timed_compile(base, cfg, batches, ref, args, accuracy, trainers, inputs, ski
     signal.alarm(max(1, int(args.compile_budget)))
     try:
         tr = Trainer(base, cfg, v)
-        accuracy[v.name] = compare(tr.model, batches, ref, v)   # compiles forward and backward
+        accuracy[v.name] = compare(tr.model, batches, ref, v)  # compiles forward and backward
         inputs[v.name] = [for_variant(b, v) for b in batches]
         for i in range(max(args.warmup, 2)):
             tr.step(inputs[v.name][i % len(batches)])
         signal.alarm(0)
         compile_s = time.perf_counter() - t0
-        say(f"compile: compiled and warmed up in {compile_s:.1f} s; accuracy: loss rel diff "
-            f"{accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err {accuracy[v.name]['grad_rel_err']:.2e}")
+        say(
+            f"compile: compiled and warmed up in {compile_s:.1f} s; accuracy: loss rel diff "
+            f"{accuracy[v.name]['loss_rel_diff']:.2e}, grad rel err {accuracy[v.name]['grad_rel_err']:.2e}"
+        )
         trainers[v.name] = tr
         compile_rounds = timed_rounds(trainers, [VARIANTS[0], v], inputs, args.rounds, tag="compile vs fp32: ")
     except CompileTimeout:
-        skipped[v.name] = (f"compiling (forward + backward of the U-Net, {torch.get_num_threads()} threads) "
-                           f"took over --compile-budget {args.compile_budget:.0f} s")
+        skipped[v.name] = (
+            f"compiling (forward + backward of the U-Net, {torch.get_num_threads()} threads) "
+            f"took over --compile-budget {args.compile_budget:.0f} s"
+        )
     except Exception as exc:  # no compiler, or a failing one: skipped with the reason
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
         skipped[v.name] = f"{type(exc).__name__}: {first}"
@@ -309,11 +345,21 @@ def result_rows(cfg, variants, per_round, compile_rounds, accuracy, trainers) ->
         s = statistics.median(times)
         acc = accuracy.get(v.name, {})
         finite = all(math.isfinite(x) for x in trainers[v.name].losses)
-        rows.append({"variant": v.name, "s_per_step": s, "min_s_per_step": min(times),
-                     "ratio_vs_fp32": s / ref_s, "speedup_vs_fp32": ref_s / s, "fp32_s_per_step_same_phase": ref_s,
-                     "images_per_s": cfg.train.batch_size / s,
-                     "loss_rel_diff": acc.get("loss_rel_diff"), "grad_rel_err": acc.get("grad_rel_err"),
-                     "losses_finite": finite, "round_s_per_step": times})
+        rows.append(
+            {
+                "variant": v.name,
+                "s_per_step": s,
+                "min_s_per_step": min(times),
+                "ratio_vs_fp32": s / ref_s,
+                "speedup_vs_fp32": ref_s / s,
+                "fp32_s_per_step_same_phase": ref_s,
+                "images_per_s": cfg.train.batch_size / s,
+                "loss_rel_diff": acc.get("loss_rel_diff"),
+                "grad_rel_err": acc.get("grad_rel_err"),
+                "losses_finite": finite,
+                "round_s_per_step": times,
+            }
+        )
     return rows
 
 
@@ -321,17 +367,21 @@ def run(args) -> dict:
     t_start = time.perf_counter()
     torch.set_num_threads(args.threads)
     info = machine_info()
-    say(f"machine: {info['cpu']}, {info['cores']} cores, torch {torch.__version__} "
+    say(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch {torch.__version__} "
         f"({torch.backends.cpu.get_cpu_capability()}), {torch.get_num_threads()} threads, load average "
-        f"{info.get('load_average_1m', '?')}")
+        f"{info.get('load_average_1m', '?')}"
+    )
     if (info.get("load_average_1m") or 0) > 0.5 * (info["cores"] or 1):
         say("warning: the machine is busy before the run (load average above half the cores)")
     cfg = load_config(args.config)
     base = random_model(args.config, seed=args.seed).train()
     batches = real_batches(cfg, args.steps)
-    say(f"{cfg.name}: {cfg.data.size}x{cfg.data.size}, batch {cfg.train.batch_size}, K={cfg.model.stages} "
+    say(
+        f"{cfg.name}: {cfg.data.size}x{cfg.data.size}, batch {cfg.train.batch_size}, K={cfg.model.stages} "
         f"({'one shared U-Net' if cfg.model.shared else 'K U-Nets'}), "
-        f"{base.parameter_counts()['total']:,} parameters; batches: {[b['task'] for b in batches]}")
+        f"{base.parameter_counts()['total']:,} parameters; batches: {[b['task'] for b in batches]}"
+    )
 
     variants = [v for v in VARIANTS if not v.compile]
     skipped: dict[str, str] = {}
@@ -358,9 +408,18 @@ def run(args) -> dict:
     rows = result_rows(cfg, variants, per_round, compile_rounds, accuracy, trainers)
     for name, why in skipped.items():
         rows.append({"variant": name, "skipped": why})
-    return {"info": info, "cfg": cfg, "rows": rows, "compile_s": compile_s, "batches": [b["task"] for b in batches],
-            "load_before_timing": load_before_timing, "grad_minibatch_noise": noise_ref, "load_after": load_avg(),
-            "wall_s": time.perf_counter() - t_start, "parameters": base.parameter_counts()["total"]}
+    return {
+        "info": info,
+        "cfg": cfg,
+        "rows": rows,
+        "compile_s": compile_s,
+        "batches": [b["task"] for b in batches],
+        "load_before_timing": load_before_timing,
+        "grad_minibatch_noise": noise_ref,
+        "load_after": load_avg(),
+        "wall_s": time.perf_counter() - t_start,
+        "parameters": base.parameter_counts()["total"],
+    }
 
 
 def table(rows: list[dict]) -> str:
@@ -370,13 +429,18 @@ def table(rows: list[dict]) -> str:
     def acc(r, key):
         return r[key] if r[key] is not None else ("(ref.)" if r["variant"] == "fp32" else "-")
 
-    timed = [dict(r, loss_rel_diff=acc(r, "loss_rel_diff"), grad_rel_err=acc(r, "grad_rel_err"))
-             for r in rows if "skipped" not in r]
+    timed = [
+        dict(r, loss_rel_diff=acc(r, "loss_rel_diff"), grad_rel_err=acc(r, "grad_rel_err"))
+        for r in rows
+        if "skipped" not in r
+    ]
     fmt = lambda v: f"{v:.1e}" if isinstance(v, float) and 0 < abs(v) < 1e-3 else cell(v)  # noqa: E731
-    text = markdown_table(timed, ["variant", "s_per_step", "ratio_vs_fp32", "images_per_s", "loss_rel_diff",
-                                  "grad_rel_err"],
-                          ["variant", "median s/step", "ratio vs fp32", "images/s", "loss rel. diff",
-                           "grad rel. err"], fmt=fmt)
+    text = markdown_table(
+        timed,
+        ["variant", "s_per_step", "ratio_vs_fp32", "images_per_s", "loss_rel_diff", "grad_rel_err"],
+        ["variant", "median s/step", "ratio vs fp32", "images/s", "loss rel. diff", "grad rel. err"],
+        fmt=fmt,
+    )
     for r in rows:
         if "skipped" in r:
             text += f"\n\n`{r['variant']}`: skipped ({r['skipped']})."
@@ -388,44 +452,71 @@ def main(argv=None) -> int:
     res = run(args)
     cfg, rows = res["cfg"], res["rows"]
     md = table(rows)
-    notes = ("ratio vs fp32 = variant s/step / fp32 s/step (below 1: cheaper). loss rel. diff and grad rel. err: "
-             "against FP32 on the same batch and weights (largest over the batches); fp32 channels_last "
-             "shows the FP32 rounding floor. edm_denoiser: one regulariser call and EDM's loss, not "
-             "comparable in loss or gradient. compile (when timed): its ratio is against fp32 timed again, "
-             "interleaved with it, after the other variants.")
-    loads = [x for x in (res["info"].get("load_average_1m"), res["load_before_timing"], res["load_after"])
-             if x is not None]
+    notes = (
+        "ratio vs fp32 = variant s/step / fp32 s/step (below 1: cheaper). loss rel. diff and grad rel. err: "
+        "against FP32 on the same batch and weights (largest over the batches); fp32 channels_last "
+        "shows the FP32 rounding floor. edm_denoiser: one regulariser call and EDM's loss, not "
+        "comparable in loss or gradient. compile (when timed): its ratio is against fp32 timed again, "
+        "interleaved with it, after the other variants."
+    )
+    loads = [
+        x for x in (res["info"].get("load_average_1m"), res["load_before_timing"], res["load_after"]) if x is not None
+    ]
     warn = ""
     if loads and max(loads) > 0.5 * (res["info"]["cores"] or 1):
-        warn = (f"**Warning: the machine was busy (1-minute load average up to {max(loads)} on "
-                f"{res['info']['cores']} cores): another process shared the cores, so these times are "
-                "polluted; trust only large ratios, and rerun on a quiet machine.**\n\n")
+        warn = (
+            f"**Warning: the machine was busy (1-minute load average up to {max(loads)} on "
+            f"{res['info']['cores']} cores): another process shared the cores, so these times are "
+            "polluted; trust only large ratios, and rerun on a quiet machine.**\n\n"
+        )
     if res["grad_minibatch_noise"] is not None:
-        notes += (f" For scale: the FP32 gradients of two different batches (same weights) differ by "
-                  f"{res['grad_minibatch_noise']:.2f} (rel. L2), the minibatch noise every step already has.")
+        notes += (
+            f" For scale: the FP32 gradients of two different batches (same weights) differ by "
+            f"{res['grad_minibatch_noise']:.2f} (rel. L2), the minibatch noise every step already has."
+        )
     say("\n" + warn + md + "\n")
-    say(f"load average: {res['info'].get('load_average_1m')} before, {res['load_before_timing']} before timing, "
-        f"{res['load_after']} after; {res['wall_s']:.0f} s in all")
+    say(
+        f"load average: {res['info'].get('load_average_1m')} before, {res['load_before_timing']} before timing, "
+        f"{res['load_after']} after; {res['wall_s']:.0f} s in all"
+    )
     if args.no_write:
         return 0
-    command = "python " + " ".join(shlex.quote(a) for a in ["bench/train_step.py", *(sys.argv[1:] if argv is None
-                                                                                      else argv)])
-    settings = {"command": command, "config": cfg.name, "image_size": cfg.data.size,
-                "batch": cfg.train.batch_size, "stages_K": cfg.model.stages, "shared_unet": cfg.model.shared,
-                "parameters": res["parameters"], "threads": args.threads,
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "batches (training steps 0..)": ", ".join(res["batches"]),
-                "warmup_steps": args.warmup, "rounds": args.rounds, "steps_per_round": args.steps,
-                "step": "forward + unfolding_loss + backward + clip_grad_norm + Adam + EMA (trainer.py's step)",
-                "timing": "median over rounds of the mean s/step over the batches; variants interleaved, "
-                          "order rotated per round",
-                "weights": f"random (seed {args.seed}, every parameter + 0.02 N(0,1))",
-                "grad_minibatch_noise_rel_l2": res["grad_minibatch_noise"],
-                "compile_warmup_s": round(res["compile_s"], 1) if res["compile_s"] else None,
-                "load_average_before_timing": res["load_before_timing"], "load_average_after": res["load_after"],
-                "wall_s": round(res["wall_s"], 1)}
-    path = write_results("train_step", res["info"], settings, rows, warn + md + "\n\n" + notes, out_dir=args.out,
-                         title="Training step cost on this machine")
+    command = "python " + " ".join(
+        shlex.quote(a) for a in ["bench/train_step.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    settings = {
+        "command": command,
+        "config": cfg.name,
+        "image_size": cfg.data.size,
+        "batch": cfg.train.batch_size,
+        "stages_K": cfg.model.stages,
+        "shared_unet": cfg.model.shared,
+        "parameters": res["parameters"],
+        "threads": args.threads,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "batches (training steps 0..)": ", ".join(res["batches"]),
+        "warmup_steps": args.warmup,
+        "rounds": args.rounds,
+        "steps_per_round": args.steps,
+        "step": "forward + unfolding_loss + backward + clip_grad_norm + Adam + EMA (trainer.py's step)",
+        "timing": "median over rounds of the mean s/step over the batches; variants interleaved, "
+        "order rotated per round",
+        "weights": f"random (seed {args.seed}, every parameter + 0.02 N(0,1))",
+        "grad_minibatch_noise_rel_l2": res["grad_minibatch_noise"],
+        "compile_warmup_s": round(res["compile_s"], 1) if res["compile_s"] else None,
+        "load_average_before_timing": res["load_before_timing"],
+        "load_average_after": res["load_after"],
+        "wall_s": round(res["wall_s"], 1),
+    }
+    path = write_results(
+        "train_step",
+        res["info"],
+        settings,
+        rows,
+        warn + md + "\n\n" + notes,
+        out_dir=args.out,
+        title="Training step cost on this machine",
+    )
     say(f"wrote {path} and {path.with_suffix('.json').name}")
     return 0
 

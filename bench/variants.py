@@ -40,26 +40,40 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = {
     "paper": ['model.data_step="gradient"', "model.noise_aware=false", "model.tau_init=0.5", "model.gamma_init=2.0"],
     "proximal": ['model.data_step="proximal"', "model.noise_aware=false", "model.tau_init=1.0", "model.gamma_init=1.0"],
-    "proximal-noise": ['model.data_step="proximal"', "model.noise_aware=true", "model.tau_init=1.0",
-                       "model.gamma_init=1.0"],
+    "proximal-noise": [
+        'model.data_step="proximal"',
+        "model.noise_aware=true",
+        "model.tau_init=1.0",
+        "model.gamma_init=1.0",
+    ],
     # the same, learning only tau, gamma and u: the regularisers stay those of --init
-    "proximal-noise-weights": ['model.data_step="proximal"', "model.noise_aware=true", "model.tau_init=1.0",
-                               "model.gamma_init=1.0", "train.freeze_regularizers=true"],
+    "proximal-noise-weights": [
+        'model.data_step="proximal"',
+        "model.noise_aware=true",
+        "model.tau_init=1.0",
+        "model.gamma_init=1.0",
+        "train.freeze_regularizers=true",
+    ],
     # architecture, from scratch (--from-scratch): attention at H/4 or not
     "attention-h4": ['model.data_step="proximal"', "model.noise_aware=true", "model.unet.attention_levels=[2, 3]"],
     "attention-h8": ['model.data_step="proximal"', "model.noise_aware=true", "model.unet.attention_levels=[3]"],
 }
 # Data shared by every variant: a quarter of the measurements noise-free, a quarter at low noise.
 COMMON = ["data.noise_zero_fraction=0.25", "data.noise_log_fraction=0.25"]
-IMAGE_TASKS = [{"task": "gaussian_blur", "sigma": 2.0}, {"task": "sr", "factor": 4}, {"task": "inpainting", "missing": 0.4}]
-MRI_TASKS = [{"task": "mri", "kind": "gaussian1d", "acceleration": 4}, {"task": "mri", "kind": "gaussian2d", "acceleration": 8}]
+IMAGE_TASKS = [
+    {"task": "gaussian_blur", "sigma": 2.0},
+    {"task": "sr", "factor": 4},
+    {"task": "inpainting", "missing": 0.4},
+]
+MRI_TASKS = [
+    {"task": "mri", "kind": "gaussian1d", "acceleration": 4},
+    {"task": "mri", "kind": "gaussian2d", "acceleration": 8},
+]
 
 
 def init_architecture(init: str) -> list[str]:
@@ -79,10 +93,21 @@ def variant_config(args, name: str):
 
     steps = args.steps
     start = [] if args.from_scratch else init_architecture(args.init) + [f'train.init_from="{args.init}"']
-    overrides = VARIANTS[name] + COMMON + start + [
-        f"train.steps={steps}", f"train.decay_steps={steps}",
-        f"train.warmup_steps={min(50, steps // 4)}", "train.val_every=0", f"train.checkpoint_every={steps}",
-        f"train.threads={args.threads}", f'out_dir="{Path(args.runs) / name}"'] + (args.set or [])
+    overrides = (
+        VARIANTS[name]
+        + COMMON
+        + start
+        + [
+            f"train.steps={steps}",
+            f"train.decay_steps={steps}",
+            f"train.warmup_steps={min(50, steps // 4)}",
+            "train.val_every=0",
+            f"train.checkpoint_every={steps}",
+            f"train.threads={args.threads}",
+            f'out_dir="{Path(args.runs) / name}"',
+        ]
+        + (args.set or [])
+    )
     return load_config(args.preset, overrides), overrides
 
 
@@ -107,8 +132,18 @@ def score(args, model, cfg) -> list[dict]:
     rows = []
     tasks = MRI_TASKS if cfg.data.is_mri else IMAGE_TASKS
     for noise in args.noise:  # absolute sigma_y (for MRI, in k-space units)
-        for r in evaluate(model, images, tasks, noise, args.sample_steps, "euler", seed=args.seed,
-                          coil_maps=maps, samples=1, progress=False):
+        for r in evaluate(
+            model,
+            images,
+            tasks,
+            noise,
+            args.sample_steps,
+            "euler",
+            seed=args.seed,
+            coil_maps=maps,
+            samples=1,
+            progress=False,
+        ):
             rows.append({"noise": noise, **r})
     return rows
 
@@ -116,8 +151,11 @@ def score(args, model, cfg) -> list[dict]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--init", help="model package or checkpoint whose regularisers every variant starts from")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="every variant starts from fresh weights (same seed) instead of --init")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="every variant starts from fresh weights (same seed) instead of --init",
+    )
     p.add_argument("--preset", default="small", help="training preset (default: small)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--steps", type=int, default=300, help="training steps per variant (default: 300)")
@@ -151,8 +189,10 @@ def main(argv=None) -> int:
         if cache.exists() and json.loads(cache.read_text()).get("key") == key:
             results[name] = json.loads(cache.read_text())["entry"]
             continue
-        entry = {"overrides": overrides, "command": f"diffunfold train --config {args.preset} "
-                 + " ".join(f"--set '{o}'" for o in overrides)}
+        entry = {
+            "overrides": overrides,
+            "command": f"diffunfold train --config {args.preset} " + " ".join(f"--set '{o}'" for o in overrides),
+        }
         if args.at_init:
             model = DiffUnfolding(cfg.model)
             if args.init:
@@ -174,24 +214,37 @@ def write(args, results: dict) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / (args.name or f"variants-{args.preset}")
-    meta = {"command": "python bench/variants.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{machine_info()['cpu']}, {machine_info()['cores']} cores", "init": args.init or "from scratch",
-            "steps": args.steps, "results": results}
+    meta = {
+        "command": "python bench/variants.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{machine_info()['cpu']}, {machine_info()['cores']} cores",
+        "init": args.init or "from scratch",
+        "steps": args.steps,
+        "results": results,
+    }
     stem.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     first = next(iter(results.values()))
     keys = [(r["noise"], r["task"]) for r in first["rows"]]
     head = "| variant | " + " | ".join(f"{t} @ {n}" for n, t in keys) + " |"
     start = f"from {args.init}" if args.init else "from scratch"
-    lines = [f"# Unfolding variants at an equal budget ({args.steps} steps {start})", "",
-             f"`{meta['command']}` on {meta['machine']}, {meta['date']}. PSNR (dB) on the held-out images, "
-             "one posterior sample, 18 Euler steps; columns are task @ sigma_y.", "", head,
-             "|" + "---|" * (len(keys) + 1)]
+    lines = [
+        f"# Unfolding variants at an equal budget ({args.steps} steps {start})",
+        "",
+        f"`{meta['command']}` on {meta['machine']}, {meta['date']}. PSNR (dB) on the held-out images, "
+        "one posterior sample, 18 Euler steps; columns are task @ sigma_y.",
+        "",
+        head,
+        "|" + "---|" * (len(keys) + 1),
+    ]
     for name, e in results.items():
         for label, rows in (("", e["rows"]), (" (step 0)", e.get("at_init"))):
             if rows:
                 lines.append(f"| {name}{label} | " + " | ".join(f"{r['psnr_model']:.2f}" for r in rows) + " |")
-    lines.append("| classical baseline | " + " | ".join(f"{r['psnr_baseline']:.2f} ({r['baseline_name']})"
-                                                    for r in first["rows"]) + " |")
+    lines.append(
+        "| classical baseline | "
+        + " | ".join(f"{r['psnr_baseline']:.2f} ({r['baseline_name']})" for r in first["rows"])
+        + " |"
+    )
     lines += ["", "Commands (each run's training; its wall time on this machine):", ""]
     lines += [f"- {n}: `{e['command']}` ({e['train_seconds']:.0f} s)" for n, e in results.items()]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")

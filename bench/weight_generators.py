@@ -32,10 +32,12 @@ TASKS = {"gaussian_blur": {"sigma": 2.0}, "sr": {"factor": 4}, "inpainting": {"m
 
 def variants(learned: dict) -> dict[str, dict]:
     """The weight tables compared: {name: {sigma: (tau list, gamma list)}}."""
-    return {"learned": learned,
-            "tau = gamma = 1": {s: ([1.0] * len(t), [1.0] * len(g)) for s, (t, g) in learned.items()},
-            "learned, gamma x 4": {s: (t, [4 * v for v in g]) for s, (t, g) in learned.items()},
-            "learned, gamma / 4": {s: (t, [v / 4 for v in g]) for s, (t, g) in learned.items()}}
+    return {
+        "learned": learned,
+        "tau = gamma = 1": {s: ([1.0] * len(t), [1.0] * len(g)) for s, (t, g) in learned.items()},
+        "learned, gamma x 4": {s: (t, [4 * v for v in g]) for s, (t, g) in learned.items()},
+        "learned, gamma / 4": {s: (t, [v / 4 for v in g]) for s, (t, g) in learned.items()},
+    }
 
 
 def score(solver: Solver, weights: dict, y, op, x, noise: float, seeds: list[int]) -> list[float]:
@@ -45,8 +47,9 @@ def score(solver: Solver, weights: dict, y, op, x, noise: float, seeds: list[int
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="bench/weight_generators.py", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="bench/weight_generators.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("packages", nargs="+", help="image model packages")
     ap.add_argument("--photos", required=True, help="held-out photos (DIR/held-out of `diffunfold data photos`)")
     ap.add_argument("--task", choices=sorted(TASKS), default="gaussian_blur")
@@ -67,20 +70,36 @@ def main(argv=None) -> int:
         solver = Solver.load(path, backend="onnxruntime")
         sigmas = [float(s) for s in edm.schedule(solver.package.schedule["steps"])]
         learned = solver.weights_for(sigmas)
-        notes.append(f"- `{Path(path).name}`, learned (tau_k; gamma_k) at sigma: " + "; ".join(
-            f"{s:.3g}: ({', '.join(f'{v:.2f}' for v in t)}; {', '.join(f'{v:.2f}' for v in g)})"
-            for s, (t, g) in learned.items() if s > 0))
+        notes.append(
+            f"- `{Path(path).name}`, learned (tau_k; gamma_k) at sigma: "
+            + "; ".join(
+                f"{s:.3g}: ({', '.join(f'{v:.2f}' for v in t)}; {', '.join(f'{v:.2f}' for v in g)})"
+                for s, (t, g) in learned.items()
+                if s > 0
+            )
+        )
         for name, weights in variants(learned).items():
             per = score(solver, weights, y, op, x, args.noise, seeds)
-            rows.append({"package": Path(path).name, "weights": name, "psnr_mean": round(float(np.mean(per)), 2),
-                         "psnr_per_image": " / ".join(f"{v:.2f}" for v in per)})
+            rows.append(
+                {
+                    "package": Path(path).name,
+                    "weights": name,
+                    "psnr_mean": round(float(np.mean(per)), 2),
+                    "psnr_per_image": " / ".join(f"{v:.2f}" for v in per),
+                }
+            )
             print(rows[-1], flush=True)
-    text = (f"{args.task} at sigma_y = {args.noise}, {len(x)} held-out photos at {args.size} px "
-            f"({', '.join(names)}), one draw each, the package's sampler, ONNX Runtime: PSNR (dB) with "
-            "the package's learned step weights and with fixed ones, same measurements and seeds.\n\n"
-            + markdown_table(rows) + "\n\n" + "\n".join(notes))
-    record("weight_generators", watch, info, args, rows, text, "Learned step weights against fixed ones",
-           allow_busy=True)
+    text = (
+        f"{args.task} at sigma_y = {args.noise}, {len(x)} held-out photos at {args.size} px "
+        f"({', '.join(names)}), one draw each, the package's sampler, ONNX Runtime: PSNR (dB) with "
+        "the package's learned step weights and with fixed ones, same measurements and seeds.\n\n"
+        + markdown_table(rows)
+        + "\n\n"
+        + "\n".join(notes)
+    )
+    record(
+        "weight_generators", watch, info, args, rows, text, "Learned step weights against fixed ones", allow_busy=True
+    )
     return 0
 
 

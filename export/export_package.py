@@ -1,7 +1,7 @@
 """Export a training checkpoint as a model package: a thin entry point over `diffunfold export`.
 
-    python export/export_package.py runs/small --out models/small
-    python export/export_package.py --help
+python export/export_package.py runs/small --out models/small
+python export/export_package.py --help
 """
 
 import sys

@@ -42,17 +42,29 @@ def magnitude(image, scale: float) -> np.ndarray:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=MRI_PACKAGE,
-                        help="an MRI model package (default: the bundled samples/models/mri-small)")
-    parser.add_argument("--file", type=Path, help="a fastMRI multi-coil .h5 file with fully sampled k-space "
-                                                  "(default: write a synthetic phantom file into --out)")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        default=MRI_PACKAGE,
+        help="an MRI model package (default: the bundled samples/models/mri-small)",
+    )
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help="a fastMRI multi-coil .h5 file with fully sampled k-space "
+        "(default: write a synthetic phantom file into --out)",
+    )
     parser.add_argument("--slice", type=int, help="slice index (default: the middle slice)")
-    parser.add_argument("--size", type=int,
-                        help="phantom side when one is written (default 64, the model's training size); with "
-                             "--file, centre-crop to NxN (default: the file's recon matrix, e.g. 320)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="phantom side when one is written (default 64, the model's training size); with "
+        "--file, centre-crop to NxN (default: the file's recon matrix, e.g. 320)",
+    )
     parser.add_argument("--coils", type=int, default=15, help="coils of the written phantom (default 15)")
-    parser.add_argument("--mask", choices=MASK_KINDS, default="gaussian1d",
-                        help="k-space sampling pattern (default gaussian1d)")
+    parser.add_argument(
+        "--mask", choices=MASK_KINDS, default="gaussian1d", help="k-space sampling pattern (default gaussian1d)"
+    )
     parser.add_argument("--acceleration", type=float, default=4.0, help="undersampling factor (default 4)")
     parser.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the mask and of the sampler's start")
@@ -64,10 +76,18 @@ def main(argv=None) -> dict:
         side = args.size or 64
         # Independent random ellipse phantoms on simulated birdcage coils, stored as fastMRI stores
         # a scan: k-space (slices, coils, H, W), reconstruction_rss and an ISMRMRD header.
-        (path,) = write_phantom_dataset(args.out, num_files=1, slices_per_file=3, shape=(side, side),
-                                        ncoils=args.coils, seed=args.seed, progress=False)
-        print(f"no --file given: wrote a synthetic {args.coils}-coil phantom volume ({side}x{side}, 3 slices) "
-              f"to {path}")
+        (path,) = write_phantom_dataset(
+            args.out,
+            num_files=1,
+            slices_per_file=3,
+            shape=(side, side),
+            ncoils=args.coils,
+            seed=args.seed,
+            progress=False,
+        )
+        print(
+            f"no --file given: wrote a synthetic {args.coils}-coil phantom volume ({side}x{side}, 3 slices) to {path}"
+        )
     with FastMRIFile(path) as f:  # checks the layout first: a file that is not fastMRI fails here
         print(f"{path.name}: k-space {f.kspace_shape} (slices, coils, H, W), recon matrix {f.recon_shape}")
         count = f.num_slices
@@ -87,21 +107,35 @@ def main(argv=None) -> dict:
     recon = np.asarray(solution.images)  # complex (1, 1, H, W)
     zero_filled = np.asarray(classical_baseline(op, y, 0.0))
 
-    result = {"file": str(path), "slice": index, "size": list(hw), "coils": op.ncoils,
-              "mask": args.mask, "acceleration": float(mask.size / mask.sum()),
-              # fastMRI's convention: magnitudes, data range = the reference's maximum (data_range=None)
-              "psnr": float(psnr(recon[0], x[0])), "ssim": float(ssim(recon[0], x[0])),
-              "psnr_zero_filled": float(psnr(zero_filled[0], x[0])),
-              "ssim_zero_filled": float(ssim(zero_filled[0], x[0])), "timing": solution.timing.as_dict()}
-    print(f"slice {index}, {hw[0]}x{hw[1]}, {op.ncoils} coils (estimated maps); {args.mask} "
-          f"{args.acceleration:g}x (realised {result['acceleration']:.2f}x), {args.steps} steps")
+    result = {
+        "file": str(path),
+        "slice": index,
+        "size": list(hw),
+        "coils": op.ncoils,
+        "mask": args.mask,
+        "acceleration": float(mask.size / mask.sum()),
+        # fastMRI's convention: magnitudes, data range = the reference's maximum (data_range=None)
+        "psnr": float(psnr(recon[0], x[0])),
+        "ssim": float(ssim(recon[0], x[0])),
+        "psnr_zero_filled": float(psnr(zero_filled[0], x[0])),
+        "ssim_zero_filled": float(ssim(zero_filled[0], x[0])),
+        "timing": solution.timing.as_dict(),
+    }
+    print(
+        f"slice {index}, {hw[0]}x{hw[1]}, {op.ncoils} coils (estimated maps); {args.mask} "
+        f"{args.acceleration:g}x (realised {result['acceleration']:.2f}x), {args.steps} steps"
+    )
     print(f"  Diff-Unfolding     PSNR {result['psnr']:6.2f} dB  SSIM {result['ssim']:.4f}")
     print(f"  zero-filled SENSE  PSNR {result['psnr_zero_filled']:6.2f} dB  SSIM {result['ssim_zero_filled']:.4f}")
     print(f"  solver time {solution.timing}")
 
     scale = float(np.abs(x).max())
-    files = {"recon": magnitude(recon[0, 0], scale), "zero_filled": magnitude(zero_filled[0, 0], scale),
-             "reference": magnitude(x[0, 0], scale), "mask": mask.astype(np.float32)}
+    files = {
+        "recon": magnitude(recon[0, 0], scale),
+        "zero_filled": magnitude(zero_filled[0, 0], scale),
+        "reference": magnitude(x[0, 0], scale),
+        "mask": mask.astype(np.float32),
+    }
     result["files"] = {name: str(save_image(args.out / f"{name}.png", image)) for name, image in files.items()}
     print(f"wrote {', '.join(Path(p).name for p in result['files'].values())} to {args.out}")
     return result

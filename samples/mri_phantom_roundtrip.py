@@ -36,8 +36,15 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     if not sorted(args.data.glob("*.h5")):
-        write_phantom_dataset(args.data, num_files=1, slices_per_file=4, shape=(args.size, args.size),
-                              ncoils=args.coils, seed=0, progress=False)
+        write_phantom_dataset(
+            args.data,
+            num_files=1,
+            slices_per_file=4,
+            shape=(args.size, args.size),
+            ncoils=args.coils,
+            seed=0,
+            progress=False,
+        )
         print(f"wrote phantoms to {args.data}")
     slices = FastMRISlices(args.data, ncoils=args.coils, coil_maps="simulate")
     item = slices[args.slice]
@@ -51,10 +58,15 @@ def main(argv=None) -> dict:
         y = op.measure(x)  # noise-free k-space (1, coils, H, W)
         zero_filled = np.abs(op.pinv(y))
         name = f"{kind} {acc}x"
-        scores[name] = {"psnr": float(psnr(zero_filled, target)[0]), "ssim": float(ssim(zero_filled, target)[0]),
-                        "acceleration": op.acceleration}
-        print(f"  {name:15s} realised {op.acceleration:.2f}x  zero-filled SENSE "
-              f"PSNR {scores[name]['psnr']:6.2f} dB  SSIM {scores[name]['ssim']:.4f}")
+        scores[name] = {
+            "psnr": float(psnr(zero_filled, target)[0]),
+            "ssim": float(ssim(zero_filled, target)[0]),
+            "acceleration": op.acceleration,
+        }
+        print(
+            f"  {name:15s} realised {op.acceleration:.2f}x  zero-filled SENSE "
+            f"PSNR {scores[name]['psnr']:6.2f} dB  SSIM {scores[name]['ssim']:.4f}"
+        )
         scale = target.max()
         rows.append(np.concatenate([op.mask[0, 0], zero_filled[0, 0] / scale, target[0, 0] / scale], axis=-1))
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffunfold.figures import colormap
 from diffunfold.data.images import BUNDLED_HELD_OUT, BUNDLED_NAMES, bundled_image, load_image, save_image
+from diffunfold.figures import colormap
 from diffunfold.metrics import psnr
 from diffunfold.physics import make_operator
 from diffunfold.physics.inpainting import Inpainting
@@ -33,6 +33,7 @@ from diffunfold.runtime import Solver
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_PACKAGE = REPO / "samples" / "models" / "image-small"
+
 
 def colour_map(values: np.ndarray) -> np.ndarray:
     """(H, W) values -> (3, H, W) RGB in [0, 1], 0 black and the maximum pale yellow."""
@@ -49,13 +50,24 @@ def clean_image(image: str, size: int) -> np.ndarray:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=IMAGE_PACKAGE,
-                        help="an image model package (default: the bundled samples/models/image-small)")
-    parser.add_argument("--image", default="camera",
-                        help=f"a held-out bundled image ({', '.join(BUNDLED_HELD_OUT)}) or an image file "
-                             "(default: camera)")
-    parser.add_argument("--task", nargs="+", default=["box_inpainting", "size=0.3"], metavar="WORD",
-                        help="task and parameters as for `diffunfold restore` (default: box_inpainting size=0.3)")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        default=IMAGE_PACKAGE,
+        help="an image model package (default: the bundled samples/models/image-small)",
+    )
+    parser.add_argument(
+        "--image",
+        default="camera",
+        help=f"a held-out bundled image ({', '.join(BUNDLED_HELD_OUT)}) or an image file (default: camera)",
+    )
+    parser.add_argument(
+        "--task",
+        nargs="+",
+        default=["box_inpainting", "size=0.3"],
+        metavar="WORD",
+        help="task and parameters as for `diffunfold restore` (default: box_inpainting size=0.3)",
+    )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--noise", type=float, default=0.05, help="measurement noise std (default 0.05)")
     parser.add_argument("--samples", type=int, default=8, help="posterior samples (default 8; at least 2)")
@@ -72,19 +84,29 @@ def main(argv=None) -> dict:
     op = make_operator(task, x.shape[-2:], **params)
     y = op.measure(x, noise_std=args.noise, seed=args.seed).astype(np.float32)
 
-    solution = solver.solve(y, op, steps=args.steps, seed=args.seed, samples=args.samples,
-                            noise_std=args.noise)  # sigma_y: how much the model may trust y
+    solution = solver.solve(
+        y, op, steps=args.steps, seed=args.seed, samples=args.samples, noise_std=args.noise
+    )  # sigma_y: how much the model may trust y
     mean, std = np.asarray(solution.images)[0], np.asarray(solution.std)[0]  # (3, H, W) each
     # One number per pixel: average the colour channels of |error| and of the std.
     error = np.abs(mean - x[0]).mean(axis=0)
     spread = std.mean(axis=0)
     corr = float(np.corrcoef(error.ravel(), spread.ravel())[0, 1])
 
-    result = {"task": task, "params": params, "samples": args.samples, "steps": args.steps,
-              "psnr_mean": float(psnr(mean, x[0], 1.0)), "std_max": float(spread.max()),
-              "corr_error_std": corr, "timing": solution.timing.as_dict()}
-    print(f"{args.image} at {args.size}x{args.size}, {task} {params}, noise {args.noise:g}: "
-          f"{args.samples} samples x {args.steps} steps in {solution.timing.total:.2f} s")
+    result = {
+        "task": task,
+        "params": params,
+        "samples": args.samples,
+        "steps": args.steps,
+        "psnr_mean": float(psnr(mean, x[0], 1.0)),
+        "std_max": float(spread.max()),
+        "corr_error_std": corr,
+        "timing": solution.timing.as_dict(),
+    }
+    print(
+        f"{args.image} at {args.size}x{args.size}, {task} {params}, noise {args.noise:g}: "
+        f"{args.samples} samples x {args.steps} steps in {solution.timing.total:.2f} s"
+    )
     print(f"  posterior mean PSNR {result['psnr_mean']:.2f} dB")
     print(f"  correlation of |error| and std over the pixels: {corr:+.3f}")
     if isinstance(op, Inpainting):
@@ -93,16 +115,20 @@ def main(argv=None) -> dict:
         missing = op.mask[0, 0] < 0.5
         result["std_missing"] = float(spread[missing].mean())
         result["std_observed"] = float(spread[~missing].mean())
-        print(f"  mean std: {result['std_missing']:.4f} over the missing pixels, "
-              f"{result['std_observed']:.4f} over the observed ones")
+        print(
+            f"  mean std: {result['std_missing']:.4f} over the missing pixels, "
+            f"{result['std_observed']:.4f} over the observed ones"
+        )
 
     shown = np.clip(y[0], 0.0, 1.0) if y.shape == x.shape else np.clip(op.pinv(y)[0], 0.0, 1.0)
     pictures = {"measured": shown, "mean": mean, "std": colour_map(spread), "error": colour_map(error)}
     result["files"] = {name: str(save_image(args.out / f"{name}.png", im)) for name, im in pictures.items()}
     sheet = save_image(args.out / "posterior.png", np.concatenate([*pictures.values(), x[0]], axis=-1))
     result["files"]["posterior"] = str(sheet)
-    print(f"wrote {', '.join(Path(p).name for p in result['files'].values())} to {args.out} "
-          "(posterior.png: measured, mean, std, |error|, clean)")
+    print(
+        f"wrote {', '.join(Path(p).name for p in result['files'].values())} to {args.out} "
+        "(posterior.png: measured, mean, std, |error|, clean)"
+    )
     return result
 
 

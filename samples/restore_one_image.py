@@ -44,23 +44,35 @@ def clean_image(image: str, size: int) -> np.ndarray:
 
 
 def scores(estimate: np.ndarray, x: np.ndarray) -> dict:
-    return {"psnr": float(psnr(estimate[0], x[0], data_range=1.0)),
-            "ssim": float(ssim(estimate[0], x[0], data_range=1.0))}
+    return {
+        "psnr": float(psnr(estimate[0], x[0], data_range=1.0)),
+        "ssim": float(ssim(estimate[0], x[0], data_range=1.0)),
+    }
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=IMAGE_PACKAGE,
-                        help="an image model package (default: the bundled samples/models/image-small)")
-    parser.add_argument("--image", default="camera",
-                        help=f"a held-out bundled image ({', '.join(BUNDLED_HELD_OUT)}) or an image file "
-                             "(default: camera)")
-    parser.add_argument("--size", type=int, default=64,
-                        help="image side in pixels (default 64, the model's training size; each doubling "
-                             "costs about 4x on a CPU)")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        default=IMAGE_PACKAGE,
+        help="an image model package (default: the bundled samples/models/image-small)",
+    )
+    parser.add_argument(
+        "--image",
+        default="camera",
+        help=f"a held-out bundled image ({', '.join(BUNDLED_HELD_OUT)}) or an image file (default: camera)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=64,
+        help="image side in pixels (default 64, the model's training size; each doubling costs about 4x on a CPU)",
+    )
     parser.add_argument("--sigma", type=float, default=2.0, help="Gaussian blur std in pixels (default 2)")
-    parser.add_argument("--noise", type=float, default=0.05, help="measurement noise std, images in [0, 1] "
-                                                                  "(default 0.05)")
+    parser.add_argument(
+        "--noise", type=float, default=0.05, help="measurement noise std, images in [0, 1] (default 0.05)"
+    )
     parser.add_argument("--steps", type=int, default=18, help="sampler steps (default 18, the paper's NFE)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the sampler's start")
     parser.add_argument("--backend", default="auto", help="auto, onnxruntime, torch or tensorrt (default auto)")
@@ -83,10 +95,14 @@ def main(argv=None) -> dict:
     pinv = np.clip(op.pinv(y), 0.0, 1.0)  # Tikhonov inverse: sharp, but it amplifies the noise
     measured = np.clip(y, 0.0, 1.0)  # a blur keeps the image size: y can be shown and scored as is
 
-    result = {name: scores(est, x) for name, est in
-              (("restored", restored), ("wiener", wiener), ("pinv", pinv), ("measured", measured))}
-    print(f"{args.image} at {args.size}x{args.size}: Gaussian blur sigma {args.sigma:g}, noise {args.noise:g}, "
-          f"{args.steps} steps")
+    result = {
+        name: scores(est, x)
+        for name, est in (("restored", restored), ("wiener", wiener), ("pinv", pinv), ("measured", measured))
+    }
+    print(
+        f"{args.image} at {args.size}x{args.size}: Gaussian blur sigma {args.sigma:g}, noise {args.noise:g}, "
+        f"{args.steps} steps"
+    )
     for name, s in result.items():
         print(f"  {name:9s} PSNR {s['psnr']:6.2f} dB  SSIM {s['ssim']:.4f}")
     print(f"  solver time {solution.timing} (NFE {solution.nfe} x K={solver.stages} network calls)")

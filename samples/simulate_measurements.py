@@ -53,8 +53,10 @@ def main(argv=None) -> dict:
         op = make_operator(task, x.shape[-2:], **params)
         y = op.measure(x, args.noise, seed=0)  # seeded: the same y on every run and backend
         estimate = np.clip(op.pinv(y), 0, 1)
-        scores[task] = {"psnr": float(psnr(estimate, x, data_range=1.0)[0]),
-                        "ssim": float(ssim(estimate, x, data_range=1.0)[0])}
+        scores[task] = {
+            "psnr": float(psnr(estimate, x, data_range=1.0)[0]),
+            "ssim": float(ssim(estimate, x, data_range=1.0)[0]),
+        }
         print(f"  {task:17s} pinv  PSNR {scores[task]['psnr']:6.2f} dB  SSIM {scores[task]['ssim']:.4f}")
         rows.append(np.concatenate([np.clip(show(y, x.shape[-2:]), 0, 1)[0], estimate[0], x[0]], axis=-1))
 

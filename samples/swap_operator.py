@@ -62,11 +62,17 @@ def at_image_size(y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=IMAGE_PACKAGE,
-                        help="an image model package (default: the bundled samples/models/image-small)")
-    parser.add_argument("--image", default="camera",
-                        help=f"a held-out bundled image ({', '.join(BUNDLED_HELD_OUT)}) or an image file "
-                             "(default: camera)")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        default=IMAGE_PACKAGE,
+        help="an image model package (default: the bundled samples/models/image-small)",
+    )
+    parser.add_argument(
+        "--image",
+        default="camera",
+        help=f"a held-out bundled image ({', '.join(BUNDLED_HELD_OUT)}) or an image file (default: camera)",
+    )
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64; even, for SR x2)")
     parser.add_argument("--noise", type=float, default=0.05, help="measurement noise std (default 0.05)")
     parser.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
@@ -87,10 +93,16 @@ def main(argv=None) -> dict:
         baseline = np.asarray(classical_baseline(op, y, args.noise))
         measured = at_image_size(y, shape)
         results[label] = {
-            "task": task, "params": params, "trained": trained, "baseline": baseline_name(op),
-            "psnr": float(psnr(restored[0], x[0], 1.0)), "ssim": float(ssim(restored[0], x[0], 1.0)),
-            "baseline_psnr": float(psnr(baseline[0], x[0], 1.0)), "baseline_ssim": float(ssim(baseline[0], x[0], 1.0)),
-            "measured_psnr": float(psnr(measured[0], x[0], 1.0)), "measured_ssim": float(ssim(measured[0], x[0], 1.0)),
+            "task": task,
+            "params": params,
+            "trained": trained,
+            "baseline": baseline_name(op),
+            "psnr": float(psnr(restored[0], x[0], 1.0)),
+            "ssim": float(ssim(restored[0], x[0], 1.0)),
+            "baseline_psnr": float(psnr(baseline[0], x[0], 1.0)),
+            "baseline_ssim": float(ssim(baseline[0], x[0], 1.0)),
+            "measured_psnr": float(psnr(measured[0], x[0], 1.0)),
+            "measured_ssim": float(ssim(measured[0], x[0], 1.0)),
         }
         rows.append(np.concatenate([measured[0], baseline[0], restored[0], x[0]], axis=-1))
 
@@ -98,9 +110,11 @@ def main(argv=None) -> dict:
     print("| operator | in training | measurement | classical baseline | Diff-Unfolding |")
     print("|---|---|---|---|---|")
     for label, r in results.items():
-        print(f"| {label} | {'yes' if r['trained'] else 'no'} | {r['measured_psnr']:.2f} / {r['measured_ssim']:.3f} | "
-              f"{r['baseline']}: {r['baseline_psnr']:.2f} / {r['baseline_ssim']:.3f} | "
-              f"{r['psnr']:.2f} / {r['ssim']:.3f} |")
+        print(
+            f"| {label} | {'yes' if r['trained'] else 'no'} | {r['measured_psnr']:.2f} / {r['measured_ssim']:.3f} | "
+            f"{r['baseline']}: {r['baseline_psnr']:.2f} / {r['baseline_ssim']:.3f} | "
+            f"{r['psnr']:.2f} / {r['ssim']:.3f} |"
+        )
 
     sheet = save_image(args.out / "swap_operator.png", np.concatenate(rows, axis=-2))
     print(f"wrote {sheet} (rows: operators; columns: measurement, baseline, Diff-Unfolding, clean)")

@@ -37,11 +37,11 @@ from diffunfold.data.images import BUNDLED_HELD_OUT, BundledImages, save_image
 from diffunfold.engines import build_engines, current_gpu, list_targets, load_target
 from diffunfold.errors import InputError
 from diffunfold.metrics import psnr
-from diffunfold.physics import make_operator
 from diffunfold.package import ModelPackage
+from diffunfold.physics import make_operator
 from diffunfold.runtime import Solver
-from diffunfold.runtime.backends import parse_device
 from diffunfold.runtime.backend_tensorrt import find_engines
+from diffunfold.runtime.backends import parse_device
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_PACKAGE = REPO / "samples" / "models" / "image-small"
@@ -58,21 +58,26 @@ def missing_requirements(gpu_index: int) -> list[str]:
     try:
         import tensorrt  # noqa: F401
     except Exception:  # not installed, or a wheel whose libnvinfer cannot load
-        missing.append("TensorRT (the `tensorrt` Python package, version 10): install it with "
-                       "`pip install -e '.[trt]'` (NVIDIA's wheels, Linux x86-64 or aarch64)")
+        missing.append(
+            "TensorRT (the `tensorrt` Python package, version 10): install it with "
+            "`pip install -e '.[trt]'` (NVIDIA's wheels, Linux x86-64 or aarch64)"
+        )
     try:
         import cupy  # noqa: F401
     except Exception:
-        missing.append("CuPy (the runtime's GPU arrays): `pip install -e '.[gpu]'` for CUDA 12, "
-                       "`'.[gpu-cuda13]'` for CUDA 13")
+        missing.append(
+            "CuPy (the runtime's GPU arrays): `pip install -e '.[gpu]'` for CUDA 12, `'.[gpu-cuda13]'` for CUDA 13"
+        )
     try:
         gpu = current_gpu(gpu_index)  # CuPy, else nvidia-smi
     except InputError as exc:  # GPUs are visible, but not this index
         missing.append(str(exc))
     else:
         if gpu is None:
-            missing.append("an NVIDIA GPU: none is visible (neither CuPy nor nvidia-smi finds a CUDA device); "
-                           "TensorRT engines are built on, and run on, an NVIDIA GPU with its driver")
+            missing.append(
+                "an NVIDIA GPU: none is visible (neither CuPy nor nvidia-smi finds a CUDA device); "
+                "TensorRT engines are built on, and run on, an NVIDIA GPU with its driver"
+            )
     return missing
 
 
@@ -83,22 +88,31 @@ def choose_target(gpu) -> str:
     squashed = gpu.name.lower().replace(" ", "")
     named = [t for t in same_cc if t.name.replace("-", "") in squashed]
     if not (named or same_cc):
-        raise InputError(f"no shipped target fits {gpu}; write a target .toml for it (see engines/targets/) "
-                         "and pass --target PATH.toml")
+        raise InputError(
+            f"no shipped target fits {gpu}; write a target .toml for it (see engines/targets/) "
+            "and pass --target PATH.toml"
+        )
     return (named or same_cc)[0].name
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--package", type=Path, default=IMAGE_PACKAGE,
-                        help="an image model package (default: the bundled samples/models/image-small)")
-    parser.add_argument("--target", help="a GPU target name (see --list) or a target .toml file "
-                                         "(default: the shipped target of this GPU)")
+    parser.add_argument(
+        "--package",
+        type=Path,
+        default=IMAGE_PACKAGE,
+        help="an image model package (default: the bundled samples/models/image-small)",
+    )
+    parser.add_argument(
+        "--target",
+        help="a GPU target name (see --list) or a target .toml file (default: the shipped target of this GPU)",
+    )
     parser.add_argument("--list", action="store_true", help="list the shipped GPU targets and exit")
     parser.add_argument("--device", default="cuda:0", help="the GPU, cuda or cuda:N (default cuda:0)")
     parser.add_argument("--image", default="camera", choices=BUNDLED_HELD_OUT, help="held-out image (default camera)")
-    parser.add_argument("--size", type=int, default=64,
-                        help="image side (default 64; the targets' profiles take 64..512)")
+    parser.add_argument(
+        "--size", type=int, default=64, help="image side (default 64; the targets' profiles take 64..512)"
+    )
     parser.add_argument("--steps", type=int, default=18, help="sampler steps (default 18)")
     parser.add_argument("--cuda-graphs", action="store_true", help="replay each engine call as a CUDA graph")
     parser.add_argument("--no-compare", action="store_true", help="skip the ONNX Runtime (CPU) comparison")
@@ -114,9 +128,11 @@ def main(argv=None) -> dict:
     kind, index = parse_device(args.device)
     missing = missing_requirements(index) if kind == "cuda" else ["a CUDA device: --device must be cuda or cuda:N"]
     if missing:
-        raise TensorRTUnavailable("this sample needs TensorRT on an NVIDIA GPU; missing here:\n  - "
-                                  + "\n  - ".join(missing)
-                                  + "\nOn a CPU, use backend='onnxruntime' (samples/restore_one_image.py).")
+        raise TensorRTUnavailable(
+            "this sample needs TensorRT on an NVIDIA GPU; missing here:\n  - "
+            + "\n  - ".join(missing)
+            + "\nOn a CPU, use backend='onnxruntime' (samples/restore_one_image.py)."
+        )
 
     import tensorrt
 
@@ -134,8 +150,7 @@ def main(argv=None) -> dict:
         # Minutes on a cold timing cache (engines/built/<target>.timing.cache), seconds on a warm one.
         built = build_engines(package, target, out_dir=engines, device=index)
     # The records are checked again here, before a byte of an engine is deserialised.
-    solver = Solver.load(package, backend="tensorrt", device=args.device, engines=engines,
-                         cuda_graphs=args.cuda_graphs)
+    solver = Solver.load(package, backend="tensorrt", device=args.device, engines=engines, cuda_graphs=args.cuda_graphs)
     print(f"backend: {solver.backend_name}")
 
     held_out = BundledImages(size=args.size, split="val")
@@ -144,14 +159,22 @@ def main(argv=None) -> dict:
     y = op.measure(x, noise_std=0.05, seed=0).astype(np.float32)
 
     # numpy in, numpy out: the solver moves y to the GPU once and the result back once.
-    solver.solve(y, op, steps=args.steps, seed=0, noise_std=0.05)  # warm-up: CUDA contexts, first launches, graph capture
+    solver.solve(
+        y, op, steps=args.steps, seed=0, noise_std=0.05
+    )  # warm-up: CUDA contexts, first launches, graph capture
     t0 = time.perf_counter()
     solution = solver.solve(y, op, steps=args.steps, seed=0, noise_std=0.05)
     wall = time.perf_counter() - t0
     restored = np.asarray(solution.images)
-    result = {"target": target.name, "gpu": str(gpu), "engines": str(engines),
-              "built_s": [r.build_seconds for r in built], "psnr": float(psnr(restored[0], x[0], 1.0)),
-              "timing": solution.timing.as_dict(), "wall_s": wall}
+    result = {
+        "target": target.name,
+        "gpu": str(gpu),
+        "engines": str(engines),
+        "built_s": [r.build_seconds for r in built],
+        "psnr": float(psnr(restored[0], x[0], 1.0)),
+        "timing": solution.timing.as_dict(),
+        "wall_s": wall,
+    }
     print(f"{args.image} {args.size}x{args.size}, Gaussian blur sigma 2, noise 0.05: PSNR {result['psnr']:.2f} dB")
     print(f"  {args.steps} steps x K={solver.stages}: {solution.timing.network_calls} engine calls; {solution.timing}")
 
@@ -162,9 +185,11 @@ def main(argv=None) -> dict:
         result["onnxruntime_cpu_s"] = time.perf_counter() - t0
         # Same seed, same start: the difference is FP16 engines against FP32 ONNX Runtime.
         result["psnr_vs_onnxruntime"] = float(psnr(restored[0], reference[0], 1.0))
-        print(f"  ONNX Runtime FP32 on the CPU: {result['onnxruntime_cpu_s']:.2f} s "
-              f"(x{result['onnxruntime_cpu_s'] / max(wall, 1e-9):.1f} the GPU's time); the two restorations "
-              f"agree to {result['psnr_vs_onnxruntime']:.1f} dB PSNR")
+        print(
+            f"  ONNX Runtime FP32 on the CPU: {result['onnxruntime_cpu_s']:.2f} s "
+            f"(x{result['onnxruntime_cpu_s'] / max(wall, 1e-9):.1f} the GPU's time); the two restorations "
+            f"agree to {result['psnr_vs_onnxruntime']:.1f} dB PSNR"
+        )
     result["files"] = {"restored": str(save_image(args.out / "restored.png", restored[0]))}
     return result
 

@@ -4,12 +4,11 @@ runtime tests share. Plain helper functions live in ``helpers.py``."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
-
 from helpers import quiet, tiny_model
 
 # The suite must never reach the network (scikit-image data, hubs).
@@ -42,7 +41,8 @@ def _signal_stack_stays_mapped():
     if os.path.exists("/proc/self/maps"):
         assert not _signal_stack_is_dangling(), (
             "this test left the main thread's signal stack unmapped: the next signal handler would "
-            "crash the process (SIGSEGV); an openvino.Core was freed on another thread?")
+            "crash the process (SIGSEGV); an openvino.Core was freed on another thread?"
+        )
 
 
 @dataclass
@@ -80,7 +80,7 @@ def torch_backend() -> Backend:
     return _torch_backend()
 
 
-_NO_TORCH_PRELUDE = '''
+_NO_TORCH_PRELUDE = """
 import sys
 
 class NoTorch:  # behave as if torch were not installed
@@ -94,12 +94,12 @@ import importlib.util
 _find_spec = importlib.util.find_spec
 importlib.util.find_spec = lambda name, package=None: (
     None if name.split(".")[0] == "torch" else _find_spec(name, package))
-'''
+"""
 
-_NO_TORCH_EPILOGUE = '''
+_NO_TORCH_EPILOGUE = """
 assert not [m for m in sys.modules if m.split(".")[0] == "torch"], "torch was imported"
 print("ok")
-'''
+"""
 
 
 @pytest.fixture
@@ -129,6 +129,9 @@ def tiny_packages(tmp_path_factory):
     from diffunfold.export import export_model
 
     root = tmp_path_factory.mktemp("packages")
-    models = {"shared": tiny_model(shared=True, stages=2), "separate": tiny_model(shared=False, stages=2, seed=1),
-              "mri": tiny_model(shared=True, data="mri", channels=1, stages=2, seed=2)}
+    models = {
+        "shared": tiny_model(shared=True, stages=2),
+        "separate": tiny_model(shared=False, stages=2, seed=1),
+        "mri": tiny_model(shared=True, data="mri", channels=1, stages=2, seed=2),
+    }
     return {name: (model, export_model(model, root / name, **quiet)) for name, model in models.items()}

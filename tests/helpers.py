@@ -39,7 +39,9 @@ def tiny_model(shared=True, data="image", channels=3, stages=3, seed=0) -> DiffU
     from diffunfold.training.model import DiffUnfolding, ModelSettings
 
     torch.manual_seed(seed)
-    model = DiffUnfolding(ModelSettings(data=data, channels=channels, stages=stages, shared=shared, unet=dict(TINY_UNET)))
+    model = DiffUnfolding(
+        ModelSettings(data=data, channels=channels, stages=stages, shared=shared, unet=dict(TINY_UNET))
+    )
     with torch.no_grad():  # leave the zero initialisation so every part contributes
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -53,8 +55,17 @@ def proximal_model(noise_aware=True, data="image", channels=3, seed=0) -> DiffUn
     from diffunfold.training.model import DiffUnfolding, ModelSettings
 
     torch.manual_seed(seed)
-    settings = ModelSettings(data=data, channels=channels, stages=2, shared=True, unet=dict(TINY_UNET),
-                             data_step="proximal", noise_aware=noise_aware, tau_init=1.0, gamma_init=1.0)
+    settings = ModelSettings(
+        data=data,
+        channels=channels,
+        stages=2,
+        shared=True,
+        unet=dict(TINY_UNET),
+        data_step="proximal",
+        noise_aware=noise_aware,
+        tau_init=1.0,
+        gamma_init=1.0,
+    )
     model = DiffUnfolding(settings)
     with torch.no_grad():
         for p in model.parameters():
@@ -68,9 +79,15 @@ SIZE = 32
 REL_TOL = 1e-3
 quiet = dict(log=lambda s: None)
 
-IMAGE_TASKS = [("gaussian_blur", {"sigma": 1.5}), ("anisotropic_blur", {"sigma": (2.0, 0.8), "angle": 0.5}),
-               ("motion_blur", {"length": 5}), ("sr", {"factor": 4}), ("sr", {"factor": 2, "kernel": "bicubic"}),
-               ("inpainting", {"missing": 0.5}), ("box_inpainting", {"size": 0.3, "seed": 1})]
+IMAGE_TASKS = [
+    ("gaussian_blur", {"sigma": 1.5}),
+    ("anisotropic_blur", {"sigma": (2.0, 0.8), "angle": 0.5}),
+    ("motion_blur", {"length": 5}),
+    ("sr", {"factor": 4}),
+    ("sr", {"factor": 2, "kernel": "bicubic"}),
+    ("inpainting", {"missing": 0.5}),
+    ("box_inpainting", {"size": 0.3, "seed": 1}),
+]
 MRI_TASKS = [("mri", {"kind": "gaussian1d", "acceleration": 4}), ("mri", {"kind": "gaussian2d", "acceleration": 8})]
 
 
@@ -121,7 +138,7 @@ def photo_like(seed: int, size=(320, 256)) -> Image.Image:
 def drawing(size=(320, 256)) -> Image.Image:
     img = np.zeros((size[1], size[0], 3), np.uint8)
     img[:, : size[0] // 2] = (200, 30, 30)
-    img[size[1] // 3:, size[0] // 3:] = (20, 180, 60)
+    img[size[1] // 3 :, size[0] // 3 :] = (20, 180, 60)
     return Image.fromarray(img)
 
 
@@ -151,8 +168,13 @@ def write_rcc(files: dict[str, bytes]) -> bytes:
         data += struct.pack(">I", len(blob)) + blob
     tree_b = b"".join(tree)
     header = 20
-    return (b"qres" + struct.pack(">4I", 2, header, header + len(tree_b), header + len(tree_b) + len(data))
-            + tree_b + data + names)
+    return (
+        b"qres"
+        + struct.pack(">4I", 2, header, header + len(tree_b), header + len(tree_b) + len(data))
+        + tree_b
+        + data
+        + names
+    )
 
 
 def write_deb(path: Path, files: dict[str, bytes]) -> Path:
@@ -177,16 +199,21 @@ def photo_packages(folder: Path, extra_seed: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rcc = write_rcc({"horse.webp": encode(photo_like(1), "WEBP"), "tiny.png": encode(photo_like(2, (60, 40)))})
     write_deb(folder / "gcompris-qt-data_3.1-2_all.deb", {"usr/share/gcompris-qt/rcc/erase.rcc": rcc})
-    scratch = {f"usr/share/scratch/Media/Backgrounds/Nature/n{i}.jpg": encode(photo_like(10 + i), "JPEG")
-               for i in range(6)}
+    scratch = {
+        f"usr/share/scratch/Media/Backgrounds/Nature/n{i}.jpg": encode(photo_like(10 + i), "JPEG") for i in range(6)
+    }
     scratch["usr/share/scratch/Media/Backgrounds/Indoors/cartoon.jpg"] = encode(drawing(), "PNG")
     scratch["usr/share/scratch/Media/Backgrounds/Indoors/copy.jpg"] = encode(photo_like(10), "JPEG")
     scratch["usr/share/doc/scratch/copyright"] = COPYRIGHT.encode()
     write_deb(folder / "scratch_1.4_all.deb", scratch)
-    write_deb(folder / "opencv-doc_4.6_all.deb",
-              {"usr/share/doc/opencv-doc/examples/data/apple.jpg": encode(photo_like(30 + extra_seed), "JPEG")})
-    write_deb(folder / "mate-backgrounds_1.26_all.deb",
-              {"usr/share/backgrounds/mate/nature/Big.jpg": encode(photo_like(40, (2000, 1200)), "JPEG")})
+    write_deb(
+        folder / "opencv-doc_4.6_all.deb",
+        {"usr/share/doc/opencv-doc/examples/data/apple.jpg": encode(photo_like(30 + extra_seed), "JPEG")},
+    )
+    write_deb(
+        folder / "mate-backgrounds_1.26_all.deb",
+        {"usr/share/backgrounds/mate/nature/Big.jpg": encode(photo_like(40, (2000, 1200)), "JPEG")},
+    )
 
 
 def nifti_bytes(shape, spacing, seed: int) -> bytes:
@@ -202,11 +229,13 @@ def nifti_bytes(shape, spacing, seed: int) -> bytes:
 
 def _gz(img) -> bytes:
     import gzip
+
     return gzip.compress(img.to_bytes())
 
 
 def volume_packages(folder: Path) -> None:
     from diffunfold.data.mri_volumes import VOLUME_SOURCES
+
     folder.mkdir(parents=True, exist_ok=True)
     by_package = {}
     for i, src in enumerate(VOLUME_SOURCES):

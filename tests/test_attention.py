@@ -17,10 +17,11 @@ pytest.importorskip("torch", reason="building test packages needs torch (the exp
 onnx = pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
 ort = pytest.importorskip("onnxruntime")
 
+from helpers import tiny_model  # noqa: E402
+
 from diffunfold.attention_graph import count_fused, spell_out  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
-from helpers import tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def rel_err(a, b):
 def feeds_for(b=2, h=32, w=24):
     rng = np.random.default_rng(0)
     sigma = np.array([0.3, 20.0][:b], np.float32)
-    x = (0.5 * rng.standard_normal((b, 3, h, w)) + sigma[:, None, None, None] * rng.standard_normal((b, 3, h, w)))
+    x = 0.5 * rng.standard_normal((b, 3, h, w)) + sigma[:, None, None, None] * rng.standard_normal((b, 3, h, w))
     return {"x": x.astype(np.float32), "sigma": sigma, "stage": np.arange(b, dtype=np.int64) % 2}
 
 
@@ -68,7 +69,7 @@ def test_fused_matches_spelled_out(packages):
 def test_spell_out_gives_standard_ops(packages):
     fused = onnx.load(str(packages["fused"].file("regularizer.onnx")))
     plain = spell_out(fused)
-    assert count_fused(plain) == 0 and count_fused(fused) == 4           # the input is left as it was
+    assert count_fused(plain) == 0 and count_fused(fused) == 4  # the input is left as it was
     assert not [o for o in plain.opset_import if o.domain == "com.microsoft"]
     assert not [n for n in plain.graph.node if n.domain]
     feeds = feeds_for(b=1, h=16, w=40)
@@ -84,5 +85,5 @@ def test_openvino_runs_the_fused_graph(packages, tmp_path):
     feeds = feeds_for()
     want = run_ort(packages["spelled"].file("regularizer.onnx"), feeds)
     be = OpenVinoBackend(packages["fused"], precision="f32", cache_dir=tmp_path)
-    got = np.concatenate([be.regularize(feeds["x"][i:i + 1], float(feeds["sigma"][i]), i) for i in range(2)])
+    got = np.concatenate([be.regularize(feeds["x"][i : i + 1], float(feeds["sigma"][i]), i) for i in range(2)])
     assert rel_err(got, want) < 1e-4

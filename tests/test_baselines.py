@@ -91,6 +91,7 @@ def measurement(op, seed=0, dtype=np.float64, noise_std=0.02):
 
 # -- Wiener --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("prior", ["natural", "flat"])
 def test_wiener_tends_to_the_exact_inverse_without_noise(prior):
     op = GaussianBlur(SHAPE, 2.0)
@@ -119,9 +120,9 @@ def test_wiener_passes_the_mean(prior):
 def test_natural_wiener_wins_on_held_out_images(name, channels):
     """GaussianBlur sigma 2, noise 0.05, 64 px centre crops, PSNR (dB) measured:
 
-        image            measurement  op.pinv (eps 1e-3)  Wiener flat  Wiener natural
-        camera, grey     19.86        13.99               20.52        21.87
-        astronaut, RGB   16.13        13.40               16.69        17.87
+    image            measurement  op.pinv (eps 1e-3)  Wiener flat  Wiener natural
+    camera, grey     19.86        13.99               20.52        21.87
+    astronaut, RGB   16.13        13.40               16.69        17.87
     """
     assert name in BUNDLED_HELD_OUT  # the priors were calibrated on the training images only
     x = held_out(name, channels)
@@ -158,6 +159,7 @@ def test_priors_are_calibrated_on_training_images():
 
 
 # -- inpainting ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["camera", "astronaut"])
 def test_normalised_convolution_fills_holes(name):
@@ -201,6 +203,7 @@ def test_normalised_convolution_large_holes_and_edge_cases():
 
 # -- dispatch ------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("key", list(ZOO))
 def test_classical_baseline_dispatches_by_operator_type(key):
     op, name = ZOO[key]
@@ -230,6 +233,7 @@ def test_sr_baseline_is_the_least_squares_upsampling():
 
 # -- errors and robustness -------------------------------------------------------------------------
 
+
 class _Identity(LinearOperator):
     task = "identity"
 
@@ -239,15 +243,18 @@ class _Identity(LinearOperator):
     _adjoint = _pinv = _forward
 
 
-@pytest.mark.parametrize("noise_std, match", [
-    (-0.1, "finite and >= 0"),
-    (float("nan"), "finite and >= 0"),
-    (float("inf"), "finite and >= 0"),
-    ([0.1, -0.1], "finite and >= 0"),
-    ([0.1, 0.1, 0.1], r"one value per image \(2\)"),
-    ([[0.1, 0.1]], r"one value per image \(2\)"),
-    ("loud", "a number or one number per image"),
-])
+@pytest.mark.parametrize(
+    "noise_std, match",
+    [
+        (-0.1, "finite and >= 0"),
+        (float("nan"), "finite and >= 0"),
+        (float("inf"), "finite and >= 0"),
+        ([0.1, -0.1], "finite and >= 0"),
+        ([0.1, 0.1, 0.1], r"one value per image \(2\)"),
+        ([[0.1, 0.1]], r"one value per image \(2\)"),
+        ("loud", "a number or one number per image"),
+    ],
+)
 @pytest.mark.parametrize("key", ["gaussian_blur", "sr_box_x4", "inpainting", "mri"])
 def test_bad_noise_std(key, noise_std, match):
     op, _ = ZOO[key]
@@ -290,6 +297,7 @@ def test_no_nan_even_for_extreme_measurements(key):
 
 
 # -- backends ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("key", list(ZOO))
 def test_backends_agree_with_numpy(backend, key):

@@ -19,8 +19,8 @@ sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
 import flops  # noqa: E402
-import matmul_rate  # noqa: E402
 import machine  # noqa: E402
+import matmul_rate  # noqa: E402
 import polygraphy_compare  # noqa: E402
 import run as bench_run  # noqa: E402
 import weight_generators  # noqa: E402
@@ -35,16 +35,17 @@ def tiny_pkg(tmp_path_factory):
 
 # -- FLOPs and the floor ----------------------------------------------------------------------
 
+
 def test_flops_are_positive_and_scale_with_pixels():
     f64 = flops.regularizer_flops("small", 64)
     f128 = flops.regularizer_flops("small", 128)
     assert f64["flops"] > 1e9 and f64["stages"] == 4 and f64["shared"] is True
     # convolutions are linear in the pixels, attention quadratic: a bit over 4x
     assert 4.0 <= f128["flops"] / f64["flops"] < 5.0
-    assert f64["by_op"]["aten.convolution"] > 0.8 * f64["flops"]   # a convolutional network
+    assert f64["by_op"]["aten.convolution"] > 0.8 * f64["flops"]  # a convolutional network
     assert sum(f64["by_op"].values()) == f64["flops"]
     paper = flops.regularizer_flops("paper", 256)
-    assert paper["flops"] > 5 * f128["flops"]   # each preset at its own size
+    assert paper["flops"] > 5 * f128["flops"]  # each preset at its own size
     # (small at 256 would cost as much: its attention at 64x64 is quadratic in the pixels)
     assert paper["stages"] == 6 and not paper["shared"]
     assert paper["regularizer_parameters"] * 6 <= paper["parameters"]
@@ -130,13 +131,13 @@ def test_quiet_is_judged_by_what_other_processes_use(monkeypatch):
     process holding a core does, whatever the load average says."""
     import time
 
-    monkeypatch.setattr(machine, "_own_cpu_s", lambda: 1.0)   # this process: fixed, so the fakes are exact
+    monkeypatch.setattr(machine, "_own_cpu_s", lambda: 1.0)  # this process: fixed, so the fakes are exact
     monkeypatch.setattr(machine, "_load", lambda: 9.0)
-    monkeypatch.setattr(machine, "_cpu_busy_s", lambda: 5.0)   # nobody else
+    monkeypatch.setattr(machine, "_cpu_busy_s", lambda: 5.0)  # nobody else
     load = machine.LoadWatch(sample_s=0.05).finish()
     assert load["quiet"] and load["load_average_start"] == 9.0 and load["other_processes_cores"] == 0
     monkeypatch.setattr(machine, "_load", lambda: 0.0)
-    monkeypatch.setattr(machine, "_cpu_busy_s", lambda: time.perf_counter())   # one core, all the time
+    monkeypatch.setattr(machine, "_cpu_busy_s", lambda: time.perf_counter())  # one core, all the time
     load = machine.LoadWatch(sample_s=0.05).finish()
     assert not load["quiet"] and load["other_processes_cores_before"] > 0.5
     assert "just before the run" in machine.describe_load(load)
@@ -147,7 +148,7 @@ def test_gpu_peaks_from_the_table():
     assert flops.gpu_peak("NVIDIA H100 PCIe", "fp16").flops == pytest.approx(756.5e12)
     assert flops.gpu_peak("NVIDIA H200", "fp32").flops == pytest.approx(66.9e12)
     assert flops.gpu_peak("NVIDIA L4", "fp16").flops == pytest.approx(121e12)
-    assert flops.gpu_peak("NVIDIA L40S", "fp16") is None   # not the L4
+    assert flops.gpu_peak("NVIDIA L40S", "fp16") is None  # not the L4
     assert flops.peak_for("cuda", "tensorrt", "NVIDIA A100-SXM4-80GB").precision == "FP16"
     assert flops.peak_for("cuda", "onnxruntime", "NVIDIA A100-SXM4-80GB").flops == pytest.approx(19.5e12)
     assert flops.peak_for("cuda", "onnxruntime", "Some Future GPU") is None
@@ -162,6 +163,7 @@ def test_engine_target_for_a_gpu():
 
 
 # -- bench/run.py -----------------------------------------------------------------------------
+
 
 def test_run_help_and_defaults(capsys):
     with pytest.raises(SystemExit):
@@ -184,10 +186,33 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
     shutil.copytree(tiny_pkg.path, base)
     threads = torch.get_num_threads()
     try:  # one thread: torch's thread pool stalls badly when another process holds the other cores
-        assert bench_run.main(["--package", str(tiny_pkg.path), "--size", "32", "--batch", "1", "2", "--repeats", "2",
-                               "--call-repeats", "1", "--steps", "4", "--threads", "1", "--out", str(tmp_path / "out"),
-                               "--baseline-package", str(base),
-                               "--allow-busy"]) == 0
+        assert (
+            bench_run.main(
+                [
+                    "--package",
+                    str(tiny_pkg.path),
+                    "--size",
+                    "32",
+                    "--batch",
+                    "1",
+                    "2",
+                    "--repeats",
+                    "2",
+                    "--call-repeats",
+                    "1",
+                    "--steps",
+                    "4",
+                    "--threads",
+                    "1",
+                    "--out",
+                    str(tmp_path / "out"),
+                    "--baseline-package",
+                    str(base),
+                    "--allow-busy",
+                ]
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     (md,) = (tmp_path / "out").glob("*.md")
@@ -200,13 +225,13 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
     assert s["model"] == str(tiny_pkg.path) and s["K"] == 2 and s["steps"] == 4 and s["sizes"] == [32]
     assert s["batches"] == [1, 2] and s["device"] == "cpu" and s["threads"] == 1
     assert "FP32 GEMM, measured" in s["peaks"]["onnxruntime"] and s["matmul"]["rates"]["fp32"]["gflops"] > 0
-    if "openvino bf16" in s["peaks"]:   # bf16 rows are held to the bf16 rate
+    if "openvino bf16" in s["peaks"]:  # bf16 rows are held to the bf16 rate
         assert "BF16 GEMM, measured" in s["peaks"]["openvino bf16"]
-    assert "(1 core)" in s["matmul"]["nominal"] and "FLOP/cycle" in s["matmul"]["nominal"]   # printed beside it
+    assert "(1 core)" in s["matmul"]["nominal"] and "FLOP/cycle" in s["matmul"]["nominal"]  # printed beside it
     load = m["load"]
     assert {"load_average_start", "load_average_end", "other_processes_cores", "quiet"} <= set(load)
     res = data["results"]
-    assert res["backends"]["tensorrt"] == "needs a CUDA device"   # absent here, with the reason
+    assert res["backends"]["tensorrt"] == "needs a CUDA device"  # absent here, with the reason
     variants = ("onnxruntime", "onnxruntime spinning", "openvino bf16", "openvino f32", "torch")
     present = [b for b in variants if res["backends"][b].startswith("ok")]
     assert "onnxruntime" in present and "onnxruntime OpenVINO EP" in res["backends"]
@@ -214,7 +239,7 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
         rows = {r["backend"]: r for r in res["solve"] if r["batch"] == batch}
         assert set(rows) == {"torch reference", bench_run.BASELINE_PACKAGE, *present}
         before = rows[bench_run.BASELINE_PACKAGE]
-        assert before["vs_base_pkg"] == 1.0 and "max_rel_diff" not in before   # another network: no output check
+        assert before["vs_base_pkg"] == 1.0 and "max_rel_diff" not in before  # another network: no output check
         assert before["backend_detail"].startswith("onnxruntime")
         ref = rows["torch reference"]["s_per_image"]
         for name in present:
@@ -223,12 +248,12 @@ def test_run_writes_results_for_every_backend(tiny_pkg, tmp_path):
             assert r["s_per_image"] > 0 and r["images_per_s"] == pytest.approx(1 / r["s_per_image"])
             assert r["network_s"] + r["physics_s"] + r["sampler_s"] == pytest.approx(r["s_per_image"], rel=1e-6)
             assert r["ratio"] == pytest.approx(ref / r["s_per_image"])
-            assert r["max_rel_diff"] < (5e-2 if "bf16" in name else 1e-3)   # the same restoration (test_openvino.py)
+            assert r["max_rel_diff"] < (5e-2 if "bf16" in name else 1e-3)  # the same restoration (test_openvino.py)
             assert r["vs_ort"] == pytest.approx(r["s_per_image"] / rows["onnxruntime"]["s_per_image"])
             assert r["vs_base_pkg"] == pytest.approx(r["s_per_image"] / before["s_per_image"])
             assert r["peak_mb"] > 0 and r["peak_above_mb"] >= 0
-            assert r["tiling"] == "untiled"   # 32 px: within one tile, as the reference runs
-            assert r["nfe"] == 4 and r["network_calls"] == 4 * 2   # NFE x K, the batch in one call
+            assert r["tiling"] == "untiled"  # 32 px: within one tile, as the reference runs
+            assert r["nfe"] == 4 and r["network_calls"] == 4 * 2  # NFE x K, the batch in one call
             assert 0 < r["network_efficiency"] and r["floor_network_s"] > 0
     for name in present:
         (call,) = [r for r in res["regularizer_call"] if r["backend"] == name]
@@ -247,14 +272,30 @@ def test_run_without_anything_to_time_writes_nothing(tiny_pkg, tmp_path, capsys)
 
     if cuda_available():
         pytest.skip("a CUDA device is visible: this test covers machines without one")
-    assert bench_run.main(["--package", str(tiny_pkg.path), "--device", "cuda", "--size", "32", "--batch", "1",
-                           "--out", str(tmp_path)]) == 1
+    assert (
+        bench_run.main(
+            [
+                "--package",
+                str(tiny_pkg.path),
+                "--device",
+                "cuda",
+                "--size",
+                "32",
+                "--batch",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert "skipped onnxruntime: no CUDA device" in out and "nothing could be timed on cuda" in out
     assert not list(tmp_path.iterdir())
 
 
 # -- bench/polygraphy_compare.py --------------------------------------------------------------
+
 
 def test_polygraphy_inputs(tiny_pkg):
     feeds = polygraphy_compare.feeds_for(tiny_pkg, batch=3, size=32, count=4)
@@ -264,7 +305,7 @@ def test_polygraphy_inputs(tiny_pkg):
         assert f["x"].shape == (3, 3, 32, 32) and f["x"].dtype == np.float32
         assert np.all((f["sigma"] >= np.float32(0.002)) & (f["sigma"] <= np.float32(80)))
         assert f["stage"].dtype == np.int64 and np.all((0 <= f["stage"]) & (f["stage"] < tiny_pkg.stages))
-    assert 0.3 < float(np.std(feeds[1]["x"])) < 0.7   # at sigma_min: the image part, N(0, 0.5^2)
+    assert 0.3 < float(np.std(feeds[1]["x"])) < 0.7  # at sigma_min: the image part, N(0, 0.5^2)
 
 
 def test_polygraphy_runs_onnxruntime_alone_here(tiny_pkg, tmp_path):
@@ -272,8 +313,22 @@ def test_polygraphy_runs_onnxruntime_alone_here(tiny_pkg, tmp_path):
     if common.tensorrt_version() is not None:
         pytest.skip("TensorRT is installed here: this test covers the machines without it")
     out = tmp_path / "pg.json"
-    rc = polygraphy_compare.main([str(tiny_pkg.path), "--size", "32", "--batch", "1", "2", "--inputs", "2",
-                                  "--iterations", "1", "--json", str(out)])
+    rc = polygraphy_compare.main(
+        [
+            str(tiny_pkg.path),
+            "--size",
+            "32",
+            "--batch",
+            "1",
+            "2",
+            "--inputs",
+            "2",
+            "--iterations",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert rc == 0
     data = json.loads(out.read_text())
     assert data["passed"] and data["settings"]["compared"] == "onnxrt alone"
@@ -288,10 +343,33 @@ def test_variants_from_scratch_compare_attention_levels(tmp_path):
     """Architecture variants train from fresh weights at an equal budget and land in one table."""
     import variants
 
-    argv = ["--from-scratch", "--preset", "tiny", "--variants", "attention-h4", "attention-h8", "--steps", "2",
-            "--noise", "0.0", "--sample-steps", "2", "--threads", "1", "--runs", str(tmp_path / "runs"),
-            "--out", str(tmp_path), "--name", "levels", "--quiet",
-            "--set", "model.unet.channel_mult=[1, 1, 1, 1]", "--set", "val.images=1"]
+    argv = [
+        "--from-scratch",
+        "--preset",
+        "tiny",
+        "--variants",
+        "attention-h4",
+        "attention-h8",
+        "--steps",
+        "2",
+        "--noise",
+        "0.0",
+        "--sample-steps",
+        "2",
+        "--threads",
+        "1",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--out",
+        str(tmp_path),
+        "--name",
+        "levels",
+        "--quiet",
+        "--set",
+        "model.unet.channel_mult=[1, 1, 1, 1]",
+        "--set",
+        "val.images=1",
+    ]
     assert variants.main(argv) == 0
     data = json.loads((tmp_path / "levels.json").read_text())
     assert data["init"] == "from scratch" and set(data["results"]) == {"attention-h4", "attention-h8"}
@@ -301,15 +379,33 @@ def test_variants_from_scratch_compare_attention_levels(tmp_path):
         assert entry["rows"] and all(math.isfinite(r["psnr_model"]) for r in entry["rows"])
     text = (tmp_path / "levels.md").read_text()
     assert "steps from scratch" in text and "| attention-h8 |" in text
-    with pytest.raises(SystemExit):   # neither --init nor --from-scratch
+    with pytest.raises(SystemExit):  # neither --init nor --from-scratch
         variants.main(["--variants", "attention-h4"])
 
 
 def test_physics_ops_times_the_mri_normal_operator_against_the_literal(tmp_path, capsys):
     import physics_ops
 
-    assert physics_ops.main(["--size", "32", "--batch", "1", "--repeats", "1", "--mri-sizes", "32", "--rounds", "1",
-                             "--out", str(tmp_path), "--allow-busy"]) == 0
+    assert (
+        physics_ops.main(
+            [
+                "--size",
+                "32",
+                "--batch",
+                "1",
+                "--repeats",
+                "1",
+                "--mri-sizes",
+                "32",
+                "--rounds",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--allow-busy",
+            ]
+        )
+        == 0
+    )
     (js,) = tmp_path.glob("physics_ops-*.json")
     mri = json.loads(js.read_text())["results"]["mri_normal"]
     assert {r["mask"] for r in mri} == {"gaussian1d 4x", "uniform1d 8x", "gaussian2d 8x"}
@@ -346,11 +442,28 @@ def test_trajectory_takes_any_image_task_of_the_harness(tiny_pkg, tmp_path, caps
     rng = np.random.default_rng(0)
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
-    assert trajectory.main([str(tiny_pkg.path), "--photos", str(photos), "--task", "sr_x8", "--size", "32",
-                            "--images", "2", "--steps", "3", "--no-write"]) == 0
+    assert (
+        trajectory.main(
+            [
+                str(tiny_pkg.path),
+                "--photos",
+                str(photos),
+                "--task",
+                "sr_x8",
+                "--size",
+                "32",
+                "--images",
+                "2",
+                "--steps",
+                "3",
+                "--no-write",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "SR x8 (box) at sigma_y = 0.05, 2 held-out photos at 32 px" in out
-    assert out.count(f"| {Path(tiny_pkg.path).name} | ") == 3       # one row per step
+    assert out.count(f"| {Path(tiny_pkg.path).name} | ") == 3  # one row per step
     with pytest.raises(SystemExit):
         trajectory.main([str(tiny_pkg.path), "--photos", str(photos), "--task", "mri_uniform1d_4x", "--no-write"])
 
@@ -370,12 +483,29 @@ def test_group_norm_bench_times_both_forms_and_checks_them(tiny_pkg, tmp_path):
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
     import group_norm
 
-    assert group_norm.main(["--package", str(tiny_pkg.path), "--size", "32", "--rounds", "1", "--calls", "1",
-                            "--out", str(tmp_path), "--allow-busy"]) == 0
+    assert (
+        group_norm.main(
+            [
+                "--package",
+                str(tiny_pkg.path),
+                "--size",
+                "32",
+                "--rounds",
+                "1",
+                "--calls",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--allow-busy",
+            ]
+        )
+        == 0
+    )
     (js,) = tmp_path.glob("group_norm-*.json")
     rows = json.loads(js.read_text())["results"]
     assert {(r["backend"], r["group_norm"]) for r in rows} == {
-        (b, f) for b in ("openvino bf16", "openvino f32", "onnxruntime") for f in ("exported", "reduce")}
+        (b, f) for b in ("openvino bf16", "openvino f32", "onnxruntime") for f in ("exported", "reduce")
+    }
     for r in rows:
         assert r["ms_per_call"] > 0 and math.isfinite(r["max_rel_diff"])
         if r["backend"] != "openvino bf16":  # float32: the same function
@@ -388,8 +518,17 @@ def test_backend_quality_scores_every_backend_and_names_its_data(tmp_path):
 
     import backend_quality as bq
 
-    args = argparse.Namespace(image_package=str(bq.DEFAULT_IMAGE_PACKAGE), mri_package=str(bq.DEFAULT_MRI_PACKAGE),
-                              images=1, size=32, steps=2, noise=0.05, mri_noise=0.0, seed=0, data=str(tmp_path / "none"))
+    args = argparse.Namespace(
+        image_package=str(bq.DEFAULT_IMAGE_PACKAGE),
+        mri_package=str(bq.DEFAULT_MRI_PACKAGE),
+        images=1,
+        size=32,
+        steps=2,
+        noise=0.05,
+        mri_noise=0.0,
+        seed=0,
+        data=str(tmp_path / "none"),
+    )
     rows, sources = bq.run(args)
     assert {r["backend"] for r in rows} == {"onnxruntime f32", "openvino bf16", "openvino f32"}
     assert {r["task"] for r in rows} == {t.key for t in bq.TASKS}
@@ -412,8 +551,12 @@ def test_data_pipeline_times_both_variants_on_the_same_batches(tmp_path):
     for step in (0, 3):
         np.testing.assert_array_equal(plain[step]["x"], cached[step]["x"])
     out = tmp_path / "results"
-    assert data_pipeline.main([str(photos), "--batch", "2", "--rounds", "2", "--steps", "1",
-                               "--out", str(out), "--allow-busy"]) == 0
+    assert (
+        data_pipeline.main(
+            [str(photos), "--batch", "2", "--rounds", "2", "--steps", "1", "--out", str(out), "--allow-busy"]
+        )
+        == 0
+    )
     (js,) = out.glob("data_pipeline-*.json")
     rows = json.loads(js.read_text())["results"]
     assert [r["variant"] for r in rows] == list(data_pipeline.VARIANTS)

@@ -23,8 +23,13 @@ def _load(path: Path):
 
 
 def test_there_are_experiments():
-    assert {p.name for p in SCRIPTS} >= {"calibrate_tau.py", "compare_per_photo.py", "export_with_weights.py",
-                                         "make_soup.py", "make_validation_folder.py"}
+    assert {p.name for p in SCRIPTS} >= {
+        "calibrate_tau.py",
+        "compare_per_photo.py",
+        "export_with_weights.py",
+        "make_soup.py",
+        "make_validation_folder.py",
+    }
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -38,13 +43,23 @@ def test_imports_and_shows_help(script):
 
 def _quality_json(psnr_model: list[float], psnr_base: list[float]) -> dict:
     images = [f"photo_{i}" for i in range(len(psnr_model))]
-    rows = [{"task": "sr_x8", "noise": 0.0, "method": method, "per_image": [
-        {"image": name, "psnr": p} for name, p in zip(images, ps)]}
-        for method, ps in (("model_mean", psnr_model), ("tikhonov", psnr_base))]
-    meta = {"command": "python bench/quality.py pkg", "date": "today", "machine": "here", "wall_seconds": 1.0,
-            "seed": 0}
-    return {"rows": rows, "meta": meta,
-            "summary": [{"task": "sr_x8", "noise": 0.0, "best_baseline": "tikhonov"}]}
+    rows = [
+        {
+            "task": "sr_x8",
+            "noise": 0.0,
+            "method": method,
+            "per_image": [{"image": name, "psnr": p} for name, p in zip(images, ps)],
+        }
+        for method, ps in (("model_mean", psnr_model), ("tikhonov", psnr_base))
+    ]
+    meta = {
+        "command": "python bench/quality.py pkg",
+        "date": "today",
+        "machine": "here",
+        "wall_seconds": 1.0,
+        "seed": 0,
+    }
+    return {"rows": rows, "meta": meta, "summary": [{"task": "sr_x8", "noise": 0.0, "best_baseline": "tikhonov"}]}
 
 
 def test_compare_per_photo(tmp_path, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from diffunfold.cli import main
@@ -39,8 +38,7 @@ def test_selfcheck_fails_on_a_broken_adjoint(monkeypatch, capsys):
 
 def test_selfcheck_json_and_bad_backend(tmp_path, capsys):
     out = tmp_path / "check.json"
-    assert main(["selfcheck", "--size", "32", "--quiet", "--no-images", "--backends", "numpy",
-                 "--json", str(out)]) == 0
+    assert main(["selfcheck", "--size", "32", "--quiet", "--no-images", "--backends", "numpy", "--json", str(out)]) == 0
     import json
 
     rows = json.loads(out.read_text())
@@ -73,8 +71,10 @@ def test_mask_error_is_reported_not_raised(capsys):
 def test_phantom_command_writes_readable_files(tmp_path, capsys):
     from diffunfold.data.fastmri import FastMRIFile
 
-    assert main(["phantom", str(tmp_path), "--files", "1", "--slices", "2", "--size", "32",
-                 "--coils", "4", "--quiet"]) == 0
+    assert (
+        main(["phantom", str(tmp_path), "--files", "1", "--slices", "2", "--size", "32", "--coils", "4", "--quiet"])
+        == 0
+    )
     files = sorted(tmp_path.glob("*.h5"))
     assert len(files) == 1
     with FastMRIFile(files[0]) as f:
@@ -100,7 +100,8 @@ def test_physics_data_and_metrics_run_without_torch(tmp_path, run_without_torch)
             op = make_operator(task, (32, 32))
             y = op.measure(x, 0.01, seed=0)
             assert np.isfinite(diffunfold.metrics.psnr(op.pinv(y), x, data_range=1.0)).all()
-        write_phantom_dataset({str(tmp_path)!r}, num_files=1, slices_per_file=1, shape=(32, 32), ncoils=2, progress=False)
+        write_phantom_dataset({str(tmp_path)!r}, num_files=1, slices_per_file=1, shape=(32, 32), ncoils=2,
+                              progress=False)
         item = FastMRISlices({str(tmp_path)!r}, ncoils=2)[0]
         op = make_operator("mri", (32, 32), coil_maps=item["coil_maps"])
         op.pinv(op.measure(item["image"][None], 0.0))

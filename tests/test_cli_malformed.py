@@ -43,8 +43,7 @@ def scratch(tmp_path_factory):
 
 
 def fingerprint(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
 def refused(argv: list[str], root: Path, capsys, monkeypatch) -> str:
@@ -61,7 +60,7 @@ def refused(argv: list[str], root: Path, capsys, monkeypatch) -> str:
     return lines[0]
 
 
-R = ["restore", IMAGE_PKG, "face64.png", "--out", "o", "--task"]   # ... then the task words
+R = ["restore", IMAGE_PKG, "face64.png", "--out", "o", "--task"]  # ... then the task words
 M = ["mri", MRI_PKG, "ph/phantom_0000.h5", "--out", "o"]
 MASK = ["mask", "gaussian1d", "--shape", "64", "64"]
 
@@ -213,6 +212,7 @@ def test_malformed_value_is_one_line_exit_2_nothing_written(argv, words, scratch
 
 # -- Hypothesis: every numeric option, fed values outside it ------------------------------------
 
+
 def _is_int(text: str) -> bool:
     try:
         int(text, 10)
@@ -265,8 +265,7 @@ def not_in_range(integer: bool, lo: float, hi: float) -> st.SearchStrategy[str]:
 @pytest.mark.parametrize("base,option,integer,lo,hi", NUMERIC, ids=[f"{b[0]} {o}" for b, o, *_ in NUMERIC])
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_numeric_options_refuse_what_is_not_in_range(base, option, integer, lo, hi, data, scratch, capsys,
-                                                     monkeypatch):
+def test_numeric_options_refuse_what_is_not_in_range(base, option, integer, lo, hi, data, scratch, capsys, monkeypatch):
     value = data.draw(not_in_range(integer, lo, hi))
     line = refused(base + [f"{option}={value}"], scratch, capsys, monkeypatch)
     assert option in line and repr(value) in line, line
@@ -279,24 +278,43 @@ def test_the_harness_is_as_large_as_stated():
     """123 table cases + 12 x 14 generated ones = 291 malformed command lines."""
     assert (len(TABLE), len(NUMERIC), CASES) == (123, 14, 291)
     commands = {argv[0] for argv, _ in TABLE}
-    assert {"mask", "phantom", "restore", "mri", "demo", "selfcheck", "evaluate", "train", "export",
-            "build-engines", "serve", "send", "mrd-phantom", "data"} <= commands
+    assert {
+        "mask",
+        "phantom",
+        "restore",
+        "mri",
+        "demo",
+        "selfcheck",
+        "evaluate",
+        "train",
+        "export",
+        "build-engines",
+        "serve",
+        "send",
+        "mrd-phantom",
+        "data",
+    } <= commands
 
 
-@pytest.mark.parametrize("argv", [
-    ["restore", IMAGE_PKG, "face64.png", "--task", "gaussian_blur", "sigma=abc"],
-    ["mri", MRI_PKG, "ph/phantom_0000.h5", "--seed", "-1"],
-    ["mask", "gaussian1d", "--shape", "0", "64"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["restore", IMAGE_PKG, "face64.png", "--task", "gaussian_blur", "sigma=abc"],
+        ["mri", MRI_PKG, "ph/phantom_0000.h5", "--seed", "-1"],
+        ["mask", "gaussian1d", "--shape", "0", "64"],
+    ],
+)
 def test_a_real_process_prints_one_line_and_exits_2(argv, scratch):
     before = fingerprint(scratch)
-    done = subprocess.run([sys.executable, "-m", "diffunfold", *argv], cwd=scratch, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "diffunfold", *argv], cwd=scratch, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and len(done.stderr.splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr and fingerprint(scratch) == before
 
 
 # -- --noise means one thing: the measurement's noise std in the data's units ------------------
+
 
 def test_mri_old_noise_spelling_is_refused_and_names_noise_rel(scratch, capsys, monkeypatch):
     """mri's --noise was a fraction of max|k|; it is now --noise-rel, and the old spelling is
@@ -309,8 +327,10 @@ def test_flags_state_the_noise_unit_in_help():
     from diffunfold.cli import build_parser
 
     sub = next(a for a in build_parser()._actions if a.choices and "mri" in a.choices).choices
-    helps = {cmd: {o: a.help for a in sub[cmd]._actions for o in a.option_strings}
-             for cmd in ("restore", "mri", "demo", "phantom", "evaluate", "mrd-phantom")}
+    helps = {
+        cmd: {o: a.help for a in sub[cmd]._actions for o in a.option_strings}
+        for cmd in ("restore", "mri", "demo", "phantom", "evaluate", "mrd-phantom")
+    }
     for cmd in ("restore", "demo", "phantom", "evaluate", "mrd-phantom"):
         text = helps[cmd]["--noise"]
         assert "std" in text and ("units" in text or "[0, 1]" in text), (cmd, text)

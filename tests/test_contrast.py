@@ -9,8 +9,13 @@ from diffunfold.errors import InputError
 from diffunfold.physics import make_operator
 
 SIZE = 32
-OPERATORS = [("gaussian_blur", {"sigma": 1.5}), ("motion_blur", {"length": 5}), ("sr", {"factor": 4}),
-             ("sr", {"factor": 2, "kernel": "bicubic"}), ("inpainting", {"missing": 0.5, "seed": 3})]
+OPERATORS = [
+    ("gaussian_blur", {"sigma": 1.5}),
+    ("motion_blur", {"length": 5}),
+    ("sr", {"factor": 4}),
+    ("sr", {"factor": 2, "kernel": "bicubic"}),
+    ("inpainting", {"missing": 0.5, "seed": 3}),
+]
 
 
 def images(contrast):
@@ -51,8 +56,9 @@ def test_ordinary_photos_are_left_alone_and_flat_ones_stretched_to_the_target(ta
     # the stretched image has about the target's spread (y sees a smoothed image: std a little
     # low), and its mean moved towards mid-grey, not past it
     assert np.all(np.abs(stretched.std(axis=(1, 2, 3)) - 0.15) < 0.06)
-    assert np.all((stretched.mean(axis=(1, 2, 3)) < flat.mean(axis=(1, 2, 3))) &
-                  (stretched.mean(axis=(1, 2, 3)) >= 0.5))
+    assert np.all(
+        (stretched.mean(axis=(1, 2, 3)) < flat.mean(axis=(1, 2, 3))) & (stretched.mean(axis=(1, 2, 3)) >= 0.5)
+    )
 
 
 def test_the_noise_spread_is_not_counted_as_contrast_and_scales_with_the_gain():
@@ -61,7 +67,7 @@ def test_the_noise_spread_is_not_counted_as_contrast_and_scales_with_the_gain():
     y = op.measure(x, 0.1, seed=[1, 2])
     naive = estimate(y, a_ones(op), np.zeros(2), Contrast(flat_std=0.15))
     aware = estimate(y, a_ones(op), np.full(2, 0.1), Contrast(flat_std=0.15))
-    assert np.all(naive.gain == 1.0) and np.all(aware.gain > 1.0)   # noise alone made it look busy
+    assert np.all(naive.gain == 1.0) and np.all(aware.gain > 1.0)  # noise alone made it look busy
     np.testing.assert_allclose(aware.noise_std(np.full(2, 0.1)), 0.1 * aware.gain)
 
 
@@ -78,8 +84,17 @@ def test_settings_are_checked():
     assert Contrast().as_dict() == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0, "colour": False}
     assert CONTRASTS == ("none", "stretch", "colour") and Contrast.of("colour") == Contrast(colour=True)
     assert Contrast.of(Contrast().as_dict()) == Contrast()
-    for bad in ("rgb", 3, {"target": 0.1}, {"target_std": -1}, {"max_gain": 0.5}, {"target_std": float("nan")},
-                {"flat_std": 0.2}, {"flat_std": 0}, {"colour": "yes"}):
+    for bad in (
+        "rgb",
+        3,
+        {"target": 0.1},
+        {"target_std": -1},
+        {"max_gain": 0.5},
+        {"target_std": float("nan")},
+        {"flat_std": 0.2},
+        {"flat_std": 0},
+        {"colour": "yes"},
+    ):
         with pytest.raises(InputError, match="contrast"):
             Contrast.of(bad)
 
@@ -94,12 +109,12 @@ def test_an_operator_that_loses_constants_is_refused():
 def test_colour_centring_moves_each_channel_to_mid_grey_exactly_through_the_physics(task, params):
     op = make_operator(task, (SIZE, SIZE), **params)
     x = images(0.3)
-    x[:, 0] *= 0.3   # a blue-green cast: little red
+    x[:, 0] *= 0.3  # a blue-green cast: little red
     x[:, 2] = 0.2 + 0.8 * x[:, 2]
     x = np.clip(x, 0, 1).astype(np.float32)
     s = estimate(op.A(x), a_ones(op), np.zeros(2), Contrast(colour=True))
     assert s.offset.shape == (2, 3) and np.all(s.gain == 1.0) and not s.identity
     centred = x + s.offset[:, :, None, None]
-    np.testing.assert_allclose(centred.mean(axis=(2, 3)), 0.5, atol=0.06)   # y's level is x's, nearly
+    np.testing.assert_allclose(centred.mean(axis=(2, 3)), 0.5, atol=0.06)  # y's level is x's, nearly
     np.testing.assert_allclose(s.measurement(op.A(x), a_ones(op)), op.A(centred.astype(np.float32)), atol=2e-6)
     np.testing.assert_allclose(s.image(centred), x, atol=2e-6)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import COPYRIGHT, drawing, photo_like, photo_packages, volume_packages, write_rcc
 from PIL import Image
 
 from diffunfold.cli import main
 from diffunfold.data.licences import licence_of, parse_copyright
 from diffunfold.data.photos import held_out, not_a_photo
 from diffunfold.data.qt_rcc import QtResource
-from helpers import COPYRIGHT, drawing, photo_like, photo_packages, volume_packages, write_rcc
 
 
 def test_qt_resource_reader_walks_folders_and_reads_payloads():
@@ -82,8 +82,10 @@ def test_split_is_stable_when_sources_change(tmp_path):
     photo_packages(b, extra_seed=7)  # a different opencv photo
     for pk in (a, b):
         assert main(["data", "photos", str(pk / "out"), "--packages", str(pk), "--offline"]) == 0
-    split = [{p["sha256"]: p["split"] for p in json.loads((pk / "out" / "manifest.json").read_text())["photos"]}
-             for pk in (a, b)]
+    split = [
+        {p["sha256"]: p["split"] for p in json.loads((pk / "out" / "manifest.json").read_text())["photos"]}
+        for pk in (a, b)
+    ]
     common = set(split[0]) & set(split[1])
     assert len(common) == 8 and all(split[0][h] == split[1][h] for h in common)
 
@@ -106,8 +108,16 @@ def test_mri_volumes_command_and_the_slices_it_trains_on(tmp_path):
     splits = {v["name"]: v["split"] for v in m["volumes"]}
     assert sorted(splits.values()) == ["held-out", "train", "train"]
     assert {v["licence"] for v in m["volumes"]} == {"GPL-2+", "BSD-3-Clause"}
-    cfg = load_config("mri-small", ['data.source="volumes"', f'data.path="{out}/train"',
-                                    f'data.val_path="{out}/held-out"', "data.size=32", "train.batch_size=4"])
+    cfg = load_config(
+        "mri-small",
+        [
+            'data.source="volumes"',
+            f'data.path="{out}/train"',
+            f'data.val_path="{out}/held-out"',
+            "data.size=32",
+            "train.batch_size=4",
+        ],
+    )
     batches = TrainingBatches(cfg)
     for step in (0, 1, 2):
         b = batches[step]
@@ -115,14 +125,14 @@ def test_mri_volumes_command_and_the_slices_it_trains_on(tmp_path):
         assert x.shape == (4, 1, 32, 32) and x.dtype == np.complex64
         mag = np.abs(x).reshape(4, -1)
         assert np.allclose(np.percentile(mag, 99, axis=1), 1.0, atol=1e-3)  # 99th-percentile normalised
-        assert np.abs(np.angle(x[np.abs(x) > 0.5])).max() > 0.1                  # a phase, not a real image
+        assert np.abs(np.angle(x[np.abs(x) > 0.5])).max() > 0.1  # a phase, not a real image
         maps = np.asarray(op.coil_maps)
         ncoils = maps.shape[-3]
         assert ncoils in COIL_COUNTS and y.shape == (4, ncoils, 32, 32)
         rss = (np.abs(maps) ** 2).sum(axis=-3)
-        assert np.allclose(rss[rss > 0.5], 1.0, atol=1e-4)                       # normalised coil maps
+        assert np.allclose(rss[rss > 0.5], 1.0, atol=1e-4)  # normalised coil maps
         assert np.all(y[..., ~np.asarray(op.mask, bool).reshape(32, 32)] == 0)  # unsampled k-space empty
-    assert np.array_equal(batches[1]["x"], TrainingBatches(cfg)[1]["x"])        # fixed by (seed, step)
+    assert np.array_equal(batches[1]["x"], TrainingBatches(cfg)[1]["x"])  # fixed by (seed, step)
     held, maps = validation_set(cfg)
     assert held.shape == (cfg.val.images, 1, 32, 32) and maps.shape == (15, 32, 32)
 
@@ -131,11 +141,32 @@ def test_demo_restores_the_held_out_photos_and_credits_them(tmp_path, capsys):
     photo_packages(tmp_path / "pk")
     data = tmp_path / "data"
     assert main(["data", "photos", str(data / "photos"), "--packages", str(tmp_path / "pk"), "--offline"]) == 0
-    held = [p for p in json.loads((data / "photos" / "manifest.json").read_text())["photos"] if p["split"] == "held-out"]
+    held = [
+        p for p in json.loads((data / "photos" / "manifest.json").read_text())["photos"] if p["split"] == "held-out"
+    ]
     assert held  # the fixture's content hashes put one photo on the held-out side
     out = tmp_path / "demo"
-    assert main(["demo", "--data", str(data), "--out", str(out), "--task", "gaussian_blur", "--images", "1",
-                 "--samples", "1", "--steps", "2", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--task",
+                "gaussian_blur",
+                "--images",
+                "1",
+                "--samples",
+                "1",
+                "--steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert "held-out photographs" in results["data"]["image"]["source"]
     last = capsys.readouterr().out.strip().splitlines()[-2:]  # the log ends naming the backend and data
@@ -145,9 +176,31 @@ def test_demo_restores_the_held_out_photos_and_credits_them(tmp_path, capsys):
     assert held[0]["package"] in credit and held[0]["licence"] in credit
     assert held[0]["path"] in (out / "results.md").read_text()
     # without the folder the demo says what it uses instead, and how to get the real data
-    assert main(["demo", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "d2"), "--task",
-                 "gaussian_blur", "--images", "1", "--samples", "1", "--steps", "2", "--quiet"]) == 0
-    assert "diffunfold data photos" in json.loads((tmp_path / "d2" / "results.json").read_text())["data"]["image"]["source"]
+    assert (
+        main(
+            [
+                "demo",
+                "--data",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "d2"),
+                "--task",
+                "gaussian_blur",
+                "--images",
+                "1",
+                "--samples",
+                "1",
+                "--steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "diffunfold data photos"
+        in json.loads((tmp_path / "d2" / "results.json").read_text())["data"]["image"]["source"]
+    )
 
 
 def fake_fetchers(monkeypatch, archives: Path, calls: list) -> None:
@@ -186,7 +239,10 @@ def test_data_commands_download_into_a_relative_folder(tmp_path, monkeypatch, ca
     assert {Path(c[-1]).name for c, _ in calls} >= {"gcompris-qt-data", "nilearn", "mricron-data"}
     assert all(Path(cwd).is_absolute() for _, cwd in calls)
     assert sorted(p.name for p in (work / "data/mri/packages").iterdir()) == [
-        "insighttoolkit5-examples_1.0_all.deb", "mricron-data_1.0_all.deb", "nilearn-1.0-py3-none-any.whl"]
+        "insighttoolkit5-examples_1.0_all.deb",
+        "mricron-data_1.0_all.deb",
+        "nilearn-1.0-py3-none-any.whl",
+    ]
     m = json.loads((work / "data/mri/manifest.json").read_text())
     assert [v["name"] for v in m["volumes"] if v["split"] == "held-out"] == ["itk-t1"]
     assert (work / "data/photos/manifest.json").exists()
@@ -198,9 +254,14 @@ def test_a_failed_download_names_the_error_not_a_warning(tmp_path, monkeypatch, 
     from diffunfold.data import packages
 
     def run(cmd, cwd=None, **kwargs):
-        return subprocess.CompletedProcess(cmd, 1, "", "WARNING: Location 'x' is ignored\n"
-                                           "ERROR: No matching distribution found for nilearn\n"
-                                           "WARNING: pip is old\n")
+        return subprocess.CompletedProcess(
+            cmd,
+            1,
+            "",
+            "WARNING: Location 'x' is ignored\n"
+            "ERROR: No matching distribution found for nilearn\n"
+            "WARNING: pip is old\n",
+        )
 
     monkeypatch.setattr(packages.subprocess, "run", run)
     monkeypatch.setattr(packages.shutil, "which", lambda tool: f"/usr/bin/{tool}")

@@ -29,8 +29,25 @@ def test_bundled_packages_verify_and_are_small(path):
 
 def test_demo_writes_figures_and_tables_and_beats_the_baselines(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--images", "1", "--samples", "2", "--quiet",
-                 "--task", "sr_x4", "--task", "mri_gaussian1d_4x"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--images",
+                "1",
+                "--samples",
+                "2",
+                "--quiet",
+                "--task",
+                "sr_x4",
+                "--task",
+                "mri_gaussian1d_4x",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert [t["key"] for t in results["tasks"]] == ["sr_x4", "mri_gaussian1d_4x"]
     sr, mri = results["tasks"]
@@ -46,8 +63,8 @@ def test_demo_writes_figures_and_tables_and_beats_the_baselines(tmp_path, capsys
     assert fig.width > 5 * 192 and fig.height > 192  # five panels of one image
     table = (out / "results.md").read_text()
     assert "super-resolution x4" in table and "zero-filled SENSE" in table
-    assert "The image package restores a flat image (std below 0.09)" in table   # it asks for the stretch
-    assert "each colour channel's level to mid-grey and back (colour centring)" in table   # and the centring
+    assert "The image package restores a flat image (std below 0.09)" in table  # it asks for the stretch
+    assert "each colour channel's level to mid-grey and back (colour centring)" in table  # and the centring
     image_contrast = results["packages"]["image"]["contrast"]
     assert image_contrast["flat_std"] == 0.09 and image_contrast["colour"] is True
     assert results["packages"]["mri"]["contrast"] is None
@@ -64,8 +81,15 @@ def test_demo_refuses_unknown_tasks_and_missing_packages(tmp_path, capsys):
 
 def test_demo_covers_the_issue_tasks_and_holds_out_its_data():
     keys = {t.key for t in TASKS}
-    assert keys == {"gaussian_blur", "anisotropic_blur", "sr_x4", "inpainting", "motion_blur",
-                    "mri_gaussian1d_4x", "mri_gaussian2d_8x"}
+    assert keys == {
+        "gaussian_blur",
+        "anisotropic_blur",
+        "sr_x4",
+        "inpainting",
+        "motion_blur",
+        "mri_gaussian1d_4x",
+        "mri_gaussian2d_8x",
+    }
     assert [t.key for t in TASKS if not t.trained] == ["motion_blur"]
     trained = ModelPackage.open(DEFAULT_IMAGE_PACKAGE).tasks
     assert "motion_blur" not in trained and {"gaussian_blur", "sr", "inpainting"} <= set(trained)

@@ -73,8 +73,7 @@ def test_sample_loop_is_exact_for_a_gaussian(sampler):
         calls.append(s)
         return mu
 
-    x, nfe = edm.sample_loop(denoise, np.random.default_rng(0).standard_normal(mu.shape) * 80,
-                             edm.schedule(6), sampler)
+    x, nfe = edm.sample_loop(denoise, np.random.default_rng(0).standard_normal(mu.shape) * 80, edm.schedule(6), sampler)
     np.testing.assert_allclose(x, mu, atol=1e-12)
     assert nfe == len(calls) == edm.nfe_of(6, sampler)
 
@@ -154,8 +153,9 @@ def test_churn_samples_a_gaussian_and_off_is_the_ode():
 
     x0 = rng.standard_normal(n) * 80
     churn = edm.Churn(s_churn=1000.0, s_min=0.0, s_max=80.0)
-    x, nfe = edm.sample_loop(denoise, x0, edm.schedule(200), "heun", churn=churn,
-                             noise=lambda i: rng.standard_normal(n))
+    x, nfe = edm.sample_loop(
+        denoise, x0, edm.schedule(200), "heun", churn=churn, noise=lambda i: rng.standard_normal(n)
+    )
     assert nfe == edm.nfe_of(200, "heun")
     assert abs(x.mean() - mu) < 0.01 and abs(x.std() - c) < 0.02 * c
     ode = edm.sample_loop(denoise, x0, edm.schedule(18))[0]
@@ -176,8 +176,15 @@ def test_churn_levels_and_settings():
     assert capped == pytest.approx(np.sqrt(2.0))  # gamma is capped at sqrt(2) - 1
     assert edm.Churn.of(None) == edm.Churn() and not edm.Churn.of(0).active
     assert edm.Churn.of({"s_churn": 3, "s_max": 10}) == edm.Churn(3.0, 0.05, 10.0)
-    for bad in (-1.0, float("nan"), True, "7", {"churn": 1}, {"s_churn": 1, "s_min": 5, "s_max": 1},
-                {"s_churn": 1, "s_noise": 0}):
+    for bad in (
+        -1.0,
+        float("nan"),
+        True,
+        "7",
+        {"churn": 1},
+        {"s_churn": 1, "s_min": 5, "s_max": 1},
+        {"s_churn": 1, "s_noise": 0},
+    ):
         with pytest.raises(InputError):
             edm.Churn.of(bad)
 
@@ -188,7 +195,10 @@ def test_churn_noise_is_per_image_sample_and_step():
     assert a.dtype == np.float32 and a.shape == (3, 2, 8, 8)
     np.testing.assert_array_equal(a[1], b[0])
     assert a[0].std() == pytest.approx(1.0, rel=0.2)
-    others = [edm.churn_noise([4], (2, 8, 8), step=3, sample=1), edm.churn_noise([4], (2, 8, 8), step=2, sample=0),
-              edm.initial_noise([4], (2, 8, 8), 1.0, sample=1)]
+    others = [
+        edm.churn_noise([4], (2, 8, 8), step=3, sample=1),
+        edm.churn_noise([4], (2, 8, 8), step=2, sample=0),
+        edm.initial_noise([4], (2, 8, 8), 1.0, sample=1),
+    ]
     for other in others:
         assert np.abs(other[0] - b[0]).max() > 0.1

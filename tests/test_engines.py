@@ -17,9 +17,19 @@ import pytest
 
 from diffunfold import engine_targets as ET
 from diffunfold import engines as E
-from diffunfold.engines import (EngineRecord, GPUInfo, build_engines, check_gpu_for_target, check_record,
-                                choose_profile, fp32_layer_policy, list_targets, load_target, parse_target,
-                                preview_fp32_layers)
+from diffunfold.engines import (
+    EngineRecord,
+    GPUInfo,
+    build_engines,
+    check_gpu_for_target,
+    check_record,
+    choose_profile,
+    fp32_layer_policy,
+    list_targets,
+    load_target,
+    parse_target,
+    preview_fp32_layers,
+)
 from diffunfold.errors import InputError, MissingDependencyError
 from diffunfold.package import ModelPackage
 from diffunfold.runtime import backend_tensorrt as rt
@@ -35,6 +45,7 @@ def _sha(data: bytes) -> str:
 
 # -- targets ----------------------------------------------------------------------------------
 
+
 def test_every_shipped_target_parses():
     targets = {t.name: t for t in list_targets()}
     assert set(SHIPPED) <= set(targets), sorted(targets)
@@ -44,7 +55,7 @@ def test_every_shipped_target_parses():
         assert t.precision in E.PRECISIONS and t.hardware_compatibility in E.HARDWARE_COMPATIBILITY
         assert t.workspace_gib > 0 and t.profiles and t.description
         assert ET._CC.match(t.compute_capability)
-        t.check_sizes(16)    # every shipped size fits a U-Net that halves the image four times
+        t.check_sizes(16)  # every shipped size fits a U-Net that halves the image four times
         for p in t.profiles:
             for r in (p.batch, p.height, p.width):
                 assert 1 <= r.min <= r.opt <= r.max
@@ -60,33 +71,52 @@ def test_every_shipped_target_parses():
 
 
 def _target(**over) -> dict:
-    t = {"name": "t", "precision": "fp16", "workspace_gib": 1, "compute_capability": "9.0",
-         "profiles": [{"batch": {"min": 1, "opt": 2, "max": 4}, "height": {"min": 64, "opt": 128, "max": 256},
-                       "width": {"min": 64, "opt": 128, "max": 256}}]}
+    t = {
+        "name": "t",
+        "precision": "fp16",
+        "workspace_gib": 1,
+        "compute_capability": "9.0",
+        "profiles": [
+            {
+                "batch": {"min": 1, "opt": 2, "max": 4},
+                "height": {"min": 64, "opt": 128, "max": 256},
+                "width": {"min": 64, "opt": 128, "max": 256},
+            }
+        ],
+    }
     t.update(over)
     return t
 
 
-@pytest.mark.parametrize("over, message", [
-    ({"precison": "fp16"}, r"unknown key\(s\) \['precison'\]; known keys: \['name', 'description'"),
-    ({"precision": "int4"}, r"unknown precision 'int4'; choose one of \['fp16', 'fp32', 'bf16'\]"),
-    ({"hardware_compatibility": "all"}, "unknown hardware_compatibility 'all'"),
-    ({"compute_capability": "sm90"}, "compute_capability must look like"),
-    ({"workspace_gib": 0}, "workspace_gib must be a positive number"),
-    ({"name": "my gpu"}, "name must be letters"),
-    ({"profiles": []}, "non-empty array"),
-    ({"profiles": [{"batch": 1, "height": {"min": 64, "opt": 32, "max": 128}, "width": 64}]},
-     r"height needs min <= opt <= max, got min=64, opt=32, max=128"),
-    ({"profiles": [{"batch": {"min": 0, "opt": 1, "max": 2}, "height": 64, "width": 64}]},
-     "batch.min must be a positive integer, got 0"),
-    ({"profiles": [{"batch": {"min": 1, "max": 2}, "height": 64, "width": 64}]}, r"missing \['opt'\]"),
-    ({"profiles": [{"batch": {"min": 1, "opt": 1, "max": 2, "step": 1}, "height": 64, "width": 64}]},
-     r"unknown key\(s\) \['step'\]; known keys: \['min', 'opt', 'max'\]"),
-    ({"profiles": [{"batch": 1, "height": 64}]}, r"missing \['width'\]"),
-    ({"profiles": [{"batch": 1, "height": 64, "width": 64, "depth": 3}]}, r"unknown key\(s\) \['depth'\]"),
-    ({"profiles": [{"batch": 2.5, "height": 64, "width": 64}]}, "must be an integer or a table"),
-    ({"profile": {"batch": 1, "height": 64, "width": 64}}, "either \\[profile\\] or \\[\\[profiles\\]\\]"),
-])
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        ({"precison": "fp16"}, r"unknown key\(s\) \['precison'\]; known keys: \['name', 'description'"),
+        ({"precision": "int4"}, r"unknown precision 'int4'; choose one of \['fp16', 'fp32', 'bf16'\]"),
+        ({"hardware_compatibility": "all"}, "unknown hardware_compatibility 'all'"),
+        ({"compute_capability": "sm90"}, "compute_capability must look like"),
+        ({"workspace_gib": 0}, "workspace_gib must be a positive number"),
+        ({"name": "my gpu"}, "name must be letters"),
+        ({"profiles": []}, "non-empty array"),
+        (
+            {"profiles": [{"batch": 1, "height": {"min": 64, "opt": 32, "max": 128}, "width": 64}]},
+            r"height needs min <= opt <= max, got min=64, opt=32, max=128",
+        ),
+        (
+            {"profiles": [{"batch": {"min": 0, "opt": 1, "max": 2}, "height": 64, "width": 64}]},
+            "batch.min must be a positive integer, got 0",
+        ),
+        ({"profiles": [{"batch": {"min": 1, "max": 2}, "height": 64, "width": 64}]}, r"missing \['opt'\]"),
+        (
+            {"profiles": [{"batch": {"min": 1, "opt": 1, "max": 2, "step": 1}, "height": 64, "width": 64}]},
+            r"unknown key\(s\) \['step'\]; known keys: \['min', 'opt', 'max'\]",
+        ),
+        ({"profiles": [{"batch": 1, "height": 64}]}, r"missing \['width'\]"),
+        ({"profiles": [{"batch": 1, "height": 64, "width": 64, "depth": 3}]}, r"unknown key\(s\) \['depth'\]"),
+        ({"profiles": [{"batch": 2.5, "height": 64, "width": 64}]}, "must be an integer or a table"),
+        ({"profile": {"batch": 1, "height": 64, "width": 64}}, "either \\[profile\\] or \\[\\[profiles\\]\\]"),
+    ],
+)
 def test_bad_targets_are_refused_clearly(over, message):
     with pytest.raises(InputError, match=message):
         parse_target(_target(**over))
@@ -97,8 +127,12 @@ def test_target_forms_and_lookup(tmp_path):
     del single["profiles"]
     t = parse_target(single)
     assert t.profiles[0].batch.min == t.profiles[0].batch.max == 1 and t.profiles[0].width.max == 128
-    assert parse_target({k: v for k, v in _target().items() if k != "profiles"} | {"profiles": _target()["profiles"]}
-                        ).precision == "fp16"
+    assert (
+        parse_target(
+            {k: v for k, v in _target().items() if k != "profiles"} | {"profiles": _target()["profiles"]}
+        ).precision
+        == "fp16"
+    )
     with pytest.raises(InputError, match="has no optimisation profile"):
         parse_target({"name": "x"})
     with pytest.raises(InputError, match=r"unknown target 'h1000'; known targets: a100, h100"):
@@ -113,8 +147,11 @@ def test_target_forms_and_lookup(tmp_path):
     mine.write_text('precision = "fp32"\n[profile]\nbatch = 1\nheight = 96\nwidth = 96\n')
     t = load_target(str(mine))
     assert t.name == "mine" and t.precision == "fp32" and t.path == mine and t.compute_capability is None
-    with pytest.raises(InputError, match=r"profile 0 height.min = 96, profile 0 height.opt = 96, .* not a multiple of "
-                                         r"64, the package's size multiple"):
+    with pytest.raises(
+        InputError,
+        match=r"profile 0 height.min = 96, profile 0 height.opt = 96, .* not a multiple of "
+        r"64, the package's size multiple",
+    ):
         t.check_sizes(64)
     t.check_sizes(32)
 
@@ -123,10 +160,13 @@ def test_choose_profile_prefers_the_nearest_optimum():
     profiles = load_target("h100").profiles
     assert choose_profile(profiles, 1, 64, 64) == 0
     assert choose_profile(profiles, 4, 512, 512) == 1
-    assert choose_profile(profiles, 4, 256, 256) == 1        # both cover it; profile 1 is tuned at 256
+    assert choose_profile(profiles, 4, 256, 256) == 1  # both cover it; profile 1 is tuned at 256
     assert choose_profile(profiles, 2, 128, 128) == 0
-    with pytest.raises(InputError, match=r"batch 32 at 256x256 \(have profile 0: batch 1..16 \(opt 4\), height "
-                                         r"64..256 \(opt 128\).*; profile 1: batch 1..16"):
+    with pytest.raises(
+        InputError,
+        match=r"batch 32 at 256x256 \(have profile 0: batch 1..16 \(opt 4\), height "
+        r"64..256 \(opt 128\).*; profile 1: batch 1..16",
+    ):
         choose_profile(profiles, 32, 256, 256)
     with pytest.raises(InputError, match="covers batch 1 at 64x1024"):
         choose_profile(profiles, 1, 64, 1024)
@@ -145,41 +185,72 @@ def test_gpu_must_match_the_target_at_build_time():
 
 # -- records ----------------------------------------------------------------------------------
 
+
 def _engine(tmp_path, content=b"plan bytes", onnx_sha="a" * 64, **over):
     d = tmp_path / "pkg" / "engines" / "h100"
     d.mkdir(parents=True, exist_ok=True)
     path = d / "regularizer.engine"
     path.write_bytes(content)
-    rec = EngineRecord(target="h100", onnx="regularizer.onnx", onnx_sha256=onnx_sha, engine=path.name,
-                       engine_sha256=_sha(content), engine_bytes=len(content), tensorrt_version=TRT,
-                       gpu_name=H100.name, compute_capability="9.0", hardware_compatibility="none",
-                       precision="fp16", profiles=[p.to_dict() for p in load_target("h100").profiles],
-                       built="2025-01-01T00:00:00", build_seconds=61.5, fp32_layers=57, inputs=["x", "sigma", "stage"])
+    rec = EngineRecord(
+        target="h100",
+        onnx="regularizer.onnx",
+        onnx_sha256=onnx_sha,
+        engine=path.name,
+        engine_sha256=_sha(content),
+        engine_bytes=len(content),
+        tensorrt_version=TRT,
+        gpu_name=H100.name,
+        compute_capability="9.0",
+        hardware_compatibility="none",
+        precision="fp16",
+        profiles=[p.to_dict() for p in load_target("h100").profiles],
+        built="2025-01-01T00:00:00",
+        build_seconds=61.5,
+        fp32_layers=57,
+        inputs=["x", "sigma", "stage"],
+    )
     return path, replace(rec, **over)
 
 
 def test_check_record_accepts_the_matching_engine(tmp_path):
     path, rec = _engine(tmp_path)
     check_record(rec, path, TRT, H100, onnx_sha256="a" * 64)
-    check_record(rec, path, TRT, H100)    # no package manifest beside it: the ONNX check is skipped
+    check_record(rec, path, TRT, H100)  # no package manifest beside it: the ONNX check is skipped
     # same compute capability and another SKU is fine once the target allows it
-    check_record(replace(rec, hardware_compatibility="same_compute_capability"), path, TRT,
-                 GPUInfo("NVIDIA H100 PCIe", "9.0"), onnx_sha256="a" * 64)
+    check_record(
+        replace(rec, hardware_compatibility="same_compute_capability"),
+        path,
+        TRT,
+        GPUInfo("NVIDIA H100 PCIe", "9.0"),
+        onnx_sha256="a" * 64,
+    )
     check_record(replace(rec, hardware_compatibility="ampere_plus"), path, TRT, GPUInfo("NVIDIA L4", "8.9"))
 
 
-@pytest.mark.parametrize("case, message", [
-    ("gpu name", r"was built on NVIDIA H100 80GB HBM3 but this GPU is NVIDIA H100 PCIe .*hardware_compatibility 'none'"),
-    ("compute capability", r"built on NVIDIA H100 80GB HBM3 \(sm 9.0\), compute capability 9.0, but this GPU is "
-                           r"NVIDIA A100-SXM4-80GB \(sm 8.0\)"),
-    ("same cc", r"compute capability 9.0, but this GPU is NVIDIA L4 \(sm 8.9\)"),
-    ("ampere_plus", r"built for Ampere and newer GPUs .* this GPU is Tesla T4 \(sm 7.5\)"),
-    ("tensorrt", r"built with TensorRT 10.13.0.35 but TensorRT 10.14.1.48 is installed"),
-    ("engine byte", r"does not match its record \(sha256 .* != recorded .*\): the file was changed"),
-    ("onnx", r"built from another regularizer.onnx \(sha256 aaaaaaaaaaaa; the package's is now bbbbbbbbbbbb\): "
-             r"the package was exported again"),
-    ("missing", "is missing though its record exists"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "gpu name",
+            r"was built on NVIDIA H100 80GB HBM3 but this GPU is NVIDIA H100 PCIe .*hardware_compatibility 'none'",
+        ),
+        (
+            "compute capability",
+            r"built on NVIDIA H100 80GB HBM3 \(sm 9.0\), compute capability 9.0, but this GPU is "
+            r"NVIDIA A100-SXM4-80GB \(sm 8.0\)",
+        ),
+        ("same cc", r"compute capability 9.0, but this GPU is NVIDIA L4 \(sm 8.9\)"),
+        ("ampere_plus", r"built for Ampere and newer GPUs .* this GPU is Tesla T4 \(sm 7.5\)"),
+        ("tensorrt", r"built with TensorRT 10.13.0.35 but TensorRT 10.14.1.48 is installed"),
+        ("engine byte", r"does not match its record \(sha256 .* != recorded .*\): the file was changed"),
+        (
+            "onnx",
+            r"built from another regularizer.onnx \(sha256 aaaaaaaaaaaa; the package's is now bbbbbbbbbbbb\): "
+            r"the package was exported again",
+        ),
+        ("missing", "is missing though its record exists"),
+    ],
+)
 def test_check_record_refuses_what_differs(tmp_path, case, message):
     path, rec = _engine(tmp_path)
     gpu, trt_version, onnx = H100, TRT, "a" * 64
@@ -213,8 +284,19 @@ def test_record_json_roundtrip_and_damage(tmp_path):
     back = EngineRecord.load(rpath)
     assert back == rec and back.format == "diffunfold-engine/1"
     assert [p.describe() for p in back.profile_ranges()] == [p.describe() for p in load_target("h100").profiles]
-    for field in ("compute_capability", "gpu_name", "engine_sha256", "onnx_sha256", "tensorrt_version",
-                  "hardware_compatibility", "precision", "profiles", "built", "build_seconds", "fp32_layers"):
+    for field in (
+        "compute_capability",
+        "gpu_name",
+        "engine_sha256",
+        "onnx_sha256",
+        "tensorrt_version",
+        "hardware_compatibility",
+        "precision",
+        "profiles",
+        "built",
+        "build_seconds",
+        "fp32_layers",
+    ):
         assert field in rec.to_dict()
     rpath.write_text(json.dumps({**rec.to_dict(), "format": "other/2"}))
     with pytest.raises(InputError, match="expected 'diffunfold-engine/1'"):
@@ -231,6 +313,7 @@ def test_record_json_roundtrip_and_damage(tmp_path):
 
 # -- with a real exported package -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
     pytest.importorskip("torch", reason="exporting a package needs the export extra")
@@ -240,7 +323,7 @@ def package(tmp_path_factory):
     from diffunfold.export import export_model
 
     root = tmp_path_factory.mktemp("engines")
-    make = lambda seed: tiny_model(shared=True, stages=2, seed=seed)   # noqa: E731
+    make = lambda seed: tiny_model(shared=True, stages=2, seed=seed)  # noqa: E731
     return root, make, export_model(make(0), root / "pkg", check=False, log=lambda s: None)
 
 
@@ -268,7 +351,7 @@ def test_fp32_policy_on_the_exported_node_names(package):
     # direct calls with TensorRT's layer types; also the norm's affine Mul/Add stays FP16
     norm = norms[0]
     assert fp32_layer_policy("NORMALIZATION", norm)
-    assert fp32_layer_policy("PLUGIN_V2", norm)             # InstanceNormalization_TRT plugin
+    assert fp32_layer_policy("PLUGIN_V2", norm)  # InstanceNormalization_TRT plugin
     assert not fp32_layer_policy("ELEMENTWISE", norm.replace("InstanceNormalization", "Mul"))
     assert fp32_layer_policy("MATRIX_MULTIPLY", matmul[0])
     assert fp32_layer_policy("MATRIX_MULTIPLY", "/reg/unet/mid/attn/whatever", frozenset())
@@ -284,12 +367,23 @@ def _fake_engines(pkg: ModelPackage, target="h100", gpu=H100, trt_version=TRT) -
         data = f"plan of {onnx_name}".encode()
         engine_path, record_path = E.engine_paths(d, onnx_name)
         engine_path.write_bytes(data)
-        rec = EngineRecord(target=target, onnx=onnx_name, onnx_sha256=pkg.manifest["files"][onnx_name]["sha256"],
-                           engine=engine_path.name, engine_sha256=_sha(data), engine_bytes=len(data),
-                           tensorrt_version=trt_version, gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                           hardware_compatibility="none", precision="fp16",
-                           profiles=[p.to_dict() for p in load_target("h100").profiles], built="now",
-                           build_seconds=1.0, fp32_layers=3)
+        rec = EngineRecord(
+            target=target,
+            onnx=onnx_name,
+            onnx_sha256=pkg.manifest["files"][onnx_name]["sha256"],
+            engine=engine_path.name,
+            engine_sha256=_sha(data),
+            engine_bytes=len(data),
+            tensorrt_version=trt_version,
+            gpu_name=gpu.name,
+            compute_capability=gpu.compute_capability,
+            hardware_compatibility="none",
+            precision="fp16",
+            profiles=[p.to_dict() for p in load_target("h100").profiles],
+            built="now",
+            build_seconds=1.0,
+            fp32_layers=3,
+        )
         record_path.write_text(json.dumps(rec.to_dict()))
     return d
 
@@ -299,8 +393,10 @@ def test_find_engines_and_status(package, monkeypatch, tmp_path):
 
     root, make, pkg0 = package
     pkg = ModelPackage.open(shutil.copytree(pkg0.path, tmp_path / "pkg"))
-    assert rt.tensorrt_status(pkg).startswith("tensorrt is not installed (pip install 'diffunfold[trt,gpu]'") or \
-        rt._tensorrt_version() is not None
+    assert (
+        rt.tensorrt_status(pkg).startswith("tensorrt is not installed (pip install 'diffunfold[trt,gpu]'")
+        or rt._tensorrt_version() is not None
+    )
     monkeypatch.setattr(rt, "_tensorrt_version", lambda: TRT)
     monkeypatch.setattr(rt, "cupy_gpu", lambda index=0: None)
     assert rt.tensorrt_status(pkg).startswith("CuPy cannot see a CUDA device")
@@ -330,13 +426,13 @@ def test_find_engines_and_status(package, monkeypatch, tmp_path):
 
     saved = shutil.copytree(d, tmp_path / "saved")
     again = export_model(make(1), pkg.path, overwrite=True, check=False, log=lambda s: None)
-    assert not (again.path / "engines").exists()   # the export replaced the folder; bring the old engines back
+    assert not (again.path / "engines").exists()  # the export replaced the folder; bring the old engines back
     shutil.copytree(saved, again.engine_dir("h100"))
     monkeypatch.setattr(rt, "cupy_gpu", lambda index=0: H100)
     status = rt.tensorrt_status(again)
     assert "built from another regularizer.onnx" in status and "exported again" in status
     rec = EngineRecord.load(again.engine_dir("h100") / "regularizer.json")
-    with pytest.raises(InputError, match="exported again"):   # the manifest three folders up is read
+    with pytest.raises(InputError, match="exported again"):  # the manifest three folders up is read
         check_record(rec, again.engine_dir("h100") / "regularizer.engine", TRT, H100)
 
 
@@ -360,7 +456,7 @@ def test_tensorrt_backend_refuses_without_gpu_or_tensorrt(package):
 def test_build_engines_needs_tensorrt_and_a_fitting_target(package, tmp_path):
     _, _, pkg = package
     odd = tmp_path / "odd.toml"
-    odd.write_text('[profile]\nbatch = 1\nheight = 65\nwidth = 64\n')
+    odd.write_text("[profile]\nbatch = 1\nheight = 65\nwidth = 64\n")
     if pkg.size_multiple > 1:
         with pytest.raises(InputError, match=r"height.min = 65, .* not a multiple of 2"):
             build_engines(pkg, odd, log=lambda s: None)
@@ -384,11 +480,14 @@ def test_cli_list_and_usage(capsys):
 
 
 def test_engines_and_tensorrt_runtime_are_torch_free(run_without_torch):
-    run_without_torch("""
+    run_without_torch(
+        """
         import diffunfold.engines, diffunfold.runtime.backend_tensorrt
         assert diffunfold.engines.load_target("h100").name == "h100"
         assert "tensorrt" not in sys.modules
-    """, timeout=60)
+    """,
+        timeout=60,
+    )
 
 
 # -- the backend's plumbing, on fakes of TensorRT and CuPy with real pointers -------------------
@@ -397,6 +496,7 @@ def test_engines_and_tensorrt_runtime_are_torch_free(run_without_torch):
 # and writes r = sigma * x + stage there; a fake CUDA graph replays the enqueue with the
 # addresses bound at capture time, as a real graph does. This checks profile choice, shapes,
 # the persistent sigma/stage buffers refilled before each launch, and capture/replay rules.
+
 
 def _at(ptr: int, shape, dtype) -> np.ndarray:
     import ctypes
@@ -407,7 +507,7 @@ def _at(ptr: int, shape, dtype) -> np.ndarray:
 
 class _Arr(np.ndarray):
     @property
-    def data(self):   # CuPy's arr.data.ptr
+    def data(self):  # CuPy's arr.data.ptr
         return type("Ptr", (), {"ptr": self.ctypes.data})()
 
 
@@ -455,8 +555,11 @@ def _fake_cupy():
     cp.zeros = lambda shape, dtype=np.float32: np.zeros(shape, dtype).view(_Arr)
     cp.asarray = lambda a: np.array(a).view(_Arr)
     null = _Stream(ptr=0)
-    cuda = types.SimpleNamespace(Stream=_Stream, get_current_stream=lambda: (_Stream.current or [null])[-1],
-                                 Device=lambda i: contextlib.nullcontext())
+    cuda = types.SimpleNamespace(
+        Stream=_Stream,
+        get_current_stream=lambda: (_Stream.current or [null])[-1],
+        Device=lambda i: contextlib.nullcontext(),
+    )
     cp.cuda = cuda
     return cp
 
@@ -494,7 +597,7 @@ def _fake_tensorrt(profiles, channels, stage: bool, log: list):
             self.addr[name] = ptr
 
         def execute_async_v3(self, stream):
-            shape, addr = self.shapes["x"], dict(self.addr)   # a graph bakes in today's addresses
+            shape, addr = self.shapes["x"], dict(self.addr)  # a graph bakes in today's addresses
 
             def run():
                 b = shape[0]
@@ -502,6 +605,7 @@ def _fake_tensorrt(profiles, channels, stage: bool, log: list):
                 k = _at(addr["stage"], (b,), np.int64)[:, None, None, None] if stage else 0
                 _at(addr["r"], shape, np.float32)[...] = sigma * _at(addr["x"], shape, np.float32) + k
                 log.append(("run", shape))
+
             s = _Stream.streams[stream]
             if s.capture is not None:
                 s.capture.append(run)
@@ -524,8 +628,11 @@ def _fake_tensorrt(profiles, channels, stage: bool, log: list):
 
         def get_tensor_profile_shape(self, n, p):
             q = profiles[p]
-            return [(q.batch.min, channels, q.height.min, q.width.min), (q.batch.opt, channels, q.height.opt, q.width.opt),
-                    (q.batch.max, channels, q.height.max, q.width.max)]
+            return [
+                (q.batch.min, channels, q.height.min, q.width.min),
+                (q.batch.opt, channels, q.height.opt, q.width.opt),
+                (q.batch.max, channels, q.height.max, q.width.max),
+            ]
 
         def create_execution_context(self):
             return Context()
@@ -554,15 +661,15 @@ def test_tensorrt_backend_plumbing_on_fakes(package, tmp_path, monkeypatch, grap
         r = be.regularize(x, sigma, k)
         np.testing.assert_allclose(r, np.float32(sigma) * np.asarray(x) + k, rtol=1e-6)
         assert r.data.ptr != x.data.ptr
-    x2 = cp.asarray(np.asarray(x)[::-1].copy())   # new contents at the same shape: the graph reads them
+    x2 = cp.asarray(np.asarray(x)[::-1].copy())  # new contents at the same shape: the graph reads them
     np.testing.assert_allclose(be.regularize(x2, 0.5, 1), 0.5 * np.asarray(x2) + 1, rtol=1e-6)
     captures = [e for e in log if e[0] == "capture"]
-    assert len(captures) == (1 if graphs else 0)    # one graph serves every noise level and stage
+    assert len(captures) == (1 if graphs else 0)  # one graph serves every noise level and stage
     assert be._engines[0].profile == 0
     big = cp.asarray(np.ones((1, c, 320, 256), np.float32))
     np.testing.assert_allclose(be.regularize(big, 3.0, 0), 3.0)
     assert be._engines[0].profile == 1
-    assert len([e for e in log if e[0] == "capture"]) == (2 if graphs else 0)   # a new shape is captured again
+    assert len([e for e in log if e[0] == "capture"]) == (2 if graphs else 0)  # a new shape is captured again
     np.testing.assert_allclose(be.regularize(x, 1.5, 0), 1.5 * np.asarray(x), rtol=1e-6)
     with pytest.raises(InputError, match=r"no optimisation profile .* covers batch 32 at 64x96 \(have profile 0"):
         be.regularize(cp.asarray(np.zeros((32, c, 64, 96), np.float32)), 1.0, 0)
@@ -578,9 +685,13 @@ def test_tensorrt_backend_plumbing_on_fakes(package, tmp_path, monkeypatch, grap
 
 # -- where TensorRT exists (never on the machines here) ---------------------------------------
 
+
 def test_build_and_run_engine_against_onnxruntime(package, tmp_path):
-    trt = pytest.importorskip("tensorrt", reason="TensorRT is not installable on these machines (its wheels are "
-                                                 "stubs); the build is written against TensorRT 10's Python API")
+    trt = pytest.importorskip(
+        "tensorrt",
+        reason="TensorRT is not installable on these machines (its wheels are "
+        "stubs); the build is written against TensorRT 10's Python API",
+    )
     cp = pytest.importorskip("cupy")
     gpu = E.current_gpu()
     if gpu is None:
@@ -592,9 +703,11 @@ def test_build_and_run_engine_against_onnxruntime(package, tmp_path):
 
     pkg = ModelPackage.open(shutil.copytree(pkg0.path, tmp_path / "pkg"))
     target = tmp_path / "here.toml"
-    target.write_text(f'compute_capability = "{gpu.compute_capability}"\nprecision = "fp16"\nworkspace_gib = 2\n'
-                      '[[profiles]]\nbatch = { min = 1, opt = 2, max = 4 }\nheight = { min = 16, opt = 32, max = 64 }\n'
-                      'width = { min = 16, opt = 32, max = 64 }\n')
+    target.write_text(
+        f'compute_capability = "{gpu.compute_capability}"\nprecision = "fp16"\nworkspace_gib = 2\n'
+        "[[profiles]]\nbatch = { min = 1, opt = 2, max = 4 }\nheight = { min = 16, opt = 32, max = 64 }\n"
+        "width = { min = 16, opt = 32, max = 64 }\n"
+    )
     records = build_engines(pkg, target, timing_cache=tmp_path / "here.cache", log=lambda s: None)
     assert records[0].tensorrt_version == trt.__version__ and records[0].fp32_layers > 0
     ref = OnnxRuntimeBackend(pkg, "cpu")

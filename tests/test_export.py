@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch", reason="export needs torch (the export extr
 onnx = pytest.importorskip("onnx", reason="export needs onnx (the export extra)")
 pytestmark = pytest.mark.torch
 
+from helpers import tiny_model  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
@@ -17,7 +18,6 @@ from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_checkpoint, export_model  # noqa: E402
 from diffunfold.package import FORMAT, ModelPackage, sha256_file  # noqa: E402
 from diffunfold.training.checkpoint import save_checkpoint  # noqa: E402
-from helpers import tiny_model  # noqa: E402
 
 quiet = dict(log=lambda s: None)
 
@@ -33,8 +33,13 @@ def test_manifest_describes_the_model(shared_pkg):
     m = pkg.manifest
     assert m["format"] == FORMAT
     assert m["stages"] == 2 and m["shared"] is True
-    assert m["data"] == {"kind": "image", "channels": 3, "model_channels": 3, "range": [0.0, 1.0],
-                         "size_multiple": model.size_multiple}
+    assert m["data"] == {
+        "kind": "image",
+        "channels": 3,
+        "model_channels": 3,
+        "range": [0.0, 1.0],
+        "size_multiple": model.size_multiple,
+    }
     assert m["tasks"] == ["gaussian_blur", "sr"]
     assert m["schedule"]["steps"] == 18 and m["schedule"]["sigma_max"] == edm.SIGMA_MAX
     assert m["model"] == model.settings.to_dict()
@@ -67,8 +72,9 @@ def test_regulariser_graph_is_preconditioned_and_dynamic(shared_pkg):
         (r,) = sess.run(None, {"x": x, "sigma": sigma, "stage": stage})
         with torch.no_grad():
             s = torch.from_numpy(sigma).reshape(-1, 1, 1, 1)
-            f = model.regularizers[0].unet(edm.c_in(s) * torch.from_numpy(x), edm.c_noise(torch.from_numpy(sigma)),
-                                           torch.from_numpy(stage))
+            f = model.regularizers[0].unet(
+                edm.c_in(s) * torch.from_numpy(x), edm.c_noise(torch.from_numpy(sigma)), torch.from_numpy(stage)
+            )
             want = edm.c_skip(s) * torch.from_numpy(x) + edm.c_out(s) * f
         np.testing.assert_allclose(r, want.numpy(), rtol=1e-4, atol=1e-4 * float(want.abs().max()))
 
@@ -152,18 +158,25 @@ def test_fp16_weights_halve_the_package_and_compute_in_float32(tmp_path, shared_
     half = export_model(model, tmp_path / "fp16", torch_weights=False, fp16_weights=True, **quiet)
     assert half.manifest["networks"]["weights_dtype"] == "float16"
     assert half.manifest["export_check"]["regularizer_rel_err"] < 1e-6
-    weight_bytes = lambda p: sum(numpy_helper.to_array(i).nbytes  # noqa: E731
-                                 for i in onnx.load(str(p.file("regularizer.onnx"))).graph.initializer)
+    weight_bytes = lambda p: sum(
+        numpy_helper.to_array(i).nbytes  # noqa: E731
+        for i in onnx.load(str(p.file("regularizer.onnx"))).graph.initializer
+    )
     assert 0.45 < weight_bytes(half) / weight_bytes(full) < 0.55
     graph = onnx.load(str(half.file("regularizer.onnx"))).graph
     assert sum(numpy_helper.to_array(i).dtype == np.float16 for i in graph.initializer) >= 10
     assert all(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for i in graph.input if i.name != "stage")
 
     rng = np.random.default_rng(3)
-    feeds = {"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32),
-             "sigma": np.array([0.7], np.float32), "stage": np.array([1], np.int64)}
-    run = lambda p: ort.InferenceSession(str(p.file("regularizer.onnx")),  # noqa: E731
-                                         providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    feeds = {
+        "x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32),
+        "sigma": np.array([0.7], np.float32),
+        "stage": np.array([1], np.int64),
+    }
+    run = lambda p: ort.InferenceSession(
+        str(p.file("regularizer.onnx")),  # noqa: E731
+        providers=["CPUExecutionProvider"],
+    ).run(None, feeds)[0]
     r_half, r_full = run(half), run(full)
     assert r_half.dtype == np.float32
     diff = np.abs(r_half - r_full).max() / np.abs(r_full).max()

@@ -35,15 +35,20 @@ def _volume(nslices=2, ncoils=4, shape=(64, 64), seed=0):
 
 # -- header ---------------------------------------------------------------------------------------
 
+
 def test_header_round_trip_fastmri_knee_geometry():
-    xml = make_ismrmrd_header((640, 368, 1), (320, 320, 1), encoded_fov=(280.0, 161.0, 4.5),
-                              recon_fov=(140.0, 140.0, 3.0), encoding_step1=(0, 367, 184))
+    xml = make_ismrmrd_header(
+        (640, 368, 1),
+        (320, 320, 1),
+        encoded_fov=(280.0, 161.0, 4.5),
+        recon_fov=(140.0, 140.0, 3.0),
+        encoding_step1=(0, 367, 184),
+    )
     root = ET.fromstring(xml)
     assert root.tag == f"{{{fastmri.ISMRMRD_NAMESPACE}}}ismrmrdHeader"
     for doc in (xml, xml.encode("utf-8")):
         h = parse_ismrmrd_header(doc)
-        assert h == FastMRIHeader((640, 368, 1), (320, 320, 1), (280.0, 161.0, 4.5),
-                                  (140.0, 140.0, 3.0), (0, 367, 184))
+        assert h == FastMRIHeader((640, 368, 1), (320, 320, 1), (280.0, 161.0, 4.5), (140.0, 140.0, 3.0), (0, 367, 184))
         assert h.encoded_shape == (640, 368) and h.recon_shape == (320, 320)
     assert parse_ismrmrd_header(h.to_xml()) == h
 
@@ -87,6 +92,7 @@ def test_header_bad_xml_and_bad_values():
 
 # -- helpers --------------------------------------------------------------------------------------
 
+
 def test_center_crop():
     x = np.arange(2 * 8 * 6).reshape(2, 8, 6)
     c = center_crop(x, (4, 2))
@@ -113,6 +119,7 @@ def test_percentile_normalize():
 
 
 # -- write / read ---------------------------------------------------------------------------------
+
 
 def test_write_then_read(tmp_path):
     _, ks = _volume(nslices=3, ncoils=4, shape=(64, 48))
@@ -175,6 +182,7 @@ def test_atomic_write_leaves_no_temp_and_keeps_old_file(tmp_path, monkeypatch):
 
 # -- errors ---------------------------------------------------------------------------------------
 
+
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="not found"):
         FastMRIFile(tmp_path / "nope.h5")
@@ -226,7 +234,7 @@ def test_slice_out_of_range_and_missing_rss(tmp_path):
         with pytest.raises(InputError, match="reconstruction_rss"):
             f.rss(0)
         with pytest.raises(InputError, match="ismrmrd_header"):
-            f.header
+            _ = f.header
         assert f.recon_shape == (32, 32)
     with pytest.raises(InputError, match="reconstruction_rss"):
         FastMRISlices(p, coil_maps="simulate")
@@ -240,11 +248,12 @@ def test_file_with_broken_header(tmp_path):
         f["kspace"] = ks
         f["ismrmrd_header"] = xml.encode()
     with FastMRIFile(p) as f, pytest.raises(InputError, match="kspace_encoding_step_1/center") as info:
-        f.header
+        _ = f.header
     assert "vol.h5" in str(info.value)
 
 
 # -- dataset --------------------------------------------------------------------------------------
+
 
 def test_slices_simulate_mode(tmp_path):
     for i, n in enumerate((3, 2)):
@@ -314,6 +323,8 @@ def test_slices_estimate_mode_recovers_the_image(tmp_path):
 
 
 def test_module_does_not_import_torch():
-    code = ("import sys, diffunfold.data.fastmri, diffunfold.data.phantom; "
-            "assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys, diffunfold.data.fastmri, diffunfold.data.phantom; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

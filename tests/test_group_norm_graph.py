@@ -14,30 +14,42 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from diffunfold.group_norm_graph import find_group_norms, reduce_form  # noqa: E402
 
 
-def exported_group_norm(channels: int = 8, groups: int = 4, opset: int = 17, scale: float = 1.0,
-                        static_channels: bool = True):
+def exported_group_norm(
+    channels: int = 8, groups: int = 4, opset: int = 17, scale: float = 1.0, static_channels: bool = True
+):
     """x -> Conv 1x1 -> GroupNorm as torch exports it (Reshape (0, G, -1), InstanceNormalization,
     Reshape to Shape(x)) -> per-channel affine -> y."""
     rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.standard_normal((channels, channels, 1, 1)).astype(np.float32), "w"),
-             numpy_helper.from_array(np.array([0, groups, -1], np.int64), "grouped"),
-             numpy_helper.from_array(np.full(groups, scale, np.float32), "in_scale"),
-             numpy_helper.from_array(np.zeros(groups, np.float32), "in_bias"),
-             numpy_helper.from_array(rng.standard_normal((channels, 1, 1)).astype(np.float32), "gamma"),
-             numpy_helper.from_array(rng.standard_normal((channels, 1, 1)).astype(np.float32), "beta")]
-    nodes = [helper.make_node("Conv", ["x", "w"], ["h"]),
-             helper.make_node("Reshape", ["h", "grouped"], ["r"]),
-             helper.make_node("InstanceNormalization", ["r", "in_scale", "in_bias"], ["n"], epsilon=1e-5),
-             helper.make_node("Shape", ["h"], ["shape"]),
-             helper.make_node("Reshape", ["n", "shape"], ["back"]),
-             helper.make_node("Mul", ["back", "gamma"], ["scaled"]),
-             helper.make_node("Add", ["scaled", "beta"], ["y"])]
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((channels, channels, 1, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([0, groups, -1], np.int64), "grouped"),
+        numpy_helper.from_array(np.full(groups, scale, np.float32), "in_scale"),
+        numpy_helper.from_array(np.zeros(groups, np.float32), "in_bias"),
+        numpy_helper.from_array(rng.standard_normal((channels, 1, 1)).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.standard_normal((channels, 1, 1)).astype(np.float32), "beta"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["h"]),
+        helper.make_node("Reshape", ["h", "grouped"], ["r"]),
+        helper.make_node("InstanceNormalization", ["r", "in_scale", "in_bias"], ["n"], epsilon=1e-5),
+        helper.make_node("Shape", ["h"], ["shape"]),
+        helper.make_node("Reshape", ["n", "shape"], ["back"]),
+        helper.make_node("Mul", ["back", "gamma"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "beta"], ["y"]),
+    ]
     c = channels if static_channels else "C"
-    graph = helper.make_graph(nodes, "gn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, "H", "W"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, "H", "W"])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "gn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", c, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", c, "H", "W"])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     if not static_channels:  # a Conv of unknown width: drop the weight's static shape
-        model.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.zeros((channels, channels, 1, 1), np.float32), "w"))
+        model.graph.initializer[0].CopyFrom(
+            numpy_helper.from_array(np.zeros((channels, channels, 1, 1), np.float32), "w")
+        )
         model.graph.node[0].input[1] = "w_dyn"
         model.graph.input.append(helper.make_tensor_value_info("w_dyn", TensorProto.FLOAT, None))
     return model

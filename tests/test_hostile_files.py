@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import photo_packages, volume_packages
+
 from diffunfold.cli import main
 from diffunfold.data.packages import Package, read_members
 from diffunfold.data.qt_rcc import QtResource
 from diffunfold.errors import InputError
 from diffunfold.package import ModelPackage, _manifest_digest, write_manifest
-from helpers import photo_packages, volume_packages
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_PKG = str(REPO / "samples" / "models" / "image-small")
@@ -46,8 +47,10 @@ def one_line(err: str) -> str:
 
 # -- case 5: image bombs ---------------------------------------------------------------------------
 
+
 def png_header(width: int, height: int, rows: int = 0) -> bytes:
     """An 8-bit RGB PNG declaring ``width x height`` whose data holds only ``rows`` rows."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -94,8 +97,9 @@ def test_pillows_bomb_warning_range_is_refused_too(tmp_path, no_decoding):
 
 @pytest.mark.timeout(30)
 def test_a_bomb_given_as_a_mask_or_training_image_is_refused_before_decoding(tmp_path, monkeypatch):
-    from diffunfold.data.images import load_image
     from PIL import ImageFile
+
+    from diffunfold.data.images import load_image
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
     bomb = tmp_path / "mask.png"
@@ -105,6 +109,7 @@ def test_a_bomb_given_as_a_mask_or_training_image_is_refused_before_decoding(tmp
 
 
 # -- case 6: `diffunfold data` outputs -------------------------------------------------------------
+
 
 @pytest.mark.timeout(120)
 def test_data_photos_never_writes_through_a_planted_link_nor_over_files(tmp_path, capsys):
@@ -159,6 +164,7 @@ def test_data_mri_volumes_never_writes_through_a_planted_link(tmp_path, capsys):
 
 # -- case 7: `diffunfold mri --json` on a raw MRD file ----------------------------------------------
 
+
 @pytest.mark.timeout(180)
 def test_mri_raw_json_is_never_written_through_a_link(tmp_path, capsys):
     pytest.importorskip("ismrmrd")
@@ -178,6 +184,7 @@ def test_mri_raw_json_is_never_written_through_a_link(tmp_path, capsys):
 
 
 # -- case 8: crafted archives ---------------------------------------------------------------------
+
 
 def ar_archive(members: list[tuple[str, bytes, str | None]]) -> bytes:
     """An ar archive; a member's third field, when given, replaces its declared size."""
@@ -250,6 +257,7 @@ def test_a_tar_member_bomb_is_not_read_whole(tmp_path):
     def read():
         with pytest.raises(InputError, match="expands to more than"):
             read_members(package, ["usr/share/*"])
+
     assert peak_while(read) < 80 << 20
 
 
@@ -262,6 +270,7 @@ def test_a_wheel_member_bomb_is_not_read_whole(tmp_path):
     def read():
         with pytest.raises(InputError, match="expands to more than"):
             read_members(Package("wheel", "x", "1.0", path), ["x/*"])
+
     assert peak_while(read) < 80 << 20
 
 
@@ -305,6 +314,7 @@ def test_truncated_and_bomb_rcc_payloads_are_refused(declared):
     def read():
         with pytest.raises(InputError, match="expands to more than"):
             res.files()
+
     assert peak_while(read) < 80 << 20
     for cut in (10, 30, len(bundle) - len(NAME) - 10):
         with pytest.raises(InputError, match="cut.rcc"):
@@ -318,8 +328,9 @@ def test_a_nifti_declaring_a_huge_volume_is_refused_before_reading(monkeypatch):
 
     from diffunfold.data.mri_volumes import load_nifti
 
-    monkeypatch.setattr(nibabel.arrayproxy.ArrayProxy, "__array__",
-                        lambda self, *a, **k: pytest.fail("the voxels were read"))
+    monkeypatch.setattr(
+        nibabel.arrayproxy.ArrayProxy, "__array__", lambda self, *a, **k: pytest.fail("the voxels were read")
+    )
     header = nibabel.Nifti1Header()
     header.set_data_shape((2048, 2048, 2048))
     header.set_data_dtype(np.int16)
@@ -332,14 +343,20 @@ def test_a_nifti_declaring_a_huge_volume_is_refused_before_reading(monkeypatch):
 
 # -- cases 9 and 10: model packages ---------------------------------------------------------------
 
+
 def fake_package(folder: Path, **changes) -> Path:
     """A package the loader accepts (its networks are stand-in bytes: only checksums are read)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "regularizer.onnx").write_bytes(b"regulariser")
     (folder / "weights.onnx").write_bytes(b"weights")
-    manifest = {"model": {}, "stages": 2, "shared": True, "tasks": ["sr"],
-                "data": {"kind": "image", "channels": 3, "size_multiple": 8},
-                "networks": {"regularizers": ["regularizer.onnx"], "weights": "weights.onnx", "torch_weights": None}}
+    manifest = {
+        "model": {},
+        "stages": 2,
+        "shared": True,
+        "tasks": ["sr"],
+        "data": {"kind": "image", "channels": 3, "size_multiple": 8},
+        "networks": {"regularizers": ["regularizer.onnx"], "weights": "weights.onnx", "torch_weights": None},
+    }
     write_manifest(folder, manifest, ["regularizer.onnx", "weights.onnx"])
     if changes:
         rewrite(folder, lambda m: m.update(changes))
@@ -386,12 +403,15 @@ def test_package_declared_sizes_are_checked(tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("edit, words", [
-    (lambda m: m["files"].update({"weights.onnx": "abc"}), ["files['weights.onnx']", "object"]),
-    (lambda m: m.pop("networks"), ["networks"]),
-    (lambda m: m.update(data=None), ["data", "null"]),
-    (lambda m: m.update(data=None, stages="4", files=[]), ["data", "stages", "files"]),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m: m["files"].update({"weights.onnx": "abc"}), ["files['weights.onnx']", "object"]),
+        (lambda m: m.pop("networks"), ["networks"]),
+        (lambda m: m.update(data=None), ["data", "null"]),
+        (lambda m: m.update(data=None, stages="4", files=[]), ["data", "stages", "files"]),
+    ],
+)
 def test_malformed_manifests_get_one_line_and_exit_2(tmp_path, capsys, edit, words):
     from PIL import Image
 
@@ -406,19 +426,45 @@ def test_malformed_manifests_get_one_line_and_exit_2(tmp_path, capsys, edit, wor
 
 # -- the package loader under fuzzing ---------------------------------------------------------------
 
+
 def _fuzz_loader():
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    leaves = st.one_of(st.none(), st.booleans(), st.integers(-3, 2**40), st.floats(allow_nan=True),
-                       st.text(max_size=12), st.sampled_from(["../w.onnx", "/etc/passwd", "weights.onnx", ""]))
-    values = st.recursive(leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c,
-                                                                                       max_size=3), max_leaves=8)
-    paths = st.sampled_from([("files",), ("files", "weights.onnx"), ("files", "weights.onnx", "bytes"),
-                             ("files", "weights.onnx", "sha256"), ("networks",), ("networks", "regularizers"),
-                             ("networks", "weights"), ("data",), ("data", "kind"), ("data", "channels"),
-                             ("data", "size_multiple"), ("stages",), ("shared",), ("model",), ("schedule",),
-                             ("tasks",), ("format",), ("manifest_sha256",), ("files", "../x")])
+    leaves = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-3, 2**40),
+        st.floats(allow_nan=True),
+        st.text(max_size=12),
+        st.sampled_from(["../w.onnx", "/etc/passwd", "weights.onnx", ""]),
+    )
+    values = st.recursive(
+        leaves, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=8
+    )
+    paths = st.sampled_from(
+        [
+            ("files",),
+            ("files", "weights.onnx"),
+            ("files", "weights.onnx", "bytes"),
+            ("files", "weights.onnx", "sha256"),
+            ("networks",),
+            ("networks", "regularizers"),
+            ("networks", "weights"),
+            ("data",),
+            ("data", "kind"),
+            ("data", "channels"),
+            ("data", "size_multiple"),
+            ("stages",),
+            ("shared",),
+            ("model",),
+            ("schedule",),
+            ("tasks",),
+            ("format",),
+            ("manifest_sha256",),
+            ("files", "../x"),
+        ]
+    )
 
     @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(st.lists(st.tuples(paths, values), min_size=1, max_size=3), st.booleans())

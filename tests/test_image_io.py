@@ -152,8 +152,27 @@ def test_restore_writes_each_image_back_as_it_came(tmp_path, capsys):
     deep.write_bytes(encode_png(gradient(32, 32, 3)))
     Image.fromarray(gradient(32, 32, 4, 255, np.uint8), "RGBA").save(rgba)
     out = tmp_path / "out"
-    code = main(["restore", str(package), str(grey), str(deep), str(rgba), "--task", "gaussian_blur", "sigma=1",
-                 "--steps", "1", "--out", str(out), "--quiet", "--backend", "onnxruntime", "--tile", "16"])
+    code = main(
+        [
+            "restore",
+            str(package),
+            str(grey),
+            str(deep),
+            str(rgba),
+            "--task",
+            "gaussian_blur",
+            "sigma=1",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+            "--backend",
+            "onnxruntime",
+            "--tile",
+            "16",
+        ]
+    )
     assert code == 0
     assert Image.open(out / "grey_restored.png").mode == "L"
     assert read_image(out / "deep_restored.png").bits == 16
@@ -162,8 +181,19 @@ def test_restore_writes_each_image_back_as_it_came(tmp_path, capsys):
     assert back.mode == "RGBA" and np.array_equal(np.asarray(back)[..., 3], gradient(32, 32, 4, 255, np.uint8)[..., 3])
     assert "alpha channel is kept aside" in capsys.readouterr().out
     try:  # refused when the arguments are parsed, before any work
-        code = main(["restore", str(package), str(grey), "--task", "gaussian_blur", "--tile", "12", "--out",
-                     str(tmp_path / "none")])
+        code = main(
+            [
+                "restore",
+                str(package),
+                str(grey),
+                "--task",
+                "gaussian_blur",
+                "--tile",
+                "12",
+                "--out",
+                str(tmp_path / "none"),
+            ]
+        )
     except SystemExit as exc:
         code = exc.code
     assert code == 2 and "multiple of 8" in capsys.readouterr().err and not (tmp_path / "none").exists()

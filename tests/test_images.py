@@ -114,7 +114,6 @@ def test_crop_params_respect_min_scale_and_bounds(folder):
     assert 0 < sum(hflips) < 40
 
 
-
 def _crop_sides(ds, width: int, height: int, epochs: int = 400) -> np.ndarray:
     sides = []
     for epoch in range(epochs):
@@ -138,6 +137,7 @@ def test_native_crops_span_scales_and_whole_fraction_shifts_them(folder):
     np.testing.assert_array_equal(same, native)
     with pytest.raises(InputError, match="whole_fraction"):
         ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=1.5)
+
 
 def test_cache_decodes_each_file_once_and_gives_the_same_items(folder, monkeypatch):
     """cache=True: the same crops over several epochs, each file decoded once (not once per item)."""
@@ -180,7 +180,7 @@ def test_eval_transform_is_centre_crop(tmp_path):
     (tmp_path / "x").mkdir()
     Image.fromarray(_noise_rgb(rng, SIZE, SIZE + 16)).save(tmp_path / "x" / "wide.png")
     ds = ImageFolder(tmp_path / "x", size=SIZE, split="all", augment=False)
-    ref = load_image(tmp_path / "x" / "wide.png")[:, :, 8:8 + SIZE]
+    ref = load_image(tmp_path / "x" / "wide.png")[:, :, 8 : 8 + SIZE]
     np.testing.assert_allclose(ds[0], ref, atol=1.0 / 255 + 1e-6)
 
 

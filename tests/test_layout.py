@@ -16,10 +16,22 @@ SDK = Path(__file__).resolve().parents[1] / "sdk"
 
 # The layers from the bottom. A module may import its own layer and the ones below it.
 CORE = {
-    "diffunfold", "diffunfold._array", "diffunfold.errors", "diffunfold.package", "diffunfold.edm",
-    "diffunfold.contrast", "diffunfold.ensemble", "diffunfold.noise", "diffunfold.unfolding",
-    "diffunfold.spaces", "diffunfold.hardware", "diffunfold.safe_io", "diffunfold.engine_targets",
-    "diffunfold.attention_graph", "diffunfold.group_norm_graph", "diffunfold.package_schema",
+    "diffunfold",
+    "diffunfold._array",
+    "diffunfold.errors",
+    "diffunfold.package",
+    "diffunfold.edm",
+    "diffunfold.contrast",
+    "diffunfold.ensemble",
+    "diffunfold.noise",
+    "diffunfold.unfolding",
+    "diffunfold.spaces",
+    "diffunfold.hardware",
+    "diffunfold.safe_io",
+    "diffunfold.engine_targets",
+    "diffunfold.attention_graph",
+    "diffunfold.group_norm_graph",
+    "diffunfold.package_schema",
 }
 # The scanner's signal processing (noise, coil maps, k-space preparation) needs only the physics.
 CORE_PACKAGES = ("diffunfold.scanner",)
@@ -170,8 +182,12 @@ def test_no_test_module_imports_another():
     fixture imported that way (an export of test packages) ran once per importing module."""
     modules = sorted(TESTS.glob("*.py"))
     assert TESTS / "helpers.py" in modules and len(modules) > 10
-    found = sorted(f"{path.name} imports {name}" for path in modules
-                   for name in imported_modules(path.read_text()) if _is_test_module(name))
+    found = sorted(
+        f"{path.name} imports {name}"
+        for path in modules
+        for name in imported_modules(path.read_text())
+        if _is_test_module(name)
+    )
     assert found == []
 
 

@@ -51,13 +51,13 @@ def test_the_header_and_the_scan_read_back(raw):
     assert enc.encoded == (2 * SIZE, SIZE, 1) and enc.recon == (SIZE, SIZE, 1)
     assert enc.readout_oversampling == 2 and enc.grid == (SIZE, SIZE) and enc.slices == SLICES
     assert enc.coils == COILS and enc.trajectory == "cartesian"
-    assert scan.skipped == {"noise": 4}                      # the writer's noise scans, skipped by flag
+    assert scan.skipped == {"noise": 4}  # the writer's noise scans, skipped by flag
     assert [d.slice for d in scan.slices] == list(range(SLICES))
     sampled, calibration = sampling_lines(SIZE, "gaussian1d", 4, seed=1)
     for d in scan.slices:
         np.testing.assert_array_equal(d.sampled, sampled)
         np.testing.assert_array_equal(d.calibrated, calibration)
-        assert not np.any(d.kspace[:, :, ~sampled])          # nothing where nothing was acquired
+        assert not np.any(d.kspace[:, :, ~sampled])  # nothing where nothing was acquired
         assert d.acceleration == pytest.approx(4.0, rel=0.05)
     assert is_mrd_file(raw["under"]) and not is_mrd_file(Path(__file__))
 
@@ -83,9 +83,15 @@ def _acquisitions(path):
     return next(items), list(items)
 
 
-@pytest.mark.parametrize("fault, message", [
-    ("samples", "sizes disagree"), ("trajectory", "non-Cartesian"), ("nan", "NaN"), ("channels", "active channels"),
-])
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("samples", "sizes disagree"),
+        ("trajectory", "non-Cartesian"),
+        ("nan", "NaN"),
+        ("channels", "active channels"),
+    ],
+)
 def test_bad_acquisitions_are_named(raw, fault, message):
     import ismrmrd
 
@@ -127,10 +133,10 @@ def test_a_slice_becomes_mrd_images_with_its_geometry(raw, solver):
     settings = ReconSettings(steps=3, samples=2, seed=5)
     rec = reconstruct_slice(solver, data, scan.encoding, settings)
     images = to_images(rec, data, scan.encoding, settings, "mri-small")
-    assert [int(im.image_series_index) for im in images] == [1, 2]      # magnitude, then its std map
+    assert [int(im.image_series_index) for im in images] == [1, 2]  # magnitude, then its std map
     mag = images[0]
     assert mag.data.dtype == np.uint16 and mag.data.shape == (1, 1, SIZE, SIZE)
-    assert int(mag.data.max()) == (1 << 12) - 1                        # scaled to 12 stored bits
+    assert int(mag.data.max()) == (1 << 12) - 1  # scaled to 12 stored bits
     assert mag.image_type == ismrmrd.IMTYPE_MAGNITUDE and int(mag.image_index) == 2 and int(mag.slice) == 1
     np.testing.assert_allclose(list(mag.position), list(data.reference.position))
     np.testing.assert_allclose(list(mag.field_of_view), scan.encoding.recon_fov)
@@ -166,15 +172,18 @@ def test_outputs_dicom_fastmri_mrd_png(raw, solver, tmp_path):
     assert len(files) == SLICES
     ds = pydicom.dcmread(files[1])
     img = images[1]
-    np.testing.assert_array_equal(ds.pixel_array, img.data[0, 0])          # rows = phase, columns = readout
+    np.testing.assert_array_equal(ds.pixel_array, img.data[0, 0])  # rows = phase, columns = readout
     assert ds.SOPClassUID == pydicom.uid.MRImageStorage and list(ds.ImageType)[:2] == ["DERIVED", "PRIMARY"]
     assert [float(v) for v in ds.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
     spacing = scan.encoding.recon_fov[0] / SIZE
     np.testing.assert_allclose([float(v) for v in ds.PixelSpacing], [spacing, spacing])
     centre = np.asarray(img.position)
     # the first pixel's centre lies half a field of view (less half a pixel) from the slice centre
-    np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient],
-                               centre - [spacing * (SIZE - 1) / 2, spacing * (SIZE - 1) / 2, 0], atol=1e-4)
+    np.testing.assert_allclose(
+        [float(v) for v in ds.ImagePositionPatient],
+        centre - [spacing * (SIZE - 1) / 2, spacing * (SIZE - 1) / 2, 0],
+        atol=1e-4,
+    )
     assert float(ds.SliceThickness) == scan.encoding.recon_fov[2] and ds.BitsStored == 12
     assert int(ds.WindowWidth) == 4095 and ds.InstanceNumber == 2
     first = pydicom.dcmread(files[0])
@@ -186,7 +195,7 @@ def test_outputs_dicom_fastmri_mrd_png(raw, solver, tmp_path):
     with pytest.raises(InputError, match="already exists"):
         write_outputs(images, scan.header_xml, tmp_path, "scan")
     assert paths["mrd"].stat().st_mtime_ns == before
-    assert not [p for p in tmp_path.rglob(".*")]                          # no temporaries left
+    assert not [p for p in tmp_path.rglob(".*")]  # no temporaries left
 
 
 def test_the_solver_reads_a_raw_mrd_file_as_the_slice_path_does(raw, solver):

@@ -35,8 +35,9 @@ MB = 1 << 20
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory) -> Path:
-    return write_phantom_mrd(tmp_path_factory.mktemp("scan") / "scan.h5", slices=3, size=32, coils=4,
-                             acceleration=4, seed=2)
+    return write_phantom_mrd(
+        tmp_path_factory.mktemp("scan") / "scan.h5", slices=3, size=32, coils=4, acceleration=4, seed=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,20 @@ def saved(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(saved):
-    srv = ServerProcess(PACKAGE, *SOLVE, "--max-buffer-mib", "64", "--max-connections", "4",
-                        "--start-timeout", "2", "--message-timeout", "1.5", "--savedata", str(saved))
+    srv = ServerProcess(
+        PACKAGE,
+        *SOLVE,
+        "--max-buffer-mib",
+        "64",
+        "--max-connections",
+        "4",
+        "--start-timeout",
+        "2",
+        "--message-timeout",
+        "1.5",
+        "--savedata",
+        str(saved),
+    )
     yield srv
     if srv.proc.poll() is None:
         srv.proc.kill()
@@ -167,10 +180,13 @@ def _line(repetition: int):
 
 
 # -- case 1: memory grown through indices ----------------------------------------------------------
-@pytest.mark.parametrize("declared, words", [
-    (None, ("repetition 1", "beyond the header's encoding limits")),     # an index the header does not have
-    (8, ("per connection",)),                                            # declared, but past the budget
-])
+@pytest.mark.parametrize(
+    "declared, words",
+    [
+        (None, ("repetition 1", "beyond the header's encoding limits")),  # an index the header does not have
+        (8, ("per connection",)),  # declared, but past the budget
+    ],
+)
 def test_buffers_keyed_by_index_are_bounded(server, scan, declared, words):
     from ismrmrd.serialization import ConfigFile
 
@@ -211,18 +227,21 @@ def test_out_of_descriptors_the_server_goes_on(scan):
 
 
 # -- case 3: samples and steps from a connection, and one client's long jobs -----------------------
-@pytest.mark.parametrize("config, words", [
-    ('{"samples": 2000, "steps": 2}', ("samples 2000", "limit of 16")),
-    ('{"steps": 5000}', ("steps 5000", "limit of 100")),
-    ('{"seed": 1' + "0" * 5000 + "}", ("not valid JSON",)),
-    ('{"coil_maps": "' + "x" * 100_000 + '"}', ("coil maps must be one of",)),
-])
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ('{"samples": 2000, "steps": 2}', ("samples 2000", "limit of 16")),
+        ('{"steps": 5000}', ("steps 5000", "limit of 100")),
+        ('{"seed": 1' + "0" * 5000 + "}", ("not valid JSON",)),
+        ('{"coil_maps": "' + "x" * 100_000 + '"}', ("coil maps must be one of",)),
+    ],
+)
 def test_a_connection_cannot_ask_for_unbounded_work(server, scan, config, words):
     t0 = time.monotonic()
     reply = send_file(scan, "127.0.0.1", server.port, config_text=config, timeout=20)
     assert any(all(w in t for w in words) for t in reply.errors), (reply.errors, reply.failure)
     assert time.monotonic() - t0 < 10 and not reply.images
-    assert all(len(t) < 1000 for t in reply.errors)               # what the client sent is not echoed whole
+    assert all(len(t) < 1000 for t in reply.errors)  # what the client sent is not echoed whole
 
 
 def _stream_bytes(scan: Path, config_text: str | None = None, slices: int | None = None) -> bytes:
@@ -249,7 +268,7 @@ def test_one_clients_long_jobs_do_not_starve_another(server, tmp_path):
         time.sleep(0.02)
     while not any(e["conn"] == conn for e in server.named("reconstructed")) and time.monotonic() < end:
         time.sleep(0.02)
-    results["short"] = _attack(server.port, [light])      # arrives with 3-4 heavy slices waiting
+    results["short"] = _attack(server.port, [light])  # arrives with 3-4 heavy slices waiting
     long_client.join(TIMEOUT)
     order = [e["conn"] for e in server.named("reconstructed") if e["conn"] >= conn]
     short = next(c for c in order if c != conn)
@@ -309,11 +328,11 @@ def test_slow_and_silent_connections_are_closed(server, scan):
         assert time.monotonic() - t0 < 6
     slow = _serialize(ConfigFile("x"), close=False)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(slow[:100])                # a message begun and never finished, before the header
+        sock.sendall(slow[:100])  # a message begun and never finished, before the header
         _assert_refused(list(messages(sock)), "no header within 2 s")
     header = _serialize(ConfigFile("x"), parse_header(next(iter_acquisitions(scan))), close=False)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(header + slow[:100])       # ... after it: the message timeout
+        sock.sendall(header + slow[:100])  # ... after it: the message timeout
         _assert_refused(list(messages(sock)), "did not arrive whole within 1.5 s")
     assert server.proc.poll() is None
 
@@ -337,13 +356,18 @@ def _fuzz_inputs():
     from hypothesis import strategies as st
 
     ids = st.sampled_from([int(m) for m in MessageID] + [0, 6, 999, 65535])
-    framed = st.builds(lambda mid, n, tail: struct.pack("<HI", mid, n) + tail, ids,
-                       st.one_of(st.integers(0, 64), st.integers(0, 2**32 - 1)), st.binary(max_size=300))
+    framed = st.builds(
+        lambda mid, n, tail: struct.pack("<HI", mid, n) + tail,
+        ids,
+        st.one_of(st.integers(0, 64), st.integers(0, 2**32 - 1)),
+        st.binary(max_size=300),
+    )
     import ismrmrd
 
     acq = _serialize(ismrmrd.Acquisition.from_array(np.ones((2, 16), np.complex64)), close=False)
-    mutated = st.builds(lambda at, b: acq[:at] + b + acq[at + len(b):], st.integers(0, len(acq)),
-                        st.binary(min_size=1, max_size=8))
+    mutated = st.builds(
+        lambda at, b: acq[:at] + b + acq[at + len(b) :], st.integers(0, len(acq)), st.binary(min_size=1, max_size=8)
+    )
     return st.lists(st.one_of(st.binary(max_size=200), framed, mutated), max_size=4).map(b"".join)
 
 
@@ -379,9 +403,9 @@ def test_a_token_is_required_and_checked(scan, tmp_path):
             _honest(scan, srv.port)
         with pytest.raises(StreamError, match="wrong token"):
             _honest(scan, srv.port, token="s3cret-token-0123456789abcdeF")
-        _honest(scan, srv.port, token=token)                         # on two workers
+        _honest(scan, srv.port, token=token)  # on two workers
         assert srv.named("listening")[0]["workers"] == 2
-        assert not any(token in str(e) for e in srv.events)          # never logged
+        assert not any(token in str(e) for e in srv.events)  # never logged
     finally:
         assert srv.stop() == 0
 
@@ -391,7 +415,9 @@ def test_no_listening_beyond_loopback_without_a_token(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 2 and "not a loopback address" in run.stderr and "--insecure-no-auth" in run.stderr
     (tmp_path / "short").write_text("tooshort")
-    run = subprocess.run(cmd + ["--token-file", str(tmp_path / "short")], capture_output=True, text=True, timeout=60, check=False)
+    run = subprocess.run(
+        cmd + ["--token-file", str(tmp_path / "short")], capture_output=True, text=True, timeout=60, check=False
+    )
     assert run.returncode == 2 and "at least 16 characters" in run.stderr
     srv = ServerProcess(PACKAGE, *SOLVE, "--host", "0.0.0.0", "--insecure-no-auth")
     try:

@@ -10,7 +10,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pytest
 pytest.importorskip("ismrmrd", reason="the mrd extra is not installed")
 pytest.importorskip("pydicom", reason="the mrd extra is not installed")
 
-from diffunfold.mrd.client import send_file, stream  # noqa: E402
+from diffunfold.mrd.client import send_file  # noqa: E402
 from diffunfold.mrd.protocol import MessageID, messages  # noqa: E402
 from diffunfold.mrd.rawfile import iter_acquisitions  # noqa: E402
 from diffunfold.mrd.spawn import ServerProcess  # noqa: E402
@@ -37,8 +36,9 @@ def Server(*extra: str) -> ServerProcess:
 
 @pytest.fixture(scope="module")
 def scan(tmp_path_factory) -> Path:
-    return write_phantom_mrd(tmp_path_factory.mktemp("scan") / "scan.h5", slices=3, size=32, coils=4,
-                             acceleration=4, seed=2)
+    return write_phantom_mrd(
+        tmp_path_factory.mktemp("scan") / "scan.h5", slices=3, size=32, coils=4, acceleration=4, seed=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +79,15 @@ def _payload(scan: Path, acquisitions=None, config: bool = True) -> tuple[bytes,
     if config:
         out.serialize(ConfigFile("diffunfold"))
     out.serialize(parse_header(xml))
-    for acq in (acqs if acquisitions is None else acquisitions(acqs)):
+    for acq in acqs if acquisitions is None else acquisitions(acqs):
         out.serialize(acq)
     return buf.getvalue(), acqs
 
 
 def _assert_error_and_close(reply, *words: str) -> None:
     texts = [str(o) for m, o in reply if m == MessageID.TEXT]
-    assert reply and reply[-1][0] == MessageID.CLOSE, reply      # a clean close
-    assert any(all(w in t for w in words) for t in texts), texts   # a clear error
+    assert reply and reply[-1][0] == MessageID.CLOSE, reply  # a clean close
+    assert any(all(w in t for w in words) for t in texts), texts  # a clear error
 
 
 def test_stream_equals_mri_on_the_same_file(server, scan, tmp_path):
@@ -102,7 +102,7 @@ def test_stream_equals_mri_on_the_same_file(server, scan, tmp_path):
     local = {(s, i): dset.read_image(f"image_{s}", i) for s in (1, 2) for i in range(3)}
     dset.close()
     got = {(int(im.image_series_index), int(im.image_index) - 1): im for im in reply.images}
-    assert sorted(got) == sorted(local)                                   # every image once, both series
+    assert sorted(got) == sorted(local)  # every image once, both series
     items = iter_acquisitions(scan)
     next(items)
     centre = {int(a.idx.slice): a for a in items if a.idx.kspace_encode_step_1 == 16}
@@ -127,14 +127,17 @@ def test_a_client_that_disconnects_does_not_stop_the_server(server, scan):
     assert len(reply.images) == 6
 
 
-@pytest.mark.parametrize("fault, words", [
-    ("truncated", ("ended inside a message",)),
-    ("unknown id", ("Unknown MessageID", "999")),
-    ("invalid xml", ("not a valid ISMRMRD XML header",)),
-    ("sizes", ("sizes disagree",)),
-    ("trajectory", ("non-Cartesian",)),
-    ("nan", ("NaN",)),
-])
+@pytest.mark.parametrize(
+    "fault, words",
+    [
+        ("truncated", ("ended inside a message",)),
+        ("unknown id", ("Unknown MessageID", "999")),
+        ("invalid xml", ("not a valid ISMRMRD XML header",)),
+        ("sizes", ("sizes disagree",)),
+        ("trajectory", ("non-Cartesian",)),
+        ("nan", ("NaN",)),
+    ],
+)
 def test_faults_get_an_error_and_a_clean_close(server, scan, fault, words):
     import ismrmrd
 
@@ -167,8 +170,13 @@ def _send_process(scan: Path, port: int, out: Path) -> subprocess.Popen:
     """``diffunfold send`` in a child process: the tests' own process stays single-threaded in
     HDF5 and ismrmrd (threaded clients inside pytest crashed it now and then)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "diffunfold", "send", str(scan), "--port", str(port),
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "diffunfold", "send", str(scan), "--port", str(port), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _received(out: Path) -> list[tuple[int, int]]:
@@ -176,9 +184,12 @@ def _received(out: Path) -> list[tuple[int, int]]:
 
     dset = ismrmrd.Dataset(str(out / "scan_images.h5"), "dataset", mode="r")
     try:
-        return sorted((s, int(dset.read_image(f"image_{s}", j).image_index))
-                      for s in (1, 2) if f"image_{s}" in dset.list()
-                      for j in range(dset.number_of_images(f"image_{s}")))
+        return sorted(
+            (s, int(dset.read_image(f"image_{s}", j).image_index))
+            for s in (1, 2)
+            if f"image_{s}" in dset.list()
+            for j in range(dset.number_of_images(f"image_{s}"))
+        )
     finally:
         dset.close()
 
@@ -190,12 +201,15 @@ def test_the_server_serves_several_clients_at_once(server, scan, tmp_path):
         assert c.returncode == 0, err
         assert _received(tmp_path / f"client{i}") == [(s, i) for s in (1, 2) for i in (1, 2, 3)]
     saved = [e for e in server.events if e.get("event") == "closed" and e.get("saved")]
-    assert saved and all(Path(e["saved"]).exists() for e in saved)        # complete streams only
+    assert saved and all(Path(e["saved"]).exists() for e in saved)  # complete streams only
 
 
 def test_only_the_given_address_is_listened_on(server):
-    other = [a for a in {i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
-             if not a.startswith("127.")]
+    other = [
+        a
+        for a in {i[4][0] for i in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)}
+        if not a.startswith("127.")
+    ]
     for address in other:
         with pytest.raises(OSError):
             socket.create_connection((address, server.port), timeout=2).close()
@@ -206,8 +220,13 @@ def test_a_killed_server_leaves_no_partial_output(scan, tmp_path):
     srv = Server("--samples", "2", "--steps", "12")
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    client = subprocess.Popen([sys.executable, "-m", "diffunfold", "send", str(scan), "--port", str(srv.port),
-                               "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    client = subprocess.Popen(
+        [sys.executable, "-m", "diffunfold", "send", str(scan), "--port", str(srv.port), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     srv.wait_for("header")
     srv.proc.kill()
     srv.proc.wait(30)
@@ -224,8 +243,8 @@ def test_sigterm_finishes_the_slice_in_flight(scan, tmp_path):
     assert srv.stop() == 0
     _, err = client.communicate(timeout=TIMEOUT)
     done = [e["slice"] for e in srv.events if e.get("event") == "reconstructed"]
-    if len(done) == 3:                                                    # every slice came back
+    if len(done) == 3:  # every slice came back
         assert client.returncode == 0 and len(_received(tmp_path / "out")) == 3, err
-    else:                                                                 # the client is told why
+    else:  # the client is told why
         assert client.returncode != 0 and "shutting down" in err, err
     assert srv.events[-1]["event"] == "stopped"

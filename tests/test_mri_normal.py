@@ -41,8 +41,10 @@ def literal_prox(op, v, y, w, iterations):
 
 
 @pytest.mark.parametrize("dtype", [np.complex128, np.complex64])
-@pytest.mark.parametrize("kind,n,per_image", [("gaussian1d", 32, False), ("random1d", 33, True),
-                                              ("gaussian2d", 32, False), ("gaussian2d", 31, True)])
+@pytest.mark.parametrize(
+    "kind,n,per_image",
+    [("gaussian1d", 32, False), ("random1d", 33, True), ("gaussian2d", 32, False), ("gaussian2d", 31, True)],
+)
 def test_normal_gradient_and_prox_match_the_definitions(kind, n, per_image, dtype):
     op = operator(kind, n, per_image)
     assert op.fast_normal and op._is_1d == kind.endswith("1d")
@@ -64,7 +66,7 @@ def test_adjoint_of_y_follows_the_measurement():
     y = op.measure(images(32, np.complex64, seed=2), 0.0)
     first = op.grad(x, y)
     assert op._aty_memo is not None and np.array_equal(op.grad(x, y.copy()), first)
-    y *= 2                                                        # in place: the same object, new values
+    y *= 2  # in place: the same object, new values
     assert rel(op.grad(x, y), op.AT(op.A(x) - y)) < 1e-5
     other = op.measure(images(32, np.complex64, seed=5), 0.0)
     assert rel(op.grad(x, other), op.AT(op.A(x) - other)) < 1e-5
@@ -78,6 +80,6 @@ def test_torch_gradient_flows_through_the_normal_operator(torch_backend):
     loss = op.prox(x, y, 0.5, iterations=4).abs().sum()
     loss.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    y.requires_grad_(True)                                         # a y with a gradient is never memoised
+    y.requires_grad_(True)  # a y with a gradient is never memoised
     g = torch.autograd.grad(op.grad(x.detach(), y).abs().sum(), y)[0]
     assert torch.isfinite(g).all()

@@ -26,16 +26,17 @@ pytest.importorskip("onnx", reason="building test packages needs onnx (the expor
 pytest.importorskip("openvino", reason="the openvino extra is not installed")
 pytestmark = pytest.mark.torch
 
+from helpers import tiny_model  # noqa: E402
+
 from diffunfold.errors import InputError  # noqa: E402
-from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
+from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.physics import make_operator  # noqa: E402
 from diffunfold.runtime import Solver, available_backends  # noqa: E402
 from diffunfold.runtime import backends as backends_module  # noqa: E402
-from diffunfold.runtime.backends import OnnxRuntimeBackend  # noqa: E402
 from diffunfold.runtime.backend_openvino import OpenVinoBackend, default_precision  # noqa: E402
+from diffunfold.runtime.backends import OnnxRuntimeBackend  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from helpers import tiny_model  # noqa: E402
 
 SIZE = 32
 TOL = {"f32": (1e-4, 1e-3), "bf16": (3e-2, 5e-2)}  # (one call, one solve)
@@ -64,7 +65,7 @@ def test_openvino_matches_torch(package, tmp_path, precision, record_property):
     call_tol, solve_tol = TOL[prec]
     rng = np.random.default_rng(0)
     for k, sigma in ((0, 1.0), (1, 0.3), (0, 0.002)):  # a noisy image as the sampler sees it
-        x = (0.5 * rng.standard_normal((2, 3, SIZE, SIZE)) + sigma * rng.standard_normal((2, 3, SIZE, SIZE)))
+        x = 0.5 * rng.standard_normal((2, 3, SIZE, SIZE)) + sigma * rng.standard_normal((2, 3, SIZE, SIZE))
         x = x.astype(np.float32)
         with torch.no_grad():
             want = model.regularize(torch.from_numpy(x), torch.full((2,), sigma), k).numpy()
@@ -100,11 +101,11 @@ def test_compiled_models_are_cached(package, tmp_path):
     be = OpenVinoBackend(pkg, precision="f32", cache_dir=tmp_path / "cache")
     x = np.zeros((1, 3, SIZE, SIZE), np.float32)
     first = be.regularize(x, 1.0, 0)
-    be.regularize(x, 2.0, 1)                       # same shape, another sigma and stage: no compile
+    be.regularize(x, 2.0, 1)  # same shape, another sigma and stage: no compile
     assert be.compiles == 1
     be.regularize(np.zeros((2, 3, SIZE, SIZE), np.float32), 1.0, 0)
-    assert be.compiles == 2                        # a new batch size is a new static model
-    assert any((tmp_path / "cache").iterdir())     # the blobs a second process loads instead
+    assert be.compiles == 2  # a new batch size is a new static model
+    assert any((tmp_path / "cache").iterdir())  # the blobs a second process loads instead
     again = OpenVinoBackend(pkg, precision="f32", cache_dir=tmp_path / "cache").regularize(x, 1.0, 0)
     assert np.array_equal(again, first)
 

@@ -24,8 +24,16 @@ def _psnr(estimate: np.ndarray, truth: np.ndarray) -> float:
 
 def test_phantom_dataset_reads_back_through_the_fastmri_reader(tmp_path):
     """Acceptance: a fastMRI-format file written by the phantom generator reads back."""
-    paths = write_phantom_dataset(tmp_path / "ph", num_files=2, slices_per_file=3, shape=(64, 48),
-                                  ncoils=4, recon_shape=(32, 32), seed=5, progress=False)
+    paths = write_phantom_dataset(
+        tmp_path / "ph",
+        num_files=2,
+        slices_per_file=3,
+        shape=(64, 48),
+        ncoils=4,
+        recon_shape=(32, 32),
+        seed=5,
+        progress=False,
+    )
     assert [p.name for p in paths] == ["phantom_0000.h5", "phantom_0001.h5"]
     assert sorted(p.name for p in (tmp_path / "ph").iterdir()) == [p.name for p in paths]  # no temp files
     with FastMRIFile(paths[1]) as f:
@@ -122,16 +130,19 @@ def test_zero_filled_sense_is_worse_than_full_sampling():
     np.testing.assert_allclose(under.A(x)[0], mask * simulate_multicoil(x[0, 0], ncoils=4), atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(num_files=0), "num_files"),
-    (dict(slices_per_file=-1), "slices_per_file"),
-    (dict(ncoils=0), "ncoils"),
-    (dict(shape=(33, 32)), "even"),
-    (dict(shape=(8, 8)), ">= 16"),
-    (dict(shape=(32, 32), recon_shape=(48, 32)), "recon_shape"),
-    (dict(seed=-1), "seed"),
-    (dict(noise_std=float("nan")), "noise_std"),
-])
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        (dict(num_files=0), "num_files"),
+        (dict(slices_per_file=-1), "slices_per_file"),
+        (dict(ncoils=0), "ncoils"),
+        (dict(shape=(33, 32)), "even"),
+        (dict(shape=(8, 8)), ">= 16"),
+        (dict(shape=(32, 32), recon_shape=(48, 32)), "recon_shape"),
+        (dict(seed=-1), "seed"),
+        (dict(noise_std=float("nan")), "noise_std"),
+    ],
+)
 def test_write_phantom_dataset_validates(tmp_path, kwargs, word):
     with pytest.raises(InputError, match=word):
         write_phantom_dataset(tmp_path, progress=False, **kwargs)

@@ -37,14 +37,18 @@ def mri(ncoils=4):
 
 # -- shapes and dtypes ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bad, match", [
-    (np.zeros((1, 3, 32, 40)), r"shape \(B, C, 32, 48\)"),
-    (np.zeros((3, 32, 48)), r"shape \(B, C, 32, 48\)"),
-    (np.zeros((1, 3, 32, 48), dtype=np.uint8), "divide uint8 images by 255"),
-    (np.zeros((1, 3, 32, 48), dtype=np.float16), "float32 or float64"),
-    (np.zeros((1, 3, 32, 48), dtype=np.complex64), "float32 or float64"),
-    ([[1.0]], "numpy, CuPy or torch"),
-])
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros((1, 3, 32, 40)), r"shape \(B, C, 32, 48\)"),
+        (np.zeros((3, 32, 48)), r"shape \(B, C, 32, 48\)"),
+        (np.zeros((1, 3, 32, 48), dtype=np.uint8), "divide uint8 images by 255"),
+        (np.zeros((1, 3, 32, 48), dtype=np.float16), "float32 or float64"),
+        (np.zeros((1, 3, 32, 48), dtype=np.complex64), "float32 or float64"),
+        ([[1.0]], "numpy, CuPy or torch"),
+    ],
+)
 def test_image_operator_rejects_bad_images(bad, match):
     with pytest.raises(InputError, match=match):
         blur().A(bad)
@@ -115,6 +119,7 @@ def test_bad_operator_parameters():
 
 # -- NaN / Inf --------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("make", [blur, mri])
 def test_nan_in_measurement_is_refused(make, backend):
     op = make()
@@ -138,6 +143,7 @@ def test_nan_in_clean_image_is_refused():
 
 
 # -- measurement noise ------------------------------------------------------------------------------
+
 
 def test_measure_is_seeded_and_has_the_requested_std():
     op = blur()
@@ -181,6 +187,7 @@ def test_complex_noise_is_circular_with_total_variance(backend):
 
 
 # -- tasks and samplers -----------------------------------------------------------------------------
+
 
 def test_every_task_builds_by_name_with_defaults():
     for name in task_names():

@@ -32,11 +32,11 @@ def test_mask_hits_the_requested_acceleration(kind, acceleration, shape):
     h, w = shape
     if kind == "gaussian2d":
         side_h, side_w = round(h * 0.32 / acceleration), round(w * 0.32 / acceleration)
-        assert mask[h // 2 - side_h // 2: h // 2 + side_h // 2, w // 2 - side_w // 2: w // 2 + side_w // 2].all()
+        assert mask[h // 2 - side_h // 2 : h // 2 + side_h // 2, w // 2 - side_w // 2 : w // 2 + side_w // 2].all()
     else:
         assert np.all(mask == mask[:1]), "1-D masks sample whole phase-encode columns"
         nc = round(w * 0.32 / acceleration)
-        assert mask[0, w // 2 - nc // 2: w // 2 - nc // 2 + nc].all(), "the centre must be fully sampled"
+        assert mask[0, w // 2 - nc // 2 : w // 2 - nc // 2 + nc].all(), "the centre must be fully sampled"
 
 
 @pytest.mark.parametrize("kind", MASK_KINDS)
@@ -51,14 +51,14 @@ def test_mask_is_deterministic_per_seed(kind):
 def test_gaussian_masks_are_denser_near_the_centre(kind):
     mask = np.mean([mri_mask(kind, (128, 128), 8, seed=s) for s in range(10)], axis=0)
     cols = mask.mean(axis=0)
-    inner = np.r_[cols[64 - 32:64 - 8], cols[64 + 8:64 + 32]].mean()
+    inner = np.r_[cols[64 - 32 : 64 - 8], cols[64 + 8 : 64 + 32]].mean()
     outer = np.r_[cols[:16], cols[-16:]].mean()
     assert inner > 2 * outer
 
 
 def test_mask_center_fraction_and_errors():
     mask = mri_mask("uniform1d", (64, 256), 4, center_fraction=0.125)
-    assert mask[0, 128 - 16:128 + 16].all()
+    assert mask[0, 128 - 16 : 128 + 16].all()
     with pytest.raises(InputError, match="centre"):
         mri_mask("uniform1d", (64, 256), 8, center_fraction=0.5)
     with pytest.raises(InputError, match="unknown mask kind"):
@@ -139,5 +139,6 @@ def test_mri_forward_is_its_definition(shape):
     x = rng.standard_normal((2, 1) + shape) + 1j * rng.standard_normal((2, 1) + shape)
     np.testing.assert_allclose(op.A(x), op.mask * fft2c(op.coil_maps * x), atol=1e-12)
     y = op.A(x)
-    np.testing.assert_allclose(op.AT(y), np.sum(np.conj(op.coil_maps) * ifft2c(op.mask * y), axis=1, keepdims=True),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        op.AT(y), np.sum(np.conj(op.coil_maps) * ifft2c(op.mask * y), axis=1, keepdims=True), atol=1e-12
+    )

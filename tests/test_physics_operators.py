@@ -78,10 +78,16 @@ def test_spectral_norm_at_most_one(op):
     assert 0 < norm <= 1 + 1e-6, f"||A|| = {norm} for {op!r}"
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("gaussian_blur", 1.0), ("inpainting", 1.0), ("sr_box_x4", 0.25), ("sr_box_x16", 1 / 16),
-    ("mri_single_coil", 1.0),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("gaussian_blur", 1.0),
+        ("inpainting", 1.0),
+        ("sr_box_x4", 0.25),
+        ("sr_box_x16", 1 / 16),
+        ("mri_single_coil", 1.0),
+    ],
+)
 def test_spectral_norm_known_values(name, expected):
     op = ZOO[name]
     x, _ = random_pair(op, seed=5)
@@ -106,8 +112,9 @@ def test_float32_stays_float32(op, backend):
     x, y = random_pair(op, dtype=np.float32, seed=8)
     xb, yb = backend.asarray(x), backend.asarray(y)
     assert op.A(xb).dtype == yb.dtype and op.AT(yb).dtype == xb.dtype
-    np.testing.assert_allclose(to_numpy(op.A(xb)), op.A(x.astype(np.complex128 if op.complex_image else np.float64)),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(op.A(xb)), op.A(x.astype(np.complex128 if op.complex_image else np.float64)), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_grad_is_adjoint_of_residual(op):
@@ -130,8 +137,19 @@ def test_torch_autograd_matches_grad(op, torch_backend):
 
 # -- pseudo-inverses --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["sr_box_x4", "sr_box_x16", "sr_bicubic_x2", "sr_bicubic_x8",
-                                  "inpainting", "box_inpainting", "inpainting_per_image"])
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sr_box_x4",
+        "sr_box_x16",
+        "sr_bicubic_x2",
+        "sr_bicubic_x8",
+        "inpainting",
+        "box_inpainting",
+        "inpainting_per_image",
+    ],
+)
 def test_pinv_is_exact(name):
     op = ZOO[name]
     x, _ = random_pair(op, seed=12)
@@ -164,6 +182,7 @@ def test_sr_box_pinv_is_nearest_upsampling():
 
 
 # -- what each operator computes ---------------------------------------------------------------
+
 
 def test_sr_box_is_block_mean():
     x = np.random.default_rng(1).random((2, 3) + SHAPE)
@@ -231,11 +250,18 @@ def test_operators_rebuild_from_spec():
         np.testing.assert_allclose(rebuilt.A(x), op.A(x), rtol=1e-12, err_msg=name)
 
 
-@pytest.mark.parametrize("task,params", [
-    ("gaussian_blur", {"sigma": 2.0}), ("anisotropic_blur", {}), ("motion_blur", {}),
-    ("sr", {"factor": 4}), ("sr", {"factor": 2, "kernel": "bicubic"}), ("inpainting", {"missing": 0.5}),
-    ("mri", {"ncoils": 4, "acceleration": 4}),
-])
+@pytest.mark.parametrize(
+    "task,params",
+    [
+        ("gaussian_blur", {"sigma": 2.0}),
+        ("anisotropic_blur", {}),
+        ("motion_blur", {}),
+        ("sr", {"factor": 4}),
+        ("sr", {"factor": 2, "kernel": "bicubic"}),
+        ("inpainting", {"missing": 0.5}),
+        ("mri", {"ncoils": 4, "acceleration": 4}),
+    ],
+)
 def test_lipschitz_is_the_squared_norm(task, params):
     # The unfolding divides its fidelity step by op.lipschitz: it must be ||A||^2 (or a tight
     # upper bound), else SR and blur get different effective step sizes.

@@ -11,9 +11,14 @@ from diffunfold.physics import make_operator
 from diffunfold.physics.mri import birdcage_maps
 
 SHAPE = (32, 32)
-CLOSED_FORM = [("gaussian_blur", {"sigma": 2.0}), ("motion_blur", {"length": 5.0}), ("sr", {"factor": 4}),
-               ("sr", {"factor": 2, "kernel": "bicubic"}), ("inpainting", {"missing": 0.4}),
-               ("box_inpainting", {"size": 0.3})]
+CLOSED_FORM = [
+    ("gaussian_blur", {"sigma": 2.0}),
+    ("motion_blur", {"length": 5.0}),
+    ("sr", {"factor": 4}),
+    ("sr", {"factor": 2, "kernel": "bicubic"}),
+    ("inpainting", {"missing": 0.4}),
+    ("box_inpainting", {"size": 0.3}),
+]
 MRI = ("mri", {"kind": "gaussian1d", "acceleration": 4})
 
 
@@ -67,6 +72,7 @@ def test_prox_is_per_image_and_agrees_across_backends(task, params, backend):
     both = np.asarray(op.prox(v, y, w))
     got = op.prox(backend.asarray(v[1:]), backend.asarray(y[1:]), w[1:])
     from diffunfold._array import to_numpy
+
     assert np.all(np.isfinite(to_numpy(got)))
     assert np.max(np.abs(to_numpy(got) - both[1:])) <= 1e-4 * np.max(np.abs(both))
 
@@ -110,5 +116,5 @@ def test_cg_backward_stays_finite_after_convergence():
     w = torch.tensor([0.5, 1.0, 2.0]).reshape(3, 1, 1, 1).requires_grad_()
     x = conjugate_gradient(lambda u: w * u, rhs, torch.zeros_like(rhs), iterations=30)
     torch.testing.assert_close(x, rhs / w)
-    (x ** 2).sum().backward()
+    (x**2).sum().backward()
     assert torch.isfinite(rhs.grad).all() and torch.isfinite(w.grad).all()

@@ -48,6 +48,7 @@ def test_writes_one_report_per_package_a_figure_and_the_comparison(quick_run):
     out, results = quick_run
     try:
         import matplotlib  # noqa: F401  (the eval extra; without it the figure is skipped, with a message)
+
         figures = True
     except ImportError:
         figures = False
@@ -70,12 +71,30 @@ def test_every_method_has_finite_scores_on_every_case(quick_run):
     _, results = quick_run
     expected = {
         ("image", "gaussian_blur"): {"model_mean", "model_sample", "wiener", "tikhonov", "pinv"},
-        ("image", "inpainting_40"): {"model_mean", "model_sample", "tikhonov", "biharmonic",
-                                     "normalised_convolution", "pinv"},
-        ("mri", "mri_gaussian1d_4x"): {"model_mean", "model_sample", "zero_filled", "cg_sense", "l1_espirit",
-                                       "l1_true_maps"},
-        ("mri", "mri_gaussian2d_8x"): {"model_mean", "model_sample", "zero_filled", "cg_sense", "l1_espirit",
-                                       "l1_true_maps"},
+        ("image", "inpainting_40"): {
+            "model_mean",
+            "model_sample",
+            "tikhonov",
+            "biharmonic",
+            "normalised_convolution",
+            "pinv",
+        },
+        ("mri", "mri_gaussian1d_4x"): {
+            "model_mean",
+            "model_sample",
+            "zero_filled",
+            "cg_sense",
+            "l1_espirit",
+            "l1_true_maps",
+        },
+        ("mri", "mri_gaussian2d_8x"): {
+            "model_mean",
+            "model_sample",
+            "zero_filled",
+            "cg_sense",
+            "l1_espirit",
+            "l1_true_maps",
+        },
     }
     sigpy_ok = qb.sigpy_status() is None
     for (kind, task), methods in expected.items():
@@ -108,8 +127,9 @@ def test_baselines_behave_as_their_maths_says(quick_run):
     assert tik["psnr"] > pinv["psnr"] + 2
     # The best baseline is the best of the baselines.
     for s in image["summary"]:
-        cands = [r["psnr"] for r in image["rows"] if r["baseline"] and r["task"] == s["task"]
-                 and r["noise"] == s["noise"]]
+        cands = [
+            r["psnr"] for r in image["rows"] if r["baseline"] and r["task"] == s["task"] and r["noise"] == s["noise"]
+        ]
         assert s["best_baseline_psnr"] == max(cands)
     # The oracle's choice is recorded per image, from the grid.
     setting = rows_of(image, "gaussian_blur", 0.05, "tikhonov")["per_image"][0]["setting"]
@@ -147,8 +167,23 @@ def test_model_rows_pass_the_noise_level_and_the_single_sample_is_draw_zero(quic
 
 def test_sigpy_missing_skips_its_baselines_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(qb, "sigpy_status", lambda: "sigpy is not usable (test)")
-    rc = quality.main([str(MRI_PKG), "--quick", "--quiet", "--task", "mri_gaussian2d_8x", "--mri-noise", "0",
-                       "--steps", "1", "--samples", "1", "--out", str(tmp_path)])
+    rc = quality.main(
+        [
+            str(MRI_PKG),
+            "--quick",
+            "--quiet",
+            "--task",
+            "mri_gaussian2d_8x",
+            "--mri-noise",
+            "0",
+            "--steps",
+            "1",
+            "--samples",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     result = json.loads((tmp_path / "quality-mri-small.json").read_text())
     for method in quality.SIGPY_METHODS:
@@ -199,16 +234,35 @@ def test_sampler_option_overrides_the_packages_and_is_recorded(tmp_path, capsys)
 def test_a_training_run_is_exported_and_scored(tmp_path):
     torch = pytest.importorskip("torch", reason="exporting a run needs torch (the train extra)")
     pytest.importorskip("onnx", reason="exporting a run needs onnx (the export extra)")
+    from helpers import tiny_model
     from torch.optim.swa_utils import AveragedModel
 
     from diffunfold.training.checkpoint import save_checkpoint
-    from helpers import tiny_model
 
     model = tiny_model(shared=True, stages=2)
-    save_checkpoint(tmp_path / "myrun" / "checkpoints", 5, model, AveragedModel(model),
-                    torch.optim.Adam(model.parameters()), {"name": "tiny", "data": {"tasks": ["gaussian_blur"]}})
-    rc = quality.main([str(tmp_path / "myrun"), "--quick", "--quiet", "--task", "gaussian_blur", "--noise", "0.05",
-                       "--size", "32", "--out", str(tmp_path / "out")])
+    save_checkpoint(
+        tmp_path / "myrun" / "checkpoints",
+        5,
+        model,
+        AveragedModel(model),
+        torch.optim.Adam(model.parameters()),
+        {"name": "tiny", "data": {"tasks": ["gaussian_blur"]}},
+    )
+    rc = quality.main(
+        [
+            str(tmp_path / "myrun"),
+            "--quick",
+            "--quiet",
+            "--task",
+            "gaussian_blur",
+            "--noise",
+            "0.05",
+            "--size",
+            "32",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     result = json.loads((tmp_path / "out" / "quality-myrun-step5.json").read_text())
     assert result["package"]["source"].startswith("checkpoint ") and result["package"]["manifest_source"]["step"] == 5
@@ -284,16 +338,16 @@ def test_oracle_picks_the_best_grid_value_per_image():
     grid = (1e-4, 1e-2, 1.0)
     res = qb.oracle_tikhonov(op, y, x, grid)
     for i in range(2):
-        scores = [float(psnr(np.clip(qb.tikhonov_fft(op, y[i:i + 1], g), 0, 1)[0], x[i], 1.0)) for g in grid]
+        scores = [float(psnr(np.clip(qb.tikhonov_fft(op, y[i : i + 1], g), 0, 1)[0], x[i], 1.0)) for g in grid]
         assert res.lam[i] == grid[int(np.argmax(scores))]
         assert res.psnr[i] == pytest.approx(max(scores))
 
 
 def test_fully_sampled_centre_is_centred_as_sigpy_crops():
     mask = np.zeros((16, 16))
-    mask[:, 6:11] = 1                      # columns 6..10: centred on 8 with width 5
+    mask[:, 6:11] = 1  # columns 6..10: centred on 8 with width 5
     assert qb.fully_sampled_centre(mask) == 5
-    mask[:, 10] = 0                        # 6..9: width 4 starts at 8 - 2 = 6
+    mask[:, 10] = 0  # 6..9: width 4 starts at 8 - 2 = 6
     assert qb.fully_sampled_centre(mask) == 4
     assert qb.fully_sampled_centre(np.zeros((16, 16))) == 0
 

@@ -49,6 +49,7 @@ def hidden(folder: Path) -> list[Path]:
 
 # -- nothing written over without --overwrite --------------------------------------------------
 
+
 def test_mask_never_replaces_an_existing_image(tmp_path, capsys):
     face = photo(tmp_path / "face64.png")
     before = digest(face)
@@ -59,8 +60,7 @@ def test_mask_never_replaces_an_existing_image(tmp_path, capsys):
 
 
 def test_phantom_never_replaces_its_files(tmp_path, capsys):
-    argv = ["phantom", str(tmp_path / "ph"), "--files", "1", "--slices", "1", "--size", "16", "--coils", "2",
-            "--quiet"]
+    argv = ["phantom", str(tmp_path / "ph"), "--files", "1", "--slices", "1", "--size", "16", "--coils", "2", "--quiet"]
     assert main(argv) == 0
     first = digest(tmp_path / "ph" / "phantom_0000.h5")
     assert main(argv + ["--seed", "1"]) == 2
@@ -76,8 +76,22 @@ def test_demo_refuses_a_used_folder_and_never_mixes_two_runs(tmp_path, capsys):
     (out / "results.md").write_text("an earlier run")
     (out / "sr_x4.png").write_bytes(b"an earlier figure")
     (out / "notes.txt").write_text("the user's own")
-    argv = ["demo", "--out", str(out), "--task", "gaussian_blur", "--images", "1", "--samples", "1", "--steps",
-            "2", "--size", "32", "--quiet"]
+    argv = [
+        "demo",
+        "--out",
+        str(out),
+        "--task",
+        "gaussian_blur",
+        "--images",
+        "1",
+        "--samples",
+        "1",
+        "--steps",
+        "2",
+        "--size",
+        "32",
+        "--quiet",
+    ]
     assert main(argv) == 2
     assert "already holds files" in capsys.readouterr().err
     assert (out / "results.md").read_text() == "an earlier run"
@@ -87,6 +101,7 @@ def test_demo_refuses_a_used_folder_and_never_mixes_two_runs(tmp_path, capsys):
 
 
 # -- written whole or not at all -----------------------------------------------------------------
+
 
 def test_an_interrupted_image_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     target = tmp_path / "x.png"
@@ -118,18 +133,31 @@ def test_an_interrupted_stream_or_json_write_leaves_the_old_file(tmp_path):
 
 # -- batches: the good inputs are kept, the bad ones listed, a rerun resumes -------------------
 
+
 def test_a_batch_with_a_corrupt_file_keeps_the_good_ones_and_resumes(tmp_path, capsys):
     folder, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.json"
     photo(folder / "a.png", 1), photo(folder / "b.png", 2)
     (folder / "c.png").write_bytes(photo(tmp_path / "c_full.png", 3).read_bytes()[:200])  # truncated
-    argv = ["restore", IMAGE_PKG, str(folder), "--task", "gaussian_blur", "sigma=2", "--out", str(out),
-            "--json", str(report), *FAST]
+    argv = [
+        "restore",
+        IMAGE_PKG,
+        str(folder),
+        "--task",
+        "gaussian_blur",
+        "sigma=2",
+        "--out",
+        str(out),
+        "--json",
+        str(report),
+        *FAST,
+    ]
     assert main(argv) == 1
     text, err = capsys.readouterr()
     assert "| a.png |" in text and "| b.png |" in text and "c.png" in err and "failed" in err
     data = json.loads(report.read_text())
     assert [r["name"] for r in data["rows"]] == ["a", "b"] and [f["name"] for f in data["failures"]] == [
-        str(folder / "c.png")]
+        str(folder / "c.png")
+    ]
     # a plain rerun says how to go on; --resume redoes nothing that is finished
     assert main(argv) == 2
     assert "--resume" in capsys.readouterr().err
@@ -170,8 +198,7 @@ def test_ctrl_c_in_a_batch_keeps_the_finished_images_and_says_how_to_resume(tmp_
 
 
 def test_mri_names_the_file_and_slice_with_nan_kspace_and_keeps_the_others(tmp_path, capsys):
-    (path,) = write_phantom_dataset(tmp_path, num_files=1, slices_per_file=2, shape=(32, 32), ncoils=2,
-                                    progress=False)
+    (path,) = write_phantom_dataset(tmp_path, num_files=1, slices_per_file=2, shape=(32, 32), ncoils=2, progress=False)
     with h5py.File(path, "r+") as f:
         k = f["kspace"][...]
         k[1, 0, 5, 5] = np.nan
@@ -188,9 +215,9 @@ def test_mri_names_the_file_and_slice_with_nan_kspace_and_keeps_the_others(tmp_p
 
 # -- accurate messages ---------------------------------------------------------------------------
 
+
 def test_a_bad_acceleration_is_refused_before_any_note(tmp_path, capsys):
-    (path,) = write_phantom_dataset(tmp_path, num_files=1, slices_per_file=1, shape=(32, 32), ncoils=2,
-                                    progress=False)
+    (path,) = write_phantom_dataset(tmp_path, num_files=1, slices_per_file=1, shape=(32, 32), ncoils=2, progress=False)
     assert main(["mri", MRI_PKG, str(path), "--acceleration", "nan"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "--acceleration" in err and "'nan'" in err
@@ -199,14 +226,32 @@ def test_a_bad_acceleration_is_refused_before_any_note(tmp_path, capsys):
 def test_threads_0_means_all_cores_on_every_command(tmp_path, capsys):
     face = photo(tmp_path / "face.png")
     fast = [a for a in FAST if a not in ("--threads", "1")]
-    assert main(["restore", IMAGE_PKG, str(face), "--task", "sr", "factor=2", "--out", str(tmp_path / "o"),
-                 "--threads", "0", *fast]) == 0
-    (path,) = write_phantom_dataset(tmp_path / "ph", num_files=1, slices_per_file=1, shape=(32, 32), ncoils=2,
-                                    progress=False)
+    assert (
+        main(
+            [
+                "restore",
+                IMAGE_PKG,
+                str(face),
+                "--task",
+                "sr",
+                "factor=2",
+                "--out",
+                str(tmp_path / "o"),
+                "--threads",
+                "0",
+                *fast,
+            ]
+        )
+        == 0
+    )
+    (path,) = write_phantom_dataset(
+        tmp_path / "ph", num_files=1, slices_per_file=1, shape=(32, 32), ncoils=2, progress=False
+    )
     assert main(["mri", MRI_PKG, str(path), "--out", str(tmp_path / "r"), "--threads", "0", *fast]) == 0
 
 
 # -- the last guard ------------------------------------------------------------------------------
+
 
 def test_an_unexpected_error_is_one_line_with_a_hint_and_debug_shows_it(monkeypatch, capsys):
     def broken(args):

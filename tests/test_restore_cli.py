@@ -14,17 +14,17 @@ pytest.importorskip("torch", reason="building test packages needs torch (the exp
 pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
 pytestmark = pytest.mark.torch
 
+from helpers import tiny_model  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from diffunfold.cli import main  # noqa: E402
-from diffunfold.runtime.backends import openvino_status  # noqa: E402
+from diffunfold.cli_values import parse_slices  # noqa: E402
 from diffunfold.data.images import bundled_image, save_image  # noqa: E402
 from diffunfold.data.phantom import write_phantom_dataset  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
 from diffunfold.physics.tasks import parse_task_words  # noqa: E402
-from diffunfold.cli_values import parse_slices  # noqa: E402
-from helpers import tiny_model  # noqa: E402
+from diffunfold.runtime.backends import openvino_status  # noqa: E402
 
 FAST = ["--steps", "4", "--quiet"]
 
@@ -32,17 +32,26 @@ FAST = ["--steps", "4", "--quiet"]
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("packages")
-    image = export_model(tiny_model(shared=True, stages=2), root / "image",
-                         tasks=["gaussian_blur", "sr", "inpainting"], log=lambda s: None)
-    mri = export_model(tiny_model(shared=True, data="mri", channels=1, stages=2, seed=2), root / "mri",
-                       tasks=["mri"], log=lambda s: None)
+    image = export_model(
+        tiny_model(shared=True, stages=2),
+        root / "image",
+        tasks=["gaussian_blur", "sr", "inpainting"],
+        log=lambda s: None,
+    )
+    mri = export_model(
+        tiny_model(shared=True, data="mri", channels=1, stages=2, seed=2),
+        root / "mri",
+        tasks=["mri"],
+        log=lambda s: None,
+    )
     return {"image": str(image.path), "mri": str(mri.path)}
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    (path,) = write_phantom_dataset(tmp_path_factory.mktemp("phantom"), num_files=1, slices_per_file=2,
-                                    shape=(32, 32), ncoils=4, progress=False)
+    (path,) = write_phantom_dataset(
+        tmp_path_factory.mktemp("phantom"), num_files=1, slices_per_file=2, shape=(32, 32), ncoils=4, progress=False
+    )
     return path
 
 
@@ -52,8 +61,7 @@ def photos(tmp_path):
     folder = tmp_path / "photos"
     save_image(folder / "astro.png", bundled_image("astronaut")[:, ::16, ::16])
     save_image(folder / "camera.png", bundled_image("camera", channels=1)[:, 200:232, 200:240])
-    rgba = np.concatenate([np.asarray(Image.open(folder / "astro.png")),
-                           np.full((32, 32, 1), 128, np.uint8)], axis=-1)
+    rgba = np.concatenate([np.asarray(Image.open(folder / "astro.png")), np.full((32, 32, 1), 128, np.uint8)], axis=-1)
     Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
     return folder
 
@@ -74,15 +82,35 @@ def png_size(path):
 def test_simulate_writes_outputs_and_scores(packages, photos, tmp_path, capsys):
     before = digests(photos)
     out, report = tmp_path / "out", tmp_path / "report.json"
-    assert main(["restore", packages["image"], str(photos), "--task", "gaussian_blur", "sigma=1.5",
-                 "--noise", "0.05", "--samples", "2", "--out", str(out), "--json", str(report), *FAST]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                packages["image"],
+                str(photos),
+                "--task",
+                "gaussian_blur",
+                "sigma=1.5",
+                "--noise",
+                "0.05",
+                "--samples",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+                str(report),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "| image | size | PSNR | SSIM | Wiener PSNR |" in text and "| mean |" in text
     assert AUTO_CPU in text and "network" in text and "s per image" in text
     for name, size, mode in (("astro", (32, 32), "RGB"), ("camera", (40, 32), "L"), ("alpha", (32, 32), "RGBA")):
         for kind in ("restored", "baseline", "measured", "std"):
             assert (out / f"{name}_{kind}.png").is_file(), (name, kind)
-        assert png_size(out / f"{name}_restored.png") == (size, mode)   # grey stays grey, alpha is put back
+        assert png_size(out / f"{name}_restored.png") == (size, mode)  # grey stays grey, alpha is put back
     data = json.loads(report.read_text())
     assert data["mode"] == "simulate" and data["task"] == "gaussian_blur" and data["params"] == {"sigma": 1.5}
     assert data["backend"].startswith(AUTO_CPU.split()[1]) and data["nfe"] == 4 and data["samples"] == 2
@@ -91,7 +119,7 @@ def test_simulate_writes_outputs_and_scores(packages, photos, tmp_path, capsys):
         for key in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds", "std_max"):
             assert np.isfinite(row[key]), key
         assert row["psnr"] > 5
-    assert [r["seed"] for r in data["rows"]] == [0, 1, 2]   # one seed per image
+    assert [r["seed"] for r in data["rows"]] == [0, 1, 2]  # one seed per image
     assert digests(photos) == before
 
 
@@ -103,12 +131,27 @@ def test_contrast_stretch_reports_each_gain(packages, tmp_path, capsys):
     save_image(folder / "astro.png", astro)
     save_image(folder / "fog.png", 0.8 + 0.08 * (astro - astro.mean()))
     for contrast, report in (("stretch", tmp_path / "on.json"), (None, tmp_path / "off.json")):
-        args = ["restore", packages["image"], str(folder), "--task", "sr", "factor=2", "--noise", "0.01",
-                "--out", str(tmp_path / f"out-{contrast}"), "--json", str(report), *FAST]
+        args = [
+            "restore",
+            packages["image"],
+            str(folder),
+            "--task",
+            "sr",
+            "factor=2",
+            "--noise",
+            "0.01",
+            "--out",
+            str(tmp_path / f"out-{contrast}"),
+            "--json",
+            str(report),
+            *FAST,
+        ]
         assert main(args + (["--contrast", contrast] if contrast else [])) == 0
     on, off = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("on", "off"))
-    assert on["contrast"] == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0,
-                              "colour": False} and off["contrast"] is None
+    assert (
+        on["contrast"] == {"target_std": 0.15, "flat_std": 0.09, "max_gain": 4.0, "colour": False}
+        and off["contrast"] is None
+    )
     gains = {row["name"]: row["contrast_gain"] for row in on["rows"]}
     assert gains["astro"] == 1.0 and gains["fog"] > 1.5
     assert all("contrast_gain" not in row for row in off["rows"])
@@ -118,15 +161,45 @@ def test_contrast_stretch_reports_each_gain(packages, tmp_path, capsys):
 def test_simulate_sr_size_and_crop_to_the_factor(packages, photos, tmp_path, capsys):
     out = tmp_path / "sr"
     # camera.png is 32x40: --size makes it 32x32 (centre square, resized)
-    assert main(["restore", packages["image"], str(photos / "camera.png"), "--task", "sr", "factor=4",
-                 "--size", "32", "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                packages["image"],
+                str(photos / "camera.png"),
+                "--task",
+                "sr",
+                "factor=4",
+                "--size",
+                "32",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert png_size(out / "camera_measured.png")[0] == (8, 8)
     assert png_size(out / "camera_restored.png")[0] == (32, 32)
     assert "pinv PSNR" in capsys.readouterr().out
     # without --size, a side that is not a multiple of the factor is centre-cropped, with a note
     save_image(tmp_path / "odd" / "odd.png", bundled_image("coffee")[:, :34, :30])
-    assert main(["restore", packages["image"], str(tmp_path / "odd" / "odd.png"), "--task", "sr", "factor=4",
-                 "--out", str(tmp_path / "odd_out"), *FAST]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                packages["image"],
+                str(tmp_path / "odd" / "odd.png"),
+                "--task",
+                "sr",
+                "factor=4",
+                "--out",
+                str(tmp_path / "odd_out"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert "centre-cropped 34x30 -> 32x28" in capsys.readouterr().out
     assert png_size(tmp_path / "odd_out" / "odd_restored.png")[0] == (28, 32)
 
@@ -137,13 +210,47 @@ def test_measured_blur_and_sr(packages, tmp_path, capsys):
     save_image(inputs / "small.png", bundled_image("chelsea")[:, ::16, ::16][:, :16, :12])
     before = digests(inputs)
     out, report = tmp_path / "out", tmp_path / "r.json"
-    assert main(["restore", packages["image"], str(inputs / "blurry.png"), "--mode", "measured",
-                 "--task", "gaussian_blur", "sigma=2", "--out", str(out), *FAST]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                packages["image"],
+                str(inputs / "blurry.png"),
+                "--mode",
+                "measured",
+                "--task",
+                "gaussian_blur",
+                "sigma=2",
+                "--out",
+                str(out),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert png_size(out / "blurry_restored.png")[0] == (32, 32)
     assert not (out / "blurry_measured.png").exists()
-    assert main(["restore", packages["image"], str(inputs / "small.png"), "--mode", "measured",
-                 "--task", "sr", "factor=2", "--out", str(out), "--json", str(report), *FAST]) == 0
-    assert png_size(out / "small_restored.png")[0] == (24, 32)   # factor x the 12x16 input
+    assert (
+        main(
+            [
+                "restore",
+                packages["image"],
+                str(inputs / "small.png"),
+                "--mode",
+                "measured",
+                "--task",
+                "sr",
+                "factor=2",
+                "--out",
+                str(out),
+                "--json",
+                str(report),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    assert png_size(out / "small_restored.png")[0] == (24, 32)  # factor x the 12x16 input
     text = capsys.readouterr().out
     assert "PSNR" not in text and "| small.png | 32x24 |" in text
     row = json.loads(report.read_text())["rows"][0]
@@ -156,8 +263,16 @@ def test_measured_inpainting_takes_a_mask_file(packages, tmp_path, capsys):
     mask = np.ones((32, 32), np.float32)
     mask[8:16, 4:28] = 0
     save_image(tmp_path / "mask.png", mask)
-    args = ["restore", packages["image"], str(tmp_path / "in" / "holes.png"), "--mode", "measured",
-            "--out", str(tmp_path / "out"), *FAST]
+    args = [
+        "restore",
+        packages["image"],
+        str(tmp_path / "in" / "holes.png"),
+        "--mode",
+        "measured",
+        "--out",
+        str(tmp_path / "out"),
+        *FAST,
+    ]
     assert main(args + ["--task", "inpainting"]) == 2
     assert "mask=FILE.png" in capsys.readouterr().err
     assert main(args + ["--task", "inpainting", f"mask={tmp_path / 'nothing.png'}"]) == 2
@@ -191,8 +306,9 @@ def test_existing_output_message(packages, photos, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "astro_baseline.png").write_bytes(b"keep me")
-    assert main(["restore", packages["image"], str(photos / "astro.png"), "--task", "sr", "--out", str(out),
-                 *FAST]) == 2
+    assert (
+        main(["restore", packages["image"], str(photos / "astro.png"), "--task", "sr", "--out", str(out), *FAST]) == 2
+    )
     err = capsys.readouterr().err
     assert "astro_baseline.png already exists" in err and "--overwrite" in err
     assert (out / "astro_baseline.png").read_bytes() == b"keep me"
@@ -218,12 +334,26 @@ def test_unknown_task_and_parameters_are_refused(packages, photos, tmp_path, cap
     assert "it takes ['factor', 'kernel']" in capsys.readouterr().err
     assert main(base + ["--task", "sr", "4"]) == 2
     assert "name=value" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()   # nothing written before the checks pass
+    assert not (tmp_path / "o").exists()  # nothing written before the checks pass
 
 
 def test_untrained_task_gets_a_note(packages, photos, tmp_path, capsys):
-    assert main(["restore", packages["image"], str(photos / "astro.png"), "--task", "motion", "length=5",
-                 "--out", str(tmp_path / "o"), *FAST]) == 0
+    assert (
+        main(
+            [
+                "restore",
+                packages["image"],
+                str(photos / "astro.png"),
+                "--task",
+                "motion",
+                "length=5",
+                "--out",
+                str(tmp_path / "o"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "not trained on motion_blur" in out and "physics is outside the network" in out
 
@@ -239,15 +369,35 @@ def test_bad_inputs_are_named(packages, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["restore", pkg, str(tmp_path / "empty"), "--task", "sr"]) == 2
     assert "holds no images" in capsys.readouterr().err
-    assert main(["restore", pkg, str(tmp_path / "bad.png"), "--task", "sr", "--mode", "measured",
-                 "--size", "32"]) == 2
+    assert main(["restore", pkg, str(tmp_path / "bad.png"), "--task", "sr", "--mode", "measured", "--size", "32"]) == 2
     assert "crop it beforehand" in capsys.readouterr().err
 
 
 def test_mri_reconstructs_a_phantom(packages, phantom, tmp_path, capsys):
     out, report = tmp_path / "recon", tmp_path / "mri.json"
-    assert main(["mri", packages["mri"], str(phantom), "--slices", "all", "--mask", "gaussian1d",
-                 "--acceleration", "4", "--samples", "2", "--out", str(out), "--json", str(report), *FAST]) == 0
+    assert (
+        main(
+            [
+                "mri",
+                packages["mri"],
+                str(phantom),
+                "--slices",
+                "all",
+                "--mask",
+                "gaussian1d",
+                "--acceleration",
+                "4",
+                "--samples",
+                "2",
+                "--out",
+                str(out),
+                "--json",
+                str(report),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "| slice | PSNR | SSIM | zero-filled PSNR |" in text and "realised 4.00x" in text
     for s in (0, 1):
@@ -261,16 +411,52 @@ def test_mri_reconstructs_a_phantom(packages, phantom, tmp_path, capsys):
     # as a scanner delivers it: the file's own coil k-space, ESPIRiT maps and noise from the data
     assert data["coil_maps"] == "espirit" and len(data["rows"]) == 2
     for row in data["rows"]:
-        assert all(np.isfinite(row[k]) for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "scale",
-                                                  "noise_estimated"))
+        assert all(
+            np.isfinite(row[k])
+            for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "scale", "noise_estimated")
+        )
         assert row["start"].startswith("SENSE estimate") and row["noise"].startswith("estimated")
     # the lab set-up: the reference through its own maps
-    assert main(["mri", packages["mri"], str(phantom), "--coil-maps", "estimate", "--out", str(tmp_path / "lab"),
-                 "--json", str(tmp_path / "lab.json"), *FAST]) == 0
+    assert (
+        main(
+            [
+                "mri",
+                packages["mri"],
+                str(phantom),
+                "--coil-maps",
+                "estimate",
+                "--out",
+                str(tmp_path / "lab"),
+                "--json",
+                str(tmp_path / "lab.json"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "lab.json").read_text())["coil_maps"] == "estimate"
     # the paper's set-up: the file's RSS image on simulated coils; default slice: the middle one
-    assert main(["mri", packages["mri"], str(phantom), "--coil-maps", "simulate", "--coils", "4", "--mask",
-                 "gaussian2d", "--acceleration", "8", "--out", str(tmp_path / "sim"), *FAST]) == 0
+    assert (
+        main(
+            [
+                "mri",
+                packages["mri"],
+                str(phantom),
+                "--coil-maps",
+                "simulate",
+                "--coils",
+                "4",
+                "--mask",
+                "gaussian2d",
+                "--acceleration",
+                "8",
+                "--out",
+                str(tmp_path / "sim"),
+                *FAST,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "4 coils (simulated maps)" in text and "| 1 |" in text
     assert (tmp_path / "sim" / "phantom_0000_s001_recon.npy").is_file()
@@ -291,13 +477,17 @@ def test_parse_helpers():
             parse_slices(bad, 5)
     assert parse_task_words(["deblur", "sigma=2"]) == ("gaussian_blur", {"sigma": 2})
     assert parse_task_words(["anisotropic_blur", "sigma=[4, 1.5]", "angle=0.5"]) == (
-        "anisotropic_blur", {"sigma": [4, 1.5], "angle": 0.5})
+        "anisotropic_blur",
+        {"sigma": [4, 1.5], "angle": 0.5},
+    )
     assert parse_task_words(["sr", "kernel=bicubic"]) == ("sr", {"kernel": "bicubic"})
 
 
 def test_help_teaches(capsys):
-    for command, words in (("restore", ("examples:", "--mode measured", "mask=", "simulate", "--overwrite")),
-                           ("mri", ("examples:", "--slices", "zero-filled", "--coil-maps", "recon.npy"))):
+    for command, words in (
+        ("restore", ("examples:", "--mode measured", "mask=", "simulate", "--overwrite")),
+        ("mri", ("examples:", "--slices", "zero-filled", "--coil-maps", "recon.npy")),
+    ):
         with pytest.raises(SystemExit) as exc:
             main([command, "--help"])
         assert exc.value.code == 0

@@ -6,12 +6,25 @@ torch networks), both float32, from the same seed and measurement, must agree to
 """
 
 import json
+
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the torch reference needs torch (the train extra)")
 pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
 pytestmark = pytest.mark.torch
+
+from helpers import (  # noqa: E402
+    IMAGE_TASKS,
+    MRI_TASKS,
+    REL_TOL,
+    SIZE,
+    clean_images,
+    operator_for,
+    quiet,
+    rel_err,
+    tiny_model,
+)
 
 from diffunfold import edm  # noqa: E402
 from diffunfold.errors import InputError, MissingDependencyError  # noqa: E402
@@ -20,8 +33,6 @@ from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.physics import make_operator  # noqa: E402
 from diffunfold.runtime import Solver, available_backends  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from helpers import (IMAGE_TASKS, MRI_TASKS, REL_TOL, SIZE, clean_images, operator_for, quiet,  # noqa: E402
-                     rel_err, tiny_model)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "heun"])
@@ -70,7 +81,7 @@ def test_results_do_not_depend_on_batch_composition(tiny_packages):
     y = op.measure(x, 0.05, seed=[1, 2, 3, 4])
     together = solver.solve(y, op, steps=6, seed=[10, 11, 12, 13]).images
     for i in range(4):
-        alone = solver.solve(y[i:i + 1], op, steps=6, seed=[10 + i]).images
+        alone = solver.solve(y[i : i + 1], op, steps=6, seed=[10 + i]).images
         np.testing.assert_allclose(alone[0], together[i], rtol=0, atol=1e-5)
     again = solver.solve(y, op, steps=6, seed=[10, 11, 12, 13]).images
     assert np.array_equal(again, together)  # the same seed gives the same output, bit for bit
@@ -131,8 +142,7 @@ def test_sizes_that_are_not_a_multiple_are_padded(tiny_packages, monkeypatch):
 def test_timing_breakdown(tiny_packages):
     _, pkg = tiny_packages["shared"]
     op = operator_for("gaussian_blur", {"sigma": 1.0})
-    out = Solver.load(pkg).solve(op.measure(clean_images(), 0.05, seed=0), op, steps=4, samples=2,
-                                 batch_samples=False)
+    out = Solver.load(pkg).solve(op.measure(clean_images(), 0.05, seed=0), op, steps=4, samples=2, batch_samples=False)
     t = out.timing
     assert t.network > 0 and t.physics > 0 and t.sampler >= 0
     assert abs(t.network + t.physics + t.sampler - t.total) < 1e-6
@@ -141,6 +151,7 @@ def test_timing_breakdown(tiny_packages):
 
 
 # -- refusals -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bad", ["shape", "nan", "inf", "channels", "complex", "list", "torch"])
 def test_bad_measurements_refused(tiny_packages, bad):

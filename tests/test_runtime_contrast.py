@@ -8,13 +8,14 @@ torch = pytest.importorskip("torch", reason="the torch reference needs torch (th
 pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
 pytestmark = pytest.mark.torch
 
+from helpers import REL_TOL, clean_images, operator_for, proximal_model, quiet, rel_err  # noqa: E402
+
 from diffunfold.contrast import Contrast  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
 from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.runtime import Solver  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from helpers import REL_TOL, clean_images, operator_for, proximal_model, quiet, rel_err  # noqa: E402
 
 
 def flat_and_busy():
@@ -24,8 +25,11 @@ def flat_and_busy():
     return x
 
 
-@pytest.mark.parametrize("task,params", [("sr", {"factor": 4}), ("inpainting", {"missing": 0.5}),
-                                         ("gaussian_blur", {"sigma": 1.5})], ids=["sr", "inpainting", "blur"])
+@pytest.mark.parametrize(
+    "task,params",
+    [("sr", {"factor": 4}), ("inpainting", {"missing": 0.5}), ("gaussian_blur", {"sigma": 1.5})],
+    ids=["sr", "inpainting", "blur"],
+)
 def test_stretch_matches_torch_reference_and_touches_only_the_flat_image(tiny_packages, task, params):
     model, pkg = tiny_packages["shared"]
     op = operator_for(task, params)
@@ -38,8 +42,8 @@ def test_stretch_matches_torch_reference_and_touches_only_the_flat_image(tiny_pa
     assert gain[0] > 1.5 and gain[1] == 1.0
     plain = solver.solve(y, op, steps=6, seed=2, samples=2, contrast="none", noise_std=0.01)
     assert "contrast_gain" not in plain.extra
-    np.testing.assert_array_equal(got.images[1], plain.images[1])   # the busy image: untouched
-    assert rel_err(plain.images, want.images.numpy()) > 10 * REL_TOL   # so the match above is the stretch
+    np.testing.assert_array_equal(got.images[1], plain.images[1])  # the busy image: untouched
+    assert rel_err(plain.images, want.images.numpy()) > 10 * REL_TOL  # so the match above is the stretch
 
 
 def test_no_flat_image_gives_the_plain_solve_exactly(tiny_packages):

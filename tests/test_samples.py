@@ -43,8 +43,18 @@ def _gpu_visible() -> bool:
         return False
 
 
-@pytest.mark.parametrize("name", ["simulate_measurements", "mri_phantom_roundtrip", "restore_one_image",
-                                  "swap_operator", "mri_from_fastmri", "posterior_samples", "tensorrt_engines"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "simulate_measurements",
+        "mri_phantom_roundtrip",
+        "restore_one_image",
+        "swap_operator",
+        "mri_from_fastmri",
+        "posterior_samples",
+        "tensorrt_engines",
+    ],
+)
 def test_help(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         load(name).main(["--help"])
@@ -65,7 +75,8 @@ def test_simulate_measurements(tmp_path):
 
 def test_mri_phantom_roundtrip(tmp_path):
     scores = load("mri_phantom_roundtrip").main(
-        ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "fig"), "--size", "64", "--coils", "4"])
+        ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "fig"), "--size", "64", "--coils", "4"]
+    )
     assert len(list((tmp_path / "data").glob("*.h5"))) == 1
     for name, s in scores.items():
         acc = float(name.split()[1].rstrip("x"))
@@ -141,17 +152,22 @@ def test_tensorrt_engines_says_what_is_missing(tmp_path, monkeypatch, capsys):
     assert "TensorRT" in message and "pip install -e '.[trt]'" in message
     assert not list(tmp_path.iterdir()), "nothing is built or written"
     # As a script: exit status 1 and the message, no traceback.
-    code = ("import runpy, sys; sys.modules['tensorrt'] = None; "
-            f"runpy.run_path({str(SAMPLES / 'tensorrt_engines.py')!r}, run_name='__main__')")
-    run = subprocess.run([sys.executable, "-c", code, "--out", str(tmp_path)], capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        "import runpy, sys; sys.modules['tensorrt'] = None; "
+        f"runpy.run_path({str(SAMPLES / 'tensorrt_engines.py')!r}, run_name='__main__')"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 1
     assert "pip install -e '.[trt]'" in run.stderr and "Traceback" not in run.stderr
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not (_importable("tensorrt") and _importable("cupy") and _gpu_visible()),
-                    reason="needs TensorRT 10, CuPy and an NVIDIA GPU (pip install -e '.[trt,gpu]' on a GPU machine)")
+@pytest.mark.skipif(
+    not (_importable("tensorrt") and _importable("cupy") and _gpu_visible()),
+    reason="needs TensorRT 10, CuPy and an NVIDIA GPU (pip install -e '.[trt,gpu]' on a GPU machine)",
+)
 def test_tensorrt_engines(tmp_path):
     result = load("tensorrt_engines").main(["--out", str(tmp_path)])  # builds for this GPU's target
     assert result["built_s"], "engines were built into --out"

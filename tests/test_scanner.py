@@ -10,8 +10,17 @@ from diffunfold.data.phantom import random_phantom
 from diffunfold.errors import InputError
 from diffunfold.physics.base import LinearOperator
 from diffunfold.physics.mri import MultiCoilMRI, birdcage_maps, mri_mask
-from diffunfold.scanner import (ScannerSettings, calibration_region, compression_matrix, estimate_kspace_noise,
-                                map_residual, noise_covariance, prepare_kspace, prewhiten, whitening_matrix)
+from diffunfold.scanner import (
+    ScannerSettings,
+    calibration_region,
+    compression_matrix,
+    estimate_kspace_noise,
+    map_residual,
+    noise_covariance,
+    prepare_kspace,
+    prewhiten,
+    whitening_matrix,
+)
 from diffunfold.scanner.simulate import correlated_noise, random_noise_covariance
 
 SIZE, COILS = 64, 12
@@ -129,7 +138,7 @@ def test_exact_row_prox_matches_converged_cg(kind):
     rng = np.random.default_rng(2)
     maps = np.stack([birdcage_maps(6, (32, 32), rotation=r) for r in (0.0, 0.7)])
     op = MultiCoilMRI(maps, mri_mask(kind, (32, 32), 4.0, seed=3))
-    x = (rng.standard_normal((2, 1, 32, 32)) + 1j * rng.standard_normal((2, 1, 32, 32)))
+    x = rng.standard_normal((2, 1, 32, 32)) + 1j * rng.standard_normal((2, 1, 32, 32))
     y = np.asarray(op.A(x))
     v = x + 0.3 * rng.standard_normal(x.shape)
     for w in (1e-1, 1e-2):
@@ -173,9 +182,19 @@ def test_scanner_training_batches_are_fixed_by_the_seed(tmp_path):
     from diffunfold.training.data import TrainingBatches
 
     train = _volume_folder(tmp_path / "train")
-    over = [f'data.source="volumes"', f'data.path="{train}"', f'data.val_path="{train}"', "data.scanner=true",
-            "data.native_crops=true", "data.size=32", "train.batch_size=2"]
-    a, b = TrainingBatches(load_config("mri-small", overrides=over))[3], TrainingBatches(load_config("mri-small", overrides=over))[3]
+    over = [
+        'data.source="volumes"',
+        f'data.path="{train}"',
+        f'data.val_path="{train}"',
+        "data.scanner=true",
+        "data.native_crops=true",
+        "data.size=32",
+        "train.batch_size=2",
+    ]
+    a, b = (
+        TrainingBatches(load_config("mri-small", overrides=over))[3],
+        TrainingBatches(load_config("mri-small", overrides=over))[3],
+    )
     np.testing.assert_array_equal(a["y"], b["y"])
     np.testing.assert_array_equal(a["operator"].coil_maps, b["operator"].coil_maps)  # the estimated maps
     np.testing.assert_array_equal(a["sigma_y"], b["sigma_y"])
@@ -193,8 +212,15 @@ def test_mrd_noise_scan_lines_give_the_covariance_and_prewhiten(tmp_path):
     rng = np.random.default_rng(5)
     psi = random_noise_covariance(6, rng)
     images = np.stack([random_phantom((32, 32), rng) for _ in range(2)])
-    path = write_phantom_mrd(tmp_path / "scan.h5", images=images, coils=6, noise_std=0.05, noise_scans=64,
-                             noise_covariance=psi, acceleration=2.0)
+    path = write_phantom_mrd(
+        tmp_path / "scan.h5",
+        images=images,
+        coils=6,
+        noise_std=0.05,
+        noise_scans=64,
+        noise_covariance=psi,
+        acceleration=2.0,
+    )
     scan = read_raw(path)
     assert scan.skipped.get("noise") == 64
     for data in scan.slices:

@@ -11,10 +11,10 @@ import pytest
 
 from diffunfold import edm
 from diffunfold.data.phantom import random_phantom
+from diffunfold.ensemble import flip_axes
 from diffunfold.errors import InputError
 from diffunfold.physics.mri import MultiCoilMRI, birdcage_maps, mri_mask
 from diffunfold.runtime.solver import Solver, Timing
-from diffunfold.ensemble import flip_axes
 from diffunfold.scanner import StartSettings, prepare_kspace, sense_start
 from diffunfold.scanner.reconstruct import reconstruct_kspace
 from diffunfold.scanner.start import LINE_SIGMA, POINT_SIGMA
@@ -36,10 +36,10 @@ def test_start_at_keeps_the_tail_of_the_schedule():
     sched = edm.schedule(18)
     tail = edm.start_at(sched, 0.5)
     assert tail[-1] == 0.0 and tail[0] <= 0.5
-    assert np.array_equal(tail, sched[len(sched) - len(tail):])       # the schedule's own levels
-    assert sched[len(sched) - len(tail) - 1] > 0.5                    # and every one of them below 0.5
-    assert np.array_equal(edm.start_at(sched, 80.0), sched)           # at the top: the whole schedule
-    assert np.array_equal(edm.start_at(sched, 1e-6), sched[-2:])      # below the bottom: one step is left
+    assert np.array_equal(tail, sched[len(sched) - len(tail) :])  # the schedule's own levels
+    assert sched[len(sched) - len(tail) - 1] > 0.5  # and every one of them below 0.5
+    assert np.array_equal(edm.start_at(sched, 80.0), sched)  # at the top: the whole schedule
+    assert np.array_equal(edm.start_at(sched, 1e-6), sched[-2:])  # below the bottom: one step is left
     for bad in (0.0, -1.0, math.nan, math.inf, True, "0.5"):
         with pytest.raises(InputError, match="noise level"):
             edm.start_at(sched, bad)
@@ -63,11 +63,16 @@ def test_a_solve_from_an_estimate_is_the_loop_from_estimate_plus_noise(mri_solve
     plan = mri_solver.plan((SIZE, SIZE))
     var = np.asarray([1e-6], np.float32)
     x0 = mri_solver.space.to_model(init) + edm.initial_noise([3], (2, SIZE, SIZE), float(tail[0]))
-    by_hand, _ = edm.sample_loop(lambda v, s: mri_solver.denoise(v, s, y[None], op, weights, Timing(), var, plan,
-                                                                 [(0, 1, flip_axes("flips", 0))]), x0, tail)
+    by_hand, _ = edm.sample_loop(
+        lambda v, s: mri_solver.denoise(
+            v, s, y[None], op, weights, Timing(), var, plan, [(0, 1, flip_axes("flips", 0))]
+        ),
+        x0,
+        tail,
+    )
     assert np.allclose(sol.images, mri_solver.space.to_user(by_hand), atol=1e-5)
     two = mri_solver.solve(y[None], op, noise_std=1e-3, seed=3, init=init, init_sigma=0.2, samples=2)
-    assert not np.allclose(two.draws[0], two.draws[1])                # each sample its own start noise
+    assert not np.allclose(two.draws[0], two.draws[1])  # each sample its own start noise
     assert np.allclose(two.draws[0], sol.images, atol=1e-5)
 
 
@@ -75,11 +80,14 @@ def test_a_bad_estimate_is_refused(mri_solver):
     x, maps, mask, y = _scan("gaussian2d")
     op = MultiCoilMRI(maps, mask)
     good = np.asarray(op.pinv(y[None]), np.complex64)
-    cases = [({"init": good}, "go together"), ({"init_sigma": 0.1}, "go together"),
-             ({"init": good[:, :, :16], "init_sigma": 0.1}, "shaped"),
-             ({"init": np.abs(good), "init_sigma": 0.1}, "complex"),
-             ({"init": np.where(np.arange(SIZE) == 3, np.nan, good).astype(np.complex64), "init_sigma": 0.1}, "NaN"),
-             ({"init": good, "init_sigma": -1.0}, "noise level")]
+    cases = [
+        ({"init": good}, "go together"),
+        ({"init_sigma": 0.1}, "go together"),
+        ({"init": good[:, :, :16], "init_sigma": 0.1}, "shaped"),
+        ({"init": np.abs(good), "init_sigma": 0.1}, "complex"),
+        ({"init": np.where(np.arange(SIZE) == 3, np.nan, good).astype(np.complex64), "init_sigma": 0.1}, "NaN"),
+        ({"init": good, "init_sigma": -1.0}, "noise level"),
+    ]
     for kwargs, message in cases:
         with pytest.raises(InputError, match=message):
             mri_solver.solve(y[None], op, noise_std=1e-3, **kwargs)
@@ -98,8 +106,14 @@ def test_the_sense_start_by_pattern_and_its_settings():
         assert err < 0.8 * np.linalg.norm(np.asarray(p.operator.pinv(p.y))[0, 0] - truth)
         assert sense_start(p, StartSettings(method="sense", sigma=0.3))["init_sigma"] == 0.3
         assert sense_start(p, StartSettings(method="noise")) == {}
-    for bad in ({"method": "cg"}, {"sigma": 0.0}, {"sigma": math.nan}, {"sense_weight": 0.0},
-                {"sense_iterations": 0}, {"sense_iterations": 2.5}):
+    for bad in (
+        {"method": "cg"},
+        {"sigma": 0.0},
+        {"sigma": math.nan},
+        {"sense_weight": 0.0},
+        {"sense_iterations": 0},
+        {"sense_iterations": 2.5},
+    ):
         with pytest.raises(InputError):
             StartSettings(**bad).checked()
 

@@ -43,7 +43,7 @@ def test_tiles_cover_the_axis_and_blend_weights_sum_to_one(n, tile, overlap):
     total = np.zeros(n)
     for p, w in zip(starts, windows):
         assert np.all(w > 0)
-        total[p:p + tile] += w
+        total[p : p + tile] += w
     assert np.allclose(total, 1.0, atol=1e-6)
 
 
@@ -134,8 +134,15 @@ def test_progress_callback_sees_every_step(solver):
     solver.solve(y, op, steps=2, samples=2, noise_std=0.05, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(1, 2), (2, 2)]
     seen.clear()
-    solver.solve(y, op, steps=1, samples=2, batch_samples=False, noise_std=0.05,
-                 progress=lambda done, total: seen.append((done, total)))
+    solver.solve(
+        y,
+        op,
+        steps=1,
+        samples=2,
+        batch_samples=False,
+        noise_std=0.05,
+        progress=lambda done, total: seen.append((done, total)),
+    )
     assert seen == [(1, 2), (2, 2)]
 
 

@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="the training side needs torch (the train extra)")
 pytestmark = pytest.mark.torch
 
+from helpers import TINY_UNET, tiny_model  # noqa: E402
+
 from diffunfold import edm  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.physics import make_operator  # noqa: E402
@@ -15,14 +17,14 @@ from diffunfold.training.config import load_config  # noqa: E402
 from diffunfold.training.loss import unfolding_loss  # noqa: E402
 from diffunfold.training.model import DiffUnfolding, ModelSettings  # noqa: E402
 from diffunfold.training.sampler import restore, to_tensor  # noqa: E402
-from helpers import TINY_UNET, tiny_model  # noqa: E402
 
 
 def hand_written_denoiser(model, x_t, s, y, op):
     """algorithm.md section 4 written out with no helper of the model's."""
     sd = 0.5
-    feats = lambda mlp: torch.cat([torch.cos(2 * math.pi * math.log(s) / 4 * mlp.freqs),
-                                   torch.sin(2 * math.pi * math.log(s) / 4 * mlp.freqs)])
+    feats = lambda mlp: torch.cat(
+        [torch.cos(2 * math.pi * math.log(s) / 4 * mlp.freqs), torch.sin(2 * math.pi * math.log(s) / 4 * mlp.freqs)]
+    )
     tau = torch.nn.functional.softplus(model.tau.linear(feats(model.tau)))
     gamma = torch.nn.functional.softplus(model.gamma.linear(feats(model.gamma)))
     x = x_t
@@ -36,8 +38,8 @@ def hand_written_denoiser(model, x_t, s, y, op):
             gu = op.AT(op.A(xu) - y)
             g = torch.cat([gu.real, gu.imag], dim=1)
         else:
-            g = 0.5 * op.AT(op.A((x + 1) / 2) - y)   # chain rule of x_model = 2x - 1
-        g = g / op.lipschitz                         # the step is normalised by ||A||^2
+            g = 0.5 * op.AT(op.A((x + 1) / 2) - y)  # chain rule of x_model = 2x - 1
+        g = g / op.lipschitz  # the step is normalised by ||A||^2
         x = x - gamma[k] * (g + tau[k] * (x - r))
     return x
 
@@ -70,8 +72,9 @@ def test_denoiser_mri_equals_hand_written_loop():
     y = op.A(x)
     x_t = model.space.to_model(x) + 0.3 * torch.randn(1, 2, 16, 16, generator=g)
     with torch.no_grad():
-        torch.testing.assert_close(model(x_t, 0.3, y, op), hand_written_denoiser(model, x_t, 0.3, y, op),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(x_t, 0.3, y, op), hand_written_denoiser(model, x_t, 0.3, y, op), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_fidelity_gradient_in_model_space_is_the_autograd_gradient():
@@ -159,6 +162,7 @@ def test_preset_parameter_counts():
 
 # -- the torch reference sampler -------------------------------------------------------------
 
+
 def _measure(op, n, seed=0):
     x = np.random.default_rng(seed).uniform(size=(n, 3, 16, 16)).astype(np.float32)
     return x, to_tensor(op.measure(x, 0.05, list(range(n))), "cpu")
@@ -239,8 +243,8 @@ def test_weight_generators_see_sigma_clamped_to_the_trained_range():
     torch.testing.assert_close(tau[0], tau[1])
     torch.testing.assert_close(gamma[0], gamma[1])
     torch.testing.assert_close(tau[2], tau[3])
-    torch.testing.assert_close(tau[4], raw_tau[1])        # inside the range: untouched
-    assert not torch.allclose(tau[0], raw_tau[0])          # the unclamped value differs
+    torch.testing.assert_close(tau[4], raw_tau[1])  # inside the range: untouched
+    assert not torch.allclose(tau[0], raw_tau[0])  # the unclamped value differs
     d = model.settings.to_dict()
     assert d["weights_sigma_range"] == [lo, hi]
     assert ModelSettings.from_dict(d).to_dict() == d

@@ -28,8 +28,14 @@ from diffunfold.training.sampler import to_tensor  # noqa: E402
 from diffunfold.training.trainer import train  # noqa: E402
 
 # A small, fast run: tiny preset at 32 px, batch 2, one thread (bitwise-reproducible on a CPU).
-FAST = ["train.batch_size=2", "train.threads=1", "train.log_every=1", "val.steps=2", "val.images=1",
-        "train.val_every=0"]
+FAST = [
+    "train.batch_size=2",
+    "train.threads=1",
+    "train.log_every=1",
+    "val.steps=2",
+    "val.images=1",
+    "train.val_every=0",
+]
 
 
 def fast_config(*extra):
@@ -38,11 +44,13 @@ def fast_config(*extra):
 
 def run_cli(args, **kw):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "diffunfold", *args], capture_output=True, text=True,
-                          env=env, timeout=240, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "diffunfold", *args], capture_output=True, text=True, env=env, timeout=240, **kw
+    )
 
 
 # -- configuration ---------------------------------------------------------------------------
+
 
 def test_presets_load_and_overrides_apply():
     cfg = load_config("small", ["train.steps=7", "model.unet.channels=16", 'data.source="bundled"'])
@@ -68,8 +76,12 @@ def test_config_errors_name_the_problem(tmp_path):
 def test_task_mix_settings_reach_the_sampler():
     """Inpainting's missing range and the SR factors are settings; a task or factor named twice
     is drawn about twice as often; a range outside (0, 1) is refused with the setting's name."""
-    cfg = fast_config("data.size=64", 'data.tasks=["sr", "inpainting", "inpainting"]',
-                      "data.inpainting_missing=[0.5, 0.8]", "data.sr_factors=[4, 8, 8]")
+    cfg = fast_config(
+        "data.size=64",
+        'data.tasks=["sr", "inpainting", "inpainting"]',
+        "data.inpainting_missing=[0.5, 0.8]",
+        "data.sr_factors=[4, 8, 8]",
+    )
     sampler = TrainingBatches(cfg).tasks
     assert sampler.sr_factors_in_use == (4, 8, 8)
     rng = np.random.default_rng(0)
@@ -90,13 +102,16 @@ def test_task_mix_settings_reach_the_sampler():
 def test_yaml_config(tmp_path):
     pytest.importorskip("yaml")
     p = tmp_path / "run.yaml"
-    p.write_text("model:\n  stages: 2\n  shared: true\n  unet: {channels: 8, channel_mult: [1, 2], num_blocks: 1, "
-                 "attention_levels: [1], head_channels: 8}\ntrain:\n  steps: 3\n")
+    p.write_text(
+        "model:\n  stages: 2\n  shared: true\n  unet: {channels: 8, channel_mult: [1, 2], num_blocks: 1, "
+        "attention_levels: [1], head_channels: 8}\ntrain:\n  steps: 3\n"
+    )
     cfg = load_config(p)
     assert cfg.model.stages == 2 and cfg.train.steps == 3 and cfg.name == "run"
 
 
 # -- batches ---------------------------------------------------------------------------------
+
 
 def test_batches_are_a_function_of_step_and_split_across_processes():
     cfg = fast_config("train.batch_size=4")
@@ -124,13 +139,20 @@ def test_mri_batches_from_the_phantom_generator():
 
 # -- learning --------------------------------------------------------------------------------
 
+
 def _eval_loss(model, batches):
     total = 0.0
     with torch.no_grad():
         for b in batches:
             x = model.space.to_model(to_tensor(b["x"], "cpu"))
-            total += unfolding_loss(model, x, to_tensor(b["sigma"], "cpu"), to_tensor(b["noise"], "cpu"),
-                                    to_tensor(b["y"], "cpu"), b["operator"]).loss.item()
+            total += unfolding_loss(
+                model,
+                x,
+                to_tensor(b["sigma"], "cpu"),
+                to_tensor(b["noise"], "cpu"),
+                to_tensor(b["y"], "cpu"),
+                b["operator"],
+            ).loss.item()
     return total / len(batches)
 
 
@@ -149,6 +171,7 @@ def test_loss_decreases_on_the_tiny_preset(tmp_path):
 
 
 # -- checkpoints -----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
@@ -227,15 +250,30 @@ def _final_tensors(run_dir):
 
 
 def test_resume_after_a_kill_reaches_the_same_weights(tmp_path):
-    args = ["train", "--config", "tiny", "--quiet", *sum((["--set", s] for s in FAST), []),
-            "--set", "train.steps=10", "--set", "train.checkpoint_every=2", "--set", "train.keep_checkpoints=0"]
+    args = [
+        "train",
+        "--config",
+        "tiny",
+        "--quiet",
+        *sum((["--set", s] for s in FAST), []),
+        "--set",
+        "train.steps=10",
+        "--set",
+        "train.checkpoint_every=2",
+        "--set",
+        "train.keep_checkpoints=0",
+    ]
     straight = run_cli(args + ["--out", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr
 
     killed_dir = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "diffunfold", *args, "--out", str(killed_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffunfold", *args, "--out", str(killed_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and not (killed_dir / "checkpoints" / "ckpt-00000004.json").exists():
         time.sleep(0.05)
@@ -258,14 +296,34 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     sets = [*FAST, "train.steps=3", "train.batch_size=4", "train.checkpoint_every=0"]
     flat = sum((["--set", s] for s in sets), [])
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "diffunfold", "train", "--config", "tiny", "--quiet", *flat, "--out",
-                          str(tmp_path / "ddp")], capture_output=True, text=True, env=env, timeout=240)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "diffunfold",
+            "train",
+            "--config",
+            "tiny",
+            "--quiet",
+            *flat,
+            "--out",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     meta = json.loads(ckpt.latest_checkpoint(tmp_path / "ddp" / "checkpoints").read_text())
     assert meta["world_size"] == 2
     single = run_cli(["train", "--config", "tiny", "--quiet", *flat, "--out", str(tmp_path / "one")])
     assert single.returncode == 0, single.stderr
+
     # The same global batches: the global gradient norm (logged after the all-reduce) agrees.
     def grad_norms(run):
         return [r.split(",")[6] for r in (tmp_path / run / "log.csv").read_text().splitlines()[1:]]
@@ -280,8 +338,23 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
 
 def test_cli_evaluate_prints_the_table(short_run):
-    r = run_cli(["evaluate", str(short_run), "--task", "sr", "factor=4", "--task", "gaussian_blur", "sigma=1.5",
-                 "--steps", "2", "--images", "1", "--quiet"])
+    r = run_cli(
+        [
+            "evaluate",
+            str(short_run),
+            "--task",
+            "sr",
+            "factor=4",
+            "--task",
+            "gaussian_blur",
+            "sigma=1.5",
+            "--steps",
+            "2",
+            "--images",
+            "1",
+            "--quiet",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "sr(factor=4)" in r.stdout and "Wiener" in r.stdout and "model PSNR" in r.stdout
 

@@ -12,8 +12,7 @@ from diffunfold.training.unet import SelfAttention, UNet, count_parameters, grou
 
 pytestmark = pytest.mark.torch
 
-TINY = dict(channels=16, channel_mult=(1, 2), num_blocks=1, attention_levels=(1,),
-            head_channels=16)
+TINY = dict(channels=16, channel_mult=(1, 2), num_blocks=1, attention_levels=(1,), head_channels=16)
 
 
 def tiny(num_stages: int = 0, **kw) -> UNet:
@@ -82,22 +81,19 @@ def test_batch_independence():
 
 
 def test_attention_only_where_asked():
-    net = UNet(3, 3, channels=16, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=(1,),
-               head_channels=8).eval()
+    net = UNet(3, 3, channels=16, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=(1,), head_channels=8).eval()
     attn = [m for m in net.modules() if isinstance(m, SelfAttention)]
     # level 1: 1 encoder block + 2 decoder blocks, plus the middle block
     assert len(attn) == 4
     assert all(m.heads == 4 for m in attn)  # 32 channels / 8 per head
     sizes = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[-2:])))
-             for m in attn]
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[-2:]))) for m in attn]
     net(torch.randn(1, 3, 32, 32), torch.zeros(1))
     for h in hooks:
         h.remove()
     assert sorted(sizes) == [(8, 8), (16, 16), (16, 16), (16, 16)]  # mid at 32/4, level 1 at 32/2
 
-    plain = UNet(3, 3, channels=16, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=(),
-                 mid_attention=False)
+    plain = UNet(3, 3, channels=16, channel_mult=(1, 2, 2), num_blocks=1, attention_levels=(), mid_attention=False)
     assert not any(isinstance(m, SelfAttention) for m in plain.modules())
     assert count_parameters(plain) < count_parameters(net)
 
@@ -172,11 +168,22 @@ def test_onnx_export_dynamic(tmp_path, num_stages):
     path = tmp_path / "unet.onnx"
     names = ["x", "c_noise", "stage"][: 3 if num_stages else 2]
     example = (torch.randn(2, 3, 16, 16), torch.tensor([0.0, 0.5]), torch.tensor([0, 1]))
-    axes = {"x": {0: "batch", 2: "height", 3: "width"}, "c_noise": {0: "batch"},
-            "stage": {0: "batch"}, "out": {0: "batch", 2: "height", 3: "width"}}
-    torch.onnx.export(net, example[: len(names)], str(path), dynamo=False, opset_version=17,
-                      input_names=names, output_names=["out"],
-                      dynamic_axes={k: v for k, v in axes.items() if k in names + ["out"]})
+    axes = {
+        "x": {0: "batch", 2: "height", 3: "width"},
+        "c_noise": {0: "batch"},
+        "stage": {0: "batch"},
+        "out": {0: "batch", 2: "height", 3: "width"},
+    }
+    torch.onnx.export(
+        net,
+        example[: len(names)],
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=names,
+        output_names=["out"],
+        dynamic_axes={k: v for k, v in axes.items() if k in names + ["out"]},
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for b, h, w in [(1, 16, 16), (3, 24, 32)]:

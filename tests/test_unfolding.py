@@ -12,6 +12,16 @@ torch = pytest.importorskip("torch", reason="the torch reference needs torch (th
 pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
 pytestmark = pytest.mark.torch
 
+from helpers import (  # noqa: E402
+    IMAGE_TASKS,
+    MRI_TASKS,
+    TINY_UNET,
+    clean_images,
+    operator_for,
+    proximal_model,
+    rel_err,
+)
+
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
 from diffunfold.noise import estimate_noise_std  # noqa: E402
@@ -20,8 +30,6 @@ from diffunfold.training.config import load_config  # noqa: E402
 from diffunfold.training.data import TrainingBatches  # noqa: E402
 from diffunfold.training.model import DiffUnfolding, ModelSettings  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
-from helpers import (IMAGE_TASKS, MRI_TASKS, TINY_UNET, clean_images, operator_for, proximal_model,  # noqa: E402
-                     rel_err)
 
 REL_TOL = 1e-3
 
@@ -29,8 +37,11 @@ REL_TOL = 1e-3
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     root = tmp_path_factory.mktemp("proximal")
-    models = {"image": proximal_model(), "plain": proximal_model(noise_aware=False, seed=1),
-              "mri": proximal_model(data="mri", channels=1, seed=2)}
+    models = {
+        "image": proximal_model(),
+        "plain": proximal_model(noise_aware=False, seed=1),
+        "mri": proximal_model(data="mri", channels=1, seed=2),
+    }
     return {k: (m, export_model(m, root / k, log=lambda s: None)) for k, m in models.items()}
 
 
@@ -67,7 +78,7 @@ def test_noise_free_inpainting_keeps_the_observed_pixels():
     y = op.measure(x, 0.0)
     out = restore(model, torch.from_numpy(y), op, steps=18, seed=0, noise_std=0.0).images.numpy()
     observed = np.broadcast_to(op.mask, out.shape) > 0
-    assert np.max(np.abs(out - x)[observed]) < 2e-3     # the noise floor (1e-4) times a few
+    assert np.max(np.abs(out - x)[observed]) < 2e-3  # the noise floor (1e-4) times a few
     # the paper's gradient step does not: it stays a fraction of the way to y
     rel = np.linalg.norm(op.A(out) - y) / np.linalg.norm(y)
     assert rel < 2e-3
@@ -130,7 +141,7 @@ def test_runtime_estimates_the_noise_when_not_given_and_says_so(packages):
     assert got.extra["noise_std_estimated"] is True
     assert np.allclose(got.extra["noise_std"], estimate_noise_std(op, y))
     assert np.allclose(got.extra["noise_std"], 0.05, rtol=0.25)
-    want = restore(model, torch.from_numpy(y), op, steps=6, seed=3)   # the reference estimates alike
+    want = restore(model, torch.from_numpy(y), op, steps=6, seed=3)  # the reference estimates alike
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
 
 
@@ -146,14 +157,16 @@ def test_posterior_samples_side_by_side_match_one_at_a_time(packages):
 
 
 def test_training_draws_exact_zeros_and_low_noise_as_configured():
-    cfg = load_config("tiny", ["data.noise_zero_fraction=0.25", "data.noise_log_fraction=0.25",
-                               "train.batch_size=16", "train.steps=40"])
+    cfg = load_config(
+        "tiny",
+        ["data.noise_zero_fraction=0.25", "data.noise_log_fraction=0.25", "train.batch_size=16", "train.steps=40"],
+    )
     levels = np.concatenate([TrainingBatches(cfg)[i]["sigma_y"] for i in range(20)])
     assert 0.12 < np.mean(levels == 0) < 0.4
-    assert 0.1 < np.mean((levels > 0) & (levels < 0.01)) < 0.45   # log-uniform share below 0.01
+    assert 0.1 < np.mean((levels > 0) & (levels < 0.01)) < 0.45  # log-uniform share below 0.01
     assert np.all(levels <= cfg.data.noise_max) and np.all(levels >= 0)
     again = np.concatenate([TrainingBatches(cfg)[i]["sigma_y"] for i in range(20)])
-    assert np.array_equal(levels, again)    # batches depend only on seed and step
+    assert np.array_equal(levels, again)  # batches depend only on seed and step
     paper = load_config("tiny", ["train.batch_size=16", "train.steps=40"])
     assert not np.any(np.concatenate([TrainingBatches(paper)[i]["sigma_y"] for i in range(5)]) == 0)
 
@@ -182,8 +195,16 @@ def test_init_from_a_package_without_torch_weights_recovers_its_networks(tmp_pat
 
 def _unet_with_attention(levels, seed) -> DiffUnfolding:
     torch.manual_seed(seed)
-    model = DiffUnfolding(ModelSettings(data="image", channels=3, stages=2, shared=True, data_step="proximal",
-                                        unet={**TINY_UNET, "attention_levels": levels, "mid_attention": False}))
+    model = DiffUnfolding(
+        ModelSettings(
+            data="image",
+            channels=3,
+            stages=2,
+            shared=True,
+            data_step="proximal",
+            unet={**TINY_UNET, "attention_levels": levels, "mid_attention": False},
+        )
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -209,12 +230,13 @@ def test_init_adapt_attention_drops_and_adds_attention_layers(tmp_path):
         initialise_from(without, str(pkg.path))
     initialise_from(without, str(pkg.path), adapt_attention=True)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32))
-    with torch.no_grad():    # the source with its (only) attention layers turned into the identity
+    with torch.no_grad():  # the source with its (only) attention layers turned into the identity
         for m in source.modules():
             if isinstance(m, SelfAttention):
                 m.proj.weight.zero_(), m.proj.bias.zero_()
     assert rel_err(_regularize(without, x), _regularize(source, x)) < 1e-6
     back = _unet_with_attention([1], seed=11)
-    initialise_from(back, str(export_model(without, tmp_path / "without", log=lambda s: None).path),
-                    adapt_attention=True)
+    initialise_from(
+        back, str(export_model(without, tmp_path / "without", log=lambda s: None).path), adapt_attention=True
+    )
     assert rel_err(_regularize(back, x), _regularize(without, x)) < 1e-6

@@ -22,8 +22,11 @@ NOISE = (0.0, 0.05)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/experiments/calibrate_tau.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/experiments/calibrate_tau.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("package", help="an image model package folder")
     p.add_argument("photos", help="a folder of photos (e.g. val/held-out)")
     p.add_argument("out", help="the JSON file for {sigma: best tau}")
@@ -61,16 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     cases = measurements(x, a.size)
 
     def mean_psnr(est) -> float:
-        return float(np.mean([psnr(np.clip(sp.to_user(est[i:i + 1]), 0, 1), x[i:i + 1]) for i in range(len(x))]))
+        return float(np.mean([psnr(np.clip(sp.to_user(est[i : i + 1]), 0, 1), x[i : i + 1]) for i in range(len(x))]))
 
     best = {}
     for sig in [float(v) for v in edm.schedule(a.steps)[:-1]]:
         xt = (xm + sig * np.random.default_rng(1).standard_normal(xm.shape)).astype(np.float32)
-        scores = [np.mean([mean_psnr(s.denoise(xt, sig, y, op, {sig: ([t] * s.stages, [1.0] * s.stages)},
-                                               Timing(), v)) for op, y, v in cases]) for t in TAUS]
+        scores = [
+            np.mean(
+                [
+                    mean_psnr(s.denoise(xt, sig, y, op, {sig: ([t] * s.stages, [1.0] * s.stages)}, Timing(), v))
+                    for op, y, v in cases
+                ]
+            )
+            for t in TAUS
+        ]
         best[sig] = TAUS[int(np.argmax(scores))]
-        print(f"sigma {sig:7.3f} " + " ".join(f"{t}:{v:.2f}" for t, v in zip(TAUS, scores)), "-> tau", best[sig],
-              flush=True)
+        print(
+            f"sigma {sig:7.3f} " + " ".join(f"{t}:{v:.2f}" for t, v in zip(TAUS, scores)),
+            "-> tau",
+            best[sig],
+            flush=True,
+        )
     with open(a.out, "w") as f:
         json.dump(best, f, indent=1)
     return 0

@@ -20,29 +20,42 @@ import numpy as np
 def per_photo(full: dict) -> dict:
     rows, cells = full["rows"], []
     for s in full["summary"]:
-        model = next(r for r in rows if r["task"] == s["task"] and r["noise"] == s["noise"]
-                     and r["method"] == "model_mean")
-        base = next(r for r in rows if r["task"] == s["task"] and r["noise"] == s["noise"]
-                    and r["method"] == s["best_baseline"])
-        cells.append({"task": s["task"], "noise": s["noise"], "best_baseline": s["best_baseline"],
-                      "images": [r["image"] for r in model["per_image"]],
-                      "model_psnr": [round(r["psnr"], 3) for r in model["per_image"]],
-                      "baseline_psnr": [round(r["psnr"], 3) for r in base["per_image"]]})
+        model = next(
+            r for r in rows if r["task"] == s["task"] and r["noise"] == s["noise"] and r["method"] == "model_mean"
+        )
+        base = next(
+            r for r in rows if r["task"] == s["task"] and r["noise"] == s["noise"] and r["method"] == s["best_baseline"]
+        )
+        cells.append(
+            {
+                "task": s["task"],
+                "noise": s["noise"],
+                "best_baseline": s["best_baseline"],
+                "images": [r["image"] for r in model["per_image"]],
+                "model_psnr": [round(r["psnr"], 3) for r in model["per_image"]],
+                "baseline_psnr": [round(r["psnr"], 3) for r in base["per_image"]],
+            }
+        )
     meta = {k: full["meta"][k] for k in ("command", "date", "machine", "wall_seconds", "seed")}
     return {"meta": meta, "summary": full["summary"], "per_image": cells}
 
 
 def table(now: dict, before: dict | None) -> str:
-    lines = ["| task | noise | mean | best baseline | gain | photos ahead | median photo | worst photos |"
-             + (" earlier mean | change |" if before else ""),
-             "|---|---|---|---|---|---|---|---|" + ("---|---|" if before else "")]
+    lines = [
+        "| task | noise | mean | best baseline | gain | photos ahead | median photo | worst photos |"
+        + (" earlier mean | change |" if before else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if before else ""),
+    ]
     for cell in now["per_image"]:
         gain = np.array(cell["model_psnr"]) - np.array(cell["baseline_psnr"])
         worst = sorted(zip(gain, cell["images"]))[:3]
         m, b = np.mean(cell["model_psnr"]), np.mean(cell["baseline_psnr"])
-        row = (f"| {cell['task']} | {cell['noise']:g} | {m:.2f} | {cell['best_baseline']} {b:.2f} | {m - b:+.2f} "
-               f"| {int((gain > 0).sum())} of {len(gain)} | {np.median(gain):+.2f} | "
-               + ", ".join(f"{n.rsplit('_', 1)[-1]} {g:+.2f}" for g, n in worst) + " |")
+        row = (
+            f"| {cell['task']} | {cell['noise']:g} | {m:.2f} | {cell['best_baseline']} {b:.2f} | {m - b:+.2f} "
+            f"| {int((gain > 0).sum())} of {len(gain)} | {np.median(gain):+.2f} | "
+            + ", ".join(f"{n.rsplit('_', 1)[-1]} {g:+.2f}" for g, n in worst)
+            + " |"
+        )
         if before:
             old = next(c for c in before["per_image"] if c["task"] == cell["task"] and c["noise"] == cell["noise"])
             assert old["images"] == cell["images"], "the two runs scored different photos"
@@ -52,8 +65,11 @@ def table(now: dict, before: dict | None) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/experiments/compare_per_photo.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/experiments/compare_per_photo.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("run", help="a quality-<package>.json of bench/quality.py")
     p.add_argument("out", help="the per-photo JSON to write")
     p.add_argument("earlier", nargs="?", help="the per-photo JSON of an earlier run on the same photos")

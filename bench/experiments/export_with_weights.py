@@ -16,8 +16,11 @@ import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/experiments/export_with_weights.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/experiments/export_with_weights.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("source", help="a model package folder or a training checkpoint (its EMA weights)")
     p.add_argument("out", help="the package folder to write (overwritten)")
     p.add_argument("--gamma", type=float, default=1.0, help="the constant gamma (default 1)")
@@ -45,8 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = image_small_settings(tau=a.tau, gamma=a.gamma)
     m = DiffUnfolding(cfg.model)
     initialise_from(m, a.source)
-    export_model(m.eval(), a.out, tasks=list(cfg.data.tasks), fp16_weights=True, torch_weights=False, overwrite=True,
-                 source={"run": f"gamma {a.gamma:g} tau {a.tau:g}", "weights": a.source})
+    export_model(
+        m.eval(),
+        a.out,
+        tasks=list(cfg.data.tasks),
+        fp16_weights=True,
+        torch_weights=False,
+        overwrite=True,
+        source={"run": f"gamma {a.gamma:g} tau {a.tau:g}", "weights": a.source},
+    )
     return 0
 
 

@@ -18,8 +18,9 @@ from export_with_weights import image_small_settings  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/experiments/make_soup.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/experiments/make_soup.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out", help="the package folder to write (overwritten)")
     p.add_argument("sources", nargs="+", help="model packages or checkpoints of one architecture")
     p.add_argument("--weights", type=float, nargs="+", help="one weight per source (default: uniform)")
@@ -49,11 +50,21 @@ def main(argv: list[str] | None = None) -> int:
         if k.startswith(("regularizers.", "uncertainty.")) and state[k].is_floating_point():
             state[k] = sum(wi * m.state_dict()[k] for wi, m in zip(w, models))
     model.load_state_dict(state)
-    export_model(model.eval(), a.out, tasks=list(cfg.data.tasks), fp16_weights=True, torch_weights=False,
-                 overwrite=True,
-                 source={"run": "soup", "weights": "uniform average of " + ", ".join(a.sources), "preset": "small",
-                         "weight_generators": "initial (tau = gamma = 1), not trained",
-                         "noise_floor": f"{a.noise_floor:g} (an inference setting)"})
+    export_model(
+        model.eval(),
+        a.out,
+        tasks=list(cfg.data.tasks),
+        fp16_weights=True,
+        torch_weights=False,
+        overwrite=True,
+        source={
+            "run": "soup",
+            "weights": "uniform average of " + ", ".join(a.sources),
+            "preset": "small",
+            "weight_generators": "initial (tau = gamma = 1), not trained",
+            "noise_floor": f"{a.noise_floor:g} (an inference setting)",
+        },
+    )
     return 0
 
 

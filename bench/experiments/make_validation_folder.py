@@ -18,8 +18,11 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench/experiments/make_validation_folder.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/experiments/make_validation_folder.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("held_out", help="the held-out folder of `diffunfold data photos`")
     p.add_argument("out", help="a new folder; OUT/held-out gets the links")
     p.add_argument("--scored", type=int, default=5, help="photos the harness scores (its --images, default 5)")
@@ -37,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     from diffunfold.data.images import ImageFolder
 
     ds = ImageFolder(a.held_out, 64, split="all", augment=False)
-    scored = set(held_out_photos(a.held_out, 64, a.scored)[0])      # the photos the harness scores
+    scored = set(held_out_photos(a.held_out, 64, a.scored)[0])  # the photos the harness scores
     keep = [rel for rel in ds.relpaths if photo_name(rel) not in scored]
     if len(ds.relpaths) - len(keep) != len(scored):
         print("error: photo names are not unique; cannot tell the scored photos apart", file=sys.stderr)
         return 2
     dest = Path(a.out) / "held-out"
-    dest.mkdir(parents=True, exist_ok=False)      # never mix into an existing folder
+    dest.mkdir(parents=True, exist_ok=False)  # never mix into an existing folder
     for rel in keep:
         os.symlink(Path(a.held_out, rel).resolve(), dest / Path(rel).name)
     print(f"{len(keep)} validation photos linked in {dest}")

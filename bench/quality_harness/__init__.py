@@ -17,6 +17,24 @@ from .harness import run
 from .report import images_used
 from .tasks import IMAGE_NOISE, MRI_NOISE, QUICK, TASK_BY_KEY, TASKS, QualityTask, Settings
 
-__all__ = ["Case", "Estimate", "IMAGE_NOISE", "METHODS", "MRI_NOISE", "Method", "QUICK", "QualityTask", "RESULTS",
-           "SIGPY_METHODS", "Settings", "TASKS", "TASK_BY_KEY", "build_parser", "images_used", "main", "make_case",
-           "run", "score"]
+__all__ = [
+    "Case",
+    "Estimate",
+    "IMAGE_NOISE",
+    "METHODS",
+    "MRI_NOISE",
+    "Method",
+    "QUICK",
+    "QualityTask",
+    "RESULTS",
+    "SIGPY_METHODS",
+    "Settings",
+    "TASKS",
+    "TASK_BY_KEY",
+    "build_parser",
+    "images_used",
+    "main",
+    "make_case",
+    "run",
+    "score",
+]

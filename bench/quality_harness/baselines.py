@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -22,34 +22,73 @@ class Method:
     name: str
     oracle: bool = False
     about: str = ""
-    short: str = ""        # the figure's label
+    short: str = ""  # the figure's label
 
 
-METHODS = {m.key: m for m in (
-    Method("wiener", "Wiener (true sigma_y)", short="Wiener",
-           about="Wiener deconvolution with the natural 1/|f|^2 image spectrum calibrated on the training photos "
-                 "(diffunfold.baselines), given the true noise level"),
-    Method("tikhonov", "Tikhonov-gradient (oracle)", True, short="Tikhonov*", about=
-           "argmin ||A x - y||^2 + lam ||D x||^2, D the finite differences; by FFT for blurs (periodic D), by "
-           "scipy CG in float64 otherwise (D stops at the border); lam per image from a log grid by PSNR"),
-    Method("pinv", "pinv", short="pinv",
-           about="op.pinv: for SR the exact pseudo-inverse (nearest-neighbour upsampling), for a blur "
-                 "K*/(|K|^2 + 1e-3), for inpainting the measurement itself"),
-    Method("bicubic", "bicubic", short="bicubic", about="scikit-image resize(order=3) of the low-resolution image"),
-    Method("biharmonic", "biharmonic", short="biharmonic",
-           about="scikit-image inpaint_biharmonic (observed pixels kept)"),
-    Method("normalised_convolution", "normalised convolution", short="norm. conv.",
-           about="Gaussian-weighted interpolation of the observed pixels over scales (diffunfold.baselines)"),
-    Method("zero_filled", "zero-filled SENSE", short="zero-filled", about="op.pinv = A^H y"),
-    Method("cg_sense", "CG-SENSE Tikhonov (oracle)", True, short="CG-SENSE*", about=
-           "SigPy SenseRecon with the true coil maps: CG on A^H A + lam I; lam and the CG iteration count "
-           "(early stopping) per image from a grid by PSNR"),
-    Method("l1_espirit", "L1-wavelet, ESPIRiT maps (oracle)", True, short="L1 ESPIRiT*", about=
-           "SigPy L1WaveletRecon (db4, FISTA) with coil maps estimated by SigPy EspiritCalib from the fully "
-           "sampled k-space centre; lam per image from a grid by PSNR. Its residual uses the ESPIRiT maps"),
-    Method("l1_true_maps", "L1-wavelet, true maps (oracle)", True, short="L1 true maps*", about=
-           "the same with the true coil maps (what the model and CG-SENSE are given)"),
-)}
+METHODS = {
+    m.key: m
+    for m in (
+        Method(
+            "wiener",
+            "Wiener (true sigma_y)",
+            short="Wiener",
+            about="Wiener deconvolution with the natural 1/|f|^2 image spectrum calibrated on the training photos "
+            "(diffunfold.baselines), given the true noise level",
+        ),
+        Method(
+            "tikhonov",
+            "Tikhonov-gradient (oracle)",
+            True,
+            short="Tikhonov*",
+            about="argmin ||A x - y||^2 + lam ||D x||^2, D the finite differences; by FFT for blurs (periodic D), by "
+            "scipy CG in float64 otherwise (D stops at the border); lam per image from a log grid by PSNR",
+        ),
+        Method(
+            "pinv",
+            "pinv",
+            short="pinv",
+            about="op.pinv: for SR the exact pseudo-inverse (nearest-neighbour upsampling), for a blur "
+            "K*/(|K|^2 + 1e-3), for inpainting the measurement itself",
+        ),
+        Method("bicubic", "bicubic", short="bicubic", about="scikit-image resize(order=3) of the low-resolution image"),
+        Method(
+            "biharmonic",
+            "biharmonic",
+            short="biharmonic",
+            about="scikit-image inpaint_biharmonic (observed pixels kept)",
+        ),
+        Method(
+            "normalised_convolution",
+            "normalised convolution",
+            short="norm. conv.",
+            about="Gaussian-weighted interpolation of the observed pixels over scales (diffunfold.baselines)",
+        ),
+        Method("zero_filled", "zero-filled SENSE", short="zero-filled", about="op.pinv = A^H y"),
+        Method(
+            "cg_sense",
+            "CG-SENSE Tikhonov (oracle)",
+            True,
+            short="CG-SENSE*",
+            about="SigPy SenseRecon with the true coil maps: CG on A^H A + lam I; lam and the CG iteration count "
+            "(early stopping) per image from a grid by PSNR",
+        ),
+        Method(
+            "l1_espirit",
+            "L1-wavelet, ESPIRiT maps (oracle)",
+            True,
+            short="L1 ESPIRiT*",
+            about="SigPy L1WaveletRecon (db4, FISTA) with coil maps estimated by SigPy EspiritCalib from the fully "
+            "sampled k-space centre; lam per image from a grid by PSNR. Its residual uses the ESPIRiT maps",
+        ),
+        Method(
+            "l1_true_maps",
+            "L1-wavelet, true maps (oracle)",
+            True,
+            short="L1 true maps*",
+            about="the same with the true coil maps (what the model and CG-SENSE are given)",
+        ),
+    )
+}
 IMAGE_BASELINES = {
     "gaussian_blur": ("wiener", "tikhonov", "pinv"),
     "motion_blur": ("wiener", "tikhonov", "pinv"),
@@ -126,7 +165,7 @@ def mri_baselines(case: Case, s: Settings, sigpy_reason: str | None) -> dict[str
                 maps, info = maps_for(i)
             except InputError as exc:
                 return Estimate(None, skipped=str(exc))
-            scale = float(np.abs(op.AT(y[i:i + 1])).max())
+            scale = float(np.abs(op.AT(y[i : i + 1])).max())
             best, prev = (-math.inf, None, None), None
             for rel in sorted(s.l1_grid, reverse=True):
                 est = qb.l1_wavelet(y[i], maps, mask, rel * scale, s.l1_iterations, prev)

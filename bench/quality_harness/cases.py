@@ -15,10 +15,10 @@ from .tasks import QualityTask, Settings
 class Estimate:
     """A method's estimates for one task and noise level, and what it took."""
 
-    images: np.ndarray | None                 # (B, C, H, W); None when skipped
+    images: np.ndarray | None  # (B, C, H, W); None when skipped
     seconds: float = 0.0
-    settings: list[dict] = field(default_factory=list)   # per image: the oracle's choice, ...
-    residual_ops: list | None = None          # per image, when not the task's operator
+    settings: list[dict] = field(default_factory=list)  # per image: the oracle's choice, ...
+    residual_ops: list | None = None  # per image, when not the task's operator
     skipped: str | None = None
 
 
@@ -27,12 +27,12 @@ class Case:
     """One task at one noise level: the operator, the truth, the measurements."""
 
     task: QualityTask
-    level: float                              # sigma_y, or the MRI noise as a fraction of max|A x|
+    level: float  # sigma_y, or the MRI noise as a fraction of max|A x|
     op: Any
     names: list[str]
     x: np.ndarray
     y: np.ndarray
-    noise_std: list[float]                    # per image, absolute
+    noise_std: list[float]  # per image, absolute
     seeds: list[int]
 
     @property
@@ -44,7 +44,7 @@ def make_case(task: QualityTask, level: float, names, x, settings: Settings, see
     op = task.operator(settings.size, seed, coils)
     seeds = [seed + i for i in range(len(x))]
     if task.kind == "mri":
-        noise = [level * float(np.abs(op.A(x[i:i + 1])).max()) for i in range(len(x))]
+        noise = [level * float(np.abs(op.A(x[i : i + 1])).max()) for i in range(len(x))]
     else:
         noise = [float(level)] * len(x)
     y = op.measure(x, noise, seed=seeds)
@@ -69,10 +69,19 @@ def score(case: Case, est: Estimate) -> dict[str, Any]:
     for i, name in enumerate(case.names):
         op = est.residual_ops[i] if est.residual_ops else case.op
         norm_y = float(np.linalg.norm(y[i]))
-        res = float(np.linalg.norm(np.asarray(op.A(x_hat[i:i + 1]))[0] - y[i]) / norm_y)
-        noise = float(np.linalg.norm(np.asarray(case.op.A(x[i:i + 1]))[0] - y[i]) / norm_y)
-        rows.append({"image": name, "seed": case.seeds[i], "noise_std": case.noise_std[i], "psnr": float(p[i]),
-                     "ssim": float(q[i]), "residual": res, "noise_residual": noise,
-                     **({"setting": est.settings[i]} if est.settings else {})})
+        res = float(np.linalg.norm(np.asarray(op.A(x_hat[i : i + 1]))[0] - y[i]) / norm_y)
+        noise = float(np.linalg.norm(np.asarray(case.op.A(x[i : i + 1]))[0] - y[i]) / norm_y)
+        rows.append(
+            {
+                "image": name,
+                "seed": case.seeds[i],
+                "noise_std": case.noise_std[i],
+                "psnr": float(p[i]),
+                "ssim": float(q[i]),
+                "residual": res,
+                "noise_residual": noise,
+                **({"setting": est.settings[i]} if est.settings else {}),
+            }
+        )
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "residual", "noise_residual")}
     return {**mean, "seconds_per_image": est.seconds / len(case.names), "per_image": rows}

@@ -43,40 +43,75 @@ noise levels per kind, 4 steps, 2 samples, small grids) takes ~15 s and is what 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench/quality.py", description=HELP,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench/quality.py", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("packages", nargs="+", metavar="PACKAGE", help="model package folders, run folders or checkpoints")
-    p.add_argument("--samples", type=int, help="posterior samples per image; their mean is scored next to "
-                                              "one sample (default 4; --quick 2)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        help="posterior samples per image; their mean is scored next to one sample (default 4; --quick 2)",
+    )
     p.add_argument("--images", type=int, help="held-out images per task (default 5; --quick 1)")
     p.add_argument("--size", type=int, help="image size in px (default 64, the training size)")
     p.add_argument("--steps", type=int, help="sampler steps (default: the package's, 18; --quick 4)")
-    p.add_argument("--sampler", choices=["euler", "heun"],
-                   help="sampler for every package (default: each package's own, see its manifest); heun "
-                        "makes two network calls per step but the last, so compare at equal calls "
-                        "(e.g. heun --steps 10 against euler 18)")
-    p.add_argument("--sigma-min", type=float, help="the sampler's last noise level, where the final denoiser "
-                                                   "call is made (default: the package's, 0.002)")
-    p.add_argument("--churn", type=float, metavar="S_CHURN",
-                   help="EDM's stochastic sampler with this S_churn for every package (default: each "
-                        "package's own, see its manifest; 0: the deterministic ODE)")
-    p.add_argument("--ensemble", choices=["none", "flips"],
-                   help="self-ensemble of the posterior samples for every package: flips gives sample j's "
-                        "network the j-th of four flips of the image (default: each package's own)")
-    p.add_argument("--contrast", choices=["none", "stretch", "colour"],
-                   help="contrast stretch of flat images for every image package: restored at a photo's "
-                        "contrast and mapped back, exactly through the physics; colour: also each colour "
-                        "channel's level to mid-grey (default: each package's own)")
-    p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
-                   help=f"score only this task (repeatable): {', '.join(TASK_BY_KEY)}")
+    p.add_argument(
+        "--sampler",
+        choices=["euler", "heun"],
+        help="sampler for every package (default: each package's own, see its manifest); heun "
+        "makes two network calls per step but the last, so compare at equal calls "
+        "(e.g. heun --steps 10 against euler 18)",
+    )
+    p.add_argument(
+        "--sigma-min",
+        type=float,
+        help="the sampler's last noise level, where the final denoiser call is made (default: the package's, 0.002)",
+    )
+    p.add_argument(
+        "--churn",
+        type=float,
+        metavar="S_CHURN",
+        help="EDM's stochastic sampler with this S_churn for every package (default: each "
+        "package's own, see its manifest; 0: the deterministic ODE)",
+    )
+    p.add_argument(
+        "--ensemble",
+        choices=["none", "flips"],
+        help="self-ensemble of the posterior samples for every package: flips gives sample j's "
+        "network the j-th of four flips of the image (default: each package's own)",
+    )
+    p.add_argument(
+        "--contrast",
+        choices=["none", "stretch", "colour"],
+        help="contrast stretch of flat images for every image package: restored at a photo's "
+        "contrast and mapped back, exactly through the physics; colour: also each colour "
+        "channel's level to mid-grey (default: each package's own)",
+    )
+    p.add_argument(
+        "--task",
+        dest="tasks",
+        action="append",
+        metavar="KEY",
+        help=f"score only this task (repeatable): {', '.join(TASK_BY_KEY)}",
+    )
     p.add_argument("--noise", type=float, nargs="+", help=f"image noise levels sigma_y (default {IMAGE_NOISE})")
-    p.add_argument("--mri-noise", type=float, nargs="+",
-                   help=f"MRI noise levels as fractions of max|A x| per image (default {MRI_NOISE})")
+    p.add_argument(
+        "--mri-noise",
+        type=float,
+        nargs="+",
+        help=f"MRI noise levels as fractions of max|A x| per image (default {MRI_NOISE})",
+    )
     p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (the tests' setting)")
-    p.add_argument("--photos", metavar="DIR", help="held-out photos: DIR/held-out of `diffunfold data photos` "
-                                                  "(default: the scikit-image photos)")
-    p.add_argument("--mri-volumes", metavar="DIR", help="held-out MRI volume(s): DIR/held-out of `diffunfold data "
-                                                       "mri-volumes` (default: synthetic phantoms)")
+    p.add_argument(
+        "--photos",
+        metavar="DIR",
+        help="held-out photos: DIR/held-out of `diffunfold data photos` (default: the scikit-image photos)",
+    )
+    p.add_argument(
+        "--mri-volumes",
+        metavar="DIR",
+        help="held-out MRI volume(s): DIR/held-out of `diffunfold data mri-volumes` (default: synthetic phantoms)",
+    )
     p.add_argument("--coils", type=int, default=15, help="simulated receive coils for MRI (default 15)")
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i (default 0)")
     p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")

@@ -42,8 +42,14 @@ def figure(sc: Scored, others: list[Scored], baseline_rows: list[dict], s: Setti
         ax.plot(pos, [b["psnr"] if b else np.nan for b in best], "k^--", label="best baseline")
         for p, b in zip(pos, best):
             if b:
-                ax.annotate(METHODS[b["method"]].short, (p, b["psnr"]), fontsize=6,
-                            textcoords="offset points", xytext=(0, -9), ha="center")
+                ax.annotate(
+                    METHODS[b["method"]].short,
+                    (p, b["psnr"]),
+                    fontsize=6,
+                    textcoords="offset points",
+                    xytext=(0, -9),
+                    ha="center",
+                )
         ax.set_xticks(pos, [f"{lv:g}" for lv in levels])
         ax.set_xlim(-0.5, len(levels) - 0.5)
         ax.set_title(task.label, fontsize=9)
@@ -51,7 +57,7 @@ def figure(sc: Scored, others: list[Scored], baseline_rows: list[dict], s: Setti
         ax.set_ylabel("PSNR (dB)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in axes.ravel()[len(tasks):]:
+    for ax in axes.ravel()[len(tasks) :]:
         ax.axis("off")
     handles, labels = axes.ravel()[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)

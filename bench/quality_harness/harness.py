@@ -8,8 +8,8 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from machine import module_version
@@ -27,10 +27,21 @@ from .tasks import QUICK, TASK_BY_KEY, TASKS, Settings
 
 def settings_from(args) -> Settings:
     base = QUICK if args.quick else Settings()
-    over = {k: v for k, v in (("size", args.size), ("images", args.images), ("samples", args.samples),
-                              ("steps", args.steps), ("sampler", args.sampler), ("sigma_min", args.sigma_min),
-                              ("churn", args.churn), ("ensemble", args.ensemble), ("contrast", args.contrast))
-            if v is not None}
+    over = {
+        k: v
+        for k, v in (
+            ("size", args.size),
+            ("images", args.images),
+            ("samples", args.samples),
+            ("steps", args.steps),
+            ("sampler", args.sampler),
+            ("sigma_min", args.sigma_min),
+            ("churn", args.churn),
+            ("ensemble", args.ensemble),
+            ("contrast", args.contrast),
+        )
+        if v is not None
+    }
     if args.tasks:
         unknown = sorted(set(args.tasks) - set(TASK_BY_KEY))
         if unknown:
@@ -58,10 +69,16 @@ def held_out_data(args, s: Settings) -> dict[str, Callable[[], tuple[list[str], 
     from diffunfold.data import held_out as ho
     from diffunfold.demo_data import held_out_images, held_out_phantoms
 
-    image = (lambda: ho.held_out_photos(ho.check_folder(args.photos, "photo"), s.size, s.images)) \
-        if args.photos else (lambda: held_out_images(s.size, s.images))
-    mri = (lambda: ho.held_out_slices(ho.check_folder(args.mri_volumes, "MRI volume"), s.size, s.images)) \
-        if args.mri_volumes else (lambda: held_out_phantoms(s.size, s.images))
+    image = (
+        (lambda: ho.held_out_photos(ho.check_folder(args.photos, "photo"), s.size, s.images))
+        if args.photos
+        else (lambda: held_out_images(s.size, s.images))
+    )
+    mri = (
+        (lambda: ho.held_out_slices(ho.check_folder(args.mri_volumes, "MRI volume"), s.size, s.images))
+        if args.mri_volumes
+        else (lambda: held_out_phantoms(s.size, s.images))
+    )
     return {"image": image, "mri": mri}
 
 
@@ -82,8 +99,10 @@ def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dic
     tasks = {k: [TASK_BY_KEY[key] for key in s.tasks if TASK_BY_KEY[key].kind == k] for k in kinds}
     for k in kinds:
         if not tasks[k]:
-            raise InputError(f"no {k} task selected for the {k} package(s); the {k} tasks are "
-                             f"{[t.key for t in TASKS if t.kind == k]}")
+            raise InputError(
+                f"no {k} task selected for the {k} package(s); the {k} tasks are "
+                f"{[t.key for t in TASKS if t.kind == k]}"
+            )
     levels = {"image": s.image_noise, "mri": s.mri_noise}
     sigpy_reason = qb.sigpy_status() if "mri" in kinds else None
     sigpy_check = None
@@ -113,14 +132,22 @@ def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dic
                     for sc in (sc for sc in scored if sc.kind == kind):
                         bar.set_postfix_str(f"{task.key} @ {level:g}: {sc.name}")
                         for key, est in run_model(sc, case, s).items():
-                            sc.rows.append(_row(case, key, model_method_name(key, s.samples), False, False,
-                                                score(case, est)))
+                            sc.rows.append(
+                                _row(case, key, model_method_name(key, s.samples), False, False, score(case, est))
+                            )
                         bar.update(1)
     return baseline_rows, sigpy_reason, sigpy_check
 
 
-def write_outputs(scored: list[Scored], baseline_rows: dict, meta: dict, s: Settings, out: Path,
-                  log: Callable[[str], None], quiet: bool) -> list[Path]:
+def write_outputs(
+    scored: list[Scored],
+    baseline_rows: dict,
+    meta: dict,
+    s: Settings,
+    out: Path,
+    log: Callable[[str], None],
+    quiet: bool,
+) -> list[Path]:
     """quality-<package>.md/.json/.png per package, and quality-compare-<kinds>.md for several
     (named by the data kinds in it, so an image run and an MRI run can share a folder)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -130,15 +157,22 @@ def write_outputs(scored: list[Scored], baseline_rows: dict, meta: dict, s: Sett
         others = [o for o in scored if o is not sc and o.kind == sc.kind]
         md = markdown_package(sc, baseline_rows[sc.kind], meta, s)
         stem.with_suffix(".md").write_text(md)
-        payload = {"package": {"name": sc.name, "path": str(sc.path), "source": sc.source,
-                               "manifest_source": sc.package.manifest.get("source", {}),
-                               "manifest_sha256": sc.package.manifest.get("manifest_sha256"),
-                               "kind": sc.kind, "backend": sc.solver.backend_name,
-                               "model_seconds": sc.model_seconds},
-                   "meta": meta, "settings": {k: list(v) if isinstance(v, tuple) else v
-                                              for k, v in s.__dict__.items()},
-                   "summary": summary(sc, baseline_rows[sc.kind]),
-                   "rows": sc.rows + baseline_rows[sc.kind]}
+        payload = {
+            "package": {
+                "name": sc.name,
+                "path": str(sc.path),
+                "source": sc.source,
+                "manifest_source": sc.package.manifest.get("source", {}),
+                "manifest_sha256": sc.package.manifest.get("manifest_sha256"),
+                "kind": sc.kind,
+                "backend": sc.solver.backend_name,
+                "model_seconds": sc.model_seconds,
+            },
+            "meta": meta,
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.__dict__.items()},
+            "summary": summary(sc, baseline_rows[sc.kind]),
+            "rows": sc.rows + baseline_rows[sc.kind],
+        }
         stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
         why = figure(sc, others, baseline_rows[sc.kind], s, stem.with_suffix(".png"))
         if why:
@@ -167,19 +201,26 @@ def run(args) -> int:
             sc.solver = Solver.load(sc.package, backend=args.backend, device=args.device, threads=args.threads)
         baseline_rows, sigpy_reason, sigpy_check = score_all(scored, s, args, args.quiet)
         wall = time.perf_counter() - t_start
-        meta = {"command": " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                "date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": describe_cpu(), "seed": args.seed,
-                "wall_seconds": wall, "data": {k: data_label(args, k) for k in ("image", "mri")},
-                "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
-                "sigma_min": s.sigma_min,
-                "sampler": {sc.name: s.sampler or sc.package.schedule["sampler"] for sc in scored},
-                "churn": {sc.name: (sc.package.churn if s.churn is None else edm.Churn.of(s.churn)).as_dict()
-                          for sc in scored},
-                "ensemble": {sc.name: s.ensemble or sc.package.ensemble for sc in scored},
-                "contrast": {sc.name: contrast_label(sc, s) for sc in scored},
-                "sigpy": module_version("sigpy"), "sigpy_skipped": sigpy_reason,
-                "sigpy_forward_check_rel_err": sigpy_check,
-                "versions": {m: module_version(m) for m in ("numpy", "scipy", "skimage", "onnxruntime", "sigpy")}}
+        meta = {
+            "command": " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+            "machine": describe_cpu(),
+            "seed": args.seed,
+            "wall_seconds": wall,
+            "data": {k: data_label(args, k) for k in ("image", "mri")},
+            "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
+            "sigma_min": s.sigma_min,
+            "sampler": {sc.name: s.sampler or sc.package.schedule["sampler"] for sc in scored},
+            "churn": {
+                sc.name: (sc.package.churn if s.churn is None else edm.Churn.of(s.churn)).as_dict() for sc in scored
+            },
+            "ensemble": {sc.name: s.ensemble or sc.package.ensemble for sc in scored},
+            "contrast": {sc.name: contrast_label(sc, s) for sc in scored},
+            "sigpy": module_version("sigpy"),
+            "sigpy_skipped": sigpy_reason,
+            "sigpy_forward_check_rel_err": sigpy_check,
+            "versions": {m: module_version(m) for m in ("numpy", "scipy", "skimage", "onnxruntime", "sigpy")},
+        }
         written = write_outputs(scored, baseline_rows, meta, s, Path(args.out), log, args.quiet)
     print(f"{len(scored)} package(s) in {wall:.0f} s; wrote " + ", ".join(str(p) for p in written))
     return 0

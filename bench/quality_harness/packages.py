@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ class Scored:
 
     name: str
     path: Path
-    source: str                 # "package" or "checkpoint <path>"
+    source: str  # "package" or "checkpoint <path>"
     package: Any
     solver: Any = None
     rows: list[dict] = field(default_factory=list)
@@ -57,8 +58,10 @@ def open_inputs(paths: list[str], workdir: Path, log: Callable[[str], None]) -> 
     for raw in paths:
         path = Path(raw)
         if not path.exists():
-            raise InputError(f"{raw!r} does not exist; give a model package folder (with {MANIFEST}), a training "
-                             "run folder or a checkpoint")
+            raise InputError(
+                f"{raw!r} does not exist; give a model package folder (with {MANIFEST}), a training "
+                "run folder or a checkpoint"
+            )
         if (path / MANIFEST).exists() or path.name == MANIFEST:
             pkg = ModelPackage.open(path)
             name, source = pkg.path.name, "package"
@@ -66,8 +69,10 @@ def open_inputs(paths: list[str], workdir: Path, log: Callable[[str], None]) -> 
             try:
                 from diffunfold.export.onnx_export import export_checkpoint
             except ImportError as exc:
-                raise InputError(f"{raw!r} is not a model package, so it must be exported first, which needs torch "
-                                 f"and onnx (pip install -e '.[train,export]'): {exc}") from None
+                raise InputError(
+                    f"{raw!r} is not a model package, so it must be exported first, which needs torch "
+                    f"and onnx (pip install -e '.[train,export]'): {exc}"
+                ) from None
             log(f"exporting {raw} to a temporary package ...")
             target = workdir / f"export-{len(out)}"
             pkg = export_checkpoint(path, target, log=lambda _msg: None)
@@ -83,19 +88,27 @@ def open_inputs(paths: list[str], workdir: Path, log: Callable[[str], None]) -> 
     return out
 
 
-
 def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
     """The posterior mean of ``s.samples`` draws and one draw (draw 0, from the same solve)."""
     t0 = time.perf_counter()
-    sol = sc.solver.solve(case.y, case.op, seed=case.seeds, samples=s.samples, steps=s.steps,
-                          sampler=s.sampler, sigma_min=s.sigma_min, noise_std=list(case.noise_std), churn=s.churn,
-                          ensemble=s.ensemble, contrast=None if case.mri else s.contrast)
+    sol = sc.solver.solve(
+        case.y,
+        case.op,
+        seed=case.seeds,
+        samples=s.samples,
+        steps=s.steps,
+        sampler=s.sampler,
+        sigma_min=s.sigma_min,
+        noise_std=list(case.noise_std),
+        churn=s.churn,
+        ensemble=s.ensemble,
+        contrast=None if case.mri else s.contrast,
+    )
     t_mean = time.perf_counter() - t0
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
     t_single, extra = t_mean / s.samples, 0.0
     sc.model_seconds += t_mean + extra
-    return {"model_mean": Estimate(np.asarray(sol.images), t_mean),
-            "model_sample": Estimate(single, t_single)}
+    return {"model_mean": Estimate(np.asarray(sol.images), t_mean), "model_sample": Estimate(single, t_single)}
 
 
 def contrast_label(sc: Scored, s: Settings) -> dict | None:

@@ -12,8 +12,8 @@ import numpy as np
 class QualityTask:
     key: str
     label: str
-    kind: str              # "image" or "mri"
-    task: str              # physics.tasks name
+    kind: str  # "image" or "mri"
+    task: str  # physics.tasks name
     params: dict = field(default_factory=dict)
 
     def operator(self, size: int, seed: int, coils: int):
@@ -21,7 +21,7 @@ class QualityTask:
 
         params = dict(self.params)
         if self.task == "inpainting":
-            params["seed"] = seed          # one mask per task, shared by its images
+            params["seed"] = seed  # one mask per task, shared by its images
         if self.task == "mri":
             params.update(ncoils=coils, seed=seed)
         return make_operator(self.task, (size, size), **params)
@@ -29,8 +29,13 @@ class QualityTask:
 
 TASKS = (
     QualityTask("gaussian_blur", "Gaussian blur (sigma 2)", "image", "gaussian_blur", {"sigma": 2.0}),
-    QualityTask("anisotropic_blur", "anisotropic blur (sigma 3 x 1, angle 0.6)", "image", "anisotropic_blur",
-                {"sigma": [3.0, 1.0], "angle": 0.6}),
+    QualityTask(
+        "anisotropic_blur",
+        "anisotropic blur (sigma 3 x 1, angle 0.6)",
+        "image",
+        "anisotropic_blur",
+        {"sigma": [3.0, 1.0], "angle": 0.6},
+    ),
     QualityTask("motion_blur", "motion blur (length 7)", "image", "motion_blur", {"length": 7.0}),
     QualityTask("sr_x4", "SR x4 (box)", "image", "sr", {"factor": 4, "kernel": "box"}),
     QualityTask("sr_x8", "SR x8 (box)", "image", "sr", {"factor": 8, "kernel": "box"}),
@@ -44,8 +49,8 @@ TASKS = (
 )
 TASK_BY_KEY = {t.key: t for t in TASKS}
 
-IMAGE_NOISE = (0.0, 0.01, 0.05, 0.1)     # sigma_y, images in [0, 1]
-MRI_NOISE = (0.0, 0.01)                  # fraction of max|A x| per image (0.01: the paper's)
+IMAGE_NOISE = (0.0, 0.01, 0.05, 0.1)  # sigma_y, images in [0, 1]
+MRI_NOISE = (0.0, 0.01)  # fraction of max|A x| per image (0.01: the paper's)
 
 
 @dataclass(frozen=True)
@@ -55,12 +60,12 @@ class Settings:
     size: int = 64
     images: int = 5
     samples: int = 4
-    steps: int | None = None                         # None: the package's (18)
-    sampler: str | None = None                       # None: the package's; "euler" or "heun"
-    sigma_min: float | None = None                   # None: the package's (0.002); the last D's noise level
-    churn: float | None = None                       # None: the package's; EDM's S_churn (0: the ODE)
-    ensemble: str | None = None                      # None: the package's; "none" or "flips"
-    contrast: str | None = None                      # None: the package's; "none" or "stretch" (images)
+    steps: int | None = None  # None: the package's (18)
+    sampler: str | None = None  # None: the package's; "euler" or "heun"
+    sigma_min: float | None = None  # None: the package's (0.002); the last D's noise level
+    churn: float | None = None  # None: the package's; EDM's S_churn (0: the ODE)
+    ensemble: str | None = None  # None: the package's; "none" or "flips"
+    contrast: str | None = None  # None: the package's; "none" or "stretch" (images)
     tasks: tuple[str, ...] = tuple(t.key for t in TASKS)
     image_noise: tuple[float, ...] = IMAGE_NOISE
     mri_noise: tuple[float, ...] = MRI_NOISE
@@ -75,8 +80,17 @@ class Settings:
     l1_iterations: int = 100
 
 
-QUICK = Settings(size=64, images=1, samples=2, steps=4,
-                 tasks=("gaussian_blur", "inpainting_40", "mri_gaussian1d_4x", "mri_gaussian2d_8x"),
-                 image_noise=(0.0, 0.05), mri_noise=(0.0, 0.01),
-                 tikhonov_grid=(1e-6, 1e-4, 1e-2, 1.0), sense_grid=(0.0, 1e-2), sense_iterations=(30,),
-                 l1_grid=(1e-2, 1e-4, 0.0), l1_iterations=50)
+QUICK = Settings(
+    size=64,
+    images=1,
+    samples=2,
+    steps=4,
+    tasks=("gaussian_blur", "inpainting_40", "mri_gaussian1d_4x", "mri_gaussian2d_8x"),
+    image_noise=(0.0, 0.05),
+    mri_noise=(0.0, 0.01),
+    tikhonov_grid=(1e-6, 1e-4, 1e-2, 1.0),
+    sense_grid=(0.0, 1e-2),
+    sense_iterations=(30,),
+    l1_grid=(1e-2, 1e-4, 0.0),
+    l1_iterations=50,
+)

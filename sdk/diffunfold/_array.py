@@ -33,9 +33,7 @@ def namespace(*arrays: Any):
         return array_api_compat.array_namespace(*arrays)
     except TypeError as exc:
         kinds = ", ".join(sorted({type(a).__name__ for a in arrays}))
-        raise InputError(
-            f"expected numpy, CuPy or torch arrays, got {kinds}; convert with numpy.asarray(...)"
-        ) from exc
+        raise InputError(f"expected numpy, CuPy or torch arrays, got {kinds}; convert with numpy.asarray(...)") from exc
 
 
 # Arrays from this many elements on are transformed with every core; smaller ones with one.

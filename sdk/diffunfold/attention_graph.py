@@ -44,19 +44,32 @@ def _spelled_nodes(node, heads: int, scale: float, scope: str) -> tuple[list, li
 
     n = lambda op, what: f"{scope}/{op}_attention_{what}"
     split, merge, scale_name = n("Constant", "split"), n("Constant", "merge"), n("Constant", "scale")
-    consts = [numpy_helper.from_array(np.array([0, 0, heads, -1], np.int64), split),
-              numpy_helper.from_array(np.array([0, 0, -1], np.int64), merge),
-              numpy_helper.from_array(np.array(scale, np.float32), scale_name)]
+    consts = [
+        numpy_helper.from_array(np.array([0, 0, heads, -1], np.int64), split),
+        numpy_helper.from_array(np.array([0, 0, -1], np.int64), merge),
+        numpy_helper.from_array(np.array(scale, np.float32), scale_name),
+    ]
     nodes, heads_of = [], {}
-    for part, src, perm in (("q", node.input[0], [0, 2, 1, 3]), ("k", node.input[1], [0, 2, 3, 1]),
-                            ("v", node.input[2], [0, 2, 1, 3])):  # (B, N, C) -> (B, h, N, d); k: (B, h, d, N)
-        nodes += [helper.make_node("Reshape", [src, split], [n("Reshape", part)], name=n("Reshape", part)),
-                  helper.make_node("Transpose", [n("Reshape", part)], [n("Transpose", part)], perm=perm,
-                                   name=n("Transpose", part))]
+    for part, src, perm in (
+        ("q", node.input[0], [0, 2, 1, 3]),
+        ("k", node.input[1], [0, 2, 3, 1]),
+        ("v", node.input[2], [0, 2, 1, 3]),
+    ):  # (B, N, C) -> (B, h, N, d); k: (B, h, d, N)
+        nodes += [
+            helper.make_node("Reshape", [src, split], [n("Reshape", part)], name=n("Reshape", part)),
+            helper.make_node(
+                "Transpose", [n("Reshape", part)], [n("Transpose", part)], perm=perm, name=n("Transpose", part)
+            ),
+        ]
         heads_of[part] = n("Transpose", part)
-    steps = [("MatMul", "qk", [heads_of["q"], heads_of["k"]], {}), ("Mul", "scale", [None, scale_name], {}),
-             ("Softmax", "weights", [None], {"axis": -1}), ("MatMul", "wv", [None, heads_of["v"]], {}),
-             ("Transpose", "out", [None], {"perm": [0, 2, 1, 3]}), ("Reshape", "out", [None, merge], {})]
+    steps = [
+        ("MatMul", "qk", [heads_of["q"], heads_of["k"]], {}),
+        ("Mul", "scale", [None, scale_name], {}),
+        ("Softmax", "weights", [None], {"axis": -1}),
+        ("MatMul", "wv", [None, heads_of["v"]], {}),
+        ("Transpose", "out", [None], {"perm": [0, 2, 1, 3]}),
+        ("Reshape", "out", [None, merge], {}),
+    ]
     prev = None
     for i, (op, what, inputs, attrs) in enumerate(steps):
         out = node.output[0] if i == len(steps) - 1 else n(op, what)
@@ -99,4 +112,3 @@ def spell_out(model):
         out.opset_import.extend(kept or [helper.make_opsetid("", 17)])
     onnx.checker.check_model(out)
     return out
-

@@ -101,8 +101,7 @@ def _inverse_prior(shape: tuple[int, int], prior: str) -> np.ndarray:
     return inv
 
 
-def wiener_deconvolution(op: Convolution, y, noise_std: NoiseStd, prior: str = "natural",
-                         *, clip: bool = True):
+def wiener_deconvolution(op: Convolution, y, noise_std: NoiseStd, prior: str = "natural", *, clip: bool = True):
     """Wiener filter ``X = conj(K) Y / (|K|^2 + noise_var / S(f))`` for a blur ``op``.
 
     Args:
@@ -133,8 +132,7 @@ def wiener_deconvolution(op: Convolution, y, noise_std: NoiseStd, prior: str = "
 
     conj_k = op._const("wiener:K*", lambda: np.conj(op._spectrum), y, dtype=complex_t)
     power = op._const("wiener:|K|^2", lambda: np.abs(op._spectrum) ** 2, y, dtype=real_t)
-    inv_s = op._const(f"wiener:1/S:{prior}", lambda: _inverse_prior(op.image_shape, prior), y,
-                      dtype=real_t)
+    inv_s = op._const(f"wiener:1/S:{prior}", lambda: _inverse_prior(op.image_shape, prior), y, dtype=real_t)
     # (B, 1, 1, 1) for per-image levels; the denominator is > 0 everywhere: at DC it is
     # |K(0)|^2 = 1, elsewhere var * inv_s > 0.
     var = float(var) if var.ndim == 0 else like(var.reshape(-1, 1, 1, 1), y, dtype=real_t)

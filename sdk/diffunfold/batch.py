@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import InputError
 
@@ -21,10 +22,10 @@ __all__ = ["Batch", "Unit", "check_outputs", "finish", "run_units"]
 
 @dataclass
 class Unit:
-    name: str                      # the row's key: an image's output stem, "slice 3"
-    outputs: dict[str, Path]       # every file the unit writes
-    payload: Any = None            # what the work function needs (a path, a slice index)
-    label: str = ""                # how failures name it (default: name), e.g. the input file
+    name: str  # the row's key: an image's output stem, "slice 3"
+    outputs: dict[str, Path]  # every file the unit writes
+    payload: Any = None  # what the work function needs (a path, a slice index)
+    label: str = ""  # how failures name it (default: name), e.g. the input file
 
     def done(self) -> bool:
         return all(p.exists() for p in self.outputs.values())
@@ -33,19 +34,28 @@ class Unit:
 @dataclass
 class Batch:
     rows: list[dict] = field(default_factory=list)
-    failures: list[tuple[str, str]] = field(default_factory=list)   # (name, one-line reason)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (name, one-line reason)
     skipped: list[str] = field(default_factory=list)
 
 
-def check_outputs(out_dir: Path, units: list[Unit], inputs: list[Path], input_dirs: set[Path],
-                  extra: list[Path], overwrite: bool, resume: bool) -> None:
+def check_outputs(
+    out_dir: Path,
+    units: list[Unit],
+    inputs: list[Path],
+    input_dirs: set[Path],
+    extra: list[Path],
+    overwrite: bool,
+    resume: bool,
+) -> None:
     """Before any work: never write into an input folder or over an input file; without
     --overwrite or --resume, never over an existing output. ``extra``: outputs outside the
     units (the --json report, an MRI mask), rewritten on --resume."""
     out_r = out_dir.resolve()
     if out_r in input_dirs:
-        raise InputError(f"--out {str(out_dir)!r} is the folder of the input(s); write the outputs to "
-                         "another folder (e.g. --out restored/) so they never mix with or replace the inputs")
+        raise InputError(
+            f"--out {str(out_dir)!r} is the folder of the input(s); write the outputs to "
+            "another folder (e.g. --out restored/) so they never mix with or replace the inputs"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {str(out_dir)!r} exists and is not a folder")
     inputs_r = {p.resolve() for p in inputs}
@@ -58,8 +68,10 @@ def check_outputs(out_dir: Path, units: list[Unit], inputs: list[Path], input_di
     existing = [p for p in targets if p.exists()]
     if existing and not (overwrite or resume):
         more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
-        raise InputError(f"{existing[0]} already exists{more}; pass --resume to keep the finished outputs and "
-                         "do only the rest, --overwrite to replace them, or choose another --out")
+        raise InputError(
+            f"{existing[0]} already exists{more}; pass --resume to keep the finished outputs and "
+            "do only the rest, --overwrite to replace them, or choose another --out"
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -67,8 +79,9 @@ def _reason(exc: BaseException) -> str:
     return text if isinstance(exc, InputError) else f"{type(exc).__name__}: {text or 'no message'}"
 
 
-def run_units(units: list[Unit], work: Callable[[Unit], dict], resume: bool, progress,
-              what: str, out_dir: Path) -> Batch:
+def run_units(
+    units: list[Unit], work: Callable[[Unit], dict], resume: bool, progress, what: str, out_dir: Path
+) -> Batch:
     """``work(unit) -> row`` for each unit not already done (``resume``); a unit that raises
     is recorded as a failure and the others go on. ``progress(units)`` wraps the iteration
     (a progress bar). Ctrl-C stops with a KeyboardInterrupt that says what is complete."""
@@ -88,7 +101,8 @@ def run_units(units: list[Unit], work: Callable[[Unit], dict], resume: bool, pro
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"{len(batch.rows)} of {len(todo)} {what}(s) finished and written to {out_dir}/ before the stop; "
-            "rerun the same command with --resume to do the rest") from None
+            "rerun the same command with --resume to do the rest"
+        ) from None
     return batch
 
 

@@ -92,11 +92,15 @@ def _cmd_mask(args) -> int:
         refuse_existing([out], args.overwrite, "choose another --out")
     mask = mri_mask(args.kind, tuple(args.shape), args.acceleration, args.center_fraction, args.seed)
     if not mask.any():
-        raise InputError(f"a {args.shape[0]}x{args.shape[1]} {args.kind} mask at {args.acceleration:g}x samples "
-                         "nothing; use a larger --shape or a lower --acceleration")
+        raise InputError(
+            f"a {args.shape[0]}x{args.shape[1]} {args.kind} mask at {args.acceleration:g}x samples "
+            "nothing; use a larger --shape or a lower --acceleration"
+        )
     realised = mask.size / mask.sum()
-    print(f"{args.kind} mask {mask.shape[0]}x{mask.shape[1]}: requested {args.acceleration:g}x, "
-          f"realised {realised:.3f}x ({int(mask.sum())} samples)")
+    print(
+        f"{args.kind} mask {mask.shape[0]}x{mask.shape[1]}: requested {args.acceleration:g}x, "
+        f"realised {realised:.3f}x ({int(mask.sum())} samples)"
+    )
     if out:
         from .data.images import save_image
 
@@ -108,9 +112,17 @@ def _cmd_mask(args) -> int:
 def _cmd_phantom(args) -> int:
     from .data.phantom import write_phantom_dataset
 
-    paths = write_phantom_dataset(args.out_dir, num_files=args.files, slices_per_file=args.slices,
-                                  shape=(args.size, args.size), ncoils=args.coils, noise_std=args.noise,
-                                  seed=args.seed, progress=not args.quiet, overwrite=args.overwrite)
+    paths = write_phantom_dataset(
+        args.out_dir,
+        num_files=args.files,
+        slices_per_file=args.slices,
+        shape=(args.size, args.size),
+        ncoils=args.coils,
+        noise_std=args.noise,
+        seed=args.seed,
+        progress=not args.quiet,
+        overwrite=args.overwrite,
+    )
     print(f"wrote {len(paths)} fastMRI-format file(s) to {args.out_dir}")
     return 0
 
@@ -120,9 +132,17 @@ def _cmd_info(args) -> int:
     import platform
 
     print(f"diffunfold {__version__} on Python {platform.python_version()} ({platform.machine()})")
-    for module, extra in [("numpy", "core"), ("onnxruntime", "core"), ("skimage", "core"), ("h5py", "core"),
-                          ("torch", "train"), ("onnx", "export"), ("cupy", "gpu"), ("tensorrt", "trt"),
-                          ("polygraphy", "trt")]:
+    for module, extra in [
+        ("numpy", "core"),
+        ("onnxruntime", "core"),
+        ("skimage", "core"),
+        ("h5py", "core"),
+        ("torch", "train"),
+        ("onnx", "export"),
+        ("cupy", "gpu"),
+        ("tensorrt", "trt"),
+        ("polygraphy", "trt"),
+    ]:
         try:
             mod = importlib.import_module(module)
             version = getattr(mod, "__version__", "?")
@@ -139,7 +159,8 @@ def _cmd_info(args) -> int:
         print("onnxruntime providers: " + ", ".join(onnxruntime.get_available_providers()))
     except ImportError:
         pass
-    from .runtime.backends import available_backends as runtime_backends, cuda_available
+    from .runtime.backends import available_backends as runtime_backends
+    from .runtime.backends import cuda_available
 
     for device in ["cpu"] + (["cuda"] if cuda_available() else []):
         print(f"runtime backends on {device}:")
@@ -156,8 +177,10 @@ def _cmd_presets(args) -> int:
     for name in preset_names():
         cfg = load_config(name)
         counts = DiffUnfolding(cfg.model).parameter_counts()
-        print(f"| {name} | {cfg.data.source} | {cfg.data.size} | {cfg.model.stages} | {cfg.model.shared} | "
-              f"{counts['total'] / 1e6:.2f}M | {cfg.train.steps} x {cfg.train.batch_size} |")
+        print(
+            f"| {name} | {cfg.data.source} | {cfg.data.size} | {cfg.model.stages} | {cfg.model.shared} | "
+            f"{counts['total'] / 1e6:.2f}M | {cfg.train.steps} x {cfg.train.batch_size} |"
+        )
     return 0
 
 
@@ -192,31 +215,39 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="diffunfold", description=DESCRIPTION, epilog=EPILOG,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(
+        prog="diffunfold", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"diffunfold {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show the traceback of an unexpected error (also: DIFFUNFOLD_DEBUG=1; accepted "
-                             "anywhere on the line)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of an unexpected error (also: DIFFUNFOLD_DEBUG=1; accepted anywhere on the line)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_tool_commands(sub)
     add_training_commands(sub)  # train, evaluate, export, build-engines: diffunfold.cli_training
     add_export_commands(sub)
     _add_runtime_commands(sub)
     from .data.cli import add_parser as add_data_parser
+
     add_data_parser(sub)
     from .mrd.cli import add_parsers as add_mrd_parsers  # serve, send, mrd-phantom
+
     add_mrd_parsers(sub)
     return parser
 
 
 def _add_tool_commands(sub) -> None:
     """selfcheck, tasks, mask, phantom, info, presets."""
-    p = sub.add_parser("selfcheck", help="check every operator: adjoint, norm, backend agreement",
-                       description="Build every task's operator and check that its adjoint is exact "
-                                   "(float64 and float32), that ||A|| <= 1 (power iteration) and that "
-                                   "every array backend present (numpy, torch, CuPy) gives the same "
-                                   "numbers; report the PSNR of the classical pinv on a held-out image.")
+    p = sub.add_parser(
+        "selfcheck",
+        help="check every operator: adjoint, norm, backend agreement",
+        description="Build every task's operator and check that its adjoint is exact "
+        "(float64 and float32), that ||A|| <= 1 (power iteration) and that "
+        "every array backend present (numpy, torch, CuPy) gives the same "
+        "numbers; report the PSNR of the classical pinv on a held-out image.",
+    )
     p.add_argument("--size", type=V.image_side(16, 1024), default=64, help="image side in pixels (default: 64)")
     p.add_argument("--backends", help="comma-separated subset of numpy,torch,cupy (default: all present)")
     p.add_argument("--no-images", action="store_true", help="skip the pinv PSNR on a bundled image")
@@ -225,50 +256,77 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_selfcheck)
 
-    p = sub.add_parser("tasks", help="list the tasks and their parameters",
-                       description="List the task names accepted by make_operator and the CLI, with "
-                                   "their parameters and defaults.")
+    p = sub.add_parser(
+        "tasks",
+        help="list the tasks and their parameters",
+        description="List the task names accepted by make_operator and the CLI, with their parameters and defaults.",
+    )
     p.set_defaults(func=_cmd_tasks)
 
-    p = sub.add_parser("mask", help="make an MRI sampling mask and report its acceleration",
-                       description="Make a k-space sampling mask (phase encodes along the last axis, "
-                                   "fastMRI's convention) and print the realised acceleration.")
+    p = sub.add_parser(
+        "mask",
+        help="make an MRI sampling mask and report its acceleration",
+        description="Make a k-space sampling mask (phase encodes along the last axis, "
+        "fastMRI's convention) and print the realised acceleration.",
+    )
     p.add_argument("kind", choices=["uniform1d", "random1d", "gaussian1d", "gaussian2d"])
     p.add_argument("--shape", type=V.MASK_SIDE, nargs=2, default=[320, 320], metavar=("H", "W"))
     p.add_argument("--acceleration", type=V.ACCELERATION, default=4.0)
-    p.add_argument("--center-fraction", type=V.CENTER_FRACTION, default=None,
-                   help="fully sampled centre fraction (default: 0.32 / acceleration)")
+    p.add_argument(
+        "--center-fraction",
+        type=V.CENTER_FRACTION,
+        default=None,
+        help="fully sampled centre fraction (default: 0.32 / acceleration)",
+    )
     p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--out", metavar="PNG", help="save the mask as an image")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_mask)
 
-    p = sub.add_parser("phantom", help="write synthetic multi-coil MRI data in the fastMRI format",
-                       description="Write random anatomical-looking ellipse phantoms, simulated with "
-                                   "birdcage coils, as fastMRI multi-coil HDF5 files (kspace, "
-                                   "reconstruction_rss, ismrmrd_header) that `FastMRISlices` reads.")
+    p = sub.add_parser(
+        "phantom",
+        help="write synthetic multi-coil MRI data in the fastMRI format",
+        description="Write random anatomical-looking ellipse phantoms, simulated with "
+        "birdcage coils, as fastMRI multi-coil HDF5 files (kspace, "
+        "reconstruction_rss, ismrmrd_header) that `FastMRISlices` reads.",
+    )
     p.add_argument("out_dir", type=Path)
     p.add_argument("--files", type=V.Bounded(1, 10_000, integer=True), default=4)
     p.add_argument("--slices", type=V.Bounded(1, 1000, integer=True), default=8, help="slices per file")
-    p.add_argument("--size", type=V.Bounded(16, 2048, integer=True, meaning="pixels, even"), default=128,
-                   help="image side in pixels, even")
+    p.add_argument(
+        "--size",
+        type=V.Bounded(16, 2048, integer=True, meaning="pixels, even"),
+        default=128,
+        help="image side in pixels, even",
+    )
     p.add_argument("--coils", type=V.COILS, default=15, help="simulated coils (the paper uses 15)")
-    p.add_argument("--noise", type=V.Bounded(0, 1e6), default=0.0, metavar="STD",
-                   help="std of the complex Gaussian noise added to each k-space sample, in the k-space's units "
-                        "(phantom magnitudes in [0, 1], orthonormal FFT; default 0)")
+    p.add_argument(
+        "--noise",
+        type=V.Bounded(0, 1e6),
+        default=0.0,
+        metavar="STD",
+        help="std of the complex Gaussian noise added to each k-space sample, in the k-space's units "
+        "(phantom magnitudes in [0, 1], orthonormal FFT; default 0)",
+    )
     p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace existing phantom_NNNN.h5 files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantom)
 
-    p = sub.add_parser("info", help="versions and the backends present",
-                       description="Print versions of diffunfold's dependencies, which optional "
-                                   "extras are installed and which backends can run here.")
+    p = sub.add_parser(
+        "info",
+        help="versions and the backends present",
+        description="Print versions of diffunfold's dependencies, which optional "
+        "extras are installed and which backends can run here.",
+    )
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("presets", help="the shipped training presets and their parameter counts",
-                       description="List the training presets (tiny, small, paper, mri-small) with their "
-                                   "data, image size, K, and parameter count.")
+    p = sub.add_parser(
+        "presets",
+        help="the shipped training presets and their parameter counts",
+        description="List the training presets (tiny, small, paper, mri-small) with their "
+        "data, image size, K, and parameter count.",
+    )
     p.set_defaults(func=_cmd_presets)
 
 
@@ -277,28 +335,36 @@ def _add_runtime_commands(sub) -> None:
     from .mri import add_mri_arguments
     from .restore import add_restore_arguments
 
-    p = sub.add_parser("restore", help="restore an image file or folder with a model package",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "restore",
+        help="restore an image file or folder with a model package",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_restore_arguments(p)
     p.set_defaults(func=_cmd_restore)
 
-    p = sub.add_parser("mri", help="reconstruct multi-coil MRI from a fastMRI-format file",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "mri",
+        help="reconstruct multi-coil MRI from a fastMRI-format file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_mri_arguments(p)
     p.set_defaults(func=_cmd_mri)
 
     from .demo import add_demo_arguments
 
     p = sub.add_parser(
-        "demo", help="the bundled models on every task, against the classical baselines -> figures + table",
+        "demo",
+        help="the bundled models on every task, against the classical baselines -> figures + table",
         description="Restore held-out data with the bundled model packages (samples/models/) through the "
-                    "runtime: Gaussian and anisotropic deblurring, SR x4, inpainting, motion blur (never "
-                    "trained on) and MRI (Gaussian 1-D 4x, Gaussian 2-D 8x). Writes one figure per task "
-                    "(measurement, classical baseline, Diff-Unfolding, uncertainty, ground truth, with "
-                    "PSNR/SSIM) and results.md / results.json. About 1.5 minutes on 2 CPU cores.",
+        "runtime: Gaussian and anisotropic deblurring, SR x4, inpainting, motion blur (never "
+        "trained on) and MRI (Gaussian 1-D 4x, Gaussian 2-D 8x). Writes one figure per task "
+        "(measurement, classical baseline, Diff-Unfolding, uncertainty, ground truth, with "
+        "PSNR/SSIM) and results.md / results.json. About 1.5 minutes on 2 CPU cores.",
         epilog="examples:\n  diffunfold demo\n  diffunfold demo --task sr_x4 --samples 8 --out demo-sr\n"
-               "  diffunfold demo --device cuda:0   (ONNX Runtime on the GPU: needs onnxruntime-gpu and CuPy)",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  diffunfold demo --device cuda:0   (ONNX Runtime on the GPU: needs onnxruntime-gpu and CuPy)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_demo_arguments(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -332,14 +398,19 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"error: {exc}")
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # commands that write say what they completed
-        _say(f"interrupted: {exc}" if str(exc) else
-             "interrupted; every output written so far is complete (each file is written whole or not at all)")
+        _say(
+            f"interrupted: {exc}"
+            if str(exc)
+            else "interrupted; every output written so far is complete (each file is written whole or not at all)"
+        )
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - the last guard: one line, not a traceback
         if debug:
             raise
-        _say(f"error: unexpected {type(exc).__name__}: {exc or 'no message'} (rerun with --debug or "
-             "DIFFUNFOLD_DEBUG=1 for the traceback, and report it if the input looks right)")
+        _say(
+            f"error: unexpected {type(exc).__name__}: {exc or 'no message'} (rerun with --debug or "
+            "DIFFUNFOLD_DEBUG=1 for the traceback, and report it if the input looks right)"
+        )
         return EXIT_FAILED
 
 

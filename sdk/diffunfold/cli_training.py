@@ -17,47 +17,77 @@ from .safe_io import refuse_existing, refuse_nonempty_folder, write_json
 def add_training_commands(sub) -> None:
     """train, evaluate."""
     p = sub.add_parser(
-        "train", help="train a Diff-Unfolding model (needs the train extra)",
+        "train",
+        help="train a Diff-Unfolding model (needs the train extra)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train the unfolded posterior denoiser with the uncertainty-weighted EDM loss: a random "
-                    "task per batch, Adam, EMA, gradient clipping, periodic validation PSNR on held-out "
-                    "images, atomic checkpoints. Output folder: config.json, log.csv, val.csv, "
-                    "checkpoints/ckpt-<step>.{safetensors,json}.\n\n"
-                    "Several processes (GPUs or nodes): launch with torchrun, e.g.\n"
-                    "  torchrun --nproc_per_node=4 -m diffunfold train --config paper --out runs/paper")
-    p.add_argument("--config", required=True,
-                   help="a preset name (tiny, small, paper, mri-small; see `diffunfold presets`) or a "
-                        ".toml/.yaml file with [model], [data], [train], [val] tables")
-    p.add_argument("--set", action="append", metavar="TABLE.KEY=VALUE",
-                   help="override one setting, TOML value syntax, e.g. --set train.steps=2000 "
-                        "--set data.source='\"folder\"' --set data.path=/data/imgs (repeatable)")
+        "task per batch, Adam, EMA, gradient clipping, periodic validation PSNR on held-out "
+        "images, atomic checkpoints. Output folder: config.json, log.csv, val.csv, "
+        "checkpoints/ckpt-<step>.{safetensors,json}.\n\n"
+        "Several processes (GPUs or nodes): launch with torchrun, e.g.\n"
+        "  torchrun --nproc_per_node=4 -m diffunfold train --config paper --out runs/paper",
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        help="a preset name (tiny, small, paper, mri-small; see `diffunfold presets`) or a "
+        ".toml/.yaml file with [model], [data], [train], [val] tables",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="TABLE.KEY=VALUE",
+        help="override one setting, TOML value syntax, e.g. --set train.steps=2000 "
+        "--set data.source='\"folder\"' --set data.path=/data/imgs (repeatable)",
+    )
     p.add_argument("--out", help="output folder (default: the config's out_dir, runs/<preset>)")
     p.add_argument("--steps", type=V.Bounded(1, 10**9, integer=True), help="shortcut for --set train.steps=N")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: the config's, auto)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest complete checkpoint in the output folder (exactly: same "
-                        "batches, optimizer and EMA state)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start a new run in a folder that holds files but no checkpoint (its logs are replaced)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in the output folder (exactly: same "
+        "batches, optimizer and EMA state)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in a folder that holds files but no checkpoint (its logs are replaced)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
-        "evaluate", help="score a checkpoint on held-out images against pinv and a classical baseline",
+        "evaluate",
+        help="score a checkpoint on held-out images against pinv and a classical baseline",
         description="Restore the run's held-out images (bundled: astronaut, camera, chelsea, coffee) "
-                    "for each task with the torch reference sampler, and print PSNR/SSIM for the model, the "
-                    "operator's pinv and the classical baseline (Wiener for blur).")
+        "for each task with the torch reference sampler, and print PSNR/SSIM for the model, the "
+        "operator's pinv and the classical baseline (Wiener for blur).",
+    )
     p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a ckpt-*.json file")
-    p.add_argument("--task", action=V.TaskAction, append=True, nargs="+", metavar="WORD",
-                   help="a task and its parameters, e.g. --task sr factor=4 (repeatable; default: the "
-                        "run's validation tasks)")
-    p.add_argument("--noise", type=V.NOISE, metavar="STD",
-                   help="std of the Gaussian noise added to the measurements, in the data's units (images in "
-                        "[0, 1]; MRI runs: the k-space of the normalised slices; default: the run's val.noise)")
+    p.add_argument(
+        "--task",
+        action=V.TaskAction,
+        append=True,
+        nargs="+",
+        metavar="WORD",
+        help="a task and its parameters, e.g. --task sr factor=4 (repeatable; default: the run's validation tasks)",
+    )
+    p.add_argument(
+        "--noise",
+        type=V.NOISE,
+        metavar="STD",
+        help="std of the Gaussian noise added to the measurements, in the data's units (images in "
+        "[0, 1]; MRI runs: the k-space of the normalised slices; default: the run's val.noise)",
+    )
     p.add_argument("--steps", type=V.STEPS, default=18, help="sampler steps (default 18, the paper's NFE)")
     p.add_argument("--sampler", choices=["euler", "heun"], default="euler")
-    p.add_argument("--samples", type=V.SAMPLES, default=1,
-                   help="posterior samples per image; >1 scores their mean (default 1: one sample)")
+    p.add_argument(
+        "--samples",
+        type=V.SAMPLES,
+        default=1,
+        help="posterior samples per image; >1 scores their mean (default 1: one sample)",
+    )
     p.add_argument("--size", type=V.image_side(16), help="image size (default: the training size)")
     p.add_argument("--images", type=V.COUNT, default=5, help="at most this many held-out images")
     p.add_argument("--weights", choices=["ema", "model"], default="ema")
@@ -72,36 +102,61 @@ def add_training_commands(sub) -> None:
 def add_export_commands(sub) -> None:
     """export, build-engines: from a checkpoint to what the runtime loads."""
     p = sub.add_parser(
-        "export", help="a checkpoint -> a model package (ONNX + manifest) for the runtime",
+        "export",
+        help="a checkpoint -> a model package (ONNX + manifest) for the runtime",
         description="Export a training checkpoint's EMA weights as a model package: the regulariser "
-                    "network(s) as ONNX with the EDM preconditioning inside the graph and dynamic batch, "
-                    "height and width, the weight generators as ONNX, and a manifest with the model "
-                    "settings, trained tasks, default schedule and the sha256 of every file. The export "
-                    "checks itself: ONNX Runtime against torch on random inputs at two sizes.",
-        epilog="example: diffunfold export runs/small --out models/small")
+        "network(s) as ONNX with the EDM preconditioning inside the graph and dynamic batch, "
+        "height and width, the weight generators as ONNX, and a manifest with the model "
+        "settings, trained tasks, default schedule and the sha256 of every file. The export "
+        "checks itself: ONNX Runtime against torch on random inputs at two sizes.",
+        epilog="example: diffunfold export runs/small --out models/small",
+    )
     p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a ckpt-*.json file")
     p.add_argument("--out", required=True, help="the package folder to write (must not exist, or be empty)")
-    p.add_argument("--weights", choices=["ema", "model"], default="ema",
-                   help="which weights to export (default: ema, the ones to deploy)")
+    p.add_argument(
+        "--weights",
+        choices=["ema", "model"],
+        default="ema",
+        help="which weights to export (default: ema, the ones to deploy)",
+    )
     p.add_argument("--opset", type=V.Bounded(13, 30, integer=True), default=17, help="ONNX opset (default 17)")
-    p.add_argument("--tolerance", type=V.Bounded(0, 1, lo_open=True), default=1e-4,
-                   help="largest relative error ONNX Runtime vs torch accepted (default 1e-4)")
+    p.add_argument(
+        "--tolerance",
+        type=V.Bounded(0, 1, lo_open=True),
+        default=1e-4,
+        help="largest relative error ONNX Runtime vs torch accepted (default 1e-4)",
+    )
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch check")
-    p.add_argument("--no-torch-weights", action="store_true",
-                   help="leave out model.safetensors (then the torch backend cannot load the package)")
-    p.add_argument("--fp16-weights", action="store_true",
-                   help="round the weights to float16 and store them so: half the size, still computed in "
-                        "float32 (the bundled demo packages use it)")
+    p.add_argument(
+        "--no-torch-weights",
+        action="store_true",
+        help="leave out model.safetensors (then the torch backend cannot load the package)",
+    )
+    p.add_argument(
+        "--fp16-weights",
+        action="store_true",
+        help="round the weights to float16 and store them so: half the size, still computed in "
+        "float32 (the bundled demo packages use it)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
-    V.add_churn_arguments(p, "the sampler the package asks for: EDM's stochastic sampler with this S_churn "
-                           "(default 0, the deterministic ODE); the runtime uses it unless told otherwise")
-    V.add_ensemble_argument(p, "the self-ensemble the package asks for: flips gives posterior sample j's "
-                               "regulariser the j-th of four flips of the image (free with --samples > 1); "
-                               "default none")
-    V.add_contrast_argument(p, "the contrast handling the package asks for (image models): stretch restores "
-                               "a flat image (std below 0.09, estimated from the measurement) at a photo's contrast "
-                               "(0.15) and maps the result back, exactly through the physics; colour: also each "
-                               "colour channel's level to mid-grey and back; default none")
+    V.add_churn_arguments(
+        p,
+        "the sampler the package asks for: EDM's stochastic sampler with this S_churn "
+        "(default 0, the deterministic ODE); the runtime uses it unless told otherwise",
+    )
+    V.add_ensemble_argument(
+        p,
+        "the self-ensemble the package asks for: flips gives posterior sample j's "
+        "regulariser the j-th of four flips of the image (free with --samples > 1); "
+        "default none",
+    )
+    V.add_contrast_argument(
+        p,
+        "the contrast handling the package asks for (image models): stretch restores "
+        "a flat image (std below 0.09, estimated from the measurement) at a photo's contrast "
+        "(0.15) and maps the result back, exactly through the physics; colour: also each "
+        "colour channel's level to mid-grey and back; default none",
+    )
     p.set_defaults(func=_cmd_export)
 
     from .engines import add_build_engines_arguments
@@ -129,11 +184,16 @@ def _cmd_train(args) -> int:
 
         out = Path(args.out or cfg.out_dir)
         last = latest_checkpoint(out / "checkpoints")
-        print(f"\ninterrupted; newest complete checkpoint: {last or 'none'}"
-              + ("; continue with the same command plus --resume" if last else ""), file=sys.stderr)
+        print(
+            f"\ninterrupted; newest complete checkpoint: {last or 'none'}"
+            + ("; continue with the same command plus --resume" if last else ""),
+            file=sys.stderr,
+        )
         return 130
-    print(f"trained to step {summary['steps']} in {summary['seconds']:.0f} s; last loss {summary['loss']:.4f}; "
-          f"checkpoint {summary['checkpoint']}")
+    print(
+        f"trained to step {summary['steps']} in {summary['seconds']:.0f} s; last loss {summary['loss']:.4f}; "
+        f"checkpoint {summary['checkpoint']}"
+    )
     return 0
 
 
@@ -146,10 +206,16 @@ def _check_train_folder(out: Path, resume: bool, overwrite: bool) -> None:
         raise InputError(f"--out {str(out)!r} is a file, not a folder; give a folder for the run")
     ckpts = out / "checkpoints"
     if ckpts.is_dir() and any(ckpts.iterdir()):
-        raise InputError(f"{ckpts} already holds checkpoints; pass --resume to continue that run, or choose "
-                         "another --out (diffunfold never deletes a trained run)")
-    refuse_nonempty_folder(out, overwrite, how="pass --resume to continue a run there, --overwrite to start a "
-                       "new one over its logs, or choose another --out")
+        raise InputError(
+            f"{ckpts} already holds checkpoints; pass --resume to continue that run, or choose "
+            "another --out (diffunfold never deletes a trained run)"
+        )
+    refuse_nonempty_folder(
+        out,
+        overwrite,
+        how="pass --resume to continue a run there, --overwrite to start a "
+        "new one over its logs, or choose another --out",
+    )
     for name in ("log.csv", "val.csv"):  # appended to: an earlier attempt's rows would mix in
         (out / name).unlink(missing_ok=True)
 
@@ -172,15 +238,37 @@ def _cmd_evaluate(args) -> int:
     images, maps = held_out
     tasks = args.task or list(cfg.val.tasks)
     noise = cfg.val.noise if args.noise is None else args.noise
-    print(f"evaluating {args.checkpoint} (step {meta['step']}, {args.weights} weights) on {len(images)} held-out "
-          f"image(s) at {images.shape[-1]} px, noise {noise}, {args.steps} steps {args.sampler}")
-    rows = evaluate(model, images, tasks, noise, args.steps, args.sampler, args.seed, coil_maps=maps,
-                    samples=args.samples, progress=not args.quiet)
+    print(
+        f"evaluating {args.checkpoint} (step {meta['step']}, {args.weights} weights) on {len(images)} held-out "
+        f"image(s) at {images.shape[-1]} px, noise {noise}, {args.steps} steps {args.sampler}"
+    )
+    rows = evaluate(
+        model,
+        images,
+        tasks,
+        noise,
+        args.steps,
+        args.sampler,
+        args.seed,
+        coil_maps=maps,
+        samples=args.samples,
+        progress=not args.quiet,
+    )
     print(format_rows(rows))
     if args.json:
-        write_json(args.json, {"checkpoint": str(args.checkpoint), "step": meta["step"], "noise": noise,
-                               "steps": args.steps, "sampler": args.sampler, "samples": args.samples,
-                               "images": int(len(images)), "rows": rows})
+        write_json(
+            args.json,
+            {
+                "checkpoint": str(args.checkpoint),
+                "step": meta["step"],
+                "noise": noise,
+                "steps": args.steps,
+                "sampler": args.sampler,
+                "samples": args.samples,
+                "images": int(len(images)),
+                "rows": rows,
+            },
+        )
         print(f"wrote {args.json}")
     return 0
 
@@ -194,12 +282,20 @@ def _cmd_export(args) -> int:
 
     refuse_nonempty_folder(args.out, args.overwrite)
 
-    pkg = export_checkpoint(args.checkpoint, args.out, weights=args.weights, opset=args.opset,
-                            torch_weights=not args.no_torch_weights, fp16_weights=args.fp16_weights,
-                            check=not args.no_check,
-                            tolerance=args.tolerance, overwrite=args.overwrite,
-                            churn=V.churn_setting(args.churn, args.churn_range),
-                            ensemble=args.ensemble or "none", contrast=args.contrast)
+    pkg = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        weights=args.weights,
+        opset=args.opset,
+        torch_weights=not args.no_torch_weights,
+        fp16_weights=args.fp16_weights,
+        check=not args.no_check,
+        tolerance=args.tolerance,
+        overwrite=args.overwrite,
+        churn=V.churn_setting(args.churn, args.churn_range),
+        ensemble=args.ensemble or "none",
+        contrast=args.contrast,
+    )
     print(pkg.summary())
     return 0
 

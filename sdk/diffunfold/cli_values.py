@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .errors import InputError
 from .physics.mri import MASK_KINDS
@@ -29,8 +30,16 @@ class Bounded:
     string (argparse's ``type=``) it parses and checks; ``check(value, label)`` checks a value
     already parsed (a task parameter)."""
 
-    def __init__(self, lo: float | None = None, hi: float | None = None, *, integer: bool = False,
-                 lo_open: bool = False, hi_open: bool = False, meaning: str = ""):
+    def __init__(
+        self,
+        lo: float | None = None,
+        hi: float | None = None,
+        *,
+        integer: bool = False,
+        lo_open: bool = False,
+        hi_open: bool = False,
+        meaning: str = "",
+    ):
         self.lo, self.hi, self.integer = lo, hi, integer
         self.lo_open, self.hi_open, self.meaning = lo_open, hi_open, meaning
         self.__name__ = "integer" if integer else "number"  # argparse names the type by it
@@ -115,17 +124,20 @@ def choice(options) -> Callable[[Any, str], str]:
         if value not in options:
             raise InputError(f"{label} must be one of {', '.join(options)}, got {value!r}")
         return value
+
     return check
 
 
 def number_or_pair(number: Bounded) -> Callable[[Any, str], Any]:
     """One number, or a list of two (e.g. an anisotropic blur's two widths)."""
+
     def check(value: Any, label: str) -> Any:
         if isinstance(value, list):
             if len(value) != 2:
                 raise InputError(f"{label} must be {number.describe()} or a list of two, got {value!r}")
             return [number.check(v, label) for v in value]
         return number.check(value, label)
+
     return check
 
 
@@ -147,17 +159,25 @@ def text_value(value: Any, label: str) -> str:
 # Each task parameter's type and range (the operators check the ranges that depend on the image).
 TASK_PARAMETERS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
     "gaussian_blur": {"sigma": Bounded(0, 100, lo_open=True, meaning="pixels").check},
-    "anisotropic_blur": {"sigma": number_or_pair(Bounded(0, 100, lo_open=True, meaning="pixels")),
-                         "angle": Bounded(meaning="radians").check},
-    "motion_blur": {"length": Bounded(1, 1000, meaning="pixels").check,
-                    "angle": Bounded(meaning="radians").check},
+    "anisotropic_blur": {
+        "sigma": number_or_pair(Bounded(0, 100, lo_open=True, meaning="pixels")),
+        "angle": Bounded(meaning="radians").check,
+    },
+    "motion_blur": {"length": Bounded(1, 1000, meaning="pixels").check, "angle": Bounded(meaning="radians").check},
     "sr": {"factor": Bounded(2, 1024, integer=True).check, "kernel": choice(SR_KERNELS)},
-    "inpainting": {"missing": Bounded(0, 1, hi_open=True, meaning="the fraction of pixels lost").check,
-                   "seed": SEED.check, "mask": text_value},
+    "inpainting": {
+        "missing": Bounded(0, 1, hi_open=True, meaning="the fraction of pixels lost").check,
+        "seed": SEED.check,
+        "mask": text_value,
+    },
     "box_inpainting": {"size": box_size, "seed": SEED.check},
-    "mri": {"kind": choice(MASK_KINDS),
-            "acceleration": ACCELERATION.check, "ncoils": COILS.check,
-            "center_fraction": CENTER_FRACTION.check, "seed": SEED.check},
+    "mri": {
+        "kind": choice(MASK_KINDS),
+        "acceleration": ACCELERATION.check,
+        "ncoils": COILS.check,
+        "center_fraction": CENTER_FRACTION.check,
+        "seed": SEED.check,
+    },
 }
 
 
@@ -167,8 +187,10 @@ def parse_task(words: list[str]) -> dict:
 
     for w in words[1:]:
         if "=" not in w and ("." in w or "/" in w or os.path.exists(w)):
-            raise InputError(f"{w!r} follows --task but is not a name=value parameter; it looks like an "
-                             "INPUT: give the INPUTs before --task (its words run to the next option)")
+            raise InputError(
+                f"{w!r} follows --task but is not a name=value parameter; it looks like an "
+                "INPUT: give the INPUTs before --task (its words run to the next option)"
+            )
     name, params = parse_task_words(words)
     raw = {w.partition("=")[0].strip(): w.partition("=")[2].strip() for w in words[1:]}
     checks = TASK_PARAMETERS.get(name, {})
@@ -246,15 +268,28 @@ def parse_slices(text: str | None, count: int) -> list[int]:
     return out
 
 
-__all__ = ["Bounded", "SEED", "THREADS", "TaskAction", "parse_slices", "parse_task", "slice_ranges",
-           "split_slice_ranges"]
+__all__ = [
+    "Bounded",
+    "SEED",
+    "THREADS",
+    "TaskAction",
+    "parse_slices",
+    "parse_task",
+    "slice_ranges",
+    "split_slice_ranges",
+]
 
 
 def add_churn_arguments(parser: argparse.ArgumentParser, churn_help: str) -> None:
     """``--churn S_CHURN`` and ``--churn-range S_MIN S_MAX``: EDM's stochastic sampler."""
     parser.add_argument("--churn", type=Bounded(0), metavar="S_CHURN", help=churn_help)
-    parser.add_argument("--churn-range", type=Bounded(0), nargs=2, metavar=("S_MIN", "S_MAX"),
-                        help="the noise levels where --churn re-noises (default 0.05 50, EDM's)")
+    parser.add_argument(
+        "--churn-range",
+        type=Bounded(0),
+        nargs=2,
+        metavar=("S_MIN", "S_MAX"),
+        help="the noise levels where --churn re-noises (default 0.05 50, EDM's)",
+    )
 
 
 def churn_setting(s_churn: float | None, churn_range: list[float] | None):

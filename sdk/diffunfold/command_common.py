@@ -29,32 +29,62 @@ def tile_value(text: str):
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="auto", metavar="NAME",
-                   help=f"{', '.join(BACKENDS)} (default: auto, the fastest one usable here; the report "
-                        "says which and why)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        metavar="NAME",
+        help=f"{', '.join(BACKENDS)} (default: auto, the fastest one usable here; the report says which and why)",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
-    p.add_argument("--threads", type=V.THREADS, default=0, metavar="N",
-                   help="CPU threads for the network (default 0: all cores)")
-    p.add_argument("--steps", type=V.STEPS, metavar="N",
-                   help="sampler steps (default: the package's schedule, 18 = the paper's NFE)")
-    p.add_argument("--sampler", choices=["euler", "heun"],
-                   help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes)")
-    V.add_churn_arguments(p, "EDM's stochastic sampler: re-noise by this S_churn before each step (default: "
-                             "the package's, see its manifest's schedule; 0: the deterministic ODE)")
-    p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
-                   help="posterior samples per image: >1 gives their mean and a std map (default: 1)")
-    V.add_ensemble_argument(p, "flips: posterior sample j's network sees the j-th of four flips of the image, "
-                               "so the mean averages out the network's orientation errors at no cost; none: "
-                               "every sample as it is (default: the package's)")
+    p.add_argument(
+        "--threads", type=V.THREADS, default=0, metavar="N", help="CPU threads for the network (default 0: all cores)"
+    )
+    p.add_argument(
+        "--steps",
+        type=V.STEPS,
+        metavar="N",
+        help="sampler steps (default: the package's schedule, 18 = the paper's NFE)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["euler", "heun"],
+        help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes)",
+    )
+    V.add_churn_arguments(
+        p,
+        "EDM's stochastic sampler: re-noise by this S_churn before each step (default: "
+        "the package's, see its manifest's schedule; 0: the deterministic ODE)",
+    )
+    p.add_argument(
+        "--samples",
+        type=V.SAMPLES,
+        default=1,
+        metavar="N",
+        help="posterior samples per image: >1 gives their mean and a std map (default: 1)",
+    )
+    V.add_ensemble_argument(
+        p,
+        "flips: posterior sample j's network sees the j-th of four flips of the image, "
+        "so the mean averages out the network's orientation errors at no cost; none: "
+        "every sample as it is (default: the package's)",
+    )
     p.add_argument("--seed", type=V.SEED, default=0, help="base seed (default: 0)")
-    p.add_argument("--tile", type=tile_value, default="auto", metavar="N|auto|none",
-                   help="run the network on overlapping NxN tiles, blended (the physics stays on the whole "
-                        "image): auto (default) sizes them from the package's training size and the memory; "
-                        "none or 0: the whole image at once")
+    p.add_argument(
+        "--tile",
+        type=tile_value,
+        default="auto",
+        metavar="N|auto|none",
+        help="run the network on overlapping NxN tiles, blended (the physics stays on the whole "
+        "image): auto (default) sizes them from the package's training size and the memory; "
+        "none or 0: the whole image at once",
+    )
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    again.add_argument("--resume", action="store_true",
-                       help="keep the outputs a stopped or partly failed run finished and do only the rest")
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the outputs a stopped or partly failed run finished and do only the rest",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the results (and timings) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -107,8 +137,16 @@ def write_report(path: str, data: dict, batch, key: str) -> None:
     """The JSON report: this run's rows, the earlier run's rows of what --resume skipped, and
     the failures."""
     rows = earlier_rows(path, batch.skipped, key) + batch.rows
-    write_json(path, {**data, "rows": rows, "skipped": batch.skipped,
-                      "failures": [{"name": n, "reason": r} for n, r in batch.failures]}, default=json_default)
+    write_json(
+        path,
+        {
+            **data,
+            "rows": rows,
+            "skipped": batch.skipped,
+            "failures": [{"name": n, "reason": r} for n, r in batch.failures],
+        },
+        default=json_default,
+    )
     print(f"wrote {path}")
 
 
@@ -131,5 +169,15 @@ def fmt(v: float, digits: int = 2) -> str:
     return "inf" if v == float("inf") else f"{v:.{digits}f}"
 
 
-__all__ = ["add_runtime_arguments", "fmt", "json_default", "load_solver", "progress_bar", "report_runtime",
-           "skipped_note", "sum_timing", "tile_value", "write_report"]
+__all__ = [
+    "add_runtime_arguments",
+    "fmt",
+    "json_default",
+    "load_solver",
+    "progress_bar",
+    "report_runtime",
+    "skipped_note",
+    "sum_timing",
+    "tile_value",
+    "write_report",
+]

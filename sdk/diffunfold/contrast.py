@@ -13,7 +13,8 @@ to a third on photos), so only an image with ``s`` below ``flat_std`` counts as 
 ``g = target_std / s`` (at most ``max_gain``), the others ``g = 1`` and are untouched. The
 defaults: ``target_std`` 0.15 is the 10th percentile of the training photos' std at 64 px;
 ``flat_std`` 0.09 lies between what the one flat photo among 39 held-out ones shows through the
-harness's blurs, SR and inpainting (``s`` <= 0.068) and what the next flattest shows (>= 0.107). A stretched image's mean moves towards mid-grey as ``g``
+harness's blurs, SR and inpainting (``s`` <= 0.068) and what the next flattest shows (>= 0.107). A stretched image's
+mean moves towards mid-grey as ``g``
 grows, ``m' = m + (1/2 - m) (1 - 1/g)``, so it stays in the data range. Images only: an MRI
 package refuses it.
 
@@ -59,7 +60,7 @@ class Contrast:
         return asdict(self)
 
     @staticmethod
-    def of(value: Any) -> "Contrast | None":
+    def of(value: Any) -> Contrast | None:
         """None for ``None``/``"none"``/``False``; the default stretch for ``"stretch"``/``True``,
         with the colour centring for ``"colour"``; a :class:`Contrast` or a dict of its fields."""
         if value is None or value is False or value == "none":
@@ -73,8 +74,9 @@ class Contrast:
         if isinstance(value, dict):
             unknown = set(value) - {"target_std", "flat_std", "max_gain", "colour"}
             if unknown:
-                raise InputError(f"unknown contrast setting(s) {sorted(unknown)}; use target_std, flat_std, "
-                                 "max_gain and colour")
+                raise InputError(
+                    f"unknown contrast setting(s) {sorted(unknown)}; use target_std, flat_std, max_gain and colour"
+                )
             if not isinstance(value.get("colour", False), bool):
                 raise InputError(f"contrast colour must be true or false, got {value['colour']!r}")
             return Contrast(**{k: (v if k == "colour" else float(v)) for k, v in value.items()})
@@ -123,13 +125,15 @@ def estimate(y, a_ones, noise_std, contrast: Contrast) -> Stretch:
     y64 = y64.reshape(len(y64), -1)
     energy = (c * c).sum(axis=1)
     if np.any(energy <= 0):
-        raise InputError("the operator maps a constant image to zero: the contrast stretch cannot "
-                         "estimate the image's level from y; use contrast 'none'")
+        raise InputError(
+            "the operator maps a constant image to zero: the contrast stretch cannot "
+            "estimate the image's level from y; use contrast 'none'"
+        )
     mean = (c * y64).sum(axis=1) / energy
     spread = ((y64 - mean[:, None] * c) ** 2).sum(axis=1) / energy - np.asarray(noise_std, np.float64) ** 2
     std = np.sqrt(np.maximum(spread, 1e-12))
     gain = np.where(std < contrast.flat_std, np.clip(contrast.target_std / std, 1.0, contrast.max_gain), 1.0)
-    if contrast.colour:   # each channel's level to mid-grey
+    if contrast.colour:  # each channel's level to mid-grey
         return Stretch(gain=gain, offset=0.5 - gain[:, None] * _channel_levels(y, a_ones))
     centre = mean + (0.5 - mean) * (1.0 - 1.0 / gain)
     offset = np.where(gain > 1.0, centre - gain * mean, 0.0)

@@ -29,9 +29,9 @@ DEFAULT_MRI_PACKAGE = REPO / "samples" / "models" / "mri-small"
 
 @dataclass(frozen=True)
 class DemoTask:
-    key: str            # file stem of the figure and key in the JSON
+    key: str  # file stem of the figure and key in the JSON
     label: str
-    task: str           # physics.tasks name
+    task: str  # physics.tasks name
     params: dict = field(default_factory=dict)
     trained: bool = True
 
@@ -42,12 +42,17 @@ class DemoTask:
 
 TASKS = (
     DemoTask("gaussian_blur", "Gaussian blur (sigma 2)", "gaussian_blur", {"sigma": 2.0}),
-    DemoTask("anisotropic_blur", "anisotropic blur (sigma 3 x 1, 34 deg)", "anisotropic_blur",
-             {"sigma": [3.0, 1.0], "angle": 0.6}),
+    DemoTask(
+        "anisotropic_blur",
+        "anisotropic blur (sigma 3 x 1, 34 deg)",
+        "anisotropic_blur",
+        {"sigma": [3.0, 1.0], "angle": 0.6},
+    ),
     DemoTask("sr_x4", "super-resolution x4 (box)", "sr", {"factor": 4}),
     DemoTask("inpainting", "inpainting (40 % of pixels missing)", "inpainting", {"missing": 0.4}),
-    DemoTask("motion_blur", "motion blur (length 7) - never seen in training", "motion_blur",
-             {"length": 7.0}, trained=False),
+    DemoTask(
+        "motion_blur", "motion blur (length 7) - never seen in training", "motion_blur", {"length": 7.0}, trained=False
+    ),
     DemoTask("mri_gaussian1d_4x", "MRI, Gaussian 1-D mask, 4x", "mri", {"kind": "gaussian1d", "acceleration": 4.0}),
     DemoTask("mri_gaussian2d_8x", "MRI, Gaussian 2-D mask, 8x", "mri", {"kind": "gaussian2d", "acceleration": 8.0}),
 )
@@ -104,17 +109,33 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
             noise = args.noise
         y = op.measure(x[None], noise, seed=[seed])
         y = y.astype(np.complex64 if task.is_mri else np.float32)
-        sol = solver.solve(y, op, seed=seed, samples=args.samples, steps=args.steps, noise_std=noise,
-                           progress=step_bar(f"{task.key}: {name}", args.quiet))
+        sol = solver.solve(
+            y,
+            op,
+            seed=seed,
+            samples=args.samples,
+            steps=args.steps,
+            noise_std=noise,
+            progress=step_bar(f"{task.key}: {name}", args.quiet),
+        )
         est = np.asarray(sol.images)[0]
         base = np.asarray(classical_baseline(op, y, noise))[0]
         if not task.is_mri:
             base = np.clip(base, 0.0, 1.0)
         psnr_m, ssim_m = _scores(est, x, task.is_mri)
         psnr_b, ssim_b = _scores(base, x, task.is_mri)
-        row = {"image": name, "seed": seed, "noise_std": float(noise), "nfe": sol.nfe, "psnr": psnr_m, "ssim": ssim_m,
-               "psnr_baseline": psnr_b, "ssim_baseline": ssim_b, "seconds": sol.timing.total,
-               "timing": sol.timing.as_dict()}
+        row = {
+            "image": name,
+            "seed": seed,
+            "noise_std": float(noise),
+            "nfe": sol.nfe,
+            "psnr": psnr_m,
+            "ssim": ssim_m,
+            "psnr_baseline": psnr_b,
+            "ssim_baseline": ssim_b,
+            "seconds": sol.timing.total,
+            "timing": sol.timing.as_dict(),
+        }
         if not task.is_mri:
             row["psnr_pinv"], row["ssim_pinv"] = _scores(np.clip(np.asarray(op.pinv(y))[0], 0, 1), x, False)
         rows.append(row)
@@ -122,13 +143,18 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
         stds.append(std)
         scale = float(np.abs(x).max()) if task.is_mri else 1.0
         meas, meas_caption = _measurement_view(task, op, y, x)
-        panels.append([
-            Panel(meas, f"{name}\n{meas_caption}"),
-            Panel(_view(base, task.is_mri, scale), f"{baseline_name(op)}\nPSNR {psnr_b:.2f}  SSIM {ssim_b:.3f}"),
-            Panel(_view(est, task.is_mri, scale), f"{'posterior mean' if args.samples > 1 else 'one sample'}\nPSNR {psnr_m:.2f}  SSIM {ssim_m:.3f}"),
-            None,  # the uncertainty map, once the task's common colour scale is known
-            Panel(_view(x, task.is_mri, scale), "ground truth"),
-        ])
+        panels.append(
+            [
+                Panel(meas, f"{name}\n{meas_caption}"),
+                Panel(_view(base, task.is_mri, scale), f"{baseline_name(op)}\nPSNR {psnr_b:.2f}  SSIM {ssim_b:.3f}"),
+                Panel(
+                    _view(est, task.is_mri, scale),
+                    f"{'posterior mean' if args.samples > 1 else 'one sample'}\nPSNR {psnr_m:.2f}  SSIM {ssim_m:.3f}",
+                ),
+                None,  # the uncertainty map, once the task's common colour scale is known
+                Panel(_view(x, task.is_mri, scale), "ground truth"),
+            ]
+        )
         bar.update(1)
     top = max((float(s.max()) for s in stds if s is not None), default=0.0)
     for row, std, p in zip(rows, stds, panels):
@@ -137,56 +163,81 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
         else:
             row["std_mean"] = float(std.mean())
             p[3] = Panel(colormap(std, top), f"mean std {std.mean():.4f}\nscale 0-{top:.3f}")
-    mean = {k: float(np.mean([r[k] for r in rows]))
-            for k in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds") + (
-                () if task.is_mri else ("psnr_pinv", "ssim_pinv"))}
-    return {"key": task.key, "label": task.label, "task": task.task, "params": task.params,
-            "trained": task.trained, "baseline": baseline_name(op), "noise": rows[0]["noise_std"] if not task.is_mri
-            else f"{args.mri_noise:g} x max|k|", "mean": mean, "rows": rows, "panels": panels}
+    mean = {
+        k: float(np.mean([r[k] for r in rows]))
+        for k in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds")
+        + (() if task.is_mri else ("psnr_pinv", "ssim_pinv"))
+    }
+    return {
+        "key": task.key,
+        "label": task.label,
+        "task": task.task,
+        "params": task.params,
+        "trained": task.trained,
+        "baseline": baseline_name(op),
+        "noise": rows[0]["noise_std"] if not task.is_mri else f"{args.mri_noise:g} x max|k|",
+        "mean": mean,
+        "rows": rows,
+        "panels": panels,
+    }
 
 
 def _flips_sentence(kinds: list[str]) -> str:
     """The header's word on the self-ensemble (nothing when no package uses it)."""
     if not kinds:
         return ""
-    return (f" The {' and '.join(kinds)} package{'s' if len(kinds) > 1 else ''}' posterior samples see "
-            "the image in four flips (self-ensemble).")
+    return (
+        f" The {' and '.join(kinds)} package{'s' if len(kinds) > 1 else ''}' posterior samples see "
+        "the image in four flips (self-ensemble)."
+    )
 
 
 def _contrast_sentence(kind: str, contrast: dict) -> str:
-    text = (f" The {kind} package restores a flat image (std below {contrast['flat_std']:g}) at a photo's "
-            "contrast and maps it back (contrast stretch)")
+    text = (
+        f" The {kind} package restores a flat image (std below {contrast['flat_std']:g}) at a photo's "
+        "contrast and maps it back (contrast stretch)"
+    )
     if contrast.get("colour"):
         text += "; it also moves each colour channel's level to mid-grey and back (colour centring)"
     return text + "."
 
 
 def _markdown(results: list[dict], meta: dict) -> str:
-    lines = [f"# diffunfold demo: {meta['images']} held-out images per task, {meta['size']}x{meta['size']} px",
-             "",
-             f"Posterior mean of {meta['samples']} samples, {meta['steps']} {meta['sampler']} steps "
-             f"({meta['nfe']} network evaluations per sample), backend {meta['backend']} on {meta['machine']}. "
-             f"Image noise sigma_y = {meta['noise']:g} (range [0, 1]); MRI noise {meta['mri_noise']:g} x max|k|."
-             + "".join(f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "
-                       f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
-                       for k, p in meta["packages"].items() if p["churn"]["s_churn"] > 0)
-             + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"])
-             + "".join(_contrast_sentence(k, p["contrast"]) for k, p in meta["packages"].items() if p.get("contrast")),
-             "",
-             "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
-             "| pinv PSNR | s / image |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# diffunfold demo: {meta['images']} held-out images per task, {meta['size']}x{meta['size']} px",
+        "",
+        f"Posterior mean of {meta['samples']} samples, {meta['steps']} {meta['sampler']} steps "
+        f"({meta['nfe']} network evaluations per sample), backend {meta['backend']} on {meta['machine']}. "
+        f"Image noise sigma_y = {meta['noise']:g} (range [0, 1]); MRI noise {meta['mri_noise']:g} x max|k|."
+        + "".join(
+            f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "
+            f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
+            for k, p in meta["packages"].items()
+            if p["churn"]["s_churn"] > 0
+        )
+        + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"])
+        + "".join(_contrast_sentence(k, p["contrast"]) for k, p in meta["packages"].items() if p.get("contrast")),
+        "",
+        "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
+        "| pinv PSNR | s / image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         m = r["mean"]
         pinv = f"{m['psnr_pinv']:.2f}" if "psnr_pinv" in m else "-"
-        lines.append(f"| {r['label']} | {'yes' if r['trained'] else '**no**'} | {m['psnr']:.2f} / {m['ssim']:.3f} | "
-                     f"{r['baseline']} | {m['psnr_baseline']:.2f} / {m['ssim_baseline']:.3f} | "
-                     f"{m['psnr'] - m['psnr_baseline']:+.2f} | {pinv} | {m['seconds']:.2f} |")
-    lines += ["", "Baselines: Wiener = Wiener deconvolution with a natural 1/|f|^2 image prior calibrated on the "
-              "training photos; pinv = the exact pseudo-inverse (for SR the best a linear method can do from "
-              "the samples alone); normalised convolution = Gaussian-weighted interpolation of the observed "
-              "pixels; zero-filled SENSE = the coil-combined inverse FFT of the sampled k-space.",
-              ""]
+        lines.append(
+            f"| {r['label']} | {'yes' if r['trained'] else '**no**'} | {m['psnr']:.2f} / {m['ssim']:.3f} | "
+            f"{r['baseline']} | {m['psnr_baseline']:.2f} / {m['ssim_baseline']:.3f} | "
+            f"{m['psnr'] - m['psnr_baseline']:+.2f} | {pinv} | {m['seconds']:.2f} |"
+        )
+    lines += [
+        "",
+        "Baselines: Wiener = Wiener deconvolution with a natural 1/|f|^2 image prior calibrated on the "
+        "training photos; pinv = the exact pseudo-inverse (for SR the best a linear method can do from "
+        "the samples alone); normalised convolution = Gaussian-weighted interpolation of the observed "
+        "pixels; zero-filled SENSE = the coil-combined inverse FFT of the sampled k-space.",
+        "",
+    ]
     for kind, d in meta.get("data", {}).items():
         lines.append(f"Data ({kind}): {d['source']}.")
         lines += [f"- {c}" for c in d["credits"]]
@@ -208,14 +259,25 @@ def _run_tasks(chosen, data, solvers, args, out: Path, total: int) -> list[dict]
                 kind = "mri" if task.is_mri else "image"
                 names, clean = data[kind]
                 r = run_task(task, solvers[kind], names, clean, args, bar)
-                grid(r.pop("panels"), ["measurement", "classical baseline", "Diff-Unfolding",
-                                       f"uncertainty ({args.samples} samples)", "ground truth"],
-                     title=f"{r['label']}: {r['mean']['psnr']:.2f} dB vs {r['mean']['psnr_baseline']:.2f} dB "
-                           f"({r['baseline']}), mean of {len(names)}", path=out / f"{task.key}.png")
+                grid(
+                    r.pop("panels"),
+                    [
+                        "measurement",
+                        "classical baseline",
+                        "Diff-Unfolding",
+                        f"uncertainty ({args.samples} samples)",
+                        "ground truth",
+                    ],
+                    title=f"{r['label']}: {r['mean']['psnr']:.2f} dB vs {r['mean']['psnr_baseline']:.2f} dB "
+                    f"({r['baseline']}), mean of {len(names)}",
+                    path=out / f"{task.key}.png",
+                )
                 results.append(r)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"{len(results)} of {len(chosen)} task figure(s) written whole to {out}/; "
-                                    "the tables (results.md, .json) come at the end: rerun with --overwrite") from None
+            raise KeyboardInterrupt(
+                f"{len(results)} of {len(chosen)} task figure(s) written whole to {out}/; "
+                "the tables (results.md, .json) come at the end: rerun with --overwrite"
+            ) from None
     return results
 
 
@@ -233,36 +295,54 @@ def run_demo(args) -> int:
     for kind, path in (("image", args.image_package), ("mri", args.mri_package)):
         if any(t.is_mri == (kind == "mri") for t in chosen):
             if not Path(path).exists():
-                raise InputError(f"the bundled {kind} package {path} is missing: it ships with the repository "
-                                 "(samples/models/); restore it with `git checkout -- samples/models` or pass "
-                                 f"--{kind}-package")
+                raise InputError(
+                    f"the bundled {kind} package {path} is missing: it ships with the repository "
+                    "(samples/models/); restore it with `git checkout -- samples/models` or pass "
+                    f"--{kind}-package"
+                )
             packages[kind] = ModelPackage.open(path)  # verifies every file's sha256
     out = Path(args.out)
     _clear_out(out, args.overwrite)
 
     loaded = {kind: load_demo_data(kind, args.data, args.size, args.images) for kind in packages}
     data = {kind: (d["names"], d["images"]) for kind, d in loaded.items()}
-    solvers = {k: Solver.load(p, backend=args.backend, device=args.device, threads=args.threads)
-               for k, p in packages.items()}
+    solvers = {
+        k: Solver.load(p, backend=args.backend, device=args.device, threads=args.threads) for k, p in packages.items()
+    }
     total = sum(len(data["mri" if t.is_mri else "image"][0]) for t in chosen)
     t0 = time.perf_counter()
     results = _run_tasks(chosen, data, solvers, args, out, total)
     wall = time.perf_counter() - t0
 
     any_solver = next(iter(solvers.values()))
-    meta = {"command": "diffunfold demo" + (f" --out {args.out}" if args.out != "demo" else ""),
-            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": describe_cpu(), "images": args.images,
-            "size": args.size, "samples": args.samples, "steps": args.steps or any_solver.package.schedule["steps"],
-            "sampler": any_solver.package.schedule["sampler"], "nfe": results[0]["rows"][0]["nfe"],
-            "noise": args.noise, "mri_noise": args.mri_noise, "backend": any_solver.backend_name,
-            "backend_reason": any_solver.backend_reason,
-            "packages": {k: {"path": str(p.path), "manifest_sha256": p.manifest.get("manifest_sha256"),
-                             "source": p.manifest.get("source"), "churn": p.churn.as_dict(),
-                             "ensemble": p.ensemble,
-                             "contrast": None if p.contrast is None else p.contrast.as_dict()}
-                         for k, p in packages.items()},
-            "wall_seconds": wall,
-            "data": {k: {"source": d["source"], "credits": d["credits"]} for k, d in loaded.items()}}
+    meta = {
+        "command": "diffunfold demo" + (f" --out {args.out}" if args.out != "demo" else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": describe_cpu(),
+        "images": args.images,
+        "size": args.size,
+        "samples": args.samples,
+        "steps": args.steps or any_solver.package.schedule["steps"],
+        "sampler": any_solver.package.schedule["sampler"],
+        "nfe": results[0]["rows"][0]["nfe"],
+        "noise": args.noise,
+        "mri_noise": args.mri_noise,
+        "backend": any_solver.backend_name,
+        "backend_reason": any_solver.backend_reason,
+        "packages": {
+            k: {
+                "path": str(p.path),
+                "manifest_sha256": p.manifest.get("manifest_sha256"),
+                "source": p.manifest.get("source"),
+                "churn": p.churn.as_dict(),
+                "ensemble": p.ensemble,
+                "contrast": None if p.contrast is None else p.contrast.as_dict(),
+            }
+            for k, p in packages.items()
+        },
+        "wall_seconds": wall,
+        "data": {k: {"source": d["source"], "credits": d["credits"]} for k, d in loaded.items()},
+    }
     write_text(out / "results.md", _markdown(results, meta))
     write_json(out / "results.json", {**meta, "tasks": results})
 
@@ -294,37 +374,78 @@ def _clear_out(out: Path, overwrite: bool) -> None:
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="demo", help="folder for the figures and tables (default: demo/; must be "
-                                                 "empty unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into a folder that holds files: the figures and tables of an earlier demo there "
-                        "are removed first, other files are left alone")
-    p.add_argument("--task", dest="tasks", action="append", metavar="KEY",
-                   help=f"run only this task (repeatable): {', '.join(t.key for t in TASKS)}")
-    p.add_argument("--images", type=V.Bounded(1, 100, integer=True), default=5, help="held-out images per task (default 5, all of them)")
-    p.add_argument("--size", type=V.image_side(16, 1024), default=64, help="image size in px (default 64, the training size)")
-    p.add_argument("--samples", type=V.SAMPLES, default=4,
-                   help="posterior samples per image: their mean is the result, their std the uncertainty "
-                        "map (default 4)")
+    p.add_argument(
+        "--out",
+        default="demo",
+        help="folder for the figures and tables (default: demo/; must be empty unless --overwrite)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that holds files: the figures and tables of an earlier demo there "
+        "are removed first, other files are left alone",
+    )
+    p.add_argument(
+        "--task",
+        dest="tasks",
+        action="append",
+        metavar="KEY",
+        help=f"run only this task (repeatable): {', '.join(t.key for t in TASKS)}",
+    )
+    p.add_argument(
+        "--images",
+        type=V.Bounded(1, 100, integer=True),
+        default=5,
+        help="held-out images per task (default 5, all of them)",
+    )
+    p.add_argument(
+        "--size", type=V.image_side(16, 1024), default=64, help="image size in px (default 64, the training size)"
+    )
+    p.add_argument(
+        "--samples",
+        type=V.SAMPLES,
+        default=4,
+        help="posterior samples per image: their mean is the result, their std the uncertainty map (default 4)",
+    )
     p.add_argument("--steps", type=V.STEPS, default=None, help="sampler steps (default: the package's, 18)")
-    p.add_argument("--noise", type=V.NOISE, default=0.05, metavar="STD",
-                   help="measurement noise std for the image tasks, in the images' units ([0, 1]; default 0.05)")
-    p.add_argument("--mri-noise-rel", dest="mri_noise", type=V.KSPACE_NOISE, default=0.0, metavar="F",
-                   help="k-space noise std for the MRI tasks as a fraction F of max|k| (default 0, the paper's "
-                        "fastMRI protocol; training saw 0-0.01)")
+    p.add_argument(
+        "--noise",
+        type=V.NOISE,
+        default=0.05,
+        metavar="STD",
+        help="measurement noise std for the image tasks, in the images' units ([0, 1]; default 0.05)",
+    )
+    p.add_argument(
+        "--mri-noise-rel",
+        dest="mri_noise",
+        type=V.KSPACE_NOISE,
+        default=0.0,
+        metavar="F",
+        help="k-space noise std for the MRI tasks as a fraction F of max|k| (default 0, the paper's "
+        "fastMRI protocol; training saw 0-0.01)",
+    )
     # its earlier spelling, the same fraction (hidden): old command lines keep their meaning
-    p.add_argument("--mri-noise", dest="mri_noise", type=V.KSPACE_NOISE, default=argparse.SUPPRESS,
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--mri-noise", dest="mri_noise", type=V.KSPACE_NOISE, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
     p.add_argument("--coils", type=V.COILS, default=15, help="simulated receive coils for MRI (default 15)")
     p.add_argument("--seed", type=V.SEED, default=0, help="first seed; image i uses seed + i (default 0)")
-    p.add_argument("--data", default="data", metavar="DIR",
-                   help="where `diffunfold data` wrote DIR/photos and DIR/mri: their held-out photographs and "
-                        "head slices are restored (default: data/; without them, scikit-image's photos and "
-                        "synthetic phantoms)")
+    p.add_argument(
+        "--data",
+        default="data",
+        metavar="DIR",
+        help="where `diffunfold data` wrote DIR/photos and DIR/mri: their held-out photographs and "
+        "head slices are restored (default: data/; without them, scikit-image's photos and "
+        "synthetic phantoms)",
+    )
     p.add_argument("--image-package", default=str(DEFAULT_IMAGE_PACKAGE), help="natural-image model package")
     p.add_argument("--mri-package", default=str(DEFAULT_MRI_PACKAGE), help="MRI model package")
-    p.add_argument("--backend", default="auto", help="runtime backend (default: auto, the fastest one usable "
-                                                      "here, as for every other command; the report names it)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="runtime backend (default: auto, the fastest one usable "
+        "here, as for every other command; the report names it)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     p.add_argument("--threads", type=V.THREADS, default=0, help="CPU threads for the backend (0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

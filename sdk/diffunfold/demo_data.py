@@ -31,15 +31,17 @@ def held_out_phantoms(size: int, count: int) -> tuple[list[str], np.ndarray]:
     from .data.fastmri import percentile_normalize
     from .data.phantom import random_phantom
 
-    images = [percentile_normalize(random_phantom((size, size), np.random.default_rng([PHANTOM_STREAM, i])))[0]
-              for i in range(count)]
+    images = [
+        percentile_normalize(random_phantom((size, size), np.random.default_rng([PHANTOM_STREAM, i])))[0]
+        for i in range(count)
+    ]
     return [f"phantom {i}" for i in range(count)], np.stack(images)[:, None].astype(np.complex64)
 
 
 def _holder(text: str) -> str:
     """The first copyright holder, with "et al." when the package names many."""
     text = " ".join(text.split())
-    return text if len(text) <= 70 else text[:text.find(">") + 1 or 70].strip() + " et al."
+    return text if len(text) <= 70 else text[: text.find(">") + 1 or 70].strip() + " et al."
 
 
 def _credits(folder: Path, names: list[str], volume: bool) -> tuple[list[str], list[str]]:
@@ -47,8 +49,11 @@ def _credits(folder: Path, names: list[str], volume: bool) -> tuple[list[str], l
     records = ho.sources_of(folder)
     if volume:
         used = {n.rsplit("-", 1)[0] for n in names}
-        return names, [f"{r['name']}: {r['description']}; `{r['path']}` in {r['package']} {r['version']} "
-                       f"({r['licence']})" for r in records if r["name"] in used]
+        return names, [
+            f"{r['name']}: {r['description']}; `{r['path']}` in {r['package']} {r['version']} ({r['licence']})"
+            for r in records
+            if r["name"] in used
+        ]
     by_stem = {Path(r["file"]).stem.split("__", 1)[-1]: r for r in records}
     short, lines = [], []
     for n in names:
@@ -68,8 +73,12 @@ def load_demo_data(kind: str, root: str | Path, size: int, count: int) -> dict:
         names, images = load(folder, size, count)
         names, credits = _credits(folder, names, kind == "mri")
         what = "held-out photographs" if kind == "image" else "slices of the held-out real head"
-        return {"names": names, "images": images, "source": f"{what} in {folder} (`diffunfold data`)",
-                "credits": credits}
+        return {
+            "names": names,
+            "images": images,
+            "source": f"{what} in {folder} (`diffunfold data`)",
+            "credits": credits,
+        }
     command = f"diffunfold data {'photos' if kind == 'image' else 'mri-volumes'} {folder.parent}"
     if kind == "image":
         names, images = held_out_images(size, count)

@@ -7,15 +7,16 @@ the runtime share one copy of every constant and of the loop itself (algorithm.m
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import InputError
 
 SIGMA_DATA = 0.5
-P_MEAN, P_STD = -1.2, 1.2          # training noise levels: ln(sigma) ~ N(P_MEAN, P_STD^2)
+P_MEAN, P_STD = -1.2, 1.2  # training noise levels: ln(sigma) ~ N(P_MEAN, P_STD^2)
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 SAMPLERS = ("euler", "heun")
 
@@ -54,8 +55,7 @@ def training_sigmas(rng: np.random.Generator, n: int, p_mean: float = P_MEAN, p_
     return np.exp(p_mean + p_std * rng.standard_normal(n))
 
 
-def schedule(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
-             rho: float = RHO) -> np.ndarray:
+def schedule(steps: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX, rho: float = RHO) -> np.ndarray:
     """EDM's noise levels for ``steps`` steps, float64, with the final ``sigma_N = 0`` appended."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise InputError(f"steps must be a positive integer, got {steps!r}")
@@ -73,8 +73,11 @@ def start_at(sigmas: np.ndarray, sigma: float) -> np.ndarray:
     """The tail of a schedule from its first level at or below ``sigma`` (with the final 0): where
     a solve that starts from an estimate plus noise of level ``sigma`` picks the schedule up
     (Chung et al. 2022, "come closer, diffuse faster"). At least one step is always left."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating)) or not (
-            math.isfinite(sigma) and sigma > 0):
+    if (
+        isinstance(sigma, bool)
+        or not isinstance(sigma, (int, float, np.floating))
+        or not (math.isfinite(sigma) and sigma > 0)
+    ):
         raise InputError(f"the start's noise level must be a positive number, got {sigma!r}")
     levels = np.asarray(sigmas, dtype=np.float64)
     first = int(np.argmax(levels[:-1] <= sigma)) if np.any(levels[:-1] <= sigma) else len(levels) - 2
@@ -105,8 +108,9 @@ def seeds_for(seed: int | Sequence[int] | None, batch: int) -> list[int]:
     return seeds
 
 
-def initial_noise(seeds: Sequence[int], shape: Sequence[int], sigma_max: float = SIGMA_MAX,
-                  sample: int = 0) -> np.ndarray:
+def initial_noise(
+    seeds: Sequence[int], shape: Sequence[int], sigma_max: float = SIGMA_MAX, sample: int = 0
+) -> np.ndarray:
     """``x_0 ~ N(0, sigma_max^2 I)``, float32 ``(len(seeds), *shape)``, one generator per image:
     an image's start does not depend on its batch, and every backend starts from the same x_0.
     Posterior sample ``j > 0`` of an image with seed ``s`` uses ``default_rng([s, j])``."""
@@ -143,7 +147,7 @@ class Churn:
             raise InputError(f"churn needs s_churn >= 0, 0 <= s_min <= s_max and s_noise > 0, got {self}")
 
     @classmethod
-    def of(cls, value) -> "Churn":
+    def of(cls, value) -> Churn:
         """A :class:`Churn` from None (off), a number (``s_churn`` with the default range), a
         dict of its fields (as a package manifest stores it) or a :class:`Churn`."""
         if value is None:
@@ -154,8 +158,9 @@ class Churn:
             unknown = set(value) - {"s_churn", "s_min", "s_max", "s_noise"}
             if unknown:
                 raise InputError(f"unknown churn settings {sorted(unknown)}; use s_churn, s_min, s_max, s_noise")
-            return cls(**{k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-                          for k, v in value.items()})
+            return cls(
+                **{k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in value.items()}
+            )
         if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool):
             return cls(s_churn=float(value))
         raise InputError(f"churn must be a number (EDM's S_churn), a dict or None, got {value!r}")
@@ -189,9 +194,15 @@ def churn_noise(seeds: Sequence[int], shape: Sequence[int], step: int, sample: i
     return out
 
 
-def sample_loop(denoise: Callable[[Any, float], Any], x, sigmas: Sequence[float], sampler: str = "euler",
-                on_step: Callable[[int], None] | None = None, churn: Churn | None = None,
-                noise: Callable[[int], Any] | None = None):
+def sample_loop(
+    denoise: Callable[[Any, float], Any],
+    x,
+    sigmas: Sequence[float],
+    sampler: str = "euler",
+    on_step: Callable[[int], None] | None = None,
+    churn: Churn | None = None,
+    noise: Callable[[int], Any] | None = None,
+):
     """Integrate EDM's probability-flow ODE from ``x`` (at ``sigmas[0]``) down to ``sigmas[-1] = 0``.
 
     ``denoise(x, sigma)`` returns ``D(x; sigma)`` for the batch. Returns ``(x_N, nfe)``.

@@ -26,20 +26,29 @@ import re
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import InputError
 from .package import sha256_file
 
 RECORD_FORMAT = "diffunfold-engine/1"
-ENGINES_ROOT = Path(__file__).resolve().parents[2] / "engines"   # <repo>/engines in a checkout
+ENGINES_ROOT = Path(__file__).resolve().parents[2] / "engines"  # <repo>/engines in a checkout
 TARGETS_DIR = ENGINES_ROOT / "targets"
 PRECISIONS = ("fp16", "fp32", "bf16")
 HARDWARE_COMPATIBILITY = ("none", "ampere_plus", "same_compute_capability")
-_TARGET_KEYS = ("name", "description", "compute_capability", "precision", "workspace_gib",
-                "hardware_compatibility", "profile", "profiles")
+_TARGET_KEYS = (
+    "name",
+    "description",
+    "compute_capability",
+    "precision",
+    "workspace_gib",
+    "hardware_compatibility",
+    "profile",
+    "profiles",
+)
 _PROFILE_KEYS = ("batch", "height", "width")
 _RANGE_KEYS = ("min", "opt", "max")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -51,6 +60,7 @@ def rebuild_hint(package: str | Path = "PACKAGE", target: str = "TARGET") -> str
 
 
 # -- targets --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class DimRange:
@@ -78,8 +88,9 @@ class Profile:
 
     def x_shapes(self, channels: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(min, opt, max) shapes of the image input ``x`` (B, C, H, W)."""
-        return tuple((getattr(self.batch, a), channels, getattr(self.height, a), getattr(self.width, a))
-                     for a in _RANGE_KEYS)  # type: ignore[return-value]
+        return tuple(
+            (getattr(self.batch, a), channels, getattr(self.height, a), getattr(self.width, a)) for a in _RANGE_KEYS
+        )  # type: ignore[return-value]
 
     def batch_shapes(self) -> tuple[tuple[int], tuple[int], tuple[int]]:
         """(min, opt, max) shapes of the per-sample inputs ``sigma`` and ``stage`` (B,)."""
@@ -110,31 +121,44 @@ class EngineTarget:
         return int(self.workspace_gib * (1 << 30))
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description,
-                "compute_capability": self.compute_capability, "precision": self.precision,
-                "workspace_gib": self.workspace_gib, "hardware_compatibility": self.hardware_compatibility,
-                "profiles": [p.to_dict() for p in self.profiles]}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "compute_capability": self.compute_capability,
+            "precision": self.precision,
+            "workspace_gib": self.workspace_gib,
+            "hardware_compatibility": self.hardware_compatibility,
+            "profiles": [p.to_dict() for p in self.profiles],
+        }
 
     def check_sizes(self, size_multiple: int) -> None:
         """Every height/width bound must be a multiple of the package's ``size_multiple`` (the
         U-Net halves the image that many times); refuse the target otherwise."""
         m = int(size_multiple)
-        bad = [f"profile {i} {dim}.{a} = {getattr(getattr(p, dim), a)}"
-               for i, p in enumerate(self.profiles) for dim in ("height", "width") for a in _RANGE_KEYS
-               if getattr(getattr(p, dim), a) % m]
+        bad = [
+            f"profile {i} {dim}.{a} = {getattr(getattr(p, dim), a)}"
+            for i, p in enumerate(self.profiles)
+            for dim in ("height", "width")
+            for a in _RANGE_KEYS
+            if getattr(getattr(p, dim), a) % m
+        ]
         if bad:
-            raise InputError(f"target {self.name!r} ({self._where()}) does not fit this package: "
-                             f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a multiple of {m}, the "
-                             f"package's size multiple (data.size_multiple in its manifest); edit the "
-                             f"target's profiles")
+            raise InputError(
+                f"target {self.name!r} ({self._where()}) does not fit this package: "
+                f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a multiple of {m}, the "
+                f"package's size multiple (data.size_multiple in its manifest); edit the "
+                f"target's profiles"
+            )
 
     def _where(self) -> str:
         return str(self.path) if self.path else "in memory"
 
     def summary(self) -> str:
         cc = f"sm {self.compute_capability}" if self.compute_capability else "any GPU"
-        lines = [f"{self.name:12s} {self.precision}, {cc}, workspace {self.workspace_gib:g} GiB, "
-                 f"hardware compatibility {self.hardware_compatibility}: {self.description}"]
+        lines = [
+            f"{self.name:12s} {self.precision}, {cc}, workspace {self.workspace_gib:g} GiB, "
+            f"hardware compatibility {self.hardware_compatibility}: {self.description}"
+        ]
         lines += [f"{'':12s}   profile {i}: {p.describe()}" for i, p in enumerate(self.profiles)]
         return "\n".join(lines)
 
@@ -184,20 +208,22 @@ def parse_target(data: dict, name: str | None = None, path: Path | None = None) 
         raise InputError(f"{where} has unknown key(s) {unknown}; known keys: {list(_TARGET_KEYS)}")
     tname = data.get("name", name)
     if not isinstance(tname, str) or not _NAME.match(tname):
-        raise InputError(f"{where}: name must be letters, digits, '-', '_' or '.' (it names the engines "
-                         f"folder), got {tname!r}")
+        raise InputError(
+            f"{where}: name must be letters, digits, '-', '_' or '.' (it names the engines folder), got {tname!r}"
+        )
     precision = data.get("precision", "fp16")
     if precision not in PRECISIONS:
         raise InputError(f"{where}: unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     hw = data.get("hardware_compatibility", "none")
     if hw not in HARDWARE_COMPATIBILITY:
-        raise InputError(f"{where}: unknown hardware_compatibility {hw!r}; choose one of "
-                         f"{list(HARDWARE_COMPATIBILITY)}")
+        raise InputError(
+            f"{where}: unknown hardware_compatibility {hw!r}; choose one of {list(HARDWARE_COMPATIBILITY)}"
+        )
     cc = data.get("compute_capability")
     if cc is not None:
         cc = f"{cc:.1f}" if isinstance(cc, float) else cc
         if not isinstance(cc, str) or not _CC.match(cc):
-            raise InputError(f"{where}: compute_capability must look like \"9.0\" (major.minor), got {cc!r}")
+            raise InputError(f'{where}: compute_capability must look like "9.0" (major.minor), got {cc!r}')
     ws = data.get("workspace_gib", 4)
     if isinstance(ws, bool) or not isinstance(ws, (int, float)) or not ws > 0:
         raise InputError(f"{where}: workspace_gib must be a positive number (GiB), got {ws!r}")
@@ -205,8 +231,10 @@ def parse_target(data: dict, name: str | None = None, path: Path | None = None) 
         raise InputError(f"{where}: give either [profile] or [[profiles]], not both")
     raw = data.get("profiles", [data["profile"]] if "profile" in data else None)
     if raw is None:
-        raise InputError(f"{where} has no optimisation profile; add [[profiles]] with batch, height and width "
-                         "= { min = .., opt = .., max = .. }")
+        raise InputError(
+            f"{where} has no optimisation profile; add [[profiles]] with batch, height and width "
+            "= { min = .., opt = .., max = .. }"
+        )
     if not isinstance(raw, list) or not raw:
         raise InputError(f"{where}: profiles must be a non-empty array of tables ([[profiles]])")
     profiles = tuple(_profile(p, f"{where} profile {i}") for i, p in enumerate(raw))
@@ -240,10 +268,14 @@ def load_target(name_or_path: str | Path) -> EngineTarget:
             raise InputError(f"target file {s!r} does not exist")
         names = sorted(p.stem for p in _targets_dir().glob("*.toml")) if _targets_dir().is_dir() else []
         if not names:
-            raise InputError(f"unknown target {s!r}: no target folder at {_targets_dir()} (an installed package "
-                             "has none); give the path of a target .toml file instead")
-        raise InputError(f"unknown target {s!r}; known targets: {', '.join(names)} (or give the path of a "
-                         f".toml file; see `diffunfold build-engines --list`)")
+            raise InputError(
+                f"unknown target {s!r}: no target folder at {_targets_dir()} (an installed package "
+                "has none); give the path of a target .toml file instead"
+            )
+        raise InputError(
+            f"unknown target {s!r}; known targets: {', '.join(names)} (or give the path of a "
+            f".toml file; see `diffunfold build-engines --list`)"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -262,17 +294,20 @@ def choose_profile(ranges: Sequence[Profile], b: int, h: int, w: int) -> int:
                 best, best_cost = i, cost
     if best < 0:
         have = "; ".join(f"profile {i}: {p.describe()}" for i, p in enumerate(ranges)) or "none"
-        raise InputError(f"no optimisation profile of the engines covers batch {b} at {h}x{w} (have {have}); "
-                         "split the batch, or build engines for a target whose [[profiles]] cover this size")
+        raise InputError(
+            f"no optimisation profile of the engines covers batch {b} at {h}x{w} (have {have}); "
+            "split the batch, or build engines for a target whose [[profiles]] cover this size"
+        )
     return best
 
 
 # -- GPUs -----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class GPUInfo:
     name: str
-    compute_capability: str   # "9.0"
+    compute_capability: str  # "9.0"
 
     def __str__(self) -> str:
         return f"{self.name} (sm {self.compute_capability})"
@@ -304,8 +339,13 @@ def _gpu_from_nvidia_smi(index: int) -> GPUInfo | None:
     if exe is None:
         return None
     try:
-        out = subprocess.run([exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
+        out = subprocess.run(
+            [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
@@ -330,20 +370,24 @@ def check_gpu_for_target(target: EngineTarget, gpu: GPUInfo) -> str | None:
     for the GPU they are built on) unless the target asks for hardware compatibility; then
     return a warning instead. None when all is well."""
     if target.hardware_compatibility == "ampere_plus" and cc_tuple(gpu.compute_capability) < (8, 0):
-        raise InputError(f"target {target.name!r} asks for hardware_compatibility = 'ampere_plus', which "
-                         f"TensorRT builds only on Ampere or newer GPUs; this GPU is {gpu}")
+        raise InputError(
+            f"target {target.name!r} asks for hardware_compatibility = 'ampere_plus', which "
+            f"TensorRT builds only on Ampere or newer GPUs; this GPU is {gpu}"
+        )
     if target.compute_capability is None or target.compute_capability == gpu.compute_capability:
         return None
-    msg = (f"target {target.name!r} is for compute capability {target.compute_capability} but this GPU is "
-           f"{gpu}")
+    msg = f"target {target.name!r} is for compute capability {target.compute_capability} but this GPU is {gpu}"
     if target.hardware_compatibility == "none":
-        raise InputError(f"{msg}: an engine runs only on the kind of GPU it was built on. Build on a "
-                         f"{target.compute_capability} GPU, choose the target of this GPU "
-                         f"(`diffunfold build-engines --list`), or write a target file for it")
+        raise InputError(
+            f"{msg}: an engine runs only on the kind of GPU it was built on. Build on a "
+            f"{target.compute_capability} GPU, choose the target of this GPU "
+            f"(`diffunfold build-engines --list`), or write a target file for it"
+        )
     return f"warning: {msg}; building anyway with hardware_compatibility = {target.hardware_compatibility!r}"
 
 
 # -- records --------------------------------------------------------------------------------
+
 
 @dataclass
 class EngineRecord:
@@ -372,25 +416,27 @@ class EngineRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "engine record") -> "EngineRecord":
+    def from_dict(cls, data: Any, where: str = "engine record") -> EngineRecord:
         if not isinstance(data, dict) or data.get("format") != RECORD_FORMAT:
             got = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise InputError(f"{where} has format {got!r}, expected {RECORD_FORMAT!r}; {rebuild_hint()}")
         names = [f.name for f in fields(cls)]
-        missing = [f.name for f in fields(cls) if f.name not in data
-                   and f.default is MISSING and f.default_factory is MISSING]
+        missing = [
+            f.name for f in fields(cls) if f.name not in data and f.default is MISSING and f.default_factory is MISSING
+        ]
         if missing:
             raise InputError(f"{where} lacks {missing}; it is damaged: {rebuild_hint()}")
         return cls(**{n: data[n] for n in names if n in data})
 
     @classmethod
-    def load(cls, path: str | Path) -> "EngineRecord":
+    def load(cls, path: str | Path) -> EngineRecord:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise InputError(f"{path} is missing: the engine beside it has no record (an interrupted build?); "
-                             f"{rebuild_hint()}") from None
+            raise InputError(
+                f"{path} is missing: the engine beside it has no record (an interrupted build?); {rebuild_hint()}"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{path} is not valid JSON ({exc}); {rebuild_hint()}") from None
         return cls.from_dict(data, where=str(path))
@@ -399,8 +445,14 @@ class EngineRecord:
         return [_profile(p, f"{self.engine} profile {i}") for i, p in enumerate(self.profiles)]
 
 
-def check_record(record: EngineRecord, engine_path: str | Path, trt_version: str, gpu: GPUInfo,
-                 onnx_sha256: str | None = None, package: str | Path | None = None) -> None:
+def check_record(
+    record: EngineRecord,
+    engine_path: str | Path,
+    trt_version: str,
+    gpu: GPUInfo,
+    onnx_sha256: str | None = None,
+    package: str | Path | None = None,
+) -> None:
     """Refuse an engine that cannot be trusted here, saying exactly what differs.
 
     * the engine file's sha256 is not the recorded one (changed, truncated, half written);
@@ -414,43 +466,63 @@ def check_record(record: EngineRecord, engine_path: str | Path, trt_version: str
     (``<package>/engines/<target>/x.engine``) when there is one.
     """
     engine_path = Path(engine_path)
-    pkg = str(package) if package else str(engine_path.parent.parent.parent) if engine_path.parent.parent.name == "engines" else "PACKAGE"
+    pkg = (
+        str(package)
+        if package
+        else str(engine_path.parent.parent.parent)
+        if engine_path.parent.parent.name == "engines"
+        else "PACKAGE"
+    )
     hint = rebuild_hint(pkg, record.target)
     where = f"engine {engine_path}"
     if not engine_path.is_file():
         raise InputError(f"{where} is missing though its record exists; {hint}")
     digest = sha256_file(engine_path)
     if digest != record.engine_sha256:
-        raise InputError(f"{where} does not match its record (sha256 {digest[:12]} != recorded "
-                         f"{record.engine_sha256[:12]}): the file was changed or its build was interrupted; {hint}")
+        raise InputError(
+            f"{where} does not match its record (sha256 {digest[:12]} != recorded "
+            f"{record.engine_sha256[:12]}): the file was changed or its build was interrupted; {hint}"
+        )
     if onnx_sha256 is None:
         manifest = engine_path.parent.parent.parent / "manifest.json"
         if manifest.is_file():
             try:
                 onnx_sha256 = json.loads(manifest.read_text())["files"][record.onnx]["sha256"]
             except (KeyError, TypeError, json.JSONDecodeError):
-                raise InputError(f"{where} was built from {record.onnx}, which the package manifest {manifest} "
-                                 f"no longer lists; {hint}") from None
+                raise InputError(
+                    f"{where} was built from {record.onnx}, which the package manifest {manifest} "
+                    f"no longer lists; {hint}"
+                ) from None
     if onnx_sha256 is not None and onnx_sha256 != record.onnx_sha256:
-        raise InputError(f"{where} was built from another {record.onnx} (sha256 {record.onnx_sha256[:12]}; "
-                         f"the package's is now {onnx_sha256[:12]}): the package was exported again since; {hint}")
+        raise InputError(
+            f"{where} was built from another {record.onnx} (sha256 {record.onnx_sha256[:12]}; "
+            f"the package's is now {onnx_sha256[:12]}): the package was exported again since; {hint}"
+        )
     if str(trt_version) != record.tensorrt_version:
-        raise InputError(f"{where} was built with TensorRT {record.tensorrt_version} but TensorRT {trt_version} "
-                         f"is installed; a plan runs only with the exact TensorRT version that built it; {hint}")
+        raise InputError(
+            f"{where} was built with TensorRT {record.tensorrt_version} but TensorRT {trt_version} "
+            f"is installed; a plan runs only with the exact TensorRT version that built it; {hint}"
+        )
     hw = record.hardware_compatibility
     built_on = f"{record.gpu_name} (sm {record.compute_capability})"
     if hw == "ampere_plus":
         if cc_tuple(gpu.compute_capability) < (8, 0):
-            raise InputError(f"{where} was built for Ampere and newer GPUs (hardware_compatibility ampere_plus, "
-                             f"on {built_on}) but this GPU is {gpu}; {hint} on a supported GPU")
+            raise InputError(
+                f"{where} was built for Ampere and newer GPUs (hardware_compatibility ampere_plus, "
+                f"on {built_on}) but this GPU is {gpu}; {hint} on a supported GPU"
+            )
         return
     if gpu.compute_capability != record.compute_capability:
-        raise InputError(f"{where} was built on {built_on}, compute capability {record.compute_capability}, but "
-                         f"this GPU is {gpu}; {hint} on this GPU (choose its target with --list)")
+        raise InputError(
+            f"{where} was built on {built_on}, compute capability {record.compute_capability}, but "
+            f"this GPU is {gpu}; {hint} on this GPU (choose its target with --list)"
+        )
     if hw == "none" and gpu.name != record.gpu_name:
-        raise InputError(f"{where} was built on {record.gpu_name} but this GPU is {gpu.name} (same compute "
-                         f"capability {gpu.compute_capability}, but the target has hardware_compatibility 'none'); "
-                         f"{hint} on this GPU, or set hardware_compatibility = 'same_compute_capability' in the target")
+        raise InputError(
+            f"{where} was built on {record.gpu_name} but this GPU is {gpu.name} (same compute "
+            f"capability {gpu.compute_capability}, but the target has hardware_compatibility 'none'); "
+            f"{hint} on this GPU, or set hardware_compatibility = 'same_compute_capability' in the target"
+        )
 
 
 def engine_paths(directory: str | Path, onnx_name: str) -> tuple[Path, Path]:

@@ -14,16 +14,36 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from . import cli_values as V
-from .engine_targets import (ENGINES_ROOT, HARDWARE_COMPATIBILITY, PRECISIONS, RECORD_FORMAT, TARGETS_DIR,
-                             DimRange, EngineRecord, EngineTarget, GPUInfo, Profile, cc_tuple,
-                             check_gpu_for_target, check_record, choose_profile, cupy_gpu, current_gpu,
-                             engine_paths, list_targets, load_target, parse_target, rebuild_hint)
+from .engine_targets import (
+    ENGINES_ROOT,
+    HARDWARE_COMPATIBILITY,
+    PRECISIONS,
+    RECORD_FORMAT,
+    TARGETS_DIR,
+    DimRange,
+    EngineRecord,
+    EngineTarget,
+    GPUInfo,
+    Profile,
+    cc_tuple,
+    check_gpu_for_target,
+    check_record,
+    choose_profile,
+    cupy_gpu,
+    current_gpu,
+    engine_paths,
+    list_targets,
+    load_target,
+    parse_target,
+    rebuild_hint,
+)
 from .errors import InputError, require
 from .package import ModelPackage, sha256_file, write_json_atomic
+
 # -- FP32 layers in a reduced-precision build -------------------------------------------------
 #
 # Why: diffusion U-Nets are the textbook case of FP16 TensorRT engines that return NaN or
@@ -45,17 +65,48 @@ from .package import ModelPackage, sha256_file, write_json_atomic
 # ONNX op -> the TensorRT layer type the ONNX parser makes of it (the main layer): for previews
 # and tests on machines without TensorRT.
 ONNX_TO_TRT_LAYER = {
-    "InstanceNormalization": "NORMALIZATION", "GroupNormalization": "NORMALIZATION",
-    "LayerNormalization": "NORMALIZATION", "Softmax": "SOFTMAX", "MatMul": "MATRIX_MULTIPLY",
-    "Gemm": "MATRIX_MULTIPLY", "Conv": "CONVOLUTION", "ConvTranspose": "DECONVOLUTION",
-    "Add": "ELEMENTWISE", "Sub": "ELEMENTWISE", "Mul": "ELEMENTWISE", "Div": "ELEMENTWISE",
-    "Pow": "ELEMENTWISE", "Max": "ELEMENTWISE", "Min": "ELEMENTWISE",
-    "Sqrt": "UNARY", "Exp": "UNARY", "Log": "UNARY", "Reciprocal": "UNARY", "Cos": "UNARY", "Sin": "UNARY",
-    "Abs": "UNARY", "Neg": "UNARY", "ReduceMean": "REDUCE", "ReduceSum": "REDUCE", "ReduceMax": "REDUCE",
-    "Sigmoid": "ACTIVATION", "Relu": "ACTIVATION", "Tanh": "ACTIVATION", "AveragePool": "POOLING",
-    "MaxPool": "POOLING", "Resize": "RESIZE", "Reshape": "SHUFFLE", "Transpose": "SHUFFLE",
-    "Cast": "CAST", "Concat": "CONCATENATION", "Gather": "GATHER", "Slice": "SLICE", "Shape": "SHAPE",
-    "Constant": "CONSTANT", "Unsqueeze": "SHUFFLE", "Squeeze": "SHUFFLE",
+    "InstanceNormalization": "NORMALIZATION",
+    "GroupNormalization": "NORMALIZATION",
+    "LayerNormalization": "NORMALIZATION",
+    "Softmax": "SOFTMAX",
+    "MatMul": "MATRIX_MULTIPLY",
+    "Gemm": "MATRIX_MULTIPLY",
+    "Conv": "CONVOLUTION",
+    "ConvTranspose": "DECONVOLUTION",
+    "Add": "ELEMENTWISE",
+    "Sub": "ELEMENTWISE",
+    "Mul": "ELEMENTWISE",
+    "Div": "ELEMENTWISE",
+    "Pow": "ELEMENTWISE",
+    "Max": "ELEMENTWISE",
+    "Min": "ELEMENTWISE",
+    "Sqrt": "UNARY",
+    "Exp": "UNARY",
+    "Log": "UNARY",
+    "Reciprocal": "UNARY",
+    "Cos": "UNARY",
+    "Sin": "UNARY",
+    "Abs": "UNARY",
+    "Neg": "UNARY",
+    "ReduceMean": "REDUCE",
+    "ReduceSum": "REDUCE",
+    "ReduceMax": "REDUCE",
+    "Sigmoid": "ACTIVATION",
+    "Relu": "ACTIVATION",
+    "Tanh": "ACTIVATION",
+    "AveragePool": "POOLING",
+    "MaxPool": "POOLING",
+    "Resize": "RESIZE",
+    "Reshape": "SHUFFLE",
+    "Transpose": "SHUFFLE",
+    "Cast": "CAST",
+    "Concat": "CONCATENATION",
+    "Gather": "GATHER",
+    "Slice": "SLICE",
+    "Shape": "SHAPE",
+    "Constant": "CONSTANT",
+    "Unsqueeze": "SHUFFLE",
+    "Squeeze": "SHUFFLE",
 }
 _ATTENTION_WORDS = ("attn", "attention")
 _NORM_OPS = ("InstanceNormalization", "GroupNorm", "LayerNorm")
@@ -76,8 +127,9 @@ def attention_scopes(layers: Iterable[tuple[str, str]]) -> frozenset[str]:
     return frozenset(_split(name)[0] for kind, name in layers if kind == "SOFTMAX" and "/" in name)
 
 
-def fp32_layer_policy(layer_type_name: str, layer_name: str,
-                      attention: frozenset[str] | set[str] | None = None) -> bool:
+def fp32_layer_policy(
+    layer_type_name: str, layer_name: str, attention: frozenset[str] | set[str] | None = None
+) -> bool:
     """Whether a layer of a reduced-precision (FP16/BF16) build is pinned to FP32.
 
     ``layer_type_name`` is ``trt.LayerType`` 's name (``"NORMALIZATION"``), ``layer_name`` the
@@ -89,12 +141,11 @@ def fp32_layer_policy(layer_type_name: str, layer_name: str,
     scope, op = _split(layer_name)
     if t == "NORMALIZATION" or t == "SOFTMAX":
         return True
-    if t.startswith("PLUGIN") and op.startswith(_NORM_OPS):   # InstanceNormalization_TRT plugin
+    if t.startswith("PLUGIN") and op.startswith(_NORM_OPS):  # InstanceNormalization_TRT plugin
         return True
     if t == "REDUCE" or (t == "ELEMENTWISE" and op.startswith("Pow")):
         return True
-    in_attention = (scope in attention if attention else False) or \
-        any(w in scope.lower() for w in _ATTENTION_WORDS)
+    in_attention = (scope in attention if attention else False) or any(w in scope.lower() for w in _ATTENTION_WORDS)
     if t == "MATRIX_MULTIPLY":
         # A conv U-Net has no MatMul outside attention (its Linear layers export as Gemm).
         return in_attention or (not attention and op.startswith("MatMul"))
@@ -115,6 +166,7 @@ def preview_fp32_layers(nodes: Iterable[tuple[str, str]]) -> list[str]:
 
 
 # -- building (needs TensorRT and the GPU) ----------------------------------------------------
+
 
 def default_timing_cache(target: EngineTarget) -> Path:
     """``<repo>/engines/built/<target>.timing.cache`` in a checkout (git-ignored), else
@@ -143,7 +195,7 @@ def _trt_logger(trt, verbose: bool):
 
 
 def _parse_onnx(trt, builder, logger, onnx_path: Path):
-    network = builder.create_network(0)   # TensorRT 10: every network is explicit-batch
+    network = builder.create_network(0)  # TensorRT 10: every network is explicit-batch
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(_tensorrt_onnx(onnx_path), str(onnx_path)):
         errors = []
@@ -152,8 +204,11 @@ def _parse_onnx(trt, builder, logger, onnx_path: Path):
             node = getattr(e, "node_name", lambda: "")() or f"node {e.node()}"
             op = getattr(e, "node_operator", lambda: "")()
             errors.append(f"  {node}{f' ({op})' if op else ''}: {e.desc()}")
-        raise InputError(f"TensorRT's ONNX parser cannot read {onnx_path} ({parser.num_errors} error(s)):\n"
-                         + "\n".join(errors) + "\nexport the package again with this diffunfold, or report it")
+        raise InputError(
+            f"TensorRT's ONNX parser cannot read {onnx_path} ({parser.num_errors} error(s)):\n"
+            + "\n".join(errors)
+            + "\nexport the package again with this diffunfold, or report it"
+        )
     return network, parser
 
 
@@ -187,9 +242,9 @@ def _pin_fp32(trt, network) -> list[str]:
         if not all(_is_float(trt, t) for t in outs) or not any(_is_float(trt, t) for t in ins if t is not None):
             continue  # shape arithmetic on integers: nothing to pin
         if layer.type == trt.LayerType.NORMALIZATION:
-            layer.__class__ = trt.INormalizationLayer   # the python binding hands out ILayer
+            layer.__class__ = trt.INormalizationLayer  # the python binding hands out ILayer
             if hasattr(layer, "compute_precision"):
-                layer.compute_precision = trt.float32   # the variance is accumulated in FP32
+                layer.compute_precision = trt.float32  # the variance is accumulated in FP32
         layer.precision = trt.float32
         for j in range(layer.num_outputs):
             layer.set_output_type(j, trt.float32)
@@ -210,9 +265,11 @@ def _builder_config(trt, builder, target: EngineTarget):
         level = {"ampere_plus": "AMPERE_PLUS", "same_compute_capability": "SAME_COMPUTE_CAPABILITY"}
         value = getattr(trt.HardwareCompatibilityLevel, level[target.hardware_compatibility], None)
         if value is None:
-            raise InputError(f"TensorRT {trt.__version__} has no hardware compatibility level "
-                             f"{level[target.hardware_compatibility]}; use a newer TensorRT 10 or set "
-                             "hardware_compatibility = 'none'")
+            raise InputError(
+                f"TensorRT {trt.__version__} has no hardware compatibility level "
+                f"{level[target.hardware_compatibility]}; use a newer TensorRT 10 or set "
+                "hardware_compatibility = 'none'"
+            )
         config.hardware_compatibility_level = value
     return config
 
@@ -222,8 +279,10 @@ def _add_profiles(trt, builder, config, network, target: EngineTarget, channels:
     names = [t.name for t in inputs]
     unknown = sorted(set(names) - {"x", "sigma", "stage"})
     if "x" not in names or "sigma" not in names or unknown:
-        raise InputError(f"the regulariser's inputs are {names}; expected x, sigma and (shared network) stage: "
-                         "export the package again with this diffunfold")
+        raise InputError(
+            f"the regulariser's inputs are {names}; expected x, sigma and (shared network) stage: "
+            "export the package again with this diffunfold"
+        )
     c = int(inputs[names.index("x")].shape[1])
     if c not in (-1, channels):
         raise InputError(f"the ONNX input x has {c} channels but the manifest says {channels}; export again")
@@ -263,25 +322,51 @@ def _set_timing_cache(config, cache, blob: bytes, cache_path: Path, log: Callabl
     return cache
 
 
-def _engine_record(pkg: ModelPackage, tgt: EngineTarget, onnx_name: str, engine_path: Path, trt_version: str,
-                   gpu, seconds: float, fp32_layers: int, inputs) -> EngineRecord:
+def _engine_record(
+    pkg: ModelPackage,
+    tgt: EngineTarget,
+    onnx_name: str,
+    engine_path: Path,
+    trt_version: str,
+    gpu,
+    seconds: float,
+    fp32_layers: int,
+    inputs,
+) -> EngineRecord:
     """What an engine was built from, for what and how: checked before it is ever loaded."""
     from . import __version__
 
-    return EngineRecord(target=tgt.name, onnx=onnx_name, onnx_sha256=pkg.manifest["files"][onnx_name]["sha256"],
-                        engine=engine_path.name, engine_sha256=sha256_file(engine_path),
-                        engine_bytes=engine_path.stat().st_size, tensorrt_version=trt_version,
-                        gpu_name=gpu.name, compute_capability=gpu.compute_capability,
-                        hardware_compatibility=tgt.hardware_compatibility, precision=tgt.precision,
-                        profiles=[p.to_dict() for p in tgt.profiles],
-                        built=time.strftime("%Y-%m-%dT%H:%M:%S"), build_seconds=round(seconds, 2),
-                        fp32_layers=fp32_layers, inputs=inputs, diffunfold_version=__version__)
+    return EngineRecord(
+        target=tgt.name,
+        onnx=onnx_name,
+        onnx_sha256=pkg.manifest["files"][onnx_name]["sha256"],
+        engine=engine_path.name,
+        engine_sha256=sha256_file(engine_path),
+        engine_bytes=engine_path.stat().st_size,
+        tensorrt_version=trt_version,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        hardware_compatibility=tgt.hardware_compatibility,
+        precision=tgt.precision,
+        profiles=[p.to_dict() for p in tgt.profiles],
+        built=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        build_seconds=round(seconds, 2),
+        fp32_layers=fp32_layers,
+        inputs=inputs,
+        diffunfold_version=__version__,
+    )
 
 
-def build_engines(package: str | Path | ModelPackage, target: str | Path | EngineTarget,
-                  out_dir: str | Path | None = None, timing_cache: str | Path | None = None,
-                  progress: bool = True, log: Callable[[str], None] = print, device: int = 0,
-                  verbose: bool = False) -> list[EngineRecord]:
+def build_engines(
+    package: str | Path | ModelPackage,
+    target: str | Path | EngineTarget,
+    out_dir: str | Path | None = None,
+    timing_cache: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    device: int = 0,
+    verbose: bool = False,
+) -> list[EngineRecord]:
     """Build one TensorRT engine per regulariser ONNX of ``package`` for ``target`` on GPU
     ``device``, into ``out_dir`` (default ``<package>/engines/<target>``), each with its record.
 
@@ -314,20 +399,24 @@ def build_engines(package: str | Path | ModelPackage, target: str | Path | Engin
         inputs = _add_profiles(trt, builder, config, network, tgt, channels)
         pinned = _pin_fp32(trt, network) if tgt.precision != "fp32" else []
         engine_path, record_path = engine_paths(out, onnx_name)
-        record_path.unlink(missing_ok=True)   # a half-done rebuild must not look valid
+        record_path.unlink(missing_ok=True)  # a half-done rebuild must not look valid
         if progress:
-            log(f"[{i + 1}/{len(pkg.regularizer_files)}] {onnx_name}: {network.num_layers} layers, "
-                f"{len(pinned)} pinned to FP32; building (minutes on a cold timing cache) ...")
+            log(
+                f"[{i + 1}/{len(pkg.regularizer_files)}] {onnx_name}: {network.num_layers} layers, "
+                f"{len(pinned)} pinned to FP32; building (minutes on a cold timing cache) ..."
+            )
         plan = builder.build_serialized_network(network, config)
         if plan is None:
-            raise InputError(f"TensorRT could not build {onnx_name} for target {tgt.name} (see its messages above); "
-                             "a larger workspace_gib or smaller profiles in the target may help")
+            raise InputError(
+                f"TensorRT could not build {onnx_name} for target {tgt.name} (see its messages above); "
+                "a larger workspace_gib or smaller profiles in the target may help"
+            )
         data = memoryview(plan)
         _write_bytes_atomic(engine_path, data)
         _write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
         seconds = time.perf_counter() - t0
         rec = _engine_record(pkg, tgt, onnx_name, engine_path, str(trt.__version__), gpu, seconds, len(pinned), inputs)
-        write_json_atomic(record_path, rec.to_dict())   # the record last: its presence means "complete"
+        write_json_atomic(record_path, rec.to_dict())  # the record last: its presence means "complete"
         os.chmod(record_path, 0o644)
         records.append(rec)
         log(f"  wrote {engine_path} ({rec.engine_bytes / 1e6:.1f} MB) in {seconds:.1f} s")
@@ -340,8 +429,10 @@ def _build_gpu(tgt: EngineTarget, device: int, log: Callable[[str], None]) -> GP
     the target's; an InputError where none is visible."""
     gpu = current_gpu(device)
     if gpu is None:
-        raise InputError("no CUDA GPU is visible (neither CuPy nor nvidia-smi sees one): engines are built on the "
-                         "GPU they will run on")
+        raise InputError(
+            "no CUDA GPU is visible (neither CuPy nor nvidia-smi sees one): engines are built on the "
+            "GPU they will run on"
+        )
     warning = check_gpu_for_target(tgt, gpu)
     if warning:
         log(warning)
@@ -349,10 +440,13 @@ def _build_gpu(tgt: EngineTarget, device: int, log: Callable[[str], None]) -> GP
     return gpu
 
 
-def _log_plan(pkg: ModelPackage, tgt: EngineTarget, gpu: GPUInfo, trt_version: str, progress: bool,
-              log: Callable[[str], None]) -> None:
-    log(f"building {len(pkg.regularizer_files)} engine(s) of {pkg.path} for target {tgt.name} "
-        f"({tgt.precision}, {len(tgt.profiles)} profile(s)) on {gpu} with TensorRT {trt_version}")
+def _log_plan(
+    pkg: ModelPackage, tgt: EngineTarget, gpu: GPUInfo, trt_version: str, progress: bool, log: Callable[[str], None]
+) -> None:
+    log(
+        f"building {len(pkg.regularizer_files)} engine(s) of {pkg.path} for target {tgt.name} "
+        f"({tgt.precision}, {len(tgt.profiles)} profile(s)) on {gpu} with TensorRT {trt_version}"
+    )
     if progress:
         for i, p in enumerate(tgt.profiles):
             log(f"  profile {i}: {p.describe()}")
@@ -386,11 +480,15 @@ def add_build_engines_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("package", nargs="?", help="the model package folder (from `diffunfold export`)")
     parser.add_argument("--target", help="a target name (see --list) or the path of a target .toml file")
     parser.add_argument("--list", action="store_true", help="list the shipped targets and exit")
-    parser.add_argument("--timing-cache", metavar="PATH",
-                        help="TensorRT timing cache to read and update (default engines/built/<target>.timing.cache)")
+    parser.add_argument(
+        "--timing-cache",
+        metavar="PATH",
+        help="TensorRT timing cache to read and update (default engines/built/<target>.timing.cache)",
+    )
     parser.add_argument("--out", metavar="DIR", help="where to write the engines (default PACKAGE/engines/<target>)")
-    parser.add_argument("--gpu", type=V.Bounded(0, 63, integer=True), default=0,
-                        help="CUDA device index to build on (default 0)")
+    parser.add_argument(
+        "--gpu", type=V.Bounded(0, 63, integer=True), default=0, help="CUDA device index to build on (default 0)"
+    )
     parser.add_argument("--verbose", action="store_true", help="show TensorRT's own INFO messages")
 
 
@@ -404,16 +502,49 @@ def run_build_engines(args: argparse.Namespace) -> int:
             print(t.summary())
         return 0
     if not args.package or not args.target:
-        raise InputError("give a package and --target NAME|PATH (or --list to see the targets), e.g. "
-                         "`diffunfold build-engines models/demo --target h100`")
-    build_engines(args.package, args.target, out_dir=args.out, timing_cache=args.timing_cache,
-                  device=getattr(args, "gpu", 0), verbose=getattr(args, "verbose", False))
+        raise InputError(
+            "give a package and --target NAME|PATH (or --list to see the targets), e.g. "
+            "`diffunfold build-engines models/demo --target h100`"
+        )
+    build_engines(
+        args.package,
+        args.target,
+        out_dir=args.out,
+        timing_cache=args.timing_cache,
+        device=getattr(args, "gpu", 0),
+        verbose=getattr(args, "verbose", False),
+    )
     return 0
 
 
-__all__ = ["ENGINES_ROOT", "HARDWARE_COMPATIBILITY", "ONNX_TO_TRT_LAYER", "PRECISIONS", "RECORD_FORMAT",
-           "TARGETS_DIR", "DimRange", "EngineRecord", "EngineTarget", "GPUInfo", "Profile",
-           "add_build_engines_arguments", "attention_scopes", "build_engines", "cc_tuple", "check_gpu_for_target",
-           "check_record", "choose_profile", "cupy_gpu", "current_gpu", "default_timing_cache", "engine_paths",
-           "fp32_layer_policy", "list_targets", "load_target", "parse_target", "preview_fp32_layers",
-           "rebuild_hint", "run_build_engines"]
+__all__ = [
+    "ENGINES_ROOT",
+    "HARDWARE_COMPATIBILITY",
+    "ONNX_TO_TRT_LAYER",
+    "PRECISIONS",
+    "RECORD_FORMAT",
+    "TARGETS_DIR",
+    "DimRange",
+    "EngineRecord",
+    "EngineTarget",
+    "GPUInfo",
+    "Profile",
+    "add_build_engines_arguments",
+    "attention_scopes",
+    "build_engines",
+    "cc_tuple",
+    "check_gpu_for_target",
+    "check_record",
+    "choose_profile",
+    "cupy_gpu",
+    "current_gpu",
+    "default_timing_cache",
+    "engine_paths",
+    "fp32_layer_policy",
+    "list_targets",
+    "load_target",
+    "parse_target",
+    "preview_fp32_layers",
+    "rebuild_hint",
+    "run_build_engines",
+]

@@ -14,7 +14,8 @@ plain solve. Measured on the bundled image-small, 6 validation photos, mean of 4
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ._array import namespace
 from .errors import InputError

@@ -21,6 +21,5 @@ def require(module: str, extra: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{module} is needed here but is not installed; install it with "
-            f"`pip install 'diffunfold[{extra}]'`"
+            f"{module} is needed here but is not installed; install it with `pip install 'diffunfold[{extra}]'`"
         ) from exc

@@ -6,17 +6,28 @@ per method, each tile enlarged with nearest-neighbour (pixels stay pixels) and c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # Anchors of an inferno-like map (black -> purple -> orange -> pale yellow): monotone in
 # lightness, so a grey-scale print still reads as low -> high.
-_ANCHORS = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
-                     [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+_ANCHORS = np.array(
+    [
+        [0, 0, 4],
+        [40, 11, 84],
+        [101, 21, 110],
+        [159, 42, 99],
+        [212, 72, 66],
+        [245, 125, 21],
+        [250, 193, 39],
+        [252, 255, 164],
+    ],
+    dtype=np.float64,
+)
 
 
 def colormap(values, vmax: float | None = None) -> np.ndarray:
@@ -58,8 +69,13 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def grid(rows: Sequence[Sequence[Panel]], columns: Sequence[str], title: str = "", tile: int = 192,
-         path: str | Path | None = None) -> Image.Image:
+def grid(
+    rows: Sequence[Sequence[Panel]],
+    columns: Sequence[str],
+    title: str = "",
+    tile: int = 192,
+    path: str | Path | None = None,
+) -> Image.Image:
     """Compose ``rows`` of panels under ``columns`` headings into one figure (saved to ``path``).
 
     Every panel is resized to ``tile`` x ``tile`` with nearest-neighbour, so a 16x16 SR input

@@ -104,7 +104,7 @@ def _averaging(channels: int, groups: int) -> np.ndarray:
     w = np.zeros((channels, channels, 1, 1), np.float32)
     per = channels // groups
     for g in range(groups):
-        w[g * per:(g + 1) * per, g * per:(g + 1) * per] = 1.0 / per
+        w[g * per : (g + 1) * per, g * per : (g + 1) * per] = 1.0 / per
     return w
 
 
@@ -123,12 +123,18 @@ def _reduce_nodes(norm: _Norm, prefix: str, weight: str, axes_input: str | None)
         return helper.make_node(op, inputs, [output], name=output)
 
     eps = numpy_helper.from_array(np.array(norm.epsilon, np.float32), p + "epsilon")
-    nodes = [mean_hw(x, p + "channel_mean"), node("Conv", [p + "channel_mean", weight], p + "group_mean"),
-             node("Sub", [x, p + "group_mean"], p + "centred"),
-             node("Mul", [p + "centred", p + "centred"], p + "squared"),
-             mean_hw(p + "squared", p + "channel_var"), node("Conv", [p + "channel_var", weight], p + "group_var"),
-             node("Add", [p + "group_var", p + "epsilon"], p + "var_eps"), node("Sqrt", [p + "var_eps"], p + "std"),
-             node("Reciprocal", [p + "std"], p + "inv_std"), node("Mul", [p + "centred", p + "inv_std"], out)]
+    nodes = [
+        mean_hw(x, p + "channel_mean"),
+        node("Conv", [p + "channel_mean", weight], p + "group_mean"),
+        node("Sub", [x, p + "group_mean"], p + "centred"),
+        node("Mul", [p + "centred", p + "centred"], p + "squared"),
+        mean_hw(p + "squared", p + "channel_var"),
+        node("Conv", [p + "channel_var", weight], p + "group_var"),
+        node("Add", [p + "group_var", p + "epsilon"], p + "var_eps"),
+        node("Sqrt", [p + "var_eps"], p + "std"),
+        node("Reciprocal", [p + "std"], p + "inv_std"),
+        node("Mul", [p + "centred", p + "inv_std"], out),
+    ]
     return nodes, [eps]
 
 

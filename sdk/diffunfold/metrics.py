@@ -16,7 +16,8 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +38,7 @@ def _prepare(estimate: Any, target: Any, name: str) -> tuple[np.ndarray, np.ndar
             "compare images of the same size (crop or resize first)"
         )
     if est.ndim not in (2, 3, 4):
-        raise InputError(
-            f"{name}: expected (H, W), (C, H, W) or (B, C, H, W) images, got shape {est.shape}"
-        )
+        raise InputError(f"{name}: expected (H, W), (C, H, W) or (B, C, H, W) images, got shape {est.shape}")
     out = []
     for arr, what in ((est, "estimate"), (tgt, "target")):
         if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
@@ -71,8 +70,7 @@ def _ranges(target: np.ndarray, data_range: Any, name: str) -> np.ndarray:
     try:
         value = float(data_range)
     except (TypeError, ValueError):
-        raise InputError(f"{name}: data_range must be a positive number or None, "
-                         f"got {data_range!r}") from None
+        raise InputError(f"{name}: data_range must be a positive number or None, got {data_range!r}") from None
     if not np.isfinite(value) or value <= 0:
         raise InputError(f"{name}: data_range must be a positive finite number, got {data_range!r}")
     return np.full(target.shape[0], value)
@@ -125,8 +123,7 @@ def ssim(estimate: Any, target: Any, data_range: float | None = None):
     _, channels, height, width = est.shape
     win = _win_size(height, width)
     if win < 3:
-        raise InputError(f"ssim: images of {height}x{width} pixels are too small; SSIM needs "
-                         "at least 3x3 pixels")
+        raise InputError(f"ssim: images of {height}x{width} pixels are too small; SSIM needs at least 3x3 pixels")
     values = []
     for e, t, r in zip(est, tgt, ranges):
         if channels == 1:

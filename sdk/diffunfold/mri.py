@@ -18,8 +18,16 @@ from typing import Any
 
 from . import cli_values as V
 from .batch import Unit, check_outputs, finish, refuse_if_nothing_done, run_units
-from .command_common import (add_runtime_arguments, fmt, load_solver, progress_bar, report_runtime, skipped_note,
-                             sum_timing, write_report)
+from .command_common import (
+    add_runtime_arguments,
+    fmt,
+    load_solver,
+    progress_bar,
+    report_runtime,
+    skipped_note,
+    sum_timing,
+    write_report,
+)
 from .errors import InputError
 from .physics.mri import MASK_KINDS
 
@@ -73,38 +81,62 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = MRI_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("package", help="an MRI model package folder (written by `diffunfold export`)")
-    parser.add_argument("file", type=Path, metavar="FILE.h5",
-                        help="a fastMRI multi-coil file with fully sampled k-space")
-    parser.add_argument("--slices", type=V.slice_ranges, metavar="LIST",
-                        help="e.g. 0,3-5 or all (default: the middle slice)")
-    parser.add_argument("--mask", choices=MASK_KINDS, default="gaussian1d",
-                        help="the k-space sampling pattern (default: gaussian1d)")
+    parser.add_argument(
+        "file", type=Path, metavar="FILE.h5", help="a fastMRI multi-coil file with fully sampled k-space"
+    )
+    parser.add_argument(
+        "--slices", type=V.slice_ranges, metavar="LIST", help="e.g. 0,3-5 or all (default: the middle slice)"
+    )
+    parser.add_argument(
+        "--mask", choices=MASK_KINDS, default="gaussian1d", help="the k-space sampling pattern (default: gaussian1d)"
+    )
     parser.add_argument("--acceleration", type=V.ACCELERATION, default=4.0, help="undersampling factor (default: 4)")
-    parser.add_argument("--center-fraction", type=V.CENTER_FRACTION, metavar="F",
-                        help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)")
-    parser.add_argument("--coil-maps", choices=["estimate", "simulate", "espirit"], default=None,
-                        help="espirit (default): the file's own coil k-space, undersampled, reconstructed "
-                             "as a scan: ESPIRiT maps from the calibration region and the noise level from "
-                             "the data. fastMRI files also: estimate (maps from the fully sampled k-space, "
-                             "the image simulated through them: a lab set-up) or simulate (birdcage coils "
-                             "around the file's reconstruction_rss, the paper's set-up); MRD raw files: "
-                             "estimate is the low-resolution ratio maps")
-    parser.add_argument("--coils", type=V.COILS, default=15, metavar="N",
-                        help="simulated coils for --coil-maps simulate (default: 15)")
-    parser.add_argument("--noise-rel", type=V.KSPACE_NOISE, default=0.0, metavar="F",
-                        help="extra complex Gaussian k-space noise, its std a fraction F of max|k| of the slice "
-                             "(as training's data.mri_noise; default: 0, the file's own noise)")
+    parser.add_argument(
+        "--center-fraction",
+        type=V.CENTER_FRACTION,
+        metavar="F",
+        help="fully sampled centre, a fraction of the lines (default: 0.32 / acceleration)",
+    )
+    parser.add_argument(
+        "--coil-maps",
+        choices=["estimate", "simulate", "espirit"],
+        default=None,
+        help="espirit (default): the file's own coil k-space, undersampled, reconstructed "
+        "as a scan: ESPIRiT maps from the calibration region and the noise level from "
+        "the data. fastMRI files also: estimate (maps from the fully sampled k-space, "
+        "the image simulated through them: a lab set-up) or simulate (birdcage coils "
+        "around the file's reconstruction_rss, the paper's set-up); MRD raw files: "
+        "estimate is the low-resolution ratio maps",
+    )
+    parser.add_argument(
+        "--coils", type=V.COILS, default=15, metavar="N", help="simulated coils for --coil-maps simulate (default: 15)"
+    )
+    parser.add_argument(
+        "--noise-rel",
+        type=V.KSPACE_NOISE,
+        default=0.0,
+        metavar="F",
+        help="extra complex Gaussian k-space noise, its std a fraction F of max|k| of the slice "
+        "(as training's data.mri_noise; default: 0, the file's own noise)",
+    )
     # before --noise-rel, mri's --noise was this fraction; elsewhere --noise is a std in the data's units
-    parser.add_argument("--noise", action=V.Renamed, now="--noise-rel F (the k-space noise std as a fraction "
-                                                         "of max|k|)")
-    parser.add_argument("--size", type=V.image_side(8), metavar="N",
-                        help="centre-crop the slices to NxN (default: the recon matrix, e.g. 320x320)")
-    parser.add_argument("--out", type=Path, default=Path("recon"),
-                        help="output folder (default: recon/; never the input file's folder)")
+    parser.add_argument(
+        "--noise", action=V.Renamed, now="--noise-rel F (the k-space noise std as a fraction of max|k|)"
+    )
+    parser.add_argument(
+        "--size",
+        type=V.image_side(8),
+        metavar="N",
+        help="centre-crop the slices to NxN (default: the recon matrix, e.g. 320x320)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("recon"), help="output folder (default: recon/; never the input file's folder)"
+    )
     add_runtime_arguments(parser)
 
 
 # -- fastMRI files ---------------------------------------------------------------------------
+
 
 def _magnitude_png(path: Path, image, scale: float) -> None:
     import numpy as np
@@ -118,6 +150,7 @@ def _magnitude_png(path: Path, image, scale: float) -> None:
 @dataclass
 class _MRIJob:
     """What every slice of one mri run shares; the mask is made at the first slice's size."""
+
     args: Any
     path: Path
     ds: Any
@@ -141,8 +174,15 @@ def _solve_options(job: _MRIJob, name: str) -> dict:
     from .progress import step_bar
 
     args = job.args
-    return {"steps": args.steps, "sampler": args.sampler, "samples": args.samples, "tile": args.tile,
-            "churn": args.churn_setting, "ensemble": args.ensemble, "progress": step_bar(name, args.quiet)}
+    return {
+        "steps": args.steps,
+        "sampler": args.sampler,
+        "samples": args.samples,
+        "tile": args.tile,
+        "churn": args.churn_setting,
+        "ensemble": args.ensemble,
+        "progress": step_bar(name, args.quiet),
+    }
 
 
 def _simulated(job: _MRIJob, item: dict, seed: int, name: str):
@@ -168,11 +208,17 @@ def _measured(job: _MRIJob, item: dict, s: int, seed: int, name: str):
 
     crop = (job.args.size, job.args.size) if job.args.size else None
     k = coil_kspace(job.path, s, float(item["scale"]), crop)
-    res, zero_filled, noise_std = reconstruct_measured(job.solver, k, _mri_mask(job, tuple(k.shape[-2:])),
-                                                       job.args.noise_rel, seed, **_solve_options(job, name))
+    res, zero_filled, noise_std = reconstruct_measured(
+        job.solver, k, _mri_mask(job, tuple(k.shape[-2:])), job.args.noise_rel, seed, **_solve_options(job, name)
+    )
     sol = res.solution
-    extra = {"ncoils": int(k.shape[0]), "noise_estimated": res.noise_std, "noise": res.info.get("noise"),
-             "start": res.info.get("start"), "prepare_s": res.seconds["prepare"]}
+    extra = {
+        "ncoils": int(k.shape[0]),
+        "noise_estimated": res.noise_std,
+        "noise": res.info.get("noise"),
+        "start": res.info.get("start"),
+        "prepare_s": res.seconds["prepare"],
+    }
     return res.image[None, None], zero_filled[None, None], noise_std, sol, extra
 
 
@@ -197,14 +243,24 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
     _magnitude_png(out["recon"], recon[0, 0], ref_max)
     _magnitude_png(out["zero_filled"], zero_filled[0, 0], ref_max)
     _magnitude_png(out["reference"], x[0, 0], ref_max)
-    row: dict[str, Any] = {"name": unit.name, "file": str(job.path), "slice": s, "size": list(x.shape[-2:]),
-                           "seed": seed, "scale": float(item["scale"]), "noise_std": noise_std, "nfe": sol.nfe,
-                           **extra,
-                           # fastMRI's convention: magnitudes, data range = max of the reference
-                           "psnr": psnr(recon[0], x[0]), "ssim": ssim(recon[0], x[0]),
-                           "psnr_zero_filled": psnr(zero_filled[0], x[0]),
-                           "ssim_zero_filled": ssim(zero_filled[0], x[0]),
-                           "seconds": sol.timing.total, "timing": sol.timing.as_dict()}
+    row: dict[str, Any] = {
+        "name": unit.name,
+        "file": str(job.path),
+        "slice": s,
+        "size": list(x.shape[-2:]),
+        "seed": seed,
+        "scale": float(item["scale"]),
+        "noise_std": noise_std,
+        "nfe": sol.nfe,
+        **extra,
+        # fastMRI's convention: magnitudes, data range = max of the reference
+        "psnr": psnr(recon[0], x[0]),
+        "ssim": ssim(recon[0], x[0]),
+        "psnr_zero_filled": psnr(zero_filled[0], x[0]),
+        "ssim_zero_filled": ssim(zero_filled[0], x[0]),
+        "seconds": sol.timing.total,
+        "timing": sol.timing.as_dict(),
+    }
     if sol.std is not None:
         std = np.asarray(sol.std)[0, 0]
         row["std_max"] = float(std.max())
@@ -220,13 +276,19 @@ def _mri_table(rows: list[dict]) -> list[str]:
 
     lines = ["| slice | PSNR | SSIM | zero-filled PSNR | zero-filled SSIM | s |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['slice']} | {fmt(r['psnr'])} | {r['ssim']:.4f} | {fmt(r['psnr_zero_filled'])} | "
-                     f"{r['ssim_zero_filled']:.4f} | {r['seconds']:.2f} |")
+        lines.append(
+            f"| {r['slice']} | {fmt(r['psnr'])} | {r['ssim']:.4f} | {fmt(r['psnr_zero_filled'])} | "
+            f"{r['ssim_zero_filled']:.4f} | {r['seconds']:.2f} |"
+        )
     if len(rows) > 1:
-        m = {k: float(np.mean([r[k] for r in rows]))
-             for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "seconds")}
-        lines.append(f"| mean | {fmt(m['psnr'])} | {m['ssim']:.4f} | {fmt(m['psnr_zero_filled'])} | "
-                     f"{m['ssim_zero_filled']:.4f} | {m['seconds']:.2f} |")
+        m = {
+            k: float(np.mean([r[k] for r in rows]))
+            for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "seconds")
+        }
+        lines.append(
+            f"| mean | {fmt(m['psnr'])} | {m['ssim']:.4f} | {fmt(m['psnr_zero_filled'])} | "
+            f"{m['ssim_zero_filled']:.4f} | {m['seconds']:.2f} |"
+        )
     return lines
 
 
@@ -235,9 +297,12 @@ def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: 
     pattern = f"{args.mask} {args.acceleration:g}x"
     realised = job.mask.size / job.mask.sum() if job.mask is not None else None
     shape = f"{rows[-1]['size'][0]}x{rows[-1]['size'][1]}, {rows[-1]['ncoils']} coils" if rows else "-"
-    print(f"{pkg.summary()}\n{job.path.name}: {len(rows)} slice(s) of {count}, {shape} ({MAPS_SAID[args.coil_maps]}); "
-          f"mask {pattern}" + (f" (realised {realised:.2f}x)" if realised else "") +
-          f", noise {args.noise_rel:g} x max|k| -> {out_dir}/")
+    print(
+        f"{pkg.summary()}\n{job.path.name}: {len(rows)} slice(s) of {count}, {shape} ({MAPS_SAID[args.coil_maps]}); "
+        f"mask {pattern}"
+        + (f" (realised {realised:.2f}x)" if realised else "")
+        + f", noise {args.noise_rel:g} x max|k| -> {out_dir}/"
+    )
     if rows:
         print("\n".join(_mri_table(rows)))
     for n in skipped_note(batch, "slice", out_dir):
@@ -245,17 +310,36 @@ def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: 
     print("\n".join(report_runtime(job.solver, rows, "slice", wall, args.samples)))
     if args.json:
         timing = sum_timing(rows)
-        write_report(args.json, {
-            "command": "mri", "package": str(pkg.path), "file": str(job.path), "mask": args.mask,
-            "acceleration": args.acceleration, "realised_acceleration": realised,
-            "center_fraction": args.center_fraction, "coil_maps": args.coil_maps, "noise": args.noise_rel,
-            "size": args.size, "steps": args.steps or pkg.schedule["steps"],
-            "sampler": args.sampler or pkg.schedule["sampler"],
-            "churn": (args.churn_setting or pkg.churn).as_dict(),
-            "ensemble": args.ensemble or pkg.ensemble, "samples": args.samples, "seed": args.seed,
-            "nfe": rows[-1]["nfe"] if rows else None, "backend": job.solver.backend_name,
-            "backend_reason": job.solver.backend_reason, "timing": timing.as_dict(),
-            "seconds_per_slice": timing.total / max(len(rows), 1), "wall_s": wall, "notes": notes}, batch, "name")
+        write_report(
+            args.json,
+            {
+                "command": "mri",
+                "package": str(pkg.path),
+                "file": str(job.path),
+                "mask": args.mask,
+                "acceleration": args.acceleration,
+                "realised_acceleration": realised,
+                "center_fraction": args.center_fraction,
+                "coil_maps": args.coil_maps,
+                "noise": args.noise_rel,
+                "size": args.size,
+                "steps": args.steps or pkg.schedule["steps"],
+                "sampler": args.sampler or pkg.schedule["sampler"],
+                "churn": (args.churn_setting or pkg.churn).as_dict(),
+                "ensemble": args.ensemble or pkg.ensemble,
+                "samples": args.samples,
+                "seed": args.seed,
+                "nfe": rows[-1]["nfe"] if rows else None,
+                "backend": job.solver.backend_name,
+                "backend_reason": job.solver.backend_reason,
+                "timing": timing.as_dict(),
+                "seconds_per_slice": timing.total / max(len(rows), 1),
+                "wall_s": wall,
+                "notes": notes,
+            },
+            batch,
+            "name",
+        )
 
 
 def _untrained_pattern_note(pkg, args) -> list[str]:
@@ -263,8 +347,10 @@ def _untrained_pattern_note(pkg, args) -> list[str]:
     trained = pkg.manifest.get("mri_patterns") or []
     names = [f"{k} {float(a):g}x" for k, a in trained if isinstance(k, str)] if trained else []
     if names and pattern not in names:
-        return [f"note: the package was not trained on {pattern} (trained: {', '.join(names)}); "
-                "the physics is outside the network, so it usually works"]
+        return [
+            f"note: the package was not trained on {pattern} (trained: {', '.join(names)}); "
+            "the physics is outside the network, so it usually works"
+        ]
     return []
 
 
@@ -277,13 +363,16 @@ def run_mri(args) -> int:
     args.churn_setting = V.churn_setting(args.churn, args.churn_range)  # None: the package's
     pkg = ModelPackage.open(args.package)
     if pkg.space.kind != "mri":
-        raise InputError(f"{pkg.path} is an image model package ({pkg.space.kind} data, {pkg.space.channels} "
-                         "channel(s)); `diffunfold mri` needs a package exported from an MRI run (data "
-                         "fastmri or phantom). Restore image files with `diffunfold restore`")
+        raise InputError(
+            f"{pkg.path} is an image model package ({pkg.space.kind} data, {pkg.space.channels} "
+            "channel(s)); `diffunfold mri` needs a package exported from an MRI run (data "
+            "fastmri or phantom). Restore image files with `diffunfold restore`"
+        )
     path = Path(args.file)
     if path.is_dir():
         raise InputError(f"{path} is a folder; give one fastMRI .h5 file")
     from .mrd.rawfile import is_mrd_file  # raw MRD (ISMRMRD) data: reconstructed as acquired
+
     if is_mrd_file(path):
         return run_mri_raw(args)
     args.coil_maps = args.coil_maps or "espirit"  # as a scanner delivers it: maps from the calibration region
@@ -292,28 +381,47 @@ def run_mri(args) -> int:
     slices = V.parse_slices(args.slices, count)
     # the reference: the fully sampled SENSE image (its maps from all of k-space) unless simulated
     reference = "simulate" if args.coil_maps == "simulate" else "estimate"
-    ds = FastMRISlices(path, ncoils=args.coils, coil_maps=reference,
-                       crop=(args.size, args.size) if args.size else None)
+    ds = FastMRISlices(path, ncoils=args.coils, coil_maps=reference, crop=(args.size, args.size) if args.size else None)
     out_dir, stem = Path(args.out), path.stem
     kinds = ["recon", "zero_filled", "reference"] + (["std"] if args.samples > 1 else [])
-    units = [Unit(f"{path.name} slice {s}", {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds},
-                                            "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"}, s) for s in slices]
+    units = [
+        Unit(
+            f"{path.name} slice {s}",
+            {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds}, "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"},
+            s,
+        )
+        for s in slices
+    ]
     job = _MRIJob(args, path, ds, out_dir / f"{stem}_mask.png")
-    check_outputs(out_dir, units, [path], {path.resolve().parent},
-                  [job.mask_png] + ([Path(args.json)] if args.json else []), args.overwrite, args.resume)
+    check_outputs(
+        out_dir,
+        units,
+        [path],
+        {path.resolve().parent},
+        [job.mask_png] + ([Path(args.json)] if args.json else []),
+        args.overwrite,
+        args.resume,
+    )
     notes = _untrained_pattern_note(pkg, args)
     for n in notes:
         print(n)
     job.solver = load_solver(pkg, args)
     t0 = time.perf_counter()
-    batch = run_units(units, lambda u: _mri_slice(u, job), args.resume,
-                      progress_bar("reconstructing", "slice", args.quiet), "slice", out_dir)
+    batch = run_units(
+        units,
+        lambda u: _mri_slice(u, job),
+        args.resume,
+        progress_bar("reconstructing", "slice", args.quiet),
+        "slice",
+        out_dir,
+    )
     refuse_if_nothing_done(batch, "slice")
     _mri_report(args, pkg, job, count, batch, time.perf_counter() - t0, notes)
     return finish(batch, "slice")
 
 
 # -- raw MRD files ---------------------------------------------------------------------------
+
 
 def _raw_solver(args):
     """The solver for a raw MRD file, loaded as the MRD server loads it."""
@@ -332,13 +440,16 @@ def _raw_settings(args):
     from .mrd.recon import ReconSettings
 
     if args.coil_maps == "simulate":
-        raise InputError("--coil-maps simulate needs the fastMRI reconstruction_rss; an MRD raw file uses "
-                         "--coil-maps estimate (its calibration region) or espirit")
+        raise InputError(
+            "--coil-maps simulate needs the fastMRI reconstruction_rss; an MRD raw file uses "
+            "--coil-maps estimate (its calibration region) or espirit"
+        )
     if args.size is not None:
         raise InputError("--size crops fastMRI slices; an MRD raw file is reconstructed on its recon matrix")
     maps = "calibration" if args.coil_maps == "estimate" else "espirit"  # None: the default, ESPIRiT
-    return ReconSettings(steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed,
-                         coil_maps=maps).checked()
+    return ReconSettings(
+        steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed, coil_maps=maps
+    ).checked()
 
 
 def run_mri_raw(args) -> int:
@@ -354,27 +465,41 @@ def run_mri_raw(args) -> int:
     solver = _raw_solver(args)
     scan = read_raw(args.file)
     chosen = V.parse_slices(args.slices or "all", len(scan.slices))
-    print(f"{Path(args.file).name}: MRD raw data, {len(scan.slices)} slice(s), grid {scan.encoding.grid}, "
-          f"{scan.slices[0].kspace.shape[0]} coils; skipped {scan.skipped or 'nothing'}; the acquired lines are "
-          "the mask (--mask/--acceleration apply to fastMRI files)")
+    print(
+        f"{Path(args.file).name}: MRD raw data, {len(scan.slices)} slice(s), grid {scan.encoding.grid}, "
+        f"{scan.slices[0].kspace.shape[0]} coils; skipped {scan.skipped or 'nothing'}; the acquired lines are "
+        "the mask (--mask/--acceleration apply to fastMRI files)"
+    )
     images, rows = [], []
     for i in chosen:
         data = scan.slices[i]
         rec = reconstruct_slice(solver, data, scan.encoding, settings)
         images += to_images(rec, data, scan.encoding, settings, Path(args.package).name)
         noise = (rec.info or {}).get("noise", "")
-        rows.append({"slice": data.slice, "acceleration": data.acceleration, "noise_std": rec.noise_std * rec.scale,
-                     "noise": noise, "map_std": rec.map_std * rec.scale, "seconds": rec.seconds})
-        print(f"| slice {data.slice} | {data.acceleration:.2f}x | noise {rec.noise_std * rec.scale:.3g} ({noise}) | "
-              f"{rec.seconds:.2f} s |")
+        rows.append(
+            {
+                "slice": data.slice,
+                "acceleration": data.acceleration,
+                "noise_std": rec.noise_std * rec.scale,
+                "noise": noise,
+                "map_std": rec.map_std * rec.scale,
+                "seconds": rec.seconds,
+            }
+        )
+        print(
+            f"| slice {data.slice} | {data.acceleration:.2f}x | noise {rec.noise_std * rec.scale:.3g} ({noise}) | "
+            f"{rec.seconds:.2f} s |"
+        )
     paths = write_outputs(images, scan.header_xml, args.out, Path(args.file).stem, overwrite=args.overwrite)
     for kind, path in paths.items():
         print(f"wrote {path} ({kind})")
     if args.json:
         from .safe_io import write_json  # whole, and never through a link at that path
 
-        write_json(args.json, {"command": "mri", "file": str(args.file), "format": "mrd",
-                               "backend": solver.backend_name, "rows": rows})
+        write_json(
+            args.json,
+            {"command": "mri", "file": str(args.file), "format": "mrd", "backend": solver.backend_name, "rows": rows},
+        )
     return 0
 
 

@@ -26,8 +26,9 @@ def coil_kspace(path, s: int, scale: float, crop: tuple[int, int] | None) -> np.
     return np.asarray(fft2c(images / scale), dtype=np.complex64)
 
 
-def reconstruct_measured(solver, kspace: np.ndarray, mask: np.ndarray, noise_rel: float, seed: int,
-                         **solve: Any) -> tuple[ScanResult, np.ndarray, float]:
+def reconstruct_measured(
+    solver, kspace: np.ndarray, mask: np.ndarray, noise_rel: float, seed: int, **solve: Any
+) -> tuple[ScanResult, np.ndarray, float]:
     """Undersample ``kspace`` (with extra complex Gaussian noise of std ``noise_rel`` max|k|,
     drawn from ``seed``) and reconstruct it. Returns the result, the zero-filled root sum of
     squares and the added noise's std."""

@@ -27,8 +27,14 @@ def _inpainting(op: Inpainting, y: np.ndarray) -> np.ndarray:
     m = np.broadcast_to(op.mask, y.shape) > 0
     out = []
     for yi, mi in zip(y, m):
-        d = [(yi[..., :, :-2] - 2 * yi[..., :, 1:-1] + yi[..., :, 2:])[mi[..., :, :-2] & mi[..., :, 1:-1] & mi[..., :, 2:]],
-             (yi[..., :-2, :] - 2 * yi[..., 1:-1, :] + yi[..., 2:, :])[mi[..., :-2, :] & mi[..., 1:-1, :] & mi[..., 2:, :]]]
+        d = [
+            (yi[..., :, :-2] - 2 * yi[..., :, 1:-1] + yi[..., :, 2:])[
+                mi[..., :, :-2] & mi[..., :, 1:-1] & mi[..., :, 2:]
+            ],
+            (yi[..., :-2, :] - 2 * yi[..., 1:-1, :] + yi[..., 2:, :])[
+                mi[..., :-2, :] & mi[..., 1:-1, :] & mi[..., 2:, :]
+            ],
+        ]
         d = np.concatenate(d)
         out.append(_MAD * np.median(np.abs(d)) / np.sqrt(6) if d.size else 0.0)
     return np.asarray(out)

@@ -61,8 +61,9 @@ def write_manifest(directory: str | Path, manifest: dict, files: list[str]) -> d
     then write ``manifest.json`` last (a package without one is an interrupted export)."""
     directory = Path(directory)
     manifest = dict(manifest, format=FORMAT)
-    manifest["files"] = {name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size}
-                         for name in files}
+    manifest["files"] = {
+        name: {"sha256": sha256_file(directory / name), "bytes": (directory / name).stat().st_size} for name in files
+    }
     manifest["manifest_sha256"] = _manifest_digest(manifest)
     write_json_atomic(directory / MANIFEST, manifest)
     return manifest
@@ -76,30 +77,37 @@ class ModelPackage:
     manifest: dict
 
     @classmethod
-    def open(cls, path: str | Path, verify: bool = True) -> "ModelPackage":
+    def open(cls, path: str | Path, verify: bool = True) -> ModelPackage:
         """Read ``manifest.json`` and (``verify``) check every file against its sha256."""
         path = Path(path)
         if path.is_file() and path.name == MANIFEST:
             path = path.parent
         if not path.is_dir():
-            raise InputError(f"model package {str(path)!r} is not a directory; give the folder "
-                             "`diffunfold export` wrote")
+            raise InputError(
+                f"model package {str(path)!r} is not a directory; give the folder `diffunfold export` wrote"
+            )
         mpath = path / MANIFEST
         if not mpath.exists():
-            raise InputError(f"{str(path)!r} has no {MANIFEST}: it is not a model package, or its export "
-                             "was interrupted; export it again with `diffunfold export CHECKPOINT --out DIR`")
+            raise InputError(
+                f"{str(path)!r} has no {MANIFEST}: it is not a model package, or its export "
+                "was interrupted; export it again with `diffunfold export CHECKPOINT --out DIR`"
+            )
         try:
             manifest = json.loads(mpath.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{mpath} is not valid JSON ({exc}); the package is damaged: export it again") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-            raise InputError(f"{mpath} has format {got!r}, expected {FORMAT!r}; export the checkpoint again "
-                             "with this version of diffunfold")
+            raise InputError(
+                f"{mpath} has format {got!r}, expected {FORMAT!r}; export the checkpoint again "
+                "with this version of diffunfold"
+            )
         problems = manifest_problems(manifest)  # before any field is used: the manifest may be hostile
         if problems:
-            raise InputError(f"{mpath} is not a valid package manifest ({len(problems)} problem(s); export the "
-                             "package again):\n" + "\n".join(problems))
+            raise InputError(
+                f"{mpath} is not a valid package manifest ({len(problems)} problem(s); export the "
+                "package again):\n" + "\n".join(problems)
+            )
         pkg = cls(path, manifest)
         if verify:
             pkg.verify()
@@ -109,21 +117,29 @@ class ModelPackage:
         """Refuse a changed manifest, a missing file or a file whose sha256 changed."""
         m = self.manifest
         if m.get("manifest_sha256") != _manifest_digest(m):
-            raise InputError(f"{self.path / MANIFEST} was edited after export (its digest does not match); "
-                             "the settings in it cannot be trusted: export the package again")
+            raise InputError(
+                f"{self.path / MANIFEST} was edited after export (its digest does not match); "
+                "the settings in it cannot be trusted: export the package again"
+            )
         for name, rec in m["files"].items():
             f = member_path(self.path, name)  # inside the package, links resolved
             if not f.is_file():
-                raise InputError(f"model package {str(self.path)!r} is missing {name}; copy the whole "
-                                 "package folder or export it again")
+                raise InputError(
+                    f"model package {str(self.path)!r} is missing {name}; copy the whole "
+                    "package folder or export it again"
+                )
             size = f.stat().st_size
             if size != rec["bytes"]:  # checked before reading it
-                raise InputError(f"{f} has {size:,} bytes, {MANIFEST} says {rec['bytes']:,}: the file was changed "
-                                 "or damaged; export it again")
+                raise InputError(
+                    f"{f} has {size:,} bytes, {MANIFEST} says {rec['bytes']:,}: the file was changed "
+                    "or damaged; export it again"
+                )
             digest = sha256_file(f)
             if digest != rec["sha256"]:
-                raise InputError(f"{f} does not match the checksum in {MANIFEST} ({digest[:12]} != "
-                                 f"{rec['sha256'][:12]}): the file was changed or damaged; export it again")
+                raise InputError(
+                    f"{f} does not match the checksum in {MANIFEST} ({digest[:12]} != "
+                    f"{rec['sha256'][:12]}): the file was changed or damaged; export it again"
+                )
         for name in self.regularizer_files + [self.weights_file]:
             if name not in m.get("files", {}):
                 raise InputError(f"{MANIFEST} lists {name} but has no checksum for it; export the package again")
@@ -184,8 +200,9 @@ class ModelPackage:
         try:
             return edm.Churn.of(self.manifest.get("schedule", {}).get("churn"))
         except InputError as e:
-            raise InputError(f"{self.path}: the manifest's schedule.churn is invalid ({e}); export the "
-                             "package again") from None
+            raise InputError(
+                f"{self.path}: the manifest's schedule.churn is invalid ({e}); export the package again"
+            ) from None
 
     @property
     def ensemble(self) -> str:
@@ -193,8 +210,9 @@ class ModelPackage:
         try:
             return check_ensemble(self.manifest.get("schedule", {}).get("ensemble", "none"))
         except InputError as e:
-            raise InputError(f"{self.path}: the manifest's schedule.ensemble is invalid ({e}); export the "
-                             "package again") from None
+            raise InputError(
+                f"{self.path}: the manifest's schedule.ensemble is invalid ({e}); export the package again"
+            ) from None
 
     @property
     def contrast(self) -> Contrast | None:
@@ -202,11 +220,14 @@ class ModelPackage:
         try:
             contrast = Contrast.of(self.manifest.get("schedule", {}).get("contrast"))
         except InputError as e:
-            raise InputError(f"{self.path}: the manifest's schedule.contrast is invalid ({e}); export the "
-                             "package again") from None
+            raise InputError(
+                f"{self.path}: the manifest's schedule.contrast is invalid ({e}); export the package again"
+            ) from None
         if contrast is not None and self.space.complex:
-            raise InputError(f"{self.path}: an MRI package cannot ask for the contrast stretch (images only); "
-                             "export the package again")
+            raise InputError(
+                f"{self.path}: an MRI package cannot ask for the contrast stretch (images only); "
+                "export the package again"
+            )
         return contrast
 
     @property
@@ -230,7 +251,9 @@ class ModelPackage:
     def summary(self) -> str:
         m = self.manifest
         src = m.get("source", {})
-        return (f"{self.path.name}: {m['data']['kind']} model, K={self.stages} "
-                f"({'shared' if self.shared else 'separate'} networks), {self.data_step} data step"
-                f"{' (noise-aware)' if self.noise_aware else ''}, trained on {', '.join(self.tasks) or '?'}"
-                f"; step {src.get('step', '?')} ({src.get('weights', '?')} weights)")
+        return (
+            f"{self.path.name}: {m['data']['kind']} model, K={self.stages} "
+            f"({'shared' if self.shared else 'separate'} networks), {self.data_step} data step"
+            f"{' (noise-aware)' if self.noise_aware else ''}, trained on {', '.join(self.tasks) or '?'}"
+            f"; step {src.get('step', '?')} ({src.get('weights', '?')} weights)"
+        )

@@ -25,8 +25,18 @@ def _is_int(v, lo: int = 0) -> bool:
 
 
 def _kind(v) -> str:
-    return "null" if v is None else {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-                                     int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+    return (
+        "null"
+        if v is None
+        else {
+            dict: "an object",
+            list: "a list",
+            str: "a string",
+            bool: "a boolean",
+            int: "a number",
+            float: "a number",
+        }.get(type(v), type(v).__name__)
+    )
 
 
 def name_problem(name) -> str | None:
@@ -68,8 +78,10 @@ def _networks_problems(networks, files, stages, shared) -> list[str]:
         out.append("networks.regularizers must be a non-empty list of file names")
         regs = []
     elif _is_int(stages, 1) and isinstance(shared, bool) and len(regs) != (1 if shared else stages):
-        out.append(f"networks.regularizers lists {len(regs)} file(s); a {'shared' if shared else 'per-stage'} "
-                   f"package of {stages} stages has {1 if shared else stages}")
+        out.append(
+            f"networks.regularizers lists {len(regs)} file(s); a {'shared' if shared else 'per-stage'} "
+            f"package of {stages} stages has {1 if shared else stages}"
+        )
     if not isinstance(networks.get("weights"), str):
         out.append("networks.weights must be a file name")
     torch_weights = networks.get("torch_weights")
@@ -123,6 +135,8 @@ def member_path(folder: Path, name: str) -> Path:
     path = folder / name
     root = os.path.realpath(folder)
     if os.path.commonpath([root, os.path.realpath(path)]) != root:
-        raise InputError(f"model package {str(folder)!r}: {name} is a link that leads outside the package "
-                         "folder; copy the real file into the package (or export it again)")
+        raise InputError(
+            f"model package {str(folder)!r}: {name} is a link that leads outside the package "
+            "folder; copy the real file into the package (or export it again)"
+        )
     return path

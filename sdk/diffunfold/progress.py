@@ -4,7 +4,7 @@ solver's ``progress(done, total)`` callback."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 STEP_BAR_DELAY_S = 3.0
 

@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -67,7 +67,7 @@ __all__ = [
 class OracleResult:
     """Per image: the estimate at the best grid value, that value and its PSNR."""
 
-    images: np.ndarray          # (B, C, H, W)
+    images: np.ndarray  # (B, C, H, W)
     lam: list[float]
     psnr: list[float]
 
@@ -110,8 +110,9 @@ def _dtd(v: np.ndarray) -> np.ndarray:
     return out
 
 
-def tikhonov_cg(op, y, lam: float, x0: np.ndarray | None = None, rtol: float = 1e-10,
-                maxiter: int = 2000) -> np.ndarray:
+def tikhonov_cg(
+    op, y, lam: float, x0: np.ndarray | None = None, rtol: float = 1e-10, maxiter: int = 2000
+) -> np.ndarray:
     """``argmin ||A x - y||^2 + lam ||D x||^2`` for one image: ``(A^T A + lam D^T D) x = A^T y``
     by ``scipy.sparse.linalg.cg`` on a ``LinearOperator`` around ``op.A``/``op.AT`` in float64.
 
@@ -143,9 +144,12 @@ def tikhonov_cg(op, y, lam: float, x0: np.ndarray | None = None, rtol: float = 1
     return x.reshape(shape)
 
 
-def oracle_search(solve: Callable[[int, float, np.ndarray | None], np.ndarray], truth: np.ndarray,
-                  grid: Sequence[float], score: Callable[[np.ndarray, np.ndarray], float],
-                  ) -> OracleResult:
+def oracle_search(
+    solve: Callable[[int, float, np.ndarray | None], np.ndarray],
+    truth: np.ndarray,
+    grid: Sequence[float],
+    score: Callable[[np.ndarray, np.ndarray], float],
+) -> OracleResult:
     """Per image ``i``, ``solve(i, lam, previous)`` for every ``lam`` of ``grid`` (in the order
     given; ``previous`` is the last estimate, for warm starts) and keep the one whose
     ``score(estimate, truth[i])`` is highest. Estimates are ``(1, C, H, W)``."""
@@ -155,7 +159,7 @@ def oracle_search(solve: Callable[[int, float, np.ndarray | None], np.ndarray], 
         for lam in grid:
             est = solve(i, float(lam), prev)
             prev = est
-            s = score(est, truth[i:i + 1])
+            s = score(est, truth[i : i + 1])
             if s > best_score or best is None:
                 best, best_lam, best_score = est, float(lam), s
         images.append(best)
@@ -168,22 +172,23 @@ def _image_score(est, truth) -> float:
     return float(psnr(np.clip(est, 0.0, 1.0), truth, 1.0)[0])
 
 
-def oracle_tikhonov(op, y, truth, grid: Sequence[float], rtol: float = 1e-10,
-                    maxiter: int = 2000) -> OracleResult:
+def oracle_tikhonov(op, y, truth, grid: Sequence[float], rtol: float = 1e-10, maxiter: int = 2000) -> OracleResult:
     """Tikhonov with the gradient regulariser, ``lam`` chosen per image from ``grid`` by PSNR
     against ``truth`` (an ORACLE), by FFT for a blur and by CG otherwise. Estimates are
     clipped to [0, 1], as returned to a user."""
     y = np.asarray(y)
     truth = np.asarray(truth, dtype=np.float64)
     if isinstance(op, Convolution):
+
         def solve(i, lam, prev):
-            return tikhonov_fft(op, y[i:i + 1], lam)
+            return tikhonov_fft(op, y[i : i + 1], lam)
     else:
         # Large to small lam: each solve warm-starts from the smoother previous one.
         grid = sorted(grid, reverse=True)
 
         def solve(i, lam, prev):
-            return tikhonov_cg(op, y[i:i + 1], lam, prev, rtol, maxiter)
+            return tikhonov_cg(op, y[i : i + 1], lam, prev, rtol, maxiter)
+
     res = oracle_search(solve, truth, grid, _image_score)
     res.images = np.clip(res.images, 0.0, 1.0)
     return res
@@ -198,8 +203,7 @@ def bicubic_upsampling(op: SuperResolution, y) -> np.ndarray:
         raise InputError(f"bicubic_upsampling needs a SuperResolution operator, got {type(op).__name__}")
     y = np.asarray(y, dtype=np.float64)
     h, w = op.image_shape
-    out = np.stack([resize(img, (img.shape[0], h, w), order=3, mode="reflect", anti_aliasing=False)
-                    for img in y])
+    out = np.stack([resize(img, (img.shape[0], h, w), order=3, mode="reflect", anti_aliasing=False) for img in y])
     return np.clip(out, 0.0, 1.0)
 
 
@@ -264,8 +268,10 @@ def check_sigpy_forward(op: MultiCoilMRI, seed: int = 0) -> float:
     adjoint = float(np.linalg.norm(sense.H(ours) - adjoint_ours) / np.linalg.norm(adjoint_ours))
     err = max(forward, adjoint)
     if not err < 1e-6:
-        raise InputError(f"sigpy's SENSE operator differs from diffunfold's MultiCoilMRI by {err:.2e} "
-                         "(the FFT centring or normalisation convention changed); its baselines would be wrong")
+        raise InputError(
+            f"sigpy's SENSE operator differs from diffunfold's MultiCoilMRI by {err:.2e} "
+            "(the FFT centring or normalisation convention changed); its baselines would be wrong"
+        )
     return err
 
 
@@ -284,8 +290,9 @@ def cg_sense(op: MultiCoilMRI, y, lam: float, max_iter: int | Sequence[int] = 30
     y = np.asarray(y, dtype=np.complex128)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        recon = app.SenseRecon(y[i], _one_maps(op, i), lamda=float(lam), weights=_one_mask(op, i),
-                               max_iter=stops[-1], show_pbar=False)
+        recon = app.SenseRecon(
+            y[i], _one_maps(op, i), lamda=float(lam), weights=_one_mask(op, i), max_iter=stops[-1], show_pbar=False
+        )
         path: dict[int, np.ndarray] = {}
         done = 0
         while not recon.alg.done():
@@ -306,7 +313,7 @@ def fully_sampled_centre(mask: np.ndarray) -> int:
     side = 0
     for c in range(1, min(h, w) + 1):
         top, left = h // 2 - c // 2, w // 2 - c // 2
-        if not np.all(mask[top:top + c, left:left + c] > 0.5):
+        if not np.all(mask[top : top + c, left : left + c] > 0.5):
             break
         side = c
     return side
@@ -338,8 +345,14 @@ def espirit_maps(op: MultiCoilMRI, y, i: int = 0) -> tuple[np.ndarray, dict]:
     return maps, {"calib_width": width, "kernel_width": kernel}
 
 
-def l1_wavelet(y_coils: np.ndarray, maps: np.ndarray, mask: np.ndarray, lam: float,
-               max_iter: int = 100, x0: np.ndarray | None = None) -> np.ndarray:
+def l1_wavelet(
+    y_coils: np.ndarray,
+    maps: np.ndarray,
+    mask: np.ndarray,
+    lam: float,
+    max_iter: int = 100,
+    x0: np.ndarray | None = None,
+) -> np.ndarray:
     """SigPy's ``L1WaveletRecon`` of one k-space ``(Ncoil, H, W)`` with ``maps`` and the mask as
     weights: ``(1, 1, H, W)`` complex. FISTA with the step ``alpha = 1``: maps with
     ``sum_c |S_c|^2 <= 1`` (ours and ESPIRiT's) and a binary mask give ``||A|| <= 1``, so
@@ -349,7 +362,14 @@ def l1_wavelet(y_coils: np.ndarray, maps: np.ndarray, mask: np.ndarray, lam: flo
     start = None if x0 is None else np.asarray(x0, dtype=np.complex128).reshape(maps.shape[1:]).copy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        x = app.L1WaveletRecon(np.asarray(y_coils, dtype=np.complex128), maps, lamda=float(lam),
-                               weights=mask, max_iter=int(max_iter), alpha=1.0, x=start,
-                               show_pbar=False).run()
+        x = app.L1WaveletRecon(
+            np.asarray(y_coils, dtype=np.complex128),
+            maps,
+            lamda=float(lam),
+            weights=mask,
+            max_iter=int(max_iter),
+            alpha=1.0,
+            x=start,
+            show_pbar=False,
+        ).run()
     return np.asarray(x)[None, None]

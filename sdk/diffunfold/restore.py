@@ -17,8 +17,16 @@ from typing import Any
 
 from . import cli_values as V
 from .batch import Unit, check_outputs, finish, refuse_if_nothing_done, run_units
-from .command_common import (add_runtime_arguments, fmt, load_solver, progress_bar, report_runtime, skipped_note,
-                             sum_timing, write_report)
+from .command_common import (
+    add_runtime_arguments,
+    fmt,
+    load_solver,
+    progress_bar,
+    report_runtime,
+    skipped_note,
+    sum_timing,
+    write_report,
+)
 from .errors import InputError
 
 # load_image reads whatever Pillow reads; these are the suffixes a folder is scanned for.
@@ -80,30 +88,61 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = RESTORE_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("package", help="a model package folder (written by `diffunfold export`)")
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="image files, or folders of images (png, jpg, tif, ...; not searched recursively)")
-    parser.add_argument("--task", action=V.TaskAction, nargs="+", required=True, metavar="WORD",
-                        help="the task and its parameters, e.g. --task gaussian_blur sigma=2 or --task sr factor=4")
-    parser.add_argument("--mode", choices=["simulate", "measured"], default="simulate",
-                        help="simulate: INPUT is clean, measure it and score the restoration (default); "
-                             "measured: INPUT is the degraded measurement, no scores")
-    parser.add_argument("--noise", type=V.NOISE, default=None, metavar="STD",
-                        help="simulate: std of the Gaussian noise added to the measurement (images in [0, 1]; "
-                             "default 0.05); measured: the noise std in INPUT, which a noise-aware model and "
-                             "the Wiener baseline weigh the data by (default: estimated from INPUT, and said so)")
-    parser.add_argument("--size", type=V.image_side(8), metavar="N",
-                        help="simulate mode: centre-crop each image to a square and resize it to NxN first "
-                             "(default: native size; any size works, the solver pads)")
-    parser.add_argument("--out", type=Path, default=Path("restored"),
-                        help="output folder (default: restored/; never the inputs' folder)")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, or folders of images (png, jpg, tif, ...; not searched recursively)",
+    )
+    parser.add_argument(
+        "--task",
+        action=V.TaskAction,
+        nargs="+",
+        required=True,
+        metavar="WORD",
+        help="the task and its parameters, e.g. --task gaussian_blur sigma=2 or --task sr factor=4",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["simulate", "measured"],
+        default="simulate",
+        help="simulate: INPUT is clean, measure it and score the restoration (default); "
+        "measured: INPUT is the degraded measurement, no scores",
+    )
+    parser.add_argument(
+        "--noise",
+        type=V.NOISE,
+        default=None,
+        metavar="STD",
+        help="simulate: std of the Gaussian noise added to the measurement (images in [0, 1]; "
+        "default 0.05); measured: the noise std in INPUT, which a noise-aware model and "
+        "the Wiener baseline weigh the data by (default: estimated from INPUT, and said so)",
+    )
+    parser.add_argument(
+        "--size",
+        type=V.image_side(8),
+        metavar="N",
+        help="simulate mode: centre-crop each image to a square and resize it to NxN first "
+        "(default: native size; any size works, the solver pads)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("restored"),
+        help="output folder (default: restored/; never the inputs' folder)",
+    )
     add_runtime_arguments(parser)
-    V.add_contrast_argument(parser, "stretch: a flat image (std below 0.09, estimated from the measurement) is "
-                                    "restored at a photo's contrast (0.15) and mapped back, exactly through the "
-                                    "physics; colour: also each colour channel's level moved to mid-grey and back "
-                                    "(removes a colour cast); none: as it is (default: the package's)")
+    V.add_contrast_argument(
+        parser,
+        "stretch: a flat image (std below 0.09, estimated from the measurement) is "
+        "restored at a photo's contrast (0.15) and mapped back, exactly through the "
+        "physics; colour: also each colour channel's level moved to mid-grey and back "
+        "(removes a colour cast); none: as it is (default: the package's)",
+    )
 
 
 # -- task words -----------------------------------------------------------------------------
+
 
 def _task_default(name: str, param: str) -> Any:
     import inspect
@@ -129,11 +168,14 @@ def _trained_note(name: str, trained: list[str]) -> str | None:
             known.append(t)
     if not known or name in known:
         return None
-    return (f"note: the package was not trained on {name} (trained: {', '.join(known)}); the physics is "
-            "outside the network, so it usually works")
+    return (
+        f"note: the package was not trained on {name} (trained: {', '.join(known)}); the physics is "
+        "outside the network, so it usually works"
+    )
 
 
 # -- one image at a time --------------------------------------------------------------------
+
 
 def _collect_inputs(inputs: list[str]) -> tuple[list[Path], set[Path]]:
     """Image files from files and folders (sorted, hidden files skipped), and the folders they
@@ -144,11 +186,15 @@ def _collect_inputs(inputs: list[str]) -> tuple[list[Path], set[Path]]:
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith(".")
-                           and f.suffix.lower() in _FOLDER_SUFFIXES)
+            found = sorted(
+                f
+                for f in p.iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in _FOLDER_SUFFIXES
+            )
             if not found:
-                raise InputError(f"folder {raw!r} holds no images ({', '.join(_FOLDER_SUFFIXES)}; subfolders "
-                                 "are not searched)")
+                raise InputError(
+                    f"folder {raw!r} holds no images ({', '.join(_FOLDER_SUFFIXES)}; subfolders are not searched)"
+                )
             dirs.add(p.resolve())
         elif p.exists():
             found = [p]
@@ -203,15 +249,17 @@ def _load_mask(value: Any):
 
 def _check_mask_shape(mask, shape: tuple[int, int], path: Path, after: str = "") -> None:
     if mask is not None and mask.shape != tuple(shape):
-        raise InputError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but {path} is {shape[0]}x{shape[1]}{after}; "
-                         "they must match pixel for pixel")
+        raise InputError(
+            f"the mask is {mask.shape[0]}x{mask.shape[1]} but {path} is {shape[0]}x{shape[1]}{after}; "
+            "they must match pixel for pixel"
+        )
 
 
 def _centre_crop_multiple(x, m: int):
     h, w = x.shape[-2:]
     nh, nw = h - h % m, w - w % m
     top, left = (h - nh) // 2, (w - nw) // 2
-    return x[..., top:top + nh, left:left + nw]
+    return x[..., top : top + nh, left : left + nw]
 
 
 def _restore_task(args) -> tuple[str, dict, Any, int]:
@@ -219,21 +267,29 @@ def _restore_task(args) -> tuple[str, dict, Any, int]:
     params = {k: v for k, v in args.task.items() if k != "task"}
     name = args.task["task"]
     if name == "mri":
-        raise InputError("the mri task takes multi-coil k-space, not image files: use "
-                         "`diffunfold mri PACKAGE FILE.h5` with an MRI package")
+        raise InputError(
+            "the mri task takes multi-coil k-space, not image files: use "
+            "`diffunfold mri PACKAGE FILE.h5` with an MRI package"
+        )
     measured = args.mode == "measured"
     if measured and args.size is not None:
-        raise InputError("--size resizes the clean image in simulate mode; a measurement cannot be resized "
-                         "without changing its physics (blur width, SR factor): crop it beforehand instead")
+        raise InputError(
+            "--size resizes the clean image in simulate mode; a measurement cannot be resized "
+            "without changing its physics (blur width, SR factor): crop it beforehand instead"
+        )
     if measured and name == "box_inpainting":
-        raise InputError("measured box inpainting would invent where the hole is and replace the real pixels "
-                         "there: give the mask of observed pixels with --task inpainting mask=FILE.png "
-                         "(white = observed, black = missing)")
+        raise InputError(
+            "measured box inpainting would invent where the hole is and replace the real pixels "
+            "there: give the mask of observed pixels with --task inpainting mask=FILE.png "
+            "(white = observed, black = missing)"
+        )
     mask = _load_mask(params["mask"]) if "mask" in params else None
     if measured and name == "inpainting" and mask is None:
-        raise InputError("measured inpainting needs the mask of observed pixels: add mask=FILE.png to --task "
-                         "(white = observed, black = missing); a random mask (missing=, seed=) cannot describe "
-                         "a real measurement")
+        raise InputError(
+            "measured inpainting needs the mask of observed pixels: add mask=FILE.png to --task "
+            "(white = observed, black = missing); a random mask (missing=, seed=) cannot describe "
+            "a real measurement"
+        )
     factor = int(params.get("factor", _task_default("sr", "factor"))) if name == "sr" else 1
     return name, params, mask, factor
 
@@ -252,9 +308,11 @@ def _readable_inputs(args, factor: int):
             continue
         side = args.size or min(h, w)
         if args.mode == "simulate" and factor > side:
-            raise InputError(f"the SR factor {factor} is too large for {f} ({h}x{w}"
-                             f"{f', --size {args.size}' if args.size else ''}): at most {side} here, so that "
-                             "the low-resolution image keeps at least one pixel per side")
+            raise InputError(
+                f"the SR factor {factor} is too large for {f} ({h}x{w}"
+                f"{f', --size {args.size}' if args.size else ''}): at most {side} here, so that "
+                "the low-resolution image keeps at least one pixel per side"
+            )
         readable.append((i, f))
         first_shape = first_shape or _operator_shape(args, (h, w), factor)
     if not readable:
@@ -281,6 +339,7 @@ def _operator_shape(args, hw: tuple[int, int], factor: int) -> tuple[int, int]:
 @dataclass
 class _Job:
     """What every image of one restore run shares."""
+
     args: Any
     name: str
     op_params: dict
@@ -318,8 +377,10 @@ def _measure(path: Path, job: _Job, seed: int):
         h0, w0 = x.shape[-2:]
         x = np.ascontiguousarray(_centre_crop_multiple(x, job.factor))
         src.alpha = None if src.alpha is None else _centre_crop_multiple(src.alpha, job.factor)
-        notes.append(f"{path.name}: centre-cropped {h0}x{w0} -> {x.shape[-2]}x{x.shape[-1]} "
-                     f"(a multiple of the SR factor {job.factor})")
+        notes.append(
+            f"{path.name}: centre-cropped {h0}x{w0} -> {x.shape[-2]}x{x.shape[-1]} "
+            f"(a multiple of the SR factor {job.factor})"
+        )
     x = x[None]
     _check_mask_shape(job.mask, x.shape[-2:], path, " after --size" if args.size else "")
     op = _operator(job, x.shape[-2:])
@@ -360,21 +421,42 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     noise_std = float(resolve_noise_std(args.noise, op, y, 1)[0])
     if args.noise is None:
         notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
-    sol = job.solver.solve(y, op, steps=args.steps, sampler=args.sampler, seed=seed, samples=args.samples,
-                           noise_std=noise_std, tile=args.tile, churn=args.churn_setting,
-                           ensemble=args.ensemble, contrast=args.contrast,
-                           progress=step_bar(path.name, args.quiet))
+    sol = job.solver.solve(
+        y,
+        op,
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=seed,
+        samples=args.samples,
+        noise_std=noise_std,
+        tile=args.tile,
+        churn=args.churn_setting,
+        ensemble=args.ensemble,
+        contrast=args.contrast,
+        progress=step_bar(path.name, args.quiet),
+    )
     restored = np.asarray(sol.images)
     baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
-    row: dict[str, Any] = {"input": str(path), "name": unit.name, "size": list(op.image_shape[-2:]), "seed": seed,
-                           "seconds": sol.timing.total, "timing": sol.timing.as_dict(), "nfe": sol.nfe,
-                           "baseline": baseline_name(op)}
+    row: dict[str, Any] = {
+        "input": str(path),
+        "name": unit.name,
+        "size": list(op.image_shape[-2:]),
+        "seed": seed,
+        "seconds": sol.timing.total,
+        "timing": sol.timing.as_dict(),
+        "nfe": sol.nfe,
+        "baseline": baseline_name(op),
+    }
     if "contrast_gain" in sol.extra:
         row["contrast_gain"] = sol.extra["contrast_gain"][0]
     std = None if sol.std is None else np.asarray(sol.std)[0].mean(axis=0)
     if x is not None:
-        row.update(psnr=psnr(restored[0], x[0], 1.0), ssim=ssim(restored[0], x[0], 1.0),
-                   psnr_baseline=psnr(baseline[0], x[0], 1.0), ssim_baseline=ssim(baseline[0], x[0], 1.0))
+        row.update(
+            psnr=psnr(restored[0], x[0], 1.0),
+            ssim=ssim(restored[0], x[0], 1.0),
+            psnr_baseline=psnr(baseline[0], x[0], 1.0),
+            ssim_baseline=ssim(baseline[0], x[0], 1.0),
+        )
     write_image(unit.outputs["restored"], restored[0], like=src)  # grey, depth and alpha as read
     write_image(unit.outputs["baseline"], baseline[0], like=src)
     if "measured" in unit.outputs:
@@ -394,18 +476,28 @@ def _restore_table(rows: list[dict], measured: bool, base_name: str) -> list[str
     if measured:
         return ["| image | size | restored | s |", "|---|---|---|---|"] + [
             f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | "
-            f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |" for r in rows]
-    lines = [f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
-             "|---|---|---|---|---|---|---|"]
+            f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |"
+            for r in rows
+        ]
+    lines = [
+        f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {fmt(r['psnr'])} | "
-                     f"{r['ssim']:.4f} | {fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
-                     f"{r['seconds']:.2f} |")
+        lines.append(
+            f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {fmt(r['psnr'])} | "
+            f"{r['ssim']:.4f} | {fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
+            f"{r['seconds']:.2f} |"
+        )
     if len(rows) > 1:
-        mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "psnr_baseline",
-                                                                     "ssim_baseline", "seconds")}
-        lines.append(f"| mean | | {fmt(mean['psnr'])} | {mean['ssim']:.4f} | {fmt(mean['psnr_baseline'])} | "
-                     f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |")
+        mean = {
+            k: float(np.mean([r[k] for r in rows]))
+            for k in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds")
+        }
+        lines.append(
+            f"| mean | | {fmt(mean['psnr'])} | {mean['ssim']:.4f} | {fmt(mean['psnr_baseline'])} | "
+            f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |"
+        )
     return lines
 
 
@@ -421,17 +513,35 @@ def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_
     print("\n".join(report_runtime(job.solver, rows, "image", wall, args.samples)))
     if args.json:
         timing = sum_timing(rows)
-        write_report(args.json, {
-            "command": "restore", "package": str(pkg.path), "mode": args.mode, "task": job.name, "params":
-            {k: v for k, v in args.task.items() if k != "task"}, "noise": args.noise,
-            "steps": args.steps or pkg.schedule["steps"], "sampler": args.sampler or pkg.schedule["sampler"],
-            "churn": (args.churn_setting or pkg.churn).as_dict(),
-            "ensemble": args.ensemble or pkg.ensemble,
-            "contrast": _contrast_of(args.contrast, pkg),
-            "samples": args.samples, "seed": args.seed, "size": args.size, "nfe": rows[-1]["nfe"] if rows else None,
-            "baseline": base_name, "backend": job.solver.backend_name, "backend_reason": job.solver.backend_reason,
-            "timing": timing.as_dict(), "seconds_per_image": timing.total / max(len(rows), 1),
-            "wall_s": wall, "notes": notes_first}, batch, "name")
+        write_report(
+            args.json,
+            {
+                "command": "restore",
+                "package": str(pkg.path),
+                "mode": args.mode,
+                "task": job.name,
+                "params": {k: v for k, v in args.task.items() if k != "task"},
+                "noise": args.noise,
+                "steps": args.steps or pkg.schedule["steps"],
+                "sampler": args.sampler or pkg.schedule["sampler"],
+                "churn": (args.churn_setting or pkg.churn).as_dict(),
+                "ensemble": args.ensemble or pkg.ensemble,
+                "contrast": _contrast_of(args.contrast, pkg),
+                "samples": args.samples,
+                "seed": args.seed,
+                "size": args.size,
+                "nfe": rows[-1]["nfe"] if rows else None,
+                "baseline": base_name,
+                "backend": job.solver.backend_name,
+                "backend_reason": job.solver.backend_reason,
+                "timing": timing.as_dict(),
+                "seconds_per_image": timing.total / max(len(rows), 1),
+                "wall_s": wall,
+                "notes": notes_first,
+            },
+            batch,
+            "name",
+        )
 
 
 def _contrast_of(chosen: str | None, pkg) -> dict | None:
@@ -454,26 +564,46 @@ def run_restore(args) -> int:
     readable, input_dirs, unreadable, first_shape = _readable_inputs(args, factor)
     pkg = ModelPackage.open(args.package)
     if pkg.space.kind != "image":
-        raise InputError(f"{pkg.path} is an MRI model package ({pkg.space.kind} data); `diffunfold restore` needs "
-                         "an image package. Reconstruct MRI with `diffunfold mri PACKAGE FILE.h5`")
+        raise InputError(
+            f"{pkg.path} is an MRI model package ({pkg.space.kind} data); `diffunfold restore` needs "
+            "an image package. Reconstruct MRI with `diffunfold mri PACKAGE FILE.h5`"
+        )
     out_dir = Path(args.out)
-    kinds = ["restored", "baseline"] + ([] if args.mode == "measured" else ["measured"]) + (
-        ["std"] if args.samples > 1 else [])
+    kinds = (
+        ["restored", "baseline"]
+        + ([] if args.mode == "measured" else ["measured"])
+        + (["std"] if args.samples > 1 else [])
+    )
     names = _base_names([f for _, f in readable])
-    units = [Unit(b, {k: out_dir / f"{b}_{k}{_output_suffix(f, k)}" for k in kinds}, (i, f), str(f))
-             for (i, f), b in zip(readable, names)]
-    check_outputs(out_dir, units, [f for _, f in readable], input_dirs, [Path(args.json)] if args.json else [],
-                  args.overwrite, args.resume)
+    units = [
+        Unit(b, {k: out_dir / f"{b}_{k}{_output_suffix(f, k)}" for k in kinds}, (i, f), str(f))
+        for (i, f), b in zip(readable, names)
+    ]
+    check_outputs(
+        out_dir,
+        units,
+        [f for _, f in readable],
+        input_dirs,
+        [Path(args.json)] if args.json else [],
+        args.overwrite,
+        args.resume,
+    )
     notes_first = [n for n in [_trained_note(name, pkg.tasks)] if n]
     for n in notes_first:
         print(n)
     job = _Job(args, name, {k: v for k, v in params.items() if k != "mask"}, mask, factor, pkg.space.channels)
     job.solver = load_solver(pkg, args)
     if mask is None and _fits(job, first_shape):  # parameters that depend on the image (a blur longer
-        _operator(job, first_shape)               # than it) fail here, not per image
+        _operator(job, first_shape)  # than it) fail here, not per image
     t0 = time.perf_counter()
-    batch = run_units(units, lambda u: _restore_item(u, job), args.resume,
-                      progress_bar("restoring", "image", args.quiet), "image", out_dir)
+    batch = run_units(
+        units,
+        lambda u: _restore_item(u, job),
+        args.resume,
+        progress_bar("restoring", "image", args.quiet),
+        "image",
+        out_dir,
+    )
     batch.failures[:0] = unreadable
     refuse_if_nothing_done(batch, "input")
     _restore_report(args, pkg, job, _task_label(name, params), batch, time.perf_counter() - t0, notes_first)

@@ -17,13 +17,23 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator
+from typing import IO, Any
 
 from .errors import InputError
 
-__all__ = ["atomic_write", "open_atomic", "write_bytes", "write_json", "write_text", "refuse_existing",
-           "refuse_nonempty_folder", "staged_outputs", "temporary_name"]
+__all__ = [
+    "atomic_write",
+    "open_atomic",
+    "write_bytes",
+    "write_json",
+    "write_text",
+    "refuse_existing",
+    "refuse_nonempty_folder",
+    "staged_outputs",
+    "temporary_name",
+]
 
 
 def temporary_name(path: Path) -> Path:
@@ -66,8 +76,9 @@ def _replacing(path: Path, mode: int | None = None, durable: bool = False) -> It
         _fsync_folder(path.parent)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], mode: int | None = None,
-                 durable: bool = False) -> Path:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Path], Any], mode: int | None = None, durable: bool = False
+) -> Path:
     """``write(tmp)`` writes a temporary file, which then replaces ``path`` whole (see the module
     docstring); parent folders are created. ``mode``: the final file's permissions; ``durable``:
     see ``_replacing``. Returns ``path``."""
@@ -93,8 +104,9 @@ def write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Pat
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), durable=durable)
 
 
-def write_json(path: str | os.PathLike, data: Any, indent: int = 2, default: Callable | None = None,
-               durable: bool = False) -> Path:
+def write_json(
+    path: str | os.PathLike, data: Any, indent: int = 2, default: Callable | None = None, durable: bool = False
+) -> Path:
     return write_text(path, json.dumps(data, indent=indent, default=default) + "\n", durable)
 
 
@@ -109,8 +121,7 @@ def refuse_existing(paths: Iterable[str | os.PathLike], overwrite: bool, how: st
         raise InputError(f"{existing[0]} already exists{more}; pass --overwrite to replace, or {how}")
 
 
-def refuse_nonempty_folder(folder: str | os.PathLike, overwrite: bool, option: str = "--out",
-                           how: str = "") -> None:
+def refuse_nonempty_folder(folder: str | os.PathLike, overwrite: bool, option: str = "--out", how: str = "") -> None:
     """``folder`` must be a folder (or not exist yet) and, unless ``overwrite``, be empty.
     ``how``: what to do instead, when it is more than --overwrite or another folder."""
     folder = Path(folder)

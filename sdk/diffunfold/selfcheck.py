@@ -88,11 +88,13 @@ def _psnr(estimate, target: np.ndarray) -> float:
     return float(psnr(estimate, target, data_range=None if np.iscomplexobj(target) else 1.0)[0])
 
 
-def check_operator(op: LinearOperator, backends: list[str], image: np.ndarray | None = None,
-                   noise_std: float = 0.01) -> CheckRow:
+def check_operator(
+    op: LinearOperator, backends: list[str], image: np.ndarray | None = None, noise_std: float = 0.01
+) -> CheckRow:
     spec = op.spec()
-    row = CheckRow(task=spec.get("task", op.task),
-                   params={k: v for k, v in spec.items() if k not in ("task", "image_shape")})
+    row = CheckRow(
+        task=spec.get("task", op.task), params={k: v for k, v in spec.items() if k not in ("task", "image_shape")}
+    )
     x, y = random_pair(op, seed=0)
     for b in backends:
         row.adjoint_error[b] = adjoint_error(op, _convert(x, b), _convert(y, b))
@@ -104,15 +106,22 @@ def check_operator(op: LinearOperator, backends: list[str], image: np.ndarray | 
     if image is not None:
         measured = op.measure(image, noise_std, seed=0)
         row.pinv_psnr = _psnr(op.pinv(measured), image)
-    row.ok = (max(row.adjoint_error.values()) < ADJOINT_TOL["float64"]
-              and row.adjoint_error_f32 < ADJOINT_TOL["float32"]
-              and row.norm <= 1 + 1e-6
-              and max(row.parity_error.values()) < PARITY_TOL)
+    row.ok = (
+        max(row.adjoint_error.values()) < ADJOINT_TOL["float64"]
+        and row.adjoint_error_f32 < ADJOINT_TOL["float32"]
+        and row.norm <= 1 + 1e-6
+        and max(row.parity_error.values()) < PARITY_TOL
+    )
     return row
 
 
-def run_selfcheck(size: int = 64, backends: list[str] | None = None, with_images: bool = True,
-                  cases=DEFAULT_CASES, progress: bool = True) -> list[CheckRow]:
+def run_selfcheck(
+    size: int = 64,
+    backends: list[str] | None = None,
+    with_images: bool = True,
+    cases=DEFAULT_CASES,
+    progress: bool = True,
+) -> list[CheckRow]:
     from tqdm.auto import tqdm
 
     backends = backends or available_backends()
@@ -127,16 +136,26 @@ def run_selfcheck(size: int = 64, backends: list[str] | None = None, with_images
 def format_rows(rows: list[CheckRow]) -> str:
     """A Markdown table of the results."""
     backends = list(rows[0].adjoint_error) if rows else []
-    head = (["task", "parameters"] + [f"adjoint err ({b}, f64)" for b in backends]
-            + ["adjoint err (f32)", "||A|| (power it.)", "max |numpy - other|", "pinv PSNR dB", "ok"])
+    head = (
+        ["task", "parameters"]
+        + [f"adjoint err ({b}, f64)" for b in backends]
+        + ["adjoint err (f32)", "||A|| (power it.)", "max |numpy - other|", "pinv PSNR dB", "ok"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r.params.items() if v is not None)
         others = [v for b, v in r.parity_error.items() if b != "numpy"]
-        cells = ([r.task, params] + [f"{r.adjoint_error[b]:.1e}" for b in backends]
-                 + [f"{r.adjoint_error_f32:.1e}", f"{r.norm:.4f}",
-                    f"{max(others):.1e}" if others else "-",
-                    f"{r.pinv_psnr:.2f}" if r.pinv_psnr is not None else "-", "yes" if r.ok else "NO"])
+        cells = (
+            [r.task, params]
+            + [f"{r.adjoint_error[b]:.1e}" for b in backends]
+            + [
+                f"{r.adjoint_error_f32:.1e}",
+                f"{r.norm:.4f}",
+                f"{max(others):.1e}" if others else "-",
+                f"{r.pinv_psnr:.2f}" if r.pinv_psnr is not None else "-",
+                "yes" if r.ok else "NO",
+            ]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -145,5 +164,12 @@ def rows_as_dicts(rows: list[CheckRow]) -> list[dict]:
     return [asdict(r) for r in rows]
 
 
-__all__ = ["CheckRow", "run_selfcheck", "check_operator", "format_rows", "available_backends",
-           "rows_as_dicts", "DEFAULT_CASES"]
+__all__ = [
+    "CheckRow",
+    "run_selfcheck",
+    "check_operator",
+    "format_rows",
+    "available_backends",
+    "rows_as_dicts",
+    "DEFAULT_CASES",
+]

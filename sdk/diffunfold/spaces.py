@@ -21,7 +21,7 @@ DATA_KINDS = ("image", "mri")
 @dataclass(frozen=True)
 class DataSpace:
     kind: str = "image"
-    channels: int = 3        # user-space channels (1 for MRI: one complex channel)
+    channels: int = 3  # user-space channels (1 for MRI: one complex channel)
 
     def __post_init__(self):
         if self.kind not in DATA_KINDS:

@@ -48,8 +48,20 @@ def prox_weight(gamma_k, sigma, noise_var, lipschitz: float, scale: float, noise
     return (noise_var / lipschitz + noise_floor**2) / (gamma_k * (sigma / scale) ** 2)
 
 
-def stage(x, r, y, operator, space, tau_k, gamma_k, data_step: str, sigma=None, noise_var=None,
-          noise_floor: float = NOISE_FLOOR, prox_iterations: int = PROX_ITERATIONS):
+def stage(
+    x,
+    r,
+    y,
+    operator,
+    space,
+    tau_k,
+    gamma_k,
+    data_step: str,
+    sigma=None,
+    noise_var=None,
+    noise_floor: float = NOISE_FLOOR,
+    prox_iterations: int = PROX_ITERATIONS,
+):
     """One stage in model space: ``x`` the current iterate, ``r = R_k(x; s)`` the regulariser's
     output. ``tau_k``, ``gamma_k``: floats, or per-image arrays broadcastable against ``x``
     (``tau_k``) and shaped ``(B,)`` (``gamma_k``, proximal). ``sigma`` and ``noise_var`` (the

@@ -24,9 +24,9 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -95,7 +95,7 @@ class ExportCheck:
     regularizer_rel_err: float
     weights_rel_err: float
     tolerance: float
-    max_abs_activation: float = 0.0        # the largest |value| of any float tensor in the graph
+    max_abs_activation: float = 0.0  # the largest |value| of any float tensor in the graph
     max_activation_node: str = ""
     per_file: dict[str, float] = field(default_factory=dict)
 
@@ -106,18 +106,38 @@ class ExportCheck:
     def report(self) -> str:
         lines = [f"export check (ONNX Runtime vs torch, sizes {', '.join('x'.join(map(str, s)) for s in self.sizes)}):"]
         lines += [f"  {name}: max relative error {err:.2e}" for name, err in self.per_file.items()]
-        lines.append(f"  weight generators: max relative error {self.weights_rel_err:.2e} (tolerance {self.tolerance:.0e})")
-        lines.append(f"  FP16 headroom: largest activation {self.max_abs_activation:.3g} at {self.max_activation_node} "
-                     f"(FP16 max {FP16_MAX:.0f})")
+        lines.append(
+            f"  weight generators: max relative error {self.weights_rel_err:.2e} (tolerance {self.tolerance:.0e})"
+        )
+        lines.append(
+            f"  FP16 headroom: largest activation {self.max_abs_activation:.3g} at {self.max_activation_node} "
+            f"(FP16 max {FP16_MAX:.0f})"
+        )
         return "\n".join(lines)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            axes: dict[str, dict[int, str]], opset: int) -> None:
+def _export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    axes: dict[str, dict[int, str]],
+    opset: int,
+) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer chatter
-        torch.onnx.export(module, args, str(path), dynamo=False, opset_version=opset, input_names=inputs,
-                          output_names=outputs, dynamic_axes=axes, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            do_constant_folding=True,
+        )
     onnx.checker.check_model(str(path))
 
 
@@ -131,11 +151,17 @@ def store_fp16(path: Path, min_size: int = 16) -> int:
     graph, casts, kept, count = model.graph, [], [], 0
     for init in graph.initializer:
         a = numpy_helper.to_array(init)
-        if (init.data_type == onnx.TensorProto.FLOAT and a.size >= min_size
-                and np.array_equal(a.astype(np.float16).astype(np.float32), a)):
+        if (
+            init.data_type == onnx.TensorProto.FLOAT
+            and a.size >= min_size
+            and np.array_equal(a.astype(np.float16).astype(np.float32), a)
+        ):
             kept.append(numpy_helper.from_array(a.astype(np.float16), init.name + "_fp16"))
-            casts.append(helper.make_node("Cast", [init.name + "_fp16"], [init.name], to=onnx.TensorProto.FLOAT,
-                                          name=init.name + "_cast"))
+            casts.append(
+                helper.make_node(
+                    "Cast", [init.name + "_fp16"], [init.name], to=onnx.TensorProto.FLOAT, name=init.name + "_cast"
+                )
+            )
             count += 1
         else:
             kept.append(init)
@@ -172,8 +198,15 @@ def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
 
 
-def check_package(model: DiffUnfolding, pkg_dir: Path, names: list[str], weights_name: str,
-                  sizes: Sequence[tuple[int, int, int]], tolerance: float, seed: int = 0) -> ExportCheck:
+def check_package(
+    model: DiffUnfolding,
+    pkg_dir: Path,
+    names: list[str],
+    weights_name: str,
+    sizes: Sequence[tuple[int, int, int]],
+    tolerance: float,
+    seed: int = 0,
+) -> ExportCheck:
     """Run every exported graph in ONNX Runtime and in torch on the same random inputs."""
     rng = np.random.default_rng(seed)
     c = model.space.model_channels
@@ -189,8 +222,9 @@ def check_package(model: DiffUnfolding, pkg_dir: Path, names: list[str], weights
             sigma[0] = edm.SIGMA_MAX
             if b > 1:
                 sigma[1] = edm.SIGMA_MIN
-            x = (0.5 * rng.standard_normal((b, c, h, w)) + sigma[:, None, None, None]
-                 * rng.standard_normal((b, c, h, w))).astype(np.float32)
+            x = (
+                0.5 * rng.standard_normal((b, c, h, w)) + sigma[:, None, None, None] * rng.standard_normal((b, c, h, w))
+            ).astype(np.float32)
             feeds = {"x": x, "sigma": sigma.astype(np.float32)}
             k = int(rng.integers(model.stages)) if model.settings.shared else index
             if model.settings.shared:
@@ -209,9 +243,15 @@ def check_package(model: DiffUnfolding, pkg_dir: Path, names: list[str], weights
     with torch.no_grad():
         t_want, g_want = model.weights(torch.from_numpy(sigmas))
     w_err = max(_rel_err(tau, t_want.numpy()), _rel_err(gamma, g_want.numpy()))
-    return ExportCheck(sizes=[list(s) for s in sizes], regularizer_rel_err=max(per_file.values()),
-                       weights_rel_err=w_err, tolerance=tolerance, max_abs_activation=peak,
-                       max_activation_node=peak_node, per_file=per_file)
+    return ExportCheck(
+        sizes=[list(s) for s in sizes],
+        regularizer_rel_err=max(per_file.values()),
+        weights_rel_err=w_err,
+        tolerance=tolerance,
+        max_abs_activation=peak,
+        max_activation_node=peak_node,
+        per_file=per_file,
+    )
 
 
 def default_check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
@@ -220,8 +260,15 @@ def default_check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
     return [(1, 2 * m, 2 * m), (2, 3 * m, 4 * m)]
 
 
-def _write_networks(model: DiffUnfolding, tmp: Path, opset: int, attention: str, fp16_weights: bool,
-                    torch_weights: bool, log: Callable[[str], None]) -> tuple[list[str], list[str]]:
+def _write_networks(
+    model: DiffUnfolding,
+    tmp: Path,
+    opset: int,
+    attention: str,
+    fp16_weights: bool,
+    torch_weights: bool,
+    log: Callable[[str], None],
+) -> tuple[list[str], list[str]]:
     """The regulariser graph(s), the weight generators and (optionally) the torch weights in
     ``tmp``; returns ``(regulariser file names, every file written)``."""
     c, m = model.space.model_channels, model.size_multiple
@@ -240,11 +287,19 @@ def _write_networks(model: DiffUnfolding, tmp: Path, opset: int, attention: str,
         axes = {"x": img_axes, "r": img_axes, "sigma": {0: "batch"}, "stage": {0: "batch"}}
         log(f"exporting {name} ...")
         with attention_form(model, attention):
-            _export(graph, args, tmp / name, inputs, ["r"], {n: a for n, a in axes.items() if n in inputs + ["r"]},
-                    opset)
+            _export(
+                graph, args, tmp / name, inputs, ["r"], {n: a for n, a in axes.items() if n in inputs + ["r"]}, opset
+            )
         names.append(name)
-    _export(WeightsGraph(model), (torch.tensor([1.0, 0.5]),), tmp / "weights.onnx", ["sigma"], ["tau", "gamma"],
-            {"sigma": {0: "n"}, "tau": {0: "n"}, "gamma": {0: "n"}}, opset)
+    _export(
+        WeightsGraph(model),
+        (torch.tensor([1.0, 0.5]),),
+        tmp / "weights.onnx",
+        ["sigma"],
+        ["tau", "gamma"],
+        {"sigma": {0: "n"}, "tau": {0: "n"}, "gamma": {0: "n"}},
+        opset,
+    )
     files = names + ["weights.onnx"]
     if fp16_weights:
         for name in files:
@@ -253,15 +308,30 @@ def _write_networks(model: DiffUnfolding, tmp: Path, opset: int, attention: str,
         from safetensors.torch import save_file
 
         params = {n for n, _ in model.named_parameters()}
-        save_file({n: (t.half() if fp16_weights and n in params else t).detach().contiguous()
-                   for n, t in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file(
+            {
+                n: (t.half() if fp16_weights and n in params else t).detach().contiguous()
+                for n, t in model.state_dict().items()
+            },
+            str(tmp / "model.safetensors"),
+        )
         files.append("model.safetensors")
     return names, files
 
 
-def _manifest(model: DiffUnfolding, names: list[str], tasks: Sequence[str], sampling: dict, opset: int,
-              attention: str, fp16_weights: bool, torch_weights: bool, source: dict | None, report,
-              extra: dict | None) -> dict:
+def _manifest(
+    model: DiffUnfolding,
+    names: list[str],
+    tasks: Sequence[str],
+    sampling: dict,
+    opset: int,
+    attention: str,
+    fp16_weights: bool,
+    torch_weights: bool,
+    source: dict | None,
+    report,
+    extra: dict | None,
+) -> dict:
     """What the runtime reads about a package (the file checksums are added on writing);
     ``sampling``: the schedule's churn and ensemble, where not the defaults."""
     space, shared = model.space, bool(model.settings.shared)
@@ -271,18 +341,36 @@ def _manifest(model: DiffUnfolding, names: list[str], tasks: Sequence[str], samp
         "model": model.settings.to_dict(),
         "stages": model.stages,
         "shared": shared,
-        "data": {"kind": space.kind, "channels": space.channels, "model_channels": space.model_channels,
-                 "range": list(space.data_range) if space.data_range else None, "size_multiple": model.size_multiple},
+        "data": {
+            "kind": space.kind,
+            "channels": space.channels,
+            "model_channels": space.model_channels,
+            "range": list(space.data_range) if space.data_range else None,
+            "size_multiple": model.size_multiple,
+        },
         "tasks": list(tasks),
-        "schedule": {"steps": 18, "sampler": "euler", "sigma_min": edm.SIGMA_MIN,
-                     "sigma_max": edm.SIGMA_MAX, "rho": edm.RHO, "sigma_data": model.settings.sigma_data,
-                     **sampling},
-        "networks": {"regularizers": names, "weights": "weights.onnx",
-                     "torch_weights": "model.safetensors" if torch_weights else None,
-                     "weights_dtype": "float16" if fp16_weights else "float32",
-                     "inputs": {"x": "float32 (B, C, H, W), model space",
-                                "sigma": "float32 (B,)", **({"stage": "int64 (B,)"} if shared else {})},
-                     "opset": opset, "attention": attention},
+        "schedule": {
+            "steps": 18,
+            "sampler": "euler",
+            "sigma_min": edm.SIGMA_MIN,
+            "sigma_max": edm.SIGMA_MAX,
+            "rho": edm.RHO,
+            "sigma_data": model.settings.sigma_data,
+            **sampling,
+        },
+        "networks": {
+            "regularizers": names,
+            "weights": "weights.onnx",
+            "torch_weights": "model.safetensors" if torch_weights else None,
+            "weights_dtype": "float16" if fp16_weights else "float32",
+            "inputs": {
+                "x": "float32 (B, C, H, W), model space",
+                "sigma": "float32 (B,)",
+                **({"stage": "int64 (B,)"} if shared else {}),
+            },
+            "opset": opset,
+            "attention": attention,
+        },
         "parameters": model.parameter_counts(),
         "source": source or {},
         "export_check": asdict(report) if report else None,
@@ -290,12 +378,26 @@ def _manifest(model: DiffUnfolding, names: list[str], tasks: Sequence[str], samp
     }
 
 
-def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[str] = (),
-                 source: dict | None = None, extra: dict | None = None, opset: int = OPSET,
-                 torch_weights: bool = True, fp16_weights: bool = False, check: bool = True, tolerance: float = 1e-4,
-                 check_sizes: Sequence[tuple[int, int, int]] | None = None, overwrite: bool = False,
-                 attention: str = "fused", churn=None, ensemble: str = "none", contrast=None,
-                 log: Callable[[str], None] = print) -> ModelPackage:
+def export_model(
+    model: DiffUnfolding,
+    out_dir: str | Path,
+    *,
+    tasks: Sequence[str] = (),
+    source: dict | None = None,
+    extra: dict | None = None,
+    opset: int = OPSET,
+    torch_weights: bool = True,
+    fp16_weights: bool = False,
+    check: bool = True,
+    tolerance: float = 1e-4,
+    check_sizes: Sequence[tuple[int, int, int]] | None = None,
+    overwrite: bool = False,
+    attention: str = "fused",
+    churn=None,
+    ensemble: str = "none",
+    contrast=None,
+    log: Callable[[str], None] = print,
+) -> ModelPackage:
     """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
 
     ``check``: run ONNX Runtime against torch at ``check_sizes`` and raise if the relative error
@@ -326,11 +428,18 @@ def export_model(model: DiffUnfolding, out_dir: str | Path, *, tasks: Sequence[s
     try:
         names, files = _write_networks(model, tmp, opset, attention, fp16_weights, torch_weights, log)
         report = _check_export(model, tmp, names, check_sizes, tolerance, log) if check else None
-        sampling = {**({"churn": churn.as_dict()} if churn.active else {}),
-                    **({"ensemble": ensemble} if ensemble != "none" else {}),
-                    **({"contrast": contrast.as_dict()} if contrast is not None else {})}
-        write_manifest(tmp, _manifest(model, names, tasks, sampling, opset, attention, fp16_weights, torch_weights,
-                                      source, report, extra), files)
+        sampling = {
+            **({"churn": churn.as_dict()} if churn.active else {}),
+            **({"ensemble": ensemble} if ensemble != "none" else {}),
+            **({"contrast": contrast.as_dict()} if contrast is not None else {}),
+        }
+        write_manifest(
+            tmp,
+            _manifest(
+                model, names, tasks, sampling, opset, attention, fp16_weights, torch_weights, source, report, extra
+            ),
+            files,
+        )
         for f in tmp.iterdir():  # mkdtemp/mkstemp make owner-only files; a package is shared
             f.chmod(0o644)
         tmp.chmod(0o755)
@@ -353,20 +462,23 @@ def _rounded_to_fp16(model: DiffUnfolding) -> DiffUnfolding:
     return model
 
 
-def _check_export(model: DiffUnfolding, tmp: Path, names, check_sizes, tolerance: float,
-                  log: Callable[[str], None]):
+def _check_export(model: DiffUnfolding, tmp: Path, names, check_sizes, tolerance: float, log: Callable[[str], None]):
     """ONNX Runtime against torch on the package written in ``tmp`` (logged); an InputError
     beyond ``tolerance``, a warning where an activation exceeds the FP16 range."""
     sizes = check_sizes or default_check_sizes(model.size_multiple)
     report = check_package(model, tmp, names, "weights.onnx", sizes, tolerance)
     log(report.report())
     if not report.passed:
-        raise InputError(f"export check failed: ONNX Runtime differs from torch by more than {tolerance:.0e} "
-                         f"(regularisers {report.regularizer_rel_err:.2e}, weights {report.weights_rel_err:.2e}); "
-                         "the package was not written")
+        raise InputError(
+            f"export check failed: ONNX Runtime differs from torch by more than {tolerance:.0e} "
+            f"(regularisers {report.regularizer_rel_err:.2e}, weights {report.weights_rel_err:.2e}); "
+            "the package was not written"
+        )
     if report.max_abs_activation > FP16_MAX:
-        log(f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
-            "build engines in FP32 or retrain")
+        log(
+            f"warning: an activation reaches {report.max_abs_activation:.3g} > FP16 max; "
+            "build engines in FP32 or retrain"
+        )
     return report
 
 
@@ -384,6 +496,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
     if data.get("size"):  # the runtime sizes its regulariser tiles from the training crop
         extra["train_size"] = int(data["size"])
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    source = {"checkpoint": path.name, "run": run_dir.name, "step": meta["step"], "weights": weights,
-              "checkpoint_sha256": meta["sha256"], "preset": meta.get("config", {}).get("name")}
+    source = {
+        "checkpoint": path.name,
+        "run": run_dir.name,
+        "step": meta["step"],
+        "weights": weights,
+        "checkpoint_sha256": meta["sha256"],
+        "preset": meta.get("config", {}).get("name"),
+    }
     return export_model(model, out_dir, tasks=tasks, source=source, extra=extra, **kwargs)

@@ -26,9 +26,17 @@ __all__ = ["SliceData", "SliceAssembler", "SKIPPED_FLAGS"]
 # Flags of scans that are not imaging lines (ismrmrd.constants numbering, 1-based bits).
 _NOISE, _CALIB, _CALIB_AND_IMAGING, _REVERSE = 19, 20, 21, 22
 _LAST_IN_SLICE, _LAST_IN_MEASUREMENT = 8, 25
-SKIPPED_FLAGS = {19: "noise", 23: "navigator", 24: "phase correction", 26: "HP feedback", 27: "dummy scan",
-                 28: "RT feedback", 29: "surface coil correction", 30: "phase stabilisation reference",
-                 31: "phase stabilisation"}
+SKIPPED_FLAGS = {
+    19: "noise",
+    23: "navigator",
+    24: "phase correction",
+    26: "HP feedback",
+    27: "dummy scan",
+    28: "RT feedback",
+    29: "surface coil correction",
+    30: "phase stabilisation reference",
+    31: "phase stabilisation",
+}
 _MAX_BUFFER_BYTES = 1 << 30  # one slice's k-space (and its calibration copy) stays under 1 GiB
 
 
@@ -41,14 +49,14 @@ class SliceData:
     """The k-space of one slice on the reconstruction grid ``(coils, H, W)`` (readout x phase
     encodes, oversampling removed), which lines hold data, and the calibration lines."""
 
-    key: tuple[int, int, int, int, int]       # (slice, contrast, phase, repetition, set)
-    kspace: np.ndarray                        # complex64 (coils, H, W), zero where not sampled
-    sampled: np.ndarray                       # bool (W,): phase-encode lines with imaging data
-    calibration: np.ndarray                   # complex64 (coils, H, W): calibration lines only
-    calibrated: np.ndarray                    # bool (W,): lines in `calibration`
-    reference: object                         # ismrmrd.AcquisitionHeader of the centre line
+    key: tuple[int, int, int, int, int]  # (slice, contrast, phase, repetition, set)
+    kspace: np.ndarray  # complex64 (coils, H, W), zero where not sampled
+    sampled: np.ndarray  # bool (W,): phase-encode lines with imaging data
+    calibration: np.ndarray  # complex64 (coils, H, W): calibration lines only
+    calibrated: np.ndarray  # bool (W,): lines in `calibration`
+    reference: object  # ismrmrd.AcquisitionHeader of the centre line
     acquisitions: int = 0
-    nbytes: int = 0                           # bytes charged to the assembler's account
+    nbytes: int = 0  # bytes charged to the assembler's account
     noise_covariance: np.ndarray | None = None  # (coils, coils) from the stream's noise scan, if any
 
     @property
@@ -74,7 +82,7 @@ class _Buffer:
     kspace: np.ndarray
     counts: np.ndarray
     calib_counts: np.ndarray
-    calibration: np.ndarray | None = None     # allocated with the first calibration line
+    calibration: np.ndarray | None = None  # allocated with the first calibration line
     reference: object = None
     reference_distance: int = 1 << 30
     acquisitions: int = 0
@@ -94,7 +102,7 @@ def remove_readout_oversampling(data: np.ndarray, samples: int) -> np.ndarray:
         return data
     image = np.fft.fftshift(np.fft.ifft(np.fft.ifftshift(data, axes=-1), axis=-1, norm="ortho"), axes=-1)
     start = (n - samples) // 2
-    cropped = image[..., start:start + samples]
+    cropped = image[..., start : start + samples]
     # orthonormal both ways: the kept part of the image keeps its values
     return np.fft.fftshift(np.fft.fft(np.fft.ifftshift(cropped, axes=-1), axis=-1, norm="ortho"), axes=-1)
 
@@ -104,8 +112,8 @@ class SliceAssembler:
     """Feed acquisitions with :meth:`add`; it returns the slices they complete."""
 
     encoding: Encoding
-    account: object = None                        # a limits.Account, or None: no accounting
-    skipped: dict = field(default_factory=dict)   # reason -> count
+    account: object = None  # a limits.Account, or None: no accounting
+    skipped: dict = field(default_factory=dict)  # reason -> count
     coils: int | None = None
     _buffers: dict = field(default_factory=dict)
     _count: int = 0
@@ -123,8 +131,7 @@ class SliceAssembler:
                 self.skipped[reason] = self.skipped.get(reason, 0) + 1
                 return self._flush_flags(acq)
         column, line = self._check(acq, number)
-        key = (int(acq.idx.slice), int(acq.idx.contrast), int(acq.idx.phase), int(acq.idx.repetition),
-               int(acq.idx.set))
+        key = (int(acq.idx.slice), int(acq.idx.contrast), int(acq.idx.phase), int(acq.idx.repetition), int(acq.idx.set))
         buf = self._buffers.get(key) or self._new_buffer(key, line.shape[0])
         calibration = _flag(acq, _CALIB) or _flag(acq, _CALIB_AND_IMAGING)
         if calibration:
@@ -156,8 +163,9 @@ class SliceAssembler:
 
     def _new_buffer(self, key, coils: int) -> _Buffer:
         w = self.encoding.grid[1]
-        buf = _Buffer(kspace=np.empty(0, np.complex64), counts=np.zeros(w, np.int32),
-                      calib_counts=np.zeros(w, np.int32))
+        buf = _Buffer(
+            kspace=np.empty(0, np.complex64), counts=np.zeros(w, np.int32), calib_counts=np.zeros(w, np.int32)
+        )
         buf.kspace = self._allocate(buf, key, coils, "k-space")
         self._buffers[key] = buf
         return buf
@@ -182,19 +190,28 @@ class SliceAssembler:
                 self.account.release(buf.nbytes)
             raise InputError(f"slice {key[0]} ended without imaging lines (only calibration or skipped scans)")
         kspace = _averaged(buf.kspace, buf.counts)
-        calibration = np.zeros_like(kspace) if buf.calibration is None else _averaged(buf.calibration,
-                                                                                      buf.calib_counts)
-        return SliceData(key=key, kspace=kspace, sampled=sampled, calibration=calibration,
-                         calibrated=buf.calib_counts > 0, reference=buf.reference, acquisitions=buf.acquisitions,
-                         nbytes=buf.nbytes, noise_covariance=self.noise.covariance(self._dwell_us))
+        calibration = np.zeros_like(kspace) if buf.calibration is None else _averaged(buf.calibration, buf.calib_counts)
+        return SliceData(
+            key=key,
+            kspace=kspace,
+            sampled=sampled,
+            calibration=calibration,
+            calibrated=buf.calib_counts > 0,
+            reference=buf.reference,
+            acquisitions=buf.acquisitions,
+            nbytes=buf.nbytes,
+            noise_covariance=self.noise.covariance(self._dwell_us),
+        )
 
     def _check(self, acq, number: int) -> tuple[int, np.ndarray]:
         """The acquisition's column on the grid and its line ``(coils, H)``, after the checks."""
         enc = self.encoding
         where = f"acquisition {number} (slice {int(acq.idx.slice)}, line {int(acq.idx.kspace_encode_step_1)})"
         if int(acq.trajectory_dimensions) != 0:
-            raise InputError(f"{where} carries a {int(acq.trajectory_dimensions)}-D trajectory: non-Cartesian "
-                             "data cannot be reconstructed here (diffunfold needs Cartesian lines)")
+            raise InputError(
+                f"{where} carries a {int(acq.trajectory_dimensions)}-D trajectory: non-Cartesian "
+                "data cannot be reconstructed here (diffunfold needs Cartesian lines)"
+            )
         coils = int(acq.active_channels)
         if coils < 1 or (enc.coils and coils != enc.coils) or (self.coils and coils != self.coils):
             expected = self.coils or enc.coils
@@ -203,26 +220,34 @@ class SliceAssembler:
         pre, post = int(acq.discard_pre), int(acq.discard_post)
         kept = int(acq.number_of_samples) - pre - post
         if kept != enc.encoded[0]:
-            raise InputError(f"{where} has {int(acq.number_of_samples)} samples ({pre} + {post} discarded) but the "
-                             f"header's encoded readout is {enc.encoded[0]}: the sizes disagree")
+            raise InputError(
+                f"{where} has {int(acq.number_of_samples)} samples ({pre} + {post} discarded) but the "
+                f"header's encoded readout is {enc.encoded[0]}: the sizes disagree"
+            )
         centre = int(acq.center_sample)
         if centre and centre - pre != enc.encoded[0] // 2:
-            raise InputError(f"{where} has its echo at sample {centre}, not at the readout centre "
-                             f"{pre + enc.encoded[0] // 2}: asymmetric echoes are not supported")
+            raise InputError(
+                f"{where} has its echo at sample {centre}, not at the readout centre "
+                f"{pre + enc.encoded[0] // 2}: asymmetric echoes are not supported"
+            )
         column = int(acq.idx.kspace_encode_step_1) + enc.line_offset
         if not 0 <= column < enc.encoded[1] or int(acq.idx.kspace_encode_step_2) != 0:
-            raise InputError(f"{where} lies outside the header's encoding (step 1 limits {enc.step1[:2]}, "
-                             f"{enc.encoded[1]} phase encodes, 2-D only)")
+            raise InputError(
+                f"{where} lies outside the header's encoding (step 1 limits {enc.step1[:2]}, "
+                f"{enc.encoded[1]} phase encodes, 2-D only)"
+            )
         if not 0 <= int(acq.idx.slice) < enc.slices:
             raise InputError(f"{where}: slice {int(acq.idx.slice)} is beyond the header's {enc.slices} slice(s)")
         for name in COUNTERS:
             value, top = int(getattr(acq.idx, name)), enc.counters.get(name, 0)
             if value > top:
-                raise InputError(f"{where}: {name} {value} is beyond the header's encoding limits ({name} "
-                                 f"up to {top}); the header must declare every index the stream uses")
+                raise InputError(
+                    f"{where}: {name} {value} is beyond the header's encoding limits ({name} "
+                    f"up to {top}); the header must declare every index the stream uses"
+                )
         if float(acq.sample_time_us) > 0:
             self._dwell_us = float(acq.sample_time_us)
-        data = np.asarray(acq.data)[:, pre:pre + kept]
+        data = np.asarray(acq.data)[:, pre : pre + kept]
         if not np.all(np.isfinite(data)):
             raise InputError(f"{where} holds NaN or Inf k-space samples")
         if _flag(acq, _REVERSE):

@@ -22,8 +22,15 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["TOKEN_PREFIX", "MIN_TOKEN_CHARS", "read_token", "is_loopback", "require_access", "token_matches",
-           "token_message"]
+__all__ = [
+    "TOKEN_PREFIX",
+    "MIN_TOKEN_CHARS",
+    "read_token",
+    "is_loopback",
+    "require_access",
+    "token_matches",
+    "token_message",
+]
 
 TOKEN_PREFIX = "token "
 MIN_TOKEN_CHARS = 16
@@ -41,8 +48,10 @@ def read_token(path: str | os.PathLike) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the token file {path} ({exc})") from None
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise InputError(f"the token in {path} must be at least {MIN_TOKEN_CHARS} characters without spaces; "
-                         "make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\" > FILE")
+        raise InputError(
+            f"the token in {path} must be at least {MIN_TOKEN_CHARS} characters without spaces; "
+            'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))" > FILE'
+        )
     return token
 
 
@@ -63,11 +72,15 @@ def require_access(host: str, token: str | None, insecure_no_auth: bool) -> str 
     if token is not None or is_loopback(host):
         return None
     if not insecure_no_auth:
-        raise InputError(f"--host {host} is not a loopback address: anyone who can reach it could send data "
-                         "and use this machine; give --token-file FILE (clients send the token), or "
-                         "--insecure-no-auth on a network where every host is trusted")
-    return (f"listening on {host} without a token (--insecure-no-auth): any host that can reach this port "
-            "can use the server")
+        raise InputError(
+            f"--host {host} is not a loopback address: anyone who can reach it could send data "
+            "and use this machine; give --token-file FILE (clients send the token), or "
+            "--insecure-no-auth on a network where every host is trusted"
+        )
+    return (
+        f"listening on {host} without a token (--insecure-no-auth): any host that can reach this port "
+        "can use the server"
+    )
 
 
 def token_message(token: str) -> str:
@@ -77,7 +90,8 @@ def token_message(token: str) -> str:
 
 def token_matches(text: str, token: str) -> bool:
     """Whether a TEXT message carries ``token``, compared in constant time."""
-    given = text[len(TOKEN_PREFIX):] if text.startswith(TOKEN_PREFIX) else ""
+    given = text[len(TOKEN_PREFIX) :] if text.startswith(TOKEN_PREFIX) else ""
     # digests of equal length: the time does not depend on the token's length either
-    return hmac.compare_digest(hashlib.sha256(given.encode("utf-8")).digest(),
-                               hashlib.sha256(token.encode("utf-8")).digest())
+    return hmac.compare_digest(
+        hashlib.sha256(given.encode("utf-8")).digest(), hashlib.sha256(token.encode("utf-8")).digest()
+    )

@@ -45,14 +45,25 @@ outputs (in --out; only when the server finished without error; existing ones ne
 
 def _add_recon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=V.STEPS, metavar="N", help="sampler steps (default: the package's schedule)")
-    p.add_argument("--samples", type=V.SAMPLES, default=1, metavar="N",
-                   help="posterior samples per slice: > 1 also returns a std map as series 2 (default: 1)")
+    p.add_argument(
+        "--samples",
+        type=V.SAMPLES,
+        default=1,
+        metavar="N",
+        help="posterior samples per slice: > 1 also returns a std map as series 2 (default: 1)",
+    )
     p.add_argument("--seed", type=V.SEED, default=0, help="base seed; slice s uses seed + s (default: 0)")
-    p.add_argument("--coil-maps", choices=["espirit", "calibration"], default="espirit",
-                   help="coil maps by ESPIRiT from the calibration region (default; SigPy) or the "
-                        "low-resolution ratio maps (calibration). Noise-scan lines in the stream prewhiten "
-                        "the coils; without them the noise level is estimated from the data")
-    p.add_argument("--bits", type=V.Bounded(8, 16, integer=True), default=12, help="stored bits of the uint16 images (default: 12)")
+    p.add_argument(
+        "--coil-maps",
+        choices=["espirit", "calibration"],
+        default="espirit",
+        help="coil maps by ESPIRiT from the calibration region (default; SigPy) or the "
+        "low-resolution ratio maps (calibration). Noise-scan lines in the stream prewhiten "
+        "the coils; without them the noise level is estimated from the data",
+    )
+    p.add_argument(
+        "--bits", type=V.Bounded(8, 16, integer=True), default=12, help="stored bits of the uint16 images (default: 12)"
+    )
     p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--threads", type=V.THREADS, metavar="N", help="CPU threads for the network (default: all)")
@@ -67,49 +78,111 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
 
     d = ServerLimits()
     g = p.add_argument_group("limits (what one client can make the server spend)")
-    g.add_argument("--max-message-mib", type=MIB, default=d.max_message // MiB, metavar="MIB",
-                   help=f"largest message a client may send, MiB, checked before it is read; HEADER/TEXT "
-                        f"messages at most 1 MiB (default: {d.max_message // MiB})")
-    g.add_argument("--max-buffer-mib", type=MIB, default=d.max_buffer_per_connection // MiB, metavar="MIB",
-                   help="k-space and messages held for one connection, MiB "
-                        f"(default: {d.max_buffer_per_connection // MiB})")
-    g.add_argument("--max-total-buffer-mib", type=MIB, default=d.max_buffer_total // MiB, metavar="MIB",
-                   help="... for all connections together, MiB (default: 4096 or half this machine's memory, "
-                        f"whichever is less: {d.max_buffer_total // MiB} here)")
-    g.add_argument("--max-connections", type=V.Bounded(1, 10000, integer=True), default=d.max_connections,
-                   metavar="N", help=f"connections at once; more are told so and closed (default: {d.max_connections})")
-    g.add_argument("--idle-timeout", type=POSITIVE_SECONDS, default=d.idle_timeout, metavar="S",
-                   help=f"seconds a connection may send nothing (default: {d.idle_timeout:g})")
-    g.add_argument("--message-timeout", type=POSITIVE_SECONDS, default=d.message_timeout, metavar="S",
-                   help=f"seconds one message may take to arrive once begun (default: {d.message_timeout:g})")
-    g.add_argument("--start-timeout", type=POSITIVE_SECONDS, default=d.start_timeout, metavar="S",
-                   help=f"seconds a new connection has to send its token and header (default: {d.start_timeout:g})")
-    g.add_argument("--max-samples", type=V.SAMPLES, metavar="N",
-                   help=f"most samples a connection's CONFIG_TEXT may ask for (default: {d.max_samples}, or "
-                        "--samples where higher)")
-    g.add_argument("--max-steps", type=V.STEPS, metavar="N",
-                   help=f"most steps a connection's CONFIG_TEXT may ask for (default: {d.max_steps}, or "
-                        "--steps where higher)")
-    g.add_argument("--queue", type=V.Bounded(1, 1000, integer=True), default=d.queue_per_connection, metavar="N",
-                   help="slices of one connection waiting for a worker; beyond, its reading waits "
-                        f"(default: {d.queue_per_connection})")
-    g.add_argument("--workers", type=V.Bounded(1, 64, integer=True), default=d.workers, metavar="N",
-                   help="reconstructions at once, each with its own copy of the model and cores/N threads "
-                        f"(default: {d.workers}); connections take turns in any case")
+    g.add_argument(
+        "--max-message-mib",
+        type=MIB,
+        default=d.max_message // MiB,
+        metavar="MIB",
+        help=f"largest message a client may send, MiB, checked before it is read; HEADER/TEXT "
+        f"messages at most 1 MiB (default: {d.max_message // MiB})",
+    )
+    g.add_argument(
+        "--max-buffer-mib",
+        type=MIB,
+        default=d.max_buffer_per_connection // MiB,
+        metavar="MIB",
+        help=f"k-space and messages held for one connection, MiB (default: {d.max_buffer_per_connection // MiB})",
+    )
+    g.add_argument(
+        "--max-total-buffer-mib",
+        type=MIB,
+        default=d.max_buffer_total // MiB,
+        metavar="MIB",
+        help="... for all connections together, MiB (default: 4096 or half this machine's memory, "
+        f"whichever is less: {d.max_buffer_total // MiB} here)",
+    )
+    g.add_argument(
+        "--max-connections",
+        type=V.Bounded(1, 10000, integer=True),
+        default=d.max_connections,
+        metavar="N",
+        help=f"connections at once; more are told so and closed (default: {d.max_connections})",
+    )
+    g.add_argument(
+        "--idle-timeout",
+        type=POSITIVE_SECONDS,
+        default=d.idle_timeout,
+        metavar="S",
+        help=f"seconds a connection may send nothing (default: {d.idle_timeout:g})",
+    )
+    g.add_argument(
+        "--message-timeout",
+        type=POSITIVE_SECONDS,
+        default=d.message_timeout,
+        metavar="S",
+        help=f"seconds one message may take to arrive once begun (default: {d.message_timeout:g})",
+    )
+    g.add_argument(
+        "--start-timeout",
+        type=POSITIVE_SECONDS,
+        default=d.start_timeout,
+        metavar="S",
+        help=f"seconds a new connection has to send its token and header (default: {d.start_timeout:g})",
+    )
+    g.add_argument(
+        "--max-samples",
+        type=V.SAMPLES,
+        metavar="N",
+        help=f"most samples a connection's CONFIG_TEXT may ask for (default: {d.max_samples}, or "
+        "--samples where higher)",
+    )
+    g.add_argument(
+        "--max-steps",
+        type=V.STEPS,
+        metavar="N",
+        help=f"most steps a connection's CONFIG_TEXT may ask for (default: {d.max_steps}, or --steps where higher)",
+    )
+    g.add_argument(
+        "--queue",
+        type=V.Bounded(1, 1000, integer=True),
+        default=d.queue_per_connection,
+        metavar="N",
+        help="slices of one connection waiting for a worker; beyond, its reading waits "
+        f"(default: {d.queue_per_connection})",
+    )
+    g.add_argument(
+        "--workers",
+        type=V.Bounded(1, 64, integer=True),
+        default=d.workers,
+        metavar="N",
+        help="reconstructions at once, each with its own copy of the model and cores/N threads "
+        f"(default: {d.workers}); connections take turns in any case",
+    )
     g = p.add_argument_group("access")
-    g.add_argument("--token-file", type=Path, metavar="FILE",
-                   help="clients must send this file's token (a TEXT message 'token ...' before the header)")
-    g.add_argument("--insecure-no-auth", action="store_true",
-                   help="listen beyond loopback without a token: any host that can reach the port can use it")
+    g.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="clients must send this file's token (a TEXT message 'token ...' before the header)",
+    )
+    g.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="listen beyond loopback without a token: any host that can reach the port can use it",
+    )
 
 
 def add_parsers(sub) -> None:
     """Register ``serve``, ``send`` and ``mrd-phantom`` on the CLI's subparsers."""
     fmt = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("serve", help="an MRD (ISMRMRD) streaming reconstruction server", formatter_class=fmt,
-                       description="Receive MRD acquisitions over TCP (the ismrmrd streaming protocol), "
-                                   "reconstruct each slice with an MRI model package and send MRD images back.",
-                       epilog=SERVE_EPILOG)
+    p = sub.add_parser(
+        "serve",
+        help="an MRD (ISMRMRD) streaming reconstruction server",
+        formatter_class=fmt,
+        description="Receive MRD acquisitions over TCP (the ismrmrd streaming protocol), "
+        "reconstruct each slice with an MRI model package and send MRD images back.",
+        epilog=SERVE_EPILOG,
+    )
     p.add_argument("package", help="an MRI model package folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on, and only there (default: 127.0.0.1)")
     p.add_argument("--port", type=PORT, default=9002, help="TCP port; 0 picks a free one (default: 9002)")
@@ -119,10 +192,14 @@ def add_parsers(sub) -> None:
     _add_limit_options(p)
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("send", help="stream a raw MRD file to a server and save the images",
-                       formatter_class=fmt, epilog=SEND_EPILOG,
-                       description="Stream a raw MRD (ISMRMRD HDF5) file to `diffunfold serve` (or any MRD "
-                                   "server) and save the images it sends back.")
+    p = sub.add_parser(
+        "send",
+        help="stream a raw MRD file to a server and save the images",
+        formatter_class=fmt,
+        epilog=SEND_EPILOG,
+        description="Stream a raw MRD (ISMRMRD HDF5) file to `diffunfold serve` (or any MRD "
+        "server) and save the images it sends back.",
+    )
     p.add_argument("file", type=Path, metavar="FILE.h5")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=PORT, default=9002)
@@ -132,13 +209,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--formats", default="mrd,fastmri,dicom,png", help="which outputs (default: all four)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the server (600)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--token-file", type=Path, metavar="FILE", help="send this file's token (a server with --token-file)")
+    p.add_argument(
+        "--token-file", type=Path, metavar="FILE", help="send this file's token (a server with --token-file)"
+    )
     p.set_defaults(func=_cmd_send)
 
-    p = sub.add_parser("mrd-phantom", help="write a raw MRD file of simulated multi-coil phantoms (or a fastMRI volume)",
-                       description="Simulate phantoms on birdcage coils (or take a fastMRI volume) and write a raw "
-                                   "MRD file: a full ISMRMRD header, noise scans, an oversampled readout and the "
-                                   "lines of a 1-D mask, flagged as a scanner does.")
+    p = sub.add_parser(
+        "mrd-phantom",
+        help="write a raw MRD file of simulated multi-coil phantoms (or a fastMRI volume)",
+        description="Simulate phantoms on birdcage coils (or take a fastMRI volume) and write a raw "
+        "MRD file: a full ISMRMRD header, noise scans, an oversampled readout and the "
+        "lines of a 1-D mask, flagged as a scanner does.",
+    )
     p.add_argument("out", type=Path, metavar="OUT.h5")
     p.add_argument("--from-fastmri", type=Path, metavar="FILE.h5", help="convert this fastMRI volume instead")
     p.add_argument("--slices", type=V.COUNT, default=4)
@@ -146,9 +228,14 @@ def add_parsers(sub) -> None:
     p.add_argument("--coils", type=V.COILS, default=8)
     p.add_argument("--mask", default="gaussian1d", choices=["uniform1d", "random1d", "gaussian1d"])
     p.add_argument("--acceleration", type=float, default=4.0, help="1 writes every line (default: 4)")
-    p.add_argument("--noise", type=float, default=0.0, metavar="STD",
-                   help="std of the complex Gaussian noise the simulation adds to each k-space sample, in the "
-                        "k-space's units (phantom magnitudes in [0, 1], orthonormal FFT; default 0)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        metavar="STD",
+        help="std of the complex Gaussian noise the simulation adds to each k-space sample, in the "
+        "k-space's units (phantom magnitudes in [0, 1], orthonormal FFT; default 0)",
+    )
     p.add_argument("--seed", type=V.SEED, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_phantom)
@@ -157,8 +244,9 @@ def add_parsers(sub) -> None:
 def _settings(args):
     from .recon import ReconSettings
 
-    return ReconSettings(steps=args.steps, samples=args.samples, seed=args.seed, coil_maps=args.coil_maps,
-                         bits=args.bits).checked()
+    return ReconSettings(
+        steps=args.steps, samples=args.samples, seed=args.seed, coil_maps=args.coil_maps, bits=args.bits
+    ).checked()
 
 
 def _solver(args, threads: int | None = None):
@@ -175,12 +263,18 @@ def _limits(args):
     from .limits import MiB, ServerLimits
 
     return ServerLimits(
-        max_message=args.max_message_mib * MiB, max_buffer_per_connection=args.max_buffer_mib * MiB,
-        max_buffer_total=args.max_total_buffer_mib * MiB, max_connections=args.max_connections,
-        idle_timeout=args.idle_timeout, message_timeout=args.message_timeout, start_timeout=args.start_timeout,
+        max_message=args.max_message_mib * MiB,
+        max_buffer_per_connection=args.max_buffer_mib * MiB,
+        max_buffer_total=args.max_total_buffer_mib * MiB,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        message_timeout=args.message_timeout,
+        start_timeout=args.start_timeout,
         max_samples=args.max_samples or max(ServerLimits.max_samples, args.samples),
         max_steps=args.max_steps or max(ServerLimits.max_steps, args.steps or 0),
-        queue_per_connection=args.queue, workers=args.workers).checked()
+        queue_per_connection=args.queue,
+        workers=args.workers,
+    ).checked()
 
 
 def _cmd_serve(args) -> int:
@@ -198,8 +292,16 @@ def _cmd_serve(args) -> int:
     # several workers share the cores unless --threads says otherwise
     threads = args.threads or (None if limits.workers == 1 else max(1, (os.cpu_count() or 1) // limits.workers))
     solvers = [_solver(args, threads) for _ in range(limits.workers)]
-    server = MRDServer(solvers, settings, args.host, args.port, savedata=args.savedata, limits=limits,
-                       token=token, package_name=Path(args.package).name)
+    server = MRDServer(
+        solvers,
+        settings,
+        args.host,
+        args.port,
+        savedata=args.savedata,
+        limits=limits,
+        token=token,
+        package_name=Path(args.package).name,
+    )
     if warning:
         log_event("insecure", logging.WARNING, warning=warning)
     if fds := descriptor_warning(limits.max_connections):
@@ -221,12 +323,21 @@ def _cmd_send(args) -> int:
         from .auth import read_token
 
         token = read_token(args.token_file)
-    reply = send_file(args.file, args.host, args.port, config=args.config, config_text=args.config_text,
-                      timeout=args.timeout, token=token).check()
+    reply = send_file(
+        args.file,
+        args.host,
+        args.port,
+        config=args.config,
+        config_text=args.config_text,
+        timeout=args.timeout,
+        token=token,
+    ).check()
     paths = write_outputs(reply.images, reply.header_xml, args.out, args.file.stem, formats, args.overwrite)
     lat = sorted(reply.latencies.values())
-    print(f"{len(reply.images)} image(s) from {args.host}:{args.port} in {reply.finished - reply.started:.2f} s"
-          + (f"; per-slice latency median {lat[len(lat) // 2]:.2f} s" if lat else ""))
+    print(
+        f"{len(reply.images)} image(s) from {args.host}:{args.port} in {reply.finished - reply.started:.2f} s"
+        + (f"; per-slice latency median {lat[len(lat) // 2]:.2f} s" if lat else "")
+    )
     for text in reply.texts:
         print(f"server: {text}")
     for kind, path in paths.items():
@@ -238,10 +349,20 @@ def _cmd_phantom(args) -> int:
     from .writer import fastmri_to_mrd, write_phantom_mrd
 
     if args.from_fastmri:
-        path = fastmri_to_mrd(args.from_fastmri, args.out, args.mask, args.acceleration, args.seed,
-                              overwrite=args.overwrite)
+        path = fastmri_to_mrd(
+            args.from_fastmri, args.out, args.mask, args.acceleration, args.seed, overwrite=args.overwrite
+        )
     else:
-        path = write_phantom_mrd(args.out, args.slices, args.size, args.coils, args.mask, args.acceleration,
-                                 noise_std=args.noise, seed=args.seed, overwrite=args.overwrite)
+        path = write_phantom_mrd(
+            args.out,
+            args.slices,
+            args.size,
+            args.coils,
+            args.mask,
+            args.acceleration,
+            noise_std=args.noise,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
     print(f"wrote {path}")
     return 0

@@ -31,9 +31,9 @@ class StreamError(DiffUnfoldError):
 class Reply:
     images: list = field(default_factory=list)
     texts: list = field(default_factory=list)
-    closed: bool = False                      # the server ended with CLOSE
-    failure: str | None = None                # how the stream broke, if it did
-    sent_at: dict = field(default_factory=dict)      # slice -> time its last acquisition was sent
+    closed: bool = False  # the server ended with CLOSE
+    failure: str | None = None  # how the stream broke, if it did
+    sent_at: dict = field(default_factory=dict)  # slice -> time its last acquisition was sent
     received_at: dict = field(default_factory=dict)  # slice -> time its first image arrived
     header_xml: bytes = b""
     started: float = 0.0
@@ -47,13 +47,15 @@ class Reply:
     def latencies(self) -> dict[int, float]:
         return {s: self.received_at[s] - self.sent_at[s] for s in self.received_at if s in self.sent_at}
 
-    def check(self) -> "Reply":
+    def check(self) -> Reply:
         """Raise :class:`StreamError` unless the server closed cleanly without errors."""
         if self.errors:
             raise StreamError("the server reported: " + "; ".join(self.errors))
         if not self.closed:
-            raise StreamError(f"the stream did not finish: {self.failure or 'the server closed without CLOSE'} "
-                              f"({len(self.images)} image(s) received)")
+            raise StreamError(
+                f"the stream did not finish: {self.failure or 'the server closed without CLOSE'} "
+                f"({len(self.images)} image(s) received)"
+            )
         return self
 
 
@@ -72,8 +74,16 @@ def _receive(sock: socket.socket, reply: Reply) -> None:
         reply.failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def stream(host: str, port: int, header_xml: bytes, acquisitions, config: str = "diffunfold",
-           config_text: str | None = None, timeout: float = 600.0, token: str | None = None) -> Reply:
+def stream(
+    host: str,
+    port: int,
+    header_xml: bytes,
+    acquisitions,
+    config: str = "diffunfold",
+    config_text: str | None = None,
+    timeout: float = 600.0,
+    token: str | None = None,
+) -> Reply:
     """Send a header and acquisitions, then CLOSE; wait for the server's CLOSE and return the
     reply (check it with :meth:`Reply.check`). ``token``: for a server that asks for one."""
     from ismrmrd.serialization import ConfigFile, ConfigText
@@ -84,8 +94,9 @@ def stream(host: str, port: int, header_xml: bytes, acquisitions, config: str = 
     try:
         sock = socket.create_connection((host, int(port)), timeout=timeout)
     except OSError as exc:
-        raise StreamError(f"cannot connect to {host}:{port} ({exc.strerror or exc}); is `diffunfold serve` "
-                          "running there?") from None
+        raise StreamError(
+            f"cannot connect to {host}:{port} ({exc.strerror or exc}); is `diffunfold serve` running there?"
+        ) from None
     reply = Reply(header_xml=header_xml, started=time.perf_counter())
     receiver = threading.Thread(target=_receive, args=(sock, reply), daemon=True)
     receiver.start()

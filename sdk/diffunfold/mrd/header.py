@@ -107,13 +107,17 @@ def encoding_of(header) -> Encoding:
     enc = header.encoding[0]
     trajectory = getattr(enc.trajectory, "value", str(enc.trajectory))
     if trajectory != "cartesian":
-        raise InputError(f"the MRD header's trajectory is {trajectory!r}; diffunfold reconstructs Cartesian "
-                         "data only (regrid non-Cartesian data first)")
+        raise InputError(
+            f"the MRD header's trajectory is {trajectory!r}; diffunfold reconstructs Cartesian "
+            "data only (regrid non-Cartesian data first)"
+        )
     encoded = _triple(enc.encodedSpace.matrixSize, "encodedSpace matrixSize", int)
     recon = _triple(enc.reconSpace.matrixSize, "reconSpace matrixSize", int)
     if encoded[2] != 1:
-        raise InputError(f"the MRD header encodes {encoded[2]} partitions (3-D); diffunfold reconstructs "
-                         "2-D (multi-slice) acquisitions")
+        raise InputError(
+            f"the MRD header encodes {encoded[2]} partitions (3-D); diffunfold reconstructs "
+            "2-D (multi-slice) acquisitions"
+        )
     limits = enc.encodingLimits
     step1 = limits.kspace_encoding_step_1 if limits is not None else None
     if step1 is None:
@@ -122,29 +126,45 @@ def encoding_of(header) -> Encoding:
         lim = (int(step1.minimum), int(step1.maximum), int(step1.center))
         offset = encoded[1] // 2 - lim[2]
         if not 0 <= lim[0] <= lim[2] <= lim[1] or lim[0] + offset < 0 or lim[1] + offset >= encoded[1]:
-            raise InputError(f"the MRD header's kspace_encoding_step_1 limits {lim} do not fit the "
-                             f"{encoded[1]} phase encodes of the encoded matrix")
+            raise InputError(
+                f"the MRD header's kspace_encoding_step_1 limits {lim} do not fit the "
+                f"{encoded[1]} phase encodes of the encoded matrix"
+            )
     slice_lim = limits.slice if limits is not None else None
     counters = {name: _counter_maximum(limits, name) for name in COUNTERS}
     system = header.acquisitionSystemInformation
     enc_out = Encoding(
-        encoded=encoded, recon=recon,
+        encoded=encoded,
+        recon=recon,
         encoded_fov=_triple(enc.encodedSpace.fieldOfView_mm, "encodedSpace fieldOfView_mm", float),
         recon_fov=_triple(enc.reconSpace.fieldOfView_mm, "reconSpace fieldOfView_mm", float),
-        step1=lim, slices=int(slice_lim.maximum) + 1 if slice_lim is not None else 1,
+        step1=lim,
+        slices=int(slice_lim.maximum) + 1 if slice_lim is not None else 1,
         coils=getattr(system, "receiverChannels", None) if system is not None else None,
-        trajectory=trajectory, counters=counters)
+        trajectory=trajectory,
+        counters=counters,
+    )
     if enc_out.readout_oversampling < 1 - 1e-6:
-        raise InputError(f"the encoded readout field of view ({enc_out.encoded_fov[0]} mm) is smaller than "
-                         f"the recon one ({enc_out.recon_fov[0]} mm); the header is inconsistent")
+        raise InputError(
+            f"the encoded readout field of view ({enc_out.encoded_fov[0]} mm) is smaller than "
+            f"the recon one ({enc_out.recon_fov[0]} mm); the header is inconsistent"
+        )
     if min(enc_out.grid) < 8:
         raise InputError(f"the reconstruction grid {enc_out.grid} is too small (at least 8x8)")
     return enc_out
 
 
-def make_header(grid: tuple[int, int], coils: int, slices: int, *, oversampling: int = 2,
-                fov_mm: tuple[float, float, float] = (220.0, 220.0, 5.0), acceleration: int = 1,
-                patient_id: str = "phantom", description: str = "diffunfold phantom"):
+def make_header(
+    grid: tuple[int, int],
+    coils: int,
+    slices: int,
+    *,
+    oversampling: int = 2,
+    fov_mm: tuple[float, float, float] = (220.0, 220.0, 5.0),
+    acceleration: int = 1,
+    patient_id: str = "phantom",
+    description: str = "diffunfold phantom",
+):
     """A complete ISMRMRD header for 2-D Cartesian multi-slice data on an ``(H, W)`` grid
     (readout x phase encodes) with the readout oversampled ``oversampling`` times."""
     from ismrmrd import xsd
@@ -153,27 +173,37 @@ def make_header(grid: tuple[int, int], coils: int, slices: int, *, oversampling:
     fx, fy, fz = fov_mm
 
     def space(nx, fovx):
-        return xsd.encodingSpaceType(matrixSize=xsd.matrixSizeType(x=nx, y=w, z=1),
-                                     fieldOfView_mm=xsd.fieldOfViewMm(x=fovx, y=fy, z=fz))
+        return xsd.encodingSpaceType(
+            matrixSize=xsd.matrixSizeType(x=nx, y=w, z=1), fieldOfView_mm=xsd.fieldOfViewMm(x=fovx, y=fy, z=fz)
+        )
 
     limits = xsd.encodingLimitsType(
         kspace_encoding_step_0=xsd.limitType(minimum=0, maximum=h * oversampling - 1, center=h * oversampling // 2),
         kspace_encoding_step_1=xsd.limitType(minimum=0, maximum=w - 1, center=w // 2),
         kspace_encoding_step_2=xsd.limitType(minimum=0, maximum=0, center=0),
-        slice=xsd.limitType(minimum=0, maximum=slices - 1, center=0))
+        slice=xsd.limitType(minimum=0, maximum=slices - 1, center=0),
+    )
     parallel = xsd.parallelImagingType(
         accelerationFactor=xsd.accelerationFactorType(kspace_encoding_step_1=acceleration, kspace_encoding_step_2=1),
-        calibrationMode=xsd.calibrationModeType.EMBEDDED)
-    encoding = xsd.encodingType(encodedSpace=space(h * oversampling, fx * oversampling), reconSpace=space(h, fx),
-                                encodingLimits=limits, trajectory=xsd.trajectoryType.CARTESIAN,
-                                parallelImaging=parallel)
+        calibrationMode=xsd.calibrationModeType.EMBEDDED,
+    )
+    encoding = xsd.encodingType(
+        encodedSpace=space(h * oversampling, fx * oversampling),
+        reconSpace=space(h, fx),
+        encodingLimits=limits,
+        trajectory=xsd.trajectoryType.CARTESIAN,
+        parallelImaging=parallel,
+    )
     return xsd.ismrmrdHeader(
         version=2,
         subjectInformation=xsd.subjectInformationType(patientName=patient_id, patientID=patient_id),
         measurementInformation=xsd.measurementInformationType(
-            patientPosition=xsd.patientPositionType.HFS, protocolName=description, measurementID=patient_id),
+            patientPosition=xsd.patientPositionType.HFS, protocolName=description, measurementID=patient_id
+        ),
         acquisitionSystemInformation=xsd.acquisitionSystemInformationType(
-            systemVendor="diffunfold", systemModel="simulation", systemFieldStrength_T=3.0, receiverChannels=coils),
+            systemVendor="diffunfold", systemModel="simulation", systemFieldStrength_T=3.0, receiverChannels=coils
+        ),
         experimentalConditions=xsd.experimentalConditionsType(H1resonanceFrequency_Hz=127728000),
         encoding=[encoding],
-        sequenceParameters=xsd.sequenceParametersType(TR=[500.0], TE=[10.0], flipAngle_deg=[90.0]))
+        sequenceParameters=xsd.sequenceParametersType(TR=[500.0], TE=[10.0], flipAngle_deg=[90.0]),
+    )

@@ -27,8 +27,12 @@ def planned_outputs(out_dir: str | os.PathLike, stem: str, formats=FORMATS) -> d
     if unknown:
         raise InputError(f"unknown output format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
     out = Path(out_dir)
-    paths = {"mrd": out / f"{stem}_images.h5", "fastmri": out / "reconstructions" / f"{stem}.h5",
-             "dicom": out / f"{stem}_dicom", "png": out / f"{stem}_png"}
+    paths = {
+        "mrd": out / f"{stem}_images.h5",
+        "fastmri": out / "reconstructions" / f"{stem}.h5",
+        "dicom": out / f"{stem}_dicom",
+        "png": out / f"{stem}_png",
+    }
     return {k: paths[k] for k in FORMATS if k in formats}
 
 
@@ -82,10 +86,12 @@ def _header_info(header_xml: bytes) -> dict:
     head = parse_header(header_xml)
     subject = head.subjectInformation
     measurement = head.measurementInformation
-    return {"patient_name": getattr(subject, "patientName", None) or "anonymous",
-            "patient_id": getattr(subject, "patientID", None) or "unknown",
-            "protocol": getattr(measurement, "protocolName", None) or "diffunfold",
-            "position": getattr(getattr(measurement, "patientPosition", None), "value", "HFS")}
+    return {
+        "patient_name": getattr(subject, "patientName", None) or "anonymous",
+        "patient_id": getattr(subject, "patientID", None) or "unknown",
+        "protocol": getattr(measurement, "protocolName", None) or "diffunfold",
+        "position": getattr(getattr(measurement, "patientPosition", None), "value", "HFS"),
+    }
 
 
 def dicom_dataset(img, info: dict, uids: dict):
@@ -143,16 +149,21 @@ def _write_dicom(folder: Path, images, header_xml: bytes) -> None:
         ds.save_as(folder / name, enforce_file_format=True)
 
 
-def write_outputs(images, header_xml: bytes, out_dir, stem: str, formats=FORMATS,
-                  overwrite: bool = False) -> dict[str, Path]:
+def write_outputs(
+    images, header_xml: bytes, out_dir, stem: str, formats=FORMATS, overwrite: bool = False
+) -> dict[str, Path]:
     """Write ``images`` in each format; returns format -> path. Nothing is written when an
     output exists and ``overwrite`` is false."""
     if not images:
         raise InputError("no images to write")
     plan = planned_outputs(out_dir, stem, formats)
     refuse_existing(plan.values(), overwrite)
-    writers = {"mrd": lambda p: _write_mrd(p, images, header_xml), "fastmri": lambda p: _write_fastmri(p, images),
-               "dicom": lambda p: _write_dicom(p, images, header_xml), "png": lambda p: _write_png(p, images)}
+    writers = {
+        "mrd": lambda p: _write_mrd(p, images, header_xml),
+        "fastmri": lambda p: _write_fastmri(p, images),
+        "dicom": lambda p: _write_dicom(p, images, header_xml),
+        "png": lambda p: _write_png(p, images),
+    }
     for kind, path in plan.items():
         if kind in ("dicom", "png"):
             with atomic_folder(path) as tmp:

@@ -15,15 +15,24 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from ismrmrd.serialization import ISMRMRDMessageID as MessageID
 from ismrmrd.serialization import ProtocolDeserializer, ProtocolSerializer
 
 from ..errors import InputError
 
-__all__ = ["MessageID", "ProtocolError", "TruncatedMessage", "MessageTooLarge", "ReadTimeout", "SocketReader",
-           "SocketWriter", "messages", "reader_messages"]
+__all__ = [
+    "MessageID",
+    "ProtocolError",
+    "TruncatedMessage",
+    "MessageTooLarge",
+    "ReadTimeout",
+    "SocketReader",
+    "SocketWriter",
+    "messages",
+    "reader_messages",
+]
 
 
 class ProtocolError(Exception):
@@ -57,13 +66,20 @@ class SocketReader:
     :class:`~diffunfold.mrd.limits.Account`) and given back when the next message begins.
     """
 
-    def __init__(self, sock: socket.socket, max_message: int | None = None, max_text: int | None = None,
-                 idle_timeout: float | None = None, message_timeout: float | None = None, account=None):
+    def __init__(
+        self,
+        sock: socket.socket,
+        max_message: int | None = None,
+        max_text: int | None = None,
+        idle_timeout: float | None = None,
+        message_timeout: float | None = None,
+        account=None,
+    ):
         self._sock = sock
         self.max_message, self.max_text = max_message, max_text
         self.idle_timeout, self.message_timeout = idle_timeout, message_timeout
         self.account = account
-        self.at_boundary = True   # set before each message; the first read of one is its ID
+        self.at_boundary = True  # set before each message; the first read of one is its ID
         self.bytes_read = 0
         self.message_id: int | None = None
         self._message_bytes = 0
@@ -104,8 +120,10 @@ class SocketReader:
         total = self._message_bytes + n
         limit = self.max_text if self.message_id in _TEXT_IDS and self.max_text is not None else self.max_message
         if limit is not None and total > limit:
-            raise MessageTooLarge(f"a {self._name()} message declares {n} bytes ({total} in all); this server takes "
-                                  f"at most {limit} bytes per message")
+            raise MessageTooLarge(
+                f"a {self._name()} message declares {n} bytes ({total} in all); this server takes "
+                f"at most {limit} bytes per message"
+            )
         if self.account is not None:
             self.account.charge(n, f"a {self._name()} message of {total} bytes")
         self._message_bytes = total
@@ -126,8 +144,9 @@ class SocketReader:
         except TimeoutError:
             if first:
                 raise ReadTimeout(f"no message for {self.idle_timeout:g} s; the connection is closed") from None
-            raise ReadTimeout(f"a {self._name()} message did not arrive whole within {self.message_timeout:g} s") \
-                from None
+            raise ReadTimeout(
+                f"a {self._name()} message did not arrive whole within {self.message_timeout:g} s"
+            ) from None
 
     def _name(self) -> str:
         try:
@@ -179,10 +198,16 @@ def _message_id(obj) -> int:
     from ismrmrd.serialization import ConfigFile, ConfigText
     from ismrmrd.xsd import ismrmrdHeader
 
-    for kind, mid in ((ConfigFile, MessageID.CONFIG_FILE), (ConfigText, MessageID.CONFIG_TEXT),
-                      (Acquisition, MessageID.ACQUISITION), (Image, MessageID.IMAGE),
-                      (Waveform, MessageID.WAVEFORM), (ismrmrdHeader, MessageID.HEADER),
-                      (np.ndarray, MessageID.NDARRAY), (str, MessageID.TEXT)):
+    for kind, mid in (
+        (ConfigFile, MessageID.CONFIG_FILE),
+        (ConfigText, MessageID.CONFIG_TEXT),
+        (Acquisition, MessageID.ACQUISITION),
+        (Image, MessageID.IMAGE),
+        (Waveform, MessageID.WAVEFORM),
+        (ismrmrdHeader, MessageID.HEADER),
+        (np.ndarray, MessageID.NDARRAY),
+        (str, MessageID.TEXT),
+    ):
         if isinstance(obj, kind):
             return int(mid)
     raise ProtocolError(f"unexpected object {type(obj).__name__}")  # pragma: no cover

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Callable
 
 __all__ = ["FairScheduler"]
 
@@ -24,10 +24,12 @@ class FairScheduler:
         self.per_client = int(per_client)
         self._cond = threading.Condition()
         self._queues: dict[int, deque] = {}
-        self._turns: deque[int] = deque()       # clients with waiting jobs, next first
+        self._turns: deque[int] = deque()  # clients with waiting jobs, next first
         self._stopping = False
-        self._workers = [threading.Thread(target=self._work, args=(s,), name=f"recon-{i}", daemon=True)
-                         for i, s in enumerate(solvers)]
+        self._workers = [
+            threading.Thread(target=self._work, args=(s,), name=f"recon-{i}", daemon=True)
+            for i, s in enumerate(solvers)
+        ]
         for w in self._workers:
             w.start()
 
@@ -71,7 +73,7 @@ class FairScheduler:
                         future, fn, args = queue.popleft()
                         if future.set_running_or_notify_cancel():
                             if queue:
-                                self._turns.append(client)   # its next job waits for the others' turns
+                                self._turns.append(client)  # its next job waits for the others' turns
                             self._cond.notify_all()
                             return future, fn, args
                 self._cond.wait()

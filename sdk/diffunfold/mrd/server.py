@@ -46,8 +46,11 @@ LOG = logging.getLogger("diffunfold.mrd")
 
 class _JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                 + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(), "event": record.getMessage()}
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
         entry.update(getattr(record, "fields", {}))
         return json.dumps(entry, default=str)
 
@@ -95,7 +98,7 @@ class _SaveData:
 class _Session:
     """One connection: the reading thread runs :meth:`run`; a sender thread returns images."""
 
-    server: "MRDServer"
+    server: MRDServer
     sock: socket.socket
     conn_id: int
     peer: str
@@ -120,9 +123,14 @@ class _Session:
         self.start_deadline = time.monotonic() + limits.start_timeout
         # until its header has come, a connection may send only small messages, and soon
         text_max = TEXT_MESSAGE_MAX if self.authenticated else START_MESSAGE_MAX
-        self.reader = SocketReader(self.sock, max_message=START_MESSAGE_MAX, max_text=text_max,
-                                   idle_timeout=limits.start_timeout, message_timeout=limits.start_timeout,
-                                   account=self.account)
+        self.reader = SocketReader(
+            self.sock,
+            max_message=START_MESSAGE_MAX,
+            max_text=text_max,
+            idle_timeout=limits.start_timeout,
+            message_timeout=limits.start_timeout,
+            account=self.account,
+        )
 
     # -- reading ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -133,8 +141,11 @@ class _Session:
         except EOFError:
             self._ended_without_close()
         except ReadTimeout as exc:
-            self.fail(str(exc) if self.encoding is not None else
-                      f"no header within {self.server.limits.start_timeout:g} s of connecting; the connection is closed")
+            self.fail(
+                str(exc)
+                if self.encoding is not None
+                else f"no header within {self.server.limits.start_timeout:g} s of connecting; the connection is closed"
+            )
         except (ProtocolError, InputError) as exc:
             self.fail(str(exc))
         except OSError as exc:
@@ -151,18 +162,24 @@ class _Session:
             self._close()
 
     def _read(self) -> None:
-        handlers = {MessageID.CONFIG_FILE: self._config_file, MessageID.CONFIG_TEXT: self._config_text,
-                    MessageID.HEADER: self._header, MessageID.ACQUISITION: self._acquisition,
-                    MessageID.TEXT: self._text}
+        handlers = {
+            MessageID.CONFIG_FILE: self._config_file,
+            MessageID.CONFIG_TEXT: self._config_text,
+            MessageID.HEADER: self._header,
+            MessageID.ACQUISITION: self._acquisition,
+            MessageID.TEXT: self._text,
+        }
         for mid, obj in reader_messages(self.reader):
             if self.errors:
                 return
             if not self.authenticated and mid not in (MessageID.CONFIG_FILE, MessageID.TEXT):
-                raise InputError("this server needs a token: send a TEXT message 'token <the token>' before the "
-                                 "header (diffunfold send --token-file FILE)")
+                raise InputError(
+                    "this server needs a token: send a TEXT message 'token <the token>' before the "
+                    "header (diffunfold send --token-file FILE)"
+                )
             if mid == MessageID.CLOSE:
                 self.closed_by_client = True
-                for data in (self.assembler.finish() if self.assembler else []):
+                for data in self.assembler.finish() if self.assembler else []:
                     self._submit(data)
                 return
             handler = handlers.get(mid)
@@ -199,7 +216,7 @@ class _Session:
         except ValueError as exc:  # not JSON, or an integer of thousands of digits
             raise InputError(f"CONFIG_TEXT is not valid JSON ({exc})") from None
         if not isinstance(changes, dict):
-            raise InputError("CONFIG_TEXT must be a JSON object of settings, e.g. {\"samples\": 4}")
+            raise InputError('CONFIG_TEXT must be a JSON object of settings, e.g. {"samples": 4}')
         settings = self.settings.updated(changes)
         self.server.limits.check_settings(settings)
         self.settings = settings
@@ -214,8 +231,9 @@ class _Session:
         self.encoding = encoding_of(header)
         self.assembler = SliceAssembler(self.encoding, account=self.account)
         self.header_xml = header.toXML().encode("utf-8")
-        log_event("header", conn=self.conn_id, grid=self.encoding.grid, slices=self.encoding.slices,
-                  coils=self.encoding.coils)
+        log_event(
+            "header", conn=self.conn_id, grid=self.encoding.grid, slices=self.encoding.slices, coils=self.encoding.coils
+        )
 
     def _acquisition(self, acq) -> None:
         if self.assembler is None:
@@ -242,8 +260,13 @@ class _Session:
     def _submit(self, data) -> None:
         settings, encoding = self.settings, self.encoding
         future = self.server.scheduler.submit(
-            self.conn_id, self._reconstruct, data, encoding, settings,
-            give_up=lambda: bool(self.errors) or self.server.stopping.is_set())
+            self.conn_id,
+            self._reconstruct,
+            data,
+            encoding,
+            settings,
+            give_up=lambda: bool(self.errors) or self.server.stopping.is_set(),
+        )
         if future is None:  # the server is shutting down, or this connection failed
             if not self.errors:
                 self.lost.append(data.slice)
@@ -254,8 +277,14 @@ class _Session:
 
     def _reconstruct(self, solver, data, encoding, settings) -> list:
         rec = reconstruct_slice(solver, data, encoding, settings)
-        log_event("reconstructed", conn=self.conn_id, slice=data.slice, seconds=round(rec.seconds, 3),
-                  acceleration=round(data.acceleration, 2), samples=settings.samples)
+        log_event(
+            "reconstructed",
+            conn=self.conn_id,
+            slice=data.slice,
+            seconds=round(rec.seconds, 3),
+            acceleration=round(data.acceleration, 2),
+            samples=settings.samples,
+        )
         return to_images(rec, data, encoding, settings, self.server.package_name)
 
     # -- sending and closing ---------------------------------------------------------------------
@@ -328,8 +357,9 @@ class _Session:
         self.account.close()
         ok = not (self.errors or self.notices or self.lost)
         saved = self.save.finish(keep=ok and self.closed_by_client) if self.save else None
-        log_event("closed", conn=self.conn_id, peer=self.peer, images=self.sent, ok=ok,
-                  saved=str(saved) if saved else None)
+        log_event(
+            "closed", conn=self.conn_id, peer=self.peer, images=self.sent, ok=ok, saved=str(saved) if saved else None
+        )
 
 
 # accept() errors that mean "no descriptors or buffers now": wait and go on serving
@@ -344,9 +374,17 @@ class MRDServer:
     shared secret clients must send (None: none needed; :func:`.auth.require_access` decides
     whether that is allowed)."""
 
-    def __init__(self, solvers, settings: ReconSettings, host: str = "127.0.0.1", port: int = 9002,
-                 savedata: str | os.PathLike | None = None, limits: ServerLimits | None = None,
-                 token: str | None = None, package_name: str = ""):
+    def __init__(
+        self,
+        solvers,
+        settings: ReconSettings,
+        host: str = "127.0.0.1",
+        port: int = 9002,
+        savedata: str | os.PathLike | None = None,
+        limits: ServerLimits | None = None,
+        token: str | None = None,
+        package_name: str = "",
+    ):
         self.solvers = list(solvers) if isinstance(solvers, (list, tuple)) else [solvers]
         self.limits = (limits or ServerLimits()).checked()
         self.settings = settings.checked()
@@ -361,8 +399,9 @@ class MRDServer:
         try:
             self.listener = socket.create_server((host, int(port)))
         except OSError as exc:
-            raise InputError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port "
-                             "or --host") from None
+            raise InputError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or --host"
+            ) from None
         self.host, self.port = self.listener.getsockname()[:2]
         self.stopping = threading.Event()
         self.ledger = MemoryLedger(self.limits.max_buffer_total)
@@ -380,9 +419,16 @@ class MRDServer:
         self.stopping.set()
 
     def serve_forever(self) -> None:
-        log_event("listening", host=self.host, port=self.port, pid=os.getpid(),
-                  backend=getattr(self.solvers[0], "backend_name", "?"), workers=len(self.solvers),
-                  token=self.token is not None, limits=self.limits.describe())
+        log_event(
+            "listening",
+            host=self.host,
+            port=self.port,
+            pid=os.getpid(),
+            backend=getattr(self.solvers[0], "backend_name", "?"),
+            workers=len(self.solvers),
+            token=self.token is not None,
+            limits=self.limits.describe(),
+        )
         self.listener.settimeout(0.2)
         while not self.stopping.is_set():
             self._accept_one()
@@ -412,8 +458,7 @@ class MRDServer:
         descriptor, then wait a little for others to close."""
         if self._scarce_since is None:
             self._scarce_since = time.monotonic()
-            log_event("out of descriptors", logging.WARNING, error=exc.strerror or str(exc),
-                      active=len(self._sessions))
+            log_event("out of descriptors", logging.WARNING, error=exc.strerror or str(exc), active=len(self._sessions))
         if self._reserve is not None:
             os.close(self._reserve)
             self._reserve = None

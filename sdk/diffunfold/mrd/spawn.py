@@ -19,8 +19,12 @@ class ServerProcess:
 
     def __init__(self, package, *options: str, start_timeout: float = 60.0, omp_threads: str | None = "1"):
         env = dict(os.environ) if omp_threads is None else {**os.environ, "OMP_NUM_THREADS": omp_threads}
-        self.proc = subprocess.Popen([sys.executable, "-m", "diffunfold", "serve", str(package), "--port", "0",
-                                      *options], stderr=subprocess.PIPE, text=True, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "diffunfold", "serve", str(package), "--port", "0", *options],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self.events: list[dict] = []
         self._listening = threading.Event()
         threading.Thread(target=self._collect, daemon=True).start()

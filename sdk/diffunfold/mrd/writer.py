@@ -30,15 +30,18 @@ def sampling_lines(width: int, mask: str, acceleration: float, seed: int = 0) ->
     if acceleration == 1:
         return np.ones(width, bool), np.zeros(width, bool)
     if mask == "gaussian2d":
-        raise InputError("an MRD scan acquires whole phase-encode lines: use a 1-D mask (uniform1d, random1d, "
-                         "gaussian1d), not gaussian2d")
+        raise InputError(
+            "an MRD scan acquires whole phase-encode lines: use a 1-D mask (uniform1d, random1d, "
+            "gaussian1d), not gaussian2d"
+        )
     # the calibration block: fastMRI's centre fraction, or up to 24 lines (a scanner's usual ACS)
     # where that leaves half the lines to the rest of k-space
-    nc = max(1, int(round(width * default_center_fraction(acceleration))),
-             min(24, int(round(width / acceleration)) // 2))
+    nc = max(
+        1, int(round(width * default_center_fraction(acceleration))), min(24, int(round(width / acceleration)) // 2)
+    )
     sampled = mri_mask(mask, (1, width), acceleration, center_fraction=nc / width, seed=seed)[0] > 0
     calibration = np.zeros(width, bool)
-    calibration[width // 2 - nc // 2: width // 2 - nc // 2 + nc] = True
+    calibration[width // 2 - nc // 2 : width // 2 - nc // 2 + nc] = True
     return sampled, calibration
 
 
@@ -47,8 +50,14 @@ def _acquisition(line: np.ndarray, column: int, slice_index: int, counter: int, 
 
     coils, n = line.shape
     acq = ismrmrd.Acquisition.from_array(
-        np.ascontiguousarray(line, dtype=np.complex64), center_sample=n // 2, scan_counter=counter,
-        measurement_uid=1, acquisition_time_stamp=counter, sample_time_us=5.0, **geometry)
+        np.ascontiguousarray(line, dtype=np.complex64),
+        center_sample=n // 2,
+        scan_counter=counter,
+        measurement_uid=1,
+        acquisition_time_stamp=counter,
+        sample_time_us=5.0,
+        **geometry,
+    )
     acq.idx.kspace_encode_step_1 = column
     acq.idx.slice = slice_index
     for c in range(coils):
@@ -60,12 +69,16 @@ def _acquisition(line: np.ndarray, column: int, slice_index: int, counter: int, 
 
 def _geometry(slice_index: int, slices: int, thickness: float) -> dict:
     z = (slice_index - (slices - 1) / 2) * (thickness + SLICE_GAP_MM)
-    return {"position": (0.0, 0.0, float(z)), "read_dir": (1.0, 0.0, 0.0), "phase_dir": (0.0, 1.0, 0.0),
-            "slice_dir": (0.0, 0.0, 1.0), "patient_table_position": (0.0, 0.0, 0.0)}
+    return {
+        "position": (0.0, 0.0, float(z)),
+        "read_dir": (1.0, 0.0, 0.0),
+        "phase_dir": (0.0, 1.0, 0.0),
+        "slice_dir": (0.0, 0.0, 1.0),
+        "patient_table_position": (0.0, 0.0, 0.0),
+    }
 
 
-def _acquisitions(kspace: np.ndarray, sampled, calibration, thickness: float, noise_scans: int, rng,
-                  noise_model=None):
+def _acquisitions(kspace: np.ndarray, sampled, calibration, thickness: float, noise_scans: int, rng, noise_model=None):
     """Every acquisition of the scan, in order: noise scans, then each slice's lines.
     ``noise_model``: ``(std, covariance)`` of the receive chain for the noise scans (default:
     white at 1e-6)."""
@@ -92,9 +105,17 @@ def _acquisitions(kspace: np.ndarray, sampled, calibration, thickness: float, no
             yield _acquisition(kspace[s, :, :, col], int(col), s, counter, _geometry(s, slices, thickness), flags)
 
 
-def write_mrd_file(path: str | os.PathLike, kspace: np.ndarray, header, sampled: np.ndarray,
-                   calibration: np.ndarray, noise_scans: int = 0, seed: int = 0, overwrite: bool = False,
-                   noise_model=None) -> Path:
+def write_mrd_file(
+    path: str | os.PathLike,
+    kspace: np.ndarray,
+    header,
+    sampled: np.ndarray,
+    calibration: np.ndarray,
+    noise_scans: int = 0,
+    seed: int = 0,
+    overwrite: bool = False,
+    noise_model=None,
+) -> Path:
     """Write k-space ``(slices, coils, Hx, W)`` (Hx the oversampled readout) as an MRD file
     with ``header`` (an ``ismrmrd.xsd.ismrmrdHeader``), keeping the ``sampled`` lines."""
     import ismrmrd
@@ -118,10 +139,21 @@ def write_mrd_file(path: str | os.PathLike, kspace: np.ndarray, header, sampled:
     return atomic_write(path, write)
 
 
-def write_phantom_mrd(path: str | os.PathLike, slices: int = 4, size: int = 64, coils: int = 8,
-                      mask: str = "gaussian1d", acceleration: float = 4.0, oversampling: int = 2,
-                      noise_std: float = 0.0, noise_scans: int = 4, seed: int = 0, images: np.ndarray | None = None,
-                      overwrite: bool = False, noise_covariance: np.ndarray | None = None) -> Path:
+def write_phantom_mrd(
+    path: str | os.PathLike,
+    slices: int = 4,
+    size: int = 64,
+    coils: int = 8,
+    mask: str = "gaussian1d",
+    acceleration: float = 4.0,
+    oversampling: int = 2,
+    noise_std: float = 0.0,
+    noise_scans: int = 4,
+    seed: int = 0,
+    images: np.ndarray | None = None,
+    overwrite: bool = False,
+    noise_covariance: np.ndarray | None = None,
+) -> Path:
     """Random phantoms (or ``images``, complex ``(slices, H, W)``) simulated on ``coils``
     birdcage coils, written as an MRD scan with the readout oversampled ``oversampling`` times.
     ``noise_covariance``: the coils' noise covariance ``(coils, coils)``: the imaging lines and
@@ -129,8 +161,12 @@ def write_phantom_mrd(path: str | os.PathLike, slices: int = 4, size: int = 64, 
     from ..data.phantom import random_phantom, simulate_multicoil
     from .header import make_header
 
-    for name, value, low in (("slices", slices, 1), ("size", size, 16), ("coils", coils, 1),
-                             ("oversampling", oversampling, 1)):
+    for name, value, low in (
+        ("slices", slices, 1),
+        ("size", size, 16),
+        ("coils", coils, 1),
+        ("oversampling", oversampling, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
     rng = np.random.default_rng(seed)
@@ -142,8 +178,9 @@ def write_phantom_mrd(path: str | os.PathLike, slices: int = 4, size: int = 64, 
     n, h, w = images.shape
     pad = (h * oversampling - h) // 2
     white = noise_std if noise_covariance is None else 0.0
-    kspace = np.stack([simulate_multicoil(np.pad(x, ((pad, h * oversampling - h - pad), (0, 0))), coils,
-                                          white, rng) for x in images])
+    kspace = np.stack(
+        [simulate_multicoil(np.pad(x, ((pad, h * oversampling - h - pad), (0, 0))), coils, white, rng) for x in images]
+    )
     noise_model = None
     if noise_covariance is not None:
         from ..scanner.simulate import correlated_noise
@@ -152,13 +189,26 @@ def write_phantom_mrd(path: str | os.PathLike, slices: int = 4, size: int = 64, 
         kspace = kspace + noise_std * np.stack([correlated_noise(k.shape, psi, rng) for k in kspace])
         noise_model = (max(float(noise_std), 1e-6), psi)
     sampled, calibration = sampling_lines(w, mask, acceleration, seed)
-    header = make_header((h, w), coils, n, oversampling=oversampling, acceleration=max(1, round(acceleration)),
-                         patient_id=Path(path).stem)
+    header = make_header(
+        (h, w),
+        coils,
+        n,
+        oversampling=oversampling,
+        acceleration=max(1, round(acceleration)),
+        patient_id=Path(path).stem,
+    )
     return write_mrd_file(path, kspace, header, sampled, calibration, noise_scans, seed, overwrite, noise_model)
 
 
-def fastmri_to_mrd(source: str | os.PathLike, path: str | os.PathLike, mask: str = "gaussian1d",
-                   acceleration: float = 4.0, seed: int = 0, noise_scans: int = 0, overwrite: bool = False) -> Path:
+def fastmri_to_mrd(
+    source: str | os.PathLike,
+    path: str | os.PathLike,
+    mask: str = "gaussian1d",
+    acceleration: float = 4.0,
+    seed: int = 0,
+    noise_scans: int = 0,
+    overwrite: bool = False,
+) -> Path:
     """A fastMRI multi-coil volume (fully sampled, readout oversampled as distributed) as an
     MRD scan keeping the lines of a 1-D mask; matrices and fields of view from its header."""
     from ..data.fastmri import FastMRIFile
@@ -174,7 +224,14 @@ def fastmri_to_mrd(source: str | os.PathLike, path: str | os.PathLike, mask: str
         raise InputError(f"{source}: a readout of {hx} samples is not {oversampling}x the recon matrix {recon_x}")
     fov = (head.encoded_fov[0] / oversampling, head.encoded_fov[1], head.encoded_fov[2])
     sampled, calibration = sampling_lines(w, mask, acceleration, seed)
-    header = make_header((hx // oversampling, w), coils, kspace.shape[0], oversampling=oversampling, fov_mm=fov,
-                         acceleration=max(1, round(acceleration)), patient_id=Path(source).stem,
-                         description=f"fastMRI {Path(source).name}")
+    header = make_header(
+        (hx // oversampling, w),
+        coils,
+        kspace.shape[0],
+        oversampling=oversampling,
+        fov_mm=fov,
+        acceleration=max(1, round(acceleration)),
+        patient_id=Path(source).stem,
+        description=f"fastMRI {Path(source).name}",
+    )
     return write_mrd_file(path, kspace, header, sampled, calibration, noise_scans, seed, overwrite)

@@ -9,7 +9,8 @@ methods here add the checks, so the checks live in one place.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,8 +110,10 @@ class LinearOperator:
         self._check_measurement(y, "y")
         if self.fast_normal:
             if int(y.shape[0]) != int(x.shape[0]) or y.dtype != x.dtype:
-                raise InputError(f"y is {describe(y)} but x is {describe(x)}; x and y must describe the same batch, "
-                                 "in the same precision")
+                raise InputError(
+                    f"y is {describe(y)} but x is {describe(x)}; x and y must describe the same batch, "
+                    "in the same precision"
+                )
             return self._normal(x) - self._adjoint_y(y)
         ax = self._forward(x)
         if tuple(ax.shape) != tuple(y.shape):
@@ -119,9 +122,7 @@ class LinearOperator:
                 "x and y must describe the same batch"
             )
         if ax.dtype != y.dtype:
-            raise InputError(
-                f"y is {describe(y)} but A(x) is {describe(ax)}; give x and y the same precision"
-            )
+            raise InputError(f"y is {describe(y)} but A(x) is {describe(ax)}; give x and y the same precision")
         return self._adjoint(ax - y)
 
     # CG steps of the default ``prox`` when the caller gives none; closed forms ignore it.
@@ -163,8 +164,13 @@ class LinearOperator:
         memo = self._aty_memo
         if memo is not None:
             seen, aty = memo
-            if (type(seen) is type(y) and seen.shape == y.shape and seen.dtype == y.dtype
-                    and device_of(seen) == device_of(y) and bool(namespace(y).all(seen == y))):
+            if (
+                type(seen) is type(y)
+                and seen.shape == y.shape
+                and seen.dtype == y.dtype
+                and device_of(seen) == device_of(y)
+                and bool(namespace(y).all(seen == y))
+            ):
                 return aty
         aty = self._adjoint(y)
         self._aty_memo = (namespace(y).asarray(y, copy=True), aty)
@@ -266,8 +272,7 @@ class LinearOperator:
         if getattr(y, "ndim", None) != 4 or tuple(y.shape[-2:]) != hw:
             got = describe(y) if hasattr(y, "shape") else type(y).__name__
             raise InputError(
-                f"{what} must have shape (B, C, {hw[0]}, {hw[1]}) for this {self.task} "
-                f"operator, got {got}"
+                f"{what} must have shape (B, C, {hw[0]}, {hw[1]}) for this {self.task} operator, got {got}"
             )
         self._check_dtype(y, what)
         self._check_batch(y, what)

@@ -8,7 +8,7 @@ multiplication by the conjugate spectrum.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -75,7 +75,9 @@ class Convolution(LinearOperator):
         xp = namespace(v)
         lip = self.lipschitz
         real_t = real_dtype_for(xp, v.dtype)
-        conj_k = self._const("prox:K*/L", lambda: np.conj(self._spectrum) / lip, v, dtype=complex_dtype_for(xp, v.dtype))
+        conj_k = self._const(
+            "prox:K*/L", lambda: np.conj(self._spectrum) / lip, v, dtype=complex_dtype_for(xp, v.dtype)
+        )
         power = self._const("prox:|K|^2/L", lambda: np.abs(self._spectrum) ** 2 / lip, v, dtype=real_t)
         fft = fft_of(v)
         spec = (conj_k * fft.rfftn(y, axes=(-2, -1)) + weight * fft.rfftn(v, axes=(-2, -1))) / (power + weight)
@@ -107,8 +109,13 @@ class GaussianBlur(Convolution):
 
     task = "gaussian_blur"
 
-    def __init__(self, image_shape: Sequence[int], sigma: float | Sequence[float], angle: float = 0.0,
-                 pinv_eps: float | None = None):
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        sigma: float | Sequence[float],
+        angle: float = 0.0,
+        pinv_eps: float | None = None,
+    ):
         shape = tuple(int(s) for s in image_shape)[-2:]
         s = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
         if s.shape not in ((1,), (2,)) or np.any(~np.isfinite(s)) or np.any(s <= 0):
@@ -116,8 +123,7 @@ class GaussianBlur(Convolution):
         s1, s2 = (float(s[0]), float(s[-1]))
         if 3 * max(s1, s2) > min(shape) / 2:
             raise InputError(
-                f"a Gaussian of std {max(s1, s2)} px is too wide for a {shape} image "
-                "(3 std must fit in half the image)"
+                f"a Gaussian of std {max(s1, s2)} px is too wide for a {shape} image (3 std must fit in half the image)"
             )
         self.sigma = (s1, s2)
         self.angle = float(angle)
@@ -136,8 +142,7 @@ class GaussianBlur(Convolution):
     def spec(self) -> dict:
         if self.isotropic:
             return {"task": "gaussian_blur", "image_shape": self.image_shape, "sigma": self.sigma[0]}
-        return {"task": "anisotropic_blur", "image_shape": self.image_shape, "sigma": self.sigma,
-                "angle": self.angle}
+        return {"task": "anisotropic_blur", "image_shape": self.image_shape, "sigma": self.sigma, "angle": self.angle}
 
 
 class MotionBlur(Convolution):
@@ -147,8 +152,7 @@ class MotionBlur(Convolution):
 
     task = "motion_blur"
 
-    def __init__(self, image_shape: Sequence[int], length: float, angle: float,
-                 pinv_eps: float | None = None):
+    def __init__(self, image_shape: Sequence[int], length: float, angle: float, pinv_eps: float | None = None):
         shape = tuple(int(s) for s in image_shape)[-2:]
         length = float(length)
         if not math.isfinite(length) or length < 1 or length > min(shape) / 2:
@@ -162,11 +166,9 @@ class MotionBlur(Convolution):
         kernel = np.zeros(shape)
         x0, y0 = np.floor(px), np.floor(py)
         fx, fy = px - x0, py - y0
-        for oy, ox, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx),
-                            (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        for oy, ox, wgt in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
             np.add.at(kernel, (((y0 + oy) % h).astype(int), ((x0 + ox) % w).astype(int)), wgt)
         super().__init__(kernel, pinv_eps)
 
     def spec(self) -> dict:
-        return {"task": "motion_blur", "image_shape": self.image_shape, "length": self.length,
-                "angle": self.angle}
+        return {"task": "motion_blur", "image_shape": self.image_shape, "length": self.length, "angle": self.angle}

@@ -8,7 +8,7 @@ which keeps the step differentiable, exportable and the same on every backend.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .._array import is_complex, namespace
 

@@ -52,7 +52,7 @@ def spectral_norm(op: LinearOperator, x0, iters: int = 60) -> float:
         x = x / float(xp.sqrt(xp.sum(xp.abs(x) ** 2)))
         x = op.AT(op.A(x))
         value = float(xp.sqrt(xp.sum(xp.abs(x) ** 2)))
-    return value ** 0.5
+    return value**0.5
 
 
 def pinv_consistency(op: LinearOperator, x, **pinv_kwargs) -> float:

@@ -6,7 +6,7 @@ orthogonal projection: self-adjoint, ``||A|| = 1`` and ``pinv = A`` exactly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,19 +44,17 @@ class Inpainting(LinearOperator):
         return 1.0
 
     @classmethod
-    def random(cls, image_shape: Sequence[int], missing: float, seed: int | None = None) -> "Inpainting":
+    def random(cls, image_shape: Sequence[int], missing: float, seed: int | None = None) -> Inpainting:
         """Pixel-wise "dust-like" mask: each pixel (all channels together) is missing with
         probability ``missing`` (the paper uses 0.2, 0.4, 0.6)."""
         if not 0.0 <= float(missing) < 1.0:
             raise InputError(f"missing must be a probability in [0, 1), got {missing!r}")
         h, w = tuple(int(s) for s in image_shape)[-2:]
         mask = np.random.default_rng(seed).random((h, w)) >= float(missing)
-        return cls(mask, recipe={"task": "inpainting", "image_shape": (h, w), "missing": float(missing),
-                                 "seed": seed})
+        return cls(mask, recipe={"task": "inpainting", "image_shape": (h, w), "missing": float(missing), "seed": seed})
 
     @classmethod
-    def box(cls, image_shape: Sequence[int], size: float | Sequence[int] = 0.4,
-            seed: int | None = None) -> "Inpainting":
+    def box(cls, image_shape: Sequence[int], size: float | Sequence[int] = 0.4, seed: int | None = None) -> Inpainting:
         """One missing rectangle. ``size`` is a fraction of each side or ``(rows, cols)`` in
         pixels; the box is centred when ``seed`` is None, else placed at random."""
         h, w = tuple(int(s) for s in image_shape)[-2:]
@@ -74,7 +72,7 @@ class Inpainting(LinearOperator):
             rng = np.random.default_rng(seed)
             top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
         mask = np.ones((h, w), dtype=bool)
-        mask[top:top + bh, left:left + bw] = False
+        mask[top : top + bh, left : left + bw] = False
         return cls(mask, recipe={"task": "box_inpainting", "image_shape": (h, w), "size": size, "seed": seed})
 
     @property
@@ -108,8 +106,12 @@ class Inpainting(LinearOperator):
         """The recipe it was built from; for an explicit mask, ``given`` names the mask (which
         ``make_operator`` then needs as an argument)."""
         if self._recipe is None:
-            return {"task": "inpainting", "image_shape": self.image_shape, "given": ["mask"],
-                    "observed_fraction": round(self.observed_fraction, 4)}
+            return {
+                "task": "inpainting",
+                "image_shape": self.image_shape,
+                "given": ["mask"],
+                "observed_fraction": round(self.observed_fraction, 4),
+            }
         return dict(self._recipe)
 
     def __repr__(self) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -209,16 +209,24 @@ class MultiCoilMRI(LinearOperator):
     def spec(self) -> dict:
         """The recipe it was built from; ``given`` names arrays passed explicitly."""
         if self._recipe is None:
-            return {"task": "mri", "image_shape": self.image_shape, "given": ["coil_maps", "mask"],
-                    "ncoils": self.ncoils, "acceleration": round(self.acceleration, 3)}
+            return {
+                "task": "mri",
+                "image_shape": self.image_shape,
+                "given": ["coil_maps", "mask"],
+                "ncoils": self.ncoils,
+                "acceleration": round(self.acceleration, 3),
+            }
         return dict(self._recipe)
 
     def __repr__(self) -> str:
-        return (f"MultiCoilMRI({self.image_shape}, ncoils={self.ncoils}, "
-                f"acceleration={self.acceleration:.2f}, batch={self.batch})")
+        return (
+            f"MultiCoilMRI({self.image_shape}, ncoils={self.ncoils}, "
+            f"acceleration={self.acceleration:.2f}, batch={self.batch})"
+        )
 
 
 # -- sampling masks ---------------------------------------------------------------------------
+
 
 def default_center_fraction(acceleration: float) -> float:
     """fastMRI's auto-calibration width: 8 % of the lines at 4x, 4 % at 8x."""
@@ -232,8 +240,14 @@ def _top_k_weighted(rng: np.random.Generator, weights: np.ndarray, k: int) -> np
     return np.argpartition(-keys, k - 1)[:k] if k > 0 else np.zeros(0, dtype=int)
 
 
-def mri_mask(kind: str, shape: Sequence[int], acceleration: float, center_fraction: float | None = None,
-             seed: int = 0, std_fraction: float = 0.15) -> np.ndarray:
+def mri_mask(
+    kind: str,
+    shape: Sequence[int],
+    acceleration: float,
+    center_fraction: float | None = None,
+    seed: int = 0,
+    std_fraction: float = 0.15,
+) -> np.ndarray:
     """A binary k-space sampling mask ``(H, W)`` float32 (1 = sampled).
 
     kind:
@@ -273,13 +287,14 @@ def mri_mask(kind: str, shape: Sequence[int], acceleration: float, center_fracti
     return mask
 
 
-def _gaussian2d_mask(h: int, w: int, acc: float, cf: float, std_fraction: float,
-                     rng: np.random.Generator) -> np.ndarray:
+def _gaussian2d_mask(
+    h: int, w: int, acc: float, cf: float, std_fraction: float, rng: np.random.Generator
+) -> np.ndarray:
     """``gaussian2d``: a centre square plus points drawn with a 2-D Gaussian density, bool ``(H, W)``."""
     n_total = int(round(h * w / acc))
     ch, cw = max(1, int(round(h * cf))), max(1, int(round(w * cf)))
     center = np.zeros((h, w), dtype=bool)
-    center[h // 2 - ch // 2: h // 2 - ch // 2 + ch, w // 2 - cw // 2: w // 2 - cw // 2 + cw] = True
+    center[h // 2 - ch // 2 : h // 2 - ch // 2 + ch, w // 2 - cw // 2 : w // 2 - cw // 2 + cw] = True
     dy = (np.arange(h) - h // 2)[:, None] / (std_fraction * h)
     dx = (np.arange(w) - w // 2)[None, :] / (std_fraction * w)
     density = np.exp(-0.5 * (dy**2 + dx**2))
@@ -294,8 +309,7 @@ def _gaussian2d_mask(h: int, w: int, acc: float, cf: float, std_fraction: float,
     return mask.reshape(h, w)
 
 
-def _line_mask(kind: str, w: int, acc: float, cf: float, std_fraction: float,
-               rng: np.random.Generator) -> np.ndarray:
+def _line_mask(kind: str, w: int, acc: float, cf: float, std_fraction: float, rng: np.random.Generator) -> np.ndarray:
     """The 1-D kinds: the centre lines plus the drawn ones, bool ``(W,)`` over the phase encodes."""
     n_total = int(round(w / acc))
     nc = max(1, int(round(w * cf)))
@@ -305,7 +319,7 @@ def _line_mask(kind: str, w: int, acc: float, cf: float, std_fraction: float,
             "lower center_fraction or the acceleration"
         )
     lines = np.zeros(w, dtype=bool)
-    lines[w // 2 - nc // 2: w // 2 - nc // 2 + nc] = True
+    lines[w // 2 - nc // 2 : w // 2 - nc // 2 + nc] = True
     candidates = np.flatnonzero(~lines)
     k = n_total - nc
     if kind == "uniform1d":
@@ -323,8 +337,8 @@ def _line_mask(kind: str, w: int, acc: float, cf: float, std_fraction: float,
 
 # -- coil sensitivities -----------------------------------------------------------------------
 
-def birdcage_maps(ncoils: int, shape: Sequence[int], radius: float = 1.5,
-                  rotation: float = 0.0) -> np.ndarray:
+
+def birdcage_maps(ncoils: int, shape: Sequence[int], radius: float = 1.5, rotation: float = 0.0) -> np.ndarray:
     """Simulated sensitivities of ``ncoils`` coils on a ring (complex128, ``(ncoils, H, W)``).
 
     Each coil is a wire parallel to the bore at ``radius`` (in units of the half field of
@@ -356,7 +370,9 @@ def estimate_coil_maps(kspace, calib_fraction: float = 0.08, threshold: float = 
     """
     xp = namespace(kspace)
     if kspace.ndim not in (3, 4) or not is_complex(kspace):
-        raise InputError(f"kspace must be complex (Ncoil, H, W) or (B, Ncoil, H, W), got {kspace.dtype} {tuple(kspace.shape)}")
+        raise InputError(
+            f"kspace must be complex (Ncoil, H, W) or (B, Ncoil, H, W), got {kspace.dtype} {tuple(kspace.shape)}"
+        )
     h, w = int(kspace.shape[-2]), int(kspace.shape[-1])
 
     def hann(n: int) -> np.ndarray:

@@ -8,7 +8,7 @@ without ever forming an (HW x hw) matrix.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ def downsampling_matrix(n: int, factor: int, kernel: str) -> np.ndarray:
     if kernel == "box":
         mat = np.zeros((m, n))
         for i in range(m):
-            mat[i, i * factor:(i + 1) * factor] = 1.0 / factor
+            mat[i, i * factor : (i + 1) * factor] = 1.0 / factor
         return mat
     if kernel == "bicubic":
         mat = np.zeros((m, n))
@@ -105,8 +105,7 @@ class SuperResolution(LinearOperator):
         return self._sandwich(y, "AT", lambda: self._dh.T.copy(), self._dw)
 
     def _pinv(self, y):
-        return self._sandwich(y, "P", lambda: np.linalg.pinv(self._dh),
-                              lambda: np.linalg.pinv(self._dw).T.copy())
+        return self._sandwich(y, "P", lambda: np.linalg.pinv(self._dh), lambda: np.linalg.pinv(self._dw).T.copy())
 
     def _eigen(self):
         """``D^T D = U diag(lam) U^T`` for both axes: ``A^H A`` is their Kronecker product, so

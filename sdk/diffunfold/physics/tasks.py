@@ -6,8 +6,9 @@ from __future__ import annotations
 import inspect
 import math
 import tomllib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,15 +52,28 @@ def _box_inpainting(image_shape, size: float | Sequence[int] = 0.4, seed: int | 
     return Inpainting.box(image_shape, size, seed)
 
 
-def _mri(image_shape, kind: str = "gaussian1d", acceleration: float = 4.0, ncoils: int = 15,
-         center_fraction: float | None = None, seed: int = 0, coil_maps=None):
+def _mri(
+    image_shape,
+    kind: str = "gaussian1d",
+    acceleration: float = 4.0,
+    ncoils: int = 15,
+    center_fraction: float | None = None,
+    seed: int = 0,
+    coil_maps=None,
+):
     """Multi-coil MRI; kind: a mask family; coil_maps: given, else simulated birdcage coils."""
     mask = mri_mask(kind, image_shape, acceleration, center_fraction, seed)
     if coil_maps is not None:
         return MultiCoilMRI(coil_maps, mask)
-    recipe = {"task": "mri", "image_shape": tuple(int(s) for s in image_shape)[-2:], "kind": kind,
-              "acceleration": float(acceleration), "ncoils": int(ncoils),
-              "center_fraction": center_fraction, "seed": seed}
+    recipe = {
+        "task": "mri",
+        "image_shape": tuple(int(s) for s in image_shape)[-2:],
+        "kind": kind,
+        "acceleration": float(acceleration),
+        "ncoils": int(ncoils),
+        "center_fraction": center_fraction,
+        "seed": seed,
+    }
     return MultiCoilMRI(birdcage_maps(ncoils, image_shape), mask, recipe=recipe)
 
 
@@ -106,8 +120,10 @@ def make_operator(task: str, image_shape: Sequence[int], given: Any = None, **pa
     ``make_operator(**op.spec())`` rebuilds ``op`` when it was built from parameters alone.
     """
     if given:
-        raise InputError(f"this {task} operator was built from given arrays ({', '.join(given)}); "
-                         "rebuild it from those arrays with its class")
+        raise InputError(
+            f"this {task} operator was built from given arrays ({', '.join(given)}); "
+            "rebuild it from those arrays with its class"
+        )
     fn = TASKS[canonical_task(task)]
     allowed = list(inspect.signature(fn).parameters)[1:]
     unknown = sorted(set(params) - set(allowed))
@@ -153,7 +169,9 @@ class TaskSampler:
         self.families = tuple(canonical_task(f) for f in self.families)
         bad = [f for f in self.families if f not in ("gaussian_blur", "anisotropic_blur", "sr", "inpainting")]
         if bad or not self.families:
-            raise InputError(f"TaskSampler draws from gaussian_blur, anisotropic_blur, sr, inpainting; got {bad or 'none'}")
+            raise InputError(
+                f"TaskSampler draws from gaussian_blur, anisotropic_blur, sr, inpainting; got {bad or 'none'}"
+            )
         if any(k not in SR_KERNELS for k in self.sr_kernels):
             raise InputError(f"sr_kernels must be among {SR_KERNELS}, got {self.sr_kernels}")
         self._sr_allowed = allowed_sr_factors(self.image_shape, self.sr_factors, self.min_lr_size)
@@ -172,11 +190,15 @@ class TaskSampler:
         if family == "gaussian_blur":
             params = {"sigma": float(rng.uniform(*self.blur_sigma))}
         elif family == "anisotropic_blur":
-            params = {"sigma": (float(rng.uniform(*self.aniso_sigma)), float(rng.uniform(*self.aniso_sigma))),
-                      "angle": float(rng.uniform(0, math.pi))}
+            params = {
+                "sigma": (float(rng.uniform(*self.aniso_sigma)), float(rng.uniform(*self.aniso_sigma))),
+                "angle": float(rng.uniform(0, math.pi)),
+            }
         elif family == "sr":
-            params = {"factor": int(rng.choice(self._sr_allowed)),
-                      "kernel": str(self.sr_kernels[int(rng.integers(len(self.sr_kernels)))])}
+            params = {
+                "factor": int(rng.choice(self._sr_allowed)),
+                "kernel": str(self.sr_kernels[int(rng.integers(len(self.sr_kernels)))]),
+            }
         else:
             params = {"missing": float(rng.uniform(*self.missing)), "seed": int(rng.integers(2**31))}
         return SampledTask(family, params, make_operator(family, self.image_shape, **params))
@@ -188,8 +210,13 @@ class MRITaskSampler:
     accelerations each (uniform 1-D 4x/8x, Gaussian 1-D 4x/8x, Gaussian 2-D 8x/16x)."""
 
     patterns: tuple[tuple[str, float], ...] = (
-        ("uniform1d", 4), ("uniform1d", 8), ("gaussian1d", 4), ("gaussian1d", 8),
-        ("gaussian2d", 8), ("gaussian2d", 16))
+        ("uniform1d", 4),
+        ("uniform1d", 8),
+        ("gaussian1d", 4),
+        ("gaussian1d", 8),
+        ("gaussian2d", 8),
+        ("gaussian2d", 16),
+    )
 
     def __post_init__(self):
         bad = [k for k, _ in self.patterns if k not in MASK_KINDS]
@@ -226,13 +253,17 @@ def parse_task_words(words: Sequence[str]) -> tuple[str, dict]:
     for w in words[1:]:
         key, sep, value = w.partition("=")
         if not sep or not key:
-            hint = (" (give the INPUT files before --task: its words run to the next option)"
-                    if "." in w or "/" in w else "")
+            hint = (
+                " (give the INPUT files before --task: its words run to the next option)"
+                if "." in w or "/" in w
+                else ""
+            )
             raise InputError(f"task parameters look like name=value, got {w!r}{hint}")
         params[key.strip()] = parse_value(value.strip())
     allowed = list(inspect.signature(TASKS[name]).parameters)[1:]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise InputError(f"unknown parameter(s) {unknown} for task {name!r}; it takes {allowed} "
-                         "(see `diffunfold tasks`)")
+        raise InputError(
+            f"unknown parameter(s) {unknown} for task {name!r}; it takes {allowed} (see `diffunfold tasks`)"
+        )
     return name, params

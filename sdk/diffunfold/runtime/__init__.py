@@ -12,5 +12,13 @@ from ..package import ModelPackage
 from .backends import BACKENDS, Backend, available_backends, create_backend
 from .solver import Solution, Solver, Timing
 
-__all__ = ["BACKENDS", "Backend", "ModelPackage", "Solution", "Solver", "Timing", "available_backends",
-           "create_backend"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "ModelPackage",
+    "Solution",
+    "Solver",
+    "Timing",
+    "available_backends",
+    "create_backend",
+]

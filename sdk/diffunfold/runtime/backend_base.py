@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import InputError
 from ..package import ModelPackage
 
+
 def parse_device(device: str | None) -> tuple[str, int]:
     """``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> ``(kind, index)``."""
     d = (device or "cpu").lower()

@@ -35,8 +35,14 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None,
-                 iobinding: bool | None = None, spinning: bool | None = None):
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: str = "cpu",
+        threads: int | None = None,
+        iobinding: bool | None = None,
+        spinning: bool | None = None,
+    ):
         super().__init__(package, device)
         self.iobinding = self.device_kind == "cuda" if iobinding is None else bool(iobinding)
         ort = require("onnxruntime", "gpu" if self.device_kind == "cuda" else "core")
@@ -52,16 +58,19 @@ class OnnxRuntimeBackend(Backend):
                 raise MissingDependencyError(
                     "ONNX Runtime here has no CUDA execution provider (the CPU wheel `onnxruntime` is "
                     "installed); on a GPU machine run `pip uninstall -y onnxruntime && pip install "
-                    "onnxruntime-gpu`, or use backend='torch' or 'tensorrt'")
+                    "onnxruntime-gpu`, or use backend='torch' or 'tensorrt'"
+                )
             providers = [("CUDAExecutionProvider", {"device_id": self.device_index}), "CPUExecutionProvider"]
         else:
             providers = ["CPUExecutionProvider"]
-        self._sessions = [ort.InferenceSession(str(package.file(f)), opts, providers=providers)
-                          for f in package.regularizer_files]
+        self._sessions = [
+            ort.InferenceSession(str(package.file(f)), opts, providers=providers) for f in package.regularizer_files
+        ]
         cpu_opts = ort.SessionOptions()
         cpu_opts.log_severity_level = 3
-        self._weights = ort.InferenceSession(str(package.file(package.weights_file)), cpu_opts,
-                                             providers=["CPUExecutionProvider"])
+        self._weights = ort.InferenceSession(
+            str(package.file(package.weights_file)), cpu_opts, providers=["CPUExecutionProvider"]
+        )
         self._feeds: dict[tuple, dict[str, Any]] = {}
 
     def _inputs(self, b: int, sigma: float, k: int) -> dict[str, np.ndarray]:

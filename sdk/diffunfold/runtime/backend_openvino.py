@@ -77,13 +77,21 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
 
-    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None,
-                 precision: str | None = None, cache_dir: str | Path | None = None, attention: str | None = None,
-                 group_norm: str = "reduce"):
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: str = "cpu",
+        threads: int | None = None,
+        precision: str | None = None,
+        cache_dir: str | Path | None = None,
+        attention: str | None = None,
+        group_norm: str = "reduce",
+    ):
         super().__init__(package, device)
         if self.device_kind != "cpu":
-            raise InputError("the openvino backend runs on the CPU; use device='cpu', or tensorrt / "
-                             "onnxruntime on a GPU")
+            raise InputError(
+                "the openvino backend runs on the CPU; use device='cpu', or tensorrt / onnxruntime on a GPU"
+            )
         self.precision = precision or default_precision()
         if self.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -105,8 +113,9 @@ class OpenVinoBackend(Backend):
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self._models = [self._read(package.file(f)) for f in package.regularizer_files]
-        weights = self.core.compile_model(self.core.read_model(str(package.file(package.weights_file))), "CPU",
-                                          {"INFERENCE_PRECISION_HINT": "f32"})
+        weights = self.core.compile_model(
+            self.core.read_model(str(package.file(package.weights_file))), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        )
         self._weights = weights.create_infer_request()
         self._compiled: OrderedDict[tuple, object] = OrderedDict()
         self.compiles = 0  # compiles done by this backend (a disk-cache hit counts: it is a load)
@@ -120,8 +129,9 @@ class OpenVinoBackend(Backend):
         except ImportError:
             onnx = None
         if onnx is None and not spell:
-            self.group_norm_used = "exported (onnx is not installed: pip install onnx)" \
-                if self.group_norm == "reduce" else "exported"
+            self.group_norm_used = (
+                "exported (onnx is not installed: pip install onnx)" if self.group_norm == "reduce" else "exported"
+            )
             return self.core.read_model(str(path))
         if onnx is None:
             require("onnx", "openvino")  # raises, saying what to install

@@ -24,13 +24,24 @@ from typing import Any
 
 import numpy as np
 
-from ..engine_targets import (DimRange, EngineRecord, GPUInfo, Profile, check_record, choose_profile, cupy_gpu,
-                             engine_paths, rebuild_hint)
+from ..engine_targets import (
+    DimRange,
+    EngineRecord,
+    GPUInfo,
+    Profile,
+    check_record,
+    choose_profile,
+    cupy_gpu,
+    engine_paths,
+    rebuild_hint,
+)
 from ..errors import InputError, require
 from ..package import ModelPackage
 from .backend_base import Backend
 
-TRT_MISSING = "tensorrt is not installed (pip install 'diffunfold[trt,gpu]': TensorRT, Polygraphy and CuPy; needs an NVIDIA GPU)"
+TRT_MISSING = (
+    "tensorrt is not installed (pip install 'diffunfold[trt,gpu]': TensorRT, Polygraphy and CuPy; needs an NVIDIA GPU)"
+)
 
 
 def _tensorrt_version() -> str | None:
@@ -56,8 +67,9 @@ def _target_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def find_engines(package: ModelPackage, gpu: GPUInfo, trt_version: str,
-                 engines: str | Path | None = None) -> tuple[str, list[tuple[Path, EngineRecord]]]:
+def find_engines(
+    package: ModelPackage, gpu: GPUInfo, trt_version: str, engines: str | Path | None = None
+) -> tuple[str, list[tuple[Path, EngineRecord]]]:
     """``(target, [(engine path, record) per regulariser file])`` of the first target folder whose
     records all pass :func:`check_record` here. InputError saying why each folder was refused
     (or that there is none) otherwise."""
@@ -72,8 +84,14 @@ def find_engines(package: ModelPackage, gpu: GPUInfo, trt_version: str,
                     if not record_path.is_file():
                         raise InputError(f"no {record_path.name} (engine of {onnx_name}) in {d}")
                     record = EngineRecord.load(record_path)
-                    check_record(record, engine_path, trt_version, gpu,
-                                 onnx_sha256=package.manifest["files"][onnx_name]["sha256"], package=package.path)
+                    check_record(
+                        record,
+                        engine_path,
+                        trt_version,
+                        gpu,
+                        onnx_sha256=package.manifest["files"][onnx_name]["sha256"],
+                        package=package.path,
+                    )
                 except InputError as exc:
                     why = str(exc)
                     break
@@ -83,13 +101,15 @@ def find_engines(package: ModelPackage, gpu: GPUInfo, trt_version: str,
             reasons.append(f"{d.name}: {why}")
     where = " or ".join(str(r) for r in roots)
     if not reasons:
-        raise InputError(f"no engines built for this GPU in {where}; run `diffunfold build-engines {package.path} "
-                         f"--target TARGET` on this {gpu.name} (targets: `diffunfold build-engines --list`)")
+        raise InputError(
+            f"no engines built for this GPU in {where}; run `diffunfold build-engines {package.path} "
+            f"--target TARGET` on this {gpu.name} (targets: `diffunfold build-engines --list`)"
+        )
     raise InputError(f"no usable engines for {gpu} in {where}:\n  " + "\n  ".join(reasons))
 
 
 def tensorrt_status(package: ModelPackage | None = None, device_index: int = 0) -> str:
-    """"ok ..." only when TensorRT imports, CuPy sees the GPU and the package has engines for it
+    """ "ok ..." only when TensorRT imports, CuPy sees the GPU and the package has engines for it
     whose records pass; otherwise the reason."""
     version = _tensorrt_version()
     if version is None:
@@ -121,8 +141,8 @@ class _Engine:
     profiles: list[Profile]
     profile: int = -1
     shape: tuple[int, ...] | None = None
-    graph: Any = None                       # the CUDA graph captured at ``shape``
-    x_buf: Any = None                       # persistent I/O for the graph
+    graph: Any = None  # the CUDA graph captured at ``shape``
+    x_buf: Any = None  # persistent I/O for the graph
     r_buf: Any = None
     extra: dict = field(default_factory=dict)
 
@@ -136,12 +156,21 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
 
-    def __init__(self, package: ModelPackage, device: str = "cuda", engines: str | Path | None = None,
-                 cuda_graphs: bool = False, threads: int | None = None, verbose: bool = False):
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: str = "cuda",
+        engines: str | Path | None = None,
+        cuda_graphs: bool = False,
+        threads: int | None = None,
+        verbose: bool = False,
+    ):
         super().__init__(package, device)
         if self.device_kind != "cuda":
-            raise InputError("the tensorrt backend runs prebuilt engines on an NVIDIA GPU (device='cuda'); on the "
-                             "CPU use backend='onnxruntime'")
+            raise InputError(
+                "the tensorrt backend runs prebuilt engines on an NVIDIA GPU (device='cuda'); on the "
+                "CPU use backend='onnxruntime'"
+            )
         trt = require("tensorrt", "trt")
         cp = require("cupy", "gpu")
         self.trt, self.cp = trt, cp
@@ -156,7 +185,7 @@ class TensorRTBackend(Backend):
         self._logger = trt.Logger(trt.Logger.INFO if verbose else trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         with cp.cuda.Device(self.device_index):
-            self._stream = cp.cuda.Stream(non_blocking=True)   # TensorRT work and graph capture
+            self._stream = cp.cuda.Stream(non_blocking=True)  # TensorRT work and graph capture
             self._engines = [self._load(path, rec) for path, rec in found]
         self._small: dict[int, dict[str, Any]] = {}
         ort = require("onnxruntime", "core")
@@ -164,22 +193,27 @@ class TensorRTBackend(Backend):
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = int(threads)
-        self._weights = ort.InferenceSession(str(package.file(package.weights_file)), opts,
-                                             providers=["CPUExecutionProvider"])
+        self._weights = ort.InferenceSession(
+            str(package.file(package.weights_file)), opts, providers=["CPUExecutionProvider"]
+        )
 
     # -- loading ------------------------------------------------------------------------------
     def _load(self, path: Path, record: EngineRecord) -> _Engine:
         trt = self.trt
         engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
-            raise InputError(f"TensorRT could not deserialise {path} (see its messages above) although its record "
-                             f"matches; {rebuild_hint(self.package.path, record.target)}")
+            raise InputError(
+                f"TensorRT could not deserialise {path} (see its messages above) although its record "
+                f"matches; {rebuild_hint(self.package.path, record.target)}"
+            )
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in inputs]
         if "x" not in inputs or "sigma" not in inputs or outputs != ["r"]:
-            raise InputError(f"{path} has inputs {inputs} and outputs {outputs}; expected x, sigma[, stage] -> r: "
-                             f"{rebuild_hint(self.package.path, record.target)}")
+            raise InputError(
+                f"{path} has inputs {inputs} and outputs {outputs}; expected x, sigma[, stage] -> r: "
+                f"{rebuild_hint(self.package.path, record.target)}"
+            )
         dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         profiles = []
         for p in range(engine.num_optimization_profiles):
@@ -216,12 +250,13 @@ class TensorRTBackend(Backend):
             if n != "x":
                 ok = ctx.set_input_shape(n, (b,)) and ok
         if not ok:
-            raise InputError(f"TensorRT refused the input shape {shape} for {eng.name} (profile {p}: "
-                             f"{eng.profiles[p].describe()})")
+            raise InputError(
+                f"TensorRT refused the input shape {shape} for {eng.name} (profile {p}: {eng.profiles[p].describe()})"
+            )
         out = tuple(ctx.get_tensor_shape("r"))
         if out != shape:
             raise InputError(f"{eng.name} would return r of shape {out} for x of shape {shape}; rebuild its engine")
-        eng.shape, eng.graph = shape, None   # a graph captured at another shape is no longer valid
+        eng.shape, eng.graph = shape, None  # a graph captured at another shape is no longer valid
         return True
 
     def _set_addresses(self, eng: _Engine, x, r, small: dict[str, Any]) -> None:
@@ -239,8 +274,9 @@ class TensorRTBackend(Backend):
         self._check_stage(k)
         cp = self.cp
         if not isinstance(x, cp.ndarray):
-            raise InputError(f"the tensorrt backend takes CuPy arrays on the GPU, got {type(x).__name__}; "
-                             "use cupy.asarray(x)")
+            raise InputError(
+                f"the tensorrt backend takes CuPy arrays on the GPU, got {type(x).__name__}; use cupy.asarray(x)"
+            )
         if x.ndim != 4 or x.shape[1] != self.channels:
             raise InputError(f"x must be (B, {self.channels}, H, W), got shape {tuple(x.shape)}")
         eng = self._engines[0 if self.shared else k]
@@ -248,9 +284,9 @@ class TensorRTBackend(Backend):
         with cp.cuda.Device(self.device_index):
             x = cp.ascontiguousarray(x, dtype=cp.float32)
             current = cp.cuda.get_current_stream()
-            out = cp.empty_like(x)   # allocated on the caller's stream: it owns the result
+            out = cp.empty_like(x)  # allocated on the caller's stream: it owns the result
             s = self._stream
-            s.wait_event(current.record())   # x (and out's memory) are ready on the caller's stream
+            s.wait_event(current.record())  # x (and out's memory) are ready on the caller's stream
             with s:
                 changed = self._bind(eng, b, h, w, s)
                 small = self._small_inputs(b, eng)
@@ -262,7 +298,7 @@ class TensorRTBackend(Backend):
                 else:
                     self._set_addresses(eng, x, out, small)
                     self._enqueue(eng, s)
-            current.wait_event(s.record())   # the caller's next work sees r
+            current.wait_event(s.record())  # the caller's next work sees r
         return out
 
     def _run_graph(self, eng: _Engine, x, out, small, changed: bool, s) -> None:
@@ -272,21 +308,23 @@ class TensorRTBackend(Backend):
             eng.r_buf = cp.empty(eng.shape, dtype=cp.float32)
             self._set_addresses(eng, eng.x_buf, eng.r_buf, small)
             eng.x_buf[...] = x
-            self._enqueue(eng, s)          # TensorRT's warm-up run: it may allocate or sync, not allowed
-            s.synchronize()                # inside a capture
+            self._enqueue(eng, s)  # TensorRT's warm-up run: it may allocate or sync, not allowed
+            s.synchronize()  # inside a capture
             s.begin_capture()
             try:
                 ok = eng.context.execute_async_v3(s.ptr)
             finally:
                 graph = s.end_capture()
             if not ok:
-                raise InputError(f"TensorRT failed to run {eng.name} while capturing a CUDA graph; use cuda_graphs=False")
+                raise InputError(
+                    f"TensorRT failed to run {eng.name} while capturing a CUDA graph; use cuda_graphs=False"
+                )
             eng.graph = graph
             eng.extra["captures"] = eng.extra.get("captures", 0) + 1
         else:
             eng.x_buf[...] = x
         eng.graph.launch(stream=s)
-        out[...] = eng.r_buf               # on s, before the caller's stream is allowed on
+        out[...] = eng.r_buf  # on s, before the caller's stream is allowed on
 
     def weights(self, sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tau, gamma = self._weights.run(None, {"sigma": np.asarray(sigmas, dtype=np.float32).reshape(-1)})
@@ -295,8 +333,7 @@ class TensorRTBackend(Backend):
     def describe(self) -> str:
         rec = self.records[0]
         graphs = ", CUDA graphs" if self.cuda_graphs else ""
-        return (f"tensorrt ({rec.precision}, target {self.target}, TensorRT {rec.tensorrt_version}, "
-                f"{self.gpu}{graphs})")
+        return f"tensorrt ({rec.precision}, target {self.target}, TensorRT {rec.tensorrt_version}, {self.gpu}{graphs})"
 
 
 __all__ = ["TensorRTBackend", "find_engines", "tensorrt_status"]

@@ -9,6 +9,7 @@ from ..errors import InputError, MissingDependencyError, require
 from ..package import ModelPackage
 from .backend_base import Backend
 
+
 class TorchBackend(Backend):
     """The training side's own modules, rebuilt from the package's ``model.safetensors``.
 
@@ -26,15 +27,21 @@ class TorchBackend(Backend):
         from ..training.model import DiffUnfolding, ModelSettings
 
         if package.torch_weights_file is None:
-            raise InputError(f"package {package.path} was exported without model.safetensors; export it "
-                             "again without --no-torch-weights to use the torch backend")
+            raise InputError(
+                f"package {package.path} was exported without model.safetensors; export it "
+                "again without --no-torch-weights to use the torch backend"
+            )
         self.torch = torch
         if self.device_kind == "cuda" and not torch.cuda.is_available():
-            raise MissingDependencyError(f"torch {torch.__version__} cannot use CUDA here; install a CUDA build "
-                                         "of torch, or use backend='onnxruntime' or 'tensorrt'")
+            raise MissingDependencyError(
+                f"torch {torch.__version__} cannot use CUDA here; install a CUDA build "
+                "of torch, or use backend='onnxruntime' or 'tensorrt'"
+            )
         if threads:
             torch.set_num_threads(int(threads))
-        self.torch_device = torch.device("cuda", self.device_index) if self.device_kind == "cuda" else torch.device("cpu")
+        self.torch_device = (
+            torch.device("cuda", self.device_index) if self.device_kind == "cuda" else torch.device("cpu")
+        )
         model = DiffUnfolding(ModelSettings.from_dict(package.settings))
         model.load_state_dict(load_file(str(package.file(package.torch_weights_file))))
         self.model = model.to(self.torch_device).eval()
@@ -67,4 +74,3 @@ class TorchBackend(Backend):
     def synchronize(self) -> None:
         if self.device_kind == "cuda":
             self.torch.cuda.synchronize(self.torch_device)
-

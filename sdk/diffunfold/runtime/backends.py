@@ -16,6 +16,7 @@ from .backend_torch import TorchBackend
 
 BACKENDS = ("auto", "tensorrt", "openvino", "onnxruntime", "torch")
 
+
 def _torch_cuda() -> bool:
     """Whether the installed torch is a CUDA build, read from its version (``2.13.0+cpu`` is not)
     so that choosing a backend never imports torch; TorchBackend checks the device itself."""
@@ -38,19 +39,27 @@ def available_backends(package: ModelPackage | None = None, device: str = "cpu")
         out["tensorrt"] = "needs a CUDA device"
         out["openvino"] = openvino_status()
         out["onnxruntime"] = "ok (CPUExecutionProvider)" if providers else "onnxruntime is not installed"
-        out["torch"] = ("ok (CPU)" if installed("torch") else
-                        "torch is not installed (pip install 'diffunfold[train]')")
+        out["torch"] = "ok (CPU)" if installed("torch") else "torch is not installed (pip install 'diffunfold[train]')"
         return out
     gpu = cuda_available()
     from .backend_tensorrt import tensorrt_status
 
     out["tensorrt"] = tensorrt_status(package, index) if gpu else "CuPy cannot see a CUDA device"
     out["openvino"] = "runs on the CPU only"
-    out["onnxruntime"] = ("ok (CUDAExecutionProvider)" if gpu and "CUDAExecutionProvider" in providers else
-                          "no CUDA device" if not gpu else
-                          "the installed onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-    out["torch"] = ("ok (CUDA)" if gpu and _torch_cuda() else
-                    "no CUDA device" if not gpu else "torch is not installed or has no CUDA")
+    out["onnxruntime"] = (
+        "ok (CUDAExecutionProvider)"
+        if gpu and "CUDAExecutionProvider" in providers
+        else "no CUDA device"
+        if not gpu
+        else "the installed onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    )
+    out["torch"] = (
+        "ok (CUDA)"
+        if gpu and _torch_cuda()
+        else "no CUDA device"
+        if not gpu
+        else "torch is not installed or has no CUDA"
+    )
     return out
 
 
@@ -64,8 +73,10 @@ def openvino_status() -> str:
 
     if has_native_bf16():
         return "ok (CPU, bf16: the CPU has AVX-512 BF16 or AMX)"
-    return ("usable (CPU, f32: no native bf16 on this CPU, where OpenVINO is no faster than ONNX Runtime; "
-            "auto passes it by, backend='openvino' takes it)")
+    return (
+        "usable (CPU, f32: no native bf16 on this CPU, where OpenVINO is no faster than ONNX Runtime; "
+        "auto passes it by, backend='openvino' takes it)"
+    )
 
 
 # Fastest first: FP16 TensorRT engines; on a CPU OpenVINO (bf16 where the CPU computes it, about
@@ -73,39 +84,53 @@ def openvino_status() -> str:
 # without Python overhead), then torch.
 _PREFERENCE = ("tensorrt", "openvino", "onnxruntime", "torch")
 # Options each backend takes besides device and threads.
-_OPTIONS = {"tensorrt": {"cuda_graphs", "engines"}, "openvino": {"precision", "cache_dir", "attention",
-                                                                         "group_norm"},
-            "onnxruntime": {"spinning"}, "torch": set()}
+_OPTIONS = {
+    "tensorrt": {"cuda_graphs", "engines"},
+    "openvino": {"precision", "cache_dir", "attention", "group_norm"},
+    "onnxruntime": {"spinning"},
+    "torch": set(),
+}
 
 
-def create_backend(package: ModelPackage, backend: str = "auto", device: str = "cpu",
-                   threads: int | None = None, **options) -> tuple[Backend, str]:
+def create_backend(
+    package: ModelPackage, backend: str = "auto", device: str = "cpu", threads: int | None = None, **options
+) -> tuple[Backend, str]:
     """``(backend, why it was chosen)``. ``auto`` takes the first usable one of
     tensorrt > openvino > onnxruntime > torch for the device. ``options``: TensorRT's
     ``cuda_graphs=True``, ``engines=DIR``; OpenVINO's ``precision="bf16"|"f32"``,
-    ``cache_dir=DIR``, ``attention="fused"|"spelled"``, ``group_norm="reduce"|"exported"``; ONNX Runtime's ``spinning=True|False``; others are refused."""
+    ``cache_dir=DIR``, ``attention="fused"|"spelled"``, ``group_norm="reduce"|"exported"``; ONNX Runtime's
+    ``spinning=True|False``; others are refused."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kind, _ = parse_device(device)
     if kind == "cuda" and not cuda_available():
-        raise InputError(f"device {device!r} asked for, but CuPy cannot see a CUDA device; install "
-                         "'diffunfold[gpu]' (CuPy) on a GPU machine, or use device='cpu'")
+        raise InputError(
+            f"device {device!r} asked for, but CuPy cannot see a CUDA device; install "
+            "'diffunfold[gpu]' (CuPy) on a GPU machine, or use device='cpu'"
+        )
     if backend == "auto":
         status = available_backends(package, device)
         usable = [b for b in _PREFERENCE if status.get(b, "").startswith("ok")]
         if not usable:
-            raise MissingDependencyError("no backend is usable here: " +
-                                         "; ".join(f"{b}: {why}" for b, why in status.items()))
+            raise MissingDependencyError(
+                "no backend is usable here: " + "; ".join(f"{b}: {why}" for b, why in status.items())
+            )
         backend = usable[0]
-        why = f"auto: {backend} is the fastest usable backend on {device} (" + \
-              "; ".join(f"{b}: {s}" for b, s in status.items()) + ")"
+        why = (
+            f"auto: {backend} is the fastest usable backend on {device} ("
+            + "; ".join(f"{b}: {s}" for b, s in status.items())
+            + ")"
+        )
     else:
         why = f"{backend} (asked for)"
     foreign = sorted(set(options) - _OPTIONS[backend])
     if foreign:
         owners = {o: b for b, names in _OPTIONS.items() for o in names}
-        raise InputError(f"option(s) {foreign} do not apply to the {backend} backend (they belong to "
-                         + ", ".join(sorted({owners.get(o, '?') for o in foreign})) + ")")
+        raise InputError(
+            f"option(s) {foreign} do not apply to the {backend} backend (they belong to "
+            + ", ".join(sorted({owners.get(o, "?") for o in foreign}))
+            + ")"
+        )
     if backend == "openvino":
         from .backend_openvino import OpenVinoBackend
 
@@ -119,6 +144,17 @@ def create_backend(package: ModelPackage, backend: str = "auto", device: str = "
     return TensorRTBackend(package, device, threads=threads, **options), why
 
 
-__all__ = ["BACKENDS", "SPINNING_DEFAULT", "Backend", "OnnxRuntimeBackend", "TorchBackend", "available_backends",
-           "create_backend", "cuda_available", "installed", "onnxruntime_providers", "openvino_status",
-           "parse_device"]
+__all__ = [
+    "BACKENDS",
+    "SPINNING_DEFAULT",
+    "Backend",
+    "OnnxRuntimeBackend",
+    "TorchBackend",
+    "available_backends",
+    "create_backend",
+    "cuda_available",
+    "installed",
+    "onnxruntime_providers",
+    "openvino_status",
+    "parse_device",
+]

@@ -10,21 +10,23 @@ come from the backend; ``(tau, gamma)`` are evaluated once per schedule and cach
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .. import edm
-from ..contrast import Contrast, Stretch, estimate as estimate_stretch
-from ..ensemble import check_ensemble, flip_axes, oriented
 from .._array import check_finite, describe, is_complex, to_numpy
+from ..contrast import Contrast, Stretch
+from ..contrast import estimate as estimate_stretch
+from ..ensemble import check_ensemble, flip_axes, oriented
 from ..errors import InputError
 from ..noise import resolve_noise_std
 from ..package import ModelPackage
-from ..unfolding import stage
 from ..physics.base import LinearOperator
+from ..unfolding import stage
 from . import tiling
 from .backends import Backend, create_backend
 from .tiling import TilePlan
@@ -45,28 +47,35 @@ class Timing:
         return max(self.total - self.network - self.physics, 0.0)
 
     def as_dict(self) -> dict[str, float]:
-        return {"network_s": self.network, "physics_s": self.physics, "sampler_s": self.sampler,
-                "total_s": self.total, "network_calls": self.network_calls}
+        return {
+            "network_s": self.network,
+            "physics_s": self.physics,
+            "sampler_s": self.sampler,
+            "total_s": self.total,
+            "network_calls": self.network_calls,
+        }
 
     def __str__(self) -> str:
         t = max(self.total, 1e-12)
-        return (f"{self.total:.3f} s: network {self.network:.3f} s ({100 * self.network / t:.0f} %), "
-                f"physics {self.physics:.3f} s ({100 * self.physics / t:.0f} %), "
-                f"sampler {self.sampler:.3f} s ({100 * self.sampler / t:.0f} %)")
+        return (
+            f"{self.total:.3f} s: network {self.network:.3f} s ({100 * self.network / t:.0f} %), "
+            f"physics {self.physics:.3f} s ({100 * self.physics / t:.0f} %), "
+            f"sampler {self.sampler:.3f} s ({100 * self.sampler / t:.0f} %)"
+        )
 
 
 @dataclass
 class Solution:
-    images: Any                    # user space (B, C, H, W); the posterior mean when samples > 1
-    std: Any | None                # per-pixel std over the samples (samples > 1; magnitude for MRI)
-    nfe: int                       # calls of D per sample (each is K regulariser calls)
+    images: Any  # user space (B, C, H, W); the posterior mean when samples > 1
+    std: Any | None  # per-pixel std over the samples (samples > 1; magnitude for MRI)
+    nfe: int  # calls of D per sample (each is K regulariser calls)
     seeds: list[int]
     samples: int
     timing: Timing
     backend: str
     extra: dict = field(default_factory=dict)
-    draws: Any | None = None       # the individual posterior samples (samples, B, C, H, W) when samples > 1
-    tiling: str = "untiled"        # how the regulariser ran (TilePlan.describe())
+    draws: Any | None = None  # the individual posterior samples (samples, B, C, H, W) when samples > 1
+    tiling: str = "untiled"  # how the regulariser ran (TilePlan.describe())
 
 
 class Solver:
@@ -82,8 +91,14 @@ class Solver:
         self._weights_cache: dict[tuple[float, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
-    def load(cls, package: str | Path | ModelPackage, backend: str = "auto", device: str = "cpu",
-             threads: int | None = None, **options) -> "Solver":
+    def load(
+        cls,
+        package: str | Path | ModelPackage,
+        backend: str = "auto",
+        device: str = "cpu",
+        threads: int | None = None,
+        **options,
+    ) -> Solver:
         """Open (and verify) a package and start a backend: ``auto`` (the fastest one really
         present: tensorrt > openvino (CPUs with native bf16) > onnxruntime > torch; see
         ``solver.backend_reason``), ``tensorrt``, ``openvino``, ``onnxruntime`` or ``torch``.
@@ -112,8 +127,10 @@ class Solver:
             tau, gamma = self.backend.weights(np.asarray(key, dtype=np.float32))
             for name, v in (("tau", tau), ("gamma", gamma)):
                 if v.shape != (len(key), self.stages) or not np.all(np.isfinite(v)) or np.any(v <= 0):
-                    raise InputError(f"the weight generator returned an invalid {name} {v.shape}; "
-                                     "the package is damaged: export it again")
+                    raise InputError(
+                        f"the weight generator returned an invalid {name} {v.shape}; "
+                        "the package is damaged: export it again"
+                    )
             hit = (tau.astype(np.float32), gamma.astype(np.float32))
             self._weights_cache[key] = hit
         tau, gamma = hit
@@ -121,13 +138,19 @@ class Solver:
         # alike without changing their precision.
         return {s: (tau[i].tolist(), gamma[i].tolist()) for i, s in enumerate(key)}
 
-    def _regularize(self, x, sigma: float, k: int, timing: Timing, plan: TilePlan | None = None,
-                    groups: list | None = None):
+    def _regularize(
+        self, x, sigma: float, k: int, timing: Timing, plan: TilePlan | None = None, groups: list | None = None
+    ):
         """``R_k(x; sigma)``; ``groups``: row ranges and the flips their samples see
         (``diffunfold.ensemble``), None for all rows as they are."""
         t0 = time.perf_counter()
-        r = oriented(lambda u: tiling.regularize(lambda v: self.backend.regularize(v, sigma, k), u,
-                                                 plan or TilePlan(None), self.size_multiple, self.xp), x, groups or [])
+        r = oriented(
+            lambda u: tiling.regularize(
+                lambda v: self.backend.regularize(v, sigma, k), u, plan or TilePlan(None), self.size_multiple, self.xp
+            ),
+            x,
+            groups or [],
+        )
         self.backend.synchronize()
         timing.network += time.perf_counter() - t0
         timing.network_calls += 1
@@ -139,13 +162,24 @@ class Solver:
         :class:`InputError` with the reason where it cannot."""
         budget = tiling.available_memory(self.backend.device_kind)
         settings, m = self.package.settings, self.size_multiple
-        plan = tiling.plan_tiles(settings, self.package.manifest, tile, tuple(shape), m, self.backend.device_kind,
-                                 budget)
+        plan = tiling.plan_tiles(
+            settings, self.package.manifest, tile, tuple(shape), m, self.backend.device_kind, budget
+        )
         tiling.check_memory(settings, plan, rows, self.space.model_channels, tuple(shape), m, budget)
         return plan
 
-    def denoise(self, x, sigma: float, y, operator: LinearOperator, weights: dict, timing: Timing,
-                noise_var=None, plan: TilePlan | None = None, groups: list | None = None):
+    def denoise(
+        self,
+        x,
+        sigma: float,
+        y,
+        operator: LinearOperator,
+        weights: dict,
+        timing: Timing,
+        noise_var=None,
+        plan: TilePlan | None = None,
+        groups: list | None = None,
+    ):
         """``D(x; sigma, y, A)`` in model space (one schedule point). ``noise_var``: sigma_y^2
         per image ``(B,)``, for a noise-aware package; ``plan``: the regulariser's tiles;
         ``groups``: the self-ensemble's orientations (``_regularize``)."""
@@ -154,19 +188,46 @@ class Solver:
         for k in range(self.stages):
             r = self._regularize(x, sigma, k, timing, plan, groups)
             t0 = time.perf_counter()
-            x = stage(x, r, y, operator, self.space, tau[k], gamma[k], pkg.data_step, sigma=float(sigma),
-                      noise_var=noise_var, noise_floor=pkg.noise_floor, prox_iterations=pkg.prox_iterations)
+            x = stage(
+                x,
+                r,
+                y,
+                operator,
+                self.space,
+                tau[k],
+                gamma[k],
+                pkg.data_step,
+                sigma=float(sigma),
+                noise_var=noise_var,
+                noise_floor=pkg.noise_floor,
+                prox_iterations=pkg.prox_iterations,
+            )
             self.backend.synchronize()
             timing.physics += time.perf_counter() - t0
         return x
 
     # -- the public entry point ----------------------------------------------------------------
-    def solve(self, y, operator: LinearOperator, steps: int | None = None, sampler: str | None = None,
-              seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_min: float | None = None,
-              sigma_max: float | None = None, rho: float | None = None,
-              progress: bool | Callable[[int, int], None] = False, batch_samples: bool = True,
-              noise_std=None, tile: Any = "auto", churn=None, ensemble: str | None = None,
-              contrast=None, init=None, init_sigma: float | None = None) -> Solution:
+    def solve(
+        self,
+        y,
+        operator: LinearOperator,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int | Sequence[int] | None = 0,
+        samples: int = 1,
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        rho: float | None = None,
+        progress: bool | Callable[[int, int], None] = False,
+        batch_samples: bool = True,
+        noise_std=None,
+        tile: Any = "auto",
+        churn=None,
+        ensemble: str | None = None,
+        contrast=None,
+        init=None,
+        init_sigma: float | None = None,
+    ) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
         ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
@@ -208,12 +269,18 @@ class Solver:
         run.init = self._start_estimate(init, run)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
-        step, close = _progress_hook(progress, (len(sigmas) - 1) * (1 if together else int(samples)),
-                                     f"restoring ({sampler}, {self.backend.name})")
+        step, close = _progress_hook(
+            progress,
+            (len(sigmas) - 1) * (1 if together else int(samples)),
+            f"restoring ({sampler}, {self.backend.name})",
+        )
         t_start = time.perf_counter()
         try:
-            draws, nfe = self._sample_together(run, int(samples), step) if together else \
-                self._sample_rounds(run, int(samples), step)
+            draws, nfe = (
+                self._sample_together(run, int(samples), step)
+                if together
+                else self._sample_rounds(run, int(samples), step)
+            )
             self.backend.synchronize()
         finally:
             close()
@@ -228,16 +295,22 @@ class Solver:
         sched = self.package.schedule
         steps = sched["steps"] if steps is None else steps
         sampler = edm.check_sampler(sched["sampler"] if sampler is None else sampler)
-        sigmas = edm.schedule(steps, sched["sigma_min"] if sigma_min is None else sigma_min,
-                              sched["sigma_max"] if sigma_max is None else sigma_max,
-                              sched["rho"] if rho is None else rho)
+        sigmas = edm.schedule(
+            steps,
+            sched["sigma_min"] if sigma_min is None else sigma_min,
+            sched["sigma_max"] if sigma_max is None else sigma_max,
+            sched["rho"] if rho is None else rho,
+        )
         if (init is None) != (init_sigma is None):
-            raise InputError("init and init_sigma go together: an estimate to start from and the noise level "
-                             "(model units) the solve adds to it")
+            raise InputError(
+                "init and init_sigma go together: an estimate to start from and the noise level "
+                "(model units) the solve adds to it"
+            )
         return (sigmas if init is None else edm.start_at(sigmas, init_sigma)), sampler
 
-    def _setup(self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble,
-               contrast) -> tuple["_Run", dict]:
+    def _setup(
+        self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble, contrast
+    ) -> tuple[_Run, dict]:
         """What the sampling loops share: seeds, sampler settings, the (tau, gamma) table, the
         contrast stretch and the noise level, resolved once."""
         batch = int(y_dev.shape[0])
@@ -254,11 +327,23 @@ class Solver:
             stretch = None  # no image is flat: the plain solve, exactly
         if stretch is not None:
             y_dev = stretch.measurement(y_dev, self._a_ones(operator, batch))
-        run = _Run(y_dev, operator, weights, noise_var, TilePlan(None), seeds, sigmas, sampler, churn, ensemble,
-                   Timing(), stretch)
+        run = _Run(
+            y_dev,
+            operator,
+            weights,
+            noise_var,
+            TilePlan(None),
+            seeds,
+            sigmas,
+            sampler,
+            churn,
+            ensemble,
+            Timing(),
+            stretch,
+        )
         return run, extra
 
-    def _start_estimate(self, init, run: "_Run"):
+    def _start_estimate(self, init, run: _Run):
         """``init`` checked against the images and moved to model space (at the stretched
         contrast, when stretched); None stays None."""
         if init is None:
@@ -267,54 +352,70 @@ class Solver:
         if not hasattr(init, "shape") or tuple(init.shape) != shape:
             raise InputError(f"init must be the images' estimate, shaped {shape}, got {describe(init)}")
         if is_complex(init) != self.space.complex:
-            raise InputError(f"init must be {'complex' if self.space.complex else 'real'} like the images, "
-                             f"got {describe(init)}")
+            raise InputError(
+                f"init must be {'complex' if self.space.complex else 'real'} like the images, got {describe(init)}"
+            )
         check_finite(init, "the starting estimate init")
         x = self.xp.asarray(init).astype(self.xp.complex64 if self.space.complex else self.xp.float32, copy=False)
         return self.space.to_model(x if run.stretch is None else run.stretch.stretched(x))
 
-    def _start(self, run: "_Run", sample: int):
+    def _start(self, run: _Run, sample: int):
         """Where posterior sample ``sample`` starts: noise at the first level, on the estimate
         when there is one."""
         x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=sample))
         return x if run.init is None else x + run.init
 
-    def _sample_together(self, run: "_Run", samples: int, step) -> tuple[list, int]:
+    def _sample_together(self, run: _Run, samples: int, step) -> tuple[list, int]:
         """Every posterior sample side by side in one batch."""
         xp, batch = self.xp, len(run.seeds)
         y_all = xp.concatenate([run.y] * samples, axis=0)
         var_all = None if run.noise_var is None else xp.concatenate([run.noise_var] * samples)
         x = xp.concatenate([self._start(run, j) for j in range(samples)])
         groups = [(j * batch, (j + 1) * batch, flip_axes(run.ensemble, j)) for j in range(samples)]
-        x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, y_all, run.operator, run.weights, run.timing,
-                                                           var_all, run.plan, groups), x, run.sigmas, run.sampler, step,
-                                 run.churn, lambda i: self.xp.asarray(np.concatenate(
-                                     [edm.churn_noise(run.seeds, self._shape(run), i, j) for j in range(samples)])))
-        return [self._user(run, x[j * batch:(j + 1) * batch]) for j in range(samples)], nfe
+        x, nfe = edm.sample_loop(
+            lambda v, s: self.denoise(v, s, y_all, run.operator, run.weights, run.timing, var_all, run.plan, groups),
+            x,
+            run.sigmas,
+            run.sampler,
+            step,
+            run.churn,
+            lambda i: self.xp.asarray(
+                np.concatenate([edm.churn_noise(run.seeds, self._shape(run), i, j) for j in range(samples)])
+            ),
+        )
+        return [self._user(run, x[j * batch : (j + 1) * batch]) for j in range(samples)], nfe
 
-    def _sample_rounds(self, run: "_Run", samples: int, step) -> tuple[list, int]:
+    def _sample_rounds(self, run: _Run, samples: int, step) -> tuple[list, int]:
         """One posterior sample after the other."""
         draws, nfe = [], 0
         for j in range(samples):
             x = self._start(run, j)
             groups = [(0, len(run.seeds), flip_axes(run.ensemble, j))]
-            x, nfe = edm.sample_loop(lambda v, s: self.denoise(v, s, run.y, run.operator, run.weights, run.timing,
-                                                               run.noise_var, run.plan, groups), x, run.sigmas,
-                                     run.sampler, step, run.churn,
-                                     lambda i, j=j: self.xp.asarray(edm.churn_noise(run.seeds, self._shape(run), i, j)))
+            x, nfe = edm.sample_loop(
+                lambda v, s: self.denoise(
+                    v, s, run.y, run.operator, run.weights, run.timing, run.noise_var, run.plan, groups
+                ),
+                x,
+                run.sigmas,
+                run.sampler,
+                step,
+                run.churn,
+                lambda i, j=j: self.xp.asarray(edm.churn_noise(run.seeds, self._shape(run), i, j)),
+            )
             draws.append(self._user(run, x))
         return draws, nfe
 
-    def _user(self, run: "_Run", x):
+    def _user(self, run: _Run, x):
         """A sample in user space: back at the image's own contrast when stretched, then clipped."""
         x = self.space.to_user(x)
         return self.space.clip(x if run.stretch is None else run.stretch.image(x))
 
-    def _shape(self, run: "_Run") -> tuple[int, ...]:
+    def _shape(self, run: _Run) -> tuple[int, ...]:
         return (self.space.model_channels, *run.operator.image_shape)
 
-    def _finish(self, draws: list, return_numpy: bool, nfe: int, seeds: list[int], samples: int,
-                timing: Timing, extra: dict) -> Solution:
+    def _finish(
+        self, draws: list, return_numpy: bool, nfe: int, seeds: list[int], samples: int, timing: Timing, extra: dict
+    ) -> Solution:
         """The posterior mean (and std over the samples), checked finite, in the input's kind."""
         xp, stack = self.xp, None
         if samples == 1:
@@ -325,29 +426,42 @@ class Solver:
             # ddof=1: the unbiased sample std, as torch's (the reference) computes it
             std = (xp.abs(stack) if self.space.complex else stack).std(axis=0, ddof=1)
         if not bool(xp.all(xp.isfinite(images))):
-            raise InputError("the restoration is not finite; the package or the measurement is broken "
-                             "(check the operator's parameters and y's scale)")
+            raise InputError(
+                "the restoration is not finite; the package or the measurement is broken "
+                "(check the operator's parameters and y's scale)"
+            )
         if return_numpy:
             images = to_numpy(images)
             std = None if std is None else to_numpy(std)
             stack = None if stack is None else to_numpy(stack)
-        return Solution(images=images, std=std, nfe=nfe, seeds=seeds, samples=samples, timing=timing,
-                        backend=self.backend_name, extra=extra, draws=stack)
+        return Solution(
+            images=images,
+            std=std,
+            nfe=nfe,
+            seeds=seeds,
+            samples=samples,
+            timing=timing,
+            backend=self.backend_name,
+            extra=extra,
+            draws=stack,
+        )
 
-    def _noise_level(self, noise_std, contrast: Contrast | None, operator: LinearOperator, y,
-                     batch: int) -> np.ndarray | None:
+    def _noise_level(
+        self, noise_std, contrast: Contrast | None, operator: LinearOperator, y, batch: int
+    ) -> np.ndarray | None:
         """sigma_y per image, float64 ``(B,)``, resolved once per solve (given and checked, or
         estimated from ``y``: ``diffunfold.noise.resolve_noise_std``) where something uses it:
         a noise-aware package's data step or the contrast stretch; None elsewhere."""
         if contrast is not None and self.space.complex:
-            raise InputError("the contrast stretch is for image packages; MRI data is normalised by its 99th "
-                             "percentile instead (use contrast 'none')")
+            raise InputError(
+                "the contrast stretch is for image packages; MRI data is normalised by its 99th "
+                "percentile instead (use contrast 'none')"
+            )
         if not self.package.noise_aware and contrast is None:
             return None
         return resolve_noise_std(noise_std, operator, y, batch)
 
-    def _noise_variance(self, std: np.ndarray | None, estimated: bool,
-                        stretch: Stretch | None) -> tuple[Any, dict]:
+    def _noise_variance(self, std: np.ndarray | None, estimated: bool, stretch: Stretch | None) -> tuple[Any, dict]:
         """sigma_y^2 per image on the device (of the stretched measurement, when stretched), and
         what to report (the std used and whether it was ``estimated``), for a noise-aware
         package; ``(None, extra)`` for the others."""
@@ -359,8 +473,9 @@ class Solver:
             std = stretch.noise_std(std)
         return self.xp.asarray(std**2, dtype=self.xp.float32), extra
 
-    def _stretch(self, contrast: Contrast | None, y_dev, operator: LinearOperator, std: np.ndarray | None,
-                 batch: int) -> Stretch | None:
+    def _stretch(
+        self, contrast: Contrast | None, y_dev, operator: LinearOperator, std: np.ndarray | None, batch: int
+    ) -> Stretch | None:
         """The contrast stretch of each image (None when off), from the resolved noise std."""
         if contrast is None:
             return None
@@ -375,21 +490,26 @@ class Solver:
         """Check ``y`` against the operator and the model, and move it to the working precision
         (float32 / complex64) on the backend's device. Returns ``(y, was_numpy)``."""
         if not isinstance(operator, LinearOperator):
-            raise InputError(f"operator must be a diffunfold LinearOperator (make_operator(task, ...)), "
-                             f"got {type(operator).__name__}")
+            raise InputError(
+                f"operator must be a diffunfold LinearOperator (make_operator(task, ...)), "
+                f"got {type(operator).__name__}"
+            )
         if operator.complex_image != self.space.complex:
             what = "an MRI" if self.space.complex else "an image"
-            raise InputError(f"this package holds {what} model but the operator is {operator.task}; "
-                             f"use a package trained for {operator.task}")
+            raise InputError(
+                f"this package holds {what} model but the operator is {operator.task}; "
+                f"use a package trained for {operator.task}"
+            )
         was_numpy = isinstance(y, np.ndarray)
         if not was_numpy and type(y).__module__.split(".")[0] != "cupy":
             raise InputError(f"y must be a numpy or CuPy array, got {type(y).__name__}")
         operator.check_measurement(y)
         check_finite(y, "the measurement y")
         if not self.space.complex and int(y.shape[1]) != self.space.channels:
-            raise InputError(f"this model restores {self.space.channels}-channel images but y is {describe(y)}; "
-                             + ("repeat a grey image to 3 channels" if self.space.channels == 3 else
-                                "convert it to grey"))
+            raise InputError(
+                f"this model restores {self.space.channels}-channel images but y is {describe(y)}; "
+                + ("repeat a grey image to 3 channels" if self.space.channels == 3 else "convert it to grey")
+            )
         xp = self.xp
         dtype = xp.complex64 if is_complex(y) else xp.float32
         y_dev = xp.asarray(y).astype(dtype, copy=False)
@@ -415,7 +535,7 @@ class _Run:
     ensemble: str
     timing: Timing
     stretch: Stretch | None = None
-    init: Any = None               # the starting estimate in model space (None: pure noise)
+    init: Any = None  # the starting estimate in model space (None: pure noise)
 
 
 def _progress_hook(progress, total: int, desc: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -27,9 +28,9 @@ from ..errors import InputError
 # network context beyond the crop it learned from, at a bounded attention cost.
 TRAIN_SIZE_DEFAULT = 64
 TILE_TRAIN_MULTIPLES = (2, 1)
-OVERLAP_FRACTION = 0.25            # overlap between neighbouring tiles, a fraction of the tile
+OVERLAP_FRACTION = 0.25  # overlap between neighbouring tiles, a fraction of the tile
 MAX_TILE_BATCH = {"cpu": 8, "cuda": 64}
-NETWORK_SHARE = 0.5                # of the available memory, for the tile batch
+NETWORK_SHARE = 0.5  # of the available memory, for the tile batch
 # Working memory of the network per pixel, from the package's U-Net settings: LIVE_TENSORS
 # float32 feature maps per level, and ATTENTION_COPIES float32 attention matrices per head.
 # Measured with ONNX Runtime on image-small (one image): 31 MB at 128x128, 331 MB at 256x256;
@@ -57,6 +58,7 @@ class TilePlan:
 
 
 # -- memory -------------------------------------------------------------------------------------
+
 
 def available_memory(device_kind: str = "cpu") -> int | None:
     """Bytes the solve may still use: free GPU memory (CuPy), or the host's available memory
@@ -100,8 +102,11 @@ def network_bytes(settings: dict, h: int, w: int) -> int:
     px = h * w
     linear = LIVE_TENSORS * 4 * c * sum(m / 4**lvl for lvl, m in enumerate(mult)) * px
     levels = list(unet.get("attention_levels", [])) + ([len(mult) - 1] if unet.get("mid_attention") else [])
-    quadratic = sum(ATTENTION_COPIES * 4 * max(c * mult[lvl] // head, 1) * (px / 4**lvl) ** 2
-                    for lvl in levels if 0 <= lvl < len(mult))
+    quadratic = sum(
+        ATTENTION_COPIES * 4 * max(c * mult[lvl] // head, 1) * (px / 4**lvl) ** 2
+        for lvl in levels
+        if 0 <= lvl < len(mult)
+    )
     return int(linear + quadratic)
 
 
@@ -119,6 +124,7 @@ def gib(n: float) -> str:
 
 
 # -- choosing the tiles -------------------------------------------------------------------------
+
 
 def train_size(manifest: dict) -> int:
     """The training crop a package records (``train_size``, written by ``export_checkpoint``),
@@ -141,13 +147,21 @@ def parse_tile(tile: Any, multiple: int) -> int | str | None:
     if side == 0:
         return None
     if side < 2 * multiple or side % multiple:
-        raise InputError(f"tile must be a multiple of {multiple} (the U-Net's downsampling) and at least "
-                         f"{2 * multiple}, got {side}")
+        raise InputError(
+            f"tile must be a multiple of {multiple} (the U-Net's downsampling) and at least {2 * multiple}, got {side}"
+        )
     return side
 
 
-def plan_tiles(settings: dict, manifest: dict, tile: Any, shape: tuple[int, int], multiple: int,
-               device_kind: str, budget: int | None) -> TilePlan:
+def plan_tiles(
+    settings: dict,
+    manifest: dict,
+    tile: Any,
+    shape: tuple[int, int],
+    multiple: int,
+    device_kind: str,
+    budget: int | None,
+) -> TilePlan:
     """The tiles for images of ``shape`` on a device with ``budget`` bytes available (None:
     unknown); untiled where the image fits in one tile."""
     tile = parse_tile(tile, multiple)
@@ -167,8 +181,9 @@ def plan_tiles(settings: dict, manifest: dict, tile: Any, shape: tuple[int, int]
     return TilePlan(tile, max(int(round(OVERLAP_FRACTION * tile)), 1), batch)
 
 
-def check_memory(settings: dict, plan: TilePlan, rows: int, channels: int, shape: tuple[int, int],
-                 multiple: int, budget: int | None) -> int:
+def check_memory(
+    settings: dict, plan: TilePlan, rows: int, channels: int, shape: tuple[int, int], multiple: int, budget: int | None
+) -> int:
     """The bytes a solve is expected to need; refuses, with the reason, what cannot fit."""
     h, w = (-(-n // multiple) * multiple for n in shape)
     images = image_bytes(rows, channels, h, w)
@@ -179,15 +194,21 @@ def check_memory(settings: dict, plan: TilePlan, rows: int, channels: int, shape
         net, how = max(plan.batch, rows) * network_bytes(settings, plan.tile, plan.tile), plan.describe()
     need = images + net
     if budget is not None and need > budget:
-        hint = ("pass tile='auto' (--tile auto)" if plan.tile is None else
-                "use fewer samples or images at once, a smaller tile, or a smaller image")
-        raise InputError(f"restoring {rows} image row(s) of {shape[0]}x{shape[1]} needs about {gib(need)} "
-                         f"({gib(images)} for the image arrays, {gib(net)} for {how}) but only "
-                         f"{gib(budget)} is available; {hint}")
+        hint = (
+            "pass tile='auto' (--tile auto)"
+            if plan.tile is None
+            else "use fewer samples or images at once, a smaller tile, or a smaller image"
+        )
+        raise InputError(
+            f"restoring {rows} image row(s) of {shape[0]}x{shape[1]} needs about {gib(need)} "
+            f"({gib(images)} for the image arrays, {gib(net)} for {how}) but only "
+            f"{gib(budget)} is available; {hint}"
+        )
     return need
 
 
 # -- running it ---------------------------------------------------------------------------------
+
 
 def pad_to_multiple(x, multiple: int, xp):
     """Reflect-pad the last two axes up to multiples of ``multiple`` (edge-pad when the image is
@@ -220,12 +241,12 @@ def blend_windows(starts: list[int], tile: int, n: int) -> list[np.ndarray]:
             win[:ov] *= np.sin(0.5 * np.pi * (np.arange(ov) + 0.5) / ov) ** 2
         if i < len(starts) - 1:  # ramp down over the overlap with the next one
             ov = p + tile - starts[i + 1]
-            win[tile - ov:] *= np.cos(0.5 * np.pi * (np.arange(ov) + 0.5) / ov) ** 2
+            win[tile - ov :] *= np.cos(0.5 * np.pi * (np.arange(ov) + 0.5) / ov) ** 2
         windows.append(win)
     total = np.zeros(n)
     for p, win in zip(starts, windows):
-        total[p:p + tile] += win
-    return [(win / total[p:p + tile]).astype(np.float32) for p, win in zip(starts, windows)]
+        total[p : p + tile] += win
+    return [(win / total[p : p + tile]).astype(np.float32) for p, win in zip(starts, windows)]
 
 
 def regularize(run: Callable[[Any], Any], x, plan: TilePlan, multiple: int, xp):
@@ -245,9 +266,9 @@ def regularize(run: Callable[[Any], Any], x, plan: TilePlan, multiple: int, xp):
     per_call = max(1, plan.batch // b_rows)
     out = xp.zeros_like(xpad)
     for first in range(0, len(boxes), per_call):
-        chunk = boxes[first:first + per_call]
-        tiles = xp.concatenate([xpad[:, :, ys[a]:ys[a] + th, xs[b]:xs[b] + tw] for a, b in chunk])
+        chunk = boxes[first : first + per_call]
+        tiles = xp.concatenate([xpad[:, :, ys[a] : ys[a] + th, xs[b] : xs[b] + tw] for a, b in chunk])
         r = run(tiles)
         for i, (a, b) in enumerate(chunk):
-            out[:, :, ys[a]:ys[a] + th, xs[b]:xs[b] + tw] += r[i * b_rows:(i + 1) * b_rows] * (wy[a] * wx[b])
+            out[:, :, ys[a] : ys[a] + th, xs[b] : xs[b] + tw] += r[i * b_rows : (i + 1) * b_rows] * (wy[a] * wx[b])
     return out[:, :, :h, :w]

@@ -14,10 +14,22 @@ coils, a calibration region instead of coil maps, and an unknown noise level and
 """
 
 from .coils import calibration_region, compression_matrix, espirit_maps, map_residual
-from .noise import (estimate_kspace_noise, noise_covariance, prewhiten, whitening_matrix)
+from .noise import estimate_kspace_noise, noise_covariance, prewhiten, whitening_matrix
 from .prepare import Prepared, ScannerSettings, prepare_kspace
 from .start import StartSettings, sense_start
 
-__all__ = ["Prepared", "ScannerSettings", "StartSettings", "calibration_region", "compression_matrix", "espirit_maps",
-           "estimate_kspace_noise", "map_residual", "noise_covariance", "prepare_kspace", "prewhiten", "sense_start",
-           "whitening_matrix"]
+__all__ = [
+    "Prepared",
+    "ScannerSettings",
+    "StartSettings",
+    "calibration_region",
+    "compression_matrix",
+    "espirit_maps",
+    "estimate_kspace_noise",
+    "map_residual",
+    "noise_covariance",
+    "prepare_kspace",
+    "prewhiten",
+    "sense_start",
+    "whitening_matrix",
+]

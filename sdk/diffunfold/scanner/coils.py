@@ -48,12 +48,14 @@ def calibration_region(mask: np.ndarray) -> tuple[slice, slice]:
     side = 0
     for c in range(1, min(h, w) + 1):
         top, left = h // 2 - c // 2, w // 2 - c // 2
-        if not m[top:top + c, left:left + c].all():
+        if not m[top : top + c, left : left + c].all():
             break
         side = c
     if side < 2:
-        raise InputError("the mask does not sample a centred calibration square of at least 2 x 2; "
-                         "coil maps cannot be estimated from this scan")
+        raise InputError(
+            "the mask does not sample a centred calibration square of at least 2 x 2; "
+            "coil maps cannot be estimated from this scan"
+        )
     return slice(h // 2 - side // 2, h // 2 - side // 2 + side), slice(w // 2 - side // 2, w // 2 - side // 2 + side)
 
 
@@ -77,7 +79,7 @@ def compression_matrix(calibration: np.ndarray, virtual: int) -> tuple[np.ndarra
 def _centre_crop(k: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = k.shape[-2:]
     top, left = h // 2 - shape[0] // 2, w // 2 - shape[1] // 2
-    return k[..., top:top + shape[0], left:left + shape[1]]
+    return k[..., top : top + shape[0], left : left + shape[1]]
 
 
 def _upsample(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -89,13 +91,20 @@ def _upsample(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     grid = np.meshgrid(*coords, indexing="ij")
     out = np.empty((maps.shape[0], *shape), dtype=np.complex128)
     for c, m in enumerate(maps):
-        out[c] = (ndimage.map_coordinates(m.real, grid, order=1, mode="grid-wrap")
-                  + 1j * ndimage.map_coordinates(m.imag, grid, order=1, mode="grid-wrap"))
+        out[c] = ndimage.map_coordinates(m.real, grid, order=1, mode="grid-wrap") + 1j * ndimage.map_coordinates(
+            m.imag, grid, order=1, mode="grid-wrap"
+        )
     return out
 
 
-def espirit_maps(kspace: np.ndarray, region: tuple[slice, slice], kernel_width: int = 6, crop: float = 0.0,
-                 threshold: float = 0.02, grid: int = ESPIRIT_GRID) -> np.ndarray:
+def espirit_maps(
+    kspace: np.ndarray,
+    region: tuple[slice, slice],
+    kernel_width: int = 6,
+    crop: float = 0.0,
+    threshold: float = 0.02,
+    grid: int = ESPIRIT_GRID,
+) -> np.ndarray:
     """ESPIRiT coil maps ``(Nc, H, W)`` complex64 (``sum_c |S_c|^2 = 1`` on their support) from
     k-space ``(Nc, H, W)`` with the fully sampled ``region`` (:func:`calibration_region`).
     ``crop``: SigPy's eigenvalue threshold for the support (0 keeps the maps everywhere, as
@@ -113,9 +122,14 @@ def espirit_maps(kspace: np.ndarray, region: tuple[slice, slice], kernel_width: 
     small = tuple(min(n, max(int(grid), 2 * width + 2)) for n in (h, w))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numba's deprecation notes
-        maps = app.EspiritCalib(_centre_crop(k, small).astype(np.complex128), calib_width=width,
-                                kernel_width=kernel, thresh=float(threshold), crop=float(crop),
-                                show_pbar=False).run()
+        maps = app.EspiritCalib(
+            _centre_crop(k, small).astype(np.complex128),
+            calib_width=width,
+            kernel_width=kernel,
+            thresh=float(threshold),
+            crop=float(crop),
+            show_pbar=False,
+        ).run()
     maps = np.nan_to_num(np.asarray(maps))
     return normalize_coil_maps(_upsample(maps, (h, w))).astype(np.complex64)
 

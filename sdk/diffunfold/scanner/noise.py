@@ -37,8 +37,10 @@ def noise_covariance(noise: np.ndarray, bandwidth_ratio: float = 1.0) -> np.ndar
         raise InputError(f"noise samples must be complex (coils, samples...), got {n.dtype} {n.shape}")
     n = n.reshape(n.shape[0], -1).astype(np.complex128)
     if n.shape[1] < 2 * n.shape[0]:
-        raise InputError(f"{n.shape[1]} noise samples cannot fix the covariance of {n.shape[0]} coils; "
-                         f"the noise scan needs at least {2 * n.shape[0]} samples per coil")
+        raise InputError(
+            f"{n.shape[1]} noise samples cannot fix the covariance of {n.shape[0]} coils; "
+            f"the noise scan needs at least {2 * n.shape[0]} samples per coil"
+        )
     if not np.all(np.isfinite(n)):
         raise InputError("the noise samples contain NaN or Inf")
     n = n - n.mean(axis=1, keepdims=True)
@@ -54,8 +56,10 @@ def whitening_matrix(psi: np.ndarray) -> np.ndarray:
     try:
         low = np.linalg.cholesky((psi + psi.conj().T) / 2)
     except np.linalg.LinAlgError:
-        raise InputError("the noise covariance is not positive definite (a dead or duplicated coil?); "
-                         "drop that coil or reconstruct without prewhitening") from None
+        raise InputError(
+            "the noise covariance is not positive definite (a dead or duplicated coil?); "
+            "drop that coil or reconstruct without prewhitening"
+        ) from None
     return np.linalg.inv(low)
 
 
@@ -99,7 +103,7 @@ def _patches(mask: np.ndarray, nc: int, seed: int) -> tuple[tuple[int, int], np.
 
 def _tail(matrix: np.ndarray) -> np.ndarray:
     s = np.linalg.svd(matrix, compute_uv=False)
-    return s[int(len(s) * (1 - _TAIL)):]
+    return s[int(len(s) * (1 - _TAIL)) :]
 
 
 def _outer_kspace(kspace: np.ndarray, mask: np.ndarray) -> float:
@@ -132,4 +136,6 @@ def estimate_kspace_noise(kspace: np.ndarray, mask: np.ndarray, seed: int = 0) -
     ref = (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)) / np.sqrt(2)
     data = _tail(_hankel(k.astype(np.complex128), starts, kernel))
     noise = _tail(_hankel(ref, starts, kernel))
-    return float(np.median(data / np.maximum(noise, 1e-300))), f"Hankel tail of {len(starts)} {kernel[0]}x{kernel[1]} patches"
+    return float(
+        np.median(data / np.maximum(noise, 1e-300))
+    ), f"Hankel tail of {len(starts)} {kernel[0]}x{kernel[1]} patches"

@@ -32,17 +32,17 @@ COIL_MAP_METHODS = ("espirit", "calibration")
 class ScannerSettings:
     """How measured k-space is turned into a reconstruction problem (see the module)."""
 
-    coil_maps: str = "espirit"       # espirit | calibration (low-resolution ratio maps)
+    coil_maps: str = "espirit"  # espirit | calibration (low-resolution ratio maps)
     # SVD coil compression; None keeps every coil. Off by default: on the held-out head at
     # 256 px, 8 virtual coils cost 0.3 dB (Gaussian 1-D 4x) and 1.8 dB (Gaussian 2-D 8x, whose
     # 10 px calibration square fixes the compression poorly) for 1.3-2x less time per slice.
     virtual_coils: int | None = None
-    espirit_crop: float = 0.0        # ESPIRiT support threshold (0: maps everywhere, as trained)
+    espirit_crop: float = 0.0  # ESPIRiT support threshold (0: maps everywhere, as trained)
     espirit_kernel: int = 6
     espirit_grid: int = ESPIRIT_GRID  # ESPIRiT's coarse grid side (>= the image: the full grid)
-    map_floor: float = 0.3           # weight of the maps' residual in the data step's noise level
+    map_floor: float = 0.3  # weight of the maps' residual in the data step's noise level
 
-    def checked(self) -> "ScannerSettings":
+    def checked(self) -> ScannerSettings:
         if self.coil_maps not in COIL_MAP_METHODS:
             raise InputError(f"coil maps must be one of {COIL_MAP_METHODS}, got {self.coil_maps!r}")
         v = self.virtual_coils
@@ -61,11 +61,11 @@ class Prepared:
     Levels are k-space standard deviations in the model's units (the data's over ``scale``)."""
 
     operator: MultiCoilMRI
-    y: np.ndarray                    # (1, Nv, H, W) complex64, scaled
-    scale: float                     # the data's units per model unit
-    noise_std: float                 # the measurement noise (estimated, given, or 1 / scale whitened)
-    map_std: float                   # what the coil maps cannot explain
-    data_std: float                  # what the data step is told: sqrt(noise^2 + (map_floor map)^2)
+    y: np.ndarray  # (1, Nv, H, W) complex64, scaled
+    scale: float  # the data's units per model unit
+    noise_std: float  # the measurement noise (estimated, given, or 1 / scale whitened)
+    map_std: float  # what the coil maps cannot explain
+    data_std: float  # what the data step is told: sqrt(noise^2 + (map_floor map)^2)
     info: dict = field(default_factory=dict)
     coil_transform: np.ndarray | None = None  # (Nv, Nc): the coils the operator has, from the measured ones
 
@@ -82,8 +82,15 @@ def _check(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
     return k.astype(np.complex64) * m, m
 
 
-def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_covariance=None,
-                   noise_std: float | None = None, coil_maps=None, calibration=None) -> Prepared:
+def prepare_kspace(
+    kspace,
+    mask,
+    settings: ScannerSettings | None = None,
+    noise_covariance=None,
+    noise_std: float | None = None,
+    coil_maps=None,
+    calibration=None,
+) -> Prepared:
     """Measured k-space ``(Nc, H, W)`` (zeros where not sampled) and its mask ``(H, W)`` -> a
     :class:`Prepared` problem. ``noise_covariance``: ``(Nc, Nc)`` from noise-scan lines
     (prewhitening); ``noise_std``: the k-space noise level in the data's units, when known;
@@ -120,9 +127,16 @@ def prepare_kspace(kspace, mask, settings: ScannerSettings | None = None, noise_
         raise InputError("the k-space is all zero; nothing to reconstruct")
     data_std = float(np.hypot(noise_std, s.map_floor * map_std))
     info.update(asdict(s))
-    return Prepared(operator=op, y=(k[None] / scale).astype(np.complex64), scale=scale,
-                    noise_std=float(noise_std) / scale, map_std=map_std / scale, data_std=data_std / scale,
-                    info=info, coil_transform=transform)
+    return Prepared(
+        operator=op,
+        y=(k[None] / scale).astype(np.complex64),
+        scale=scale,
+        noise_std=float(noise_std) / scale,
+        map_std=map_std / scale,
+        data_std=data_std / scale,
+        info=info,
+        coil_transform=transform,
+    )
 
 
 def _calibration(k: np.ndarray, m: np.ndarray, calibration) -> tuple[np.ndarray, np.ndarray]:
@@ -140,8 +154,9 @@ def _calibration(k: np.ndarray, m: np.ndarray, calibration) -> tuple[np.ndarray,
     return (ck, cm) if calibration_width(calibration_region(cm)) > own else (k, m)
 
 
-def _estimate_maps(k: np.ndarray, calib_k: np.ndarray, region, s: ScannerSettings,
-                   info: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _estimate_maps(
+    k: np.ndarray, calib_k: np.ndarray, region, s: ScannerSettings, info: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Compressed k-space (imaging and calibration), the coil maps estimated from it, and the
     compression matrix (the identity without compression)."""
     matrix = np.eye(k.shape[0], dtype=np.complex128)

@@ -49,15 +49,18 @@ class StartSettings:
     sense_weight: float = SENSE_WEIGHT
     sense_iterations: int = SENSE_ITERATIONS
 
-    def checked(self) -> "StartSettings":
+    def checked(self) -> StartSettings:
         if self.method not in START_METHODS:
             raise InputError(f"the start must be one of {START_METHODS}, got {self.method!r}")
         if self.sigma is not None and not (np.isfinite(self.sigma) and self.sigma > 0):
             raise InputError(f"the start's sigma must be a positive number or None, got {self.sigma!r}")
         if not (np.isfinite(self.sense_weight) and self.sense_weight > 0):
             raise InputError(f"sense_weight must be a positive number, got {self.sense_weight!r}")
-        if isinstance(self.sense_iterations, bool) or not isinstance(self.sense_iterations, int) \
-                or self.sense_iterations < 1:
+        if (
+            isinstance(self.sense_iterations, bool)
+            or not isinstance(self.sense_iterations, int)
+            or self.sense_iterations < 1
+        ):
             raise InputError(f"sense_iterations must be a positive integer, got {self.sense_iterations!r}")
         return self
 

@@ -21,12 +21,14 @@ from .unet import SelfAttention, _Stack
 
 def stack_layout(model: nn.Module) -> dict[str, list[bool]]:
     """Each stack's qualified name -> for each of its layers, whether it is attention."""
-    return {name: [isinstance(c, SelfAttention) for c in m] for name, m in model.named_modules()
-            if isinstance(m, _Stack)}
+    return {
+        name: [isinstance(c, SelfAttention) for c in m] for name, m in model.named_modules() if isinstance(m, _Stack)
+    }
 
 
 def _layer_map(source: list[bool], target: list[bool]) -> dict[int, int]:
     """Source layer index -> target layer index, matched by kind and order."""
+
     def of_kind(kinds, attention):
         return [i for i, a in enumerate(kinds) if a == attention]
 
@@ -39,8 +41,10 @@ def remap_attention(state: dict[str, torch.Tensor], source: nn.Module, target: n
     """``source``'s ``state`` under ``target``'s layer names; dropped attention layers left out."""
     src, dst = stack_layout(source), stack_layout(target)
     if src.keys() != dst.keys() or any(src[k].count(False) != dst[k].count(False) for k in src):
-        raise InputError("the U-Nets differ in more than their attention layers (channels, levels or "
-                         "blocks); only attention_levels and mid_attention may differ")
+        raise InputError(
+            "the U-Nets differ in more than their attention layers (channels, levels or "
+            "blocks); only attention_levels and mid_attention may differ"
+        )
     maps = {name + ".": _layer_map(src[name], dst[name]) for name in src}
     out = {}
     for key, value in state.items():
@@ -48,7 +52,7 @@ def remap_attention(state: dict[str, torch.Tensor], source: nn.Module, target: n
         if prefix is None:
             out[key] = value
             continue
-        index, rest = key[len(prefix):].split(".", 1)
+        index, rest = key[len(prefix) :].split(".", 1)
         new = maps[prefix].get(int(index))
         if new is not None:
             out[f"{prefix}{new}.{rest}"] = value

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
-from ..safe_io import atomic_write, write_json
 from ..package import sha256_file
+from ..safe_io import atomic_write, write_json
 from .model import DiffUnfolding, ModelSettings
 
 FORMAT = "diffunfold-checkpoint/1"
@@ -44,9 +44,16 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(directory: str | Path, step: int, model: DiffUnfolding, ema: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, config: dict, extra: dict | None = None,
-                    keep: int = 3) -> Path:
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    model: DiffUnfolding,
+    ema: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict,
+    extra: dict | None = None,
+    keep: int = 3,
+) -> Path:
     """Write the checkpoint of ``step``; keep the newest ``keep`` (0: all). Returns the JSON path."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -56,11 +63,20 @@ def save_checkpoint(directory: str | Path, step: int, model: DiffUnfolding, ema:
     tensors.update(opt_tensors)
     stem = f"ckpt-{int(step):08d}"
     weights = directory / f"{stem}.safetensors"
-    atomic_write(weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "step": str(step)}),
-                 durable=True)
-    meta = {"format": FORMAT, "step": int(step), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "weights": weights.name, "sha256": sha256_file(weights), "model": model.settings.to_dict(),
-            "config": config, "optimizer": opt_meta, **(extra or {})}
+    atomic_write(
+        weights, lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "step": str(step)}), durable=True
+    )
+    meta = {
+        "format": FORMAT,
+        "step": int(step),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "weights": weights.name,
+        "sha256": sha256_file(weights),
+        "model": model.settings.to_dict(),
+        "config": config,
+        "optimizer": opt_meta,
+        **(extra or {}),
+    }
     json_path = directory / f"{stem}.json"
     write_json(json_path, meta, indent=1, durable=True)  # last: its presence marks a complete checkpoint
     if keep > 0:
@@ -94,8 +110,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if p.suffix == ".safetensors":
         p = p.with_suffix(".json")
     if not p.exists():
-        raise InputError(f"checkpoint {str(p)!r} not found (its .json is written last; a missing one "
-                         "means the write was interrupted: use the previous checkpoint)")
+        raise InputError(
+            f"checkpoint {str(p)!r} not found (its .json is written last; a missing one "
+            "means the write was interrupted: use the previous checkpoint)"
+        )
     return p
 
 
@@ -113,8 +131,10 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise InputError(f"{weights} is missing; the checkpoint is incomplete")
     digest = sha256_file(weights)
     if digest != meta["sha256"]:
-        raise InputError(f"{weights} does not match the checksum in {json_path.name} "
-                         f"({digest[:12]} != {meta['sha256'][:12]}): the file was changed or damaged")
+        raise InputError(
+            f"{weights} does not match the checksum in {json_path.name} "
+            f"({digest[:12]} != {meta['sha256'][:12]}): the file was changed or damaged"
+        )
     return meta, load_file(weights)
 
 
@@ -123,20 +143,25 @@ def _split(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
 
 
-def load_training_state(path: str | Path, model: DiffUnfolding, ema: torch.nn.Module,
-                        optimizer: torch.optim.Optimizer) -> dict:
+def load_training_state(
+    path: str | Path, model: DiffUnfolding, ema: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> dict:
     """Restore model, EMA and optimizer in place; returns the checkpoint's meta (with ``step``)."""
     meta, tensors = read_checkpoint(path)
     if ModelSettings.from_dict(meta["model"]).to_dict() != model.settings.to_dict():
-        raise InputError("the checkpoint was written for different model settings than this config; "
-                         "resume with the config it was trained with")
+        raise InputError(
+            "the checkpoint was written for different model settings than this config; "
+            "resume with the config it was trained with"
+        )
     model.load_state_dict(_split(tensors, "model"))
     ema.load_state_dict(_split(tensors, "ema"))
     optimizer.load_state_dict(_optimizer_state(_split(tensors, "optim"), meta["optimizer"]))
     return meta
 
 
-def load_model(path: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[DiffUnfolding, dict]:
+def load_model(
+    path: str | Path, weights: str = "ema", device: str | torch.device = "cpu"
+) -> tuple[DiffUnfolding, dict]:
     """The model of a checkpoint with its EMA (default) or raw weights, in eval mode."""
     if weights not in ("ema", "model"):
         raise InputError(f"weights must be 'ema' or 'model', got {weights!r}")
@@ -144,7 +169,7 @@ def load_model(path: str | Path, weights: str = "ema", device: str | torch.devic
     model = DiffUnfolding(ModelSettings.from_dict(meta["model"]))
     state = _split(tensors, weights)
     if weights == "ema":  # torch.optim.swa_utils.AveragedModel keeps the network under "module."
-        state = {k[len("module."):]: v for k, v in state.items() if k.startswith("module.")}
+        state = {k[len("module.") :]: v for k, v in state.items() if k.startswith("module.")}
     model.load_state_dict(state)
     return model.to(device).eval(), meta
 

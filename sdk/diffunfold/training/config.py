@@ -26,36 +26,45 @@ IMAGE_TASKS = ("gaussian_blur", "anisotropic_blur", "sr", "inpainting")
 
 @dataclass
 class DataSettings:
-    source: str = "bundled"          # bundled | folder | fastmri | phantom | volumes
-    path: str | None = None          # image folder, fastMRI file/folder, or volumes folder (training)
-    val_path: str | None = None      # fastMRI file/folder, or image folder, for validation
-    native_crops: bool = False       # folder: crops from native resolution to the whole photo; volumes: windows at a scanner's pixel size
-    scanner: bool = False            # MRI: measure, then estimate maps, noise and scale as inference does (diffunfold.scanner)
-    map_floor: float = 0.3           # scanner: weight of the maps' residual in the noise level (ScannerSettings.map_floor)
-    whole_fraction: float = 0.0      # folder, with native_crops: this share of crops a photo shrunk whole
-    cache_images: bool = False       # folder: decode each photo once per worker (~90 % of a batch's CPU time)
-    size: int = 64                   # training crop (pixels, square)
+    source: str = "bundled"  # bundled | folder | fastmri | phantom | volumes
+    path: str | None = None  # image folder, fastMRI file/folder, or volumes folder (training)
+    val_path: str | None = None  # fastMRI file/folder, or image folder, for validation
+    native_crops: bool = (
+        False  # folder: crops from native resolution to the whole photo; volumes: windows at a scanner's pixel size
+    )
+    scanner: bool = False  # MRI: measure, then estimate maps, noise and scale as inference does (diffunfold.scanner)
+    map_floor: float = 0.3  # scanner: weight of the maps' residual in the noise level (ScannerSettings.map_floor)
+    whole_fraction: float = 0.0  # folder, with native_crops: this share of crops a photo shrunk whole
+    cache_images: bool = False  # folder: decode each photo once per worker (~90 % of a batch's CPU time)
+    size: int = 64  # training crop (pixels, square)
     tasks: tuple[str, ...] = IMAGE_TASKS  # a task named twice is drawn twice as often
     inpainting_missing: tuple[float, float] = (0.2, 0.6)  # fraction of pixels missing, uniform (paper 4.1)
     sr_factors: tuple[int, ...] = (4, 8, 16)  # those the crop size allows, drawn alike (a repeat: twice as often)
     mri_patterns: tuple[tuple[str, float], ...] = (
-        ("uniform1d", 4), ("uniform1d", 8), ("gaussian1d", 4), ("gaussian1d", 8),
-        ("gaussian2d", 8), ("gaussian2d", 16))
-    noise_max: float = 0.1           # images: sigma_y ~ U[0, noise_max] (paper 4.1)
-    mri_noise: float = 0.01          # MRI: sigma_y ~ U[0, mri_noise * max|A x|] per image
+        ("uniform1d", 4),
+        ("uniform1d", 8),
+        ("gaussian1d", 4),
+        ("gaussian1d", 8),
+        ("gaussian2d", 8),
+        ("gaussian2d", 16),
+    )
+    noise_max: float = 0.1  # images: sigma_y ~ U[0, noise_max] (paper 4.1)
+    mri_noise: float = 0.01  # MRI: sigma_y ~ U[0, mri_noise * max|A x|] per image
     # Of the draws, this fraction is exactly noise-free and this one log-uniform over
     # [1e-3, 1] x the maximum (low noise); the rest uniform as above (0 and 0: the paper's).
     noise_zero_fraction: float = 0.0
     noise_log_fraction: float = 0.0
     ncoils: int = 15
-    workers: int = 0                 # DataLoader worker processes preparing batches
+    workers: int = 0  # DataLoader worker processes preparing batches
 
     def __post_init__(self):
         if self.source not in SOURCES:
             raise InputError(f"data.source must be one of {SOURCES}, got {self.source!r}")
         if self.source == "volumes" and not (self.path and self.val_path):
-            raise InputError("data.source = 'volumes' needs data.path and data.val_path (the "
-                             "train/ and held-out/ folders of `diffunfold data mri-volumes`)")
+            raise InputError(
+                "data.source = 'volumes' needs data.path and data.val_path (the "
+                "train/ and held-out/ folders of `diffunfold data mri-volumes`)"
+            )
         if self.source in ("folder", "fastmri") and not self.path:
             raise InputError(f"data.source = {self.source!r} needs data.path (the {self.source} to train on)")
         self.tasks = tuple(canonical_task(t) for t in self.tasks)
@@ -75,8 +84,9 @@ class DataSettings:
             raise InputError("noise levels must be >= 0")
         z, g = self.noise_zero_fraction, self.noise_log_fraction
         if not (0 <= z and 0 <= g and z + g <= 1):
-            raise InputError(f"noise_zero_fraction ({z}) and noise_log_fraction ({g}) must be >= 0 "
-                             "and sum to at most 1")
+            raise InputError(
+                f"noise_zero_fraction ({z}) and noise_log_fraction ({g}) must be >= 0 and sum to at most 1"
+            )
 
     @property
     def is_mri(self) -> bool:
@@ -86,25 +96,25 @@ class DataSettings:
 @dataclass
 class TrainSettings:
     steps: int = 1000
-    batch_size: int = 8              # global: split over the processes of a distributed run
+    batch_size: int = 8  # global: split over the processes of a distributed run
     lr: float = 2e-4
-    weights_lr_scale: float = 1.0    # learning-rate factor for tau, gamma and u (tiny networks
-                                     # whose outputs Adam moves by about lr per step)
-    warmup_steps: int = 0            # linear learning-rate ramp
-    decay_steps: int = 0             # cosine decay of the learning rate to 0 over the last N steps
-                                     # (all of them in a run shorter than N)
-    grad_clip: float = 1.0           # max global gradient norm (0: off)
-    ema_halflife_images: float = 500_000.0   # EDM's EMA, half-life in training images...
-    ema_rampup: float = 0.05         # ...limited to this fraction of the images seen so far
-    amp: bool = True                 # bfloat16 autocast for the networks on CUDA...
+    weights_lr_scale: float = 1.0  # learning-rate factor for tau, gamma and u (tiny networks
+    # whose outputs Adam moves by about lr per step)
+    warmup_steps: int = 0  # linear learning-rate ramp
+    decay_steps: int = 0  # cosine decay of the learning rate to 0 over the last N steps
+    # (all of them in a run shorter than N)
+    grad_clip: float = 1.0  # max global gradient norm (0: off)
+    ema_halflife_images: float = 500_000.0  # EDM's EMA, half-life in training images...
+    ema_rampup: float = 0.05  # ...limited to this fraction of the images seen so far
+    amp: bool = True  # bfloat16 autocast for the networks on CUDA...
     # ...and on the CPU with this: 0.68x the time per step of float32 on the 2-core Zen 4 (AVX-512
     # BF16), gradients within 2 % (bench/results/train_step-*.md); off until a whole run is compared
     cpu_bf16: bool = False
     seed: int = 0
-    device: str = "auto"             # auto | cpu | cuda | cuda:N
-    threads: int = 0                 # torch CPU threads (0: torch's default)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0: torch's default)
     log_every: int = 10
-    val_every: int = 500             # 0: only at the end
+    val_every: int = 500  # 0: only at the end
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     # Start the regularisers (and u) from a model package or checkpoint, e.g. one trained with
@@ -125,10 +135,10 @@ class ValSettings:
         {"task": "sr", "factor": 4},
         {"task": "inpainting", "missing": 0.4},
     )
-    noise: float = 0.05              # sigma_y of the validation measurements
+    noise: float = 0.05  # sigma_y of the validation measurements
     steps: int = 18
     sampler: str = "euler"
-    images: int = 5                  # at most this many held-out images
+    images: int = 5  # at most this many held-out images
 
     def __post_init__(self):
         self.tasks = tuple(dict(t) for t in self.tasks)
@@ -150,30 +160,38 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.data.is_mri != (self.model.data == "mri"):
-            raise InputError(f"data.source {self.data.source!r} does not fit model.data {self.model.data!r}: "
-                             "MRI sources (fastmri, phantom) need model.data = 'mri' and channels = 1")
+            raise InputError(
+                f"data.source {self.data.source!r} does not fit model.data {self.model.data!r}: "
+                "MRI sources (fastmri, phantom) need model.data = 'mri' and channels = 1"
+            )
         if self.train.batch_size < 1 or self.train.steps < 1:
             raise InputError("train.steps and train.batch_size must be positive")
         if self.train.decay_steps < 0:
             raise InputError(f"train.decay_steps must be >= 0, got {self.train.decay_steps}")
-        high = [self.data.size // 2**level for level in self.model.unet.attention_levels
-                if self.data.size // 2**level > 32]
+        high = [
+            self.data.size // 2**level for level in self.model.unet.attention_levels if self.data.size // 2**level > 32
+        ]
         if high:
-            warnings.warn(f"self-attention at {high} px: above 32x32 attention dominates the cost of the "
-                          "U-Net (quadratic in pixels); consider higher model.unet.attention_levels",
-                          stacklevel=2)
+            warnings.warn(
+                f"self-attention at {high} px: above 32x32 attention dominates the cost of the "
+                "U-Net (quadratic in pixels); consider higher model.unet.attention_levels",
+                stacklevel=2,
+            )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], name: str = "custom") -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any], name: str = "custom") -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise InputError(f"unknown table(s)/key(s) {unknown} in the config; known: {sorted(known)}")
-        return cls(model=ModelSettings.from_dict(d.get("model", {})),
-                   data=_from_dict(DataSettings, d.get("data", {}), "data"),
-                   train=_from_dict(TrainSettings, d.get("train", {}), "train"),
-                   val=_from_dict(ValSettings, d.get("val", {}), "val"),
-                   out_dir=d.get("out_dir", f"runs/{name}"), name=d.get("name", name))
+        return cls(
+            model=ModelSettings.from_dict(d.get("model", {})),
+            data=_from_dict(DataSettings, d.get("data", {}), "data"),
+            train=_from_dict(TrainSettings, d.get("train", {}), "train"),
+            val=_from_dict(ValSettings, d.get("val", {}), "val"),
+            out_dir=d.get("out_dir", f"runs/{name}"),
+            name=d.get("name", name),
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -191,8 +209,9 @@ def preset_names() -> list[str]:
 def read_config_file(path: str | Path) -> dict:
     p = Path(path)
     if not p.exists():
-        raise InputError(f"config {str(p)!r} not found; give a .toml/.yaml file or a preset "
-                         f"name ({', '.join(preset_names())})")
+        raise InputError(
+            f"config {str(p)!r} not found; give a .toml/.yaml file or a preset name ({', '.join(preset_names())})"
+        )
     text = p.read_text()
     if p.suffix in (".yaml", ".yml"):
         yaml = require("yaml", "train")

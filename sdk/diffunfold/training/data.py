@@ -31,7 +31,7 @@ from ..scanner import ScannerSettings
 from .config import TrainConfig
 from .scanner_batches import scan_batch
 
-_TASK_STREAM = 2**32 - 1     # the index of the per-step task stream (never an image index)
+_TASK_STREAM = 2**32 - 1  # the index of the per-step task stream (never an image index)
 _VAL_STREAM = 2**32 - 2
 _COIL_STREAM = 2**32 - 3
 MIN_CALIBRATION = 8  # scanner batches: calibration lines (1-D) or side (2-D) at least
@@ -106,12 +106,28 @@ def _image_folder(d, channels: int, split: str, seed: int) -> ImageFolder:
     """With ``data.val_path`` the two folders are the split (``diffunfold data photos`` writes
     ``train/`` and ``held-out/``); without, one folder is split by a hash of each path."""
     if d.val_path is None:
-        return ImageFolder(d.path, d.size, split=split, channels=channels, seed=seed,
-                           native=d.native_crops, whole_fraction=d.whole_fraction, cache=d.cache_images)
+        return ImageFolder(
+            d.path,
+            d.size,
+            split=split,
+            channels=channels,
+            seed=seed,
+            native=d.native_crops,
+            whole_fraction=d.whole_fraction,
+            cache=d.cache_images,
+        )
     path = d.path if split == "train" else d.val_path
-    return ImageFolder(path, d.size, split="all", channels=channels, seed=seed,
-                       augment=split == "train", native=d.native_crops, whole_fraction=d.whole_fraction,
-                       cache=d.cache_images)
+    return ImageFolder(
+        path,
+        d.size,
+        split="all",
+        channels=channels,
+        seed=seed,
+        augment=split == "train",
+        native=d.native_crops,
+        whole_fraction=d.whole_fraction,
+        cache=d.cache_images,
+    )
 
 
 def stack_maps(items: list[dict]) -> np.ndarray:
@@ -128,8 +144,9 @@ class TrainingBatches(torch.utils.data.Dataset):
 
     def __init__(self, cfg: TrainConfig, rank: int = 0, world: int = 1, start: int = 0):
         if cfg.train.batch_size % world:
-            raise InputError(f"train.batch_size {cfg.train.batch_size} must divide by the "
-                             f"{world} processes of this run")
+            raise InputError(
+                f"train.batch_size {cfg.train.batch_size} must divide by the {world} processes of this run"
+            )
         self.cfg = cfg
         self.space = cfg.model.space
         self.local = cfg.train.batch_size // world
@@ -142,8 +159,9 @@ class TrainingBatches(torch.utils.data.Dataset):
             floor = MIN_CALIBRATION / cfg.data.size if cfg.data.scanner else 0.0
             self.tasks = MRITaskSampler(cfg.data.mri_patterns, center_floor=floor)
         else:
-            self.tasks = TaskSampler(size, families=cfg.data.tasks, missing=cfg.data.inpainting_missing,
-                                     sr_factors=cfg.data.sr_factors)
+            self.tasks = TaskSampler(
+                size, families=cfg.data.tasks, missing=cfg.data.inpainting_missing, sr_factors=cfg.data.sr_factors
+            )
 
     def __len__(self) -> int:
         return self.cfg.train.steps - self.start
@@ -187,9 +205,17 @@ class TrainingBatches(torch.utils.data.Dataset):
         sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
         shape = (self.space.model_channels, *x.shape[-2:])
         noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
-        return {"step": step, "x": x, "y": y, "operator": task.operator, "task": task.task,
-                "params": task.params, "sigma": sigma, "noise": noise, "sigma_y": sigma_y}
-
+        return {
+            "step": step,
+            "x": x,
+            "y": y,
+            "operator": task.operator,
+            "task": task.task,
+            "params": task.params,
+            "sigma": sigma,
+            "noise": noise,
+            "sigma_y": sigma_y,
+        }
 
     def _scanner_item(self, step: int, x, task, sigma_y, rngs) -> dict[str, Any]:
         """The batch as a scanner delivers it (:mod:`.scanner_batches`); the diffusion draws

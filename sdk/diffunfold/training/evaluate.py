@@ -5,7 +5,7 @@ and by ``diffunfold evaluate``."""
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,9 +21,19 @@ def task_label(task: dict) -> str:
     return f"{task['task']}({params})" if params else task["task"]
 
 
-def evaluate(model: DiffUnfolding, images: np.ndarray, tasks: Sequence[dict], noise: float = 0.05,
-             steps: int = 18, sampler: str = "euler", seed: int = 0, coil_maps: np.ndarray | None = None,
-             samples: int = 1, with_ssim: bool = True, progress: bool = False) -> list[dict]:
+def evaluate(
+    model: DiffUnfolding,
+    images: np.ndarray,
+    tasks: Sequence[dict],
+    noise: float = 0.05,
+    steps: int = 18,
+    sampler: str = "euler",
+    seed: int = 0,
+    coil_maps: np.ndarray | None = None,
+    samples: int = 1,
+    with_ssim: bool = True,
+    progress: bool = False,
+) -> list[dict]:
     """One row per task: mean PSNR (and SSIM) of the model, ``pinv`` and the classical baseline.
 
     ``images``: clean user-space ``(B, C, H, W)`` numpy (complex for MRI). The measurement
@@ -45,15 +55,20 @@ def evaluate(model: DiffUnfolding, images: np.ndarray, tasks: Sequence[dict], no
             op = make_operator(name, hw, **params)
         y = op.measure(images, noise, seeds)
         start = time.perf_counter()
-        out = restore(model, to_tensor(y, device), op, steps, sampler, seeds, samples=samples, progress=progress,
-                      noise_std=noise)
+        out = restore(
+            model, to_tensor(y, device), op, steps, sampler, seeds, samples=samples, progress=progress, noise_std=noise
+        )
         seconds = (time.perf_counter() - start) / len(images)
         est = out.images.detach().cpu().numpy()
         candidates = {"model": est, "pinv": op.pinv(y), "baseline": classical_baseline(op, y, noise)}
         if data_range is not None:
             candidates["pinv"] = np.clip(candidates["pinv"], 0.0, 1.0)
-        row = {"task": task_label(t), "baseline_name": baseline_name(op), "nfe": out.nfe * samples,
-               "seconds_per_image": seconds}
+        row = {
+            "task": task_label(t),
+            "baseline_name": baseline_name(op),
+            "nfe": out.nfe * samples,
+            "seconds_per_image": seconds,
+        }
         for key, value in candidates.items():
             row[f"psnr_{key}"] = float(np.mean(psnr(value, images, data_range)))
             if with_ssim:
@@ -65,11 +80,17 @@ def evaluate(model: DiffUnfolding, images: np.ndarray, tasks: Sequence[dict], no
 def format_rows(rows: list[dict]) -> str:
     """A Markdown table of evaluation rows."""
     has_ssim = "ssim_model" in rows[0] if rows else False
-    head = "| task | model PSNR | pinv PSNR | baseline PSNR |" + (" model SSIM | baseline SSIM |" if has_ssim else "") + " NFE | s/image |"
+    head = (
+        "| task | model PSNR | pinv PSNR | baseline PSNR |"
+        + (" model SSIM | baseline SSIM |" if has_ssim else "")
+        + " NFE | s/image |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        line = (f"| {r['task']} | {r['psnr_model']:.2f} | {r['psnr_pinv']:.2f} | "
-                f"{r['psnr_baseline']:.2f} ({r['baseline_name']}) |")
+        line = (
+            f"| {r['task']} | {r['psnr_model']:.2f} | {r['psnr_pinv']:.2f} | "
+            f"{r['psnr_baseline']:.2f} ({r['baseline_name']}) |"
+        )
         if has_ssim:
             line += f" {r['ssim_model']:.4f} | {r['ssim_baseline']:.4f} |"
         lines.append(line + f" {r['nfe']} | {r['seconds_per_image']:.3f} |")

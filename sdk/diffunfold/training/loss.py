@@ -13,14 +13,21 @@ from .model import DiffUnfolding
 
 @dataclass
 class LossTerms:
-    loss: torch.Tensor          # the scalar to minimise
-    mse: torch.Tensor           # (B,) plain per-image MSE of D against x (model space)
-    weighted: torch.Tensor      # (B,) lambda(s) * mse
-    u: torch.Tensor             # (B,) the learned log-variance u(s)
+    loss: torch.Tensor  # the scalar to minimise
+    mse: torch.Tensor  # (B,) plain per-image MSE of D against x (model space)
+    weighted: torch.Tensor  # (B,) lambda(s) * mse
+    u: torch.Tensor  # (B,) the learned log-variance u(s)
 
 
-def unfolding_loss(model: DiffUnfolding, x: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
-                   y, operator: LinearOperator, noise_std: torch.Tensor | None = None) -> LossTerms:
+def unfolding_loss(
+    model: DiffUnfolding,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    y,
+    operator: LinearOperator,
+    noise_std: torch.Tensor | None = None,
+) -> LossTerms:
     """``mean_b [exp(-u(s)) lambda(s) ||D(x + s n, s; y, A) - x||^2 / numel + u(s)]``.
 
     ``x`` and ``noise`` are model-space ``(B, C', H, W)``, ``sigma`` and ``noise_std`` (the
@@ -31,8 +38,9 @@ def unfolding_loss(model: DiffUnfolding, x: torch.Tensor, sigma: torch.Tensor, n
     mse = ((d.float() - x) ** 2).flatten(1).mean(dim=1)
     weighted = edm.loss_weight(sigma, model.settings.sigma_data) * mse
     u = model.uncertainty(sigma)[:, 0]
-    return LossTerms(loss=(torch.exp(-u) * weighted + u).mean(), mse=mse.detach(),
-                     weighted=weighted.detach(), u=u.detach())
+    return LossTerms(
+        loss=(torch.exp(-u) * weighted + u).mean(), mse=mse.detach(), weighted=weighted.detach(), u=u.detach()
+    )
 
 
 class UnfoldingObjective(torch.nn.Module):

@@ -54,14 +54,14 @@ class UNetSettings:
 class ModelSettings:
     """Everything that defines the network; stored in checkpoints and model packages."""
 
-    data: str = "image"              # "image" or "mri"
-    channels: int = 3                # user-space channels (MRI: 1 complex)
-    stages: int = 6                  # K, unfolding iterations
-    shared: bool = False             # one network told k, or K separate networks
+    data: str = "image"  # "image" or "mri"
+    channels: int = 3  # user-space channels (MRI: 1 complex)
+    stages: int = 6  # K, unfolding iterations
+    shared: bool = False  # one network told k, or K separate networks
     unet: UNetSettings = field(default_factory=UNetSettings)
-    weight_features: int = 16        # Fourier features of c_noise for tau, gamma, u
-    tau_init: float = 1.0            # gamma*tau = 1 at init: each stage starts as "denoise,
-    gamma_init: float = 1.0          # then one gradient step on the data fidelity"
+    weight_features: int = 16  # Fourier features of c_noise for tau, gamma, u
+    tau_init: float = 1.0  # gamma*tau = 1 at init: each stage starts as "denoise,
+    gamma_init: float = 1.0  # then one gradient step on the data fidelity"
     sigma_data: float = edm.SIGMA_DATA
     # tau, gamma are evaluated at sigma clamped to this range. Above: training's noise levels
     # (ln s ~ N(P_MEAN, P_STD^2)) stop at +3 std (10.9), and beyond it the weight generators
@@ -89,7 +89,9 @@ class ModelSettings:
             raise InputError("tau_init and gamma_init must be positive")
         lo, hi = (float(v) for v in self.weights_sigma_range)
         if not 0 < lo < hi:
-            raise InputError(f"weights_sigma_range must be (low, high) with 0 < low < high, got {self.weights_sigma_range}")
+            raise InputError(
+                f"weights_sigma_range must be (low, high) with 0 < low < high, got {self.weights_sigma_range}"
+            )
         self.weights_sigma_range = (lo, hi)
         check_data_step(self.data_step)
         if self.noise_aware and self.data_step != "proximal":
@@ -100,14 +102,14 @@ class ModelSettings:
             raise InputError(f"noise_floor must be > 0, got {self.noise_floor}")
         if self.data_step == "proximal" and not 0 < self.tau_init < 2:
             raise InputError(f"with the proximal step tau lies in (0, 2); tau_init {self.tau_init} is outside")
-        self.space  # validates data and channels
+        _ = self.space  # validates data and channels
 
     @property
     def space(self) -> DataSpace:
         return DataSpace(self.data, int(self.channels))
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ModelSettings":
+    def from_dict(cls, values: dict) -> ModelSettings:
         return _from_dict(cls, dict(values), "model")
 
     def to_dict(self) -> dict:
@@ -130,8 +132,15 @@ class NoiseLevelMLP(nn.Module):
     ``upper`` instead bounds the output to ``(0, upper)`` with a scaled sigmoid.
     """
 
-    def __init__(self, out: int, features: int = 16, init: float = 0.0, positive: bool = False,
-                 scale: float = 1.0, upper: float | None = None):
+    def __init__(
+        self,
+        out: int,
+        features: int = 16,
+        init: float = 0.0,
+        positive: bool = False,
+        scale: float = 1.0,
+        upper: float | None = None,
+    ):
         super().__init__()
         freqs = np.random.default_rng(1).standard_normal(features) * scale
         self.register_buffer("freqs", torch.tensor(freqs, dtype=torch.float32))
@@ -181,9 +190,18 @@ class DiffUnfolding(nn.Module):
         c = self.space.model_channels
 
         def unet(num_stages: int) -> UNet:
-            return UNet(c, c, channels=u.channels, channel_mult=u.channel_mult, num_blocks=u.num_blocks,
-                        attention_levels=u.attention_levels, mid_attention=u.mid_attention,
-                        head_channels=u.head_channels, dropout=u.dropout, num_stages=num_stages)
+            return UNet(
+                c,
+                c,
+                channels=u.channels,
+                channel_mult=u.channel_mult,
+                num_blocks=u.num_blocks,
+                attention_levels=u.attention_levels,
+                mid_attention=u.mid_attention,
+                head_channels=u.head_channels,
+                dropout=u.dropout,
+                num_stages=num_stages,
+            )
 
         nets = [unet(k)] if settings.shared else [unet(0) for _ in range(k)]
         self.regularizers = nn.ModuleList(Regularizer(n, settings.sigma_data) for n in nets)
@@ -220,8 +238,9 @@ class DiffUnfolding(nn.Module):
         with torch.autocast(x.device.type, enabled=False):
             return self.space.fidelity_grad(operator, x, y)
 
-    def forward(self, x_t: torch.Tensor, sigma, y, operator: LinearOperator, noise_std=None,
-                flip_axes: tuple[int, ...] = ()) -> torch.Tensor:
+    def forward(
+        self, x_t: torch.Tensor, sigma, y, operator: LinearOperator, noise_std=None, flip_axes: tuple[int, ...] = ()
+    ) -> torch.Tensor:
         """``D(x_t, s; y, A)`` in model space. ``sigma``: a number or one value per image.
         ``noise_std``: the measurement noise sigma_y, a number or one per image (needed by a
         noise-aware model, ignored otherwise). ``flip_axes``: the regularisers see ``x`` flipped
@@ -232,18 +251,30 @@ class DiffUnfolding(nn.Module):
         noise_var = None
         if s.noise_aware:
             if noise_std is None:
-                raise InputError("this model is noise-aware: give noise_std (sigma_y), or estimate it with "
-                                 "diffunfold.noise.estimate_noise_std(operator, y)")
+                raise InputError(
+                    "this model is noise-aware: give noise_std (sigma_y), or estimate it with "
+                    "diffunfold.noise.estimate_noise_std(operator, y)"
+                )
             noise_var = self._sigma_batch(noise_std, x_t) ** 2
         x = x_t
         for k in range(self.stages):
             r = flip(self.regularize(flip(x, flip_axes), sigma, k), flip_axes)
             # The physics runs outside autocast: FFTs do not run in half precision.
             with torch.autocast(x.device.type, enabled=False):
-                x = stage(x, r, y, operator, self.space, tau[:, k, None, None, None],
-                          gamma[:, k] if s.data_step == "proximal" else gamma[:, k, None, None, None],
-                          s.data_step, sigma=sigma, noise_var=noise_var, noise_floor=s.noise_floor,
-                          prox_iterations=int(s.prox_iterations))
+                x = stage(
+                    x,
+                    r,
+                    y,
+                    operator,
+                    self.space,
+                    tau[:, k, None, None, None],
+                    gamma[:, k] if s.data_step == "proximal" else gamma[:, k, None, None, None],
+                    s.data_step,
+                    sigma=sigma,
+                    noise_var=noise_var,
+                    noise_floor=s.noise_floor,
+                    prox_iterations=int(s.prox_iterations),
+                )
         return x
 
     denoise = forward
@@ -258,14 +289,18 @@ class DiffUnfolding(nn.Module):
         return s
 
     def parameter_counts(self) -> dict[str, int]:
-        counts = {"regularizers": sum(count_parameters(r) for r in self.regularizers),
-                  "weight_generators": count_parameters(self.tau) + count_parameters(self.gamma),
-                  "uncertainty": count_parameters(self.uncertainty)}
+        counts = {
+            "regularizers": sum(count_parameters(r) for r in self.regularizers),
+            "weight_generators": count_parameters(self.tau) + count_parameters(self.gamma),
+            "uncertainty": count_parameters(self.uncertainty),
+        }
         counts["total"] = sum(counts.values())
         return counts
 
     def check_image_size(self, hw) -> None:
         m = self.size_multiple
         if hw[0] % m or hw[1] % m:
-            raise InputError(f"image size {tuple(hw)} must be a multiple of {m} for this model "
-                             f"({len(self.settings.unet.channel_mult)} resolution levels); crop or pad it")
+            raise InputError(
+                f"image size {tuple(hw)} must be a multiple of {m} for this model "
+                f"({len(self.settings.unet.channel_mult)} resolution levels); crop or pad it"
+            )

@@ -55,8 +55,8 @@ def _module_of(node_name: str) -> tuple[str, str]:
 def _regularizer_state(path, prefix: str, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     values, users = _initialisers(path)
     state = {}
-    for key, ref in expected.items():
-        name = "reg." + key[len(prefix):]
+    for key in expected:
+        name = "reg." + key[len(prefix) :]
         if name in values:
             state[key] = values[name]
         elif name + "_fp16" in values:
@@ -85,8 +85,9 @@ def package_state(pkg: ModelPackage) -> dict[str, torch.Tensor]:
     state = {}
     for i, name in enumerate(pkg.regularizer_files):
         prefix = f"regularizers.{i}."
-        state.update(_regularizer_state(pkg.file(name), prefix,
-                                        {k: v for k, v in expected.items() if k.startswith(prefix)}))
+        state.update(
+            _regularizer_state(pkg.file(name), prefix, {k: v for k, v in expected.items() if k.startswith(prefix)})
+        )
     values, _ = _initialisers(pkg.file(pkg.weights_file))
     for gen in ("tau", "gamma"):
         for p in ("weight", "bias"):
@@ -113,23 +114,36 @@ def initialise_from(model: DiffUnfolding, source: str, adapt_attention: bool = F
     keep = {k: v for k, v in state.items() if k.startswith(("regularizers.", "uncertainty."))}
     missing, unexpected = model.load_state_dict(keep, strict=False)
     new_attention = _start_as_identity(model, missing) if adapt_attention else set()
-    wrong = [k for k in missing if k.startswith("regularizers.")   # u is absent from packages
-             and k.rsplit(".", 2)[0] not in new_attention]
+    wrong = [
+        k
+        for k in missing
+        if k.startswith("regularizers.")  # u is absent from packages
+        and k.rsplit(".", 2)[0] not in new_attention
+    ]
     if wrong or unexpected:
         unet = dataclasses.asdict(source_model.settings.unet)
-        hint = "; give the config its U-Net: " + " ".join(f"--set model.unet.{k}={json.dumps(v)}"
-                                                          for k, v in unet.items())
-        raise InputError(f"train.init_from {source}: the networks do not match this config "
-                         f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]}){hint}"
-                         + ("" if adapt_attention else ", or set train.init_adapt_attention=true "
-                            "if only the attention layers differ"))
+        hint = "; give the config its U-Net: " + " ".join(
+            f"--set model.unet.{k}={json.dumps(v)}" for k, v in unet.items()
+        )
+        raise InputError(
+            f"train.init_from {source}: the networks do not match this config "
+            f"(missing {wrong[:3]}, unexpected {list(unexpected)[:3]}){hint}"
+            + (
+                ""
+                if adapt_attention
+                else ", or set train.init_adapt_attention=true if only the attention layers differ"
+            )
+        )
 
 
 def _start_as_identity(model: DiffUnfolding, missing: list[str]) -> set[str]:
     """Zero the output projection of the attention layers the source did not have, so the
     network starts as the source's; their names."""
-    new = {n for n, m in model.named_modules() if isinstance(m, SelfAttention)
-           and any(k.startswith(n + ".") for k in missing)}
+    new = {
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, SelfAttention) and any(k.startswith(n + ".") for k in missing)
+    }
     with torch.no_grad():
         for n in new:
             proj = model.get_submodule(n).proj

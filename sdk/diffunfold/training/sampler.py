@@ -3,16 +3,17 @@ the unfolded denoiser. It is the ground truth the runtime is checked against."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from .. import edm
-from ..contrast import Contrast, estimate as estimate_stretch
-from ..ensemble import check_ensemble, flip_axes
 from .._array import check_finite
+from ..contrast import Contrast
+from ..contrast import estimate as estimate_stretch
+from ..ensemble import check_ensemble, flip_axes
 from ..errors import InputError
 from ..noise import resolve_noise_std
 from ..physics.base import LinearOperator
@@ -21,19 +22,32 @@ from .model import DiffUnfolding
 
 @dataclass
 class Restoration:
-    images: torch.Tensor     # user space (B, C, H, W), clipped to the data range for images;
-                             # with samples > 1 the mean of the posterior samples
-    nfe: int                 # calls of D per sample (each one is K regulariser calls)
+    images: torch.Tensor  # user space (B, C, H, W), clipped to the data range for images;
+    # with samples > 1 the mean of the posterior samples
+    nfe: int  # calls of D per sample (each one is K regulariser calls)
     seeds: list[int]
-    std: torch.Tensor | None = None   # per-pixel std over the samples (samples > 1; magnitude for MRI)
+    std: torch.Tensor | None = None  # per-pixel std over the samples (samples > 1; magnitude for MRI)
     samples: int = 1
 
 
 @torch.no_grad()
-def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, sampler: str = "euler",
-            seed: int | Sequence[int] | None = 0, samples: int = 1, sigma_max: float = edm.SIGMA_MAX,
-            sigma_min: float = edm.SIGMA_MIN, rho: float = edm.RHO, progress: bool = False,
-            noise_std=None, churn=None, ensemble: str = "none", contrast=None) -> Restoration:
+def restore(
+    model: DiffUnfolding,
+    y,
+    operator: LinearOperator,
+    steps: int = 18,
+    sampler: str = "euler",
+    seed: int | Sequence[int] | None = 0,
+    samples: int = 1,
+    sigma_max: float = edm.SIGMA_MAX,
+    sigma_min: float = edm.SIGMA_MIN,
+    rho: float = edm.RHO,
+    progress: bool = False,
+    noise_std=None,
+    churn=None,
+    ensemble: str = "none",
+    contrast=None,
+) -> Restoration:
     """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
 
     ``seed``: an int (image i uses ``seed + i``) or one per image; the start ``x_0`` is drawn
@@ -58,6 +72,7 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=steps * samples, desc=f"sampling ({sampler})", unit="step", leave=False)
 
     contrast = Contrast.of(contrast)
@@ -69,15 +84,23 @@ def restore(model: DiffUnfolding, y, operator: LinearOperator, steps: int = 18, 
 
     draws = []
     for j in range(samples):
-        def denoise(v, s, axes=flip_axes(ensemble, j)):
+
+        def denoise(v, s, axes=flip_axes(ensemble, j)):  # noqa: B008 (binds this sample's flips)
             return model(v, s, y, operator, noise_std=sigma_y, flip_axes=axes)
 
         def churn_noise(i, j=j):
             return torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)
 
         x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
-        x, nfe = edm.sample_loop(denoise, x, sigmas, sampler, on_step=(lambda i: bar.update(1)) if bar else None,
-                                 churn=churn, noise=churn_noise)
+        x, nfe = edm.sample_loop(
+            denoise,
+            x,
+            sigmas,
+            sampler,
+            on_step=(lambda i: bar.update(1)) if bar else None,
+            churn=churn,
+            noise=churn_noise,
+        )
         x = model.space.to_user(x)
         draws.append(model.space.clip(x if stretch is None else stretch.image(x)))
     if bar is not None:
@@ -109,8 +132,9 @@ def _a_ones(model: DiffUnfolding, operator: LinearOperator, y: torch.Tensor) -> 
     return operator.A(torch.ones((rows, model.space.channels, *operator.image_shape), dtype=y.dtype, device=y.device))
 
 
-def _noise_level(model: DiffUnfolding, contrast: Contrast | None, noise_std, operator: LinearOperator, y,
-                 batch: int) -> np.ndarray | None:
+def _noise_level(
+    model: DiffUnfolding, contrast: Contrast | None, noise_std, operator: LinearOperator, y, batch: int
+) -> np.ndarray | None:
     """sigma_y per image, resolved once (given and checked, or estimated from ``y``) where the
     data step or the contrast stretch uses it, as the runtime's ``Solver._noise_level``."""
     if contrast is not None and model.space.complex:

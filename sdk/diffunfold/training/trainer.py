@@ -37,10 +37,11 @@ class Distributed:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "Distributed":
+    def from_env(cls) -> Distributed:
         """The process's place in a torchrun launch (one process when not launched by torchrun)."""
-        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                   int(os.environ.get("LOCAL_RANK", 0)))
+        return cls(
+            int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        )
 
     @property
     def main(self) -> bool:
@@ -130,11 +131,13 @@ class _SkippedSteps:
             return False
         self.run += 1
         with open(self.path, "a") as f:
-            f.write(f"{step},{loss.item()},{float(grad_norm)},{batch['task']},\"{batch['params']}\"\n")
+            f.write(f'{step},{loss.item()},{float(grad_norm)},{batch["task"]},"{batch["params"]}"\n')
         if self.run >= self.LIMIT:
-            raise DiffUnfoldError(f"the loss or its gradient was not finite at {self.run} steps in a row "
-                                  f"(last: step {step}, task {batch['task']} {batch['params']}); lower "
-                                  "train.lr or resume from the last checkpoint")
+            raise DiffUnfoldError(
+                f"the loss or its gradient was not finite at {self.run} steps in a row "
+                f"(last: step {step}, task {batch['task']} {batch['params']}); lower "
+                "train.lr or resume from the last checkpoint"
+            )
         return True
 
 
@@ -142,8 +145,7 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank, 7]).generate_state(1)[0])
 
 
-def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True) -> dict:
+def train(cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict:
     """Train ``cfg``; checkpoints and logs go to ``out_dir`` (default ``cfg.out_dir``).
 
     Returns a summary: steps done, seconds, last loss, the final validation rows, the newest
@@ -165,8 +167,10 @@ def _previous_checkpoint(ckpt_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from; a run never writes over another's checkpoints."""
     previous = latest_checkpoint(ckpt_dir)
     if previous is not None and not resume:
-        raise InputError(f"{ckpt_dir} already holds checkpoints (newest: {previous.name}); pass --resume "
-                         "to continue that run, or choose another output folder")
+        raise InputError(
+            f"{ckpt_dir} already holds checkpoints (newest: {previous.name}); pass --resume "
+            "to continue that run, or choose another output folder"
+        )
     if resume and previous is None:
         raise InputError(f"--resume: no complete checkpoint in {ckpt_dir}; start without --resume")
     return previous
@@ -182,8 +186,9 @@ def _build(cfg: TrainConfig, device, previous: Path | None):
     if t.init_from and previous is None:
         initialise_from(model, t.init_from, adapt_attention=t.init_adapt_attention)
     counts = model.parameter_counts()  # before any freezing: the model's size
-    ema = AveragedModel(model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup),
-                        use_buffers=True)
+    ema = AveragedModel(
+        model, multi_avg_fn=ema_update(t.batch_size, t.ema_halflife_images, t.ema_rampup), use_buffers=True
+    )
     optimizer = make_optimizer(model, t)
     start = 0 if previous is None else int(load_training_state(previous, model, ema, optimizer)["step"])
     if start >= t.steps:
@@ -194,10 +199,13 @@ def _build(cfg: TrainConfig, device, previous: Path | None):
 def _open_logs(out: Path, cfg: TrainConfig) -> tuple[CSVLog, CSVLog]:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", cfg.to_dict(), indent=1)
-    log = CSVLog(out / "log.csv", ["step", "loss", "mse", "weighted_mse", "u", "lr", "grad_norm",
-                                   "task", "images_per_s", "elapsed_s"])
-    val_log = CSVLog(out / "val.csv", ["step", "task", "psnr_model", "psnr_pinv", "psnr_baseline",
-                                       "ssim_model", "ssim_baseline"])
+    log = CSVLog(
+        out / "log.csv",
+        ["step", "loss", "mse", "weighted_mse", "u", "lr", "grad_norm", "task", "images_per_s", "elapsed_s"],
+    )
+    val_log = CSVLog(
+        out / "val.csv", ["step", "task", "psnr_model", "psnr_pinv", "psnr_baseline", "ssim_model", "ssim_baseline"]
+    )
     return log, val_log
 
 
@@ -205,23 +213,49 @@ def _validate(module, val, cfg: TrainConfig, val_log: CSVLog, bar, step: int) ->
     """The EMA model on the held-out images; rows to val.csv and a table to the console."""
     images, maps = val
     module.eval()
-    rows = evaluate(module, images, cfg.val.tasks, cfg.val.noise, cfg.val.steps, cfg.val.sampler,
-                    seed=cfg.train.seed, coil_maps=maps)
+    rows = evaluate(
+        module,
+        images,
+        cfg.val.tasks,
+        cfg.val.noise,
+        cfg.val.steps,
+        cfg.val.sampler,
+        seed=cfg.train.seed,
+        coil_maps=maps,
+    )
     for r in rows:
-        val_log.write({"step": step, "task": r["task"], **{k: f"{r[k]:.4f}" for k in
-                      ("psnr_model", "psnr_pinv", "psnr_baseline", "ssim_model", "ssim_baseline")}})
+        val_log.write(
+            {
+                "step": step,
+                "task": r["task"],
+                **{
+                    k: f"{r[k]:.4f}"
+                    for k in ("psnr_model", "psnr_pinv", "psnr_baseline", "ssim_model", "ssim_baseline")
+                },
+            }
+        )
     (bar.write if bar else print)(f"validation at step {step}:\n{format_rows(rows)}")
     return rows
 
 
-def _log_step(log: CSVLog, bar, done: int, terms: dict, lr: float, grad_norm, task: str, speed: float,
-              elapsed: float) -> None:
+def _log_step(
+    log: CSVLog, bar, done: int, terms: dict, lr: float, grad_norm, task: str, speed: float, elapsed: float
+) -> None:
     loss = float(terms["loss"].item())
-    log.write({"step": done, "loss": f"{loss:.6f}", "mse": f"{terms['mse'].mean().item():.6g}",
-               "weighted_mse": f"{terms['weighted'].mean().item():.6g}",
-               "u": f"{terms['u'].mean().item():.4f}", "lr": f"{lr:.3g}",
-               "grad_norm": f"{float(grad_norm):.4g}", "task": task,
-               "images_per_s": f"{speed:.2f}", "elapsed_s": f"{elapsed:.1f}"})
+    log.write(
+        {
+            "step": done,
+            "loss": f"{loss:.6f}",
+            "mse": f"{terms['mse'].mean().item():.6g}",
+            "weighted_mse": f"{terms['weighted'].mean().item():.6g}",
+            "u": f"{terms['u'].mean().item():.4f}",
+            "lr": f"{lr:.3g}",
+            "grad_norm": f"{float(grad_norm):.4g}",
+            "task": task,
+            "images_per_s": f"{speed:.2f}",
+            "elapsed_s": f"{elapsed:.1f}",
+        }
+    )
     if bar:
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{speed:.1f}")
 
@@ -245,22 +279,32 @@ def _gradient(objective, model, batch: dict, space, device, amp: bool, grad_clip
     return terms, grad_norm
 
 
-def _announce(cfg: TrainConfig, model, counts: dict, device: torch.device, ctx: Distributed, start: int,
-              amp: bool) -> None:
+def _announce(
+    cfg: TrainConfig, model, counts: dict, device: torch.device, ctx: Distributed, start: int, amp: bool
+) -> None:
     t = cfg.train
-    print(f"diffunfold train: {cfg.name}, {counts['total']:,} parameters "
-          f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)"
-          + (", frozen" if t.freeze_regularizers else "") + f"), K={model.stages}, "
-          f"device {device}, {ctx.world} process(es), steps {start}..{t.steps}, batch {t.batch_size}"
-          + (", bfloat16 autocast" if amp else ""), flush=True)
+    print(
+        f"diffunfold train: {cfg.name}, {counts['total']:,} parameters "
+        f"({counts['regularizers']:,} in {len(model.regularizers)} regulariser(s)"
+        + (", frozen" if t.freeze_regularizers else "")
+        + f"), K={model.stages}, "
+        f"device {device}, {ctx.world} process(es), steps {start}..{t.steps}, batch {t.batch_size}"
+        + (", bfloat16 autocast" if amp else ""),
+        flush=True,
+    )
 
 
 def _loader(cfg: TrainConfig, ctx: Distributed, start: int) -> torch.utils.data.DataLoader:
     """This process's batches from step ``start`` on (``TrainingBatches`` makes them whole)."""
     return torch.utils.data.DataLoader(
-        TrainingBatches(cfg, ctx.rank, ctx.world, start), batch_size=None, shuffle=False,
-        num_workers=cfg.data.workers, collate_fn=keep_as_is, prefetch_factor=2 if cfg.data.workers else None,
-        persistent_workers=False)
+        TrainingBatches(cfg, ctx.rank, ctx.world, start),
+        batch_size=None,
+        shuffle=False,
+        num_workers=cfg.data.workers,
+        collate_fn=keep_as_is,
+        prefetch_factor=2 if cfg.data.workers else None,
+        persistent_workers=False,
+    )
 
 
 def _progress_bar(t, start: int):
@@ -269,8 +313,19 @@ def _progress_bar(t, start: int):
     return tqdm(total=t.steps, initial=start, desc="training", unit="step", dynamic_ncols=True)
 
 
-def _step(objective, model, ema, optimizer, skips: "_SkippedSteps", batch: dict, space, device: torch.device,
-          amp: bool, t, rank: int) -> tuple[dict, torch.Tensor, float]:
+def _step(
+    objective,
+    model,
+    ema,
+    optimizer,
+    skips: _SkippedSteps,
+    batch: dict,
+    space,
+    device: torch.device,
+    amp: bool,
+    t,
+    rank: int,
+) -> tuple[dict, torch.Tensor, float]:
     """One optimiser step on ``batch`` (skipped where the loss or gradient is not finite), then
     the EMA; returns the loss terms, the gradient norm and the learning rate."""
     step = int(batch["step"])
@@ -337,12 +392,25 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
             ctx.barrier()
         if (t.checkpoint_every and done % t.checkpoint_every == 0) or final:
             if ctx.main:
-                ckpt_path = save_checkpoint(ckpt_dir, done, model, ema, optimizer, cfg.to_dict(),
-                                            {"parameters": counts, "world_size": ctx.world},
-                                            keep=t.keep_checkpoints)
+                ckpt_path = save_checkpoint(
+                    ckpt_dir,
+                    done,
+                    model,
+                    ema,
+                    optimizer,
+                    cfg.to_dict(),
+                    {"parameters": counts, "world_size": ctx.world},
+                    keep=t.keep_checkpoints,
+                )
             ctx.barrier()
     if bar:
         bar.close()
-    return {"steps": t.steps, "started_at": start, "seconds": time.perf_counter() - t0, "loss": last_loss,
-            "validation": last_rows, "checkpoint": str(ckpt_path) if ckpt_path else None,
-            "parameters": counts}
+    return {
+        "steps": t.steps,
+        "started_at": start,
+        "seconds": time.perf_counter() - t0,
+        "loss": last_loss,
+        "validation": last_rows,
+        "checkpoint": str(ckpt_path) if ckpt_path else None,
+        "parameters": counts,
+    }

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -68,19 +68,29 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
-def _check_config(in_channels, out_channels, channels, head_channels, emb_channels, channel_mult, num_blocks,
-                  num_stages, fourier_features, attention_levels) -> None:
+def _check_config(
+    in_channels,
+    out_channels,
+    channels,
+    head_channels,
+    emb_channels,
+    channel_mult,
+    num_blocks,
+    num_stages,
+    fourier_features,
+    attention_levels,
+) -> None:
     if min(in_channels, out_channels, channels, head_channels, emb_channels) < 1:
-        raise InputError("in_channels, out_channels, channels, head_channels and "
-                         "emb_channels must all be >= 1")
+        raise InputError("in_channels, out_channels, channels, head_channels and emb_channels must all be >= 1")
     if not channel_mult or min(channel_mult) < 1:
         raise InputError(f"channel_mult must be a non-empty sequence of ints >= 1, got {channel_mult}")
     if num_blocks < 0 or num_stages < 0 or fourier_features < 1:
         raise InputError("num_blocks and num_stages must be >= 0, fourier_features >= 1")
     bad = [i for i in attention_levels if not 0 <= i < len(channel_mult)]
     if bad:
-        raise InputError(f"attention_levels {bad} out of range: there are "
-                         f"{len(channel_mult)} levels (0..{len(channel_mult) - 1})")
+        raise InputError(
+            f"attention_levels {bad} out of range: there are {len(channel_mult)} levels (0..{len(channel_mult) - 1})"
+        )
 
 
 class ResBlock(nn.Module):
@@ -241,15 +251,33 @@ class UNet(nn.Module):
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_levels = tuple(sorted({int(i) for i in attention_levels}))
         emb_channels = 4 * channels if emb_channels is None else int(emb_channels)
-        _check_config(in_channels, out_channels, channels, head_channels, emb_channels, channel_mult,
-                      num_blocks, num_stages, fourier_features, attention_levels)
+        _check_config(
+            in_channels,
+            out_channels,
+            channels,
+            head_channels,
+            emb_channels,
+            channel_mult,
+            num_blocks,
+            num_stages,
+            fourier_features,
+            attention_levels,
+        )
         # Kept so a checkpoint can rebuild the same network.
         self.config = dict(
-            in_channels=in_channels, out_channels=out_channels, channels=channels,
-            channel_mult=channel_mult, num_blocks=num_blocks, attention_levels=attention_levels,
-            mid_attention=mid_attention, head_channels=head_channels, dropout=dropout,
-            emb_channels=emb_channels, fourier_features=fourier_features,
-            fourier_scale=fourier_scale, num_stages=num_stages,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=channels,
+            channel_mult=channel_mult,
+            num_blocks=num_blocks,
+            attention_levels=attention_levels,
+            mid_attention=mid_attention,
+            head_channels=head_channels,
+            dropout=dropout,
+            emb_channels=emb_channels,
+            fourier_features=fourier_features,
+            fourier_scale=fourier_scale,
+            num_stages=num_stages,
         )
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -271,19 +299,22 @@ class UNet(nn.Module):
             self.stage_embed = None
 
         # Built in this order so that a seeded initialisation draws the same weights as before.
-        ch, skip_chs = self._build_encoder(channels, channel_mult, num_blocks, attention_levels, head_channels,
-                                           emb_channels, dropout)
+        ch, skip_chs = self._build_encoder(
+            channels, channel_mult, num_blocks, attention_levels, head_channels, emb_channels, dropout
+        )
         self.mid = _Stack([ResBlock(ch, ch, emb_channels, dropout)])
         if mid_attention:
             self.mid.append(SelfAttention(ch, head_channels))
         self.mid.append(ResBlock(ch, ch, emb_channels, dropout))
-        ch = self._build_decoder(ch, skip_chs, channels, channel_mult, num_blocks, attention_levels, head_channels,
-                                 emb_channels, dropout)
+        ch = self._build_decoder(
+            ch, skip_chs, channels, channel_mult, num_blocks, attention_levels, head_channels, emb_channels, dropout
+        )
         self.out_norm = _norm(ch)
         self.out_conv = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
 
-    def _build_encoder(self, channels, channel_mult, num_blocks, attention_levels, head_channels, emb_channels,
-                       dropout) -> tuple[int, list[int]]:
+    def _build_encoder(
+        self, channels, channel_mult, num_blocks, attention_levels, head_channels, emb_channels, dropout
+    ) -> tuple[int, list[int]]:
         """Input conv and encoder stacks; every stack's output is a skip connection for the decoder.
         Returns the last width and the skip widths."""
         ch = channels * channel_mult[0]
@@ -303,8 +334,9 @@ class UNet(nn.Module):
                 skip_chs.append(ch)
         return ch, skip_chs
 
-    def _build_decoder(self, ch, skip_chs, channels, channel_mult, num_blocks, attention_levels, head_channels,
-                       emb_channels, dropout) -> int:
+    def _build_decoder(
+        self, ch, skip_chs, channels, channel_mult, num_blocks, attention_levels, head_channels, emb_channels, dropout
+    ) -> int:
         """Decoder: num_blocks + 1 blocks per level, each eats one skip (ADM). Returns the last width."""
         self.dec = nn.ModuleList()
         for level in reversed(range(self.num_levels)):
@@ -327,26 +359,26 @@ class UNet(nn.Module):
 
     def _check(self, x: torch.Tensor, c_noise: torch.Tensor, stage) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise InputError(f"x must have shape (B, {self.in_channels}, H, W), "
-                             f"got {tuple(x.shape)}")
+            raise InputError(f"x must have shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         h, w, m = x.shape[-2], x.shape[-1], self.size_multiple
         if h % m or w % m:
             raise InputError(
                 f"image size {h}x{w} is not supported: H and W must be multiples of {m} "
                 f"(2**{self.num_levels - 1} for {self.num_levels} levels); e.g. pad to "
-                f"{-(-h // m) * m}x{-(-w // m) * m}")
+                f"{-(-h // m) * m}x{-(-w // m) * m}"
+            )
         if c_noise.numel() not in (1, x.shape[0]):
-            raise InputError(f"c_noise must have one value per image (shape ({x.shape[0]},)) "
-                             f"or a single value, got shape {tuple(c_noise.shape)}")
+            raise InputError(
+                f"c_noise must have one value per image (shape ({x.shape[0]},)) "
+                f"or a single value, got shape {tuple(c_noise.shape)}"
+            )
         if isinstance(stage, torch.Tensor) and self.num_stages > 0:
             if stage.numel() not in (1, x.shape[0]):
-                raise InputError(f"stage must be an int or a ({x.shape[0]},) tensor, got "
-                                 f"shape {tuple(stage.shape)}")
+                raise InputError(f"stage must be an int or a ({x.shape[0]},) tensor, got shape {tuple(stage.shape)}")
             if stage.is_floating_point() or stage.is_complex():
                 raise InputError(f"stage must hold integers, got dtype {stage.dtype}")
             if stage.numel() and (int(stage.min()) < 0 or int(stage.max()) >= self.num_stages):
-                raise InputError(f"stage values must be in [0, {self.num_stages}), got "
-                                 f"{stage.flatten().tolist()}")
+                raise InputError(f"stage values must be in [0, {self.num_stages}), got {stage.flatten().tolist()}")
 
     def embed(self, c_noise: torch.Tensor, stage=None) -> torch.Tensor:
         """The conditioning fed to every residual block: (B, emb), or (1, emb) when a single
@@ -360,7 +392,8 @@ class UNet(nn.Module):
             if stage is None:
                 raise InputError(
                     f"this network is shared by {self.num_stages} unfolding stages: pass "
-                    f"stage= (an int or a (B,) integer tensor in [0, {self.num_stages}))")
+                    f"stage= (an int or a (B,) integer tensor in [0, {self.num_stages}))"
+                )
             if isinstance(stage, numbers.Integral) and not isinstance(stage, bool):
                 if not 0 <= stage < self.num_stages:
                     raise InputError(f"stage={stage} out of range [0, {self.num_stages})")
@@ -368,12 +401,13 @@ class UNet(nn.Module):
             elif isinstance(stage, torch.Tensor):
                 h = h + self.stage_embed(stage.long().reshape(-1))  # (B, emb) or (1, emb)
             else:
-                raise InputError(f"stage must be an int or an integer tensor, got "
-                                 f"{type(stage).__name__}")
+                raise InputError(f"stage must be an int or an integer tensor, got {type(stage).__name__}")
         elif stage is not None:
-            raise InputError("this network was built without stage conditioning "
-                             "(num_stages=0) but a stage was given; build it with "
-                             "num_stages=K to share it across K stages, or drop stage=")
+            raise InputError(
+                "this network was built without stage conditioning "
+                "(num_stages=0) but a stage was given; build it with "
+                "num_stages=K to share it across K stages, or drop stage="
+            )
         return F.silu(self.map1(F.silu(h)))
 
     def forward(self, x: torch.Tensor, c_noise, stage=None) -> torch.Tensor:
