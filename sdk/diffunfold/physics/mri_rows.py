@@ -15,14 +15,21 @@ as the null space (``A`` does not see them and the weight does not fix them; the
 ``v`` there, as CG started from ``v`` does): their ``1 / (lam + w)`` would amplify rounding,
 not information.
 
-The decomposition is computed once per operator in float64 (numpy), and its factors are moved
+The decomposition is computed once per operator in float64 (numpy), the rows shared out over
+the cores (one LAPACK call per thread and one BLAS thread each: at 256 px, 15 coils, 2.6 s on
+one core of the 2-core AMD EPYC, 1.3 s on two, against 2.3 s for LAPACK's own threading), and
+its factors are moved
 to the array namespace of the first call (numpy, CuPy or torch: the products are
 differentiable in torch, the factors are constants of the operator).
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 NULL_FRACTION = 1e-4
 
@@ -42,8 +49,23 @@ def row_eigensystems(maps: np.ndarray, unshifted_mask: np.ndarray) -> tuple[np.n
     for b in range(batch):  # one image at a time bounds the memory to one (H, W, W) stack
         sb = s[b if s.shape[0] > 1 else 0]
         gram = np.einsum("chi,chj->hij", sb.conj(), sb, optimize=True)
-        values[b], vectors[b] = np.linalg.eigh(gram * circulant[b if circulant.shape[0] > 1 else 0])
+        _eigh_rows(gram * circulant[b if circulant.shape[0] > 1 else 0], values[b], vectors[b])
     return vectors, values
+
+
+def _eigh_rows(stack: np.ndarray, values: np.ndarray, vectors: np.ndarray) -> None:
+    """``np.linalg.eigh`` of a stack of Hermitian matrices into ``values`` and ``vectors``, the
+    stack split over the cores."""
+    workers = min(len(os.sched_getaffinity(0)), len(stack), 16)
+
+    def solve(rows: slice) -> None:
+        values[rows], vectors[rows] = np.linalg.eigh(stack[rows])
+
+    if workers <= 1:
+        return solve(slice(None))
+    bounds = np.linspace(0, len(stack), workers + 1).astype(int)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        list(pool.map(solve, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]))
 
 
 def exact_prox(xp, vectors, vectors_h, values, aty, v, weight):
