@@ -428,8 +428,10 @@ def main(argv=None) -> int:
     )
     if args.baselines:
         settings_note += f"\n\nOracle baselines reused from {args.baselines} where the scan matched."
+    # quality at several sizes: one file per size set, so a 64 px run keeps the 256 px one
+    name = f"scanner-{args.part}" + (f"-{'-'.join(map(str, args.size))}px" if args.part == "quality" else "")
     record(
-        f"scanner-{args.part}",
+        name,
         watch,
         info,
         args,

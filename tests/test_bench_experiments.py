@@ -29,6 +29,7 @@ def test_there_are_experiments():
         "export_with_weights.py",
         "make_soup.py",
         "make_validation_folder.py",
+        "scanner_start.py",
     }
 
 

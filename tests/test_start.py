@@ -23,11 +23,11 @@ MRI_SMALL = Path(__file__).resolve().parents[1] / "samples" / "models" / "mri-sm
 SIZE, COILS = 32, 8
 
 
-def _scan(kind: str, seed: int = 0):
+def _scan(kind: str, seed: int = 0, acc: float = 4.0):
     x = random_phantom((SIZE, SIZE), np.random.default_rng(seed)).astype(np.complex64)
     x /= np.percentile(np.abs(x), 99)
     maps = birdcage_maps(COILS, (SIZE, SIZE))
-    mask = mri_mask(kind, (SIZE, SIZE), 4.0, seed=1)
+    mask = mri_mask(kind, (SIZE, SIZE), acc, seed=1)
     y = np.asarray(MultiCoilMRI(maps, mask).A(x[None, None]))[0].astype(np.complex64)
     return x, maps, mask, y
 
@@ -94,8 +94,8 @@ def test_a_bad_estimate_is_refused(mri_solver):
 
 
 def test_the_sense_start_by_pattern_and_its_settings():
-    for kind, sigma in (("gaussian1d", LINE_SIGMA), ("gaussian2d", POINT_SIGMA)):
-        x, maps, mask, y = _scan(kind)
+    for kind, acc, sigma in (("gaussian1d", 2.0, LINE_SIGMA), ("gaussian2d", 4.0, POINT_SIGMA)):
+        x, maps, mask, y = _scan(kind, acc=acc)
         p = prepare_kspace(y, mask, coil_maps=maps)
         begin = sense_start(p)
         assert begin["init_sigma"] == sigma
@@ -121,7 +121,7 @@ def test_the_sense_start_by_pattern_and_its_settings():
 def test_reconstruct_kspace_starts_from_sense_by_default_and_says_so(mri_solver):
     x, maps, mask, y = _scan("gaussian2d", seed=1)
     res = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0)
-    assert res.info["start"] == f"SENSE estimate + noise {POINT_SIGMA:g}"
+    assert res.info["start"] == f"SENSE estimate + noise {POINT_SIGMA:.3g}" and res.info["held_out_error"] < 0.1
     assert res.solution.nfe == len(edm.start_at(edm.schedule(18), POINT_SIGMA)) - 1
     full = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0, start=StartSettings(method="noise"))
     assert full.info["start"] == "noise" and full.solution.nfe == 18
@@ -141,3 +141,25 @@ def test_the_start_drowns_the_noise_the_sense_estimate_carries():
     level = estimate_noise(noisy, StartSettings())
     assert level > 0 and np.isclose(estimate_noise(replace(clean, noise_std=0.1), StartSettings()), 2 * level)
     assert sense_start(noisy)["init_sigma"] == max(POINT_SIGMA, NOISE_MARGIN * level) > POINT_SIGMA
+
+
+def test_where_the_data_leave_much_open_the_start_is_noise(mri_solver):
+    """Held-out lines predicted from the rest: a 1-D 4x pattern on a 32 px phantom leaves more
+    open than a 2-D one or 2x; there the full schedule runs from noise, and the reason is given."""
+    from diffunfold.scanner.start import OPEN_LIMIT, held_out_error
+
+    errors = {}
+    for kind, acc in (("gaussian1d", 4.0), ("gaussian1d", 2.0), ("gaussian2d", 4.0)):
+        x, maps, mask, y = _scan(kind, acc=acc)
+        errors[kind, acc] = held_out_error(prepare_kspace(y, mask, coil_maps=maps), StartSettings())
+    assert errors["gaussian1d", 4.0] > OPEN_LIMIT > max(errors["gaussian1d", 2.0], errors["gaussian2d", 4.0])
+    x, maps, mask, y = _scan("gaussian1d", acc=4.0)
+    p = prepare_kspace(y, mask, coil_maps=maps)
+    assert sense_start(p) == {} and p.info["start"].startswith("noise (the data leave too much open")
+    res = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0)
+    assert res.solution.nfe == 18 and res.info["start"].startswith("noise (")
+    # the measurement noise is not counted as what the data leave open
+    rng = np.random.default_rng(7)
+    noise = (rng.standard_normal(y.shape) + 1j * rng.standard_normal(y.shape)) * (0.05 / np.sqrt(2)) * mask
+    noisy = prepare_kspace((y + noise).astype(np.complex64), mask, coil_maps=maps, noise_std=0.05)
+    assert np.isclose(held_out_error(noisy, StartSettings()), errors["gaussian1d", 4.0], rtol=0.1)

@@ -58,11 +58,8 @@ def reconstruct_kspace(
         calibration=calibration,
     )
     begin = sense_start(p, start) if "init" not in solve else {}
-    p.info["start"] = (
-        f"SENSE estimate + noise {begin['init_sigma']:g}"
-        if begin
-        else ("the caller's estimate" if "init" in solve else "noise")
-    )
+    if "init" in solve:
+        p.info["start"] = "the caller's estimate"
     t1 = time.perf_counter()
     sol = solver.solve(p.y, p.operator, noise_std=p.data_std, **begin, **solve)
     t2 = time.perf_counter()

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
+from ..physics.mri import MultiCoilMRI
+from .coils import calibration_region
 from .prepare import Prepared
 
 START_METHODS = ("sense", "noise")
@@ -33,6 +35,10 @@ START_METHODS = ("sense", "noise")
 LINE_SIGMA = 1.0
 POINT_SIGMA = 0.05
 NOISE_MARGIN = 2.0
+# Above this cross-validated error of the SENSE estimate (model units) the data leave too much
+# to the prior for a start near them: the full schedule from noise instead.
+OPEN_LIMIT = 0.2
+HELD_OUT_FRACTION = 0.1
 # The SENSE estimate: Tikhonov weight (relative to ||A||^2) and CG iterations (2-D patterns;
 # 1-D ones are solved exactly row by row).
 SENSE_WEIGHT = 1e-3
@@ -65,13 +71,70 @@ class StartSettings:
         return self
 
 
-def start_sigma(prepared: Prepared, settings: StartSettings) -> float:
-    """The start's noise level: the setting, or the sampling pattern's own, raised to twice the
-    noise the SENSE estimate carries."""
+def start_sigma(prepared: Prepared, settings: StartSettings) -> float | None:
+    """The start's noise level: the setting, or the sampling pattern's own raised to twice the
+    noise the SENSE estimate carries; None (the full schedule from noise) where the data leave
+    too much open (:func:`held_out_error` above ``OPEN_LIMIT``). Says why in ``prepared.info``."""
     if settings.sigma is not None:
+        prepared.info["start"] = f"SENSE estimate + noise {settings.sigma:g} (given)"
         return float(settings.sigma)
+    error = held_out_error(prepared, settings)
+    prepared.info["held_out_error"] = error
+    if error > OPEN_LIMIT:
+        prepared.info["start"] = f"noise (the data leave too much open: held-out error {error:.3f} > {OPEN_LIMIT:g})"
+        return None
     pattern = LINE_SIGMA if prepared.operator.samples_lines else POINT_SIGMA
-    return max(pattern, NOISE_MARGIN * estimate_noise(prepared, settings))
+    sigma = max(pattern, NOISE_MARGIN * estimate_noise(prepared, settings))
+    prepared.info["start"] = f"SENSE estimate + noise {sigma:.3g}"
+    return sigma
+
+
+def held_out_error(prepared: Prepared, settings: StartSettings) -> float:
+    """How much the data leave open: a tenth of the measured lines (1-D) or points (2-D) outside
+    the calibration region is held out, the SENSE estimate from the rest predicts them, and the
+    error per held-out location (all coils; the same for white noise of the measured level
+    taken out), spread over the locations never measured, is an image-space rms. It grows where
+    the image has energy the pattern misses (small matrices, high accelerations)."""
+    op = prepared.operator
+    mask = np.asarray(op.mask, dtype=np.float32)[0, 0]
+    held = _held_out(mask, op.samples_lines)
+    if not held.any():
+        return 0.0
+    rest = MultiCoilMRI(np.asarray(op.coil_maps)[0], mask - held)
+    rest.row_prox = False  # CG: an exact 1-D step would cost a second eigendecomposition
+    zeros = np.zeros((1, 1, *op.image_shape), dtype=np.complex64)
+
+    def miss(y) -> float:  # mean squared prediction error per held-out location
+        estimate = rest.prox(zeros, y * (mask - held), settings.sense_weight, settings.sense_iterations)
+        return float(np.sum(np.abs((np.asarray(op.A(estimate)) - y) * held) ** 2) / held.sum())
+
+    noise = miss(_white(prepared)) if prepared.noise_std > 0 else 0.0
+    return float(np.sqrt(max(miss(prepared.y) - noise, 0.0) * np.mean(mask == 0)))
+
+
+def _white(prepared: Prepared) -> np.ndarray:
+    """White k-space noise of the measurement's level where the mask samples (fixed seed)."""
+    shape, op = prepared.y.shape, prepared.operator
+    rng = np.random.default_rng(0)
+    white = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * (prepared.noise_std / np.sqrt(2.0))
+    return (white * np.asarray(op.mask)).astype(np.complex64)
+
+
+def _held_out(mask: np.ndarray, lines: bool) -> np.ndarray:
+    """A tenth of the sampled lines or points outside the calibration region (fixed seed)."""
+    outside = mask > 0
+    region = calibration_region(mask)
+    outside[region[0], region[1]] = False
+    rng = np.random.default_rng(0)
+    held = np.zeros_like(mask)
+    if lines:
+        cols = np.flatnonzero(outside.all(axis=0) & (mask[0] > 0))
+        held[:, rng.choice(cols, max(1, int(HELD_OUT_FRACTION * len(cols))), replace=False)] = 1.0
+    else:
+        points = np.argwhere(outside)
+        pick = points[rng.choice(len(points), max(1, int(HELD_OUT_FRACTION * len(points))), replace=False)]
+        held[pick[:, 0], pick[:, 1]] = 1.0
+    return held
 
 
 def estimate_noise(prepared: Prepared, settings: StartSettings) -> float:
@@ -80,22 +143,22 @@ def estimate_noise(prepared: Prepared, settings: StartSettings) -> float:
     if prepared.noise_std <= 0:
         return 0.0
     op = prepared.operator
-    rng = np.random.default_rng(0)
-    shape = prepared.y.shape
-    white = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * (prepared.noise_std / np.sqrt(2.0))
-    sampled = (white * np.asarray(op.mask)).astype(np.complex64)
     zeros = np.zeros((1, 1, *op.image_shape), dtype=np.complex64)
-    out = np.asarray(op.prox(zeros, sampled, settings.sense_weight, settings.sense_iterations))
+    out = np.asarray(op.prox(zeros, _white(prepared), settings.sense_weight, settings.sense_iterations))
     return float(np.sqrt(np.mean(np.abs(out) ** 2)))
 
 
 def sense_start(prepared: Prepared, settings: StartSettings | None = None) -> dict:
     """``Solver.solve`` options that start a prepared scan from its SENSE estimate
-    (``init``, ``init_sigma``); empty for the ``noise`` start."""
+    (``init``, ``init_sigma``); empty for the ``noise`` start, asked for or chosen."""
     s = (settings or StartSettings()).checked()
     if s.method == "noise":
+        prepared.info["start"] = "noise"
+        return {}
+    sigma = start_sigma(prepared, s)
+    if sigma is None:
         return {}
     op = prepared.operator
     zeros = np.zeros((1, 1, *op.image_shape), dtype=np.complex64)
     estimate = op.prox(zeros, prepared.y, s.sense_weight, s.sense_iterations)
-    return {"init": np.asarray(estimate, dtype=np.complex64), "init_sigma": start_sigma(prepared, s)}
+    return {"init": np.asarray(estimate, dtype=np.complex64), "init_sigma": sigma}
