@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,53 +29,8 @@ from ..physics.base import LinearOperator
 from ..unfolding import stage
 from . import tiling
 from .backends import Backend, create_backend
+from .solution import Solution, Timing, progress_hook
 from .tiling import TilePlan
-
-
-@dataclass
-class Timing:
-    """Seconds spent, summed over all samples: the networks (``R_k``; device work waited for),
-    the physics (data-fidelity gradients), and the rest (sampler arithmetic, copies, Python)."""
-
-    network: float = 0.0
-    physics: float = 0.0
-    total: float = 0.0
-    network_calls: int = 0
-
-    @property
-    def sampler(self) -> float:
-        return max(self.total - self.network - self.physics, 0.0)
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "network_s": self.network,
-            "physics_s": self.physics,
-            "sampler_s": self.sampler,
-            "total_s": self.total,
-            "network_calls": self.network_calls,
-        }
-
-    def __str__(self) -> str:
-        t = max(self.total, 1e-12)
-        return (
-            f"{self.total:.3f} s: network {self.network:.3f} s ({100 * self.network / t:.0f} %), "
-            f"physics {self.physics:.3f} s ({100 * self.physics / t:.0f} %), "
-            f"sampler {self.sampler:.3f} s ({100 * self.sampler / t:.0f} %)"
-        )
-
-
-@dataclass
-class Solution:
-    images: Any  # user space (B, C, H, W); the posterior mean when samples > 1
-    std: Any | None  # per-pixel std over the samples (samples > 1; magnitude for MRI)
-    nfe: int  # calls of D per sample (each is K regulariser calls)
-    seeds: list[int]
-    samples: int
-    timing: Timing
-    backend: str
-    extra: dict = field(default_factory=dict)
-    draws: Any | None = None  # the individual posterior samples (samples, B, C, H, W) when samples > 1
-    tiling: str = "untiled"  # how the regulariser ran (TilePlan.describe())
 
 
 class Solver:
@@ -269,25 +224,28 @@ class Solver:
         run.init = self._start_estimate(init, run)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
-        step, close = _progress_hook(
+        draws, nfe = self._sample(run, int(samples), together, progress)
+        sol = self._finish(draws, return_numpy, nfe, run.seeds, int(samples), run.timing, extra)
+        sol.tiling = run.plan.describe()
+        return sol
+
+    def _sample(self, run: _Run, samples: int, together: bool, progress) -> tuple[list, int]:
+        """Every posterior sample (side by side in one batch, or one after the other), timed,
+        with the progress bar or callback over the sampler steps."""
+        step, close = progress_hook(
             progress,
-            (len(sigmas) - 1) * (1 if together else int(samples)),
-            f"restoring ({sampler}, {self.backend.name})",
+            (len(run.sigmas) - 1) * (1 if together else samples),
+            f"restoring ({run.sampler}, {self.backend.name})",
         )
         t_start = time.perf_counter()
         try:
-            draws, nfe = (
-                self._sample_together(run, int(samples), step)
-                if together
-                else self._sample_rounds(run, int(samples), step)
-            )
+            sample = self._sample_together if together else self._sample_rounds
+            draws, nfe = sample(run, samples, step)
             self.backend.synchronize()
         finally:
             close()
         run.timing.total = time.perf_counter() - t_start
-        sol = self._finish(draws, return_numpy, nfe, run.seeds, int(samples), run.timing, extra)
-        sol.tiling = run.plan.describe()
-        return sol
+        return draws, nfe
 
     def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init, init_sigma) -> tuple[np.ndarray, str]:
         """The noise levels of a solve (the package's schedule unless overridden; its tail from
@@ -536,22 +494,3 @@ class _Run:
     timing: Timing
     stretch: Stretch | None = None
     init: Any = None  # the starting estimate in model space (None: pure noise)
-
-
-def _progress_hook(progress, total: int, desc: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:
-    """``(on_step, close)`` for ``edm.sample_loop``: nothing, a tqdm bar (``progress=True``), or
-    the caller's ``progress(done, total)``."""
-    if not progress:
-        return None, lambda: None
-    if callable(progress):
-        done = [0]
-
-        def step(_i: int) -> None:
-            done[0] += 1
-            progress(done[0], total)
-
-        return step, lambda: None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    return (lambda _i: bar.update(1)), bar.close
