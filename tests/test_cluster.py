@@ -208,3 +208,31 @@ def test_without_ray_help_works_and_ray_says_which_extra(packages, photos, tmp_p
     assert result.returncode == 2, result.stdout + result.stderr
     assert "pip install 'diffunfold[cluster]'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_raw_mrd_file_is_one_task_beside_fastmri_slices(packages, tmp_path, capsys):
+    """Mixed inputs: a raw MRD file (one task: its slices as acquired) and a fastMRI file (a task
+    per slice) in one run; the MRD images and PNGs equal the single-process run's."""
+    pytest.importorskip("ismrmrd", reason="raw MRD files need the mrd extra")
+    from diffunfold.mrd.outputs import image_values
+    from diffunfold.mrd.writer import write_phantom_mrd
+
+    raw = write_phantom_mrd(tmp_path / "in" / "scan.h5", slices=2, size=32, coils=4, acceleration=4, seed=2)
+    (fastmri,) = write_phantom_dataset(tmp_path / "in", num_files=1, slices_per_file=2, shape=(32, 32), ncoils=4)
+    assert main(["mri", packages["mri"], str(raw), "--out", str(tmp_path / "one"), *FAST]) == 0
+    assert main(["mri", packages["mri"], str(tmp_path / "in"), "--out", str(tmp_path / "ray"), "--ray", *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "ray: 2 task(s) done" in text and "scan.h5: MRD raw data, 2 slice(s)" in text  # middle slice + file
+    assert digests(tmp_path / "ray" / "scan_png") == digests(tmp_path / "one" / "scan_png")
+    import ismrmrd
+
+    def images(path):
+        dset = ismrmrd.Dataset(str(path), "dataset", mode="r")
+        try:
+            return [image_values(dset.read_image("image_1", i)) for i in range(2)]
+        finally:
+            dset.close()
+
+    for a, b in zip(images(tmp_path / "one" / "scan_images.h5"), images(tmp_path / "ray" / "scan_images.h5")):
+        np.testing.assert_array_equal(a, b)
+    assert (tmp_path / "ray" / f"{fastmri.stem}_s001_recon.npy").is_file()
