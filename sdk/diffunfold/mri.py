@@ -73,6 +73,14 @@ and FILE_mask.png (white = sampled), a Markdown table on stdout (--json FILE: JS
 """
 
 
+FILE_HELP = (
+    "a fastMRI multi-coil file with fully sampled k-space, or a raw MRD file; with --ray also several "
+    "files or folders of them (*.h5)"
+)
+RAY_TASKS = (
+    "One task is one slice of a fastMRI file (--slices of each file; a file's slices spread over the "
+    "actors), or one whole raw MRD file (its slices in one actor, written as one set of outputs)."
+)
 MAPS_SAID = {"espirit": "ESPIRiT maps from the data", "estimate": "estimated maps", "simulate": "simulated maps"}
 
 
@@ -82,14 +90,7 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = MRI_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("package", help="an MRI model package folder (written by `diffunfold export`)")
-    parser.add_argument(
-        "file",
-        type=Path,
-        nargs="+",
-        metavar="FILE.h5",
-        help="a fastMRI multi-coil file with fully sampled k-space, or a raw MRD file; with --ray also "
-        "several files or folders of them (*.h5)",
-    )
+    parser.add_argument("file", type=Path, nargs="+", metavar="FILE.h5", help=FILE_HELP)
     parser.add_argument(
         "--slices", type=V.slice_ranges, metavar="LIST", help="e.g. 0,3-5 or all (default: the middle slice)"
     )
@@ -139,11 +140,7 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("recon"), help="output folder (default: recon/; never the input file's folder)"
     )
     add_runtime_arguments(parser)
-    add_cluster_arguments(
-        parser,
-        "One task is one slice of a fastMRI file (--slices of each file; a file's slices spread over the "
-        "actors), or one whole raw MRD file (its slices in one actor, written as one set of outputs).",
-    )
+    add_cluster_arguments(parser, RAY_TASKS)
 
 
 # -- fastMRI files ---------------------------------------------------------------------------
