@@ -13,7 +13,7 @@ them, on the same images with the same settings:
 
 The overhead per task is also measured alone: the round trip of an empty task to an actor.
 
-    python bench/cluster.py                      # 12 images at 64 px, 8 steps: ~2 minutes on 2 cores
+    python bench/cluster.py                      # 12 images at 64 px, 8 steps, 2 rounds: ~2 minutes on 2 cores
     python bench/cluster.py --images 24 --size 128 --steps 18
 """
 
@@ -101,6 +101,14 @@ def round_trip_ms(ray, calls: int = 300) -> float:
     return ms
 
 
+def modes(cores: int) -> list[tuple[str, list[str], int]]:
+    return [
+        ("one process", [], cores),
+        ("ray, 1 actor", ["--ray", "--ray-actors", "1"], cores),
+        ("ray, 2 actors", ["--ray", "--ray-actors", "2"], max(1, cores // 2)),
+    ]
+
+
 def row(mode: str, data: dict, wall: float, n: int, threads: int, base: dict | None) -> dict:
     c = data.get("cluster")
     work = c["work_s"] if c else data["wall_s"]
@@ -131,6 +139,7 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=12)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=2, help="rounds of the three runs, interleaved (default 2)")
     add_output_arguments(ap)
     args = ap.parse_args(argv)
     import ray
@@ -145,17 +154,18 @@ def main(argv=None) -> int:
         ray_start = time.perf_counter() - t0
         try:
             rtt = round_trip_ms(ray)
-            rows, digests = [], {}
-            for mode, extra, threads in (
-                ("one process", [], cores),
-                ("ray, 1 actor", ["--ray", "--ray-actors", "1"], cores),
-                ("ray, 2 actors", ["--ray", "--ray-actors", "2"], max(1, cores // 2)),
-            ):
-                out = root / mode.replace(" ", "").replace(",", "-")
-                data, wall = run(args, root / "in", out, extra)
+            rows, digests, best = [], {}, {}
+            for rep in range(args.repeats):  # interleaved, the fastest of each kept: a busy machine slows some
+                for mode, extra, threads in modes(cores):
+                    out = root / f"{mode.replace(' ', '').replace(',', '-')}-{rep}"
+                    data, wall = run(args, root / "in", out, extra)
+                    digests[f"{mode} {rep}"] = digest(out)
+                    work = data["cluster"]["work_s"] if data.get("cluster") else data["wall_s"]
+                    if mode not in best or work < best[mode][2]:
+                        best[mode] = (data, wall, work, threads)
+                    print(mode, rep, f"{work:.2f} s", flush=True)
+            for mode, (data, wall, _, threads) in best.items():
                 rows.append(row(mode, data, wall, args.images, threads, rows[0] if rows else None))
-                digests[mode] = digest(out)
-                print(rows[-1], flush=True)
             backend = data["backend"]
         finally:
             ray.shutdown()
@@ -167,7 +177,8 @@ def main(argv=None) -> int:
         f"{info.get('lscpu_model') or info['cpu']}, {cores} cores, "
         f"Ray {ray.__version__}.\n\n"
         + markdown_table(rows, cols=list(rows[-1]))
-        + f"\n\nOutputs of the three runs identical (sha256 of every file): {'yes' if same else 'NO'} "
+        + f"\n\nThe fastest of {args.repeats} interleaved rounds of each. Outputs of every run identical "
+        f"(sha256 of every file): {'yes' if same else 'NO'} "
         f"({', '.join(sorted(set(digests.values())))}).\n\n"
         f"Overhead per task: an empty task to an actor and back takes {rtt:.2f} ms; a whole image through "
         f"one actor takes {ray1['extra_s_per_image'] * 1e3:+.0f} ms against one process "

@@ -97,6 +97,8 @@ def test_resume_on_ray_skips_the_finished_and_redoes_a_half_unit(packages, photo
     assert digests(out) == full  # camera's outputs whole again, nothing else
     assert {n: (p.stat().st_ino, p.stat().st_mtime_ns) for n, p in ((n, out / n) for n in kept)} == kept
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # nothing half-written left
+    assert restore(packages["image"], [photos], out, "--ray", "--resume") == 0  # all done: no actor started
+    assert "ray: nothing left to do, no actor started; 4 image(s) skipped" in capsys.readouterr().out
 
 
 def _actor_pids() -> set[int]:
@@ -145,8 +147,11 @@ def test_a_bad_input_fails_alone_with_its_reason(packages, photos, tmp_path, cap
         (folder / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
     (folder / "broken.png").write_bytes((photos / "coffee.png").read_bytes()[:120])  # header reads, data does not
     report = tmp_path / "r.json"
-    assert restore(packages["image"], [folder], tmp_path / "out", "--ray", "--json", str(report)) == 1
+    assert (
+        restore(packages["image"], [folder], tmp_path / "out", "--ray", "--ray-actors", "3", "--json", str(report)) == 1
+    )
     captured = capsys.readouterr()
+    assert "ray: 3 actor(s) (0.666667 CPU each)" in captured.out  # more actors than cores: they share
     assert "ray: 2 image(s) done, 0 skipped (finished before), 1 failed" in captured.out
     assert "failed: " in captured.err and "broken.png" in captured.err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [

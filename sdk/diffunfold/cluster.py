@@ -33,6 +33,7 @@ from .errors import InputError, require
 __all__ = ["TASK_RETRIES", "add_cluster_arguments", "cluster_lines", "run_units_on_ray", "worker_args"]
 
 TASK_RETRIES = 2  # a task whose worker dies is run again this many times, on the restarted actor
+START_TIMEOUT_S = 600  # for every actor to be placed and load its model
 LOCAL = "local"  # --ray without an address
 
 
@@ -95,9 +96,13 @@ def _connect(address: str):
 @dataclass
 class Placement:
     actors: int
-    cpus: int  # per actor (its --threads when --threads is 0)
-    gpus: int  # per actor: 1 with --device cuda, else 0
+    cpus: float  # per actor: Ray's num_cpus (a fraction when there are more actors than cores)
+    gpus: float  # per actor: 1 with --device cuda (a fraction when more actors than GPUs), else 0
     nodes: int
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
 
 
 def _placement(ray, requested: int | None, device: str) -> Placement:
@@ -108,12 +113,12 @@ def _placement(ray, requested: int | None, device: str) -> Placement:
         if gpus < 1:
             raise InputError(f"--device {device} with --ray: the cluster has no GPU; leave --device at cpu")
         actors = requested or gpus
-        return Placement(actors, 1, 1, len(nodes))
+        return Placement(actors, 1, min(1.0, gpus / actors), len(nodes))  # more actors than GPUs: they share
     total = sum(cpus)
     if total < 1:
         raise InputError("the Ray cluster offers no CPU to run actors on")
     actors = requested or total
-    per = max(1, min(max(cpus), total // actors))
+    per = max(1, min(max(cpus), total // actors)) if actors <= total else total / actors
     return Placement(actors, per, 0, len(nodes))
 
 
@@ -121,7 +126,7 @@ def worker_args(args, placement: Placement) -> argparse.Namespace:
     """The command's arguments as an actor runs them: its share of cores as --threads (unless
     --threads was given), the GPU Ray assigned it, no per-step bars (they would interleave)."""
     out = argparse.Namespace(**vars(args))
-    out.threads = args.threads or placement.cpus
+    out.threads = args.threads or placement.threads
     out.device = "cuda" if placement.gpus else args.device
     out.quiet = True
     return out
@@ -172,8 +177,16 @@ def _start(ray, setup: Callable, args, placement: Placement) -> tuple[list, list
     Worker = _worker_class(ray)
     options = {"num_cpus": placement.cpus, "num_gpus": placement.gpus}
     actors = [Worker.options(**options).remote(setup, worker_args(args, placement)) for _ in range(placement.actors)]
+    refs = [a.ready.remote() for a in actors]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=START_TIMEOUT_S)
+    if len(ready) < len(refs):
+        raise InputError(
+            f"{len(refs) - len(ready)} of {len(refs)} Ray actors did not start within {START_TIMEOUT_S} s "
+            f"({placement.cpus:g} CPU, {placement.gpus:g} GPU each): does the cluster have the resources? "
+            "(`ray status`); fewer --ray-actors may fit"
+        )
     infos = []
-    for error, info in ray.get([a.ready.remote() for a in actors]):
+    for error, info in ray.get(refs):
         if error is not None:
             raise error  # the model package or the task refused, as without --ray
         infos.append(info)
@@ -225,6 +238,9 @@ def run_units_on_ray(
     run = _Run([], Batch())
     for u in units:
         (run.batch.skipped.append(u.name) if resume and u.done() else run.todo.append(u))
+    if not run.todo:  # everything finished before: no actor to start
+        idle = SimpleNamespace(backend_name="none", backend_reason="nothing left to do", stages=0)
+        return run.batch, idle, _figures(args.ray, Placement(0, 0, 0, 0), [], run, 0.0, 0.0)
     t0 = time.perf_counter()
     ray, owned = _connect(args.ray)
     actors: list = []
@@ -280,10 +296,12 @@ def _figures(address: str, placement: Placement, infos: list[dict], run: _Run, s
 
 def cluster_lines(fig: dict, what: str) -> list[str]:
     """The end report of a Ray run: where, done / skipped / failed, time per task, throughput."""
+    if not fig["actors"]:
+        return [f"ray: nothing left to do, no actor started; {fig['skipped']} {what}(s) skipped (finished before)"]
     where = "a local Ray" if fig["address"] == LOCAL else f"Ray at {fig['address']}"
-    gpu = f", {fig['gpus_per_actor']} GPU" if fig["gpus_per_actor"] else ""
+    gpu = f", {fig['gpus_per_actor']:g} GPU" if fig["gpus_per_actor"] else ""
     lines = [
-        f"ray: {fig['actors']} actor(s) ({fig['cpus_per_actor']} CPU{gpu} each) on {len(fig['actor_nodes'])} of "
+        f"ray: {fig['actors']} actor(s) ({fig['cpus_per_actor']:g} CPU{gpu} each) on {len(fig['actor_nodes'])} of "
         f"{fig['nodes']} node(s) of {where}; {fig['start_s']:.1f} s to start them (Ray and one model load each)",
         f"ray: {fig['done']} {what}(s) done, {fig['skipped']} skipped (finished before), {fig['failed']} failed",
     ]
