@@ -11,10 +11,12 @@ STAMP := $(VENV)/.installed
 # The openvino extra too: its backend is what `auto` picks on a CPU, and CI runs its tests. (It
 # once crashed the suite: a freed OpenVINO Core left a dangling signal stack; see
 # backend_openvino.shared_core and the guard in tests/conftest.py.)
+# The cluster extra (Ray, ~11 s to install from the local index) so CI runs tests/test_cluster.py;
+# without it those tests skip and say why.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[train,export,dev,eval,mrd,openvino]"
+	$(PY) -m pip install --quiet -e ".[train,export,dev,eval,mrd,openvino,cluster]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -191,6 +191,10 @@ def _cmd_restore(args) -> int:
 
 
 def _cmd_mri(args) -> int:
+    if args.ray is not None:  # several files, one batch on a Ray actor pool
+        from .mri_cluster import run_mri_on_ray
+
+        return run_mri_on_ray(args)
     from .mri import run_mri
 
     return run_mri(args)

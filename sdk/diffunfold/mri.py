@@ -18,6 +18,7 @@ from typing import Any
 
 from . import cli_values as V
 from .batch import Unit, check_outputs, finish, refuse_if_nothing_done, run_units
+from .cluster import add_cluster_arguments
 from .command_common import (
     add_runtime_arguments,
     fmt,
@@ -72,6 +73,14 @@ and FILE_mask.png (white = sampled), a Markdown table on stdout (--json FILE: JS
 """
 
 
+FILE_HELP = (
+    "a fastMRI multi-coil file with fully sampled k-space, or a raw MRD file; with --ray also several "
+    "files or folders of them (*.h5)"
+)
+RAY_TASKS = (
+    "One task is one slice of a fastMRI file (--slices of each file; a file's slices spread over the "
+    "actors), or one whole raw MRD file (its slices in one actor, written as one set of outputs)."
+)
 MAPS_SAID = {"espirit": "ESPIRiT maps from the data", "estimate": "estimated maps", "simulate": "simulated maps"}
 
 
@@ -81,9 +90,7 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = MRI_EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("package", help="an MRI model package folder (written by `diffunfold export`)")
-    parser.add_argument(
-        "file", type=Path, metavar="FILE.h5", help="a fastMRI multi-coil file with fully sampled k-space"
-    )
+    parser.add_argument("file", type=Path, nargs="+", metavar="FILE.h5", help=FILE_HELP)
     parser.add_argument(
         "--slices", type=V.slice_ranges, metavar="LIST", help="e.g. 0,3-5 or all (default: the middle slice)"
     )
@@ -133,6 +140,7 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=Path("recon"), help="output folder (default: recon/; never the input file's folder)"
     )
     add_runtime_arguments(parser)
+    add_cluster_arguments(parser, RAY_TASKS)
 
 
 # -- fastMRI files ---------------------------------------------------------------------------
@@ -354,6 +362,36 @@ def _untrained_pattern_note(pkg, args) -> list[str]:
     return []
 
 
+def _one_file(files: list[Path]) -> Path:
+    """The one input of a run without --ray."""
+    if len(files) > 1 or files[0].is_dir():
+        what = f"{files[0]} is a folder" if len(files) == 1 else f"{len(files)} files given"
+        raise InputError(
+            f"{what}; give one fastMRI .h5 file, or add --ray to run several files (or a folder's) as one "
+            "batch on a local Ray or a cluster (pip install 'diffunfold[cluster]')"
+        )
+    return files[0]
+
+
+def mask_png(out_dir: Path, path: Path) -> Path:
+    return out_dir / f"{path.stem}_mask.png"
+
+
+def slice_units(path: Path, slices: list[int], out_dir: Path, samples: int, payload) -> list[Unit]:
+    """One unit per slice of the fastMRI file at ``path``: its outputs FILE_sNNN_*, and
+    ``payload(s)`` for the work."""
+    kinds = ["recon", "zero_filled", "reference"] + (["std"] if samples > 1 else [])
+    stem = path.stem
+    return [
+        Unit(
+            f"{path.name} slice {s}",
+            {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds}, "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"},
+            payload(s),
+        )
+        for s in slices
+    ]
+
+
 def run_mri(args) -> int:
     import time
 
@@ -368,13 +406,13 @@ def run_mri(args) -> int:
             "channel(s)); `diffunfold mri` needs a package exported from an MRI run (data "
             "fastmri or phantom). Restore image files with `diffunfold restore`"
         )
-    path = Path(args.file)
-    if path.is_dir():
-        raise InputError(f"{path} is a folder; give one fastMRI .h5 file")
+    path = _one_file(args.file)
     from .mrd.rawfile import is_mrd_file  # raw MRD (ISMRMRD) data: reconstructed as acquired
 
     if is_mrd_file(path):
-        return run_mri_raw(args)
+        from .mri_raw import run_mri_raw
+
+        return run_mri_raw(args, path)
     args.coil_maps = args.coil_maps or "espirit"  # as a scanner delivers it: maps from the calibration region
     with FastMRIFile(path) as f:  # checks the layout; a missing or foreign file fails here
         count = f.num_slices
@@ -382,17 +420,9 @@ def run_mri(args) -> int:
     # the reference: the fully sampled SENSE image (its maps from all of k-space) unless simulated
     reference = "simulate" if args.coil_maps == "simulate" else "estimate"
     ds = FastMRISlices(path, ncoils=args.coils, coil_maps=reference, crop=(args.size, args.size) if args.size else None)
-    out_dir, stem = Path(args.out), path.stem
-    kinds = ["recon", "zero_filled", "reference"] + (["std"] if args.samples > 1 else [])
-    units = [
-        Unit(
-            f"{path.name} slice {s}",
-            {**{k: out_dir / f"{stem}_s{s:03d}_{k}.png" for k in kinds}, "npy": out_dir / f"{stem}_s{s:03d}_recon.npy"},
-            s,
-        )
-        for s in slices
-    ]
-    job = _MRIJob(args, path, ds, out_dir / f"{stem}_mask.png")
+    out_dir = Path(args.out)
+    units = slice_units(path, slices, out_dir, args.samples, lambda s: s)
+    job = _MRIJob(args, path, ds, mask_png(out_dir, path))
     check_outputs(
         out_dir,
         units,
@@ -420,87 +450,4 @@ def run_mri(args) -> int:
     return finish(batch, "slice")
 
 
-# -- raw MRD files ---------------------------------------------------------------------------
-
-
-def _raw_solver(args):
-    """The solver for a raw MRD file, loaded as the MRD server loads it."""
-    from .package import ModelPackage
-    from .runtime.solver import Solver
-
-    pkg = ModelPackage.open(args.package)
-    if pkg.space.kind != "mri":
-        raise InputError(f"{pkg.path} is not an MRI model package ({pkg.space.kind} data)")
-    return Solver.load(pkg, backend=args.backend, device=args.device, threads=args.threads or None)
-
-
-def _raw_settings(args):
-    """``diffunfold mri`` options as reconstruction settings; options that only make sense for
-    retrospective undersampling of a fastMRI file are refused rather than ignored."""
-    from .mrd.recon import ReconSettings
-
-    if args.coil_maps == "simulate":
-        raise InputError(
-            "--coil-maps simulate needs the fastMRI reconstruction_rss; an MRD raw file uses "
-            "--coil-maps estimate (its calibration region) or espirit"
-        )
-    if args.size is not None:
-        raise InputError("--size crops fastMRI slices; an MRD raw file is reconstructed on its recon matrix")
-    maps = "calibration" if args.coil_maps == "estimate" else "espirit"  # None: the default, ESPIRiT
-    return ReconSettings(
-        steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed, coil_maps=maps
-    ).checked()
-
-
-def run_mri_raw(args) -> int:
-    """``diffunfold mri PACKAGE FILE.h5`` where FILE is a raw MRD file: reconstruct the slices as
-    acquired (the acquired lines are the mask), exactly as the server would."""
-    from .mrd.outputs import planned_outputs, refuse_existing, write_outputs
-    from .mrd.rawfile import read_raw
-    from .mrd.recon import reconstruct_slice, to_images
-
-    settings = _raw_settings(args)
-    plan = planned_outputs(args.out, Path(args.file).stem)
-    refuse_existing(list(plan.values()) + ([Path(args.json)] if args.json else []), args.overwrite)
-    solver = _raw_solver(args)
-    scan = read_raw(args.file)
-    chosen = V.parse_slices(args.slices or "all", len(scan.slices))
-    print(
-        f"{Path(args.file).name}: MRD raw data, {len(scan.slices)} slice(s), grid {scan.encoding.grid}, "
-        f"{scan.slices[0].kspace.shape[0]} coils; skipped {scan.skipped or 'nothing'}; the acquired lines are "
-        "the mask (--mask/--acceleration apply to fastMRI files)"
-    )
-    images, rows = [], []
-    for i in chosen:
-        data = scan.slices[i]
-        rec = reconstruct_slice(solver, data, scan.encoding, settings)
-        images += to_images(rec, data, scan.encoding, settings, Path(args.package).name)
-        noise = (rec.info or {}).get("noise", "")
-        rows.append(
-            {
-                "slice": data.slice,
-                "acceleration": data.acceleration,
-                "noise_std": rec.noise_std * rec.scale,
-                "noise": noise,
-                "map_std": rec.map_std * rec.scale,
-                "seconds": rec.seconds,
-            }
-        )
-        print(
-            f"| slice {data.slice} | {data.acceleration:.2f}x | noise {rec.noise_std * rec.scale:.3g} ({noise}) | "
-            f"{rec.seconds:.2f} s |"
-        )
-    paths = write_outputs(images, scan.header_xml, args.out, Path(args.file).stem, overwrite=args.overwrite)
-    for kind, path in paths.items():
-        print(f"wrote {path} ({kind})")
-    if args.json:
-        from .safe_io import write_json  # whole, and never through a link at that path
-
-        write_json(
-            args.json,
-            {"command": "mri", "file": str(args.file), "format": "mrd", "backend": solver.backend_name, "rows": rows},
-        )
-    return 0
-
-
-__all__ = ["add_mri_arguments", "run_mri", "run_mri_raw"]
+__all__ = ["add_mri_arguments", "run_mri", "slice_units"]

@@ -11,12 +11,14 @@ Heavy imports (numpy, the runtime, PIL) happen inside the ``run_*`` functions, s
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import cli_values as V
 from .batch import Unit, check_outputs, finish, refuse_if_nothing_done, run_units
+from .cluster import add_cluster_arguments, cluster_lines, run_units_on_ray
 from .command_common import (
     add_runtime_arguments,
     fmt,
@@ -139,6 +141,7 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
         "physics; colour: also each colour channel's level moved to mid-grey and back "
         "(removes a colour cast); none: as it is (default: the package's)",
     )
+    add_cluster_arguments(parser, "One task is one image file.")
 
 
 # -- task words -----------------------------------------------------------------------------
@@ -347,6 +350,7 @@ class _Job:
     factor: int
     channels: int
     solver: Any = None
+    cluster: dict | None = None  # a --ray run's figures (diffunfold.cluster)
 
 
 def _operator(job: _Job, shape):
@@ -511,6 +515,8 @@ def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_
     for n in [n for r in rows for n in r.get("notes", [])] + skipped_note(batch, "image", out_dir):
         print(f"note: {n}")
     print("\n".join(report_runtime(job.solver, rows, "image", wall, args.samples)))
+    if job.cluster:
+        print("\n".join(cluster_lines(job.cluster, "image")))
     if args.json:
         timing = sum_timing(rows)
         write_report(
@@ -538,6 +544,7 @@ def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_
                 "seconds_per_image": timing.total / max(len(rows), 1),
                 "wall_s": wall,
                 "notes": notes_first,
+                **({"cluster": job.cluster} if job.cluster else {}),
             },
             batch,
             "name",
@@ -550,6 +557,44 @@ def _contrast_of(chosen: str | None, pkg) -> dict | None:
 
     contrast = pkg.contrast if chosen is None else Contrast.of(chosen)
     return None if contrast is None else contrast.as_dict()
+
+
+def _run_restore_units(args, pkg, job: _Job, units: list[Unit], first_shape):
+    """The images restored here, or with --ray by actors that each load the solver and check the
+    first image (``_restore_worker``); and when the clock started (after loading here, before
+    starting the actors with --ray)."""
+    import time
+
+    t0 = time.perf_counter()
+    if args.ray is not None:
+        setup = partial(_restore_worker, job, first_shape)
+        batch, job.solver, job.cluster = run_units_on_ray(
+            units, setup, args, args.resume, "image", "restoring", args.out
+        )
+        return batch, t0
+    job.solver = load_solver(pkg, args)
+    _check_first(job, first_shape)
+    work = lambda u: _restore_item(u, job)
+    t0 = time.perf_counter()
+    return run_units(units, work, args.resume, progress_bar("restoring", "image", args.quiet), "image", args.out), t0
+
+
+def _check_first(job: _Job, first_shape) -> None:
+    """Parameters that depend on the image (a blur longer than it) fail here, not per image."""
+    if job.mask is None and _fits(job, first_shape):
+        _operator(job, first_shape)
+
+
+def _restore_worker(job: _Job, first_shape, args) -> tuple:
+    """A Ray actor's set-up (``diffunfold.cluster``): the solver loaded once on its node, the first
+    image checked; then ``_restore_item``, as without --ray."""
+    from .package import ModelPackage
+
+    job = replace(job, args=args)
+    job.solver = load_solver(ModelPackage.open(args.package), args)
+    _check_first(job, first_shape)
+    info = {"backend_name": job.solver.backend_name, "backend_reason": job.solver.backend_reason}
+    return (lambda u: _restore_item(u, job)), {**info, "stages": job.solver.stages}
 
 
 def run_restore(args) -> int:
@@ -592,18 +637,7 @@ def run_restore(args) -> int:
     for n in notes_first:
         print(n)
     job = _Job(args, name, {k: v for k, v in params.items() if k != "mask"}, mask, factor, pkg.space.channels)
-    job.solver = load_solver(pkg, args)
-    if mask is None and _fits(job, first_shape):  # parameters that depend on the image (a blur longer
-        _operator(job, first_shape)  # than it) fail here, not per image
-    t0 = time.perf_counter()
-    batch = run_units(
-        units,
-        lambda u: _restore_item(u, job),
-        args.resume,
-        progress_bar("restoring", "image", args.quiet),
-        "image",
-        out_dir,
-    )
+    batch, t0 = _run_restore_units(args, pkg, job, units, first_shape)
     batch.failures[:0] = unreadable
     refuse_if_nothing_done(batch, "input")
     _restore_report(args, pkg, job, _task_label(name, params), batch, time.perf_counter() - t0, notes_first)
