@@ -244,6 +244,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_tool_commands(sub) -> None:
     """selfcheck, tasks, mask, phantom, info, presets."""
+    _add_selfcheck_command(sub)
+    p = sub.add_parser(
+        "tasks",
+        help="list the tasks and their parameters",
+        description="List the task names accepted by make_operator and the CLI, with their parameters and defaults.",
+    )
+    p.set_defaults(func=_cmd_tasks)
+    _add_mask_command(sub)
+    _add_phantom_command(sub)
+    p = sub.add_parser(
+        "info",
+        help="versions and the backends present",
+        description="Print versions of diffunfold's dependencies, which optional "
+        "extras are installed and which backends can run here.",
+    )
+    p.set_defaults(func=_cmd_info)
+    p = sub.add_parser(
+        "presets",
+        help="the shipped training presets and their parameter counts",
+        description="List the training presets (tiny, small, paper, mri-small) with their "
+        "data, image size, K, and parameter count.",
+    )
+    p.set_defaults(func=_cmd_presets)
+
+
+def _add_selfcheck_command(sub) -> None:
     p = sub.add_parser(
         "selfcheck",
         help="check every operator: adjoint, norm, backend agreement",
@@ -260,13 +286,8 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_selfcheck)
 
-    p = sub.add_parser(
-        "tasks",
-        help="list the tasks and their parameters",
-        description="List the task names accepted by make_operator and the CLI, with their parameters and defaults.",
-    )
-    p.set_defaults(func=_cmd_tasks)
 
+def _add_mask_command(sub) -> None:
     p = sub.add_parser(
         "mask",
         help="make an MRI sampling mask and report its acceleration",
@@ -287,6 +308,8 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_mask)
 
+
+def _add_phantom_command(sub) -> None:
     p = sub.add_parser(
         "phantom",
         help="write synthetic multi-coil MRI data in the fastMRI format",
@@ -316,22 +339,6 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing phantom_NNNN.h5 files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantom)
-
-    p = sub.add_parser(
-        "info",
-        help="versions and the backends present",
-        description="Print versions of diffunfold's dependencies, which optional "
-        "extras are installed and which backends can run here.",
-    )
-    p.set_defaults(func=_cmd_info)
-
-    p = sub.add_parser(
-        "presets",
-        help="the shipped training presets and their parameter counts",
-        description="List the training presets (tiny, small, paper, mri-small) with their "
-        "data, image size, K, and parameter count.",
-    )
-    p.set_defaults(func=_cmd_presets)
 
 
 def _add_runtime_commands(sub) -> None:

@@ -18,21 +18,22 @@ from typing import Any
 
 from . import cli_values as V
 from .batch import Unit, check_outputs, finish, refuse_if_nothing_done, run_units
-from .cluster import add_cluster_arguments, cluster_lines, run_units_on_ray
+from .cluster import add_cluster_arguments, run_units_on_ray
 from .command_common import (
     add_runtime_arguments,
-    fmt,
     load_solver,
     progress_bar,
-    report_runtime,
-    skipped_note,
-    sum_timing,
-    write_report,
 )
 from .errors import InputError
-
-# load_image reads whatever Pillow reads; these are the suffixes a folder is scanned for.
-_FOLDER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+from .restore_inputs import (
+    base_names,
+    centre_crop_multiple,
+    check_mask_shape,
+    collect_inputs,
+    load_mask,
+    read_header,
+)
+from .restore_report import restore_report
 
 RESTORE_DESCRIPTION = """\
 Restore images with a model package (`diffunfold export` wrote it), on the torch-free runtime:
@@ -180,91 +181,6 @@ def _trained_note(name: str, trained: list[str]) -> str | None:
 # -- one image at a time --------------------------------------------------------------------
 
 
-def _collect_inputs(inputs: list[str]) -> tuple[list[Path], set[Path]]:
-    """Image files from files and folders (sorted, hidden files skipped), and the folders they
-    live in."""
-    files: list[Path] = []
-    dirs: set[Path] = set()
-    seen: set[Path] = set()
-    for raw in inputs:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(
-                f
-                for f in p.iterdir()
-                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in _FOLDER_SUFFIXES
-            )
-            if not found:
-                raise InputError(
-                    f"folder {raw!r} holds no images ({', '.join(_FOLDER_SUFFIXES)}; subfolders are not searched)"
-                )
-            dirs.add(p.resolve())
-        elif p.exists():
-            found = [p]
-        else:
-            raise InputError(f"input {raw!r} does not exist; give image files or folders of images")
-        for f in found:
-            r = f.resolve()
-            if r not in seen:
-                seen.add(r)
-                files.append(f)
-                dirs.add(r.parent)
-    return files, dirs
-
-
-def _base_names(files: list[Path]) -> list[str]:
-    """Output stems: the file stem, prefixed by its folder where two inputs share a stem."""
-    stems = [f.stem for f in files]
-    out = []
-    for f, s in zip(files, stems):
-        out.append(s if stems.count(s) == 1 else f"{f.parent.name}_{s}_{f.suffix.lstrip('.').lower()}")
-    taken: dict[str, int] = {}
-    unique = []
-    for b in out:
-        n = taken.get(b, 0)
-        taken[b] = n + 1
-        unique.append(b if n == 0 else f"{b}_{n}")
-    return unique
-
-
-def _read_header(path: Path) -> tuple[int, int]:
-    """The image's (H, W) from its header; an InputError naming the file when it is not an
-    image at all."""
-    from .data.image_io import image_size
-
-    return image_size(path)
-
-
-def _load_mask(value: Any):
-    """``mask=FILE`` as a boolean (H, W) array: white (> 0.5) = observed."""
-    import numpy as np
-
-    from .data.images import load_image
-
-    path = Path(value)
-    if not path.is_file():
-        raise InputError(f"mask file {value!r} does not exist; give mask=FILE.png with white = observed pixels")
-    mask = load_image(path, channels=1)[0] > 0.5
-    if not mask.any():
-        raise InputError(f"the mask {value!r} marks no pixel as observed (white = observed, black = missing)")
-    return np.ascontiguousarray(mask)
-
-
-def _check_mask_shape(mask, shape: tuple[int, int], path: Path, after: str = "") -> None:
-    if mask is not None and mask.shape != tuple(shape):
-        raise InputError(
-            f"the mask is {mask.shape[0]}x{mask.shape[1]} but {path} is {shape[0]}x{shape[1]}{after}; "
-            "they must match pixel for pixel"
-        )
-
-
-def _centre_crop_multiple(x, m: int):
-    h, w = x.shape[-2:]
-    nh, nw = h - h % m, w - w % m
-    top, left = (h - nh) // 2, (w - nw) // 2
-    return x[..., top : top + nh, left : left + nw]
-
-
 def _restore_task(args) -> tuple[str, dict, Any, int]:
     """The task (checked as --task was parsed), what the mode allows of it, its mask and SR factor."""
     params = {k: v for k, v in args.task.items() if k != "task"}
@@ -286,7 +202,7 @@ def _restore_task(args) -> tuple[str, dict, Any, int]:
             "there: give the mask of observed pixels with --task inpainting mask=FILE.png "
             "(white = observed, black = missing)"
         )
-    mask = _load_mask(params["mask"]) if "mask" in params else None
+    mask = load_mask(params["mask"]) if "mask" in params else None
     if measured and name == "inpainting" and mask is None:
         raise InputError(
             "measured inpainting needs the mask of observed pixels: add mask=FILE.png to --task "
@@ -301,11 +217,11 @@ def _readable_inputs(args, factor: int):
     """The inputs whose header reads, with their index (image i uses seed + i), their folders,
     (file, reason) of those that do not, and the first one's operator grid. All unreadable, or
     a factor too large: refused."""
-    files, input_dirs = _collect_inputs(args.inputs)
+    files, input_dirs = collect_inputs(args.inputs)
     readable, unreadable, first_shape = [], [], None
     for i, f in enumerate(files):
         try:
-            h, w = _read_header(f)
+            h, w = read_header(f)
         except InputError as exc:
             unreadable.append((str(f), str(exc)))
             continue
@@ -372,21 +288,21 @@ def _measure(path: Path, job: _Job, seed: int):
     if args.mode == "measured":
         y = src.array[None]
         h, w = y.shape[-2:]
-        _check_mask_shape(job.mask, (h, w), path)
+        check_mask_shape(job.mask, (h, w), path)
         if job.mask is not None:
             y = (y * job.mask).astype(np.float32)  # missing pixels carry nothing
         return None, y, _operator(job, (h * job.factor, w * job.factor)), notes, src
     x = src.array
     if job.factor > 1 and (x.shape[-2] % job.factor or x.shape[-1] % job.factor):
         h0, w0 = x.shape[-2:]
-        x = np.ascontiguousarray(_centre_crop_multiple(x, job.factor))
-        src.alpha = None if src.alpha is None else _centre_crop_multiple(src.alpha, job.factor)
+        x = np.ascontiguousarray(centre_crop_multiple(x, job.factor))
+        src.alpha = None if src.alpha is None else centre_crop_multiple(src.alpha, job.factor)
         notes.append(
             f"{path.name}: centre-cropped {h0}x{w0} -> {x.shape[-2]}x{x.shape[-1]} "
             f"(a multiple of the SR factor {job.factor})"
         )
     x = x[None]
-    _check_mask_shape(job.mask, x.shape[-2:], path, " after --size" if args.size else "")
+    check_mask_shape(job.mask, x.shape[-2:], path, " after --size" if args.size else "")
     op = _operator(job, x.shape[-2:])
     return x, op.measure(x, args.noise, seed=[seed]).astype(np.float32), op, notes, src
 
@@ -405,13 +321,28 @@ def _fits(job: _Job, shape: tuple[int, int]) -> bool:
     return True
 
 
+def _write_outputs(unit: Unit, restored, baseline, measured, std, src, row: dict) -> None:
+    """The restored image, the baseline, the measurement (measured mode) and the per-pixel std
+    (samples > 1) of one image, each written like the input (grey, depth and alpha as read)."""
+    import numpy as np
+
+    from .data.image_io import write_image
+    from .data.images import save_image
+
+    write_image(unit.outputs["restored"], restored, like=src)
+    write_image(unit.outputs["baseline"], baseline, like=src)
+    if "measured" in unit.outputs:
+        write_image(unit.outputs["measured"], np.clip(measured, 0.0, 1.0), like=src)
+    if std is not None:
+        row["std_max"] = float(std.max())
+        save_image(unit.outputs["std"], std / std.max() if std.max() > 0 else std)
+
+
 def _restore_item(unit: Unit, job: _Job) -> dict:
     """Restore one image and write its outputs (after everything that can fail on the input)."""
     import numpy as np
 
     from .baselines import baseline_name, classical_baseline
-    from .data.image_io import write_image
-    from .data.images import save_image
     from .metrics import psnr, ssim
     from .noise import resolve_noise_std
     from .progress import step_bar
@@ -419,7 +350,7 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     args = job.args
     index, path = unit.payload
     seed = args.seed + index
-    _check_memory(job, _operator_shape(args, _read_header(path), job.factor))
+    _check_memory(job, _operator_shape(args, read_header(path), job.factor))
     x, y, op, notes, src = _measure(path, job, seed)
     # sigma_y resolved once (given, or estimated from the input) for the model and the baseline alike
     noise_std = float(resolve_noise_std(args.noise, op, y, 1)[0])
@@ -461,102 +392,11 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
             psnr_baseline=psnr(baseline[0], x[0], 1.0),
             ssim_baseline=ssim(baseline[0], x[0], 1.0),
         )
-    write_image(unit.outputs["restored"], restored[0], like=src)  # grey, depth and alpha as read
-    write_image(unit.outputs["baseline"], baseline[0], like=src)
-    if "measured" in unit.outputs:
-        write_image(unit.outputs["measured"], np.clip(y[0], 0.0, 1.0), like=src)
-    if std is not None:
-        row["std_max"] = float(std.max())
-        save_image(unit.outputs["std"], std / std.max() if std.max() > 0 else std)
+    _write_outputs(unit, restored[0], baseline[0], y[0], std, src, row)
     row["outputs"] = {k: str(p) for k, p in unit.outputs.items()}
     if notes:
         row["notes"] = notes
     return row
-
-
-def _restore_table(rows: list[dict], measured: bool, base_name: str) -> list[str]:
-    import numpy as np
-
-    if measured:
-        return ["| image | size | restored | s |", "|---|---|---|---|"] + [
-            f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | "
-            f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |"
-            for r in rows
-        ]
-    lines = [
-        f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {fmt(r['psnr'])} | "
-            f"{r['ssim']:.4f} | {fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
-            f"{r['seconds']:.2f} |"
-        )
-    if len(rows) > 1:
-        mean = {
-            k: float(np.mean([r[k] for r in rows]))
-            for k in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds")
-        }
-        lines.append(
-            f"| mean | | {fmt(mean['psnr'])} | {mean['ssim']:.4f} | {fmt(mean['psnr_baseline'])} | "
-            f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |"
-        )
-    return lines
-
-
-def _restore_report(args, pkg, job: _Job, label: str, batch, wall: float, notes_first: list[str]) -> None:
-    rows, out_dir = batch.rows, Path(args.out)
-    base_name = rows[-1]["baseline"] if rows else "baseline"
-    noise_label = "estimated per image" if args.noise is None else f"{args.noise:g}"
-    print(f"{pkg.summary()}\n{args.mode} {label}, noise {noise_label}, {len(rows)} image(s) -> {out_dir}/")
-    if rows:
-        print("\n".join(_restore_table(rows, args.mode == "measured", base_name)))
-    for n in [n for r in rows for n in r.get("notes", [])] + skipped_note(batch, "image", out_dir):
-        print(f"note: {n}")
-    print("\n".join(report_runtime(job.solver, rows, "image", wall, args.samples)))
-    if job.cluster:
-        print("\n".join(cluster_lines(job.cluster, "image")))
-    if args.json:
-        timing = sum_timing(rows)
-        write_report(
-            args.json,
-            {
-                "command": "restore",
-                "package": str(pkg.path),
-                "mode": args.mode,
-                "task": job.name,
-                "params": {k: v for k, v in args.task.items() if k != "task"},
-                "noise": args.noise,
-                "steps": args.steps or pkg.schedule["steps"],
-                "sampler": args.sampler or pkg.schedule["sampler"],
-                "churn": (args.churn_setting or pkg.churn).as_dict(),
-                "ensemble": args.ensemble or pkg.ensemble,
-                "contrast": _contrast_of(args.contrast, pkg),
-                "samples": args.samples,
-                "seed": args.seed,
-                "size": args.size,
-                "nfe": rows[-1]["nfe"] if rows else None,
-                "baseline": base_name,
-                "backend": job.solver.backend_name,
-                "backend_reason": job.solver.backend_reason,
-                "timing": timing.as_dict(),
-                "seconds_per_image": timing.total / max(len(rows), 1),
-                "wall_s": wall,
-                "notes": notes_first,
-                **({"cluster": job.cluster} if job.cluster else {}),
-            },
-            batch,
-            "name",
-        )
-
-
-def _contrast_of(chosen: str | None, pkg) -> dict | None:
-    """The contrast stretch a restore ran with, for its report (None: off)."""
-    from .contrast import Contrast
-
-    contrast = pkg.contrast if chosen is None else Contrast.of(chosen)
-    return None if contrast is None else contrast.as_dict()
 
 
 def _run_restore_units(args, pkg, job: _Job, units: list[Unit], first_shape):
@@ -619,7 +459,7 @@ def run_restore(args) -> int:
         + ([] if args.mode == "measured" else ["measured"])
         + (["std"] if args.samples > 1 else [])
     )
-    names = _base_names([f for _, f in readable])
+    names = base_names([f for _, f in readable])
     units = [
         Unit(b, {k: out_dir / f"{b}_{k}{_output_suffix(f, k)}" for k in kinds}, (i, f), str(f))
         for (i, f), b in zip(readable, names)
@@ -640,7 +480,7 @@ def run_restore(args) -> int:
     batch, t0 = _run_restore_units(args, pkg, job, units, first_shape)
     batch.failures[:0] = unreadable
     refuse_if_nothing_done(batch, "input")
-    _restore_report(args, pkg, job, _task_label(name, params), batch, time.perf_counter() - t0, notes_first)
+    restore_report(args, pkg, job, _task_label(name, params), batch, time.perf_counter() - t0, notes_first)
     return finish(batch, "input")
 
 

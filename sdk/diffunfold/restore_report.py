@@ -1,0 +1,95 @@
+"""The report of a ``diffunfold restore`` run: the per-image table and the summary on stdout, and
+the JSON report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .cluster import cluster_lines
+from .command_common import fmt, report_runtime, skipped_note, sum_timing, write_report
+
+
+def restore_table(rows: list[dict], measured: bool, base_name: str) -> list[str]:
+    import numpy as np
+
+    if measured:
+        return ["| image | size | restored | s |", "|---|---|---|---|"] + [
+            f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | "
+            f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |"
+            for r in rows
+        ]
+    lines = [
+        f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {fmt(r['psnr'])} | "
+            f"{r['ssim']:.4f} | {fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
+            f"{r['seconds']:.2f} |"
+        )
+    if len(rows) > 1:
+        mean = {
+            k: float(np.mean([r[k] for r in rows]))
+            for k in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds")
+        }
+        lines.append(
+            f"| mean | | {fmt(mean['psnr'])} | {mean['ssim']:.4f} | {fmt(mean['psnr_baseline'])} | "
+            f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |"
+        )
+    return lines
+
+
+def restore_report(args, pkg, job: Any, label: str, batch, wall: float, notes_first: list[str]) -> None:
+    rows, out_dir = batch.rows, Path(args.out)
+    base_name = rows[-1]["baseline"] if rows else "baseline"
+    noise_label = "estimated per image" if args.noise is None else f"{args.noise:g}"
+    print(f"{pkg.summary()}\n{args.mode} {label}, noise {noise_label}, {len(rows)} image(s) -> {out_dir}/")
+    if rows:
+        print("\n".join(restore_table(rows, args.mode == "measured", base_name)))
+    for n in [n for r in rows for n in r.get("notes", [])] + skipped_note(batch, "image", out_dir):
+        print(f"note: {n}")
+    print("\n".join(report_runtime(job.solver, rows, "image", wall, args.samples)))
+    if job.cluster:
+        print("\n".join(cluster_lines(job.cluster, "image")))
+    if args.json:
+        timing = sum_timing(rows)
+        write_report(
+            args.json,
+            {
+                "command": "restore",
+                "package": str(pkg.path),
+                "mode": args.mode,
+                "task": job.name,
+                "params": {k: v for k, v in args.task.items() if k != "task"},
+                "noise": args.noise,
+                "steps": args.steps or pkg.schedule["steps"],
+                "sampler": args.sampler or pkg.schedule["sampler"],
+                "churn": (args.churn_setting or pkg.churn).as_dict(),
+                "ensemble": args.ensemble or pkg.ensemble,
+                "contrast": contrast_of(args.contrast, pkg),
+                "samples": args.samples,
+                "seed": args.seed,
+                "size": args.size,
+                "nfe": rows[-1]["nfe"] if rows else None,
+                "baseline": base_name,
+                "backend": job.solver.backend_name,
+                "backend_reason": job.solver.backend_reason,
+                "timing": timing.as_dict(),
+                "seconds_per_image": timing.total / max(len(rows), 1),
+                "wall_s": wall,
+                "notes": notes_first,
+                **({"cluster": job.cluster} if job.cluster else {}),
+            },
+            batch,
+            "name",
+        )
+
+
+def contrast_of(chosen: str | None, pkg) -> dict | None:
+    """The contrast stretch a restore ran with, for its report (None: off)."""
+    from .contrast import Contrast
+
+    contrast = pkg.contrast if chosen is None else Contrast.of(chosen)
+    return None if contrast is None else contrast.as_dict()
