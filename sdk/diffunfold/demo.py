@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import cli_values as V
+from .demo_report import closing_lines, results_markdown
 from .errors import InputError
 from .safe_io import refuse_nonempty_folder, write_json, write_text
 
@@ -212,70 +213,6 @@ def _add_uncertainty(rows: list[dict], stds: list, panels: list[list]) -> None:
             p[3] = Panel(colormap(std, top), f"mean std {std.mean():.4f}\nscale 0-{top:.3f}")
 
 
-def _flips_sentence(kinds: list[str]) -> str:
-    """The header's word on the self-ensemble (nothing when no package uses it)."""
-    if not kinds:
-        return ""
-    return (
-        f" The {' and '.join(kinds)} package{'s' if len(kinds) > 1 else ''}' posterior samples see "
-        "the image in four flips (self-ensemble)."
-    )
-
-
-def _contrast_sentence(kind: str, contrast: dict) -> str:
-    text = (
-        f" The {kind} package restores a flat image (std below {contrast['flat_std']:g}) at a photo's "
-        "contrast and maps it back (contrast stretch)"
-    )
-    if contrast.get("colour"):
-        text += "; it also moves each colour channel's level to mid-grey and back (colour centring)"
-    return text + "."
-
-
-def _markdown(results: list[dict], meta: dict) -> str:
-    lines = [
-        f"# diffunfold demo: {meta['images']} held-out images per task, {meta['size']}x{meta['size']} px",
-        "",
-        f"Posterior mean of {meta['samples']} samples, {meta['steps']} {meta['sampler']} steps "
-        f"({meta['nfe']} network evaluations per sample), backend {meta['backend']} on {meta['machine']}. "
-        f"Image noise sigma_y = {meta['noise']:g} (range [0, 1]); MRI noise {meta['mri_noise']:g} x max|k|."
-        + "".join(
-            f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "
-            f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
-            for k, p in meta["packages"].items()
-            if p["churn"]["s_churn"] > 0
-        )
-        + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"])
-        + "".join(_contrast_sentence(k, p["contrast"]) for k, p in meta["packages"].items() if p.get("contrast")),
-        "",
-        "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
-        "| pinv PSNR | s / image |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        m = r["mean"]
-        pinv = f"{m['psnr_pinv']:.2f}" if "psnr_pinv" in m else "-"
-        lines.append(
-            f"| {r['label']} | {'yes' if r['trained'] else '**no**'} | {m['psnr']:.2f} / {m['ssim']:.3f} | "
-            f"{r['baseline']} | {m['psnr_baseline']:.2f} / {m['ssim_baseline']:.3f} | "
-            f"{m['psnr'] - m['psnr_baseline']:+.2f} | {pinv} | {m['seconds']:.2f} |"
-        )
-    lines += [
-        "",
-        "Baselines: Wiener = Wiener deconvolution with a natural 1/|f|^2 image prior calibrated on the "
-        "training photos; pinv = the exact pseudo-inverse (for SR the best a linear method can do from "
-        "the samples alone); normalised convolution = Gaussian-weighted interpolation of the observed "
-        "pixels; zero-filled SENSE = the coil-combined inverse FFT of the sampled k-space.",
-        "",
-    ]
-    for kind, d in meta.get("data", {}).items():
-        lines.append(f"Data ({kind}): {d['source']}.")
-        lines += [f"- {c}" for c in d["credits"]]
-        lines.append("")
-    lines.append(f"Written by `{meta['command']}` on {meta['date']}; figures: `<task>.png` beside this file.")
-    return "\n".join(lines) + "\n"
-
-
 def _run_tasks(chosen, data, solvers, args, out: Path, total: int) -> list[dict]:
     """Run each task and write its figure (whole, or not at all); Ctrl-C says how far it got."""
     from tqdm.auto import tqdm
@@ -331,15 +268,15 @@ def run_demo(args) -> int:
     wall = time.perf_counter() - t0
 
     meta = _meta(args, results, solvers, packages, loaded, wall)
-    write_text(out / "results.md", _markdown(results, meta))
+    write_text(out / "results.md", results_markdown(results, meta))
     write_json(out / "results.json", {**meta, "tasks": results})
 
-    print(_markdown(results, meta))
+    print(results_markdown(results, meta))
     lost = [r["label"] for r in results if r["trained"] and r["mean"]["psnr"] <= r["mean"]["psnr_baseline"]]
     if lost:
         print(f"warning: Diff-Unfolding did not beat the classical baseline on: {', '.join(lost)}")
     print(f"{total} images in {wall:.0f} s; figures, results.md and results.json in {out}/")
-    print(_closing_lines(meta))
+    print(closing_lines(meta))
     return 0
 
 
@@ -402,15 +339,6 @@ def _meta(args, results: list[dict], solvers: dict, packages: dict, loaded: dict
         "wall_seconds": wall,
         "data": {k: {"source": d["source"], "credits": d["credits"]} for k, d in loaded.items()},
     }
-
-
-def _closing_lines(meta: dict) -> str:
-    """What ran, for the last lines of the log: the backend (and why) and each modality's data."""
-    lines = [f"backend: {meta['backend']} ({meta['backend_reason']})"]
-    for kind, d in meta["data"].items():
-        named = list(dict.fromkeys(c.split(":", 1)[0] for c in d["credits"]))  # the volume or photo names
-        lines.append(f"{kind} data: {d['source']}" + (f": {', '.join(named)}" if named else ""))
-    return "\n".join(lines)
 
 
 def _clear_out(out: Path, overwrite: bool) -> None:
