@@ -29,6 +29,7 @@ CORE = {
     "diffunfold.hardware",
     "diffunfold.safe_io",
     "diffunfold.engine_targets",
+    "diffunfold.engine_gpus",
     "diffunfold.attention_graph",
     "diffunfold.group_norm_graph",
     "diffunfold.package_schema",

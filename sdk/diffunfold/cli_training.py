@@ -16,6 +16,11 @@ from .safe_io import refuse_existing, refuse_nonempty_folder, write_json
 
 def add_training_commands(sub) -> None:
     """train, evaluate."""
+    _add_train_command(sub)
+    _add_evaluate_command(sub)
+
+
+def _add_train_command(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a Diff-Unfolding model (needs the train extra)",
@@ -57,6 +62,8 @@ def add_training_commands(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate_command(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score a checkpoint on held-out images against pinv and a classical baseline",
@@ -101,6 +108,16 @@ def add_training_commands(sub) -> None:
 
 def add_export_commands(sub) -> None:
     """export, build-engines: from a checkpoint to what the runtime loads."""
+    _add_export_command(sub)
+
+    from .engines import add_build_engines_arguments
+
+    p = sub.add_parser("build-engines", help="build FP16 TensorRT engines of a package for a GPU target")
+    add_build_engines_arguments(p)  # sets the description, epilog and options
+    p.set_defaults(func=_cmd_build_engines)
+
+
+def _add_export_command(sub) -> None:
     p = sub.add_parser(
         "export",
         help="a checkpoint -> a model package (ONNX + manifest) for the runtime",
@@ -139,6 +156,12 @@ def add_export_commands(sub) -> None:
         "float32 (the bundled demo packages use it)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
+    _add_package_sampling_arguments(p)
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_package_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """What the package asks the runtime for: the sampler's churn, the self-ensemble, the contrast."""
     V.add_churn_arguments(
         p,
         "the sampler the package asks for: EDM's stochastic sampler with this S_churn "
@@ -157,13 +180,6 @@ def add_export_commands(sub) -> None:
         "(0.15) and maps the result back, exactly through the physics; colour: also each "
         "colour channel's level to mid-grey and back; default none",
     )
-    p.set_defaults(func=_cmd_export)
-
-    from .engines import add_build_engines_arguments
-
-    p = sub.add_parser("build-engines", help="build FP16 TensorRT engines of a package for a GPU target")
-    add_build_engines_arguments(p)  # sets the description, epilog and options
-    p.set_defaults(func=_cmd_build_engines)
 
 
 def _cmd_train(args) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import cli_values as V
+from .demo_report import closing_lines, results_markdown
 from .errors import InputError
 from .safe_io import refuse_nonempty_folder, write_json, write_text
 
@@ -91,78 +92,17 @@ def _view(image, mri: bool, scale: float) -> np.ndarray:
 
 def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
     """Restore every held-out item of one task; returns the task's rows, means and panels."""
-    from .baselines import baseline_name, classical_baseline
-    from .figures import Panel, colormap
-    from .physics.tasks import make_operator
-    from .progress import step_bar
+    from .baselines import baseline_name
 
     rows, panels, stds = [], [], []
     for i, (name, x) in enumerate(zip(names, clean)):
         bar.set_postfix_str(f"{task.key}: {name}")
-        seed = args.seed + i
-        shape = x.shape[-2:]
-        if task.is_mri:
-            op = make_operator("mri", shape, **task.params, ncoils=args.coils, seed=args.seed)
-            noise = args.mri_noise * float(np.abs(op.A(x[None])).max())
-        else:
-            op = make_operator(task.task, shape, **task.params)
-            noise = args.noise
-        y = op.measure(x[None], noise, seed=[seed])
-        y = y.astype(np.complex64 if task.is_mri else np.float32)
-        sol = solver.solve(
-            y,
-            op,
-            seed=seed,
-            samples=args.samples,
-            steps=args.steps,
-            noise_std=noise,
-            progress=step_bar(f"{task.key}: {name}", args.quiet),
-        )
-        est = np.asarray(sol.images)[0]
-        base = np.asarray(classical_baseline(op, y, noise))[0]
-        if not task.is_mri:
-            base = np.clip(base, 0.0, 1.0)
-        psnr_m, ssim_m = _scores(est, x, task.is_mri)
-        psnr_b, ssim_b = _scores(base, x, task.is_mri)
-        row = {
-            "image": name,
-            "seed": seed,
-            "noise_std": float(noise),
-            "nfe": sol.nfe,
-            "psnr": psnr_m,
-            "ssim": ssim_m,
-            "psnr_baseline": psnr_b,
-            "ssim_baseline": ssim_b,
-            "seconds": sol.timing.total,
-            "timing": sol.timing.as_dict(),
-        }
-        if not task.is_mri:
-            row["psnr_pinv"], row["ssim_pinv"] = _scores(np.clip(np.asarray(op.pinv(y))[0], 0, 1), x, False)
+        op, row, std, panel = _restore_item(task, solver, name, x, args.seed + i, args)
         rows.append(row)
-        std = None if sol.std is None else np.asarray(sol.std)[0].mean(axis=0)
         stds.append(std)
-        scale = float(np.abs(x).max()) if task.is_mri else 1.0
-        meas, meas_caption = _measurement_view(task, op, y, x)
-        panels.append(
-            [
-                Panel(meas, f"{name}\n{meas_caption}"),
-                Panel(_view(base, task.is_mri, scale), f"{baseline_name(op)}\nPSNR {psnr_b:.2f}  SSIM {ssim_b:.3f}"),
-                Panel(
-                    _view(est, task.is_mri, scale),
-                    f"{'posterior mean' if args.samples > 1 else 'one sample'}\nPSNR {psnr_m:.2f}  SSIM {ssim_m:.3f}",
-                ),
-                None,  # the uncertainty map, once the task's common colour scale is known
-                Panel(_view(x, task.is_mri, scale), "ground truth"),
-            ]
-        )
+        panels.append(panel)
         bar.update(1)
-    top = max((float(s.max()) for s in stds if s is not None), default=0.0)
-    for row, std, p in zip(rows, stds, panels):
-        if std is None:
-            p[3] = Panel(np.zeros(p[0].pixels.shape, np.uint8), "one sample:\nno spread")
-        else:
-            row["std_mean"] = float(std.mean())
-            p[3] = Panel(colormap(std, top), f"mean std {std.mean():.4f}\nscale 0-{top:.3f}")
+    _add_uncertainty(rows, stds, panels)
     mean = {
         k: float(np.mean([r[k] for r in rows]))
         for k in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds")
@@ -182,68 +122,95 @@ def run_task(task: DemoTask, solver, names, clean, args, bar) -> dict[str, Any]:
     }
 
 
-def _flips_sentence(kinds: list[str]) -> str:
-    """The header's word on the self-ensemble (nothing when no package uses it)."""
-    if not kinds:
-        return ""
-    return (
-        f" The {' and '.join(kinds)} package{'s' if len(kinds) > 1 else ''}' posterior samples see "
-        "the image in four flips (self-ensemble)."
+def _measure(task: DemoTask, x, seed: int, args):
+    """The task's operator for ``x``, its noisy measurement and the noise std (in the data's units)."""
+    from .physics.tasks import make_operator
+
+    shape = x.shape[-2:]
+    if task.is_mri:
+        op = make_operator("mri", shape, **task.params, ncoils=args.coils, seed=args.seed)
+        noise = args.mri_noise * float(np.abs(op.A(x[None])).max())
+    else:
+        op = make_operator(task.task, shape, **task.params)
+        noise = args.noise
+    y = op.measure(x[None], noise, seed=[seed])
+    y = y.astype(np.complex64 if task.is_mri else np.float32)
+    return op, y, noise
+
+
+def _restore_item(task: DemoTask, solver, name: str, x, seed: int, args):
+    """Measure one held-out item, restore it and score it against the classical baseline (and the
+    pinv for images): ``(operator, row, per-pixel std or None, figure panels)``."""
+    from .baselines import classical_baseline
+    from .progress import step_bar
+
+    op, y, noise = _measure(task, x, seed, args)
+    sol = solver.solve(
+        y,
+        op,
+        seed=seed,
+        samples=args.samples,
+        steps=args.steps,
+        noise_std=noise,
+        progress=step_bar(f"{task.key}: {name}", args.quiet),
     )
+    est = np.asarray(sol.images)[0]
+    base = np.asarray(classical_baseline(op, y, noise))[0]
+    if not task.is_mri:
+        base = np.clip(base, 0.0, 1.0)
+    psnr_m, ssim_m = _scores(est, x, task.is_mri)
+    psnr_b, ssim_b = _scores(base, x, task.is_mri)
+    row = {
+        "image": name,
+        "seed": seed,
+        "noise_std": float(noise),
+        "nfe": sol.nfe,
+        "psnr": psnr_m,
+        "ssim": ssim_m,
+        "psnr_baseline": psnr_b,
+        "ssim_baseline": ssim_b,
+        "seconds": sol.timing.total,
+        "timing": sol.timing.as_dict(),
+    }
+    if not task.is_mri:
+        row["psnr_pinv"], row["ssim_pinv"] = _scores(np.clip(np.asarray(op.pinv(y))[0], 0, 1), x, False)
+    std = None if sol.std is None else np.asarray(sol.std)[0].mean(axis=0)
+    return op, row, std, _item_panels(task, name, op, y, x, est, base, row, args.samples)
 
 
-def _contrast_sentence(kind: str, contrast: dict) -> str:
-    text = (
-        f" The {kind} package restores a flat image (std below {contrast['flat_std']:g}) at a photo's "
-        "contrast and maps it back (contrast stretch)"
-    )
-    if contrast.get("colour"):
-        text += "; it also moves each colour channel's level to mid-grey and back (colour centring)"
-    return text + "."
+def _item_panels(task: DemoTask, name: str, op, y, x, est, base, row: dict, samples: int) -> list:
+    """One figure row: measurement, baseline, Diff-Unfolding, (the uncertainty, later), truth."""
+    from .baselines import baseline_name
+    from .figures import Panel
 
-
-def _markdown(results: list[dict], meta: dict) -> str:
-    lines = [
-        f"# diffunfold demo: {meta['images']} held-out images per task, {meta['size']}x{meta['size']} px",
-        "",
-        f"Posterior mean of {meta['samples']} samples, {meta['steps']} {meta['sampler']} steps "
-        f"({meta['nfe']} network evaluations per sample), backend {meta['backend']} on {meta['machine']}. "
-        f"Image noise sigma_y = {meta['noise']:g} (range [0, 1]); MRI noise {meta['mri_noise']:g} x max|k|."
-        + "".join(
-            f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "
-            f"sigma in [{p['churn']['s_min']:g}, {p['churn']['s_max']:g}])."
-            for k, p in meta["packages"].items()
-            if p["churn"]["s_churn"] > 0
-        )
-        + _flips_sentence([k for k, p in meta["packages"].items() if p["ensemble"] == "flips"])
-        + "".join(_contrast_sentence(k, p["contrast"]) for k, p in meta["packages"].items() if p.get("contrast")),
-        "",
-        "| task | trained on | Diff-Unfolding PSNR / SSIM | baseline | baseline PSNR / SSIM | gain (dB) "
-        "| pinv PSNR | s / image |",
-        "|---|---|---|---|---|---|---|---|",
+    scale = float(np.abs(x).max()) if task.is_mri else 1.0
+    meas, meas_caption = _measurement_view(task, op, y, x)
+    return [
+        Panel(meas, f"{name}\n{meas_caption}"),
+        Panel(
+            _view(base, task.is_mri, scale),
+            f"{baseline_name(op)}\nPSNR {row['psnr_baseline']:.2f}  SSIM {row['ssim_baseline']:.3f}",
+        ),
+        Panel(
+            _view(est, task.is_mri, scale),
+            f"{'posterior mean' if samples > 1 else 'one sample'}\nPSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}",
+        ),
+        None,  # the uncertainty map, once the task's common colour scale is known
+        Panel(_view(x, task.is_mri, scale), "ground truth"),
     ]
-    for r in results:
-        m = r["mean"]
-        pinv = f"{m['psnr_pinv']:.2f}" if "psnr_pinv" in m else "-"
-        lines.append(
-            f"| {r['label']} | {'yes' if r['trained'] else '**no**'} | {m['psnr']:.2f} / {m['ssim']:.3f} | "
-            f"{r['baseline']} | {m['psnr_baseline']:.2f} / {m['ssim_baseline']:.3f} | "
-            f"{m['psnr'] - m['psnr_baseline']:+.2f} | {pinv} | {m['seconds']:.2f} |"
-        )
-    lines += [
-        "",
-        "Baselines: Wiener = Wiener deconvolution with a natural 1/|f|^2 image prior calibrated on the "
-        "training photos; pinv = the exact pseudo-inverse (for SR the best a linear method can do from "
-        "the samples alone); normalised convolution = Gaussian-weighted interpolation of the observed "
-        "pixels; zero-filled SENSE = the coil-combined inverse FFT of the sampled k-space.",
-        "",
-    ]
-    for kind, d in meta.get("data", {}).items():
-        lines.append(f"Data ({kind}): {d['source']}.")
-        lines += [f"- {c}" for c in d["credits"]]
-        lines.append("")
-    lines.append(f"Written by `{meta['command']}` on {meta['date']}; figures: `<task>.png` beside this file.")
-    return "\n".join(lines) + "\n"
+
+
+def _add_uncertainty(rows: list[dict], stds: list, panels: list[list]) -> None:
+    """Fill in each row's uncertainty map on the task's common colour scale (and its mean std)."""
+    from .figures import Panel, colormap
+
+    top = max((float(s.max()) for s in stds if s is not None), default=0.0)
+    for row, std, p in zip(rows, stds, panels):
+        if std is None:
+            p[3] = Panel(np.zeros(p[0].pixels.shape, np.uint8), "one sample:\nno spread")
+        else:
+            row["std_mean"] = float(std.mean())
+            p[3] = Panel(colormap(std, top), f"mean std {std.mean():.4f}\nscale 0-{top:.3f}")
 
 
 def _run_tasks(chosen, data, solvers, args, out: Path, total: int) -> list[dict]:
@@ -283,24 +250,10 @@ def _run_tasks(chosen, data, solvers, args, out: Path, total: int) -> list[dict]
 
 def run_demo(args) -> int:
     from .demo_data import load_demo_data
-    from .hardware import describe_cpu
-    from .package import ModelPackage
     from .runtime import Solver
 
-    chosen = [t for t in TASKS if not args.tasks or t.key in args.tasks]
-    unknown = sorted(set(args.tasks or []) - {t.key for t in TASKS})
-    if unknown:
-        raise InputError(f"unknown demo task(s) {unknown}; choose from {[t.key for t in TASKS]}")
-    packages = {}
-    for kind, path in (("image", args.image_package), ("mri", args.mri_package)):
-        if any(t.is_mri == (kind == "mri") for t in chosen):
-            if not Path(path).exists():
-                raise InputError(
-                    f"the bundled {kind} package {path} is missing: it ships with the repository "
-                    "(samples/models/); restore it with `git checkout -- samples/models` or pass "
-                    f"--{kind}-package"
-                )
-            packages[kind] = ModelPackage.open(path)  # verifies every file's sha256
+    chosen = _chosen_tasks(args.tasks)
+    packages = _open_packages(chosen, args)
     out = Path(args.out)
     _clear_out(out, args.overwrite)
 
@@ -314,8 +267,51 @@ def run_demo(args) -> int:
     results = _run_tasks(chosen, data, solvers, args, out, total)
     wall = time.perf_counter() - t0
 
+    meta = _meta(args, results, solvers, packages, loaded, wall)
+    write_text(out / "results.md", results_markdown(results, meta))
+    write_json(out / "results.json", {**meta, "tasks": results})
+
+    print(results_markdown(results, meta))
+    lost = [r["label"] for r in results if r["trained"] and r["mean"]["psnr"] <= r["mean"]["psnr_baseline"]]
+    if lost:
+        print(f"warning: Diff-Unfolding did not beat the classical baseline on: {', '.join(lost)}")
+    print(f"{total} images in {wall:.0f} s; figures, results.md and results.json in {out}/")
+    print(closing_lines(meta))
+    return 0
+
+
+def _chosen_tasks(keys: list[str] | None) -> list[DemoTask]:
+    """The tasks ``--task`` names (all without it); an InputError naming any unknown one."""
+    chosen = [t for t in TASKS if not keys or t.key in keys]
+    unknown = sorted(set(keys or []) - {t.key for t in TASKS})
+    if unknown:
+        raise InputError(f"unknown demo task(s) {unknown}; choose from {[t.key for t in TASKS]}")
+    return chosen
+
+
+def _open_packages(chosen: list[DemoTask], args) -> dict:
+    """The image and/or MRI package the chosen tasks need, opened (every file's sha256 checked)."""
+    from .package import ModelPackage
+
+    packages = {}
+    for kind, path in (("image", args.image_package), ("mri", args.mri_package)):
+        if any(t.is_mri == (kind == "mri") for t in chosen):
+            if not Path(path).exists():
+                raise InputError(
+                    f"the bundled {kind} package {path} is missing: it ships with the repository "
+                    "(samples/models/); restore it with `git checkout -- samples/models` or pass "
+                    f"--{kind}-package"
+                )
+            packages[kind] = ModelPackage.open(path)  # verifies every file's sha256
+    return packages
+
+
+def _meta(args, results: list[dict], solvers: dict, packages: dict, loaded: dict, wall: float) -> dict:
+    """What ran, how and on what: the header of results.md and the top of results.json."""
+    from .hardware import describe_cpu
+
     any_solver = next(iter(solvers.values()))
-    meta = {
+    return {
         "command": "diffunfold demo" + (f" --out {args.out}" if args.out != "demo" else ""),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": describe_cpu(),
@@ -343,25 +339,6 @@ def run_demo(args) -> int:
         "wall_seconds": wall,
         "data": {k: {"source": d["source"], "credits": d["credits"]} for k, d in loaded.items()},
     }
-    write_text(out / "results.md", _markdown(results, meta))
-    write_json(out / "results.json", {**meta, "tasks": results})
-
-    print(_markdown(results, meta))
-    lost = [r["label"] for r in results if r["trained"] and r["mean"]["psnr"] <= r["mean"]["psnr_baseline"]]
-    if lost:
-        print(f"warning: Diff-Unfolding did not beat the classical baseline on: {', '.join(lost)}")
-    print(f"{total} images in {wall:.0f} s; figures, results.md and results.json in {out}/")
-    print(_closing_lines(meta))
-    return 0
-
-
-def _closing_lines(meta: dict) -> str:
-    """What ran, for the last lines of the log: the backend (and why) and each modality's data."""
-    lines = [f"backend: {meta['backend']} ({meta['backend_reason']})"]
-    for kind, d in meta["data"].items():
-        named = list(dict.fromkeys(c.split(":", 1)[0] for c in d["credits"]))  # the volume or photo names
-        lines.append(f"{kind} data: {d['source']}" + (f": {', '.join(named)}" if named else ""))
-    return "\n".join(lines)
 
 
 def _clear_out(out: Path, overwrite: bool) -> None:
@@ -374,6 +351,14 @@ def _clear_out(out: Path, overwrite: bool) -> None:
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    _add_output_arguments(p)
+    _add_sampling_arguments(p)
+    _add_measurement_arguments(p)
+    _add_runtime_arguments(p)
+
+
+def _add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the figures and tables go, and which tasks run."""
     p.add_argument(
         "--out",
         default="demo",
@@ -392,6 +377,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help=f"run only this task (repeatable): {', '.join(t.key for t in TASKS)}",
     )
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """How many images, how large, how many posterior samples and steps."""
     p.add_argument(
         "--images",
         type=V.Bounded(1, 100, integer=True),
@@ -408,6 +397,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         help="posterior samples per image: their mean is the result, their std the uncertainty map (default 4)",
     )
     p.add_argument("--steps", type=V.STEPS, default=None, help="sampler steps (default: the package's, 18)")
+
+
+def _add_measurement_arguments(p: argparse.ArgumentParser) -> None:
+    """The measurements: noise, coils, seeds and the held-out data."""
     p.add_argument(
         "--noise",
         type=V.NOISE,
@@ -438,6 +431,10 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
         "head slices are restored (default: data/; without them, scikit-image's photos and "
         "synthetic phantoms)",
     )
+
+
+def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """The packages and the runtime that restores with them."""
     p.add_argument("--image-package", default=str(DEFAULT_IMAGE_PACKAGE), help="natural-image model package")
     p.add_argument("--mri-package", default=str(DEFAULT_MRI_PACKAGE), help="MRI model package")
     p.add_argument(

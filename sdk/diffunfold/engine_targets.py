@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import tomllib
 from collections.abc import Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .engine_gpus import _CC, GPUInfo, cc_tuple, cupy_gpu, current_gpu  # noqa: F401 (re-exported)
 from .errors import InputError
 from .package import sha256_file
 
@@ -52,7 +51,6 @@ _TARGET_KEYS = (
 _PROFILE_KEYS = ("batch", "height", "width")
 _RANGE_KEYS = ("min", "opt", "max")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_CC = re.compile(r"^\d+\.\d+$")
 
 
 def rebuild_hint(package: str | Path = "PACKAGE", target: str = "TARGET") -> str:
@@ -301,68 +299,7 @@ def choose_profile(ranges: Sequence[Profile], b: int, h: int, w: int) -> int:
     return best
 
 
-# -- GPUs -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GPUInfo:
-    name: str
-    compute_capability: str  # "9.0"
-
-    def __str__(self) -> str:
-        return f"{self.name} (sm {self.compute_capability})"
-
-
-def cupy_gpu(index: int = 0) -> GPUInfo | None:
-    """The CUDA device ``index`` as CuPy sees it; None without CuPy or a visible device."""
-    try:
-        import cupy
-    except ImportError:
-        return None
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception:
-        return None
-    if n < 1:
-        return None
-    if not 0 <= index < n:
-        raise InputError(f"GPU index {index} does not exist: CuPy sees {n} device(s) (0..{n - 1})")
-    props = cupy.cuda.runtime.getDeviceProperties(index)
-    name = props["name"]
-    name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
-    return GPUInfo(name.strip("\x00").strip(), f"{props['major']}.{props['minor']}")
-
-
-def _gpu_from_nvidia_smi(index: int) -> GPUInfo | None:
-    """Fallback for build machines with TensorRT but without CuPy."""
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    rows = [[c.strip() for c in line.split(",")] for line in out.splitlines() if line.strip()]
-    if not 0 <= index < len(rows) or len(rows[index]) < 2 or not _CC.match(rows[index][1]):
-        return None
-    return GPUInfo(rows[index][0], rows[index][1])
-
-
-def current_gpu(index: int = 0) -> GPUInfo | None:
-    """The CUDA device ``index`` (name, compute capability) through CuPy, else nvidia-smi; None when
-    no GPU is visible. InputError when GPUs are visible but ``index`` is not one of them."""
-    return cupy_gpu(index) or _gpu_from_nvidia_smi(index)
-
-
-def cc_tuple(cc: str) -> tuple[int, int]:
-    major, minor = cc.split(".")
-    return int(major), int(minor)
+# -- GPUs (GPUInfo, cupy_gpu, current_gpu, cc_tuple: engine_gpus.py) ------------------------
 
 
 def check_gpu_for_target(target: EngineTarget, gpu: GPUInfo) -> str | None:
@@ -466,15 +403,32 @@ def check_record(
     (``<package>/engines/<target>/x.engine``) when there is one.
     """
     engine_path = Path(engine_path)
-    pkg = (
+    hint = rebuild_hint(_package_of(engine_path, package), record.target)
+    where = f"engine {engine_path}"
+    _check_engine_file(record, engine_path, where, hint)
+    _check_onnx(record, engine_path, onnx_sha256, where, hint)
+    if str(trt_version) != record.tensorrt_version:
+        raise InputError(
+            f"{where} was built with TensorRT {record.tensorrt_version} but TensorRT {trt_version} "
+            f"is installed; a plan runs only with the exact TensorRT version that built it; {hint}"
+        )
+    _check_gpu(record, gpu, where, hint)
+
+
+def _package_of(engine_path: Path, package: str | Path | None) -> str:
+    """The package folder to name in the rebuild hint: ``package``, else three folders up from a
+    ``<package>/engines/<target>/x.engine``, else a placeholder."""
+    return (
         str(package)
         if package
         else str(engine_path.parent.parent.parent)
         if engine_path.parent.parent.name == "engines"
         else "PACKAGE"
     )
-    hint = rebuild_hint(pkg, record.target)
-    where = f"engine {engine_path}"
+
+
+def _check_engine_file(record: EngineRecord, engine_path: Path, where: str, hint: str) -> None:
+    """The engine file is there and its sha256 is the recorded one."""
     if not engine_path.is_file():
         raise InputError(f"{where} is missing though its record exists; {hint}")
     digest = sha256_file(engine_path)
@@ -483,6 +437,11 @@ def check_record(
             f"{where} does not match its record (sha256 {digest[:12]} != recorded "
             f"{record.engine_sha256[:12]}): the file was changed or its build was interrupted; {hint}"
         )
+
+
+def _check_onnx(record: EngineRecord, engine_path: Path, onnx_sha256: str | None, where: str, hint: str) -> None:
+    """The engine was built from the package's ONNX as it is now (``onnx_sha256``, else the one the
+    package manifest three folders up lists, where there is one)."""
     if onnx_sha256 is None:
         manifest = engine_path.parent.parent.parent / "manifest.json"
         if manifest.is_file():
@@ -498,11 +457,11 @@ def check_record(
             f"{where} was built from another {record.onnx} (sha256 {record.onnx_sha256[:12]}; "
             f"the package's is now {onnx_sha256[:12]}): the package was exported again since; {hint}"
         )
-    if str(trt_version) != record.tensorrt_version:
-        raise InputError(
-            f"{where} was built with TensorRT {record.tensorrt_version} but TensorRT {trt_version} "
-            f"is installed; a plan runs only with the exact TensorRT version that built it; {hint}"
-        )
+
+
+def _check_gpu(record: EngineRecord, gpu: GPUInfo, where: str, hint: str) -> None:
+    """This GPU runs the engine: any compute capability >= 8.0 for "ampere_plus", else the
+    recorded one, and with hardware_compatibility "none" also the recorded GPU name."""
     hw = record.hardware_compatibility
     built_on = f"{record.gpu_name} (sm {record.compute_capability})"
     if hw == "ampere_plus":

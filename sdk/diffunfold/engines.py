@@ -1,11 +1,12 @@
 """Building TensorRT engines of a model package for a GPU target (``diffunfold build-engines``),
 with the layers that must stay FP32 in a reduced-precision build.
 
-Targets, GPUs and engine records (what an engine was built for, and the check before loading
-one) live in :mod:`diffunfold.engine_targets`; their names are re-exported here, so
-``diffunfold.engines`` is the one import for both. TensorRT is imported only inside the
-functions that build, via ``require("tensorrt", "trt")``; the FP32 layer policy is a pure
-function, tested without a GPU. This module never imports torch.
+The FP32 layer policy (a pure function, tested without a GPU) lives in
+:mod:`diffunfold.engine_fp32`; targets, GPUs and engine records (what an engine was built for,
+and the check before loading one) in :mod:`diffunfold.engine_targets`; their names are
+re-exported here, so
+``diffunfold.engines`` is the one import for all of them. TensorRT is imported only inside the
+functions that build, via ``require("tensorrt", "trt")``. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import argparse
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from . import cli_values as V
+from .engine_fp32 import ONNX_TO_TRT_LAYER, attention_scopes, fp32_layer_policy, preview_fp32_layers
 from .engine_targets import (
     ENGINES_ROOT,
     HARDWARE_COMPATIBILITY,
@@ -43,127 +45,6 @@ from .engine_targets import (
 )
 from .errors import InputError, require
 from .package import ModelPackage, sha256_file, write_json_atomic
-
-# -- FP32 layers in a reduced-precision build -------------------------------------------------
-#
-# Why: diffusion U-Nets are the textbook case of FP16 TensorRT engines that return NaN or
-# garbage. Three places overflow or lose everything in half precision:
-#   * GroupNorm: the variance is a mean of squares over (C/G) * H * W values; activations of a
-#     few hundred squared and summed leave FP16's range (max 65504) and the output is inf/NaN.
-#     The exporter writes each GroupNorm as Reshape -> InstanceNormalization -> Reshape -> Mul ->
-#     Add, which TensorRT imports as one NORMALIZATION layer: pinning that layer's compute
-#     precision (and output) to FP32 is enough; the affine Mul/Add after it is harmless.
-#   * attention: the logits q.k sum head_dim products over every pixel pair and exp() of them
-#     overflows; the two MatMuls around the softmax, the scale between them and the softmax
-#     itself stay FP32 (the network computes them in float32 on purpose, see training/unet.py).
-#   * the EDM preconditioning around the network (c_in, c_noise = log(sigma)/4, r = c_skip x +
-#     c_out F): a handful of elementwise ops on the input image at sigma up to 80, where the
-#     unfolding step then uses x - r. Kept FP32: it costs nothing and keeps r's full precision.
-# Reductions and powers anywhere (a decomposed norm would use them) are pinned as well. The
-# convolutions, which are nearly all of the time, run in FP16.
-
-# ONNX op -> the TensorRT layer type the ONNX parser makes of it (the main layer): for previews
-# and tests on machines without TensorRT.
-ONNX_TO_TRT_LAYER = {
-    "InstanceNormalization": "NORMALIZATION",
-    "GroupNormalization": "NORMALIZATION",
-    "LayerNormalization": "NORMALIZATION",
-    "Softmax": "SOFTMAX",
-    "MatMul": "MATRIX_MULTIPLY",
-    "Gemm": "MATRIX_MULTIPLY",
-    "Conv": "CONVOLUTION",
-    "ConvTranspose": "DECONVOLUTION",
-    "Add": "ELEMENTWISE",
-    "Sub": "ELEMENTWISE",
-    "Mul": "ELEMENTWISE",
-    "Div": "ELEMENTWISE",
-    "Pow": "ELEMENTWISE",
-    "Max": "ELEMENTWISE",
-    "Min": "ELEMENTWISE",
-    "Sqrt": "UNARY",
-    "Exp": "UNARY",
-    "Log": "UNARY",
-    "Reciprocal": "UNARY",
-    "Cos": "UNARY",
-    "Sin": "UNARY",
-    "Abs": "UNARY",
-    "Neg": "UNARY",
-    "ReduceMean": "REDUCE",
-    "ReduceSum": "REDUCE",
-    "ReduceMax": "REDUCE",
-    "Sigmoid": "ACTIVATION",
-    "Relu": "ACTIVATION",
-    "Tanh": "ACTIVATION",
-    "AveragePool": "POOLING",
-    "MaxPool": "POOLING",
-    "Resize": "RESIZE",
-    "Reshape": "SHUFFLE",
-    "Transpose": "SHUFFLE",
-    "Cast": "CAST",
-    "Concat": "CONCATENATION",
-    "Gather": "GATHER",
-    "Slice": "SLICE",
-    "Shape": "SHAPE",
-    "Constant": "CONSTANT",
-    "Unsqueeze": "SHUFFLE",
-    "Squeeze": "SHUFFLE",
-}
-_ATTENTION_WORDS = ("attn", "attention")
-_NORM_OPS = ("InstanceNormalization", "GroupNorm", "LayerNorm")
-_ARITHMETIC = ("ELEMENTWISE", "UNARY", "REDUCE")
-
-
-def _split(layer_name: str) -> tuple[str, str]:
-    """``"/reg/unet/mid/mid.1/MatMul_1"`` -> ``("/reg/unet/mid/mid.1", "MatMul_1")``."""
-    if "/" not in layer_name:
-        return "", layer_name
-    scope, op = layer_name.rsplit("/", 1)
-    return scope, op
-
-
-def attention_scopes(layers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    """The module scopes that hold an attention: those with a SOFTMAX layer in them (the exporter
-    names layers after the torch module path, e.g. ``/reg/unet/mid/mid.1/Softmax``)."""
-    return frozenset(_split(name)[0] for kind, name in layers if kind == "SOFTMAX" and "/" in name)
-
-
-def fp32_layer_policy(
-    layer_type_name: str, layer_name: str, attention: frozenset[str] | set[str] | None = None
-) -> bool:
-    """Whether a layer of a reduced-precision (FP16/BF16) build is pinned to FP32.
-
-    ``layer_type_name`` is ``trt.LayerType`` 's name (``"NORMALIZATION"``), ``layer_name`` the
-    layer's name (the ONNX node's, e.g. ``/reg/unet/enc.2/enc.2.1/MatMul``); ``attention`` the
-    scopes from :func:`attention_scopes` (without it, attention is recognised by MatMul nodes
-    and by module names containing "attn"/"attention"). See the comment above for why.
-    """
-    t = layer_type_name.upper()
-    scope, op = _split(layer_name)
-    if t == "NORMALIZATION" or t == "SOFTMAX":
-        return True
-    if t.startswith("PLUGIN") and op.startswith(_NORM_OPS):  # InstanceNormalization_TRT plugin
-        return True
-    if t == "REDUCE" or (t == "ELEMENTWISE" and op.startswith("Pow")):
-        return True
-    in_attention = (scope in attention if attention else False) or any(w in scope.lower() for w in _ATTENTION_WORDS)
-    if t == "MATRIX_MULTIPLY":
-        # A conv U-Net has no MatMul outside attention (its Linear layers export as Gemm).
-        return in_attention or (not attention and op.startswith("MatMul"))
-    if t in _ARITHMETIC and in_attention:
-        return True
-    # The EDM preconditioning: the graph's top scope (one module deep, "/reg/Mul_3"), outside
-    # the network body.
-    if t in _ARITHMETIC and scope.count("/") == 1:
-        return True
-    return False
-
-
-def preview_fp32_layers(nodes: Iterable[tuple[str, str]]) -> list[str]:
-    """Names of the ONNX nodes ``(op_type, name)`` whose layers a FP16 build pins to FP32."""
-    typed = [(ONNX_TO_TRT_LAYER.get(op, op.upper()), name) for op, name in nodes]
-    scopes = attention_scopes(typed)
-    return [name for kind, name in typed if fp32_layer_policy(kind, name, scopes)]
-
 
 # -- building (needs TensorRT and the GPU) ----------------------------------------------------
 
@@ -406,14 +287,7 @@ def build_engines(
                 f"{len(pinned)} pinned to FP32; building (minutes on a cold timing cache) ..."
             )
         plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise InputError(
-                f"TensorRT could not build {onnx_name} for target {tgt.name} (see its messages above); "
-                "a larger workspace_gib or smaller profiles in the target may help"
-            )
-        data = memoryview(plan)
-        _write_bytes_atomic(engine_path, data)
-        _write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
+        _write_plan(plan, config, onnx_name, tgt, engine_path, cache_path)
         seconds = time.perf_counter() - t0
         rec = _engine_record(pkg, tgt, onnx_name, engine_path, str(trt.__version__), gpu, seconds, len(pinned), inputs)
         write_json_atomic(record_path, rec.to_dict())  # the record last: its presence means "complete"
@@ -422,6 +296,19 @@ def build_engines(
         log(f"  wrote {engine_path} ({rec.engine_bytes / 1e6:.1f} MB) in {seconds:.1f} s")
     log(f"built {len(records)} engine(s) in {time.perf_counter() - t_all:.1f} s; timing cache {cache_path}")
     return records
+
+
+def _write_plan(plan, config, onnx_name: str, tgt: EngineTarget, engine_path: Path, cache_path: Path) -> None:
+    """Write a built engine and the timing cache as it is now; an InputError where TensorRT built
+    nothing (``plan`` is None)."""
+    if plan is None:
+        raise InputError(
+            f"TensorRT could not build {onnx_name} for target {tgt.name} (see its messages above); "
+            "a larger workspace_gib or smaller profiles in the target may help"
+        )
+    data = memoryview(plan)
+    _write_bytes_atomic(engine_path, data)
+    _write_bytes_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
 
 
 def _build_gpu(tgt: EngineTarget, device: int, log: Callable[[str], None]) -> GPUInfo:

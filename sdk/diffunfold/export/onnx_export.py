@@ -25,7 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +39,9 @@ from ..ensemble import check_ensemble
 from ..errors import InputError
 from ..package import ModelPackage, write_manifest
 from ..training.model import DiffUnfolding
+from .onnx_check import FP16_MAX, ExportCheck, check_package, default_check_sizes  # noqa: F401 (re-exported)
 
 OPSET = 17
-FP16_MAX = 65504.0
 ATTENTION_FORMS = ("fused", "spelled")  # diffunfold/attention_graph.py says why fused
 
 
@@ -85,35 +85,6 @@ class WeightsGraph(nn.Module):
 
     def forward(self, sigma):
         return self.model.weights(sigma)
-
-
-@dataclass
-class ExportCheck:
-    """ONNX Runtime against torch on random inputs: relative errors ``max|ort - torch| / max|torch|``."""
-
-    sizes: list[list[int]]
-    regularizer_rel_err: float
-    weights_rel_err: float
-    tolerance: float
-    max_abs_activation: float = 0.0  # the largest |value| of any float tensor in the graph
-    max_activation_node: str = ""
-    per_file: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return max(self.regularizer_rel_err, self.weights_rel_err) <= self.tolerance
-
-    def report(self) -> str:
-        lines = [f"export check (ONNX Runtime vs torch, sizes {', '.join('x'.join(map(str, s)) for s in self.sizes)}):"]
-        lines += [f"  {name}: max relative error {err:.2e}" for name, err in self.per_file.items()]
-        lines.append(
-            f"  weight generators: max relative error {self.weights_rel_err:.2e} (tolerance {self.tolerance:.0e})"
-        )
-        lines.append(
-            f"  FP16 headroom: largest activation {self.max_abs_activation:.3g} at {self.max_activation_node} "
-            f"(FP16 max {FP16_MAX:.0f})"
-        )
-        return "\n".join(lines)
 
 
 def _export(
@@ -173,91 +144,6 @@ def store_fp16(path: Path, min_size: int = 16) -> int:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return count
-
-
-def _session(path: Path, all_outputs: bool = False):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not all_outputs:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    # Expose every float intermediate as an output, to measure the activations' range.
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    known = {o.name for o in model.graph.output}
-    for vi in model.graph.value_info:
-        if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and vi.name not in known:
-            model.graph.output.append(vi)
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def _rel_err(got: np.ndarray, want: np.ndarray) -> float:
-    if not (np.all(np.isfinite(got)) and np.all(np.isfinite(want))):
-        return float("inf")  # NaN never passes
-    return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-12))
-
-
-def check_package(
-    model: DiffUnfolding,
-    pkg_dir: Path,
-    names: list[str],
-    weights_name: str,
-    sizes: Sequence[tuple[int, int, int]],
-    tolerance: float,
-    seed: int = 0,
-) -> ExportCheck:
-    """Run every exported graph in ONNX Runtime and in torch on the same random inputs."""
-    rng = np.random.default_rng(seed)
-    c = model.space.model_channels
-    per_file: dict[str, float] = {}
-    peak, peak_node = 0.0, ""
-    for index, name in enumerate(names):
-        sess = _session(pkg_dir / name, all_outputs=True)
-        out_names = [o.name for o in sess.get_outputs()]
-        errs = []
-        for b, h, w in sizes:
-            # noisy images over the whole schedule's range, sigma_min and sigma_max included
-            sigma = np.exp(rng.uniform(np.log(edm.SIGMA_MIN), np.log(edm.SIGMA_MAX), b))
-            sigma[0] = edm.SIGMA_MAX
-            if b > 1:
-                sigma[1] = edm.SIGMA_MIN
-            x = (
-                0.5 * rng.standard_normal((b, c, h, w)) + sigma[:, None, None, None] * rng.standard_normal((b, c, h, w))
-            ).astype(np.float32)
-            feeds = {"x": x, "sigma": sigma.astype(np.float32)}
-            k = int(rng.integers(model.stages)) if model.settings.shared else index
-            if model.settings.shared:
-                feeds["stage"] = np.full(b, k, dtype=np.int64)
-            outs = dict(zip(out_names, sess.run(None, feeds)))
-            with torch.no_grad():
-                want = model.regularize(torch.from_numpy(x), torch.from_numpy(feeds["sigma"]), k).numpy()
-            errs.append(_rel_err(outs["r"], want))
-            for n, v in outs.items():
-                m = float(np.max(np.abs(v))) if v.size else 0.0
-                if m > peak:
-                    peak, peak_node = m, f"{name}:{n}"
-        per_file[name] = max(errs)
-    sigmas = np.unique(np.concatenate([edm.schedule(18)[:-1], np.exp(rng.uniform(-6.2, 4.4, 16))])).astype(np.float32)
-    tau, gamma = _session(pkg_dir / weights_name).run(None, {"sigma": sigmas})
-    with torch.no_grad():
-        t_want, g_want = model.weights(torch.from_numpy(sigmas))
-    w_err = max(_rel_err(tau, t_want.numpy()), _rel_err(gamma, g_want.numpy()))
-    return ExportCheck(
-        sizes=[list(s) for s in sizes],
-        regularizer_rel_err=max(per_file.values()),
-        weights_rel_err=w_err,
-        tolerance=tolerance,
-        max_abs_activation=peak,
-        max_activation_node=peak_node,
-        per_file=per_file,
-    )
-
-
-def default_check_sizes(size_multiple: int) -> list[tuple[int, int, int]]:
-    """Two sizes, square and not, batch 1 and 2, each a multiple of the network's size step."""
-    m = max(size_multiple, 8)
-    return [(1, 2 * m, 2 * m), (2, 3 * m, 4 * m)]
 
 
 def _write_networks(
@@ -415,11 +301,8 @@ def export_model(
     churn = edm.Churn.of(churn)
     check_ensemble(ensemble)
     contrast = Contrast.of(contrast)
-    if contrast is not None and model.space.complex:
-        raise InputError("the contrast stretch is for image models; an MRI package cannot ask for it")
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
+    _check_request(model, contrast, out, overwrite)
     model = model.float().cpu().eval()
     if fp16_weights:
         model = _rounded_to_fp16(model)
@@ -428,29 +311,44 @@ def export_model(
     try:
         names, files = _write_networks(model, tmp, opset, attention, fp16_weights, torch_weights, log)
         report = _check_export(model, tmp, names, check_sizes, tolerance, log) if check else None
-        sampling = {
-            **({"churn": churn.as_dict()} if churn.active else {}),
-            **({"ensemble": ensemble} if ensemble != "none" else {}),
-            **({"contrast": contrast.as_dict()} if contrast is not None else {}),
-        }
-        write_manifest(
-            tmp,
-            _manifest(
-                model, names, tasks, sampling, opset, attention, fp16_weights, torch_weights, source, report, extra
-            ),
-            files,
+        sampling = _sampling(churn, ensemble, contrast)
+        manifest = _manifest(
+            model, names, tasks, sampling, opset, attention, fp16_weights, torch_weights, source, report, extra
         )
-        for f in tmp.iterdir():  # mkdtemp/mkstemp make owner-only files; a package is shared
-            f.chmod(0o644)
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        write_manifest(tmp, manifest, files)
+        _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log(f"wrote {out} ({sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB)")
     return ModelPackage.open(out)
+
+
+def _check_request(model: DiffUnfolding, contrast: Contrast | None, out: Path, overwrite: bool) -> None:
+    """Refuse a contrast stretch for an MRI model, and a used ``out`` folder without ``overwrite``."""
+    if contrast is not None and model.space.complex:
+        raise InputError("the contrast stretch is for image models; an MRI package cannot ask for it")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
+
+
+def _sampling(churn: edm.Churn, ensemble: str, contrast: Contrast | None) -> dict:
+    """The manifest's sampling settings: only those that differ from the runtime's defaults."""
+    return {
+        **({"churn": churn.as_dict()} if churn.active else {}),
+        **({"ensemble": ensemble} if ensemble != "none" else {}),
+        **({"contrast": contrast.as_dict()} if contrast is not None else {}),
+    }
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished package from ``tmp`` to ``out`` (replacing what is there), readable by all."""
+    for f in tmp.iterdir():  # mkdtemp/mkstemp make owner-only files; a package is shared
+        f.chmod(0o644)
+    tmp.chmod(0o755)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
 
 
 def _rounded_to_fp16(model: DiffUnfolding) -> DiffUnfolding:

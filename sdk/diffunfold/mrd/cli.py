@@ -74,10 +74,20 @@ MIB = V.Bounded(1, 1 << 20, integer=True)
 
 
 def _add_limit_options(p: argparse.ArgumentParser) -> None:
-    from .limits import MiB, ServerLimits
+    from .limits import ServerLimits
 
     d = ServerLimits()
     g = p.add_argument_group("limits (what one client can make the server spend)")
+    _add_memory_limits(g, d)
+    _add_time_limits(g, d)
+    _add_work_limits(g, d)
+    _add_access_options(p)
+
+
+def _add_memory_limits(g, d) -> None:
+    """Message and buffer sizes, and connections at once (``d``: the default ServerLimits)."""
+    from .limits import MiB
+
     g.add_argument(
         "--max-message-mib",
         type=MIB,
@@ -108,6 +118,10 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"connections at once; more are told so and closed (default: {d.max_connections})",
     )
+
+
+def _add_time_limits(g, d) -> None:
+    """How long a connection may stay silent, take over a message, or take to start."""
     g.add_argument(
         "--idle-timeout",
         type=POSITIVE_SECONDS,
@@ -129,6 +143,10 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"seconds a new connection has to send its token and header (default: {d.start_timeout:g})",
     )
+
+
+def _add_work_limits(g, d) -> None:
+    """Samples and steps a client may ask for, the queue per connection and the workers."""
     g.add_argument(
         "--max-samples",
         type=V.SAMPLES,
@@ -158,6 +176,9 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
         help="reconstructions at once, each with its own copy of the model and cores/N threads "
         f"(default: {d.workers}); connections take turns in any case",
     )
+
+
+def _add_access_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("access")
     g.add_argument(
         "--token-file",
@@ -175,6 +196,12 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
 def add_parsers(sub) -> None:
     """Register ``serve``, ``send`` and ``mrd-phantom`` on the CLI's subparsers."""
     fmt = argparse.RawDescriptionHelpFormatter
+    _add_serve_parser(sub, fmt)
+    _add_send_parser(sub, fmt)
+    _add_phantom_parser(sub)
+
+
+def _add_serve_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "serve",
         help="an MRD (ISMRMRD) streaming reconstruction server",
@@ -192,6 +219,8 @@ def add_parsers(sub) -> None:
     _add_limit_options(p)
     p.set_defaults(func=_cmd_serve)
 
+
+def _add_send_parser(sub, fmt) -> None:
     p = sub.add_parser(
         "send",
         help="stream a raw MRD file to a server and save the images",
@@ -214,6 +243,8 @@ def add_parsers(sub) -> None:
     )
     p.set_defaults(func=_cmd_send)
 
+
+def _add_phantom_parser(sub) -> None:
     p = sub.add_parser(
         "mrd-phantom",
         help="write a raw MRD file of simulated multi-coil phantoms (or a fastMRI volume)",

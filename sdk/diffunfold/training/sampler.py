@@ -84,28 +84,53 @@ def restore(
 
     draws = []
     for j in range(samples):
-
-        def denoise(v, s, axes=flip_axes(ensemble, j)):  # noqa: B008 (binds this sample's flips)
-            return model(v, s, y, operator, noise_std=sigma_y, flip_axes=axes)
-
-        def churn_noise(i, j=j):
-            return torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)
-
-        x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
-        x, nfe = edm.sample_loop(
-            denoise,
-            x,
-            sigmas,
-            sampler,
-            on_step=(lambda i: bar.update(1)) if bar else None,
-            churn=churn,
-            noise=churn_noise,
+        x, nfe = _draw(
+            model, y, operator, sigma_y, stretch, j, ensemble, seeds, shape, sigmas, sigma_max, sampler, churn, bar
         )
-        x = model.space.to_user(x)
-        draws.append(model.space.clip(x if stretch is None else stretch.image(x)))
+        draws.append(x)
     if bar is not None:
         bar.close()
     return _restoration(model, draws, nfe, seeds)
+
+
+def _draw(
+    model: DiffUnfolding,
+    y,
+    operator: LinearOperator,
+    sigma_y,
+    stretch,
+    j: int,
+    ensemble: str,
+    seeds: list[int],
+    shape: tuple[int, ...],
+    sigmas,
+    sigma_max: float,
+    sampler: str,
+    churn,
+    bar,
+):
+    """Posterior sample ``j`` of every image, from its start drawn per (image seed, sample), in
+    the user's space (mapped back from a contrast stretch, clipped); returns ``(x, nfe)``."""
+    param = next(model.parameters())
+
+    def denoise(v, s, axes=flip_axes(ensemble, j)):  # noqa: B008 (binds this sample's flips)
+        return model(v, s, y, operator, noise_std=sigma_y, flip_axes=axes)
+
+    def churn_noise(i, j=j):
+        return torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)
+
+    x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
+    x, nfe = edm.sample_loop(
+        denoise,
+        x,
+        sigmas,
+        sampler,
+        on_step=(lambda i: bar.update(1)) if bar else None,
+        churn=churn,
+        noise=churn_noise,
+    )
+    x = model.space.to_user(x)
+    return model.space.clip(x if stretch is None else stretch.image(x)), nfe
 
 
 def _restoration(model: DiffUnfolding, draws: list, nfe: int, seeds: list[int]) -> Restoration:

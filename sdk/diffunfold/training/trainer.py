@@ -349,9 +349,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     previous = _previous_checkpoint(ckpt_dir, resume)
     model, ema, optimizer, start, counts = _build(cfg, device, previous if resume else None)
 
-    objective = UnfoldingObjective(model)
-    if ctx.world > 1:
-        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    objective = _objective(model, ctx, device)
     amp = t.amp and (device.type == "cuda" or (device.type == "cpu" and t.cpu_bf16))
     space = model.space
 
@@ -392,19 +390,37 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
             ctx.barrier()
         if (t.checkpoint_every and done % t.checkpoint_every == 0) or final:
             if ctx.main:
-                ckpt_path = save_checkpoint(
-                    ckpt_dir,
-                    done,
-                    model,
-                    ema,
-                    optimizer,
-                    cfg.to_dict(),
-                    {"parameters": counts, "world_size": ctx.world},
-                    keep=t.keep_checkpoints,
-                )
+                ckpt_path = _save(ckpt_dir, done, model, ema, optimizer, cfg, counts, ctx)
             ctx.barrier()
     if bar:
         bar.close()
+    return _summary(t, start, t0, last_loss, last_rows, ckpt_path, counts)
+
+
+def _objective(model: DiffUnfolding, ctx: Distributed, device: torch.device):
+    """The training objective, wrapped for DistributedDataParallel when there are several processes."""
+    objective = UnfoldingObjective(model)
+    if ctx.world > 1:
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    return objective
+
+
+def _save(ckpt_dir: Path, done: int, model, ema, optimizer, cfg: TrainConfig, counts, ctx: Distributed) -> Path:
+    """Write the checkpoint of step ``done`` (and drop the oldest beyond train.keep_checkpoints)."""
+    return save_checkpoint(
+        ckpt_dir,
+        done,
+        model,
+        ema,
+        optimizer,
+        cfg.to_dict(),
+        {"parameters": counts, "world_size": ctx.world},
+        keep=cfg.train.keep_checkpoints,
+    )
+
+
+def _summary(t, start: int, t0: float, last_loss: float, last_rows: list[dict], ckpt_path, counts) -> dict:
+    """What :func:`train` returns: steps, time, the last loss, validation rows and checkpoint."""
     return {
         "steps": t.steps,
         "started_at": start,

@@ -79,7 +79,10 @@ def _check_config(
     num_stages,
     fourier_features,
     attention_levels,
+    **_others,
 ) -> None:
+    """Refuse a U-Net configuration (the ``config`` dict of :class:`UNet`; the keys not checked
+    here are ignored) that cannot build a network."""
     if min(in_channels, out_channels, channels, head_channels, emb_channels) < 1:
         raise InputError("in_channels, out_channels, channels, head_channels and emb_channels must all be >= 1")
     if not channel_mult or min(channel_mult) < 1:
@@ -251,20 +254,8 @@ class UNet(nn.Module):
         channel_mult = tuple(int(m) for m in channel_mult)
         attention_levels = tuple(sorted({int(i) for i in attention_levels}))
         emb_channels = 4 * channels if emb_channels is None else int(emb_channels)
-        _check_config(
-            in_channels,
-            out_channels,
-            channels,
-            head_channels,
-            emb_channels,
-            channel_mult,
-            num_blocks,
-            num_stages,
-            fourier_features,
-            attention_levels,
-        )
         # Kept so a checkpoint can rebuild the same network.
-        self.config = dict(
+        config = dict(
             in_channels=in_channels,
             out_channels=out_channels,
             channels=channels,
@@ -279,24 +270,14 @@ class UNet(nn.Module):
             fourier_scale=fourier_scale,
             num_stages=num_stages,
         )
+        _check_config(**config)
+        self.config = config
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_stages = num_stages
         self.num_levels = len(channel_mult)
 
-        # Noise embedding. Fixed frequencies from a fixed seed: the same network always sees the
-        # same features, and the buffer is persistent so checkpoints carry them anyway.
-        freqs = np.random.default_rng(0).standard_normal(fourier_features) * fourier_scale
-        self.register_buffer("freqs", torch.tensor(freqs, dtype=torch.float32), persistent=True)
-        self.map0 = nn.Linear(2 * fourier_features, emb_channels)
-        self.map1 = nn.Linear(emb_channels, emb_channels)
-        if num_stages > 0:
-            # Added to the hidden layer of the MLP (not after it) so that stage and noise level
-            # interact non-linearly. Zero-init: all stages start as the same network.
-            self.stage_embed = nn.Embedding(num_stages, emb_channels)
-            nn.init.zeros_(self.stage_embed.weight)
-        else:
-            self.stage_embed = None
+        self._build_embedding(fourier_features, fourier_scale, emb_channels, num_stages)
 
         # Built in this order so that a seeded initialisation draws the same weights as before.
         ch, skip_chs = self._build_encoder(
@@ -311,6 +292,22 @@ class UNet(nn.Module):
         )
         self.out_norm = _norm(ch)
         self.out_conv = _zero(nn.Conv2d(ch, out_channels, 3, padding=1))
+
+    def _build_embedding(self, fourier_features: int, fourier_scale: float, emb_channels: int, num_stages: int):
+        """The noise (and stage) embedding MLP. Fixed Fourier frequencies from a fixed seed: the
+        same network always sees the same features, and the buffer is persistent so checkpoints
+        carry them anyway."""
+        freqs = np.random.default_rng(0).standard_normal(fourier_features) * fourier_scale
+        self.register_buffer("freqs", torch.tensor(freqs, dtype=torch.float32), persistent=True)
+        self.map0 = nn.Linear(2 * fourier_features, emb_channels)
+        self.map1 = nn.Linear(emb_channels, emb_channels)
+        if num_stages > 0:
+            # Added to the hidden layer of the MLP (not after it) so that stage and noise level
+            # interact non-linearly. Zero-init: all stages start as the same network.
+            self.stage_embed = nn.Embedding(num_stages, emb_channels)
+            nn.init.zeros_(self.stage_embed.weight)
+        else:
+            self.stage_embed = None
 
     def _build_encoder(
         self, channels, channel_mult, num_blocks, attention_levels, head_channels, emb_channels, dropout
