@@ -34,7 +34,29 @@ from .tiling import TilePlan
 
 
 class Solver:
-    """Restore images with a model package. Build it with :meth:`load`."""
+    """Restore images with a model package. Build it with :meth:`load`; :meth:`solve` restores.
+
+    Options of :meth:`solve` beyond the schedule, the seed, the samples and the noise level:
+    ``tile``: how the regulariser meets a large image (``diffunfold.runtime.tiling``):
+    ``"auto"`` (tiles sized from the package's training size and the memory available;
+    images no larger than a tile run whole), a tile side in pixels, or None/0 for the whole
+    image at once. The expected memory is checked first, and a solve that cannot fit is
+    refused with the reason. ``churn``: EDM's stochastic sampler
+    (:class:`diffunfold.edm.Churn`, a number for its ``S_churn``, or 0 for the deterministic
+    ODE); None: the package's (off unless its schedule says otherwise). Its noise is drawn
+    per (image seed, sample, step). ``ensemble``: ``"flips"`` gives posterior sample j's
+    regulariser the j-th of four flips of the image (``diffunfold.ensemble``), ``"none"``
+    not; None: the package's. ``contrast``: ``"stretch"`` (or a
+    :class:`diffunfold.contrast.Contrast`) restores flat images at a photo's contrast and
+    maps the result back, exactly through the physics; ``"colour"`` also moves each colour
+    channel's level to mid-grey and back; ``"none"`` neither; None: the package's.
+    ``solution.extra["contrast_gain"]`` has each gain. ``init``: an estimate of the images
+    (user space, shaped like them; e.g. a classical reconstruction) to start from instead of
+    pure noise: the solve adds noise of level ``init_sigma`` (model units, as the
+    schedule's) to it and runs only the schedule's steps at or below that level, so fewer
+    network calls; the estimate's errors must be small against ``init_sigma`` for the result
+    to lose nothing (``diffunfold.scanner`` picks both for MRI).
+    """
 
     def __init__(self, package: ModelPackage, backend: Backend, why: str = ""):
         self.package = package
@@ -195,26 +217,8 @@ class Solver:
         (``diffunfold.noise``), and ``solution.extra`` records the value used and whether it
         was estimated. Packages that are not noise-aware ignore it.
         ``progress``: True for a progress bar over the sampler steps, or a callable
-        ``progress(done, total)`` called after each step. ``tile``: how the regulariser meets
-        a large image (``diffunfold.runtime.tiling``): ``"auto"`` (tiles sized from the
-        package's training size and the memory available; images no larger than a tile run
-        whole), a tile side in pixels, or None/0 for the whole image at once. The expected
-        memory is checked first, and a solve that cannot fit is refused with the reason.
-        ``churn``: EDM's stochastic sampler (:class:`diffunfold.edm.Churn`, a number for its
-        ``S_churn``, or 0 for the deterministic ODE); None: the package's (off unless its
-        schedule says otherwise). Its noise is drawn per (image seed, sample, step).
-        ``ensemble``: ``"flips"`` gives posterior sample j's regulariser the j-th of four flips of
-        the image (``diffunfold.ensemble``), ``"none"`` not; None: the package's.
-        ``contrast``: ``"stretch"`` (or a :class:`diffunfold.contrast.Contrast`) restores flat
-        images at a photo's contrast and maps the result back, exactly through the physics;
-        ``"colour"`` also moves each colour channel's level to mid-grey and back; ``"none"``
-        neither; None: the package's. ``solution.extra["contrast_gain"]`` has each gain.
-        ``init``: an estimate of the images (user space, shaped like them; e.g. a classical
-        reconstruction) to start from instead of pure noise: the solve adds noise of level
-        ``init_sigma`` (model units, as the schedule's) to it and runs only the schedule's
-        steps at or below that level, so fewer network calls; the estimate's errors must be
-        small against ``init_sigma`` for the result to lose nothing (``diffunfold.scanner``
-        picks both for MRI).
+        ``progress(done, total)`` called after each step. ``tile``, ``churn``,
+        ``ensemble``, ``contrast``, ``init`` and ``init_sigma``: see the class.
         """
         sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init, init_sigma)
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
