@@ -26,6 +26,9 @@ from .protocol import MessageID, ProtocolError, ReadTimeout, SocketReader, Socke
 from .rawfile import HDF5_LOCK
 from .recon import ReconSettings, reconstruct_slice, to_images
 
+# After an error, how long the reply (TEXT, CLOSE) is given to reach a client that is still sending.
+REPLY_GRACE_S = 0.25
+
 
 class _SaveData:
     """The stream as an MRD file, visible under its final name only after a clean CLOSE."""
@@ -298,6 +301,16 @@ class Session:
         else:
             self.fail("the client disconnected without CLOSE", tell=False)
 
+    def _let_the_reply_arrive(self) -> None:
+        """After an error the client may still be sending: closing with its data unread resets
+        the connection, and a reset can destroy the TEXT and CLOSE still in flight. So FIN after
+        them, and a moment (bounded) for the client to read them before the socket closes."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        time.sleep(REPLY_GRACE_S)
+
     def _close(self) -> None:
         self.server.scheduler.forget(self.conn_id)
         tell = [m for m, t in self.errors if t] + self.notices
@@ -309,6 +322,8 @@ class Session:
         except OSError:
             pass
         self.writer.close()
+        if self.errors:
+            self._let_the_reply_arrive()
         try:
             self.sock.close()
         except OSError:
