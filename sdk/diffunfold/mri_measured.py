@@ -14,6 +14,7 @@ from .data.fastmri import FastMRIFile
 from .data.fastmri_arrays import center_crop
 from .physics.mri import fft2c, ifft2c
 from .scanner.reconstruct import ScanResult, reconstruct_kspace
+from .scanner.simulate import white_noise
 
 
 def coil_kspace(path, s: int, scale: float, crop: tuple[int, int] | None) -> np.ndarray:
@@ -33,8 +34,7 @@ def reconstruct_measured(
     drawn from ``seed``) and reconstruct it. Returns the result, the zero-filled root sum of
     squares and the added noise's std."""
     noise_std = float(noise_rel) * float(np.abs(kspace).max())
-    rng = np.random.default_rng(seed)
-    noise = (rng.standard_normal(kspace.shape) + 1j * rng.standard_normal(kspace.shape)) * (noise_std / np.sqrt(2.0))
+    noise = white_noise(kspace.shape, np.random.default_rng(seed)) * noise_std
     y = ((kspace + noise) * mask).astype(np.complex64)
     result = reconstruct_kspace(solver, y, mask, seed=seed, **solve)
     zero_filled = np.sqrt(np.sum(np.abs(np.asarray(ifft2c(y))) ** 2, axis=0)).astype(np.float32)

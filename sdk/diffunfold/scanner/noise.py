@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
+from .simulate import white_noise
 
 # The smallest singular values used by the estimate: the last this fraction of them.
 _TAIL = 0.25
@@ -133,7 +134,7 @@ def estimate_kspace_noise(kspace: np.ndarray, mask: np.ndarray, seed: int = 0) -
         return _outer_kspace(k, m), "outer k-space (too few fully sampled patches for the coils)"
     kernel, starts = found
     rng = np.random.default_rng(seed)
-    ref = (rng.standard_normal(k.shape) + 1j * rng.standard_normal(k.shape)) / np.sqrt(2)
+    ref = white_noise(k.shape, rng)
     data = _tail(_hankel(k.astype(np.complex128), starts, kernel))
     noise = _tail(_hankel(ref, starts, kernel))
     return float(

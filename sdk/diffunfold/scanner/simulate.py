@@ -22,8 +22,12 @@ def random_noise_covariance(ncoils: int, rng: np.random.Generator, coupling: flo
     return psi / float(np.real(np.trace(psi)) / nc)
 
 
+def white_noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Circular complex Gaussian noise of ``shape``, unit variance per sample (complex128)."""
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2)
+
+
 def correlated_noise(shape: tuple[int, ...], psi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Complex noise of ``shape`` ``(Nc, ...)`` with coil covariance ``psi`` (``E[n n^H] = psi``)."""
     low = np.linalg.cholesky(psi)
-    white = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) / np.sqrt(2)
-    return np.einsum("cd,d...->c...", low, white).astype(np.complex64)
+    return np.einsum("cd,d...->c...", low, white_noise(shape, rng)).astype(np.complex64)

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..physics.mri import MultiCoilMRI
 from .coils import calibration_region
 from .prepare import Prepared
+from .simulate import white_noise
 
 START_METHODS = ("sense", "noise")
 # Start levels by sampling pattern: whole lines (1-D) and points (2-D); and the least multiple
@@ -115,8 +116,7 @@ def held_out_error(prepared: Prepared, settings: StartSettings) -> float:
 def _white(prepared: Prepared) -> np.ndarray:
     """White k-space noise of the measurement's level where the mask samples (fixed seed)."""
     shape, op = prepared.y.shape, prepared.operator
-    rng = np.random.default_rng(0)
-    white = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * (prepared.noise_std / np.sqrt(2.0))
+    white = white_noise(shape, np.random.default_rng(0)) * prepared.noise_std
     return (white * np.asarray(op.mask)).astype(np.complex64)
 
 
