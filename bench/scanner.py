@@ -358,7 +358,7 @@ def mrd_rows(package: str, items: list[dict], level: float, seed: int) -> list[d
     return rows
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["quality", "speed", "noise", "mrd"], required=True)
     ap.add_argument(
@@ -394,34 +394,40 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=0)
     add_output_arguments(ap)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _run_part(args, size: int) -> tuple[list[dict], str]:
+    """One size of the chosen part: its rows and its Markdown section ("" for noise, whose
+    table is made over all sizes)."""
+    items = VolumeSlices(args.volumes, size=size).fixed(args.slices)
+    if args.part == "mrd":
+        found = mrd_rows(args.package[0], items, max(args.noise), args.seed)
+        return found, f"## {size} px, {len(items)} slices, noise {max(args.noise):g}\n\n" + markdown_table(found)
+    if args.part == "noise":
+        return noise_rows(items, sorted({0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, *args.noise})), ""
+    if args.part == "quality":
+        names = [Path(p).name for p in args.package]
+        names = names if len(set(names)) == len(names) else list(args.package)
+        solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
+        found = quality_rows(solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines))
+        keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
+        return found, f"## {size} px\n\n" + quality_markdown(found, keys)
+    solver = Solver.load(args.package[0], backend=args.backend)
+    before = Solver.load(args.before, backend=args.backend) if args.before else None
+    found = speed_rows(solver, before, items[0], args.repeats, args.seed)
+    return found, f"## {size} px, {items[0]['name']}\n\n" + speed_markdown(found)
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     warnings.simplefilter("ignore")  # numba's deprecation notes from SigPy
     watch, info = LoadWatch(), machine_info()
     rows, parts = [], []
     for size in args.size:
-        items = VolumeSlices(args.volumes, size=size).fixed(args.slices)
-        if args.part == "mrd":
-            found = mrd_rows(args.package[0], items, max(args.noise), args.seed)
-            rows += found
-            parts.append(f"## {size} px, {len(items)} slices, noise {max(args.noise):g}\n\n" + markdown_table(found))
-        elif args.part == "noise":
-            rows += noise_rows(items, sorted({0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, *args.noise}))
-        elif args.part == "quality":
-            names = [Path(p).name for p in args.package]
-            names = names if len(set(names)) == len(names) else list(args.package)
-            solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
-            found = quality_rows(
-                solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines)
-            )
-            rows += found
-            keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
-            parts.append(f"## {size} px\n\n" + quality_markdown(found, keys))
-        else:
-            solver = Solver.load(args.package[0], backend=args.backend)
-            before = Solver.load(args.before, backend=args.backend) if args.before else None
-            found = speed_rows(solver, before, items[0], args.repeats, args.seed)
-            rows += found
-            parts.append(f"## {size} px, {items[0]['name']}\n\n" + speed_markdown(found))
+        found, part = _run_part(args, size)
+        rows += found
+        parts.append(part)
     markdown = noise_markdown(rows) if args.part == "noise" else "\n\n".join(parts)
     settings_note = f"\n\nPackage(s): {', '.join(args.package)}" + (
         f"; slow path: {args.before}" if args.before else ""
