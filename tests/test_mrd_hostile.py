@@ -255,7 +255,20 @@ def _stream_bytes(scan: Path, config_text: str | None = None, slices: int | None
     return _serialize(*first, *[a for a in items if slices is None or int(a.idx.slice) < slices])
 
 
+def _wait_until_idle(server, timeout: float = TIMEOUT) -> None:
+    """Until every connection the server admitted has closed: earlier attacks linger a moment
+    (their reply grace, their timeouts), and a test of scheduling needs all the slots."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        opened = {e["conn"] for e in server.named("connection")}
+        if opened <= {e["conn"] for e in server.named("closed")}:
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"connections still open after {timeout} s")
+
+
 def test_one_clients_long_jobs_do_not_starve_another(server, tmp_path):
+    _wait_until_idle(server)
     many = write_phantom_mrd(tmp_path / "many.h5", slices=5, size=32, coils=4, acceleration=4, seed=3)
     heavy = _stream_bytes(many, '{"samples": 2, "steps": 12}')
     light = _stream_bytes(many, slices=1)
@@ -266,6 +279,7 @@ def test_one_clients_long_jobs_do_not_starve_another(server, tmp_path):
     while conn is None and time.monotonic() < end:  # the heavy client's connection, by its settings
         conn = next((e["conn"] for e in server.named("config") if e.get("settings", {}).get("samples") == 2), None)
         time.sleep(0.02)
+    assert conn is not None, ("the heavy client was not served", list(server.events)[-8:])
     while not any(e["conn"] == conn for e in server.named("reconstructed")) and time.monotonic() < end:
         time.sleep(0.02)
     results["short"] = _attack(server.port, [light])  # arrives with 3-4 heavy slices waiting
