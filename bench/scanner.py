@@ -6,8 +6,9 @@ Three parts (``--part``), each written to bench/results/scanner-<part>-<machine>
 
 * ``quality``: PSNR of the magnitude after a least-squares scale (estimated maps fix the image
   only up to scale and phase; the same for every method), per mask, noise level and maps
-  (ESPIRiT estimated, or the true ones), one posterior sample; ``--start sense noise`` compares
-  the default start (the SENSE estimate plus noise) with the full schedule from pure noise. The
+  (ESPIRiT estimated, or the true ones), one posterior sample; ``--start sense sense-sample
+  noise`` compares the default (from the SENSE estimate; one denoiser call, the posterior mean's
+  estimate, for 2-D masks), the sampled tail from it, and the full schedule from pure noise. The
   baselines are oracles: each image's regularisation weight and iteration count are picked by
   its PSNR against the truth.
 * ``speed``: seconds per slice, split into preparation (noise, compression, maps, the start),
@@ -54,6 +55,11 @@ MASKS = (("gaussian1d", 4.0), ("gaussian2d", 8.0))
 SENSE_LAMS = (0.0, 1e-3, 1e-2, 3e-2, 0.1)
 SENSE_ITERS = (5, 10, 20, 40, 80)
 L1_RELATIVE = (3e-2, 1e-2, 3e-3, 1e-3, 1e-4)
+STARTS = {  # --start: the default, its sampled variant (the default before the one-call mean), pure noise
+    "sense": StartSettings(),
+    "sense-sample": StartSettings(readout="sample"),
+    "noise": StartSettings(method="noise"),
+}
 
 
 def magnitude_psnr(est: np.ndarray, truth: np.ndarray) -> float:
@@ -112,7 +118,7 @@ def quality_rows(
     starts: tuple[str, ...] = ("sense",),
     known: dict | None = None,
 ) -> list[dict]:
-    """Every package (and every start: ``sense`` the default, ``noise`` the full schedule) on the
+    """Every package (and every start of ``STARTS``) on the
     same scans and prepared problems; the baselines once per scan (or from ``known``)."""
     rows = []
     for kind, acc in MASKS:
@@ -135,7 +141,7 @@ def quality_rows(
                         for start in starts:
                             key = name if len(starts) == 1 else f"{name} ({start} start)"
                             t0 = time.perf_counter()
-                            begin = sense_start(p, StartSettings(method=start))
+                            begin = sense_start(p, STARTS[start])
                             sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i, **begin)
                             row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} s"] = time.perf_counter() - t0
@@ -379,9 +385,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--start",
         nargs="+",
-        choices=["sense", "noise"],
+        choices=list(STARTS),
         default=["sense"],
-        help="quality: where sampling starts (sense: the SENSE estimate plus noise, the default; "
+        help="quality: where sampling starts and what comes back (sense: the default, from the SENSE "
+        "estimate, one call for 2-D masks; sense-sample: from it, the sampled tail for every mask; "
         "noise: the full schedule from pure noise); several are compared in one run",
     )
     ap.add_argument(

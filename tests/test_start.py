@@ -76,6 +76,27 @@ def test_a_solve_from_an_estimate_is_the_loop_from_estimate_plus_noise(mri_solve
     assert np.allclose(two.draws[0], sol.images, atol=1e-5)
 
 
+def test_an_estimate_that_carries_noise_gets_only_the_rest(mri_solver):
+    """``init_noise``: the solve adds sqrt(level^2 - init_noise^2) of noise; none where the
+    estimate already carries the level, so the seed no longer matters."""
+    x, maps, mask, y = _scan("gaussian2d")
+    op = MultiCoilMRI(maps, mask)
+    init = np.asarray(op.pinv(y[None]), np.complex64)
+    one = {"steps": 1, "sigma_max": 0.1, "init": init, "init_sigma": 0.1}
+    full = [mri_solver.solve(y[None], op, noise_std=1e-3, seed=s, **one).images for s in (0, 1)]
+    carried = [mri_solver.solve(y[None], op, noise_std=1e-3, seed=s, init_noise=0.1, **one) for s in (0, 1)]
+    assert carried[0].nfe == 1 and not np.allclose(full[0], full[1])
+    assert np.array_equal(carried[0].images, carried[1].images)  # no noise was added
+    var, plan = np.asarray([1e-6], np.float32), mri_solver.plan((SIZE, SIZE))
+    weights = mri_solver.weights_for([0.1])
+    for noise, seed in ((0.06, 4), (0.0, 4)):  # 0.08 added to one that carries 0.06; all of 0.1 to none
+        sol = mri_solver.solve(y[None], op, noise_std=1e-3, seed=seed, init_noise=noise, **one)
+        added = np.sqrt(0.1**2 - noise**2)
+        x0 = mri_solver.space.to_model(init) + edm.initial_noise([seed], (2, SIZE, SIZE), added)
+        by_hand = mri_solver.denoise(x0, 0.1, y[None], op, weights, Timing(), var, plan)
+        assert np.allclose(sol.images, mri_solver.space.to_user(by_hand), atol=1e-5)
+
+
 def test_a_bad_estimate_is_refused(mri_solver):
     x, maps, mask, y = _scan("gaussian2d")
     op = MultiCoilMRI(maps, mask)
@@ -87,6 +108,9 @@ def test_a_bad_estimate_is_refused(mri_solver):
         ({"init": np.abs(good), "init_sigma": 0.1}, "complex"),
         ({"init": np.where(np.arange(SIZE) == 3, np.nan, good).astype(np.complex64), "init_sigma": 0.1}, "NaN"),
         ({"init": good, "init_sigma": -1.0}, "noise level"),
+        ({"init": good, "init_sigma": 0.1, "init_noise": -0.1}, "init_noise"),
+        ({"init": good, "init_sigma": 0.1, "init_noise": math.nan}, "init_noise"),
+        ({"init_noise": 0.1}, "given with init"),
     ]
     for kwargs, message in cases:
         with pytest.raises(InputError, match=message):
@@ -97,7 +121,7 @@ def test_the_sense_start_by_pattern_and_its_settings():
     for kind, acc, sigma in (("gaussian1d", 2.0, LINE_SIGMA), ("gaussian2d", 4.0, POINT_SIGMA)):
         x, maps, mask, y = _scan(kind, acc=acc)
         p = prepare_kspace(y, mask, coil_maps=maps)
-        begin = sense_start(p)
+        begin = sense_start(p, StartSettings(readout="sample"))
         assert begin["init_sigma"] == sigma
         assert begin["init"].shape == (1, 1, SIZE, SIZE) and begin["init"].dtype == np.complex64
         # the estimate is nearer the truth than the zero-filled image
@@ -106,10 +130,11 @@ def test_the_sense_start_by_pattern_and_its_settings():
         assert err < 0.8 * np.linalg.norm(np.asarray(p.operator.pinv(p.y))[0, 0] - truth)
         assert sense_start(p, StartSettings(method="sense", sigma=0.3))["init_sigma"] == 0.3
         assert sense_start(p, StartSettings(method="noise")) == {}
+        assert p.info["start"] == "noise"
+    for bad in ({"method": "cg"}, {"readout": "median"}, {"sigma": 0.0}, {"sigma": math.nan}):
+        with pytest.raises(InputError):
+            StartSettings(**bad).checked()
     for bad in (
-        {"method": "cg"},
-        {"sigma": 0.0},
-        {"sigma": math.nan},
         {"sense_weight": 0.0},
         {"sense_iterations": 0},
         {"sense_iterations": 2.5},
@@ -118,15 +143,43 @@ def test_the_sense_start_by_pattern_and_its_settings():
             StartSettings(**bad).checked()
 
 
+def test_the_readout_by_pattern_and_request():
+    """The mean (one call) for a 2-D pattern and one sample; a sample for 1-D patterns, for
+    several samples and for a given number of steps; a mean asked with those is refused."""
+    from diffunfold.scanner.start import MEAN_SIGMA, readout
+
+    def prepared(kind: str, acc: float):
+        x, maps, mask, y = _scan(kind, acc=acc)
+        return prepare_kspace(y, mask, coil_maps=maps)
+
+    two_d, one_d = prepared("gaussian2d", 4.0), prepared("gaussian1d", 2.0)
+    auto = StartSettings()
+    assert readout(two_d, auto) == "mean" and readout(one_d, auto) == "sample"
+    assert readout(two_d, auto, samples=4) == readout(two_d, auto, steps=12) == "sample"
+    assert readout(one_d, StartSettings(readout="mean")) == "mean"
+    for kwargs in ({"samples": 2}, {"steps": 5}):
+        with pytest.raises(InputError, match="mean readout is one denoiser call"):
+            readout(two_d, StartSettings(readout="mean"), **kwargs)
+    begin = sense_start(two_d)
+    assert begin["steps"] == 1 and begin["init_sigma"] == begin["sigma_max"] == max(MEAN_SIGMA, begin["init_noise"])
+    assert two_d.info["start"].endswith("(the posterior mean)")
+
+
 def test_reconstruct_kspace_starts_from_sense_by_default_and_says_so(mri_solver):
+    from diffunfold.scanner.start import MEAN_SIGMA
+
     x, maps, mask, y = _scan("gaussian2d", seed=1)
     res = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0)
-    assert res.info["start"] == f"SENSE estimate + noise {POINT_SIGMA:.3g}" and res.info["held_out_error"] < 0.1
-    assert res.solution.nfe == len(edm.start_at(edm.schedule(18), POINT_SIGMA)) - 1
+    assert res.info["start"].startswith(f"SENSE estimate, one denoiser call at {MEAN_SIGMA:.3g}")
+    assert res.info["held_out_error"] < 0.1 and res.solution.nfe == 1
+    sampled = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0, samples=2)
+    assert sampled.info["start"] == f"SENSE estimate + noise {POINT_SIGMA:.3g} (a posterior sample)"
+    assert sampled.solution.nfe == len(edm.start_at(edm.schedule(18), POINT_SIGMA)) - 1 and sampled.std is not None
     full = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0, start=StartSettings(method="noise"))
     assert full.info["start"] == "noise" and full.solution.nfe == 18
-    for r in (res, full):
+    for r in (res, sampled, full):
         assert np.all(np.isfinite(r.image))
+        assert np.linalg.norm(np.abs(r.image) - np.abs(x)) < 0.5 * np.linalg.norm(np.abs(x))
 
 
 def test_the_start_drowns_the_noise_the_sense_estimate_carries():
@@ -136,11 +189,14 @@ def test_the_start_drowns_the_noise_the_sense_estimate_carries():
 
     x, maps, mask, y = _scan("gaussian2d")
     clean = prepare_kspace(y, mask, coil_maps=maps, noise_std=0.0)
-    assert estimate_noise(clean, StartSettings()) == 0.0 and sense_start(clean)["init_sigma"] == POINT_SIGMA
+    sample = StartSettings(readout="sample")
+    assert estimate_noise(clean, StartSettings()) == 0.0 and sense_start(clean, sample)["init_sigma"] == POINT_SIGMA
     noisy = replace(clean, noise_std=0.05)
     level = estimate_noise(noisy, StartSettings())
     assert level > 0 and np.isclose(estimate_noise(replace(clean, noise_std=0.1), StartSettings()), 2 * level)
-    assert sense_start(noisy)["init_sigma"] == max(POINT_SIGMA, NOISE_MARGIN * level) > POINT_SIGMA
+    assert sense_start(noisy, sample)["init_sigma"] == max(POINT_SIGMA, NOISE_MARGIN * level) > POINT_SIGMA
+    mean = sense_start(noisy)  # one call at the level the estimate carries, no noise added
+    assert mean["init_sigma"] == mean["init_noise"] == level
 
 
 def test_where_the_data_leave_much_open_the_start_is_noise(mri_solver):

@@ -31,6 +31,7 @@ from . import tiling
 from .backends import Backend, create_backend
 from .solution import Solution, Timing, progress_hook
 from .tiling import TilePlan
+from .warm_start import WarmStart, check_start_options, warm_start
 
 
 class Solver:
@@ -52,10 +53,11 @@ class Solver:
     channel's level to mid-grey and back; ``"none"`` neither; None: the package's.
     ``solution.extra["contrast_gain"]`` has each gain. ``init``: an estimate of the images
     (user space, shaped like them; e.g. a classical reconstruction) to start from instead of
-    pure noise: the solve adds noise of level ``init_sigma`` (model units, as the
-    schedule's) to it and runs only the schedule's steps at or below that level, so fewer
-    network calls; the estimate's errors must be small against ``init_sigma`` for the result
-    to lose nothing (``diffunfold.scanner`` picks both for MRI).
+    pure noise: the solve runs only the schedule's steps at or below ``init_sigma`` (model
+    units, as the schedule's), so fewer network calls, and adds to the estimate the noise that
+    brings what it carries (``init_noise``, default 0) up to the first of them
+    (``diffunfold.runtime.warm_start``); the estimate's errors must be small against
+    ``init_sigma`` for the result to lose nothing (``diffunfold.scanner`` picks all three for MRI).
     """
 
     def __init__(self, package: ModelPackage, backend: Backend, why: str = ""):
@@ -204,6 +206,7 @@ class Solver:
         contrast=None,
         init=None,
         init_sigma: float | None = None,
+        init_noise: float = 0.0,
     ) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
@@ -218,14 +221,16 @@ class Solver:
         was estimated. Packages that are not noise-aware ignore it.
         ``progress``: True for a progress bar over the sampler steps, or a callable
         ``progress(done, total)`` called after each step. ``tile``, ``churn``,
-        ``ensemble``, ``contrast``, ``init`` and ``init_sigma``: see the class.
+        ``ensemble``, ``contrast``, ``init``, ``init_sigma`` and ``init_noise``: see the class.
         """
-        sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init, init_sigma)
+        check_start_options(init, init_sigma, init_noise)
+        sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma)
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
             raise InputError(f"samples must be a positive integer, got {samples!r}")
         y_dev, return_numpy = self._prepare(y, operator)
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
-        run.init = self._start_estimate(init, run)
+        shape = (len(run.seeds), self.space.channels, *operator.image_shape)
+        run.init = warm_start(init, init_noise, shape, self.space, self.xp, run.stretch)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)
@@ -251,7 +256,7 @@ class Solver:
         run.timing.total = time.perf_counter() - t_start
         return draws, nfe
 
-    def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init, init_sigma) -> tuple[np.ndarray, str]:
+    def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init_sigma) -> tuple[np.ndarray, str]:
         """The noise levels of a solve (the package's schedule unless overridden; its tail from
         ``init_sigma`` when it starts from an estimate) and the sampler."""
         sched = self.package.schedule
@@ -263,12 +268,7 @@ class Solver:
             sched["sigma_max"] if sigma_max is None else sigma_max,
             sched["rho"] if rho is None else rho,
         )
-        if (init is None) != (init_sigma is None):
-            raise InputError(
-                "init and init_sigma go together: an estimate to start from and the noise level "
-                "(model units) the solve adds to it"
-            )
-        return (sigmas if init is None else edm.start_at(sigmas, init_sigma)), sampler
+        return (sigmas if init_sigma is None else edm.start_at(sigmas, init_sigma)), sampler
 
     def _setup(
         self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble, contrast
@@ -305,27 +305,13 @@ class Solver:
         )
         return run, extra
 
-    def _start_estimate(self, init, run: _Run):
-        """``init`` checked against the images and moved to model space (at the stretched
-        contrast, when stretched); None stays None."""
-        if init is None:
-            return None
-        shape = (len(run.seeds), self.space.channels, *run.operator.image_shape)
-        if not hasattr(init, "shape") or tuple(init.shape) != shape:
-            raise InputError(f"init must be the images' estimate, shaped {shape}, got {describe(init)}")
-        if is_complex(init) != self.space.complex:
-            raise InputError(
-                f"init must be {'complex' if self.space.complex else 'real'} like the images, got {describe(init)}"
-            )
-        check_finite(init, "the starting estimate init")
-        x = self.xp.asarray(init).astype(self.xp.complex64 if self.space.complex else self.xp.float32, copy=False)
-        return self.space.to_model(x if run.stretch is None else run.stretch.stretched(x))
-
     def _start(self, run: _Run, sample: int):
-        """Where posterior sample ``sample`` starts: noise at the first level, on the estimate
-        when there is one."""
-        x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), float(run.sigmas[0]), sample=sample))
-        return x if run.init is None else x + run.init
+        """Where posterior sample ``sample`` starts: noise at the first level, or the estimate with
+        the noise that brings it there."""
+        first = float(run.sigmas[0])
+        level = first if run.init is None else run.init.added_noise(first)
+        x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), level, sample=sample))
+        return x if run.init is None else x + run.init.estimate
 
     def _sample_together(self, run: _Run, samples: int, step) -> tuple[list, int]:
         """Every posterior sample side by side in one batch."""
@@ -497,4 +483,4 @@ class _Run:
     ensemble: str
     timing: Timing
     stretch: Stretch | None = None
-    init: Any = None  # the starting estimate in model space (None: pure noise)
+    init: WarmStart | None = None  # the starting estimate (None: pure noise)

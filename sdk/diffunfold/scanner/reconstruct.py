@@ -44,9 +44,9 @@ def reconstruct_kspace(
     **solve,
 ) -> ScanResult:
     """``kspace`` ``(Nc, H, W)`` (zeros where not sampled), ``mask`` ``(H, W)``; the rest as
-    :func:`~.prepare.prepare_kspace`; ``start``: where sampling starts (:mod:`.start`; default:
-    the SENSE estimate plus noise); ``solve``: options of ``Solver.solve`` (steps, samples,
-    seed, ...). ``noise_std`` is in the data's units."""
+    :func:`~.prepare.prepare_kspace`; ``start``: where sampling starts and what comes back
+    (:mod:`.start`; default: from the SENSE estimate, one call for 2-D patterns); ``solve``:
+    options of ``Solver.solve`` (steps, samples, seed, ...). ``noise_std`` is in the data's units."""
     t0 = time.perf_counter()
     p: Prepared = prepare_kspace(
         kspace,
@@ -57,11 +57,12 @@ def reconstruct_kspace(
         coil_maps=coil_maps,
         calibration=calibration,
     )
-    begin = sense_start(p, start) if "init" not in solve else {}
     if "init" in solve:
-        p.info["start"] = "the caller's estimate"
+        p.info["start"], begin = "the caller's estimate", {}
+    else:
+        begin = sense_start(p, start, samples=solve.get("samples", 1), steps=solve.get("steps"))
     t1 = time.perf_counter()
-    sol = solver.solve(p.y, p.operator, noise_std=p.data_std, **begin, **solve)
+    sol = solver.solve(p.y, p.operator, noise_std=p.data_std, **{**solve, **begin})
     t2 = time.perf_counter()
     std = None if sol.std is None else (np.asarray(sol.std)[0, 0] * p.scale).astype(np.float32)
     seconds = {
