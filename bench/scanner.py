@@ -55,10 +55,12 @@ MASKS = (("gaussian1d", 4.0), ("gaussian2d", 8.0))
 SENSE_LAMS = (0.0, 1e-3, 1e-2, 3e-2, 0.1)
 SENSE_ITERS = (5, 10, 20, 40, 80)
 L1_RELATIVE = (3e-2, 1e-2, 3e-3, 1e-3, 1e-4)
-STARTS = {  # --start: the default, its sampled variant (the default before the one-call mean), pure noise
-    "sense": StartSettings(),
-    "sense-sample": StartSettings(readout="sample"),
-    "noise": StartSettings(method="noise"),
+STARTS = {  # --start: (where it starts and what comes back, options of the solve)
+    "sense": (StartSettings(), {}),  # the default
+    "sense-sample": (StartSettings(readout="sample"), {}),  # a sample for every mask
+    # a sample, the tail of the 18-step schedule for every mask (the default before 2026-12-05)
+    "sense-18": (StartSettings(readout="sample"), {"steps": 18}),
+    "noise": (StartSettings(method="noise"), {}),  # the full schedule from pure noise
 }
 
 
@@ -141,8 +143,9 @@ def quality_rows(
                         for start in starts:
                             key = name if len(starts) == 1 else f"{name} ({start} start)"
                             t0 = time.perf_counter()
-                            begin = sense_start(p, STARTS[start])
-                            sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i, **begin)
+                            settings, options = STARTS[start]
+                            options = {**options, **sense_start(p, settings, steps=options.get("steps"))}
+                            sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i, **options)
                             row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} s"] = time.perf_counter() - t0
                     reused = (known or {}).get((row["mask"], row["noise"], row["maps"], row["slice"]))
@@ -388,8 +391,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=list(STARTS),
         default=["sense"],
         help="quality: where sampling starts and what comes back (sense: the default, from the SENSE "
-        "estimate, one call for 2-D masks; sense-sample: from it, the sampled tail for every mask; "
-        "noise: the full schedule from pure noise); several are compared in one run",
+        "estimate, one call for 2-D masks; sense-sample: from it, a sampled tail for every mask; "
+        "sense-18: the tail of the 18-step schedule; noise: the full schedule from pure noise); "
+        "several are compared in one run",
     )
     ap.add_argument(
         "--baselines",

@@ -17,7 +17,7 @@ from diffunfold.physics.mri import MultiCoilMRI, birdcage_maps, mri_mask
 from diffunfold.runtime.solver import Solver, Timing
 from diffunfold.scanner import StartSettings, prepare_kspace, sense_start
 from diffunfold.scanner.reconstruct import reconstruct_kspace
-from diffunfold.scanner.start import LINE_SIGMA, POINT_SIGMA
+from diffunfold.scanner.start import LINE_SIGMA, LINE_STEPS, POINT_SIGMA
 
 MRI_SMALL = Path(__file__).resolve().parents[1] / "samples" / "models" / "mri-small"
 SIZE, COILS = 32, 8
@@ -123,6 +123,11 @@ def test_the_sense_start_by_pattern_and_its_settings():
         p = prepare_kspace(y, mask, coil_maps=maps)
         begin = sense_start(p, StartSettings(readout="sample"))
         assert begin["init_sigma"] == sigma
+        # a 1-D tail re-spaced to LINE_STEPS from the start level; a 2-D one the schedule's own
+        assert (begin.get("steps"), begin.get("sigma_max")) == (
+            (LINE_STEPS, sigma) if kind == "gaussian1d" else (None, None)
+        )
+        assert "steps" not in sense_start(p, StartSettings(readout="sample"), steps=12)
         assert begin["init"].shape == (1, 1, SIZE, SIZE) and begin["init"].dtype == np.complex64
         # the estimate is nearer the truth than the zero-filled image
         truth = x / p.scale

@@ -57,13 +57,14 @@ def cell_rows(solver: Solver, items: list[dict], cell: str, bases: list[float], 
         p = prepare_kspace(y, mask, coil_maps=item["coil_maps"] if maps == "true" else None)
         truth = item["image"][0]
         row = {"cell": cell, "slice": item["name"]}
-        begin = sense_start(p, StartSettings())
+        begin = sense_start(p, StartSettings(readout="sample"))
         if not begin:
             row["start"] = p.info.get("start")
             yield row
             continue
         noise = estimate_noise(p, StartSettings())
         row["start sigma"], row["sense noise"] = begin["init_sigma"], noise
+        row["held_out_error"] = p.info["held_out_error"]
         t0 = time.perf_counter()
         row["tail"] = magnitude_psnr(
             solver.solve(p.y, p.operator, noise_std=p.data_std, seed=i, **begin).images[0, 0], truth
