@@ -118,6 +118,8 @@ def test_a_bad_estimate_is_refused(mri_solver):
 
 
 def test_the_sense_start_by_pattern_and_its_settings():
+    # given 18 steps, a 1-D tail is the schedule's 7 from 0.585 (LINE_SIGMA is not just below it)
+    assert len(edm.start_at(edm.schedule(18), LINE_SIGMA)) - 1 == 7
     for kind, acc, sigma in (("gaussian1d", 2.0, LINE_SIGMA), ("gaussian2d", 4.0, POINT_SIGMA)):
         x, maps, mask, y = _scan(kind, acc=acc)
         p = prepare_kspace(y, mask, coil_maps=maps)

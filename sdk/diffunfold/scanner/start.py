@@ -43,9 +43,10 @@ from .simulate import white_noise
 
 START_METHODS = ("sense", "noise")
 READOUTS = ("auto", "mean", "sample")
-# Start levels of a sampled tail by sampling pattern: whole lines (1-D: the 18-step schedule's
-# level below 1.0) and points (2-D); and the least multiple of the noise in the SENSE estimate.
-LINE_SIGMA = 0.585
+# Start levels of a sampled tail by sampling pattern: whole lines (1-D: just above the 18-step
+# schedule's level 0.58535, so that a given schedule's tail starts there) and points (2-D); and
+# the least multiple of the noise in the SENSE estimate.
+LINE_SIGMA = 0.586
 POINT_SIGMA = 0.05
 NOISE_MARGIN = 2.0
 # A 1-D pattern's tail runs in this many steps from its start level (EDM's spacing), not the
