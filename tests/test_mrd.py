@@ -206,3 +206,22 @@ def test_the_solver_reads_a_raw_mrd_file_as_the_slice_path_does(raw, solver):
     by_hand = reconstruct_slice(solver, scan.slices[1], scan.encoding, ReconSettings(steps=3, seed=5))
     np.testing.assert_allclose(recs[1].image, by_hand.image, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(recs[0].image)) and recs[0].std is None
+
+
+def test_mri_names_the_coil_maps_as_serve_does(raw, tmp_path, capsys):
+    """``diffunfold mri`` on a raw file: ``calibration`` (the ratio maps, as ``serve`` names them)
+    or espirit; the fastMRI-only choices are refused with the ones that apply."""
+    import json
+
+    from diffunfold.cli import main
+
+    base = ["mri", str(PACKAGE), str(raw["under"]), "--steps", "2", "--slices", "0", "--quiet", "--backend"]
+    base += ["onnxruntime", "--threads", "1"]
+    out = tmp_path / "calibration"
+    assert main([*base, "--coil-maps", "calibration", "--out", str(out), "--json", str(tmp_path / "c.json")]) == 0
+    rows = json.loads((tmp_path / "c.json").read_text())["rows"]
+    assert rows and all(r["coil_maps"] == "calibration" for r in rows)
+    for fastmri_only in ("estimate", "simulate"):
+        assert main([*base, "--coil-maps", fastmri_only, "--out", str(tmp_path / fastmri_only)]) == 2
+        err = capsys.readouterr().err
+        assert "needs a fastMRI file" in err and "calibration" in err

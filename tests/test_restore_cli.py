@@ -495,6 +495,14 @@ def test_help_teaches(capsys):
         assert all(w in out for w in words), command
 
 
+def test_mri_refuses_the_raw_files_calibration_maps_for_a_fastmri_file(packages, phantom, tmp_path, capsys):
+    args = ["mri", packages["mri"], str(phantom), "--coil-maps", "calibration", "--out", str(tmp_path / "o"), *FAST]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--coil-maps calibration is for raw MRD files" in err and "estimate or simulate" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_restore_and_mri_run_without_torch(packages, phantom, tmp_path, run_without_torch):
     """The CLI's restore and mri paths never import torch (architecture, boundary 2)."""
     save_image(tmp_path / "in" / "x.png", bundled_image("astronaut")[:, ::16, ::16])

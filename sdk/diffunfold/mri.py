@@ -81,7 +81,23 @@ RAY_TASKS = (
     "One task is one slice of a fastMRI file (--slices of each file; a file's slices spread over the "
     "actors), or one whole raw MRD file (its slices in one actor, written as one set of outputs)."
 )
-MAPS_SAID = {"espirit": "ESPIRiT maps from the data", "estimate": "estimated maps", "simulate": "simulated maps"}
+MAPS_SAID = {
+    "espirit": "ESPIRiT maps from the data",
+    "calibration": "ratio maps from the calibration region",
+    "estimate": "estimated maps",
+    "simulate": "simulated maps",
+}
+
+
+def fastmri_coil_maps(args) -> str:
+    """``--coil-maps`` for a fastMRI file (default espirit); ``calibration`` names the raw MRD
+    files' ratio maps (as ``diffunfold serve`` does) and is refused here, with the choices."""
+    if args.coil_maps == "calibration":
+        raise InputError(
+            "--coil-maps calibration is for raw MRD files (the low-resolution ratio maps, as in "
+            "`diffunfold serve`); a fastMRI file takes espirit (default), estimate or simulate"
+        )
+    return args.coil_maps or "espirit"
 
 
 def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,14 +122,14 @@ def add_mri_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--coil-maps",
-        choices=["estimate", "simulate", "espirit"],
+        choices=["espirit", "calibration", "estimate", "simulate"],
         default=None,
         help="espirit (default): the file's own coil k-space, undersampled, reconstructed "
         "as a scan: ESPIRiT maps from the calibration region and the noise level from "
-        "the data. fastMRI files also: estimate (maps from the fully sampled k-space, "
-        "the image simulated through them: a lab set-up) or simulate (birdcage coils "
-        "around the file's reconstruction_rss, the paper's set-up); MRD raw files: "
-        "estimate is the low-resolution ratio maps",
+        "the data. Raw MRD files also: calibration (the low-resolution ratio maps, as in "
+        "`diffunfold serve`). fastMRI files also: estimate (maps from the fully sampled "
+        "k-space, the image simulated through them: a lab set-up) or simulate (birdcage "
+        "coils around the file's reconstruction_rss, the paper's set-up)",
     )
     parser.add_argument(
         "--coils", type=V.COILS, default=15, metavar="N", help="simulated coils for --coil-maps simulate (default: 15)"
@@ -413,7 +429,7 @@ def run_mri(args) -> int:
         from .mri_raw import run_mri_raw
 
         return run_mri_raw(args, path)
-    args.coil_maps = args.coil_maps or "espirit"  # as a scanner delivers it: maps from the calibration region
+    args.coil_maps = fastmri_coil_maps(args)  # default: as a scanner delivers it, maps from the data
     with FastMRIFile(path) as f:  # checks the layout; a missing or foreign file fails here
         count = f.num_slices
     slices = V.parse_slices(args.slices, count)

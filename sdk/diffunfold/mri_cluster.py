@@ -18,7 +18,16 @@ from .batch import Unit, check_outputs, finish, refuse_if_nothing_done
 from .cluster import cluster_lines, run_units_on_ray
 from .command_common import fmt, report_runtime, skipped_note, write_report
 from .errors import InputError
-from .mri import MAPS_SAID, _mri_slice, _mri_table, _MRIJob, _untrained_pattern_note, mask_png, slice_units
+from .mri import (
+    MAPS_SAID,
+    _mri_slice,
+    _mri_table,
+    _MRIJob,
+    _untrained_pattern_note,
+    fastmri_coil_maps,
+    mask_png,
+    slice_units,
+)
 
 __all__ = ["run_mri_on_ray"]
 
@@ -67,6 +76,7 @@ def _plan(args, files: list[Path], out_dir: Path):
             raw_settings(args)  # refuses options a raw file cannot honour, before any work
             units.append(Unit(path.name, dict(planned_outputs(out_dir, path.stem)), ("raw", path), str(path)))
             continue
+        fastmri_coil_maps(args)  # refuses the raw files' calibration maps, before any work
         slices = V.parse_slices(args.slices, counts[path])
         units += slice_units(path, slices, out_dir, args.samples, lambda s, p=path: ("fastmri", p, s))
         masks.append(mask_png(out_dir, path))
@@ -79,7 +89,7 @@ def _mri_worker(args) -> tuple:
     from .mri_raw import raw_settings, raw_solver, reconstruct_raw
 
     solver = raw_solver(args)  # as load_solver, and the package checked to be an MRI one
-    fastmri = argparse.Namespace(**{**vars(args), "coil_maps": args.coil_maps or "espirit"})
+    fastmri = argparse.Namespace(**{**vars(args), "coil_maps": fastmri_coil_maps(args)})
     reference = "simulate" if fastmri.coil_maps == "simulate" else "estimate"
     crop = (args.size, args.size) if args.size else None
     jobs: dict[Path, _MRIJob] = {}

@@ -30,14 +30,14 @@ def raw_settings(args):
     retrospective undersampling of a fastMRI file are refused rather than ignored."""
     from .mrd.recon import ReconSettings
 
-    if args.coil_maps == "simulate":
+    if args.coil_maps in ("simulate", "estimate"):
         raise InputError(
-            "--coil-maps simulate needs the fastMRI reconstruction_rss; an MRD raw file uses "
-            "--coil-maps estimate (its calibration region) or espirit"
+            f"--coil-maps {args.coil_maps} needs a fastMRI file (its fully sampled k-space); a raw MRD "
+            "file uses --coil-maps espirit (default) or calibration (the ratio maps of its calibration region)"
         )
     if args.size is not None:
         raise InputError("--size crops fastMRI slices; an MRD raw file is reconstructed on its recon matrix")
-    maps = "calibration" if args.coil_maps == "estimate" else "espirit"  # None: the default, ESPIRiT
+    maps = args.coil_maps or "espirit"
     return ReconSettings(
         steps=args.steps, sampler=args.sampler, samples=args.samples, seed=args.seed, coil_maps=maps
     ).checked()
@@ -62,14 +62,17 @@ def reconstruct_raw(solver, args, path: Path, settings, overwrite: bool, say=pri
         data = scan.slices[i]
         rec = reconstruct_slice(solver, data, scan.encoding, settings)
         images += to_images(rec, data, scan.encoding, settings, Path(args.package).name)
-        noise = (rec.info or {}).get("noise", "")
+        info = rec.info or {}
+        noise = info.get("noise", "")
         rows.append(
             {
                 "slice": data.slice,
                 "acceleration": data.acceleration,
                 "noise_std": rec.noise_std * rec.scale,
                 "noise": noise,
+                "coil_maps": info.get("coil_maps", settings.coil_maps),
                 "map_std": rec.map_std * rec.scale,
+                "start": info.get("start"),
                 "seconds": rec.seconds,
             }
         )
