@@ -40,9 +40,9 @@ class ScannerSettings:
     espirit_crop: float = 0.0  # ESPIRiT support threshold (0: maps everywhere, as trained)
     espirit_kernel: int = 6
     espirit_grid: int = ESPIRIT_GRID  # ESPIRiT's coarse grid side (>= the image: the full grid)
-    # weight of the maps' residual in the data step's noise level: 0.1 best of 0-0.6 on 256 px
-    # validation slices with the default start (bench/results/scanner-start-validation.md)
-    map_floor: float = 0.1
+    # weight of the maps' residual in the data step's noise level; no one value was best at
+    # both 64 and 256 px on validation slices (bench/results/scanner-start-validation.md)
+    map_floor: float = 0.3
 
     def checked(self) -> ScannerSettings:
         if self.coil_maps not in COIL_MAP_METHODS:

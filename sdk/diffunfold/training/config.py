@@ -33,9 +33,7 @@ class DataSettings:
         False  # folder: crops from native resolution to the whole photo; volumes: windows at a scanner's pixel size
     )
     scanner: bool = False  # MRI: measure, then estimate maps, noise and scale as inference does (diffunfold.scanner)
-    # scanner: weight of the maps' residual in the noise level during training (the bundled
-    # mri-small's); inference's ScannerSettings.map_floor (0.1) was chosen on validation slices
-    map_floor: float = 0.3
+    map_floor: float = 0.3  # scanner: weight of the maps' residual in the noise level (ScannerSettings.map_floor)
     whole_fraction: float = 0.0  # folder, with native_crops: this share of crops a photo shrunk whole
     cache_images: bool = False  # folder: decode each photo once per worker (~90 % of a batch's CPU time)
     size: int = 64  # training crop (pixels, square)
