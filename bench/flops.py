@@ -304,7 +304,7 @@ def case_rows(cases, steps: int = 18, sampler: str = "euler", peak: Peak | None 
     return rows
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--case",
@@ -317,16 +317,11 @@ def main(argv=None) -> int:
     ap.add_argument("--sampler", default="euler", choices=["euler", "heun"])
     ap.add_argument("--peak-gflops", type=float, help="use this peak (GFLOP/s) instead of the CPU's")
     ap.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    peak = peak_for("cpu", override_gflops=args.peak_gflops)
-    rows = case_rows(args.case, args.steps, args.sampler, peak)
-    print(f"FLOPs counted: {COUNTED}.")
-    print(f"Peak here: {peak.describe()}")
-    print(
-        f"Solve: K regulariser calls x {rows[0]['nfe'] if rows else '?'} denoiser calls ({args.steps} "
-        f"{args.sampler} steps), per image.\n"
-    )
+
+def case_table(rows: list[dict]) -> str:
+    """The per-case FLOPs and floors on this machine's peak, as a Markdown table."""
     cols = [
         "preset",
         "size",
@@ -349,13 +344,32 @@ def main(argv=None) -> int:
         "floor / call (ms, here)",
         "floor / solve (s, here)",
     ]
-    print(markdown_table(rows, cols, heads, fmt=fmt_number))
+    return markdown_table(rows, cols, heads, fmt=fmt_number)
+
+
+def gpu_floor_rows(rows: list[dict]) -> list[dict]:
+    """Per GPU of ``GPU_PEAKS``: each case's floor per solve (ms per image) at the dense FP16 peak."""
     gpu_rows = []
     for _, label, fp16, fp32 in GPU_PEAKS:
         row = {"gpu": label, "fp16_tflops": fp16, "fp32_tflops": fp32}
         for r in rows:
             row[f"{r['preset']}@{r['size']}"] = 1e3 * r["gflop_per_solve"] * 1e9 / (fp16 * 1e12)
         gpu_rows.append(row)
+    return gpu_rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    peak = peak_for("cpu", override_gflops=args.peak_gflops)
+    rows = case_rows(args.case, args.steps, args.sampler, peak)
+    print(f"FLOPs counted: {COUNTED}.")
+    print(f"Peak here: {peak.describe()}")
+    print(
+        f"Solve: K regulariser calls x {rows[0]['nfe'] if rows else '?'} denoiser calls ({args.steps} "
+        f"{args.sampler} steps), per image.\n"
+    )
+    print(case_table(rows))
+    gpu_rows = gpu_floor_rows(rows)
     print("\nFloor per solve (ms per image) on GPUs at their dense FP16 tensor-core peak (datasheet):\n")
     print(markdown_table(gpu_rows, fmt=fmt_number))
     if args.json:

@@ -145,44 +145,42 @@ def median_runtime(runner, feed: dict, iterations: int) -> float:
     return statistics.median(times)
 
 
-def compare_file(pkg: ModelPackage, onnx_name: str, feeds: list[dict], engine, args) -> dict:
-    """Run one regulariser through ONNX Runtime (and TensorRT), compare, time. One result row."""
+def tensorrt_runner(engine: tuple, feeds: list[dict]):
+    """A Polygraphy runner of the TensorRT engine ``(engine path, record)``, on the optimisation
+    profile that covers the feeds' shape."""
     from polygraphy.backend.common import BytesFromPath
-    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    from diffunfold.engines import choose_profile
+
+    engine_path, record = engine
+    b, _, h, w = feeds[0]["x"].shape
+    profile = choose_profile(record.profile_ranges(), b, h, w)
+
+    class CastingTrtRunner(TrtRunner):
+        """Feeds cast to the engine's input types (an engine may take ``stage`` as int32)."""
+
+        def infer(self, feed_dict, *a, **kw):
+            meta = self.get_input_metadata()
+            feed = {
+                n: (
+                    v.astype(np.int32)
+                    if n in meta and "int32" in str(meta[n].dtype).lower() and v.dtype == np.int64
+                    else v
+                )
+                for n, v in feed_dict.items()
+            }
+            return super().infer(feed, *a, **kw)
+
+    return CastingTrtRunner(
+        EngineFromBytes(BytesFromPath(str(engine_path))), name="trt-fp16", optimization_profile=profile
+    )
+
+
+def accuracy_row(results, onnx_name: str, feeds: list[dict], args) -> dict:
+    """The row of one file: ONNX Runtime's outputs checked, and TensorRT's against them where it ran."""
     from polygraphy.comparator import Comparator, CompareFunc
 
-    path = str(pkg.file(onnx_name))
-    runners = [OnnxrtRunner(onnxrt_session(path, engine is not None, args.gpu), name="onnxrt")]
-    if engine is not None:
-        from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-        from diffunfold.engines import choose_profile
-
-        engine_path, record = engine
-        b, _, h, w = feeds[0]["x"].shape
-        profile = choose_profile(record.profile_ranges(), b, h, w)
-
-        class CastingTrtRunner(TrtRunner):
-            """Feeds cast to the engine's input types (an engine may take ``stage`` as int32)."""
-
-            def infer(self, feed_dict, *a, **kw):
-                meta = self.get_input_metadata()
-                feed = {
-                    n: (
-                        v.astype(np.int32)
-                        if n in meta and "int32" in str(meta[n].dtype).lower() and v.dtype == np.int64
-                        else v
-                    )
-                    for n, v in feed_dict.items()
-                }
-                return super().infer(feed, *a, **kw)
-
-        runners.append(
-            CastingTrtRunner(
-                EngineFromBytes(BytesFromPath(str(engine_path))), name="trt-fp16", optimization_profile=profile
-            )
-        )
-    results = Comparator.run(runners, data_loader=feeds)
     outs = {name: [np.asarray(it["r"], dtype=np.float32) for it in iters] for name, iters in results}
     names = [name for name, _ in results]
     ref = outs[names[0]]
@@ -204,6 +202,20 @@ def compare_file(pkg: ModelPackage, onnx_name: str, feeds: list[dict], engine, a
             max_rel_diff=max(float(np.abs(a - r).max() / max(np.abs(r).max(), 1e-12)) for a, r in pairs),
             passed=bool(accuracy),
         )
+    return row
+
+
+def compare_file(pkg: ModelPackage, onnx_name: str, feeds: list[dict], engine, args) -> dict:
+    """Run one regulariser through ONNX Runtime (and TensorRT), compare, time. One result row."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.comparator import Comparator
+
+    path = str(pkg.file(onnx_name))
+    runners = [OnnxrtRunner(onnxrt_session(path, engine is not None, args.gpu), name="onnxrt")]
+    if engine is not None:
+        runners.append(tensorrt_runner(engine, feeds))
+    results = Comparator.run(runners, data_loader=feeds)
+    row = accuracy_row(results, onnx_name, feeds, args)
     row["onnxrt_ms"] = 1e3 * median_runtime(runners[0], feeds[0], args.iterations)
     if len(runners) == 2:
         row["trt_fp16_ms"] = 1e3 * median_runtime(runners[1], feeds[0], args.iterations)
@@ -211,7 +223,7 @@ def compare_file(pkg: ModelPackage, onnx_name: str, feeds: list[dict], engine, a
     return row
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="bench/polygraphy_compare.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -233,44 +245,38 @@ def main(argv=None) -> int:
     ap.add_argument("--json", metavar="FILE", help="write the rows and settings as JSON")
     ap.add_argument("--out", help="also write polygraphy-<machine>.md/.json into this folder (e.g. bench/results)")
     ap.add_argument("--verbose", action="store_true", help="Polygraphy's own log at INFO level")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    try:
-        import polygraphy
-        from polygraphy.logger import G_LOGGER
-    except ImportError:
-        say("polygraphy is not installed: pip install polygraphy (in the dev and trt extras)")
-        return 2
-    G_LOGGER.module_severity = G_LOGGER.INFO if args.verbose else G_LOGGER.WARNING
 
-    with tempfile.TemporaryDirectory(prefix="diffunfold-polygraphy-") as tmp:
-        if args.package:
-            pkg = ModelPackage.open(args.package)
-        else:
-            say(f"exporting random weights of the {args.preset} preset ...")
-            pkg = random_package(args.preset, tmp)
-        engines, trt_status = tensorrt_engines(pkg, args, Path(tmp))
-        say(
-            ("comparing ONNX Runtime (FP32) with TensorRT: " if engines else "ONNX Runtime alone (TensorRT absent: ")
-            + trt_status
-            + ("" if engines else ")")
-        )
-        files = pkg.regularizer_files
-        if args.stage is not None and not pkg.shared:
-            files = [files[args.stage]]
-        rows = []
-        for size in args.size:
-            for batch in args.batch:
-                feeds = feeds_for(pkg, batch, size, args.inputs, args.seed)
-                for name in files:
-                    row = compare_file(pkg, name, feeds, engines[name] if engines else None, args)
-                    rows.append(row)
-                    say(", ".join(f"{k} {fmt_number(v) if isinstance(v, float) else v}" for k, v in row.items()))
+def open_package(args, tmp: str) -> ModelPackage:
+    """The package asked for, or the ``--preset``'s random weights exported into ``tmp``."""
+    if args.package:
+        pkg = ModelPackage.open(args.package)
+    else:
+        say(f"exporting random weights of the {args.preset} preset ...")
+        pkg = random_package(args.preset, tmp)
+    return pkg
 
-    ok = all(r["onnxrt_finite"] for r in rows) and all(
-        r.get("passed", True) and r.get("trt_finite", True) for r in rows
-    )
-    settings = {
+
+def compare_all(pkg: ModelPackage, engines, args) -> list[dict]:
+    """One row per regulariser file, size and batch (only ``--stage``'s file for separate networks)."""
+    files = pkg.regularizer_files
+    if args.stage is not None and not pkg.shared:
+        files = [files[args.stage]]
+    rows = []
+    for size in args.size:
+        for batch in args.batch:
+            feeds = feeds_for(pkg, batch, size, args.inputs, args.seed)
+            for name in files:
+                row = compare_file(pkg, name, feeds, engines[name] if engines else None, args)
+                rows.append(row)
+                say(", ".join(f"{k} {fmt_number(v) if isinstance(v, float) else v}" for k, v in row.items()))
+    return rows
+
+
+def run_settings(args, trt_status: str, engines, polygraphy_version: str) -> dict:
+    """What was compared and how, as written with the rows."""
+    return {
         "package": args.package or f"{args.preset} preset, random weights",
         "tensorrt": trt_status,
         "compared": "onnxrt vs trt-fp16" if engines else "onnxrt alone",
@@ -280,9 +286,35 @@ def main(argv=None) -> int:
         "inputs_per_case": args.inputs,
         "iterations": args.iterations,
         "seed": args.seed,
-        "polygraphy": polygraphy.__version__,
+        "polygraphy": polygraphy_version,
         "data": "x ~ N(0, 0.5^2) + sigma N(0, 1); sigma in [0.002, 80] (80, 0.002, then log-uniform); stage in [0, K)",
     }
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        import polygraphy
+        from polygraphy.logger import G_LOGGER
+    except ImportError:
+        say("polygraphy is not installed: pip install polygraphy (in the dev and trt extras)")
+        return 2
+    G_LOGGER.module_severity = G_LOGGER.INFO if args.verbose else G_LOGGER.WARNING
+
+    with tempfile.TemporaryDirectory(prefix="diffunfold-polygraphy-") as tmp:
+        pkg = open_package(args, tmp)
+        engines, trt_status = tensorrt_engines(pkg, args, Path(tmp))
+        say(
+            ("comparing ONNX Runtime (FP32) with TensorRT: " if engines else "ONNX Runtime alone (TensorRT absent: ")
+            + trt_status
+            + ("" if engines else ")")
+        )
+        rows = compare_all(pkg, engines, args)
+
+    ok = all(r["onnxrt_finite"] for r in rows) and all(
+        r.get("passed", True) and r.get("trt_finite", True) for r in rows
+    )
+    settings = run_settings(args, trt_status, engines, polygraphy.__version__)
     md = markdown_table(rows, fmt=fmt_number)
     print()
     print(md)

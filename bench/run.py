@@ -43,10 +43,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -54,23 +52,30 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import flops as flopcount  # noqa: E402
 import matmul_rate  # noqa: E402
-from common import (
-    fmt_number,
-    markdown_table,
-    median_time,
-    peak_memory_mb,
-    prepare_engines,  # noqa: E402
-    random_package,
-    reference_model,
-    reset_peak_memory,
-)
+from common import random_package  # noqa: E402
 from machine import RESULTS, LoadWatch, machine_info, may_write, write_results  # noqa: E402
+
+# The backends and their timing (run_backends) and the report (run_report) live beside this
+# entry point; their names are imported here, as `import run` gave them before the split.
+from run_backends import (  # noqa: E402
+    BASELINE,
+    BASELINE_PACKAGE,
+    VARIANTS,
+    measurement,
+    say,
+    start_backends,
+    start_reference,
+    time_call,
+    time_reference,
+    time_solvers,
+)
+from run_report import to_markdown  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
 from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.physics import make_operator  # noqa: E402
 from diffunfold.physics.tasks import parse_task_words  # noqa: E402
-from diffunfold.runtime import Solver, available_backends  # noqa: E402
+from diffunfold.runtime import Solver  # noqa: E402
 from diffunfold.runtime.backends import parse_device  # noqa: E402
 
 BACKEND_ORDER = ("tensorrt", "openvino", "onnxruntime", "torch")
@@ -80,10 +85,8 @@ DEFAULTS = {  # per device kind: preset, sizes, batches, repeats
 }
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _add_model_arguments(ap: argparse.ArgumentParser) -> None:
+    """The device, the model and the cases: which sizes, batches and backends."""
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     ap.add_argument(
         "--preset",
@@ -104,6 +107,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=list(BACKEND_ORDER),
         help="backends to time where present (default: all; absent ones are listed as skipped)",
     )
+
+
+def _add_solve_arguments(ap: argparse.ArgumentParser) -> None:
+    """How each case is timed and solved: repeats, steps, the operator, the tiles, the reference."""
     ap.add_argument(
         "--repeats", type=int, help="timed solves per case, the median is kept (default 3 on cpu, 10 on cuda)"
     )
@@ -135,6 +142,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "that shipped before, and report every row's time over it (vs base pkg)",
     )
     ap.add_argument("--threads", type=int, help="CPU threads for ONNX Runtime and torch (default: theirs)")
+
+
+def _add_floor_arguments(ap: argparse.ArgumentParser) -> None:
+    """The GPU's engines and the peak the floor is held to."""
     ap.add_argument("--target", help="TensorRT engine target to build (default: the GPU's, from engines/targets)")
     ap.add_argument("--cuda-graphs", action="store_true", help="TensorRT: replay each engine call as a CUDA graph")
     ap.add_argument(
@@ -142,6 +153,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=float,
         help="peak FLOP/s (in GFLOP/s) for the floor, instead of the CPU's estimate or the GPU's datasheet value",
     )
+
+
+def _add_output_arguments(ap: argparse.ArgumentParser) -> None:
+    """Where the results go, and whether a busy run may write them."""
     ap.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md and .json (default bench/results)")
     ap.add_argument("--no-write", action="store_true", help="print only; write no results")
     ap.add_argument(
@@ -149,7 +164,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="write results even when the machine was busy (marked so in them); by default a busy run writes nothing",
     )
-    args = ap.parse_args(argv)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _add_model_arguments(ap)
+    _add_solve_arguments(ap)
+    _add_floor_arguments(ap)
+    _add_output_arguments(ap)
+    return _apply_device_defaults(ap.parse_args(argv))
+
+
+def _apply_device_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the options left unset with the device kind's defaults (``DEFAULTS``)."""
     kind, _ = parse_device(args.device)
     preset, sizes, batches, repeats = DEFAULTS[kind]
     args.preset = args.preset or preset
@@ -158,164 +187,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.repeats = args.repeats or repeats
     args.device_kind = kind
     return args
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)
-
-
-# -- pieces -----------------------------------------------------------------------------------
-
-# What is timed: (label, backend, options). OpenVINO in both precisions, ONNX Runtime with its
-# intra-op threads spinning and not (the backend option's default is measured here).
-VARIANTS = (
-    ("tensorrt", "tensorrt", {}),
-    ("openvino bf16", "openvino", {"precision": "bf16"}),
-    ("openvino f32", "openvino", {"precision": "f32"}),
-    ("onnxruntime", "onnxruntime", {"spinning": False}),
-    ("onnxruntime spinning", "onnxruntime", {"spinning": True}),
-    ("torch", "torch", {}),
-)
-BASELINE = "onnxruntime"  # the runtime's path before the openvino backend: "vs ORT" ratios are against it
-BASELINE_PACKAGE = "onnxruntime, baseline package"  # --baseline-package: "vs base pkg" ratios are against it
-
-
-def _tensorrt_options(pkg: ModelPackage, args, tmp: Path, status: dict) -> dict:
-    if "tensorrt" not in args.backends or args.device_kind != "cuda":
-        return {}
-    engines, status["tensorrt"] = prepare_engines(pkg, parse_device(args.device)[1], tmp, args.target, log=say)
-    return {
-        **({"engines": engines} if engines is not None else {}),
-        **({"cuda_graphs": True} if args.cuda_graphs else {}),
-    }
-
-
-def ort_openvino_ep_status() -> str:
-    """ONNX Runtime's own OpenVINO execution provider, for the comparison the backend's choice
-    rests on (the plain onnxruntime wheel has none: it comes with onnxruntime-openvino)."""
-    from diffunfold.runtime.backends import onnxruntime_providers
-
-    if "OpenVINOExecutionProvider" in onnxruntime_providers():
-        return "present, but not timed: the runtime has no backend on it (OpenVINO's own API is used)"
-    return "not available: this onnxruntime has no OpenVINOExecutionProvider (it comes with onnxruntime-openvino)"
-
-
-def start_backends(pkg: ModelPackage, args, tmp: Path) -> tuple[dict, dict]:
-    """``({label: Solver}, {label: status})`` for the variants asked for; the status says "ok ..."
-    for the ones started and why for the others."""
-    base = dict(available_backends(pkg, args.device))
-    trt = _tensorrt_options(pkg, args, tmp, base)
-    status = {"onnxruntime OpenVINO EP": ort_openvino_ep_status()} if args.device_kind == "cpu" else {}
-    solvers = {}
-    for label, name, options in VARIANTS:
-        if name not in args.backends:
-            status[label] = "not asked for (--backends)"
-            continue
-        status[label] = base.get(name, "unknown backend")
-        if not status[label].startswith(("ok", "usable")):
-            say(f"skipped {label}: {status[label]}")
-            continue
-        try:
-            solvers[label] = Solver.load(
-                pkg, backend=name, device=args.device, threads=args.threads, **(trt if name == "tensorrt" else options)
-            )
-            status[label] = f"ok: {solvers[label].backend_name}"
-            say(f"backend {label}: {solvers[label].backend_name}")
-        except Exception as exc:  # a backend that is present but does not start is reported, not fatal
-            status[label] = f"did not start: {type(exc).__name__}: {exc}"
-            say(f"skipped {label}: {status[label]}")
-    if args.baseline_package:
-        solvers[BASELINE_PACKAGE] = Solver.load(
-            args.baseline_package, backend="onnxruntime", device=args.device, threads=args.threads, spinning=False
-        )
-        status[BASELINE_PACKAGE] = f"ok: {solvers[BASELINE_PACKAGE].backend_name} on {args.baseline_package}"
-        say(f"baseline package: {status[BASELINE_PACKAGE]}")
-    return solvers, status
-
-
-def start_reference(pkg: ModelPackage, args):
-    """``(model, torch device, reason)``: the torch reference model on the device, or None and why."""
-    if args.no_reference:
-        return None, None, "skipped (--no-reference)"
-    try:
-        import torch
-    except ImportError:
-        return None, None, "torch is not installed (the train extra)"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device_kind == "cuda":
-        if not torch.cuda.is_available():
-            return None, None, f"torch {torch.__version__} has no CUDA here"
-        device = torch.device("cuda", parse_device(args.device)[1])
-    else:
-        device = torch.device("cpu")
-    try:
-        return reference_model(pkg, device), device, f"ok (torch {torch.__version__} on {device})"
-    except Exception as exc:
-        return None, None, f"did not start: {exc}"
-
-
-def measurement(pkg: ModelPackage, op, batch: int, noise: float) -> np.ndarray:
-    """A seeded measurement of random images (a random image's restoration costs the same)."""
-    rng = np.random.default_rng(0)
-    shape = (batch, pkg.space.channels, *op.image_shape)
-    x = rng.uniform(0, 1, shape).astype(np.float32)
-    if pkg.space.complex:
-        x = (x * np.exp(2j * np.pi * rng.uniform(0, 1, shape))).astype(np.complex64)
-    return op.measure(x, noise, seed=list(range(batch)))
-
-
-def time_reference(model, device, y: np.ndarray, op, args) -> tuple[float, np.ndarray]:
-    """Median seconds of the torch reference sampler on ``y``, and its output."""
-    import torch
-
-    from diffunfold.training.sampler import restore
-
-    yt = torch.from_numpy(y).to(device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    restore(model, yt, op, steps=2, seed=0)  # warm-up: allocators, thread pools, device constants
-    sync()
-    times, out = [], None
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        out = restore(model, yt, op, steps=args.steps, seed=0).images
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out.cpu().numpy()
-
-
-def time_solvers(solvers: dict, y: np.ndarray, op, args) -> dict:
-    """Every solver on one case in interleaved rounds (each round runs each solver once, so a
-    drift of the machine's speed touches them alike): ``{label: (median run by total time,
-    median wall seconds, peak MB, peak MB above the start)}``, after a warm-up solve each."""
-    for sv in solvers.values():  # warm-up: sessions, engines' profiles, FFT plans
-        sv.solve(y, op, steps=2, seed=0, tile=args.tile)
-    runs = {n: [] for n in solvers}
-    walls = {n: [] for n in solvers}
-    peaks = {n: (0.0, 0.0) for n in solvers}
-    for _ in range(args.repeats):
-        for n, sv in solvers.items():
-            before = reset_peak_memory()
-            t0 = time.perf_counter()
-            runs[n].append(sv.solve(y, op, steps=args.steps, seed=0, tile=args.tile))
-            walls[n].append(time.perf_counter() - t0)
-            peak = peak_memory_mb()
-            peaks[n] = (max(peaks[n][0], peak), max(peaks[n][1], peak - before))
-    return {
-        n: (sorted(runs[n], key=lambda r: r.timing.total)[len(runs[n]) // 2], statistics.median(walls[n]), *peaks[n])
-        for n in solvers
-    }
-
-
-def time_call(solver: Solver, size: int, repeats: int) -> float:
-    """Median seconds of one regulariser call R_0(x; sigma=1) on one image, on the backend's device."""
-    pkg = solver.package
-    m = pkg.size_multiple
-    hw = m * math.ceil(size / m)
-    rng = np.random.default_rng(0)
-    x = solver.xp.asarray((0.5 * rng.standard_normal((1, pkg.space.model_channels, hw, hw))).astype(np.float32))
-    be = solver.backend
-    return median_time(lambda: be.regularize(x, 1.0, 0), repeats, sync=be.synchronize, warmup=2)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -470,57 +341,65 @@ def against_baseline(rows: list[dict]) -> None:
                 r[key] = r["s_per_image"] / b
 
 
-def run(args) -> dict:
-    task, params = parse_task_words(args.task)
-    watch, info = LoadWatch(), machine_info()
-    say(f"machine: {info.get('gpu') or info['cpu']}, {info['cores']} cores, load average {watch.start_load}")
-    with tempfile.TemporaryDirectory(prefix="diffunfold-bench-") as tmp:
-        if args.package:
-            pkg = ModelPackage.open(args.package)
-        else:
-            say(f"exporting random weights of the {args.preset} preset ...")
-            pkg = random_package(args.preset, tmp, tasks=[task])
-        say(
-            f"model: {pkg.manifest['parameters']['total'] / 1e6:.2f}M parameters, K = {pkg.stages}, "
-            f"{'shared' if pkg.shared else 'separate'} regularisers"
+def _open_package(args, tmp: str, task: str) -> ModelPackage:
+    """The ``--package`` asked for, or the preset's random weights exported into ``tmp``."""
+    if args.package:
+        pkg = ModelPackage.open(args.package)
+    else:
+        say(f"exporting random weights of the {args.preset} preset ...")
+        pkg = random_package(args.preset, tmp, tasks=[task])
+    say(
+        f"model: {pkg.manifest['parameters']['total'] / 1e6:.2f}M parameters, K = {pkg.stages}, "
+        f"{'shared' if pkg.shared else 'separate'} regularisers"
+    )
+    return pkg
+
+
+def _time_case(pkg, solvers: dict, reference: tuple, case: dict, args, flops_of: dict, peaks: dict) -> list[dict]:
+    """The rows of one (size, batch) case: the torch reference's (when it runs), then every backend's."""
+    ref_model, ref_device = reference
+    rows, ref = [], (None, None)
+    if ref_model is not None:
+        row, ref = reference_row(ref_model, ref_device, case, args)
+        rows.append(row)
+    timed = time_solvers(solvers, case["y"], case["op"], args)
+    rows += [
+        solve_row(
+            timed[n],
+            sv,
+            n,
+            case,
+            args,
+            (None, None) if n == BASELINE_PACKAGE else ref,
+            flops_of[n].get(case["size"]),
+            peaks[n],
         )
-        solvers, status = start_backends(pkg, args, Path(tmp))
-        ref_model, ref_device, ref_status = start_reference(pkg, args)
-        say(f"torch reference: {ref_status}")
-        flops_of, peaks, flops_note, mm = floors(args, solvers, info)
-        calls, solves = [], []
-        for size in args.size:
-            calls += [call_row(sv, n, size, args, flops_of[n], peaks[n]) for n, sv in solvers.items()]
-            op = make_operator(task, (size, size), **params)
-            for batch in args.batch:
-                case = {
-                    "size": size,
-                    "batch": batch,
-                    "op": op,
-                    "y": measurement(pkg, op, batch, args.noise),
-                    "mode": "latency" if batch == 1 else "throughput",
-                }
-                ref = (None, None)
-                if ref_model is not None:
-                    row, ref = reference_row(ref_model, ref_device, case, args)
-                    solves.append(row)
-                timed = time_solvers(solvers, case["y"], op, args)
-                solves += [
-                    solve_row(
-                        timed[n],
-                        sv,
-                        n,
-                        case,
-                        args,
-                        (None, None) if n == BASELINE_PACKAGE else ref,
-                        flops_of[n].get(size),
-                        peaks[n],
-                    )
-                    for n, sv in solvers.items()
-                ]
-    against_baseline(solves)
-    info["load"] = watch.finish()
-    settings = {
+        for n, sv in solvers.items()
+    ]
+    return rows
+
+
+def _time_sizes(pkg, solvers: dict, reference: tuple, args, task: str, params: dict, flops_of, peaks):
+    """``(call rows, solve rows)`` over every ``--size`` and, per size, every ``--batch``."""
+    calls, solves = [], []
+    for size in args.size:
+        calls += [call_row(sv, n, size, args, flops_of[n], peaks[n]) for n, sv in solvers.items()]
+        op = make_operator(task, (size, size), **params)
+        for batch in args.batch:
+            case = {
+                "size": size,
+                "batch": batch,
+                "op": op,
+                "y": measurement(pkg, op, batch, args.noise),
+                "mode": "latency" if batch == 1 else "throughput",
+            }
+            solves += _time_case(pkg, solvers, reference, case, args, flops_of, peaks)
+    return calls, solves
+
+
+def _settings(args, pkg, task: str, params: dict, flops_note: str, mm: dict, peaks: dict) -> dict:
+    """What the run was: the model, the task, the cases and the floor's peaks, as written with the results."""
+    return {
         "model": args.package or f"{args.preset} preset, random weights",
         "baseline_package": args.baseline_package,
         "parameters": pkg.manifest["parameters"]["total"],
@@ -543,133 +422,29 @@ def run(args) -> dict:
         "matmul": mm,
         "peaks": {name: (p.describe() if p else "unknown GPU: pass --peak-gflops") for name, p in peaks.items()},
     }
+
+
+def run(args) -> dict:
+    task, params = parse_task_words(args.task)
+    watch, info = LoadWatch(), machine_info()
+    say(f"machine: {info.get('gpu') or info['cpu']}, {info['cores']} cores, load average {watch.start_load}")
+    with tempfile.TemporaryDirectory(prefix="diffunfold-bench-") as tmp:
+        pkg = _open_package(args, tmp, task)
+        solvers, status = start_backends(pkg, args, Path(tmp))
+        ref_model, ref_device, ref_status = start_reference(pkg, args)
+        say(f"torch reference: {ref_status}")
+        flops_of, peaks, flops_note, mm = floors(args, solvers, info)
+        calls, solves = _time_sizes(pkg, solvers, (ref_model, ref_device), args, task, params, flops_of, peaks)
+    against_baseline(solves)
+    info["load"] = watch.finish()
     return {
         "info": info,
-        "settings": settings,
+        "settings": _settings(args, pkg, task, params, flops_note, mm, peaks),
         "status": status,
         "reference": ref_status,
         "calls": calls,
         "solves": solves,
     }
-
-
-def cell(v, col: str = "") -> str:
-    """Table cells: efficiencies as percentages, other numbers to 3 significant digits."""
-    if "efficiency" in col and isinstance(v, float):
-        return fmt_number(100 * v) + " %"
-    return fmt_number(v)
-
-
-def table(rows: list[dict], cols: list[str], heads: list[str]) -> str:
-    shown = [{c: cell(r.get(c), c) for c in cols} for r in rows]
-    return markdown_table(shown, cols, heads, fmt=str)
-
-
-def to_markdown(res: dict) -> str:
-    status = [
-        {"backend": n, "status": "timed: " + s if s.startswith("ok") else "skipped: " + s}
-        for n, s in res["status"].items()
-    ]
-    status.append({"backend": "torch reference sampler", "status": res["reference"]})
-    parts = ["Backends:", markdown_table(status)]
-    s = res["settings"]
-    parts += [
-        f"End-to-end solve: {s['steps']} Euler steps ({s['nfe']} denoiser calls x K = {s['K']} regulariser calls), "
-        f"task {s['task']}. Seconds per image (batch 1: latency; larger: throughput); network / physics / sampler "
-        "split the solver's time; vs ORT = s/image over ONNX Runtime's (spinning off: the runtime's path before "
-        "OpenVINO) in the same case (< 1: faster); peak MB = the process's peak resident memory, + MB = above "
-        "what it held before the case; ratio = torch reference / backend (> 1: faster than the reference); max rel "
-        "diff: largest |backend - reference| over the reference's largest value; network floor = FLOPs of the "
-        "K x NFE regulariser calls over the floor rate (below), efficiency = floor / network time. regulariser: "
-        "how the runtime ran R_k (`--tile`; by default in tiles above twice the training size); the reference "
-        "always runs it whole, so where the runtime tiles, max rel diff measures the tiling, not the backend, and the "
-        "floor (whole-image FLOPs) understates the tiled work. Every backend runs each case in interleaved "
-        f"rounds (one solve each per round, {s['repeats']} rounds after a warm-up solve each), the median run kept."
-        + (
-            f" vs base pkg = s/image over ONNX Runtime's (spinning off) on `{s['baseline_package']}`, timed in the "
-            "same rounds: the runtime before this model and the OpenVINO backend."
-            if s.get("baseline_package")
-            else ""
-        ),
-        solve_table(res["solves"], bool(s.get("baseline_package"))),
-        "One regulariser call R_k(x; sigma), batch 1 (U-Net with the EDM preconditioning), median of "
-        f"{s['call_repeats']}; floor = its FLOPs ({s['flops']}) over the peak; efficiency = floor / measured.",
-        table(
-            res["calls"],
-            [
-                "size",
-                "backend",
-                "ms_per_call",
-                "gflop_per_call",
-                "floor_ms",
-                "efficiency",
-                "peak_tflops",
-                "peak_precision",
-            ],
-            ["size", "backend", "ms / call", "GFLOP / call", "floor ms", "efficiency", "peak TFLOP/s", "precision"],
-        ),
-        floor_note(s),
-    ]
-    return "\n\n".join(parts)
-
-
-def solve_table(rows: list[dict], with_base_pkg: bool) -> str:
-    cols = [
-        "size",
-        "batch",
-        "mode",
-        "backend",
-        "tiling",
-        "s_per_image",
-        "vs_ort",
-        "images_per_s",
-        "network_s",
-        "physics_s",
-        "sampler_s",
-        "peak_mb",
-        "peak_above_mb",
-        "floor_network_s",
-        "network_efficiency",
-        "reference_s_per_image",
-        "ratio",
-        "max_rel_diff",
-    ]
-    heads = [
-        "size",
-        "batch",
-        "mode",
-        "backend",
-        "regulariser",
-        "s/image",
-        "vs ORT",
-        "images/s",
-        "network",
-        "physics",
-        "sampler",
-        "peak MB",
-        "+ MB",
-        "network floor",
-        "efficiency",
-        "torch reference s/image",
-        "ratio",
-        "max rel diff",
-    ]
-    if with_base_pkg:
-        cols.insert(7, "vs_base_pkg")
-        heads.insert(7, "vs base pkg")
-    return table(rows, cols, heads)
-
-
-def floor_note(s: dict) -> str:
-    mm = s.get("matmul")
-    if not mm:
-        return "Peaks: " + "; ".join(f"{n}: {p}" for n, p in s["peaks"].items()) + "."
-    rates = "; ".join(f"{p}: {matmul_rate.describe(m)}" for p, m in mm["rates"].items())
-    return (
-        f"Floor rate: the best matrix multiply this machine achieved in this run, per precision, over "
-        f"the libraries at hand ({rates}). bf16 rows are held to the bf16 rate, the rest to FP32's. "
-        f"For comparison only, never as 'perfect': the nominal peak, {mm['nominal']}."
-    )
 
 
 def main(argv=None) -> int:

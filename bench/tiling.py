@@ -106,6 +106,26 @@ def overhead(args) -> list[dict]:
     return rows
 
 
+def restore_command(args, src: Path, out: Path) -> list[str]:
+    """``diffunfold restore`` of one photo, one step, in a process of its own (its peak RSS is the one measured)."""
+    return [
+        sys.executable,
+        "-m",
+        "diffunfold",
+        "restore",
+        str(args.package),
+        str(src),
+        "--task",
+        "gaussian_blur",
+        "sigma=2",
+        "--steps",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+
+
 def peak_memory(args) -> list[dict]:
     from PIL import Image
 
@@ -120,22 +140,7 @@ def peak_memory(args) -> list[dict]:
         for n in args.memory_sizes:
             src = Path(tmp) / f"photo{n}.png"
             base.resize((n, n), Image.Resampling.BICUBIC).save(src)
-            cmd = [
-                sys.executable,
-                "-m",
-                "diffunfold",
-                "restore",
-                str(args.package),
-                str(src),
-                "--task",
-                "gaussian_blur",
-                "sigma=2",
-                "--steps",
-                "1",
-                "--out",
-                str(Path(tmp) / f"out{n}"),
-                "--quiet",
-            ]
+            cmd = restore_command(args, src, Path(tmp) / f"out{n}")
             env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
             t0 = time.perf_counter()
             proc = subprocess.Popen(

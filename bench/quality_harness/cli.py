@@ -42,11 +42,8 @@ noise levels per kind, 4 steps, 2 samples, small grids) takes ~15 s and is what 
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="bench/quality.py", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="model package folders, run folders or checkpoints")
+def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    """How each package samples: draws, images, size, steps and the sampler's settings."""
     p.add_argument(
         "--samples",
         type=int,
@@ -87,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         "contrast and mapped back, exactly through the physics; colour: also each colour "
         "channel's level to mid-grey (default: each package's own)",
     )
+
+
+def _add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """What is scored: the tasks, the noise levels, the held-out data and the seed."""
     p.add_argument(
         "--task",
         dest="tasks",
@@ -114,11 +115,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--coils", type=int, default=15, help="simulated receive coils for MRI (default 15)")
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i (default 0)")
+
+
+def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the packages run and where the results go."""
     p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
     p.add_argument("--device", default="cpu", help="cpu or cuda:N (default cpu)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for the backend (0: all cores)")
     p.add_argument("--out", default=str(RESULTS), help="folder for the results (default bench/results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no tables on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench/quality.py", description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("packages", nargs="+", metavar="PACKAGE", help="model package folders, run folders or checkpoints")
+    _add_sampling_arguments(p)
+    _add_data_arguments(p)
+    _add_runtime_arguments(p)
     return p
 
 
