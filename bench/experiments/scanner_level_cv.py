@@ -12,10 +12,7 @@ If the level of least cross-validation error is (nearly) the level of best PSNR 
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,9 +20,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from scanner import magnitude_psnr, scan  # noqa: E402
+from scanner import magnitude_psnr  # noqa: E402
+from scanner_cells import cell_scans, run_cells, validation_parser  # noqa: E402
 
-from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
 from diffunfold.physics.mri import MultiCoilMRI  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
 from diffunfold.scanner import StartSettings, prepare_kspace, sense_start  # noqa: E402
@@ -38,11 +35,8 @@ def one_call(solver: Solver, p, level: float, seed: int) -> np.ndarray:
 
 
 def cell_rows(solver: Solver, items: list[dict], cell: str, levels: list[float]):
-    kind, noise, maps = cell.split(":")
-    acc = 4.0 if kind.endswith("1d") else 8.0
-    for i, item in enumerate(items):
-        y, mask = scan(item, kind, acc, float(noise), i)
-        p = prepare_kspace(y, mask, coil_maps=item["coil_maps"] if maps == "true" else None)
+    for i, item, y, mask, maps in cell_scans(items, cell):
+        p = prepare_kspace(y, mask, coil_maps=maps)
         op = p.operator
         full = np.asarray(op.mask, dtype=np.float32)[0, 0]
         held = _held_out(full, op.samples_lines)
@@ -58,21 +52,10 @@ def cell_rows(solver: Solver, items: list[dict], cell: str, levels: list[float])
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--package", default=str(ROOT / "samples" / "models" / "mri-small"))
-    ap.add_argument("--volumes", default=str(ROOT / "data" / "mri" / "train"), help="validation volumes")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--slices", type=int, default=4)
+    ap = validation_parser(__doc__, size=64, slices=4, cells=["gaussian2d:0:true", "gaussian2d:0.02:true"])
     ap.add_argument("--levels", type=float, nargs="+", default=[0.0229, 0.05, 0.1, 0.2, 0.4, 0.8])
-    ap.add_argument("--cells", nargs="+", default=["gaussian2d:0:true", "gaussian2d:0.02:true"])
     args = ap.parse_args(argv)
-    warnings.simplefilter("ignore")  # numba's notes from SigPy
-    solver = Solver.load(args.package)
-    items = VolumeSlices(args.volumes, size=args.size).fixed(args.slices)
-    for cell in args.cells:
-        for row in cell_rows(solver, items, cell, args.levels):
-            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    return 0
+    return run_cells(args, lambda solver, items, cell: cell_rows(solver, items, cell, args.levels), digits=5)
 
 
 if __name__ == "__main__":

@@ -9,53 +9,36 @@ slice and cell.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from scanner import magnitude_psnr, scan  # noqa: E402
+from scanner import magnitude_psnr  # noqa: E402
+from scanner_cells import cell_scans, run_cells, validation_parser  # noqa: E402
 
-from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
 from diffunfold.scanner import ScannerSettings  # noqa: E402
 from diffunfold.scanner.reconstruct import reconstruct_kspace  # noqa: E402
 
 
 def cell_rows(solver: Solver, items: list[dict], cell: str, floors: list[float]):
-    kind, level = cell.split(":")
-    acc = 4.0 if kind.endswith("1d") else 8.0
-    for i, item in enumerate(items):
-        y, mask = scan(item, kind, acc, float(level), i)
+    for i, item, y, mask, maps in cell_scans(items, cell):
         row = {"cell": cell, "slice": item["name"]}
         for floor in floors:
-            res = reconstruct_kspace(solver, y, mask, ScannerSettings(map_floor=floor), seed=i)
+            res = reconstruct_kspace(solver, y, mask, ScannerSettings(map_floor=floor), coil_maps=maps, seed=i)
             row[f"floor {floor:g}"] = magnitude_psnr(res.image, item["image"][0])
         row["start"] = res.info.get("start")
         yield row
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--package", default=str(ROOT / "samples" / "models" / "mri-small"))
-    ap.add_argument("--volumes", default=str(ROOT / "data" / "mri" / "train"), help="validation volumes")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--slices", type=int, default=4)
-    ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.15, 0.3, 0.6])
-    ap.add_argument(
-        "--cells", nargs="+", default=[f"{k}:{n}" for k in ("gaussian1d", "gaussian2d") for n in "0 0.02".split()]
+    ap = validation_parser(
+        __doc__, size=256, slices=4, cells=[f"{k}:{n}" for k in ("gaussian1d", "gaussian2d") for n in "0 0.02".split()]
     )
+    ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.15, 0.3, 0.6])
     args = ap.parse_args(argv)
-    warnings.simplefilter("ignore")  # numba's notes from SigPy
-    solver = Solver.load(args.package)
-    items = VolumeSlices(args.volumes, size=args.size).fixed(args.slices)
-    for cell in args.cells:
-        for row in cell_rows(solver, items, cell, args.floors):
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    return 0
+    return run_cells(args, lambda solver, items, cell: cell_rows(solver, items, cell, args.floors))
 
 
 if __name__ == "__main__":

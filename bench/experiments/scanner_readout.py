@@ -16,11 +16,8 @@ Variants, each from the SENSE estimate of ``diffunfold.scanner.start``:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,10 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from scanner import magnitude_psnr, scan  # noqa: E402
+from scanner import magnitude_psnr  # noqa: E402
+from scanner_cells import cell_scans, run_cells, validation_parser  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
-from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
 from diffunfold.scanner import StartSettings, prepare_kspace, sense_start  # noqa: E402
 from diffunfold.scanner.start import estimate_noise  # noqa: E402
@@ -50,11 +47,8 @@ def one_call(level: float, top_up: float):
 
 
 def cell_rows(solver: Solver, items: list[dict], cell: str, bases: list[float], multiples: list[float]):
-    kind, level, maps = cell.split(":")
-    acc = 4.0 if kind.endswith("1d") else 8.0
-    for i, item in enumerate(items):
-        y, mask = scan(item, kind, acc, float(level), i)
-        p = prepare_kspace(y, mask, coil_maps=item["coil_maps"] if maps == "true" else None)
+    for i, item, y, mask, maps in cell_scans(items, cell):
+        p = prepare_kspace(y, mask, coil_maps=maps)
         truth = item["image"][0]
         row = {"cell": cell, "slice": item["name"]}
         begin = sense_start(p, StartSettings(readout="sample"))
@@ -80,22 +74,11 @@ def cell_rows(solver: Solver, items: list[dict], cell: str, bases: list[float], 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--package", default=str(ROOT / "samples" / "models" / "mri-small"))
-    ap.add_argument("--volumes", default=str(ROOT / "data" / "mri" / "train"), help="validation volumes")
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--slices", type=int, default=4)
+    ap = validation_parser(__doc__, size=256, slices=4, cells=["gaussian2d:0.02:espirit", "gaussian2d:0:espirit"])
     ap.add_argument("--bases", type=float, nargs="+", default=[0.0229, 0.05], help="least levels of the one call")
     ap.add_argument("--multiples", type=float, nargs="+", default=[1.0, 1.5], help="of the SENSE estimate's noise")
-    ap.add_argument("--cells", nargs="+", default=["gaussian2d:0.02:espirit", "gaussian2d:0:espirit"])
     args = ap.parse_args(argv)
-    warnings.simplefilter("ignore")  # numba's notes from SigPy
-    solver = Solver.load(args.package)
-    items = VolumeSlices(args.volumes, size=args.size).fixed(args.slices)
-    for cell in args.cells:
-        for row in cell_rows(solver, items, cell, args.bases, args.multiples):
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    return 0
+    return run_cells(args, lambda solver, items, cell: cell_rows(solver, items, cell, args.bases, args.multiples))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ The levels are model units (the scan scaled to a 99th percentile of 1). They wer
 256 px slices of the training volumes, not the held-out head (docs/mri-and-scanner.md,
 bench/results/scanner-start-validation.md): 1-D 4x within 0.2 dB of the full schedule from 0.5
 up (in the 18-step schedule's steps); 2-D 8x sampled best at 0.05 without noise and flat from
-2x the estimate's noise up with it; the 2-D one call best at 0.0229 without noise (against 0.01, 0.05, 0.1) and at the
-estimate's noise with it (against 0.75x and 1.5x).
+2x the estimate's noise up with it; the 2-D one call best at 0.0229 without noise (against
+0.01, 0.05, 0.1) and at the estimate's noise with it (against 0.75x and 1.5x).
 """
 
 from __future__ import annotations
