@@ -226,3 +226,50 @@ def test_where_the_data_leave_much_open_the_start_is_noise(mri_solver):
     noise = (rng.standard_normal(y.shape) + 1j * rng.standard_normal(y.shape)) * (0.05 / np.sqrt(2)) * mask
     noisy = prepare_kspace((y + noise).astype(np.complex64), mask, coil_maps=maps, noise_std=0.05)
     assert np.isclose(held_out_error(noisy, StartSettings()), errors["gaussian1d", 4.0], rtol=0.1)
+
+
+def test_a_pattern_that_samples_little_of_the_images_energy_gets_the_one_call_high(mri_solver):
+    """``sampled_energy``: 1 for a full pattern, falling with the acceleration, blind to the
+    measurement noise; below SAMPLED_ENERGY_LIMIT the 2-D one call is made at OPEN_SIGMA, unless
+    the maps explain the data poorly (held-out error above OPEN_TRUST)."""
+    from diffunfold.scanner.start import (
+        MEAN_SIGMA,
+        OPEN_SIGMA,
+        OPEN_TRUST,
+        SAMPLED_ENERGY_LIMIT,
+        _mean_base,
+        sampled_energy,
+    )
+
+    size = 64
+    x = random_phantom((size, size), np.random.default_rng(0)).astype(np.complex64)
+    x /= np.percentile(np.abs(x), 99)
+    maps = birdcage_maps(COILS, (size, size))
+    rng = np.random.default_rng(3)
+    shares, prepared, noisy = {}, {}, {}
+    for acc in (1.0, 2.0, 4.0, 8.0):
+        mask = np.ones((size, size), np.float32) if acc == 1 else mri_mask("gaussian2d", (size, size), acc, seed=1)
+        y = np.asarray(MultiCoilMRI(maps, mask).A(x[None, None]))[0].astype(np.complex64)
+        prepared[acc] = prepare_kspace(y, mask, coil_maps=maps, noise_std=0.0)
+        shares[acc] = sampled_energy(prepared[acc])
+        noise = (rng.standard_normal(y.shape) + 1j * rng.standard_normal(y.shape)) * (0.02 / np.sqrt(2)) * mask
+        noisy[acc] = prepare_kspace((y + noise).astype(np.complex64), mask, coil_maps=maps)
+        assert abs(sampled_energy(noisy[acc]) - shares[acc]) < 0.01  # the noise floor is taken out
+    assert shares[1.0] == pytest.approx(1.0)
+    assert shares[1.0] > shares[2.0] > shares[4.0] > SAMPLED_ENERGY_LIMIT > shares[8.0] > 0
+    high, near = sense_start(prepared[8.0]), sense_start(prepared[4.0])
+    assert high["init_sigma"] == high["sigma_max"] == OPEN_SIGMA and near["init_sigma"] == MEAN_SIGMA
+    # without noise two calls, the second at MEAN_SIGMA; with it, one at OPEN_SIGMA or the noise
+    assert (high["steps"], high["sigma_min"], near["steps"]) == (2, MEAN_SIGMA, 1)
+    assert prepared[8.0].info["start"].startswith("SENSE estimate, two denoiser calls at 0.4 and")
+    one = sense_start(noisy[8.0])
+    assert one["steps"] == 1 and "sigma_min" not in one and one["init_sigma"] == max(OPEN_SIGMA, one["init_noise"])
+    assert one["init_noise"] > MEAN_SIGMA
+    res = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, noise_std=0.0, seed=0)  # the 8x scan
+    assert res.solution.nfe == 2 and res.info["start"].startswith("SENSE estimate, two denoiser calls")
+    assert np.all(np.isfinite(res.image)) and np.linalg.norm(np.abs(res.image) - np.abs(x)) < 0.3 * np.linalg.norm(x)
+    assert prepared[8.0].info["sampled_energy"] == shares[8.0]
+    assert sense_start(prepared[8.0], StartSettings(sigma=0.05))["init_sigma"] == 0.05  # a given level wins
+    assert prepared[8.0].info["held_out_error"] <= OPEN_TRUST
+    prepared[8.0].info["held_out_error"] = 1.5 * OPEN_TRUST  # maps that explain the data poorly
+    assert _mean_base(prepared[8.0]) == MEAN_SIGMA

@@ -21,6 +21,13 @@ not noise the network removes in one step), re-spaced to 4 steps from its start 
 than the 7 of the 18-step schedule below it (0.7-1.1 dB better there, 16 calls instead of 28),
 and wherever several samples are asked for.
 
+How high the one call starts depends on how much of the image the pattern leaves out. A head
+at 64 or 128 px keeps much of its energy where a Gaussian 2-D 8x pattern has thinned out
+(k-space a few dozen samples from the centre), and the SENSE estimate misses it: there a call
+at 0.4 beat one at 0.0229 by 0.5-1.7 dB (true maps, 24 validation slices), while at 256 px it
+lost 2-6 dB. The share of the energy the pattern samples, read from the measured k-space
+without the coil maps (:func:`sampled_energy`: 0.65-0.70 against 0.73-0.78), tells them apart.
+
 The levels are model units (the scan scaled to a 99th percentile of 1). They were chosen on
 256 px slices of the training volumes, not the held-out head (docs/mri-and-scanner.md,
 bench/results/scanner-start-validation.md): 1-D 4x within 0.2 dB of the full schedule from 0.5
@@ -34,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import uniform_filter
 
 from ..errors import InputError
 from ..physics.mri import MultiCoilMRI
@@ -55,6 +63,14 @@ LINE_STEPS = 4
 # The one call's level where the estimate carries no noise; with noise, the level the estimate
 # carries (its complex rms, counted whole: its errors are more than white noise).
 MEAN_SIGMA = 0.0229
+# Where a 2-D pattern samples less than this share of the image's energy (:func:`sampled_energy`:
+# 0.65-0.70 for a head at 64 and 128 px, 0.73-0.78 at 256 px, Gaussian 8x), the SENSE estimate
+# misses too much for a call at MEAN_SIGMA to restore, and the one call is made at OPEN_SIGMA,
+# unless the held-out error is above OPEN_TRUST: maps that explain the data that poorly
+# (ESPIRiT's at 128 px: 0.14-0.18; the true maps: 0.02-0.10 at every size) lose 1-2.7 dB there.
+SAMPLED_ENERGY_LIMIT = 0.72
+OPEN_SIGMA = 0.4
+OPEN_TRUST = 0.12
 # Above this cross-validated error of the SENSE estimate (model units) the data leave too much
 # to the prior for a start near them: the full schedule from noise instead.
 OPEN_LIMIT = 0.2
@@ -171,6 +187,51 @@ def _held_out(mask: np.ndarray, lines: bool) -> np.ndarray:
     return held
 
 
+def sampled_energy(prepared: Prepared) -> float:
+    """The share of the image's k-space energy that falls where the pattern samples: the measured
+    power (all coils, less the noise floor of the outermost samples) averaged over a window of
+    1/16 of the matrix, weighted by the share of that window the mask samples. No coil maps
+    enter (estimated ones would bias it); it is low where the pattern thins out over k-space
+    that still carries the image (small matrices: a head's energy lies within a few dozen
+    k-space samples of the centre, whatever the matrix)."""
+    mask = np.asarray(prepared.operator.mask, dtype=np.float64)[0, 0]
+    power = np.sum(np.abs(prepared.y[0].astype(np.complex128)) ** 2, axis=0)
+    h, w = mask.shape
+    radius = np.hypot(*np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij"))
+    outer = (mask > 0) & (radius > 0.7)
+    floor = np.median(power[outer]) if outer.sum() >= 8 else prepared.y.shape[1] * prepared.noise_std**2
+    power = np.maximum(power - floor, 0.0) * mask
+    window = max(3, h // 16) | 1
+    density = uniform_filter(mask, window, mode="wrap")
+    local = uniform_filter(power, window, mode="wrap") / np.maximum(density, 1e-12)
+    total = float(np.sum(local))
+    return float(np.sum(local * density) / total) if total > 0 else 1.0
+
+
+def _mean_base(prepared: Prepared) -> float:
+    """The one call's level before the noise: OPEN_SIGMA where the pattern samples little of the
+    image's energy and the maps explain the data (the held-out error), else MEAN_SIGMA."""
+    share = prepared.info["sampled_energy"] = sampled_energy(prepared)
+    trusted = prepared.info.get("held_out_error", 0.0) <= OPEN_TRUST
+    return OPEN_SIGMA if share < SAMPLED_ENERGY_LIMIT and trusted else MEAN_SIGMA
+
+
+def _mean_schedule(prepared: Prepared, s: StartSettings, noise: float) -> dict:
+    """The mean readout's solve options: one call at the given level, or at the larger of
+    :func:`_mean_base` and the estimate's noise; from OPEN_SIGMA on data without noise, a second
+    call at MEAN_SIGMA (two calls: 0.1-0.4 dB more on all eight 64 px validation slices; with
+    noise, 0.4-1.4 dB less)."""
+    level = s.sigma or max(_mean_base(prepared), noise)
+    if s.sigma is None and level == OPEN_SIGMA and noise < MEAN_SIGMA:
+        prepared.info["start"] = (
+            f"SENSE estimate, two denoiser calls at {level:.3g} and {MEAN_SIGMA:.3g} (the posterior mean)"
+        )
+        return {"init_sigma": level, "init_noise": noise, "steps": 2, "sigma_max": level, "sigma_min": MEAN_SIGMA}
+    given = "" if s.sigma is None else " (given)"
+    prepared.info["start"] = f"SENSE estimate, one denoiser call at {level:.3g}{given} (the posterior mean)"
+    return {"init_sigma": level, "init_noise": noise, "steps": 1, "sigma_max": level}
+
+
 def estimate_noise(prepared: Prepared, settings: StartSettings) -> float:
     """The rms noise of the SENSE estimate: white k-space noise of the measurement's level (not
     the maps' residual), sampled by the mask, through the same (linear) estimate."""
@@ -201,9 +262,7 @@ def sense_start(prepared: Prepared, settings: StartSettings | None = None, sampl
     begin = {"init": np.asarray(op.prox(zeros, prepared.y, s.sense_weight, s.sense_iterations), dtype=np.complex64)}
     given = "" if s.sigma is None else " (given)"
     if readout(prepared, s, samples, steps) == "mean":
-        level = s.sigma or max(MEAN_SIGMA, noise)
-        prepared.info["start"] = f"SENSE estimate, one denoiser call at {level:.3g}{given} (the posterior mean)"
-        return {**begin, "init_sigma": level, "init_noise": noise, "steps": 1, "sigma_max": level}
+        return {**begin, **_mean_schedule(prepared, s, noise)}
     pattern = LINE_SIGMA if op.samples_lines else POINT_SIGMA
     sigma = s.sigma or max(pattern, NOISE_MARGIN * noise)
     if op.samples_lines and steps is None:  # the tail re-spaced to LINE_STEPS from the start
