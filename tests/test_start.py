@@ -159,7 +159,7 @@ def test_the_readout_by_pattern_and_request():
         x, maps, mask, y = _scan(kind, acc=acc)
         return prepare_kspace(y, mask, coil_maps=maps)
 
-    two_d, one_d = prepared("gaussian2d", 4.0), prepared("gaussian1d", 2.0)
+    two_d, one_d = prepared("gaussian2d", 2.0), prepared("gaussian1d", 2.0)  # 2-D 2x: the near level
     auto = StartSettings()
     assert readout(two_d, auto) == "mean" and readout(one_d, auto) == "sample"
     assert readout(two_d, auto, samples=4) == readout(two_d, auto, steps=12) == "sample"
@@ -194,7 +194,7 @@ def test_the_start_drowns_the_noise_the_sense_estimate_carries():
 
     from diffunfold.scanner.start import NOISE_MARGIN, estimate_noise
 
-    x, maps, mask, y = _scan("gaussian2d")
+    x, maps, mask, y = _scan("gaussian2d", acc=2.0)  # a pattern that samples most of the energy
     clean = prepare_kspace(y, mask, coil_maps=maps, noise_std=0.0)
     sample = StartSettings(readout="sample")
     assert estimate_noise(clean, StartSettings()) == 0.0 and sense_start(clean, sample)["init_sigma"] == POINT_SIGMA
@@ -256,6 +256,11 @@ def test_a_pattern_that_samples_little_of_the_images_energy_gets_the_one_call_hi
         noisy[acc] = prepare_kspace((y + noise).astype(np.complex64), mask, coil_maps=maps)
         assert abs(sampled_energy(noisy[acc]) - shares[acc]) < 0.01  # the noise floor is taken out
     assert shares[1.0] == pytest.approx(1.0)
+    # the same pattern on a larger matrix covers the object's spectrum more densely
+    big = random_phantom((2 * size, 2 * size), np.random.default_rng(0)).astype(np.complex64)
+    big_maps, big_mask = birdcage_maps(COILS, big.shape), mri_mask("gaussian2d", big.shape, 8.0, seed=1)
+    big_y = np.asarray(MultiCoilMRI(big_maps, big_mask).A(big[None, None]))[0].astype(np.complex64)
+    assert sampled_energy(prepare_kspace(big_y, big_mask, coil_maps=big_maps, noise_std=0.0)) > shares[8.0] + 0.05
     assert shares[1.0] > shares[2.0] > shares[4.0] > SAMPLED_ENERGY_LIMIT > shares[8.0] > 0
     high, near = sense_start(prepared[8.0]), sense_start(prepared[4.0])
     assert high["init_sigma"] == high["sigma_max"] == OPEN_SIGMA and near["init_sigma"] == MEAN_SIGMA

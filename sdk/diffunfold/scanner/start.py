@@ -23,10 +23,12 @@ and wherever several samples are asked for.
 
 How high the one call starts depends on how much of the image the pattern leaves out. A head
 at 64 or 128 px keeps much of its energy where a Gaussian 2-D 8x pattern has thinned out
-(k-space a few dozen samples from the centre), and the SENSE estimate misses it: there a call
-at 0.4 beat one at 0.0229 by 0.5-1.7 dB (true maps, 24 validation slices), while at 256 px it
-lost 2-6 dB. The share of the energy the pattern samples, read from the measured k-space
-without the coil maps (:func:`sampled_energy`: 0.65-0.70 against 0.73-0.78), tells them apart.
+(a pattern of given acceleration spreads over the whole matrix; the head's spectrum stays
+within a few dozen samples of the centre), and the SENSE estimate misses it: there a call at
+0.4 beat one at 0.0229 by up to 2 dB (true maps, 24 validation slices), while at 192-320 px it
+lost up to 2.5 dB. The share of the energy the pattern samples, read from the measured
+k-space without the coil maps (:func:`sampled_energy`: 0.66-0.80 at 64-128 px, 0.86-0.98 at
+192-320 px), tells them apart.
 
 The levels are model units (the scan scaled to a 99th percentile of 1). They were chosen on
 256 px slices of the training volumes, not the held-out head (docs/mri-and-scanner.md,
@@ -63,12 +65,14 @@ LINE_STEPS = 4
 # The one call's level where the estimate carries no noise; with noise, the level the estimate
 # carries (its complex rms, counted whole: its errors are more than white noise).
 MEAN_SIGMA = 0.0229
-# Where a 2-D pattern samples less than this share of the image's energy (:func:`sampled_energy`:
-# 0.65-0.70 for a head at 64 and 128 px, 0.73-0.78 at 256 px, Gaussian 8x), the SENSE estimate
-# misses too much for a call at MEAN_SIGMA to restore, and the one call is made at OPEN_SIGMA,
-# unless the held-out error is above OPEN_TRUST: maps that explain the data that poorly
-# (ESPIRiT's at 128 px: 0.14-0.18; the true maps: 0.02-0.10 at every size) lose 1-2.7 dB there.
-SAMPLED_ENERGY_LIMIT = 0.72
+# Where a 2-D pattern samples less than this share of the image's energy (:func:`sampled_energy`,
+# over windows of ENERGY_WINDOW k-space samples: 0.66-0.80 for a head at 64 and 128 px, 0.86-0.98
+# at 192-320 px, Gaussian 8x), the SENSE estimate misses too much for a call at MEAN_SIGMA to
+# restore, and the one call is made at OPEN_SIGMA, unless the held-out error is above OPEN_TRUST:
+# maps that explain the data that poorly (ESPIRiT's at 128 px: 0.14-0.18; the true maps on the
+# validation slices: 0.02-0.10) lost 1-2.7 dB there.
+SAMPLED_ENERGY_LIMIT = 0.83
+ENERGY_WINDOW = 5
 OPEN_SIGMA = 0.4
 OPEN_TRUST = 0.12
 # Above this cross-validated error of the SENSE estimate (model units) the data leave too much
@@ -189,11 +193,12 @@ def _held_out(mask: np.ndarray, lines: bool) -> np.ndarray:
 
 def sampled_energy(prepared: Prepared) -> float:
     """The share of the image's k-space energy that falls where the pattern samples: the measured
-    power (all coils, less the noise floor of the outermost samples) averaged over a window of
-    1/16 of the matrix, weighted by the share of that window the mask samples. No coil maps
-    enter (estimated ones would bias it); it is low where the pattern thins out over k-space
-    that still carries the image (small matrices: a head's energy lies within a few dozen
-    k-space samples of the centre, whatever the matrix)."""
+    power (all coils, less the noise floor of the outermost samples) averaged over windows of
+    ENERGY_WINDOW samples, weighted by the share of each window the mask samples. No coil maps
+    enter (estimated ones would bias it). The window is fixed in k-space samples (cycles per
+    field of view), where an object's spectrum lives whatever the matrix, so the share grows with
+    the matrix: a pattern of given acceleration spreads its samples further out on a larger one
+    and covers the object's energy more densely."""
     mask = np.asarray(prepared.operator.mask, dtype=np.float64)[0, 0]
     power = np.sum(np.abs(prepared.y[0].astype(np.complex128)) ** 2, axis=0)
     h, w = mask.shape
@@ -201,7 +206,7 @@ def sampled_energy(prepared: Prepared) -> float:
     outer = (mask > 0) & (radius > 0.7)
     floor = np.median(power[outer]) if outer.sum() >= 8 else prepared.y.shape[1] * prepared.noise_std**2
     power = np.maximum(power - floor, 0.0) * mask
-    window = max(3, h // 16) | 1
+    window = ENERGY_WINDOW
     density = uniform_filter(mask, window, mode="wrap")
     local = uniform_filter(power, window, mode="wrap") / np.maximum(density, 1e-12)
     total = float(np.sum(local))
