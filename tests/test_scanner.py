@@ -133,6 +133,24 @@ def test_prepare_refuses_bad_input():
         prepare_kspace(y, mask, ScannerSettings(virtual_coils=0))
 
 
+def test_the_maps_residual_is_weighed_by_pattern_unless_set():
+    """``map_floor`` None: 0.3 of the maps' residual for 1-D patterns, 0.1 for 2-D ones, in
+    ``data_std = hypot(noise, floor * map_std)``; a number overrides; bad values are refused."""
+    pytest.importorskip("sigpy", reason="ESPIRiT needs sigpy (the mrd extra)")
+    from diffunfold.scanner.prepare import MAP_FLOOR_LINES, MAP_FLOOR_POINTS
+
+    for kind, acc, floor in (("gaussian1d", 4.0, MAP_FLOOR_LINES), ("gaussian2d", 4.0, MAP_FLOOR_POINTS)):
+        _, _, mask, y, _ = _scan(kind, acc=acc, level=0.01)
+        p = prepare_kspace(y, mask)
+        assert p.info["map_floor"] == floor and p.map_std > 0
+        assert np.isclose(p.data_std, np.hypot(p.noise_std, floor * p.map_std))
+        q = prepare_kspace(y, mask, ScannerSettings(map_floor=0.6))
+        assert q.info["map_floor"] == 0.6 and np.isclose(q.data_std, np.hypot(q.noise_std, 0.6 * q.map_std))
+    for bad in (-0.1, float("nan"), True, "0.3"):
+        with pytest.raises(InputError, match="map_floor"):
+            ScannerSettings(map_floor=bad).checked()
+
+
 @pytest.mark.parametrize("kind", ["gaussian1d", "uniform1d"])
 def test_exact_row_prox_matches_converged_cg(kind):
     rng = np.random.default_rng(2)

@@ -10,7 +10,8 @@ the maps and noise levels it will be given):
 3. coil compression to ``virtual_coils`` (SVD over the calibration region), if asked for;
 4. coil maps: ESPIRiT from the calibration region (or the low-resolution ratio maps);
 5. the maps' residual on the calibration data, a floor under the noise level the data step
-   is given (``map_floor`` times it), since no image matches data through estimated maps;
+   is given (``map_floor`` times it, by default 0.3 for 1-D patterns and 0.1 for 2-D ones),
+   since no image matches data through estimated maps;
 6. the scale: the 99th percentile of the zero-filled SENSE magnitude maps to 1.
 """
 
@@ -26,6 +27,13 @@ from .coils import ESPIRIT_GRID, calibration_region, calibration_width, compress
 from .noise import estimate_kspace_noise, prewhiten, whitening_matrix
 
 COIL_MAP_METHODS = ("espirit", "calibration")
+# The maps' residual's weight in the data step by pattern. A 2-D pattern's calibration square is
+# small (10 px at 256 px), and the truncation of so small a window, not the maps' error, makes
+# most of its residual: 0.1 there beat 0.3 in every 2-D validation cell at 64-320 px, with and
+# without noise (+0.2 to +2.6 dB). A 1-D pattern's calibration lines span the readout; at 64 px
+# without noise 0.1 lost 3.2 dB there.
+MAP_FLOOR_LINES = 0.3
+MAP_FLOOR_POINTS = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,9 +48,9 @@ class ScannerSettings:
     espirit_crop: float = 0.0  # ESPIRiT support threshold (0: maps everywhere, as trained)
     espirit_kernel: int = 6
     espirit_grid: int = ESPIRIT_GRID  # ESPIRiT's coarse grid side (>= the image: the full grid)
-    # weight of the maps' residual in the data step's noise level; no one value was best at
-    # both 64 and 256 px on validation slices (bench/results/scanner-start-validation.md)
-    map_floor: float = 0.3
+    # weight of the maps' residual in the data step's noise level; None: the pattern's own
+    # (MAP_FLOOR_LINES, MAP_FLOOR_POINTS; bench/results/scanner-start-validation.md)
+    map_floor: float | None = None
 
     def checked(self) -> ScannerSettings:
         if self.coil_maps not in COIL_MAP_METHODS:
@@ -52,8 +60,11 @@ class ScannerSettings:
             raise InputError(f"virtual_coils must be a positive integer or None, got {v!r}")
         if not 0.0 <= float(self.espirit_crop) < 1.0:
             raise InputError(f"espirit_crop must be in [0, 1), got {self.espirit_crop!r}")
-        if not (np.isfinite(self.map_floor) and self.map_floor >= 0):
-            raise InputError(f"map_floor must be finite and >= 0, got {self.map_floor!r}")
+        f = self.map_floor
+        if f is not None and (
+            isinstance(f, bool) or not isinstance(f, (int, float)) or not (np.isfinite(f) and f >= 0)
+        ):
+            raise InputError(f"map_floor must be a finite number >= 0 or None, got {f!r}")
         return self
 
 
@@ -70,6 +81,13 @@ class Prepared:
     data_std: float  # what the data step is told: sqrt(noise^2 + (map_floor map)^2)
     info: dict = field(default_factory=dict)
     coil_transform: np.ndarray | None = None  # (Nv, Nc): the coils the operator has, from the measured ones
+
+
+def map_floor(settings: ScannerSettings, operator: MultiCoilMRI) -> float:
+    """The maps' residual's weight: the setting, or the pattern's own."""
+    if settings.map_floor is not None:
+        return float(settings.map_floor)
+    return MAP_FLOOR_LINES if operator.samples_lines else MAP_FLOOR_POINTS
 
 
 def _check(kspace, mask) -> tuple[np.ndarray, np.ndarray]:
@@ -127,8 +145,9 @@ def prepare_kspace(
     scale = float(np.percentile(np.abs(np.asarray(op.pinv(k[None]))), 99))
     if not np.isfinite(scale) or scale <= 0:
         raise InputError("the k-space is all zero; nothing to reconstruct")
-    data_std = float(np.hypot(noise_std, s.map_floor * map_std))
     info.update(asdict(s))
+    info["map_floor"] = floor = map_floor(s, op)
+    data_std = float(np.hypot(noise_std, floor * map_std))
     return Prepared(
         operator=op,
         y=(k[None] / scale).astype(np.complex64),
