@@ -45,8 +45,7 @@ def cell_rows(solver: Solver, items: list[dict], cell: str, others: list[str]):
         for name, base in (("near", MEAN_SIGMA), ("open", OPEN_SIGMA)):
             begin = sense_start(p, StartSettings(sigma=max(base, noise), readout="mean"))
             row[f"psnr {name}"] = psnr(solver, p, item, i, begin)
-        if "two" in others:  # OPEN_SIGMA, then the near level: two calls
-            begin = sense_start(p, StartSettings(sigma=max(OPEN_SIGMA, noise), readout="mean"))
+        if "two" in others:  # the open start (the last begin), then the near level: two calls
             row["psnr two"] = psnr(solver, p, item, i, {**begin, "steps": 2, "sigma_min": near})
         if "noise" in others:  # the full schedule from pure noise
             row["psnr noise"] = psnr(solver, p, item, i, {})

@@ -206,9 +206,8 @@ def sampled_energy(prepared: Prepared) -> float:
     outer = (mask > 0) & (radius > 0.7)
     floor = np.median(power[outer]) if outer.sum() >= 8 else prepared.y.shape[1] * prepared.noise_std**2
     power = np.maximum(power - floor, 0.0) * mask
-    window = ENERGY_WINDOW
-    density = uniform_filter(mask, window, mode="wrap")
-    local = uniform_filter(power, window, mode="wrap") / np.maximum(density, 1e-12)
+    density = uniform_filter(mask, ENERGY_WINDOW, mode="wrap")
+    local = uniform_filter(power, ENERGY_WINDOW, mode="wrap") / np.maximum(density, 1e-12)
     total = float(np.sum(local))
     return float(np.sum(local * density) / total) if total > 0 else 1.0
 
@@ -242,10 +241,14 @@ def estimate_noise(prepared: Prepared, settings: StartSettings) -> float:
     the maps' residual), sampled by the mask, through the same (linear) estimate."""
     if prepared.noise_std <= 0:
         return 0.0
-    op = prepared.operator
-    zeros = np.zeros((1, 1, *op.image_shape), dtype=np.complex64)
-    out = np.asarray(op.prox(zeros, _white(prepared), settings.sense_weight, settings.sense_iterations))
+    out = _sense_estimate(prepared.operator, _white(prepared), settings)
     return float(np.sqrt(np.mean(np.abs(out) ** 2)))
+
+
+def _sense_estimate(op: MultiCoilMRI, y, settings: StartSettings) -> np.ndarray:
+    """The regularised SENSE estimate of ``y``: the data step's prox from zero (linear in ``y``)."""
+    zeros = np.zeros((1, 1, *op.image_shape), dtype=np.complex64)
+    return np.asarray(op.prox(zeros, y, settings.sense_weight, settings.sense_iterations), dtype=np.complex64)
 
 
 def sense_start(prepared: Prepared, settings: StartSettings | None = None, samples: int = 1, steps=None) -> dict:
@@ -263,8 +266,7 @@ def sense_start(prepared: Prepared, settings: StartSettings | None = None, sampl
         return {}
     noise = estimate_noise(prepared, s)
     op = prepared.operator
-    zeros = np.zeros((1, 1, *op.image_shape), dtype=np.complex64)
-    begin = {"init": np.asarray(op.prox(zeros, prepared.y, s.sense_weight, s.sense_iterations), dtype=np.complex64)}
+    begin = {"init": _sense_estimate(op, prepared.y, s)}
     given = "" if s.sigma is None else " (given)"
     if readout(prepared, s, samples, steps) == "mean":
         return {**begin, **_mean_schedule(prepared, s, noise)}
