@@ -158,13 +158,15 @@ class Solver:
         noise_var=None,
         plan: TilePlan | None = None,
         groups: list | None = None,
+        stages: int | None = None,
     ):
         """``D(x; sigma, y, A)`` in model space (one schedule point). ``noise_var``: sigma_y^2
         per image ``(B,)``, for a noise-aware package; ``plan``: the regulariser's tiles;
-        ``groups``: the self-ensemble's orientations (``_regularize``)."""
+        ``groups``: the self-ensemble's orientations (``_regularize``); ``stages``: run the
+        first this many of the K stages (None: all)."""
         tau, gamma = weights[float(sigma)]
         pkg = self.package
-        for k in range(self.stages):
+        for k in range(self.stages if stages is None else stages):
             r = self._regularize(x, sigma, k, timing, plan, groups)
             t0 = time.perf_counter()
             x = stage(
@@ -207,6 +209,7 @@ class Solver:
         init=None,
         init_sigma: float | None = None,
         init_noise: float = 0.0,
+        stages: int | None = None,
     ) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
@@ -231,6 +234,7 @@ class Solver:
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
         shape = (len(run.seeds), self.space.channels, *operator.image_shape)
         run.init = warm_start(init, init_noise, shape, self.space, self.xp, run.stretch)
+        run.stages = self._stages(stages)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)
@@ -269,6 +273,14 @@ class Solver:
             sched["rho"] if rho is None else rho,
         )
         return (sigmas if init_sigma is None else edm.start_at(sigmas, init_sigma)), sampler
+
+    def _stages(self, stages) -> int | None:
+        """The unfolding stages per denoiser call: None (all K) or 1..K."""
+        if stages is None:
+            return None
+        if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) or not 1 <= stages <= self.stages:
+            raise InputError(f"stages must be an integer from 1 to the package's K = {self.stages}, got {stages!r}")
+        return int(stages)
 
     def _setup(
         self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble, contrast
@@ -321,7 +333,9 @@ class Solver:
         x = xp.concatenate([self._start(run, j) for j in range(samples)])
         groups = [(j * batch, (j + 1) * batch, flip_axes(run.ensemble, j)) for j in range(samples)]
         x, nfe = edm.sample_loop(
-            lambda v, s: self.denoise(v, s, y_all, run.operator, run.weights, run.timing, var_all, run.plan, groups),
+            lambda v, s: self.denoise(
+                v, s, y_all, run.operator, run.weights, run.timing, var_all, run.plan, groups, run.stages
+            ),
             x,
             run.sigmas,
             run.sampler,
@@ -341,7 +355,7 @@ class Solver:
             groups = [(0, len(run.seeds), flip_axes(run.ensemble, j))]
             x, nfe = edm.sample_loop(
                 lambda v, s: self.denoise(
-                    v, s, run.y, run.operator, run.weights, run.timing, run.noise_var, run.plan, groups
+                    v, s, run.y, run.operator, run.weights, run.timing, run.noise_var, run.plan, groups, run.stages
                 ),
                 x,
                 run.sigmas,
@@ -484,3 +498,4 @@ class _Run:
     timing: Timing
     stretch: Stretch | None = None
     init: WarmStart | None = None  # the starting estimate (None: pure noise)
+    stages: int | None = None  # unfolding stages per denoiser call (None: the package's K)
