@@ -72,6 +72,7 @@ from run_backends import (  # noqa: E402
 from run_report import to_markdown  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
+from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.package import ModelPackage  # noqa: E402
 from diffunfold.physics import make_operator  # noqa: E402
 from diffunfold.physics.tasks import parse_task_words  # noqa: E402
@@ -118,6 +119,13 @@ def _add_solve_arguments(ap: argparse.ArgumentParser) -> None:
         "--call-repeats", type=int, default=20, help="timed single regulariser calls per backend and size (default 20)"
     )
     ap.add_argument("--steps", type=int, default=18, help="Euler steps of a solve (default 18)")
+    ap.add_argument(
+        "--schedule",
+        choices=["full", "fast"],
+        default="full",
+        help="full (default): --steps from pure noise, the paper's loop; fast: --steps from the classical "
+        "estimate at the package's fast schedule's levels (image packages; bench/latency.py compares the two)",
+    )
     ap.add_argument(
         "--task",
         nargs="+",
@@ -430,6 +438,9 @@ def run(args) -> dict:
     say(f"machine: {info.get('gpu') or info['cpu']}, {info['cores']} cores, load average {watch.start_load}")
     with tempfile.TemporaryDirectory(prefix="diffunfold-bench-") as tmp:
         pkg = _open_package(args, tmp, task)
+        if args.schedule == "fast" and pkg.fast_schedule is None:
+            raise InputError(f"--schedule fast: {pkg.path} has no fast schedule (an MRI package?); use full")
+        args.package_fast = pkg.fast_schedule  # the reference sampler runs the same levels
         solvers, status = start_backends(pkg, args, Path(tmp))
         ref_model, ref_device, ref_status = start_reference(pkg, args)
         say(f"torch reference: {ref_status}")

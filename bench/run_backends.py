@@ -3,6 +3,7 @@ the torch reference, the seeded measurement, and the timed solves and regularise
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import sys
@@ -141,9 +142,12 @@ def time_reference(model, device, y: np.ndarray, op, args) -> tuple[float, np.nd
     restore(model, yt, op, steps=2, seed=0)  # warm-up: allocators, thread pools, device constants
     sync()
     times, out = [], None
+    fast = None
+    if args.schedule == "fast":  # the runtime's schedule="fast" with --steps steps, as the solvers run
+        fast = dataclasses.replace(args.package_fast, steps=args.steps)
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        out = restore(model, yt, op, steps=args.steps, seed=0).images
+        out = restore(model, yt, op, steps=args.steps, seed=0, fast=fast).images
         sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), out.cpu().numpy()
@@ -154,7 +158,7 @@ def time_solvers(solvers: dict, y: np.ndarray, op, args) -> dict:
     drift of the machine's speed touches them alike): ``{label: (median run by total time,
     median wall seconds, peak MB, peak MB above the start)}``, after a warm-up solve each."""
     for sv in solvers.values():  # warm-up: sessions, engines' profiles, FFT plans
-        sv.solve(y, op, steps=2, seed=0, tile=args.tile)
+        sv.solve(y, op, steps=2, seed=0, tile=args.tile, schedule=args.schedule)
     runs = {n: [] for n in solvers}
     walls = {n: [] for n in solvers}
     peaks = {n: (0.0, 0.0) for n in solvers}
@@ -162,7 +166,7 @@ def time_solvers(solvers: dict, y: np.ndarray, op, args) -> dict:
         for n, sv in solvers.items():
             before = reset_peak_memory()
             t0 = time.perf_counter()
-            runs[n].append(sv.solve(y, op, steps=args.steps, seed=0, tile=args.tile))
+            runs[n].append(sv.solve(y, op, steps=args.steps, seed=0, tile=args.tile, schedule=args.schedule))
             walls[n].append(time.perf_counter() - t0)
             peak = peak_memory_mb()
             peaks[n] = (max(peaks[n][0], peak), max(peaks[n][1], peak - before))

@@ -33,6 +33,8 @@ CORE = {
     "diffunfold.attention_graph",
     "diffunfold.group_norm_graph",
     "diffunfold.package_schema",
+    "diffunfold.fast_schedule",
+    "diffunfold.baselines",  # the classical estimates: physics only; the fast schedule starts from one
 }
 # The scanner's signal processing (noise, coil maps, k-space preparation) needs only the physics.
 CORE_PACKAGES = ("diffunfold.scanner",)

@@ -203,7 +203,21 @@ def test_bad_input_is_refused_with_a_message(tmp_path, capsys):
 def test_sigma_min_sets_where_the_sampler_stops(tmp_path, capsys):
     """--sigma-min is the last denoiser call's noise level: recorded, printed, and it changes the
     estimate (at sigma 5 the last D sees mostly noise); zero is refused."""
-    args = [str(IMAGE_PKG), "--quick", "--quiet", "--task", "sr_x8", "--noise", "0", "--steps", "2", "--samples", "1"]
+    args = [
+        str(IMAGE_PKG),
+        "--quick",
+        "--quiet",
+        "--task",
+        "sr_x8",
+        "--noise",
+        "0",
+        "--steps",
+        "2",
+        "--samples",
+        "1",
+        "--schedule",
+        "full",
+    ]
     assert quality.main(args + ["--out", str(tmp_path / "a")]) == 0
     assert quality.main(args + ["--sigma-min", "5", "--out", str(tmp_path / "b")]) == 0
     a, b = (json.loads((tmp_path / d / "quality-image-small.json").read_text()) for d in "ab")

@@ -43,7 +43,7 @@ def test_runtime_matches_torch_reference(tiny_packages, task, params, sampler):
     op = operator_for(task, params)
     y = op.measure(x, 0.01 if task == "mri" else 0.05, seed=[11, 12])
     solver = Solver.load(pkg, backend="onnxruntime")
-    got = solver.solve(y, op, steps=18, sampler=sampler, seed=3)
+    got = solver.solve(y, op, schedule="full", steps=18, sampler=sampler, seed=3)
     want = restore(model, torch.from_numpy(y), op, steps=18, sampler=sampler, seed=3)
     assert got.nfe == want.nfe == edm.nfe_of(18, sampler)
     assert got.images.shape == tuple(want.images.shape) and got.images.dtype == want.images.numpy().dtype
@@ -57,7 +57,7 @@ def test_separate_networks_and_both_backends(tiny_packages, backend):
     x = clean_images()
     op = operator_for("gaussian_blur", {"sigma": 1.0})
     y = op.measure(x, 0.05, seed=[1, 2])
-    got = Solver.load(pkg, backend=backend).solve(y, op, steps=10, sampler="heun", seed=[7, 9])
+    got = Solver.load(pkg, backend=backend).solve(y, op, schedule="full", steps=10, sampler="heun", seed=[7, 9])
     want = restore(model, torch.from_numpy(y), op, steps=10, sampler="heun", seed=[7, 9])
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
 
@@ -66,7 +66,7 @@ def test_posterior_samples_match_reference(tiny_packages):
     model, pkg = tiny_packages["mri"]
     op = operator_for("mri", {"kind": "gaussian1d", "acceleration": 4})
     y = op.measure(clean_images(mri=True), 0.01, seed=[1, 2])
-    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=8, seed=0, samples=3)
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=8, seed=0, samples=3)
     want = restore(model, torch.from_numpy(y), op, steps=8, seed=0, samples=3)
     assert got.samples == 3 and got.std.shape == (2, 1, SIZE, SIZE) and np.all(got.std > 0)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
@@ -346,7 +346,7 @@ def test_stochastic_sampler_matches_torch_reference(tiny_packages, task, params,
     y = op.measure(clean_images(mri=task == "mri"), 0.01 if task == "mri" else 0.05, seed=[11, 12])
     churn = edm.Churn(s_churn=7.2)
     solver = Solver.load(pkg, backend="onnxruntime")
-    got = solver.solve(y, op, steps=10, sampler=sampler, seed=3, samples=2, churn=churn)
+    got = solver.solve(y, op, schedule="full", steps=10, sampler=sampler, seed=3, samples=2, churn=churn)
     want = restore(model, torch.from_numpy(y), op, steps=10, sampler=sampler, seed=3, samples=2, churn=churn)
     assert got.nfe == want.nfe == edm.nfe_of(10, sampler)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
@@ -391,10 +391,12 @@ def test_flip_ensemble_matches_torch_reference(tiny_packages, batch_samples):
     op = operator_for("sr", {"factor": 4})
     y = op.measure(clean_images(), 0.05, seed=[11, 12])
     solver = Solver.load(pkg, backend="onnxruntime")
-    got = solver.solve(y, op, steps=6, seed=3, samples=4, ensemble="flips", batch_samples=batch_samples)
+    got = solver.solve(
+        y, op, schedule="full", steps=6, seed=3, samples=4, ensemble="flips", batch_samples=batch_samples
+    )
     want = restore(model, torch.from_numpy(y), op, steps=6, seed=3, samples=4, ensemble="flips")
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
-    plain = solver.solve(y, op, steps=6, seed=3, samples=4, ensemble="none")
+    plain = solver.solve(y, op, schedule="full", steps=6, seed=3, samples=4, ensemble="none")
     np.testing.assert_allclose(got.draws[0], plain.draws[0], rtol=0, atol=1e-5)
     assert np.max(np.abs(got.draws[1] - plain.draws[1])) > 1e-4  # a flipped sample differs
 

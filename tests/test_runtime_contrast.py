@@ -35,12 +35,12 @@ def test_stretch_matches_torch_reference_and_touches_only_the_flat_image(tiny_pa
     op = operator_for(task, params)
     y = op.measure(flat_and_busy(), 0.01, seed=[3, 4])
     solver = Solver.load(pkg, backend="onnxruntime")
-    got = solver.solve(y, op, steps=6, seed=2, samples=2, contrast="stretch", noise_std=0.01)
+    got = solver.solve(y, op, schedule="full", steps=6, seed=2, samples=2, contrast="stretch", noise_std=0.01)
     want = restore(model, torch.from_numpy(y), op, steps=6, seed=2, samples=2, contrast="stretch", noise_std=0.01)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
     gain = got.extra["contrast_gain"]
     assert gain[0] > 1.5 and gain[1] == 1.0
-    plain = solver.solve(y, op, steps=6, seed=2, samples=2, contrast="none", noise_std=0.01)
+    plain = solver.solve(y, op, schedule="full", steps=6, seed=2, samples=2, contrast="none", noise_std=0.01)
     assert "contrast_gain" not in plain.extra
     np.testing.assert_array_equal(got.images[1], plain.images[1])  # the busy image: untouched
     assert rel_err(plain.images, want.images.numpy()) > 10 * REL_TOL  # so the match above is the stretch
@@ -90,7 +90,7 @@ def test_noise_aware_model_weighs_the_stretched_noise_as_torch_does(tmp_path, no
     op = operator_for("sr", {"factor": 4})
     y = op.measure(flat_and_busy(), 0.03, seed=[5, 6])
     kw = dict(steps=8, seed=1, samples=2, noise_std=noise_std, contrast=contrast, ensemble="flips")
-    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, **kw)
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", **kw)
     want = restore(model, torch.from_numpy(y), op, **kw)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
     assert got.extra["contrast_gain"][0] > 1.5 and got.extra["noise_std_estimated"] == (noise_std is None)

@@ -103,10 +103,10 @@ def test_runtime_matches_torch_reference(packages, task, params, noise):
     x = clean_images(mri=task == "mri")
     op = operator_for(task, params)
     y = op.measure(x, noise, seed=[11, 12])
-    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=18, seed=3, noise_std=noise)
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=18, seed=3, noise_std=noise)
     want = restore(model, torch.from_numpy(y), op, steps=18, seed=3, noise_std=noise)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
-    assert got.extra == {"noise_std": [noise, noise], "noise_std_estimated": False}
+    assert got.extra == {"noise_std": [noise, noise], "noise_std_estimated": False, "schedule": "full"}
 
 
 @pytest.mark.parametrize("task,params", [IMAGE_TASKS[0], MRI_TASKS[0]], ids=["gaussian_blur", "mri"])
@@ -117,7 +117,7 @@ def test_noise_aware_runtime_matches_torch_with_churn_and_flips(packages, task, 
     op = operator_for(task, params)
     y = op.measure(clean_images(mri=task == "mri"), 0.05, seed=[11, 12])
     kw = dict(steps=10, seed=3, noise_std=0.05, samples=2, churn=7.2, ensemble="flips")
-    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, **kw)
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", **kw)
     want = restore(model, torch.from_numpy(y), op, **kw)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
 
@@ -127,9 +127,9 @@ def test_runtime_matches_torch_without_noise_awareness(packages):
     x = clean_images()
     op = operator_for("sr", {"factor": 4})
     y = op.measure(x, 0.02, seed=[1, 2])
-    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=18, sampler="heun", seed=3)
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=18, sampler="heun", seed=3)
     want = restore(model, torch.from_numpy(y), op, steps=18, sampler="heun", seed=3)
-    assert rel_err(got.images, want.images.numpy()) < REL_TOL and got.extra == {}
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL and got.extra == {"schedule": "full"}
 
 
 def test_runtime_estimates_the_noise_when_not_given_and_says_so(packages):
@@ -137,7 +137,7 @@ def test_runtime_estimates_the_noise_when_not_given_and_says_so(packages):
     x = clean_images()
     op = operator_for("gaussian_blur", {"sigma": 1.5})
     y = op.measure(x, 0.05, seed=[1, 2])
-    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, steps=6, seed=3)
+    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=6, seed=3)
     assert got.extra["noise_std_estimated"] is True
     assert np.allclose(got.extra["noise_std"], estimate_noise_std(op, y))
     assert np.allclose(got.extra["noise_std"], 0.05, rtol=0.25)

@@ -23,8 +23,17 @@ from pathlib import Path
 
 import numpy as np
 
-NUMBER_KEYS = {"start_c": float, "start_w": float, "steps": int, "stages": int, "sigma_min": float, "sigma_max": float, "rho": float, "churn": float}
-TEXT_KEYS = {"sampler", "schedule"}
+NUMBER_KEYS = {
+    "start_c": float,
+    "start_w": float,
+    "steps": int,
+    "stages": int,
+    "sigma_min": float,
+    "sigma_max": float,
+    "rho": float,
+    "churn": float,
+}
+TEXT_KEYS = {"sampler", "schedule", "tile"}
 TASKS = ("gaussian_blur", "anisotropic_blur", "motion_blur", "sr_x4", "sr_x8", "inpainting_40")
 
 

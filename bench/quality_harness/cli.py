@@ -51,7 +51,13 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--images", type=int, help="held-out images per task (default 5; --quick 1)")
     p.add_argument("--size", type=int, help="image size in px (default 64, the training size)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the package's, 18; --quick 4)")
+    p.add_argument(
+        "--schedule",
+        choices=["fast", "full"],
+        help="image packages: fast (a few steps from the classical estimate) or full (18 steps from "
+        "noise); default: each package's own (fast where its manifest has it)",
+    )
+    p.add_argument("--steps", type=int, help="sampler steps (default: the package's schedule; --quick 4)")
     p.add_argument(
         "--sampler",
         choices=["euler", "heun"],

@@ -39,6 +39,7 @@ def settings_from(args) -> Settings:
             ("churn", args.churn),
             ("ensemble", args.ensemble),
             ("contrast", args.contrast),
+            ("schedule", args.schedule),
         )
         if v is not None
     }
@@ -61,6 +62,15 @@ def settings_from(args) -> Settings:
     if any(v < 0 for v in s.image_noise + s.mri_noise):
         raise InputError("noise levels must be >= 0")
     return s
+
+
+def default_steps(sc: Scored, s: Settings) -> str:
+    """The steps a package runs when --steps is not given: its fast schedule's (image packages
+    that have one, unless --schedule full) or its full one's."""
+    fast = sc.package.fast_schedule if sc.kind == "image" and s.schedule != "full" else None
+    if fast is None:
+        return str(sc.package.schedule["steps"])
+    return f"{fast.steps} (from the classical estimate at sigma {fast.sigma_max:g})"
 
 
 def held_out_data(args, s: Settings) -> dict[str, Callable[[], tuple[list[str], np.ndarray]]]:
@@ -208,7 +218,7 @@ def run(args) -> int:
             "seed": args.seed,
             "wall_seconds": wall,
             "data": {k: data_label(args, k) for k in ("image", "mri")},
-            "steps": {sc.name: s.steps or sc.package.schedule["steps"] for sc in scored},
+            "steps": {sc.name: s.steps or default_steps(sc, s) for sc in scored},
             "sigma_min": s.sigma_min,
             "sampler": {sc.name: s.sampler or sc.package.schedule["sampler"] for sc in scored},
             "churn": {

@@ -103,6 +103,7 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
         churn=s.churn,
         ensemble=s.ensemble,
         contrast=None if case.mri else s.contrast,
+        schedule=None if case.mri else s.schedule,
     )
     t_mean = time.perf_counter() - t0
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])

@@ -66,6 +66,7 @@ class Settings:
     churn: float | None = None  # None: the package's; EDM's S_churn (0: the ODE)
     ensemble: str | None = None  # None: the package's; "none" or "flips"
     contrast: str | None = None  # None: the package's; "none" or "stretch" (images)
+    schedule: str | None = None  # None: the package's; "fast" or "full" (image packages)
     tasks: tuple[str, ...] = tuple(t.key for t in TASKS)
     image_noise: tuple[float, ...] = IMAGE_NOISE
     mri_noise: tuple[float, ...] = MRI_NOISE

@@ -306,6 +306,14 @@ def _open_packages(chosen: list[DemoTask], args) -> dict:
     return packages
 
 
+def _default_steps(package) -> str:
+    """What a package runs by default: its few-call schedule where it has one, else the full one."""
+    fast = package.fast_schedule
+    if fast is None:
+        return f"{package.schedule['steps']} from noise"
+    return f"{fast.steps} from the classical estimate"
+
+
 def _meta(args, results: list[dict], solvers: dict, packages: dict, loaded: dict, wall: float) -> dict:
     """What ran, how and on what: the header of results.md and the top of results.json."""
     from .hardware import describe_cpu
@@ -318,9 +326,9 @@ def _meta(args, results: list[dict], solvers: dict, packages: dict, loaded: dict
         "images": args.images,
         "size": args.size,
         "samples": args.samples,
-        "steps": args.steps or any_solver.package.schedule["steps"],
+        "steps": {k: args.steps or _default_steps(s.package) for k, s in solvers.items()},
         "sampler": any_solver.package.schedule["sampler"],
-        "nfe": results[0]["rows"][0]["nfe"],
+        "nfe": {r["key"]: r["rows"][0]["nfe"] for r in results},
         "noise": args.noise,
         "mri_noise": args.mri_noise,
         "backend": any_solver.backend_name,

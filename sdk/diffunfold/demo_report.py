@@ -30,8 +30,9 @@ def results_markdown(results: list[dict], meta: dict) -> str:
     lines = [
         f"# diffunfold demo: {meta['images']} held-out images per task, {meta['size']}x{meta['size']} px",
         "",
-        f"Posterior mean of {meta['samples']} samples, {meta['steps']} {meta['sampler']} steps "
-        f"({meta['nfe']} network evaluations per sample), backend {meta['backend']} on {meta['machine']}. "
+        f"Posterior mean of {meta['samples']} samples, {meta['sampler']} steps "
+        f"({'; '.join(f'{k}: {v}' for k, v in meta['steps'].items())}), "
+        f"backend {meta['backend']} on {meta['machine']}. "
         f"Image noise sigma_y = {meta['noise']:g} (range [0, 1]); MRI noise {meta['mri_noise']:g} x max|k|."
         + "".join(
             f" The {k} package samples stochastically (EDM's S_churn {p['churn']['s_churn']:g} for "

@@ -29,6 +29,7 @@ from . import edm
 from .contrast import Contrast
 from .ensemble import check_ensemble
 from .errors import InputError
+from .fast_schedule import FastSchedule
 from .package_schema import manifest_problems, member_path
 from .safe_io import write_json
 from .spaces import DataSpace
@@ -193,6 +194,13 @@ class ModelPackage:
         s = dict(steps=18, sampler="euler", sigma_min=edm.SIGMA_MIN, sigma_max=edm.SIGMA_MAX, rho=edm.RHO)
         s.update(self.manifest.get("schedule", {}))
         return s
+
+    @property
+    def fast_schedule(self) -> FastSchedule | None:
+        """The package's few-call schedule (``schedule.fast``: a
+        :class:`diffunfold.fast_schedule.FastSchedule`), or None where it has none."""
+        value = self.manifest.get("schedule", {}).get("fast")
+        return None if value is None else FastSchedule.from_manifest(value, str(self.path))
 
     @property
     def churn(self) -> edm.Churn:

@@ -15,6 +15,7 @@ import re
 from pathlib import Path, PurePosixPath
 
 from .errors import InputError
+from .fast_schedule import FastSchedule
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_STAGES = 1024
@@ -119,6 +120,11 @@ def manifest_problems(m: dict) -> list[str]:
     for key in ("schedule", "source"):
         if key in m and not isinstance(m[key], dict):
             out.append(f"'{key}' must be an object, not {_kind(m[key])}")
+    if isinstance(m.get("schedule"), dict) and "fast" in m["schedule"]:
+        try:
+            FastSchedule.from_manifest(m["schedule"]["fast"], "the manifest")
+        except InputError as exc:
+            out.append(str(exc))
     if "tasks" in m and not (isinstance(m["tasks"], list) and all(isinstance(t, str) for t in m["tasks"])):
         out.append("'tasks' must be a list of task names")
     out += _data_problems(m.get("data"))

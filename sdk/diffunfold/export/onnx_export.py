@@ -37,6 +37,7 @@ from .. import __version__, edm
 from ..contrast import Contrast
 from ..ensemble import check_ensemble
 from ..errors import InputError
+from ..fast_schedule import IMAGE_DEFAULT
 from ..package import ModelPackage, write_manifest
 from ..training.model import DiffUnfolding
 from .onnx_check import FP16_MAX, ExportCheck, check_package, default_check_sizes  # noqa: F401 (re-exported)
@@ -243,6 +244,7 @@ def _manifest(
             "rho": edm.RHO,
             "sigma_data": model.settings.sigma_data,
             **sampling,
+            **({"fast": IMAGE_DEFAULT.manifest_entry()} if space.kind == "image" else {}),
         },
         "networks": {
             "regularizers": names,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import edm
+from .. import edm, fast_schedule
 from .._array import check_finite, describe, is_complex, to_numpy
 from ..contrast import Contrast, Stretch
 from ..contrast import estimate as estimate_stretch
@@ -210,6 +210,7 @@ class Solver:
         init_sigma: float | None = None,
         init_noise: float = 0.0,
         stages: int | None = None,
+        schedule: str | None = None,
     ) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
@@ -227,11 +228,15 @@ class Solver:
         ``ensemble``, ``contrast``, ``init``, ``init_sigma`` and ``init_noise``: see the class.
         """
         check_start_options(init, init_sigma, init_noise)
-        sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma)
+        fast = fast_schedule.choose(schedule, self.package.fast_schedule, self.package.path)
+        sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast)
         if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
             raise InputError(f"samples must be a positive integer, got {samples!r}")
         y_dev, return_numpy = self._prepare(y, operator)
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
+        if fast is not None and init is None:  # the classical estimate + the first level's noise
+            init, init_noise = self._classical_start(operator, y_dev, y, noise_std, run), 0.0
+        extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
         shape = (len(run.seeds), self.space.channels, *operator.image_shape)
         run.init = warm_start(init, init_noise, shape, self.space, self.xp, run.stretch)
         run.stages = self._stages(stages)
@@ -260,10 +265,11 @@ class Solver:
         run.timing.total = time.perf_counter() - t_start
         return draws, nfe
 
-    def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init_sigma) -> tuple[np.ndarray, str]:
-        """The noise levels of a solve (the package's schedule unless overridden; its tail from
-        ``init_sigma`` when it starts from an estimate) and the sampler."""
-        sched = self.package.schedule
+    def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast) -> tuple[np.ndarray, str]:
+        """The noise levels of a solve (the package's full or ``fast`` schedule unless
+        overridden; its tail from ``init_sigma`` when it starts from a given estimate) and the
+        sampler."""
+        sched = {**self.package.schedule, **({} if fast is None else fast.as_dict())}
         steps = sched["steps"] if steps is None else steps
         sampler = edm.check_sampler(sched["sampler"] if sampler is None else sampler)
         sigmas = edm.schedule(
@@ -273,6 +279,14 @@ class Solver:
             sched["rho"] if rho is None else rho,
         )
         return (sigmas if init_sigma is None else edm.start_at(sigmas, init_sigma)), sampler
+
+    def _classical_start(self, operator: LinearOperator, y_dev, y, noise_std, run: _Run):
+        """The fast schedule's start: the operator's classical reconstruction of the (unstretched)
+        measurement, with sigma_y as resolved for the solve (or estimated from ``y``)."""
+        std = run.noise_std
+        if std is None:
+            std = resolve_noise_std(noise_std, operator, y, len(run.seeds))
+        return fast_schedule.classical_start(operator, y_dev, std)
 
     def _stages(self, stages) -> int | None:
         """The unfolding stages per denoiser call: None (all K) or 1..K."""
@@ -314,6 +328,7 @@ class Solver:
             ensemble,
             Timing(),
             stretch,
+            noise_std=std,
         )
         return run, extra
 
@@ -499,3 +514,4 @@ class _Run:
     stretch: Stretch | None = None
     init: WarmStart | None = None  # the starting estimate (None: pure noise)
     stages: int | None = None  # unfolding stages per denoiser call (None: the package's K)
+    noise_std: Any = None  # sigma_y per image as resolved (None where nothing used it)

@@ -15,6 +15,7 @@ from ..contrast import Contrast
 from ..contrast import estimate as estimate_stretch
 from ..ensemble import check_ensemble, flip_axes
 from ..errors import InputError
+from ..fast_schedule import FastSchedule, classical_start
 from ..noise import resolve_noise_std
 from ..physics.base import LinearOperator
 from .model import DiffUnfolding
@@ -47,6 +48,7 @@ def restore(
     churn=None,
     ensemble: str = "none",
     contrast=None,
+    fast: FastSchedule | None = None,
 ) -> Restoration:
     """Restore a batch from measurements ``y`` (a torch tensor, as the operator expects).
 
@@ -58,9 +60,14 @@ def restore(
     per (image seed, sample, step) as the runtime draws it. ``ensemble="flips"``: sample j's
     regulariser sees the j-th of four flips of the image (``diffunfold.ensemble``).
     ``contrast="stretch"`` (or a ``Contrast``): flat images are restored at a photo's contrast
-    and mapped back (``diffunfold.contrast``), as the runtime does.
+    and mapped back (``diffunfold.contrast``), as the runtime does. ``fast``: the few-call
+    schedule (``diffunfold.fast_schedule``): its levels replace ``steps``/``sigma_*``/``rho``,
+    and every sample starts from the classical estimate plus noise of its first level, as the
+    runtime's ``schedule="fast"``.
     """
     _check_inputs(model, y, operator, samples)
+    if fast is not None:
+        steps, sigma_max, sigma_min, rho = fast.steps, fast.sigma_max, fast.sigma_min, fast.rho
     param = next(model.parameters())
     batch = int(y.shape[0])
     seeds = edm.seeds_for(seed, batch)
@@ -79,13 +86,14 @@ def restore(
     std = _noise_level(model, contrast, noise_std, operator, y, batch)  # the one resolution of sigma_y
     stretch = _stretch(contrast, model, y, operator, std)
     sigma_y = _sigma_y(model, std, stretch, param)
+    start = None if fast is None else _classical_start(model, operator, y, noise_std, std, stretch)
     if stretch is not None:
         y = stretch.measurement(y, _a_ones(model, operator, y))
 
     draws = []
     for j in range(samples):
         x, nfe = _draw(
-            model, y, operator, sigma_y, stretch, j, ensemble, seeds, shape, sigmas, sigma_max, sampler, churn, bar
+            model, y, operator, sigma_y, stretch, j, ensemble, seeds, shape, sigmas, sampler, churn, bar, start
         )
         draws.append(x)
     if bar is not None:
@@ -104,13 +112,14 @@ def _draw(
     seeds: list[int],
     shape: tuple[int, ...],
     sigmas,
-    sigma_max: float,
     sampler: str,
     churn,
     bar,
+    start=None,
 ):
-    """Posterior sample ``j`` of every image, from its start drawn per (image seed, sample), in
-    the user's space (mapped back from a contrast stretch, clipped); returns ``(x, nfe)``."""
+    """Posterior sample ``j`` of every image, from its start drawn per (image seed, sample) at the
+    first level (added to ``start``, an estimate in model space, where given), in the user's
+    space (mapped back from a contrast stretch, clipped); returns ``(x, nfe)``."""
     param = next(model.parameters())
 
     def denoise(v, s, axes=flip_axes(ensemble, j)):  # noqa: B008 (binds this sample's flips)
@@ -119,7 +128,9 @@ def _draw(
     def churn_noise(i, j=j):
         return torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)
 
-    x = torch.from_numpy(edm.initial_noise(seeds, shape, sigma_max, sample=j)).to(param.device, param.dtype)
+    x = torch.from_numpy(edm.initial_noise(seeds, shape, float(sigmas[0]), sample=j)).to(param.device, param.dtype)
+    if start is not None:
+        x = x + start
     x, nfe = edm.sample_loop(
         denoise,
         x,
@@ -131,6 +142,15 @@ def _draw(
     )
     x = model.space.to_user(x)
     return model.space.clip(x if stretch is None else stretch.image(x)), nfe
+
+
+def _classical_start(model: DiffUnfolding, operator: LinearOperator, y, noise_std, std, stretch):
+    """The fast schedule's start in model space: the classical estimate of the unstretched ``y``
+    (sigma_y as resolved, or estimated), at the stretched contrast where stretched."""
+    if std is None:
+        std = resolve_noise_std(noise_std, operator, y, int(y.shape[0]))
+    est = classical_start(operator, y, std).to(y.dtype)
+    return model.space.to_model(est if stretch is None else stretch.stretched(est))
 
 
 def _restoration(model: DiffUnfolding, draws: list, nfe: int, seeds: list[int]) -> Restoration:
