@@ -120,6 +120,10 @@ def manifest_problems(m: dict) -> list[str]:
     for key in ("schedule", "source"):
         if key in m and not isinstance(m[key], dict):
             out.append(f"'{key}' must be an object, not {_kind(m[key])}")
+    tiling = m.get("tiling", {})
+    whole = tiling.get("whole_up_to", 0) if isinstance(tiling, dict) else None
+    if isinstance(whole, bool) or not isinstance(whole, int) or whole < 0:
+        out.append(f"'tiling' must be an object with whole_up_to, a whole number >= 0, not {tiling!r}")
     if isinstance(m.get("schedule"), dict) and "fast" in m["schedule"]:
         try:
             FastSchedule.from_manifest(m["schedule"]["fast"], "the manifest")

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._array import to_numpy
+from ..errors import InputError
+
 
 @dataclass
 class Timing:
@@ -71,3 +74,26 @@ def progress_hook(progress, total: int, desc: str) -> tuple[Callable[[int], None
 
     bar = tqdm(total=total, desc=desc, unit="step", leave=False)
     return (lambda _i: bar.update(1)), bar.close
+
+
+def summarise_draws(draws: list, xp, complex_images: bool, return_numpy: bool) -> tuple:
+    """``(images, std, stack)``: the one draw, or the posterior mean of several with their
+    per-pixel std and the stacked draws; checked finite; moved to numpy where asked."""
+    stack = None
+    if len(draws) == 1:
+        images, std = draws[0], None
+    else:
+        stack = xp.stack(draws)
+        images = stack.mean(axis=0)
+        # ddof=1: the unbiased sample std, as torch's (the reference) computes it
+        std = (xp.abs(stack) if complex_images else stack).std(axis=0, ddof=1)
+    if not bool(xp.all(xp.isfinite(images))):
+        raise InputError(
+            "the restoration is not finite; the package or the measurement is broken "
+            "(check the operator's parameters and y's scale)"
+        )
+    if return_numpy:
+        images = to_numpy(images)
+        std = None if std is None else to_numpy(std)
+        stack = None if stack is None else to_numpy(stack)
+    return images, std, stack

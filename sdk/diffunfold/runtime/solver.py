@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from .. import edm, fast_schedule
-from .._array import check_finite, describe, is_complex, to_numpy
 from ..contrast import Contrast, Stretch
 from ..contrast import estimate as estimate_stretch
 from ..ensemble import check_ensemble, flip_axes, oriented
@@ -29,7 +28,8 @@ from ..physics.base import LinearOperator
 from ..unfolding import stage
 from . import tiling
 from .backends import Backend, create_backend
-from .solution import Solution, Timing, progress_hook
+from .inputs import check_stages, prepare_measurement
+from .solution import Solution, Timing, progress_hook, summarise_draws
 from .tiling import TilePlan
 from .warm_start import WarmStart, check_start_options, warm_start
 
@@ -39,7 +39,8 @@ class Solver:
 
     Options of :meth:`solve` beyond the schedule, the seed, the samples and the noise level:
     ``tile``: how the regulariser meets a large image (``diffunfold.runtime.tiling``):
-    ``"auto"`` (tiles sized from the package's training size and the memory available;
+    ``"auto"`` (the whole image up to the side the package records as measured, memory
+    permitting; else tiles sized from the package's training size and the memory available;
     images no larger than a tile run whole), a tile side in pixels, or None/0 for the whole
     image at once. The expected memory is checked first, and a solve that cannot fit is
     refused with the reason. ``churn``: EDM's stochastic sampler
@@ -142,7 +143,7 @@ class Solver:
         budget = tiling.available_memory(self.backend.device_kind)
         settings, m = self.package.settings, self.size_multiple
         plan = tiling.plan_tiles(
-            settings, self.package.manifest, tile, tuple(shape), m, self.backend.device_kind, budget
+            settings, self.package.manifest, tile, tuple(shape), m, self.backend.device_kind, budget, rows
         )
         tiling.check_memory(settings, plan, rows, self.space.model_channels, tuple(shape), m, budget)
         return plan
@@ -214,7 +215,11 @@ class Solver:
     ) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
-        ``steps``/``sampler`` default to the package's schedule (18 Euler steps). ``seed``: an
+        ``schedule``: ``"fast"`` (a few steps from the classical estimate plus noise:
+        ``diffunfold.fast_schedule``; what image packages run by default), ``"full"`` (EDM's 18
+        Euler steps from pure noise, the paper's loop) or None for the package's default.
+        ``steps``/``sampler``/``sigma_*``/``rho`` override the chosen schedule's. ``stages``:
+        run only the first this many of the K unfolding stages per denoiser call. ``seed``: an
         int (image i uses ``seed + i``) or one per image; an image's result does not depend on
         the rest of its batch. ``samples > 1`` draws that many posterior samples per image and
         returns their mean and per-pixel standard deviation; with ``batch_samples`` they run
@@ -289,12 +294,7 @@ class Solver:
         return fast_schedule.classical_start(operator, y_dev, std)
 
     def _stages(self, stages) -> int | None:
-        """The unfolding stages per denoiser call: None (all K) or 1..K."""
-        if stages is None:
-            return None
-        if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) or not 1 <= stages <= self.stages:
-            raise InputError(f"stages must be an integer from 1 to the package's K = {self.stages}, got {stages!r}")
-        return int(stages)
+        return check_stages(stages, self.stages)
 
     def _setup(
         self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble, contrast
@@ -394,23 +394,7 @@ class Solver:
         self, draws: list, return_numpy: bool, nfe: int, seeds: list[int], samples: int, timing: Timing, extra: dict
     ) -> Solution:
         """The posterior mean (and std over the samples), checked finite, in the input's kind."""
-        xp, stack = self.xp, None
-        if samples == 1:
-            images, std = draws[0], None
-        else:
-            stack = xp.stack(draws)
-            images = stack.mean(axis=0)
-            # ddof=1: the unbiased sample std, as torch's (the reference) computes it
-            std = (xp.abs(stack) if self.space.complex else stack).std(axis=0, ddof=1)
-        if not bool(xp.all(xp.isfinite(images))):
-            raise InputError(
-                "the restoration is not finite; the package or the measurement is broken "
-                "(check the operator's parameters and y's scale)"
-            )
-        if return_numpy:
-            images = to_numpy(images)
-            std = None if std is None else to_numpy(std)
-            stack = None if stack is None else to_numpy(stack)
+        images, std, stack = summarise_draws(draws, self.xp, self.space.complex, return_numpy)
         return Solution(
             images=images,
             std=std,
@@ -464,36 +448,8 @@ class Solver:
         return operator.A(self.xp.ones((rows, self.space.channels, *operator.image_shape), dtype=self.xp.float32))
 
     def _prepare(self, y, operator: LinearOperator):
-        """Check ``y`` against the operator and the model, and move it to the working precision
-        (float32 / complex64) on the backend's device. Returns ``(y, was_numpy)``."""
-        if not isinstance(operator, LinearOperator):
-            raise InputError(
-                f"operator must be a diffunfold LinearOperator (make_operator(task, ...)), "
-                f"got {type(operator).__name__}"
-            )
-        if operator.complex_image != self.space.complex:
-            what = "an MRI" if self.space.complex else "an image"
-            raise InputError(
-                f"this package holds {what} model but the operator is {operator.task}; "
-                f"use a package trained for {operator.task}"
-            )
-        was_numpy = isinstance(y, np.ndarray)
-        if not was_numpy and type(y).__module__.split(".")[0] != "cupy":
-            raise InputError(f"y must be a numpy or CuPy array, got {type(y).__name__}")
-        operator.check_measurement(y)
-        check_finite(y, "the measurement y")
-        if not self.space.complex and int(y.shape[1]) != self.space.channels:
-            raise InputError(
-                f"this model restores {self.space.channels}-channel images but y is {describe(y)}; "
-                + ("repeat a grey image to 3 channels" if self.space.channels == 3 else "convert it to grey")
-            )
-        xp = self.xp
-        dtype = xp.complex64 if is_complex(y) else xp.float32
-        y_dev = xp.asarray(y).astype(dtype, copy=False)
-        for hw in operator.image_shape:
-            if hw < 8:
-                raise InputError(f"images of {operator.image_shape} are too small (at least 8x8)")
-        return y_dev, was_numpy
+        """``y`` checked and on the device at the working precision, and whether it was numpy."""
+        return prepare_measurement(y, operator, self.space, self.xp)
 
 
 @dataclass

@@ -153,6 +153,26 @@ def parse_tile(tile: Any, multiple: int) -> int | str | None:
     return side
 
 
+def whole_up_to(manifest: dict) -> int:
+    """The largest side a package runs whole with ``tile="auto"`` (its manifest's
+    ``tiling.whole_up_to``: measured per package, since a network trained on small crops may lose
+    quality on a whole large image); 0 where it records none."""
+    value = manifest.get("tiling", {}).get("whole_up_to", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"the manifest's tiling.whole_up_to must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def whole_fits(settings: dict, manifest: dict, shape, multiple: int, rows: int, share: float | None) -> bool:
+    """Whether ``tile="auto"`` runs ``rows`` whole images of ``shape``: no side above the package's
+    ``whole_up_to``, and the network on all of them within the memory share (unknown memory:
+    the side alone decides)."""
+    h, w = (-(-n // multiple) * multiple for n in shape)
+    if max(h, w) > whole_up_to(manifest):
+        return False
+    return share is None or rows * network_bytes(settings, h, w) <= share
+
+
 def plan_tiles(
     settings: dict,
     manifest: dict,
@@ -161,13 +181,17 @@ def plan_tiles(
     multiple: int,
     device_kind: str,
     budget: int | None,
+    rows: int = 1,
 ) -> TilePlan:
-    """The tiles for images of ``shape`` on a device with ``budget`` bytes available (None:
-    unknown); untiled where the image fits in one tile."""
+    """The tiles for ``rows`` images of ``shape`` on a device with ``budget`` bytes available
+    (None: unknown); untiled where the image fits in one tile, and with ``"auto"`` where the
+    package runs whole images of this size (:func:`whole_fits`)."""
     tile = parse_tile(tile, multiple)
     if tile is None:
         return TilePlan(None)
     share = None if budget is None else NETWORK_SHARE * budget
+    if tile == "auto" and whole_fits(settings, manifest, shape, multiple, rows, share):
+        return TilePlan(None)
     if tile == "auto":
         base = train_size(manifest)
         sides = [-(-k * base // multiple) * multiple for k in TILE_TRAIN_MULTIPLES]
