@@ -325,3 +325,23 @@ def test_cuda_compile_with_graphs_matches_eager(with_weights):
     want = cp.asnumpy(_cuda_solver(path).solve(y, op, steps=2, seed=1).images)
     got = _cuda_solver(path, compile=True, cuda_graphs=True).solve(y, op, steps=2, seed=1)
     assert rel_err(cp.asnumpy(got.images), want) < 1e-4
+
+
+# -- bench/gpu_latency.py (the GPU session's timings; its dry run: bench/gpu_session.sh) ------------
+
+
+def test_gpu_latency_script_shows_help_and_sizes_its_dry_run():
+    import importlib.util
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_latency.py"
+    spec = importlib.util.spec_from_file_location("bench_gpu_latency", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert callable(module.main) and module.__doc__
+    dry, gpu = module.parse_args(["--device", "cpu"]), module.parse_args([])
+    assert (dry.sizes, dry.batches, dry.repeats) == ([16], [1, 2], 1)
+    assert (gpu.sizes, gpu.batches, gpu.mri_size, gpu.coils) == ([64, 256], [1, 8], 256, 15)
+    assert set(gpu.variants) == {"fp32", "fp16", "fp16+graphs"}
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "bench/gpu_latency.py" in done.stdout, done.stderr
