@@ -36,7 +36,7 @@ from diffunfold.cli import main  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import torch_weights  # noqa: E402
 from diffunfold.export.torch_weights import TORCH_WEIGHTS, add_torch_weights  # noqa: E402
-from diffunfold.package import ModelPackage  # noqa: E402
+from diffunfold.package import ModelPackage, write_manifest  # noqa: E402
 from diffunfold.physics import make_operator  # noqa: E402
 from diffunfold.runtime import Solver  # noqa: E402
 from diffunfold.runtime.backend_torch import half_precision_unets  # noqa: E402
@@ -49,15 +49,21 @@ CUDA = pytest.mark.skipif(
 )
 
 
-def _copy(tmp: Path, source: Path = IMAGE_SMALL) -> Path:
-    return Path(shutil.copytree(source, tmp / source.name, symlinks=True))
+def _copy(tmp: Path, source: Path = IMAGE_SMALL, keep_weights: bool = False) -> Path:
+    """A copy of ``source``; without torch weights unless ``keep_weights`` (the bundled packages
+    are to be given them with this command: then they are taken out of the copy again)."""
+    path = Path(shutil.copytree(source, tmp / source.name, symlinks=True))
+    pkg = ModelPackage.open(path)
+    if pkg.torch_weights_file and not keep_weights:
+        manifest = dict(pkg.manifest, networks=dict(pkg.manifest["networks"], torch_weights=None))
+        (path / pkg.torch_weights_file).unlink()
+        write_manifest(path, manifest, [n for n in manifest["files"] if n != pkg.torch_weights_file])
+    return path
 
 
 @pytest.fixture(scope="module")
 def with_weights(tmp_path_factory) -> tuple[Path, torch_weights.WeightsCheck]:
     """A copy of the bundled image-small with model.safetensors added (once for the module)."""
-    if json.loads((IMAGE_SMALL / "manifest.json").read_text())["networks"].get("torch_weights"):
-        pytest.skip("the bundled image-small already has model.safetensors; nothing to add")
     copy = _copy(tmp_path_factory.mktemp("pkg"))
     _, check = add_torch_weights(copy, **quiet)
     return copy, check
@@ -101,7 +107,7 @@ def test_torch_backend_on_added_weights_matches_onnxruntime(with_weights):
 
 
 def test_existing_weights_are_refused_without_overwrite(with_weights, tmp_path, capsys):
-    path = _copy(tmp_path, with_weights[0])
+    path = _copy(tmp_path, with_weights[0], keep_weights=True)
     before = (path / "manifest.json").read_bytes()
     assert main(["add-torch-weights", str(path)]) == 2
     assert "--overwrite" in capsys.readouterr().err
@@ -136,7 +142,7 @@ def test_symlinks_are_refused(tmp_path, link):
 
 def test_weights_that_fail_the_check_are_not_written(tmp_path, monkeypatch):
     path = _copy(tmp_path)
-    before = (path / "manifest.json").read_bytes()
+    before, names = (path / "manifest.json").read_bytes(), sorted(p.name for p in path.iterdir())
     real = torch_weights.package_tensors
 
     def damaged(pkg):
@@ -147,7 +153,7 @@ def test_weights_that_fail_the_check_are_not_written(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_weights, "package_tensors", damaged)
     with pytest.raises(InputError, match="nothing was written"):
         add_torch_weights(path, **quiet)
-    assert sorted(p.name for p in path.iterdir()) == sorted(p.name for p in IMAGE_SMALL.iterdir())
+    assert sorted(p.name for p in path.iterdir()) == names  # no temporary file left either
     assert (path / "manifest.json").read_bytes() == before
 
 
