@@ -1,6 +1,23 @@
 #!/usr/bin/env bash
 # The one command of a lent GPU machine (the `device` tool): it must fit in one call of at most
-# 10 minutes, so it does, in this order and on a fixed time budget:
+# 10 minutes. Two sessions (PART=):
+#
+# PART=latency: the torch GPU path (docs/engines-and-gpu.md), worst case about 500 s:
+#   1. versions and the GPU (about 20 s);
+#   2. the CuPy/CUDA parity tests (pytest -k "cupy or cuda" -m "not slow"), in the foreground so
+#      the timings have the GPU alone, stopped after PARITY_S (120) s;
+#   3. the bundled packages given model.safetensors where they lack it (`diffunfold
+#      add-torch-weights` on copies in a temporary folder, about 10 s each);
+#   4. bench/gpu_latency.py: seconds per image of image-small (64 and 256 px, batch 1 and 8; eager
+#      fp32, fp16, fp16 + CUDA graphs; default and full schedule) and one 256 px scanner slice of
+#      mri-small, no cell started after LATENCY_S (270) s, stopped at LATENCY_S + 60.
+#   What comes back: gpu-latency.md (the table, under the GPU's name) and .json, parity.log and
+#   logs.tar.gz.
+#
+#   PART=latency bash bench/gpu_session.sh                                  # on the GPU machine
+#   PART=latency DEVICE=cpu OUT=/tmp/o bash bench/gpu_session.sh            # the dry run, < 1 min
+#
+# PART=train (the default): image-small fine-tuned, in this order and on a fixed time budget:
 #   1. versions and the GPU (fails fast when torch sees no CUDA device or a module is missing);
 #   2. in the background, the CuPy/CUDA parity tests (pytest -k "cupy or cuda"), which skip on
 #      machines without a GPU;
@@ -27,6 +44,8 @@ WORKERS=${WORKERS:-6}            # DataLoader workers per variant (decoded photo
 PY=${PY:-python3}
 BATCH_A=${BATCH_A:-32}; BATCH_B=${BATCH_B:-64}   # the variants' batches (lr 1e-4 and 2e-4)
 RECIPE=${RECIPE:-matched}
+PART=${PART:-train}
+PARITY_S=${PARITY_S:-120}; LATENCY_S=${LATENCY_S:-270}
 case "$RECIPE" in
   matched) RECIPE_ARGS=(--set train.weights_lr_scale=0 --set model.noise_floor=1e-6) ;;
   learned) RECIPE_ARGS=() ;;
@@ -38,7 +57,36 @@ LOGS=$(mktemp -d)
 T0=$(date +%s)
 say() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 
-say "1. machine (recipe: $RECIPE)"
+with_weights() {  # with_weights NAME: the bundled package, or a copy given model.safetensors
+  if $PY -c "import sys; from diffunfold.package import ModelPackage as P; sys.exit(P.open(sys.argv[1]).torch_weights_file is None)" \
+      "samples/models/$1"; then
+    echo "samples/models/$1"
+  else
+    cp -r "samples/models/$1" "$PKGS/" && $PY -m diffunfold add-torch-weights "$PKGS/$1" >>"$LOGS/weights.txt" 2>&1 \
+      && echo "$PKGS/$1"
+  fi
+}
+
+latency_session() {
+  say "2. parity tests (foreground, at most $PARITY_S s)"
+  timeout "$PARITY_S" $PY -m pytest -q -p no:cacheprovider -k "cupy or cuda" -m "not slow" tests/ >"$LOGS/parity.log" 2>&1
+  echo "exit $?" >>"$LOGS/parity.log"; tail -4 "$LOGS/parity.log"; cp "$LOGS/parity.log" "$OUT/"
+  say "3. packages with model.safetensors"
+  PKGS=$(mktemp -d)
+  IMAGE_PKG=$(with_weights image-small) && MRI_PKG=$(with_weights mri-small) || { cat "$LOGS/weights.txt"; return 1; }
+  cat "$LOGS/weights.txt" 2>/dev/null; echo "image: $IMAGE_PKG, mri: $MRI_PKG"
+  say "4. latency (no cell started after $LATENCY_S s)"
+  local dev=cuda; [ "$DEVICE" = cpu ] && dev=cpu
+  timeout $(( LATENCY_S + 60 )) $PY bench/gpu_latency.py --device "$dev" --budget-s "$LATENCY_S" \
+    --image-package "$IMAGE_PKG" --mri-package "$MRI_PKG" --out "$OUT" 2>&1 | tee "$LOGS/latency.txt"
+  local rc=${PIPESTATUS[0]}
+  tar -czf "$OUT/logs.tar.gz" -C "$LOGS" .
+  rm -rf "$PKGS"
+  say "done (latency exit $rc)"
+  return "$rc"
+}
+
+say "1. machine (part: $PART$([ "$PART" = train ] && echo ", recipe: $RECIPE"))"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$LOGS/gpu.txt"
 $PY - <<'EOF' 2>&1 | tee "$LOGS/versions.txt"; [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 import sys, PIL.features, torch, numpy, safetensors, onnx
@@ -52,6 +100,12 @@ except Exception as exc:
     print("cupy: not usable:", exc)
 import diffunfold.training.trainer  # noqa: F401  (every import the training needs)
 EOF
+
+case "$PART" in
+  train) ;;
+  latency) latency_session; exit $? ;;
+  *) echo "PART must be train or latency, not '$PART'" >&2; exit 2 ;;
+esac
 
 say "2. parity tests (background)"
 ( timeout 300 $PY -m pytest -q -p no:cacheprovider -k "cupy or cuda" tests/ >"$LOGS/parity.log" 2>&1

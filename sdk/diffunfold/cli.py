@@ -42,6 +42,7 @@ examples:
            --set data.path=/data/ffhq --out runs/paper         (several GPUs / nodes)
   diffunfold evaluate runs/small --task gaussian_blur sigma=2 --task sr factor=4
   diffunfold export runs/small --out models/small      (EMA weights -> ONNX model package)
+  diffunfold add-torch-weights models/small            (model.safetensors for backend="torch")
   diffunfold build-engines models/small --target h100  (FP16 TensorRT engines, on the GPU)
   diffunfold restore models/small photo.png --task gaussian_blur sigma=2 --noise 0.05 --out restored/
   diffunfold mri models/mri file1000001.h5 --mask gaussian1d --acceleration 4 --out recon/

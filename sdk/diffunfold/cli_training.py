@@ -1,6 +1,6 @@
-"""The commands from training data to a model package: ``train``, ``evaluate``, ``export`` and
-``build-engines`` (their parsers and their thin shells over the library). ``diffunfold.cli``
-adds them to the command line."""
+"""The commands from training data to a model package: ``train``, ``evaluate``, ``export``,
+``add-torch-weights`` and ``build-engines`` (their parsers and their thin shells over the
+library). ``diffunfold.cli`` adds them to the command line."""
 
 from __future__ import annotations
 
@@ -107,8 +107,9 @@ def _add_evaluate_command(sub) -> None:
 
 
 def add_export_commands(sub) -> None:
-    """export, build-engines: from a checkpoint to what the runtime loads."""
+    """export, add-torch-weights, build-engines: from a checkpoint to what the runtime loads."""
     _add_export_command(sub)
+    _add_torch_weights_command(sub)
 
     from .engines import add_build_engines_arguments
 
@@ -158,6 +159,51 @@ def _add_export_command(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
     _add_package_sampling_arguments(p)
     p.set_defaults(func=_cmd_export)
+
+
+TORCH_WEIGHTS_HELP = """\
+Add model.safetensors to a model package exported with --no-torch-weights (the bundled
+samples/models/* are), so that the torch backend (backend="torch") can load it: the GPU path
+on machines where neither TensorRT nor ONNX Runtime CUDA can be installed.
+
+The weights are read back from the package's own ONNX graphs and stored as the export
+stores them (parameters in float16 for a float16 package, buffers as they are); the ONNX
+files are not changed. Before anything is final, the torch model rebuilt from the new file
+is run against the package's ONNX graphs in ONNX Runtime on random inputs (every stage of
+every regulariser at two sizes, the weight generators over the noise levels) and must agree
+within --tolerance (max|onnx - torch| / max|onnx|; both hold the same float16 weights, so
+about 1e-6 is usual). Only then is the file renamed into place (it is written to a hidden
+temporary file in the package folder first) and manifest.json rewritten: networks.torch_weights,
+the file's sha256 and size, the manifest's own digest.
+
+Refused: a package that already has model.safetensors (unless --overwrite), and a package
+folder, manifest or member file that is a symbolic link (copy the real files in)."""
+
+TORCH_WEIGHTS_EXAMPLES = """\
+examples:
+  diffunfold add-torch-weights samples/models/image-small
+  cp -r samples/models/mri-small /tmp/mri-small && diffunfold add-torch-weights /tmp/mri-small
+then, in Python:
+  Solver.load("/tmp/mri-small", backend="torch", device="cuda", precision="fp16", cuda_graphs=True)"""
+
+
+def _add_torch_weights_command(sub) -> None:
+    p = sub.add_parser(
+        "add-torch-weights",
+        help="give a package exported without model.safetensors the torch backend's weights",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=TORCH_WEIGHTS_HELP,
+        epilog=TORCH_WEIGHTS_EXAMPLES,
+    )
+    p.add_argument("package", help="the model package folder (it is changed in place)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model.safetensors")
+    p.add_argument(
+        "--tolerance",
+        type=V.Bounded(0, 1, lo_open=True),
+        default=1e-4,
+        help="largest relative error torch vs ONNX Runtime accepted (default 1e-4)",
+    )
+    p.set_defaults(func=_cmd_add_torch_weights)
 
 
 def _add_package_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -312,6 +358,18 @@ def _cmd_export(args) -> int:
         ensemble=args.ensemble or "none",
         contrast=args.contrast,
     )
+    print(pkg.summary())
+    return 0
+
+
+def _cmd_add_torch_weights(args) -> int:
+    from .errors import require
+
+    require("torch", "export")
+    require("onnx", "export")
+    from .export.torch_weights import add_torch_weights
+
+    pkg, _ = add_torch_weights(args.package, overwrite=args.overwrite, tolerance=args.tolerance)
     print(pkg.summary())
     return 0
 

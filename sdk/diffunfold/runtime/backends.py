@@ -2,8 +2,9 @@
 
 The interface is :class:`~diffunfold.runtime.backend_base.Backend`; the backends live in
 ``backend_onnxruntime.py``, ``backend_openvino.py`` (CPU, bf16 where the CPU has it),
-``backend_tensorrt.py`` and ``backend_torch.py`` (the reference, for tests and GPU machines
-without the others). No module here imports torch at import time.
+``backend_tensorrt.py`` and ``backend_torch.py`` (the reference, for tests, and the GPU path on
+machines without the others: fp16, CUDA graphs (``backend_torch_graphs.py``), torch.compile).
+No module here imports torch at import time.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ _OPTIONS = {
     "tensorrt": {"cuda_graphs", "engines"},
     "openvino": {"precision", "cache_dir", "attention", "group_norm"},
     "onnxruntime": {"spinning"},
-    "torch": set(),
+    "torch": {"precision", "cuda_graphs", "compile"},
 }
 
 
@@ -99,7 +100,8 @@ def create_backend(
     tensorrt > openvino > onnxruntime > torch for the device. ``options``: TensorRT's
     ``cuda_graphs=True``, ``engines=DIR``; OpenVINO's ``precision="bf16"|"f32"``,
     ``cache_dir=DIR``, ``attention="fused"|"spelled"``, ``group_norm="reduce"|"exported"``; ONNX Runtime's
-    ``spinning=True|False``; others are refused."""
+    ``spinning=True|False``; torch's ``precision="fp32"|"fp16"`` (fp16: CUDA only),
+    ``cuda_graphs=True`` (CUDA only), ``compile=True``; others are refused."""
     if backend not in BACKENDS:
         raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     kind, _ = parse_device(device)
@@ -125,10 +127,10 @@ def create_backend(
         why = f"{backend} (asked for)"
     foreign = sorted(set(options) - _OPTIONS[backend])
     if foreign:
-        owners = {o: b for b, names in _OPTIONS.items() for o in names}
+        owners = sorted({b for o in foreign for b, names in _OPTIONS.items() if o in names})
         raise InputError(
             f"option(s) {foreign} do not apply to the {backend} backend (they belong to "
-            + ", ".join(sorted({owners.get(o, "?") for o in foreign}))
+            + (", ".join(owners) or "no backend")
             + ")"
         )
     if backend == "openvino":
@@ -138,7 +140,7 @@ def create_backend(
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(package, device, threads, **options), why
     if backend == "torch":
-        return TorchBackend(package, device, threads), why
+        return TorchBackend(package, device, threads, **options), why
     from .backend_tensorrt import TensorRTBackend
 
     return TensorRTBackend(package, device, threads=threads, **options), why

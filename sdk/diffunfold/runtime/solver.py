@@ -79,13 +79,13 @@ class Solver:
         threads: int | None = None,
         **options,
     ) -> Solver:
-        """Open (and verify) a package and start a backend: ``auto`` (the fastest one really
-        present: tensorrt > openvino (CPUs with native bf16) > onnxruntime > torch; see
-        ``solver.backend_reason``), ``tensorrt``, ``openvino``, ``onnxruntime`` or ``torch``.
-        ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``options`` for TensorRT:
-        ``cuda_graphs=True`` (replay each engine call as a CUDA graph), ``engines=DIR`` (engines
-        built with ``--out`` elsewhere); for OpenVINO: ``precision="bf16"|"f32"``,
-        ``cache_dir=DIR``, ``attention="fused"|"spelled"``; for ONNX Runtime: ``spinning=True|False``."""
+        """Open (and verify) a package and start a backend: ``auto`` (the fastest really present: tensorrt >
+        openvino (CPUs with native bf16) > onnxruntime > torch; see ``solver.backend_reason``), ``tensorrt``,
+        ``openvino``, ``onnxruntime`` or ``torch``. ``device``: ``cpu``, ``cuda`` or ``cuda:N``. ``options``: TensorRT
+        ``cuda_graphs=True`` (replay each engine call as a CUDA graph), ``engines=DIR`` (built with ``--out``);
+        OpenVINO ``precision="bf16"|"f32"``, ``cache_dir=DIR``, ``attention="fused"|"spelled"``; ONNX Runtime
+        ``spinning=True|False``; torch (``model.safetensors``, see ``diffunfold add-torch-weights``): ``compile=True``,
+        and on CUDA ``precision="fp16"`` (the U-Net in half precision) and ``cuda_graphs=True`` (per shape, stage)."""
         pkg = package if isinstance(package, ModelPackage) else ModelPackage.open(package)
         be, why = create_backend(pkg, backend, device, threads, **options)
         return cls(pkg, be, why)

@@ -36,9 +36,10 @@ def _initialisers(path) -> tuple[dict[str, np.ndarray], dict[str, list]]:
     for node in graph.node:
         for name in node.input:
             users.setdefault(name, []).append(node)
-    # fp16-stored packages keep "<name>_fp16" behind a Cast: look through it
+    # fp16-stored packages keep "<name>_fp16" behind a Cast, and the exporter shares equal
+    # tensors through an Identity (image-small's zero tau and gamma weights): look through both
     for node in graph.node:
-        if node.op_type == "Cast" and node.input[0] in values:
+        if node.op_type in ("Cast", "Identity") and node.input[0] in values:
             values[node.output[0]] = values[node.input[0]]
             users[node.output[0]] = users.get(node.output[0], [])
     return values, users
