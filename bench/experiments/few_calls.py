@@ -59,7 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("package", help="an image or MRI model package folder")
     p.add_argument("variants", nargs="+", help="label:key=value,... (the first is the reference)")
-    p.add_argument("--photos", required=True, help="a folder of photos (held-out/ of `diffunfold data photos`)")
+    p.add_argument("--photos", help="a folder of photos (held-out/ of `diffunfold data photos`)")
+    p.add_argument(
+        "--mri", help="instead: a folder of MRI volumes (`diffunfold data mri-volumes`: held-out/ or train/)"
+    )
     p.add_argument("--images", type=int, default=8, help="photos per task (default 8)")
     p.add_argument("--size", type=int, default=64, help="image side in px (default 64)")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"harness task keys (default {TASKS})")
@@ -86,13 +89,14 @@ def run_cells(solver, variants, cases) -> dict:
             if c is not None:  # start from the classical estimate, counted as carrying noise c
                 from diffunfold.baselines import classical_baseline
 
-                kw["init"] = np.asarray(classical_baseline(case.op, case.y, list(case.noise_std)), np.float32)
+                kw["init"] = np.asarray(classical_baseline(case.op, case.y, list(case.noise_std)), case.y.dtype)
                 kw["init_sigma"], kw["init_noise"] = kw["sigma_max"] * (1 + 1e-9), c
             sol = solver.solve(case.y, case.op, seed=case.seeds, noise_std=list(case.noise_std), **kw)
             out[label]["seconds"] += time.perf_counter() - t0
             out[label]["calls"] = sol.timing.network_calls
             key = f"{case.task.key}@{case.level:g}"
-            out[label]["psnr"][key] = psnr(np.asarray(sol.images), case.x, 1.0).tolist()
+            rng = None if case.mri else 1.0  # MRI: magnitudes against the truth's maximum, as the harness
+            out[label]["psnr"][key] = psnr(np.asarray(sol.images), case.x, rng).tolist()
     return out
 
 
@@ -125,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = [parse_variant(v) for v in a.variants]
     solver = Solver.load(a.package, backend=a.backend)
-    names, x = held_out_photos(a.photos, a.size, a.images)
+    if a.mri:
+        from diffunfold.data.held_out import held_out_slices
+
+        names, x = held_out_slices(a.mri, a.size, a.images)
+    else:
+        names, x = held_out_photos(a.photos, a.size, a.images)
     s = Settings(size=a.size, images=a.images)
     cases = [make_case(TASK_BY_KEY[t], lvl, names, x, s, 0, 15) for t in a.tasks for lvl in a.noise]
     results = run_cells(solver, variants, cases)
