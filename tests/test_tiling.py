@@ -147,7 +147,7 @@ def test_progress_callback_sees_every_step(solver):
 
 
 def test_a_recorded_training_size_sets_the_tiles(solver):
-    manifest = dict(solver.package.manifest, train_size=32)
+    manifest = dict(solver.package.manifest, train_size=32, tiling={"whole_up_to": 0})
     plan = tiling.plan_tiles(solver.package.settings, manifest, "auto", (500, 500), 8, "cpu", None)
     assert (plan.tile, plan.overlap) == (64, 16)
 
@@ -164,3 +164,36 @@ def test_step_bar_shows_steps_of_a_long_image_only(capsys):
     quick(1, 1)
     err = capsys.readouterr().err
     assert "slow.png" in err and "3/3" in err and "quick.png" not in err
+
+
+def test_auto_runs_whole_images_up_to_the_packages_measured_side(solver):
+    pkg = solver.package
+    manifest = dict(pkg.manifest, tiling={"whole_up_to": 256})
+    whole = tiling.network_bytes(pkg.settings, 256, 256)
+    plan = lambda shape, budget, rows=1: tiling.plan_tiles(  # noqa: E731
+        pkg.settings, manifest, "auto", shape, 8, "cpu", budget, rows
+    )
+    assert plan((256, 256), None).tile is None and plan((250, 200), 2**40).tile is None
+    assert plan((264, 256), 2**40).tile == 128  # above the measured side: tiles
+    budget = int(2 * whole / tiling.NETWORK_SHARE)  # room for two whole images' networks
+    assert plan((256, 256), budget, rows=2).tile is None
+    assert plan((256, 256), budget, rows=3).tile == 128  # three do not fit: tiles
+    assert plan((256, 256), None, rows=3).tile is None  # memory unknown: the side decides
+    unrecorded = {k: v for k, v in pkg.manifest.items() if k != "tiling"}
+    assert tiling.plan_tiles(pkg.settings, unrecorded, "auto", (256, 256), 8, "cpu", 2**40).tile == 128
+
+
+def test_bundled_image_package_runs_256_px_whole_and_1024_px_tiled():
+    from diffunfold.package import ModelPackage
+
+    pkg = ModelPackage.open(PACKAGE)
+    args = (pkg.settings, pkg.manifest, "auto")
+    assert tiling.plan_tiles(*args, (256, 256), 8, "cpu", 24 * 2**30).tile is None
+    assert tiling.plan_tiles(*args, (1024, 1024), 8, "cpu", 24 * 2**30).tile == 128
+
+
+@pytest.mark.parametrize("bad", [{"whole_up_to": -1}, {"whole_up_to": 1.5}, {"whole_up_to": True}, [256]])
+def test_a_bad_tiling_record_is_refused(bad):
+    from diffunfold.package_schema import manifest_problems
+
+    assert any("'tiling'" in p for p in manifest_problems({"tiling": bad}))

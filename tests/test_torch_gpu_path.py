@@ -351,3 +351,18 @@ def test_gpu_latency_script_shows_help_and_sizes_its_dry_run():
     assert set(gpu.variants) == {"fp32", "fp16", "fp16+graphs"}
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "bench/gpu_latency.py" in done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("name", ["image-small", "mri-small"])
+def test_the_bundled_packages_load_on_the_torch_backend(name):
+    """Both bundled packages ship fp16 torch weights: the torch backend (the GPU path where
+    TensorRT and ONNX Runtime CUDA cannot be had) rebuilds their network and agrees with ONNX."""
+    from diffunfold.package import ModelPackage
+
+    pkg = ModelPackage.open(Path(__file__).resolve().parents[1] / "samples" / "models" / name)
+    assert pkg.torch_weights_file == "model.safetensors"
+    torch_be = Solver.load(pkg, backend="torch", threads=1).backend
+    ort_be = Solver.load(pkg, backend="onnxruntime", threads=1).backend
+    x = np.random.default_rng(0).standard_normal((1, pkg.space.model_channels, 32, 32)).astype(np.float32)
+    a, b = torch_be.regularize(x, 0.5, 0), ort_be.regularize(x, 0.5, 0)
+    assert np.max(np.abs(a - b)) / np.max(np.abs(b)) < 1e-4
