@@ -183,13 +183,13 @@ def test_auto_runs_whole_images_up_to_the_packages_measured_side(solver):
     assert tiling.plan_tiles(pkg.settings, unrecorded, "auto", (256, 256), 8, "cpu", 2**40).tile == 128
 
 
-def test_bundled_image_package_runs_256_px_whole_and_1024_px_tiled():
+def test_bundled_image_package_runs_256_px_whole_and_512_px_tiled():
     from diffunfold.package import ModelPackage
 
     pkg = ModelPackage.open(PACKAGE)
     args = (pkg.settings, pkg.manifest, "auto")
     assert tiling.plan_tiles(*args, (256, 256), 8, "cpu", 24 * 2**30).tile is None
-    assert tiling.plan_tiles(*args, (1024, 1024), 8, "cpu", 24 * 2**30).tile == 128
+    assert tiling.plan_tiles(*args, (512, 512), 8, "cpu", 24 * 2**30).tile == 128
 
 
 @pytest.mark.parametrize("bad", [{"whole_up_to": -1}, {"whole_up_to": 1.5}, {"whole_up_to": True}, [256]])
