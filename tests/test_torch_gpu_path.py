@@ -306,16 +306,24 @@ def test_cuda_graphs_and_fp16_network_calls_match_eager_fp32(with_weights):
             assert backend._graphs.replays == 3 * eager.stages
 
 
-@CUDA
-def test_cuda_solve_with_graphs_and_fp16_matches_eager_fp32(with_weights):
-    path, _ = with_weights
+def _cuda_solves(path, batch: int, steps: int, variants: list[dict]):
+    """A 64 px blur solved on CUDA by the eager fp32 backend and by each variant's options:
+    ``(eager images, [each variant's Solution])``, the images as numpy."""
     import cupy as cp
 
-    y, op = _blur_problem(batch=2, size=64)
+    y, op = _blur_problem(batch=batch, size=64)
     y = cp.asarray(y)
-    want = cp.asnumpy(_cuda_solver(path).solve(y, op, steps=6, seed=1).images)
-    for options, tol in [({"cuda_graphs": True}, 1e-5), ({"precision": "fp16", "cuda_graphs": True}, 1e-2)]:
-        got = _cuda_solver(path, **options).solve(y, op, steps=6, seed=1)
+    want = cp.asnumpy(_cuda_solver(path).solve(y, op, steps=steps, seed=1).images)
+    return want, [_cuda_solver(path, **options).solve(y, op, steps=steps, seed=1) for options in variants]
+
+
+@CUDA
+def test_cuda_solve_with_graphs_and_fp16_matches_eager_fp32(with_weights):
+    import cupy as cp
+
+    variants = [({"cuda_graphs": True}, 1e-5), ({"precision": "fp16", "cuda_graphs": True}, 1e-2)]
+    want, solved = _cuda_solves(with_weights[0], 2, 6, [options for options, _ in variants])
+    for (options, tol), got in zip(variants, solved):
         assert isinstance(got.images, cp.ndarray) and rel_err(cp.asnumpy(got.images), want) < tol, options
 
 
@@ -323,13 +331,9 @@ def test_cuda_solve_with_graphs_and_fp16_matches_eager_fp32(with_weights):
 @CUDA
 def test_cuda_compile_with_graphs_matches_eager(with_weights):
     """torch.compile's code captured in CUDA graphs (a minute or more cold: one compile per stage)."""
-    path, _ = with_weights
     import cupy as cp
 
-    y, op = _blur_problem(batch=1, size=64)
-    y = cp.asarray(y)
-    want = cp.asnumpy(_cuda_solver(path).solve(y, op, steps=2, seed=1).images)
-    got = _cuda_solver(path, compile=True, cuda_graphs=True).solve(y, op, steps=2, seed=1)
+    want, (got,) = _cuda_solves(with_weights[0], 1, 2, [{"compile": True, "cuda_graphs": True}])
     assert rel_err(cp.asnumpy(got.images), want) < 1e-4
 
 

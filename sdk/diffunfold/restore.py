@@ -135,6 +135,12 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder (default: restored/; never the inputs' folder)",
     )
     add_runtime_arguments(parser)
+    _add_image_sampling_arguments(parser)
+    add_cluster_arguments(parser, "One task is one image file.")
+
+
+def _add_image_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options only image packages take: the schedule and the contrast stretch."""
     parser.add_argument(
         "--schedule",
         choices=["fast", "full"],
@@ -149,7 +155,6 @@ def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
         "physics; colour: also each colour channel's level moved to mid-grey and back "
         "(removes a colour cast); none: as it is (default: the package's)",
     )
-    add_cluster_arguments(parser, "One task is one image file.")
 
 
 # -- task words -----------------------------------------------------------------------------

@@ -48,3 +48,8 @@ def check_stages(stages, k: int) -> int | None:
     if isinstance(stages, bool) or not isinstance(stages, (int, np.integer)) or not 1 <= stages <= k:
         raise InputError(f"stages must be an integer from 1 to the package's K = {k}, got {stages!r}")
     return int(stages)
+
+
+def check_samples(samples) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise InputError(f"samples must be a positive integer, got {samples!r}")

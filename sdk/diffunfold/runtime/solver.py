@@ -28,7 +28,7 @@ from ..physics.base import LinearOperator
 from ..unfolding import stage
 from . import tiling
 from .backends import Backend, create_backend
-from .inputs import check_stages, prepare_measurement
+from .inputs import check_samples, check_stages, prepare_measurement
 from .solution import Solution, Timing, progress_hook, summarise_draws
 from .tiling import TilePlan
 from .warm_start import WarmStart, check_start_options, warm_start
@@ -235,16 +235,12 @@ class Solver:
         check_start_options(init, init_sigma, init_noise)
         fast = fast_schedule.choose(schedule, self.package.fast_schedule, self.package.path)
         sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast)
-        if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
-            raise InputError(f"samples must be a positive integer, got {samples!r}")
+        check_samples(samples)
         y_dev, return_numpy = self._prepare(y, operator)
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
-        if fast is not None and init is None:  # the classical estimate + the first level's noise
-            init, init_noise = self._classical_start(operator, y_dev, y, noise_std, run), 0.0
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
-        shape = (len(run.seeds), self.space.channels, *operator.image_shape)
-        run.init = warm_start(init, init_noise, shape, self.space, self.xp, run.stretch)
-        run.stages = self._stages(stages)
+        run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
+        run.stages = check_stages(stages, self.stages)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)
@@ -285,16 +281,17 @@ class Solver:
         )
         return (sigmas if init_sigma is None else edm.start_at(sigmas, init_sigma)), sampler
 
-    def _classical_start(self, operator: LinearOperator, y_dev, y, noise_std, run: _Run):
-        """The fast schedule's start: the operator's classical reconstruction of the (unstretched)
-        measurement, with sigma_y as resolved for the solve (or estimated from ``y``)."""
-        std = run.noise_std
-        if std is None:
-            std = resolve_noise_std(noise_std, operator, y, len(run.seeds))
-        return fast_schedule.classical_start(operator, y_dev, std)
-
-    def _stages(self, stages) -> int | None:
-        return check_stages(stages, self.stages)
+    def _start_estimate(self, run: _Run, y_dev, y, noise_std, fast, init, init_noise) -> WarmStart | None:
+        """Where the samples start: the given estimate, the fast schedule's classical estimate of
+        the (unstretched) measurement, or None for pure noise. The classical one uses sigma_y as
+        resolved for the solve (or estimated from ``y`` where nothing resolved it)."""
+        if fast is not None and init is None:
+            std = run.noise_std
+            if std is None:
+                std = resolve_noise_std(noise_std, run.operator, y, len(run.seeds))
+            init, init_noise = fast_schedule.classical_start(run.operator, y_dev, std), 0.0
+        shape = (len(run.seeds), self.space.channels, *run.operator.image_shape)
+        return warm_start(init, init_noise, shape, self.space, self.xp, run.stretch)
 
     def _setup(
         self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble, contrast

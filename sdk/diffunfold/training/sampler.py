@@ -76,12 +76,7 @@ def restore(
     churn = edm.Churn.of(churn)
     check_ensemble(ensemble)
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps * samples, desc=f"sampling ({sampler})", unit="step", leave=False)
-
+    bar = _progress_bar(progress, steps * samples, sampler)
     contrast = Contrast.of(contrast)
     std = _noise_level(model, contrast, noise_std, operator, y, batch)  # the one resolution of sigma_y
     stretch = _stretch(contrast, model, y, operator, std)
@@ -90,15 +85,22 @@ def restore(
     if stretch is not None:
         y = stretch.measurement(y, _a_ones(model, operator, y))
 
-    draws = []
-    for j in range(samples):
-        x, nfe = _draw(
-            model, y, operator, sigma_y, stretch, j, ensemble, seeds, shape, sigmas, sampler, churn, bar, start
-        )
-        draws.append(x)
+    runs = [
+        _draw(model, y, operator, sigma_y, stretch, j, ensemble, seeds, shape, sigmas, sampler, churn, bar, start)
+        for j in range(samples)
+    ]
     if bar is not None:
         bar.close()
-    return _restoration(model, draws, nfe, seeds)
+    return _restoration(model, [x for x, _ in runs], runs[-1][1], seeds)
+
+
+def _progress_bar(progress: bool, total: int, sampler: str):
+    """A progress bar over the sampler's steps, or None without ``progress``."""
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"sampling ({sampler})", unit="step", leave=False)
 
 
 def _draw(
