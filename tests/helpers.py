@@ -48,6 +48,22 @@ def tiny_model(shared=True, data="image", channels=3, stages=3, seed=0) -> DiffU
     return model.eval()
 
 
+def tiny_denoiser(data="image", channels=3, seed=0) -> DiffUnfolding:
+    """A small random unconditional EDM denoiser (``model.kind = "denoiser"``), the zero-shot
+    solvers' prior."""
+    import torch
+
+    from diffunfold.training.model import DiffUnfolding, ModelSettings
+
+    torch.manual_seed(seed)
+    settings = ModelSettings(data=data, channels=channels, stages=1, kind="denoiser", unet=dict(TINY_UNET))
+    model = DiffUnfolding(settings)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
 def proximal_model(noise_aware=True, data="image", channels=3, seed=0) -> DiffUnfolding:
     """A tiny model with the proximal, (by default) noise-aware data step (diffunfold.unfolding)."""
     import torch

@@ -169,6 +169,12 @@ class ModelPackage:
         return int(self.settings.get("prox_iterations", PROX_ITERATIONS))
 
     @property
+    def kind(self) -> str:
+        """``"unfolding"`` (Diff-Unfolding; packages without the key) or ``"denoiser"`` (a plain
+        EDM denoiser, for the zero-shot solvers)."""
+        return self.settings.get("kind", "unfolding")
+
+    @property
     def stages(self) -> int:
         return int(self.manifest["stages"])
 

@@ -19,6 +19,7 @@ from .fast_schedule import FastSchedule
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_STAGES = 1024
+MODEL_KINDS = ("unfolding", "denoiser")  # model.kind: Diff-Unfolding, or a plain EDM denoiser
 
 
 def _is_int(v, lo: int = 0) -> bool:
@@ -117,6 +118,8 @@ def manifest_problems(m: dict) -> list[str]:
         out.append(f"'shared' must be true or false, not {m.get('shared')!r}")
     if not isinstance(m.get("model"), dict):
         out.append(f"'model' must be an object of model settings, not {_kind(m.get('model'))}")
+    elif m["model"].get("kind", "unfolding") not in MODEL_KINDS:
+        out.append(f"model.kind must be one of {MODEL_KINDS}, not {m['model'].get('kind')!r}")
     for key in ("schedule", "source"):
         if key in m and not isinstance(m[key], dict):
             out.append(f"'{key}' must be an object, not {_kind(m[key])}")

@@ -222,6 +222,7 @@ def _manifest(
     """What the runtime reads about a package (the file checksums are added on writing);
     ``sampling``: the schedule's churn and ensemble, where not the defaults."""
     space, shared = model.space, bool(model.settings.shared)
+    unfolding = model.settings.kind == "unfolding"
     return {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "diffunfold_version": __version__,
@@ -244,7 +245,8 @@ def _manifest(
             "rho": edm.RHO,
             "sigma_data": model.settings.sigma_data,
             **sampling,
-            **({"fast": IMAGE_DEFAULT.manifest_entry()} if space.kind == "image" else {}),
+            # the fast schedule starts from the unfolded model's classical estimate: not a denoiser's
+            **({"fast": IMAGE_DEFAULT.manifest_entry()} if space.kind == "image" and unfolding else {}),
         },
         "networks": {
             "regularizers": names,
@@ -392,6 +394,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, weights: str 
     is_mri = model.space.kind == "mri"
     # a config repeats a task to draw it more often; the package names each task once
     tasks = ["mri"] if is_mri else list(dict.fromkeys(data.get("tasks", [])))
+    if model.settings.kind == "denoiser":  # a prior: trained on no task
+        tasks = []
     extra = {"mri_patterns": data.get("mri_patterns")} if is_mri else {}
     if data.get("size"):  # the runtime sizes its regulariser tiles from the training crop
         extra["train_size"] = int(data["size"])

@@ -20,6 +20,7 @@ from torch import nn
 from .. import edm
 from ..ensemble import flip
 from ..errors import InputError
+from ..package_schema import MODEL_KINDS
 from ..physics.base import LinearOperator
 from ..spaces import DataSpace
 from ..unfolding import NOISE_FLOOR, PROX_ITERATIONS, check_data_step, stage
@@ -56,6 +57,10 @@ class ModelSettings:
 
     data: str = "image"  # "image" or "mri"
     channels: int = 3  # user-space channels (MRI: 1 complex)
+    # "unfolding": Diff-Unfolding's posterior denoiser. "denoiser": a plain unconditional EDM
+    # denoiser D(x; s) = R(x; s) (one stage, no physics), the prior of the zero-shot solvers
+    # (diffunfold.runtime.zero_shot) trained on the same data and U-Net for comparison.
+    kind: str = "unfolding"
     stages: int = 6  # K, unfolding iterations
     shared: bool = False  # one network told k, or K separate networks
     unet: UNetSettings = field(default_factory=UNetSettings)
@@ -85,6 +90,13 @@ class ModelSettings:
             self.unet = _from_dict(UNetSettings, self.unet, "model.unet")
         if int(self.stages) < 1:
             raise InputError(f"stages (K) must be >= 1, got {self.stages}")
+        if self.kind not in MODEL_KINDS:
+            raise InputError(f"model.kind must be one of {MODEL_KINDS}, got {self.kind!r}")
+        if self.kind == "denoiser" and (int(self.stages) != 1 or self.shared):
+            raise InputError(
+                "a denoiser (model.kind = 'denoiser') is one network without stages: set "
+                "model.stages = 1 and model.shared = false"
+            )
         if self.tau_init <= 0 or self.gamma_init <= 0:
             raise InputError("tau_init and gamma_init must be positive")
         lo, hi = (float(v) for v in self.weights_sigma_range)
@@ -246,6 +258,8 @@ class DiffUnfolding(nn.Module):
         noise-aware model, ignored otherwise). ``flip_axes``: the regularisers see ``x`` flipped
         along these axes and their output is flipped back (``diffunfold.ensemble``)."""
         sigma = self._sigma_batch(sigma, x_t)
+        if self.settings.kind == "denoiser":  # the physics plays no part: a prior only
+            return flip(self.regularizers[0](flip(x_t, flip_axes), sigma), flip_axes)
         tau, gamma = self.weights(sigma)
         s = self.settings
         noise_var = None

@@ -112,6 +112,7 @@ def initialise_from(model: DiffUnfolding, source: str, adapt_attention: bool = F
         from .attention_layout import remap_attention
 
         state = remap_attention(state, source_model, model)
+    state = _fold_stage_embedding(state, model)
     keep = {k: v for k, v in state.items() if k.startswith(("regularizers.", "uncertainty."))}
     missing, unexpected = model.load_state_dict(keep, strict=False)
     new_attention = _start_as_identity(model, missing) if adapt_attention else set()
@@ -135,6 +136,20 @@ def initialise_from(model: DiffUnfolding, source: str, adapt_attention: bool = F
                 else ", or set train.init_adapt_attention=true if only the attention layers differ"
             )
         )
+
+
+def _fold_stage_embedding(state: dict[str, torch.Tensor], model: DiffUnfolding, stage: int = 0) -> dict:
+    """A shared network's stage ``stage`` as a network without stage conditioning (a denoiser
+    started from an unfolded model): the stage embedding is added to the noise embedding's
+    first layer, so it folds exactly into that layer's bias. Stage 0 is the one that sees the
+    noisy image itself."""
+    key = "regularizers.0.unet.stage_embed.weight"
+    if key not in state or model.regularizers[0].unet.stage_embed is not None:
+        return state
+    state = dict(state)
+    bias = "regularizers.0.unet.map0.bias"
+    state[bias] = state[bias] + state.pop(key)[stage].to(state[bias].dtype)
+    return state
 
 
 def _start_as_identity(model: DiffUnfolding, missing: list[str]) -> set[str]:

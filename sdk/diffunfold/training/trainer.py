@@ -353,7 +353,8 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     amp = t.amp and (device.type == "cuda" or (device.type == "cpu" and t.cpu_bf16))
     space = model.space
 
-    val = validation_set(cfg) if ctx.main else None
+    # a denoiser restores nothing by itself: the zero-shot solvers' benchmarks judge it
+    val = validation_set(cfg) if ctx.main and cfg.model.kind == "unfolding" else None
     if ctx.main:
         log, val_log = _open_logs(out, cfg)
         _announce(cfg, model, counts, device, ctx, start, amp)
