@@ -123,6 +123,30 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i (default 0)")
 
 
+def _add_comparison_arguments(p: argparse.ArgumentParser) -> None:
+    """The other methods of the comparison table (quality-methods-<kind>.md)."""
+    p.add_argument(
+        "--zero-shot",
+        metavar="PACKAGE",
+        help="an unconditional EDM denoiser package (model.kind = 'denoiser'): its zero-shot solvers "
+        "(DPS, DiffPIR, PnP-EDM; DDS for MRI) join the comparison on the same cases",
+    )
+    p.add_argument(
+        "--method",
+        dest="methods",
+        action="append",
+        metavar="NAME",
+        help="with --zero-shot: only this solver (repeatable; default: every one that fits the data kind)",
+    )
+    p.add_argument(
+        "--learned",
+        action="append",
+        metavar="MODULE:CHECKPOINT",
+        help="a learned baseline of bench/learned_baselines (repeatable), e.g. "
+        "cedm:runs/cedm-gaussian-blur or varnet:runs/varnet-g1d4; scored on the operators it was trained for",
+    )
+
+
 def _add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     """Where the packages run and where the results go."""
     p.add_argument("--backend", default="onnxruntime", help="runtime backend (default onnxruntime)")
@@ -139,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("packages", nargs="+", metavar="PACKAGE", help="model package folders, run folders or checkpoints")
     _add_sampling_arguments(p)
     _add_data_arguments(p)
+    _add_comparison_arguments(p)
     _add_runtime_arguments(p)
     return p
 

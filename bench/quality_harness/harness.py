@@ -19,7 +19,9 @@ from diffunfold.errors import InputError
 
 from .baselines import METHODS, image_baselines, mri_baselines
 from .cases import make_case, score
+from .entrants import Entrant, learned_entrants, run_entrant, zero_shot_entrants
 from .figure import figure
+from .methods_report import markdown_methods
 from .packages import Scored, contrast_label, model_method_name, open_inputs, run_model
 from .report import _row, markdown_compare, markdown_package, summary
 from .tasks import QUICK, TASK_BY_KEY, TASKS, Settings
@@ -98,14 +100,16 @@ def data_label(args, kind: str) -> str:
     return f"photos from {args.photos}" if args.photos else "scikit-image photos"
 
 
-def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dict, str | None, float | None]:
+def score_all(
+    scored: list[Scored], s: Settings, args, quiet: bool, entrants: list[Entrant] = ()
+) -> tuple[dict, str | None, float | None]:
     """Every task x noise level of every kind present: the baselines once, then each package.
     Returns the baselines' rows per kind, why SigPy was skipped (or None) and its forward check."""
     from tqdm.auto import tqdm
 
     from diffunfold import quality_baselines as qb
 
-    kinds = [k for k in ("image", "mri") if any(sc.kind == k for sc in scored)]
+    kinds = [k for k in ("image", "mri") if any(sc.kind == k for sc in [*scored, *entrants])]
     tasks = {k: [TASK_BY_KEY[key] for key in s.tasks if TASK_BY_KEY[key].kind == k] for k in kinds}
     for k in kinds:
         if not tasks[k]:
@@ -117,7 +121,7 @@ def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dic
     sigpy_reason = qb.sigpy_status() if "mri" in kinds else None
     sigpy_check = None
     data = held_out_data(args, s)
-    total = sum(len(tasks[k]) * len(levels[k]) * (1 + sum(sc.kind == k for sc in scored)) for k in kinds)
+    total = sum(len(tasks[k]) * len(levels[k]) * (1 + sum(sc.kind == k for sc in [*scored, *entrants])) for k in kinds)
     baseline_rows: dict[str, list[dict]] = {k: [] for k in kinds}
     with tqdm(total=total, desc="quality", unit="step", disable=quiet, dynamic_ncols=True) as bar:
         for kind in kinds:
@@ -146,11 +150,19 @@ def score_all(scored: list[Scored], s: Settings, args, quiet: bool) -> tuple[dic
                                 _row(case, key, model_method_name(key, s.samples), False, False, score(case, est))
                             )
                         bar.update(1)
+                    for e in (e for e in entrants if e.kind == kind):
+                        bar.set_postfix_str(f"{task.key} @ {level:g}: {e.name}")
+                        if e.applies(task):
+                            e.rows.append(
+                                _row(case, "mean", e.name, False, False, score(case, run_entrant(e, case, s)))
+                            )
+                        bar.update(1)
     return baseline_rows, sigpy_reason, sigpy_check
 
 
 def write_outputs(
     scored: list[Scored],
+    entrants: list[Entrant],
     baseline_rows: dict,
     meta: dict,
     s: Settings,
@@ -190,6 +202,17 @@ def write_outputs(
         written += [stem.with_suffix(e) for e in (".md", ".json") + (() if why else (".png",))]
         if not quiet:
             print(md.split("## Every method")[0])
+    for kind in ("image", "mri"):
+        others = [e for e in entrants if e.kind == kind]
+        if others:
+            path = out / f"quality-methods-{kind}.md"
+            path.write_text(
+                markdown_methods([sc for sc in scored if sc.kind == kind], others, baseline_rows[kind], meta, s)
+            )
+            (out / f"quality-methods-{kind}.json").write_text(
+                json.dumps({"meta": meta, "rows": [r for e in others for r in e.rows]}, indent=1) + "\n"
+            )
+            written += [path, path.with_suffix(".json")]
     if len(scored) > 1:
         kinds = "-".join(k for k in ("image", "mri") if any(sc.kind == k for sc in scored))
         compare = out / f"quality-compare-{kinds}.md"
@@ -207,9 +230,13 @@ def run(args) -> int:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quality-") as tmp:
         scored = open_inputs(args.packages, Path(tmp), log)
+        options = dict(backend=args.backend, device=args.device, threads=args.threads)
         for sc in scored:
-            sc.solver = Solver.load(sc.package, backend=args.backend, device=args.device, threads=args.threads)
-        baseline_rows, sigpy_reason, sigpy_check = score_all(scored, s, args, args.quiet)
+            sc.solver = Solver.load(sc.package, **options)
+        entrants = learned_entrants(args.learned or [])
+        if args.zero_shot:
+            entrants = zero_shot_entrants(args.zero_shot, args.methods or [], options) + entrants
+        baseline_rows, sigpy_reason, sigpy_check = score_all(scored, s, args, args.quiet, entrants)
         wall = time.perf_counter() - t_start
         meta = {
             "command": " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
@@ -231,6 +258,6 @@ def run(args) -> int:
             "sigpy_forward_check_rel_err": sigpy_check,
             "versions": {m: module_version(m) for m in ("numpy", "scipy", "skimage", "onnxruntime", "sigpy")},
         }
-        written = write_outputs(scored, baseline_rows, meta, s, Path(args.out), log, args.quiet)
+        written = write_outputs(scored, entrants, baseline_rows, meta, s, Path(args.out), log, args.quiet)
     print(f"{len(scored)} package(s) in {wall:.0f} s; wrote " + ", ".join(str(p) for p in written))
     return 0

@@ -30,6 +30,7 @@ class Scored:
     solver: Any = None
     rows: list[dict] = field(default_factory=list)
     model_seconds: float = 0.0
+    calls: list[int] = field(default_factory=list)  # per case: network calls per image and sample
 
     @property
     def kind(self) -> str:
@@ -106,6 +107,7 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
         schedule=None if case.mri else s.schedule,
     )
     t_mean = time.perf_counter() - t0
+    sc.calls.append(int(sol.nfe) * sc.package.stages)  # every call of D runs the K stages
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
     t_single, extra = t_mean / s.samples, 0.0
     sc.model_seconds += t_mean + extra

@@ -1,0 +1,128 @@
+"""The other methods of the comparison table: the zero-shot solvers run on an unconditional EDM
+denoiser package (``--zero-shot PACKAGE --method NAME``), and the learned baselines of
+``bench/learned_baselines`` (``--learned MODULE:CHECKPOINT``), scored on the same cases as the
+Diff-Unfolding packages (same images, operators, measurements and seeds)."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from diffunfold.errors import InputError
+
+from .cases import Case, Estimate
+from .tasks import QualityTask, Settings
+
+
+@dataclass
+class Entrant:
+    """One method of the comparison that is not a Diff-Unfolding package."""
+
+    name: str  # as the table shows it, e.g. "DPS" or "cEDM (Gaussian blur)"
+    kind: str  # "image" or "mri"
+    family: str  # "zero-shot, <denoiser package>" or "learned baseline, <checkpoint>"
+    params: int
+    restore: Callable[[Case, Settings], tuple[np.ndarray, int]]  # images, network calls per image
+    applies: Callable[[QualityTask], bool] = lambda task: True
+    rows: list[dict] = field(default_factory=list)
+    calls: list[int] = field(default_factory=list)  # per case: network calls per image and sample
+    seconds: float = 0.0
+
+
+def zero_shot_entrants(path: str, methods: list[str], solver_options: dict) -> list[Entrant]:
+    """One entrant per method, all on the denoiser package at ``path``."""
+    from diffunfold.package import ModelPackage
+    from diffunfold.runtime import Solver
+
+    pkg = ModelPackage.open(path)
+    if pkg.kind != "denoiser":
+        raise InputError(
+            f"--zero-shot {path}: a {pkg.kind} package; the zero-shot solvers need an unconditional "
+            "denoiser package (model.kind = 'denoiser')"
+        )
+    from diffunfold.runtime.zero_shot import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise InputError(f"--method {unknown}: unknown; choose from {sorted(METHODS)}")
+    solver = Solver.load(pkg, **solver_options)
+    params = int(pkg.manifest["parameters"]["regularizers"])
+    kind = pkg.space.kind
+    chosen = methods or PAPER_METHODS[kind]
+    return [
+        Entrant(_label(m), kind, f"zero-shot, {pkg.path.name}", params, _zero_shot_runner(solver, m)) for m in chosen
+    ]
+
+
+# the zero-shot solvers the paper compares with (Tables 1 and 2), the default of --zero-shot
+PAPER_METHODS = {"image": ["dps", "diffpir", "pnp-edm"], "mri": ["dps", "dds"]}
+
+
+def _label(method: str) -> str:
+    return {"dps": "DPS", "diffpir": "DiffPIR", "pnp-edm": "PnP-EDM", "dds": "DDS"}.get(method, method)
+
+
+def _zero_shot_runner(solver, method: str) -> Callable[[Case, Settings], tuple[np.ndarray, int]]:
+    def restore(case: Case, s: Settings) -> tuple[np.ndarray, int]:
+        sol = solver.solve(case.y, case.op, method=method, seed=case.seeds, samples=s.samples, noise_std=case.noise_std)
+        return np.asarray(sol.images), int(sol.nfe)
+
+    return restore
+
+
+def learned_entrants(specs: list[str]) -> list[Entrant]:
+    """``MODULE:CHECKPOINT`` each: ``bench/learned_baselines/MODULE.py``'s ``load(CHECKPOINT)``."""
+    out = []
+    for spec in specs:
+        module, sep, checkpoint = spec.partition(":")
+        if not sep or not module or not checkpoint:
+            raise InputError(f"--learned wants MODULE:CHECKPOINT (e.g. cedm:runs/cedm/ckpt.safetensors), got {spec!r}")
+        try:
+            mod = importlib.import_module(f"learned_baselines.{module}")
+        except ModuleNotFoundError:
+            raise InputError(f"--learned {spec!r}: no bench/learned_baselines/{module}.py") from None
+        model = mod.load(checkpoint)
+        out.append(
+            Entrant(
+                getattr(model, "label", module),
+                model.kind,
+                f"learned baseline, {checkpoint}",
+                int(model.params),
+                _learned_runner(model),
+                _learned_applies(model),
+            )
+        )
+    return out
+
+
+def _learned_applies(model) -> Callable[[QualityTask], bool]:
+    """A learned baseline is trained for some operators: it is scored on those only."""
+    fits = getattr(model, "fits", None)
+    return (lambda task: bool(fits(task.task, task.params))) if fits else (lambda task: True)
+
+
+def _learned_runner(model) -> Callable[[Case, Settings], tuple[np.ndarray, int]]:
+    def restore(case: Case, s: Settings) -> tuple[np.ndarray, int]:
+        draws = 1 if getattr(model, "deterministic", False) else s.samples
+        images, calls = [], 0
+        for i, seed in enumerate(case.seeds):
+            y = case.y[i : i + 1]  # the harness's operators are shared by the images of a task
+            got = [model.restore(y, case.op, case.noise_std[i], seed + 1000 * j) for j in range(draws)]
+            images.append(np.mean([np.asarray(g) for g in got], axis=0))
+            calls = int(getattr(model, "calls", 0))
+        return np.concatenate(images, axis=0), calls
+
+    return restore
+
+
+def run_entrant(e: Entrant, case: Case, s: Settings) -> Estimate:
+    t0 = time.perf_counter()
+    images, calls = e.restore(case, s)
+    seconds = time.perf_counter() - t0
+    e.seconds += seconds
+    e.calls.append(calls)
+    return Estimate(images, seconds)
