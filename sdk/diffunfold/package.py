@@ -265,9 +265,13 @@ class ModelPackage:
     def summary(self) -> str:
         m = self.manifest
         src = m.get("source", {})
+        trained = f"; step {src.get('step', '?')} ({src.get('weights', '?')} weights)"
+        if self.kind == "denoiser":
+            return (
+                f"{self.path.name}: {m['data']['kind']} unconditional EDM denoiser, for the zero-shot solvers{trained}"
+            )
         return (
             f"{self.path.name}: {m['data']['kind']} model, K={self.stages} "
             f"({'shared' if self.shared else 'separate'} networks), {self.data_step} data step"
-            f"{' (noise-aware)' if self.noise_aware else ''}, trained on {', '.join(self.tasks) or '?'}"
-            f"; step {src.get('step', '?')} ({src.get('weights', '?')} weights)"
+            f"{' (noise-aware)' if self.noise_aware else ''}, trained on {', '.join(self.tasks) or '?'}{trained}"
         )
