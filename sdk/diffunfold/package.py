@@ -265,6 +265,9 @@ class ModelPackage:
     def summary(self) -> str:
         m = self.manifest
         src = m.get("source", {})
+        if self.kind == "denoiser":
+            what = f"{m['data']['kind']} EDM denoiser (for the zero-shot methods)"
+            return f"{self.path.name}: {what}; step {src.get('step', '?')} ({src.get('weights', '?')} weights)"
         return (
             f"{self.path.name}: {m['data']['kind']} model, K={self.stages} "
             f"({'shared' if self.shared else 'separate'} networks), {self.data_step} data step"

@@ -135,17 +135,20 @@ def prox(p: Problem, z, rho, y=None, iterations: int = 30):
     return p.space.to_model(u)
 
 
-def krylov_refine(p: Problem, x_model, steps: int, weight: float = 0.0):
-    """``steps`` CG iterations from ``x_model`` on ``||A u - y||^2 / (2 L) + weight / 2 ||u - u_0||^2``
-    (user units, ``L = ||A||^2``): DDS's data step, which keeps the update in the Krylov subspace
-    around the denoised estimate (``weight`` 0: the noise-free data term alone)."""
+def krylov_refine(p: Problem, x_model, steps: int, rho=0.0):
+    """``steps`` CG iterations from ``x_model`` on the data step's objective ``||A u(x) - y||^2 / (2 v)
+    + rho / 2 ||x - x_model||^2`` (model space, ``rho`` a number or per image ``(B,)``; 0: the data
+    term alone): DDS's data step, which keeps the update in the Krylov subspace around the denoised
+    estimate. Solved in user units as ``prox`` is (``w = rho scale^2 v / L``)."""
     op, u0 = p.operator, p.space.to_user(x_model)
     lip = op.lipschitz
+    rho = np.broadcast_to(np.asarray(rho, dtype=np.float64), (len(p.seeds),))
+    w = p.per_image(rho * p.space.scale**2 * p.variance() / lip)
 
     def normal(u):
-        return op.normal(u) / lip + weight * u
+        return op.normal(u) / lip + w * u
 
-    rhs = op.AT(p.y) / lip + weight * u0
+    rhs = op.AT(p.y) / lip + w * u0
     return p.space.to_model(conjugate_gradient(normal, rhs, u0, steps))
 
 
