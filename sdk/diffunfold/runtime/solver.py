@@ -253,6 +253,7 @@ class Solver:
         y_dev, return_numpy = self._prepare(y, operator)
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
+        extra["method"] = zero_shot.UNFOLDING
         run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
         run.stages = check_stages(stages, self.stages)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
