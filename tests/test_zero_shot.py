@@ -372,3 +372,20 @@ def test_restore_cli_runs_a_zero_shot_method(denoisers, tmp_path, capsys):
     assert main(["restore", *common, "--method", "dpss"]) != 0
     err = capsys.readouterr().err
     assert "invalid choice: 'dpss'" in err and all(f"'{n}'" in err for n in names())
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_mri_cli_runs_dds_from_noise(denoisers, tmp_path, capsys):
+    """`diffunfold mri --method dds`: the scanner path's SENSE start belongs to the unfolding
+    sampler; a zero-shot method starts from noise instead (and is not refused for it)."""
+    from diffunfold.cli import main
+    from diffunfold.data.phantom import write_phantom_dataset
+
+    _, package = denoisers["mri"]
+    (path,) = write_phantom_dataset(
+        tmp_path / "ph", num_files=1, slices_per_file=1, shape=(32, 32), ncoils=4, progress=False
+    )
+    args = ["mri", str(package.path), str(path), "--out", str(tmp_path / "out"), "--quiet", "--backend", "onnxruntime"]
+    assert main([*args, "--method", "dds", "--steps", "3"]) == 0
+    assert "NFE 3" in capsys.readouterr().out
