@@ -318,3 +318,21 @@ def add_ensemble_argument(parser: argparse.ArgumentParser, help_text: str) -> No
     from .ensemble import ENSEMBLES
 
     parser.add_argument("--ensemble", choices=ENSEMBLES, help=help_text)
+
+
+# ``--method``: the names of ``diffunfold.runtime.zero_shot.names()`` (kept here so that building the
+# parser imports no numpy; tests/test_zero_shot.py holds the two equal) and what each costs.
+METHOD_NAMES = ("diff-unfolding", "dps", "diffpir", "pnp-edm", "dds")
+METHOD_HELP = (
+    "diff-unfolding: the unfolded model's own sampler (unfolding packages; their default). Zero-shot "
+    "solvers, for denoiser packages (model.kind = denoiser), with their network calls per image at the "
+    "defaults: dps 3000 (1000 steps, each the denoiser and a finite-difference JVP of 2 calls), "
+    "diffpir 100 (100 steps, exact data step), pnp-edm 1888 (100 split-Gibbs iterations, each an EDM "
+    "prior step from the coupling level down), dds 50 (50 DDIM steps, 5 CG steps each; made for MRI). "
+    "--steps sets the method's step (pnp-edm: iteration) count. docs/zero-shot-solvers.md says which to use"
+)
+
+
+def add_method_argument(parser: argparse.ArgumentParser) -> None:
+    """``--method NAME``: the unfolding sampler or a zero-shot solver (``diffunfold.runtime.zero_shot``)."""
+    parser.add_argument("--method", type=str.lower, choices=METHOD_NAMES, metavar="NAME", help=METHOD_HELP)

@@ -70,6 +70,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
         "every sample as it is (default: the package's)",
     )
     p.add_argument("--seed", type=V.SEED, default=0, help="base seed (default: 0)")
+    V.add_method_argument(p)
     p.add_argument(
         "--tile",
         type=tile_value,
@@ -91,8 +92,11 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_solver(pkg, args):
+    """The package's solver, after checking that ``--method`` suits the package (before any input)."""
     from .runtime.solver import Solver
+    from .runtime.zero_shot import route
 
+    route(getattr(args, "method", None), pkg.kind)
     return Solver.load(pkg, backend=args.backend, device=args.device, threads=args.threads)
 
 

@@ -205,6 +205,7 @@ def _solve_options(job: _MRIJob, name: str) -> dict:
         "tile": args.tile,
         "churn": args.churn_setting,
         "ensemble": args.ensemble,
+        "method": args.method,
         "progress": step_bar(name, args.quiet),
     }
 

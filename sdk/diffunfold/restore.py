@@ -381,6 +381,7 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
         churn=args.churn_setting,
         ensemble=args.ensemble,
         contrast=args.contrast,
+        method=args.method,
         progress=step_bar(path.name, args.quiet),
     )
     restored = np.asarray(sol.images)
@@ -393,6 +394,7 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
         "seconds": sol.timing.total,
         "timing": sol.timing.as_dict(),
         "nfe": sol.nfe,
+        "method": sol.extra.get("method", "diff-unfolding"),
         "baseline": baseline_name(op),
     }
     if "contrast_gain" in sol.extra:
@@ -467,11 +469,8 @@ def run_restore(args) -> int:
             "an image package. Reconstruct MRI with `diffunfold mri PACKAGE FILE.h5`"
         )
     out_dir = Path(args.out)
-    kinds = (
-        ["restored", "baseline"]
-        + ([] if args.mode == "measured" else ["measured"])
-        + (["std"] if args.samples > 1 else [])
-    )
+    kinds = ["restored", "baseline"] + ([] if args.mode == "measured" else ["measured"])
+    kinds += ["std"] if args.samples > 1 else []
     names = base_names([f for _, f in readable])
     units = [
         Unit(b, {k: out_dir / f"{b}_{k}{_output_suffix(f, k)}" for k in kinds}, (i, f), str(f))

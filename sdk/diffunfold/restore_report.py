@@ -64,11 +64,7 @@ def restore_report(args, pkg, job: Any, label: str, batch, wall: float, notes_fi
                 "task": job.name,
                 "params": {k: v for k, v in args.task.items() if k != "task"},
                 "noise": args.noise,
-                "steps": args.steps or pkg.schedule["steps"],
-                "sampler": args.sampler or pkg.schedule["sampler"],
-                "churn": (args.churn_setting or pkg.churn).as_dict(),
-                "ensemble": args.ensemble or pkg.ensemble,
-                "contrast": contrast_of(args.contrast, pkg),
+                **sampling_of(args, pkg),
                 "samples": args.samples,
                 "seed": args.seed,
                 "size": args.size,
@@ -85,6 +81,22 @@ def restore_report(args, pkg, job: Any, label: str, batch, wall: float, notes_fi
             batch,
             "name",
         )
+
+
+def sampling_of(args, pkg) -> dict:
+    """How the images were sampled, for the report: the unfolding sampler's settings, or the
+    zero-shot method and its step count (None: the method's default; its settings are in
+    ``diffunfold.runtime.zero_shot``)."""
+    if pkg.kind == "denoiser":
+        return {"method": args.method, "steps": args.steps}
+    return {
+        "method": "diff-unfolding",
+        "steps": args.steps or pkg.schedule["steps"],
+        "sampler": args.sampler or pkg.schedule["sampler"],
+        "churn": (args.churn_setting or pkg.churn).as_dict(),
+        "ensemble": args.ensemble or pkg.ensemble,
+        "contrast": contrast_of(args.contrast, pkg),
+    }
 
 
 def contrast_of(chosen: str | None, pkg) -> dict | None:

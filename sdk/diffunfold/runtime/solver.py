@@ -26,12 +26,13 @@ from ..noise import resolve_noise_std
 from ..package import ModelPackage
 from ..physics.base import LinearOperator
 from ..unfolding import stage
-from . import tiling
+from . import tiling, zero_shot
 from .backends import Backend, create_backend
 from .inputs import check_samples, check_stages, prepare_measurement
 from .solution import Solution, Timing, progress_hook, summarise_draws
 from .tiling import TilePlan
 from .warm_start import WarmStart, check_start_options, warm_start
+from .zero_shot.solve import solve as solve_zero_shot
 
 
 class Solver:
@@ -212,6 +213,8 @@ class Solver:
         init_noise: float = 0.0,
         stages: int | None = None,
         schedule: str | None = None,
+        method: str | None = None,
+        method_options: dict | None = None,
     ) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
@@ -231,7 +234,18 @@ class Solver:
         ``progress``: True for a progress bar over the sampler steps, or a callable
         ``progress(done, total)`` called after each step. ``tile``, ``churn``,
         ``ensemble``, ``contrast``, ``init``, ``init_sigma`` and ``init_noise``: see the class.
+        ``method``: None or ``"diff-unfolding"`` for an unfolding package; a zero-shot solver
+        (``diffunfold.runtime.zero_shot.METHODS``: dps, diffpir, pnp-edm, dds) for a denoiser
+        package, with ``steps`` its step count and ``method_options`` its settings' fields.
         """
+        if (name := zero_shot.route(method, self.package.kind)) is not None:
+            unfolding_only = dict(sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, churn=churn)
+            unfolding_only.update(ensemble=ensemble, contrast=contrast, init=init, stages=stages, schedule=schedule)
+            return solve_zero_shot(
+                self, y, operator, name, unfolding_only, seed, samples, noise_std, progress, steps, tile, method_options
+            )
+        if method_options:
+            raise InputError("method_options are the settings of a zero-shot method; this solve has none")
         check_start_options(init, init_sigma, init_noise)
         fast = fast_schedule.choose(schedule, self.package.fast_schedule, self.package.path)
         sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast)
@@ -239,6 +253,7 @@ class Solver:
         y_dev, return_numpy = self._prepare(y, operator)
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
+        extra["method"] = zero_shot.UNFOLDING
         run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
         run.stages = check_stages(stages, self.stages)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)

@@ -59,6 +59,9 @@ def reconstruct_kspace(
     )
     if "init" in solve:
         p.info["start"], begin = "the caller's estimate", {}
+    elif str(solve.get("method") or "diff-unfolding").lower() != "diff-unfolding":
+        # a zero-shot method (diffunfold.runtime.zero_shot) runs its own sampler from noise
+        p.info["start"], begin = f"noise ({solve['method']})", {}
     else:
         begin = sense_start(p, start, samples=solve.get("samples", 1), steps=solve.get("steps"))
     t1 = time.perf_counter()
