@@ -23,7 +23,7 @@ IMAGE_PKG = REPO / "samples" / "models" / "image-small"
 class _Pseudo:
     """A stand-in learned baseline: the operator's pseudo-inverse, trained for Gaussian blur only."""
 
-    label, kind, params, calls, deterministic = "pseudo-inverse", "image", 1234, 0, True
+    label, kind, parameters, nfe = "pseudo-inverse", "image", 1234, 1
 
     def __init__(self):
         self.seen = []
@@ -54,7 +54,7 @@ def test_a_learned_baseline_joins_the_table_on_its_operators_only(tmp_path, fake
     assert {r["task"] for r in rows} == {"gaussian_blur"}  # never scored on SR
     assert all(np.isfinite(r["psnr"]) for r in rows)
     assert fake_module.seen and all(s[1] == 0.05 for s in fake_module.seen)  # given the true noise level
-    assert "| pseudo-inverse | learned baseline, none | 0.00 M | 0 |" in md
+    assert "| pseudo-inverse | learned baseline, none | 0.00 M | 1 |" in md
     sr_line = next(line for line in md.splitlines() if line.startswith("| SR x4"))
     assert sr_line.split("|")[4].strip() == "-"  # its cell on SR is empty, not a score
     assert "Diff-Unfolding (image-small)" in md

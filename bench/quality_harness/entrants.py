@@ -75,7 +75,9 @@ def _zero_shot_runner(solver, method: str) -> Callable[[Case, Settings], tuple[n
 
 
 def learned_entrants(specs: list[str]) -> list[Entrant]:
-    """``MODULE:CHECKPOINT`` each: ``bench/learned_baselines/MODULE.py``'s ``load(CHECKPOINT)``."""
+    """``MODULE:CHECKPOINT`` each: ``bench/learned_baselines/MODULE.py``'s ``load(CHECKPOINT)``, a
+    restorer with ``restore(y, operator, noise_std, seed)``, ``parameters``, ``nfe`` and its model's
+    ``space`` (and ``task``), and the checkpoint's ``meta`` (the MRI mask it was trained for)."""
     out = []
     for spec in specs:
         module, sep, checkpoint = spec.partition(":")
@@ -85,35 +87,67 @@ def learned_entrants(specs: list[str]) -> list[Entrant]:
             mod = importlib.import_module(f"learned_baselines.{module}")
         except ModuleNotFoundError:
             raise InputError(f"--learned {spec!r}: no bench/learned_baselines/{module}.py") from None
-        model = mod.load(checkpoint)
+        r = mod.load(checkpoint)
+        kind, trained = _trained_for(r)
+        label = (
+            getattr(r, "label", None)
+            or f"{'cEDM' if module == 'cedm' else 'E2E-VarNet' if module == 'varnet' else module}"
+        )
         out.append(
             Entrant(
-                getattr(model, "label", module),
-                model.kind,
+                f"{label} ({trained})" if trained else label,
+                kind,
                 f"learned baseline, {checkpoint}",
-                int(model.params),
-                _learned_runner(model),
-                _learned_applies(model),
+                int(getattr(r, "parameters", 0)),
+                _learned_runner(r),
+                _learned_applies(r),
             )
         )
     return out
 
 
-def _learned_applies(model) -> Callable[[QualityTask], bool]:
-    """A learned baseline is trained for some operators: it is scored on those only."""
-    fits = getattr(model, "fits", None)
-    return (lambda task: bool(fits(task.task, task.params))) if fits else (lambda task: True)
+def _trained_for(r) -> tuple[str, str]:
+    """The data kind of a learned baseline and what it was trained for, as the table names it."""
+    model = getattr(r, "model", None)
+    kind = getattr(r, "kind", None) or model.space.kind
+    mask = getattr(r, "meta", {}).get("settings", {}).get("mask")
+    if kind == "mri":
+        return kind, f"trained on {mask}" if mask else ""
+    task = getattr(model, "task", None)
+    return kind, f"trained on {task}" if task else ""
 
 
-def _learned_runner(model) -> Callable[[Case, Settings], tuple[np.ndarray, int]]:
+def _learned_applies(r) -> Callable[[QualityTask], bool]:
+    """A learned baseline is scored on the operators it was trained for only: its task (cEDM on
+    images), its MRI mask (kind and acceleration)."""
+    fits = getattr(r, "fits", None)
+    if fits:
+        return lambda task: bool(fits(task.task, task.params))
+    mask = getattr(r, "meta", {}).get("settings", {}).get("mask")
+    if mask:
+        kind, _, acc = mask.partition(":")
+        return lambda task: (
+            task.kind == "mri"
+            and (task.params.get("kind"), float(task.params.get("acceleration", 0)))
+            == (
+                kind,
+                float(acc),
+            )
+        )
+    task_name = getattr(getattr(r, "model", None), "task", None)
+    return (lambda task: task.task == task_name) if task_name else (lambda task: True)
+
+
+def _learned_runner(r) -> Callable[[Case, Settings], tuple[np.ndarray, int]]:
+    calls = int(getattr(r, "nfe", getattr(r, "calls", 0)))
+
     def restore(case: Case, s: Settings) -> tuple[np.ndarray, int]:
-        draws = 1 if getattr(model, "deterministic", False) else s.samples
-        images, calls = [], 0
+        draws = 1 if calls <= 1 else s.samples  # a one-pass network is deterministic
+        images = []
         for i, seed in enumerate(case.seeds):
             y = case.y[i : i + 1]  # the harness's operators are shared by the images of a task
-            got = [model.restore(y, case.op, case.noise_std[i], seed + 1000 * j) for j in range(draws)]
-            images.append(np.mean([np.asarray(g) for g in got], axis=0))
-            calls = int(getattr(model, "calls", 0))
+            got = [np.asarray(r.restore(y, case.op, case.noise_std[i], seed + 1000 * j)) for j in range(draws)]
+            images.append(np.mean(got, axis=0))
         return np.concatenate(images, axis=0), calls
 
     return restore
