@@ -43,7 +43,7 @@ from machine import LoadWatch, add_output_arguments, machine_info, record  # noq
 
 from diffunfold import quality_baselines as qb  # noqa: E402
 from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
-from diffunfold.metrics import psnr  # noqa: E402
+from diffunfold.metrics import psnr, ssim  # noqa: E402
 from diffunfold.physics.mri import MultiCoilMRI, mri_mask  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
 from diffunfold.scanner import ScannerSettings, StartSettings, estimate_kspace_noise, prepare_kspace  # noqa: E402
@@ -70,6 +70,14 @@ def magnitude_psnr(est: np.ndarray, truth: np.ndarray) -> float:
     s = float(a @ t / max(a @ a, 1e-30))
     est_m, tru_m = (s * np.abs(est))[None, None], np.abs(truth)[None, None]
     return float(np.ravel(psnr(est_m.astype(np.float32), tru_m.astype(np.float32), None))[0])
+
+
+def magnitude_ssim(est: np.ndarray, truth: np.ndarray) -> float:
+    """SSIM of ``|est|`` against ``|truth|`` after the same least-squares scale, range max|truth|."""
+    a, t = np.abs(est).ravel(), np.abs(truth).ravel()
+    s = float(a @ t / max(a @ a, 1e-30))
+    est_m, tru_m = (s * np.abs(est))[None, None], np.abs(truth)[None, None]
+    return float(np.ravel(ssim(est_m.astype(np.float32), tru_m.astype(np.float32), None))[0])
 
 
 def scan(item: dict, kind: str, acc: float, level: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,6 +155,7 @@ def quality_rows(
                             options = {**options, **sense_start(p, settings, steps=options.get("steps"))}
                             sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i, **options)
                             row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
+                            row[f"{key} ssim"] = magnitude_ssim(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} s"] = time.perf_counter() - t0
                     reused = (known or {}).get((row["mask"], row["noise"], row["maps"], row["slice"]))
                     if reused is not None:

@@ -18,6 +18,7 @@ from ..errors import InputError, require
 from ..physics.mri import MASK_KINDS
 from ..physics.tasks import canonical_task, parse_value
 from .model import ModelSettings, _from_dict
+from .self_supervised import LOSS_FRACTION, check_settings
 
 PRESET_DIR = Path(__file__).with_name("presets")
 SOURCES = ("bundled", "folder", "fastmri", "phantom", "volumes")
@@ -126,6 +127,15 @@ class TrainSettings:
     # Train only the weight generators (tau, gamma, u), the regularisers fixed: with few
     # training images, fine-tuning the networks memorises them (README, "Which data step").
     freeze_regularizers: bool = False
+    # MRI without fully sampled references (training/self_supervised.py): "ssdu" splits each
+    # draw's measured points into a data part and a held-out loss part (ssdu_fraction of those
+    # outside the calibration region, as whole lines of a 1-D pattern or as points)
+    supervision: str = "supervised"
+    ssdu_fraction: float = LOSS_FRACTION
+    ssdu_split: str = "lines"
+
+    def __post_init__(self):
+        check_settings(self.supervision, self.ssdu_fraction, self.ssdu_split)
 
 
 @dataclass
@@ -163,6 +173,11 @@ class TrainConfig:
             raise InputError(
                 f"data.source {self.data.source!r} does not fit model.data {self.model.data!r}: "
                 "MRI sources (fastmri, phantom) need model.data = 'mri' and channels = 1"
+            )
+        if self.train.supervision == "ssdu" and not self.data.is_mri:
+            raise InputError(
+                "train.supervision = 'ssdu' splits measured k-space: it needs an MRI data.source "
+                "(volumes, fastmri or phantom); use 'supervised' for images"
             )
         if self.train.batch_size < 1 or self.train.steps < 1:
             raise InputError("train.steps and train.batch_size must be positive")

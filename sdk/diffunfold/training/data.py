@@ -30,6 +30,7 @@ from ..physics.tasks import MRITaskSampler, TaskSampler
 from ..scanner import ScannerSettings
 from .config import TrainConfig
 from .scanner_batches import scan_batch
+from .self_supervised import split_rngs, to_self_supervised
 
 _TASK_STREAM = 2**32 - 1  # the index of the per-step task stream (never an image index)
 _VAL_STREAM = 2**32 - 2
@@ -205,7 +206,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
         shape = (self.space.model_channels, *x.shape[-2:])
         noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
-        return {
+        item = {
             "step": step,
             "x": x,
             "y": y,
@@ -216,6 +217,15 @@ class TrainingBatches(torch.utils.data.Dataset):
             "noise": noise,
             "sigma_y": sigma_y,
         }
+        return self._supervise(item, step)
+
+    def _supervise(self, item: dict, step: int) -> dict:
+        """With ``train.supervision = "ssdu"`` the batch loses its clean images and is split into a
+        data part and a held-out loss part (:mod:`.self_supervised`)."""
+        t = self.cfg.train
+        if t.supervision != "ssdu":
+            return item
+        return to_self_supervised(item, split_rngs(t.seed, step, self.first, self.local), t.ssdu_fraction, t.ssdu_split)
 
     def _scanner_item(self, step: int, x, task, sigma_y, rngs) -> dict[str, Any]:
         """The batch as a scanner delivers it (:mod:`.scanner_batches`); the diffusion draws
@@ -225,7 +235,8 @@ class TrainingBatches(torch.utils.data.Dataset):
         sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
         shape = (self.space.model_channels, *x.shape[-2:])
         noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
-        return {"step": step, **scan, "task": task.task, "params": task.params, "sigma": sigma, "noise": noise}
+        item = {"step": step, **scan, "task": task.task, "params": task.params, "sigma": sigma, "noise": noise}
+        return self._supervise(item, step)
 
 
 def keep_as_is(item):

@@ -28,6 +28,7 @@ from .loss import UnfoldingObjective
 from .model import DiffUnfolding
 from .package_weights import initialise_from
 from .sampler import to_tensor
+from .self_supervised import SSDUObjective, is_self_supervised, objective_inputs
 
 
 @dataclass
@@ -263,13 +264,17 @@ def _log_step(
 def _gradient(objective, model, batch: dict, space, device, amp: bool, grad_clip: float):
     """The loss terms of one batch and, when the loss is finite, its (clipped) gradient in the
     parameters' ``.grad`` and their norm; NaN when it is not."""
-    x = space.to_model(to_tensor(batch["x"], device))
-    y = to_tensor(batch["y"], device)
-    sigma = to_tensor(batch["sigma"], device)
-    noise = to_tensor(batch["noise"], device)
-    noise_std = to_tensor(np.asarray(batch["sigma_y"], dtype=np.float32), device)
+    if is_self_supervised(batch):  # no clean image: the SENSE stand-in and the held-out k-space
+        inputs = objective_inputs(batch, space, device)
+    else:
+        x = space.to_model(to_tensor(batch["x"], device))
+        y = to_tensor(batch["y"], device)
+        sigma = to_tensor(batch["sigma"], device)
+        noise = to_tensor(batch["noise"], device)
+        noise_std = to_tensor(np.asarray(batch["sigma_y"], dtype=np.float32), device)
+        inputs = (x, sigma, noise, y, batch["operator"], noise_std)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        terms = objective(x, sigma, noise, y, batch["operator"], noise_std)
+        terms = objective(*inputs)
     for p in model.parameters():
         p.grad = None
     grad_norm = torch.tensor(math.nan)
@@ -349,7 +354,7 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     previous = _previous_checkpoint(ckpt_dir, resume)
     model, ema, optimizer, start, counts = _build(cfg, device, previous if resume else None)
 
-    objective = _objective(model, ctx, device)
+    objective = _objective(model, ctx, device, t.supervision)
     amp = t.amp and (device.type == "cuda" or (device.type == "cpu" and t.cpu_bf16))
     space = model.space
 
@@ -398,9 +403,9 @@ def _train(cfg: TrainConfig, out: Path, ckpt_dir: Path, ctx: Distributed, resume
     return _summary(t, start, t0, last_loss, last_rows, ckpt_path, counts)
 
 
-def _objective(model: DiffUnfolding, ctx: Distributed, device: torch.device):
+def _objective(model: DiffUnfolding, ctx: Distributed, device: torch.device, supervision: str = "supervised"):
     """The training objective, wrapped for DistributedDataParallel when there are several processes."""
-    objective = UnfoldingObjective(model)
+    objective = SSDUObjective(model) if supervision == "ssdu" else UnfoldingObjective(model)
     if ctx.world > 1:
         objective = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     return objective
