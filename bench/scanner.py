@@ -40,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table  # noqa: E402
 from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
+from scanner_methods import add_arguments, cost_markdown, others_from  # noqa: E402
 
 from diffunfold import quality_baselines as qb  # noqa: E402
 from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
@@ -127,6 +128,7 @@ def quality_rows(
     seed: int,
     starts: tuple[str, ...] = ("sense",),
     known: dict | None = None,
+    others: dict | None = None,
 ) -> list[dict]:
     """Every package (and every start of ``STARTS``) on the
     same scans and prepared problems; the baselines once per scan (or from ``known``)."""
@@ -157,6 +159,12 @@ def quality_rows(
                             row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} ssim"] = magnitude_ssim(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} s"] = time.perf_counter() - t0
+                            row[f"{key} calls"] = sol.nfe * solver.package.stages
+                    for name, other in (others or {}).items():  # zero-shot solvers, learned baselines
+                        t0 = time.perf_counter()
+                        image = other.run(p, seed + i)[0, 0]
+                        row[f"{name} s"] = time.perf_counter() - t0
+                        row[name], row[f"{name} ssim"] = magnitude_psnr(image, truth), magnitude_ssim(image, truth)
                     reused = (known or {}).get((row["mask"], row["noise"], row["maps"], row["slice"]))
                     if reused is not None:
                         row.update(reused, baselines="reused")
@@ -410,6 +418,7 @@ def _parser() -> argparse.ArgumentParser:
         help="quality: reuse the oracle baselines of an earlier run's JSON on the same scans "
         "(same volumes, sizes, slices, noise levels and seed); the rest are computed",
     )
+    add_arguments(ap)
     ap.add_argument("--repeats", type=int, default=2, help="speed: interleaved rounds")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -430,9 +439,13 @@ def _run_part(args, size: int) -> tuple[list[dict], str]:
         names = [Path(p).name for p in args.package]
         names = names if len(set(names)) == len(names) else list(args.package)
         solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
-        found = quality_rows(solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines))
+        others = others_from(args)
+        found = quality_rows(
+            solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines), others
+        )
         keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
-        return found, f"## {size} px\n\n" + quality_markdown(found, keys)
+        cost = f"\n\n### Size, calls and time\n\n{cost_markdown(found, solvers, others)}" if others else ""
+        return found, f"## {size} px\n\n" + quality_markdown(found, keys + list(others)) + cost
     solver = Solver.load(args.package[0], backend=args.backend)
     before = Solver.load(args.before, backend=args.backend) if args.before else None
     found = speed_rows(solver, before, items[0], args.repeats, args.seed)

@@ -1,0 +1,118 @@
+"""Other methods on the scanner harness's scans (``bench/scanner.py --part quality``): the
+zero-shot solvers on an MRI denoiser package (``--zero-shot PACKAGE --method NAME``) and the
+learned baselines of ``bench/learned_baselines`` (``--learned MODULE:CHECKPOINT``). Each sees
+what the packages see: the scan prepared as inference prepares it (estimated noise level, coil
+compression, ESPIRiT or true maps, scale), and is scored the same way."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from diffunfold.errors import InputError
+
+# the zero-shot solvers the paper compares with on MRI (its Table 2): the default of --zero-shot
+PAPER_MRI_METHODS = ("dps", "dds")
+LABELS = {
+    "dps": "DPS",
+    "dds": "DDS",
+    "diffpir": "DiffPIR",
+    "pnp-edm": "PnP-EDM",
+    "cedm": "cEDM",
+    "varnet": "E2E-VarNet",
+}
+
+
+@dataclass
+class Other:
+    """A method of the comparison that is not a Diff-Unfolding package."""
+
+    name: str
+    what: str
+    params: int
+    calls: int  # network calls per slice
+    run: Callable  # (prepared problem, seed) -> (1, 1, H, W) complex image
+
+
+def zero_shot(path: str, methods: list[str] | None, backend: str) -> dict[str, Other]:
+    from diffunfold.package import ModelPackage
+    from diffunfold.runtime.solver import Solver
+    from diffunfold.runtime.zero_shot import settings_for
+
+    pkg = ModelPackage.open(path)
+    if pkg.kind != "denoiser" or pkg.space.kind != "mri":
+        raise InputError(f"--zero-shot {path}: needs an MRI denoiser package (model.kind = 'denoiser'), not this one")
+    solver = Solver.load(pkg, backend=backend)
+    params = int(pkg.manifest["parameters"]["regularizers"])
+
+    def runner(method: str) -> Callable:
+        def run(p, seed: int) -> np.ndarray:
+            return np.asarray(solver.solve(p.y, p.operator, method=method, noise_std=p.data_std, seed=seed).images)
+
+        return run
+
+    out = {}
+    for m in methods or PAPER_MRI_METHODS:
+        name = f"{LABELS.get(m, m)} ({pkg.path.name})"
+        out[name] = Other(name, f"zero-shot, {pkg.path.name}", params, settings_for(m).calls(), runner(m))
+    return out
+
+
+def learned(specs: list[str]) -> dict[str, Other]:
+    """``MODULE:CHECKPOINT`` each: ``bench/learned_baselines/MODULE.py``'s ``load(CHECKPOINT)``."""
+    out = {}
+    for spec in specs:
+        module, sep, checkpoint = spec.partition(":")
+        if not sep or not module or not checkpoint:
+            raise InputError(f"--learned wants MODULE:CHECKPOINT (e.g. varnet:runs/varnet-g1d4), got {spec!r}")
+        try:
+            r = importlib.import_module(f"learned_baselines.{module}").load(checkpoint)
+        except ModuleNotFoundError:
+            raise InputError(f"--learned {spec!r}: no bench/learned_baselines/{module}.py") from None
+        mask = getattr(r, "meta", {}).get("settings", {}).get("mask")
+        name = f"{LABELS.get(module, module)}" + (f" (trained on {mask})" if mask else "")
+
+        def run(p, seed: int, r=r) -> np.ndarray:
+            return np.asarray(r.restore(p.y, p.operator, p.data_std, seed))
+
+        out[name] = Other(name, f"learned baseline, {checkpoint}", int(r.parameters), int(r.nfe), run)
+    return out
+
+
+def others_from(args) -> dict[str, Other]:
+    found = zero_shot(args.zero_shot, args.method, args.backend) if args.zero_shot else {}
+    return {**found, **learned(args.learned or [])}
+
+
+def add_arguments(ap) -> None:
+    ap.add_argument(
+        "--zero-shot", metavar="PACKAGE", help="quality: an MRI denoiser package; its zero-shot solvers join"
+    )
+    ap.add_argument(
+        "--method",
+        nargs="+",
+        help=f"with --zero-shot: the solvers (default {' '.join(PAPER_MRI_METHODS)}: the paper's MRI comparison)",
+    )
+    ap.add_argument(
+        "--learned",
+        action="append",
+        metavar="MODULE:CHECKPOINT",
+        help="quality: a learned baseline of bench/learned_baselines (repeatable), e.g. varnet:runs/varnet-g1d4",
+    )
+
+
+def cost_markdown(rows: list[dict], packages: dict, others: dict[str, Other]) -> str:
+    """Parameters, network calls and seconds per slice of every method in the run."""
+    lines = ["| method | what | parameters | network calls per slice | s / slice |", "|---|---|---|---|---|"]
+    for name, solver in packages.items():
+        calls = [r[f"{name} calls"] for r in rows if f"{name} calls" in r]
+        secs = [r[f"{name} s"] for r in rows if f"{name} s" in r]
+        params = int(solver.package.manifest["parameters"]["total"])
+        lines.append(f"| {name} | Diff-Unfolding | {params / 1e6:.2f} M | {np.mean(calls):.0f} | {np.mean(secs):.2f} |")
+    for name, o in others.items():
+        secs = [r[f"{name} s"] for r in rows if f"{name} s" in r]
+        lines.append(f"| {name} | {o.what} | {o.params / 1e6:.2f} M | {o.calls} | {np.mean(secs):.2f} |")
+    return "\n".join(lines)
