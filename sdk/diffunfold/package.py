@@ -191,7 +191,10 @@ class ModelPackage:
 
     @property
     def schedule(self) -> dict[str, Any]:
-        s = dict(steps=18, sampler="euler", sigma_min=edm.SIGMA_MIN, sigma_max=edm.SIGMA_MAX, rho=edm.RHO)
+        # packages from before diffunfold.formulations are EDM
+        s = dict(
+            steps=18, sampler="euler", sigma_min=edm.SIGMA_MIN, sigma_max=edm.SIGMA_MAX, rho=edm.RHO, formulation="edm"
+        )
         s.update(self.manifest.get("schedule", {}))
         return s
 

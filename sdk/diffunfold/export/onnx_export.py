@@ -38,6 +38,7 @@ from ..contrast import Contrast
 from ..ensemble import check_ensemble
 from ..errors import InputError
 from ..fast_schedule import IMAGE_DEFAULT
+from ..formulations import manifest_schedule as formulation_schedule
 from ..package import ModelPackage, write_manifest
 from ..training.model import DiffUnfolding
 from .onnx_check import FP16_MAX, ExportCheck, check_package, default_check_sizes  # noqa: F401 (re-exported)
@@ -239,9 +240,7 @@ def _manifest(
         "schedule": {
             "steps": 18,
             "sampler": "euler",
-            "sigma_min": edm.SIGMA_MIN,
-            "sigma_max": edm.SIGMA_MAX,
-            "rho": edm.RHO,
+            **formulation_schedule(model.settings.formulation),
             "sigma_data": model.settings.sigma_data,
             **sampling,
             **({"fast": IMAGE_DEFAULT.manifest_entry()} if space.kind == "image" else {}),
