@@ -1,9 +1,10 @@
 """A trained DiffUnfolding (EMA weights) -> a model package of ONNX graphs and a manifest.
 
-Each regulariser is exported with the EDM preconditioning inside the graph, so the runtime
-feeds ``(x, sigma[, stage])`` in model space and gets ``R_k(x; sigma)`` back, with dynamic
-batch, height and width. The weight generators become one small graph ``sigma -> (tau,
-gamma)`` that the runtime evaluates once per schedule.
+Each regulariser is exported with its preconditioning inside the graph (EDM's, or the model's
+``formulation``: :mod:`diffunfold.formulations`), so the runtime feeds ``(x, sigma[, stage])``
+in model space and gets ``R_k(x; sigma)`` back, with dynamic batch, height and width. The
+weight generators become one small graph ``sigma -> (tau, gamma)`` that the runtime evaluates
+once per schedule.
 
 FP16 safety (the known failure of diffusion U-Nets under FP16 TensorRT): the TorchScript
 exporter writes each GroupNorm as a single ``InstanceNormalization`` node between reshapes (no
