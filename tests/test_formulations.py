@@ -207,3 +207,29 @@ def test_package_matches_its_torch_model(tmp_path, name):
     with torch.no_grad():
         want = model.regularize(torch.from_numpy(x), torch.from_numpy(sigma), 0).numpy()
     assert rel_err(r, want) < 1e-4 and np.abs(want - x).max() > 1e-3  # and c_out F contributes
+
+
+def test_training_batches_and_loss_follow_the_setting():
+    """The hooks: a batch draws the formulation's noise levels (from the same per-image streams,
+    so everything else in the batch is unchanged), and the loss weighs by its lambda(s)."""
+    torch = pytest.importorskip("torch")
+    from diffunfold.training.config import load_config
+    from diffunfold.training.data import TrainingBatches
+    from diffunfold.training.loss import unfolding_loss
+
+    items = {}
+    for name in ("edm", "iddpm"):
+        cfg = load_config(
+            "tiny",
+            [f'model.formulation="{name}"', "train.batch_size=3", "data.size=16", 'data.tasks=["gaussian_blur"]'],
+        )
+        items[name] = TrainingBatches(cfg)[2]
+    np.testing.assert_array_equal(items["edm"]["x"], items["iddpm"]["x"])
+    np.testing.assert_array_equal(items["edm"]["y"], items["iddpm"]["y"])
+    assert np.all(np.isin(items["iddpm"]["sigma"], formulations.iddpm_levels().astype(np.float32)))
+    model, it = _model("iddpm"), items["iddpm"]
+    x = torch.from_numpy(model.space.to_model(it["x"])).float()
+    sigma = torch.from_numpy(it["sigma"])
+    with torch.no_grad():
+        t = unfolding_loss(model, x, sigma, torch.from_numpy(it["noise"]), torch.from_numpy(it["y"]), it["operator"])
+    np.testing.assert_allclose(t.weighted.numpy(), (t.mse / sigma**2).numpy(), rtol=1e-5)
