@@ -21,6 +21,7 @@ CORE = {
     "diffunfold.errors",
     "diffunfold.package",
     "diffunfold.edm",
+    "diffunfold.formulations",
     "diffunfold.contrast",
     "diffunfold.ensemble",
     "diffunfold.noise",

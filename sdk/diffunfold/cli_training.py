@@ -123,7 +123,8 @@ def _add_export_command(sub) -> None:
         "export",
         help="a checkpoint -> a model package (ONNX + manifest) for the runtime",
         description="Export a training checkpoint's EMA weights as a model package: the regulariser "
-        "network(s) as ONNX with the EDM preconditioning inside the graph and dynamic batch, "
+        "network(s) as ONNX with the preconditioning (the model's formulation, EDM by default) "
+        "inside the graph and dynamic batch, "
         "height and width, the weight generators as ONNX, and a manifest with the model "
         "settings, trained tasks, default schedule and the sha256 of every file. The export "
         "checks itself: ONNX Runtime against torch on random inputs at two sizes.",

@@ -10,8 +10,9 @@ A package is a directory::
     model.safetensors      (optional) the same weights for the torch reference backend
     engines/<target>/      (optional) TensorRT engines built on a GPU, each with its own record
 
-Every ONNX regulariser has the EDM preconditioning inside the graph: it maps ``(x, sigma)`` to
-``R(x; sigma) = c_skip x + c_out F(c_in x; c_noise)``. Torch-free: the runtime reads this.
+Every ONNX regulariser has its preconditioning (EDM's, or the manifest's
+``schedule.formulation``: :mod:`diffunfold.formulations`) inside the graph: it maps
+``(x, sigma)`` to ``R(x; sigma) = c_skip x + c_out F(c_in x; c_noise)``. Torch-free: the runtime reads this.
 
 The checksums catch damage, not forgery: the loader checks the manifest's structure and keeps
 every file inside the folder (:mod:`.package_schema`; docs/packages-and-trust.md).
@@ -197,7 +198,10 @@ class ModelPackage:
 
     @property
     def schedule(self) -> dict[str, Any]:
-        s = dict(steps=18, sampler="euler", sigma_min=edm.SIGMA_MIN, sigma_max=edm.SIGMA_MAX, rho=edm.RHO)
+        # packages from before diffunfold.formulations are EDM
+        s = dict(
+            steps=18, sampler="euler", sigma_min=edm.SIGMA_MIN, sigma_max=edm.SIGMA_MAX, rho=edm.RHO, formulation="edm"
+        )
         s.update(self.manifest.get("schedule", {}))
         return s
 

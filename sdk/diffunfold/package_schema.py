@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 
 from .errors import InputError
 from .fast_schedule import FastSchedule
+from .formulations import DEFAULT as DEFAULT_FORMULATION
+from .formulations import NAMES as FORMULATIONS
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_STAGES = 1024
@@ -107,6 +109,11 @@ def _data_problems(data) -> list[str]:
     return out
 
 
+def _formulation_problems(schedule) -> list[str]:
+    name = schedule.get("formulation", DEFAULT_FORMULATION) if isinstance(schedule, dict) else DEFAULT_FORMULATION
+    return [] if name in FORMULATIONS else [f"schedule.formulation must be one of {list(FORMULATIONS)}, not {name!r}"]
+
+
 def manifest_problems(m: dict) -> list[str]:
     """Every violation of the package format in the manifest ``m`` (empty when it is sound)."""
     out = []
@@ -132,6 +139,7 @@ def manifest_problems(m: dict) -> list[str]:
             FastSchedule.from_manifest(m["schedule"]["fast"], "the manifest")
         except InputError as exc:
             out.append(str(exc))
+    out += _formulation_problems(m.get("schedule"))
     if "tasks" in m and not (isinstance(m["tasks"], list) and all(isinstance(t, str) for t in m["tasks"])):
         out.append("'tasks' must be a list of task names")
     out += _data_problems(m.get("data"))

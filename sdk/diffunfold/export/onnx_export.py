@@ -1,9 +1,10 @@
 """A trained DiffUnfolding (EMA weights) -> a model package of ONNX graphs and a manifest.
 
-Each regulariser is exported with the EDM preconditioning inside the graph, so the runtime
-feeds ``(x, sigma[, stage])`` in model space and gets ``R_k(x; sigma)`` back, with dynamic
-batch, height and width. The weight generators become one small graph ``sigma -> (tau,
-gamma)`` that the runtime evaluates once per schedule.
+Each regulariser is exported with its preconditioning inside the graph (EDM's, or the model's
+``formulation``: :mod:`diffunfold.formulations`), so the runtime feeds ``(x, sigma[, stage])``
+in model space and gets ``R_k(x; sigma)`` back, with dynamic batch, height and width. The
+weight generators become one small graph ``sigma -> (tau, gamma)`` that the runtime evaluates
+once per schedule.
 
 FP16 safety (the known failure of diffusion U-Nets under FP16 TensorRT): the TorchScript
 exporter writes each GroupNorm as a single ``InstanceNormalization`` node between reshapes (no
@@ -38,6 +39,7 @@ from ..contrast import Contrast
 from ..ensemble import check_ensemble
 from ..errors import InputError
 from ..fast_schedule import IMAGE_DEFAULT
+from ..formulations import manifest_schedule as formulation_schedule
 from ..package import ModelPackage, write_manifest
 from ..training.model import DiffUnfolding
 from .onnx_check import FP16_MAX, ExportCheck, check_package, default_check_sizes  # noqa: F401 (re-exported)
@@ -240,9 +242,7 @@ def _manifest(
         "schedule": {
             "steps": 18,
             "sampler": "euler",
-            "sigma_min": edm.SIGMA_MIN,
-            "sigma_max": edm.SIGMA_MAX,
-            "rho": edm.RHO,
+            **formulation_schedule(model.settings.formulation),
             "sigma_data": model.settings.sigma_data,
             **sampling,
             # the fast schedule starts from the unfolded model's classical estimate: not a denoiser's

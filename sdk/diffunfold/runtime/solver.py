@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import edm, fast_schedule
+from .. import edm, fast_schedule, formulations
 from ..contrast import Contrast, Stretch
 from ..contrast import estimate as estimate_stretch
 from ..ensemble import check_ensemble, flip_axes, oriented
@@ -288,7 +288,9 @@ class Solver:
         sched = {**self.package.schedule, **({} if fast is None else fast.as_dict())}
         steps = sched["steps"] if steps is None else steps
         sampler = edm.check_sampler(sched["sampler"] if sampler is None else sampler)
-        sigmas = edm.schedule(
+        # the fast schedule is EDM's rho-spaced levels; the full one the formulation's (its manifest's)
+        sigmas = formulations.schedule(
+            "edm" if fast is not None else sched["formulation"],
             steps,
             sched["sigma_min"] if sigma_min is None else sigma_min,
             sched["sigma_max"] if sigma_max is None else sigma_max,

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import edm
+from .. import formulations
 from ..data.fastmri import FastMRISlices, percentile_normalize
 from ..data.images import BundledImages, ImageFolder
 from ..data.mri_slices import COIL_COUNTS, VolumeSlices
@@ -203,7 +203,9 @@ class TrainingBatches(torch.utils.data.Dataset):
             sigma_y = np.array([self._noise_fraction(g) for g in rngs]) * self.cfg.data.noise_max
         seeds = [int(g.integers(2**63)) for g in rngs]
         y = task.operator.measure(x, sigma_y, seeds)
-        sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
+        sigma = np.array(
+            [formulations.training_sigmas(self.cfg.model.formulation, g, 1)[0] for g in rngs], dtype=np.float32
+        )
         shape = (self.space.model_channels, *x.shape[-2:])
         noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
         item = {
@@ -232,7 +234,9 @@ class TrainingBatches(torch.utils.data.Dataset):
         come after the scan's, from the same per-image streams."""
         settings = ScannerSettings(map_floor=self.cfg.data.map_floor, virtual_coils=TRAINING_VIRTUAL_COILS)
         scan = scan_batch(x, task.operator, sigma_y, rngs, settings)
-        sigma = np.array([edm.training_sigmas(g, 1)[0] for g in rngs], dtype=np.float32)
+        sigma = np.array(
+            [formulations.training_sigmas(self.cfg.model.formulation, g, 1)[0] for g in rngs], dtype=np.float32
+        )
         shape = (self.space.model_channels, *x.shape[-2:])
         noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
         item = {"step": step, **scan, "task": task.task, "params": task.params, "sigma": sigma, "noise": noise}

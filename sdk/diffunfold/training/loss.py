@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import edm
+from .. import formulations
 from ..physics.base import LinearOperator
 from .model import DiffUnfolding
 
@@ -36,7 +36,7 @@ def unfolding_loss(
     s = sigma.reshape(-1, 1, 1, 1)
     d = model(x + s * noise, sigma, y, operator, noise_std=noise_std)
     mse = ((d.float() - x) ** 2).flatten(1).mean(dim=1)
-    weighted = edm.loss_weight(sigma, model.settings.sigma_data) * mse
+    weighted = formulations.get(model.settings.formulation).loss_weight(sigma, model.settings.sigma_data) * mse
     u = model.uncertainty(sigma)[:, 0]
     return LossTerms(
         loss=(torch.exp(-u) * weighted + u).mean(), mse=mse.detach(), weighted=weighted.detach(), u=u.detach()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import edm
+from .. import edm, formulations
 from ..ensemble import flip
 from ..errors import InputError
 from ..package_schema import MODEL_KINDS
@@ -68,6 +68,9 @@ class ModelSettings:
     tau_init: float = 1.0  # gamma*tau = 1 at init: each stage starts as "denoise,
     gamma_init: float = 1.0  # then one gradient step on the data fidelity"
     sigma_data: float = edm.SIGMA_DATA
+    # VP, VE, iDDPM or EDM (diffunfold.formulations): the preconditioning of every R_k, the
+    # training noise levels and loss weight, and the package's sampling schedule.
+    formulation: str = formulations.DEFAULT
     # tau, gamma are evaluated at sigma clamped to this range. Above: training's noise levels
     # (ln s ~ N(P_MEAN, P_STD^2)) stop at +3 std (10.9), and beyond it the weight generators
     # extrapolate their Fourier features, which EDM's sampler (sigma_max = 80) hits on its first
@@ -75,7 +78,8 @@ class ModelSettings:
     # (0.0082) instead cost the small image model 0.64 dB on deblurring and 0.62 dB on
     # inpainting (held-out, one sample) and changed MRI by 0.14 dB. The regularisers always see
     # the true sigma.
-    weights_sigma_range: tuple[float, float] = (edm.SIGMA_MIN, math.exp(edm.P_MEAN + 3 * edm.P_STD))
+    # None: the formulation's (EDM: this range; the others: the levels they train and sample on).
+    weights_sigma_range: tuple[float, float] | None = None
     # "gradient": the paper's eq. 9 (packages without the key are this). "proximal": relax
     # towards R_k by tau_k in (0, 2), then an exact data-consistency step (diffunfold.unfolding).
     data_step: str = "gradient"
@@ -99,6 +103,9 @@ class ModelSettings:
             )
         if self.tau_init <= 0 or self.gamma_init <= 0:
             raise InputError("tau_init and gamma_init must be positive")
+        self.formulation = formulations.check(self.formulation)
+        if self.weights_sigma_range is None:
+            self.weights_sigma_range = formulations.get(self.formulation).training_range
         lo, hi = (float(v) for v in self.weights_sigma_range)
         if not 0 < lo < hi:
             raise InputError(
@@ -176,18 +183,20 @@ class NoiseLevelMLP(nn.Module):
 
 
 class Regularizer(nn.Module):
-    """``R(x; s) = c_skip x + c_out F(c_in x; c_noise)``: EDM preconditioning around a U-Net."""
+    """``R(x; s) = c_skip x + c_out F(c_in x; c_noise)``: the preconditioning of a diffusion
+    formulation (EDM unless told; :mod:`diffunfold.formulations`) around a U-Net."""
 
-    def __init__(self, unet: UNet, sigma_data: float = edm.SIGMA_DATA):
+    def __init__(self, unet: UNet, sigma_data: float = edm.SIGMA_DATA, formulation: str = formulations.DEFAULT):
         super().__init__()
         self.unet = unet
         self.sigma_data = float(sigma_data)
+        self.formulation = formulations.get(formulation)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, stage: int | None = None) -> torch.Tensor:
-        s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
-        f = self.unet(edm.c_in(s, self.sigma_data) * x, edm.c_noise(sigma.to(x.dtype)), stage)
+        s, f, sd = sigma.to(x.dtype).reshape(-1, 1, 1, 1), self.formulation, self.sigma_data
+        out = self.unet(f.c_in(s, sd) * x, f.c_noise(sigma.to(x.dtype)), stage)
         # The skip path stays in x's precision; only F runs under autocast.
-        return edm.c_skip(s, self.sigma_data) * x + edm.c_out(s, self.sigma_data) * f.to(x.dtype)
+        return f.c_skip(s, sd) * x + f.c_out(s, sd) * out.to(x.dtype)
 
 
 class DiffUnfolding(nn.Module):
@@ -216,7 +225,7 @@ class DiffUnfolding(nn.Module):
             )
 
         nets = [unet(k)] if settings.shared else [unet(0) for _ in range(k)]
-        self.regularizers = nn.ModuleList(Regularizer(n, settings.sigma_data) for n in nets)
+        self.regularizers = nn.ModuleList(Regularizer(n, settings.sigma_data, settings.formulation) for n in nets)
         f = settings.weight_features
         # proximal: z = x - tau (x - r) with tau in (0, 2) is non-expansive in x
         tau_upper = 2.0 if settings.data_step == "proximal" else None

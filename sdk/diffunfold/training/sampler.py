@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .. import edm
+from .. import edm, formulations
 from .._array import check_finite
 from ..contrast import Contrast
 from ..contrast import estimate as estimate_stretch
@@ -40,9 +40,9 @@ def restore(
     sampler: str = "euler",
     seed: int | Sequence[int] | None = 0,
     samples: int = 1,
-    sigma_max: float = edm.SIGMA_MAX,
-    sigma_min: float = edm.SIGMA_MIN,
-    rho: float = edm.RHO,
+    sigma_max: float | None = None,
+    sigma_min: float | None = None,
+    rho: float | None = None,
     progress: bool = False,
     noise_std=None,
     churn=None,
@@ -72,7 +72,9 @@ def restore(
     batch = int(y.shape[0])
     seeds = edm.seeds_for(seed, batch)
     shape = (model.space.model_channels, *operator.image_shape)
-    sigmas = edm.schedule(steps, sigma_min, sigma_max, rho)
+    # None: the model's formulation's levels (diffunfold.formulations); the fast schedule is EDM's
+    name = "edm" if fast is not None else model.settings.formulation
+    sigmas = formulations.schedule(name, steps, sigma_min, sigma_max, rho)
     churn = edm.Churn.of(churn)
     check_ensemble(ensemble)
 
