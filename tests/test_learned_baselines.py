@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch", reason="the learned baselines are torch mod
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from learned_baselines import cedm, shared, varnet  # noqa: E402
+from learned_baselines import cedm, evaluate, shared, varnet  # noqa: E402
 
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.physics.mri import MultiCoilMRI, birdcage_maps, mri_mask  # noqa: E402
@@ -177,10 +177,11 @@ def test_bad_inputs_are_refused(tmp_path):
         shared.train(model, settings, tiny_config(1), varnet.varnet_loss, tmp_path, resume=False, progress=False)
 
 
-@pytest.mark.parametrize("module", [cedm, varnet])
+@pytest.mark.parametrize("module", [cedm, varnet, evaluate])
 def test_help_teaches(module, capsys):
     with pytest.raises(SystemExit) as exc:
         module.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    assert f"bench/learned_baselines/{module.__name__.rsplit('.', 1)[-1]}.py" in text and "restore" in text
+    assert f"bench/learned_baselines/{module.__name__.rsplit('.', 1)[-1]}.py" in text
+    assert ("restore" in text) if module is not evaluate else ("held-out" in text)
