@@ -11,7 +11,8 @@ the very same measurements; writes bench/results/learned-baselines/<name>-<machi
   up to scale and phase). The package runs its default SENSE start.
 
 Every method sees the same y and seed; s/image is the wall time of one image (batch 1) on this
-machine, network calls per image beside it.
+machine, network calls per image beside it. The first row is the floor: the blurred measurement
+itself, or the zero-filled image ``A^H y``.
 
     python bench/learned_baselines/evaluate.py image --cedm runs/cedm-gaussian-blur --allow-busy
     python bench/learned_baselines/evaluate.py mri --cedm runs/cedm-mri-g1d4 --varnet runs/varnet-g1d4 --allow-busy
@@ -47,7 +48,11 @@ def _methods(args, ctx: dict) -> dict:
     ``ctx["prepared"]``: the prepared scan the package's SENSE start reads (MRI)."""
     from diffunfold.runtime import Solver
 
-    methods = {}
+    # the floor: the blurred measurement itself, or the zero-filled image A^H y
+    if args.part == "image":
+        methods = {"measurement y": [lambda y, op, std, seed: y, None, 0]}
+    else:
+        methods = {"zero-filled A^H y": [lambda y, op, std, seed: op.AT(y), None, 0]}
     for path in args.package:
         solver = Solver.load(path)
 
@@ -64,10 +69,11 @@ def _methods(args, ctx: dict) -> dict:
 
         run.calls = None
         methods[f"Diff-Unfolding ({Path(path).name})"] = [run, solver.package.manifest["parameters"]["total"], None]
-    for name, module, path in (("cEDM", cedm, args.cedm), ("E2E-VarNet", varnet, getattr(args, "varnet", None))):
-        if path:
-            r = module.load(path)
-            methods[name] = [r.restore, r.parameters, r.nfe]
+    found = [("cEDM", cedm, p) for p in args.cedm or []] + [("E2E-VarNet", varnet, p) for p in args.varnet or []]
+    for name, module, path in found:
+        r = module.load(path)
+        step = r.meta.get("step", "?")
+        methods[f"{name} ({step} steps)"] = [r.restore, r.parameters, r.nfe]
     return methods
 
 
@@ -131,6 +137,56 @@ def mri_rows(args, methods: dict, ctx: dict) -> list[dict]:
     return rows
 
 
+LEVELS = (0.02, 0.1, 0.5, 2.0, 10.0, 80.0)
+
+
+def level_rows(args) -> list[dict]:
+    """``--levels``: PSNR of one cEDM call ``D(x + s n; s, c)`` per noise level s, trained and at
+    its start (``--init``), on the part's first held-out case at the last noise level (MRI: the
+    clean slice fitted to the scan's scale and global phase; ESPIRiT's smooth phase is not)."""
+    import torch
+
+    trained = cedm.load(args.cedm[0]).model
+    start = cedm.ConditionalEDM(trained.settings)
+    cedm.init_from_package(start, args.init)
+    noise = (args.noise or ((0.05,) if args.part == "image" else (0.02,)))[-1]
+    if args.part == "image":
+        from diffunfold.data.held_out import held_out_photos
+        from diffunfold.physics.tasks import make_operator
+
+        x = held_out_photos(args.photos, 64, 1)[1]
+        op = make_operator("gaussian_blur", (64, 64), sigma=2.0)
+        y = op.measure(x, noise, seed=args.seed)
+        measure = lambda est: float(psnr(np.clip(est, 0, 1), x, 1.0)[0])  # noqa: E731
+    else:
+        from scanner import scan
+
+        from diffunfold.data.mri_slices import VolumeSlices
+        from diffunfold.scanner import prepare_kspace
+
+        item = VolumeSlices(args.volumes, size=64).fixed(1)[0]
+        p = prepare_kspace(*scan(item, *shared.parse_mask(args.mask), noise, args.seed))
+        op, y, x = p.operator, p.y, item["image"][None]
+        measure = lambda est: _magnitude(est[0, 0], x[0, 0])[0]  # noqa: E731
+    space = trained.space
+    cond = torch.as_tensor(cedm.condition(y, op, space))
+    if args.part == "mri":  # the clean slice at the scan's scale and global phase (a complex least-squares fit)
+        zf = np.asarray(op.AT(y))
+        x = (np.vdot(x, zf) / np.vdot(x, x) * x).astype(np.complex64)
+    ref = torch.as_tensor(np.asarray(space.to_model(x), dtype=np.float32))
+    n = torch.randn(ref.shape, generator=torch.Generator().manual_seed(args.seed))
+    rows = []
+    with torch.no_grad():
+        for s in LEVELS:
+            row = {"sigma": s}
+            for name, model in (("start", start.eval()), ("trained", trained)):
+                d = model(ref.float() + s * n, torch.tensor([s]), cond)
+                row[name] = measure(np.asarray(space.to_user(d.numpy())))
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
 def markdown(rows: list[dict], methods: dict, key: str, command: str) -> str:
     lines = [f"Command: `{command}`", "", "| " + key + " | noise | method | PSNR | SSIM | s/image | params | calls |"]
     lines.append("|---|---|---|---|---|---|---|---|")
@@ -142,7 +198,7 @@ def markdown(rows: list[dict], methods: dict, key: str, command: str) -> str:
             p = np.mean([r[name][0] for r in rs])
             s = np.mean([r[name][1] for r in rs])
             sec = np.median([r[f"{name} s"] for r in rs])
-            pstr = f"{params / 1e6:.2f} M" if params else "?"
+            pstr = f"{params / 1e6:.2f} M" if params else "-"
             lines.append(f"| {k} | {noise:g} | {name} | {p:.2f} | {s:.4f} | {sec:.3f} | {pstr} | {calls} |")
     lines.append(f"\n{len(rs)} images per cell; PSNR/SSIM means, s/image the median (batch 1).")
     return "\n".join(lines)
@@ -155,8 +211,14 @@ def main(argv=None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("part", choices=("image", "mri"))
-    ap.add_argument("--cedm", help="a cEDM checkpoint or run folder")
-    ap.add_argument("--varnet", help="mri: an E2E-VarNet checkpoint or run folder")
+    ap.add_argument(
+        "--levels",
+        action="store_true",
+        help="instead: the PSNR of one cEDM call per noise level, trained and at its start (needs --init)",
+    )
+    ap.add_argument("--init", help="--levels: the package cEDM started from")
+    ap.add_argument("--cedm", nargs="+", help="cEDM checkpoint(s) or run folder(s)")
+    ap.add_argument("--varnet", nargs="+", help="mri: E2E-VarNet checkpoint(s) or run folder(s)")
     ap.add_argument("--package", nargs="*", help="Diff-Unfolding package(s) (default: the bundled one of the part)")
     ap.add_argument("--mask", default="gaussian1d:4", help="mri: the mask, KIND:ACCELERATION (default gaussian1d:4)")
     ap.add_argument("--images", type=int, default=None, help="photos (default 5) or slices (default 3)")
@@ -171,6 +233,14 @@ def main(argv=None) -> int:
     root = shared.ROOT / "samples" / "models"
     args.package = args.package if args.package is not None else [str(root / f"{args.part}-small")]
     args.images = args.images or (5 if args.part == "image" else 3)
+    if args.levels:
+        if not (args.cedm and args.init):
+            ap.error("--levels needs --cedm and --init")
+        rows = level_rows(args)
+        print("| sigma | " + " | ".join(f"{r['sigma']:g}" for r in rows) + " |")
+        for name in ("start", "trained"):
+            print(f"| {name} | " + " | ".join(f"{r[name]:.2f}" for r in rows) + " |")
+        return 0
     watch = LoadWatch()
     ctx: dict = {}
     methods = _methods(args, ctx)

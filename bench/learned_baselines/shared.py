@@ -279,7 +279,7 @@ def train(
         prefetch_factor=2 if cfg.data.workers else None,
     )
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "log.csv").open("a")
+    log = (out / "log.csv").open("a", buffering=1)  # line-buffered: readable while it runs
     bar = _bar(cfg.train.steps, start, progress)
     t0, losses, done = time.perf_counter(), [], start
     for batch in loader:
