@@ -128,12 +128,16 @@ def from_regularizer(model: ConditionalEDM, unet: UNet) -> None:
 
 
 def init_from_package(model: ConditionalEDM, package: str | Path) -> None:
-    """Start from a Diff-Unfolding package's (or training checkpoint's) first regulariser."""
+    """Start from a Diff-Unfolding package's (or training checkpoint's) first regulariser, or
+    from another cEDM checkpoint (its EMA weights; the same task and U-Net)."""
     from diffunfold.package import ModelPackage
     from diffunfold.training.model import DiffUnfolding, ModelSettings
     from diffunfold.training.package_weights import initialise_from
 
     path = Path(package)
+    if path.suffix == ".safetensors" or shared.list_checkpoints(path):
+        model.load_state_dict(load(path).model.state_dict())
+        return
     if (path / "manifest.json").exists():
         settings = ModelSettings.from_dict(ModelPackage.open(path).settings)
     else:
@@ -146,11 +150,16 @@ def init_from_package(model: ConditionalEDM, package: str | Path) -> None:
 
 
 def cedm_loss(model: ConditionalEDM, batch: dict) -> torch.Tensor:
-    """EDM's loss ``mean_b lambda(s) ||D(x + s n; s, c) - x||^2 / numel`` on one batch."""
+    """EDM's loss ``mean_b lambda(s) ||D(x + s n; s, c) - x||^2 / numel`` on one batch. With
+    ``settings["levels"] = [p_mean, p_std]`` the batch's levels (EDM's ln s ~ N(-1.2, 1.2^2)) are
+    mapped to ln s ~ N(p_mean, p_std^2), the same draw standardised (``--levels``)."""
     space = model.space
     x = torch.as_tensor(np.asarray(space.to_model(batch["x"]), dtype=np.float32))
     cond = torch.as_tensor(condition(batch["y"], batch["operator"], space))
     sigma = torch.as_tensor(batch["sigma"], dtype=torch.float32)
+    if model.settings.get("levels"):
+        p_mean, p_std = model.settings["levels"]
+        sigma = torch.exp(p_mean + p_std * (sigma.log() - edm.P_MEAN) / edm.P_STD)
     noise = torch.as_tensor(batch["noise"], dtype=torch.float32)
     d = model(x + sigma.reshape(-1, 1, 1, 1) * noise, sigma, cond)
     mse = ((d.float() - x) ** 2).flatten(1).mean(1)
@@ -218,6 +227,10 @@ def build(args) -> tuple[ConditionalEDM, dict, object]:
     preset = {k: v for k, v in cfg.model.unet.__dict__.items() if k != "dropout"}
     preset = {k: list(v) if isinstance(v, tuple) else v for k, v in preset.items()}
     model_settings = make_settings(args.task, preset, cfg.model.channels)
+    if args.levels:
+        if args.levels[1] <= 0:
+            raise InputError(f"--levels P_MEAN P_STD needs P_STD > 0, got {args.levels}")
+        model_settings["levels"] = [float(v) for v in args.levels]
     model = ConditionalEDM(model_settings)
     settings = {"kind": "cedm", "model": model_settings, "init": args.init, "mask": args.mask}
     return model, settings, cfg
@@ -235,7 +248,17 @@ def main(argv=None) -> int:
     tr.add_argument(
         "--mask", default="gaussian1d:4", help="MRI: the one mask, KIND:ACCELERATION (default gaussian1d:4)"
     )
-    tr.add_argument("--init", help="start from this package's (or checkpoint's) U-Net, e.g. samples/models/image-small")
+    tr.add_argument(
+        "--init",
+        help="start from this package's (or checkpoint's, or a cEDM run's) U-Net, e.g. samples/models/image-small",
+    )
+    tr.add_argument(
+        "--levels",
+        type=float,
+        nargs=2,
+        metavar=("P_MEAN", "P_STD"),
+        help="training noise levels ln s ~ N(P_MEAN, P_STD^2) instead of EDM's (-1.2, 1.2): a diagnostic variant",
+    )
     shared.add_training_arguments(tr, steps=1500, lr=1e-4)
     args = ap.parse_args(argv)
     try:

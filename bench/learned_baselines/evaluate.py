@@ -72,8 +72,12 @@ def _methods(args, ctx: dict) -> dict:
     found = [("cEDM", cedm, p) for p in args.cedm or []] + [("E2E-VarNet", varnet, p) for p in args.varnet or []]
     for name, module, path in found:
         r = module.load(path)
-        step = r.meta.get("step", "?")
-        methods[f"{name} ({step} steps)"] = [r.restore, r.parameters, r.nfe]
+        label = f"{name} ({r.meta.get('step', '?')} steps)"
+        if len(found) > 1:  # several: say which run each is
+            p = Path(path)
+            label = f"{name} {p.name if p.is_dir() else p.parent.name if p.name.startswith('step-') else p.stem}"
+            label += f" ({r.meta.get('step', '?')} steps)"
+        methods[label] = [r.restore, r.parameters, r.nfe]
     return methods
 
 
