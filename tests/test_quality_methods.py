@@ -68,3 +68,38 @@ def test_bad_comparison_arguments_are_refused(tmp_path, capsys):
     assert "bench/learned_baselines/nosuchmodule.py" in capsys.readouterr().err
     assert quality.main(base + ["--zero-shot", str(IMAGE_PKG)]) == 2
     assert "denoiser" in capsys.readouterr().err
+
+
+def test_scanner_harness_refuses_what_does_not_fit(tmp_path):
+    import scanner_methods
+
+    from diffunfold.errors import InputError
+
+    with pytest.raises(InputError, match="MRI denoiser package"):
+        scanner_methods.zero_shot(str(IMAGE_PKG), ["dds"], "onnxruntime")
+    with pytest.raises(InputError, match="MODULE:CHECKPOINT"):
+        scanner_methods.learned(["varnet"])
+    with pytest.raises(InputError, match="no bench/learned_baselines/nothing.py"):
+        scanner_methods.learned(["nothing:x"])
+
+
+def test_scanner_harness_runs_a_zero_shot_solver_on_a_prepared_scan():
+    import scanner_methods
+
+    from diffunfold.physics.mri import MultiCoilMRI, birdcage_maps, mri_mask
+    from diffunfold.scanner import prepare_kspace
+
+    den = REPO / "samples" / "models" / "mri-denoiser"
+    others = scanner_methods.zero_shot(str(den), ["dds"], "onnxruntime")
+    (o,) = others.values()
+    assert o.name == "DDS (mri-denoiser)" and o.calls == 50 and o.params > 3e6
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:32, :32] / 32
+    image = ((np.hypot(yy - 0.5, xx - 0.5) < 0.35) * (1 + 0.3 * np.sin(6 * xx))).astype(np.complex64)
+    maps = birdcage_maps(8, (32, 32))
+    mask = mri_mask("gaussian1d", (32, 32), 4.0, seed=1)
+    y = np.asarray(MultiCoilMRI(maps, mask).A(image[None, None]))[0]
+    y = (y + 1e-3 * rng.standard_normal(y.shape) * mask).astype(np.complex64)
+    p = prepare_kspace(y, mask)
+    got = o.run(p, 0)
+    assert got.shape == (1, 1, 32, 32) and np.all(np.isfinite(got))
