@@ -211,6 +211,8 @@ def test_method_names_and_package_kinds_are_checked():
     with pytest.raises(InputError, match="not an unconditional denoiser"):
         route("dps", "unfolding")
     assert route(None, "unfolding") is None and route("Diff-Unfolding", "unfolding") is None
+    with pytest.raises(InputError, match="method_options are the settings of a zero-shot method"):
+        route(None, "unfolding", {"zeta": 1.0})
     assert route("DPS", "denoiser") == "dps" and names()[0] == "diff-unfolding"
     with pytest.raises(InputError, match="unknown settings"):
         settings_for("dps", options={"zeta_prime": 1.0})
