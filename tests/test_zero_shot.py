@@ -57,7 +57,7 @@ FAST = {
 }
 # How far each approximate method's mean may miss the posterior mean, as a share of the prior
 # mean's distance to it (0: exact, 1: the data ignored). Measured at these settings (inpainting /
-# blur): DiffPIR 0.14 / 0.18, DDS 0.10 / 0.41, DPS 0.20 / 0.16.
+# blur): DiffPIR 0.05 / 0.17, DDS 0.08 / 0.31, DPS 0.20 / 0.16.
 MISS = {"diffpir": 0.25, "dds": 0.5, "dps": 0.35}
 
 
@@ -211,6 +211,8 @@ def test_method_names_and_package_kinds_are_checked():
     with pytest.raises(InputError, match="not an unconditional denoiser"):
         route("dps", "unfolding")
     assert route(None, "unfolding") is None and route("Diff-Unfolding", "unfolding") is None
+    with pytest.raises(InputError, match="method_options are the settings of a zero-shot method"):
+        route(None, "unfolding", {"zeta": 1.0})
     assert route("DPS", "denoiser") == "dps" and names()[0] == "diff-unfolding"
     with pytest.raises(InputError, match="unknown settings"):
         settings_for("dps", options={"zeta_prime": 1.0})

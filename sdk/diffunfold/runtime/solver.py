@@ -218,34 +218,23 @@ class Solver:
     ) -> Solution:
         """Restore a batch from measurements ``y`` (numpy or CuPy; returned in the same kind).
 
-        ``schedule``: ``"fast"`` (a few steps from the classical estimate plus noise:
-        ``diffunfold.fast_schedule``; what image packages run by default), ``"full"`` (EDM's 18
-        Euler steps from pure noise, the paper's loop) or None for the package's default.
-        ``steps``/``sampler``/``sigma_*``/``rho`` override the chosen schedule's. ``stages``:
-        run only the first this many of the K unfolding stages per denoiser call. ``seed``: an
-        int (image i uses ``seed + i``) or one per image; an image's result does not depend on
-        the rest of its batch. ``samples > 1`` draws that many posterior samples per image and
-        returns their mean and per-pixel standard deviation; with ``batch_samples`` they run
-        side by side in one batch where the operator allows it (faster, same results).
-        ``noise_std``: the measurement noise sigma_y (a number or one per image) that a
-        noise-aware package weighs the data step by; None estimates it from ``y``
-        (``diffunfold.noise``), and ``solution.extra`` records the value used and whether it
-        was estimated. Packages that are not noise-aware ignore it.
-        ``progress``: True for a progress bar over the sampler steps, or a callable
-        ``progress(done, total)`` called after each step. ``tile``, ``churn``,
-        ``ensemble``, ``contrast``, ``init``, ``init_sigma`` and ``init_noise``: see the class.
-        ``method``: None or ``"diff-unfolding"`` for an unfolding package; a zero-shot solver
-        (``diffunfold.runtime.zero_shot.METHODS``: dps, diffpir, pnp-edm, dds) for a denoiser
-        package, with ``steps`` its step count and ``method_options`` its settings' fields.
+        ``schedule``: ``"fast"`` (a few steps from the classical estimate plus noise: ``diffunfold.fast_schedule``;
+        what image packages run by default), ``"full"`` (EDM's 18 Euler steps from pure noise, the paper's loop) or
+        None for the package's default. ``steps``/``sampler``/``sigma_*``/``rho`` override the chosen schedule's.
+        ``stages``: run only the first this many of the K unfolding stages per denoiser call. ``seed``: an int
+        (image i uses ``seed + i``) or one per image; an image's result does not depend on the rest of its batch.
+        ``samples > 1`` draws that many posterior samples per image and returns their mean and per-pixel standard
+        deviation; with ``batch_samples`` they run side by side in one batch where the operator allows it (faster,
+        same results). ``noise_std``: the measurement noise sigma_y (a number or one per image) that a noise-aware
+        package weighs the data step by; None estimates it from ``y`` (``diffunfold.noise``), and ``solution.extra``
+        records the value used and whether it was estimated. Packages that are not noise-aware ignore it.
+        ``progress``: True for a progress bar over the sampler steps, or a callable ``progress(done, total)`` called
+        after each step. ``tile``, ``churn``, ``ensemble``, ``contrast``, ``init``, ``init_sigma`` and
+        ``init_noise``: see the class. ``method``: None or ``"diff-unfolding"``; a denoiser package takes a zero-shot
+        solver (``diffunfold.runtime.zero_shot``: ``steps`` its step count, ``method_options`` its settings).
         """
-        if (name := zero_shot.route(method, self.package.kind)) is not None:
-            unfolding_only = dict(sampler=sampler, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, churn=churn)
-            unfolding_only.update(ensemble=ensemble, contrast=contrast, init=init, stages=stages, schedule=schedule)
-            return solve_zero_shot(
-                self, y, operator, name, unfolding_only, seed, samples, noise_std, progress, steps, tile, method_options
-            )
-        if method_options:
-            raise InputError("method_options are the settings of a zero-shot method; this solve has none")
+        if (name := zero_shot.route(method, self.package.kind, method_options)) is not None:
+            return solve_zero_shot(self, name, locals())  # the arguments above, by name
         check_start_options(init, init_sigma, init_noise)
         fast = fast_schedule.choose(schedule, self.package.fast_schedule, self.package.path)
         sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast)
@@ -253,7 +242,6 @@ class Solver:
         y_dev, return_numpy = self._prepare(y, operator)
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
-        extra["method"] = zero_shot.UNFOLDING
         run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
         run.stages = check_stages(stages, self.stages)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
@@ -325,6 +313,7 @@ class Solver:
         std = self._noise_level(noise_std, contrast, operator, y, batch)  # the one resolution of sigma_y
         stretch = self._stretch(contrast, y_dev, operator, std, batch)
         noise_var, extra = self._noise_variance(std, noise_std is None, stretch)
+        extra["method"] = zero_shot.UNFOLDING
         if stretch is not None and stretch.identity:
             stretch = None  # no image is flat: the plain solve, exactly
         if stretch is not None:

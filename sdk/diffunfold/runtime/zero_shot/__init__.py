@@ -43,8 +43,9 @@ def names() -> list[str]:
     return [UNFOLDING, *METHODS]
 
 
-def route(method, kind: str) -> str | None:
-    """The zero-shot method a solve runs (None: the unfolding sampler), or an :class:`InputError`.
+def route(method, kind: str, options: dict | None = None) -> str | None:
+    """The zero-shot method a solve runs (None: the unfolding sampler), or an :class:`InputError`;
+    ``options``: the solve's ``method_options``, which only a zero-shot method takes.
 
     A denoiser package needs a zero-shot method. An unfolding package refuses them: its network is
     ``R_k`` of an unfolded stage, trained with the data steps between stages, not the
@@ -66,6 +67,8 @@ def route(method, kind: str) -> str | None:
             "package holds an unfolded model, whose networks are not an unconditional denoiser. Leave "
             f"method unset (or {UNFOLDING!r}) here, or export a denoiser package for {method}"
         )
+    if options:
+        raise InputError("method_options are the settings of a zero-shot method; this solve runs the unfolding sampler")
     return None
 
 

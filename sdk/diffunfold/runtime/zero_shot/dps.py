@@ -40,6 +40,11 @@ class DPSSettings:
     ``difference``/``fd_step``/``fd_floor``: the finite-difference JVP (module docstring)."""
 
     steps: int = 1000
+    # The paper's zeta held on validation photos (64 px; Gaussian blur, SR x4, 40 % inpainting at
+    # sigma_y 0.05; `bench/experiments/zero_shot_tuning.py PKG --photos VAL --images 2 --methods dps
+    # --grid dps:zeta=0.1/0.3/1.0`, bench/results/zero-shot/tuning-image-dps-pnp.md): 0.1 / 0.3 / 1.0
+    # scored 18.64 / 20.90 / 20.93 dB. The step acts on the whole image's residual norm, so smaller
+    # images want smaller zeta (tests/test_zero_shot.py's 8x8 toy: 0.1).
     zeta: float = 1.0
     sigma_min: float = edm.SIGMA_MIN
     sigma_max: float = edm.SIGMA_MAX

@@ -18,10 +18,28 @@ from ..solution import Solution, Timing, progress_hook
 from . import METHODS, settings_for
 from .common import Problem
 
+# ``Solver.solve``'s options that only the unfolding sampler takes, and their "not given" values.
+UNFOLDING_ONLY = dict.fromkeys(
+    (
+        "sampler",
+        "sigma_min",
+        "sigma_max",
+        "rho",
+        "churn",
+        "ensemble",
+        "contrast",
+        "init",
+        "init_sigma",
+        "stages",
+        "schedule",
+    )
+)
+UNFOLDING_ONLY["init_noise"] = 0.0
+
 
 def refuse_unfolding_options(method: str, given: dict) -> None:
     """An option of the unfolding sampler given with a zero-shot method is an error, not ignored."""
-    used = sorted(k for k, v in given.items() if v is not None)
+    used = sorted(k for k, unset in UNFOLDING_ONLY.items() if given.get(k, unset) != unset)
     if used:
         raise InputError(
             f"{', '.join(used)} {'is' if len(used) == 1 else 'are'} for the unfolding sampler, not for {method}; "
@@ -29,12 +47,12 @@ def refuse_unfolding_options(method: str, given: dict) -> None:
         )
 
 
-def solve(
-    solver, y, operator, method: str, unfolding_only: dict, seed, samples, noise_std, progress, steps, tile, options
-) -> Solution:
-    """Restore ``y`` with zero-shot ``method`` on ``solver``'s denoiser (see ``Solver.solve``);
-    ``unfolding_only``: the solve's options that only the unfolding sampler takes (refused if set)."""
-    refuse_unfolding_options(method, unfolding_only)
+def solve(solver, method: str, args: dict) -> Solution:
+    """Restore ``args["y"]`` with zero-shot ``method`` on ``solver``'s denoiser; ``args``: the
+    arguments of ``Solver.solve`` by name (those of the unfolding sampler must be unset)."""
+    refuse_unfolding_options(method, args)
+    y, operator, steps, options = args["y"], args["operator"], args["steps"], args["method_options"]
+    seed, samples, noise_std, progress, tile = (args[k] for k in ("seed", "samples", "noise_std", "progress", "tile"))
     settings = settings_for(method, steps, options)
     check_samples(samples)
     y_dev, return_numpy = prepare_measurement(y, operator, solver.space, solver.xp)
