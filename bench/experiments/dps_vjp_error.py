@@ -13,7 +13,7 @@ own ``g`` for a Gaussian blur at sigma_y 0.05:
 With ``--dps-steps N`` it also runs DPS end to end both ways (the runtime's FD on ONNX Runtime, the
 torch reference's autograd) on the photos and reports both PSNRs.
 
-    PYTHONPATH=sdk python bench/experiments/dps_vjp_error.py runs/denoiser-image-pkg \\
+    PYTHONPATH=sdk python bench/experiments/dps_vjp_error.py samples/models/image-denoiser \\
         --photos /tmp/val/held-out --images 2 --size 64 --out bench/results/zero-shot/dps-vjp.md
 """
 

@@ -8,7 +8,7 @@ choice per method is the setting with the best PSNR averaged over the tasks (and
 best per task). Run it on validation photos, never on the harness's scored ones:
 
     PYTHONPATH=sdk python bench/experiments/make_validation_folder.py data/photos/held-out /tmp/val
-    PYTHONPATH=sdk python bench/experiments/zero_shot_tuning.py runs/denoiser-image-pkg \\
+    PYTHONPATH=sdk python bench/experiments/zero_shot_tuning.py samples/models/image-denoiser \\
         --photos /tmp/val/held-out --images 4 --out bench/results/zero-shot/tuning-image.md
 
 ``--grid method:key=v1/v2,key=v1/v2`` replaces a method's grid; ``--steps`` shortens every run

@@ -38,7 +38,7 @@ class DDSSettings:
 
     steps: int = 50
     # eta tuned on validation photos (64 px; Gaussian blur, SR x4, 40 % inpainting at sigma_y 0.05:
-    # `bench/experiments/zero_shot_tuning.py runs/denoiser-image-pkg --photos VAL --images 2 --methods
+    # `bench/experiments/zero_shot_tuning.py <the step-1000 image denoiser> --photos VAL --images 2 --methods
     # dds`, bench/results/zero-shot/tuning-image-diffpir-dds.md): eta 1.0 beat 0.85 and 0.5 at every
     # cg_steps and lam (+0.5 dB on average at 5 CG steps). The sweep's best, 3 CG steps, is 0.04 dB
     # above 5 at eta 1 (noise, on 2 photos; SR and inpainting converge in one step); 5 stays, the

@@ -31,7 +31,7 @@ class DiffPIRSettings:
 
     steps: int = 100
     # Tuned on validation photos (64 px; Gaussian blur, SR x4, 40 % inpainting at sigma_y 0.05) with
-    # `bench/experiments/zero_shot_tuning.py runs/denoiser-image-pkg --photos VAL --images 2 --methods
+    # `bench/experiments/zero_shot_tuning.py <the step-1000 image denoiser> --photos VAL --images 2 --methods
     # diffpir` (and `--grid diffpir:lam=0.03/0.1/0.3,zeta=1.0`): lam 0.3 and zeta 1.0 score 22.98 dB
     # on average against 21.40 for the paper's 1.0 and 0.3; more fresh noise was better at every
     # lam, and lam 0.1 / 1.0 lose 0.5 / 0.35 dB. bench/results/zero-shot/tuning-image-diffpir-*.md
