@@ -129,13 +129,14 @@ def quality_rows(
     starts: tuple[str, ...] = ("sense",),
     known: dict | None = None,
     others: dict | None = None,
+    map_kinds: tuple[str, ...] = ("espirit", "true"),
 ) -> list[dict]:
     """Every package (and every start of ``STARTS``) on the
     same scans and prepared problems; the baselines once per scan (or from ``known``)."""
     rows = []
     for kind, acc in MASKS:
         for level in levels:
-            for maps in ("espirit", "true"):
+            for maps in map_kinds:
                 for i, item in enumerate(items):
                     y, mask = scan(item, kind, acc, level, seed + i)
                     given = item["coil_maps"] if maps == "true" else None
@@ -419,6 +420,13 @@ def _parser() -> argparse.ArgumentParser:
         "(same volumes, sizes, slices, noise levels and seed); the rest are computed",
     )
     add_arguments(ap)
+    ap.add_argument(
+        "--maps",
+        nargs="+",
+        choices=["espirit", "true"],
+        default=["espirit", "true"],
+        help="quality: coil maps estimated from the data (ESPIRiT), the true ones, or both (default)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="speed: interleaved rounds")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -441,7 +449,7 @@ def _run_part(args, size: int) -> tuple[list[dict], str]:
         solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
         others = others_from(args)
         found = quality_rows(
-            solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines), others
+            solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines), others, args.maps
         )
         keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
         cost = f"\n\n### Size, calls and time\n\n{cost_markdown(found, solvers, others)}" if others else ""
