@@ -9,6 +9,7 @@ import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -93,9 +94,12 @@ def learned_entrants(specs: list[str]) -> list[Entrant]:
             getattr(r, "label", None)
             or f"{'cEDM' if module == 'cedm' else 'E2E-VarNet' if module == 'varnet' else module}"
         )
+        name = f"{label} ({trained})" if trained else label
+        if any(e.name == name for e in out):  # two runs of one baseline: tell them apart by run folder
+            name = f"{name}, {Path(checkpoint).parent.name}"
         out.append(
             Entrant(
-                f"{label} ({trained})" if trained else label,
+                name,
                 kind,
                 f"learned baseline, {checkpoint}",
                 int(getattr(r, "parameters", 0)),
