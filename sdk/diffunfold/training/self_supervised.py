@@ -20,7 +20,8 @@ Choices (docs/training.md, "Self-supervised MRI"):
   starts from (``diffunfold.scanner.start``): the least-squares image the data support, which
   carries the measured information and none of the zero-filled image's aliasing (exact for
   1-D patterns). It leaks ``Lambda`` into the noisy input only at low noise levels, where the
-  supervised target is nearly the input too.
+  supervised target is nearly the input too. ``train.ssdu_standin = "data"``: from the data
+  part alone.
 * The k-space error is normalised per held-out location and real channel,
   ``||M_Lambda (A D - y)||^2 / (2 |Lambda|)``: for an error spread evenly over k-space it equals
   the supervised loss's model-space MSE (``A`` is an isometry where the object is), so EDM's
