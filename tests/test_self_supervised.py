@@ -124,6 +124,19 @@ def test_the_data_part_is_the_measurement_restricted_and_the_standin_explains_it
     assert residual < 0.02
 
 
+def test_the_data_part_standin_sees_no_held_out_point():
+    x, op, y = _problem(noise=0.0)
+    rngs = ss.split_rngs(0, 5, 0, 2)
+    item = ss.to_self_supervised({"y": y, "operator": op}, rngs, 0.4, "lines", standin="data")
+    lam = np.asarray(item["loss_operator"].mask)
+    changed = ss.to_self_supervised(
+        {"y": y + 5.0 * lam, "operator": op}, ss.split_rngs(0, 5, 0, 2), 0.4, "lines", "data"
+    )
+    assert np.array_equal(item["x0"], changed["x0"])  # the held-out points do not reach it
+    every = ss.to_self_supervised({"y": y + 5.0 * lam, "operator": op}, ss.split_rngs(0, 5, 0, 2), 0.4, "lines")
+    assert not np.allclose(item["x0"], every["x0"])  # the default stand-in uses every measured point
+
+
 def test_a_batch_carries_no_clean_image_and_shares_the_supervised_draws():
     sup, ssdu = TrainingBatches(tiny())[1], TrainingBatches(tiny('train.supervision="ssdu"'))[1]
     assert "x" in sup and "x" not in ssdu and "x0" in ssdu
@@ -170,6 +183,7 @@ def test_one_step_then_resume_is_exact(tmp_path):
     [
         ('train.supervision="self"', "['supervised', 'ssdu']"),
         ('train.ssdu_split="rows"', "['lines', 'points']"),
+        ('train.ssdu_standin="clean"', "['measured', 'data']"),
         ("train.ssdu_fraction=1.0", "(0, 1)"),
         ("train.ssdu_fraction=0", "(0, 1)"),
     ],

@@ -133,9 +133,10 @@ class TrainSettings:
     supervision: str = "supervised"
     ssdu_fraction: float = LOSS_FRACTION
     ssdu_split: str = "lines"
+    ssdu_standin: str = "measured"  # the clean image's stand-in: SENSE of all measured points, or of the data part
 
     def __post_init__(self):
-        check_settings(self.supervision, self.ssdu_fraction, self.ssdu_split)
+        check_settings(self.supervision, self.ssdu_fraction, self.ssdu_split, self.ssdu_standin)
 
 
 @dataclass

@@ -227,7 +227,9 @@ class TrainingBatches(torch.utils.data.Dataset):
         t = self.cfg.train
         if t.supervision != "ssdu":
             return item
-        return to_self_supervised(item, split_rngs(t.seed, step, self.first, self.local), t.ssdu_fraction, t.ssdu_split)
+        return to_self_supervised(
+            item, split_rngs(t.seed, step, self.first, self.local), t.ssdu_fraction, t.ssdu_split, t.ssdu_standin
+        )
 
     def _scanner_item(self, step: int, x, task, sigma_y, rngs) -> dict[str, Any]:
         """The batch as a scanner delivers it (:mod:`.scanner_batches`); the diffusion draws

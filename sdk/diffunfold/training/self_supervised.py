@@ -20,7 +20,8 @@ Choices (docs/training.md, "Self-supervised MRI"):
   starts from (``diffunfold.scanner.start``): the least-squares image the data support, which
   carries the measured information and none of the zero-filled image's aliasing (exact for
   1-D patterns). It leaks ``Lambda`` into the noisy input only at low noise levels, where the
-  supervised target is nearly the input too.
+  supervised target is nearly the input too. ``train.ssdu_standin = "data"``: from the data
+  part alone.
 * The k-space error is normalised per held-out location and real channel,
   ``||M_Lambda (A D - y)||^2 / (2 |Lambda|)``: for an error spread evenly over k-space it equals
   the supervised loss's model-space MSE (``A`` is an isometry where the object is), so EDM's
@@ -44,16 +45,19 @@ from .sampler import to_tensor
 
 SUPERVISIONS = ("supervised", "ssdu")
 SPLITS = ("lines", "points")
+STANDINS = ("measured", "data")  # the SENSE estimate of every measured point, or of the data part only
 LOSS_FRACTION = 0.4  # SSDU's rho
 SPLIT_STREAM = 2**32 - 4  # the per-image stream of the split (never an image index; see data.py)
 
 
-def check_settings(supervision: str, fraction: float, split: str) -> None:
+def check_settings(supervision: str, fraction: float, split: str, standin: str = "measured") -> None:
     """Refuse unknown names and a loss fraction outside (0, 1), listing what is allowed."""
     if supervision not in SUPERVISIONS:
         raise InputError(f"train.supervision must be one of {list(SUPERVISIONS)}, got {supervision!r}")
     if split not in SPLITS:
         raise InputError(f"train.ssdu_split must be one of {list(SPLITS)}, got {split!r}")
+    if standin not in STANDINS:
+        raise InputError(f"train.ssdu_standin must be one of {list(STANDINS)}, got {standin!r}")
     if not 0.0 < float(fraction) < 1.0:
         raise InputError(
             f"train.ssdu_fraction must be in (0, 1) (the share of measured points held out for the loss; "
@@ -92,11 +96,14 @@ def sense_standin(operator: MultiCoilMRI, y: np.ndarray) -> np.ndarray:
     return np.asarray(operator.prox(zeros, y, SENSE_WEIGHT, SENSE_ITERATIONS), dtype=np.complex64)
 
 
-def to_self_supervised(item: dict, rngs: list[np.random.Generator], fraction: float, split: str) -> dict:
+def to_self_supervised(
+    item: dict, rngs: list[np.random.Generator], fraction: float, split: str, standin: str = "measured"
+) -> dict:
     """A measured batch ``{"y", "operator", ...}`` (shared mask, its clean ``x`` dropped unread)
     -> the self-supervised one: ``x0`` the SENSE stand-in of all measured points, ``y`` and
     ``operator`` the data part, ``loss_y``, ``loss_operator`` and ``loss_count`` the held-out
-    part. ``rngs``: one split stream per image."""
+    part. ``rngs``: one split stream per image; ``standin = "data"`` takes the stand-in from the
+    data part alone (no held-out point reaches the model's input)."""
     item = {k: v for k, v in item.items() if k != "x"}
     op: MultiCoilMRI = item["operator"]
     y = np.asarray(item["y"])
@@ -105,9 +112,9 @@ def to_self_supervised(item: dict, rngs: list[np.random.Generator], fraction: fl
     pairs = [split_mask(mask[min(i, len(mask) - 1), 0], fraction, g, split) for i, g in enumerate(rngs)]
     theta = np.stack([t for t, _ in pairs])[:, None]
     lam = np.stack([m for _, m in pairs])[:, None]
-    item["x0"] = sense_standin(op, y)
     item["y"] = (y * theta).astype(np.complex64)
     item["operator"] = MultiCoilMRI(maps, theta)
+    item["x0"] = sense_standin(item["operator"], item["y"]) if standin == "data" else sense_standin(op, y)
     item["loss_y"] = (y * lam).astype(np.complex64)
     item["loss_operator"] = MultiCoilMRI(maps, lam)
     item["loss_count"] = lam.reshape(len(y), -1).sum(axis=1).astype(np.float32)
