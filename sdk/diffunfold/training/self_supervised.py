@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import edm
+from .. import formulations
 from ..errors import InputError
 from ..physics.mri import MultiCoilMRI
 from ..scanner.coils import calibration_region
@@ -140,7 +140,7 @@ def ssdu_loss(model: DiffUnfolding, x0, sigma, noise, y, operator, loss_y, loss_
     s = sigma.reshape(-1, 1, 1, 1)
     d = model(x0 + s * noise, sigma, y, operator, noise_std=noise_std)
     mse = held_out_error(d, loss_y, loss_operator, count, model.space)
-    weighted = edm.loss_weight(sigma, model.settings.sigma_data) * mse
+    weighted = formulations.get(model.settings.formulation).loss_weight(sigma, model.settings.sigma_data) * mse
     u = model.uncertainty(sigma)[:, 0]
     return LossTerms(
         loss=(torch.exp(-u) * weighted + u).mean(), mse=mse.detach(), weighted=weighted.detach(), u=u.detach()
