@@ -103,3 +103,15 @@ def test_scanner_harness_runs_a_zero_shot_solver_on_a_prepared_scan():
     p = prepare_kspace(y, mask)
     got = o.run(p, 0)
     assert got.shape == (1, 1, 32, 32) and np.all(np.isfinite(got))
+
+
+def test_a_zero_shot_solver_joins_the_table_with_its_calls(tmp_path):
+    den = REPO / "samples" / "models" / "image-denoiser"
+    args = [str(IMAGE_PKG), "--quick", "--quiet", "--samples", "1", "--steps", "2", "--out", str(tmp_path)]
+    args += ["--task", "gaussian_blur", "--noise", "0.05", "--zero-shot", str(den), "--method", "diffpir"]
+    assert quality.main(args) == 0
+    md = (tmp_path / "quality-methods-image.md").read_text()
+    rows = json.loads((tmp_path / "quality-methods-image.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["DiffPIR"] and np.isfinite(rows[0]["psnr"])
+    assert rows[0]["psnr"] > 18  # a restoration, not noise (the measurement alone is ~20 dB)
+    assert "| DiffPIR | zero-shot, image-denoiser | 3.24 M | 100 |" in md

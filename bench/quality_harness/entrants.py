@@ -128,7 +128,7 @@ def _learned_applies(r) -> Callable[[QualityTask], bool]:
     if fits:
         return lambda task: bool(fits(task.task, task.params))
     mask = getattr(r, "meta", {}).get("settings", {}).get("mask")
-    if mask:
+    if mask and _trained_for(r)[0] == "mri":  # image checkpoints carry the (unused) default mask too
         kind, _, acc = mask.partition(":")
         return lambda task: (
             task.kind == "mri"
