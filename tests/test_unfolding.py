@@ -106,7 +106,12 @@ def test_runtime_matches_torch_reference(packages, task, params, noise):
     got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=18, seed=3, noise_std=noise)
     want = restore(model, torch.from_numpy(y), op, steps=18, seed=3, noise_std=noise)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
-    assert got.extra == {"noise_std": [noise, noise], "noise_std_estimated": False, "schedule": "full"}
+    assert got.extra == {
+        "noise_std": [noise, noise],
+        "noise_std_estimated": False,
+        "schedule": "full",
+        "method": "diff-unfolding",
+    }
 
 
 @pytest.mark.parametrize("task,params", [IMAGE_TASKS[0], MRI_TASKS[0]], ids=["gaussian_blur", "mri"])
@@ -129,7 +134,10 @@ def test_runtime_matches_torch_without_noise_awareness(packages):
     y = op.measure(x, 0.02, seed=[1, 2])
     got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=18, sampler="heun", seed=3)
     want = restore(model, torch.from_numpy(y), op, steps=18, sampler="heun", seed=3)
-    assert rel_err(got.images, want.images.numpy()) < REL_TOL and got.extra == {"schedule": "full"}
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL and got.extra == {
+        "schedule": "full",
+        "method": "diff-unfolding",
+    }
 
 
 def test_runtime_estimates_the_noise_when_not_given_and_says_so(packages):
