@@ -82,11 +82,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     )
     again = p.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    again.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the outputs a stopped or partly failed run finished and do only the rest",
-    )
+    again.add_argument("--resume", action="store_true", help="keep what a stopped run finished; do only the rest")
     p.add_argument("--json", metavar="FILE", help="also write the results (and timings) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 

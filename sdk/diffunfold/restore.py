@@ -350,6 +350,27 @@ def _write_outputs(unit: Unit, restored, baseline, measured, std, src, row: dict
         save_image(unit.outputs["std"], std / std.max() if std.max() > 0 else std)
 
 
+def _solve(job: _Job, y, op, seed: int, noise_std: float, progress):
+    """The solve of one image, with the options of the command line."""
+    args = job.args
+    return job.solver.solve(
+        y,
+        op,
+        steps=args.steps,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        seed=seed,
+        samples=args.samples,
+        noise_std=noise_std,
+        tile=args.tile,
+        churn=args.churn_setting,
+        ensemble=args.ensemble,
+        contrast=args.contrast,
+        method=args.method,
+        progress=progress,
+    )
+
+
 def _restore_item(unit: Unit, job: _Job) -> dict:
     """Restore one image and write its outputs (after everything that can fail on the input)."""
     import numpy as np
@@ -368,22 +389,7 @@ def _restore_item(unit: Unit, job: _Job) -> dict:
     noise_std = float(resolve_noise_std(args.noise, op, y, 1)[0])
     if args.noise is None:
         notes.append(f"{path.name}: noise std not given (--noise), estimated from the input: {noise_std:.4f}")
-    sol = job.solver.solve(
-        y,
-        op,
-        steps=args.steps,
-        sampler=args.sampler,
-        schedule=args.schedule,
-        seed=seed,
-        samples=args.samples,
-        noise_std=noise_std,
-        tile=args.tile,
-        churn=args.churn_setting,
-        ensemble=args.ensemble,
-        contrast=args.contrast,
-        method=args.method,
-        progress=step_bar(path.name, args.quiet),
-    )
+    sol = _solve(job, y, op, seed, noise_std, step_bar(path.name, args.quiet))
     restored = np.asarray(sol.images)
     baseline = np.clip(np.asarray(classical_baseline(op, y, noise_std)), 0.0, 1.0)
     row: dict[str, Any] = {

@@ -72,9 +72,7 @@ def restore(
     batch = int(y.shape[0])
     seeds = edm.seeds_for(seed, batch)
     shape = (model.space.model_channels, *operator.image_shape)
-    # None: the model's formulation's levels (diffunfold.formulations); the fast schedule is EDM's
-    name = "edm" if fast is not None else model.settings.formulation
-    sigmas = formulations.schedule(name, steps, sigma_min, sigma_max, rho)
+    sigmas = formulations.schedule("edm" if fast else model.settings.formulation, steps, sigma_min, sigma_max, rho)
     churn = edm.Churn.of(churn)
     check_ensemble(ensemble)
 
