@@ -6,7 +6,6 @@ compression, ESPIRiT or true maps, scale), and is scored the same way."""
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,18 +61,14 @@ def zero_shot(path: str, methods: list[str] | None, backend: str) -> dict[str, O
 
 
 def learned(specs: list[str]) -> dict[str, Other]:
-    """``MODULE:CHECKPOINT`` each: ``bench/learned_baselines/MODULE.py``'s ``load(CHECKPOINT)``."""
+    """``MODULE:CHECKPOINT`` each, loaded as the quality harness loads them."""
+    from quality_harness.entrants import load_learned
+
     out = {}
     for spec in specs:
-        module, sep, checkpoint = spec.partition(":")
-        if not sep or not module or not checkpoint:
-            raise InputError(f"--learned wants MODULE:CHECKPOINT (e.g. varnet:runs/varnet-g1d4), got {spec!r}")
-        try:
-            r = importlib.import_module(f"learned_baselines.{module}").load(checkpoint)
-        except ModuleNotFoundError:
-            raise InputError(f"--learned {spec!r}: no bench/learned_baselines/{module}.py") from None
+        r, label, checkpoint = load_learned(spec)
         mask = getattr(r, "meta", {}).get("settings", {}).get("mask")
-        name = f"{LABELS.get(module, module)}" + (f" (trained on {mask})" if mask else "")
+        name = label + (f" (trained on {mask})" if mask else "")
 
         def run(p, seed: int, r=r) -> np.ndarray:
             return np.asarray(r.restore(p.y, p.operator, p.data_std, seed))

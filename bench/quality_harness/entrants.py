@@ -75,37 +75,37 @@ def _zero_shot_runner(solver, method: str) -> Callable[[Case, Settings], tuple[n
     return restore
 
 
+LABELS = {"cedm": "cEDM", "varnet": "E2E-VarNet"}
+
+
+def load_learned(spec: str) -> tuple[object, str, str]:
+    """``MODULE:CHECKPOINT``: ``bench/learned_baselines/MODULE.py``'s ``load(CHECKPOINT)``, a restorer
+    with ``restore(y, operator, noise_std, seed)``, ``parameters``, ``nfe``, its model's ``space``
+    (and ``task``) and the checkpoint's ``meta`` (the MRI mask it was trained for); with its label
+    and checkpoint. Both harnesses (this one and ``bench/scanner.py``) load them here."""
+    module, sep, checkpoint = spec.partition(":")
+    if not sep or not module or not checkpoint:
+        raise InputError(f"--learned wants MODULE:CHECKPOINT (e.g. cedm:runs/cedm/ckpt.safetensors), got {spec!r}")
+    try:
+        mod = importlib.import_module(f"learned_baselines.{module}")
+    except ModuleNotFoundError:
+        raise InputError(f"--learned {spec!r}: no bench/learned_baselines/{module}.py") from None
+    r = mod.load(checkpoint)
+    return r, getattr(r, "label", None) or LABELS.get(module, module), checkpoint
+
+
 def learned_entrants(specs: list[str]) -> list[Entrant]:
-    """``MODULE:CHECKPOINT`` each: ``bench/learned_baselines/MODULE.py``'s ``load(CHECKPOINT)``, a
-    restorer with ``restore(y, operator, noise_std, seed)``, ``parameters``, ``nfe`` and its model's
-    ``space`` (and ``task``), and the checkpoint's ``meta`` (the MRI mask it was trained for)."""
+    """One entrant per ``MODULE:CHECKPOINT`` (:func:`load_learned`)."""
     out = []
     for spec in specs:
-        module, sep, checkpoint = spec.partition(":")
-        if not sep or not module or not checkpoint:
-            raise InputError(f"--learned wants MODULE:CHECKPOINT (e.g. cedm:runs/cedm/ckpt.safetensors), got {spec!r}")
-        try:
-            mod = importlib.import_module(f"learned_baselines.{module}")
-        except ModuleNotFoundError:
-            raise InputError(f"--learned {spec!r}: no bench/learned_baselines/{module}.py") from None
-        r = mod.load(checkpoint)
+        r, label, checkpoint = load_learned(spec)
         kind, trained = _trained_for(r)
-        label = (
-            getattr(r, "label", None)
-            or f"{'cEDM' if module == 'cedm' else 'E2E-VarNet' if module == 'varnet' else module}"
-        )
         name = f"{label} ({trained})" if trained else label
         if any(e.name == name for e in out):  # two runs of one baseline: tell them apart by run folder
             name = f"{name}, {Path(checkpoint).parent.name}"
+        params = int(getattr(r, "parameters", 0))
         out.append(
-            Entrant(
-                name,
-                kind,
-                f"learned baseline, {checkpoint}",
-                int(getattr(r, "parameters", 0)),
-                _learned_runner(r),
-                _learned_applies(r),
-            )
+            Entrant(name, kind, f"learned baseline, {checkpoint}", params, _learned_runner(r), _learned_applies(r))
         )
     return out
 
