@@ -266,18 +266,7 @@ def main(argv=None) -> int:
         if args.init and not args.resume:
             init_from_package(model, args.init)
         print(f"cEDM {args.task}: {shared.count_parameters(model):,} parameters, batch {args.batch}", flush=True)
-        summary = shared.train(
-            model,
-            settings,
-            cfg,
-            cedm_loss,
-            args.out,
-            args.resume,
-            args.checkpoint_every,
-            args.keep,
-            args.bf16,
-            batch_cache=args.batch_cache,
-        )
+        summary = shared.train_from_args(model, settings, cfg, cedm_loss, args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -325,3 +325,19 @@ def _step(model, ema, optimizer, batch: dict, cfg: TrainConfig, loss_fn, bf16: b
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def train_from_args(model, settings: dict, cfg, loss, args) -> dict:
+    """:func:`train` with the run options every baseline's command line shares."""
+    return train(
+        model,
+        settings,
+        cfg,
+        loss,
+        args.out,
+        args.resume,
+        args.checkpoint_every,
+        args.keep,
+        args.bf16,
+        batch_cache=args.batch_cache,
+    )

@@ -213,18 +213,7 @@ def main(argv=None) -> int:
         model = VarNet(model_settings)
         settings = {"kind": "varnet", "model": model_settings, "mask": args.mask}
         print(f"E2E-VarNet: {shared.count_parameters(model):,} parameters, batch {args.batch}", flush=True)
-        summary = shared.train(
-            model,
-            settings,
-            cfg,
-            varnet_loss,
-            args.out,
-            args.resume,
-            args.checkpoint_every,
-            args.keep,
-            args.bf16,
-            batch_cache=args.batch_cache,
-        )
+        summary = shared.train_from_args(model, settings, cfg, varnet_loss, args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
