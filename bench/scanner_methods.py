@@ -11,19 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffunfold.errors import InputError
-
-# the zero-shot solvers the paper compares with on MRI (its Table 2): the default of --zero-shot
-PAPER_MRI_METHODS = ("dps", "dds")
-LABELS = {
-    "dps": "DPS",
-    "dds": "DDS",
-    "diffpir": "DiffPIR",
-    "pnp-edm": "PnP-EDM",
-    "cedm": "cEDM",
-    "varnet": "E2E-VarNet",
-}
-
 
 @dataclass
 class Other:
@@ -37,14 +24,11 @@ class Other:
 
 
 def zero_shot(path: str, methods: list[str] | None, backend: str) -> dict[str, Other]:
-    from diffunfold.package import ModelPackage
-    from diffunfold.runtime.solver import Solver
+    from quality_harness.entrants import label, open_zero_shot
+
     from diffunfold.runtime.zero_shot import settings_for
 
-    pkg = ModelPackage.open(path)
-    if pkg.kind != "denoiser" or pkg.space.kind != "mri":
-        raise InputError(f"--zero-shot {path}: needs an MRI denoiser package (model.kind = 'denoiser'), not this one")
-    solver = Solver.load(pkg, backend=backend)
+    pkg, solver, chosen = open_zero_shot(path, methods, {"backend": backend}, kind="mri")
     params = int(pkg.manifest["parameters"]["regularizers"])
 
     def runner(method: str) -> Callable:
@@ -54,8 +38,8 @@ def zero_shot(path: str, methods: list[str] | None, backend: str) -> dict[str, O
         return run
 
     out = {}
-    for m in methods or PAPER_MRI_METHODS:
-        name = f"{LABELS.get(m, m)} ({pkg.path.name})"
+    for m in chosen:
+        name = f"{label(m)} ({pkg.path.name})"
         out[name] = Other(name, f"zero-shot, {pkg.path.name}", params, settings_for(m).calls(), runner(m))
     return out
 
@@ -89,7 +73,7 @@ def add_arguments(ap) -> None:
     ap.add_argument(
         "--method",
         nargs="+",
-        help=f"with --zero-shot: the solvers (default {' '.join(PAPER_MRI_METHODS)}: the paper's MRI comparison)",
+        help="with --zero-shot: the solvers (default dps dds: the paper's MRI comparison)",
     )
     ap.add_argument(
         "--learned",

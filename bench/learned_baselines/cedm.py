@@ -48,6 +48,7 @@ from diffunfold import edm  # noqa: E402
 from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.spaces import DataSpace  # noqa: E402
 from diffunfold.training.model import UNetSettings  # noqa: E402
+from diffunfold.training.package_weights import fold_stage  # noqa: E402
 from diffunfold.training.unet import UNet  # noqa: E402
 from learned_baselines import shared  # noqa: E402
 
@@ -86,18 +87,8 @@ class ConditionalEDM(nn.Module):
         self.space = DataSpace(settings["data"], int(settings["channels"]))
         self.task = settings["task"]
         self.cond_channels = condition_channels(self.task, self.space)
-        u = UNetSettings(**settings["unet"])
         c = self.space.model_channels
-        self.unet = UNet(
-            c + self.cond_channels,
-            c,
-            channels=u.channels,
-            channel_mult=u.channel_mult,
-            num_blocks=u.num_blocks,
-            attention_levels=u.attention_levels,
-            mid_attention=u.mid_attention,
-            head_channels=u.head_channels,
-        )
+        self.unet = UNetSettings(**settings["unet"]).build(c + self.cond_channels, c)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         s = sigma.to(x.dtype).reshape(-1, 1, 1, 1)
@@ -115,10 +106,7 @@ def make_settings(task: str, preset: dict | None = None, channels: int = 3) -> d
 def from_regularizer(model: ConditionalEDM, unet: UNet) -> None:
     """Copy an unconditional (possibly stage-shared) U-Net into ``model``: zero weights for the
     conditioning channels, stage 0's embedding folded into ``map0``'s bias."""
-    state = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    stage = state.pop("stage_embed.weight", None)
-    if stage is not None:
-        state["map0.bias"] = state["map0.bias"] + stage[0]
+    state = fold_stage({k: v.detach().clone() for k, v in unet.state_dict().items()})
     w = state["input_conv.weight"]
     state["input_conv.weight"] = torch.cat([w, w.new_zeros(w.shape[0], model.cond_channels, *w.shape[2:])], dim=1)
     try:

@@ -34,37 +34,50 @@ class Entrant:
     seconds: float = 0.0
 
 
-def zero_shot_entrants(path: str, methods: list[str], solver_options: dict) -> list[Entrant]:
-    """One entrant per method, all on the denoiser package at ``path``."""
+def open_zero_shot(path: str, methods: list[str] | None, solver_options: dict, kind: str | None = None):
+    """The denoiser package at ``path`` (of data ``kind`` when given), a solver on it and the
+    zero-shot methods to run (default: the paper's for its data kind); both harnesses open them here."""
     from diffunfold.package import ModelPackage
     from diffunfold.runtime import Solver
 
     pkg = ModelPackage.open(path)
-    if pkg.kind != "denoiser":
+    if pkg.kind != "denoiser" or (kind is not None and pkg.space.kind != kind):
+        need = "an MRI" if kind == "mri" else "an unconditional"
         raise InputError(
-            f"--zero-shot {path}: a {pkg.kind} package; the zero-shot solvers need an unconditional "
-            "denoiser package (model.kind = 'denoiser')"
+            f"--zero-shot {path}: a {pkg.space.kind} {pkg.kind} package; the zero-shot solvers need "
+            f"{need} denoiser package (model.kind = 'denoiser')"
         )
     from diffunfold.runtime.zero_shot import METHODS
 
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods or [] if m not in METHODS]
     if unknown:
         raise InputError(f"--method {unknown}: unknown; choose from {sorted(METHODS)}")
-    solver = Solver.load(pkg, **solver_options)
+    return pkg, Solver.load(pkg, **solver_options), list(methods or PAPER_METHODS[pkg.space.kind])
+
+
+def zero_shot_entrants(path: str, methods: list[str], solver_options: dict) -> list[Entrant]:
+    """One entrant per method, all on the denoiser package at ``path``."""
+    pkg, solver, chosen = open_zero_shot(path, methods, solver_options)
     params = int(pkg.manifest["parameters"]["regularizers"])
-    kind = pkg.space.kind
-    chosen = methods or PAPER_METHODS[kind]
-    return [
-        Entrant(_label(m), kind, f"zero-shot, {pkg.path.name}", params, _zero_shot_runner(solver, m)) for m in chosen
-    ]
+    where = f"zero-shot, {pkg.path.name}"
+    return [Entrant(label(m), pkg.space.kind, where, params, _zero_shot_runner(solver, m)) for m in chosen]
 
 
 # the zero-shot solvers the paper compares with (Tables 1 and 2), the default of --zero-shot
 PAPER_METHODS = {"image": ["dps", "diffpir", "pnp-edm"], "mri": ["dps", "dds"]}
+# how the tables name the zero-shot methods and the learned baselines' modules
+LABELS = {
+    "dps": "DPS",
+    "diffpir": "DiffPIR",
+    "pnp-edm": "PnP-EDM",
+    "dds": "DDS",
+    "cedm": "cEDM",
+    "varnet": "E2E-VarNet",
+}
 
 
-def _label(method: str) -> str:
-    return {"dps": "DPS", "diffpir": "DiffPIR", "pnp-edm": "PnP-EDM", "dds": "DDS"}.get(method, method)
+def label(name: str) -> str:
+    return LABELS.get(name, name)
 
 
 def _zero_shot_runner(solver, method: str) -> Callable[[Case, Settings], tuple[np.ndarray, int]]:
@@ -73,9 +86,6 @@ def _zero_shot_runner(solver, method: str) -> Callable[[Case, Settings], tuple[n
         return np.asarray(sol.images), int(sol.nfe)
 
     return restore
-
-
-LABELS = {"cedm": "cEDM", "varnet": "E2E-VarNet"}
 
 
 def load_learned(spec: str) -> tuple[object, str, str]:
@@ -91,7 +101,7 @@ def load_learned(spec: str) -> tuple[object, str, str]:
     except ModuleNotFoundError:
         raise InputError(f"--learned {spec!r}: no bench/learned_baselines/{module}.py") from None
     r = mod.load(checkpoint)
-    return r, getattr(r, "label", None) or LABELS.get(module, module), checkpoint
+    return r, getattr(r, "label", None) or label(module), checkpoint
 
 
 def learned_entrants(specs: list[str]) -> list[Entrant]:

@@ -50,6 +50,22 @@ class UNetSettings:
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attention_levels = tuple(int(a) for a in self.attention_levels)
 
+    def build(self, in_channels: int, out_channels: int, num_stages: int = 0) -> UNet:
+        """The U-Net these settings describe (``num_stages > 0``: one network shared by that many
+        unfolding stages)."""
+        return UNet(
+            in_channels,
+            out_channels,
+            channels=self.channels,
+            channel_mult=self.channel_mult,
+            num_blocks=self.num_blocks,
+            attention_levels=self.attention_levels,
+            mid_attention=self.mid_attention,
+            head_channels=self.head_channels,
+            dropout=self.dropout,
+            num_stages=num_stages,
+        )
+
 
 @dataclass
 class ModelSettings:
@@ -210,21 +226,7 @@ class DiffUnfolding(nn.Module):
         k = int(settings.stages)
         c = self.space.model_channels
 
-        def unet(num_stages: int) -> UNet:
-            return UNet(
-                c,
-                c,
-                channels=u.channels,
-                channel_mult=u.channel_mult,
-                num_blocks=u.num_blocks,
-                attention_levels=u.attention_levels,
-                mid_attention=u.mid_attention,
-                head_channels=u.head_channels,
-                dropout=u.dropout,
-                num_stages=num_stages,
-            )
-
-        nets = [unet(k)] if settings.shared else [unet(0) for _ in range(k)]
+        nets = [u.build(c, c, k)] if settings.shared else [u.build(c, c) for _ in range(k)]
         self.regularizers = nn.ModuleList(Regularizer(n, settings.sigma_data, settings.formulation) for n in nets)
         f = settings.weight_features
         # proximal: z = x - tau (x - r) with tau in (0, 2) is non-expansive in x

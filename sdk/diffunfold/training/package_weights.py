@@ -138,18 +138,25 @@ def initialise_from(model: DiffUnfolding, source: str, adapt_attention: bool = F
         )
 
 
-def _fold_stage_embedding(state: dict[str, torch.Tensor], model: DiffUnfolding, stage: int = 0) -> dict:
-    """A shared network's stage ``stage`` as a network without stage conditioning (a denoiser
-    started from an unfolded model): the stage embedding is added to the noise embedding's
-    first layer, so it folds exactly into that layer's bias. Stage 0 is the one that sees the
-    noisy image itself."""
-    key = "regularizers.0.unet.stage_embed.weight"
-    if key not in state or model.regularizers[0].unet.stage_embed is not None:
+def fold_stage(state: dict[str, torch.Tensor], prefix: str = "", stage: int = 0) -> dict[str, torch.Tensor]:
+    """A stage-shared U-Net's state (keys under ``prefix``) as the state of the same U-Net
+    without stage conditioning, at ``stage``: the stage embedding is added to the noise
+    embedding's first layer, so it folds exactly into that layer's bias. Stage 0 is the one that
+    sees the noisy image itself. A state without a stage embedding comes back as it is."""
+    key = prefix + "stage_embed.weight"
+    if key not in state:
         return state
     state = dict(state)
-    bias = "regularizers.0.unet.map0.bias"
+    bias = prefix + "map0.bias"
     state[bias] = state[bias] + state.pop(key)[stage].to(state[bias].dtype)
     return state
+
+
+def _fold_stage_embedding(state: dict[str, torch.Tensor], model: DiffUnfolding) -> dict:
+    """An unfolded model's stage 0 for a network without stage conditioning (a denoiser)."""
+    if model.regularizers[0].unet.stage_embed is not None:
+        return state
+    return fold_stage(state, "regularizers.0.unet.")
 
 
 def _start_as_identity(model: DiffUnfolding, missing: list[str]) -> set[str]:
