@@ -34,7 +34,7 @@ def packages(tmp_path_factory):
 
 
 def test_image_packages_are_exported_with_the_fast_schedule_and_mri_ones_without(packages):
-    assert packages["image"][1].fast_schedule == IMAGE_DEFAULT
+    assert packages["image"][1].fast_schedule == IMAGE_DEFAULT.for_stages(packages["image"][1].stages)
     assert packages["mri"][1].fast_schedule is None
 
 
@@ -47,7 +47,7 @@ def test_fast_schedule_matches_the_torch_reference(packages, task, params, noise
     got = Solver.load(pkg, backend="onnxruntime").solve(y, op, seed=3, samples=2, noise_std=noise)
     want = restore(model, torch.from_numpy(y), op, seed=3, samples=2, noise_std=noise, fast=pkg.fast_schedule)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
-    assert got.nfe == IMAGE_DEFAULT.steps and got.timing.network_calls == IMAGE_DEFAULT.steps * pkg.stages
+    assert got.nfe == IMAGE_DEFAULT.steps and got.timing.network_calls == sum(pkg.fast_schedule.stages)
     assert got.extra["schedule"] == "fast (classical start)"
 
 
@@ -132,3 +132,44 @@ def test_fast_schedule_levels_follow_edm_spacing():
     fast = FastSchedule(steps=6, sigma_max=1.5, sigma_min=0.005)
     levels = edm.schedule(fast.steps, fast.sigma_min, fast.sigma_max, fast.rho)
     assert levels[0] == pytest.approx(1.5) and levels[-2] == pytest.approx(0.005) and len(levels) == 7
+
+
+def _with_fast(pkg, folder, fast: dict) -> ModelPackage:
+    """A copy of ``pkg`` whose manifest carries ``fast`` as its schedule.fast."""
+    shutil.copytree(pkg.path, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["schedule"]["fast"] = fast
+    write_manifest(folder, m, list(m["files"]))
+    return ModelPackage.open(folder)
+
+
+def test_a_fast_schedule_may_run_fewer_stages_at_a_level(packages, tmp_path):
+    """``schedule.fast.stages``: the unfolding stages at each level, in the runtime as in the
+    torch reference; a solve whose levels are overridden runs all K."""
+    model, pkg = packages["image"]
+    k = pkg.stages
+    fast = {"steps": 3, "sigma_max": 1.5, "sigma_min": 0.002, "rho": 7.0, "start": "classical", "stages": [1, k, k]}
+    few = _with_fast(pkg, tmp_path / "few", fast)
+    op = operator_for("gaussian_blur", {"sigma": 1.5})
+    y = op.measure(clean_images(), 0.01, seed=[1, 2])
+    solver = Solver.load(few, backend="onnxruntime")
+    got = solver.solve(y, op, seed=3, noise_std=0.01)
+    assert got.nfe == 3 and got.timing.network_calls == 1 + 2 * k
+    want = restore(model, torch.from_numpy(y), op, seed=3, noise_std=0.01, fast=few.fast_schedule)
+    assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    every = solver.solve(y, op, seed=3, noise_std=0.01, stages=k)  # asked for: K at every level
+    assert every.timing.network_calls == 3 * k and rel_err(every.images, got.images) > 1e-3
+    assert solver.solve(y, op, seed=3, noise_std=0.01, steps=4).timing.network_calls == 4 * k
+
+
+@pytest.mark.parametrize("stages", [[1, 2], [0, 2, 2], [True, 2, 2], [1.5, 2, 2], "122", [1, 2, 99]])
+def test_bad_stage_counts_are_refused(packages, tmp_path, stages):
+    _, pkg = packages["image"]
+    fast = {"steps": 3, "sigma_max": 1.5, "sigma_min": 0.002, "rho": 7.0, "start": "classical", "stages": stages}
+    with pytest.raises(InputError, match="schedule.fast.stages"):
+        _with_fast(pkg, tmp_path / "bad", fast)
+
+
+def test_the_exported_schedule_never_asks_for_more_stages_than_the_package_has():
+    assert IMAGE_DEFAULT.for_stages(2).stages is None or max(IMAGE_DEFAULT.for_stages(2).stages) <= 2
+    assert FastSchedule(3, 1.5, 0.002, stages=(1, 4, 4)).for_stages(2).stages == (1, 2, 2)

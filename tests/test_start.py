@@ -206,10 +206,11 @@ def test_the_start_drowns_the_noise_the_sense_estimate_carries():
     assert mean["init_sigma"] == mean["init_noise"] == level
 
 
-def test_where_the_data_leave_much_open_the_start_is_noise(mri_solver):
+def test_where_the_data_leave_much_open_the_start_is_high_above_them(mri_solver):
     """Held-out lines predicted from the rest: a 1-D 4x pattern on a 32 px phantom leaves more
-    open than a 2-D one or 2x; there the full schedule runs from noise, and the reason is given."""
-    from diffunfold.scanner.start import OPEN_LIMIT, held_out_error
+    open than a 2-D one or 2x; there the sample starts from the SENSE estimate plus noise
+    OPEN_START in OPEN_STEPS steps (not 18 from pure noise), and the reason is given."""
+    from diffunfold.scanner.start import OPEN_LIMIT, OPEN_START, OPEN_STEPS, held_out_error
 
     errors = {}
     for kind, acc in (("gaussian1d", 4.0), ("gaussian1d", 2.0), ("gaussian2d", 4.0)):
@@ -218,9 +219,14 @@ def test_where_the_data_leave_much_open_the_start_is_noise(mri_solver):
     assert errors["gaussian1d", 4.0] > OPEN_LIMIT > max(errors["gaussian1d", 2.0], errors["gaussian2d", 4.0])
     x, maps, mask, y = _scan("gaussian1d", acc=4.0)
     p = prepare_kspace(y, mask, coil_maps=maps)
-    assert sense_start(p) == {} and p.info["start"].startswith("noise (the data leave too much open")
+    begin = sense_start(p)
+    assert begin["init_sigma"] == begin["sigma_max"] == OPEN_START and begin["steps"] == OPEN_STEPS
+    assert "the data leave much open" in p.info["start"] and "init" in begin
     res = reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0)
-    assert res.solution.nfe == 18 and res.info["start"].startswith("noise (")
+    assert res.solution.nfe == OPEN_STEPS and "the data leave much open" in res.info["start"]
+    assert np.isfinite(res.image).all()
+    # asked for steps: the tail of that schedule below the start
+    assert reconstruct_kspace(mri_solver, y, mask, coil_maps=maps, seed=0, steps=18).solution.nfe < 18
     # the measurement noise is not counted as what the data leave open
     rng = np.random.default_rng(7)
     noise = (rng.standard_normal(y.shape) + 1j * rng.standard_normal(y.shape)) * (0.05 / np.sqrt(2)) * mask

@@ -80,7 +80,10 @@ def start_at(sigmas: np.ndarray, sigma: float) -> np.ndarray:
     ):
         raise InputError(f"the start's noise level must be a positive number, got {sigma!r}")
     levels = np.asarray(sigmas, dtype=np.float64)
-    first = int(np.argmax(levels[:-1] <= sigma)) if np.any(levels[:-1] <= sigma) else len(levels) - 2
+    # a schedule's first level is sigma_max only to rounding ((s ** (1 / rho)) ** rho): a start
+    # at sigma_max itself must not skip it
+    at = levels[:-1] <= sigma * (1 + 1e-9)
+    first = int(np.argmax(at)) if np.any(at) else len(levels) - 2
     return levels[first:]
 
 

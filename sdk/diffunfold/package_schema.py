@@ -136,7 +136,10 @@ def manifest_problems(m: dict) -> list[str]:
         out.append(f"'tiling' must be an object with whole_up_to, a whole number >= 0, not {tiling!r}")
     if isinstance(m.get("schedule"), dict) and "fast" in m["schedule"]:
         try:
-            FastSchedule.from_manifest(m["schedule"]["fast"], "the manifest")
+            fast = FastSchedule.from_manifest(m["schedule"]["fast"], "the manifest")
+            k = m.get("stages")
+            if fast.stages and isinstance(k, int) and max(fast.stages) > k:
+                out.append(f"schedule.fast.stages asks for more stages than the package's {k}: {list(fast.stages)}")
         except InputError as exc:
             out.append(str(exc))
     out += _formulation_problems(m.get("schedule"))

@@ -246,7 +246,11 @@ def _manifest(
             "sigma_data": model.settings.sigma_data,
             **sampling,
             # the fast schedule starts from the unfolded model's classical estimate: not a denoiser's
-            **({"fast": IMAGE_DEFAULT.manifest_entry()} if space.kind == "image" and unfolding else {}),
+            **(
+                {"fast": IMAGE_DEFAULT.for_stages(model.stages).manifest_entry()}
+                if space.kind == "image" and unfolding
+                else {}
+            ),
         },
         "networks": {
             "regularizers": names,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +221,8 @@ class Solver:
         ``schedule``: ``"fast"`` (a few steps from the classical estimate plus noise: ``diffunfold.fast_schedule``;
         what image packages run by default), ``"full"`` (EDM's 18 Euler steps from pure noise, the paper's loop) or
         None for the package's default. ``steps``/``sampler``/``sigma_*``/``rho`` override the chosen schedule's.
-        ``stages``: run only the first this many of the K unfolding stages per denoiser call. ``seed``: an int
+        ``stages``: run only the first this many of the K unfolding stages per denoiser call (None: all K, except
+        where the fast schedule, on its own levels, names fewer at a level: ``schedule.fast.stages``). ``seed``: an int
         (image i uses ``seed + i``) or one per image; an image's result does not depend on the rest of its batch.
         ``samples > 1`` draws that many posterior samples per image and returns their mean and per-pixel standard
         deviation; with ``batch_samples`` they run side by side in one batch where the operator allows it (faster,
@@ -244,6 +245,8 @@ class Solver:
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
         run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
         run.stages = check_stages(stages, self.stages)
+        own_levels = fast is not None and all(v is None for v in (steps, sigma_min, sigma_max, rho))
+        run.step_stages = fast.stages_by_level() if own_levels and run.stages is None else {}
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)
@@ -352,7 +355,7 @@ class Solver:
         groups = [(j * batch, (j + 1) * batch, flip_axes(run.ensemble, j)) for j in range(samples)]
         x, nfe = edm.sample_loop(
             lambda v, s: self.denoise(
-                v, s, y_all, run.operator, run.weights, run.timing, var_all, run.plan, groups, run.stages
+                v, s, y_all, run.operator, run.weights, run.timing, var_all, run.plan, groups, run.stages_at(s)
             ),
             x,
             run.sigmas,
@@ -373,7 +376,16 @@ class Solver:
             groups = [(0, len(run.seeds), flip_axes(run.ensemble, j))]
             x, nfe = edm.sample_loop(
                 lambda v, s: self.denoise(
-                    v, s, run.y, run.operator, run.weights, run.timing, run.noise_var, run.plan, groups, run.stages
+                    v,
+                    s,
+                    run.y,
+                    run.operator,
+                    run.weights,
+                    run.timing,
+                    run.noise_var,
+                    run.plan,
+                    groups,
+                    run.stages_at(s),
                 ),
                 x,
                 run.sigmas,
@@ -474,3 +486,8 @@ class _Run:
     init: WarmStart | None = None  # the starting estimate (None: pure noise)
     stages: int | None = None  # unfolding stages per denoiser call (None: the package's K)
     noise_std: Any = None  # sigma_y per image as resolved (None where nothing used it)
+    step_stages: dict = field(default_factory=dict)  # the fast schedule's {level: stages}, where fewer
+
+    def stages_at(self, sigma: float) -> int | None:
+        """The stages the denoiser call at level ``sigma`` runs (None: all K)."""
+        return self.stages if self.stages is not None else self.step_stages.get(float(sigma))

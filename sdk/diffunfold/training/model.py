@@ -262,12 +262,20 @@ class DiffUnfolding(nn.Module):
             return self.space.fidelity_grad(operator, x, y)
 
     def forward(
-        self, x_t: torch.Tensor, sigma, y, operator: LinearOperator, noise_std=None, flip_axes: tuple[int, ...] = ()
+        self,
+        x_t: torch.Tensor,
+        sigma,
+        y,
+        operator: LinearOperator,
+        noise_std=None,
+        flip_axes: tuple[int, ...] = (),
+        stages: int | None = None,
     ) -> torch.Tensor:
         """``D(x_t, s; y, A)`` in model space. ``sigma``: a number or one value per image.
         ``noise_std``: the measurement noise sigma_y, a number or one per image (needed by a
         noise-aware model, ignored otherwise). ``flip_axes``: the regularisers see ``x`` flipped
-        along these axes and their output is flipped back (``diffunfold.ensemble``)."""
+        along these axes and their output is flipped back (``diffunfold.ensemble``). ``stages``:
+        run only the first this many of the K stages (None: all)."""
         sigma = self._sigma_batch(sigma, x_t)
         if self.settings.kind == "denoiser":  # the physics plays no part: a prior only
             return flip(self.regularizers[0](flip(x_t, flip_axes), sigma), flip_axes)
@@ -282,7 +290,7 @@ class DiffUnfolding(nn.Module):
                 )
             noise_var = self._sigma_batch(noise_std, x_t) ** 2
         x = x_t
-        for k in range(self.stages):
+        for k in range(self.stages if stages is None else stages):
             r = flip(self.regularize(flip(x, flip_axes), sigma, k), flip_axes)
             # The physics runs outside autocast: FFTs do not run in half precision.
             with torch.autocast(x.device.type, enabled=False):
