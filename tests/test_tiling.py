@@ -89,7 +89,8 @@ def test_small_images_run_whole_and_unchanged(solver):
 
 def test_tile_choice_follows_training_size_and_memory(solver):
     pkg = solver.package
-    args = (pkg.settings, pkg.manifest, "auto", (1000, 1000), 8, "cpu")
+    unrecorded = {k: v for k, v in pkg.manifest.items() if k != "tiling"}  # no measured tiles
+    args = (pkg.settings, unrecorded, "auto", (1000, 1000), 8, "cpu")
     assert tiling.plan_tiles(*args, budget=None).tile == 2 * tiling.TRAIN_SIZE_DEFAULT
     per_128 = tiling.network_bytes(pkg.settings, 128, 128)
     tight = tiling.plan_tiles(*args, budget=int(per_128 / tiling.NETWORK_SHARE) - 1)
@@ -111,7 +112,7 @@ def test_what_cannot_fit_is_refused_before_any_work(solver, monkeypatch):
     monkeypatch.setattr(tiling, "available_memory", lambda kind="cpu": 8 * 2**30)
     with pytest.raises(InputError, match=r"needs about [0-9.]+ TB .* whole image"):
         solver.plan((4000, 4000), tile=None)  # untiled: the attention alone asks for terabytes
-    assert solver.plan((4000, 4000)).tile == 128  # tiled, it fits
+    assert solver.plan((4000, 4000)).tile == 72  # tiled (the package's measured tiles), it fits
     with pytest.raises(InputError, match=r"only 8.0 GB is available"):
         solver.plan((40000, 40000))
     # SR x16 of a 64x64 image is a 1024x1024 solve: planned tiled, not refused (stopped here)
@@ -125,7 +126,7 @@ def test_what_cannot_fit_is_refused_before_any_work(solver, monkeypatch):
     monkeypatch.setattr(Solver, "plan", spy)
     with pytest.raises(KeyboardInterrupt):
         solver.solve(np.zeros((1, 3, 64, 64), np.float32), op, steps=1, noise_std=0.05)
-    assert plans[0].tile == 128
+    assert plans[0].tile == 72
 
 
 def test_progress_callback_sees_every_step(solver):
@@ -183,13 +184,15 @@ def test_auto_runs_whole_images_up_to_the_packages_measured_side(solver):
     assert tiling.plan_tiles(pkg.settings, unrecorded, "auto", (256, 256), 8, "cpu", 2**40).tile == 128
 
 
-def test_bundled_image_package_runs_256_px_whole_and_512_px_tiled():
+def test_bundled_image_package_runs_128_px_whole_and_larger_images_on_its_measured_tiles():
     from diffunfold.package import ModelPackage
 
     pkg = ModelPackage.open(PACKAGE)
     args = (pkg.settings, pkg.manifest, "auto")
-    assert tiling.plan_tiles(*args, (256, 256), 8, "cpu", 24 * 2**30).tile is None
-    assert tiling.plan_tiles(*args, (512, 512), 8, "cpu", 24 * 2**30).tile == 128
+    assert tiling.plan_tiles(*args, (128, 128), 8, "cpu", 24 * 2**30).tile is None
+    for side in (256, 512):
+        plan = tiling.plan_tiles(*args, (side, side), 8, "cpu", 24 * 2**30)
+        assert (plan.tile, plan.overlap) == (72, 8)
 
 
 @pytest.mark.parametrize("bad", [{"whole_up_to": -1}, {"whole_up_to": 1.5}, {"whole_up_to": True}, [256]])
@@ -197,3 +200,29 @@ def test_a_bad_tiling_record_is_refused(bad):
     from diffunfold.package_schema import manifest_problems
 
     assert any("'tiling'" in p for p in manifest_problems({"tiling": bad}))
+
+
+def test_a_recorded_tile_sets_the_automatic_tiles(solver):
+    """``tiling.tile`` / ``tiling.overlap``: the tiles ``tile="auto"`` uses above the whole side,
+    where they fit the memory; else the rule from the training size."""
+    pkg = solver.package
+    manifest = dict(pkg.manifest, tiling={"whole_up_to": 128, "tile": 80, "overlap": 16})
+    plan = lambda shape, budget: tiling.plan_tiles(pkg.settings, manifest, "auto", shape, 8, "cpu", budget)  # noqa: E731
+    assert plan((128, 128), 2**40).tile is None
+    got = plan((256, 256), 2**40)
+    assert (got.tile, got.overlap) == (80, 16)
+    starts = tiling.tile_starts(256, got.tile, got.overlap)
+    assert len(starts) == 4 and min(b - a for a, b in zip(starts, starts[1:])) <= 80 - 16
+    small = int(tiling.network_bytes(pkg.settings, 64, 64) / tiling.NETWORK_SHARE)  # 80 px tiles do not fit
+    assert plan((256, 256), small).tile == 64
+    assert tiling.plan_tiles(pkg.settings, manifest, 96, (256, 256), 8, "cpu", 2**40).tile == 96  # asked for
+
+
+@pytest.mark.parametrize("bad", [{"tile": 0}, {"tile": 80, "overlap": 80}, {"tile": 80.0}, {"tile": 80, "overlap": -1}])
+def test_a_bad_recorded_tile_is_refused(solver, bad):
+    from diffunfold.package_schema import manifest_problems
+
+    record = {"whole_up_to": 128, **bad}
+    assert any("'tiling' tile and overlap" in p for p in manifest_problems({"tiling": record}))
+    with pytest.raises(InputError, match="tiling"):
+        tiling.plan_tiles(solver.package.settings, {"tiling": record}, "auto", (256, 256), 8, "cpu", None)

@@ -5,8 +5,8 @@ early ones only find the coarse image that the measurement already fixes. The fa
 starts from the operator's classical reconstruction (Wiener for blurs, the pseudo-inverse for
 super-resolution, normalised convolution for inpainting: ``diffunfold.baselines``) plus white
 noise of the schedule's first level, and runs a short EDM schedule below it (6 steps from 1.5
-down to EDM's 0.002 on the bundled image model, one unfolding stage at the first level and all
-four below: 21 calls). Chosen on the 34 validation photos
+down to EDM's 0.002 on the bundled image model, two unfolding stages at the first level and all
+four below: 22 calls). Chosen on the 34 validation photos
 that the quality harness never scores (``bench/experiments/few_calls.py``): the same 6 steps
 from pure noise lost up to 13 dB, from noise at a low first level up to 0.3 dB; from the
 classical estimate every cell of 8 tasks x 3 noise levels stayed within 0.11 dB of the 18-step
@@ -17,10 +17,13 @@ unfolding stages per call (``stages``) for more steps lost up to 1.5 dB.
 Where the stages go (``stages``: the count at each level; 12 validation photos, 8 tasks x 3 noise
 levels, against the 18-step path): fewer at the low levels lose most (one stage at the last
 level -0.30 dB in the worst cell, two at the last two -0.45, 4-4-4-3-2-1 -0.95), while the first
-level, where the classical estimate's noise is drowned, needs only one: 1-4-4-4-4-4 scored worst
-cell -0.07 dB and mean +0.14 dB (all four at every level: -0.10 and +0.07) in 21 calls instead of
-24. Two stages at the first two levels lost 1.5 dB, one network output reused by all four
-stages of the first level was no better than one stage.
+level, where the classical estimate's noise is drowned, needs fewer: 2-4-4-4-4-4 and 1-4-4-4-4-4
+both scored worst cell -0.07 dB and mean +0.13 / +0.14 dB at 64 px (all four at every level:
+-0.10 and +0.07). At 256 px (4 validation photos, 7 tasks x 3 noise levels, 72 px tiles) one
+stage there scored 0.23-0.27 dB below two on noise-free anisotropic blur and inpainting (0.06
+above on Gaussian blur), so the default runs two: 22 calls instead of 24.
+Two stages at the first two levels lost 1.5 dB; one network output reused by all four stages of
+the first level was no better than one stage.
 
 A package opts in through its manifest's ``schedule.fast``; ``Solver.solve(schedule="full")``
 keeps the 18-step path, and explicit ``steps``/``sigma_*`` override either.
@@ -106,7 +109,7 @@ class FastSchedule:
 
 # What an exported image package gets (chosen for image-small on validation photos; see above).
 # MRI packages get none: the scanner path (diffunfold.scanner) starts from its SENSE estimate.
-IMAGE_DEFAULT = FastSchedule(steps=6, sigma_max=1.5, sigma_min=0.002, stages=(1, 4, 4, 4, 4, 4))
+IMAGE_DEFAULT = FastSchedule(steps=6, sigma_max=1.5, sigma_min=0.002, stages=(2, 4, 4, 4, 4, 4))
 
 
 def check_schedule_name(name: str | None) -> str | None:

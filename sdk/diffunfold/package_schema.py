@@ -134,6 +134,8 @@ def manifest_problems(m: dict) -> list[str]:
     whole = tiling.get("whole_up_to", 0) if isinstance(tiling, dict) else None
     if isinstance(whole, bool) or not isinstance(whole, int) or whole < 0:
         out.append(f"'tiling' must be an object with whole_up_to, a whole number >= 0, not {tiling!r}")
+    elif isinstance(tiling, dict) and (problem := tile_record_problem(tiling)):
+        out.append(problem)
     if isinstance(m.get("schedule"), dict) and "fast" in m["schedule"]:
         try:
             fast = FastSchedule.from_manifest(m["schedule"]["fast"], "the manifest")
@@ -164,3 +166,15 @@ def member_path(folder: Path, name: str) -> Path:
             "folder; copy the real file into the package (or export it again)"
         )
     return path
+
+
+def tile_record_problem(tiling: dict) -> str | None:
+    """What is wrong with a manifest's recorded tile (``tiling.tile``, ``tiling.overlap``), if
+    anything; None where it records none."""
+    if "tile" not in tiling:
+        return None
+    side, overlap = tiling["tile"], tiling.get("overlap", 0)
+    ok = all(isinstance(v, int) and not isinstance(v, bool) for v in (side, overlap))
+    if ok and side > 0 and 0 <= overlap < side:
+        return None
+    return f"'tiling' tile and overlap must be whole numbers with 0 <= overlap < tile, not {tiling!r}"

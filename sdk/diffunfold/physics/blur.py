@@ -7,6 +7,7 @@ multiplication by the conjugate spectrum.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -49,7 +50,7 @@ class Convolution(LinearOperator):
     def spec(self) -> dict:
         return {"task": "convolution", "image_shape": self.image_shape, "given": ["kernel"]}
 
-    @property
+    @functools.cached_property  # read twice per stage
     def lipschitz(self) -> float:
         return float(np.max(np.abs(self._spectrum)) ** 2)  # 1 for a kernel summing to one
 

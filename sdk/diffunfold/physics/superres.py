@@ -8,6 +8,7 @@ without ever forming an (HW x hw) matrix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,7 +83,7 @@ class SuperResolution(LinearOperator):
         scale = max(1.0, float(np.linalg.norm(dh, 2) * np.linalg.norm(dw, 2))) ** 0.5
         self._dh, self._dw = dh / scale, dw / scale
 
-    @property
+    @functools.cached_property  # two SVDs: once per operator, not once per stage
     def lipschitz(self) -> float:
         # A = D_h (.) D_w^T: ||A|| = ||D_h|| ||D_w|| (Kronecker product of the two matrices).
         return float(np.linalg.norm(self._dh, 2) * np.linalg.norm(self._dw, 2)) ** 2

@@ -41,8 +41,8 @@ class Solver:
     Options of :meth:`solve` beyond the schedule, the seed, the samples and the noise level:
     ``tile``: how the regulariser meets a large image (``diffunfold.runtime.tiling``):
     ``"auto"`` (the whole image up to the side the package records as measured, memory
-    permitting; else tiles sized from the package's training size and the memory available;
-    images no larger than a tile run whole), a tile side in pixels, or None/0 for the whole
+    permitting; else the tiles it records, or tiles sized from its training size and the memory
+    available; images no larger than a tile run whole), a tile side in pixels, or None/0 for the whole
     image at once. The expected memory is checked first, and a solve that cannot fit is
     refused with the reason. ``churn``: EDM's stochastic sampler
     (:class:`diffunfold.edm.Churn`, a number for its ``S_churn``, or 0 for the deterministic

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..package_schema import tile_record_problem
 
 # The training crop of packages whose manifest does not record it (both bundled packages were
 # trained on 64x64 crops). A tile is twice the training size where memory allows: it gives the
@@ -163,6 +164,16 @@ def whole_up_to(manifest: dict) -> int:
     return value
 
 
+def recorded_tile(manifest: dict) -> tuple[int, int] | None:
+    """The tile side and least overlap a package records for ``tile="auto"`` above its whole
+    side (``tiling.tile``, ``tiling.overlap``: measured per package), or None for the rule from
+    its training size."""
+    rec = manifest.get("tiling", {})
+    if (problem := tile_record_problem(rec)) is not None:
+        raise InputError(f"the manifest's {problem}")
+    return (rec["tile"], rec.get("overlap", 0)) if "tile" in rec else None
+
+
 def whole_fits(settings: dict, manifest: dict, shape, multiple: int, rows: int, share: float | None) -> bool:
     """Whether ``tile="auto"`` runs ``rows`` whole images of ``shape``: no side above the package's
     ``whole_up_to``, and the network on all of them within the memory share (unknown memory:
@@ -192,17 +203,27 @@ def plan_tiles(
     share = None if budget is None else NETWORK_SHARE * budget
     if tile == "auto" and whole_fits(settings, manifest, shape, multiple, rows, share):
         return TilePlan(None)
+    overlap = None
     if tile == "auto":
-        base = train_size(manifest)
-        sides = [-(-k * base // multiple) * multiple for k in TILE_TRAIN_MULTIPLES]
-        fits = [s for s in sides if share is None or network_bytes(settings, s, s) <= share]
-        tile = fits[0] if fits else sides[-1]
+        tile, overlap = _auto_tile(settings, manifest, multiple, share)
     if all(-(-n // multiple) * multiple <= tile for n in shape):
         return TilePlan(None)
     per_tile = network_bytes(settings, tile, tile)
     cap = MAX_TILE_BATCH.get(device_kind, 8)
     batch = cap if share is None else max(1, min(cap, int(share // per_tile)))
-    return TilePlan(tile, max(int(round(OVERLAP_FRACTION * tile)), 1), batch)
+    return TilePlan(tile, max(int(round(OVERLAP_FRACTION * tile)), 1) if overlap is None else overlap, batch)
+
+
+def _auto_tile(settings: dict, manifest: dict, multiple: int, share: float | None) -> tuple[int, int | None]:
+    """``tile="auto"``'s tile side and overlap (None: OVERLAP_FRACTION of the side): the package's
+    recorded tile where it fits the memory share, else twice the training size, else once."""
+    recorded = recorded_tile(manifest)
+    if recorded is not None and (share is None or network_bytes(settings, recorded[0], recorded[0]) <= share):
+        return recorded
+    base = train_size(manifest)
+    sides = [-(-k * base // multiple) * multiple for k in TILE_TRAIN_MULTIPLES]
+    fits = [s for s in sides if share is None or network_bytes(settings, s, s) <= share]
+    return (fits[0] if fits else sides[-1]), None
 
 
 def check_memory(
