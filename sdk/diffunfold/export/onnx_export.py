@@ -208,6 +208,11 @@ def _write_networks(
     return names, files
 
 
+def _fast_entry(model) -> dict:
+    """The image packages' fast schedule, for this model's number of stages."""
+    return IMAGE_DEFAULT.for_stages(model.stages).manifest_entry()
+
+
 def _manifest(
     model: DiffUnfolding,
     names: list[str],
@@ -246,11 +251,7 @@ def _manifest(
             "sigma_data": model.settings.sigma_data,
             **sampling,
             # the fast schedule starts from the unfolded model's classical estimate: not a denoiser's
-            **(
-                {"fast": IMAGE_DEFAULT.for_stages(model.stages).manifest_entry()}
-                if space.kind == "image" and unfolding
-                else {}
-            ),
+            **({"fast": _fast_entry(model)} if space.kind == "image" and unfolding else {}),
         },
         "networks": {
             "regularizers": names,

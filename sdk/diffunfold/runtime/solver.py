@@ -221,8 +221,7 @@ class Solver:
         ``schedule``: ``"fast"`` (a few steps from the classical estimate plus noise: ``diffunfold.fast_schedule``;
         what image packages run by default), ``"full"`` (EDM's 18 Euler steps from pure noise, the paper's loop) or
         None for the package's default. ``steps``/``sampler``/``sigma_*``/``rho`` override the chosen schedule's.
-        ``stages``: run only the first this many of the K unfolding stages per denoiser call (None: all K, except
-        where the fast schedule, on its own levels, names fewer at a level: ``schedule.fast.stages``). ``seed``: an int
+        ``stages``: the first this many of the K stages per call (None: all, or the fast schedule's). ``seed``: an int
         (image i uses ``seed + i``) or one per image; an image's result does not depend on the rest of its batch.
         ``samples > 1`` draws that many posterior samples per image and returns their mean and per-pixel standard
         deviation; with ``batch_samples`` they run side by side in one batch where the operator allows it (faster,
@@ -244,9 +243,7 @@ class Solver:
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
         run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
-        run.stages = check_stages(stages, self.stages)
-        own_levels = fast is not None and all(v is None for v in (steps, sigma_min, sigma_max, rho))
-        run.step_stages = fast.stages_by_level() if own_levels and run.stages is None else {}
+        run.stages, run.step_stages = _stages(stages, self.stages, fast, (steps, sigma_min, sigma_max, rho))
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)
@@ -465,6 +462,15 @@ class Solver:
     def _prepare(self, y, operator: LinearOperator):
         """``y`` checked and on the device at the working precision, and whether it was numpy."""
         return prepare_measurement(y, operator, self.space, self.xp)
+
+
+def _stages(stages, k: int, fast, overrides: tuple) -> tuple[int | None, dict]:
+    """The stages a solve asks for (checked against the package's ``k``), and the fast schedule's
+    ``{level: stages}`` where the solve runs its own levels (no override of steps or levels) and
+    asks for no number of stages, else none."""
+    stages = check_stages(stages, k)
+    own_levels = fast is not None and all(v is None for v in overrides)
+    return stages, (fast.stages_by_level() if own_levels and stages is None else {})
 
 
 @dataclass

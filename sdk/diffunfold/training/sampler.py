@@ -82,12 +82,11 @@ def restore(
     stretch = _stretch(contrast, model, y, operator, std)
     sigma_y = _sigma_y(model, std, stretch, param)
     start = None if fast is None else _classical_start(model, operator, y, noise_std, std, stretch)
-    few = {} if fast is None else fast.stages_by_level()  # levels that run fewer than K stages
     if stretch is not None:
         y = stretch.measurement(y, _a_ones(model, operator, y))
 
     runs = [
-        _draw(model, y, operator, sigma_y, stretch, j, ensemble, seeds, shape, sigmas, sampler, churn, bar, start, few)
+        _draw(model, y, operator, sigma_y, stretch, j, ensemble, seeds, shape, sigmas, sampler, churn, bar, start, fast)
         for j in range(samples)
     ]
     if bar is not None:
@@ -119,16 +118,17 @@ def _draw(
     churn,
     bar,
     start=None,
-    step_stages: dict | None = None,
+    fast: FastSchedule | None = None,
 ):
     """Posterior sample ``j`` of every image, from its start drawn per (image seed, sample) at the
-    first level (added to ``start``, an estimate in model space, where given; ``step_stages``:
-    the stages at the levels that run fewer than K), in the user's space (mapped back from a
+    first level (added to ``start``, an estimate in model space, where given; ``fast``: the
+    schedule whose levels may run fewer than K stages), in the user's space (mapped back from a
     contrast stretch, clipped); returns ``(x, nfe)``."""
     param = next(model.parameters())
+    few = {} if fast is None else fast.stages_by_level()  # levels that run fewer than K stages
 
     def denoise(v, s, axes=flip_axes(ensemble, j)):  # noqa: B008 (binds this sample's flips)
-        return model(v, s, y, operator, noise_std=sigma_y, flip_axes=axes, stages=(step_stages or {}).get(float(s)))
+        return model(v, s, y, operator, noise_std=sigma_y, flip_axes=axes, stages=few.get(float(s)))
 
     def churn_noise(i, j=j):
         return torch.from_numpy(edm.churn_noise(seeds, shape, i, j)).to(param.device, param.dtype)
