@@ -1,7 +1,10 @@
 """Few-call schedules against the 18-step default, one run, the same photos, seeds and measurements.
 
 Each VARIANT is ``label:key=value,...`` with keys of ``Solver.solve`` (steps, sampler, sigma_min,
-sigma_max, rho, churn, schedule); ``default`` is the package's own schedule. Scores one posterior
+sigma_max, rho, churn, schedule, stages, tile); ``default`` is the package's own schedule. Two keys
+change a copy of the package's manifest instead: ``fast_stages=2.4.4.4.4.4`` (the fast schedule's
+stages per level, ``schedule.fast.stages``) and ``tiles=72/8`` (the tile side and least overlap
+that ``tile="auto"`` uses above the whole side, ``tiling.tile``/``tiling.overlap``). Scores one posterior
 sample per image (the product's default, samples=1) at the true noise level, every task and noise
 level asked, and prints each variant's network calls per image and PSNR per cell with its change
 from the first variant.
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +39,7 @@ NUMBER_KEYS = {
     "churn": float,
 }
 TEXT_KEYS = {"sampler", "schedule", "tile"}
+PACKAGE_KEYS = {"fast_stages", "tiles"}  # set in a copy of the package's manifest
 TASKS = ("gaussian_blur", "anisotropic_blur", "motion_blur", "sr_x4", "sr_x8", "inpainting_40")
 
 
@@ -44,10 +50,12 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         if key in NUMBER_KEYS:
             kwargs[key] = NUMBER_KEYS[key](value)
-        elif key in TEXT_KEYS:
+        elif key in TEXT_KEYS or key in PACKAGE_KEYS:
             kwargs[key] = value
         else:
-            raise SystemExit(f"unknown variant key {key!r}; use {sorted(NUMBER_KEYS) + sorted(TEXT_KEYS)}")
+            raise SystemExit(
+                f"unknown variant key {key!r}; use {sorted(NUMBER_KEYS) + sorted(TEXT_KEYS) + sorted(PACKAGE_KEYS)}"
+            )
     return label, kwargs
 
 
@@ -72,7 +80,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_cells(solver, variants, cases) -> dict:
+def variant_solver(package: str, backend: str, kwargs: dict, scratch: Path):
+    """The solver a variant runs: the package itself, or a copy of it whose manifest carries the
+    variant's ``fast_stages`` / ``tiles`` (in ``scratch``)."""
+    from diffunfold.package import ModelPackage, write_manifest
+    from diffunfold.runtime import Solver
+
+    if not PACKAGE_KEYS & set(kwargs):
+        return Solver.load(package, backend=backend)
+    copy = Path(tempfile.mkdtemp(dir=scratch))
+    shutil.copytree(package, copy, dirs_exist_ok=True)
+    m = json.loads((copy / "manifest.json").read_text())
+    if "fast_stages" in kwargs:
+        m["schedule"]["fast"]["stages"] = [int(k) for k in kwargs["fast_stages"].split(".")]
+    if "tiles" in kwargs:
+        side, _, overlap = kwargs["tiles"].partition("/")
+        m["tiling"] = {**m.get("tiling", {}), "tile": int(side), "overlap": int(overlap or 0)}
+    write_manifest(copy, m, list(m["files"]))
+    return Solver.load(ModelPackage.open(copy), backend=backend)
+
+
+def run_cells(solvers: dict, variants, cases) -> dict:
     """PSNR per (variant, task, noise) over the images, and each variant's calls and seconds."""
     from diffunfold.metrics import psnr
 
@@ -80,7 +108,8 @@ def run_cells(solver, variants, cases) -> dict:
     for case in cases:
         for label, kwargs in variants:  # interleaved: every variant sees the machine alike
             t0 = time.perf_counter()
-            kw = dict(kwargs)
+            kw = {k: v for k, v in kwargs.items() if k not in PACKAGE_KEYS}
+            solver = solvers[label]
             w = kw.pop("start_w", None)
             if w is not None:  # start from the data's Tikhonov estimate around mid-grey
                 kw["init"] = case.op.prox(np.full_like(case.x, 0.5), case.y, w).astype(np.float32)
@@ -125,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     from quality_harness.tasks import TASK_BY_KEY, Settings
 
     from diffunfold.data.held_out import held_out_photos
-    from diffunfold.runtime import Solver
 
     variants = [parse_variant(v) for v in a.variants]
-    solver = Solver.load(a.package, backend=a.backend)
+    scratch = Path(tempfile.mkdtemp(prefix="few_calls-"))
+    solvers = {label: variant_solver(a.package, a.backend, kw, scratch) for label, kw in variants}
+    solver = next(iter(solvers.values()))
     if a.mri:
         from diffunfold.data.held_out import held_out_slices
 
@@ -137,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         names, x = held_out_photos(a.photos, a.size, a.images)
     s = Settings(size=a.size, images=a.images)
     cases = [make_case(TASK_BY_KEY[t], lvl, names, x, s, 0, 15) for t in a.tasks for lvl in a.noise]
-    results = run_cells(solver, variants, cases)
+    try:
+        results = run_cells(solvers, variants, cases)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     print(f"# {a.package}, {len(names)} photos at {a.size} px, backend {solver.backend_name}, one sample each")
     print(" ".join(sys.argv))
     print(report(results, len(names)))
