@@ -244,8 +244,9 @@ def _open_schedule(prepared: Prepared, noise: float, steps: int | None) -> dict:
     OPEN_START (or NOISE_MARGIN x the estimate's own), in OPEN_STEPS steps, or the tail below it
     of a ``steps``-step schedule where the caller gives one."""
     level = max(OPEN_START, NOISE_MARGIN * noise)
+    how = f"{OPEN_STEPS} steps" if steps is None else f"the tail of a {steps}-step schedule"
     prepared.info["start"] = (
-        f"SENSE estimate + noise {level:.3g}, {steps or OPEN_STEPS} steps (the data leave much open: "
+        f"SENSE estimate + noise {level:.3g}, {how} (the data leave much open: "
         f"held-out error {prepared.info['held_out_error']:.3f} > {OPEN_LIMIT:g}; a posterior sample)"
     )
     if steps is not None:
