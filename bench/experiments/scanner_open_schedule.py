@@ -9,8 +9,10 @@ whose error is below the limit are skipped (the default start handles them).
         --starts 1.5:6 3:6 1.5:5 0.8:6 \
         --cells gaussian1d:0 gaussian1d:0.02 gaussian2d:0 gaussian2d:0.02
 
-Each ``--starts`` entry is ``LEVEL:STEPS``: the SENSE estimate plus noise up to LEVEL (model
-units; at least the estimate's own noise), then STEPS EDM steps from LEVEL to 0.002 (rho 7).
+Each ``--starts`` entry is ``LEVEL:STEPS``: the scanner's own open start
+(``diffunfold.scanner.start``) with ``OPEN_START = LEVEL`` and ``OPEN_STEPS = STEPS``: the SENSE
+estimate plus noise up to LEVEL (model units; at least twice the estimate's own noise), then STEPS
+EDM steps from LEVEL to 0.002 (rho 7).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from scanner import magnitude_psnr  # noqa: E402
 from scanner_cells import cell_scans, run_cells, validation_parser  # noqa: E402
 
 from diffunfold.runtime.solver import Solver  # noqa: E402
-from diffunfold.scanner import StartSettings, prepare_kspace  # noqa: E402
+from diffunfold.scanner import StartSettings, prepare_kspace, sense_start  # noqa: E402
 from diffunfold.scanner import start as scanner_start  # noqa: E402
 
 
@@ -45,20 +47,14 @@ def cell_rows(solver: Solver, items: list[dict], cell: str, starts: list[tuple[f
         sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=i)
         row["noise 18"] = magnitude_psnr(sol.images[0, 0], truth)
         row["noise 18 calls"] = sol.timing.network_calls
-        noise = scanner_start.estimate_noise(p, settings)
-        init = scanner_start._sense_estimate(p.operator, p.y, settings)
-        for level, steps in starts:
-            sol = solver.solve(
-                p.y,
-                p.operator,
-                noise_std=p.data_std,
-                seed=i,
-                init=init,
-                init_noise=noise,
-                init_sigma=max(level, noise),
-                sigma_max=max(level, noise),
-                steps=steps,
-            )
+        for level, steps in starts:  # the product's open start, with this level and step count
+            kept = scanner_start.OPEN_START, scanner_start.OPEN_STEPS
+            scanner_start.OPEN_START, scanner_start.OPEN_STEPS = level, steps
+            try:
+                begin = sense_start(p, settings)
+            finally:
+                scanner_start.OPEN_START, scanner_start.OPEN_STEPS = kept
+            sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=i, **begin)
             row[f"sense {level:g}/{steps}"] = magnitude_psnr(sol.images[0, 0], truth)
             row[f"sense {level:g}/{steps} calls"] = sol.timing.network_calls
         yield row
