@@ -65,7 +65,7 @@ def test_adjoint_of_y_follows_the_measurement():
     x = images(32, np.complex64)
     y = op.measure(images(32, np.complex64, seed=2), 0.0)
     first = op.grad(x, y)
-    assert op._aty_memo is not None and np.array_equal(op.grad(x, y.copy()), first)
+    assert op._y_memo is not None and np.array_equal(op.grad(x, y.copy()), first)
     y *= 2  # in place: the same object, new values
     assert rel(op.grad(x, y), op.AT(op.A(x) - y)) < 1e-5
     other = op.measure(images(32, np.complex64, seed=5), 0.0)

@@ -52,6 +52,22 @@ def test_closed_form_prox_solves_its_normal_equations(task, params, weight):
     assert normal_residual(op, v, y, w, op.prox(v, y, w)) < 1e-9
 
 
+@pytest.mark.parametrize("task,params", CLOSED_FORM[:2], ids=lambda v: v if isinstance(v, str) else "")
+def test_blur_prox_follows_the_measurement_it_is_given(task, params):
+    """The blur's data spectrum is kept between calls with the same measurement (a solve's K x
+    NFE steps), never served for another one, nor for the same array changed in place, nor for
+    another precision."""
+    op = operator(task, params)
+    v, y = pair(op, np.random.default_rng(3))
+    first = op.prox(v, y, 0.3)
+    assert np.array_equal(op.prox(v, y.copy(), 0.3), first)
+    y *= 2  # in place: the same object, new values
+    assert normal_residual(op, v, y, 0.3, op.prox(v, y, 0.3)) < 1e-9
+    low = op.prox(v.astype(np.float32), y.astype(np.float32), 0.3)
+    assert low.dtype == np.float32 and normal_residual(op, v, y, 0.3, low) < 1e-5
+    assert normal_residual(op, v, y, 0.3, op.prox(v, y.astype(np.float32), 0.3)) < 1e-5
+
+
 def test_mri_prox_converges_with_cg_and_keeps_the_null_space():
     op = operator(*MRI)
     v, y = pair(op, np.random.default_rng(1))

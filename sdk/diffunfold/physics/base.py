@@ -48,7 +48,7 @@ class LinearOperator:
         self.image_shape = shape
         self.batch = batch
         self._cache: dict[tuple, Any] = {}
-        self._aty_memo: tuple | None = None  # (a copy of the last y, A^H y)
+        self._y_memo: tuple | None = None  # (a copy of the last y, {name: what was derived from it})
 
     # -- what subclasses provide ---------------------------------------------------------
     def _forward(self, x):
@@ -154,27 +154,24 @@ class LinearOperator:
         return conjugate_gradient(normal, self._adjoint_y(y) / lip + weight * v, v, iterations)
 
     def _adjoint_y(self, y):
-        """``A^H y``, kept for the last ``y`` seen: a solve calls the data step K x NFE times with
-        the same measurement. The memo holds a copy of that ``y`` and is used only while the
-        ``y`` given is equal to it by value (one comparison, much cheaper than ``A^H``), so a
-        measurement changed in place is never served a stale result. Tensors that carry a
-        gradient are not memoised."""
+        """``A^H y``, kept for the last ``y`` seen (:meth:`_for_measurement`)."""
+        return self._for_measurement(y, "A^H y", self._adjoint)
+
+    def _for_measurement(self, y, name: str, compute):
+        """``compute(y)``, kept under ``name`` for the last ``y`` seen: a solve calls the data step
+        K x NFE times with the same measurement. The memo holds a copy of that ``y`` and is used
+        only while the ``y`` given is equal to it by value (one comparison, much cheaper than an
+        FFT or ``A^H``), so a measurement changed in place is never served a stale result.
+        Tensors that carry a gradient are not memoised."""
         if getattr(y, "requires_grad", False):
-            return self._adjoint(y)
-        memo = self._aty_memo
-        if memo is not None:
-            seen, aty = memo
-            if (
-                type(seen) is type(y)
-                and seen.shape == y.shape
-                and seen.dtype == y.dtype
-                and device_of(seen) == device_of(y)
-                and bool(namespace(y).all(seen == y))
-            ):
-                return aty
-        aty = self._adjoint(y)
-        self._aty_memo = (namespace(y).asarray(y, copy=True), aty)
-        return aty
+            return compute(y)
+        memo = self._y_memo
+        if memo is None or not _same_array(memo[0], y):
+            memo = self._y_memo = (namespace(y).asarray(y, copy=True), {})
+        hit = memo[1].get(name)
+        if hit is None:
+            hit = memo[1][name] = compute(y)
+        return hit
 
     @staticmethod
     def _per_image(weight, ref):
@@ -280,6 +277,17 @@ class LinearOperator:
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.spec().items() if k not in ("task", "image_shape"))
         return f"{type(self).__name__}({self.image_shape}, {params})"
+
+
+def _same_array(seen, y) -> bool:
+    """``y`` is ``seen`` by value: the same kind, shape, precision, device and entries."""
+    return (
+        type(seen) is type(y)
+        and seen.shape == y.shape
+        and seen.dtype == y.dtype
+        and device_of(seen) == device_of(y)
+        and bool(namespace(y).all(seen == y))
+    )
 
 
 def check_noise_std(noise_std: NoiseStd, batch: int) -> np.ndarray:

@@ -81,7 +81,8 @@ class Convolution(LinearOperator):
         )
         power = self._const("prox:|K|^2/L", lambda: np.abs(self._spectrum) ** 2 / lip, v, dtype=real_t)
         fft = fft_of(v)
-        spec = (conj_k * fft.rfftn(y, axes=(-2, -1)) + weight * fft.rfftn(v, axes=(-2, -1))) / (power + weight)
+        data = self._for_measurement(y, f"prox:K* Y/L {v.dtype}", lambda u: conj_k * fft.rfftn(u, axes=(-2, -1)))
+        spec = (data + weight * fft.rfftn(v, axes=(-2, -1))) / (power + weight)
         return fft.irfftn(spec, s=self.image_shape, axes=(-2, -1))
 
     def pinv(self, y, eps: float | None = None):
