@@ -32,6 +32,9 @@ from .restore_inputs import (
     collect_inputs,
     load_mask,
     read_header,
+    task_default,
+    task_label,
+    trained_note,
 )
 from .restore_report import restore_report
 
@@ -144,7 +147,7 @@ def _add_image_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--schedule",
         choices=["fast", "full"],
-        help="fast: a few steps from the classical estimate (image-small: 6 steps, 21 network calls); "
+        help="fast: a few steps from the classical estimate (image-small: 6 steps, 22 network calls); "
         "full: EDM's 18 steps from pure noise (72 calls), the paper's sampler (default: the package's, "
         "fast where its manifest has it); --steps and --sampler change either",
     )
@@ -154,39 +157,6 @@ def _add_image_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "restored at a photo's contrast (0.15) and mapped back, exactly through the "
         "physics; colour: also each colour channel's level moved to mid-grey and back "
         "(removes a colour cast); none: as it is (default: the package's)",
-    )
-
-
-# -- task words -----------------------------------------------------------------------------
-
-
-def _task_default(name: str, param: str) -> Any:
-    import inspect
-
-    from .physics.tasks import TASKS
-
-    return inspect.signature(TASKS[name]).parameters[param].default
-
-
-def _task_label(name: str, params: dict) -> str:
-    shown = ", ".join(f"{k}={Path(v).name if k == 'mask' else v}" for k, v in params.items())
-    return f"{name}({shown})" if shown else name
-
-
-def _trained_note(name: str, trained: list[str]) -> str | None:
-    from .physics.tasks import canonical_task
-
-    known = []
-    for t in trained:
-        try:
-            known.append(canonical_task(t))
-        except InputError:
-            known.append(t)
-    if not known or name in known:
-        return None
-    return (
-        f"note: the package was not trained on {name} (trained: {', '.join(known)}); the physics is "
-        "outside the network, so it usually works"
     )
 
 
@@ -221,7 +191,7 @@ def _restore_task(args) -> tuple[str, dict, Any, int]:
             "(white = observed, black = missing); a random mask (missing=, seed=) cannot describe "
             "a real measurement"
         )
-    factor = int(params.get("factor", _task_default("sr", "factor"))) if name == "sr" else 1
+    factor = int(params.get("factor", task_default("sr", "factor"))) if name == "sr" else 1
     return name, params, mask, factor
 
 
@@ -491,14 +461,14 @@ def run_restore(args) -> int:
         args.overwrite,
         args.resume,
     )
-    notes_first = [n for n in [_trained_note(name, pkg.tasks)] if n]
+    notes_first = [n for n in [trained_note(name, pkg.tasks)] if n]
     for n in notes_first:
         print(n)
     job = _Job(args, name, {k: v for k, v in params.items() if k != "mask"}, mask, factor, pkg.space.channels)
     batch, t0 = _run_restore_units(args, pkg, job, units, first_shape)
     batch.failures[:0] = unreadable
     refuse_if_nothing_done(batch, "input")
-    restore_report(args, pkg, job, _task_label(name, params), batch, time.perf_counter() - t0, notes_first)
+    restore_report(args, pkg, job, task_label(name, params), batch, time.perf_counter() - t0, notes_first)
     return finish(batch, "input")
 
 

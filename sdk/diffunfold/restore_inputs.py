@@ -1,5 +1,6 @@
 """The inputs of ``diffunfold restore``: image files and folders collected, their output base
-names, headers read without decoding, and the inpainting mask; nothing here imports torch."""
+names, headers read without decoding, the inpainting mask and the words of ``--task``; nothing
+here imports torch."""
 
 from __future__ import annotations
 
@@ -95,3 +96,36 @@ def centre_crop_multiple(x, m: int):
     nh, nw = h - h % m, w - w % m
     top, left = (h - nh) // 2, (w - nw) // 2
     return x[..., top : top + nh, left : left + nw]
+
+
+def task_default(name: str, param: str) -> Any:
+    """The default of one parameter of a task's operator (``make_operator``'s keyword)."""
+    import inspect
+
+    from .physics.tasks import TASKS
+
+    return inspect.signature(TASKS[name]).parameters[param].default
+
+
+def task_label(name: str, params: dict) -> str:
+    """``name(k=v, ...)`` for the report; a mask by its file name."""
+    shown = ", ".join(f"{k}={Path(v).name if k == 'mask' else v}" for k, v in params.items())
+    return f"{name}({shown})" if shown else name
+
+
+def trained_note(name: str, trained: list[str]) -> str | None:
+    """A note where the package was not trained on the task asked for (None where it was)."""
+    from .physics.tasks import canonical_task
+
+    known = []
+    for t in trained:
+        try:
+            known.append(canonical_task(t))
+        except InputError:
+            known.append(t)
+    if not known or name in known:
+        return None
+    return (
+        f"note: the package was not trained on {name} (trained: {', '.join(known)}); the physics is "
+        "outside the network, so it usually works"
+    )
