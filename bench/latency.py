@@ -9,7 +9,10 @@ Four variants of one image package, each a single posterior sample as the API's 
                       its recorded tiles above (the default now; image-small: 72 px, overlap 8)
 
 Part 1 times them, interleaved round by round, on one held-out photo per size (batch 1,
-Gaussian blur sigma 2, sigma_y 0.01): median seconds per image, network calls, the tiling.
+Gaussian blur sigma 2, sigma_y 0.01): median seconds per image, network calls, the tiling. The
+machine's GEMM rate (bench/matmul_rate.py, the backend's precision) is measured just before and
+just after: on a virtual machine it moves by tens of percent from hour to hour, and the short
+64 px calls follow it, so an absolute time means little without it.
 Part 2 scores them (PSNR, mean over the held-out photos) on every task and noise level asked at
 --quality-size (64 px: one tile, so only the schedules differ there and only "full, 128 tiles"
 and "fast, auto" are scored; --quality-size 256 scores all four).
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import matmul_rate  # noqa: E402
 from common import markdown_table  # noqa: E402
 from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
 
@@ -155,13 +159,19 @@ def main(argv=None) -> int:
     watch, info = LoadWatch(), machine_info()
     solver = Solver.load(a.package, backend=a.backend)
     print(f"{a.package} on {solver.backend_name}; {info['cpu']}, {info['cores']} cores")
+    precision = "bf16" if "bf16" in solver.backend_name else "fp32"
+    rates = [matmul_rate.measure(precision, sizes=(1024,), repeats=3)]
     timing = timing_rows(solver, a.photos, a.sizes, a.repeats)
+    rates.append(matmul_rate.measure(precision, sizes=(1024,), repeats=3))
     md = "## Seconds per image (one sample, batch 1, median of the rounds)\n\n" + markdown_table(timing)
+    md += f"\n\nThe machine's {precision} GEMM rate (n = 1024, best library) just before the timing: "
+    md += f"{matmul_rate.describe(rates[0])}; just after: {rates[1]['gflops']:.0f} GFLOP/s."
     quality = quality_rows(solver, a) if a.quality_size else []
     if quality:
         md += "\n\n" + quality_markdown(quality, a)
     md += f"\n\nBackend: {solver.backend_name}."
-    record("latency", watch, info, a, {"timing": timing, "quality": quality}, md, "Edge latency: calls, seconds, PSNR")
+    results = {"timing": timing, "gemm_rates": rates, "quality": quality}
+    record("latency", watch, info, a, results, md, "Edge latency: calls, seconds, PSNR")
     return 0
 
 

@@ -160,7 +160,7 @@ def quality_rows(
                             row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} ssim"] = magnitude_ssim(np.asarray(sol.images)[0, 0], truth)
                             row[f"{key} s"] = time.perf_counter() - t0
-                            row[f"{key} calls"] = sol.nfe * solver.package.stages
+                            row[f"{key} calls"] = sol.calls_per_sample
                     for name, other in (others or {}).items():  # zero-shot solvers, learned baselines
                         t0 = time.perf_counter()
                         image = other.run(p, seed + i)[0, 0]

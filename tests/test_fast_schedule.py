@@ -48,6 +48,7 @@ def test_fast_schedule_matches_the_torch_reference(packages, task, params, noise
     want = restore(model, torch.from_numpy(y), op, seed=3, samples=2, noise_std=noise, fast=pkg.fast_schedule)
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
     assert got.nfe == IMAGE_DEFAULT.steps and got.timing.network_calls == sum(pkg.fast_schedule.stages)
+    assert got.calls_per_sample == sum(pkg.fast_schedule.stages)  # two samples side by side: one pass
     assert got.extra["schedule"] == "fast (classical start)"
 
 

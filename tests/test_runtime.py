@@ -332,6 +332,7 @@ def test_posterior_samples_side_by_side_match_one_at_a_time(tiny_packages, task,
     slow = solver.solve(y, op, steps=5, seed=4, samples=3, batch_samples=False)
     assert fast.timing.network_calls == 5 * pkg.stages * (1 if op.batch in (None, 1) else 3)
     assert slow.timing.network_calls == 5 * pkg.stages * 3
+    assert fast.calls_per_sample == slow.calls_per_sample == 5 * pkg.stages
     np.testing.assert_allclose(fast.images, slow.images, rtol=0, atol=1e-5)
     np.testing.assert_allclose(fast.std, slow.std, rtol=0, atol=1e-5)
 

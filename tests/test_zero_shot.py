@@ -244,7 +244,9 @@ def test_calls_and_seeds():
     for method in METHODS:
         options = FAST[method]
         sol = solver.solve(np.repeat(y, 2, 0), op, method=method, seed=[5, 6], method_options=options, noise_std=0.05)
-        assert sol.nfe == settings_for(method, options=options).calls() == sol.timing.network_calls
+        assert (
+            sol.nfe == settings_for(method, options=options).calls() == sol.timing.network_calls == sol.calls_per_sample
+        )
         one = solver.solve(y, op, method=method, seed=6, method_options=options, noise_std=0.05)
         np.testing.assert_allclose(np.asarray(one.images)[0], np.asarray(sol.images)[1], atol=1e-6)
         two = solver.solve(y, op, method=method, seed=6, samples=2, method_options=options, noise_std=0.05)

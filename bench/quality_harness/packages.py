@@ -107,7 +107,7 @@ def run_model(sc: Scored, case: Case, s: Settings) -> dict[str, Estimate]:
         schedule=None if case.mri else s.schedule,
     )
     t_mean = time.perf_counter() - t0
-    sc.calls.append(int(sol.nfe) * sc.package.stages)  # every call of D runs the K stages
+    sc.calls.append(int(sol.calls_per_sample))
     single = np.asarray(sol.images if s.samples == 1 else sol.draws[0])
     t_single, extra = t_mean / s.samples, 0.0
     sc.model_seconds += t_mean + extra

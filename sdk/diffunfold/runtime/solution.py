@@ -47,7 +47,7 @@ class Timing:
 class Solution:
     images: Any  # user space (B, C, H, W); the posterior mean when samples > 1
     std: Any | None  # per-pixel std over the samples (samples > 1; magnitude for MRI)
-    nfe: int  # calls of D per sample (each is K regulariser calls)
+    nfe: int  # calls of D per sample (each runs its level's unfolding stages)
     seeds: list[int]
     samples: int
     timing: Timing
@@ -55,6 +55,7 @@ class Solution:
     extra: dict = field(default_factory=dict)
     draws: Any | None = None  # the individual posterior samples (samples, B, C, H, W) when samples > 1
     tiling: str = "untiled"  # how the regulariser ran (TilePlan.describe())
+    calls_per_sample: int | None = None  # network calls one sample of the batch cost (what an image costs)
 
 
 def progress_hook(progress, total: int, desc: str) -> tuple[Callable[[int], None] | None, Callable[[], None]]:

@@ -249,6 +249,7 @@ class Solver:
         draws, nfe = self._sample(run, int(samples), together, progress)
         sol = self._finish(draws, return_numpy, nfe, run.seeds, int(samples), run.timing, extra)
         sol.tiling = run.plan.describe()
+        sol.calls_per_sample = run.timing.network_calls // (1 if together else int(samples))
         return sol
 
     def _sample(self, run: _Run, samples: int, together: bool, progress) -> tuple[list, int]:

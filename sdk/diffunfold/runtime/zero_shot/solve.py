@@ -86,6 +86,7 @@ def solve(solver, method: str, args: dict) -> Solution:
     }
     sol = solver._finish(draws, return_numpy, nfe, seeds, int(samples), timing, extra)
     sol.tiling = plan.describe()
+    sol.calls_per_sample = nfe  # one network call per denoiser call
     return sol
 
 
