@@ -561,3 +561,35 @@ def test_data_pipeline_times_both_variants_on_the_same_batches(tmp_path):
     rows = json.loads(js.read_text())["results"]
     assert [r["variant"] for r in rows] == list(data_pipeline.VARIANTS)
     assert all(r["s_per_image"] > 0 for r in rows) and rows[0]["ratio"] == 1.0
+
+
+# -- bench/latency.py ---------------------------------------------------------------------------
+
+
+def test_latency_compares_the_schedules_and_records_the_machine_rate(tmp_path, monkeypatch):
+    """Every variant timed with its network calls (the fast schedule's per-level stages, not
+    steps x K), the GEMM rate before and after, and the quality part's cells."""
+    import latency
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        smooth = np.cumsum(np.cumsum(rng.standard_normal((48, 48, 3)), 0), 1)
+        smooth = (smooth - smooth.min()) / np.ptp(smooth)
+        Image.fromarray((255 * smooth).astype(np.uint8)).save(photos / f"p{i}.png")
+    real = matmul_rate.measure
+    monkeypatch.setattr(latency.matmul_rate, "measure", lambda p, sizes, repeats: real(p, (64,), 1))
+    package = BENCH.parent / "samples" / "models" / "image-small"
+    args = ["--package", str(package), "--photos", str(photos), "--sizes", "32", "--repeats", "1"]
+    args += ["--quality-size", "32", "--images", "1"]
+    args += ["--tasks", "gaussian_blur", "--noise", "0.01", "--backend", "onnxruntime", "--out", str(tmp_path)]
+    assert latency.main([*args, "--allow-busy"]) == 0
+    (result,) = tmp_path.glob("latency-*.json")
+    got = json.loads(result.read_text())["results"]
+    calls = {r["variant"]: r["network_calls"] for r in got["timing"]}
+    assert calls == {"full, 128 tiles": 72, "fast, whole": 22, "fast, 128 tiles": 22, "fast, auto": 22}
+    assert len(got["gemm_rates"]) == 2 and all(r["gflops"] > 0 for r in got["gemm_rates"])
+    (cell,) = got["quality"]
+    assert cell["task"] == "gaussian_blur" and all(math.isfinite(cell[k]) for k in ("full, 128 tiles", "fast, auto"))
