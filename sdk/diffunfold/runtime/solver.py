@@ -247,10 +247,8 @@ class Solver:
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)
-        sol = self._finish(draws, return_numpy, nfe, run.seeds, int(samples), run.timing, extra)
-        sol.tiling = run.plan.describe()
-        sol.calls_per_sample = run.timing.network_calls // (1 if together else int(samples))
-        return sol
+        calls = run.timing.network_calls // (1 if together else int(samples))
+        return self._finish(draws, return_numpy, nfe, run.seeds, int(samples), run.timing, extra, run.plan, calls)
 
     def _sample(self, run: _Run, samples: int, together: bool, progress) -> tuple[list, int]:
         """Every posterior sample (side by side in one batch, or one after the other), timed,
@@ -404,9 +402,19 @@ class Solver:
         return (self.space.model_channels, *run.operator.image_shape)
 
     def _finish(
-        self, draws: list, return_numpy: bool, nfe: int, seeds: list[int], samples: int, timing: Timing, extra: dict
+        self,
+        draws: list,
+        return_numpy: bool,
+        nfe: int,
+        seeds: list[int],
+        samples: int,
+        timing: Timing,
+        extra: dict,
+        plan: TilePlan,
+        calls_per_sample: int,
     ) -> Solution:
-        """The posterior mean (and std over the samples), checked finite, in the input's kind."""
+        """The posterior mean (and std over the samples), checked finite, in the input's kind, with
+        how the network ran (``plan``) and the network calls one sample of an image cost."""
         images, std, stack = summarise_draws(draws, self.xp, self.space.complex, return_numpy)
         return Solution(
             images=images,
@@ -418,6 +426,8 @@ class Solver:
             backend=self.backend_name,
             extra=extra,
             draws=stack,
+            tiling=plan.describe(),
+            calls_per_sample=calls_per_sample,
         )
 
     def _noise_level(

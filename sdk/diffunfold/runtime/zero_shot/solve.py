@@ -84,10 +84,8 @@ def solve(solver, method: str, args: dict) -> Solution:
         "noise_std": np.asarray(std, dtype=np.float64).reshape(-1).tolist(),
         "noise_std_estimated": noise_std is None,
     }
-    sol = solver._finish(draws, return_numpy, nfe, seeds, int(samples), timing, extra)
-    sol.tiling = plan.describe()
-    sol.calls_per_sample = nfe  # one network call per denoiser call
-    return sol
+    # one network call per denoiser call
+    return solver._finish(draws, return_numpy, nfe, seeds, int(samples), timing, extra, plan, nfe)
 
 
 def check_result(x, method: str) -> None:
