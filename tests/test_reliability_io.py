@@ -22,7 +22,7 @@ from diffunfold.cli import main
 from diffunfold.data.images import save_image
 from diffunfold.data.phantom import write_phantom_dataset
 from diffunfold.runtime.solver import Solver
-from diffunfold.safe_io import open_atomic, write_json
+from diffunfold.safe_io import open_atomic, remove_temporaries, temporary_name, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_PKG = str(REPO / "samples" / "models" / "image-small")
@@ -273,3 +273,22 @@ def test_ctrl_c_anywhere_exits_130_with_one_line(monkeypatch, capsys):
     assert main(["tasks"]) == 130
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("interrupted")
+
+
+def test_temporaries_of_gone_processes_are_removed_and_nothing_else(tmp_path):
+    """What a worker killed mid-write left (its pid in the name) goes; another process's
+    temporary, a user's file of a similar name, a link and a folder stay."""
+    left = temporary_name(tmp_path / "a.png")
+    left.write_bytes(b"half")
+    pid = int(left.name.split(".")[-3])
+    other = tmp_path / f".a.png.{pid + 1}.0123abcd.tmp"
+    user = tmp_path / f"a.png.{pid}.0123abcd.tmp"  # not hidden: not one of ours
+    folder = tmp_path / f".b.png.{pid}.89abcdef.tmp"
+    link = tmp_path / f".c.png.{pid}.00000000.tmp"
+    for p in (other, user):
+        p.write_bytes(b"keep")
+    folder.mkdir()
+    link.symlink_to(other)
+    assert remove_temporaries(tmp_path, [pid]) == [left]
+    assert not left.exists() and all(p.exists() for p in (other, user, folder, link))
+    assert remove_temporaries(tmp_path / "missing", [pid]) == [] and remove_temporaries(tmp_path, []) == []

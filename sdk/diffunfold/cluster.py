@@ -29,6 +29,7 @@ from typing import Any
 
 from .batch import Batch, Unit, _reason
 from .errors import InputError, require
+from .safe_io import remove_temporaries
 
 __all__ = ["TASK_RETRIES", "add_cluster_arguments", "cluster_lines", "run_units_on_ray", "worker_args"]
 
@@ -244,6 +245,7 @@ def run_units_on_ray(
     t0 = time.perf_counter()
     ray, owned = _connect(args.ray)
     actors: list = []
+    infos: list[dict] = []
     try:
         placement = _placement(ray, args.ray_actors, args.device)
         actors, infos = _start(ray, setup, args, placement)
@@ -260,6 +262,8 @@ def run_units_on_ray(
             ray.kill(actor, no_restart=True)
         if owned:
             ray.shutdown()
+        # a worker killed mid-write leaves its hidden temporary behind; every actor is gone now
+        remove_temporaries(out_dir, {i["pid"] for i in infos}.union(*run.pids.values()))
     end = time.perf_counter()
     return run.batch, _solver_info(infos), _figures(args.ray, placement, infos, run, started - t0, end - started)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ __all__ = [
     "write_text",
     "refuse_existing",
     "refuse_nonempty_folder",
+    "remove_temporaries",
     "staged_outputs",
     "temporary_name",
 ]
@@ -39,6 +41,26 @@ __all__ = [
 def temporary_name(path: Path) -> Path:
     """A unique hidden sibling of ``path``: ``.NAME.<pid>.<hex>.tmp``."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")
+
+
+def remove_temporaries(folder: str | os.PathLike, pids: Iterable[int]) -> list[Path]:
+    """Remove the temporaries (:func:`temporary_name`) that processes ``pids``, all gone, left in
+    ``folder``: a process killed mid-write (a Ray worker on SIGKILL) never renames or removes its
+    own. Only plain files of that name and those pids go; anything else stays. Returns them."""
+    pids = {int(p) for p in pids}
+    folder = Path(folder)
+    if not pids or not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        m = _TEMPORARY.match(p.name)
+        if m and int(m.group(1)) in pids and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def _fsync_folder(folder: Path) -> None:
