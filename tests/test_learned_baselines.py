@@ -209,3 +209,23 @@ def test_levels_map_the_batch_noise_levels(tmp_path):
     ema = cedm.load(tmp_path).model.state_dict()
     for key, value in other.state_dict().items():
         torch.testing.assert_close(value, ema[key])
+
+
+def test_batch_cache_serves_the_batch_it_made_whatever_the_workers(tmp_path):
+    """A cached MRI scanner batch is the batch itself, and the cache folder does not depend on
+    how many DataLoader workers made it (they do not change a batch), so cEDM and VarNet share it."""
+    sets = ["train.batch_size=2", "data.size=32", 'data.source="phantom"', "data.scanner=true"]
+    sets += ['data.mri_patterns=[["gaussian1d", 4.0]]']
+    made = shared.CachedBatches(load_config("mri-small", sets + ["data.workers=0"]), tmp_path)
+    first = made[0]
+    again = shared.CachedBatches(load_config("mri-small", sets + ["data.workers=2"]), tmp_path)
+    assert again.folder == made.folder and len(list(made.folder.iterdir())) == 1
+    read = again[0]
+    assert read["step"] == first["step"] == 0
+    for key in ("x", "y", "sigma", "noise", "sigma_y"):
+        np.testing.assert_array_equal(np.asarray(read[key]), np.asarray(first[key]), err_msg=key)
+    # the maps are kept in single precision, which is what training computes in
+    np.testing.assert_allclose(read["operator"].coil_maps, first["operator"].coil_maps, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(read["operator"].mask, first["operator"].mask)
+    other = shared.CachedBatches(load_config("mri-small", sets + ["train.seed=1"]), tmp_path)
+    assert other.folder != made.folder  # another seed, other batches

@@ -193,7 +193,8 @@ class CachedBatches(torch.utils.data.Dataset):
 
     def __init__(self, cfg: TrainConfig, folder: str | Path, start: int = 0):
         self.inner = TrainingBatches(cfg, start=start)
-        key = json.dumps([cfg.to_dict()["data"], cfg.train.seed, cfg.train.batch_size], sort_keys=True)
+        data = {k: v for k, v in cfg.to_dict()["data"].items() if k != "workers"}  # workers do not change a batch
+        key = json.dumps([data, cfg.train.seed, cfg.train.batch_size], sort_keys=True)
         digest = __import__("hashlib").sha256(key.encode()).hexdigest()[:12]
         self.folder = Path(folder) / digest
         self.folder.mkdir(parents=True, exist_ok=True)
