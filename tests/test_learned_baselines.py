@@ -229,3 +229,24 @@ def test_batch_cache_serves_the_batch_it_made_whatever_the_workers(tmp_path):
     np.testing.assert_array_equal(read["operator"].mask, first["operator"].mask)
     other = shared.CachedBatches(load_config("mri-small", sets + ["train.seed=1"]), tmp_path)
     assert other.folder != made.folder  # another seed, other batches
+
+
+def test_samples_score_the_mean_of_draws_of_the_sampling_methods_only():
+    seen = {"Diff-Unfolding (x)": [], "cEDM (1 steps)": [], "E2E-VarNet (1 steps)": []}
+
+    def method(name):
+        def fn(y, op, std, seed):
+            seen[name].append(seed)
+            return np.full((1, 1, 2, 2), float(seed))
+
+        fn.calls = 3
+        return fn
+
+    methods = {name: [method(name), None, None] for name in seen}
+    row = {}
+    evaluate._score(methods, row, None, None, 0.0, 10, None, lambda est, truth: (float(est.mean()), 0.0), samples=3)
+    assert seen["E2E-VarNet (1 steps)"] == [10] and row["E2E-VarNet (1 steps)"][0] == 10
+    for name in ("Diff-Unfolding (x)", "cEDM (1 steps)"):
+        assert seen[name] == [10, 10 + 7919, 10 + 2 * 7919]
+        assert row[name][0] == pytest.approx(10 + 7919) and methods[name][2] == 3
+    assert "the mean of 3 samples" in evaluate.markdown([{"k": 1, "noise": 0.0, **row}], methods, "k", "cmd", 3)

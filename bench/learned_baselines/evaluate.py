@@ -81,9 +81,27 @@ def _methods(args, ctx: dict) -> dict:
     return methods
 
 
-def _score(methods: dict, row: dict, y, op, std, seed, truth, measure) -> None:
+# the methods that draw a sample (the rest are one deterministic pass)
+STOCHASTIC = ("Diff-Unfolding", "cEDM")
+
+
+def _mean_of(fn, samples: int):
+    """``fn`` as the mean of ``samples`` draws (seeds ``seed``, ``seed + 7919``, ...): the
+    posterior-mean estimate, the same for every stochastic method."""
+
+    def mean(y, op, std, seed):
+        out = np.mean([np.asarray(fn(y, op, std, seed + 7919 * k)) for k in range(samples)], axis=0)
+        mean.calls = getattr(fn, "calls", None)
+        return out
+
+    return mean
+
+
+def _score(methods: dict, row: dict, y, op, std, seed, truth, measure, samples: int = 1) -> None:
     for name, entry in methods.items():
         fn = entry[0]
+        if samples > 1 and name.startswith(STOCHASTIC):
+            fn = _mean_of(fn, samples)
         est, seconds = _timed(lambda: fn(y, op, std, seed))
         row[name] = measure(est, truth)
         row[f"{name} s"] = seconds
@@ -106,7 +124,7 @@ def image_rows(args, methods: dict) -> list[dict]:
         for i, (name, x) in enumerate(zip(names, images)):
             y = op.measure(x[None], noise, seed=args.seed + i)
             row = {"task": "gaussian_blur sigma 2", "noise": noise, "image": name}
-            _score(methods, row, y, op, noise, args.seed + i, x, measure)
+            _score(methods, row, y, op, noise, args.seed + i, x, measure, args.samples)
             rows.append(row)
             print(row, flush=True)
     return rows
@@ -135,7 +153,8 @@ def mri_rows(args, methods: dict, ctx: dict) -> list[dict]:
             ctx["prepared"] = p
             row = {"mask": args.mask, "noise": level, "slice": item["name"]}
             truth = item["image"][0]
-            _score(methods, row, p.y, p.operator, p.data_std, args.seed + i, truth, lambda e, t: _magnitude(e[0, 0], t))
+            measure = lambda e, t: _magnitude(e[0, 0], t)  # noqa: E731
+            _score(methods, row, p.y, p.operator, p.data_std, args.seed + i, truth, measure, args.samples)
             rows.append(row)
             print({k: v for k, v in row.items()}, flush=True)
     return rows
@@ -191,7 +210,7 @@ def level_rows(args) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], methods: dict, key: str, command: str) -> str:
+def markdown(rows: list[dict], methods: dict, key: str, command: str, samples: int = 1) -> str:
     lines = [f"Command: `{command}`", "", "| " + key + " | noise | method | PSNR | SSIM | s/image | params | calls |"]
     lines.append("|---|---|---|---|---|---|---|---|")
     cells = {}
@@ -205,6 +224,8 @@ def markdown(rows: list[dict], methods: dict, key: str, command: str) -> str:
             pstr = f"{params / 1e6:.2f} M" if params else "-"
             lines.append(f"| {k} | {noise:g} | {name} | {p:.2f} | {s:.4f} | {sec:.3f} | {pstr} | {calls} |")
     lines.append(f"\n{len(rs)} images per cell; PSNR/SSIM means, s/image the median (batch 1).")
+    if samples > 1:
+        lines.append(f"{', '.join(STOCHASTIC)}: the mean of {samples} samples, timed together; calls are per sample.")
     return "\n".join(lines)
 
 
@@ -230,6 +251,12 @@ def main(argv=None) -> int:
     ap.add_argument("--photos", default=str(shared.PHOTOS / "held-out"))
     ap.add_argument("--volumes", default=str(shared.MRI / "held-out"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="score the mean of this many draws of each sampling method (Diff-Unfolding, cEDM); default 1",
+    )
     ap.add_argument("--name", help="results file name (default: the part's task)")
     add_output_arguments(ap)
     ap.set_defaults(out=str(OUT))
@@ -237,6 +264,8 @@ def main(argv=None) -> int:
     root = shared.ROOT / "samples" / "models"
     args.package = args.package if args.package is not None else [str(root / f"{args.part}-small")]
     args.images = args.images or (5 if args.part == "image" else 3)
+    if args.samples < 1:
+        ap.error(f"--samples must be at least 1, got {args.samples}")
     if args.levels:
         if not (args.cedm and args.init):
             ap.error("--levels needs --cedm and --init")
@@ -253,7 +282,8 @@ def main(argv=None) -> int:
     command = "python bench/learned_baselines/evaluate.py " + " ".join(sys.argv[1:] if argv is None else argv)
     name = args.name or ("gaussian-blur" if args.part == "image" else f"mri-{args.mask.replace(':', '-')}x")
     info = machine_info()
-    record(name, watch, info, args, rows, markdown(rows, methods, key, command), f"Learned baselines: {name}")
+    report = markdown(rows, methods, key, command, args.samples)
+    record(name, watch, info, args, rows, report, f"Learned baselines: {name}")
     return 0
 
 
