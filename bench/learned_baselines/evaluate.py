@@ -145,6 +145,10 @@ def mri_rows(args, methods: dict, ctx: dict) -> list[dict]:
 
     kind, acc = shared.parse_mask(args.mask)
     items = VolumeSlices(args.volumes, size=64).fixed(args.images)
+
+    def measure(est, truth):
+        return _magnitude(est[0, 0], truth)
+
     rows = []
     for level in args.noise or (0.0, 0.02):
         for i, item in enumerate(items):
@@ -153,7 +157,6 @@ def mri_rows(args, methods: dict, ctx: dict) -> list[dict]:
             ctx["prepared"] = p
             row = {"mask": args.mask, "noise": level, "slice": item["name"]}
             truth = item["image"][0]
-            measure = lambda e, t: _magnitude(e[0, 0], t)  # noqa: E731
             _score(methods, row, p.y, p.operator, p.data_std, args.seed + i, truth, measure, args.samples)
             rows.append(row)
             print({k: v for k, v in row.items()}, flush=True)
