@@ -1,6 +1,7 @@
 #!/bin/bash
 # The equal-budget runs of formulations-amd-epyc-2cores.md, from the repository root:
-#   bash bench/results/formulations/train.sh FORMULATION STEPS OUTDIR
+#   bash bench/results/formulations/train.sh FORMULATION STEPS OUTDIR [--set KEY=VALUE ...]
+# (any further --set overrides the ones below: the 2,000-step runs turn the U-Net's attention off)
 # (run here with the main checkout's data/photos, /work/main/data/photos; edm and vp side by side,
 # then ve and iddpm)
 OMP_NUM_THREADS=1 PYTHONPATH=sdk exec .venv/bin/python -m diffunfold train --config tiny \
@@ -13,4 +14,4 @@ OMP_NUM_THREADS=1 PYTHONPATH=sdk exec .venv/bin/python -m diffunfold train --con
   --set train.weights_lr_scale=10.0 --set train.log_every=10 --set train.seed=0 \
   --set train.checkpoint_every=40 --set train.keep_checkpoints=10 --set train.val_every=0 \
   --set val.images=1 --set 'val.tasks=[{task="gaussian_blur", sigma=2.0}]' --set val.steps=4 \
-  --out $3
+  --out $3 "${@:4}"

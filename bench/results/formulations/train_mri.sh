@@ -1,6 +1,6 @@
 #!/bin/bash
 # The MRI runs of formulations-amd-epyc-2cores.md, from the repository root:
-#   bash bench/results/formulations/train_mri.sh FORMULATION STEPS OUTDIR
+#   bash bench/results/formulations/train_mri.sh FORMULATION STEPS OUTDIR [--set KEY=VALUE ...]
 # (the tiny preset on one channel, 64 px native crops of the training head volumes through the
 # scanner simulation, Gaussian 1-D 4x; edm and vp side by side, then ve and iddpm)
 OMP_NUM_THREADS=1 PYTHONPATH=sdk exec .venv/bin/python -m diffunfold train --config tiny \
@@ -11,4 +11,4 @@ OMP_NUM_THREADS=1 PYTHONPATH=sdk exec .venv/bin/python -m diffunfold train --con
   --set train.weights_lr_scale=10.0 --set train.log_every=10 --set train.seed=0 \
   --set train.checkpoint_every=40 --set train.keep_checkpoints=10 --set train.val_every=0 \
   --set val.images=1 --set 'val.tasks=[{task = "mri", kind = "gaussian1d", acceleration = 4}]' --set val.steps=4 \
-  --out $3
+  --out $3 "${@:4}"
