@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import bisect
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -66,6 +67,7 @@ def _plain(value: Any) -> Any:
 
 # -- reading ---------------------------------------------------------------------------------------
 
+
 class FastMRIFile:
     """A fastMRI multi-coil HDF5 file, opened read-only; slices are read on demand.
 
@@ -91,7 +93,9 @@ class FastMRIFile:
         try:
             self._h5 = h5py.File(self.path, "r")
         except OSError as exc:
-            raise InputError(f"{self.path}: cannot be opened as HDF5 ({exc}); it may be truncated or being written") from exc
+            raise InputError(
+                f"{self.path}: cannot be opened as HDF5 ({exc}); it may be truncated or being written"
+            ) from exc
         try:
             self._check_layout()
         except BaseException:
@@ -110,8 +114,9 @@ class FastMRIFile:
                 "write_fastmri_file"
             )
         if ks.ndim != 4:
-            hint = (" — this looks like single-coil data (slices, H, W); give it a coil axis of 1"
-                    if ks.ndim == 3 else "")
+            hint = (
+                " — this looks like single-coil data (slices, H, W); give it a coil axis of 1" if ks.ndim == 3 else ""
+            )
             raise InputError(f"{self.path}: 'kspace' must be 4-D (slices, coils, H, W), got shape {ks.shape}{hint}")
         if ks.dtype.kind != "c":
             raise InputError(
@@ -122,8 +127,12 @@ class FastMRIFile:
             raise InputError(f"{self.path}: 'kspace' holds no slices (shape {ks.shape})")
         target = f.get("reconstruction_rss")
         if target is not None:
-            if not isinstance(target, h5py.Dataset) or target.ndim != 3 or target.dtype.kind not in "fiu" \
-                    or target.shape[0] != ks.shape[0]:
+            if (
+                not isinstance(target, h5py.Dataset)
+                or target.ndim != 3
+                or target.dtype.kind not in "fiu"
+                or target.shape[0] != ks.shape[0]
+            ):
                 raise InputError(
                     f"{self.path}: 'reconstruction_rss' must be real (slices, Hr, Wr) with "
                     f"{ks.shape[0]} slices like 'kspace', got {getattr(target, 'dtype', '?')} "
@@ -220,7 +229,7 @@ class FastMRIFile:
         if self._h5.id.valid:
             self._h5.close()
 
-    def __enter__(self) -> "FastMRIFile":
+    def __enter__(self) -> FastMRIFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -232,6 +241,7 @@ class FastMRIFile:
 
 
 # -- dataset -----------------------------------------------------------------------------------------
+
 
 def _resolve_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
@@ -273,8 +283,9 @@ class FastMRISlices:
     (int). Files are opened per item, so the dataset pickles to DataLoader workers.
     """
 
-    def __init__(self, paths, ncoils: int = 15, coil_maps: str = "simulate",
-                 crop: Sequence[int] | None = None, q: float = 99.0):
+    def __init__(
+        self, paths, ncoils: int = 15, coil_maps: str = "simulate", crop: Sequence[int] | None = None, q: float = 99.0
+    ):
         if coil_maps not in COIL_MAP_MODES:
             raise InputError(f"coil_maps must be one of {COIL_MAP_MODES}, got {coil_maps!r}")
         if isinstance(ncoils, (bool, np.bool_)) or not isinstance(ncoils, (int, np.integer)) or ncoils < 1:
@@ -311,8 +322,7 @@ class FastMRISlices:
                     shape = f.recon_shape
                 if crop is not None and (crop[0] > shape[0] or crop[1] > shape[1]):
                     raise InputError(
-                        f"crop {crop} is larger than the {shape} images of {p}; use a crop of at "
-                        f"most {shape}"
+                        f"crop {crop} is larger than the {shape} images of {p}; use a crop of at most {shape}"
                     )
                 self._counts.append(f.num_slices)
                 self._shapes.append(shape)
@@ -368,6 +378,9 @@ class FastMRISlices:
         }
 
     def __repr__(self) -> str:
-        return (f"FastMRISlices({len(self.files)} files, {len(self)} slices, coil_maps={self.mode!r}"
-                + (f", ncoils={self.ncoils}" if self.mode == "simulate" else "")
-                + (f", crop={self.crop}" if self.crop else "") + ")")
+        return (
+            f"FastMRISlices({len(self.files)} files, {len(self)} slices, coil_maps={self.mode!r}"
+            + (f", ncoils={self.ncoils}" if self.mode == "simulate" else "")
+            + (f", crop={self.crop}" if self.crop else "")
+            + ")"
+        )

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,7 +17,9 @@ def center_crop(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     at ``h // 2`` when sizes are even.
     """
     if getattr(x, "ndim", 0) < 2:
-        raise InputError(f"center_crop needs an array with at least 2 dimensions, got {type(x).__name__} {getattr(x, 'shape', '')}")
+        raise InputError(
+            f"center_crop needs an array with at least 2 dimensions, got {type(x).__name__} {getattr(x, 'shape', '')}"
+        )
     try:
         h, w = (int(s) for s in shape)
     except (TypeError, ValueError):
@@ -27,11 +29,10 @@ def center_crop(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         raise InputError(f"the crop shape must be positive, got {(h, w)}")
     if h > H or w > W:
         raise InputError(
-            f"cannot crop {(H, W)} to {(h, w)}: the crop is larger than the image; pick a crop "
-            f"of at most {(H, W)}"
+            f"cannot crop {(H, W)} to {(h, w)}: the crop is larger than the image; pick a crop of at most {(H, W)}"
         )
     top, left = (H - h) // 2, (W - w) // 2
-    return x[..., top:top + h, left:left + w]
+    return x[..., top : top + h, left : left + w]
 
 
 def percentile_normalize(image: np.ndarray, q: float = 99.0) -> tuple[np.ndarray, float]:
@@ -53,7 +54,6 @@ def percentile_normalize(image: np.ndarray, q: float = 99.0) -> tuple[np.ndarray
             "so it cannot be normalised; check the slice, or use a larger q"
         )
     return (image / np.asarray(scale, dtype=mag.dtype)).astype(image.dtype, copy=False), scale
-
 
 
 def fit_crop(recon: Sequence[int], hw: Sequence[int]) -> tuple[int, int]:

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -43,8 +44,9 @@ class FastMRIHeader:
 
     def to_xml(self) -> str:
         """This header as an ISMRMRD XML document (see :func:`make_ismrmrd_header`)."""
-        return make_ismrmrd_header(self.encoded_matrix, self.recon_matrix, self.encoded_fov,
-                                   self.recon_fov, self.encoding_step1)
+        return make_ismrmrd_header(
+            self.encoded_matrix, self.recon_matrix, self.encoded_fov, self.recon_fov, self.encoding_step1
+        )
 
 
 def _int_triple(value: Any, name: str, default_z: int = 1) -> tuple[int, int, int]:
@@ -80,10 +82,13 @@ def _float_triple(value: Any, name: str, default_z: float) -> tuple[float, float
     return (out[0], out[1], out[2])
 
 
-def make_ismrmrd_header(encoded_matrix: Sequence[int], recon_matrix: Sequence[int] | None = None,
-                        encoded_fov: Sequence[float] | None = None,
-                        recon_fov: Sequence[float] | None = None,
-                        encoding_step1: Sequence[int] | None = None) -> str:
+def make_ismrmrd_header(
+    encoded_matrix: Sequence[int],
+    recon_matrix: Sequence[int] | None = None,
+    encoded_fov: Sequence[float] | None = None,
+    recon_fov: Sequence[float] | None = None,
+    encoding_step1: Sequence[int] | None = None,
+) -> str:
     """A minimal ISMRMRD XML header holding the fields :class:`FastMRIHeader` reads.
 
     ``encoded_matrix``/``recon_matrix``: ``(x, y)`` or ``(x, y, z)`` (z defaults to 1);
@@ -95,10 +100,14 @@ def make_ismrmrd_header(encoded_matrix: Sequence[int], recon_matrix: Sequence[in
     """
     enc = _int_triple(encoded_matrix, "encoded_matrix")
     rec = enc if recon_matrix is None else _int_triple(recon_matrix, "recon_matrix")
-    enc_fov = (tuple(float(v) for v in enc) if encoded_fov is None
-               else _float_triple(encoded_fov, "encoded_fov", float(enc[2])))
-    rec_fov = (tuple(float(v) for v in rec) if recon_fov is None
-               else _float_triple(recon_fov, "recon_fov", float(rec[2])))
+    enc_fov = (
+        tuple(float(v) for v in enc)
+        if encoded_fov is None
+        else _float_triple(encoded_fov, "encoded_fov", float(enc[2]))
+    )
+    rec_fov = (
+        tuple(float(v) for v in rec) if recon_fov is None else _float_triple(recon_fov, "recon_fov", float(rec[2]))
+    )
     if encoding_step1 is None:
         lim = (0, enc[1] - 1, enc[1] // 2)
     else:

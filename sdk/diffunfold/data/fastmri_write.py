@@ -11,15 +11,20 @@ import h5py
 import numpy as np
 
 from ..errors import InputError
+from ..physics.mri import ifft2c
+from ..physics.mri import rss as rss_combine
 from ..safe_io import atomic_write
-from ..physics.mri import ifft2c, rss as rss_combine
 from .fastmri_arrays import center_crop, fit_crop
 from .fastmri_header import FastMRIHeader, make_ismrmrd_header, parse_ismrmrd_header
 
 
-def write_fastmri_file(path: str | os.PathLike, kspace: np.ndarray, rss: np.ndarray | None = None,
-                       header: FastMRIHeader | str | bytes | None = None,
-                       attrs: dict[str, Any] | None = None) -> Path:
+def write_fastmri_file(
+    path: str | os.PathLike,
+    kspace: np.ndarray,
+    rss: np.ndarray | None = None,
+    header: FastMRIHeader | str | bytes | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> Path:
     """Write fully sampled multi-coil k-space in the fastMRI layout; returns the path.
 
     ``kspace``: complex ``(slices, coils, H, W)`` (or ``(coils, H, W)`` for one slice), stored
@@ -55,9 +60,7 @@ def _kspace_volume(kspace) -> np.ndarray:
     if ks.ndim == 3:
         ks = ks[None]
     if ks.ndim != 4 or not np.iscomplexobj(ks):
-        raise InputError(
-            f"kspace must be complex (slices, coils, H, W) or (coils, H, W), got {ks.dtype} {ks.shape}"
-        )
+        raise InputError(f"kspace must be complex (slices, coils, H, W) or (coils, H, W), got {ks.dtype} {ks.shape}")
     ks = ks.astype(np.complex64, copy=False)
     if not np.all(np.isfinite(ks)):
         raise InputError("kspace contains NaN or Inf; nothing was written")

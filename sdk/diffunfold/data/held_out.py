@@ -53,7 +53,9 @@ def sources_of(folder: str | Path) -> list[dict]:
 def check_folder(folder: str | Path, what: str) -> Path:
     path = Path(folder)
     if not path.is_dir():
-        raise InputError(f"{what} folder {str(path)!r} does not exist; make it with "
-                         f"`diffunfold data {'photos' if what == 'photo' else 'mri-volumes'} DIR` "
-                         "and pass DIR/held-out")
+        raise InputError(
+            f"{what} folder {str(path)!r} does not exist; make it with "
+            f"`diffunfold data {'photos' if what == 'photo' else 'mri-volumes'} DIR` "
+            "and pass DIR/held-out"
+        )
     return path

@@ -25,7 +25,7 @@ from ..safe_io import atomic_write, write_bytes
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}          # PNG colour type -> samples per pixel
+_PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # PNG colour type -> samples per pixel
 _EXIF_ORIENTATION = 0x0112
 # Images above Pillow's own bomb threshold (MAX_IMAGE_PIXELS, about 89 Mpx) are refused from
 # their header, before decoding; below it, a command checks its memory budget from the header too
@@ -37,15 +37,16 @@ MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 class ImageFile:
     """What :func:`read_image` read: ``array`` for the model, and how to write results back."""
 
-    array: np.ndarray                       # float32 (channels, H, W) in [0, 1]
-    grey: bool = False                      # one channel in the file: results are written grey
-    bits: int = 8                           # per sample in the file: 8, 16, or 32 (float)
-    alpha: np.ndarray | None = None         # (H, W) in [0, 1], kept aside and put back on output
+    array: np.ndarray  # float32 (channels, H, W) in [0, 1]
+    grey: bool = False  # one channel in the file: results are written grey
+    bits: int = 8  # per sample in the file: 8, 16, or 32 (float)
+    alpha: np.ndarray | None = None  # (H, W) in [0, 1], kept aside and put back on output
     value_range: tuple[float, float] = (0.0, 1.0)  # float files: the values mapped to [0, 1]
     notes: list[str] = field(default_factory=list)
 
 
 # -- reading ------------------------------------------------------------------------------------
+
 
 def read_image(path, channels: int = 3, size: int | None = None) -> ImageFile:
     """Read an image file for a ``channels``-channel model (3: grey is repeated; 1: colour becomes
@@ -63,8 +64,10 @@ def read_image(path, channels: int = 3, size: int | None = None) -> ImageFile:
     try:
         hwc, bits = _decode(path)
     except (OSError, ValueError, SyntaxError, zlib.error, struct.error, Image.DecompressionBombError) as exc:
-        raise InputError(f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); the file is "
-                         "corrupt, truncated or not an image") from None
+        raise InputError(
+            f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); the file is "
+            "corrupt, truncated or not an image"
+        ) from None
     hwc = _orient(hwc, _orientation(path))
     return _to_image_file(path, hwc, bits, channels, size)
 
@@ -88,11 +91,15 @@ def image_size(path) -> tuple[int, int]:
                 with Image.open(path) as img:
                     h, w = img.height, img.width
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InputError(f"image file {str(path)!r} is refused before decoding: {exc} (at most "
-                         f"{MAX_PIXELS / 1e6:.0f} Mpx here; cut a larger image into parts)") from None
+        raise InputError(
+            f"image file {str(path)!r} is refused before decoding: {exc} (at most "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx here; cut a larger image into parts)"
+        ) from None
     except (OSError, ValueError, SyntaxError, IndexError, struct.error) as exc:
-        raise InputError(f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); it is not an "
-                         "image (png, jpg, tif, bmp, webp, ...)") from None
+        raise InputError(
+            f"cannot read image file {str(path)!r} ({type(exc).__name__}: {exc}); it is not an "
+            "image (png, jpg, tif, bmp, webp, ...)"
+        ) from None
     check_pixels(h, w, f"image file {str(path)!r}")
     return h, w
 
@@ -100,9 +107,11 @@ def image_size(path) -> tuple[int, int]:
 def check_pixels(h: int, w: int, what: str) -> None:
     """Refuse an image that declares more than :data:`MAX_PIXELS` (Pillow's own bomb limit)."""
     if h * w > MAX_PIXELS:
-        raise InputError(f"{what} declares {w}x{h} pixels ({h * w / 1e6:.0f} Mpx), more than the "
-                         f"{MAX_PIXELS / 1e6:.0f} Mpx an image may have here (a decompression bomb, or an image "
-                         "to cut into parts first); it was not decoded")
+        raise InputError(
+            f"{what} declares {w}x{h} pixels ({h * w / 1e6:.0f} Mpx), more than the "
+            f"{MAX_PIXELS / 1e6:.0f} Mpx an image may have here (a decompression bomb, or an image "
+            "to cut into parts first); it was not decoded"
+        )
 
 
 def _to_image_file(path: Path, hwc: np.ndarray, bits: int, channels: int, size: int | None) -> ImageFile:
@@ -110,8 +119,10 @@ def _to_image_file(path: Path, hwc: np.ndarray, bits: int, channels: int, size: 
     alpha = None
     if hwc.shape[-1] in (2, 4):
         alpha, hwc = hwc[..., -1], hwc[..., :-1]
-        notes.append(f"{path.name}: the alpha channel is kept aside and put back on the outputs "
-                     "(the model restores the colour channels only)")
+        notes.append(
+            f"{path.name}: the alpha channel is kept aside and put back on the outputs "
+            "(the model restores the colour channels only)"
+        )
     lo, hi = 0.0, 1.0
     if bits == 32:
         if not np.all(np.isfinite(hwc)):
@@ -119,8 +130,9 @@ def _to_image_file(path: Path, hwc: np.ndarray, bits: int, channels: int, size: 
         if hwc.min() < 0 or hwc.max() > 1:
             lo, hi = float(hwc.min()), float(hwc.max())
             hwc = (hwc - lo) / max(hi - lo, np.finfo(np.float32).tiny)
-            notes.append(f"{path.name}: float values in [{lo:g}, {hi:g}] mapped to [0, 1] for the model "
-                         "and back on output")
+            notes.append(
+                f"{path.name}: float values in [{lo:g}, {hi:g}] mapped to [0, 1] for the model and back on output"
+            )
     grey = hwc.shape[-1] == 1
     chw = np.moveaxis(hwc, -1, 0).astype(np.float32)
     if size is not None:
@@ -130,8 +142,14 @@ def _to_image_file(path: Path, hwc: np.ndarray, bits: int, channels: int, size: 
         chw = np.repeat(chw, 3, axis=0)
     elif channels == 1 and not grey:
         chw = np.tensordot(np.array([0.299, 0.587, 0.114], np.float32), chw, axes=1)[None]
-    return ImageFile(np.ascontiguousarray(np.clip(chw, 0.0, 1.0), dtype=np.float32), grey, bits,
-                     None if alpha is None else np.clip(alpha, 0.0, 1.0).astype(np.float32), (lo, hi), notes)
+    return ImageFile(
+        np.ascontiguousarray(np.clip(chw, 0.0, 1.0), dtype=np.float32),
+        grey,
+        bits,
+        None if alpha is None else np.clip(alpha, 0.0, 1.0).astype(np.float32),
+        (lo, hi),
+        notes,
+    )
 
 
 def _decode(path: Path) -> tuple[np.ndarray, int]:
@@ -178,8 +196,9 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, int]:
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"a TIFF of shape {arr.shape} is not one grey or colour image (a stack? save one "
-                         "image per file)")
+        raise ValueError(
+            f"a TIFF of shape {arr.shape} is not one grey or colour image (a stack? save one image per file)"
+        )
     if arr.dtype == np.uint8:
         return _from_integers(arr, 8)
     if arr.dtype == np.uint16:
@@ -190,6 +209,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, int]:
 
 
 # -- orientation and resizing -------------------------------------------------------------------
+
 
 def _orientation(path: Path) -> int:
     """The EXIF orientation tag (1 = upright), or 1 where Pillow cannot read the file's tags."""
@@ -204,8 +224,16 @@ def _orientation(path: Path) -> int:
 def _orient(hwc: np.ndarray, orientation: int) -> np.ndarray:
     """Turn ``(H, W, C)`` upright for an EXIF orientation, as Pillow's ``exif_transpose``."""
     t = np.swapaxes(hwc, 0, 1)
-    return {1: hwc, 2: hwc[:, ::-1], 3: hwc[::-1, ::-1], 4: hwc[::-1], 5: t,
-            6: t[:, ::-1], 7: t[::-1, ::-1], 8: t[::-1]}[orientation]
+    return {
+        1: hwc,
+        2: hwc[:, ::-1],
+        3: hwc[::-1, ::-1],
+        4: hwc[::-1],
+        5: t,
+        6: t[:, ::-1],
+        7: t[::-1, ::-1],
+        8: t[::-1],
+    }[orientation]
 
 
 def _centre_square(chw: np.ndarray, size: int) -> np.ndarray:
@@ -215,8 +243,16 @@ def _centre_square(chw: np.ndarray, size: int) -> np.ndarray:
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     box = (left, top, left + side, top + side)
-    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32)).resize(
-        (int(size), int(size)), Image.Resampling.BICUBIC, box=box)) for c in chw])
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(c, dtype=np.float32)).resize(
+                    (int(size), int(size)), Image.Resampling.BICUBIC, box=box
+                )
+            )
+            for c in chw
+        ]
+    )
 
 
 def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -228,6 +264,7 @@ def resize_plane(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 # -- writing ------------------------------------------------------------------------------------
+
 
 def write_image(path, array, like: ImageFile | None = None) -> Path:
     """Write a float ``(C, H, W)`` result in [0, 1] as ``like`` was read: grey when it was grey
@@ -273,20 +310,24 @@ def _write_tiff(path: Path, hwc: np.ndarray, like: ImageFile) -> None:
         scale = 65535.0 if like.bits == 16 else 255.0
         data = np.round(hwc * scale).astype(np.uint16 if like.bits == 16 else np.uint8)
     colour_channels = data.shape[-1] - (like.alpha is not None)
-    tifffile.imwrite(path, data[..., 0] if data.shape[-1] == 1 else data,
-                     photometric="rgb" if colour_channels == 3 else "minisblack",
-                     extrasamples=["unassalpha"] if like.alpha is not None else None)
+    tifffile.imwrite(
+        path,
+        data[..., 0] if data.shape[-1] == 1 else data,
+        photometric="rgb" if colour_channels == 3 else "minisblack",
+        extrasamples=["unassalpha"] if like.alpha is not None else None,
+    )
 
 
 # -- PNG at any bit depth, in numpy -------------------------------------------------------------
+
 
 def _chunks(data: bytes):
     if data[:8] != _PNG_MAGIC:
         raise ValueError("not a PNG file")
     pos = 8
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        yield kind, data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        yield kind, data[pos + 8 : pos + 8 + length]
         pos += 12 + length
 
 

@@ -48,9 +48,24 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 # Natural images shipped inside the scikit-image wheel (no download, no pooch needed).
 BUNDLED_NAMES = (
-    "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
-    "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina",
-    "rocket", "stereo_motorcycle", "text",
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "stereo_motorcycle",
+    "text",
 )
 # scikit-image's "cat" is a crop of "chelsea" (the same photograph), so only chelsea is used:
 # held out, where cat would have repeated it in every evaluation.
@@ -183,8 +198,7 @@ def save_image(path: str | os.PathLike, array: Any) -> Path:
         data = np.round(np.clip(arr.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
     else:
         raise InputError(
-            f"save_image expects floats in [0, 1] or uint8, got dtype {arr.dtype}; "
-            "scale it to [0, 1] floats first"
+            f"save_image expects floats in [0, 1] or uint8, got dtype {arr.dtype}; scale it to [0, 1] floats first"
         )
     path = Path(path)
     if path.suffix == "":
@@ -196,13 +210,11 @@ def save_image(path: str | os.PathLike, array: Any) -> Path:
         image = Image.fromarray(np.ascontiguousarray(data))
         atomic_write(path, lambda tmp: image.save(tmp, format=fmt))  # never half a file
     except (ValueError, KeyError) as exc:  # unknown suffix
-        raise InputError(
-            f"cannot save {str(path)!r}: unknown image format {path.suffix!r}; use .png"
-        ) from exc
+        raise InputError(f"cannot save {str(path)!r}: unknown image format {path.suffix!r}; use .png") from exc
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _bundled_raw(name: str) -> np.ndarray:
     """The uint8 array scikit-image ships for ``name`` (cached: the loaders hash the file)."""
     import skimage.data  # deferred: importing skimage costs ~0.3 s
@@ -217,9 +229,7 @@ def _bundled_raw(name: str) -> np.ndarray:
 
 def _check_bundled_name(name: str) -> str:
     if name not in BUNDLED_NAMES:
-        raise InputError(
-            f"unknown bundled image {name!r}; choose one of: {', '.join(BUNDLED_NAMES)}"
-        )
+        raise InputError(f"unknown bundled image {name!r}; choose one of: {', '.join(BUNDLED_NAMES)}")
     return name
 
 
@@ -266,13 +276,21 @@ class ImageDataset:
     image, see :func:`_normalise_mode`).
     """
 
-    def __init__(self, size: int = 64, channels: int = 3, seed: int = 0, min_scale: float = 0.5,
-                 augment: bool = True, vflip: bool = False, native: bool = False, whole_fraction: float = 0.0):
+    def __init__(
+        self,
+        size: int = 64,
+        channels: int = 3,
+        seed: int = 0,
+        min_scale: float = 0.5,
+        augment: bool = True,
+        vflip: bool = False,
+        native: bool = False,
+        whole_fraction: float = 0.0,
+    ):
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise InputError(f"size must be a positive integer (pixels), got {size!r}")
         if not 0.0 < float(min_scale) <= 1.0:
-            raise InputError(f"min_scale must be in (0, 1] (fraction of the shorter side), "
-                             f"got {min_scale!r}")
+            raise InputError(f"min_scale must be in (0, 1] (fraction of the shorter side), got {min_scale!r}")
         self.size = int(size)
         self.channels = _check_channels(channels)
         self.seed = self._check_counter(seed, "seed")
@@ -375,17 +393,36 @@ class ImageFolder(ImageDataset):
     what feeds a GPU; the items are the same either way.
     """
 
-    def __init__(self, root: str | os.PathLike, size: int = 64, split: str = "train",
-                 channels: int = 3, val_fraction: float = 0.1, seed: int = 0,
-                 min_scale: float = 0.5, recursive: bool = True, *, vflip: bool = False,
-                 augment: bool | None = None, native: bool = False, whole_fraction: float = 0.0,
-                 cache: bool = False):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        size: int = 64,
+        split: str = "train",
+        channels: int = 3,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        min_scale: float = 0.5,
+        recursive: bool = True,
+        *,
+        vflip: bool = False,
+        augment: bool | None = None,
+        native: bool = False,
+        whole_fraction: float = 0.0,
+        cache: bool = False,
+    ):
         split = _check_split(split)
         if not 0.0 <= float(val_fraction) <= 1.0:
             raise InputError(f"val_fraction must be in [0, 1], got {val_fraction!r}")
-        super().__init__(size=size, channels=channels, seed=seed, min_scale=min_scale,
-                         augment=(split != "val") if augment is None else augment, vflip=vflip,
-                         native=native, whole_fraction=whole_fraction)
+        super().__init__(
+            size=size,
+            channels=channels,
+            seed=seed,
+            min_scale=min_scale,
+            augment=(split != "val") if augment is None else augment,
+            vflip=vflip,
+            native=native,
+            whole_fraction=whole_fraction,
+        )
         self.root = Path(root)
         self.split = split
         self.val_fraction = float(val_fraction)
@@ -393,8 +430,10 @@ class ImageFolder(ImageDataset):
         if not self.root.exists():
             raise InputError(f"image folder {str(self.root)!r} does not exist")
         if not self.root.is_dir():
-            raise InputError(f"{str(self.root)!r} is not a folder; ImageFolder needs a folder "
-                             "of images (use load_image for a single file)")
+            raise InputError(
+                f"{str(self.root)!r} is not a folder; ImageFolder needs a folder "
+                "of images (use load_image for a single file)"
+            )
         found = self._scan()
         if not found:
             raise InputError(
@@ -439,8 +478,10 @@ class ImageFolder(ImageDataset):
         return self._decoded[index]
 
     def __repr__(self) -> str:
-        return (f"ImageFolder({str(self.root)!r}, split={self.split!r}, n={len(self)}, "
-                f"size={self.size}, channels={self.channels}, augment={self.augment})")
+        return (
+            f"ImageFolder({str(self.root)!r}, split={self.split!r}, n={len(self)}, "
+            f"size={self.size}, channels={self.channels}, augment={self.augment})"
+        )
 
 
 class BundledImages(ImageDataset):
@@ -452,16 +493,35 @@ class BundledImages(ImageDataset):
     images of the split in item order.
     """
 
-    def __init__(self, size: int = 64, split: str = "train", channels: int = 3, seed: int = 0,
-                 min_scale: float = 0.5, *, vflip: bool = False, augment: bool | None = None,
-                 native: bool = False, whole_fraction: float = 0.0):
+    def __init__(
+        self,
+        size: int = 64,
+        split: str = "train",
+        channels: int = 3,
+        seed: int = 0,
+        min_scale: float = 0.5,
+        *,
+        vflip: bool = False,
+        augment: bool | None = None,
+        native: bool = False,
+        whole_fraction: float = 0.0,
+    ):
         split = _check_split(split)
-        super().__init__(size=size, channels=channels, seed=seed, min_scale=min_scale,
-                         augment=(split != "val") if augment is None else augment, vflip=vflip,
-                         native=native, whole_fraction=whole_fraction)
+        super().__init__(
+            size=size,
+            channels=channels,
+            seed=seed,
+            min_scale=min_scale,
+            augment=(split != "val") if augment is None else augment,
+            vflip=vflip,
+            native=native,
+            whole_fraction=whole_fraction,
+        )
         self.split = split
         self.names: tuple[str, ...] = {
-            "train": BUNDLED_TRAIN, "val": BUNDLED_HELD_OUT, "all": BUNDLED_NAMES,
+            "train": BUNDLED_TRAIN,
+            "val": BUNDLED_HELD_OUT,
+            "all": BUNDLED_NAMES,
         }[split]
 
     def __len__(self) -> int:
@@ -471,5 +531,7 @@ class BundledImages(ImageDataset):
         return _bundled_pil(self.names[index], self.channels)
 
     def __repr__(self) -> str:
-        return (f"BundledImages(split={self.split!r}, n={len(self)}, size={self.size}, "
-                f"channels={self.channels}, augment={self.augment})")
+        return (
+            f"BundledImages(split={self.split!r}, n={len(self)}, size={self.size}, "
+            f"channels={self.channels}, augment={self.augment})"
+        )

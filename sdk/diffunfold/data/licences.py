@@ -37,8 +37,7 @@ def parse_copyright(text: str) -> list[Stanza]:
         f = _fields(block)
         if "files" in f and "license" in f:
             licence = f["license"].split(" ", 1)[0] if f["license"] else ""
-            stanzas.append(Stanza(tuple(f["files"].split()), licence,
-                                  " ".join(f.get("copyright", "").split())))
+            stanzas.append(Stanza(tuple(f["files"].split()), licence, " ".join(f.get("copyright", "").split())))
     return stanzas
 
 

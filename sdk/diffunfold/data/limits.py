@@ -14,11 +14,11 @@ import zlib
 
 from ..errors import InputError
 
-MAX_MEMBER_BYTES = 1 << 30      # one file read out of an archive
-MAX_ARCHIVE_BYTES = 4 << 30     # everything one archive may expand to
-MAX_RATIO = 100                 # expanded / compressed, beyond RATIO_FLOOR
+MAX_MEMBER_BYTES = 1 << 30  # one file read out of an archive
+MAX_ARCHIVE_BYTES = 4 << 30  # everything one archive may expand to
+MAX_RATIO = 100  # expanded / compressed, beyond RATIO_FLOOR
 RATIO_FLOOR = 64 << 20
-MAX_MEMBERS = 200_000           # entries of one tar stream or resource tree
+MAX_MEMBERS = 200_000  # entries of one tar stream or resource tree
 CHUNK = 1 << 20
 
 
@@ -28,8 +28,10 @@ def expansion_limit(compressed: int) -> int:
 
 
 def too_large(what: str, limit: int) -> InputError:
-    return InputError(f"{what} expands to more than {limit:,} bytes (a decompression bomb, or a damaged "
-                      "archive); it was not read: use the archive from its distribution")
+    return InputError(
+        f"{what} expands to more than {limit:,} bytes (a decompression bomb, or a damaged "
+        "archive); it was not read: use the archive from its distribution"
+    )
 
 
 def read_capped(stream, limit: int, what: str) -> bytes:
@@ -76,7 +78,7 @@ class CappedReader(io.RawIOBase):
         self.count += len(data)
         if self.count > self.limit:
             raise too_large(self.what, self.limit)
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
 
@@ -92,6 +94,6 @@ class FileSlice(io.RawIOBase):
     def readinto(self, buffer) -> int:
         self.f.seek(self.start + self.at)
         data = self.f.read(min(len(buffer), self.size - self.at))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         self.at += len(data)
         return len(data)

@@ -35,8 +35,9 @@ def usable_slices(volume: np.ndarray, axis: int, min_fraction: float = 0.2) -> n
     return np.flatnonzero(inside.mean(axis=others) >= min_fraction)
 
 
-def render_slice(plane: np.ndarray, spacing: tuple[float, float], size: int,
-                 angle: float = 0.0, zoom: float = 1.1, shift=(0.0, 0.0)) -> np.ndarray:
+def render_slice(
+    plane: np.ndarray, spacing: tuple[float, float], size: int, angle: float = 0.0, zoom: float = 1.1, shift=(0.0, 0.0)
+) -> np.ndarray:
     """``plane`` resampled onto ``size x size`` pixels covering a square of side ``zoom`` times
     its larger physical extent, rotated by ``angle`` radians and shifted by ``shift`` (fractions
     of the side)."""
@@ -76,8 +77,10 @@ class VolumeSlices:
     def __init__(self, folder: str | Path, size: int = 64):
         paths = sorted(Path(folder).glob("*.h5"))
         if not paths:
-            raise InputError(f"no MRI volumes (*.h5) in {folder}: run `diffunfold data mri-volumes DIR` "
-                             "and point at DIR/train or DIR/held-out")
+            raise InputError(
+                f"no MRI volumes (*.h5) in {folder}: run `diffunfold data mri-volumes DIR` "
+                "and point at DIR/train or DIR/held-out"
+            )
         self.size = int(size)
         self.names = [p.stem for p in paths]
         self.volumes = [read_volume(p) for p in paths]
@@ -106,8 +109,9 @@ class VolumeSlices:
                     break
             radius *= max(1.0, 1.1 / zoom)
         else:
-            mag = render_slice(plane, sp, self.size, angle=angle, zoom=rng.uniform(1.0, 1.3),
-                               shift=rng.uniform(-0.05, 0.05, size=2))
+            mag = render_slice(
+                plane, sp, self.size, angle=angle, zoom=rng.uniform(1.0, 1.3), shift=rng.uniform(-0.05, 0.05, size=2)
+            )
         maps = birdcage_maps(ncoils, (self.size, self.size), radius=radius, rotation=rng.uniform(0, 2 * math.pi))
         return {"image": _finish(mag, smooth_phase(self.size, rng)), "coil_maps": maps.astype(np.complex64)}
 
@@ -125,6 +129,7 @@ class VolumeSlices:
             plane, sp = _plane(volume, spacing, axis, index)
             mag = render_slice(plane, sp, self.size)
             phase = smooth_phase(self.size, np.random.default_rng([seed, i]))
-            items.append({"image": _finish(mag, phase), "coil_maps": maps,
-                          "name": f"{self.names[v]}-{'xyz'[axis]}{index}"})
+            items.append(
+                {"image": _finish(mag, phase), "coil_maps": maps, "name": f"{self.names[v]}-{'xyz'[axis]}{index}"}
+            )
         return items

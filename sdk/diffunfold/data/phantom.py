@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..safe_io import refuse_existing
 from ..physics.base import check_noise_std
 from ..physics.mri import birdcage_maps, fft2c, ifft2c
+from ..safe_io import refuse_existing
 from .fastmri_header import make_ismrmrd_header
 from .fastmri_write import write_fastmri_file
 
@@ -134,12 +134,16 @@ def _random_phase(g: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.
     always varies across the object) and small quadratic terms."""
     ramp, direction = g.uniform(0.8, 2.0), g.uniform(0, 2 * math.pi)
     q = g.uniform(-0.6, 0.6, size=3)
-    return (g.uniform(-math.pi, math.pi) + ramp * (math.cos(direction) * xx + math.sin(direction) * yy)
-            + q[0] * xx**2 + q[1] * xx * yy + q[2] * yy**2)
+    return (
+        g.uniform(-math.pi, math.pi)
+        + ramp * (math.cos(direction) * xx + math.sin(direction) * yy)
+        + q[0] * xx**2
+        + q[1] * xx * yy
+        + q[2] * yy**2
+    )
 
 
-def simulate_multicoil(image: np.ndarray, ncoils: int = 15, noise_std: float = 0.0,
-                       rng: RNGLike = None) -> np.ndarray:
+def simulate_multicoil(image: np.ndarray, ncoils: int = 15, noise_std: float = 0.0, rng: RNGLike = None) -> np.ndarray:
     """Fully sampled multi-coil k-space ``fft2c(birdcage_maps(ncoils, shape) * image)``.
 
     Returns complex64 ``(ncoils, H, W)``. ``noise_std`` > 0 adds circular complex Gaussian
@@ -164,10 +168,18 @@ def simulate_multicoil(image: np.ndarray, ncoils: int = 15, noise_std: float = 0
     return kspace.astype(np.complex64)
 
 
-def write_phantom_dataset(out_dir: str | os.PathLike, num_files: int = 4, slices_per_file: int = 8,
-                          shape: Sequence[int] = (128, 128), ncoils: int = 15, noise_std: float = 0.0,
-                          seed: int = 0, recon_shape: Sequence[int] | None = None,
-                          progress: bool = True, overwrite: bool = False) -> list[Path]:
+def write_phantom_dataset(
+    out_dir: str | os.PathLike,
+    num_files: int = 4,
+    slices_per_file: int = 8,
+    shape: Sequence[int] = (128, 128),
+    ncoils: int = 15,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    recon_shape: Sequence[int] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> list[Path]:
     """Write ``num_files`` fastMRI-format phantom volumes ``phantom_{i:04d}.h5`` to ``out_dir``.
 
     Each volume holds ``slices_per_file`` independent random phantoms of size ``shape``
@@ -202,13 +214,23 @@ def write_phantom_dataset(out_dir: str | os.PathLike, num_files: int = 4, slices
         try:
             _write_files(targets, slices_per_file, ncoils, (h, w), noise_std, seed, header, bar, paths)
         except KeyboardInterrupt:
-            raise KeyboardInterrupt(f"{len(paths)} of {num_files} phantom file(s) written whole to {out}/ "
-                                    "before the stop") from None
+            raise KeyboardInterrupt(
+                f"{len(paths)} of {num_files} phantom file(s) written whole to {out}/ before the stop"
+            ) from None
     return paths
 
 
-def _write_files(targets: list[Path], slices_per_file: int, ncoils: int, shape: tuple[int, int],
-                 noise_std: float, seed: int, header: str, bar, paths: list[Path]) -> None:
+def _write_files(
+    targets: list[Path],
+    slices_per_file: int,
+    ncoils: int,
+    shape: tuple[int, int],
+    noise_std: float,
+    seed: int,
+    header: str,
+    bar,
+    paths: list[Path],
+) -> None:
     """Simulate and write each file (appended to ``paths`` once it is whole)."""
     h, w = shape
     for i, target in enumerate(targets):
@@ -217,7 +239,11 @@ def _write_files(targets: list[Path], slices_per_file: int, ncoils: int, shape: 
         for s in range(slices_per_file):
             kspace[s] = simulate_multicoil(random_phantom((h, w), g), ncoils, noise_std, g)
             bar.update(1)
-        paths.append(write_fastmri_file(
-            target, kspace, header=header,
-            attrs={"acquisition": "PHANTOM", "patient_id": f"phantom-{int(seed)}-{i:04d}"},
-        ))
+        paths.append(
+            write_fastmri_file(
+                target,
+                kspace,
+                header=header,
+                attrs={"acquisition": "PHANTOM", "patient_id": f"phantom-{int(seed)}-{i:04d}"},
+            )
+        )

@@ -54,8 +54,9 @@ def not_a_photo(image: Image.Image) -> str | None:
     colours = len(np.unique(px.reshape(-1, 3) @ np.array([65536, 256, 1])))
     if colours < 3000:
         return f"only {colours} colours in a 256 px thumbnail (a drawing or chart)"
-    same = (np.abs(np.diff(px, axis=0)).max(axis=2)[:, :-1] == 0) & \
-           (np.abs(np.diff(px, axis=1)).max(axis=2)[:-1, :] == 0)
+    same = (np.abs(np.diff(px, axis=0)).max(axis=2)[:, :-1] == 0) & (
+        np.abs(np.diff(px, axis=1)).max(axis=2)[:-1, :] == 0
+    )
     if same.mean() > 0.3:
         return f"{same.mean():.0%} of the image is flat colour (a drawing)"
     return None
@@ -110,8 +111,14 @@ def _safe_name(package: str, upstream: str) -> str:
 class PhotoCollector:
     """Collects the photographs of the sources into ``out``; see the module docstring."""
 
-    def __init__(self, out: Path, packages: Path, offline: bool = False, max_side: int = 1600,
-                 sources: tuple[PhotoSource, ...] = PHOTO_SOURCES):
+    def __init__(
+        self,
+        out: Path,
+        packages: Path,
+        offline: bool = False,
+        max_side: int = 1600,
+        sources: tuple[PhotoSource, ...] = PHOTO_SOURCES,
+    ):
         self.out, self.packages, self.offline = Path(out), Path(packages), offline
         self.max_side, self.sources = int(max_side), sources
         self.kept, self.dropped, self.archives, self.hashes = [], [], [], {}
@@ -121,26 +128,40 @@ class PhotoCollector:
             self._collect(source)
         if not self.kept:
             raise InputError("no photographs were found in the packages")
-        manifest = {"kind": "photos", "held_out_fraction": HELD_OUT_FRACTION,
-                    "split_rule": "held-out when int(sha256[:8], 16) / 2**32 < fraction",
-                    "max_side": self.max_side, "packages": self.archives,
-                    "photos": self.kept, "dropped": self.dropped}
+        manifest = {
+            "kind": "photos",
+            "held_out_fraction": HELD_OUT_FRACTION,
+            "split_rule": "held-out when int(sha256[:8], 16) / 2**32 < fraction",
+            "max_side": self.max_side,
+            "packages": self.archives,
+            "photos": self.kept,
+            "dropped": self.dropped,
+        }
         write_json(self.out / "manifest.json", manifest, indent=1)
         return manifest
 
     def _collect(self, source: PhotoSource) -> None:
         package = obtain("deb", source.package, self.packages, self.offline)
-        self.archives.append({"package": package.name, "version": package.version,
-                              "archive": package.path.name, "sha256": package.sha256})
+        self.archives.append(
+            {
+                "package": package.name,
+                "version": package.version,
+                "archive": package.path.name,
+                "sha256": package.sha256,
+            }
+        )
         members = read_members(package, [*source.members, source.copyright_member])
         stanzas = parse_copyright(members.pop(source.copyright_member, b"").decode("utf-8", "replace"))
-        for upstream, blob in tqdm(list(_images_of(source, members)), desc=source.package,
-                                   unit="image", leave=False):
+        for upstream, blob in tqdm(list(_images_of(source, members)), desc=source.package, unit="image", leave=False):
             self._consider(source, package.version, stanzas, upstream, blob)
 
     def _consider(self, source, version, stanzas, upstream: str, blob: bytes) -> None:
-        record = {"package": source.package, "version": version, "path": upstream,
-                  "sha256": hashlib.sha256(blob).hexdigest()}
+        record = {
+            "package": source.package,
+            "version": version,
+            "path": upstream,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
         try:
             with warnings.catch_warnings():  # Pillow's bomb warning refuses the image too
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -155,12 +176,19 @@ class PhotoCollector:
             self.dropped.append({**record, "reason": reason})
             return
         split = "held-out" if held_out(record["sha256"]) else "train"
-        path, written = _store(image, blob, _safe_name(source.package, upstream),
-                               self.out / split, self.max_side)
+        path, written = _store(image, blob, _safe_name(source.package, upstream), self.out / split, self.max_side)
         licence, holder = _licence(stanzas, upstream)
-        self.kept.append({**record, "file": path.relative_to(self.out).as_posix(), "split": split,
-                          "size": list(image.size), "written_sha256": written,
-                          "licence": licence, "copyright": holder})
+        self.kept.append(
+            {
+                **record,
+                "file": path.relative_to(self.out).as_posix(),
+                "split": split,
+                "size": list(image.size),
+                "written_sha256": written,
+                "licence": licence,
+                "copyright": holder,
+            }
+        )
 
     def _duplicate(self, image: Image.Image, label: str) -> str | None:
         h = difference_hash(image)

@@ -42,22 +42,26 @@ class QtResource:
         self.left = limits.expansion_limit(len(self.raw))  # what the payloads may still inflate to
 
     @classmethod
-    def from_bytes(cls, raw: bytes, name: str = "<bytes>") -> "QtResource":
+    def from_bytes(cls, raw: bytes, name: str = "<bytes>") -> QtResource:
         """A bundle already in memory (``name`` is used in messages)."""
         return cls(name, raw)
 
     def _unpack(self, fmt: str, at: int) -> tuple:
         size = struct.calcsize(fmt)
         if at < 0 or at + size > len(self.raw):
-            raise InputError(f"{self.path} is truncated or damaged: it ends at byte {len(self.raw):,}, "
-                             f"an entry points to byte {at:,}")
-        return struct.unpack(fmt, self.raw[at:at + size])
+            raise InputError(
+                f"{self.path} is truncated or damaged: it ends at byte {len(self.raw):,}, "
+                f"an entry points to byte {at:,}"
+            )
+        return struct.unpack(fmt, self.raw[at : at + size])
 
     def _bytes(self, at: int, size: int) -> bytes:
         if at + size > len(self.raw):
-            raise InputError(f"{self.path} is truncated: a {size:,}-byte payload at byte {at:,} runs past "
-                             f"its end ({len(self.raw):,} bytes)")
-        return self.raw[at:at + size]
+            raise InputError(
+                f"{self.path} is truncated: a {size:,}-byte payload at byte {at:,} runs past "
+                f"its end ({len(self.raw):,} bytes)"
+            )
+        return self.raw[at : at + size]
 
     def _name(self, offset: int) -> str:
         at = self.names + offset
@@ -81,8 +85,7 @@ class QtResource:
             try:
                 import zstandard
             except ImportError:
-                raise InputError(f"{self.path} holds zstd-compressed entries: "
-                                 "pip install zstandard") from None
+                raise InputError(f"{self.path} holds zstd-compressed entries: pip install zstandard") from None
             try:
                 with zstandard.ZstdDecompressor().stream_reader(blob) as stream:
                     out = limits.read_capped(stream, cap, what)
@@ -95,8 +98,11 @@ class QtResource:
 
     def _walk(self):
         """``(path, data offset, flags)`` of every file entry, depth first."""
-        end = min(o for o in (self.data, self.names, len(self.raw)) if o > self.tree) \
-            if self.tree < len(self.raw) else self.tree
+        end = (
+            min(o for o in (self.data, self.names, len(self.raw)) if o > self.tree)
+            if self.tree < len(self.raw)
+            else self.tree
+        )
         count = (end - self.tree) // self.entry_size  # entries the tree region can hold
         seen, stack = {0}, [(0, "", 0)]
         while stack:
@@ -111,12 +117,16 @@ class QtResource:
                 continue
             children, first = self._unpack(">II", at + 6)
             if depth >= MAX_DEPTH or first + children > min(count, limits.MAX_MEMBERS):
-                raise InputError(f"{self.path}: the folder {path or '/'!r} lists entries outside the tree "
-                                 f"(or nests deeper than {MAX_DEPTH}); the bundle is damaged")
+                raise InputError(
+                    f"{self.path}: the folder {path or '/'!r} lists entries outside the tree "
+                    f"(or nests deeper than {MAX_DEPTH}); the bundle is damaged"
+                )
             for child in range(first + children - 1, first - 1, -1):
                 if child in seen:
-                    raise InputError(f"{self.path}: the entry tree loops back on itself (entry {child} is "
-                                     "listed twice); the bundle is damaged")
+                    raise InputError(
+                        f"{self.path}: the entry tree loops back on itself (entry {child} is "
+                        "listed twice); the bundle is damaged"
+                    )
                 seen.add(child)
                 stack.append((child, path, depth + 1))
 
