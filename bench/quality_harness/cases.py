@@ -52,9 +52,25 @@ def make_case(task: QualityTask, level: float, names, x, settings: Settings, see
     return Case(task, float(level), op, list(names), x, y, noise, seeds)
 
 
-def score(case: Case, est: Estimate) -> dict[str, Any]:
-    """Per image and averaged: PSNR, SSIM, the data-consistency residual ||A x_hat - y|| / ||y||
-    and the residual of the truth, ||A x - y|| / ||y|| (the realised noise)."""
+def lpips_metric(folder: str | None) -> tuple[Any, str]:
+    """The LPIPS metric from ``folder`` (``diffunfold data lpips``), or None, and a line saying
+    which, or why not, for the report."""
+    from diffunfold.errors import InputError
+    from diffunfold.metrics_lpips import LPIPS
+
+    if folder is None or folder == "none":
+        return None, "LPIPS not computed (--lpips none)"
+    try:
+        m = LPIPS(folder)
+    except InputError as exc:
+        return None, f"LPIPS not computed: {exc}"
+    return m, f"LPIPS: AlexNet, linear heads v0.1 (weights from {m.source}, {folder}); images only, lower is better"
+
+
+def score(case: Case, est: Estimate, lpips=None) -> dict[str, Any]:
+    """Per image and averaged: PSNR, SSIM, LPIPS (images, with ``lpips``), the data-consistency
+    residual ||A x_hat - y|| / ||y|| and the residual of the truth, ||A x - y|| / ||y|| (the
+    realised noise)."""
     from diffunfold.metrics import psnr, ssim
 
     if est.images is None:
@@ -65,6 +81,7 @@ def score(case: Case, est: Estimate) -> dict[str, Any]:
     x_hat = np.asarray(est.images).astype(dtype)
     x = case.x.astype(dtype)
     p, q = psnr(x_hat, case.x, rng), ssim(x_hat, case.x, rng)
+    perceptual = lpips(x_hat.astype(np.float32), case.x) if lpips is not None and not case.mri else None
     rows = []
     for i, name in enumerate(case.names):
         op = est.residual_ops[i] if est.residual_ops else case.op
@@ -78,10 +95,12 @@ def score(case: Case, est: Estimate) -> dict[str, Any]:
                 "noise_std": case.noise_std[i],
                 "psnr": float(p[i]),
                 "ssim": float(q[i]),
+                **({"lpips": float(perceptual[i])} if perceptual is not None else {}),
                 "residual": res,
                 "noise_residual": noise,
                 **({"setting": est.settings[i]} if est.settings else {}),
             }
         )
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim", "residual", "noise_residual")}
+    keys = ("psnr", "ssim", "residual", "noise_residual") + (("lpips",) if perceptual is not None else ())
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     return {**mean, "seconds_per_image": est.seconds / len(case.names), "per_image": rows}

@@ -120,6 +120,13 @@ def _add_data_arguments(p: argparse.ArgumentParser) -> None:
         help="held-out MRI volume(s): DIR/held-out of `diffunfold data mri-volumes` (default: synthetic phantoms)",
     )
     p.add_argument("--coils", type=int, default=15, help="simulated receive coils for MRI (default 15)")
+    p.add_argument(
+        "--lpips",
+        default="data/lpips",
+        metavar="DIR",
+        help="LPIPS weights (`diffunfold data lpips DIR`): image rows then report PSNR / SSIM / LPIPS "
+        "(default data/lpips; without the weights, or with 'none', PSNR / SSIM only, and the report says why)",
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i (default 0)")
 
 

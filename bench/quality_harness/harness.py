@@ -18,7 +18,7 @@ from diffunfold import edm
 from diffunfold.errors import InputError
 
 from .baselines import METHODS, image_baselines, mri_baselines
-from .cases import make_case, score
+from .cases import lpips_metric, make_case, score
 from .entrants import Entrant, learned_entrants, run_entrant, zero_shot_entrants
 from .figure import figure
 from .methods_report import markdown_methods
@@ -101,10 +101,11 @@ def data_label(args, kind: str) -> str:
 
 
 def score_all(
-    scored: list[Scored], s: Settings, args, quiet: bool, entrants: list[Entrant] = ()
+    scored: list[Scored], s: Settings, args, quiet: bool, entrants: list[Entrant] = (), lpips=None
 ) -> tuple[dict, str | None, float | None]:
-    """Every task x noise level of every kind present: the baselines once, then each package.
-    Returns the baselines' rows per kind, why SigPy was skipped (or None) and its forward check."""
+    """Every task x noise level of every kind present: the baselines once, then each package
+    (LPIPS on images with ``lpips``). Returns the baselines' rows per kind, why SigPy was skipped
+    (or None) and its forward check."""
     from tqdm.auto import tqdm
 
     from diffunfold import quality_baselines as qb
@@ -141,20 +142,19 @@ def score_all(
                         ests = image_baselines(case, s)
                     for key, est in ests.items():
                         m = METHODS[key]
-                        baseline_rows[kind].append(_row(case, key, m.name, m.oracle, True, score(case, est)))
+                        baseline_rows[kind].append(_row(case, key, m.name, m.oracle, True, score(case, est, lpips)))
                     bar.update(1)
                     for sc in (sc for sc in scored if sc.kind == kind):
                         bar.set_postfix_str(f"{task.key} @ {level:g}: {sc.name}")
                         for key, est in run_model(sc, case, s).items():
-                            sc.rows.append(
-                                _row(case, key, model_method_name(key, s.samples), False, False, score(case, est))
-                            )
+                            name = model_method_name(key, s.samples)
+                            sc.rows.append(_row(case, key, name, False, False, score(case, est, lpips)))
                         bar.update(1)
                     for e in (e for e in entrants if e.kind == kind):
                         bar.set_postfix_str(f"{task.key} @ {level:g}: {e.name}")
                         if e.applies(task):
                             e.rows.append(
-                                _row(case, "mean", e.name, False, False, score(case, run_entrant(e, case, s)))
+                                _row(case, "mean", e.name, False, False, score(case, run_entrant(e, case, s), lpips))
                             )
                         bar.update(1)
     return baseline_rows, sigpy_reason, sigpy_check
@@ -236,7 +236,9 @@ def run(args) -> int:
         entrants = learned_entrants(args.learned or [])
         if args.zero_shot:
             entrants = zero_shot_entrants(args.zero_shot, args.methods or [], options) + entrants
-        baseline_rows, sigpy_reason, sigpy_check = score_all(scored, s, args, args.quiet, entrants)
+        lpips, lpips_note = lpips_metric(args.lpips)
+        log(lpips_note)
+        baseline_rows, sigpy_reason, sigpy_check = score_all(scored, s, args, args.quiet, entrants, lpips)
         wall = time.perf_counter() - t_start
         meta = {
             "command": " ".join(shlex.quote(a) for a in ["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
@@ -253,6 +255,7 @@ def run(args) -> int:
             },
             "ensemble": {sc.name: s.ensemble or sc.package.ensemble for sc in scored},
             "contrast": {sc.name: contrast_label(sc, s) for sc in scored},
+            "lpips": lpips_note,
             "sigpy": module_version("sigpy"),
             "sigpy_skipped": sigpy_reason,
             "sigpy_forward_check_rel_err": sigpy_check,

@@ -89,8 +89,10 @@ def markdown_methods(
             f"- date: {meta['date']}; machine: {meta['machine']}; wall time {meta['wall_seconds']:.0f} s",
             f"- data: {images_used(baseline_rows, s)} held-out {meta['data'][kind]} per task at {s.size} px, "
             f"seeds {meta['seed']} + i; every method sees the same measurements and is given the true noise level",
-            f"- PSNR / SSIM of the mean of {s.samples} posterior samples (a deterministic method: its one "
-            "estimate); the best method of each row in bold; '-': the method was not trained for that operator",
+            f"- PSNR / SSIM{' / LPIPS' if meta.get('lpips', '').startswith('LPIPS:') else ''} of the mean of "
+            f"{s.samples} posterior samples (a deterministic method: its one estimate); the best method of each "
+            "row (by PSNR) in bold; '-': the method was not trained for that operator",
+            f"- {meta.get('lpips', 'LPIPS not computed')}",
             "",
             "## Size, network calls and time",
             "",

@@ -50,8 +50,10 @@ def noise_label(kind: str, level: float) -> str:
 
 
 def _pair(r: dict | None) -> str:
-    """``PSNR / SSIM`` of a row, or "-"."""
-    return "-" if r is None or "psnr" not in r else f"{r['psnr']:.2f} / {r['ssim']:.3f}"
+    """``PSNR / SSIM`` of a row (``/ LPIPS`` where it was computed), or "-"."""
+    if r is None or "psnr" not in r:
+        return "-"
+    return f"{r['psnr']:.2f} / {r['ssim']:.3f}" + (f" / {r['lpips']:.3f}" if "lpips" in r else "")
 
 
 def churn_label(churn: dict) -> str:
@@ -93,6 +95,7 @@ def package_header(sc: Scored, baseline_rows: list[dict], meta: dict, s: Setting
             else "Gaussian noise of std sigma_y, images in [0, 1]"
         ),
         f"- wall time: {meta['wall_seconds']:.0f} s for the whole run; this package's solves {sc.model_seconds:.0f} s",
+        *([f"- {meta['lpips']}; where computed, pairs read PSNR / SSIM / LPIPS"] if sc.kind == "image" else []),
         "",
     ]
 
@@ -128,8 +131,8 @@ def _every_method_tables(rows: list[dict], baseline_rows: list[dict], tasks: lis
         lines += [
             f"### {task.label}",
             "",
-            "| noise | method | PSNR | SSIM | residual | noise residual | s / image |",
-            "|---|---|---|---|---|---|---|",
+            "| noise | method | PSNR | SSIM | LPIPS | residual | noise residual | s / image |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for level in dict.fromkeys(r["noise"] for r in rows if r["task"] == task.key):
             here = [r for r in rows + baseline_rows if r["task"] == task.key and r["noise"] == level]
@@ -137,10 +140,11 @@ def _every_method_tables(rows: list[dict], baseline_rows: list[dict], tasks: lis
             for r in here:
                 name = f"**{r['name']}**" if best is not None and r is best else r["name"]
                 if "skipped" in r and r["skipped"]:
-                    lines.append(f"| {noise_label(task.kind, level)} | {name} | skipped: {r['skipped']} | | | | |")
+                    lines.append(f"| {noise_label(task.kind, level)} | {name} | skipped: {r['skipped']} | | | | | |")
                     continue
+                lpips = f"{r['lpips']:.3f}" if "lpips" in r else "-"
                 lines.append(
-                    f"| {noise_label(task.kind, level)} | {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | "
+                    f"| {noise_label(task.kind, level)} | {name} | {r['psnr']:.2f} | {r['ssim']:.3f} | {lpips} | "
                     f"{r['residual']:.4f} | {r['noise_residual']:.4f} | {r['seconds_per_image']:.2f} |"
                 )
         lines.append("")
