@@ -40,11 +40,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table  # noqa: E402
 from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
-from scanner_methods import add_arguments, cost_markdown, others_from  # noqa: E402
+from scanner_methods import add_arguments, cost_markdown, lpips_from, others_from  # noqa: E402
+from scanner_metrics import SliceScores, magnitude_psnr  # noqa: E402
 
 from diffunfold import quality_baselines as qb  # noqa: E402
 from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
-from diffunfold.metrics import psnr, ssim  # noqa: E402
 from diffunfold.physics.mri import MultiCoilMRI, mri_mask  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
 from diffunfold.scanner import ScannerSettings, StartSettings, estimate_kspace_noise, prepare_kspace  # noqa: E402
@@ -63,22 +63,6 @@ STARTS = {  # --start: (where it starts and what comes back, options of the solv
     "sense-18": (StartSettings(readout="sample"), {"steps": 18}),
     "noise": (StartSettings(method="noise"), {}),  # the full schedule from pure noise
 }
-
-
-def magnitude_psnr(est: np.ndarray, truth: np.ndarray) -> float:
-    """PSNR of ``|est|`` against ``|truth|`` after the least-squares scale, range max|truth|."""
-    a, t = np.abs(est).ravel(), np.abs(truth).ravel()
-    s = float(a @ t / max(a @ a, 1e-30))
-    est_m, tru_m = (s * np.abs(est))[None, None], np.abs(truth)[None, None]
-    return float(np.ravel(psnr(est_m.astype(np.float32), tru_m.astype(np.float32), None))[0])
-
-
-def magnitude_ssim(est: np.ndarray, truth: np.ndarray) -> float:
-    """SSIM of ``|est|`` against ``|truth|`` after the same least-squares scale, range max|truth|."""
-    a, t = np.abs(est).ravel(), np.abs(truth).ravel()
-    s = float(a @ t / max(a @ a, 1e-30))
-    est_m, tru_m = (s * np.abs(est))[None, None], np.abs(truth)[None, None]
-    return float(np.ravel(ssim(est_m.astype(np.float32), tru_m.astype(np.float32), None))[0])
 
 
 def scan(item: dict, kind: str, acc: float, level: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,9 +114,11 @@ def quality_rows(
     known: dict | None = None,
     others: dict | None = None,
     map_kinds: tuple[str, ...] = ("espirit", "true"),
+    scores: SliceScores | None = None,
 ) -> list[dict]:
-    """Every package (and every start of ``STARTS``) on the
-    same scans and prepared problems; the baselines once per scan (or from ``known``)."""
+    """Every package (and every start of ``STARTS``) on the same scans and prepared problems,
+    scored by ``scores`` (PSNR and SSIM by default); the baselines once per scan (or from ``known``)."""
+    scores = scores or SliceScores()
     rows = []
     for kind, acc in MASKS:
         for level in levels:
@@ -157,15 +143,14 @@ def quality_rows(
                             settings, options = STARTS[start]
                             options = {**options, **sense_start(p, settings, steps=options.get("steps"))}
                             sol = solver.solve(p.y, p.operator, noise_std=p.data_std, seed=seed + i, **options)
-                            row[key] = magnitude_psnr(np.asarray(sol.images)[0, 0], truth)
-                            row[f"{key} ssim"] = magnitude_ssim(np.asarray(sol.images)[0, 0], truth)
+                            row.update({key + k: v for k, v in scores(np.asarray(sol.images)[0, 0], truth).items()})
                             row[f"{key} s"] = time.perf_counter() - t0
                             row[f"{key} calls"] = sol.calls_per_sample
                     for name, other in (others or {}).items():  # zero-shot solvers, learned baselines
                         t0 = time.perf_counter()
                         image = other.run(p, seed + i)[0, 0]
                         row[f"{name} s"] = time.perf_counter() - t0
-                        row[name], row[f"{name} ssim"] = magnitude_psnr(image, truth), magnitude_ssim(image, truth)
+                        row.update({name + k: v for k, v in scores(image, truth).items()})
                     reused = (known or {}).get((row["mask"], row["noise"], row["maps"], row["slice"]))
                     if reused is not None:
                         row.update(reused, baselines="reused")
@@ -199,8 +184,23 @@ def quality_markdown(rows: list[dict], names: list[str]) -> str:
         table.append(row)
     return (
         "Magnitude PSNR (dB) after a least-squares scale, mean over the slices; margin: Diff-Unfolding "
-        "less the better baseline, per slice, then averaged.\n\n" + markdown_table(table)
+        "less the better baseline, per slice, then averaged.\n\n"
+        + markdown_table(table)
+        + perceptual_table(cells, names)
     )
+
+
+def perceptual_table(cells: dict, names: list[str]) -> str:
+    """SSIM (and LPIPS where computed) of each method, mean over the slices."""
+    table = []
+    for (m, n, maps), rs in cells.items():
+        row = {"mask": m, "noise": f"{n:g}", "maps": maps}
+        for name in names:
+            parts = [np.mean([r[f"{name}{k}"] for r in rs]) for k in (" ssim", " lpips") if f"{name}{k}" in rs[0]]
+            row[name] = " / ".join(f"{v:.3f}" for v in parts)
+        table.append(row)
+    lpips = any(f"{n} lpips" in rs[0] for rs in cells.values() for n in names)
+    return f"\n\nSSIM{' / LPIPS' if lpips else ''} of the magnitudes, mean over the slices:\n\n" + markdown_table(table)
 
 
 SLOW = ScannerSettings(virtual_coils=None, espirit_grid=1 << 16)
@@ -447,10 +447,9 @@ def _run_part(args, size: int) -> tuple[list[dict], str]:
         names = [Path(p).name for p in args.package]
         names = names if len(set(names)) == len(names) else list(args.package)
         solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
-        others = others_from(args)
-        found = quality_rows(
-            solvers, items, args.noise, args.seed, tuple(args.start), known_baselines(args.baselines), others, args.maps
-        )
+        others, known = others_from(args), known_baselines(args.baselines)
+        scores = SliceScores(lpips_from(args))
+        found = quality_rows(solvers, items, args.noise, args.seed, tuple(args.start), known, others, args.maps, scores)
         keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
         cost = f"\n\n### Size, calls and time\n\n{cost_markdown(found, solvers, others)}" if others else ""
         return found, f"## {size} px\n\n" + quality_markdown(found, keys + list(others)) + cost

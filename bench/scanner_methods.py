@@ -66,6 +66,15 @@ def others_from(args) -> dict[str, Other]:
     return {**found, **learned(args.learned or [])}
 
 
+def lpips_from(args):
+    """The LPIPS metric of ``--lpips``, or None (then the rows carry PSNR and SSIM only)."""
+    from quality_harness.cases import lpips_metric
+
+    metric, note = lpips_metric(args.lpips)
+    print(note, flush=True)
+    return metric
+
+
 def add_arguments(ap) -> None:
     ap.add_argument(
         "--zero-shot", metavar="PACKAGE", help="quality: an MRI denoiser package; its zero-shot solvers join"
@@ -80,6 +89,13 @@ def add_arguments(ap) -> None:
         action="append",
         metavar="MODULE:CHECKPOINT",
         help="quality: a learned baseline of bench/learned_baselines (repeatable), e.g. varnet:runs/varnet-g1d4",
+    )
+    ap.add_argument(
+        "--lpips",
+        default="data/lpips",
+        metavar="DIR",
+        help="quality: LPIPS weights (`diffunfold data lpips DIR`; default data/lpips, 'none' to skip): "
+        "LPIPS of the magnitudes beside PSNR and SSIM",
     )
 
 

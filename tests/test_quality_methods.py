@@ -115,3 +115,31 @@ def test_a_zero_shot_solver_joins_the_table_with_its_calls(tmp_path):
     assert [r["name"] for r in rows] == ["DiffPIR"] and np.isfinite(rows[0]["psnr"])
     assert rows[0]["psnr"] > 18  # a restoration, not noise (the measurement alone is ~20 dB)
     assert "| DiffPIR | zero-shot, image-denoiser | 3.24 M | 100 |" in md
+
+
+def test_slice_scores_ignore_scale_and_phase_and_add_lpips_when_given(tmp_path):
+    import scanner
+    from helpers import lpips_checkpoint
+    from safetensors.numpy import save_file
+    from scanner_metrics import SliceScores
+
+    from diffunfold.data import lpips_weights
+    from diffunfold.metrics_lpips import LPIPS
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((48, 48)) + 0.5).astype(np.complex64)
+    est = truth + 0.05 * rng.standard_normal((48, 48))
+    plain = SliceScores()(est, truth)
+    assert set(plain) == {"", " ssim"} and 20 < plain[""] < 40
+    turned = SliceScores()(3.0 * np.exp(1j * 0.7) * est, truth)  # estimated maps: any scale and phase
+    assert turned[""] == pytest.approx(plain[""], abs=1e-4) and turned[" ssim"] == pytest.approx(
+        plain[" ssim"], abs=1e-4
+    )
+    save_file(lpips_weights.torch_layout(lpips_checkpoint()), str(tmp_path / lpips_weights.WEIGHTS))
+    scores = SliceScores(LPIPS(tmp_path))
+    assert scores(2 * truth, truth)[" lpips"] == pytest.approx(0, abs=1e-6)
+    assert scores(est, truth)[" lpips"] > 0
+    rows = [
+        {"mask": "m", "noise": 0.0, "maps": "espirit", "A": 30.0, **{"A" + k: v for k, v in scores(est, truth).items()}}
+    ]
+    assert "SSIM / LPIPS" in scanner.perceptual_table({("m", 0.0, "espirit"): rows}, ["A"])

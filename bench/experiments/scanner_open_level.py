@@ -21,8 +21,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
-from scanner import magnitude_psnr  # noqa: E402
 from scanner_cells import cell_scans, run_cells, validation_parser  # noqa: E402
+from scanner_metrics import magnitude_psnr  # noqa: E402
 
 from diffunfold.runtime.solver import Solver  # noqa: E402
 from diffunfold.scanner import StartSettings, prepare_kspace, sense_start  # noqa: E402
