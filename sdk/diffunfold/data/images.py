@@ -434,28 +434,31 @@ class ImageFolder(ImageDataset):
                 f"{str(self.root)!r} is not a folder; ImageFolder needs a folder "
                 "of images (use load_image for a single file)"
             )
-        found = self._scan()
+        chosen = self._split(self._scan())
+        self.relpaths: list[str] = chosen
+        self.paths: list[Path] = [self.root / p for p in chosen]
+        self.cache = bool(cache)
+        self._decoded: dict[int, Image.Image] = {}
+
+    def _split(self, found: list[str]) -> list[str]:
+        """The files of ``found`` on this split's side (by a hash of each relative path)."""
         if not found:
             raise InputError(
                 f"no images found in {str(self.root)!r}"
                 + ("" if self.recursive else " (subfolders were not searched: recursive=False)")
                 + f"; expected files ending in {', '.join(IMAGE_EXTENSIONS)}"
             )
-        if split == "all":
-            chosen = found
-        else:
-            want_val = split == "val"
-            chosen = [p for p in found if (_hash_fraction(p) < self.val_fraction) == want_val]
+        if self.split == "all":
+            return found
+        want_val = self.split == "val"
+        chosen = [p for p in found if (_hash_fraction(p) < self.val_fraction) == want_val]
         if not chosen:
             raise InputError(
-                f"the {split!r} split of {str(self.root)!r} is empty: {len(found)} image(s), "
+                f"the {self.split!r} split of {str(self.root)!r} is empty: {len(found)} image(s), "
                 f"val_fraction={self.val_fraction}; use split='all', or change val_fraction "
                 "(small folders may put every file on one side)"
             )
-        self.relpaths: list[str] = chosen
-        self.paths: list[Path] = [self.root / p for p in chosen]
-        self.cache = bool(cache)
-        self._decoded: dict[int, Image.Image] = {}
+        return chosen
 
     def _scan(self) -> list[str]:
         found = []

@@ -90,23 +90,27 @@ def download(kind: str, name: str, folder: Path, pin: tuple[str, str] | None = N
     elif kind == "sdist":
         return _download_sdist(name, folder, pin)
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-d",
-            str(folder),
-            name,
-        ]
+        cmd = _pip_download(folder, "--only-binary=:all:", name)
     done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
     package = find_package(folder, kind, name)
     if done.returncode != 0 or package is None:
         raise InputError(f"could not fetch {kind} package {name!r}: {_failure(kind, done, folder)}")
     return package
+
+
+def _pip_download(folder: Path, *args: str) -> list[str]:
+    """``pip download --no-deps`` into ``folder``, then ``args``."""
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--disable-pip-version-check",
+        "-d",
+        str(folder),
+        *args,
+    ]
 
 
 def _download_sdist(name: str, folder: Path, pin: tuple[str, str] | None) -> Package:
@@ -118,19 +122,7 @@ def _download_sdist(name: str, folder: Path, pin: tuple[str, str] | None) -> Pac
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "requirements.txt"
         req.write_text(f"{name}=={version} --hash=sha256:{sha256}\n")
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary=:all:",
-            "--disable-pip-version-check",
-            "-d",
-            str(folder),
-            "-r",
-            str(req),
-        ]
+        cmd = _pip_download(folder, "--no-binary=:all:", "-r", str(req))
         done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, check=False)
     package = find_package(folder, "sdist", name)
     if done.returncode != 0 or package is None:
