@@ -40,10 +40,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import markdown_table  # noqa: E402
 from machine import LoadWatch, add_output_arguments, machine_info, record  # noqa: E402
+from scanner_baselines import known_baselines, oracle_l1, oracle_sense  # noqa: E402
 from scanner_methods import add_arguments, cost_markdown, lpips_from, others_from  # noqa: E402
 from scanner_metrics import SliceScores, magnitude_psnr  # noqa: E402
 
-from diffunfold import quality_baselines as qb  # noqa: E402
 from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
 from diffunfold.physics.mri import MultiCoilMRI, mri_mask  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
@@ -52,10 +52,7 @@ from diffunfold.scanner.simulate import correlated_noise, random_noise_covarianc
 from diffunfold.scanner.start import sense_start  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-MASKS = (("gaussian1d", 4.0), ("gaussian2d", 8.0))
-SENSE_LAMS = (0.0, 1e-3, 1e-2, 3e-2, 0.1)
-SENSE_ITERS = (5, 10, 20, 40, 80)
-L1_RELATIVE = (3e-2, 1e-2, 3e-3, 1e-3, 1e-4)
+MASKS = (("gaussian1d", 4.0), ("gaussian2d", 8.0))  # the default --masks: the trained one and an unseen one
 STARTS = {  # --start: (where it starts and what comes back, options of the solve)
     "sense": (StartSettings(), {}),  # the default
     "sense-sample": (StartSettings(readout="sample"), {}),  # a sample for every mask
@@ -76,35 +73,6 @@ def scan(item: dict, kind: str, acc: float, level: float, seed: int) -> tuple[np
     return (y + level * correlated_noise(y.shape, psi, rng) * mask).astype(np.complex64), mask
 
 
-def oracle_sense(op, y, truth) -> tuple[float, dict]:
-    best = (-np.inf, {})
-    for lam in SENSE_LAMS:
-        for iters, est in qb.cg_sense(op, y, lam, SENSE_ITERS).items():
-            best = max(best, (magnitude_psnr(est[0, 0], truth), {"lam": lam, "iterations": iters}), key=lambda b: b[0])
-    return best
-
-
-def oracle_l1(op, y, truth) -> tuple[float, dict]:
-    scale = float(np.abs(np.asarray(op.AT(y))).max())
-    best, prev = (-np.inf, {}), None
-    for rel in L1_RELATIVE:  # strong to weak, each warm-started from the last
-        prev = qb.l1_wavelet(y[0], op.coil_maps[0], op.mask[0, 0], rel * scale, 100, prev)
-        best = max(best, (magnitude_psnr(prev[0, 0], truth), {"lam_relative": rel}), key=lambda b: b[0])
-    return best
-
-
-def known_baselines(path: str | None) -> dict:
-    """The oracle baselines of an earlier quality run (its JSON), by (mask, noise, maps, slice):
-    they depend only on the scan, which the seed fixes, and cost most of a run's time."""
-    if not path:
-        return {}
-    import json
-
-    rows = json.loads(Path(path).read_text())["results"]
-    keys = ("cg_sense", "sense_at", "l1_wavelet", "l1_at")
-    return {(r["mask"], r["noise"], r["maps"], r["slice"]): {k: r[k] for k in keys} for r in rows}
-
-
 def quality_rows(
     solvers: dict[str, Solver],
     items: list[dict],
@@ -115,12 +83,13 @@ def quality_rows(
     others: dict | None = None,
     map_kinds: tuple[str, ...] = ("espirit", "true"),
     scores: SliceScores | None = None,
+    masks=MASKS,
 ) -> list[dict]:
     """Every package (and every start of ``STARTS``) on the same scans and prepared problems,
     scored by ``scores`` (PSNR and SSIM by default); the baselines once per scan (or from ``known``)."""
     scores = scores or SliceScores()
     rows = []
-    for kind, acc in MASKS:
+    for kind, acc in masks:
         for level in levels:
             for maps in map_kinds:
                 for i, item in enumerate(items):
@@ -206,7 +175,7 @@ def perceptual_table(cells: dict, names: list[str]) -> str:
 SLOW = ScannerSettings(virtual_coils=None, espirit_grid=1 << 16)
 
 
-def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, seed: int) -> list[dict]:
+def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, seed: int, masks=MASKS) -> list[dict]:
     """The package on the slow path (every coil, ESPIRiT on the full grid, CG data steps, the
     full schedule from noise), the default one from noise (``noise start``), the default (from
     the SENSE estimate) and a fast one (8 virtual coils, whole slices); ``before``: an earlier
@@ -221,7 +190,7 @@ def speed_rows(solver: Solver, before: Solver | None, item: dict, repeats: int, 
     if before is not None:
         paths = {"before": (before, SLOW, False, "auto", noise), **paths}
     rows = []
-    for kind, acc in MASKS:
+    for kind, acc in masks:
         y, mask = scan(item, kind, acc, 0.0, seed)
         for rep in range(repeats):
             for name, (solver, settings, rows_exact, tile, start) in paths.items():  # interleaved
@@ -291,9 +260,9 @@ def speed_markdown(rows: list[dict]) -> str:
     )
 
 
-def noise_rows(items: list[dict], levels) -> list[dict]:
+def noise_rows(items: list[dict], levels, masks=MASKS) -> list[dict]:
     rows = []
-    for kind, acc in MASKS:
+    for kind, acc in masks:
         for level in levels:
             for i, item in enumerate(items):
                 y, mask = scan(item, kind, acc, level, 100 + i)
@@ -385,6 +354,16 @@ def mrd_rows(package: str, items: list[dict], level: float, seed: int) -> list[d
     return rows
 
 
+def mask_spec(text: str) -> tuple[str, float]:
+    """``gaussian2d:4`` -> ("gaussian2d", 4.0), checked by building a small mask of it."""
+    kind, _, acc = text.partition(":")
+    try:
+        mri_mask(kind, (64, 64), float(acc), seed=1)
+    except (ValueError, KeyError) as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: want KIND:ACCELERATION, e.g. gaussian2d:4 ({e})") from None
+    return kind, float(acc)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=["quality", "speed", "noise", "mrd"], required=True)
@@ -403,6 +382,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--size", type=int, nargs="+", default=[256], help="slice sizes (px)")
     ap.add_argument("--slices", type=int, default=3, help="slices per cell (orientations in turn)")
     ap.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.02], help="k-space noise std levels")
+    ap.add_argument(
+        "--masks",
+        type=mask_spec,
+        nargs="+",
+        default=list(MASKS),
+        help="sampling masks as KIND:ACCELERATION (default: gaussian1d:4 gaussian2d:8; the paper's Table 4 "
+        "uses gaussian2d:4)",
+    )
     ap.add_argument(
         "--start",
         nargs="+",
@@ -442,20 +429,22 @@ def _run_part(args, size: int) -> tuple[list[dict], str]:
         found = mrd_rows(args.package[0], items, max(args.noise), args.seed)
         return found, f"## {size} px, {len(items)} slices, noise {max(args.noise):g}\n\n" + markdown_table(found)
     if args.part == "noise":
-        return noise_rows(items, sorted({0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, *args.noise})), ""
+        return noise_rows(items, sorted({0.0, 1e-3, 3e-3, 0.01, 0.03, 0.1, *args.noise}), args.masks), ""
     if args.part == "quality":
         names = [Path(p).name for p in args.package]
         names = names if len(set(names)) == len(names) else list(args.package)
         solvers = {n: Solver.load(p, backend=args.backend) for n, p in zip(names, args.package)}
         others, known = others_from(args), known_baselines(args.baselines)
         scores = SliceScores(lpips_from(args))
-        found = quality_rows(solvers, items, args.noise, args.seed, tuple(args.start), known, others, args.maps, scores)
+        found = quality_rows(
+            solvers, items, args.noise, args.seed, tuple(args.start), known, others, args.maps, scores, args.masks
+        )
         keys = [n if len(args.start) == 1 else f"{n} ({s} start)" for n in solvers for s in args.start]
         cost = f"\n\n### Size, calls and time\n\n{cost_markdown(found, solvers, others)}" if others else ""
         return found, f"## {size} px\n\n" + quality_markdown(found, keys + list(others)) + cost
     solver = Solver.load(args.package[0], backend=args.backend)
     before = Solver.load(args.before, backend=args.backend) if args.before else None
-    found = speed_rows(solver, before, items[0], args.repeats, args.seed)
+    found = speed_rows(solver, before, items[0], args.repeats, args.seed, args.masks)
     return found, f"## {size} px, {items[0]['name']}\n\n" + speed_markdown(found)
 
 

@@ -143,3 +143,23 @@ def test_slice_scores_ignore_scale_and_phase_and_add_lpips_when_given(tmp_path):
         {"mask": "m", "noise": 0.0, "maps": "espirit", "A": 30.0, **{"A" + k: v for k, v in scores(est, truth).items()}}
     ]
     assert "SSIM / LPIPS" in scanner.perceptual_table({("m", 0.0, "espirit"): rows}, ["A"])
+
+
+def test_scanner_quality_scores_the_masks_it_is_asked_for(capsys):
+    import scanner
+
+    from diffunfold.physics.mri import birdcage_maps
+    from diffunfold.runtime.solver import Solver
+
+    with pytest.raises(SystemExit):
+        scanner._parser().parse_args(["--part", "quality", "--masks", "spiral:4"])
+    assert "want KIND:ACCELERATION" in capsys.readouterr().err
+    assert scanner._parser().parse_args(["--part", "quality", "--masks", "gaussian2d:4"]).masks == [("gaussian2d", 4.0)]
+    yy, xx = np.mgrid[:32, :32] / 32
+    image = ((np.hypot(yy - 0.5, xx - 0.5) < 0.35) * (1 + 0.3 * np.sin(6 * xx))).astype(np.complex64)
+    item = {"image": image[None], "coil_maps": birdcage_maps(8, (32, 32)), "name": "disc"}
+    solver = Solver.load(REPO / "samples" / "models" / "mri-small", backend="onnxruntime")
+    rows = scanner.quality_rows({"m": solver}, [item], [0.0], 0, map_kinds=("true",), masks=[("gaussian2d", 4.0)])
+    assert [r["mask"] for r in rows] == ["gaussian2d 4x"]
+    assert rows[0]["m"] > 20 and rows[0]["m calls"] == 4  # the 2-D default: one denoiser call (K = 4 network calls)
+    assert rows[0]["cg_sense"] > 20 and rows[0]["l1_wavelet"] > 20  # the oracles from the new module
