@@ -593,3 +593,21 @@ def test_latency_compares_the_schedules_and_records_the_machine_rate(tmp_path, m
     assert len(got["gemm_rates"]) == 2 and all(r["gflops"] > 0 for r in got["gemm_rates"])
     (cell,) = got["quality"]
     assert cell["task"] == "gaussian_blur" and all(math.isfinite(cell[k]) for k in ("full, 128 tiles", "fast, auto"))
+
+
+def test_worker_threads_bench_times_steps_past_the_start_and_builds_valid_runs(tmp_path, capsys):
+    import worker_threads
+
+    from diffunfold.training.config import load_config
+
+    log = tmp_path / "log.csv"
+    log.write_text("step,loss,elapsed_s\n1,0,10.0\n2,0,14.0\n3,0,16.0\n4,0,18.5\n5,0,20.5\n")
+    assert worker_threads.seconds_per_step(log) == 2.0  # steps 3, 4, 5 took 2.0, 2.5, 2.0
+    for supervised in (True, False):
+        sets = worker_threads.train_settings(tmp_path / "mri", 8, supervised)[1::2]
+        cfg = load_config("mri-small", sets + ["data.worker_threads=0"])
+        assert cfg.data.workers == 1 and cfg.data.worker_threads == 0 and cfg.val.images == 0
+        assert cfg.train.supervision == ("supervised" if supervised else "ssdu")
+    with pytest.raises(SystemExit):
+        worker_threads.main(["--steps", "3"])
+    assert "at least 4" in capsys.readouterr().err

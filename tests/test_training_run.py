@@ -415,3 +415,33 @@ def test_a_step_with_a_non_finite_loss_is_skipped_and_many_stop_the_run(tmp_path
     monkeypatch.setattr(loss_module, "unfolding_loss", flaky)
     with pytest.raises(DiffUnfoldError, match="not finite at 5 steps in a row"):
         train(fast_config("train.steps=8"), out_dir=tmp_path / "all", progress=False)
+
+
+def test_batch_workers_are_held_to_their_blas_threads():
+    """Each DataLoader worker runs under ``data.worker_threads`` BLAS / OpenMP threads (0: the
+    libraries' own count), so it does not oversubscribe the cores the trainer's torch uses."""
+    from threadpoolctl import threadpool_info
+
+    from diffunfold.training.data import batch_loader
+
+    class Report(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield {"threads": sorted({p["num_threads"] for p in threadpool_info()})}
+
+    if not threadpool_info():
+        pytest.skip("no BLAS / OpenMP thread pool loaded to limit")
+    for threads in (1, 2):
+        cfg = load_config("tiny", ["data.workers=1", f"data.worker_threads={threads}"])
+        (got,) = list(batch_loader(Report(), cfg))
+        assert got["threads"] == [threads]
+    with pytest.raises(InputError, match="worker_threads"):
+        load_config("tiny", ["data.worker_threads=-1"])
+
+
+def test_no_validation_images_means_no_validation():
+    from diffunfold.training.data import validation_set
+
+    assert validation_set(load_config("tiny", ["val.images=0"])) is None
+    assert validation_set(load_config("tiny", ["val.images=1"]))[0].shape[0] == 1
+    with pytest.raises(InputError, match="val.images"):
+        load_config("tiny", ["val.images=-1"])

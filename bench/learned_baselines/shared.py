@@ -28,7 +28,7 @@ from torch.optim.swa_utils import AveragedModel
 from diffunfold.errors import InputError
 from diffunfold.safe_io import atomic_write
 from diffunfold.training.config import TrainConfig, load_config
-from diffunfold.training.data import TrainingBatches, keep_as_is
+from diffunfold.training.data import TrainingBatches, batch_loader
 from diffunfold.training.trainer import ema_update, learning_rate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -272,13 +272,8 @@ def train(
     ema = make_ema(model, cfg)
     start = _resume(out, model, ema, optimizer, settings) if resume and list_checkpoints(out) else 0
     meta = {"settings": settings, "config": cfg.to_dict()}
-    loader = torch.utils.data.DataLoader(
-        CachedBatches(cfg, batch_cache, start) if batch_cache else TrainingBatches(cfg, start=start),
-        batch_size=None,
-        num_workers=cfg.data.workers,
-        collate_fn=keep_as_is,
-        prefetch_factor=2 if cfg.data.workers else None,
-    )
+    batches = CachedBatches(cfg, batch_cache, start) if batch_cache else TrainingBatches(cfg, start=start)
+    loader = batch_loader(batches, cfg)
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "log.csv").open("a", buffering=1)  # line-buffered: readable while it runs
     bar = _bar(cfg.train.steps, start, progress)

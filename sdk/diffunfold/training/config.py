@@ -57,6 +57,9 @@ class DataSettings:
     noise_log_fraction: float = 0.0
     ncoils: int = 15
     workers: int = 0  # DataLoader worker processes preparing batches
+    # BLAS / OpenMP threads in each worker (0: the libraries' default, one per core): the worker
+    # shares the cores with torch's threads, and oversubscribed spinning threads stall both
+    worker_threads: int = 1
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -81,6 +84,10 @@ class DataSettings:
         bad = [k for k, _ in self.mri_patterns if k not in MASK_KINDS]
         if bad:
             raise InputError(f"unknown MRI mask kind(s) {bad}; choose from {MASK_KINDS}")
+        if self.workers < 0 or self.worker_threads < 0:
+            raise InputError(
+                f"data.workers ({self.workers}) and data.worker_threads ({self.worker_threads}) must be >= 0"
+            )
         if not 0 <= self.noise_max or not 0 <= self.mri_noise:
             raise InputError("noise levels must be >= 0")
         z, g = self.noise_zero_fraction, self.noise_log_fraction
@@ -149,9 +156,11 @@ class ValSettings:
     noise: float = 0.05  # sigma_y of the validation measurements
     steps: int = 18
     sampler: str = "euler"
-    images: int = 5  # at most this many held-out images
+    images: int = 5  # at most this many held-out images (0: no validation at all)
 
     def __post_init__(self):
+        if self.images < 0:
+            raise InputError(f"val.images must be >= 0 (0 skips validation), got {self.images}")
         self.tasks = tuple(dict(t) for t in self.tasks)
         for t in self.tasks:
             if "task" not in t:

@@ -14,6 +14,7 @@ It is a map-style dataset over steps, so a DataLoader's worker processes prepare
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -250,9 +251,38 @@ def keep_as_is(item):
     return item
 
 
+def batch_loader(batches, cfg: TrainConfig) -> torch.utils.data.DataLoader:
+    """Whole batches in order, prepared ahead by ``data.workers`` processes, each held to
+    ``data.worker_threads`` BLAS / OpenMP threads."""
+    workers = cfg.data.workers
+    return torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=keep_as_is,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+        worker_init_fn=functools.partial(limit_worker_threads, cfg.data.worker_threads) if workers else None,
+    )
+
+
+def limit_worker_threads(threads: int, worker_id: int) -> None:
+    """In a DataLoader worker: at most ``threads`` BLAS / OpenMP threads (0: leave the default).
+    torch gives its workers one thread of its own; numpy's BLAS and OpenMP are not told, and
+    their spinning threads beside torch's in the trainer stall both."""
+    if threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=threads)
+
+
 def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Held-out clean images (user space) and, for MRI, their coil maps; None when there are none."""
+    """Held-out clean images (user space) and, for MRI, their coil maps; None when there are none
+    (or ``val.images`` is 0)."""
     n = cfg.val.images
+    if n == 0:
+        return None
     if cfg.data.source == "phantom":
         src = PhantomSource(cfg.data.size, cfg.data.ncoils)
         items = [src.draw(np.random.default_rng([cfg.train.seed, _VAL_STREAM, i])) for i in range(n)]

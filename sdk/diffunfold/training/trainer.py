@@ -22,7 +22,7 @@ from ..errors import DiffUnfoldError, InputError
 from ..safe_io import write_json
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
-from .data import TrainingBatches, keep_as_is, validation_set
+from .data import TrainingBatches, batch_loader, validation_set
 from .evaluate import evaluate, format_rows
 from .loss import UnfoldingObjective
 from .model import DiffUnfolding
@@ -301,15 +301,7 @@ def _announce(
 
 def _loader(cfg: TrainConfig, ctx: Distributed, start: int) -> torch.utils.data.DataLoader:
     """This process's batches from step ``start`` on (``TrainingBatches`` makes them whole)."""
-    return torch.utils.data.DataLoader(
-        TrainingBatches(cfg, ctx.rank, ctx.world, start),
-        batch_size=None,
-        shuffle=False,
-        num_workers=cfg.data.workers,
-        collate_fn=keep_as_is,
-        prefetch_factor=2 if cfg.data.workers else None,
-        persistent_workers=False,
-    )
+    return batch_loader(TrainingBatches(cfg, ctx.rank, ctx.world, start), cfg)
 
 
 def _progress_bar(t, start: int):
