@@ -19,7 +19,7 @@ run in turn with the order rotated. Ratios are against ``worker default``.
     python bench/worker_threads.py                     # 8 steps, 2 rounds, Gaussian 2-D 4x, SSDU
     python bench/worker_threads.py --supervised --rounds 1 --no-write
 
-Results: results/worker_threads-<machine>.md and .json (not written on a busy machine).
+Results: results/worker_threads-{ssdu,supervised}-<machine>.md and .json (not written on a busy machine).
 """
 
 from __future__ import annotations
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     md = "| variant | s per step | ratio to worker default |\n|---|---|---|\n" + "\n".join(
         f"| {r['variant']} | {r['s_per_step']:.2f} | {r['ratio']:.3f} |" for r in rows
     )
-    record("worker_threads", watch, info, args, rows, md, "Training step: the batch worker's threads")
+    name = "worker_threads-" + ("supervised" if args.supervised else "ssdu")
+    record(name, watch, info, args, rows, md, "Training step: the batch worker's threads")
     return 0
 
 
