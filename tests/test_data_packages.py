@@ -14,6 +14,7 @@ from helpers import COPYRIGHT, drawing, photo_like, photo_packages, volume_packa
 from PIL import Image
 
 from diffunfold.cli import main
+from diffunfold.data.held_out import SCORED_AT_MOST, _spread, validation_indices
 from diffunfold.data.licences import licence_of, parse_copyright
 from diffunfold.data.photos import held_out, not_a_photo
 from diffunfold.data.qt_rcc import QtResource
@@ -97,7 +98,9 @@ def test_offline_without_the_archive_says_what_is_missing(tmp_path, capsys):
 
 def test_mri_volumes_command_and_the_slices_it_trains_on(tmp_path):
     pytest.importorskip("torch")
-    from diffunfold.data.mri_slices import COIL_COUNTS
+    from diffunfold.data.held_out import held_out_slices
+    from diffunfold.data.mri_slices import COIL_COUNTS, VolumeSlices
+    from diffunfold.errors import InputError
     from diffunfold.training.config import load_config
     from diffunfold.training.data import TrainingBatches, validation_set
 
@@ -135,6 +138,37 @@ def test_mri_volumes_command_and_the_slices_it_trains_on(tmp_path):
     assert np.array_equal(batches[1]["x"], TrainingBatches(cfg)[1]["x"])  # fixed by (seed, step)
     held, maps = validation_set(cfg)
     assert held.shape == (cfg.val.images, 1, 32, 32) and maps.shape == (15, 32, 32)
+    # Training validates on other slices than the harnesses score, and says so for a bad band.
+    slices = VolumeSlices(out / "held-out", 32)
+    test = {it["name"] for it in slices.fixed(12)}
+    validation = [it["name"] for it in slices.fixed(12, band="validation")]
+    assert len(set(validation)) == 12 and not test & set(validation)
+    scored = held_out_slices(out / "held-out", 32, cfg.val.images)[1]
+    assert not any(np.allclose(np.abs(v), np.abs(t)) for v in held[:, 0] for t in scored[:, 0])
+    with pytest.raises(InputError, match="band must be one of"):
+        slices.fixed(1, band="train")
+
+
+def test_validation_photos_are_never_the_scored_ones(tmp_path):
+    pytest.importorskip("torch")
+    from diffunfold.training.config import load_config
+    from diffunfold.training.data import _validation_picks, validation_set
+
+    for name in ("train", "held-out"):
+        (tmp_path / name).mkdir()
+        for i in range(20):
+            photo_like(i, (96, 80)).save(tmp_path / name / f"p{i:02d}.png")
+    folders = [f'data.path="{tmp_path / "train"}"', f'data.val_path="{tmp_path / "held-out"}"']
+    cfg = load_config("tiny", ['data.source="folder"', *folders, "val.images=5"])
+    assert _validation_picks(cfg, 20) == validation_indices(20)
+    assert validation_set(cfg)[0].shape[0] == 5
+    assert _validation_picks(load_config("tiny", []), 20) == list(range(20))  # phantoms: nothing is scored
+    for n in (12, 20, 39, 200):
+        picks = set(validation_indices(n))
+        assert picks, n
+        for count in range(1, SCORED_AT_MOST + 1):
+            assert not picks & set(_spread(n, count)), (n, count)
+    assert validation_indices(11) == []  # every photo of a folder this small is scored by some count
 
 
 def test_demo_restores_the_held_out_photos_and_credits_them(tmp_path, capsys):

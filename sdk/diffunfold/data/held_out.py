@@ -4,6 +4,9 @@ Photos: the centre square of each photo's shorter side, resized to ``size`` (the
 shrunk), a deterministic choice of ``count`` spread over the folder's sorted files, so every
 source is represented. MRI: fixed slices of the held-out volume in the three orientations
 (:meth:`VolumeSlices.fixed`).
+
+Validation (what training and tuning may look at) never touches what is scored: the photos no
+harness count up to ``SCORED_AT_MOST`` picks, and the slices of the volume's validation bands.
 """
 
 from __future__ import annotations
@@ -15,9 +18,19 @@ import numpy as np
 
 from ..errors import InputError
 
+# The most photos a recorded harness run scores (bench/quality.py --images: 4, 5 or 8).
+SCORED_AT_MOST = 8
+
 
 def _spread(n: int, count: int) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, n - 1, min(count, n))})
+
+
+def validation_indices(n: int, scored_at_most: int = SCORED_AT_MOST) -> list[int]:
+    """Positions in a sorted held-out folder of ``n`` photos that :func:`held_out_photos` picks
+    for no ``count`` up to ``scored_at_most``: photos nothing scores, for choosing settings."""
+    scored = set().union(*(_spread(n, c) for c in range(1, scored_at_most + 1)))
+    return [i for i in range(n) if i not in scored]
 
 
 def held_out_photos(folder: str | Path, size: int, count: int) -> tuple[list[str], np.ndarray]:

@@ -71,6 +71,14 @@ def _finish(magnitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
     return image[None].astype(np.complex64)
 
 
+# Where fixed slice number ``turn`` of an orientation sits in its usable range, from a
+# golden-ratio sequence u in [0, 1): the test band, and the validation bands either side of it.
+FIXED_BANDS = {
+    "test": lambda u: 0.35 + 0.3 * u,
+    "validation": lambda u: 0.15 + 0.26 * u if u < 0.5 else 0.72 + 0.26 * (u - 0.5),
+}
+
+
 class VolumeSlices:
     """The volumes (``*.h5``) of a folder written by ``diffunfold data mri-volumes``."""
 
@@ -115,9 +123,13 @@ class VolumeSlices:
         maps = birdcage_maps(ncoils, (self.size, self.size), radius=radius, rotation=rng.uniform(0, 2 * math.pi))
         return {"image": _finish(mag, smooth_phase(self.size, rng)), "coil_maps": maps.astype(np.complex64)}
 
-    def fixed(self, count: int, ncoils: int = 15, seed: int = 0) -> list[dict]:
-        """``count`` test slices: evenly spread over the usable range of each orientation in
-        turn, no rotation, the same coils, a phase drawn from ``seed``."""
+    def fixed(self, count: int, ncoils: int = 15, seed: int = 0, band: str = "test") -> list[dict]:
+        """``count`` fixed slices: spread over a band of the usable range of each orientation in
+        turn, no rotation, the same coils, a phase drawn from ``seed``. ``band="test"``: the
+        middle 35-65 % (what the harnesses score); ``"validation"``: 15-28 % and 72-85 %, at
+        least 7 % of the range from any test slice, for choosing settings without the test."""
+        if band not in FIXED_BANDS:
+            raise InputError(f"band must be one of {sorted(FIXED_BANDS)}, got {band!r}")
         maps = birdcage_maps(ncoils, (self.size, self.size)).astype(np.complex64)
         items = []
         for i in range(count):
@@ -125,7 +137,7 @@ class VolumeSlices:
             volume, spacing = self.volumes[v]
             usable = self.slices[v][axis]
             turn = i // (3 * len(self.volumes))
-            index = int(usable[int((0.35 + 0.3 * ((turn * 0.618) % 1.0)) * (len(usable) - 1))])
+            index = int(usable[int(FIXED_BANDS[band]((turn * 0.618) % 1.0) * (len(usable) - 1))])
             plane, sp = _plane(volume, spacing, axis, index)
             mag = render_slice(plane, sp, self.size)
             phase = smooth_phase(self.size, np.random.default_rng([seed, i]))

@@ -22,6 +22,7 @@ import torch
 
 from .. import formulations
 from ..data.fastmri import FastMRISlices, percentile_normalize
+from ..data.held_out import validation_indices
 from ..data.images import BundledImages, ImageFolder
 from ..data.mri_slices import COIL_COUNTS, VolumeSlices
 from ..data.phantom import random_phantom
@@ -277,6 +278,13 @@ def limit_worker_threads(threads: int, worker_id: int) -> None:
         threadpool_limits(limits=threads)
 
 
+def _validation_picks(cfg: TrainConfig, n: int) -> list[int]:
+    """A held-out photo folder: the photos no harness scores, when it has any (a folder of 11 or
+    fewer has none). A fastMRI file or a hashed split of one folder is not what they score."""
+    unscored = validation_indices(n) if cfg.data.source == "folder" and cfg.data.val_path else []
+    return unscored or list(range(n))
+
+
 def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | None:
     """Held-out clean images (user space) and, for MRI, their coil maps; None when there are none
     (or ``val.images`` is 0)."""
@@ -287,14 +295,14 @@ def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | N
         src = PhantomSource(cfg.data.size, cfg.data.ncoils)
         items = [src.draw(np.random.default_rng([cfg.train.seed, _VAL_STREAM, i])) for i in range(n)]
     elif cfg.data.source == "volumes":
-        items = VolumeSlices(cfg.data.val_path, cfg.data.size).fixed(n, cfg.data.ncoils)
+        items = VolumeSlices(cfg.data.val_path, cfg.data.size).fixed(n, cfg.data.ncoils, band="validation")
     else:
         src = make_source(cfg, "val")
         if src is None:
             return None
         ds = src.slices if isinstance(src, FastMRISource) else src.dataset
         items = []
-        for i in range(min(n, len(ds))):
+        for i in _validation_picks(cfg, len(ds))[:n]:
             it = ds[i]
             items.append(it if isinstance(it, dict) else {"image": it})
     x = np.stack([it["image"] for it in items])
