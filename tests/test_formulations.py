@@ -193,10 +193,17 @@ def test_package_matches_its_torch_model(tmp_path, name):
     assert sched["formulation"] == name and sched["sigma_max"] == formulations.get(name).sigma_max
     op = operator_for("gaussian_blur", {"sigma": 1.5})
     y = op.measure(clean_images(), 0.05, seed=[11, 12])
-    got = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=6, seed=3)
+    solver = Solver.load(pkg, backend="onnxruntime")
+    got = solver.solve(y, op, schedule="full", steps=6, seed=3)
     want = restore(model, torch.from_numpy(y), op, steps=6, seed=3)
     assert got.nfe == want.nfe == 6
     assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    # the formulation's own solver (EDM's Table 1) agrees too, and is another path for VP and VE
+    own = solver.solve(y, op, schedule="full", steps=6, seed=3, sampler="native")
+    want = restore(model, torch.from_numpy(y), op, steps=6, seed=3, sampler="native")
+    assert own.nfe == want.nfe == formulations.nfe_of(name, 6, "native")
+    assert rel_err(own.images, want.images.numpy()) < REL_TOL
+    assert (rel_err(own.images, got.images) > 1e-3) == (name in ("vp", "ve", "edm"))
     # the regulariser at the ends of the formulation's levels (VP: 152; iDDPM's discrete c_noise)
     import onnxruntime as ort
 

@@ -60,10 +60,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the package's schedule; --quick 4)")
     p.add_argument(
         "--sampler",
-        choices=["euler", "heun"],
+        choices=["euler", "heun", "native"],
         help="sampler for every package (default: each package's own, see its manifest); heun "
         "makes two network calls per step but the last, so compare at equal calls "
-        "(e.g. heun --steps 10 against euler 18)",
+        "(e.g. heun --steps 10 against euler 18); native: each package's formulation's own "
+        "solver (EDM's Table 1: Euler in VP's or VE's t, Heun for EDM)",
     )
     p.add_argument(
         "--sigma-min",

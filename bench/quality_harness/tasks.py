@@ -61,7 +61,7 @@ class Settings:
     images: int = 5
     samples: int = 4
     steps: int | None = None  # None: the package's (18)
-    sampler: str | None = None  # None: the package's; "euler" or "heun"
+    sampler: str | None = None  # None: the package's; "euler", "heun" or "native"
     sigma_min: float | None = None  # None: the package's (0.002); the last D's noise level
     churn: float | None = None  # None: the package's; EDM's S_churn (0: the ODE)
     ensemble: str | None = None  # None: the package's; "none" or "flips"

@@ -88,7 +88,12 @@ def _add_evaluate_command(sub) -> None:
         "[0, 1]; MRI runs: the k-space of the normalised slices; default: the run's val.noise)",
     )
     p.add_argument("--steps", type=V.STEPS, default=18, help="sampler steps (default 18, the paper's NFE)")
-    p.add_argument("--sampler", choices=["euler", "heun"], default="euler")
+    p.add_argument(
+        "--sampler",
+        choices=["euler", "heun", "native"],
+        default="euler",
+        help="ODE sampler (native: the model's formulation's own, EDM's Table 1; default euler)",
+    )
     p.add_argument(
         "--samples",
         type=V.SAMPLES,

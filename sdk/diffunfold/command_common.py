@@ -48,8 +48,9 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=["euler", "heun"],
-        help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes)",
+        choices=["euler", "heun", "native"],
+        help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes; native: the "
+        "package's diffusion formulation's own solver of EDM's Table 1, e.g. Euler in VP's t with its scaling)",
     )
     V.add_churn_arguments(
         p,

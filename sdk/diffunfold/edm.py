@@ -18,7 +18,9 @@ from .errors import InputError
 SIGMA_DATA = 0.5
 P_MEAN, P_STD = -1.2, 1.2  # training noise levels: ln(sigma) ~ N(P_MEAN, P_STD^2)
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
-SAMPLERS = ("euler", "heun")
+# "native": each diffusion formulation's own ODE solver; diffunfold.formulations.solver resolves
+# it to "euler" (with its step coefficients) or "heun" before the loop runs
+SAMPLERS = ("euler", "heun", "native")
 
 
 def _log(s):
@@ -94,8 +96,11 @@ def check_sampler(sampler: str) -> str:
 
 
 def nfe_of(steps: int, sampler: str) -> int:
-    """Calls of the denoiser D for a run: Euler ``N``; Heun ``2N - 1`` (the last step is Euler)."""
-    return steps if check_sampler(sampler) == "euler" else 2 * steps - 1
+    """Calls of the denoiser D for a run: Euler ``N``; Heun ``2N - 1`` (the last step is Euler).
+    "native" depends on the formulation: :func:`diffunfold.formulations.nfe_of`."""
+    if check_sampler(sampler) == "native":
+        raise InputError('the "native" sampler\'s calls depend on the formulation: use formulations.nfe_of')
+    return steps if sampler == "euler" else 2 * steps - 1
 
 
 def seeds_for(seed: int | Sequence[int] | None, batch: int) -> list[int]:
@@ -205,6 +210,7 @@ def sample_loop(
     on_step: Callable[[int], None] | None = None,
     churn: Churn | None = None,
     noise: Callable[[int], Any] | None = None,
+    coefficients: Sequence[Sequence[float]] | None = None,
 ):
     """Integrate EDM's probability-flow ODE from ``x`` (at ``sigmas[0]``) down to ``sigmas[-1] = 0``.
 
@@ -212,17 +218,28 @@ def sample_loop(
     The last step (to sigma = 0) is always Euler, which makes ``x_N = D(x_{N-1})``.
     With an active ``churn`` it is EDM's stochastic sampler instead, and ``noise(i)`` gives the
     standard white noise (shaped and typed like ``x``) added before step ``i``.
+    ``coefficients``: Euler step ``i`` is ``alpha_i x + beta_i D(x)`` with these rows instead: a
+    formulation's own solver (:func:`diffunfold.formulations.solver` resolves "native" to them).
     """
-    check_sampler(sampler)
+    if check_sampler(sampler) == "native":
+        raise InputError('resolve the "native" sampler with diffunfold.formulations.solver first')
     churn = Churn() if churn is None else churn
     if noise is None and any(h > s for h, s in zip(churn.sigma_hats(sigmas), sigmas)):
         raise InputError("a stochastic sampler (churn > 0) needs its noise source")
     nfe, steps = 0, len(sigmas) - 1
+    _check_coefficients(coefficients, steps, sampler, churn)
     for i in range(steps):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
         s_hat = churn.sigma_hat(s, steps)
         if s_hat > s:
             x = x + (churn.s_noise * math.sqrt(s_hat**2 - s**2)) * noise(i)
+        if coefficients is not None:
+            alpha, beta = (float(c) for c in coefficients[i])
+            x = alpha * x + beta * denoise(x, s)
+            nfe += 1
+            if on_step is not None:
+                on_step(i)
+            continue
         d = (x - denoise(x, s_hat)) / s_hat
         nfe += 1
         x_next = x + (s_next - s_hat) * d
@@ -234,3 +251,12 @@ def sample_loop(
         if on_step is not None:
             on_step(i)
     return x, nfe
+
+
+def _check_coefficients(coefficients, steps: int, sampler: str, churn: Churn) -> None:
+    if coefficients is None:
+        return
+    if sampler != "euler" or churn.active:
+        raise InputError("step coefficients are an Euler solver's: use sampler='euler' without churn")
+    if len(coefficients) != steps:
+        raise InputError(f"got {len(coefficients)} step coefficients for {steps} steps")

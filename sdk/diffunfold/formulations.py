@@ -9,12 +9,14 @@ checkpoints without it are EDM). Like :mod:`diffunfold.edm` it is written agains
 
 Where this departs from each paper (all formulations use the SDK's one U-Net and sampler):
 
-* **Sampler.** Every formulation runs the one Euler (or Heun) loop of :func:`diffunfold.edm.
-  sample_loop` on the ODE ``dx/ds = (x - D(x; s)) / s``, i.e. EDM's ``sigma(t) = t``,
-  ``s(t) = 1``; only the levels differ. VP's paper integrates its probability-flow ODE (or
-  reverse SDE) in ``t`` with the scaling ``s(t) = 1/sqrt(sigma^2 + 1)``; VE's uses a
-  predictor-corrector sampler (reverse diffusion plus Langevin steps); iDDPM's samples
-  ancestrally with learned variances (DDIM, which EDM lists for iDDPM, is this Euler loop).
+* **Sampler.** By default every formulation runs the one Euler (or Heun) loop of
+  :func:`diffunfold.edm.sample_loop` on the ODE ``dx/ds = (x - D(x; s)) / s``, i.e. EDM's
+  ``sigma(t) = t``, ``s(t) = 1``; only the levels differ. ``sampler="native"`` runs each
+  formulation's own deterministic sampler of EDM's Table 1 instead (:func:`solver`): Euler in
+  VP's ``t`` with its scaling ``s(t) = 1/sqrt(sigma^2 + 1)``, Euler in VE's ``t = sigma^2``,
+  Euler in iDDPM's ``sigma`` (DDIM) and EDM's Heun. The papers' stochastic samplers (VP's
+  reverse SDE, VE's predictor-corrector, iDDPM's ancestral sampling with learned variances)
+  are not built.
 * **c_noise.** VP's ``(M - 1) t`` and iDDPM's ``M - 1 - j`` are divided by ``M - 1``: the U-Net
   embeds ``c_noise`` with Fourier features meant for inputs of order one (EDM's ``ln(s) / 4``),
   where the papers' networks used positional embeddings of the unscaled value. A constant factor
@@ -35,6 +37,7 @@ from .errors import InputError
 
 NAMES = ("edm", "vp", "ve", "iddpm")
 DEFAULT = "edm"
+NATIVE = "native"  # the sampler name for a formulation's own ODE solver (EDM's Table 1)
 
 # VP (Song et al. 2021), Table 1: sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)
 VP_BETA_D, VP_BETA_MIN, VP_EPS_S, VP_EPS_T, VP_M = 19.9, 0.1, 1e-3, 1e-5, 1000
@@ -134,9 +137,39 @@ class Formulation:
         """The noise levels the weight generators tau, gamma are evaluated on (clamped to)."""
         raise NotImplementedError
 
+    # -- the formulation's own ODE solver (Table 1): sigma(t), s(t) and the solver's order ------
+    native_sampler = "euler"
+
+    def time(self, s: np.ndarray) -> np.ndarray:
+        """``t`` at the levels ``s`` (float64): EDM's and iDDPM's ``sigma(t) = t``."""
+        return s
+
+    def rates(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(sigma'(t) / sigma(t), s'(t) / s(t))`` at the levels ``s > 0``."""
+        return 1.0 / s, 0.0 * s
+
+    def scale(self, s: np.ndarray) -> np.ndarray:
+        """The scaling ``s(t)`` at the levels ``s``: 1 but for VP."""
+        return np.ones_like(s)
+
+    def euler_in_t(self, sigmas) -> np.ndarray:
+        """``(steps, 2)`` float64 rows ``(alpha_i, beta_i)``: one Euler step in this formulation's
+        ``t`` from level ``sigmas[i]`` to ``sigmas[i + 1]`` is ``x_{i+1} = alpha_i x_i + beta_i
+        D(x_i; sigmas[i])`` for the unscaled ``x = x_scaled / s(t)``. From EDM's Algorithm 1,
+        ``dx_scaled/dt = (sigma'/sigma + s'/s) x_scaled - (sigma'/sigma) s D(x_scaled / s)``; with
+        ``sigma(t) = t`` it is the plain Euler step, ``alpha = sigmas[i+1] / sigmas[i]``."""
+        sig = np.asarray(sigmas, dtype=np.float64)
+        if sig.ndim != 1 or sig.size < 2 or not np.all(sig[:-1] > 0) or not np.all(np.diff(sig) < 0):
+            raise InputError("the levels must fall strictly from a positive first level, e.g. to a final 0")
+        t, scale = self.time(sig), self.scale(sig)
+        a, b = self.rates(sig[:-1])
+        dt, ratio = np.diff(t), scale[:-1] / scale[1:]
+        return np.stack([ratio * (1.0 + dt * (a + b)), -ratio * dt * a], axis=1)
+
 
 class EDM(Formulation):
     name = "edm"
+    native_sampler = "heun"  # Table 1: EDM's 2nd-order Heun; the others' are Euler
 
     def c_skip(self, s, sigma_data: float = edm.SIGMA_DATA):
         return edm.c_skip(s, sigma_data)
@@ -196,6 +229,17 @@ class VP(Formulation):
     def training_range(self) -> tuple[float, float]:
         return (self.sigma_min, self.sigma_max)
 
+    def time(self, s):
+        return vp_t(s)
+
+    def rates(self, s):
+        # sigma^2 + 1 = exp(g(t)), g = beta_d t^2 / 2 + beta_min t; s(t) = exp(-g / 2)
+        g_dot = VP_BETA_D * vp_t(s) + VP_BETA_MIN
+        return 0.5 * g_dot * (1.0 + s**2) / s**2, -0.5 * g_dot
+
+    def scale(self, s):
+        return 1.0 / np.sqrt(1.0 + s**2)
+
 
 class VE(Formulation):
     name = "ve"
@@ -223,6 +267,12 @@ class VE(Formulation):
     @property
     def training_range(self) -> tuple[float, float]:
         return (VE_SIGMA_MIN, VE_SIGMA_MAX)
+
+    def time(self, s):
+        return s**2  # Table 1: sigma(t) = sqrt(t)
+
+    def rates(self, s):
+        return 0.5 / s**2, 0.0 * s
 
 
 class IDDPM(Formulation):
@@ -274,6 +324,25 @@ def check(name: str) -> str:
 def schedule(name: str | None, steps: int, sigma_min=None, sigma_max=None, rho=None) -> np.ndarray:
     """The sampling levels of formulation ``name`` (see :meth:`Formulation.schedule`)."""
     return get(name).schedule(steps, sigma_min, sigma_max, rho)
+
+
+def solver(name: str | None, sampler: str, sigmas) -> tuple[str, np.ndarray | None]:
+    """What :func:`diffunfold.edm.sample_loop` runs for ``sampler`` on the levels ``sigmas``:
+    ``(sampler, None)`` for "euler" and "heun"; for "native" the formulation's own, either
+    ``("heun", None)`` (EDM) or ``("euler", coefficients)`` (:meth:`Formulation.euler_in_t`;
+    None where they are the plain Euler step's, as for iDDPM)."""
+    if sampler != NATIVE:
+        return edm.check_sampler(sampler), None
+    f = get(name)
+    if f.native_sampler == "heun":
+        return "heun", None
+    plain = type(f).time is Formulation.time and type(f).scale is Formulation.scale
+    return "euler", (None if plain else f.euler_in_t(sigmas))
+
+
+def nfe_of(name: str | None, steps: int, sampler: str) -> int:
+    """Denoiser calls of ``steps`` steps of ``sampler`` ("native": the formulation's own)."""
+    return edm.nfe_of(steps, get(name).native_sampler if sampler == NATIVE else sampler)
 
 
 def training_sigmas(name: str | None, rng: np.random.Generator, n: int) -> np.ndarray:

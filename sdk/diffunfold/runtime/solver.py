@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from ..physics.base import LinearOperator
 from ..unfolding import stage
 from . import tiling, zero_shot
 from .backends import Backend, create_backend
-from .inputs import check_samples, check_stages, prepare_measurement
+from .inputs import check_samples, prepare_measurement
 from .solution import Solution, Timing, progress_hook, summarise_draws
+from .solve_run import SolveRun, plan_stages
 from .tiling import TilePlan
 from .warm_start import WarmStart, check_start_options, warm_start
 from .zero_shot.solve import solve as solve_zero_shot
@@ -237,20 +237,21 @@ class Solver:
             return solve_zero_shot(self, name, locals())  # the arguments above, by name
         check_start_options(init, init_sigma, init_noise)
         fast = fast_schedule.choose(schedule, self.package.fast_schedule, self.package.path)
-        sigmas, sampler = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast)
+        sigmas, sampler, coefficients = self._schedule(steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast)
         check_samples(samples)
         y_dev, return_numpy = self._prepare(y, operator)
         run, extra = self._setup(y_dev, y, operator, sigmas, sampler, seed, noise_std, churn, ensemble, contrast)
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
+        run.coefficients = coefficients
         run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
-        run.stages, run.step_stages = _stages(stages, self.stages, fast, (steps, sigma_min, sigma_max, rho))
+        run.stages, run.step_stages = plan_stages(stages, self.stages, fast, (steps, sigma_min, sigma_max, rho))
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)
         calls = run.timing.network_calls // (1 if together else int(samples))
         return self._finish(draws, return_numpy, nfe, run.seeds, int(samples), run.timing, extra, run.plan, calls)
 
-    def _sample(self, run: _Run, samples: int, together: bool, progress) -> tuple[list, int]:
+    def _sample(self, run: SolveRun, samples: int, together: bool, progress) -> tuple[list, int]:
         """Every posterior sample (side by side in one batch, or one after the other), timed,
         with the progress bar or callback over the sampler steps."""
         step, close = progress_hook(
@@ -268,10 +269,11 @@ class Solver:
         run.timing.total = time.perf_counter() - t_start
         return draws, nfe
 
-    def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast) -> tuple[np.ndarray, str]:
+    def _schedule(self, steps, sampler, sigma_min, sigma_max, rho, init_sigma, fast):
         """The noise levels of a solve (the package's full or ``fast`` schedule unless
-        overridden; its tail from ``init_sigma`` when it starts from a given estimate) and the
-        sampler."""
+        overridden; its tail from ``init_sigma`` when it starts from a given estimate), the
+        sampler, and the Euler step coefficients where "native" resolves to a formulation's own
+        (:func:`diffunfold.formulations.solver`; else None)."""
         sched = {**self.package.schedule, **({} if fast is None else fast.as_dict())}
         steps = sched["steps"] if steps is None else steps
         sampler = edm.check_sampler(sched["sampler"] if sampler is None else sampler)
@@ -283,9 +285,11 @@ class Solver:
             sched["sigma_max"] if sigma_max is None else sigma_max,
             sched["rho"] if rho is None else rho,
         )
-        return (sigmas if init_sigma is None else edm.start_at(sigmas, init_sigma)), sampler
+        sigmas = sigmas if init_sigma is None else edm.start_at(sigmas, init_sigma)
+        # the ODE solver is the network's formulation's, whichever levels it walks
+        return (sigmas, *formulations.solver(self.package.schedule["formulation"], sampler, sigmas))
 
-    def _start_estimate(self, run: _Run, y_dev, y, noise_std, fast, init, init_noise) -> WarmStart | None:
+    def _start_estimate(self, run: SolveRun, y_dev, y, noise_std, fast, init, init_noise) -> WarmStart | None:
         """Where the samples start: the given estimate, the fast schedule's classical estimate of
         the (unstretched) measurement, or None for pure noise. The classical one uses sigma_y as
         resolved for the solve (or estimated from ``y`` where nothing resolved it)."""
@@ -299,7 +303,7 @@ class Solver:
 
     def _setup(
         self, y_dev, y, operator: LinearOperator, sigmas, sampler: str, seed, noise_std, churn, ensemble, contrast
-    ) -> tuple[_Run, dict]:
+    ) -> tuple[SolveRun, dict]:
         """What the sampling loops share: seeds, sampler settings, the (tau, gamma) table, the
         contrast stretch and the noise level, resolved once."""
         batch = int(y_dev.shape[0])
@@ -317,7 +321,7 @@ class Solver:
             stretch = None  # no image is flat: the plain solve, exactly
         if stretch is not None:
             y_dev = stretch.measurement(y_dev, self._a_ones(operator, batch))
-        run = _Run(
+        run = SolveRun(
             y_dev,
             operator,
             weights,
@@ -334,7 +338,7 @@ class Solver:
         )
         return run, extra
 
-    def _start(self, run: _Run, sample: int):
+    def _start(self, run: SolveRun, sample: int):
         """Where posterior sample ``sample`` starts: noise at the first level, or the estimate with
         the noise that brings it there."""
         first = float(run.sigmas[0])
@@ -342,7 +346,7 @@ class Solver:
         x = self.xp.asarray(edm.initial_noise(run.seeds, self._shape(run), level, sample=sample))
         return x if run.init is None else x + run.init.estimate
 
-    def _sample_together(self, run: _Run, samples: int, step) -> tuple[list, int]:
+    def _sample_together(self, run: SolveRun, samples: int, step) -> tuple[list, int]:
         """Every posterior sample side by side in one batch."""
         xp, batch = self.xp, len(run.seeds)
         y_all = xp.concatenate([run.y] * samples, axis=0)
@@ -361,10 +365,11 @@ class Solver:
             lambda i: self.xp.asarray(
                 np.concatenate([edm.churn_noise(run.seeds, self._shape(run), i, j) for j in range(samples)])
             ),
+            run.coefficients,
         )
         return [self._user(run, x[j * batch : (j + 1) * batch]) for j in range(samples)], nfe
 
-    def _sample_rounds(self, run: _Run, samples: int, step) -> tuple[list, int]:
+    def _sample_rounds(self, run: SolveRun, samples: int, step) -> tuple[list, int]:
         """One posterior sample after the other."""
         draws, nfe = [], 0
         for j in range(samples):
@@ -389,16 +394,17 @@ class Solver:
                 step,
                 run.churn,
                 lambda i, j=j: self.xp.asarray(edm.churn_noise(run.seeds, self._shape(run), i, j)),
+                run.coefficients,
             )
             draws.append(self._user(run, x))
         return draws, nfe
 
-    def _user(self, run: _Run, x):
+    def _user(self, run: SolveRun, x):
         """A sample in user space: back at the image's own contrast when stretched, then clipped."""
         x = self.space.to_user(x)
         return self.space.clip(x if run.stretch is None else run.stretch.image(x))
 
-    def _shape(self, run: _Run) -> tuple[int, ...]:
+    def _shape(self, run: SolveRun) -> tuple[int, ...]:
         return (self.space.model_channels, *run.operator.image_shape)
 
     def _finish(
@@ -473,38 +479,3 @@ class Solver:
     def _prepare(self, y, operator: LinearOperator):
         """``y`` checked and on the device at the working precision, and whether it was numpy."""
         return prepare_measurement(y, operator, self.space, self.xp)
-
-
-def _stages(stages, k: int, fast, overrides: tuple) -> tuple[int | None, dict]:
-    """The stages a solve asks for (checked against the package's ``k``), and the fast schedule's
-    ``{level: stages}`` where the solve runs its own levels (no override of steps or levels) and
-    asks for no number of stages, else none."""
-    stages = check_stages(stages, k)
-    own_levels = fast is not None and all(v is None for v in overrides)
-    return stages, (fast.stages_by_level() if own_levels and stages is None else {})
-
-
-@dataclass
-class _Run:
-    """What one solve's sampling loops share."""
-
-    y: Any
-    operator: LinearOperator
-    weights: dict
-    noise_var: Any
-    plan: TilePlan
-    seeds: list[int]
-    sigmas: Any
-    sampler: str
-    churn: edm.Churn
-    ensemble: str
-    timing: Timing
-    stretch: Stretch | None = None
-    init: WarmStart | None = None  # the starting estimate (None: pure noise)
-    stages: int | None = None  # unfolding stages per denoiser call (None: the package's K)
-    noise_std: Any = None  # sigma_y per image as resolved (None where nothing used it)
-    step_stages: dict = field(default_factory=dict)  # the fast schedule's {level: stages}, where fewer
-
-    def stages_at(self, sigma: float) -> int | None:
-        """The stages the denoiser call at level ``sigma`` runs (None: all K)."""
-        return self.stages if self.stages is not None else self.step_stages.get(float(sigma))

@@ -136,6 +136,7 @@ def _draw(
     x = torch.from_numpy(edm.initial_noise(seeds, shape, float(sigmas[0]), sample=j)).to(param.device, param.dtype)
     if start is not None:
         x = x + start
+    sampler, coefficients = formulations.solver(model.settings.formulation, sampler, sigmas)
     x, nfe = edm.sample_loop(
         denoise,
         x,
@@ -144,6 +145,7 @@ def _draw(
         on_step=(lambda i: bar.update(1)) if bar else None,
         churn=churn,
         noise=churn_noise,
+        coefficients=coefficients,
     )
     x = model.space.to_user(x)
     return model.space.clip(x if stretch is None else stretch.image(x)), nfe
