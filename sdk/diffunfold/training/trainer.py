@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 
 from ..errors import DiffUnfoldError, InputError
+from ..hardware import has_native_bf16
 from ..safe_io import write_json
 from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint
 from .config import TrainConfig
@@ -297,6 +299,15 @@ def _announce(
         + (", bfloat16 autocast" if amp else ""),
         flush=True,
     )
+    if amp and device.type == "cpu" and not has_native_bf16():
+        # a Zen 3 (AVX2 only): 170 s a small-preset step against 6.0 in float32 (bench/train_step.py)
+        print(
+            "warning: train.cpu_bf16 on a CPU without native bfloat16 (no AVX-512 BF16 or AMX): "
+            "autocast emulates it and a step is several times slower than float32 here; "
+            "set train.cpu_bf16=false",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _loader(cfg: TrainConfig, ctx: Distributed, start: int) -> torch.utils.data.DataLoader:
