@@ -233,16 +233,14 @@ def sample_loop(
         s_hat = churn.sigma_hat(s, steps)
         if s_hat > s:
             x = x + (churn.s_noise * math.sqrt(s_hat**2 - s**2)) * noise(i)
-        if coefficients is not None:
+        if coefficients is not None:  # a formulation's own Euler step (no churn: s_hat = s)
             alpha, beta = (float(c) for c in coefficients[i])
-            x = alpha * x + beta * denoise(x, s)
+            x_next = alpha * x + beta * denoise(x, s)
             nfe += 1
-            if on_step is not None:
-                on_step(i)
-            continue
-        d = (x - denoise(x, s_hat)) / s_hat
-        nfe += 1
-        x_next = x + (s_next - s_hat) * d
+        else:
+            d = (x - denoise(x, s_hat)) / s_hat
+            nfe += 1
+            x_next = x + (s_next - s_hat) * d
         if sampler == "heun" and s_next > 0:
             d_next = (x_next - denoise(x_next, s_next)) / s_next
             nfe += 1

@@ -139,6 +139,7 @@ class Formulation:
 
     # -- the formulation's own ODE solver (Table 1): sigma(t), s(t) and the solver's order ------
     native_sampler = "euler"
+    own_time = False  # True where its t or s(t) makes Euler in t differ from Euler in sigma
 
     def time(self, s: np.ndarray) -> np.ndarray:
         """``t`` at the levels ``s`` (float64): EDM's and iDDPM's ``sigma(t) = t``."""
@@ -205,6 +206,7 @@ class EDM(Formulation):
 
 class VP(Formulation):
     name = "vp"
+    own_time = True
     sigma_min = float(vp_sigma(VP_EPS_S))
     sigma_max = float(vp_sigma(1.0))
 
@@ -243,6 +245,7 @@ class VP(Formulation):
 
 class VE(Formulation):
     name = "ve"
+    own_time = True
     sigma_min, sigma_max = VE_SIGMA_MIN, VE_SIGMA_MAX
 
     def c_out(self, s, sigma_data: float = edm.SIGMA_DATA):
@@ -336,8 +339,7 @@ def solver(name: str | None, sampler: str, sigmas) -> tuple[str, np.ndarray | No
     f = get(name)
     if f.native_sampler == "heun":
         return "heun", None
-    plain = type(f).time is Formulation.time and type(f).scale is Formulation.scale
-    return "euler", (None if plain else f.euler_in_t(sigmas))
+    return "euler", (f.euler_in_t(sigmas) if f.own_time else None)
 
 
 def nfe_of(name: str | None, steps: int, sampler: str) -> int:
