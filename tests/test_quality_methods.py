@@ -118,7 +118,7 @@ def test_a_zero_shot_solver_joins_the_table_with_its_calls(tmp_path):
 
 
 def test_slice_scores_ignore_scale_and_phase_and_add_lpips_when_given(tmp_path):
-    import scanner
+    import scanner_quality
     from helpers import lpips_checkpoint
     from safetensors.numpy import save_file
     from scanner_metrics import SliceScores
@@ -142,7 +142,7 @@ def test_slice_scores_ignore_scale_and_phase_and_add_lpips_when_given(tmp_path):
     rows = [
         {"mask": "m", "noise": 0.0, "maps": "espirit", "A": 30.0, **{"A" + k: v for k, v in scores(est, truth).items()}}
     ]
-    assert "SSIM / LPIPS" in scanner.perceptual_table({("m", 0.0, "espirit"): rows}, ["A"])
+    assert "SSIM / LPIPS" in scanner_quality.perceptual_table({("m", 0.0, "espirit"): rows}, ["A"])
 
 
 def test_scanner_quality_scores_the_masks_it_is_asked_for(capsys):
@@ -163,3 +163,30 @@ def test_scanner_quality_scores_the_masks_it_is_asked_for(capsys):
     assert [r["mask"] for r in rows] == ["gaussian2d 4x"]
     assert rows[0]["m"] > 20 and rows[0]["m calls"] == 4  # the 2-D default: one denoiser call (K = 4 network calls)
     assert rows[0]["cg_sense"] > 20 and rows[0]["l1_wavelet"] > 20  # the oracles from the new module
+
+
+def test_scanner_quality_compares_samplers_in_one_run():
+    import scanner
+
+    from diffunfold.physics.mri import birdcage_maps
+    from diffunfold.runtime.solver import Solver
+
+    assert scanner._parser().parse_args(["--part", "quality", "--sampler", "own", "native"]).sampler == [None, "native"]
+    assert scanner._parser().parse_args(["--part", "quality"]).sampler == [None]
+    yy, xx = np.mgrid[:32, :32] / 32
+    image = ((np.hypot(yy - 0.5, xx - 0.5) < 0.35) * (1 + 0.3 * np.sin(6 * xx))).astype(np.complex64)
+    item = {"image": image[None], "coil_maps": birdcage_maps(8, (32, 32)), "name": "disc"}
+    solver = Solver.load(REPO / "samples" / "models" / "mri-small", backend="onnxruntime")
+    rows = scanner.quality_rows(
+        {"m": solver},
+        [item],
+        [0.0],
+        0,
+        ("noise",),
+        map_kinds=("true",),
+        masks=[("gaussian1d", 4.0)],
+        samplers=(None, "heun"),
+    )
+    # the package's own sampler is Euler: 18 steps of K = 4 calls; Heun adds a second call to all but the last
+    assert rows[0]["m (own sampler) calls"] == 72 and rows[0]["m (heun sampler) calls"] == 4 * 35
+    assert rows[0]["m (own sampler)"] != rows[0]["m (heun sampler)"] and rows[0]["m (heun sampler)"] > 15
