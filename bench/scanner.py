@@ -45,6 +45,7 @@ from scanner_methods import add_arguments, cost_markdown, lpips_from, others_fro
 from scanner_metrics import SliceScores, magnitude_psnr  # noqa: E402
 from scanner_quality import MASKS, STARTS, quality_markdown, quality_rows, scan, variant_keys  # noqa: E402
 
+from diffunfold import edm  # noqa: E402
 from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
 from diffunfold.physics.mri import mri_mask  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
@@ -286,9 +287,9 @@ def _parser() -> argparse.ArgumentParser:
         "--sampler",
         nargs="+",
         type=lambda v: None if v == "own" else v,
-        choices=[None, "euler", "heun", "native"],
+        choices=[None, *edm.SAMPLERS],
         default=[None],
-        metavar="{own,euler,heun,native}",
+        metavar="{own," + ",".join(edm.SAMPLERS) + "}",
         help="quality: the sampler of every solve (own: each package's; native: its formulation's own, "
         "EDM's Table 1); several are compared in one run",
     )

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from diffunfold import edm
 from diffunfold.errors import InputError
 
 from .harness import run
@@ -60,11 +61,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the package's schedule; --quick 4)")
     p.add_argument(
         "--sampler",
-        choices=["euler", "heun", "native"],
+        choices=edm.SAMPLERS,
         help="sampler for every package (default: each package's own, see its manifest); heun "
         "makes two network calls per step but the last, so compare at equal calls "
         "(e.g. heun --steps 10 against euler 18); native: each package's formulation's own "
-        "solver (EDM's Table 1: Euler in VP's or VE's t, Heun for EDM)",
+        "solver (EDM's Table 1: Euler in VP's or VE's t, Heun for EDM); ancestral: DDPM's stochastic sampler",
     )
     p.add_argument(
         "--sigma-min",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import cli_values as V
+from . import edm
 from .errors import DiffUnfoldError, InputError
 from .safe_io import refuse_existing, refuse_nonempty_folder, write_json
 
@@ -90,9 +91,10 @@ def _add_evaluate_command(sub) -> None:
     p.add_argument("--steps", type=V.STEPS, default=18, help="sampler steps (default 18, the paper's NFE)")
     p.add_argument(
         "--sampler",
-        choices=["euler", "heun", "native"],
+        choices=edm.SAMPLERS,
         default="euler",
-        help="ODE sampler (native: the model's formulation's own, EDM's Table 1; default euler)",
+        help="sampler (native: the model's formulation's own ODE solver, EDM's Table 1; ancestral: DDPM's "
+        "stochastic sampler; default euler)",
     )
     p.add_argument(
         "--samples",

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from . import cli_values as V
+from . import edm
 from .batch import earlier_rows
 from .errors import InputError
 from .runtime.backends import BACKENDS
@@ -48,9 +49,10 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=["euler", "heun", "native"],
-        help="ODE sampler (default: the package's, euler; heun costs 2N-1 network passes; native: the "
-        "package's diffusion formulation's own solver of EDM's Table 1, e.g. Euler in VP's t with its scaling)",
+        choices=edm.SAMPLERS,
+        help="sampler (default: the package's, euler; heun costs 2N-1 network passes; native: the "
+        "package's diffusion formulation's own ODE solver of EDM's Table 1, e.g. Euler in VP's t with its "
+        "scaling; ancestral: DDPM's stochastic sampler, fresh noise at every step)",
     )
     V.add_churn_arguments(
         p,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import edm
 from ..errors import InputError
 from .assemble import SliceData
 from .header import Encoding
@@ -55,8 +56,8 @@ class ReconSettings:
                 raise InputError(f"{name} must be an integer >= {low}, got {v!r}")
         if self.bits > 16:
             raise InputError(f"bits must be at most 16 (images are uint16), got {self.bits}")
-        if self.sampler not in (None, "euler", "heun"):
-            raise InputError(f"sampler must be euler or heun, got {self.sampler!r}")
+        if self.sampler is not None and self.sampler not in edm.SAMPLERS:
+            raise InputError(f"sampler must be one of {edm.SAMPLERS}, got {self.sampler!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise InputError(f"seed must be an integer >= 0, got {self.seed!r}")
         return self
