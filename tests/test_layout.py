@@ -21,6 +21,7 @@ CORE = {
     "diffunfold.errors",
     "diffunfold.package",
     "diffunfold.edm",
+    "diffunfold.sde_samplers",
     "diffunfold.formulations",
     "diffunfold.contrast",
     "diffunfold.ensemble",

@@ -65,7 +65,8 @@ def _add_sampling_arguments(p: argparse.ArgumentParser) -> None:
         help="sampler for every package (default: each package's own, see its manifest); heun "
         "makes two network calls per step but the last, so compare at equal calls "
         "(e.g. heun --steps 10 against euler 18); native: each package's formulation's own "
-        "solver (EDM's Table 1: Euler in VP's or VE's t, Heun for EDM); ancestral: DDPM's stochastic sampler",
+        "solver (EDM's Table 1: Euler in VP's or VE's t, Heun for EDM); ancestral: DDPM's stochastic "
+        "sampler; pc: the score-SDE predictor-corrector",
     )
     p.add_argument(
         "--sigma-min",

@@ -94,7 +94,7 @@ def _add_evaluate_command(sub) -> None:
         choices=edm.SAMPLERS,
         default="euler",
         help="sampler (native: the model's formulation's own ODE solver, EDM's Table 1; ancestral: DDPM's "
-        "stochastic sampler; default euler)",
+        "stochastic sampler; pc: the score-SDE paper's predictor-corrector; default euler)",
     )
     p.add_argument(
         "--samples",

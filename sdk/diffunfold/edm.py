@@ -14,14 +14,17 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .sde_samplers import stochastic_step
 
 SIGMA_DATA = 0.5
 P_MEAN, P_STD = -1.2, 1.2  # training noise levels: ln(sigma) ~ N(P_MEAN, P_STD^2)
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 # "native": each diffusion formulation's own ODE solver; diffunfold.formulations.solver resolves
-# it to "euler" (with its step coefficients) or "heun" before the loop runs. "ancestral": DDPM's
-# stochastic sampler (the one of VP's and iDDPM's papers), one call a step.
-SAMPLERS = ("euler", "heun", "native", "ancestral")
+# it to "euler" (with its step coefficients) or "heun" before the loop runs. The stochastic ones
+# (diffunfold.sde_samplers): "ancestral", DDPM's (VP's and iDDPM's papers), one call a step;
+# "pc", the score-SDE paper's predictor-corrector (VE's), two.
+STOCHASTIC = ("ancestral", "pc")
+SAMPLERS = ("euler", "heun", "native", *STOCHASTIC)
 
 
 def _log(s):
@@ -98,10 +101,11 @@ def check_sampler(sampler: str) -> str:
 
 def nfe_of(steps: int, sampler: str) -> int:
     """Calls of the denoiser D for a run: Euler and ancestral ``N``; Heun ``2N - 1`` (the last
-    step is Euler). "native" depends on the formulation: :func:`diffunfold.formulations.nfe_of`."""
+    step is Euler); pc ``2N`` (a corrector at every level). "native" depends on the formulation:
+    :func:`diffunfold.formulations.nfe_of`."""
     if check_sampler(sampler) == "native":
         raise InputError('the "native" sampler\'s calls depend on the formulation: use formulations.nfe_of')
-    return 2 * steps - 1 if sampler == "heun" else steps
+    return {"heun": 2 * steps - 1, "pc": 2 * steps}.get(sampler, steps)
 
 
 def seeds_for(seed: int | Sequence[int] | None, batch: int) -> list[int]:
@@ -221,8 +225,8 @@ def sample_loop(
     standard white noise (shaped and typed like ``x``) added before step ``i``.
     ``coefficients``: Euler step ``i`` is ``alpha_i x + beta_i D(x)`` with these rows instead: a
     formulation's own solver (:func:`diffunfold.formulations.solver` resolves "native" to them).
-    ``sampler="ancestral"``: DDPM's step, a draw from the Gaussian posterior of the level below
-    given ``x`` and ``x_0 = D(x)`` (:func:`ancestral_step`), with the noise of ``noise(i)``.
+    ``sampler="ancestral"`` or ``"pc"``: the papers' stochastic samplers
+    (:mod:`diffunfold.sde_samplers`), with the noise of ``noise(i)`` (and ``noise(steps + i)``).
     """
     if check_sampler(sampler) == "native":
         raise InputError('resolve the "native" sampler with diffunfold.formulations.solver first')
@@ -235,12 +239,10 @@ def sample_loop(
         s_hat = churn.sigma_hat(s, steps)
         if s_hat > s:
             x = x + (churn.s_noise * math.sqrt(s_hat**2 - s**2)) * noise(i)
-        if sampler == "ancestral":
-            keep, take, fresh = ancestral_step(s, s_next)
-            x_next = keep * x + take * denoise(x, s)
-            nfe += 1
-            if fresh > 0:
-                x_next = x_next + fresh * noise(i)
+        if sampler in STOCHASTIC:  # noise streams i, then steps + i (pc's second draw)
+            draws = iter((i, steps + i))
+            x_next, calls = stochastic_step(denoise, x, sampler, s, s_next, lambda: noise(next(draws)))
+            nfe += calls
         elif coefficients is not None:  # a formulation's own Euler step (no churn: s_hat = s)
             alpha, beta = (float(c) for c in coefficients[i])
             x_next = alpha * x + beta * denoise(x, s)
@@ -259,23 +261,12 @@ def sample_loop(
     return x, nfe
 
 
-def ancestral_step(s: float, s_next: float) -> tuple[float, float, float]:
-    """``(a, b, c)`` of DDPM's ancestral step from level ``s`` to ``s_next < s``:
-    ``x_next = a x + b D(x) + c z``. It is the posterior of ``x_{s_next}`` given ``x_s`` and
-    ``x_0 = D(x_s)`` under ``x_s = x_0 + s n``, with ``r = s_next / s``: mean
-    ``r^2 x + (1 - r^2) x_0``, standard deviation ``s_next sqrt(1 - r^2)``. The same step in
-    VP's scaled variables (``diffunfold.formulations``), since scaling commutes with it; it
-    ends at ``x_0`` where ``s_next = 0``."""
-    r2 = (s_next / s) ** 2
-    return r2, 1.0 - r2, s_next * math.sqrt(1.0 - r2)
-
-
 def _check_stochastic(sampler: str, churn: Churn, noise, sigmas) -> None:
-    if sampler == "ancestral" and churn.active:
-        raise InputError("the ancestral sampler is stochastic already: use churn with euler or heun, or churn=0")
-    stochastic = sampler == "ancestral" or any(h > s for h, s in zip(churn.sigma_hats(sigmas), sigmas))
+    if sampler in STOCHASTIC and churn.active:
+        raise InputError(f"the {sampler} sampler is stochastic already: use churn with euler or heun, or churn=0")
+    stochastic = sampler in STOCHASTIC or any(h > s for h, s in zip(churn.sigma_hats(sigmas), sigmas))
     if noise is None and stochastic:
-        raise InputError("a stochastic sampler (ancestral, or churn > 0) needs its noise source")
+        raise InputError("a stochastic sampler (ancestral, pc, or churn > 0) needs its noise source")
 
 
 def _check_coefficients(coefficients, steps: int, sampler: str, churn: Churn) -> None:

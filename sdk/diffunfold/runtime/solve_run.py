@@ -36,7 +36,7 @@ class SolveRun:
     plan: TilePlan
     seeds: list[int]
     sigmas: Any
-    sampler: str  # "euler", "heun" or "ancestral" ("native" resolved: formulations.solver)
+    sampler: str  # "euler", "heun", "ancestral" or "pc" ("native" resolved: formulations.solver)
     churn: edm.Churn
     ensemble: str
     timing: Timing

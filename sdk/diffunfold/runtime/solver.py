@@ -308,8 +308,8 @@ class Solver:
         contrast stretch and the noise level, resolved once."""
         batch = int(y_dev.shape[0])
         seeds = edm.seeds_for(seed, batch)
-        if churn is None:  # the package's churn is for its ODE samplers: ancestral brings its own noise
-            churn = edm.Churn() if sampler == "ancestral" else self.package.churn
+        if churn is None:  # the package's churn is for its ODE samplers: the stochastic ones bring their own noise
+            churn = edm.Churn() if sampler in edm.STOCHASTIC else self.package.churn
         churn = edm.Churn.of(churn)
         ensemble = self.package.ensemble if ensemble is None else check_ensemble(ensemble)
         # the denoiser runs at the re-noised levels too: one weight evaluation covers both
