@@ -125,3 +125,29 @@ def test_runtime_matches_torch_reference(tiny_packages, task, sampler):
     assert np.max(np.abs(got.images - ode.images)) > 1e-3
     with pytest.raises(InputError, match="stochastic already"):
         solver.solve(y, op, schedule="full", steps=8, sampler=sampler, churn=5.0)
+
+
+@pytest.mark.torch
+def test_a_package_can_ask_for_a_stochastic_sampler(tiny_packages, tmp_path):
+    """``export_model(sampler=...)`` (``diffunfold export --sampler``) writes the manifest's
+    ``schedule.sampler``; the runtime then runs it unless told otherwise."""
+    pytest.importorskip("onnx", reason="exporting needs onnx (the export extra)")
+    from helpers import IMAGE_TASKS, clean_images, operator_for
+
+    from diffunfold.export import export_model
+    from diffunfold.package_schema import manifest_problems
+    from diffunfold.runtime import Solver
+
+    model, plain = tiny_packages["shared"]
+    pkg = export_model(model, tmp_path / "anc", sampler="ancestral", check=False, log=lambda _: None)
+    assert pkg.schedule["sampler"] == "ancestral" and plain.schedule["sampler"] == "euler"
+    op = operator_for(*IMAGE_TASKS[0])
+    y = op.measure(clean_images(), 0.05, seed=[1, 2])
+    asked = Solver.load(pkg, backend="onnxruntime").solve(y, op, schedule="full", steps=5, seed=4)
+    told = Solver.load(plain, backend="onnxruntime").solve(y, op, schedule="full", steps=5, seed=4, sampler="ancestral")
+    np.testing.assert_allclose(asked.images, told.images, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="stochastic already"):
+        export_model(model, tmp_path / "both", sampler="pc", churn=5.0, check=False, log=lambda _: None)
+    assert not (tmp_path / "both").exists()
+    bad = {"schedule": {"sampler": "ddim"}}
+    assert any("schedule.sampler must be one of" in p for p in manifest_problems(bad))

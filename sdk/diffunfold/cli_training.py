@@ -215,7 +215,14 @@ def _add_torch_weights_command(sub) -> None:
 
 
 def _add_package_sampling_arguments(p: argparse.ArgumentParser) -> None:
-    """What the package asks the runtime for: the sampler's churn, the self-ensemble, the contrast."""
+    """What the package asks the runtime for: the sampler and its churn, the self-ensemble, the contrast."""
+    p.add_argument(
+        "--sampler",
+        choices=edm.SAMPLERS,
+        default="euler",
+        help="the sampler the package asks for (default euler; ancestral: DDPM's stochastic sampler, "
+        "what the bundled image package asks for); the runtime uses it unless told otherwise",
+    )
     V.add_churn_arguments(
         p,
         "the sampler the package asks for: EDM's stochastic sampler with this S_churn "
@@ -365,6 +372,7 @@ def _cmd_export(args) -> int:
         churn=V.churn_setting(args.churn, args.churn_range),
         ensemble=args.ensemble or "none",
         contrast=args.contrast,
+        sampler=args.sampler,
     )
     print(pkg.summary())
     return 0

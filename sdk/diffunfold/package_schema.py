@@ -14,6 +14,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
+from .edm import SAMPLERS
 from .errors import InputError
 from .fast_schedule import FastSchedule
 from .formulations import DEFAULT as DEFAULT_FORMULATION
@@ -110,8 +111,11 @@ def _data_problems(data) -> list[str]:
 
 
 def _formulation_problems(schedule) -> list[str]:
-    name = schedule.get("formulation", DEFAULT_FORMULATION) if isinstance(schedule, dict) else DEFAULT_FORMULATION
-    return [] if name in FORMULATIONS else [f"schedule.formulation must be one of {list(FORMULATIONS)}, not {name!r}"]
+    if not isinstance(schedule, dict):
+        return []
+    name, sampler = schedule.get("formulation", DEFAULT_FORMULATION), schedule.get("sampler", "euler")
+    out = [] if name in FORMULATIONS else [f"schedule.formulation must be one of {list(FORMULATIONS)}, not {name!r}"]
+    return out + ([] if sampler in SAMPLERS else [f"schedule.sampler must be one of {list(SAMPLERS)}, not {sampler!r}"])
 
 
 def manifest_problems(m: dict) -> list[str]:

@@ -291,6 +291,7 @@ def export_model(
     churn=None,
     ensemble: str = "none",
     contrast=None,
+    sampler: str = "euler",
     log: Callable[[str], None] = print,
 ) -> ModelPackage:
     """Write ``model`` (float32, eval mode) as a package in ``out_dir`` and return it, verified.
@@ -305,9 +306,12 @@ def export_model(
     ``churn``: the stochastic-sampler setting the package's schedule asks for (``edm.Churn.of``;
     None or 0: the deterministic ODE), and ``ensemble`` the self-ensemble of posterior samples
     (``diffunfold.ensemble``), and ``contrast`` the stretch of flat images (``diffunfold.contrast``;
-    images only): what the runtime then uses unless told otherwise.
+    images only), and ``sampler`` the sampler of both schedules (``edm.SAMPLERS``): what the
+    runtime then uses unless told otherwise.
     """
     churn = edm.Churn.of(churn)
+    if edm.check_sampler(sampler) in edm.STOCHASTIC and churn.active:
+        raise InputError(f"the {sampler} sampler is stochastic already: export it without churn")
     check_ensemble(ensemble)
     contrast = Contrast.of(contrast)
     out = Path(out_dir)
@@ -320,7 +324,7 @@ def export_model(
     try:
         names, files = _write_networks(model, tmp, opset, attention, fp16_weights, torch_weights, log)
         report = _check_export(model, tmp, names, check_sizes, tolerance, log) if check else None
-        sampling = _sampling(churn, ensemble, contrast)
+        sampling = _sampling(churn, ensemble, contrast, sampler)
         manifest = _manifest(
             model, names, tasks, sampling, opset, attention, fp16_weights, torch_weights, source, report, extra
         )
@@ -341,9 +345,10 @@ def _check_request(model: DiffUnfolding, contrast: Contrast | None, out: Path, o
         raise InputError(f"{str(out)!r} already exists and is not empty; choose another --out or pass --overwrite")
 
 
-def _sampling(churn: edm.Churn, ensemble: str, contrast: Contrast | None) -> dict:
+def _sampling(churn: edm.Churn, ensemble: str, contrast: Contrast | None, sampler: str) -> dict:
     """The manifest's sampling settings: only those that differ from the runtime's defaults."""
     return {
+        **({"sampler": sampler} if sampler != "euler" else {}),
         **({"churn": churn.as_dict()} if churn.active else {}),
         **({"ensemble": ensemble} if ensemble != "none" else {}),
         **({"contrast": contrast.as_dict()} if contrast is not None else {}),
