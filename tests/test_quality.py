@@ -241,14 +241,15 @@ def test_sigma_min_sets_where_the_sampler_stops(tmp_path, capsys):
 
 
 def test_sampler_option_overrides_the_packages_and_is_recorded(tmp_path, capsys):
-    """--sampler heun runs Heun's method instead of the package's Euler: recorded in the JSON and
-    the header, and a different estimate at the same steps; a sampler that does not exist is refused."""
+    """--sampler heun runs Heun's method instead of the package's own (ancestral): recorded in the
+    JSON and the header, and a different estimate at the same steps; a sampler that does not exist
+    is refused."""
     args = [str(IMAGE_PKG), "--quick", "--quiet", "--task", "sr_x8", "--noise", "0", "--steps", "2", "--samples", "1"]
     args += ["--lpips", str(tmp_path / "no-weights")]
     assert quality.main(args + ["--out", str(tmp_path / "a")]) == 0
     assert quality.main(args + ["--sampler", "heun", "--out", str(tmp_path / "b")]) == 0
     a, b = (json.loads((tmp_path / d / "quality-image-small.json").read_text()) for d in "ab")
-    assert a["meta"]["sampler"] == {"image-small": "euler"} and b["meta"]["sampler"] == {"image-small": "heun"}
+    assert a["meta"]["sampler"] == {"image-small": "ancestral"} and b["meta"]["sampler"] == {"image-small": "heun"}
     assert rows_of(a, "sr_x8", 0.0, "model_mean")["psnr"] != rows_of(b, "sr_x8", 0.0, "model_mean")["psnr"]
     assert "2 heun steps" in (tmp_path / "b" / "quality-image-small.md").read_text()
     # without LPIPS weights: PSNR / SSIM only, and the report says why and how to get them

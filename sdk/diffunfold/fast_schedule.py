@@ -26,7 +26,10 @@ Two stages at the first two levels lost 1.5 dB; one network output reused by all
 the first level was no better than one stage.
 
 A package opts in through its manifest's ``schedule.fast``; ``Solver.solve(schedule="full")``
-keeps the 18-step path, and explicit ``steps``/``sigma_*`` override either.
+keeps the 18-step path, and explicit ``steps``/``sigma_*`` override either. The steps are the
+package's sampler's (``schedule.sampler``): the bundled image package's are DDPM's ancestral
+ones since 2026-12-07, +0.5 dB over Euler's at the same calls on the held-out photos
+(bench/results/samplers/README.md).
 """
 
 from __future__ import annotations
