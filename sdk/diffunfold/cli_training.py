@@ -221,7 +221,7 @@ def _add_package_sampling_arguments(p: argparse.ArgumentParser) -> None:
         choices=edm.SAMPLERS,
         default="euler",
         help="the sampler the package asks for (default euler; ancestral: DDPM's stochastic sampler, "
-        "what the bundled image package asks for); the runtime uses it unless told otherwise",
+        "what the bundled packages ask for); the runtime uses it unless told otherwise",
     )
     V.add_churn_arguments(
         p,

@@ -50,11 +50,11 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sampler",
         choices=edm.SAMPLERS,
-        help="sampler (default: the package's schedule.sampler: ancestral for image-small, euler for "
-        "mri-small; heun costs 2N-1 network passes; native: the package's diffusion formulation's own "
-        "ODE solver of EDM's Table 1, e.g. Euler in VP's t with its scaling; ancestral: DDPM's "
-        "stochastic sampler, fresh noise at every step; pc: the score-SDE paper's predictor-corrector, "
-        "2N passes)",
+        help="sampler (default: the package's schedule.sampler: ancestral for the bundled packages, "
+        "euler where a manifest names none; heun costs 2N-1 network passes; native: the package's "
+        "diffusion formulation's own ODE solver of EDM's Table 1, e.g. Euler in VP's t with its "
+        "scaling; ancestral: DDPM's stochastic sampler, fresh noise at every step; pc: the score-SDE "
+        "paper's predictor-corrector, 2N passes)",
     )
     V.add_churn_arguments(
         p,
