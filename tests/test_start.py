@@ -63,12 +63,14 @@ def test_a_solve_from_an_estimate_is_the_loop_from_estimate_plus_noise(mri_solve
     plan = mri_solver.plan((SIZE, SIZE))
     var = np.asarray([1e-6], np.float32)
     x0 = mri_solver.space.to_model(init) + edm.initial_noise([3], (2, SIZE, SIZE), float(tail[0]))
-    by_hand, _ = edm.sample_loop(
+    by_hand, _ = edm.sample_loop(  # the package's sampler (ancestral) with the solve's noise streams
         lambda v, s: mri_solver.denoise(
             v, s, y[None], op, weights, Timing(), var, plan, [(0, 1, flip_axes("flips", 0))]
         ),
         x0,
         tail,
+        mri_solver.package.schedule["sampler"],
+        noise=lambda i: edm.churn_noise([3], (2, SIZE, SIZE), i, 0),
     )
     assert np.allclose(sol.images, mri_solver.space.to_user(by_hand), atol=1e-5)
     two = mri_solver.solve(y[None], op, noise_std=1e-3, seed=3, init=init, init_sigma=0.2, samples=2)
