@@ -18,6 +18,7 @@ from diffunfold.data.held_out import SCORED_AT_MOST, _spread, validation_indices
 from diffunfold.data.licences import licence_of, parse_copyright
 from diffunfold.data.photos import held_out, not_a_photo
 from diffunfold.data.qt_rcc import QtResource
+from diffunfold.errors import InputError
 
 
 def test_qt_resource_reader_walks_folders_and_reads_payloads():
@@ -100,7 +101,6 @@ def test_mri_volumes_command_and_the_slices_it_trains_on(tmp_path):
     pytest.importorskip("torch")
     from diffunfold.data.held_out import held_out_slices
     from diffunfold.data.mri_slices import COIL_COUNTS, VolumeSlices
-    from diffunfold.errors import InputError
     from diffunfold.training.config import load_config
     from diffunfold.training.data import TrainingBatches, validation_set
 
@@ -304,3 +304,18 @@ def test_a_failed_download_names_the_error_not_a_warning(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "status 1" in err and "No matching distribution found for nilearn" in err
     assert "Location" not in err and "pip is old" not in err
+
+
+def test_the_whole_photos_folder_is_refused_where_held_out_photos_are_meant(tmp_path):
+    """`--photos data/photos` once spread its picks over the training photos too: the root of
+    `diffunfold data photos` is refused with the folder to pass instead."""
+    from diffunfold.data.held_out import held_out_photos
+
+    for name in ("train", "held-out"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            photo_like(i, (96, 80)).save(tmp_path / name / f"p{i:02d}.png")
+    with pytest.raises(InputError, match=r"training photos too.*held-out"):
+        held_out_photos(tmp_path, 32, 2)
+    names, x = held_out_photos(tmp_path / "held-out", 32, 2)
+    assert len(names) == 2 and x.shape == (2, 3, 32, 32)

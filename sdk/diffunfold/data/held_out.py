@@ -34,8 +34,16 @@ def validation_indices(n: int, scored_at_most: int = SCORED_AT_MOST) -> list[int
 
 
 def held_out_photos(folder: str | Path, size: int, count: int) -> tuple[list[str], np.ndarray]:
-    """Names and ``(N, 3, size, size)`` float32 images in [0, 1]."""
+    """Names and ``(N, 3, size, size)`` float32 images in [0, 1]. A whole ``diffunfold data
+    photos`` folder (with its ``train/`` beside ``held-out/``) is refused: every photo below it
+    would be a candidate, training photos included."""
     from .images import ImageFolder
+
+    if (Path(folder) / "train").is_dir() and (Path(folder) / "held-out").is_dir():
+        raise InputError(
+            f"{folder} holds the training photos too (train/ beside held-out/); "
+            f"pass {Path(folder) / 'held-out'} to score held-out photos only"
+        )
 
     ds = ImageFolder(folder, size, split="all", augment=False)
     picks = _spread(len(ds), count)
