@@ -43,9 +43,8 @@ from machine import LoadWatch, add_output_arguments, machine_info, record  # noq
 from scanner_baselines import known_baselines  # noqa: E402
 from scanner_methods import add_arguments, cost_markdown, lpips_from, others_from  # noqa: E402
 from scanner_metrics import SliceScores, magnitude_psnr  # noqa: E402
-from scanner_quality import MASKS, STARTS, quality_markdown, quality_rows, scan, variant_keys  # noqa: E402
+from scanner_quality import MASKS, add_variant_arguments, quality_markdown, quality_rows, scan, variant_keys  # noqa: E402
 
-from diffunfold import edm  # noqa: E402
 from diffunfold.data.mri_slices import VolumeSlices  # noqa: E402
 from diffunfold.physics.mri import mri_mask  # noqa: E402
 from diffunfold.runtime.solver import Solver  # noqa: E402
@@ -273,32 +272,7 @@ def _parser() -> argparse.ArgumentParser:
         help="sampling masks as KIND:ACCELERATION (default: gaussian1d:4 gaussian2d:8; the paper's Table 4 "
         "uses gaussian2d:4)",
     )
-    ap.add_argument(
-        "--start",
-        nargs="+",
-        choices=list(STARTS),
-        default=["sense"],
-        help="quality: where sampling starts and what comes back (sense: the default, from the SENSE "
-        "estimate, one call for 2-D masks; sense-sample: from it, a sampled tail for every mask; "
-        "sense-18: the tail of the 18-step schedule; noise: the full schedule from pure noise); "
-        "several are compared in one run",
-    )
-    ap.add_argument(
-        "--sampler",
-        nargs="+",
-        type=lambda v: None if v == "own" else v,
-        choices=[None, *edm.SAMPLERS],
-        default=[None],
-        metavar="{own," + ",".join(edm.SAMPLERS) + "}",
-        help="quality: the sampler of every solve (own: each package's; native: its formulation's own, "
-        "EDM's Table 1); several are compared in one run",
-    )
-    ap.add_argument(
-        "--baselines",
-        metavar="JSON",
-        help="quality: reuse the oracle baselines of an earlier run's JSON on the same scans "
-        "(same volumes, sizes, slices, noise levels and seed); the rest are computed",
-    )
+    add_variant_arguments(ap)
     add_arguments(ap)
     ap.add_argument(
         "--maps",

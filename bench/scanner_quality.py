@@ -10,6 +10,7 @@ from common import markdown_table
 from scanner_baselines import oracle_l1, oracle_sense
 from scanner_metrics import SliceScores
 
+from diffunfold import edm
 from diffunfold.physics.mri import MultiCoilMRI, mri_mask
 from diffunfold.runtime.solver import Solver
 from diffunfold.scanner import StartSettings, prepare_kspace
@@ -150,3 +151,33 @@ def perceptual_table(cells: dict, names: list[str]) -> str:
         table.append(row)
     lpips = any(f"{n} lpips" in rs[0] for rs in cells.values() for n in names)
     return f"\n\nSSIM{' / LPIPS' if lpips else ''} of the magnitudes, mean over the slices:\n\n" + markdown_table(table)
+
+
+def add_variant_arguments(ap) -> None:
+    """``--start``, ``--sampler`` (several of each compared in one run) and ``--baselines``."""
+    ap.add_argument(
+        "--start",
+        nargs="+",
+        choices=list(STARTS),
+        default=["sense"],
+        help="quality: where sampling starts and what comes back (sense: the default, from the SENSE "
+        "estimate, one call for 2-D masks; sense-sample: from it, a sampled tail for every mask; "
+        "sense-18: the tail of the 18-step schedule; noise: the full schedule from pure noise); "
+        "several are compared in one run",
+    )
+    ap.add_argument(
+        "--sampler",
+        nargs="+",
+        type=lambda v: None if v == "own" else v,
+        choices=[None, *edm.SAMPLERS],
+        default=[None],
+        metavar="{own," + ",".join(edm.SAMPLERS) + "}",
+        help="quality: the sampler of every solve (own: each package's; native: its formulation's own, "
+        "EDM's Table 1); several are compared in one run",
+    )
+    ap.add_argument(
+        "--baselines",
+        metavar="JSON",
+        help="quality: reuse the oracle baselines of an earlier run's JSON on the same scans "
+        "(same volumes, sizes, slices, noise levels and seed); the rest are computed",
+    )

@@ -29,6 +29,24 @@ def tile_value(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    """``--sampler`` and EDM's ``--churn``: what walks the noise levels."""
+    p.add_argument(
+        "--sampler",
+        choices=edm.SAMPLERS,
+        help="sampler (default: the package's schedule.sampler: ancestral for the bundled packages, "
+        "euler where a manifest names none; heun costs 2N-1 network passes; native: the package's "
+        "diffusion formulation's own ODE solver of EDM's Table 1, e.g. Euler in VP's t with its "
+        "scaling; ancestral: DDPM's stochastic sampler, fresh noise at every step; pc: the score-SDE "
+        "paper's predictor-corrector, 2N passes)",
+    )
+    V.add_churn_arguments(
+        p,
+        "EDM's stochastic sampler: re-noise by this S_churn before each step (default: "
+        "the package's, see its manifest's schedule; 0: the deterministic ODE)",
+    )
+
+
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
@@ -47,20 +65,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
         help="sampler steps (default: the package's schedule: 6 from the classical estimate for image "
         "packages, 18 from noise (the paper's) otherwise)",
     )
-    p.add_argument(
-        "--sampler",
-        choices=edm.SAMPLERS,
-        help="sampler (default: the package's schedule.sampler: ancestral for the bundled packages, "
-        "euler where a manifest names none; heun costs 2N-1 network passes; native: the package's "
-        "diffusion formulation's own ODE solver of EDM's Table 1, e.g. Euler in VP's t with its "
-        "scaling; ancestral: DDPM's stochastic sampler, fresh noise at every step; pc: the score-SDE "
-        "paper's predictor-corrector, 2N passes)",
-    )
-    V.add_churn_arguments(
-        p,
-        "EDM's stochastic sampler: re-noise by this S_churn before each step (default: "
-        "the package's, see its manifest's schedule; 0: the deterministic ODE)",
-    )
+    _add_sampler_arguments(p)
     p.add_argument(
         "--samples",
         type=V.SAMPLES,

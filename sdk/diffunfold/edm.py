@@ -261,9 +261,14 @@ def sample_loop(
     return x, nfe
 
 
-def _check_stochastic(sampler: str, churn: Churn, noise, sigmas) -> None:
+def check_churn_fits(sampler: str, churn: Churn) -> None:
+    """Refuse churn beside a sampler that brings its own noise (the loop and the export alike)."""
     if sampler in STOCHASTIC and churn.active:
         raise InputError(f"the {sampler} sampler is stochastic already: use churn with euler or heun, or churn=0")
+
+
+def _check_stochastic(sampler: str, churn: Churn, noise, sigmas) -> None:
+    check_churn_fits(sampler, churn)
     stochastic = sampler in STOCHASTIC or any(h > s for h, s in zip(churn.sigma_hats(sigmas), sigmas))
     if noise is None and stochastic:
         raise InputError("a stochastic sampler (ancestral, pc, or churn > 0) needs its noise source")

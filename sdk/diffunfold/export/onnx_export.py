@@ -310,12 +310,10 @@ def export_model(
     runtime then uses unless told otherwise.
     """
     churn = edm.Churn.of(churn)
-    if edm.check_sampler(sampler) in edm.STOCHASTIC and churn.active:
-        raise InputError(f"the {sampler} sampler is stochastic already: export it without churn")
     check_ensemble(ensemble)
     contrast = Contrast.of(contrast)
     out = Path(out_dir)
-    _check_request(model, contrast, out, overwrite)
+    _check_request(model, contrast, out, overwrite, sampler, churn)
     model = model.float().cpu().eval()
     if fp16_weights:
         model = _rounded_to_fp16(model)
@@ -337,8 +335,12 @@ def export_model(
     return ModelPackage.open(out)
 
 
-def _check_request(model: DiffUnfolding, contrast: Contrast | None, out: Path, overwrite: bool) -> None:
-    """Refuse a contrast stretch for an MRI model, and a used ``out`` folder without ``overwrite``."""
+def _check_request(
+    model: DiffUnfolding, contrast: Contrast | None, out: Path, overwrite: bool, sampler: str, churn: edm.Churn
+) -> None:
+    """Refuse a contrast stretch for an MRI model, an unknown sampler or one with churn beside it,
+    and a used ``out`` folder without ``overwrite``."""
+    edm.check_churn_fits(edm.check_sampler(sampler), churn)
     if contrast is not None and model.space.complex:
         raise InputError("the contrast stretch is for image models; an MRI package cannot ask for it")
     if out.exists() and any(out.iterdir()) and not overwrite:
