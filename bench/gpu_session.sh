@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one command of a lent GPU machine (the `device` tool): it must fit in one call of at most
-# 10 minutes. Two sessions (PART=):
+# 10 minutes. Three sessions (PART=):
 #
 # PART=latency: the torch GPU path (docs/engines-and-gpu.md), worst case about 500 s:
 #   1. versions and the GPU (about 20 s);
@@ -33,6 +33,20 @@
 #
 #   bash bench/gpu_session.sh                      # on the GPU machine; photos in .gpu/photos
 #   PHOTOS=/data/photos/train TRAIN_S=60 OUT=/tmp/o DEVICE=cpu bash bench/gpu_session.sh   # a dry run
+#
+# PART=formulations: the diffusion formulations of issue 32 (VP, VE, iDDPM, EDM; EDM's Table 1,
+# `model.formulation`) at the bundled image model's preset (`small`, attention at H/8), trained
+# from scratch on the photos, Gaussian blur only (the task the CPU comparisons of
+# bench/results/formulations/ used), all four side by side on the one GPU for the same number of
+# steps at the same batch (FORM_BATCH, 64) and seed: a CAL_STEPS calibration of the four sets how
+# many fit in TRAIN_S. What comes back: the four EMA weights as slim checkpoints (OUT/edm, OUT/vp,
+# ...; `python -m diffunfold export` makes packages of them, `bench/quality.py` scores them) and
+# logs.tar.gz.
+#
+#   PART=formulations bash bench/gpu_session.sh                            # on the GPU machine
+#   PART=formulations PRESET=tiny ATTENTION=[] FORM_BATCH=2 FORM_WORKERS=1 CAL_STEPS=3 TRAIN_S=60 MIN_STEPS=4 \
+#       DEVICE=cpu OUT=/tmp/o PHOTOS=data/photos/train HELD_OUT=data/photos/held-out \
+#       bash bench/gpu_session.sh                                          # the dry run, a minute or two
 set -u
 OUT=${OUT:-/tmp/gpu_session}
 PHOTOS=${PHOTOS:-.gpu/photos}
@@ -46,6 +60,10 @@ BATCH_A=${BATCH_A:-32}; BATCH_B=${BATCH_B:-64}   # the variants' batches (lr 1e-
 RECIPE=${RECIPE:-matched}
 PART=${PART:-train}
 PARITY_S=${PARITY_S:-120}; LATENCY_S=${LATENCY_S:-270}
+MIN_STEPS=${MIN_STEPS:-100}     # the least steps the calibration may set (a dry run: fewer)
+PRESET=${PRESET:-small}; FORM_BATCH=${FORM_BATCH:-64}; ATTENTION=${ATTENTION:-[3]}   # PART=formulations
+FORM_WORKERS=${FORM_WORKERS:-3}  # DataLoader workers per formulation (four runs share the host's cores)
+FORMULATIONS=(edm vp ve iddpm)
 case "$RECIPE" in
   matched) RECIPE_ARGS=(--set train.weights_lr_scale=0 --set model.noise_floor=1e-6) ;;
   learned) RECIPE_ARGS=() ;;
@@ -86,6 +104,72 @@ latency_session() {
   return "$rc"
 }
 
+steps_for_budget() {  # steps_for_budget RUN_DIR...: the steps all of them fit in TRAIN_S side by side
+  $PY - "$TRAIN_S" "$MIN_STEPS" "$@" <<'EOF'
+import csv, sys
+budget, least, rates = float(sys.argv[1]), int(sys.argv[2]), []
+for run in sys.argv[3:]:
+    rows = list(csv.DictReader(open(f"{run}/log.csv")))
+    a, b = rows[0], rows[-1]  # the first logged steps hold the start-up: rate from there on
+    if len(rows) > 1:
+        rates.append((int(b["step"]) - int(a["step"])) / (float(b["elapsed_s"]) - float(a["elapsed_s"])))
+    else:  # a dry run's few steps: start-up included
+        rates.append(int(b["step"]) / float(b["elapsed_s"]))
+    print(f"{run}: {rates[-1]:.2f} steps/s side by side", file=sys.stderr)
+steps = int(min(rates) * budget * 0.92)
+print(max(least, steps // 50 * 50 if steps >= 100 else steps))
+EOF
+}
+
+slim() {  # slim CHECKPOINT_DIR OUT_DIR: the newest checkpoint's EMA weights, without the optimizer
+  $PY - "$1" "$2" <<'EOF'
+import json, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from diffunfold.package import sha256_file
+from diffunfold.training.checkpoint import latest_checkpoint, read_checkpoint
+meta, tensors = read_checkpoint(latest_checkpoint(sys.argv[1]))
+out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
+weights = out / meta["weights"]
+save_file({k: v for k, v in tensors.items() if k.startswith("ema/")}, str(weights))
+meta.update(sha256=sha256_file(weights), optimizer=None, slim="EMA weights only (bench/gpu_session.sh)")
+(out / weights.with_suffix(".json").name).write_text(json.dumps(meta, indent=1))
+print(out, meta["step"])
+EOF
+}
+
+train_formulation() {  # train_formulation NAME STEPS OUTDIR [CHECKPOINT_EVERY]: from scratch, Gaussian blur
+  timeout $(( TRAIN_S + 120 )) $PY -m diffunfold train --config "$PRESET" --set model.formulation="\"$1\"" \
+    --set "model.unet.attention_levels=$ATTENTION" --set data.source='"folder"' --set data.path="\"$PHOTOS\"" \
+    --set data.val_path="\"$HELD_OUT\"" --set data.native_crops=true --set data.whole_fraction=0.5 \
+    --set data.cache_images=true --set 'data.tasks=["gaussian_blur"]' --set data.noise_max=0.1 \
+    --set data.workers="$FORM_WORKERS" --set train.device="\"$DEVICE\"" --set train.threads=2 --set train.seed=0 \
+    --set train.batch_size="$FORM_BATCH" --steps "$2" --set train.decay_steps="$2" --set train.val_every=0 \
+    --set train.log_every="$(( $2 < 20 ? 1 : 10 ))" --set train.checkpoint_every="${4:-0}" \
+    --set train.keep_checkpoints=1 --out "$3"
+}
+
+formulations_session() {
+  say "2. calibration: $CAL_STEPS steps of the four formulations side by side ($PRESET, batch $FORM_BATCH)"
+  local f pids=() runs=()
+  for f in "${FORMULATIONS[@]}"; do
+    train_formulation "$f" "$CAL_STEPS" "$LOGS/cal-$f" >"$LOGS/cal-$f.txt" 2>&1 & pids+=($!); runs+=("$LOGS/cal-$f")
+  done
+  for f in "${!pids[@]}"; do wait "${pids[$f]}" || { tail -20 "$LOGS/cal-${FORMULATIONS[$f]}.txt"; return 1; }; done
+  local steps; steps=$(steps_for_budget "${runs[@]}") || return 1
+  say "3. training the four for $steps steps"
+  pids=()
+  for f in "${FORMULATIONS[@]}"; do
+    train_formulation "$f" "$steps" "$LOGS/$f" $(( steps / 5 )) >"$LOGS/$f.txt" 2>&1 & pids+=($!)
+  done
+  wait "${pids[@]}"
+  say "trained"; for f in "${FORMULATIONS[@]}"; do tail -n 1 "$LOGS/$f/log.csv"; done
+  say "4. slim checkpoints (EMA weights only)"
+  for f in "${FORMULATIONS[@]}"; do slim "$LOGS/$f/checkpoints" "$OUT/$f" || return 1; done
+  tar -czf "$OUT/logs.tar.gz" -C "$LOGS" --exclude='checkpoints' .
+  say "done"
+}
+
 say "1. machine (part: $PART$([ "$PART" = train ] && echo ", recipe: $RECIPE"))"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$LOGS/gpu.txt"
 $PY - <<'EOF' 2>&1 | tee "$LOGS/versions.txt"; [ "${PIPESTATUS[0]}" = 0 ] || exit 1
@@ -104,7 +188,8 @@ EOF
 case "$PART" in
   train) ;;
   latency) latency_session; exit $? ;;
-  *) echo "PART must be train or latency, not '$PART'" >&2; exit 2 ;;
+  formulations) formulations_session; exit $? ;;
+  *) echo "PART must be train, latency or formulations, not '$PART'" >&2; exit 2 ;;
 esac
 
 say "2. parity tests (background)"
@@ -130,18 +215,7 @@ train b32 "$BATCH_A" 0.0001 "$CAL_STEPS" "$LOGS/cal-b32" >"$LOGS/cal-b32.txt" 2>
 A=$!
 train b64 "$BATCH_B" 0.0002 "$CAL_STEPS" "$LOGS/cal-b64" >"$LOGS/cal-b64.txt" 2>&1
 wait $A || { tail -20 "$LOGS/cal-b32.txt"; exit 1; }
-STEPS=$($PY - "$LOGS" "$TRAIN_S" <<'EOF'
-import csv, sys
-logs, budget = sys.argv[1], float(sys.argv[2])
-rates = []
-for name in ("cal-b32", "cal-b64"):
-    rows = list(csv.DictReader(open(f"{logs}/{name}/log.csv")))
-    a, b = rows[0], rows[-1]  # the first 20 steps hold the start-up: rate from there on
-    rates.append((int(b["step"]) - int(a["step"])) / (float(b["elapsed_s"]) - float(a["elapsed_s"])))
-    print(f"{name}: {rates[-1]:.2f} steps/s side by side", file=sys.stderr)
-print(max(100, int(min(rates) * budget * 0.92) // 50 * 50))
-EOF
-) || { tail -20 "$LOGS/cal-b64.txt"; exit 1; }
+STEPS=$(steps_for_budget "$LOGS/cal-b32" "$LOGS/cal-b64") || { tail -20 "$LOGS/cal-b64.txt"; exit 1; }
 say "3b. training both variants for $STEPS steps"
 EVERY=$(( STEPS / 5 ))  # a checkpoint to fall back on if a run overruns
 train b32 "$BATCH_A" 0.0001 "$STEPS" "$LOGS/b32" "$EVERY" >"$LOGS/b32.txt" 2>&1 &
@@ -152,20 +226,7 @@ say "trained"; tail -n 3 "$LOGS/b32/log.csv" "$LOGS/b64/log.csv"; cat "$LOGS"/b*
 
 say "4. slim checkpoints (EMA weights only)"
 for v in b32 b64; do
-  $PY - "$LOGS/$v/checkpoints" "$OUT/$v" <<'EOF'
-import json, sys
-from pathlib import Path
-from safetensors.torch import save_file
-from diffunfold.package import sha256_file
-from diffunfold.training.checkpoint import latest_checkpoint, read_checkpoint
-meta, tensors = read_checkpoint(latest_checkpoint(sys.argv[1]))
-out = Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True)
-weights = out / meta["weights"]
-save_file({k: v for k, v in tensors.items() if k.startswith("ema/")}, str(weights))
-meta.update(sha256=sha256_file(weights), optimizer=None, slim="EMA weights only (bench/gpu_session.sh)")
-(out / weights.with_suffix(".json").name).write_text(json.dumps(meta, indent=1))
-print(out, meta["step"])
-EOF
+  slim "$LOGS/$v/checkpoints" "$OUT/$v"
 done
 wait $PARITY
 say "parity tests:"; tail -5 "$LOGS/parity.log"

@@ -74,3 +74,16 @@ def test_compare_per_photo(tmp_path, capsys):
     assert table.startswith("| sr_x8 | 0 | 21.67 | tikhonov 20.50 | +1.17 | 3 of 3 |")
     assert table.endswith("21.00 | +0.67 |")
     assert json.loads(now.read_text())["per_image"][0]["model_psnr"] == [21.0, 21.0, 23.0]
+
+
+def test_paired_packages(tmp_path, capsys):
+    pair = _load(EXPERIMENTS / "paired_packages.py")
+    a, b = tmp_path / "quality-a.json", tmp_path / "quality-b.json"
+    a.write_text(json.dumps(_quality_json([20.0, 21.0, 22.0], [20.5, 20.5, 20.5])))
+    b.write_text(json.dumps(_quality_json([21.0, 21.0, 23.5], [20.5, 20.5, 20.5])))
+    assert pair.main([str(a), str(b)]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    # differences 1, 0, 1.5: mean 0.83, sample std 0.764, standard error 0.44; 2 of 3 ahead
+    assert row == "| sr_x8 | 0 | 21.00 | +0.83 +- 0.44 (2/3 ahead) |"
+    with pytest.raises(SystemExit):
+        pair.main([str(a)])
