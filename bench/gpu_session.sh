@@ -44,9 +44,10 @@
 # logs.tar.gz.
 #
 #   PART=formulations bash bench/gpu_session.sh                            # on the GPU machine
-#   PART=formulations PRESET=tiny ATTENTION=[] FORM_BATCH=2 FORM_WORKERS=1 CAL_STEPS=3 TRAIN_S=60 MIN_STEPS=4 \
+#   PART=formulations PRESET=tiny ATTENTION=[] FORM_BATCH=2 FORM_WORKERS=1 FORM_VAL_IMAGES=1 CAL_STEPS=3 \
+#       TRAIN_S=150 MIN_STEPS=4 \
 #       DEVICE=cpu OUT=/tmp/o PHOTOS=data/photos/train HELD_OUT=data/photos/held-out \
-#       bash bench/gpu_session.sh                                          # the dry run, a minute or two
+#       bash bench/gpu_session.sh                                          # the dry run, minutes on a CPU
 set -u
 OUT=${OUT:-/tmp/gpu_session}
 PHOTOS=${PHOTOS:-.gpu/photos}
@@ -63,6 +64,7 @@ PARITY_S=${PARITY_S:-120}; LATENCY_S=${LATENCY_S:-270}
 MIN_STEPS=${MIN_STEPS:-100}     # the least steps the calibration may set (a dry run: fewer)
 PRESET=${PRESET:-small}; FORM_BATCH=${FORM_BATCH:-64}; ATTENTION=${ATTENTION:-[3]}   # PART=formulations
 FORM_WORKERS=${FORM_WORKERS:-3}  # DataLoader workers per formulation (four runs share the host's cores)
+FORM_VAL_IMAGES=${FORM_VAL_IMAGES:-8}  # held-out photos of each run's final validation (the calibration: 1)
 FORMULATIONS=(edm vp ve iddpm)
 case "$RECIPE" in
   matched) RECIPE_ARGS=(--set train.weights_lr_scale=0 --set model.noise_floor=1e-6) ;;
@@ -138,8 +140,9 @@ print(out, meta["step"])
 EOF
 }
 
-train_formulation() {  # train_formulation NAME STEPS OUTDIR [CHECKPOINT_EVERY]: from scratch, Gaussian blur
+train_formulation() {  # train_formulation NAME STEPS OUTDIR [CHECKPOINT_EVERY [VAL_IMAGES]]: from scratch, Gaussian blur
   timeout $(( TRAIN_S + 120 )) $PY -m diffunfold train --config "$PRESET" --set model.formulation="\"$1\"" \
+    --set val.images="${5:-$FORM_VAL_IMAGES}" --set 'val.tasks=[{task="gaussian_blur", sigma=2.0}]' \
     --set "model.unet.attention_levels=$ATTENTION" --set data.source='"folder"' --set data.path="\"$PHOTOS\"" \
     --set data.val_path="\"$HELD_OUT\"" --set data.native_crops=true --set data.whole_fraction=0.5 \
     --set data.cache_images=true --set 'data.tasks=["gaussian_blur"]' --set data.noise_max=0.1 \
@@ -153,7 +156,7 @@ formulations_session() {
   say "2. calibration: $CAL_STEPS steps of the four formulations side by side ($PRESET, batch $FORM_BATCH)"
   local f pids=() runs=()
   for f in "${FORMULATIONS[@]}"; do
-    train_formulation "$f" "$CAL_STEPS" "$LOGS/cal-$f" >"$LOGS/cal-$f.txt" 2>&1 & pids+=($!); runs+=("$LOGS/cal-$f")
+    train_formulation "$f" "$CAL_STEPS" "$LOGS/cal-$f" 0 1 >"$LOGS/cal-$f.txt" 2>&1 & pids+=($!); runs+=("$LOGS/cal-$f")
   done
   for f in "${!pids[@]}"; do wait "${pids[$f]}" || { tail -20 "$LOGS/cal-${FORMULATIONS[$f]}.txt"; return 1; }; done
   local steps; steps=$(steps_for_budget "${runs[@]}") || return 1
