@@ -9,7 +9,8 @@ Four variants of one image package, each a single posterior sample as the API's 
                       its recorded tiles above (the default now; image-small: 72 px, overlap 8)
 
 Part 1 times them, interleaved round by round, on one held-out photo per size (batch 1,
-Gaussian blur sigma 2, sigma_y 0.01): median seconds per image, network calls, the tiling. The
+Gaussian blur sigma 2, sigma_y 0.01, where image-small's fast schedule runs its stages for noisy
+images up to 128 px: 18 calls at 64 px, 22 at 256): median seconds per image, network calls, the tiling. The
 machine's GEMM rate (bench/matmul_rate.py, the backend's precision) is measured just before and
 just after: on a virtual machine it moves by tens of percent from hour to hour, and the short
 64 px calls follow it, so an absolute time means little without it.

@@ -589,7 +589,8 @@ def test_latency_compares_the_schedules_and_records_the_machine_rate(tmp_path, m
     (result,) = tmp_path.glob("latency-*.json")
     got = json.loads(result.read_text())["results"]
     calls = {r["variant"]: r["network_calls"] for r in got["timing"]}
-    assert calls == {"full, 128 tiles": 72, "fast, whole": 22, "fast, 128 tiles": 22, "fast, auto": 22}
+    # sigma_y 0.01: the fast schedule's stages for noisy measurements (2-4-4-4-2-2)
+    assert calls == {"full, 128 tiles": 72, "fast, whole": 18, "fast, 128 tiles": 18, "fast, auto": 18}
     assert len(got["gemm_rates"]) == 2 and all(r["gflops"] > 0 for r in got["gemm_rates"])
     (cell,) = got["quality"]
     assert cell["task"] == "gaussian_blur" and all(math.isfinite(cell[k]) for k in ("full, 128 tiles", "fast, auto"))

@@ -87,3 +87,18 @@ def test_paired_packages(tmp_path, capsys):
     assert row == "| sr_x8 | 0 | 21.00 | +0.83 +- 0.44 (2/3 ahead) |"
     with pytest.raises(SystemExit):
         pair.main([str(a)])
+
+
+def test_few_calls_variants_set_the_stages_at_every_noise_level(tmp_path):
+    """``fast_stages=`` in few_calls.py runs a copy of the package with those stages and without
+    its stages for noisy measurements, so a variant means the same at every sigma_y."""
+    pytest.importorskip("onnxruntime", reason="the runtime backend")
+    few_calls = _load(EXPERIMENTS / "few_calls.py")
+    package = EXPERIMENTS.parents[1] / "samples" / "models" / "image-small"
+    label, kwargs = few_calls.parse_variant("a22:fast_stages=2.4.4.4.4.4,steps=6")
+    assert label == "a22" and kwargs == {"fast_stages": "2.4.4.4.4.4", "steps": 6}
+    solver = few_calls.variant_solver(str(package), "onnxruntime", {"fast_stages": "2.4.4.4.4.4"}, tmp_path, 1)
+    fast = solver.package.fast_schedule
+    assert fast.stages == (2, 4, 4, 4, 4, 4) and fast.noisy_stages is None
+    with pytest.raises(SystemExit, match="unknown variant key"):
+        few_calls.parse_variant("x:stagez=2")

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the torch reference needs torch (the train extra)")
 pytest.importorskip("onnx", reason="building test packages needs onnx (the export extra)")
 
-from helpers import IMAGE_TASKS, clean_images, operator_for, proximal_model, rel_err  # noqa: E402
+from helpers import IMAGE_TASKS, SIZE, clean_images, operator_for, proximal_model, rel_err  # noqa: E402
 
 from diffunfold import edm  # noqa: E402
 from diffunfold.baselines import classical_baseline  # noqa: E402
@@ -20,6 +20,7 @@ from diffunfold.errors import InputError  # noqa: E402
 from diffunfold.export import export_model  # noqa: E402
 from diffunfold.fast_schedule import IMAGE_DEFAULT, FastSchedule  # noqa: E402
 from diffunfold.package import ModelPackage, write_manifest  # noqa: E402
+from diffunfold.physics import make_operator  # noqa: E402
 from diffunfold.runtime import Solver  # noqa: E402
 from diffunfold.training.sampler import restore  # noqa: E402
 
@@ -174,3 +175,59 @@ def test_bad_stage_counts_are_refused(packages, tmp_path, stages):
 def test_the_exported_schedule_never_asks_for_more_stages_than_the_package_has():
     assert IMAGE_DEFAULT.for_stages(2).stages is None or max(IMAGE_DEFAULT.for_stages(2).stages) <= 2
     assert FastSchedule(3, 1.5, 0.002, stages=(1, 4, 4)).for_stages(2).stages == (1, 2, 2)
+
+
+def test_noisy_measurements_may_run_fewer_stages(packages, tmp_path):
+    """``schedule.fast.noisy``: its stages where every image's sigma_y is at least its sigma_y
+    (given or estimated) and no side is longer than its up_to, the plain stages otherwise; in
+    the runtime as in the torch reference."""
+    model, pkg = packages["image"]
+    k = pkg.stages
+    noisy = {"sigma_y": 0.005, "up_to": SIZE, "stages": [1, 1, k]}
+    fast = {"steps": 3, "sigma_max": 1.5, "sigma_min": 0.002, "start": "classical", "stages": [1, k, k], "noisy": noisy}
+    few = _with_fast(pkg, tmp_path / "noisy", fast)
+    assert few.fast_schedule.manifest_entry()["noisy"] == noisy
+    op = operator_for("gaussian_blur", {"sigma": 1.5})
+    y = op.measure(clean_images(), 0.01, seed=[1, 2])
+    solver = Solver.load(few, backend="onnxruntime")
+    for std, calls in ((0.01, 2 + k), ([0.01, 0.002], 1 + 2 * k), (0.0, 1 + 2 * k)):
+        got = solver.solve(y, op, seed=3, noise_std=std)
+        assert got.timing.network_calls == calls, std
+        want = restore(model, torch.from_numpy(y), op, seed=3, noise_std=std, fast=few.fast_schedule)
+        assert rel_err(got.images, want.images.numpy()) < REL_TOL
+    assert solver.solve(y, op, seed=3).timing.network_calls == 2 + k  # sigma_y estimated from y: ~0.01
+    big_op = make_operator("gaussian_blur", (SIZE + 8, SIZE), sigma=1.5)  # a side above up_to
+    big = big_op.measure(np.pad(clean_images(), ((0, 0), (0, 0), (0, 8), (0, 0)), mode="reflect"), 0.01, seed=[1, 2])
+    assert solver.solve(big, big_op, seed=3, noise_std=0.01).timing.network_calls == 1 + 2 * k
+
+
+@pytest.mark.parametrize(
+    "noisy",
+    [
+        [1, 2],
+        {"sigma_y": 0.01},
+        {"sigma_y": -1, "stages": [1, 1, 1]},
+        {"sigma_y": "x", "stages": [1, 1, 1]},
+        {"sigma_y": 0.01, "up_to": -8, "stages": [1, 1, 1]},
+        {"sigma_y": 0.01, "up_to": 1.5, "stages": [1, 1, 1]},
+        {"sigma_y": 0.01, "stages": [1, 1]},
+        {"sigma_y": 0.01, "stages": [1, 0, 1]},
+        {"sigma_y": 0.01, "stages": [1, 1, 99]},
+        {"sigma_y": 0.01, "stages": [1, 1, 1], "size": 3},
+    ],
+)
+def test_bad_noisy_stages_are_refused(packages, tmp_path, noisy):
+    _, pkg = packages["image"]
+    fast = {"steps": 3, "sigma_max": 1.5, "sigma_min": 0.002, "start": "classical", "noisy": noisy}
+    with pytest.raises(InputError, match="schedule.fast.noisy"):
+        _with_fast(pkg, tmp_path / "bad", fast)
+
+
+def test_for_solve_picks_the_stages_and_for_stages_caps_both():
+    fast = FastSchedule(3, 1.5, 0.002, stages=(2, 4, 4), noisy_stages=(2, 4, 2), noisy_from=0.005, noisy_up_to=128)
+    assert fast.for_solve(np.array([0.01, 0.05]), (128, 96)).stages == (2, 4, 2)
+    assert fast.for_solve(np.array([0.01, 0.001]), (64, 64)).stages == (2, 4, 4)
+    assert fast.for_solve(np.array([0.05]), (64, 256)).stages == (2, 4, 4)  # larger than up_to
+    assert fast.for_solve(None, (64, 64)).stages == (2, 4, 4)  # sigma_y unknown: the stages for noise-free data
+    assert fast.for_stages(3).noisy_stages == (2, 3, 2) and fast.for_stages(3).stages == (2, 3, 3)
+    assert FastSchedule.from_manifest(fast.manifest_entry(), "here") == fast

@@ -3,11 +3,11 @@
 Each VARIANT is ``label:key=value,...`` with keys of ``Solver.solve`` (steps, sampler, sigma_min,
 sigma_max, rho, churn, schedule, stages, tile); ``default`` is the package's own schedule. Two keys
 change a copy of the package's manifest instead: ``fast_stages=2.4.4.4.4.4`` (the fast schedule's
-stages per level, ``schedule.fast.stages``) and ``tiles=72/8`` (the tile side and least overlap
-that ``tile="auto"`` uses above the whole side, ``tiling.tile``/``tiling.overlap``). Scores one posterior
-sample per image (the product's default, samples=1) at the true noise level, every task and noise
-level asked, and prints each variant's network calls per image and PSNR per cell with its change
-from the first variant.
+stages per level, ``schedule.fast.stages``, at every noise level: its ``noisy`` stages dropped)
+and ``tiles=72/8`` (the tile side and least overlap that ``tile="auto"`` uses above the whole
+side, ``tiling.tile``/``tiling.overlap``). Scores one posterior sample per image (the product's
+default, samples=1) at the true noise level, every task and noise level asked, and prints each
+variant's network calls per image and PSNR per cell with its change from the first variant.
 
     python bench/experiments/few_calls.py samples/models/image-small --photos VAL/held-out \\
         --images 8 default "e6:steps=6" "e4s:steps=4,sigma_min=0.02"
@@ -76,28 +76,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=list(TASKS), help=f"harness task keys (default {TASKS})")
     p.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.01, 0.05], help="sigma_y (default 0 0.01 0.05)")
     p.add_argument("--backend", default="auto", help="runtime backend (default auto)")
+    p.add_argument("--threads", type=int, help="the backend's threads (default: its own; 1 beside another job)")
     p.add_argument("--json", help="write the per-image PSNRs here")
     return p.parse_args(argv)
 
 
-def variant_solver(package: str, backend: str, kwargs: dict, scratch: Path):
+def variant_solver(package: str, backend: str, kwargs: dict, scratch: Path, threads: int | None = None):
     """The solver a variant runs: the package itself, or a copy of it whose manifest carries the
     variant's ``fast_stages`` / ``tiles`` (in ``scratch``)."""
     from diffunfold.package import ModelPackage, write_manifest
     from diffunfold.runtime import Solver
 
     if not PACKAGE_KEYS & set(kwargs):
-        return Solver.load(package, backend=backend)
+        return Solver.load(package, backend=backend, threads=threads)
     copy = Path(tempfile.mkdtemp(dir=scratch))
     shutil.copytree(package, copy, dirs_exist_ok=True)
     m = json.loads((copy / "manifest.json").read_text())
     if "fast_stages" in kwargs:
         m["schedule"]["fast"]["stages"] = [int(k) for k in kwargs["fast_stages"].split(".")]
+        m["schedule"]["fast"].pop("noisy", None)  # these stages at every noise level
     if "tiles" in kwargs:
         side, _, overlap = kwargs["tiles"].partition("/")
         m["tiling"] = {**m.get("tiling", {}), "tile": int(side), "overlap": int(overlap or 0)}
     write_manifest(copy, m, list(m["files"]))
-    return Solver.load(ModelPackage.open(copy), backend=backend)
+    return Solver.load(ModelPackage.open(copy), backend=backend, threads=threads)
 
 
 def run_cells(solvers: dict, variants, cases) -> dict:
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = [parse_variant(v) for v in a.variants]
     scratch = Path(tempfile.mkdtemp(prefix="few_calls-"))
-    solvers = {label: variant_solver(a.package, a.backend, kw, scratch) for label, kw in variants}
+    solvers = {label: variant_solver(a.package, a.backend, kw, scratch, a.threads) for label, kw in variants}
     solver = next(iter(solvers.values()))
     if a.mri:
         from diffunfold.data.held_out import held_out_slices

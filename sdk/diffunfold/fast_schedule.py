@@ -25,6 +25,17 @@ above on Gaussian blur), so the default runs two: 22 calls instead of 24.
 Two stages at the first two levels lost 1.5 dB; one network output reused by all four stages of
 the first level was no better than one stage.
 
+Noisy measurements of images up to 128 px need fewer stages at the two lowest levels
+(``noisy``: 2-4-4-4-2-2, 18 calls, where every image's sigma_y, given or estimated, is at least
+0.01 and neither side is longer than 128 px, the side ``tile="auto"`` still runs whole). With
+DDPM's ancestral step a draw at the next level is an estimate plus fresh noise, and where the
+measurement's noise already limits what the lowest levels can refine, two stages give that
+estimate. Against 22 calls (``bench/results/samplers/README.md``, "Fewer calls where the
+measurement is noisy"): at 64 px 2-4-4-4-2-2 was level at every noise (12 validation photos,
+worst cell -0.14 dB; the harness's held-out ones -0.13), but the loss grows with the image and
+shrinks with the noise: noise-free motion blur fell from 68-70 to 57-58 dB at 128 and 256 px;
+at sigma_y 0.01 the worst cell was -0.11 dB at 128 px and -0.16 to -0.29 at 256 px.
+
 A package opts in through its manifest's ``schedule.fast``; ``Solver.solve(schedule="full")``
 keeps the 18-step path, and explicit ``steps``/``sigma_*`` override either. The steps are the
 package's sampler's (``schedule.sampler``): the bundled image package's are DDPM's ancestral
@@ -54,21 +65,30 @@ class FastSchedule:
     rho: float = 7.0
     start: str = "classical"
     stages: tuple[int, ...] | None = None  # unfolding stages at each level (None: all K at every one)
+    # the stages where every image's sigma_y is at least ``noisy_from`` and no side is longer than
+    # ``noisy_up_to`` px (0: any size; None: ``stages`` always): the lowest levels' extra stages
+    # pay on (nearly) noise-free measurements and on large images
+    noisy_stages: tuple[int, ...] | None = None
+    noisy_from: float = math.inf
+    noisy_up_to: int = 0
 
     @classmethod
     def from_manifest(cls, value: dict, where: str) -> FastSchedule:
         """Checked from a manifest's ``schedule.fast``; an :class:`InputError` naming ``where``."""
-        if not isinstance(value, dict) or set(value) - {"steps", "sigma_max", "sigma_min", "rho", "start", "stages"}:
-            raise InputError(f"{where}: schedule.fast must hold steps, sigma_max, sigma_min, rho, start (and stages)")
+        keys = {"steps", "sigma_max", "sigma_min", "rho", "start", "stages", "noisy"}
+        if not isinstance(value, dict) or set(value) - keys:
+            raise InputError(
+                f"{where}: schedule.fast must hold steps, sigma_max, sigma_min, rho, start (and stages, noisy)"
+            )
         try:
-            stages = value.get("stages")
             out = cls(
                 steps=value["steps"],
                 sigma_max=float(value["sigma_max"]),
                 sigma_min=float(value["sigma_min"]),
                 rho=float(value.get("rho", 7.0)),
                 start=value.get("start", "classical"),
-                stages=None if stages is None else tuple(stages),
+                stages=_counts(value.get("stages")),
+                **_noisy_fields(value.get("noisy"), where),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{where}: schedule.fast is incomplete or not numeric ({exc})") from None
@@ -78,12 +98,9 @@ class FastSchedule:
             raise InputError(f"{where}: schedule.fast needs steps >= 1 and 0 < sigma_min < sigma_max, got {value}")
         if out.start not in STARTS:
             raise InputError(f"{where}: schedule.fast.start must be one of {STARTS}, got {out.start!r}")
-        counts_ok = out.stages is None or (
-            len(out.stages) == out.steps
-            and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in out.stages)
-        )
-        if not counts_ok:
-            raise InputError(f"{where}: schedule.fast.stages must be one whole number >= 1 per step, got {stages!r}")
+        for name, counts in (("stages", out.stages), ("noisy.stages", out.noisy_stages)):
+            if not _counts_ok(counts, out.steps):
+                raise InputError(f"{where}: schedule.fast.{name} must be one whole number >= 1 per step: {counts!r}")
         return out
 
     def as_dict(self) -> dict:
@@ -92,11 +109,29 @@ class FastSchedule:
 
     def manifest_entry(self) -> dict:
         extra = {} if self.stages is None else {"stages": list(self.stages)}
+        if self.noisy_stages is not None:
+            extra["noisy"] = {"sigma_y": self.noisy_from, "up_to": self.noisy_up_to, "stages": list(self.noisy_stages)}
         return {**self.as_dict(), "start": self.start, **extra}
 
     def for_stages(self, k: int) -> FastSchedule:
         """This schedule for a package of ``k`` stages: no level asks for more than ``k``."""
-        return self if self.stages is None else replace(self, stages=tuple(min(n, k) for n in self.stages))
+
+        def cap(counts):
+            return None if counts is None else tuple(min(n, k) for n in counts)
+
+        return replace(self, stages=cap(self.stages), noisy_stages=cap(self.noisy_stages))
+
+    def for_solve(self, noise_std, shape: tuple[int, ...]) -> FastSchedule:
+        """The schedule for measurements of noise ``noise_std`` (sigma_y per image, None where the
+        solve does not know it) and images of ``shape`` (H, W): the noisy stages where every
+        image is at least ``noisy_from`` noisy and no larger than ``noisy_up_to``, else the
+        stages for noise-free measurements."""
+        plain = replace(self, noisy_stages=None, noisy_from=math.inf, noisy_up_to=0)
+        if self.noisy_stages is None or noise_std is None or np.min(noise_std) < self.noisy_from:
+            return plain
+        if self.noisy_up_to and max(shape) > self.noisy_up_to:
+            return plain
+        return replace(plain, stages=self.noisy_stages)
 
     def levels(self) -> np.ndarray:
         """The schedule's noise levels (EDM's rho spacing) with the final 0."""
@@ -112,7 +147,41 @@ class FastSchedule:
 
 # What an exported image package gets (chosen for image-small on validation photos; see above).
 # MRI packages get none: the scanner path (diffunfold.scanner) starts from its SENSE estimate.
-IMAGE_DEFAULT = FastSchedule(steps=6, sigma_max=1.5, sigma_min=0.002, stages=(2, 4, 4, 4, 4, 4))
+IMAGE_DEFAULT = FastSchedule(
+    steps=6,
+    sigma_max=1.5,
+    sigma_min=0.002,
+    stages=(2, 4, 4, 4, 4, 4),
+    noisy_stages=(2, 4, 4, 4, 2, 2),
+    noisy_from=0.01,
+    noisy_up_to=128,
+)
+
+
+def _counts(value) -> tuple | None:
+    return None if value is None else tuple(value)
+
+
+def _counts_ok(counts: tuple | None, steps: int) -> bool:
+    return counts is None or (
+        len(counts) == steps and all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in counts)
+    )
+
+
+def _noisy_fields(value, where: str) -> dict:
+    """``schedule.fast.noisy`` (``{"sigma_y": s, "stages": [...]}``) as FastSchedule's fields."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not {"sigma_y", "stages"} <= set(value) <= {"sigma_y", "up_to", "stages"}:
+        raise InputError(f"{where}: schedule.fast.noisy must hold sigma_y, stages (and up_to), got {value!r}")
+    sigma_y, up_to = value["sigma_y"], value.get("up_to", 0)
+    if isinstance(sigma_y, bool) or not isinstance(sigma_y, (int, float)) or not 0 <= sigma_y < math.inf:
+        raise InputError(f"{where}: schedule.fast.noisy.sigma_y must be a finite number >= 0, got {sigma_y!r}")
+    if isinstance(up_to, bool) or not isinstance(up_to, int) or up_to < 0:
+        raise InputError(f"{where}: schedule.fast.noisy.up_to must be a whole number of pixels >= 0, got {up_to!r}")
+    if not isinstance(value["stages"], list):
+        raise InputError(f"{where}: schedule.fast.noisy.stages must be a list, got {value['stages']!r}")
+    return {"noisy_stages": tuple(value["stages"]), "noisy_from": float(sigma_y), "noisy_up_to": up_to}
 
 
 def check_schedule_name(name: str | None) -> str | None:

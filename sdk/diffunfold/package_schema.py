@@ -144,8 +144,9 @@ def manifest_problems(m: dict) -> list[str]:
         try:
             fast = FastSchedule.from_manifest(m["schedule"]["fast"], "the manifest")
             k = m.get("stages")
-            if fast.stages and isinstance(k, int) and max(fast.stages) > k:
-                out.append(f"schedule.fast.stages asks for more stages than the package's {k}: {list(fast.stages)}")
+            for name, counts in (("stages", fast.stages), ("noisy.stages", fast.noisy_stages)):
+                if counts and isinstance(k, int) and max(counts) > k:
+                    out.append(f"schedule.fast.{name} asks for more stages than the package's {k}: {list(counts)}")
         except InputError as exc:
             out.append(str(exc))
     out += _formulation_problems(m.get("schedule"))

@@ -79,6 +79,7 @@ def restore(
     bar = _progress_bar(progress, steps * samples, sampler)
     contrast = Contrast.of(contrast)
     std = _noise_level(model, contrast, noise_std, operator, y, batch)  # the one resolution of sigma_y
+    fast = None if fast is None else fast.for_solve(std, operator.image_shape)  # as the runtime's
     stretch = _stretch(contrast, model, y, operator, std)
     sigma_y = _sigma_y(model, std, stretch, param)
     start = None if fast is None else _classical_start(model, operator, y, noise_std, std, stretch)
