@@ -31,9 +31,9 @@ Noisy measurements of images up to 128 px need fewer stages at the two lowest le
 DDPM's ancestral step a draw at the next level is an estimate plus fresh noise, and where the
 measurement's noise already limits what the lowest levels can refine, two stages give that
 estimate. Against 22 calls (``bench/results/samplers/README.md``, "Fewer calls where the
-measurement is noisy and the image small"): at 64 px 2-4-4-4-2-2 was level at every noise (12 validation photos,
-worst cell -0.14 dB; the harness's held-out ones -0.13), but the loss grows with the image and
-shrinks with the noise: noise-free motion blur fell from 68-70 to 57-58 dB at 128 and 256 px;
+measurement is noisy and the image small"): at 64 px 2-4-4-4-2-2 was level at every noise (12
+validation photos, worst cell -0.14 dB; the harness's held-out ones -0.13), but the loss grows
+with the image and shrinks with the noise: noise-free motion blur fell from 68-70 to 57-58 dB at 128 and 256 px;
 at sigma_y 0.01 the worst cell was -0.11 dB at 128 px and -0.16 to -0.29 at 256 px. With the
 rule, the held-out photos' noisy cells moved by -0.05 dB on average at 64 px (worst -0.13) and
 -0.07 at 128 px (worst -0.17).
@@ -68,7 +68,7 @@ class FastSchedule:
     start: str = "classical"
     stages: tuple[int, ...] | None = None  # unfolding stages at each level (None: all K at every one)
     # the stages where every image's sigma_y is at least ``noisy_from`` and no side is longer than
-    # ``noisy_up_to`` px (0: any size; None: ``stages`` always): the lowest levels' extra stages
+    # ``noisy_up_to`` px (0: any size); None: ``stages`` always. The lowest levels' extra stages
     # pay on (nearly) noise-free measurements and on large images
     noisy_stages: tuple[int, ...] | None = None
     noisy_from: float = math.inf
@@ -171,7 +171,8 @@ def _counts_ok(counts: tuple | None, steps: int) -> bool:
 
 
 def _noisy_fields(value, where: str) -> dict:
-    """``schedule.fast.noisy`` (``{"sigma_y": s, "stages": [...]}``) as FastSchedule's fields."""
+    """``schedule.fast.noisy`` (``{"sigma_y": s, "up_to": px, "stages": [...]}``, ``up_to``
+    optional) as FastSchedule's fields."""
     if value is None:
         return {}
     if not isinstance(value, dict) or not {"sigma_y", "stages"} <= set(value) <= {"sigma_y", "up_to", "stages"}:
