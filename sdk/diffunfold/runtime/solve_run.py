@@ -16,14 +16,15 @@ from .tiling import TilePlan
 from .warm_start import WarmStart
 
 
-def plan_stages(stages, k: int, fast, overrides: tuple, noise_std, shape) -> tuple[int | None, dict]:
+def plan_stages(stages, k: int, fast, overrides: tuple, run: SolveRun) -> tuple[int | None, dict]:
     """The stages a solve asks for (checked against the package's ``k``), and the fast schedule's
-    ``{level: stages}`` for measurements of noise ``noise_std`` (sigma_y per image, None where
-    the solve did not resolve it) and images of ``shape``, where the solve runs its own levels
-    (no override of steps or levels) and asks for no number of stages, else none."""
+    ``{level: stages}`` for ``run``'s measurements (their sigma_y as resolved, None where nothing
+    resolved it, and their image size), where the solve runs its own levels (no override of
+    steps or levels) and asks for no number of stages, else none."""
     stages = check_stages(stages, k)
-    own_levels = fast is not None and all(v is None for v in overrides)
-    return stages, (fast.for_solve(noise_std, shape).stages_by_level() if own_levels and stages is None else {})
+    if fast is None or stages is not None or any(v is not None for v in overrides):
+        return stages, {}
+    return stages, fast.for_solve(run.noise_std, run.operator.image_shape).stages_by_level()
 
 
 @dataclass

@@ -244,10 +244,7 @@ class Solver:
         extra["schedule"] = "full" if fast is None else f"fast ({fast.start} start)"
         run.coefficients = coefficients
         run.init = self._start_estimate(run, y_dev, y, noise_std, fast, init, init_noise)
-        overrides = (steps, sigma_min, sigma_max, rho)
-        run.stages, run.step_stages = plan_stages(
-            stages, self.stages, fast, overrides, run.noise_std, operator.image_shape
-        )
+        run.stages, run.step_stages = plan_stages(stages, self.stages, fast, (steps, sigma_min, sigma_max, rho), run)
         together = samples > 1 and batch_samples and (operator.batch is None or operator.batch <= 1)
         run.plan = self.plan(operator.image_shape, len(run.seeds) * (int(samples) if together else 1), tile)
         draws, nfe = self._sample(run, int(samples), together, progress)

@@ -66,17 +66,15 @@ def restore(
     runtime's ``schedule="fast"``.
     """
     _check_inputs(model, y, operator, samples)
-    if fast is not None:
-        steps, sigma_max, sigma_min, rho = fast.steps, fast.sigma_max, fast.sigma_min, fast.rho
     param = next(model.parameters())
     batch = int(y.shape[0])
     seeds = edm.seeds_for(seed, batch)
     shape = (model.space.model_channels, *operator.image_shape)
-    sigmas = formulations.schedule("edm" if fast else model.settings.formulation, steps, sigma_min, sigma_max, rho)
+    sigmas = _levels(model, fast, steps, sigma_min, sigma_max, rho)
     churn = edm.Churn.of(churn)
     check_ensemble(ensemble)
 
-    bar = _progress_bar(progress, steps * samples, sampler)
+    bar = _progress_bar(progress, (len(sigmas) - 1) * samples, sampler)
     contrast = Contrast.of(contrast)
     std = _noise_level(model, contrast, noise_std, operator, y, batch)  # the one resolution of sigma_y
     fast = None if fast is None else fast.for_solve(std, operator.image_shape)  # as the runtime's
@@ -93,6 +91,14 @@ def restore(
     if bar is not None:
         bar.close()
     return _restoration(model, [x for x, _ in runs], runs[-1][1], seeds)
+
+
+def _levels(model: DiffUnfolding, fast: FastSchedule | None, steps: int, sigma_min, sigma_max, rho):
+    """The solve's noise levels with the final 0: the fast schedule's (EDM's spacing) where
+    given, else the model's formulation's, as the runtime's ``Solver._schedule``."""
+    if fast is not None:
+        return formulations.schedule("edm", fast.steps, fast.sigma_min, fast.sigma_max, fast.rho)
+    return formulations.schedule(model.settings.formulation, steps, sigma_min, sigma_max, rho)
 
 
 def _progress_bar(progress: bool, total: int, sampler: str):
