@@ -180,6 +180,34 @@ def fmt(v: float, digits: int = 2) -> str:
     return "inf" if v == float("inf") else f"{v:.{digits}f}"
 
 
+def _ssim(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def _seconds(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def scored_table(rows: list[dict], lead: list[tuple], pairs: list[tuple[str, str]]) -> list[str]:
+    """The markdown table of a restore or MRI run: the ``lead`` columns (``(header, row -> text)``),
+    PSNR and SSIM for each ``(label, key suffix)`` of ``pairs`` (keys ``psnr<suffix>``,
+    ``ssim<suffix>``), the seconds, and a mean row where there is more than one row."""
+    import numpy as np
+
+    scores = []
+    for label, key in pairs:
+        scores += [(f"{label}PSNR", f"psnr{key}", fmt), (f"{label}SSIM", f"ssim{key}", _ssim)]
+    scores.append(("s", "seconds", _seconds))
+    header = [h for h, _ in lead] + [h for h, _, _ in scores]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        lines.append("| " + " | ".join([f(r) for _, f in lead] + [show(r[k]) for _, k, show in scores]) + " |")
+    if len(rows) > 1:
+        means = [show(float(np.mean([r[k] for r in rows]))) for _, k, show in scores]
+        lines.append("| mean |" + " |" * (len(lead) - 1) + " " + " | ".join(means) + " |")
+    return lines
+
+
 __all__ = [
     "add_runtime_arguments",
     "fmt",
@@ -187,6 +215,7 @@ __all__ = [
     "load_solver",
     "progress_bar",
     "report_runtime",
+    "scored_table",
     "skipped_note",
     "sum_timing",
     "tile_value",

@@ -21,10 +21,10 @@ from .batch import Unit, check_outputs, finish, refuse_if_nothing_done, run_unit
 from .cluster import add_cluster_arguments
 from .command_common import (
     add_runtime_arguments,
-    fmt,
     load_solver,
     progress_bar,
     report_runtime,
+    scored_table,
     skipped_note,
     sum_timing,
     write_report,
@@ -297,24 +297,7 @@ def _mri_slice(unit: Unit, job: _MRIJob) -> dict:
 
 
 def _mri_table(rows: list[dict]) -> list[str]:
-    import numpy as np
-
-    lines = ["| slice | PSNR | SSIM | zero-filled PSNR | zero-filled SSIM | s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['slice']} | {fmt(r['psnr'])} | {r['ssim']:.4f} | {fmt(r['psnr_zero_filled'])} | "
-            f"{r['ssim_zero_filled']:.4f} | {r['seconds']:.2f} |"
-        )
-    if len(rows) > 1:
-        m = {
-            k: float(np.mean([r[k] for r in rows]))
-            for k in ("psnr", "ssim", "psnr_zero_filled", "ssim_zero_filled", "seconds")
-        }
-        lines.append(
-            f"| mean | {fmt(m['psnr'])} | {m['ssim']:.4f} | {fmt(m['psnr_zero_filled'])} | "
-            f"{m['ssim_zero_filled']:.4f} | {m['seconds']:.2f} |"
-        )
-    return lines
+    return scored_table(rows, [("slice", lambda r: str(r["slice"]))], [("", ""), ("zero-filled ", "_zero_filled")])
 
 
 def _mri_report(args, pkg, job: _MRIJob, count: int, batch, wall: float, notes: list[str]) -> None:

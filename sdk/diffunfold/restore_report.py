@@ -7,38 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import cluster_lines
-from .command_common import fmt, report_runtime, skipped_note, sum_timing, write_report
+from .command_common import report_runtime, scored_table, skipped_note, sum_timing, write_report
 
 
 def restore_table(rows: list[dict], measured: bool, base_name: str) -> list[str]:
-    import numpy as np
-
     if measured:
         return ["| image | size | restored | s |", "|---|---|---|---|"] + [
             f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | "
             f"{Path(r['outputs']['restored']).name} | {r['seconds']:.2f} |"
             for r in rows
         ]
-    lines = [
-        f"| image | size | PSNR | SSIM | {base_name} PSNR | {base_name} SSIM | s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {Path(r['input']).name} | {r['size'][0]}x{r['size'][1]} | {fmt(r['psnr'])} | "
-            f"{r['ssim']:.4f} | {fmt(r['psnr_baseline'])} | {r['ssim_baseline']:.4f} | "
-            f"{r['seconds']:.2f} |"
-        )
-    if len(rows) > 1:
-        mean = {
-            k: float(np.mean([r[k] for r in rows]))
-            for k in ("psnr", "ssim", "psnr_baseline", "ssim_baseline", "seconds")
-        }
-        lines.append(
-            f"| mean | | {fmt(mean['psnr'])} | {mean['ssim']:.4f} | {fmt(mean['psnr_baseline'])} | "
-            f"{mean['ssim_baseline']:.4f} | {mean['seconds']:.2f} |"
-        )
-    return lines
+    lead = [("image", lambda r: Path(r["input"]).name), ("size", lambda r: f"{r['size'][0]}x{r['size'][1]}")]
+    return scored_table(rows, lead, [("", ""), (f"{base_name} ", "_baseline")])
 
 
 def restore_report(args, pkg, job: Any, label: str, batch, wall: float, notes_first: list[str]) -> None:
