@@ -1,8 +1,8 @@
-"""What the learned baselines (``cedm.py``, ``varnet.py``) share: the training data (the SDK's
-own ``TrainingBatches``, so a baseline sees exactly the batches the unfolded model is trained
-on), atomic single-file safetensors checkpoints with ``--resume``, EDM's EMA and learning-rate
-schedule (``diffunfold.training.trainer``), the training loop with its progress bar, and the
-command-line options both scripts take.
+"""What the learned baselines (``cedm.py``, ``varnet.py``, ``ssdiffrecon.py``) share: the training
+data (the SDK's own ``TrainingBatches``, so a baseline sees exactly the batches the unfolded
+model is trained on), atomic single-file safetensors checkpoints with ``--resume``, EDM's EMA
+and learning-rate schedule (``diffunfold.training.trainer``), the training loop with its
+progress bar, and the command-line options every script takes.
 
 A checkpoint is one ``.safetensors`` file (model, EMA and Adam tensors; the settings, the step
 and the training config as JSON in its metadata), written to a temporary name and renamed into

@@ -73,6 +73,7 @@ LABELS = {
     "dds": "DDS",
     "cedm": "cEDM",
     "varnet": "E2E-VarNet",
+    "ssdiffrecon": "SSDiffRecon",
 }
 
 
