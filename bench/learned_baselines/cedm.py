@@ -249,17 +249,14 @@ def main(argv=None) -> int:
     )
     shared.add_training_arguments(tr, steps=1500, lr=1e-4)
     args = ap.parse_args(argv)
-    try:
+
+    def build_and_start():
         model, settings, cfg = build(args)
         if args.init and not args.resume:
             init_from_package(model, args.init)
-        print(f"cEDM {args.task}: {shared.count_parameters(model):,} parameters, batch {args.batch}", flush=True)
-        summary = shared.train_from_args(model, settings, cfg, cedm_loss, args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary, flush=True)
-    return 0
+        return model, settings, cfg
+
+    return shared.train_command(f"cEDM {args.task}", args, build_and_start, cedm_loss)
 
 
 if __name__ == "__main__":

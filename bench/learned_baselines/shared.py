@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import re
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -337,3 +338,17 @@ def train_from_args(model, settings: dict, cfg, loss, args) -> dict:
         args.bf16,
         batch_cache=args.batch_cache,
     )
+
+
+def train_command(name: str, args, build: Callable[[], tuple], loss) -> int:
+    """Every baseline's ``train`` command: ``build()`` -> ``(model, settings, cfg)``, then
+    :func:`train_from_args`; a refusal prints ``error: ...`` and exits with status 2."""
+    try:
+        model, settings, cfg = build()
+        print(f"{name}: {count_parameters(model):,} parameters, batch {args.batch}", flush=True)
+        summary = train_from_args(model, settings, cfg, loss, args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary, flush=True)
+    return 0

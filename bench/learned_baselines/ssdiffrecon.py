@@ -321,23 +321,19 @@ def main(argv=None) -> int:
     )
     shared.add_training_arguments(tr, steps=1000, lr=5e-4)
     args = ap.parse_args(argv)
-    try:
-        overrides = self_supervised_overrides(args.loss_fraction) + shared.config_overrides(args)
-        cfg = shared.mri_config(*shared.parse_mask(args.mask), overrides)
+
+    def build():
         if args.batch_cache:
             raise InputError("--batch-cache keeps supervised batches; SSDiffRecon trains without it")
+        overrides = self_supervised_overrides(args.loss_fraction) + shared.config_overrides(args)
+        cfg = shared.mri_config(*shared.parse_mask(args.mask), overrides)
         model_settings = {k: getattr(args, k) for k in DEFAULTS}
         if min(model_settings.values()) < 1:
             raise InputError(f"every size setting must be >= 1, got {model_settings}")
-        model = SSDiffRecon(model_settings)
         settings = {"kind": "ssdiffrecon", "model": model_settings, "mask": args.mask, "loss": args.loss_fraction}
-        print(f"SSDiffRecon: {shared.count_parameters(model):,} parameters, batch {args.batch}", flush=True)
-        summary = shared.train_from_args(model, settings, cfg, ssdiffrecon_loss, args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary, flush=True)
-    return 0
+        return SSDiffRecon(model_settings), settings, cfg
+
+    return shared.train_command("SSDiffRecon", args, build, ssdiffrecon_loss)
 
 
 if __name__ == "__main__":

@@ -205,20 +205,15 @@ def main(argv=None) -> int:
         tr.add_argument(f"--{key}", type=int, default=value, help=f"default {value}")
     shared.add_training_arguments(tr, steps=1500, lr=3e-4)
     args = ap.parse_args(argv)
-    try:
+
+    def build():
         cfg = shared.mri_config(*shared.parse_mask(args.mask), shared.config_overrides(args))
         model_settings = {k: getattr(args, k) for k in DEFAULTS}
         if min(model_settings.values()) < 1:
             raise InputError(f"--cascades, --chans and --pools must be >= 1, got {model_settings}")
-        model = VarNet(model_settings)
-        settings = {"kind": "varnet", "model": model_settings, "mask": args.mask}
-        print(f"E2E-VarNet: {shared.count_parameters(model):,} parameters, batch {args.batch}", flush=True)
-        summary = shared.train_from_args(model, settings, cfg, varnet_loss, args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary, flush=True)
-    return 0
+        return VarNet(model_settings), {"kind": "varnet", "model": model_settings, "mask": args.mask}, cfg
+
+    return shared.train_command("E2E-VarNet", args, build, varnet_loss)
 
 
 if __name__ == "__main__":
