@@ -200,7 +200,7 @@ def load(checkpoint: str | Path) -> Restorer:
     if meta["settings"].get("kind") != "cedm":
         raise InputError(f"{checkpoint} is not a cEDM checkpoint (kind {meta['settings'].get('kind')!r})")
     model = ConditionalEDM(meta["settings"]["model"])
-    ema = {k[len("module.") :]: v for k, v in shared.part(tensors, "ema").items() if k.startswith("module.")}
+    ema = shared.ema_weights(tensors)
     model.load_state_dict(ema)
     return Restorer(model.eval(), meta)
 

@@ -173,6 +173,11 @@ def part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
 
 
+def ema_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The EMA model's state dict, as the model itself names its tensors (what ``load`` restores)."""
+    return {k[len("module.") :]: v for k, v in part(tensors, "ema").items() if k.startswith("module.")}
+
+
 def _optimizer_state(tensors: dict[str, torch.Tensor], groups: list) -> dict:
     state: dict[int, dict] = {}
     for key, v in part(tensors, "optim").items():

@@ -291,7 +291,7 @@ def load(checkpoint: str | Path) -> Restorer:
     if meta["settings"].get("kind") != "ssdiffrecon":
         raise InputError(f"{checkpoint} is not an SSDiffRecon checkpoint (kind {meta['settings'].get('kind')!r})")
     model = SSDiffRecon(meta["settings"]["model"])
-    ema = {k[len("module.") :]: v for k, v in shared.part(tensors, "ema").items() if k.startswith("module.")}
+    ema = shared.ema_weights(tensors)
     model.load_state_dict(ema)
     return Restorer(model, meta)
 

@@ -187,7 +187,7 @@ def load(checkpoint: str | Path) -> Restorer:
     if meta["settings"].get("kind") != "varnet":
         raise InputError(f"{checkpoint} is not a VarNet checkpoint (kind {meta['settings'].get('kind')!r})")
     model = VarNet(meta["settings"]["model"])
-    ema = {k[len("module.") :]: v for k, v in shared.part(tensors, "ema").items() if k.startswith("module.")}
+    ema = shared.ema_weights(tensors)
     model.load_state_dict(ema)
     return Restorer(model.eval(), meta)
 
