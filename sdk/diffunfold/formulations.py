@@ -14,9 +14,10 @@ Where this departs from each paper (all formulations use the SDK's one U-Net and
   ``sigma(t) = t``, ``s(t) = 1``; only the levels differ. ``sampler="native"`` runs each
   formulation's own deterministic sampler of EDM's Table 1 instead (:func:`solver`): Euler in
   VP's ``t`` with its scaling ``s(t) = 1/sqrt(sigma^2 + 1)``, Euler in VE's ``t = sigma^2``,
-  Euler in iDDPM's ``sigma`` (DDIM) and EDM's Heun. The papers' stochastic samplers (VP's
-  reverse SDE, VE's predictor-corrector, iDDPM's ancestral sampling with learned variances)
-  are not built.
+  Euler in iDDPM's ``sigma`` (DDIM) and EDM's Heun. The papers' stochastic samplers (DDPM's
+  ancestral step for VP and iDDPM, VE's predictor-corrector) live in
+  :mod:`diffunfold.sde_samplers`; iDDPM's learned variances are not built (its ancestral step
+  uses the posterior variance, as EDM's Table 1 samples iDDPM deterministically).
 * **c_noise.** VP's ``(M - 1) t`` and iDDPM's ``M - 1 - j`` are divided by ``M - 1``: the U-Net
   embeds ``c_noise`` with Fourier features meant for inputs of order one (EDM's ``ln(s) / 4``),
   where the papers' networks used positional embeddings of the unscaled value. A constant factor
