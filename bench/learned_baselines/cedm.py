@@ -196,12 +196,7 @@ class Restorer:
 
 def load(checkpoint: str | Path) -> Restorer:
     """A trained cEDM (its EMA weights) from a checkpoint file or run folder."""
-    meta, tensors = shared.read_checkpoint(checkpoint)
-    if meta["settings"].get("kind") != "cedm":
-        raise InputError(f"{checkpoint} is not a cEDM checkpoint (kind {meta['settings'].get('kind')!r})")
-    model = ConditionalEDM(meta["settings"]["model"])
-    ema = shared.ema_weights(tensors)
-    model.load_state_dict(ema)
+    model, meta = shared.load_ema_model(checkpoint, "cedm", "a cEDM", ConditionalEDM)
     return Restorer(model.eval(), meta)
 
 

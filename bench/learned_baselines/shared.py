@@ -173,9 +173,16 @@ def part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix + "/")}
 
 
-def ema_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The EMA model's state dict, as the model itself names its tensors (what ``load`` restores)."""
-    return {k[len("module.") :]: v for k, v in part(tensors, "ema").items() if k.startswith("module.")}
+def load_ema_model(checkpoint: str | Path, kind: str, label: str, make: Callable[[dict], torch.nn.Module]):
+    """``(model, meta)``: the EMA weights of a ``kind`` checkpoint (file or run folder) in
+    ``make(model settings)``; another baseline's checkpoint is refused, naming ``label`` ("a cEDM")."""
+    meta, tensors = read_checkpoint(checkpoint)
+    if meta["settings"].get("kind") != kind:
+        raise InputError(f"{checkpoint} is not {label} checkpoint (kind {meta['settings'].get('kind')!r})")
+    model = make(meta["settings"]["model"])
+    ema = {k[len("module.") :]: v for k, v in part(tensors, "ema").items() if k.startswith("module.")}
+    model.load_state_dict(ema)
+    return model, meta
 
 
 def _optimizer_state(tensors: dict[str, torch.Tensor], groups: list) -> dict:

@@ -287,12 +287,7 @@ class Restorer:
 
 def load(checkpoint: str | Path) -> Restorer:
     """A trained SSDiffRecon (its EMA weights) from a checkpoint file or run folder."""
-    meta, tensors = shared.read_checkpoint(checkpoint)
-    if meta["settings"].get("kind") != "ssdiffrecon":
-        raise InputError(f"{checkpoint} is not an SSDiffRecon checkpoint (kind {meta['settings'].get('kind')!r})")
-    model = SSDiffRecon(meta["settings"]["model"])
-    ema = shared.ema_weights(tensors)
-    model.load_state_dict(ema)
+    model, meta = shared.load_ema_model(checkpoint, "ssdiffrecon", "an SSDiffRecon", SSDiffRecon)
     return Restorer(model, meta)
 
 

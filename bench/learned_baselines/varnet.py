@@ -183,12 +183,7 @@ class Restorer:
 
 def load(checkpoint: str | Path) -> Restorer:
     """A trained VarNet (its EMA weights) from a checkpoint file or run folder."""
-    meta, tensors = shared.read_checkpoint(checkpoint)
-    if meta["settings"].get("kind") != "varnet":
-        raise InputError(f"{checkpoint} is not a VarNet checkpoint (kind {meta['settings'].get('kind')!r})")
-    model = VarNet(meta["settings"]["model"])
-    ema = shared.ema_weights(tensors)
-    model.load_state_dict(ema)
+    model, meta = shared.load_ema_model(checkpoint, "varnet", "a VarNet", VarNet)
     return Restorer(model.eval(), meta)
 
 
