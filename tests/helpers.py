@@ -31,6 +31,23 @@ if TYPE_CHECKING:
 
 TINY_UNET = {"channels": 8, "channel_mult": [1, 2], "num_blocks": 1, "attention_levels": [1], "head_channels": 8}
 
+# ``mri-small`` overrides for a tiny MRI training run: 32 px, batch 2, one thread, no workers
+# (bitwise-reproducible on a CPU)
+TINY_MRI_TRAINING = [
+    "data.size=32",
+    "data.workers=0",
+    "model.unet.channels=8",
+    "model.unet.channel_mult=[1, 2]",
+    "model.unet.attention_levels=[1]",
+    "model.unet.head_channels=8",
+    "model.stages=2",
+    "model.prox_iterations=5",
+    "train.batch_size=2",
+    "train.threads=1",
+    "train.log_every=1",
+    "train.val_every=0",
+]
+
 
 def tiny_model(shared=True, data="image", channels=3, stages=3, seed=0) -> DiffUnfolding:
     """A small random unfolded model (a 2-level U-Net of 8 channels) whose every part contributes."""

@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the training side needs torch (the train extra)")
 pytestmark = pytest.mark.torch
 
+from helpers import TINY_MRI_TRAINING  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from diffunfold.errors import InputError  # noqa: E402
@@ -22,20 +23,8 @@ from diffunfold.training.model import DiffUnfolding  # noqa: E402
 from diffunfold.training.trainer import Distributed, _gradient, _objective, train  # noqa: E402
 
 # A tiny MRI model on 32 px phantoms, batch 2, one thread (bitwise-reproducible on a CPU).
-TINY = [
-    "data.size=32",
-    "data.workers=0",
+TINY = TINY_MRI_TRAINING + [
     'data.mri_patterns=[["gaussian1d", 4], ["gaussian2d", 8]]',
-    "model.unet.channels=8",
-    "model.unet.channel_mult=[1, 2]",
-    "model.unet.attention_levels=[1]",
-    "model.unet.head_channels=8",
-    "model.stages=2",
-    "model.prox_iterations=5",
-    "train.batch_size=2",
-    "train.threads=1",
-    "train.log_every=1",
-    "train.val_every=0",
     "val.steps=1",
     "val.images=1",
     'val.tasks=[{task = "mri", kind = "gaussian1d", acceleration = 4}]',

@@ -40,6 +40,7 @@ examples:
   diffunfold train --config small --out runs/small --resume     (continue after a stop)
   torchrun --nproc_per_node=4 -m diffunfold train --config paper --set data.source=folder \\
            --set data.path=/data/ffhq --out runs/paper         (several GPUs / nodes)
+  diffunfold prepare-scans raw/ data/scans   (a site's undersampled raw MRD scans -> SSDU training data)
   diffunfold evaluate runs/small --task gaussian_blur sigma=2 --task sr factor=4
   diffunfold export runs/small --out models/small      (EMA weights -> ONNX model package)
   diffunfold add-torch-weights models/small            (model.safetensors for backend="torch")
@@ -237,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.cli import add_parser as add_data_parser
 
     add_data_parser(sub)
+    from .data.scans_cli import add_parser as add_prepare_scans_parser
+
+    add_prepare_scans_parser(sub)
     from .mrd.cli import add_parsers as add_mrd_parsers  # serve, send, mrd-phantom
 
     add_mrd_parsers(sub)

@@ -21,14 +21,15 @@ from .model import ModelSettings, _from_dict
 from .self_supervised import LOSS_FRACTION, check_settings
 
 PRESET_DIR = Path(__file__).with_name("presets")
-SOURCES = ("bundled", "folder", "fastmri", "phantom", "volumes")
+SOURCES = ("bundled", "folder", "fastmri", "phantom", "volumes", "scans")
 IMAGE_TASKS = ("gaussian_blur", "anisotropic_blur", "sr", "inpainting")
 
 
 @dataclass
 class DataSettings:
-    source: str = "bundled"  # bundled | folder | fastmri | phantom | volumes
-    path: str | None = None  # image folder, fastMRI file/folder, or volumes folder (training)
+    source: str = "bundled"  # bundled | folder | fastmri | phantom | volumes | scans
+    # image folder, fastMRI file/folder, volumes folder or prepared scans (diffunfold prepare-scans) (training)
+    path: str | None = None
     val_path: str | None = None  # fastMRI file/folder, or image folder, for validation
     native_crops: bool = (
         False  # folder: crops from native resolution to the whole photo; volumes: windows at a scanner's pixel size
@@ -69,7 +70,7 @@ class DataSettings:
                 "data.source = 'volumes' needs data.path and data.val_path (the "
                 "train/ and held-out/ folders of `diffunfold data mri-volumes`)"
             )
-        if self.source in ("folder", "fastmri") and not self.path:
+        if self.source in ("folder", "fastmri", "scans") and not self.path:
             raise InputError(f"data.source = {self.source!r} needs data.path (the {self.source} to train on)")
         self.tasks = tuple(canonical_task(t) for t in self.tasks)
         self.mri_patterns = tuple((str(k), float(a)) for k, a in self.mri_patterns)
@@ -98,7 +99,7 @@ class DataSettings:
 
     @property
     def is_mri(self) -> bool:
-        return self.source in ("fastmri", "phantom", "volumes")
+        return self.source in ("fastmri", "phantom", "volumes", "scans")
 
 
 @dataclass
@@ -182,12 +183,17 @@ class TrainConfig:
         if self.data.is_mri != (self.model.data == "mri"):
             raise InputError(
                 f"data.source {self.data.source!r} does not fit model.data {self.model.data!r}: "
-                "MRI sources (fastmri, phantom) need model.data = 'mri' and channels = 1"
+                "MRI sources (volumes, fastmri, phantom, scans) need model.data = 'mri' and channels = 1"
             )
         if self.train.supervision == "ssdu" and not self.data.is_mri:
             raise InputError(
                 "train.supervision = 'ssdu' splits measured k-space: it needs an MRI data.source "
-                "(volumes, fastmri or phantom); use 'supervised' for images"
+                "(volumes, fastmri, phantom or scans); use 'supervised' for images"
+            )
+        if self.data.source == "scans" and self.train.supervision != "ssdu":
+            raise InputError(
+                "data.source = 'scans' holds undersampled k-space only, with no fully sampled image to "
+                "supervise with: set train.supervision = 'ssdu'"
             )
         if self.train.batch_size < 1 or self.train.steps < 1:
             raise InputError("train.steps and train.batch_size must be positive")

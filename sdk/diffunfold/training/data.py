@@ -31,6 +31,7 @@ from ..physics.mri import birdcage_maps
 from ..physics.tasks import MRITaskSampler, TaskSampler
 from ..scanner import ScannerSettings
 from .config import TrainConfig
+from .scan_windows import ScanWindowSource
 from .scanner_batches import scan_batch
 from .self_supervised import split_rngs, to_self_supervised
 
@@ -97,6 +98,8 @@ def make_source(cfg: TrainConfig, split: str = "train"):
         return ImageSource(_image_folder(d, c, split, cfg.train.seed))
     if d.source == "phantom":
         return PhantomSource(d.size, d.ncoils)
+    if d.source == "scans":  # a site's own undersampled scans: training only, no clean image to validate on
+        return ScanWindowSource(d.path, d.size) if split == "train" else None
     if d.source == "volumes":
         return VolumeSliceSource(VolumeSlices(d.path if split == "train" else d.val_path, d.size), d.native_crops)
     path = d.path if split == "train" else d.val_path
@@ -187,6 +190,8 @@ class TrainingBatches(torch.utils.data.Dataset):
         step = self.start + int(i)
         seed = self.cfg.train.seed
         rngs = [np.random.default_rng([seed, step, self.first + j]) for j in range(self.local)]
+        if isinstance(self.source, ScanWindowSource):
+            return self._acquired_item(step, rngs)
         if hasattr(self.source, "draw_batch"):
             items = self.source.draw_batch(rngs, np.random.default_rng([seed, step, _COIL_STREAM]))
         else:
@@ -246,6 +251,17 @@ class TrainingBatches(torch.utils.data.Dataset):
         item = {"step": step, **scan, "task": task.task, "params": task.params, "sigma": sigma, "noise": noise}
         return self._supervise(item, step)
 
+    def _acquired_item(self, step: int, rngs) -> dict[str, Any]:
+        """Windows of the site's own scans (:mod:`.scan_windows`), split for SSDU; the diffusion
+        draws come after the window draws, from the same per-image streams."""
+        scan = self.source.draw_measured(rngs, np.random.default_rng([self.cfg.train.seed, step, _TASK_STREAM]))
+        sigma = np.array(
+            [formulations.training_sigmas(self.cfg.model.formulation, g, 1)[0] for g in rngs], dtype=np.float32
+        )
+        shape = (self.space.model_channels, *scan["y"].shape[-2:])
+        noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
+        return self._supervise({"step": step, **scan, "sigma": sigma, "noise": noise}, step)
+
 
 def keep_as_is(item):
     """DataLoader collate for items that are already whole batches."""
@@ -291,6 +307,8 @@ def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | N
     n = cfg.val.images
     if n == 0:
         return None
+    if cfg.data.source == "scans":
+        return None  # undersampled scans only: nothing to score a reconstruction against
     if cfg.data.source == "phantom":
         src = PhantomSource(cfg.data.size, cfg.data.ncoils)
         items = [src.draw(np.random.default_rng([cfg.train.seed, _VAL_STREAM, i])) for i in range(n)]

@@ -1,0 +1,58 @@
+"""``diffunfold prepare-scans RAW_DIR OUT_DIR``: a site's raw MRD scans -> self-supervised training data."""
+
+from __future__ import annotations
+
+import argparse
+
+from .. import cli_values as V
+
+_DESCRIPTION = """\
+Prepare a folder of raw MRD (ISMRMRD HDF5) scans, undersampled as they were acquired, for
+self-supervised training: no fully sampled reference is needed or read. Each slice goes through
+the pipeline `diffunfold mri` and the MRD server use (prewhitening with the noise scan, or a
+noise level estimated from the data; coil compression; ESPIRiT maps from the calibration lines;
+scaling), and OUT_DIR gets one NAME.scans.h5 per raw file with the scaled k-space, the maps, the
+acquired lines and the noise level. Only files directly in RAW_DIR are read; links are passed over.
+
+Then train on them (the measured lines split into a data part and a held-out loss part, SSDU):
+  diffunfold train --config mri-small --set data.source=scans --set data.path=OUT_DIR \\
+      --set train.supervision=ssdu --set train.batch_size=2 --out runs/site-ssdu
+
+Training windows are data.size rows of the readout (exact: the readout is fully sampled) by
+every phase encode (the acquired lines cannot be cropped), so a 64 x 256 window costs four
+64 x 64 crops: a smaller train.batch_size keeps the step's cost.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "prepare-scans",
+        help="prepare a site's undersampled raw MRD scans for self-supervised training",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("raw", metavar="RAW_DIR", help="the folder of raw MRD files")
+    p.add_argument("out", metavar="OUT_DIR", help="where the prepared NAME.scans.h5 files go")
+    p.add_argument(
+        "--virtual-coils",
+        type=V.Bounded(0, 64, integer=True),
+        default=8,
+        metavar="N",
+        help="compress to N virtual coils (SVD over the calibration lines; 0 keeps every coil; default 8, "
+        "as the simulated training scans)",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the per-file summary as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace prepared files (and --json) that exist")
+    p.set_defaults(func=run_prepare_scans)
+
+
+def run_prepare_scans(args) -> int:
+    from ..safe_io import refuse_existing, write_json
+    from .raw_scans import prepare_scans
+
+    if args.json:
+        refuse_existing([args.json], args.overwrite)
+    rows = prepare_scans(args.raw, args.out, args.virtual_coils or None, overwrite=args.overwrite)
+    if args.json:
+        write_json(args.json, {"command": "prepare-scans", "raw": str(args.raw), "files": rows})
+    return 0
