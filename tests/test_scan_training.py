@@ -87,8 +87,31 @@ def test_prepare_refuses_to_overwrite_and_passes_over_links(raw_dir, prepared, t
     linked = tmp_path / "linked"
     linked.mkdir()
     os.symlink(raw_dir / "exam2.h5", linked / "exam2.h5")
-    with pytest.raises(InputError, match="no raw MRD"):
+    with pytest.raises(InputError, match="no raw scans"):
         rs.raw_files(linked)
+
+
+def test_a_fastmri_layout_file_is_read_as_acquired_and_its_readout_cut_exactly(tmp_path):
+    from diffunfold.data.fastmri_write import write_fastmri_file
+    from diffunfold.physics.mri import fft2c
+
+    g = np.random.default_rng(3)
+    x = g.standard_normal((2, 32, 40)) + 1j * g.standard_normal((2, 32, 40))
+    padded = np.pad(x, ((0, 0), (16, 16), (0, 0)))  # the readout oversampled twice, as distributed
+    maps = birdcage_maps(6, (64, 40))
+    sampled = np.zeros(40, bool)
+    sampled[16:24] = sampled[::4] = True
+    kspace = (fft2c(maps[None] * padded[:, None]) * sampled).astype(np.complex64)
+    path = write_fastmri_file(tmp_path / "raw" / "knee.h5", kspace, rss=np.ones((2, 32, 40), np.float32))
+    assert rs.raw_files(path.parent) == [path]
+    slices = rs.fastmri_slices(path)
+    assert [s.index for s in slices] == [0, 1] and np.array_equal(slices[1].sampled, sampled)
+    expected = fft2c(maps[None, :, 16:48] * x[:, None]) * sampled
+    for s, e in zip(slices, expected, strict=True):
+        assert s.kspace.shape == (6, 32, 40) and np.abs(s.kspace - e).max() <= 1e-4 * np.abs(e).max()
+    rows = rs.prepare_scans(path.parent, tmp_path / "scans", virtual_coils=4, say=lambda *a: None)
+    assert rows[0]["format"] == "fastmri" and rows[0]["grid"] == [32, 40] and rows[0]["acceleration"] == 2.5
+    assert rs.PreparedScans(tmp_path / "scans").read(1)["kspace"].shape == (4, 32, 40)
 
 
 def test_the_command_writes_the_prepared_files_and_its_summary(raw_dir, tmp_path, capsys):
@@ -96,7 +119,7 @@ def test_the_command_writes_the_prepared_files_and_its_summary(raw_dir, tmp_path
     assert main(["prepare-scans", str(raw_dir), str(out), "--virtual-coils", "0", "--json", str(summary)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["exam1.scans.h5", "exam2.scans.h5"]
     assert sorted(rs.PreparedScans(out).groups()) == [(6, 64), (10, 64)]  # every coil kept
-    assert "exam1.h5: 3 slice(s)" in capsys.readouterr().out and summary.is_file()
+    assert "exam1.h5 (mrd): 3 slice(s)" in capsys.readouterr().out and summary.is_file()
 
 
 def _tampered(prepared, tmp_path, change):

@@ -1,13 +1,15 @@
 """A site's own undersampled raw scans as self-supervised training data (``diffunfold prepare-scans``).
 
-Each slice of each raw MRD (ISMRMRD) file goes through the reconstruction pipeline once, exactly
-as ``diffunfold mri`` and the MRD server run it (:func:`diffunfold.mrd.recon.reconstruct_slice`
-up to the solve): prewhitened with the noise scan's coil covariance (else its noise level is
-estimated from the data), coil-compressed, ESPIRiT maps from the calibration lines, scaled so the
-zero-filled SENSE image's 99th percentile is 1. What is kept per slice is what a training step
-needs and nothing more: the scaled measured k-space, the maps, the acquired lines and the noise
-level the data step is told. There is no image anywhere: the acquired lines are all there is,
-which is what ``train.supervision = "ssdu"`` learns from.
+The scans are raw MRD (ISMRMRD) files as a scanner writes them, or fastMRI-layout HDF5 files
+holding undersampled k-space (zeros where a line was not acquired, as fastMRI's test sets).
+Each slice goes through the reconstruction pipeline once, exactly as ``diffunfold mri`` and the
+MRD server run it (:func:`diffunfold.scanner.prepare_kspace`): prewhitened with the noise scan's
+coil covariance (else its noise level is estimated from the data), coil-compressed, ESPIRiT maps
+from the calibration lines, scaled so the zero-filled SENSE image's 99th percentile is 1. What
+is kept per slice is what a training step needs and nothing more: the scaled measured k-space,
+the maps, the acquired lines and the noise level the data step is told. There is no image
+anywhere: the acquired lines are all there is, which is what ``train.supervision = "ssdu"``
+learns from.
 
 One prepared file per raw file (HDF5, :data:`FORMAT`); :class:`PreparedScans` reads a folder of
 them back, checking every size before it reads an array, and :func:`readout_window` cuts a
@@ -43,12 +45,19 @@ def _centred_readout(x: np.ndarray, inverse: bool) -> np.ndarray:
     return np.fft.fftshift(f(np.fft.ifftshift(x, axes=-2), axis=-2, norm="ortho"), axes=-2)
 
 
+def readout_rows(kspace: np.ndarray, start: int, rows: int) -> np.ndarray:
+    """The k-space of image rows ``start .. start + rows`` alone ``(..., rows, W)``: exact when
+    the readout is fully sampled (each acquired line is a whole readout), with white noise kept
+    white and of the same std (the transforms are unitary)."""
+    hybrid = _centred_readout(np.asarray(kspace), inverse=True)[..., start : start + rows, :]
+    return _centred_readout(hybrid, inverse=False).astype(np.complex64)
+
+
 def readout_window(kspace: np.ndarray, maps: np.ndarray, start: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start .. start + rows`` of a slice as a scan of their own: ``(k-space, maps)``
-    ``(V, rows, W)``. Exact for lines along the readout: ``M F2(S x)`` restricted to those image
-    rows is ``M F2(S_w x_w)`` on the window's grid (and white noise stays white, of the same std)."""
-    hybrid = _centred_readout(np.asarray(kspace), inverse=True)[..., start : start + rows, :]
-    return _centred_readout(hybrid, inverse=False).astype(np.complex64), np.asarray(maps)[..., start : start + rows, :]
+    ``(V, rows, W)``; ``M F2(S x)`` restricted to those image rows is ``M F2(S_w x_w)`` on the
+    window's grid."""
+    return readout_rows(kspace, start, rows), np.asarray(maps)[..., start : start + rows, :]
 
 
 def readout_profile(kspace: np.ndarray) -> np.ndarray:
@@ -57,23 +66,86 @@ def readout_profile(kspace: np.ndarray) -> np.ndarray:
     return np.sum(np.abs(_centred_readout(np.asarray(kspace), inverse=True)) ** 2, axis=(0, 2))
 
 
+def is_fastmri_file(path: Path) -> bool:
+    """An HDF5 file with a ``kspace`` dataset (fastMRI's layout, its test sets undersampled)."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("kspace"), h5py.Dataset)
+    except OSError:
+        return False
+
+
 def raw_files(folder: str | os.PathLike) -> list[Path]:
-    """The raw MRD files directly in ``folder`` (sorted); links and other files are passed over,
-    as nothing outside the folder is read."""
+    """The raw scans directly in ``folder`` (sorted): MRD files, and fastMRI-layout files holding
+    undersampled k-space; links and other files are passed over, as nothing outside the folder
+    is read."""
+    import h5py
+
     from ..mrd.rawfile import is_mrd_file
 
     root = Path(folder)
     if not root.is_dir():
-        raise InputError(f"{str(root)!r} is not a folder; give the folder holding the raw MRD files")
-    found = [p for p in sorted(root.iterdir()) if not p.is_symlink() and p.is_file() and is_mrd_file(p)]
+        raise InputError(f"{str(root)!r} is not a folder; give the folder holding the raw scans")
+    found = [
+        p
+        for p in sorted(root.iterdir())
+        if not p.is_symlink() and p.is_file() and h5py.is_hdf5(p) and (is_mrd_file(p) or is_fastmri_file(p))
+    ]
     if not found:
-        raise InputError(f"{str(root)!r} holds no raw MRD (ISMRMRD HDF5) files (links are not followed)")
+        raise InputError(f"{str(root)!r} holds no raw scans (MRD or fastMRI-layout HDF5 files; links are not followed)")
     return found
 
 
-def prepare_slice(data, virtual_coils: int | None) -> dict:
-    """One assembled :class:`~diffunfold.mrd.assemble.SliceData` -> its prepared arrays."""
+@dataclass
+class AcquiredSlice:
+    """One slice as acquired, in either format: k-space ``(coils, H, W)`` on the recon grid's
+    readout (oversampling removed), zero where not acquired, and what else the pipeline uses."""
+
+    kspace: np.ndarray
+    sampled: np.ndarray  # bool (W,)
+    index: int
+    noise_covariance: np.ndarray | None = None  # from noise-scan lines (MRD)
+    calibration: tuple[np.ndarray, np.ndarray] | None = None  # separately flagged lines (MRD)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return np.broadcast_to(self.sampled[None, :], self.kspace.shape[-2:]).astype(np.float32)
+
+
+def mrd_slices(path: Path) -> list[AcquiredSlice]:
+    """A raw MRD file's slices, assembled as the MRD server assembles them."""
+    from ..mrd.rawfile import read_raw
     from ..mrd.recon import calibration_lines
+
+    return [
+        AcquiredSlice(d.kspace, np.asarray(d.sampled, bool), d.slice, d.noise_covariance, calibration_lines(d))
+        for d in read_raw(path).slices
+    ]
+
+
+def fastmri_slices(path: Path) -> list[AcquiredSlice]:
+    """A fastMRI-layout file's slices as stored (undersampled: the lines with data are the
+    acquired ones), the readout cut to the recon matrix (exact: the readout is fully sampled);
+    sizes checked before a slice is read."""
+    from .fastmri import FastMRIFile
+
+    with FastMRIFile(path) as f:
+        n, coils, hx, w = f.kspace_shape
+        if n > MAX_SLICES or coils > MAX_COILS or not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= hx <= 2 * MAX_SIDE):
+            raise InputError(f"{path}: k-space of shape {f.kspace_shape} is outside the limits of a scan")
+        rows = min(f.recon_shape[0], hx)
+        out = []
+        for i in range(n):
+            k = f.kspace(i)
+            sampled = np.any(k != 0, axis=(0, 1))
+            out.append(AcquiredSlice(readout_rows(k, (hx - rows) // 2, rows) * sampled, sampled, i))
+    return out
+
+
+def prepare_slice(data: AcquiredSlice, virtual_coils: int | None) -> dict:
+    """One acquired slice -> its prepared arrays, through inference's pipeline."""
     from ..scanner import ScannerSettings, prepare_kspace
 
     coils = data.kspace.shape[0]
@@ -83,7 +155,7 @@ def prepare_slice(data, virtual_coils: int | None) -> dict:
         data.mask,
         ScannerSettings(virtual_coils=v),
         noise_covariance=data.noise_covariance,
-        calibration=calibration_lines(data),
+        calibration=data.calibration,
     )
     return {
         "kspace": p.y[0],
@@ -92,7 +164,7 @@ def prepare_slice(data, virtual_coils: int | None) -> dict:
         "data_std": p.data_std,
         "noise_std": p.noise_std,
         "scale": p.scale,
-        "slice": data.slice,
+        "slice": data.index,
         "noise": p.info.get("noise", ""),
     }
 
@@ -192,7 +264,7 @@ def prepare_scans(raw_dir, out_dir, virtual_coils: int | None = DEFAULT_VIRTUAL_
     written whole); returns one row per file. Existing outputs are refused unless ``overwrite``."""
     from tqdm.auto import tqdm
 
-    from ..mrd.rawfile import read_raw
+    from ..mrd.rawfile import is_mrd_file
     from ..safe_io import atomic_write, refuse_existing
 
     files = raw_files(raw_dir)
@@ -203,26 +275,28 @@ def prepare_scans(raw_dir, out_dir, virtual_coils: int | None = DEFAULT_VIRTUAL_
     refuse_existing(targets, overwrite, "choose another OUT_DIR")
     rows = []
     for path, target in zip(files, targets, strict=True):
-        scan = read_raw(path)
+        fmt = "mrd" if is_mrd_file(path) else "fastmri"
+        acquired = mrd_slices(path) if fmt == "mrd" else fastmri_slices(path)
         slices = []
-        for data in tqdm(scan.slices, desc=path.name, unit="slice", leave=False):
+        for data in tqdm(acquired, desc=path.name, unit="slice", leave=False):
             try:
                 slices.append(prepare_slice(data, virtual_coils))
             except InputError as exc:
-                raise InputError(f"{path}: slice {data.slice}: {exc}") from None
+                raise InputError(f"{path}: slice {data.index}: {exc}") from None
         atomic_write(target, lambda tmp, p=path, s=slices: write_prepared(tmp, p, s))
         row = {
             "file": path.name,
+            "format": fmt,
             "slices": len(slices),
             "grid": list(slices[0]["kspace"].shape[-2:]),
-            "coils": f"{scan.slices[0].kspace.shape[0]} -> {slices[0]['kspace'].shape[0]}",
-            "acceleration": round(float(np.mean([s.acceleration for s in scan.slices])), 2),
+            "coils": f"{acquired[0].kspace.shape[0]} -> {slices[0]['kspace'].shape[0]}",
+            "acceleration": round(float(np.mean([d.sampled.size / max(d.sampled.sum(), 1) for d in acquired])), 2),
             "noise": slices[0]["noise"],
             "out": str(target),
         }
         rows.append(row)
         say(
-            f"{row['file']}: {row['slices']} slice(s), grid {row['grid']}, coils {row['coils']}, "
+            f"{row['file']} ({row['format']}): {row['slices']} slice(s), grid {row['grid']}, coils {row['coils']}, "
             f"{row['acceleration']}x, noise {row['noise']} -> {target}"
         )
     return rows

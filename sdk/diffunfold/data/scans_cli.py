@@ -7,8 +7,10 @@ import argparse
 from .. import cli_values as V
 
 _DESCRIPTION = """\
-Prepare a folder of raw MRD (ISMRMRD HDF5) scans, undersampled as they were acquired, for
-self-supervised training: no fully sampled reference is needed or read. Each slice goes through
+Prepare a folder of raw scans, undersampled as they were acquired, for self-supervised
+training: no fully sampled reference is needed or read. A scan is a raw MRD (ISMRMRD HDF5) file
+as the scanner writes it, or a fastMRI-layout HDF5 file holding undersampled k-space (zeros
+where a line was not acquired; its oversampled readout is cut to the recon matrix). Each slice goes through
 the pipeline `diffunfold mri` and the MRD server use (prewhitening with the noise scan, or a
 noise level estimated from the data; coil compression; ESPIRiT maps from the calibration lines;
 scaling), and OUT_DIR gets one NAME.scans.h5 per raw file with the scaled k-space, the maps, the
@@ -27,11 +29,11 @@ every phase encode (the acquired lines cannot be cropped), so a 64 x 256 window 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "prepare-scans",
-        help="prepare a site's undersampled raw MRD scans for self-supervised training",
+        help="prepare a site's undersampled raw scans (MRD or fastMRI layout) for self-supervised training",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("raw", metavar="RAW_DIR", help="the folder of raw MRD files")
+    p.add_argument("raw", metavar="RAW_DIR", help="the folder of raw scans (MRD or fastMRI-layout .h5 files)")
     p.add_argument("out", metavar="OUT_DIR", help="where the prepared NAME.scans.h5 files go")
     p.add_argument(
         "--virtual-coils",
