@@ -204,3 +204,31 @@ def test_training_on_prepared_scans_runs_and_lowers_nothing_to_nan(prepared, tmp
     result = train(cfg, out_dir=tmp_path / "run", progress=False)
     assert math.isfinite(result["loss"])
     assert (tmp_path / "run" / "checkpoints" / "ckpt-00000002.json").is_file()
+
+
+@torch_only
+def test_the_held_out_line_error_is_zero_db_for_nothing_and_tiny_for_the_truth():
+    from diffunfold.training.scan_validation import held_out_nmse_db
+
+    x, op, _ = _problem()
+    y = np.asarray(op.A(x))
+    assert math.isclose(held_out_nmse_db(np.zeros_like(x), op, y), 0.0, abs_tol=1e-9)
+    assert held_out_nmse_db(x, op, y) < -60
+    assert held_out_nmse_db(x, op, y + 0.1 * np.abs(y).max()) > -60
+
+
+@torch_only
+def test_scans_validate_on_the_held_out_lines_of_held_out_scans(prepared, tmp_path):
+    from diffunfold.training.data import validation_set
+    from diffunfold.training.trainer import train
+
+    extra = ['train.supervision="ssdu"', f'data.val_path="{prepared}"', "val.images=2", "val.steps=2"]
+    first, again = validation_set(_config(prepared, *extra)), validation_set(_config(prepared, *extra))
+    assert len(first.windows) == 2 and np.array_equal(first.windows[1]["y"], again.windows[1]["y"])
+    cfg = _config(prepared, *extra, "train.steps=1", "train.checkpoint_every=1")
+    result = train(cfg, out_dir=tmp_path / "run", progress=False)
+    row = result["validation"][0]
+    assert row["windows"] == 2 and math.isfinite(row["nmse_model_db"]) and math.isfinite(row["nmse_sense_db"])
+    assert math.isclose(row["gain_db"], row["nmse_sense_db"] - row["nmse_model_db"])
+    lines = (tmp_path / "run" / "val_scans.csv").read_text().splitlines()
+    assert lines[0] == "step,windows,nmse_model_db,nmse_sense_db,gain_db" and lines[1].startswith("1,2,")

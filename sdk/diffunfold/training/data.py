@@ -31,6 +31,7 @@ from ..physics.mri import birdcage_maps
 from ..physics.tasks import MRITaskSampler, TaskSampler
 from ..scanner import ScannerSettings
 from .config import TrainConfig
+from .scan_validation import HeldOutScans
 from .scan_windows import ScanWindowSource
 from .scanner_batches import scan_batch
 from .self_supervised import split_rngs, to_self_supervised
@@ -301,14 +302,17 @@ def _validation_picks(cfg: TrainConfig, n: int) -> list[int]:
     return unscored or list(range(n))
 
 
-def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | None:
-    """Held-out clean images (user space) and, for MRI, their coil maps; None when there are none
-    (or ``val.images`` is 0)."""
+def validation_set(cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray | None] | HeldOutScans | None:
+    """Held-out clean images (user space) and, for MRI, their coil maps; for a site's scans their
+    held-out windows (:mod:`.scan_validation`); None when there are none (or ``val.images`` is 0)."""
     n = cfg.val.images
     if n == 0:
         return None
-    if cfg.data.source == "scans":
-        return None  # undersampled scans only: nothing to score a reconstruction against
+    if cfg.data.source == "scans":  # no references: the held-out lines of held-out scans
+        if not cfg.data.val_path:
+            return None
+        t = cfg.train
+        return HeldOutScans(cfg.data.val_path, cfg.data.size, n, t.ssdu_fraction, t.ssdu_split, t.seed)
     if cfg.data.source == "phantom":
         src = PhantomSource(cfg.data.size, cfg.data.ncoils)
         items = [src.draw(np.random.default_rng([cfg.train.seed, _VAL_STREAM, i])) for i in range(n)]

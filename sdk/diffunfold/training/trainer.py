@@ -30,6 +30,9 @@ from .loss import UnfoldingObjective
 from .model import DiffUnfolding
 from .package_weights import initialise_from
 from .sampler import to_tensor
+from .scan_validation import COLUMNS as SCAN_COLUMNS
+from .scan_validation import HeldOutScans
+from .scan_validation import format_row as format_scan_row
 from .self_supervised import SSDUObjective, is_self_supervised, objective_inputs
 
 
@@ -214,8 +217,15 @@ def _open_logs(out: Path, cfg: TrainConfig) -> tuple[CSVLog, CSVLog]:
 
 def _validate(module, val, cfg: TrainConfig, val_log: CSVLog, bar, step: int) -> list[dict]:
     """The EMA model on the held-out images; rows to val.csv and a table to the console."""
-    images, maps = val
     module.eval()
+    if isinstance(val, HeldOutScans):  # no references: held-out lines, to val_scans.csv
+        row = {"step": step, **val.run(module, cfg.val.steps, cfg.val.sampler, cfg.train.seed)}
+        CSVLog(val_log.path.with_name("val_scans.csv"), SCAN_COLUMNS).write(
+            {k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()}
+        )
+        (bar.write if bar else print)(f"validation at step {step}: {format_scan_row(row)}")
+        return [row]
+    images, maps = val
     rows = evaluate(
         module,
         images,
