@@ -232,3 +232,18 @@ def test_scans_validate_on_the_held_out_lines_of_held_out_scans(prepared, tmp_pa
     assert math.isclose(row["gain_db"], row["nmse_sense_db"] - row["nmse_model_db"])
     lines = (tmp_path / "run" / "val_scans.csv").read_text().splitlines()
     assert lines[0] == "step,windows,nmse_model_db,nmse_sense_db,gain_db" and lines[1].startswith("1,2,")
+
+
+@torch_only
+def test_the_bench_scores_packages_on_held_out_lines(prepared, tiny_packages, capsys):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import held_out_lines
+
+    pkg = str(tiny_packages["mri"][1].path)
+    args = ["--scans", str(prepared), "--package", pkg, "--windows", "2", "--rows", "32", "--no-write"]
+    assert held_out_lines.main(args) == 0
+    out = capsys.readouterr().out
+    assert "| mri | " in out and "s / window" in out

@@ -26,7 +26,7 @@ COMMON=(--config mri-small --set 'model.unet.attention_levels=[2, 3]' --set data
  --set 'val.tasks=[{task = "mri", kind = "gaussian1d", acceleration = 4}]'
  --steps 200 --set train.decay_steps=200 --set train.warmup_steps=20 --set train.checkpoint_every=25)
 SSDU=(--set train.supervision='"ssdu"')
-SCANS=(--set data.source='"scans"' --set data.path='"runs/site-scans"' --set train.batch_size=2)
+SCANS=(--set data.source='"scans"' --set data.path='"runs/site-scans"' --set train.batch_size=2 --set val.images=0)
 run() {  # name, extra settings: resumes a run that was stopped
   local name=$1; shift
   local resume=(); [ -d runs/site-cmp-$name/checkpoints ] && resume=(--resume)

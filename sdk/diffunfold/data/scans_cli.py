@@ -19,6 +19,8 @@ acquired lines and the noise level. Only files directly in RAW_DIR are read; lin
 Then train on them (the measured lines split into a data part and a held-out loss part, SSDU):
   diffunfold train --config mri-small --set data.source=scans --set data.path=OUT_DIR \\
       --set train.supervision=ssdu --set train.batch_size=2 --out runs/site-ssdu
+With data.val_path set to scans of other exams, prepared the same way, validation scores how
+well the model predicts acquired lines it was not given (val_scans.csv in the run folder).
 
 Training windows are data.size rows of the readout (exact: the readout is fully sampled) by
 every phase encode (the acquired lines cannot be cropped), so a 64 x 256 window costs four

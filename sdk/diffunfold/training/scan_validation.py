@@ -61,20 +61,27 @@ class HeldOutScans:
             "sigma_y": float(item["data_std"]),
         }
 
-    def run(self, model, steps: int, sampler: str, seed: int) -> dict:
-        """The mean held-out error of the model and of the SENSE estimate, and their difference."""
-        device = next(model.parameters()).device
+    def score(self, reconstruct) -> dict:
+        """The mean held-out error of ``reconstruct(window, j)`` (an image ``(1, 1, H, W)``) and of
+        the SENSE estimate from the same lines, and their difference (positive: the model is better)."""
         model_db, sense_db = [], []
         for j, w in enumerate(self.windows):
-            out = restore(
-                model, to_tensor(w["y"], device), w["operator"], steps, sampler, [seed + j], noise_std=w["sigma_y"]
-            )
-            estimate = out.images.detach().cpu().numpy()
-            model_db.append(held_out_nmse_db(estimate, w["loss_operator"], w["loss_y"]))
+            model_db.append(held_out_nmse_db(np.asarray(reconstruct(w, j)), w["loss_operator"], w["loss_y"]))
             sense = sense_standin(w["operator"], w["y"])
             sense_db.append(held_out_nmse_db(sense, w["loss_operator"], w["loss_y"]))
         m, s = float(np.mean(model_db)), float(np.mean(sense_db))
         return {"windows": len(self.windows), "nmse_model_db": m, "nmse_sense_db": s, "gain_db": s - m}
+
+    def run(self, model, steps: int, sampler: str, seed: int) -> dict:
+        """:meth:`score` of a training model with the validation schedule."""
+        device = next(model.parameters()).device
+
+        def reconstruct(w: dict, j: int) -> np.ndarray:
+            y = to_tensor(w["y"], device)
+            out = restore(model, y, w["operator"], steps, sampler, [seed + j], noise_std=w["sigma_y"])
+            return out.images.detach().cpu().numpy()
+
+        return self.score(reconstruct)
 
 
 def format_row(row: dict) -> str:
