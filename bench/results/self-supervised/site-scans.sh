@@ -27,8 +27,9 @@ COMMON=(--config mri-small --set 'model.unet.attention_levels=[2, 3]' --set data
  --steps 200 --set train.decay_steps=200 --set train.warmup_steps=20 --set train.checkpoint_every=25)
 SSDU=(--set train.supervision='"ssdu"')
 SCANS=(--set data.source='"scans"' --set data.path='"runs/site-scans"' --set train.batch_size=2 --set val.images=0)
-run() {  # name, extra settings: resumes a run that was stopped
+run() {  # name, extra settings: resumes a run that was stopped, skips one that is done
   local name=$1; shift
+  [ -f runs/site-cmp-$name/checkpoints/ckpt-00000200.json ] && return 0
   local resume=(); [ -d runs/site-cmp-$name/checkpoints ] && resume=(--resume)
   OMP_NUM_THREADS=1 $PY -m diffunfold train "${COMMON[@]}" "$@" --out runs/site-cmp-$name "${resume[@]}" \
     > runs/site-cmp-$name.log 2>&1
@@ -47,3 +48,8 @@ $PY bench/scanner.py --part quality --package "${PKGS[@]}" --volumes data/mri/he
   --baselines bench/results/self-supervised/table4-ssdiffrecon/scanner-quality-64px-amd-epyc-2cores.json
 $PY bench/scanner.py --part quality --package "${PKGS[@]}" --volumes data/mri/held-out --size 256 --slices 3 \
   --masks gaussian1d:4 --maps espirit --out $OUT
+# Reference-free: the held-out lines of held-out exams of the held-out head (6 exams x 4 slices)
+[ -d runs/site-raw-held-out ] || $PY bench/site_exams.py --volumes data/mri/held-out --out runs/site-raw-held-out \
+  --exams 6 --slices 4 --seed 7
+[ -d runs/site-scans-held-out ] || $PY -m diffunfold prepare-scans runs/site-raw-held-out runs/site-scans-held-out
+$PY bench/held_out_lines.py --scans runs/site-scans-held-out --package "${PKGS[@]}" --windows 12 --out $OUT

@@ -211,11 +211,7 @@ class TrainingBatches(torch.utils.data.Dataset):
             sigma_y = np.array([self._noise_fraction(g) for g in rngs]) * self.cfg.data.noise_max
         seeds = [int(g.integers(2**63)) for g in rngs]
         y = task.operator.measure(x, sigma_y, seeds)
-        sigma = np.array(
-            [formulations.training_sigmas(self.cfg.model.formulation, g, 1)[0] for g in rngs], dtype=np.float32
-        )
-        shape = (self.space.model_channels, *x.shape[-2:])
-        noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
+        sigma, noise = self._diffusion_draws(rngs, x.shape[-2:])
         item = {
             "step": step,
             "x": x,
@@ -228,6 +224,13 @@ class TrainingBatches(torch.utils.data.Dataset):
             "sigma_y": sigma_y,
         }
         return self._supervise(item, step)
+
+    def _diffusion_draws(self, rngs, hw) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's training noise level and diffusion noise ``(C, *hw)``, from its own stream
+        after the draws of its data."""
+        sigma = [formulations.training_sigmas(self.cfg.model.formulation, g, 1)[0] for g in rngs]
+        noise = np.stack([g.standard_normal((self.space.model_channels, *hw)).astype(np.float32) for g in rngs])
+        return np.array(sigma, dtype=np.float32), noise
 
     def _supervise(self, item: dict, step: int) -> dict:
         """With ``train.supervision = "ssdu"`` the batch loses its clean images and is split into a
@@ -244,11 +247,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         come after the scan's, from the same per-image streams."""
         settings = ScannerSettings(map_floor=self.cfg.data.map_floor, virtual_coils=TRAINING_VIRTUAL_COILS)
         scan = scan_batch(x, task.operator, sigma_y, rngs, settings)
-        sigma = np.array(
-            [formulations.training_sigmas(self.cfg.model.formulation, g, 1)[0] for g in rngs], dtype=np.float32
-        )
-        shape = (self.space.model_channels, *x.shape[-2:])
-        noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
+        sigma, noise = self._diffusion_draws(rngs, x.shape[-2:])
         item = {"step": step, **scan, "task": task.task, "params": task.params, "sigma": sigma, "noise": noise}
         return self._supervise(item, step)
 
@@ -256,11 +255,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         """Windows of the site's own scans (:mod:`.scan_windows`), split for SSDU; the diffusion
         draws come after the window draws, from the same per-image streams."""
         scan = self.source.draw_measured(rngs, np.random.default_rng([self.cfg.train.seed, step, _TASK_STREAM]))
-        sigma = np.array(
-            [formulations.training_sigmas(self.cfg.model.formulation, g, 1)[0] for g in rngs], dtype=np.float32
-        )
-        shape = (self.space.model_channels, *scan["y"].shape[-2:])
-        noise = np.stack([g.standard_normal(shape).astype(np.float32) for g in rngs])
+        sigma, noise = self._diffusion_draws(rngs, scan["y"].shape[-2:])
         return self._supervise({"step": step, **scan, "sigma": sigma, "noise": noise}, step)
 
 
