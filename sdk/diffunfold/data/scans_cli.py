@@ -23,8 +23,8 @@ With data.val_path set to scans of other exams, prepared the same way, validatio
 well the model predicts acquired lines it was not given (val_scans.csv in the run folder).
 
 Training windows are data.size rows of the readout (exact: the readout is fully sampled) by
-every phase encode (the acquired lines cannot be cropped), so a 64 x 256 window costs four
-64 x 64 crops: a smaller train.batch_size keeps the step's cost.
+every phase encode (the acquired lines cannot be cropped), so a 64 x 256 window holds the
+pixels of four 64 x 64 crops: a smaller train.batch_size keeps the step's size.
 """
 
 
