@@ -119,7 +119,9 @@ def test_the_command_writes_the_prepared_files_and_its_summary(raw_dir, tmp_path
     assert main(["prepare-scans", str(raw_dir), str(out), "--virtual-coils", "0", "--json", str(summary)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["exam1.scans.h5", "exam2.scans.h5"]
     assert sorted(rs.PreparedScans(out).groups()) == [(6, 64), (10, 64)]  # every coil kept
-    assert "exam1.h5 (mrd): 3 slice(s)" in capsys.readouterr().out and summary.is_file()
+    said = capsys.readouterr().out
+    assert "exam1.h5 (mrd): 3 slice(s)" in said and summary.is_file()
+    assert "passed over 1 entr(ies)" in said and "notes.txt" in said
 
 
 def _tampered(prepared, tmp_path, change):

@@ -268,6 +268,9 @@ def prepare_scans(raw_dir, out_dir, virtual_coils: int | None = DEFAULT_VIRTUAL_
     from ..safe_io import atomic_write, refuse_existing
 
     files = raw_files(raw_dir)
+    passed = sorted(p.name for p in Path(raw_dir).iterdir() if p not in files)
+    if passed:  # said, so that a scan that failed to open is not lost without a word
+        say(f"passed over {len(passed)} entr(ies) that are not raw scans or are links: {', '.join(passed[:5])}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"OUT_DIR {str(out)!r} is a file; give a folder")
