@@ -148,6 +148,7 @@ def _nan(f):
     [
         (lambda f: f.attrs.__setitem__("format", "other"), "not a prepared-scans file"),
         (lambda f: f.attrs.__setitem__("version", 99), "not a prepared-scans file"),
+        (lambda f: f.attrs.__setitem__("version", "one"), "not a prepared-scans file"),
         (_huge, "outside the limits"),
         (lambda f: f.__delitem__("maps"), "'maps' is missing"),
     ],

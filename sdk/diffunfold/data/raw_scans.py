@@ -173,6 +173,9 @@ def write_prepared(path: Path, source: Path, slices: list[dict]) -> None:
     """The prepared slices of one raw file as one HDF5 file (written by the caller atomically)."""
     import h5py
 
+    shapes = {s["kspace"].shape for s in slices}
+    if len(shapes) != 1:
+        raise InputError(f"{source}: its slices differ in shape ({sorted(shapes)}); one matrix per file is prepared")
     with h5py.File(path, "w") as f:
         f.attrs.update(format=FORMAT, version=VERSION, source=source.name)
         for name in ("kspace", "maps", "sampled"):
@@ -194,7 +197,7 @@ class ScanSlice:
 
 def _check_file(path: Path, f) -> list[ScanSlice]:
     """The slices a prepared file holds, after every claim about sizes and types is checked."""
-    if f.attrs.get("format") != FORMAT or int(f.attrs.get("version", -1)) != VERSION:
+    if f.attrs.get("format") != FORMAT or str(f.attrs.get("version", "")) != str(VERSION):
         raise InputError(
             f"{path} is not a prepared-scans file (version {VERSION}); make it with diffunfold prepare-scans"
         )
