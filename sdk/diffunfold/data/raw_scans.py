@@ -77,6 +77,11 @@ def is_fastmri_file(path: Path) -> bool:
         return False
 
 
+def window_energy(kspace: np.ndarray, rows: int) -> np.ndarray:
+    """The zero-filled energy of every window of ``rows`` readout rows, by its first row."""
+    return np.convolve(readout_profile(kspace), np.ones(rows), mode="valid")
+
+
 def raw_files(folder: str | os.PathLike) -> list[Path]:
     """The raw scans directly in ``folder`` (sorted): MRD files, and fastMRI-layout files holding
     undersampled k-space; links and other files are passed over, as nothing outside the folder

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ..data.raw_scans import PreparedScans, readout_profile, readout_window
+from ..data.raw_scans import PreparedScans, readout_window, window_energy
 from ..physics.mri import MultiCoilMRI
 from .sampler import restore, to_tensor
 from .self_supervised import sense_standin, split_mask
@@ -49,8 +49,8 @@ class HeldOutScans:
     @staticmethod
     def _window(scans: PreparedScans, i: int, rows: int, rng, fraction: float, split: str) -> dict:
         item = scans.read(i)
-        energy = np.convolve(readout_profile(item["kspace"]), np.ones(rows), mode="valid")
-        y, maps = readout_window(item["kspace"], item["maps"], int(np.argmax(energy)), rows)
+        start = int(np.argmax(window_energy(item["kspace"], rows)))
+        y, maps = readout_window(item["kspace"], item["maps"], start, rows)
         mask = np.broadcast_to(item["sampled"][None, :], (rows, item["sampled"].size)).astype(np.float32)
         theta, lam = split_mask(mask, fraction, rng, split)
         return {

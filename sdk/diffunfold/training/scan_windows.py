@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data.raw_scans import PreparedScans, readout_profile, readout_window
+from ..data.raw_scans import PreparedScans, readout_window, window_energy
 from ..errors import InputError
 from ..physics.mri import MultiCoilMRI
 
 
-def window_start(profile: np.ndarray, rows: int, rng: np.random.Generator) -> int:
-    """A window's first row, drawn in proportion to the energy of the ``rows`` rows it covers."""
-    energy = np.convolve(profile, np.ones(rows), mode="valid")
+def window_start(energy: np.ndarray, rng: np.random.Generator) -> int:
+    """A window's first row, drawn in proportion to its energy (:func:`window_energy`)."""
     total = float(energy.sum())
     if not np.isfinite(total) or total <= 0:
         return int(rng.integers(len(energy)))
@@ -51,7 +50,7 @@ class ScanWindowSource:
         ys, maps, masks, stds = [], [], [], []
         for g in rngs:
             item = self.scans.read(int(group[int(g.integers(len(group)))]))
-            start = window_start(readout_profile(item["kspace"]), self.rows, g)
+            start = window_start(window_energy(item["kspace"], self.rows), g)
             y, m = readout_window(item["kspace"], item["maps"], start, self.rows)
             mask = np.broadcast_to(item["sampled"][None, :], (self.rows, item["sampled"].size)).astype(np.float32)
             ys.append(y * mask)  # the window's rows of unacquired lines are exactly zero
