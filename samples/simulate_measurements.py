@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffunfold.data.images import BUNDLED_HELD_OUT, BundledImages, save_image
+from diffunfold.data.image_datasets import BundledImages
+from diffunfold.data.images import BUNDLED_HELD_OUT, save_image
 from diffunfold.metrics import psnr, ssim
 from diffunfold.physics import make_operator
 

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from diffunfold.data.images import BUNDLED_HELD_OUT, BundledImages, save_image
+from diffunfold.data.image_datasets import BundledImages
+from diffunfold.data.images import BUNDLED_HELD_OUT, save_image
 from diffunfold.engines import build_engines, current_gpu, list_targets, load_target
 from diffunfold.errors import InputError
 from diffunfold.metrics import psnr

@@ -17,7 +17,8 @@ from diffunfold.baselines import (
     normalised_convolution,
     wiener_deconvolution,
 )
-from diffunfold.data.images import BUNDLED_HELD_OUT, BundledImages
+from diffunfold.data.image_datasets import BundledImages
+from diffunfold.data.images import BUNDLED_HELD_OUT
 from diffunfold.errors import InputError
 from diffunfold.metrics import psnr
 from diffunfold.physics import (

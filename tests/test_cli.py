@@ -92,7 +92,7 @@ def test_physics_data_and_metrics_run_without_torch(tmp_path, run_without_torch)
         import numpy as np
         import diffunfold, diffunfold.physics, diffunfold.metrics, diffunfold.data
         from diffunfold.physics import make_operator
-        from diffunfold.data.images import BundledImages
+        from diffunfold.data.image_datasets import BundledImages
         from diffunfold.data.phantom import write_phantom_dataset
         from diffunfold.data.fastmri import FastMRISlices
         x = BundledImages(size=32, split="val")[0][None].astype(np.float64)

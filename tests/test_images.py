@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffunfold.data import image_datasets as datasets
 from diffunfold.data import images as im
+from diffunfold.data.image_datasets import BundledImages, ImageFolder
 from diffunfold.data.images import (
     BUNDLED_HELD_OUT,
     BUNDLED_NAMES,
     BUNDLED_TRAIN,
-    BundledImages,
-    ImageFolder,
     bundled_image,
     load_image,
     save_image,
@@ -144,8 +144,9 @@ def test_cache_decodes_each_file_once_and_gives_the_same_items(folder, monkeypat
     plain = ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=0.5)
     cached = ImageFolder(folder, size=SIZE, split="all", native=True, whole_fraction=0.5, cache=True)
     opened = []
-    real_open = im._open
-    monkeypatch.setattr(im, "_open", lambda path, channels: opened.append(path) or real_open(path, channels))
+    real_open = datasets.open_normalised
+    spy = lambda path, channels: opened.append(path) or real_open(path, channels)
+    monkeypatch.setattr(datasets, "open_normalised", spy)
     for epoch in range(3):
         plain.set_epoch(epoch), cached.set_epoch(epoch)
         for a, b in zip(_items(plain), _items(cached)):
@@ -361,7 +362,8 @@ def test_bundled_image_native():
 
 
 def test_bundled_image_at_a_size_is_the_validation_image():
-    from diffunfold.data.images import BundledImages, bundled_image
+    from diffunfold.data.image_datasets import BundledImages
+    from diffunfold.data.images import bundled_image
 
     val = BundledImages(size=48, split="val")
     assert np.array_equal(bundled_image("camera", size=48), val[val.names.index("camera")])

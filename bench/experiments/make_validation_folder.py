@@ -37,7 +37,7 @@ def photo_name(relpath: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     from diffunfold.data.held_out import held_out_photos
-    from diffunfold.data.images import ImageFolder
+    from diffunfold.data.image_datasets import ImageFolder
 
     ds = ImageFolder(a.held_out, 64, split="all", augment=False)
     scored = set(held_out_photos(a.held_out, 64, a.scored)[0])  # the photos the harness scores

@@ -19,7 +19,7 @@ PHANTOM_STREAM = 20261122  # MRI demo phantoms: default_rng([PHANTOM_STREAM, i])
 
 def held_out_images(size: int, count: int) -> tuple[list[str], np.ndarray]:
     """The held-out scikit-image photos, centre squares at ``size`` px: names, ``(N, 3, H, W)``."""
-    from .data.images import BundledImages
+    from .data.image_datasets import BundledImages
 
     ds = BundledImages(size=size, split="val")
     count = min(count, len(ds))

@@ -73,7 +73,7 @@ def _convert(arr: np.ndarray, backend: str):
 
 def _test_image(task: str, size: int) -> np.ndarray:
     """A held-out bundled image (natural tasks) or a phantom (MRI), as a batch of one."""
-    from .data.images import BundledImages
+    from .data.image_datasets import BundledImages
     from .data.phantom import random_phantom
 
     if task == "mri":

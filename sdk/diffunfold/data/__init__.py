@@ -1,5 +1,5 @@
 """Clean data for training and evaluation: image folders and the bundled scikit-image
-images (``images``), fastMRI multi-coil files (``fastmri``) and synthetic phantoms written in
+images (``images``, ``image_datasets``), fastMRI multi-coil files (``fastmri``) and synthetic phantoms written in
 the fastMRI format (``phantom``). Everything yields numpy arrays; nothing imports torch."""
 
 from .fastmri import (
@@ -13,13 +13,11 @@ from .fastmri import (
     percentile_normalize,
     write_fastmri_file,
 )
+from .image_datasets import BundledImages, ImageDataset, ImageFolder
 from .images import (
     BUNDLED_HELD_OUT,
     BUNDLED_NAMES,
     BUNDLED_TRAIN,
-    BundledImages,
-    ImageDataset,
-    ImageFolder,
     bundled_image,
     load_image,
     save_image,

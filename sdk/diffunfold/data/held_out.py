@@ -37,7 +37,7 @@ def held_out_photos(folder: str | Path, size: int, count: int) -> tuple[list[str
     """Names and ``(N, 3, size, size)`` float32 images in [0, 1]. A whole ``diffunfold data
     photos`` folder (with its ``train/`` beside ``held-out/``) is refused: every photo below it
     would be a candidate, training photos included."""
-    from .images import ImageFolder
+    from .image_datasets import ImageFolder
 
     if (Path(folder) / "train").is_dir() and (Path(folder) / "held-out").is_dir():
         raise InputError(

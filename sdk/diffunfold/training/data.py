@@ -23,7 +23,7 @@ import torch
 from .. import formulations
 from ..data.fastmri import FastMRISlices, percentile_normalize
 from ..data.held_out import validation_indices
-from ..data.images import BundledImages, ImageFolder
+from ..data.image_datasets import BundledImages, ImageFolder
 from ..data.mri_slices import COIL_COUNTS, VolumeSlices
 from ..data.phantom import random_phantom
 from ..errors import InputError
