@@ -204,19 +204,23 @@ class TaskSampler:
         return SampledTask(family, params, make_operator(family, self.image_shape, **params))
 
 
+# The paper's MRI training patterns: three families at two accelerations each (section 4.1).
+MRI_TRAINING_PATTERNS: tuple[tuple[str, float], ...] = (
+    ("uniform1d", 4),
+    ("uniform1d", 8),
+    ("gaussian1d", 4),
+    ("gaussian1d", 8),
+    ("gaussian2d", 8),
+    ("gaussian2d", 16),
+)
+
+
 @dataclass
 class MRITaskSampler:
     """Draws an MRI sampling pattern per batch: the paper's three families at two
     accelerations each (uniform 1-D 4x/8x, Gaussian 1-D 4x/8x, Gaussian 2-D 8x/16x)."""
 
-    patterns: tuple[tuple[str, float], ...] = (
-        ("uniform1d", 4),
-        ("uniform1d", 8),
-        ("gaussian1d", 4),
-        ("gaussian1d", 8),
-        ("gaussian2d", 8),
-        ("gaussian2d", 16),
-    )
+    patterns: tuple[tuple[str, float], ...] = MRI_TRAINING_PATTERNS
 
     def __post_init__(self):
         bad = [k for k, _ in self.patterns if k not in MASK_KINDS]

@@ -16,7 +16,7 @@ from typing import Any
 from .. import edm
 from ..errors import InputError, require
 from ..physics.mri import MASK_KINDS
-from ..physics.tasks import canonical_task, parse_value
+from ..physics.tasks import MRI_TRAINING_PATTERNS, canonical_task, parse_value
 from .model import ModelSettings, _from_dict
 from .self_supervised import LOSS_FRACTION, check_settings
 
@@ -42,14 +42,7 @@ class DataSettings:
     tasks: tuple[str, ...] = IMAGE_TASKS  # a task named twice is drawn twice as often
     inpainting_missing: tuple[float, float] = (0.2, 0.6)  # fraction of pixels missing, uniform (paper 4.1)
     sr_factors: tuple[int, ...] = (4, 8, 16)  # those the crop size allows, drawn alike (a repeat: twice as often)
-    mri_patterns: tuple[tuple[str, float], ...] = (
-        ("uniform1d", 4),
-        ("uniform1d", 8),
-        ("gaussian1d", 4),
-        ("gaussian1d", 8),
-        ("gaussian2d", 8),
-        ("gaussian2d", 16),
-    )
+    mri_patterns: tuple[tuple[str, float], ...] = MRI_TRAINING_PATTERNS
     noise_max: float = 0.1  # images: sigma_y ~ U[0, noise_max] (paper 4.1)
     mri_noise: float = 0.01  # MRI: sigma_y ~ U[0, mri_noise * max|A x|] per image
     # Of the draws, this fraction is exactly noise-free and this one log-uniform over
