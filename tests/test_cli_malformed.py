@@ -154,6 +154,7 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (["mri", MRI_PKG, "nowhere.h5"], ("nowhere.h5",)),
     (["mri", MRI_PKG, "ph"], ("is a folder",)),
     (["mri", IMAGE_PKG, "ph/phantom_0000.h5"], ("image model package",)),
+    (["mri", IMAGE_PKG, "ph/phantom_0000.h5", "--ray"], ("image model package", "diffunfold restore")),
     # demo
     (["demo", "--out", "afile"], ("afile", "is a file")),
     (["demo", "--out", "ph"], ("already holds files", "--overwrite")),

@@ -392,20 +392,27 @@ def slice_units(path: Path, slices: list[int], out_dir: Path, samples: int, payl
     ]
 
 
-def run_mri(args) -> int:
-    import time
-
-    from .data.fastmri import FastMRIFile, FastMRISlices
+def open_mri_package(path):
+    """The model package at ``path``, refused with what to do when it is an image model."""
     from .package import ModelPackage
 
-    args.churn_setting = V.churn_setting(args.churn, args.churn_range)  # None: the package's
-    pkg = ModelPackage.open(args.package)
+    pkg = ModelPackage.open(path)
     if pkg.space.kind != "mri":
         raise InputError(
             f"{pkg.path} is an image model package ({pkg.space.kind} data, {pkg.space.channels} "
             "channel(s)); `diffunfold mri` needs a package exported from an MRI run (data "
             "fastmri or phantom). Restore image files with `diffunfold restore`"
         )
+    return pkg
+
+
+def run_mri(args) -> int:
+    import time
+
+    from .data.fastmri import FastMRIFile, FastMRISlices
+
+    args.churn_setting = V.churn_setting(args.churn, args.churn_range)  # None: the package's
+    pkg = open_mri_package(args.package)
     path = _one_file(args.file)
     from .mrd.rawfile import is_mrd_file  # raw MRD (ISMRMRD) data: reconstructed as acquired
 

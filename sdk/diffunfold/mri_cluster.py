@@ -26,6 +26,7 @@ from .mri import (
     _untrained_pattern_note,
     fastmri_coil_maps,
     mask_png,
+    open_mri_package,
     slice_units,
 )
 
@@ -114,14 +115,8 @@ def run_mri_on_ray(args) -> int:
     """``diffunfold mri`` with --ray: every file given (and the .h5 files of folders given)."""
     import time
 
-    from .package import ModelPackage
-
     args.churn_setting = V.churn_setting(args.churn, args.churn_range)  # None: the package's
-    pkg = ModelPackage.open(args.package)
-    if pkg.space.kind != "mri":
-        raise InputError(
-            f"{pkg.path} is not an MRI model package ({pkg.space.kind} data); restore images with `restore`"
-        )
+    pkg = open_mri_package(args.package)
     files = _expand(args.file)
     out_dir = Path(args.out)
     units, masks, unreadable, counts = _plan(args, files, out_dir)
