@@ -60,6 +60,29 @@ def test_a_learned_baseline_joins_the_table_on_its_operators_only(tmp_path, fake
     assert "Diff-Unfolding (image-small)" in md
 
 
+def test_an_sr_checkpoint_is_scored_at_the_factors_it_was_trained_on():
+    """A cEDM for SR x8 says so in the table and is not scored on SR x4 (an operator it never saw);
+    a checkpoint without a training config keeps the task-name rule."""
+    from quality_harness import entrants
+    from quality_harness.tasks import QualityTask
+
+    def cedm(task, config):
+        return types.SimpleNamespace(
+            model=types.SimpleNamespace(task=task, space=types.SimpleNamespace(kind="image")), meta={"config": config}
+        )
+
+    x4 = QualityTask("sr_x4", "SR x4 (box)", "image", "sr", {"factor": 4, "kernel": "box"})
+    x8 = QualityTask("sr_x8", "SR x8 (box)", "image", "sr", {"factor": 8, "kernel": "box"})
+    blur = QualityTask("gaussian_blur", "Gaussian blur", "image", "gaussian_blur", {"sigma": 2.0})
+    sr8 = cedm("sr", {"data": {"sr_factors": [8]}})
+    applies = entrants._learned_applies(sr8)
+    assert (applies(x8), applies(x4), applies(blur)) == (True, False, False)
+    assert entrants._trained_for(sr8) == ("image", "trained on sr x8")
+    unknown = entrants._learned_applies(cedm("sr", {}))
+    assert (unknown(x8), unknown(x4), unknown(blur)) == (True, True, False)
+    assert entrants._trained_for(cedm("gaussian_blur", {"data": {"sr_factors": [4]}}))[1] == "trained on gaussian_blur"
+
+
 def test_bad_comparison_arguments_are_refused(tmp_path, capsys):
     base = [str(IMAGE_PKG), "--quick", "--quiet", "--out", str(tmp_path)]
     assert quality.main(base + ["--learned", "no-colon"]) == 2

@@ -129,12 +129,20 @@ def _trained_for(r) -> tuple[str, str]:
     if kind == "mri":
         return kind, f"trained on {mask}" if mask else ""
     task = getattr(model, "task", None)
+    factors = _sr_factors(r) if task == "sr" else None
+    task = f"{task} x{'/'.join(map(str, factors))}" if factors else task
     return kind, f"trained on {task}" if task else ""
+
+
+def _sr_factors(r) -> list[int] | None:
+    """The SR factors an image checkpoint was trained on (its training config), if it says."""
+    factors = getattr(r, "meta", {}).get("config", {}).get("data", {}).get("sr_factors")
+    return [int(f) for f in factors] if factors else None
 
 
 def _learned_applies(r) -> Callable[[QualityTask], bool]:
     """A learned baseline is scored on the operators it was trained for only: its task (cEDM on
-    images), its MRI mask (kind and acceleration)."""
+    images; for SR, the factors it was trained on), its MRI mask (kind and acceleration)."""
     fits = getattr(r, "fits", None)
     if fits:
         return lambda task: bool(fits(task.task, task.params))
@@ -150,6 +158,9 @@ def _learned_applies(r) -> Callable[[QualityTask], bool]:
             )
         )
     task_name = getattr(getattr(r, "model", None), "task", None)
+    factors = _sr_factors(r) if task_name == "sr" else None
+    if factors:  # an SR model at another factor meets an operator it never saw
+        return lambda task: task.task == "sr" and int(task.params.get("factor", 0)) in factors
     return (lambda task: task.task == task_name) if task_name else (lambda task: True)
 
 
