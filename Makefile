@@ -47,6 +47,8 @@ lint: install
 
 # Two pytest workers (pytest-xdist): the suite is mostly single-threaded, so on CI's 2 cores this
 # halves its time (525 s -> 299 s measured, 2-core AMD EPYC). `pytest` alone still runs it serially.
+# xdist's default distribution: --dist loadscope (each module's fixtures built once) took 1.66x
+# as long on the same busy 2 cores (2026-12-07: 1,673 s against 1,005 s; its last modules ran alone).
 test: install lint
 	$(PY) -m pytest -q -n 2
 
