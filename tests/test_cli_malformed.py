@@ -201,6 +201,10 @@ TABLE: list[tuple[list[str], tuple[str, ...]]] = [
     (["data", "pictures", "new"], ("'pictures'",)),
     (["data", "photos", "new", "--max-side", "abc"], ("--max-side", "'abc'")),
     (["data", "mri-volumes", "new", "--max-side", "10"], ("--max-side",)),
+    # prepare-scans
+    (["prepare-scans", "ph", "new", "--overwrite", "--resume"], ("not allowed with",)),
+    (["prepare-scans", "afile", "new"], ("afile", "not a folder")),
+    (["prepare-scans", "ph", "new", "--virtual-coils", "65"], ("--virtual-coils",)),
 ]
 
 
@@ -276,8 +280,8 @@ CASES = len(TABLE) + EXAMPLES * len(NUMERIC)
 
 
 def test_the_harness_is_as_large_as_stated():
-    """124 table cases + 12 x 14 generated ones = 292 malformed command lines."""
-    assert (len(TABLE), len(NUMERIC), CASES) == (124, 14, 292)
+    """127 table cases + 12 x 14 generated ones = 295 malformed command lines."""
+    assert (len(TABLE), len(NUMERIC), CASES) == (127, 14, 295)
     commands = {argv[0] for argv, _ in TABLE}
     assert {
         "mask",
@@ -294,6 +298,7 @@ def test_the_harness_is_as_large_as_stated():
         "send",
         "mrd-phantom",
         "data",
+        "prepare-scans",
     } <= commands
 
 

@@ -2,6 +2,7 @@
 (the inference pipeline run once per slice), exact readout windows, refused prepared files, and
 batches and a training step with no image anywhere."""
 
+import json
 import math
 import os
 
@@ -62,7 +63,7 @@ def raw_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def prepared(raw_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("prepared")
-    rows = rs.prepare_scans(raw_dir, out, virtual_coils=8, say=lambda *a: None)
+    rows = rs.prepare_scans(raw_dir, out, virtual_coils=8, say=lambda *a: None).rows
     assert [r["file"] for r in rows] == ["exam1.h5", "exam2.h5"]
     return out
 
@@ -109,7 +110,7 @@ def test_a_fastmri_layout_file_is_read_as_acquired_and_its_readout_cut_exactly(t
     expected = fft2c(maps[None, :, 16:48] * x[:, None]) * sampled
     for s, e in zip(slices, expected, strict=True):
         assert s.kspace.shape == (6, 32, 40) and np.abs(s.kspace - e).max() <= 1e-4 * np.abs(e).max()
-    rows = rs.prepare_scans(path.parent, tmp_path / "scans", virtual_coils=4, say=lambda *a: None)
+    rows = rs.prepare_scans(path.parent, tmp_path / "scans", virtual_coils=4, say=lambda *a: None).rows
     assert rows[0]["format"] == "fastmri" and rows[0]["grid"] == [32, 40] and rows[0]["acceleration"] == 2.5
     assert rs.PreparedScans(tmp_path / "scans").read(1)["kspace"].shape == (4, 32, 40)
 
@@ -122,6 +123,33 @@ def test_the_command_writes_the_prepared_files_and_its_summary(raw_dir, tmp_path
     said = capsys.readouterr().out
     assert "exam1.h5 (mrd): 3 slice(s)" in said and summary.is_file()
     assert "passed over 1 entr(ies)" in said and "notes.txt" in said
+
+
+def test_a_scan_that_cannot_be_prepared_costs_only_itself(raw_dir, tmp_path, capsys):
+    """One bad exam in a site's folder: named with its reason, the others written, exit 1; --resume
+    keeps what was written; a folder of bad exams only is one error (exit 2); OUT_DIR != RAW_DIR."""
+    from diffunfold.data.fastmri_write import write_fastmri_file
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "exam1.h5").write_bytes((raw_dir / "exam1.h5").read_bytes())
+    tiny = np.ones((1, 4, 8, 8), np.complex64)  # a fastMRI-layout file too small to be a scan
+    write_fastmri_file(raw / "broken.h5", tiny, rss=np.ones((1, 8, 8), np.float32))
+    out, summary = tmp_path / "scans", tmp_path / "summary.json"
+    assert main(["prepare-scans", str(raw), str(out), "--json", str(summary)]) == 1
+    err = capsys.readouterr().err
+    assert "failed: broken.h5:" in err and "outside the limits" in err and "1 raw file(s) failed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["exam1.scans.h5"]
+    report = json.loads(summary.read_text())
+    assert [r["file"] for r in report["files"]] == ["exam1.h5"] and report["failed"][0]["file"] == "broken.h5"
+    before = (out / "exam1.scans.h5").stat().st_mtime_ns
+    assert main(["prepare-scans", str(raw), str(out), "--resume", "--json", str(summary)]) == 1
+    assert "kept 1 file(s)" in capsys.readouterr().out and (out / "exam1.scans.h5").stat().st_mtime_ns == before
+    (raw / "exam1.h5").unlink()
+    assert main(["prepare-scans", str(raw), str(tmp_path / "none")]) == 2
+    assert "broken.h5" in capsys.readouterr().err and not (tmp_path / "none").exists()
+    assert main(["prepare-scans", str(raw), str(raw)]) == 2
+    assert "folder of the input" in capsys.readouterr().err
 
 
 def _tampered(prepared, tmp_path, change):

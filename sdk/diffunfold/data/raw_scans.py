@@ -138,7 +138,11 @@ def fastmri_slices(path: Path) -> list[AcquiredSlice]:
 
     with FastMRIFile(path) as f:
         n, coils, hx, w = f.kspace_shape
-        if n > MAX_SLICES or coils > MAX_COILS or not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= hx <= 2 * MAX_SIDE):
+        if (
+            not 1 <= n <= MAX_SLICES
+            or coils > MAX_COILS
+            or not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= hx <= 2 * MAX_SIDE)
+        ):
             raise InputError(f"{path}: k-space of shape {f.kspace_shape} is outside the limits of a scan")
         rows = min(f.recon_shape[0], hx)
         out = []
@@ -267,47 +271,62 @@ class PreparedScans:
         return item
 
 
-def prepare_scans(raw_dir, out_dir, virtual_coils: int | None = DEFAULT_VIRTUAL_COILS, overwrite=False, say=print):
-    """Prepare every raw MRD file in ``raw_dir`` into ``out_dir`` (one ``NAME.scans.h5`` each,
-    written whole); returns one row per file. Existing outputs are refused unless ``overwrite``."""
+def prepare_file(path: Path, target: Path, virtual_coils: int | None) -> dict:
+    """One raw file -> ``target`` (written whole); its summary row."""
     from tqdm.auto import tqdm
 
     from ..mrd.rawfile import is_mrd_file
-    from ..safe_io import atomic_write, refuse_existing
+    from ..safe_io import atomic_write
+
+    fmt = "mrd" if is_mrd_file(path) else "fastmri"
+    acquired = mrd_slices(path) if fmt == "mrd" else fastmri_slices(path)
+    slices = []
+    for data in tqdm(acquired, desc=path.name, unit="slice", leave=False):
+        try:
+            slices.append(prepare_slice(data, virtual_coils))
+        except InputError as exc:
+            raise InputError(f"slice {data.index}: {exc}") from None
+    atomic_write(target, lambda tmp: write_prepared(tmp, path, slices))
+    return {
+        "file": path.name,
+        "format": fmt,
+        "slices": len(slices),
+        "grid": list(slices[0]["kspace"].shape[-2:]),
+        "coils": f"{acquired[0].kspace.shape[0]} -> {slices[0]['kspace'].shape[0]}",
+        "acceleration": round(float(np.mean([d.sampled.size / max(d.sampled.sum(), 1) for d in acquired])), 2),
+        "noise": slices[0]["noise"],
+        "out": str(target),
+    }
+
+
+def prepare_scans(
+    raw_dir, out_dir, virtual_coils: int | None = DEFAULT_VIRTUAL_COILS, overwrite=False, resume=False, say=print
+):
+    """Prepare every raw scan in ``raw_dir`` into ``out_dir`` (one ``NAME.scans.h5`` each, written
+    whole), as a :class:`~diffunfold.batch.Batch`: a file that fails is recorded with its reason
+    and the others go on; existing outputs are refused unless ``overwrite``, or kept and passed
+    over with ``resume``; ``out_dir`` may not be ``raw_dir``."""
+    from tqdm.auto import tqdm
+
+    from ..batch import Unit, check_outputs, run_units
 
     files = raw_files(raw_dir)
     passed = sorted(p.name for p in Path(raw_dir).iterdir() if p not in files)
     if passed:  # said, so that a scan that failed to open is not lost without a word
         say(f"passed over {len(passed)} entr(ies) that are not raw scans or are links: {', '.join(passed[:5])}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"OUT_DIR {str(out)!r} is a file; give a folder")
-    targets = [out / f"{p.stem}{SUFFIX}" for p in files]
-    refuse_existing(targets, overwrite, "choose another OUT_DIR")
-    rows = []
-    for path, target in zip(files, targets, strict=True):
-        fmt = "mrd" if is_mrd_file(path) else "fastmri"
-        acquired = mrd_slices(path) if fmt == "mrd" else fastmri_slices(path)
-        slices = []
-        for data in tqdm(acquired, desc=path.name, unit="slice", leave=False):
-            try:
-                slices.append(prepare_slice(data, virtual_coils))
-            except InputError as exc:
-                raise InputError(f"{path}: slice {data.index}: {exc}") from None
-        atomic_write(target, lambda tmp, p=path, s=slices: write_prepared(tmp, p, s))
-        row = {
-            "file": path.name,
-            "format": fmt,
-            "slices": len(slices),
-            "grid": list(slices[0]["kspace"].shape[-2:]),
-            "coils": f"{acquired[0].kspace.shape[0]} -> {slices[0]['kspace'].shape[0]}",
-            "acceleration": round(float(np.mean([d.sampled.size / max(d.sampled.sum(), 1) for d in acquired])), 2),
-            "noise": slices[0]["noise"],
-            "out": str(target),
-        }
-        rows.append(row)
+    units = [Unit(p.name, {"scans": out / f"{p.stem}{SUFFIX}"}, p) for p in files]
+    check_outputs(out, units, files, {Path(raw_dir).resolve()}, [], overwrite, resume)
+
+    def work(unit: Unit) -> dict:
+        row = prepare_file(unit.payload, unit.outputs["scans"], virtual_coils)
         say(
             f"{row['file']} ({row['format']}): {row['slices']} slice(s), grid {row['grid']}, coils {row['coils']}, "
-            f"{row['acceleration']}x, noise {row['noise']} -> {target}"
+            f"{row['acceleration']}x, noise {row['noise']} -> {row['out']}"
         )
-    return rows
+        return row
+
+    def progress(todo):
+        return tqdm(todo, desc="preparing", unit="file", disable=len(todo) < 2)
+
+    return run_units(units, work, resume, progress, "raw file", out)

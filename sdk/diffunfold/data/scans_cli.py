@@ -25,6 +25,9 @@ well the model predicts acquired lines it was not given (val_scans.csv in the ru
 Training windows are data.size rows of the readout (exact: the readout is fully sampled) by
 every phase encode (the acquired lines cannot be cropped), so a 64 x 256 window holds the
 pixels of four 64 x 64 crops: a smaller train.batch_size keeps the step's size.
+
+A raw file that cannot be prepared is named with its reason and the others go on (exit status
+1); --resume keeps what an earlier run prepared and does the rest.
 """
 
 
@@ -46,17 +49,29 @@ def add_parser(sub) -> None:
         "as the simulated training scans)",
     )
     p.add_argument("--json", metavar="FILE", help="also write the per-file summary as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace prepared files (and --json) that exist")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace prepared files (and --json) that exist")
+    again.add_argument(
+        "--resume", action="store_true", help="keep the prepared files that exist and prepare only the rest"
+    )
     p.set_defaults(func=run_prepare_scans)
 
 
 def run_prepare_scans(args) -> int:
+    """Exit 0: every raw file prepared; 1: some failed (each named on stderr with its reason; the
+    others were written); 2: none could be prepared, or a bad value."""
+    from ..batch import finish, refuse_if_nothing_done
     from ..safe_io import refuse_existing, write_json
     from .raw_scans import prepare_scans
 
     if args.json:
-        refuse_existing([args.json], args.overwrite)
-    rows = prepare_scans(args.raw, args.out, args.virtual_coils or None, overwrite=args.overwrite)
+        refuse_existing([args.json], args.overwrite or args.resume)
+    batch = prepare_scans(args.raw, args.out, args.virtual_coils or None, args.overwrite, args.resume)
+    refuse_if_nothing_done(batch, "raw file")
+    if batch.skipped:
+        print(f"kept {len(batch.skipped)} file(s) prepared before (--resume): {', '.join(batch.skipped[:5])}")
     if args.json:
-        write_json(args.json, {"command": "prepare-scans", "raw": str(args.raw), "files": rows})
-    return 0
+        failed = [{"file": name, "error": reason} for name, reason in batch.failures]
+        summary = {"command": "prepare-scans", "raw": str(args.raw), "files": batch.rows, "failed": failed}
+        write_json(args.json, summary | {"kept": batch.skipped})
+    return finish(batch, "raw file")
