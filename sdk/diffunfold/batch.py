@@ -46,31 +46,33 @@ def check_outputs(
     extra: list[Path],
     overwrite: bool,
     resume: bool,
+    out_name: str = "--out",
 ) -> None:
     """Before any work: never write into an input folder or over an input file; without
     --overwrite or --resume, never over an existing output. ``extra``: outputs outside the
-    units (the --json report, an MRI mask), rewritten on --resume."""
+    units (the --json report, an MRI mask), rewritten on --resume. ``out_name``: how the
+    command names its output folder in messages."""
     out_r = out_dir.resolve()
     if out_r in input_dirs:
         raise InputError(
-            f"--out {str(out_dir)!r} is the folder of the input(s); write the outputs to "
-            "another folder (e.g. --out restored/) so they never mix with or replace the inputs"
+            f"{out_name} {str(out_dir)!r} is the folder of the input(s); write the outputs to "
+            "another folder so they never mix with or replace the inputs"
         )
     if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {str(out_dir)!r} exists and is not a folder")
+        raise InputError(f"{out_name} {str(out_dir)!r} exists and is not a folder")
     inputs_r = {p.resolve() for p in inputs}
     targets = [p for u in units for p in u.outputs.values()] + list(extra)
     clash = [p for p in targets if p.resolve() in inputs_r]
     if clash:
-        raise InputError(f"{clash[0]} is an input file; it is never overwritten: choose another --out/--json")
+        raise InputError(f"{clash[0]} is an input file; it is never overwritten: choose another {out_name}/--json")
     if len({p.resolve() for p in targets}) != len(targets):
-        raise InputError("two outputs would have the same name (is --json inside --out with an output's name?)")
+        raise InputError(f"two outputs would have the same name (is --json inside {out_name} with an output's name?)")
     existing = [p for p in targets if p.exists()]
     if existing and not (overwrite or resume):
         more = f" (and {len(existing) - 1} more of the outputs)" if len(existing) > 1 else ""
         raise InputError(
             f"{existing[0]} already exists{more}; pass --resume to keep the finished outputs and "
-            "do only the rest, --overwrite to replace them, or choose another --out"
+            f"do only the rest, --overwrite to replace them, or choose another {out_name}"
         )
 
 

@@ -316,7 +316,7 @@ def prepare_scans(
         say(f"passed over {len(passed)} entr(ies) that are not raw scans or are links: {', '.join(passed[:5])}")
     out = Path(out_dir)
     units = [Unit(p.name, {"scans": out / f"{p.stem}{SUFFIX}"}, p) for p in files]
-    check_outputs(out, units, files, {Path(raw_dir).resolve()}, [], overwrite, resume)
+    check_outputs(out, units, files, {Path(raw_dir).resolve()}, [], overwrite, resume, out_name="OUT_DIR")
 
     def work(unit: Unit) -> dict:
         row = prepare_file(unit.payload, unit.outputs["scans"], virtual_coils)
