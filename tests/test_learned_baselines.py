@@ -67,6 +67,9 @@ def test_cedm_forward_and_restore_shapes():
     out = cedm.Restorer(model, {}).restore(y, blur, 0.05, seed=3)
     assert out.shape == (1, 3, 16, 16) and out.min() >= 0 and out.max() <= 1
     assert cedm.Restorer(model, {}).nfe == 35
+    aniso = make_operator("anisotropic_blur", (16, 16), sigma=(2.0, 1.0), angle=0.6)  # a GaussianBlur by class
+    y = aniso.measure(np.full((1, 3, 16, 16), 0.5, np.float32), 0.05, seed=0)
+    assert cedm.Restorer(tiny_cedm("anisotropic_blur"), {}).restore(y, aniso, 0.05, seed=3).shape == (1, 3, 16, 16)
 
 
 def test_zero_init_conditioning_starts_at_the_unconditional_stage_0():
@@ -166,6 +169,8 @@ def test_bad_inputs_are_refused(tmp_path):
         cedm.Restorer(tiny_cedm("inpainting"), {}).restore(y, blur)
     with pytest.raises(InputError, match="a batch"):
         cedm.Restorer(tiny_cedm(), {}).restore(y[0], blur)
+    with pytest.raises(InputError, match="trained for 'anisotropic_blur', not 'gaussian_blur'"):
+        cedm.Restorer(tiny_cedm("anisotropic_blur"), {}).restore(y, blur)
     settings = {"kind": "varnet", "model": {"cascades": 1, "chans": 4, "pools": 2}}
     model = varnet.VarNet(settings["model"])
     opt = torch.optim.Adam(model.parameters())
