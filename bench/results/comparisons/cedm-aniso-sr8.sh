@@ -2,8 +2,9 @@
 # cEDM for anisotropic Gaussian blur and SR x8 at the bundled model's budget (15,000 steps x
 # batch 8, from the image denoiser, wide training levels, lr 2e-4 cosine), trained side by side
 # with one thread each (about 1.1 s per step each on the 2-core AMD EPYC, Zen 3, fp32), then
-# scored on the 4 held-out photos as cedm-lpips/ was. Resumes from the newest checkpoint, so it
-# may be stopped and started again (a stopped session loses at most 500 steps per run).
+# scored on the 4 held-out photos as cedm-lpips/ was (one sample, then the mean of 4 with
+# DiffPIR in the same run). Resumes from the newest checkpoint, so it may be stopped and started
+# again (a stopped session loses at most 500 steps per run).
 # From the repository root:  bash bench/results/comparisons/cedm-aniso-sr8.sh
 set -euo pipefail
 export PYTHONPATH=sdk OMP_NUM_THREADS=1
@@ -24,3 +25,9 @@ $PY bench/quality.py samples/models/image-small --photos data/photos/held-out --
   --task anisotropic_blur --task sr_x8 --learned cedm:runs/cedm-aniso-wide/step-00015000.safetensors \
   --learned cedm:runs/cedm-sr8-wide/step-00015000.safetensors --lpips data/lpips \
   --out bench/results/comparisons/cedm-aniso-sr8 --noise 0.01 0.05 --quiet
+# The mean of 4 samples, with DiffPIR in the same run
+$PY bench/quality.py samples/models/image-small --photos data/photos/held-out --images 4 --samples 4 \
+  --task anisotropic_blur --task sr_x8 --zero-shot samples/models/image-denoiser --method diffpir \
+  --learned cedm:runs/cedm-aniso-wide/step-00015000.safetensors \
+  --learned cedm:runs/cedm-sr8-wide/step-00015000.safetensors --lpips data/lpips \
+  --out bench/results/comparisons/cedm-aniso-sr8-mean4 --noise 0.01 0.05 --quiet
