@@ -10,19 +10,8 @@ export OMP_NUM_THREADS=1 PYTHONPATH=sdk
 PY=.venv/bin/python
 SEED=${SEED:-1}
 OUT=bench/results/self-supervised/table4-seed$SEED
-BF16=false; lscpu | grep -qE "avx512_bf16|amx_bf16" && BF16=true  # bf16 autocast only where the CPU has it
-mkdir -p runs/pkg/mri-small-phantoms
-for f in TRAINING.md manifest.json regularizer.onnx weights.onnx; do
-  git show 6150b35:samples/models/mri-small/$f > runs/pkg/mri-small-phantoms/$f
-done
-COMMON=(--config mri-small --set 'model.unet.attention_levels=[2, 3]' --set data.source='"volumes"'
- --set data.path='"data/mri/train"' --set data.val_path='"data/mri/held-out"'
- --set data.native_crops=true --set data.scanner=true --set 'data.mri_patterns=[["gaussian2d", 4]]'
- --set train.init_from='"runs/pkg/mri-small-phantoms"' --set train.cpu_bf16=$BF16
- --set train.val_every=0 --set train.log_every=10 --set model.prox_iterations=30 --set val.images=1
- --set 'val.tasks=[{task = "mri", kind = "gaussian2d", acceleration = 4}]'
- --steps 1000 --set train.decay_steps=1000 --set train.warmup_steps=100 --set train.checkpoint_every=50
- --set train.seed=$SEED)
+source bench/results/self-supervised/table4-recipe.sh  # BF16, the phantom start, COMMON
+COMMON+=(--set train.seed=$SEED)
 run() {  # name, extra settings: resumes a run that was stopped, skips one that is done
   local name=$1; shift
   [ -f runs/t4s$SEED-$name/checkpoints/ckpt-00001000.json ] && return 0

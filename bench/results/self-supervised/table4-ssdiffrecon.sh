@@ -8,18 +8,7 @@
 set -euo pipefail
 export OMP_NUM_THREADS=1 PYTHONPATH=sdk
 PY=.venv/bin/python
-BF16=false; lscpu | grep -qE "avx512_bf16|amx_bf16" && BF16=true  # bf16 autocast only where the CPU has it
-mkdir -p runs/pkg/mri-small-phantoms
-for f in TRAINING.md manifest.json regularizer.onnx weights.onnx; do
-  git show 6150b35:samples/models/mri-small/$f > runs/pkg/mri-small-phantoms/$f
-done
-COMMON=(--config mri-small --set 'model.unet.attention_levels=[2, 3]' --set data.source='"volumes"'
- --set data.path='"data/mri/train"' --set data.val_path='"data/mri/held-out"'
- --set data.native_crops=true --set data.scanner=true --set 'data.mri_patterns=[["gaussian2d", 4]]'
- --set train.init_from='"runs/pkg/mri-small-phantoms"' --set train.cpu_bf16=$BF16
- --set train.val_every=0 --set train.log_every=10 --set model.prox_iterations=30 --set val.images=1
- --set 'val.tasks=[{task = "mri", kind = "gaussian2d", acceleration = 4}]'
- --steps 1000 --set train.decay_steps=1000 --set train.warmup_steps=100 --set train.checkpoint_every=50)
+source bench/results/self-supervised/table4-recipe.sh  # BF16, the phantom start, COMMON
 RESUME=(); [ -d runs/t4-ssdu/checkpoints ] && RESUME=(--resume)
 SSD_RESUME=(); ls runs/t4-ssdiffrecon/step-*.safetensors > /dev/null 2>&1 && SSD_RESUME=(--resume)
 SSD_BF16=(); $BF16 && SSD_BF16=(--bf16)
